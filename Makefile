@@ -1,0 +1,44 @@
+# blogstream: `make demo` runs the pipeline on the local stack; `make test` runs the tests.
+SHELL := /bin/bash
+PY := .venv/bin/python
+PIP := .venv/bin/pip
+STACK := stack/stack.sh
+
+.PHONY: install stack-up stack-down stack-status stack-reset demo test test-unit bench worker clean
+
+install: .venv/.installed
+
+.venv/.installed: pyproject.toml
+	@command -v python3.11 >/dev/null || { echo "python3.11 is required"; exit 1; }
+	@test -x $(PY) || python3.11 -m venv .venv
+	@$(PIP) install -q --upgrade pip
+	@$(PIP) install -q -e '.[test]'
+	@touch $@
+	@echo "[install] python packages ready in .venv"
+
+stack-up: install
+	@$(STACK) up
+
+stack-down:
+	@$(STACK) down
+
+stack-status:
+	@$(STACK) status
+
+stack-reset:
+	@$(STACK) reset
+
+worker: stack-up
+	.venv/bin/faust -A streams worker -l info
+
+demo: stack-up
+	@$(PY) -m stack.demo
+
+test: stack-up
+	@$(PY) -m pytest -q -p no:cacheprovider
+
+bench: stack-up
+	@$(PY) -m stack.bench
+
+clean:
+	rm -rf .venv .pytest_cache

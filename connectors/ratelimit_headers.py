@@ -1,0 +1,145 @@
+"""Parsing of the rate-limit hints providers put in response headers and bodies."""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import re
+import time
+from collections.abc import Mapping
+
+from .errors import RateLimitInfo
+
+__all__ = [
+    "parse_duration",
+    "parse_rate_limit_headers",
+    "parse_resets_in",
+    "parse_retry_after",
+]
+
+# Go-style durations as OpenAI sends them in x-ratelimit-reset-*: "1s", "6m0s",
+# "120ms", "1m30.5s", "2h0m0s".
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|h|m|s)")
+_UNIT_SECONDS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+
+
+def parse_duration(value: str | None) -> float | None:
+    """Seconds in a Go-style duration ("6m0s" -> 360.0); None if unparseable.
+
+    A bare number is taken as seconds, since some providers send that instead.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    total = 0.0
+    pos = 0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:  # garbage between parts: reject the whole value
+            return None
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or pos == 0:
+        return None
+    return total
+
+
+def _header_int(headers: Mapping[str, str], name: str) -> int | None:
+    raw = headers.get(name)
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        try:
+            number = float(raw)
+        except ValueError:
+            return None
+        return int(number) if math.isfinite(number) else None
+
+
+def parse_rate_limit_headers(headers: Mapping[str, str]) -> RateLimitInfo | None:
+    """RateLimitInfo from x-ratelimit-* headers, or None when there are none.
+
+    `headers` must look names up case-insensitively (httpx.Headers does).
+    """
+    info = RateLimitInfo(
+        limit_requests=_header_int(headers, "x-ratelimit-limit-requests"),
+        limit_tokens=_header_int(headers, "x-ratelimit-limit-tokens"),
+        remaining_requests=_header_int(headers, "x-ratelimit-remaining-requests"),
+        remaining_tokens=_header_int(headers, "x-ratelimit-remaining-tokens"),
+        reset_requests_s=parse_duration(headers.get("x-ratelimit-reset-requests")),
+        reset_tokens_s=parse_duration(headers.get("x-ratelimit-reset-tokens")),
+    )
+    if info == RateLimitInfo():
+        return None
+    return info
+
+
+def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """Seconds to wait from `retry-after-ms` (preferred, finer) or `retry-after`.
+
+    `retry-after` may be delta-seconds or an HTTP date (RFC 9110 section 10.2.3).
+    """
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms is not None:
+        try:
+            ms = float(raw_ms)
+        except ValueError:
+            pass
+        else:
+            if math.isfinite(ms) and ms >= 0:
+                return ms / 1000.0
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        pass
+    else:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+# Replicate explains throttling in the body: "... Your rate limit resets in ~30s."
+_RESETS_IN = re.compile(r"resets?\s+in\s+~?\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|secs|seconds?|m|min|minutes?)?\b", re.I)
+
+
+def parse_resets_in(text: str | None) -> float | None:
+    """Seconds from a "resets in ~30s" phrase in an error body, else None."""
+    if not text:
+        return None
+    match = _RESETS_IN.search(text)
+    if match is None:
+        return None
+    value = float(match.group(1))
+    unit = (match.group(2) or "s").lower()
+    if unit == "ms":
+        return value / 1000.0
+    if unit.startswith("m"):
+        return value * 60.0
+    return value

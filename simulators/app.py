@@ -1,0 +1,174 @@
+"""aiohttp application: provider simulators + control/ledger endpoints under /_sim."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import random
+import time
+from typing import Any, Optional
+
+from aiohttp import web
+
+from .common import json_response, read_json
+from .config import ConfigError, config_from_env, merge_config
+from .openai_sim import OpenAISim
+from .replicate_sim import ReplicateSim
+from .wix_sim import WixSim
+
+log = logging.getLogger("simulators")
+
+class SimState:
+    def __init__(self, config: Optional[dict] = None):
+        self.config: dict[str, Any] = copy.deepcopy(config) if config is not None else config_from_env()
+        self.rng = random.Random(self.config["seed"])
+        self.now = time.time  # unix seconds; everything (windows, events, TTLs) uses this clock
+        self.openai = OpenAISim(self)
+        self.replicate = ReplicateSim(self)
+        self.wix = WixSim(self)
+        self.providers = {"openai": self.openai, "replicate": self.replicate, "wix": self.wix}
+        self.started_at = self.now()
+
+    @property
+    def window_seconds(self) -> float:
+        return float(self.config["window_seconds"])
+
+    @property
+    def latency_scale(self) -> float:
+        return float(self.config["latency_scale"])
+
+    @property
+    def max_events(self) -> int:
+        return int(self.config["max_events"])
+
+    def update_config(self, patch: dict) -> dict:
+        self.config = merge_config(self.config, patch)
+        if "seed" in patch:
+            self.rng.seed(self.config["seed"])
+        return self.config
+
+    def reset(self) -> None:
+        self.rng.seed(self.config["seed"])
+        for p in self.providers.values():
+            p.reset()
+
+    def ledger(self) -> dict:
+        return {
+            "now": self.now(),
+            "window_seconds": self.window_seconds,
+            **{name: p.ledger_json() for name, p in self.providers.items()},
+        }
+
+
+STATE_KEY = web.AppKey("sim_state", SimState)
+
+
+async def _external_load(state: SimState, provider: str) -> None:
+    """Another client sharing the key: ``external_rpm`` admissions per minute, evenly spaced."""
+    next_at: Optional[float] = None
+    while True:
+        rpm = float(state.config[provider].get("external_rpm", 0) or 0)
+        if rpm <= 0:
+            next_at = None
+            await asyncio.sleep(0.05)
+            continue
+        interval = 60.0 / rpm
+        loop_now = time.monotonic()
+        if next_at is None or next_at < loop_now - 1.0:   # (re)start or fell far behind
+            next_at = loop_now
+        delay = next_at - loop_now
+        await asyncio.sleep(max(0.0, min(delay, 0.05)))
+        if time.monotonic() + 1e-4 < next_at:
+            continue   # re-read config at least every 50 ms
+        try:
+            state.providers[provider].external_tick()
+        except Exception:  # pragma: no cover - never kill the background task
+            log.exception("external load tick failed for %s", provider)
+        next_at += interval
+
+
+async def _background(app: web.Application):
+    state = app[STATE_KEY]
+    tasks = [asyncio.create_task(_external_load(state, p)) for p in state.providers]
+    yield
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await t
+
+
+# -- control endpoints -------------------------------------------------------------------------------
+
+async def health(request: web.Request) -> web.Response:
+    return json_response({"ok": True})
+
+
+async def get_config(request: web.Request) -> web.Response:
+    return json_response(request.app[STATE_KEY].config)
+
+
+async def post_config(request: web.Request) -> web.Response:
+    body, err = await read_json(request)
+    if err or not isinstance(body, dict):
+        return json_response({"error": err or "config patch must be a JSON object"}, 400)
+    try:
+        cfg = request.app[STATE_KEY].update_config(body)
+    except ConfigError as exc:
+        return json_response({"error": str(exc)}, 400)
+    return json_response(cfg)
+
+
+async def reset(request: web.Request) -> web.Response:
+    request.app[STATE_KEY].reset()
+    return json_response({"ok": True})
+
+
+async def ledger(request: web.Request) -> web.Response:
+    return json_response(request.app[STATE_KEY].ledger())
+
+
+async def events(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    provider = request.query.get("provider", "openai")
+    if provider not in state.providers:
+        return json_response({"error": f"unknown provider {provider!r}"}, 400)
+    try:
+        since = float(request.query.get("since", "0"))
+    except ValueError:
+        return json_response({"error": "since must be a unix timestamp"}, 400)
+    return json_response(state.providers[provider].events(since, request.query.get("window")))
+
+
+@web.middleware
+async def _errors(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status == 404 and request.path.startswith("/openai/"):
+            return json_response({"error": {"message": f"Invalid URL ({request.method} {request.path})",
+                                            "type": "invalid_request_error", "param": None, "code": None}}, 404)
+        if exc.status == 404 and request.path.startswith("/wix/"):
+            return json_response({"message": "NOT_FOUND: no such endpoint", "details": {}}, 404)
+        if exc.status == 404 and request.path.startswith("/replicate/v1/"):
+            return json_response({"title": "Not found", "detail": "Not found.", "status": 404}, 404)
+        raise
+
+
+def create_app(config: Optional[dict] = None, state: Optional[SimState] = None) -> web.Application:
+    state = state or SimState(config)
+    app = web.Application(middlewares=[_errors], client_max_size=32 * 1024 * 1024)
+    app[STATE_KEY] = state
+    state.openai.add_routes(app)
+    state.replicate.add_routes(app)
+    state.wix.add_routes(app)
+    app.router.add_get("/_sim/health", health)
+    app.router.add_get("/_sim/config", get_config)
+    app.router.add_post("/_sim/config", post_config)
+    app.router.add_post("/_sim/reset", reset)
+    app.router.add_get("/_sim/ledger", ledger)
+    app.router.add_get("/_sim/events", events)
+    app.cleanup_ctx.append(_background)
+    return app

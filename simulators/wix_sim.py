@@ -1,0 +1,443 @@
+"""Wix REST simulator (prefix /wix): Media Manager import + Blog v3 draft posts / posts."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from .common import json_response, provider_latency, read_json, roll, sleep
+from .content import slugify
+from .window import ProviderLedger, SlidingWindow
+
+if TYPE_CHECKING:
+    from .app import SimState
+
+PREFIX = "/wix"
+LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + \
+        f"{int((ts % 1) * 1000):03d}Z"
+
+
+def app_error(message: str, code: str, description: Optional[str] = None, data: Optional[dict] = None) -> dict:
+    return {"message": message,
+            "details": {"applicationError": {"code": code, "description": description or message,
+                                             "data": data or {}}}}
+
+
+def validation_error(field: str, description: str, rule: str = "REQUIRED_FIELD") -> dict:
+    return {"message": f"INVALID_ARGUMENT: {field} {description}",
+            "details": {"validationError": {"fieldViolations": [
+                {"field": field, "description": description, "violatedRule": rule}]}}}
+
+
+class WixSite:
+    def __init__(self, site_id: str):
+        self.site_id = site_id
+        self.window = SlidingWindow()
+        self.drafts: dict[str, dict] = {}
+        self.posts: dict[str, dict] = {}            # post id -> post
+        self.posts_by_slug: dict[str, str] = {}     # actual slug -> post id
+        self.requested_slug_counts: dict[str, int] = {}
+        self.files: dict[str, dict] = {}
+
+
+class WixSim:
+    name = "wix"
+
+    def __init__(self, state: "SimState"):
+        self.state = state
+        self.reset()
+
+    def reset(self) -> None:
+        self.sites: dict[str, WixSite] = {}
+        self.ledger = ProviderLedger()
+        self.ledger.extra.update(imports_total=0, imports_rejected=0, drafts_created=0, posts_total=0,
+                                 publish_calls=0)
+
+    @property
+    def cfg(self) -> dict:
+        return self.state.config["wix"]
+
+    def site(self, site_id: str) -> WixSite:
+        s = self.sites.get(site_id)
+        if s is None:
+            s = self.sites[site_id] = WixSite(site_id)
+        return s
+
+    # -- admission --------------------------------------------------------------------------------
+    def _admit(self, site: WixSite, external: bool) -> tuple[bool, float]:
+        now = self.state.now()
+        w = self.state.window_seconds
+        dec = site.window.check(now, w, int(self.cfg["site_rpm"]))
+        if not dec.ok:
+            return False, dec.retry_after
+        ent = site.window.add(now, 0, external, site.site_id)
+        st = self.ledger.site(site.site_id)
+        self.ledger.record_admission("requests", site.window, ent, now, w, self.state.max_events, st)
+        return True, 0.0
+
+    def external_tick(self) -> None:
+        targets = list(self.cfg.get("external_sites") or []) or list(self.sites)
+        for sid in targets:
+            ok, _ = self._admit(self.site(str(sid)), True)
+            if ok:
+                self.ledger.external_admitted += 1
+            else:
+                self.ledger.external_rejected += 1
+
+    def _wrap(self, latency_key: str, fn: Callable[[web.Request, WixSite, Any], Awaitable[web.Response]],
+              needs_body: bool = False) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            led = self.ledger
+            led.calls += 1
+            if not request.headers.get("Authorization", "").strip():
+                led.rejected_4xx += 1
+                return json_response(app_error("UNAUTHENTICATED: missing Authorization header", "UNAUTHENTICATED"),
+                                     401)
+            site_id = request.headers.get("wix-site-id", "").strip()
+            if not site_id:
+                led.rejected_4xx += 1
+                return json_response(app_error("PERMISSION_DENIED: missing wix-site-id header", "PERMISSION_DENIED",
+                                               "This request requires a wix-site-id header"), 403)
+            site = self.site(site_id)
+            st = led.site(site_id)
+            st.calls += 1
+            ok, retry_after = self._admit(site, False)
+            if not ok:
+                led.reject("requests")
+                st.rejected_429 += 1
+                secs = max(1, math.ceil(retry_after))
+                return json_response(app_error("RESOURCE_EXHAUSTED: Too many requests", "RATE_LIMIT_EXCEEDED",
+                                               f"Rate limit exceeded for site {site_id}. "
+                                               f"Try again in {secs} seconds.",
+                                               {"retryAfterSeconds": secs}),
+                                     429, {"retry-after": str(secs)})
+            led.admitted += 1
+            st.admitted += 1
+            st.start()
+            try:
+                state = self.state
+                latency = provider_latency(state.rng, self.cfg, self.cfg[latency_key], state.latency_scale)
+                fault = roll(state.rng, self.cfg.get("error_rate", 0))
+                fault_status = state.rng.choice(self.cfg.get("error_statuses", [500, 503])) if fault else 0
+                await sleep(latency)
+                if fault:
+                    led.errors_5xx += 1
+                    st.errors_5xx += 1
+                    code = "INTERNAL_ERROR" if fault_status == 500 else "UNAVAILABLE"
+                    return json_response(app_error(f"{code}: internal error, request id {uuid.uuid4()}", code),
+                                         fault_status)
+                body = None
+                if needs_body:
+                    body, err = await read_json(request)
+                    if err or not isinstance(body, dict):
+                        led.rejected_4xx += 1
+                        return json_response({"message": f"INVALID_ARGUMENT: {err or 'body must be an object'}",
+                                              "details": {}}, 400)
+                resp = await fn(request, site, body)
+                if 400 <= resp.status < 500:
+                    led.rejected_4xx += 1
+                return resp
+            finally:
+                st.end()
+        return handler
+
+    # -- media -----------------------------------------------------------------------------------
+    async def import_file(self, request: web.Request, site: WixSite, body: dict) -> web.Response:
+        self.ledger.extra["imports_total"] += 1
+        url = body.get("url")
+        if not isinstance(url, str) or not url.strip():
+            return json_response(validation_error("url", "must not be empty"), 400)
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+            return json_response(validation_error("url", "must be a valid URL", "FORMAT"), 400)
+        rep = self.state.replicate
+        fid = rep.file_id_from_url(url)
+        is_sim_host = (parts.hostname or "") in LOOPBACK or parts.netloc == request.host
+        if fid is not None and is_sim_host and not rep.file_available(fid):
+            self.ledger.extra["imports_rejected"] += 1
+            return json_response(app_error(
+                "FAILED_PRECONDITION: Failed to import file from url",
+                "URL_NOT_REACHABLE",
+                f"Could not download file from {url}: 404 Not Found"), 400)
+        media_type = body.get("mediaType") or "IMAGE"
+        now = self.state.now()
+        wid = uuid.uuid4().hex[:6] + "_" + uuid.uuid4().hex + "~mv2.png"
+        static = f"https://static.wixstatic.com/media/{wid}"
+        f = {
+            "id": wid,
+            "displayName": body.get("displayName") or (parts.path.rsplit("/", 1)[-1] or "file"),
+            "url": static,
+            "parentFolderId": body.get("parentFolderId") or "media-root",
+            "hash": uuid.uuid5(uuid.NAMESPACE_URL, url).hex,
+            "sizeInBytes": "4096",
+            "private": False,
+            "mediaType": media_type,
+            "media": {"image": {"image": {"id": wid, "url": static, "height": 576, "width": 1024,
+                                          "filename": wid}}} if media_type == "IMAGE" else {},
+            "operationStatus": "READY",
+            "sourceUrl": url,
+            "labels": [],
+            "createdDate": _iso(now),
+            "updatedDate": _iso(now),
+            "siteId": site.site_id,
+        }
+        site.files[wid] = f
+        return json_response({"file": f})
+
+    async def get_file(self, request: web.Request, site: WixSite, body: Any) -> web.Response:
+        f = site.files.get(request.match_info["id"])
+        if f is None:
+            return json_response(app_error("NOT_FOUND: file not found", "FILE_NOT_FOUND"), 404)
+        return json_response({"file": f})
+
+    # -- blog -------------------------------------------------------------------------------------
+    def _url(self, site: WixSite, slug: str) -> dict:
+        return {"base": self.cfg["site_url_template"].format(site=site.site_id), "path": f"/post/{slug}"}
+
+    def _publish(self, site: WixSite, draft: dict) -> str:
+        now = self.state.now()
+        self.ledger.extra["publish_calls"] += 1
+        pid = draft["id"]
+        post = site.posts.get(pid)
+        if post is None:
+            requested = draft["seoSlug"]
+            slug = requested
+            n = 1
+            while slug in site.posts_by_slug:       # Wix keeps slugs unique per site
+                slug = f"{requested}-{n}"
+                n += 1
+            site.requested_slug_counts[requested] = site.requested_slug_counts.get(requested, 0) + 1
+            post = {
+                "id": pid,
+                "title": draft["title"],
+                "excerpt": draft.get("excerpt", ""),
+                "slug": slug,
+                "url": self._url(site, slug),
+                "memberId": draft.get("memberId"),
+                "hashtags": draft.get("hashtags", []),
+                "media": draft.get("media"),
+                "firstPublishedDate": _iso(now),
+                "lastPublishedDate": _iso(now),
+                "featured": False,
+                "pinned": False,
+                "minutesToRead": max(1, draft.get("_words", 0) // 200),
+                "commentingEnabled": True,
+                "categoryIds": draft.get("categoryIds", []),
+                "language": draft.get("language", "en"),
+            }
+            post = {k: v for k, v in post.items() if v is not None}
+            site.posts[pid] = post
+            site.posts_by_slug[slug] = pid
+            self.ledger.extra["posts_total"] += 1
+        else:
+            post["lastPublishedDate"] = _iso(now)
+        draft["status"] = "PUBLISHED"
+        draft["seoSlug"] = post["slug"]
+        draft["url"] = post["url"]
+        draft["firstPublishedDate"] = post["firstPublishedDate"]
+        draft["hasUnpublishedChanges"] = False
+        return pid
+
+    @staticmethod
+    def _public_draft(d: dict) -> dict:
+        return {k: v for k, v in d.items() if not k.startswith("_")}
+
+    async def create_draft(self, request: web.Request, site: WixSite, body: dict) -> web.Response:
+        dp = body.get("draftPost")
+        if not isinstance(dp, dict):
+            return json_response(validation_error("draftPost", "must not be empty"), 400)
+        title = dp.get("title")
+        if not isinstance(title, str) or not title.strip():
+            return json_response(validation_error("draftPost.title", "must not be empty"), 400)
+        rc = dp.get("richContent")
+        if not isinstance(rc, dict) or not isinstance(rc.get("nodes"), list):
+            return json_response(validation_error("draftPost.richContent",
+                                                  "must be a Ricos document object with a 'nodes' array"), 400)
+        slug = dp.get("seoSlug") or slugify(title)
+        if not isinstance(slug, str):
+            return json_response(validation_error("draftPost.seoSlug", "must be a string", "TYPE"), 400)
+        now = self.state.now()
+        draft = {
+            "id": str(uuid.uuid4()),
+            "title": title,
+            "excerpt": dp.get("excerpt", ""),
+            "seoSlug": slug,
+            "memberId": dp.get("memberId"),
+            "hashtags": dp.get("hashtags", []),
+            "media": dp.get("media"),
+            "categoryIds": dp.get("categoryIds", []),
+            "language": dp.get("language", "en"),
+            "status": "UNPUBLISHED",
+            "url": self._url(site, slug),
+            "createdDate": _iso(now),
+            "editedDate": _iso(now),
+            "hasUnpublishedChanges": True,
+            "_words": _count_words(rc),
+        }
+        if "richContent" in (body.get("fieldsets") or []) or "RICH_CONTENT" in (body.get("fieldsets") or []):
+            draft["richContent"] = rc
+        draft = {k: v for k, v in draft.items() if v is not None}
+        site.drafts[draft["id"]] = draft
+        self.ledger.extra["drafts_created"] += 1
+        if body.get("publish") is True:
+            self._publish(site, draft)
+        return json_response({"draftPost": self._public_draft(draft)})
+
+    async def publish_draft(self, request: web.Request, site: WixSite, body: Any) -> web.Response:
+        d = site.drafts.get(request.match_info["id"])
+        if d is None:
+            return json_response(app_error("NOT_FOUND: draft post not found", "DRAFT_POST_NOT_FOUND"), 404)
+        return json_response({"postId": self._publish(site, d)})
+
+    async def get_draft(self, request: web.Request, site: WixSite, body: Any) -> web.Response:
+        d = site.drafts.get(request.match_info["id"])
+        if d is None:
+            return json_response(app_error("NOT_FOUND: draft post not found", "DRAFT_POST_NOT_FOUND"), 404)
+        return json_response({"draftPost": self._public_draft(d)})
+
+    async def get_post_by_slug(self, request: web.Request, site: WixSite, body: Any) -> web.Response:
+        pid = site.posts_by_slug.get(request.match_info["slug"])
+        if pid is None:
+            return json_response(app_error("NOT_FOUND: post not found", "POST_NOT_FOUND"), 404)
+        return json_response({"post": site.posts[pid]})
+
+    async def get_post(self, request: web.Request, site: WixSite, body: Any) -> web.Response:
+        p = site.posts.get(request.match_info["id"])
+        if p is None:
+            return json_response(app_error("NOT_FOUND: post not found", "POST_NOT_FOUND"), 404)
+        return json_response({"post": p})
+
+    async def list_posts(self, request: web.Request, site: WixSite, body: Any) -> web.Response:
+        limit = _int(request.query.get("paging.limit"), 50)
+        offset = _int(request.query.get("paging.offset"), 0)
+        posts = list(site.posts.values())
+        page = posts[offset: offset + limit]
+        return json_response({"posts": page, "metaData": {"count": len(page), "offset": offset,
+                                                          "total": len(posts)}})
+
+    async def query_posts(self, request: web.Request, site: WixSite, body: dict) -> web.Response:
+        q = body.get("query") or {}
+        filt = q.get("filter") or {}
+        paging = q.get("paging") or {}
+        limit = _int(paging.get("limit"), 50)
+        offset = _int(paging.get("offset"), 0)
+        if not isinstance(filt, dict):
+            return json_response(validation_error("query.filter", "must be an object", "TYPE"), 400)
+        posts = [p for p in site.posts.values() if _match(p, filt)]
+        page = posts[offset: offset + limit]
+        return json_response({"posts": page, "metaData": {"count": len(page), "offset": offset,
+                                                          "total": len(posts)}})
+
+    # -- ledger -----------------------------------------------------------------------------------
+    def ledger_json(self) -> dict:
+        led = self.ledger
+        now = self.state.now()
+        w = self.state.window_seconds
+        per_site = {}
+        dups: dict[str, dict[str, int]] = {}
+        for sid, st in led.per_site.items():
+            d = vars(st).copy()
+            s = self.sites.get(sid)
+            if s is not None:
+                d["current_requests_in_window"] = s.window.count(now, w)
+                d["posts"] = len(s.posts)
+                sd = {slug: c for slug, c in s.requested_slug_counts.items() if c > 1}
+                if sd:
+                    dups[sid] = sd
+            per_site[sid] = d
+        return {
+            "calls": led.calls,
+            "admitted": led.admitted,
+            "rejected_429": led.rejected_429,
+            "rejected_4xx": led.rejected_4xx,
+            "errors_5xx": led.errors_5xx,
+            "external_admitted": led.external_admitted,
+            "external_rejected": led.external_rejected,
+            "max_requests_in_window": max((st.max_requests_in_window for st in led.per_site.values()), default=0),
+            **led.extra,
+            "posts_per_site": {sid: len(s.posts) for sid, s in self.sites.items() if s.posts},
+            "duplicate_slugs": dups,
+            "duplicate_posts_total": sum(c - 1 for sd in dups.values() for c in sd.values()),
+            "limits": {"site_rpm": self.cfg["site_rpm"], "window_seconds": w},
+            "per_site": per_site,
+        }
+
+    def events(self, since: float, window: Optional[str] = None) -> list:
+        return sorted((e.as_event() for e in self.ledger.events.get("requests", []) if e.t >= since),
+                      key=lambda x: x[0])
+
+    def add_routes(self, app: web.Application) -> None:
+        r = app.router
+        r.add_post(PREFIX + "/site-media/v1/files/import", self._wrap("latency_import", self.import_file, True))
+        r.add_get(PREFIX + "/site-media/v1/files/{id}", self._wrap("latency_other", self.get_file))
+        r.add_post(PREFIX + "/blog/v3/draft-posts", self._wrap("latency_create", self.create_draft, True))
+        r.add_get(PREFIX + "/blog/v3/draft-posts/{id}", self._wrap("latency_other", self.get_draft))
+        r.add_post(PREFIX + "/blog/v3/draft-posts/{id}/publish", self._wrap("latency_publish", self.publish_draft))
+        r.add_get(PREFIX + "/blog/v3/posts/slugs/{slug}", self._wrap("latency_other", self.get_post_by_slug))
+        r.add_post(PREFIX + "/blog/v3/posts/query", self._wrap("latency_other", self.query_posts, True))
+        r.add_get(PREFIX + "/blog/v3/posts", self._wrap("latency_other", self.list_posts))
+        r.add_get(PREFIX + "/blog/v3/posts/{id}", self._wrap("latency_other", self.get_post))
+
+
+def _int(v: Any, default: int) -> int:
+    try:
+        return max(0, int(v))
+    except (TypeError, ValueError):
+        return default
+
+
+def _count_words(rc: Any) -> int:
+    n = 0
+    stack = [rc]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, dict):
+            td = x.get("textData")
+            if isinstance(td, dict) and isinstance(td.get("text"), str):
+                n += len(td["text"].split())
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+    return n
+
+
+def _match(post: dict, filt: dict) -> bool:
+    """Tiny subset of Wix query language: {field: value}, {field: {$eq|$ne|$in|$hasSome: ...}}, $and/$or."""
+    for key, cond in filt.items():
+        if key == "$and":
+            if not all(_match(post, c) for c in cond):
+                return False
+            continue
+        if key == "$or":
+            if not any(_match(post, c) for c in cond):
+                return False
+            continue
+        val = post.get(key)
+        if isinstance(cond, dict):
+            for op, arg in cond.items():
+                if op == "$eq" and val != arg:
+                    return False
+                if op == "$ne" and val == arg:
+                    return False
+                if op == "$in" and val not in (arg or []):
+                    return False
+                if op in ("$hasSome", "$hasAll"):
+                    vals = val if isinstance(val, list) else [val]
+                    fn = any if op == "$hasSome" else all
+                    if not fn(a in vals for a in (arg or [])):
+                        return False
+        elif val != cond:
+            return False
+    return True

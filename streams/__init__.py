@@ -1,0 +1,9 @@
+"""blogstream: blog requests → article (OpenAI) → cover (Replicate) → post (Wix).
+
+`faust -A streams worker` imports this package; importing the stage modules
+registers their agents. Follow a request by file name:
+requests → generate.py → image.py → publish.py → results, with sink.py
+recording every step and limiter.py deciding every provider call.
+"""
+from streams.app import app  # noqa: F401  (faust -A streams finds `app` here)
+from streams import limiter, generate, image, publish, sink, web  # noqa: F401,E402

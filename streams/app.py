@@ -1,0 +1,116 @@
+"""The Faust app and the topics that carry a blog request through its stages.
+
+    blog.requests ──generate──▶ blog.drafts ──image──▶ blog.illustrated ──publish──▶ blog.results
+          └──────────────────────── sink: every topic ──▶ Postgres blog_generations ◀──┘
+    blog.dlq       bytes that are not a valid record, with the reason in headers
+    blog.limiter   one partition: permit asks to the single budget coordinator
+
+Every stage topic is keyed by site id and has the same partition count, so all
+of one site's work sits on one partition number. Values are Avro single-object
+encoded bytes (see streams/records.py); the stages decode them explicitly so a
+bad record becomes a dead letter, never a crashed agent.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import faust
+
+from streams.settings import settings
+
+log = logging.getLogger(__name__)
+
+# name -> partitions; every stage topic shares one partition count (co-partitioned by site)
+STAGE_TOPICS = ("blog.requests", "blog.drafts", "blog.illustrated", "blog.results", "blog.dlq")
+LIMITER_TOPIC = "blog.limiter"
+
+
+def topic_name(name: str) -> str:
+    return f"{settings.topic_prefix}{name}"
+
+
+def wanted_topics() -> dict[str, int]:
+    wanted = {topic_name(t): settings.topic_partitions for t in STAGE_TOPICS}
+    wanted[topic_name(LIMITER_TOPIC)] = 1
+    return wanted
+
+
+async def ensure_topics(timeout: float = 60.0) -> None:
+    """Create missing topics and wait until the broker's metadata lists them.
+
+    Faust would create internal topics itself, but subscribes right after, and a
+    topic missing from the metadata at that moment is ignored for good.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    bootstrap = settings.kafka_broker.replace("kafka://", "").split(";")[0]
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        wanted = wanted_topics()
+        missing = [n for n in wanted if n not in set(await admin.list_topics())]
+        if missing:
+            try:
+                await admin.create_topics([NewTopic(n, num_partitions=wanted[n], replication_factor=1) for n in missing])
+            except TopicAlreadyExistsError:  # another worker won the race
+                pass
+            log.info("created topics %s", ", ".join(missing))
+        deadline = asyncio.get_running_loop().time() + timeout
+        while set(wanted) - set(await admin.list_topics()):
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"topics {sorted(set(wanted) - set(await admin.list_topics()))} did not appear in {timeout}s")
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+
+class BlogstreamApp(faust.App):
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        await ensure_topics()
+
+
+app = BlogstreamApp(
+    settings.app_id,
+    broker=settings.kafka_broker,
+    # Tables (the limiter's budget state) live in memory and are rebuilt from
+    # their changelog topic when a worker takes over.
+    store="memory://",
+    topic_partitions=settings.topic_partitions,
+    topic_replication_factor=1,
+    web_port=settings.web_port,
+    web_host="127.0.0.1",
+    web_bind="127.0.0.1",
+    # /table would expose budget internals; our own pages show what users need.
+    web_tables_enabled=False,
+    # Stage events are processed concurrently and acked in offset order by
+    # streams.runner; effects are idempotent, so a rebalance need not wait for
+    # provider calls that take seconds.
+    stream_wait_empty=False,
+    # Permit asks use agent.ask(), whose replies come back on a reply topic.
+    reply_create_topic=True,
+    producer_acks=-1,
+    broker_commit_every=500,
+    broker_commit_interval=1.0,
+    consumer_auto_offset_reset="earliest",
+    table_standby_replicas=1,
+    datadir=settings.data_dir,
+)
+
+
+def stage_topic(name: str) -> faust.TopicT:
+    return app.topic(
+        topic_name(name),
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.topic_partitions,
+    )
+
+
+requests_topic = stage_topic("blog.requests")
+drafts_topic = stage_topic("blog.drafts")
+illustrated_topic = stage_topic("blog.illustrated")
+results_topic = stage_topic("blog.results")
+dlq_topic = stage_topic("blog.dlq")

@@ -1,0 +1,87 @@
+"""What the stages need at run time, built once per worker process.
+
+Connectors are created lazily on first use (inside the worker's event loop),
+so importing the app (`faust -A streams ...`) does not touch the network.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from typing import Any
+
+from connectors.openai_writer import ArticleWriter
+from connectors.postgres import Database, Site, SiteCache
+from connectors.replicate_images import ImageMaker
+from connectors.wix_blog import WixBlog
+from streams.runner import SitePolicy
+from streams.settings import settings
+
+log = logging.getLogger(__name__)
+
+
+class Deps:
+    def __init__(self) -> None:
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._ready: asyncio.Lock | None = None
+        self.db: Database | None = None
+        self.sites: SiteCache | None = None
+        self.writer: ArticleWriter | None = None
+        self.images: ImageMaker | None = None
+        self.wix: WixBlog | None = None
+        self._policies: dict[str, SitePolicy] = {}
+        self._refresher: asyncio.Task | None = None
+
+    async def ready(self) -> "Deps":
+        if self.db is not None:
+            return self
+        if self._ready is None:
+            self._ready = asyncio.Lock()
+        async with self._ready:
+            if self.db is None:
+                db = Database(settings.database_url, min_size=1, max_size=10)
+                await db.start()
+                self.sites = SiteCache(db, ttl=2.0)
+                self.writer = ArticleWriter(settings)
+                self.images = ImageMaker(settings)
+                self.wix = WixBlog(settings)
+                self.db = db
+                self._refresher = asyncio.ensure_future(self._refresh_policies())
+        return self
+
+    async def site(self, site_id: str) -> Site | None:
+        await self.ready()
+        assert self.sites is not None
+        return await self.sites.get(site_id)
+
+    def policy(self, site_id: str) -> SitePolicy:
+        """Sync view for the runners; refreshed every two seconds from `sites`."""
+        return self._policies.get(site_id) or SitePolicy(max_in_flight=settings.site_max_in_flight)
+
+    async def _refresh_policies(self) -> None:
+        while True:
+            try:
+                assert self.db is not None
+                self._policies = {
+                    s.site_id: SitePolicy(weight=s.weight, max_in_flight=s.max_in_flight, paused=s.paused)
+                    for s in await self.db.list_sites()
+                }
+            except Exception:  # the database may blip; keep the last known policies
+                log.warning("could not refresh site policies", exc_info=True)
+            await asyncio.sleep(2.0)
+
+    async def close(self) -> None:
+        if self._refresher:
+            self._refresher.cancel()
+        for closer in (getattr(self.wix, "aclose", None), getattr(self.db, "close", None)):
+            if closer is not None:
+                try:
+                    await closer()
+                except Exception:
+                    pass
+
+
+deps = Deps()
+

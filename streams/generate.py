@@ -1,0 +1,88 @@
+"""Stage 1, blog.requests → blog.drafts: write the article with OpenAI.
+
+Admission takes one of the site's in-flight slots (held until the request is
+published or failed, across all workers) together with the OpenAI request and
+token permits, so a site never has more than its cap of requests under way and
+half-done work is finished before more of the same site starts.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from streams.app import app, drafts_topic, requests_topic
+from streams.deps import Deps, deps
+from streams.limiter import OPENAI_REQUESTS, OPENAI_TOKENS, budgets
+from streams.records import decode_request
+from streams.runner import StageRunner
+from streams.settings import settings
+from streams.stage import StageFailed, call_with_permits, effect_once, now_ms, run_stage_event
+
+STAGE = "generate"
+
+
+async def write_draft(request: dict[str, Any], deps: Deps) -> dict[str, Any]:
+    """BlogRequest → BlogDraft. OpenAI is paid once per request id."""
+    request_id, site_id = request["request_id"], request["site_id"]
+    site = await deps.site(site_id)
+    if site is None:
+        raise StageFailed(
+            STAGE, request_id, site_id, "the site is not registered",
+            "Register it (blogstream sites add SITE_ID --wix-api-key ...) and resubmit the request.",
+        )
+    assert deps.writer is not None
+    writer = deps.writer
+
+    async def write() -> dict[str, Any]:
+        estimate = writer.estimate_tokens(request)
+
+        async def settle(permit: Any, result: Any) -> None:
+            used = result.usage.prompt_tokens + result.usage.completion_tokens
+            await budgets.settle(permit, OPENAI_TOKENS, used)
+            if result.rate_limit is not None:
+                await budgets.feedback(
+                    OPENAI_REQUESTS, throttled=False,
+                    limit=result.rate_limit.limit_requests, remaining=result.rate_limit.remaining_requests,
+                )
+
+        result = await call_with_permits(
+            stage=STAGE,
+            request_id=request_id,
+            site_id=site_id,
+            needs={OPENAI_REQUESTS: 1, OPENAI_TOKENS: estimate},
+            slot_limit=site.max_in_flight,
+            weight=site.weight,
+            call=lambda: writer.write_article(request, site_id=site_id),
+            on_result=settle,
+        )
+        return {
+            "article": result.article,
+            "usage": {"prompt_tokens": result.usage.prompt_tokens, "completion_tokens": result.usage.completion_tokens},
+        }
+
+    written, _ = await effect_once(deps, request_id, STAGE, site_id, write)
+    return {
+        "request": request,
+        "article": written["article"],
+        "usage": written["usage"],
+        "attempts": 1,
+        "drafted_at": now_ms(),
+    }
+
+
+async def _step(request: dict[str, Any]):
+    await deps.ready()
+    return drafts_topic, "BlogDraft", await write_draft(request, deps)
+
+
+async def _handle(event: Any) -> None:
+    await run_stage_event(STAGE, event, decode_request, _step)
+
+
+generate_runner = StageRunner(
+    STAGE, _handle, concurrency=settings.stage_concurrency, read_ahead=settings.read_ahead, policy=deps.policy
+)
+
+
+@app.agent(requests_topic)
+async def generate(stream):
+    await generate_runner.consume(stream)

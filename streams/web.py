@@ -1,0 +1,120 @@
+"""HTTP pages every worker serves (Faust's embedded web server, port 6066 by default).
+
+The limiter pages keep the seed's JSON fields and describe the GLOBAL budget:
+any worker asks the coordinator, so every worker gives the same answer.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from faust.sensors.prometheus import setup_prometheus_sensors
+from faust.web import Request, Response, View
+
+from streams import metrics
+from streams.app import app
+from streams.deps import deps
+from streams.limiter import OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS, budgets
+from streams.settings import settings
+
+log = logging.getLogger(__name__)
+
+setup_prometheus_sensors(app, pattern="/metrics", registry=metrics.registry, name_prefix="blogstream")
+
+
+def seed_stats(stats: dict[str, Any], requests: str, tokens: str | None) -> dict[str, Any]:
+    """The seed's `/api/rate-limiter/stats` shape, from the coordinator's figures."""
+    req = stats[requests]
+    out = {
+        "queueLength": int(req["waiting"]),
+        "requestsInLastMinute": int(req["used_in_window"]),
+        "maxRPM": int(req["limit"]),
+        "effectiveRPM": int(req["effective_limit"]),
+        "rpmUsagePercent": round(100.0 * req["used_in_window"] / max(req["limit"], 1), 1),
+        "windowSeconds": stats["window_seconds"],
+    }
+    if tokens:
+        tok = stats[tokens]
+        out.update(
+            tokensInLastMinute=int(tok["used_in_window"]),
+            maxTPM=int(tok["limit"]),
+            tpmUsagePercent=round(100.0 * tok["used_in_window"] / max(tok["limit"], 1), 1),
+        )
+    return out
+
+
+async def _stats_or_error(view: View) -> tuple[dict[str, Any] | None, Response | None]:
+    try:
+        return await budgets.stats(), None
+    except asyncio.TimeoutError:
+        return None, view.json(
+            {"error": "the limiter coordinator did not answer within 5 s (a rebalance may be under way); try again"},
+            status=503,
+        )
+
+
+@app.page("/api/rate-limiter/stats")
+class OpenAIStats(View):
+    async def get(self, request: Request) -> Response:
+        stats, error = await _stats_or_error(self)
+        return error or self.json(seed_stats(stats, OPENAI_REQUESTS, OPENAI_TOKENS))
+
+
+@app.page("/api/replicate-rate-limiter/stats")
+class ReplicateStats(View):
+    async def get(self, request: Request) -> Response:
+        stats, error = await _stats_or_error(self)
+        return error or self.json(seed_stats(stats, REPLICATE_REQUESTS, None))
+
+
+@app.page("/api/limiter")
+class LimiterState(View):
+    """Everything the coordinator knows: every budget, per-site Wix use and slots."""
+
+    async def get(self, request: Request) -> Response:
+        stats, error = await _stats_or_error(self)
+        return error or self.json(stats)
+
+
+@app.page("/health")
+class Health(View):
+    async def get(self, request: Request) -> Response:
+        await deps.ready()
+        assert deps.db is not None
+        figures = await deps.db.health()
+        return self.json(figures.as_dict())
+
+
+def _pct(used: float, limit: float) -> str:
+    return f"{int(used)}/{int(limit)} ({100.0 * used / max(limit, 1):.1f}%)"
+
+
+_cycle = 0
+
+
+@app.timer(interval=settings.heartbeat_seconds)
+async def heartbeat() -> None:
+    """The seed's heartbeat log line, per worker, with the global figures."""
+    global _cycle
+    _cycle += 1
+    try:
+        stats = await budgets.stats(timeout=3.0)
+        await deps.ready()
+        assert deps.db is not None
+        queue = (await deps.db.health()).queue_size
+    except Exception:
+        log.info("[Blog Worker] Heartbeat - cycle %d | limiter or database not reachable yet", _cycle)
+        return
+    for name in (OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS):
+        metrics.budget_used.labels(name).set(stats[name]["used_in_window"])
+        metrics.budget_limit.labels(name).set(stats[name]["effective_limit"])
+        metrics.budget_waiting.labels(name).set(stats[name]["waiting"])
+    for site, n in stats.get("slots", {}).items():
+        metrics.site_in_flight.labels(site).set(n)
+    o, r = stats[OPENAI_REQUESTS], stats[REPLICATE_REQUESTS]
+    log.info(
+        "[Blog Worker] Heartbeat - cycle %d | Queue: %d | OpenAI RPM: %s | Replicate RPM: %s",
+        _cycle, queue, _pct(o["used_in_window"], o["limit"]), _pct(r["used_in_window"], r["limit"]),
+    )
+

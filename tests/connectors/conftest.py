@@ -1,0 +1,169 @@
+"""Fixtures: the provider simulators (`python -m simulators`) on a free port.
+
+One simulator process per test session; every test starts from a reset ledger
+and a known configuration (fast latencies, generous limits) and tightens only
+what it exercises. Connectors are built per test because their HTTP clients
+belong to the test's event loop.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from connectors.openai_writer import ArticleWriter
+from connectors.replicate_images import ImageMaker
+from connectors.wix_blog import WixBlog
+from streams.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Distinctive fake credentials: tests assert they never show up in an error message.
+OPENAI_KEY = "sk-test-CONNECTORS-s3cr3t-0penai-key"
+REPLICATE_TOKEN = "r8_TESTconnectorsS3cr3tReplicateToken"
+WIX_KEY = "IST.test-connectors.s3cr3t-wix-api-key"
+
+# Applied before every test (POST /_sim/config merges, so every key a test may
+# change is listed here to undo it).
+BASELINE: dict[str, Any] = {
+    "window_seconds": 60.0,
+    "latency_scale": 0.01,
+    "openai": {"rpm": 450, "tpm": 450_000, "error_rate": 0.0, "slow_rate": 0.0, "latency": [1.0, 2.0]},
+    "replicate": {
+        "create_rpm": 600,
+        "other_rpm": 3000,
+        "error_rate": 0.0,
+        "fail_rate": 0.0,
+        "slow_rate": 0.0,
+        "latency": [1.0, 2.0],
+        "output_ttl_seconds": 3600.0,
+    },
+    "wix": {"site_rpm": 200, "error_rate": 0.0, "slow_rate": 0.0},
+}
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Simulator:
+    """Handle on the simulator process: base URL plus the /_sim control API."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self._http = httpx.Client(base_url=base_url, timeout=10.0)
+
+    def configure(self, patch: dict[str, Any]) -> dict[str, Any]:
+        response = self._http.post("/_sim/config", json=patch)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def reset(self) -> None:
+        self._http.post("/_sim/reset").raise_for_status()
+
+    def ledger(self) -> dict[str, Any]:
+        response = self._http.get("/_sim/ledger")
+        response.raise_for_status()
+        return response.json()
+
+    def close(self) -> None:
+        self._http.close()
+
+
+@pytest.fixture(scope="session")
+def simulator_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
+    if not (ROOT / "simulators" / "__main__.py").exists():
+        pytest.skip("simulators/ package not present")
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("simulator") / "simulator.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    for name in list(env):  # the test process's SIM_* tuning must not leak into this private instance
+        if name.startswith("SIM_"):
+            del env[name]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "simulators", "--port", str(port), "--log-level", "WARNING"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            sim = Simulator(_wait_healthy(proc, f"http://127.0.0.1:{port}", log_path))
+            yield sim
+            sim.close()
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_healthy(proc: subprocess.Popen[bytes], base_url: str, log_path: Path) -> str:
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"simulator exited with {proc.returncode}; see {log_path}")
+        try:
+            if httpx.get(f"{base_url}/_sim/health", timeout=1.0).status_code == 200:
+                return base_url
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"simulator not healthy after 30 s; see {log_path}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def sim(simulator_process: Simulator) -> Simulator:
+    simulator_process.configure(BASELINE)
+    simulator_process.reset()
+    return simulator_process
+
+
+@pytest.fixture
+def settings(sim: Simulator) -> Settings:
+    return replace(
+        Settings(),
+        openai_base_url=f"{sim.base_url}/openai/v1",
+        openai_api_key=OPENAI_KEY,
+        openai_timeout=10.0,
+        replicate_base_url=f"{sim.base_url}/replicate",
+        replicate_api_token=REPLICATE_TOKEN,
+        replicate_timeout=10.0,
+        wix_base_url=f"{sim.base_url}/wix",
+        wix_timeout=10.0,
+    )
+
+
+@pytest_asyncio.fixture
+async def writer(settings: Settings) -> AsyncIterator[ArticleWriter]:
+    async with ArticleWriter(settings) as client:
+        yield client
+
+
+@pytest_asyncio.fixture
+async def images(settings: Settings) -> AsyncIterator[ImageMaker]:
+    async with ImageMaker(settings) as client:
+        yield client
+
+
+@pytest_asyncio.fixture
+async def wix(settings: Settings) -> AsyncIterator[WixBlog]:
+    async with WixBlog(settings) as client:
+        yield client

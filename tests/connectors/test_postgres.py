@@ -1,0 +1,679 @@
+"""Integration tests for connectors/postgres.py against the real `blogstream_test` database.
+
+Needs the local stack (`stack/stack.sh up`) with migrations at head. Isolation from other
+people using the same database:
+* every test uses fresh uuid ids (requests, sites, effects);
+* tests whose figures are global (health, counts, the seed's retry UPDATE) run inside one
+  REPEATABLE READ transaction that is rolled back: they see a frozen snapshot, their
+  writes never become visible, and concurrent writers cannot change the numbers.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+# The repo root may not be on sys.path (pytest run from the venv entry point, no pythonpath
+# setting); make `import connectors` work either way.
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from connectors.postgres import (  # noqa: E402
+    Database,
+    DatabaseError,
+    EffectClaim,
+    HealthFigures,
+    OutcomeRow,
+    Site,
+    SiteCache,
+    mask_dsn,
+    merge_outcomes,
+)
+
+DSN = os.environ.get(
+    "BLOGSTREAM_TEST_DATABASE_URL", "postgresql://blogstream:blogstream@127.0.0.1:55432/blogstream_test"
+)
+
+aio = pytest.mark.asyncio(loop_scope="module")
+
+
+# Every id this module writes starts with RUN, so teardown can delete exactly its own rows.
+RUN = f"pgtest{uuid.uuid4().hex[:8]}"
+
+
+def uid(prefix: str = "t") -> str:
+    return f"{RUN}-{prefix}-{uuid.uuid4().hex}"
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def ev(request_id: str, stage: str, at: datetime, site_id: str = "site-test", **fields: Any) -> OutcomeRow:
+    """An OutcomeRow for `stage` with the status and rank the stage implies."""
+    status = {"published": "DONE", "failed": "FAILED", "cancelled": "CANCELLED"}.get(stage, "PENDING")
+    rank = {"requested": 0, "drafted": 1, "illustrated": 2}.get(stage, 3)
+    return OutcomeRow(request_id, site_id, status, stage, rank, at, **fields)
+
+
+class _OneConnection:
+    """Pool stand-in that runs every query on one connection (inside the test's transaction)."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+# --- fixtures ------------------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def db():
+    database = Database(DSN, min_size=2, max_size=25)
+    try:
+        await database.start()
+    except DatabaseError as exc:
+        pytest.skip(f"test database not reachable (stack/stack.sh up): {exc}")
+    has_claims = await database.pool.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.columns "
+        "WHERE table_name = 'stage_outputs' AND column_name = 'claimed_until')"
+    )
+    if not has_claims:
+        await database.close()
+        pytest.fail("blogstream_test is not migrated: BLOGSTREAM_DATABASE_URL=... alembic upgrade head")
+    yield database
+    # Leave no rows behind: other suites share blogstream_test (5,000 PENDING rows per run
+    # would soon skew queue-size checks).
+    pattern = f"{RUN}-%"
+    await database.pool.execute("DELETE FROM blog_generations WHERE id LIKE $1", pattern)
+    await database.pool.execute("DELETE FROM stage_outputs WHERE request_id LIKE $1", pattern)
+    await database.pool.execute("DELETE FROM sites WHERE site_id LIKE $1", pattern)
+    await database.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def tx(db: Database):
+    """A Database whose queries all run in one REPEATABLE READ transaction, rolled back at the end."""
+    async with db.pool.acquire() as conn:
+        transaction = conn.transaction(isolation="repeatable_read")
+        await transaction.start()
+        view = Database(DSN)
+        view._pool = _OneConnection(conn)  # type: ignore[assignment]  # test-only: bind to the tx
+        try:
+            yield view, conn
+        finally:
+            await transaction.rollback()
+
+
+# --- OutcomeRow / merge (no database) --------------------------------------------------------
+
+
+def test_outcome_row_validation() -> None:
+    t = now()
+    with pytest.raises(ValueError):
+        OutcomeRow("r", "s", "DONE", "drafted", 1, t)  # final status below rank 3
+    with pytest.raises(ValueError):
+        OutcomeRow("r", "s", "PENDING", "drafted", 2, t)  # rank does not match stage
+    with pytest.raises(ValueError):
+        OutcomeRow("r", "s", "DONE", "failed", 3, t)  # stage implies FAILED
+    with pytest.raises(ValueError):
+        OutcomeRow("r", "s", "WEIRD", "requested", 0, t)
+    naive = OutcomeRow("r", "s", "PENDING", "requested", 0, datetime(2025, 1, 1, 12, 0))
+    assert naive.at.tzinfo is timezone.utc
+
+
+def test_merge_keeps_highest_rank_and_fills_from_others() -> None:
+    t0 = now()
+    rows = [
+        ev("b", "requested", t0, request={"topic": "b"}),
+        ev("a", "drafted", t0 + timedelta(seconds=2), title="A"),
+        ev("a", "requested", t0, request={"topic": "a"}),
+        ev("a", "illustrated", t0 + timedelta(seconds=3), image_url="img"),
+        ev("a", "drafted", t0 + timedelta(seconds=9), title="A-replay"),
+    ]
+    merged = merge_outcomes(rows)
+    assert [m["id"] for m in merged] == ["a", "b"]  # one per id, sorted (lock order)
+    a = merged[0]
+    assert (a["status"], a["stage"], a["stage_rank"]) == ("PENDING", "illustrated", 2)
+    assert a["request"] == {"topic": "a"}
+    assert a["title"] == "A"  # the replay (lower rank than illustrated) does not overwrite
+    assert a["created_at"] == t0
+    assert a["drafted_at"] == t0 + timedelta(seconds=2)
+
+
+# --- forward-only upsert ------------------------------------------------------------------------
+
+
+@aio
+async def test_lifecycle_moves_forward_and_keeps_earlier_values(db: Database) -> None:
+    rid, t0 = uid("req"), now() - timedelta(minutes=5)
+    assert await db.upsert_outcomes([ev(rid, "requested", t0, request={"topic": "tea"})]) == 1
+    row = await db.get_generation(rid)
+    assert row is not None
+    assert (row["status"], row["stage"], row["stage_rank"]) == ("PENDING", "requested", 0)
+    assert row["request"] == {"topic": "tea"} and row["created_at"] == t0
+
+    await db.upsert_outcomes([ev(rid, "drafted", t0 + timedelta(seconds=10), title="Tea", prompt_tokens=11,
+                                 completion_tokens=22, attempts=2)])
+    await db.upsert_outcomes([ev(rid, "illustrated", t0 + timedelta(seconds=20), image_url="https://img/1")])
+    await db.upsert_outcomes([ev(rid, "published", t0 + timedelta(seconds=30), post_id="p1",
+                                 post_url="https://wix/p1")])
+    row = await db.get_generation(rid)
+    assert (row["status"], row["stage"], row["stage_rank"]) == ("DONE", "published", 3)
+    assert row["request"] == {"topic": "tea"}
+    assert (row["title"], row["image_url"], row["post_id"], row["post_url"]) == (
+        "Tea", "https://img/1", "p1", "https://wix/p1")
+    assert (row["prompt_tokens"], row["completion_tokens"], row["attempts"]) == (11, 22, 2)
+    assert row["created_at"] == t0
+    assert row["drafted_at"] == t0 + timedelta(seconds=10)
+    assert row["illustrated_at"] == t0 + timedelta(seconds=20)
+    assert row["finished_at"] == t0 + timedelta(seconds=30)
+
+
+@aio
+async def test_replayed_pending_never_moves_done_back(db: Database) -> None:
+    rid, t0 = uid("req"), now() - timedelta(minutes=5)
+    await db.upsert_outcomes([
+        ev(rid, "requested", t0, request={"topic": "x"}),
+        ev(rid, "drafted", t0 + timedelta(seconds=1), title="X"),
+    ])
+    await db.upsert_outcomes([ev(rid, "published", t0 + timedelta(seconds=3), post_url="u")])
+    before = await db.get_generation(rid)
+
+    # Replays of everything that came before: nothing changes, nothing is even written.
+    changed = await db.upsert_outcomes([
+        ev(rid, "requested", t0, request={"topic": "x"}),
+        ev(rid, "drafted", t0 + timedelta(seconds=1), title="X"),
+    ])
+    assert changed == 0
+    # A replayed PENDING at a *later* time and with different values still cannot win.
+    await db.upsert_outcomes([ev(rid, "illustrated", t0 + timedelta(seconds=99), image_url="late", title="Other")])
+    after = await db.get_generation(rid)
+    assert (after["status"], after["stage"], after["stage_rank"]) == ("DONE", "published", 3)
+    assert after["finished_at"] == before["finished_at"] == t0 + timedelta(seconds=3)
+    assert after["title"] == "X"  # kept; the stale event only filled the NULL image_url
+    assert after["image_url"] == "late"
+    assert after["illustrated_at"] == t0 + timedelta(seconds=99)
+
+
+@aio
+async def test_failed_and_cancelled_are_final(db: Database) -> None:
+    t0 = now() - timedelta(minutes=1)
+    failed, cancelled = uid("req"), uid("req")
+    await db.upsert_outcomes([
+        ev(failed, "requested", t0), ev(failed, "failed", t0 + timedelta(seconds=5), error="boom", attempts=6),
+        ev(cancelled, "requested", t0), ev(cancelled, "cancelled", t0 + timedelta(seconds=5)),
+    ])
+    # late events from in-flight stages, and a competing final event
+    await db.upsert_outcomes([
+        ev(failed, "illustrated", t0 + timedelta(seconds=6)),
+        ev(failed, "published", t0 + timedelta(seconds=7)),
+        ev(cancelled, "drafted", t0 + timedelta(seconds=6), title="T"),
+    ])
+    f = await db.get_generation(failed)
+    c = await db.get_generation(cancelled)
+    assert (f["status"], f["stage"], f["error"], f["attempts"]) == ("FAILED", "failed", "boom", 6)
+    assert f["finished_at"] == t0 + timedelta(seconds=5)
+    assert (c["status"], c["stage"], c["title"]) == ("CANCELLED", "cancelled", "T")
+
+
+@aio
+async def test_out_of_order_arrival(db: Database) -> None:
+    rid, t0 = uid("req"), now() - timedelta(minutes=2)
+    # The publish outcome overtakes everything (different topics, different lag).
+    assert await db.upsert_outcomes([ev(rid, "published", t0 + timedelta(seconds=30), post_url="u")]) == 1
+    row = await db.get_generation(rid)
+    assert (row["status"], row["created_at"], row["request"]) == ("DONE", t0 + timedelta(seconds=30), None)
+
+    assert await db.upsert_outcomes([ev(rid, "drafted", t0 + timedelta(seconds=10), title="T", prompt_tokens=5)]) == 1
+    assert await db.upsert_outcomes([ev(rid, "requested", t0, request={"topic": "late"})]) == 1
+    row = await db.get_generation(rid)
+    assert (row["status"], row["stage"], row["stage_rank"]) == ("DONE", "published", 3)
+    assert row["request"] == {"topic": "late"}
+    assert (row["title"], row["prompt_tokens"], row["post_url"]) == ("T", 5, "u")
+    assert row["created_at"] == t0  # the earliest event time wins
+    assert row["drafted_at"] == t0 + timedelta(seconds=10)
+    assert row["finished_at"] == t0 + timedelta(seconds=30)
+
+
+@aio
+async def test_batch_with_duplicates(db: Database) -> None:
+    t0 = now() - timedelta(minutes=3)
+    a, b, c = uid("req"), uid("req"), uid("req")
+    batch = [
+        ev(a, "requested", t0, request={"n": 1}),
+        ev(b, "requested", t0, request={"n": 2}),
+        ev(a, "drafted", t0 + timedelta(seconds=1), title="A"),
+        ev(a, "requested", t0, request={"n": 1}),  # replay inside the batch
+        ev(c, "published", t0 + timedelta(seconds=4), post_url="c"),
+        ev(a, "illustrated", t0 + timedelta(seconds=2), image_url="ia"),
+        ev(c, "requested", t0, request={"n": 3}),  # arrives after its final event
+        ev(b, "drafted", t0 + timedelta(seconds=1), title="B"),
+        ev(b, "drafted", t0 + timedelta(seconds=8), title="B2"),  # tie: PENDING->PENDING keeps first
+    ]
+    assert await db.upsert_outcomes(batch) == 3  # one row per request, one statement
+    ra, rb, rc = [await db.get_generation(x) for x in (a, b, c)]
+    assert (ra["stage"], ra["request"], ra["title"], ra["image_url"]) == ("illustrated", {"n": 1}, "A", "ia")
+    assert ra["created_at"] == t0 and ra["drafted_at"] == t0 + timedelta(seconds=1)
+    assert (rb["stage"], rb["title"], rb["drafted_at"]) == ("drafted", "B", t0 + timedelta(seconds=1))
+    assert (rc["status"], rc["request"], rc["created_at"]) == ("DONE", {"n": 3}, t0)
+    assert await db.upsert_outcomes([]) == 0
+
+
+@aio
+async def test_upsert_5000_rows_in_one_batch(db: Database, capsys: pytest.CaptureFixture[str]) -> None:
+    site, t0 = uid("site"), now() - timedelta(minutes=1)
+    ids = [uid("bulk") for _ in range(5000)]
+    rows = [ev(i, "requested", t0, site_id=site, request={"topic": i, "words": 800}) for i in ids]
+    started = time.perf_counter()
+    assert await db.upsert_outcomes(rows) == 5000
+    insert_s = time.perf_counter() - started
+
+    started = time.perf_counter()
+    assert await db.upsert_outcomes(rows) == 0  # pure replay: no row changes
+    replay_s = time.perf_counter() - started
+
+    drafted = [ev(i, "drafted", t0 + timedelta(seconds=5), site_id=site, title=f"T {i}") for i in ids]
+    started = time.perf_counter()
+    assert await db.upsert_outcomes(drafted) == 5000
+    advance_s = time.perf_counter() - started
+
+    assert (await db.pending_by_site())[site] == 5000
+    with capsys.disabled():
+        print(f"\n[5000-row batch] insert {insert_s * 1000:.0f} ms, replay {replay_s * 1000:.0f} ms, "
+              f"advance {advance_s * 1000:.0f} ms")
+
+
+@aio
+async def test_concurrent_overlapping_batches_do_not_deadlock(db: Database) -> None:
+    # Sinks on several workers may write the same requests at once (replays, rebalances);
+    # batches are written in id order, so they queue on row locks instead of deadlocking.
+    import random
+
+    t0 = now() - timedelta(minutes=1)
+    ids = [uid("ovl") for _ in range(400)]
+    batches = []
+    for n in range(6):
+        stage = ("requested", "drafted", "illustrated")[n % 3]
+        rows = [ev(i, stage, t0 + timedelta(seconds=n % 3), request={"i": i}) for i in ids]
+        random.shuffle(rows)
+        batches.append(rows)
+    await asyncio.gather(*(db.upsert_outcomes(b) for b in batches))
+    rows = [await db.get_generation(i) for i in ids[:20]]
+    assert {(r["stage"], r["created_at"]) for r in rows} == {("illustrated", t0)}
+
+
+# --- the seed's SQL, unchanged, against the table ---------------------------------------------
+
+
+SEED_PENDING = "SELECT COUNT(*) FROM blog_generations WHERE status = 'PENDING'"
+SEED_FAILED = "SELECT COUNT(*) FROM blog_generations WHERE status = 'FAILED'"
+SEED_RECENT_ERRORS = (
+    "SELECT id, error, created_at FROM blog_generations WHERE status = 'FAILED' ORDER BY created_at DESC LIMIT 10"
+)
+SEED_DONE_LAST_HOUR = (
+    "SELECT COUNT(*) FROM blog_generations WHERE status = 'DONE' AND finished_at > NOW() - INTERVAL '1 hour'"
+)
+SEED_FAILED_LAST_HOUR = (
+    "SELECT COUNT(*) FROM blog_generations WHERE status = 'FAILED' AND created_at > NOW() - INTERVAL '1 hour'"
+)
+SEED_RETRY = (
+    "UPDATE blog_generations SET status = 'PENDING', error = NULL "
+    "WHERE status = 'FAILED' AND created_at > NOW() - INTERVAL '1 hour'"
+)
+
+
+async def _seed_figures(conn: asyncpg.Connection) -> dict[str, int]:
+    return {
+        "pending": await conn.fetchval(SEED_PENDING),
+        "failed": await conn.fetchval(SEED_FAILED),
+        "done_hour": await conn.fetchval(SEED_DONE_LAST_HOUR),
+        "failed_hour": await conn.fetchval(SEED_FAILED_LAST_HOUR),
+    }
+
+
+async def _mixed_rows(view: Database, site: str) -> dict[str, list[str]]:
+    """3 PENDING, 2 FAILED this hour, 1 FAILED 2 h ago, 4 DONE this hour, 1 DONE 2 h ago, 1 CANCELLED."""
+    t, old = now() - timedelta(minutes=5), now() - timedelta(hours=2)
+    ids: dict[str, list[str]] = {k: [uid(k) for _ in range(n)] for k, n in
+                                 [("pending", 3), ("failed", 2), ("failed_old", 1), ("done", 4),
+                                  ("done_old", 1), ("cancelled", 1)]}
+    rows = [ev(i, "requested", t, site) for i in ids["pending"]]
+    rows += [ev(i, "failed", t, site, error=f"err {i}") for i in ids["failed"]]
+    rows += [ev(i, "failed", old, site, error="old") for i in ids["failed_old"]]
+    rows += [ev(i, "published", t, site) for i in ids["done"]]
+    rows += [ev(i, "published", old, site) for i in ids["done_old"]]
+    rows += [ev(i, "cancelled", t, site) for i in ids["cancelled"]]
+    assert await view.upsert_outcomes(rows) == 12
+    return ids
+
+
+@aio
+async def test_seed_sql_runs_unchanged(tx: tuple[Database, asyncpg.Connection]) -> None:
+    view, conn = tx
+    before = await _seed_figures(conn)
+    ids = await _mixed_rows(view, uid("site"))
+    after = await _seed_figures(conn)
+    assert {k: after[k] - before[k] for k in after} == {"pending": 3, "failed": 3, "done_hour": 4, "failed_hour": 2}
+
+    recent = await conn.fetch(SEED_RECENT_ERRORS)
+    assert len(recent) <= 10 and list(recent[0].keys()) == ["id", "error", "created_at"]
+    assert [tuple(r) for r in recent] == list(await view.recent_errors())
+
+    # The seed's retry: recent failures back to PENDING, error cleared; the old one stays.
+    status = await conn.execute(SEED_RETRY)
+    assert int(status.split()[-1]) >= 2
+    for rid in ids["failed"]:
+        row = await view.get_generation(rid)
+        assert (row["status"], row["error"]) == ("PENDING", None)
+    assert (await view.get_generation(ids["failed_old"][0]))["status"] == "FAILED"
+
+    # A retried row (PENDING at rank 3) can still finish: equal rank, PENDING -> final moves on...
+    retried = ids["failed"][0]
+    await view.upsert_outcomes([ev(retried, "drafted", now()), ev(retried, "published", now(), post_url="u")])
+    row = await view.get_generation(retried)
+    assert (row["status"], row["stage"], row["post_url"]) == ("DONE", "published", "u")
+    # ...and once DONE, the replayed FAILED does not take it back.
+    await view.upsert_outcomes([ev(retried, "failed", now(), error="old failure replayed")])
+    assert (await view.get_generation(retried))["status"] == "DONE"
+
+
+# --- health / intake reads ------------------------------------------------------------------------
+
+
+@aio
+async def test_health_figures(tx: tuple[Database, asyncpg.Connection]) -> None:
+    view, conn = tx
+    before = await view.health()
+    await _mixed_rows(view, uid("site"))
+    after = await view.health()
+    assert isinstance(after, HealthFigures)
+    assert after.queue_size - before.queue_size == 3
+    assert after.errors_last_hour - before.errors_last_hour == 2
+    assert after.completed_last_hour - before.completed_last_hour == 4
+    assert after.blogs_per_minute == pytest.approx(after.completed_last_hour / 60)
+    seed = await _seed_figures(conn)  # same snapshot: the figures are the seed's queries
+    assert (after.queue_size, after.errors_last_hour, after.completed_last_hour) == (
+        seed["pending"], seed["failed_hour"], seed["done_hour"])
+    assert set(after.as_dict()) == {"queue_size", "errors_last_hour", "completed_last_hour", "blogs_per_minute"}
+
+
+@aio
+async def test_status_counts(tx: tuple[Database, asyncpg.Connection]) -> None:
+    view, conn = tx
+    before = await view.status_counts()
+    assert set(before) == {"PENDING", "DONE", "FAILED", "CANCELLED"}
+    await _mixed_rows(view, uid("site"))
+    after = await view.status_counts()
+    assert {k: after[k] - before[k] for k in after} == {"PENDING": 3, "DONE": 5, "FAILED": 3, "CANCELLED": 1}
+
+
+@aio
+async def test_recent_errors_newest_first(tx: tuple[Database, asyncpg.Connection]) -> None:
+    view, _ = tx
+    # Event times in the future so these are the newest failures in the (frozen) snapshot.
+    base = now() + timedelta(days=365)
+    ids = [uid("err") for _ in range(3)]
+    await view.upsert_outcomes([ev(i, "failed", base + timedelta(seconds=n), error=f"e{n}") for n, i in enumerate(ids)])
+    errors = await view.recent_errors(limit=2)
+    assert [(e.id, e.error) for e in errors] == [(ids[2], "e2"), (ids[1], "e1")]
+    assert errors[0].created_at == base + timedelta(seconds=2)
+
+
+@aio
+async def test_pending_by_site_and_site_paging(db: Database) -> None:
+    site, other, t0 = uid("site"), uid("site"), now() - timedelta(hours=1)
+    ids = [uid("req") for _ in range(7)]
+    rows = [ev(i, "requested", t0 + timedelta(seconds=n), site) for n, i in enumerate(ids)]
+    rows += [ev(ids[0], "published", t0 + timedelta(minutes=5), site), ev(uid("req"), "requested", t0, other)]
+    await db.upsert_outcomes(rows)
+    pending = await db.pending_by_site()
+    assert pending[site] == 6 and pending[other] == 1
+
+    pages, after = [], None
+    while True:
+        page = await db.list_site_generations(site, limit=3, after_id=after)
+        if not page:
+            break
+        pages.append([r["id"] for r in page])
+        after = page[-1]["id"]
+    assert pages == [ids[6:3:-1], ids[3:0:-1], ids[0:1]]  # newest first, 3 + 3 + 1
+    assert await db.list_site_generations(site, limit=3, after_id="no-such-id") == []
+    assert await db.list_site_generations(other, limit=3, after_id=ids[3]) == []  # cursor of another site
+    assert await db.get_generation("no-such-id") is None
+    with pytest.raises(ValueError):
+        await db.list_site_generations(site, limit=0)
+
+
+# --- sites -------------------------------------------------------------------------------------------
+
+
+@aio
+async def test_sites_registry(db: Database) -> None:
+    sid = uid("site")
+    assert await db.get_site(sid) is None
+    assert await db.update_site_controls(sid, paused=True) is None
+    site = Site(sid, name="Tea blog", wix_api_key="wix-secret-1", wix_member_id="m1", weight=2.5)
+    await db.upsert_site(site)
+    assert await db.get_site(sid) == site
+
+    updated = await db.update_site_controls(sid, paused=True, max_in_flight=3)
+    assert updated == Site(sid, "Tea blog", "wix-secret-1", "m1", 2.5, 3, 1000, True)
+    assert await db.get_site(sid) == updated
+    updated = await db.update_site_controls(sid, weight=0.5)  # other controls untouched
+    assert (updated.weight, updated.max_in_flight, updated.paused) == (0.5, 3, True)
+
+    await db.upsert_site(Site(sid, name="Renamed", wix_api_key="wix-secret-2"))
+    assert (await db.get_site(sid)).name == "Renamed"
+    assert sid in [s.site_id for s in await db.list_sites()]
+    with pytest.raises(ValueError):
+        await db.update_site_controls(sid, weight=0)
+    with pytest.raises(ValueError):
+        await db.upsert_site(Site(sid, max_queued=0))
+
+
+def test_site_repr_hides_the_key() -> None:
+    site = Site("s1", name="n", wix_api_key="wix-very-secret-key")
+    for text in (repr(site), str(site), f"{site}", repr([site]), repr({"s": site})):
+        assert "wix-very-secret-key" not in text
+        assert "wix_api_key='***'" in text
+    assert "wix_api_key=''" in repr(Site("s2"))
+
+
+@aio
+async def test_site_cache_ttl(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    sid = uid("site")
+    await db.upsert_site(Site(sid, name="v1"))
+    clock = [1000.0]
+    reads: list[str] = []
+    real_get_site = db.get_site
+
+    async def counting_get_site(site_id: str) -> Site | None:
+        reads.append(site_id)
+        await asyncio.sleep(0.01)  # let concurrent callers pile up on one load
+        return await real_get_site(site_id)
+
+    monkeypatch.setattr(db, "get_site", counting_get_site)
+    cache = SiteCache(db, ttl=2.0, clock=lambda: clock[0])
+
+    # concurrent misses share one query
+    sites = await asyncio.gather(*(cache.get(sid) for _ in range(10)))
+    assert {s.name for s in sites} == {"v1"} and len(reads) == 1
+
+    await real_get_site(sid)
+    await db.update_site_controls(sid, paused=True)
+    clock[0] += 1.9
+    assert (await cache.get(sid)).paused is False and len(reads) == 1  # within ttl: cached, no query
+    clock[0] += 0.2
+    assert (await cache.get(sid)).paused is True and len(reads) == 2  # expired: re-read
+
+    missing = uid("site")
+    assert await cache.get(missing) is None and await cache.get(missing) is None
+    assert reads.count(missing) == 1  # unknown sites are cached too
+
+    await db.update_site_controls(sid, paused=False)
+    cache.invalidate(sid)
+    assert (await cache.get(sid)).paused is False and len(reads) == 4
+
+
+@aio
+async def test_site_cache_error_is_not_cached(db: Database) -> None:
+    class Flaky:
+        calls = 0
+
+        async def get_site(self, site_id: str) -> Site | None:
+            Flaky.calls += 1
+            if Flaky.calls == 1:
+                raise ConnectionError("db down")
+            return Site(site_id)
+
+    cache = SiteCache(Flaky(), ttl=2.0)  # type: ignore[arg-type]
+    with pytest.raises(ConnectionError):
+        await cache.get("s")
+    assert (await cache.get("s")) == Site("s")
+
+
+# --- effect ledger ------------------------------------------------------------------------------------
+
+
+@aio
+async def test_effect_claim_lifecycle(db: Database, caplog: pytest.LogCaptureFixture) -> None:
+    rid, site = uid("req"), uid("site")
+    assert await db.get_effect(rid, "generate") is None
+
+    first = await db.claim_effect(rid, "generate", site, owner="w1", lease_seconds=30)
+    assert first.state == "acquired" and first.payload is None
+    assert first.claimed_until > now() + timedelta(seconds=25)
+
+    busy = await db.claim_effect(rid, "generate", site, owner="w2", lease_seconds=30)
+    assert busy == EffectClaim("busy", None, first.claimed_until)
+    assert await db.get_effect(rid, "generate") is None  # claimed is not done
+
+    article = {"title": "Tea", "body": "...", "usage": {"prompt_tokens": 10}}
+    await db.complete_effect(rid, "generate", site, article, owner="w1")
+    done = await db.claim_effect(rid, "generate", site, owner="w3", lease_seconds=30)
+    assert done.state == "done" and done.payload == article  # reuse, do not pay again
+    assert await db.get_effect(rid, "generate") == article
+
+    with caplog.at_level(logging.INFO, logger="connectors.postgres"):
+        await db.complete_effect(rid, "generate", site, {"title": "other"}, owner="w3")  # idempotent
+    assert await db.get_effect(rid, "generate") == article  # first payload kept
+    assert "already done" in caplog.text
+
+    # other stages of the same request are independent
+    assert (await db.claim_effect(rid, "image", site, owner="w1", lease_seconds=30)).state == "acquired"
+
+
+@aio
+async def test_effect_release_lets_the_next_try_claim(db: Database) -> None:
+    rid, site = uid("req"), uid("site")
+    assert (await db.claim_effect(rid, "image", site, owner="w1", lease_seconds=60)).state == "acquired"
+    await db.release_effect(rid, "image", owner="w2")  # not its claim: no effect
+    assert (await db.claim_effect(rid, "image", site, owner="w2", lease_seconds=60)).state == "busy"
+    await db.release_effect(rid, "image", owner="w1")
+    assert (await db.claim_effect(rid, "image", site, owner="w2", lease_seconds=60)).state == "acquired"
+
+    await db.complete_effect(rid, "image", site, {"url": "https://img"}, owner="w2")
+    await db.release_effect(rid, "image", owner="w2")  # a done effect is never released
+    assert (await db.claim_effect(rid, "image", site, owner="w3", lease_seconds=60)).state == "done"
+
+
+@aio
+async def test_expired_lease_is_taken_over(db: Database, caplog: pytest.LogCaptureFixture) -> None:
+    rid, site = uid("req"), uid("site")
+    assert (await db.claim_effect(rid, "publish", site, owner="dead", lease_seconds=0.2)).state == "acquired"
+    assert (await db.claim_effect(rid, "publish", site, owner="w2", lease_seconds=30)).state == "busy"
+    await asyncio.sleep(0.3)
+    taken = await db.claim_effect(rid, "publish", site, owner="w2", lease_seconds=30)
+    assert taken.state == "acquired"
+    assert (await db.claim_effect(rid, "publish", site, owner="w3", lease_seconds=30)).state == "busy"
+
+    # The "dead" worker was only slow and finishes anyway: its effect happened, so it is
+    # recorded (and the double effect is logged); w2 then finds it done.
+    with caplog.at_level(logging.WARNING, logger="connectors.postgres"):
+        await db.complete_effect(rid, "publish", site, {"post_id": "p-dead"}, owner="dead")
+    assert "may have run twice" in caplog.text
+    await db.complete_effect(rid, "publish", site, {"post_id": "p-w2"}, owner="w2")
+    assert await db.get_effect(rid, "publish") == {"post_id": "p-dead"}
+
+
+@aio
+async def test_concurrent_claims_exactly_one_acquires(db: Database) -> None:
+    rid, site = uid("req"), uid("site")
+    claims = await asyncio.gather(*(
+        db.claim_effect(rid, "generate", site, owner=f"w{n}", lease_seconds=30) for n in range(20)
+    ))
+    states = [c.state for c in claims]
+    assert states.count("acquired") == 1 and states.count("busy") == 19
+
+    winner = f"w{states.index('acquired')}"
+    await db.complete_effect(rid, "generate", site, {"ok": True}, owner=winner)
+    again = await asyncio.gather(*(
+        db.claim_effect(rid, "generate", site, owner=f"v{n}", lease_seconds=30) for n in range(20)
+    ))
+    assert {(c.state, c.payload["ok"]) for c in again} == {("done", True)}
+
+
+@aio
+async def test_concurrent_takeover_of_an_expired_lease(db: Database) -> None:
+    rid, site = uid("req"), uid("site")
+    await db.claim_effect(rid, "image", site, owner="dead", lease_seconds=0.1)
+    await asyncio.sleep(0.2)
+    claims = await asyncio.gather(*(
+        db.claim_effect(rid, "image", site, owner=f"w{n}", lease_seconds=30) for n in range(20)
+    ))
+    assert [c.state for c in claims].count("acquired") == 1
+
+
+@aio
+async def test_ledger_constraints(db: Database) -> None:
+    with pytest.raises(asyncpg.CheckViolationError):  # a done effect must keep its payload
+        await db.pool.execute(
+            "INSERT INTO stage_outputs (request_id, stage, site_id, status) VALUES ($1, 'x', 's', 'done')", uid())
+    with pytest.raises(ValueError):
+        await db.claim_effect(uid(), "x", "s", owner="w", lease_seconds=0)
+
+
+# --- secrets --------------------------------------------------------------------------------------------
+
+
+def test_mask_dsn() -> None:
+    assert mask_dsn("postgresql://u:p%40ss@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert mask_dsn("postgresql://h/db?user=u&password=pw&sslmode=require") == (
+        "postgresql://h/db?user=u&password=***&sslmode=require")
+    assert mask_dsn("postgresql://h/db") == "postgresql://h/db"
+    assert mask_dsn("postgresql://u:p@s/s@h/db") == "postgresql://u:***@h/db"  # unescaped @ and /
+    assert "s3cret" not in repr(Database("postgresql://u:s3cret@h/db"))
+
+
+@aio
+async def test_connect_errors_do_not_leak_the_password(db: Database) -> None:
+    wrong_password = DSN.replace("blogstream:blogstream@", "blogstream:Sup3r-S3cret@")
+    assert wrong_password != DSN
+    closed_port = "postgresql://blogstream:Sup3r-S3cret@127.0.0.1:9/blogstream_test"
+    for dsn in (wrong_password, closed_port):
+        bad = Database(dsn, min_size=1, max_size=1)
+        with pytest.raises(DatabaseError) as info:
+            await bad.start()
+        text = str(info.value) + repr(info.value)
+        assert "Sup3r-S3cret" not in text and "***" in text
+        assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+@aio
+async def test_use_before_start_is_a_clear_error() -> None:
+    with pytest.raises(DatabaseError, match="start"):
+        await Database(DSN).get_site("x")

@@ -1,0 +1,122 @@
+"""ImageMaker against the Replicate simulator (the real SDK over real HTTP)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import httpx
+import pytest
+
+from connectors.errors import MalformedOutput, ProviderUnavailable, RateLimited, RejectedRequest
+from connectors.replicate_images import ImageMaker, _parse_timestamp_ms
+from streams.settings import Settings
+
+from .conftest import REPLICATE_TOKEN, Simulator
+
+PROMPT = "A watercolor of a worm bin on a sunny balcony, no text"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.asyncio
+async def test_make_cover_returns_a_downloadable_png(images: ImageMaker, sim: Simulator) -> None:
+    before_ms = int(time.time() * 1000)
+    cover = await images.make_cover(PROMPT, request_id="req-1")
+    after_ms = int(time.time() * 1000)
+
+    assert cover.prediction_id
+    assert before_ms - 1000 <= cover.created_at_ms <= after_ms + 1000
+    async with httpx.AsyncClient() as http:
+        response = await http.get(cover.url)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
+    assert response.content.startswith(PNG_SIGNATURE)
+
+    ledger = sim.ledger()["replicate"]
+    # Synchronous mode: one POST, no polling.
+    assert ledger["predictions_created"] == 1 and ledger["sync_requests"] == 1
+    assert ledger["current_requests_in_window_other"] == 0
+
+
+@pytest.mark.asyncio
+async def test_polls_when_the_sync_wait_ends_first(settings: Settings, sim: Simulator) -> None:
+    sim.configure({"latency_scale": 1.0, "replicate": {"latency": 1.6}})
+    async with ImageMaker(settings, sync_wait_s=1, first_poll_s=0.25, max_poll_s=0.5) as maker:
+        cover = await maker.make_cover(PROMPT, request_id="req-2")
+    assert cover.url.endswith(".png")
+    polls = sim.ledger()["replicate"]["current_requests_in_window_other"]
+    assert 1 <= polls <= 3  # few, growing gaps
+
+
+@pytest.mark.asyncio
+async def test_gives_up_and_cancels_after_the_timeout(settings: Settings, sim: Simulator) -> None:
+    sim.configure({"latency_scale": 1.0, "replicate": {"latency": 5.0}})
+    async with ImageMaker(replace(settings, replicate_timeout=1.5), first_poll_s=0.2, max_poll_s=0.4) as maker:
+        with pytest.raises(ProviderUnavailable) as info:
+            await maker.make_cover(PROMPT, request_id="req-3")
+    assert "req-3" in info.value.message and "canceled" in info.value.message
+    assert sim.ledger()["replicate"]["predictions_canceled"] == 1
+
+
+@pytest.mark.asyncio
+async def test_429_maps_to_rate_limited(images: ImageMaker, sim: Simulator) -> None:
+    sim.configure({"replicate": {"create_rpm": 1}})
+    await images.make_cover(PROMPT, request_id="req-4")
+    with pytest.raises(RateLimited) as info:
+        await images.make_cover(PROMPT, request_id="req-5")
+    exc = info.value
+    assert exc.provider == "replicate" and exc.status == 429 and exc.retryable
+    assert exc.retry_after is not None and 1 <= exc.retry_after <= 60
+    assert "throttled" in exc.message
+    assert REPLICATE_TOKEN not in str(exc) and REPLICATE_TOKEN not in repr(exc)
+    # The SDK never retries the POST that creates (and pays for) a prediction.
+    assert sim.ledger()["replicate"]["calls"] == 2
+
+
+@pytest.mark.asyncio
+async def test_failed_prediction_is_retryable_with_its_error(images: ImageMaker, sim: Simulator) -> None:
+    sim.configure({"replicate": {"fail_rate": 1.0}})
+    with pytest.raises(ProviderUnavailable) as info:
+        await images.make_cover(PROMPT, request_id="req-6")
+    assert info.value.retryable and "NSFW" in info.value.message and "req-6" in info.value.message
+
+
+@pytest.mark.asyncio
+async def test_server_errors_map_to_unavailable(images: ImageMaker, sim: Simulator) -> None:
+    sim.configure({"replicate": {"error_rate": 1.0}})
+    with pytest.raises(ProviderUnavailable) as info:
+        await images.make_cover(PROMPT, request_id="req-7")
+    assert info.value.status in (500, 503) and info.value.retryable
+    assert REPLICATE_TOKEN not in str(info.value)
+
+
+@pytest.mark.asyncio
+async def test_unknown_model_is_rejected_with_advice(settings: Settings) -> None:
+    bad = replace(settings, replicate_base_url=settings.replicate_base_url + "/nowhere")
+    async with ImageMaker(bad) as maker:
+        with pytest.raises(RejectedRequest) as info:
+            await maker.make_cover(PROMPT, request_id="req-8")
+    assert info.value.status == 404 and "BLOGSTREAM_REPLICATE_MODEL" in info.value.message
+
+
+@pytest.mark.asyncio
+async def test_empty_prompt_is_rejected_without_a_call(images: ImageMaker, sim: Simulator) -> None:
+    with pytest.raises(RejectedRequest):
+        await images.make_cover("   ", request_id="req-9")
+    assert sim.ledger()["replicate"]["calls"] == 0
+
+
+def test_model_must_be_owner_slash_name(settings: Settings) -> None:
+    with pytest.raises(ValueError, match="owner/name"):
+        ImageMaker(replace(settings, replicate_model="black-forest-labs/flux-schnell:abc123"))
+
+
+def test_timestamps_with_nanoseconds() -> None:
+    assert _parse_timestamp_ms("2024-05-01T12:00:00.123456789Z") == 1714564800123
+    assert _parse_timestamp_ms("2024-05-01T12:00:00Z") == 1714564800000
+    assert _parse_timestamp_ms("2024-05-01T12:00:00.5+00:00") == 1714564800500
+    assert _parse_timestamp_ms(None) is None and _parse_timestamp_ms("yesterday") is None
+
+
+def test_malformed_output_is_retryable() -> None:
+    assert MalformedOutput("replicate", "x").retryable

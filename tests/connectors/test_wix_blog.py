@@ -1,0 +1,150 @@
+"""WixBlog against the Wix simulator (and Replicate's, for real image URLs)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from connectors.errors import ImageExpired, ProviderUnavailable, RateLimited, RejectedRequest
+from connectors.replicate_images import ImageMaker
+from connectors.wix_blog import PublishedPost, SiteCredentials, WixBlog, WixSite
+
+from .conftest import WIX_KEY, Simulator
+
+SITE = SiteCredentials(site_id="site-a", wix_api_key=WIX_KEY, wix_member_id="member-1")
+BODY = "Intro paragraph.\n\n## Why compost\n\n- less waste\n- better soil\n\nClosing words."
+
+
+def test_site_satisfies_the_protocol_and_hides_its_key() -> None:
+    assert isinstance(SITE, WixSite)
+    assert WIX_KEY not in repr(SITE)
+
+
+@pytest.mark.asyncio
+async def test_import_create_and_find_by_slug(wix: WixBlog, images: ImageMaker, sim: Simulator) -> None:
+    cover = await images.make_cover("a balcony garden", request_id="req-1")
+    file = await wix.import_image(SITE, cover.url, display_name="req-1.png")
+    assert file["id"] and file["url"].startswith("https://")
+
+    post = await wix.create_post(
+        SITE,
+        title="Composting on a balcony",
+        excerpt="Small space, rich soil.",
+        body_markdown=BODY,
+        slug="composting-on-a-balcony",
+        tags=["compost", "balcony", "compost"],
+        image=file,
+        image_alt="A worm bin on a balcony",
+    )
+    assert post == PublishedPost(
+        post_id=post.post_id,
+        url="https://site-a.wixsite.example/post/composting-on-a-balcony",
+        slug="composting-on-a-balcony",
+    )
+    assert await wix.find_post_by_slug(SITE, "composting-on-a-balcony") == post
+    assert await wix.find_post_by_slug(SITE, "never-published") is None
+
+    ledger = sim.ledger()["wix"]
+    assert ledger["posts_per_site"] == {"site-a": 1} and ledger["imports_total"] == 1
+
+
+@pytest.mark.asyncio
+async def test_post_without_image_or_member(wix: WixBlog) -> None:
+    owner_site = SiteCredentials(site_id="site-b", wix_api_key=WIX_KEY)  # no member id: the key acts as owner
+    post = await wix.create_post(
+        owner_site, title="T", excerpt="", body_markdown="Text.", slug="t", tags=[], image=None, image_alt=""
+    )
+    assert post.url.endswith("/post/t")
+
+
+@pytest.mark.asyncio
+async def test_taken_slug_is_reported_as_wix_renamed_it(wix: WixBlog) -> None:
+    kwargs = dict(title="Same", excerpt="", body_markdown="x", slug="same", tags=[], image=None, image_alt="")
+    first = await wix.create_post(SITE, **kwargs)
+    second = await wix.create_post(SITE, **kwargs)
+    assert first.slug == "same" and second.slug == "same-1" and second.post_id != first.post_id
+    assert await wix.find_post_by_slug(SITE, "same") == first
+
+
+@pytest.mark.asyncio
+async def test_html_in_user_text_stays_literal(wix: WixBlog) -> None:
+    topic = '<script>alert("x")</script> & <b>friends</b>'
+    post = await wix.create_post(
+        SITE,
+        title=topic,
+        excerpt=topic,
+        body_markdown=f"## {topic}\n\n{topic}",
+        slug="html-topic",
+        tags=["<i>tag</i>"],
+        image=None,
+        image_alt=topic,
+    )
+    stored = await wix._client.get(  # read back what Wix stored, as plain JSON
+        "blog/v3/posts/slugs/html-topic", headers={"Authorization": WIX_KEY, "wix-site-id": "site-a"}
+    )
+    body = stored.json()["post"]
+    assert post.slug == "html-topic"
+    assert body["title"] == topic and body["excerpt"] == topic and body["hashtags"] == ["<i>tag</i>"]
+    assert "&lt;" not in stored.text  # sent as-is, not pre-escaped: Wix escapes text on render
+
+
+@pytest.mark.asyncio
+async def test_missing_site_id_is_an_actionable_rejection(wix: WixBlog) -> None:
+    with pytest.raises(RejectedRequest) as info:
+        await wix.find_post_by_slug(SiteCredentials(site_id="", wix_api_key=WIX_KEY), "anything")
+    exc = info.value
+    assert exc.status == 403 and not exc.retryable
+    assert "sites table" in exc.message and "site_id" in exc.message
+    assert WIX_KEY not in str(exc) and WIX_KEY not in repr(exc)
+
+
+@pytest.mark.asyncio
+async def test_missing_api_key_is_an_actionable_rejection(wix: WixBlog) -> None:
+    with pytest.raises(RejectedRequest) as info:
+        await wix.import_image(SiteCredentials("site-a", ""), "https://example.com/a.png", display_name="a.png")
+    assert info.value.status == 401 and "wix_api_key" in info.value.message
+    assert not isinstance(info.value, ImageExpired)
+
+
+@pytest.mark.asyncio
+async def test_expired_replicate_output_raises_image_expired(
+    wix: WixBlog, images: ImageMaker, sim: Simulator
+) -> None:
+    sim.configure({"replicate": {"output_ttl_seconds": 0.3}})
+    cover = await images.make_cover("a balcony garden", request_id="req-2")
+    await asyncio.sleep(0.5)
+    with pytest.raises(ImageExpired) as info:
+        await wix.import_image(SITE, cover.url, display_name="req-2.png")
+    exc = info.value
+    assert isinstance(exc, RejectedRequest) and exc.status == 400 and not exc.retryable
+    assert "new image" in exc.message and WIX_KEY not in str(exc)
+
+
+@pytest.mark.asyncio
+async def test_invalid_url_is_rejected_not_expired(wix: WixBlog) -> None:
+    with pytest.raises(RejectedRequest) as info:
+        await wix.import_image(SITE, "not a url", display_name="x.png")
+    assert not isinstance(info.value, ImageExpired) and "url" in info.value.message
+
+
+@pytest.mark.asyncio
+async def test_429_maps_to_rate_limited(wix: WixBlog, sim: Simulator) -> None:
+    sim.configure({"wix": {"site_rpm": 1}})
+    await wix.find_post_by_slug(SITE, "a")
+    with pytest.raises(RateLimited) as info:
+        await wix.find_post_by_slug(SITE, "a")
+    exc = info.value
+    assert exc.status == 429 and exc.retryable and exc.retry_after is not None and exc.retry_after >= 1
+    # Limits are per site: another site is unaffected.
+    assert await wix.find_post_by_slug(SiteCredentials("site-z", WIX_KEY), "a") is None
+
+
+@pytest.mark.asyncio
+async def test_server_errors_map_to_unavailable(wix: WixBlog, sim: Simulator) -> None:
+    sim.configure({"wix": {"error_rate": 1.0}})
+    with pytest.raises(ProviderUnavailable) as info:
+        await wix.create_post(
+            SITE, title="T", excerpt="", body_markdown="x", slug="t", tags=[], image=None, image_alt=""
+        )
+    assert info.value.status in (500, 503) and info.value.retryable

@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+
+import httpx
+import pytest
+import replicate
+from replicate.exceptions import ModelError, ReplicateError
+
+pytestmark = pytest.mark.asyncio
+
+MODEL = "black-forest-labs/flux-schnell"
+WIX_HEADERS = {"Authorization": "wix-api-key", "wix-site-id": "site-a"}
+
+
+def client(sim) -> replicate.Client:
+    return replicate.Client(api_token="r8_test", base_url=sim.replicate_base_url)
+
+
+def assert_png(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+async def test_sync_create_returns_downloadable_png(sim):
+    c = client(sim)
+    # NB: use client.models.predictions.*create(..., wait=...): replicate 1.0.7's
+    # client.predictions.create(model=..., wait=...) silently drops `wait`.
+    p = await c.models.predictions.async_create(model=MODEL, wait=30,
+                                                input={"prompt": "a lighthouse", "aspect_ratio": "16:9"})
+    assert p.status == "succeeded" and p.model == MODEL
+    assert isinstance(p.output, list) and len(p.output) == 1
+    url = p.output[0]
+    assert url.startswith(sim.replicate_base_url + "/files/") and url.endswith(".png")
+    async with httpx.AsyncClient() as h:
+        r = await h.get(url)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    w, hgt = assert_png(r.content)
+    assert w > hgt  # 16:9
+
+
+async def test_sync_sdk_run_and_blocking_client(sim):
+    c = client(sim)
+    out = await asyncio.to_thread(c.run, MODEL, input={"prompt": "a fox", "num_outputs": 2})
+    assert len(out) == 2 and all(u.endswith(".png") for u in out)
+    p = await asyncio.to_thread(c.models.predictions.create, model=MODEL, input={"prompt": "x"}, wait=True)
+    assert p.status == "succeeded"
+    led = sim.ledger()["replicate"]
+    assert led["sync_requests"] == 2 and led["predictions_succeeded"] == 2
+
+
+async def test_async_create_then_get(sim):
+    c = client(sim)
+    p = await c.predictions.async_create(model=MODEL, input={"prompt": "a quiet harbor"})
+    assert p.status == "starting" and p.output is None
+    assert p.urls["get"].endswith(f"/replicate/v1/predictions/{p.id}")
+    deadline = time.monotonic() + 5
+    while p.status not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+        p = await c.predictions.async_get(p.id)
+    assert p.status == "succeeded" and p.output and p.completed_at and p.metrics["predict_time"] >= 0
+    # version-based endpoint
+    v = await c.predictions.async_create(version="abc123", input={"prompt": "x"}, wait=10)
+    assert v.status == "succeeded" and v.version == "abc123"
+
+
+async def test_prefer_wait_shorter_than_latency_returns_running(sim):
+    sim.configure({"latency_scale": 1.0, "replicate": {"latency": [30, 30]}})
+    c = client(sim)
+    t0 = time.monotonic()
+    p = await c.models.predictions.async_create(model=MODEL, input={"prompt": "slow"}, wait=1)
+    assert 0.9 <= time.monotonic() - t0 < 5
+    assert p.status in ("starting", "processing") and p.output is None
+    p = await c.predictions.async_cancel(p.id)
+    assert p.status == "canceled"
+    assert sim.ledger()["replicate"]["per_site"]["-"]["in_progress"] == 0
+
+
+async def test_output_expiry_404_and_wix_import_rejected(sim):
+    c = client(sim)
+    p = await c.models.predictions.async_create(model=MODEL, input={"prompt": "an owl"}, wait=10)
+    url = p.output[0]
+    async with httpx.AsyncClient() as h:
+        ok = await h.post(sim.wix_base_url + "/site-media/v1/files/import", headers=WIX_HEADERS,
+                          json={"url": url, "mediaType": "IMAGE", "displayName": "owl.png"})
+        assert ok.status_code == 200 and ok.json()["file"]["operationStatus"] == "READY"
+        sim.configure({"replicate": {"output_ttl_seconds": 0}})  # everything finished is now expired
+        assert (await h.get(url)).status_code == 404
+        g = await c.predictions.async_get(p.id)
+        assert g.output is None and g.status == "succeeded"
+        raw = (await h.get(f"{sim.replicate_base_url}/v1/predictions/{p.id}",
+                           headers={"Authorization": "Bearer r8_test"})).json()
+        assert raw["data_removed"] is True
+        bad = await h.post(sim.wix_base_url + "/site-media/v1/files/import", headers=WIX_HEADERS,
+                           json={"url": url, "mediaType": "IMAGE", "displayName": "owl.png"})
+        assert bad.status_code == 400
+        assert bad.json()["details"]["applicationError"]["code"] == "URL_NOT_REACHABLE"
+        unknown = await h.post(sim.wix_base_url + "/site-media/v1/files/import", headers=WIX_HEADERS,
+                               json={"url": sim.replicate_base_url + "/files/nosuchfile.png", "mediaType": "IMAGE"})
+        assert unknown.status_code == 400
+
+
+async def test_create_rate_limit(sim):
+    sim.configure({"replicate": {"create_rpm": 2}})
+    c = client(sim)
+    for _ in range(2):
+        await c.models.predictions.async_create(model=MODEL, input={"prompt": "x"})
+    with pytest.raises(ReplicateError) as ei:
+        await c.models.predictions.async_create(model=MODEL, input={"prompt": "x"})
+    assert ei.value.status == 429 and "Request was throttled" in ei.value.detail
+    async with httpx.AsyncClient() as h:
+        r = await h.post(f"{sim.replicate_base_url}/v1/models/{MODEL}/predictions",
+                         headers={"Authorization": "Bearer r8_test"}, json={"input": {"prompt": "x"}})
+        assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 30
+        # reads have their own (larger) window
+        g = await h.get(f"{sim.replicate_base_url}/v1/predictions", headers={"Authorization": "Bearer r8_test"})
+        assert g.status_code == 200
+    led = sim.ledger()["replicate"]
+    assert led["max_requests_in_window"] == 2 and led["rejected_429"] == 2 and led["admitted"] == 3
+
+
+async def test_errors_auth_validation_and_failures(sim):
+    c = client(sim)
+    async with httpx.AsyncClient() as h:
+        r = await h.post(f"{sim.replicate_base_url}/v1/models/{MODEL}/predictions", json={"input": {"prompt": "x"}})
+        assert r.status_code == 401
+    with pytest.raises(ReplicateError) as ei:
+        await c.models.predictions.async_create(model=MODEL, input={"no_prompt": 1})
+    assert ei.value.status == 422
+    sim.configure({"replicate": {"error_rate": 1.0}})
+    with pytest.raises(ReplicateError) as ei:
+        await c.models.predictions.async_create(model=MODEL, input={"prompt": "x"})
+    assert ei.value.status in (500, 503)
+    sim.configure({"replicate": {"error_rate": 0.0, "fail_rate": 1.0}})
+    with pytest.raises(ModelError):
+        await c.async_run(MODEL, input={"prompt": "x"})
+    led = sim.ledger()["replicate"]
+    assert led["errors_5xx"] == 1 and led["predictions_failed"] == 1
+
+
+async def test_external_load_on_create_window(sim):
+    from .conftest import wait_until
+    sim.configure({"replicate": {"create_rpm": 3, "external_rpm": 6000}})
+    wait_until(lambda: sim.ledger()["replicate"]["current_requests_in_window"] >= 3)
+    sim.configure({"replicate": {"external_rpm": 0}})
+    with pytest.raises(ReplicateError) as ei:
+        await client(sim).models.predictions.async_create(model=MODEL, input={"prompt": "x"})
+    assert ei.value.status == 429
+    led = sim.ledger()["replicate"]
+    assert led["external_admitted"] == 3 and led["max_requests_in_window"] == 3

@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.asyncio
+
+RICOS = {"nodes": [{"type": "PARAGRAPH", "id": "p1", "nodes": [
+    {"type": "TEXT", "id": "", "nodes": [], "textData": {"text": "Hello world", "decorations": []}}]}]}
+
+
+def headers(site: str = "site-a") -> dict:
+    return {"Authorization": "IST.fake-api-key", "wix-site-id": site}
+
+
+def draft(slug: str, title: str = "Sourdough for busy parents", **extra) -> dict:
+    return {"draftPost": {"title": title, "excerpt": "Short excerpt", "richContent": RICOS, "seoSlug": slug,
+                          "memberId": "member-1", "hashtags": ["bread"],
+                          "media": {"wixMedia": {"image": {"id": "abc~mv2.png"}}, "displayed": True,
+                                    "custom": True}, **extra},
+            "publish": True}
+
+
+async def test_auth_and_site_headers_required(sim):
+    async with httpx.AsyncClient(base_url=sim.wix_base_url) as h:
+        r = await h.post("/blog/v3/draft-posts", json=draft("x"), headers={"wix-site-id": "site-a"})
+        assert r.status_code == 401 and "message" in r.json()
+        r = await h.post("/blog/v3/draft-posts", json=draft("x"), headers={"Authorization": "k"})
+        assert r.status_code == 403 and r.json()["details"]["applicationError"]["code"]
+    led = sim.ledger()["wix"]
+    assert led["admitted"] == 0 and led["posts_total"] == 0
+
+
+async def test_create_publish_and_lookup(sim):
+    async with httpx.AsyncClient(base_url=sim.wix_base_url) as h:
+        r = await h.post("/blog/v3/draft-posts", json=draft("sourdough-req-123"), headers=headers())
+        assert r.status_code == 200, r.text
+        d = r.json()["draftPost"]
+        assert d["status"] == "PUBLISHED" and d["seoSlug"] == "sourdough-req-123"
+        assert d["url"] == {"base": "https://site-a.wixsite.example", "path": "/post/sourdough-req-123"}
+        p = (await h.get("/blog/v3/posts/slugs/sourdough-req-123", headers=headers())).json()["post"]
+        assert p["id"] == d["id"] and p["slug"] == "sourdough-req-123" and p["title"] == d["title"]
+        q = await h.post("/blog/v3/posts/query", headers=headers(),
+                         json={"query": {"filter": {"slug": "sourdough-req-123"}}})
+        assert [x["id"] for x in q.json()["posts"]] == [d["id"]]
+        # posts are per site
+        assert (await h.get("/blog/v3/posts/slugs/sourdough-req-123", headers=headers("site-b"))).status_code == 404
+        q = await h.post("/blog/v3/posts/query", headers=headers("site-b"),
+                         json={"query": {"filter": {"slug": {"$eq": "sourdough-req-123"}}}})
+        assert q.json()["posts"] == []
+        # unpublished draft, then the publish endpoint
+        body = draft("second-req-9")
+        body["publish"] = False
+        d2 = (await h.post("/blog/v3/draft-posts", json=body, headers=headers())).json()["draftPost"]
+        assert d2["status"] == "UNPUBLISHED"
+        assert (await h.get("/blog/v3/posts/slugs/second-req-9", headers=headers())).status_code == 404
+        pub = await h.post(f"/blog/v3/draft-posts/{d2['id']}/publish", headers=headers())
+        assert pub.status_code == 200 and pub.json() == {"postId": d2["id"]}
+        assert (await h.get("/blog/v3/posts/slugs/second-req-9", headers=headers())).status_code == 200
+        # publishing again does not create another post
+        await h.post(f"/blog/v3/draft-posts/{d2['id']}/publish", headers=headers())
+    led = sim.ledger()["wix"]
+    assert led["posts_total"] == 2 and led["posts_per_site"] == {"site-a": 2} and led["duplicate_slugs"] == {}
+
+
+async def test_validation_errors(sim):
+    async with httpx.AsyncClient(base_url=sim.wix_base_url) as h:
+        no_title = draft("x")
+        del no_title["draftPost"]["title"]
+        r = await h.post("/blog/v3/draft-posts", json=no_title, headers=headers())
+        assert r.status_code == 400
+        assert r.json()["details"]["validationError"]["fieldViolations"][0]["field"] == "draftPost.title"
+        no_rc = draft("x")
+        del no_rc["draftPost"]["richContent"]
+        r = await h.post("/blog/v3/draft-posts", json=no_rc, headers=headers())
+        assert r.status_code == 400
+        r = await h.post("/site-media/v1/files/import", json={"mediaType": "IMAGE"}, headers=headers())
+        assert r.status_code == 400
+        r = await h.post("/site-media/v1/files/import", headers=headers(),
+                         json={"url": "https://example.com/cat.png", "mediaType": "IMAGE", "displayName": "cat"})
+        f = r.json()["file"]
+        assert r.status_code == 200 and f["mediaType"] == "IMAGE" and f["operationStatus"] == "READY"
+        assert f["id"] and f["url"].startswith("https://") and f["displayName"] == "cat"
+    assert sim.ledger()["wix"]["posts_total"] == 0
+
+
+async def test_duplicate_slugs_reported(sim):
+    async with httpx.AsyncClient(base_url=sim.wix_base_url) as h:
+        for _ in range(2):
+            r = await h.post("/blog/v3/draft-posts", json=draft("dup-req-1"), headers=headers())
+            assert r.status_code == 200
+        second = r.json()["draftPost"]
+        assert second["seoSlug"] == "dup-req-1-1"  # Wix keeps slugs unique per site
+        await h.post("/blog/v3/draft-posts", json=draft("dup-req-1"), headers=headers("site-b"))
+    led = sim.ledger()["wix"]
+    assert led["duplicate_slugs"] == {"site-a": {"dup-req-1": 2}}
+    assert led["duplicate_posts_total"] == 1 and led["posts_per_site"] == {"site-a": 2, "site-b": 1}
+
+
+async def test_per_site_rate_limits_are_independent(sim):
+    sim.configure({"wix": {"site_rpm": 3}})
+    async with httpx.AsyncClient(base_url=sim.wix_base_url) as h:
+        for i in range(3):
+            assert (await h.get(f"/blog/v3/posts/slugs/s{i}", headers=headers("site-a"))).status_code == 404
+        r = await h.get("/blog/v3/posts/slugs/s", headers=headers("site-a"))
+        assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 30
+        assert r.json()["details"]["applicationError"]["code"] == "RATE_LIMIT_EXCEEDED"
+        r = await h.post("/blog/v3/draft-posts", json=draft("b1"), headers=headers("site-b"))
+        assert r.status_code == 200
+        results = await asyncio.gather(*(h.get("/blog/v3/posts", headers=headers("site-c")) for _ in range(10)))
+        assert sorted(x.status_code for x in results) == [200] * 3 + [429] * 7
+    led = sim.ledger()["wix"]
+    assert led["per_site"]["site-a"]["rejected_429"] == 1 and led["per_site"]["site-b"]["rejected_429"] == 0
+    assert led["max_requests_in_window"] == 3
+    assert all(s["max_requests_in_window"] <= 3 for s in led["per_site"].values())
+
+
+async def test_error_rate_gives_5xx(sim):
+    sim.configure({"wix": {"error_rate": 1.0}})
+    async with httpx.AsyncClient(base_url=sim.wix_base_url) as h:
+        r = await h.post("/blog/v3/draft-posts", json=draft("e1"), headers=headers())
+    assert r.status_code in (500, 503) and "message" in r.json()
+    led = sim.ledger()["wix"]
+    assert led["errors_5xx"] == 1 and led["posts_total"] == 0 and led["admitted"] == 1
+
+
+async def test_control_endpoints(sim):
+    async with httpx.AsyncClient(base_url=sim.base_url) as h:
+        assert (await h.get("/_sim/health")).json() == {"ok": True}
+        r = await h.post("/_sim/config", json={"wix": {"site_rpm": 7}, "openai": {"latency": [0.1, 0.2]}})
+        assert r.status_code == 200 and r.json()["wix"]["site_rpm"] == 7
+        assert (await h.get("/_sim/config")).json()["openai"]["latency"] == [0.1, 0.2]
+        assert (await h.post("/_sim/config", json={"wix": {"site_rmp": 7}})).status_code == 400
+        assert (await h.post("/_sim/config", json={"openai": {"error_rate": 2}})).status_code == 400
+        await h.post("/wix/blog/v3/draft-posts", json=draft("c1"), headers=headers())
+        assert (await h.get("/_sim/ledger")).json()["wix"]["posts_total"] == 1
+        ev = (await h.get("/_sim/events", params={"provider": "wix", "since": 0})).json()
+        assert len(ev) == 1 and ev[0][1] == "site-a"
+        await h.post("/_sim/reset")
+        led = (await h.get("/_sim/ledger")).json()
+        assert led["wix"]["posts_total"] == 0 and led["wix"]["calls"] == 0
+        assert (await h.get("/_sim/config")).json()["wix"]["site_rpm"] == 7  # reset keeps config

@@ -1,0 +1,544 @@
+"""The Avro contract (streams/records.py): wire format, evolution, request checks, robustness."""
+from __future__ import annotations
+
+import copy
+import io
+import json
+import random
+import re
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import avro.io
+import avro.schema
+import pytest
+
+from streams import records
+from streams.records import FieldError, RecordError
+
+NOW = 1_700_000_000_000
+
+
+def request(**overrides: Any) -> dict[str, Any]:
+    value = {
+        "request_id": "req-0001",
+        "site_id": "site.example",
+        "topic": "How to brew cold coffee",
+        "keywords": ["coffee", "cold brew"],
+        "language": "en-US",
+        "tone": "friendly",
+        "target_words": 900,
+        "requested_at": NOW,
+        "audience": "home baristas",
+    }
+    value.update(overrides)
+    return value
+
+
+ARTICLE = {
+    "title": "Cold brew, <em>simply</em>",
+    "slug": "cold-brew-simply",
+    "excerpt": "Steep, wait, strain.",
+    "body": "# Cold brew\n\nSteep coarse coffee for 16 hours.\n\n<script>alert(1)</script>",
+    "tags": ["coffee"],
+    "image_prompt": "a glass of cold brew on a wooden table",
+    "image_alt": "Cold brew in a glass",
+}
+USAGE = {"prompt_tokens": 310, "completion_tokens": 1024}
+IMAGE = {"url": "https://replicate.delivery/x/out.webp", "prediction_id": "p-123", "created_at": NOW + 5}
+
+SAMPLES: dict[str, dict[str, Any]] = {
+    "BlogRequest": request(),
+    "BlogDraft": {"request": request(), "article": ARTICLE, "usage": USAGE, "attempts": 2, "drafted_at": NOW + 1},
+    "BlogIllustrated": {
+        "request": request(audience=None),
+        "article": ARTICLE,
+        "usage": USAGE,
+        "image": IMAGE,
+        "attempts": 1,
+        "illustrated_at": NOW + 6,
+    },
+    "BlogResult": {
+        "request_id": "req-0001",
+        "site_id": "site.example",
+        "status": "DONE",
+        "stage": "publish",
+        "post_id": "post-9",
+        "post_url": "https://example.com/post/cold-brew-simply",
+        "title": "Cold brew, simply",
+        "error": None,
+        "attempts": 1,
+        "usage": USAGE,
+        "finished_at": NOW + 9,
+    },
+}
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+def bitwise_crc64_avro(data: bytes) -> int:
+    """The Rabin fingerprint one bit at a time (no table): an independent check of crc64_avro."""
+    poly = 0xC15D213AA4D7A795
+    fp = poly
+    for byte in data:
+        fp ^= byte
+        for _ in range(8):
+            fp = (fp >> 1) ^ poly if fp & 1 else fp >> 1
+    return fp
+
+
+def java_long(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+# (input, canonical form, fingerprint as Java's signed long) from Avro's
+# share/test/data/schema-tests.txt, which Java cross-checks with a direct implementation.
+SPEC_VECTORS = [
+    ('"int"', '"int"', 8247732601305521295),
+    ('{"type":"null"}', '"null"', 7195948357588979594),
+    ('"string"', '"string"', -8142146995180207161),
+    ('[ "int" , {"type":"boolean"} ]', '["int","boolean"]', 5392556393470105090),
+    (
+        '{"fields":[], "type":"record", "name":"foo", "namespace":"x.y"}',
+        '{"name":"x.y.foo","type":"record","fields":[]}',
+        5916914534497305771,
+    ),
+    (
+        '{"fields":[], "type":"record", "name":"a.b.foo", "namespace":"x.y"}',
+        '{"name":"a.b.foo","type":"record","fields":[]}',
+        -4616218487480524110,
+    ),
+    (
+        '{"fields":[{"type":"boolean","aliases":[],"name":"f1","default":"true"},'
+        '{"order":"descending","name":"f2","doc":"Hello","type":"int"}],"type":"record","name":"foo"}',
+        '{"name":"foo","type":"record","fields":[{"name":"f1","type":"boolean"},{"name":"f2","type":"int"}]}',
+        -4860222112080293046,
+    ),
+    (
+        '{"namespace":"x.y.z", "type":"enum", "name":"foo", "doc":"foo bar", "symbols":["A1", "A2"]}',
+        '{"name":"x.y.z.foo","type":"enum","symbols":["A1","A2"]}',
+        -4448647247586288245,
+    ),
+    (
+        '{"namespace":"x.y.z", "type":"fixed", "name":"foo", "doc":"foo bar", "size":32}',
+        '{"name":"x.y.z.foo","type":"fixed","size":32}',
+        -3064184465700546786,
+    ),
+    ('{ "items":{"type":"null"}, "type":"array"}', '{"type":"array","items":"null"}', -589620603366471059),
+    ('{ "values":"string", "type":"map"}', '{"type":"map","values":"string"}', -8732877298790414990),
+    (
+        '{"name":"PigValue","type":"record","fields":[{"name":"value", "type":["null", "int", "long", "PigValue"]}]}',
+        '{"name":"PigValue","type":"record","fields":[{"name":"value","type":["null","int","long","PigValue"]}]}',
+        -1759257747318642341,
+    ),
+]
+
+
+@pytest.mark.parametrize(("schema", "canonical", "expected"), SPEC_VECTORS)
+def test_canonical_form_and_fingerprint_match_the_spec_vectors(schema: str, canonical: str, expected: int) -> None:
+    assert records.parsing_canonical_form(json.loads(schema)) == canonical
+    assert java_long(records.crc64_avro(canonical.encode())) == expected
+
+
+@pytest.mark.parametrize("text", ['"int"', "", "blogstream", *map(records.canonical_form, records.RECORD_NAMES)])
+def test_crc64_matches_a_bitwise_implementation(text: str) -> None:
+    assert records.crc64_avro(text.encode()) == bitwise_crc64_avro(text.encode())
+
+
+def test_fingerprint_of_int_is_the_published_one() -> None:
+    assert records.crc64_avro(b'"int"').to_bytes(8, "little").hex() == "8f5c393f1ad57572"
+
+
+def test_logical_types_are_stripped_like_java_does() -> None:
+    # The avro package's own canonical_form keeps {"type":"long"} here; Java and the spec don't.
+    assert records.parsing_canonical_form({"type": "long", "logicalType": "timestamp-millis"}) == '"long"'
+    assert '"requested_at","type":"long"' in records.canonical_form("BlogRequest")
+
+
+def test_fingerprint_is_computed_on_the_fully_resolved_schema() -> None:
+    draft = records.canonical_form("BlogDraft")
+    # Referenced types are inlined at first use, then named.
+    assert '"type":{"name":"blogstream.BlogRequest","type":"record"' in draft
+    result = records.canonical_form("BlogResult")
+    assert '"usage","type":["null",{"name":"blogstream.TokenUsage"' in result
+    for name in records.RECORD_NAMES:
+        fp = records.fingerprint(name)
+        assert fp == records.crc64_avro(records.canonical_form(name).encode()).to_bytes(8, "little")
+    assert len({records.fingerprint(n) for n in records.RECORD_NAMES}) == len(records.RECORD_NAMES)
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("name", records.RECORD_NAMES)
+def test_round_trip(name: str) -> None:
+    data = records.encode(name, SAMPLES[name])
+    assert data[:2] == b"\xc3\x01"
+    assert data[2:10] == records.fingerprint(name)
+    assert records.decode(name, data) == SAMPLES[name]
+
+
+def test_encode_fills_defaults() -> None:
+    minimal = {"request_id": "r", "site_id": "s", "topic": "t", "requested_at": NOW}
+    assert records.decode("BlogRequest", records.encode("BlogRequest", minimal)) == minimal | {
+        "keywords": [],
+        "language": "en",
+        "tone": "informative",
+        "target_words": 800,
+        "audience": None,
+    }
+    failed = {"request_id": "r", "site_id": "s", "status": "FAILED", "stage": "generate", "finished_at": NOW}
+    decoded = records.decode("BlogResult", records.encode("BlogResult", failed))
+    assert decoded["post_id"] is None and decoded["usage"] is None and decoded["attempts"] == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "field"),
+    [
+        ("BlogRequest", {"topic": None}, "topic"),
+        ("BlogRequest", {"target_words": True}, "target_words"),  # bool is not an int
+        ("BlogRequest", {"target_words": 2**31}, "target_words"),
+        ("BlogRequest", {"requested_at": "yesterday"}, "requested_at"),
+        ("BlogRequest", {"keywords": ["ok", 3]}, "keywords[1]"),
+        ("BlogRequest", {"keyword": ["typo"]}, "keyword"),
+        ("BlogDraft", {"article": ARTICLE | {"title": 1}}, "article.title"),
+        ("BlogDraft", {"usage": {"prompt_tokens": 1}}, "usage.completion_tokens"),
+        ("BlogResult", {"status": "MAYBE"}, "status"),
+        ("BlogResult", {"usage": {"prompt_tokens": "1", "completion_tokens": 2}}, "usage.prompt_tokens"),
+    ],
+)
+def test_encode_rejects_invalid_values_naming_the_field(name: str, change: dict[str, Any], field: str) -> None:
+    with pytest.raises(RecordError) as caught:
+        records.encode(name, SAMPLES[name] | change)
+    assert [e.field for e in caught.value.errors] == [field]
+    assert field in caught.value.reason
+    assert caught.value.request_id == "req-0001"
+
+
+def test_encode_requires_fields_without_default() -> None:
+    value = copy.deepcopy(SAMPLES["BlogIllustrated"])
+    del value["image"]
+    with pytest.raises(RecordError, match="image: is required"):
+        records.encode("BlogIllustrated", value)
+
+
+def test_unknown_record_name_is_a_caller_bug() -> None:
+    with pytest.raises(KeyError):
+        records.encode("BlogPost", {})
+    with pytest.raises(KeyError):
+        records.decode("BlogPost", b"")
+
+
+def test_decode_rejects_the_wrong_record_type() -> None:
+    with pytest.raises(RecordError, match="this is a BlogRequest, not a BlogDraft"):
+        records.decode("BlogDraft", records.encode("BlogRequest", request()))
+
+
+def test_decode_rejects_trailing_bytes() -> None:
+    with pytest.raises(RecordError, match="unexpected bytes") as caught:
+        records.decode("BlogRequest", records.encode("BlogRequest", request()) + b"\x00")
+    assert caught.value.request_id == "req-0001"
+
+
+def test_decode_rejects_unknown_fingerprint_but_reads_the_ids() -> None:
+    # E.g. a producer whose library computes the canonical form wrong: make it visible.
+    data = b"\xc3\x01" + bytes(8) + records.encode("BlogRequest", request())[10:]
+    with pytest.raises(RecordError, match="unknown schema fingerprint 0000000000000000") as caught:
+        records.decode_request(data)
+    assert (caught.value.request_id, caught.value.site_id) == ("req-0001", "site.example")
+    assert records.fingerprint("BlogRequest").hex() in caught.value.reason
+
+
+# --------------------------------------------------------------------------- evolution
+
+SCHEMAS = Path(records.SCHEMA_DIR)
+
+
+def load(name: str) -> dict[str, Any]:
+    return json.loads((SCHEMAS / f"{name}.avsc").read_text())
+
+
+def single_object(schema_json: Any, value: dict[str, Any]) -> bytes:
+    """What a third-party producer with the plain avro package writes (the docs/producing.md recipe).
+
+    That package wants datetimes for timestamp-millis fields (see `at`).
+    """
+    schema = avro.schema.parse(json.dumps(schema_json))
+    fp = records.crc64_avro(records.parsing_canonical_form(schema_json).encode()).to_bytes(8, "little")
+    buffer = io.BytesIO()
+    buffer.write(b"\xc3\x01" + fp)
+    avro.io.DatumWriter(schema).write(value, avro.io.BinaryEncoder(buffer))
+    return buffer.getvalue()
+
+
+def at(millis: int) -> datetime:
+    return datetime.fromtimestamp(millis / 1000, tz=timezone.utc)
+
+
+V1_REQUEST = {k: v for k, v in request().items() if k != "audience"}
+V1_REQUEST_AS_WRITTEN = V1_REQUEST | {"requested_at": at(NOW)}
+
+
+def test_v2_reads_v1_requests() -> None:
+    data = single_object(load("blog_request.v1"), V1_REQUEST_AS_WRITTEN)
+    assert data[2:10] != records.fingerprint("BlogRequest")
+    assert records.decode("BlogRequest", data) == V1_REQUEST | {"audience": None}
+    assert records.decode_request(data) == V1_REQUEST | {"audience": None}
+
+
+def test_v1_bytes_written_by_java_decode() -> None:
+    # Written by Java avro 1.12.0: new BinaryMessageEncoder<>(GenericData.get(), v1).encode(record),
+    # v1 = schemas/blog_request.v1.avsc, record = the values asserted below.
+    data = bytes.fromhex(
+        "c301f8110a4a88783ec30c6a6176612d3112736974652e6a6176611246726f6d204a61766104026102620004"
+        "64650863616c6db00980a0abfef962"
+    )
+    assert records.decode_request(data) == {
+        "request_id": "java-1",
+        "site_id": "site.java",
+        "topic": "From Java",
+        "keywords": ["a", "b"],
+        "language": "de",
+        "tone": "calm",
+        "target_words": 600,
+        "requested_at": 1_700_000_000_000,
+        "audience": None,
+    }
+
+
+def test_drafts_carrying_a_v1_request_decode() -> None:
+    # A BlogDraft written by a stage that still had v1 BlogRequest, during a rolling upgrade.
+    draft = load("blog_draft")
+    inline = {
+        "blogstream.BlogRequest": load("blog_request.v1"),
+        "blogstream.Article": load("article"),
+        "blogstream.TokenUsage": load("token_usage"),
+    }
+    for field in draft["fields"]:
+        field["type"] = inline.get(field["type"], field["type"]) if isinstance(field["type"], str) else field["type"]
+    value = SAMPLES["BlogDraft"] | {"request": V1_REQUEST_AS_WRITTEN, "drafted_at": at(NOW + 1)}
+    decoded = records.decode("BlogDraft", single_object(draft, value))
+    assert decoded["request"] == V1_REQUEST | {"audience": None}
+
+
+def test_plain_avro_producer_with_datetime_is_understood() -> None:
+    # The docs' Python snippet: the avro package with a datetime for requested_at.
+    value = request() | {"requested_at": at(1_714_564_800_000)}
+    data = single_object(load("blog_request"), value)
+    assert data[2:10] == records.fingerprint("BlogRequest")
+    assert records.decode_request(data)["requested_at"] == 1_714_564_800_000
+
+
+def test_incompatible_schema_change_is_refused_at_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for path in SCHEMAS.glob("*.avsc"):
+        (tmp_path / path.name).write_text(path.read_text())
+    current = load("blog_request")
+    (tmp_path / "blog_request.v2.avsc").write_text(json.dumps(current))
+    current["fields"].append({"name": "priority", "type": "int"})  # no default: breaks old bytes
+    (tmp_path / "blog_request.avsc").write_text(json.dumps(current))
+    monkeypatch.setattr(records, "SCHEMA_DIR", tmp_path)
+    records._contract.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match="can't be read as the current one"):
+            records.fingerprint("BlogRequest")
+    finally:
+        monkeypatch.undo()
+        records._contract.cache_clear()
+
+
+# --------------------------------------------------------------------------- JSON requests
+
+
+def test_json_request_gets_defaults_and_a_time() -> None:
+    before = time.time_ns() // 1_000_000
+    value = records.decode_request(b'{"request_id": "r-1", "site_id": "s", "topic": "Cold brew"}')
+    assert before <= value.pop("requested_at") <= time.time_ns() // 1_000_000
+    assert value == {
+        "request_id": "r-1",
+        "site_id": "s",
+        "topic": "Cold brew",
+        "keywords": [],
+        "language": "en",
+        "tone": "informative",
+        "target_words": 800,
+        "audience": None,
+    }
+
+
+def test_json_request_with_every_field_equals_avro() -> None:
+    data = json.dumps(request()).encode("utf-8-sig")  # a BOM from a Windows console is fine
+    assert records.decode_request(data) == request() == records.decode_request(records.encode("BlogRequest", request()))
+
+
+@pytest.mark.parametrize(
+    ("data", "reason", "ids"),
+    [
+        (b'{"request_id": "r-1", "site_id": "s", "topic": "t", "target_words": "800"}', "target_words", ("r-1", "s")),
+        (b'{"request_id": "r-1", "site_id": "s", "topic": "t", "keyword": []}', "keyword: is not a field", ("r-1", "s")),
+        (b'{"request_id": "r-1", "site_id": "s"}', "topic: is required", ("r-1", "s")),
+        (b'{"request_id": "r-1", "site_id": "s", "topic": "t",', "nor a JSON object", ("r-1", "s")),
+        (b'{"request_id": "bad id!", "site_id": "s", "topic": "t"', "nor a JSON object", (None, "s")),
+        (b'["r-1"]', "must be an object", (None, None)),
+        (b"\xff\xfe{}", "nor a JSON object", (None, None)),
+        (b"", "empty message", (None, None)),
+    ],
+)
+def test_bad_json_requests(data: bytes, reason: str, ids: tuple[str | None, str | None]) -> None:
+    with pytest.raises(RecordError, match=re.escape(reason)) as caught:
+        records.decode_request(data)
+    assert (caught.value.request_id, caught.value.site_id) == ids
+
+
+def test_tombstone_is_a_record_error() -> None:
+    with pytest.raises(RecordError, match="empty message"):
+        records.decode_request(None)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- semantic checks
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"request_id": ""}, "request_id"),
+        ({"request_id": "x" * 129}, "request_id"),
+        ({"request_id": "has space"}, "request_id"),
+        ({"request_id": "r-1\n"}, "request_id"),
+        ({"site_id": "a/b"}, "site_id"),
+        ({"site_id": "é"}, "site_id"),
+        ({"topic": "   "}, "topic"),
+        ({"topic": "x" * 301}, "topic"),
+        ({"topic": "line one\nline two"}, "topic"),
+        ({"topic": "bell\x07"}, "topic"),
+        ({"keywords": ["k"] * 21}, "keywords"),
+        ({"keywords": ["ok", ""]}, "keywords[1]"),
+        ({"keywords": ["x" * 61]}, "keywords[0]"),
+        ({"language": "english"}, "language"),
+        ({"language": "en_US"}, "language"),
+        ({"language": "e"}, "language"),
+        ({"tone": ""}, "tone"),
+        ({"tone": "x" * 41}, "tone"),
+        ({"target_words": 99}, "target_words"),
+        ({"target_words": 5001}, "target_words"),
+        ({"audience": "x" * 201}, "audience"),
+        ({"requested_at": 0}, "requested_at"),
+        ({"requested_at": -5}, "requested_at"),
+    ],
+)
+def test_each_check_rejects_with_the_right_field(change: dict[str, Any], field: str) -> None:
+    value = request(**change)
+    assert [e.field for e in records.validate_request(value)] == [field]
+    # The same check applies to Avro (schema-valid, semantically bad) and JSON input.
+    avro_bytes = records.encode("BlogRequest", value)
+    for data in (avro_bytes, json.dumps(value).encode()):
+        with pytest.raises(RecordError) as caught:
+            records.decode_request(data)
+        assert [e.field for e in caught.value.errors] == [field]
+        assert caught.value.request_id == records._readable_id(value["request_id"])
+        assert caught.value.site_id == records._readable_id(value["site_id"])
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"request_id": "x" * 128, "site_id": "a.b_c:d-9"},
+        {"topic": "<script>alert('x')</script> & <b>bold</b>"},  # stored, escaped on publish
+        {"topic": "  " + "x" * 300 + "  "},
+        {"topic": "Kaffee: Ümlaute, emoji ☕ und 中文"},
+        {"keywords": ["k"] * 20},
+        {"keywords": ["x" * 60, "<img src=x onerror=alert(1)>"]},
+        {"language": "de"},
+        {"language": "fil"},
+        {"language": "es-419"},
+        {"tone": "x" * 40},
+        {"target_words": 100},
+        {"target_words": 5000},
+        {"audience": None},
+        {"audience": ""},
+        {"audience": "x" * 200},
+        {"requested_at": 1},
+    ],
+)
+def test_valid_edge_values_are_accepted(change: dict[str, Any]) -> None:
+    value = request(**change)
+    assert records.validate_request(value) == []
+    assert records.decode_request(records.encode("BlogRequest", value)) == value
+
+
+def test_validate_request_reports_everything_for_the_http_intake() -> None:
+    value = {"request_id": "ok", "site_id": 7, "topic": "", "target_words": 50, "keyword": [], "requested_at": NOW}
+    assert records.validate_request(value) == [
+        FieldError("keyword", "is not a field of BlogRequest"),
+        FieldError("site_id", "must be a string"),
+        FieldError("topic", "must be 1-300 characters (not counting surrounding spaces)"),
+        FieldError("target_words", "must be between 100 and 5000"),
+    ]
+    assert records.validate_request("nope") == [FieldError("", "must be an object")]  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- garbage
+
+
+def garbage(rng: random.Random) -> list[bytes]:
+    valid = [records.encode(name, SAMPLES[name]) for name in records.RECORD_NAMES]
+    valid.append(single_object(load("blog_request.v1"), V1_REQUEST_AS_WRITTEN))
+    cases: list[bytes] = []
+    for _ in range(1500):
+        cases.append(rng.randbytes(rng.randrange(0, 64)))
+    for _ in range(500):
+        cases.append(b"\xc3\x01" + rng.randbytes(rng.randrange(0, 40)))  # marker + unknown fingerprint
+    for message in valid:
+        cases.extend(message[:cut] for cut in range(len(message)))  # every truncation
+        for _ in range(400):  # known fingerprint, random body
+            cases.append(message[:10] + rng.randbytes(rng.randrange(0, 80)))
+        for _ in range(150):  # a few flipped bytes
+            flipped = bytearray(message)
+            for _ in range(rng.randrange(1, 4)):
+                flipped[rng.randrange(10, len(flipped))] = rng.randrange(256)
+            cases.append(bytes(flipped))
+        huge = bytearray(message[:10]) + b"\xfe\xff\xff\xff\xff\xff\xff\xff\xff\x01"  # length ~2^62
+        cases.append(bytes(huge))
+    cases += [b"{", b"[" * 100_000, b'{"request_id": "r", "site_id": ' + b"[" * 5000, b"\xc3\x01" * 50, b"1e999"]
+    return cases
+
+
+def test_garbage_never_raises_anything_but_record_error() -> None:
+    cases = garbage(random.Random(20240501))
+    assert len(cases) > 3000
+    decoded = 0
+    for data in cases:
+        for name in records.RECORD_NAMES:
+            try:
+                records.decode(name, data)
+                decoded += 1
+            except RecordError as error:
+                assert error.reason
+        try:
+            records.decode_request(data)
+        except RecordError as error:
+            assert error.reason
+            assert error.request_id is None or re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", error.request_id)
+    assert decoded > 0  # some flipped messages are still valid records: that is fine
+
+
+def test_truncated_request_still_names_its_ids() -> None:
+    data = records.encode("BlogRequest", request())
+    with pytest.raises(RecordError) as caught:
+        records.decode_request(data[:-3])
+    assert (caught.value.request_id, caught.value.site_id) == ("req-0001", "site.example")
+    draft = records.encode("BlogDraft", SAMPLES["BlogDraft"])
+    with pytest.raises(RecordError) as caught:
+        records.decode("BlogDraft", draft[:-3])
+    assert caught.value.request_id == "req-0001"
+
+
+# --------------------------------------------------------------------------- docs
+
+
+def test_docs_list_the_current_fingerprints() -> None:
+    docs = (Path(records.SCHEMA_DIR).parent / "docs" / "producing.md").read_text()
+    for name in records.RECORD_NAMES:
+        assert f"| `{name}` | `c3 01 {records.fingerprint(name).hex(' ')}` |" in docs
