@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 import faust
 
@@ -68,6 +69,7 @@ async def ensure_topics(timeout: float = 60.0) -> None:
 
 class BlogstreamApp(faust.App):
     async def on_first_start(self) -> None:
+        Path(self.conf.datadir).mkdir(parents=True, exist_ok=True)
         await super().on_first_start()
         await ensure_topics()
 

@@ -1,0 +1,38 @@
+"""The whole pipeline on real Kafka, Postgres and the provider simulators."""
+from __future__ import annotations
+
+from collections import Counter
+
+from stack.harness import summarize
+
+
+async def test_requests_flow_to_done_with_one_post_each(pipeline, sim, outcomes):
+    sites = [f"shop-{i}" for i in range(4)]
+    await outcomes.add_sites(sites)
+    requests = [pipeline.request(site, n) for n in range(5) for site in sites]
+    pipeline.start_worker()
+    await pipeline.submit(requests)
+
+    rows = await outcomes.wait_final([r["request_id"] for r in requests], timeout=120, workers=pipeline.workers)
+
+    assert summarize(rows) == {"DONE": len(requests)}
+    for row in rows.values():
+        assert row["post_url"].startswith("https://") and row["finished_at"] is not None
+        assert row["drafted_at"] and row["illustrated_at"] and row["title"]
+    ledger = sim.ledger()
+    assert ledger["wix"]["duplicate_slugs"] == {} or ledger["wix"]["duplicate_slugs"] == []
+    assert ledger["wix"]["posts_total"] == len(requests)
+    assert Counter(ledger["wix"]["posts_per_site"]) == Counter({s: 5 for s in sites})
+
+
+async def test_unknown_site_fails_with_an_actionable_error(pipeline, sim, outcomes):
+    request = pipeline.request("not-registered", 1)
+    pipeline.start_worker()
+    await pipeline.submit([request])
+
+    rows = await outcomes.wait_final([request["request_id"]], timeout=60, workers=pipeline.workers)
+
+    row = rows[request["request_id"]]
+    assert row["status"] == "FAILED"
+    assert "not-registered" in row["error"] and "not registered" in row["error"]
+    assert "sites add" in row["error"]
