@@ -480,6 +480,36 @@ class Database:
         )
         return _site(record) if record is not None else None
 
+    async def cancel_queued(self, site_id: str, *, reason: str) -> list[str]:
+        """Cancel the site's requests that no stage has started; returns their ids.
+
+        Race-free with the generate stage: the cancellation is written as the
+        request's finished `generate` effect, so either it lands first (the stage
+        then finds it and records CANCELLED) or the stage's claim does (the
+        request has started and is left to finish).
+        """
+        records = await self.pool.fetch(
+            """
+            WITH queued AS (
+              SELECT id FROM blog_generations
+              WHERE site_id = $1 AND status = 'PENDING' AND stage = 'requested'
+            ), taken AS (
+              INSERT INTO stage_outputs (request_id, stage, site_id, status, payload)
+              SELECT id, 'generate', $1, 'done', jsonb_build_object('cancelled', true, 'reason', $2::text)
+              FROM queued
+              ON CONFLICT (request_id, stage) DO NOTHING
+              RETURNING request_id
+            )
+            UPDATE blog_generations g
+              SET status = 'CANCELLED', stage = 'cancelled', stage_rank = 3, error = $2,
+                  finished_at = now(), updated_at = now()
+            FROM taken WHERE g.id = taken.request_id
+            RETURNING g.id
+            """,
+            site_id, reason,
+        )
+        return [r["id"] for r in records]
+
     async def list_sites(self) -> list[Site]:
         records = await self.pool.fetch(f"SELECT {_SITE_COLUMNS} FROM sites ORDER BY site_id")
         return [_site(r) for r in records]

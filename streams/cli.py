@@ -3,7 +3,7 @@
     blogstream submit --site shop-1 --topic "Summer sandals" [--keywords a,b]
     blogstream submit --file requests.jsonl        (or .csv; a progress bar shows)
     blogstream sites add shop-1 --wix-api-key KEY [--member-id M] [--weight 2]
-    blogstream sites list | pause SITE | resume SITE | set SITE --weight 2 --max-in-flight 10
+    blogstream sites list | pause SITE | resume SITE | cancel SITE | set SITE --weight 2 --max-in-flight 10
     blogstream health                               (the seed's health check)
 
 The worker itself runs with `faust -A streams worker -l info`.
@@ -190,6 +190,13 @@ def cmd_sites(args: argparse.Namespace) -> int:
                 state = "paused" if s.paused else "active"
                 print(f"{s.site_id:30} {state:7} weight={s.weight:g} max_in_flight={s.max_in_flight} max_queued={s.max_queued}")
             return 0
+        if args.action == "cancel":
+            if await db.get_site(args.site) is None:
+                print(f"site {args.site} is not registered", file=sys.stderr)
+                return 1
+            cancelled = await db.cancel_queued(args.site, reason=f"cancelled by an operator (site {args.site}) before it started")
+            print(f"cancelled {len(cancelled)} queued request(s) of site {args.site}")
+            return 0
         controls: dict[str, Any] = {}
         if args.action in ("pause", "resume"):
             controls["paused"] = args.action == "pause"
@@ -254,7 +261,7 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_submit)
 
     st = sub.add_parser("sites", help="the sites registry")
-    st.add_argument("action", choices=["add", "list", "pause", "resume", "set"])
+    st.add_argument("action", choices=["add", "list", "pause", "resume", "set", "cancel"])
     st.add_argument("site", nargs="?")
     st.add_argument("--name")
     st.add_argument("--wix-api-key")

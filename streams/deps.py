@@ -60,14 +60,19 @@ class Deps:
         """Sync view for the runners; refreshed every two seconds from `sites`."""
         return self._policies.get(site_id) or SitePolicy(max_in_flight=settings.site_max_in_flight)
 
+    async def refresh(self, site_id: str | None = None) -> None:
+        """Apply changed site controls on this worker now (others follow within 2 s)."""
+        assert self.db is not None and self.sites is not None
+        self.sites.invalidate(site_id)
+        self._policies = {
+            s.site_id: SitePolicy(weight=s.weight, max_in_flight=s.max_in_flight, paused=s.paused)
+            for s in await self.db.list_sites()
+        }
+
     async def _refresh_policies(self) -> None:
         while True:
             try:
-                assert self.db is not None
-                self._policies = {
-                    s.site_id: SitePolicy(weight=s.weight, max_in_flight=s.max_in_flight, paused=s.paused)
-                    for s in await self.db.list_sites()
-                }
+                await self.refresh()
             except Exception:  # the database may blip; keep the last known policies
                 log.warning("could not refresh site policies", exc_info=True)
             await asyncio.sleep(2.0)

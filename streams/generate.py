@@ -15,7 +15,7 @@ from streams.limiter import OPENAI_REQUESTS, OPENAI_TOKENS, budgets
 from streams.records import decode_request
 from streams.runner import StageRunner
 from streams.settings import settings
-from streams.stage import StageFailed, call_with_permits, effect_once, now_ms, run_stage_event
+from streams.stage import StageCancelled, StageFailed, call_with_permits, effect_once, now_ms, run_stage_event
 
 STAGE = "generate"
 
@@ -60,6 +60,8 @@ async def write_draft(request: dict[str, Any], deps: Deps) -> dict[str, Any]:
         }
 
     written, _ = await effect_once(deps, request_id, STAGE, site_id, write)
+    if written.get("cancelled"):
+        raise StageCancelled(STAGE, request_id, site_id, written.get("reason") or "cancelled by an operator")
     return {
         "request": request,
         "article": written["article"],

@@ -47,6 +47,14 @@ class StageFailed(Exception):
 EFFECT_LEASE_SECONDS = 30.0  # a dead worker's claim is taken over this soon; live ones are renewed
 
 
+class StageCancelled(Exception):
+    """An operator cancelled the request before it started (see `blogstream sites cancel`)."""
+
+    def __init__(self, stage: str, request_id: str, site_id: str, reason: str) -> None:
+        self.stage, self.request_id, self.site_id, self.reason = stage, request_id, site_id, reason
+        super().__init__(reason)
+
+
 async def effect_once(
     deps: Deps, request_id: str, effect: str, site_id: str, produce: Callable[[], Awaitable[dict]]
 ) -> tuple[dict, bool]:
@@ -158,7 +166,9 @@ async def send_record(topic: Any, site_id: str, record_name: str, value: dict, h
     await fut
 
 
-async def send_failed(stage: str, request_id: str, site_id: str, error: str, attempts: int = 0) -> None:
+async def send_failed(
+    stage: str, request_id: str, site_id: str, error: str, attempts: int = 0, *, status: str = "FAILED"
+) -> None:
     await send_record(
         results_topic,
         site_id,
@@ -166,7 +176,7 @@ async def send_failed(stage: str, request_id: str, site_id: str, error: str, att
         {
             "request_id": request_id,
             "site_id": site_id,
-            "status": "FAILED",
+            "status": status,
             "stage": stage,
             "post_id": None,
             "post_url": None,
@@ -177,7 +187,7 @@ async def send_failed(stage: str, request_id: str, site_id: str, error: str, att
             "finished_at": now_ms(),
         },
     )
-    metrics.stage_events.labels(stage, "failed").inc()
+    metrics.stage_events.labels(stage, status.lower()).inc()
 
 
 async def dead_letter(stage: str, event: Any, err: RecordError) -> None:
@@ -216,6 +226,9 @@ async def run_stage_event(
     except StageFailed as failed:
         log.warning("%s", failed.message)
         await send_failed(stage, request_id, site_id, failed.message, record.get("attempts", 0))
+        return
+    except StageCancelled as cancelled:
+        await send_failed(stage, request_id, site_id, cancelled.reason, status="CANCELLED")
         return
     if out is not None:
         topic, name, value = out

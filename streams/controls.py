@@ -1,0 +1,147 @@
+"""Per-site controls over HTTP, served by every worker; no restart needed.
+
+    GET   /api/sites                      every site with its controls and pending count
+    GET   /api/sites/{site_id}            one site: controls, pending, in flight, queued here
+    PATCH /api/sites/{site_id}            {"weight": 2, "max_in_flight": 10, "max_queued": 500, "paused": false}
+    POST  /api/sites/{site_id}/pause      its requests wait (unacked, nothing lost)
+    POST  /api/sites/{site_id}/resume
+    POST  /api/sites/{site_id}/cancel     cancel the requests no stage has started yet
+
+Controls live in Postgres `sites`; workers re-read them every two seconds
+(streams.deps), so a change reaches every worker within about two seconds.
+The same actions exist on the command line: `blogstream sites ...`.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import asdict
+from typing import Any
+
+from faust.web import Request, Response, View
+
+from streams.app import app
+from streams.deps import deps
+from streams.generate import generate_runner
+from streams.image import image_runner
+from streams.limiter import budgets
+from streams.publish import publish_runner
+
+CONTROL_FIELDS = {"weight": float, "max_in_flight": int, "max_queued": int, "paused": bool}
+RUNNERS = (generate_runner, image_runner, publish_runner)
+
+
+def public(site: Any) -> dict[str, Any]:
+    """A site as users see it: never its Wix API key."""
+    out = asdict(site)
+    out.pop("wix_api_key", None)
+    return out
+
+
+def parse_controls(body: Any) -> tuple[dict[str, Any], list[str]]:
+    """The controls in a PATCH body, and what is wrong with it (field by field)."""
+    if not isinstance(body, dict):
+        return {}, ["the body must be a JSON object, e.g. {\"weight\": 2}"]
+    controls: dict[str, Any] = {}
+    errors = [f"{k}: unknown control (use one of {', '.join(CONTROL_FIELDS)})" for k in body if k not in CONTROL_FIELDS]
+    for name, kind in CONTROL_FIELDS.items():
+        if name not in body:
+            continue
+        value = body[name]
+        if kind is bool:
+            if not isinstance(value, bool):
+                errors.append(f"{name}: must be true or false")
+                continue
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+            errors.append(f"{name}: must be a {'whole ' if kind is int else ''}number")
+            continue
+        elif value <= 0:
+            errors.append(f"{name}: must be greater than 0")
+            continue
+        controls[name] = kind(value)
+    return controls, errors
+
+
+async def site_view(site_id: str) -> dict[str, Any] | None:
+    await deps.ready()
+    assert deps.db is not None
+    site = await deps.db.get_site(site_id)
+    if site is None:
+        return None
+    pending = (await deps.db.pending_by_site()).get(site_id, 0)
+    try:
+        in_flight = (await budgets.stats(timeout=2.0)).get("slots", {}).get(site_id, 0)
+    except asyncio.TimeoutError:
+        in_flight = None  # the coordinator is moving; the rest is still worth showing
+    return {
+        **public(site),
+        "pending": pending,
+        "in_flight": in_flight,
+        "queued_on_this_worker": {r.name: r.queued_by_site().get(site_id, 0) for r in RUNNERS},
+    }
+
+
+def _not_found(view: View, site_id: str) -> Response:
+    return view.json(
+        {"error": f"site {site_id} is not registered", "fix": f"blogstream sites add {site_id} --wix-api-key ..."},
+        status=404,
+    )
+
+
+@app.page("/api/sites")
+class Sites(View):
+    async def get(self, request: Request) -> Response:
+        await deps.ready()
+        assert deps.db is not None
+        pending = await deps.db.pending_by_site()
+        return self.json({"sites": [{**public(s), "pending": pending.get(s.site_id, 0)} for s in await deps.db.list_sites()]})
+
+
+@app.page("/api/sites/{site_id}")
+class SiteControls(View):
+    async def get(self, request: Request, site_id: str) -> Response:
+        view = await site_view(site_id)
+        return self.json(view) if view is not None else _not_found(self, site_id)
+
+    async def patch(self, request: Request, site_id: str) -> Response:
+        try:
+            body = json.loads(await request.text() or "{}")
+        except json.JSONDecodeError as exc:
+            return self.json({"error": f"the body is not valid JSON: {exc.msg} at column {exc.colno}"}, status=400)
+        controls, errors = parse_controls(body)
+        if errors or not controls:
+            return self.json({"error": "invalid site controls", "fields": errors or ["nothing to change"]}, status=400)
+        return await _apply(self, site_id, **controls)
+
+
+async def _apply(view: View, site_id: str, **controls: Any) -> Response:
+    await deps.ready()
+    assert deps.db is not None
+    site = await deps.db.update_site_controls(site_id, **controls)
+    if site is None:
+        return _not_found(view, site_id)
+    await deps.refresh(site_id)
+    return view.json({**public(site), "applied_within_seconds": 2})
+
+
+@app.page("/api/sites/{site_id}/pause")
+class PauseSite(View):
+    async def post(self, request: Request, site_id: str) -> Response:
+        return await _apply(self, site_id, paused=True)
+
+
+@app.page("/api/sites/{site_id}/resume")
+class ResumeSite(View):
+    async def post(self, request: Request, site_id: str) -> Response:
+        return await _apply(self, site_id, paused=False)
+
+
+@app.page("/api/sites/{site_id}/cancel")
+class CancelQueued(View):
+    async def post(self, request: Request, site_id: str) -> Response:
+        await deps.ready()
+        assert deps.db is not None
+        if await deps.db.get_site(site_id) is None:
+            return _not_found(self, site_id)
+        cancelled = await deps.db.cancel_queued(site_id, reason=f"cancelled by an operator (site {site_id}) before it started")
+        return self.json({"site_id": site_id, "cancelled": len(cancelled), "request_ids": cancelled})
