@@ -43,11 +43,57 @@ def free_port() -> int:
 
 
 class Simulators:
-    """The provider simulators' control API (`/_sim/...`)."""
+    """The provider simulators' control API (`/_sim/...`).
 
-    def __init__(self, url: str = SIM_URL) -> None:
+    `Simulators.start()` runs a private simulator process on a free port, so a
+    test or benchmark never shares limits, windows or ledgers with another.
+    """
+
+    def __init__(self, url: str = SIM_URL, proc: subprocess.Popen | None = None) -> None:
         self.url = url
+        self.proc = proc
         self.http = httpx.Client(base_url=url, timeout=30)
+
+    @classmethod
+    def start(cls, config: dict[str, Any] | None = None, timeout: float = 30) -> "Simulators":
+        port = free_port()
+        log = (STACK_DIR / "logs").resolve()
+        log.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "simulators", "--port", str(port)], cwd=ROOT,
+            stdout=(log / f"simulators-{port}.log").open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        sims = cls(f"http://127.0.0.1:{port}", proc)
+        deadline = time.time() + timeout
+        while True:
+            try:
+                if sims.http.get("/_sim/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the simulators did not start on port {port}")
+            time.sleep(0.1)
+        if config:
+            sims.configure(config)
+        return sims
+
+    def stop(self) -> None:
+        self.http.close()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def base_urls(self) -> dict[str, str]:
+        """Where the workers' provider clients point (the same variables real keys use)."""
+        return {
+            "OPENAI_BASE_URL": f"{self.url}/openai/v1",
+            "REPLICATE_BASE_URL": f"{self.url}/replicate",
+            "WIX_BASE_URL": f"{self.url}/wix",
+        }
 
     def reset(self) -> None:
         self.http.post("/_sim/reset").raise_for_status()
@@ -117,6 +163,7 @@ class Pipeline:
 
     name: str = field(default_factory=lambda: f"run{uuid.uuid4().hex[:8]}")
     database: str = "blogstream_test"
+    sim_url: str = SIM_URL
     settings: dict[str, Any] = field(default_factory=dict)  # Settings overrides, e.g. {"openai_rpm": 60}
     workers: list[Worker] = field(default_factory=list)
     log_dir: Path = STACK_DIR / "logs"
@@ -134,6 +181,9 @@ class Pipeline:
             BLOGSTREAM_DATABASE_URL=database_url(self.database),
             BLOGSTREAM_DATA_DIR=str(STACK_DIR / "faust" / self.name),
             PYTHONUNBUFFERED="1",
+            OPENAI_BASE_URL=f"{self.sim_url}/openai/v1",
+            REPLICATE_BASE_URL=f"{self.sim_url}/replicate",
+            WIX_BASE_URL=f"{self.sim_url}/wix",
         )
         for key, value in {**self.settings, **extra}.items():
             env[f"BLOGSTREAM_{key.upper()}"] = str(value)
@@ -148,6 +198,23 @@ class Pipeline:
     def stop(self) -> None:
         for worker in self.workers:
             worker.stop()
+
+    async def wait_ready(self, timeout: float = 120) -> None:
+        """Until every worker serves HTTP and the limiter coordinator answers through it."""
+        deadline = time.time() + timeout
+        async with httpx.AsyncClient(timeout=10) as http:
+            for worker in self.workers:
+                while True:
+                    if not worker.alive:
+                        raise RuntimeError(f"{worker.name} exited:\n{worker.log_text()[-3000:]}")
+                    try:
+                        if (await http.get(worker.url("/api/limiter"))).status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    if time.time() > deadline:
+                        raise TimeoutError(f"{worker.name} not ready after {timeout} s")
+                    await asyncio.sleep(0.5)
 
     # --- requests ----------------------------------------------------------
     def request(self, site_id: str, n: int = 0, **fields: Any) -> dict[str, Any]:
@@ -220,11 +287,56 @@ class Pipeline:
 # --------------------------------------------------------------------------- database
 
 
-class Outcomes:
-    """Reads and prepares `blog_generations` and `sites` for a run."""
+TEMPLATE_DB = "blogstream_template"
+_template_ready = False
 
-    def __init__(self, dsn: str) -> None:
+
+def _migrate(db: str) -> None:
+    env = dict(os.environ, BLOGSTREAM_DATABASE_URL=database_url(db))
+    subprocess.run([str(ROOT / ".venv/bin/alembic"), "upgrade", "head"], cwd=ROOT, env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+class Outcomes:
+    """Reads and prepares `blog_generations` and `sites` for a run.
+
+    `Outcomes.private()` makes a fresh database (a copy of a migrated template),
+    so concurrent tests and benchmarks never see each other's rows.
+    """
+
+    def __init__(self, dsn: str, database: str | None = None) -> None:
         self.dsn = dsn
+        self.database = database
+
+    @classmethod
+    async def private(cls) -> "Outcomes":
+        global _template_ready
+        admin = await asyncpg.connect(database_url("postgres"))
+        try:
+            if not _template_ready:
+                if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", TEMPLATE_DB):
+                    await admin.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
+                await asyncio.to_thread(_migrate, TEMPLATE_DB)
+                _template_ready = True
+            name = f"bs_{uuid.uuid4().hex[:12]}"
+            for attempt in range(20):
+                try:
+                    await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+                    break
+                except asyncpg.ObjectInUseError:  # someone is migrating the template right now
+                    await asyncio.sleep(0.5)
+            return cls(database_url(name), name)
+        finally:
+            await admin.close()
+
+    async def drop(self) -> None:
+        if self.database is None:
+            return
+        admin = await asyncpg.connect(database_url("postgres"))
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+        finally:
+            await admin.close()
 
     async def _conn(self) -> asyncpg.Connection:
         return await asyncpg.connect(self.dsn)

@@ -1,9 +1,14 @@
-"""Fixtures for tests that run real workers on the local stack (`make stack-up`)."""
+"""Fixtures for tests that run real workers on the local stack (`make stack-up`).
+
+Each test gets its own simulator process, its own database (a copy of the
+migrated template) and its own topics and consumer group, so tests never see
+each other's limits, rows or events, even when run side by side.
+"""
 from __future__ import annotations
 
 import pytest
 
-from stack.harness import Outcomes, Pipeline, Simulators, database_url
+from stack.harness import Outcomes, Pipeline, Simulators
 
 # Fast providers for tests: latencies scaled down, limits at their defaults.
 FAST = {"latency_scale": 0.05, "window_seconds": 60, "openai": {"error_rate": 0.0, "external_rpm": 0},
@@ -12,23 +17,20 @@ FAST = {"latency_scale": 0.05, "window_seconds": 60, "openai": {"error_rate": 0.
 
 @pytest.fixture
 def sim():
-    simulators = Simulators()
-    simulators.reset()
-    simulators.configure(FAST)
+    simulators = Simulators.start(FAST)
     yield simulators
-    simulators.reset()
-    simulators.configure(FAST)
+    simulators.stop()
 
 
 @pytest.fixture
 async def outcomes():
-    db = Outcomes(database_url("blogstream_test"))
-    await db.clear()
-    return db
+    db = await Outcomes.private()
+    yield db
+    await db.drop()
 
 
 @pytest.fixture
-def pipeline():
-    p = Pipeline()
+def pipeline(sim, outcomes):
+    p = Pipeline(database=outcomes.database, sim_url=sim.url)
     yield p
     p.stop()
