@@ -38,7 +38,7 @@ test: stack-up
 	@$(PY) -m pytest -q -p no:cacheprovider
 
 bench: stack-up
-	@$(PY) -m stack.bench
+	@$(PY) -m stack.bench $(BENCH)
 
 clean:
 	rm -rf .venv .pytest_cache

@@ -102,6 +102,32 @@ app = BlogstreamApp(
 )
 
 
+# --- a faust fix: records dropped at startup or in a rebalance are read again ---
+# While partitions are paused (table recovery at startup, a rebalance) Faust can
+# take records from aiokafka and drop them, then seeks every partition back to
+# its committed offset to read them again. aiokafka's seek_to_committed skips a
+# partition that has nothing committed yet, so there the dropped records were
+# never read again and their requests stalled for good (seen in
+# tests/integration/test_crash_recovery.py after a SIGKILL). Such stage
+# partitions go back to their beginning (= auto_offset_reset "earliest");
+# replays are harmless, every effect is claimed once in Postgres.
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread  # noqa: E402
+
+_seek_to_committed = AIOKafkaConsumerThread.seek_to_committed
+
+
+async def _seek_to_committed_or_beginning(self: AIOKafkaConsumerThread) -> dict:
+    committed = await _seek_to_committed(self)
+    stage = {topic_name(t) for t in STAGE_TOPICS}
+    fresh = [tp for tp, offset in committed.items() if not offset and tp.topic in stage]
+    if fresh:
+        await self.call_thread(self._ensure_consumer().seek_to_beginning, *fresh)
+    return committed
+
+
+AIOKafkaConsumerThread.seek_to_committed = _seek_to_committed_or_beginning  # type: ignore[method-assign]
+
+
 def stage_topic(name: str) -> faust.TopicT:
     return app.topic(
         topic_name(name),

@@ -1,20 +1,32 @@
-"""Budget arithmetic for the global limiter: windows, slots and fair choice.
+"""Budget arithmetic for the global limiter: windows, pacing, slots and fair choice.
 
 Pure and synchronous, so it is unit-tested without Kafka. `streams.limiter`
-runs one `BudgetBook` inside the single coordinator and persists its state.
+runs one `BudgetBook` inside the single coordinator and persists its state
+(see `BudgetBook.take_dirty` / `restore`).
 
 Safety rule: a permit granted at `t` may reach the provider as late as
 `t + grace` (the worker checks before sending). A provider counting arrivals in
 any window of length W therefore sees only grants from an interval of length
-W + grace, so each rate budget caps grants in every such interval.
+W + grace, so each rate budget caps grants in every such interval. The cost is
+a utilization ceiling of W / (W + grace) (99 % for W = 30 s, grace = 0.3 s).
+
+Costs: granting, settling and expiring are O(1) per grant (running sums, an
+index by grant id); a scheduling pass is O(waiting asks x log) (a heap).
 """
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
+
+BUCKET_SECONDS = 1.0  # grants are persisted in one table key per budget and second
+
+
+def bucket_of(t: float) -> int:
+    return int(math.floor(t / BUCKET_SECONDS))
 
 
 @dataclass
@@ -25,113 +37,270 @@ class RateBudget:
     limit: int
     window: float
     grace: float
-    paced: bool = False  # spread grants evenly instead of bursting at a window's start
+    # Spread grants evenly (GCRA at limit / span) instead of bursting at a window's start.
+    paced: bool = False
     # Adaptive share of `limit`: shrinks when the provider pushes back (someone
     # else uses the same key), grows back while it does not.
     factor: float = 1.0
     external: float = 0.0  # units the provider says were used that we did not grant
     external_until: float = 0.0
-    entries: deque = field(default_factory=deque)  # [granted_at, amount, grant_id]
-    last_grant_at: float = -math.inf
+    throttled_at: float = -math.inf  # last multiplicative decrease
+    tat: float = -math.inf  # pacing: theoretical arrival time of the next grant (GCRA)
     granted_total: float = 0.0
+    # [granted_at, amount, grant_id, ask_id], in grant order
+    entries: deque = field(default_factory=deque)
+    total: float = 0.0  # sum of amounts in `entries`
+    index: dict = field(default_factory=dict)  # grant_id -> entry
+    dirty: set = field(default_factory=set)  # buckets (int) or "meta" changed since the last persist
 
+    # --- the window ---------------------------------------------------------
     @property
     def span(self) -> float:
         return self.window + self.grace
 
     def _expire(self, now: float) -> None:
-        horizon = now - self.span
-        while self.entries and self.entries[0][0] <= horizon:
-            self.entries.popleft()
+        span = self.span
+        entries = self.entries
+        while entries and entries[0][0] + span <= now:  # the same sum as next_room_at's
+            entry = entries.popleft()
+            self.total -= entry[1]
+            self.index.pop(entry[2], None)
+            self.dirty.add(bucket_of(entry[0]))  # the bucket shrinks or disappears
+        if not entries:
+            self.total = 0.0  # no float drift on an empty window
         if self.external and now >= self.external_until:
             self.external = 0.0
+            self.dirty.add("meta")
 
     def used(self, now: float) -> float:
         self._expire(now)
-        return sum(e[1] for e in self.entries)
+        return self.total
 
     def used_in_last(self, now: float, seconds: float) -> float:
-        return sum(e[1] for e in self.entries if e[0] > now - seconds)
+        total = 0.0
+        for entry in reversed(self.entries):
+            if entry[0] <= now - seconds:
+                break
+            total += entry[1]
+        return total
 
     def effective_limit(self) -> float:
-        return max(1.0, math.floor(self.limit * self.factor) - self.external)
+        """What we may use per span: our adaptive share, and never what others are seen to use.
 
+        `factor` answers pressure we cannot see (429s); `external` is pressure
+        we can (x-ratelimit-remaining-*), kept with a small margin for the
+        noise in that estimate. The two are alternatives, not penalties to add.
+        """
+        share = math.floor(self.limit * self.factor)
+        if self.external:
+            share = min(share, math.floor(self.limit - self.external - self.external_margin()))
+        return max(1.0, share)
+
+    def external_margin(self) -> float:
+        """Room left unused beside someone else's traffic: the estimate is noisy by a few requests."""
+        return max(2.0, 0.05 * self.limit)
+
+    # --- pacing (GCRA) ------------------------------------------------------
     def pace_interval(self) -> float:
         return self.span / self.effective_limit() if self.paced else 0.0
 
+    def pace_slack(self) -> float:
+        """How late a pass may come without costing throughput.
+
+        Grants follow an even schedule (one per interval, GCRA): a pass that
+        wakes up late grants the ones it owes, up to this much lateness, so
+        pacing costs no utilization. The same slack is the largest burst after
+        an idle spell (a quarter second's worth, at least two grants), small
+        enough that the window itself almost never has to step in.
+        """
+        return max(2 * self.pace_interval(), 0.25)
+
+    def _pace_ok(self, now: float) -> bool:
+        return not self.paced or now >= self.tat - 1e-6
+
+    # --- decisions ----------------------------------------------------------
     def fits(self, now: float, amount: float) -> bool:
-        if now < self.last_grant_at + self.pace_interval():
+        if not self._pace_ok(now):
             return False
+        limit = self.effective_limit()
         # A single ask larger than the whole budget could never fit: let it
         # through alone on an empty window rather than wait forever.
-        if amount > self.effective_limit():
+        if amount > limit:
             return self.used(now) == 0
-        return self.used(now) + amount <= self.effective_limit()
+        return self.used(now) + amount <= limit
 
     def next_room_at(self, now: float, amount: float) -> float:
         """Earliest time `amount` could fit, assuming nothing else is granted."""
-        at = max(now, self.last_grant_at + self.pace_interval())
-        excess = self.used(now) + min(amount, self.effective_limit()) - self.effective_limit()
+        at = now
+        if self.paced:
+            at = max(at, self.tat)
+        limit = self.effective_limit()
+        excess = self.used(now) + min(amount, limit) - limit
+        if amount > limit and self.entries:
+            excess = self.total  # must wait for an empty window
         if excess > 0:
             freed = 0.0
-            for granted_at, amt, _ in self.entries:
+            for granted_at, amt, *_ in self.entries:
                 freed += amt
-                if freed >= excess:
+                if freed >= excess - 1e-9:
                     at = max(at, granted_at + self.span)
                     break
+            else:
+                at = max(at, self.entries[-1][0] + self.span if self.entries else now)
         return at
 
-    def add(self, now: float, amount: float, grant_id: str) -> None:
-        self.entries.append([now, amount, grant_id])
-        self.last_grant_at = now
-        self.granted_total += amount
+    def add(self, now: float, amount: float, grant_id: str, ask_id: str = "") -> None:
+        entry = [now, float(amount), grant_id, ask_id]
+        if self.entries and self.entries[-1][0] > now:
+            self._insert(entry)  # behind a late permit's entry, which counts from a later time
+        else:
+            self.entries.append(entry)
+        self.index[grant_id] = entry
+        self.total += entry[1]
+        self.granted_total += entry[1]
+        if self.paced:
+            self.tat = max(self.tat, now - self.pace_slack()) + self.pace_interval() * max(1.0, amount)
+        self.dirty.add("meta")
+        self.dirty.add(bucket_of(now))
 
     def settle(self, grant_id: str, actual: float) -> bool:
         """Replace a reservation by what the call really cost (never below 0)."""
-        for entry in self.entries:
-            if entry[2] == grant_id:
-                entry[1] = max(0.0, float(actual))
-                return True
-        return False
+        entry = self.index.get(grant_id)
+        if entry is None:
+            return False
+        actual = max(0.0, float(actual))
+        self.total += actual - entry[1]
+        entry[1] = actual
+        self.dirty.add(bucket_of(entry[0]))
+        return True
+
+    def extend(self, now: float, grant_id: str, anchor: float, amount: float, ask_id: str = "") -> str:
+        """A permit reached the provider late, at `anchor`: count it until anchor + window.
+
+        Returns "ok" (counted long enough already), "extended", or "revived"
+        (its entry had expired: room it held may have been handed out again).
+        """
+        at = anchor - self.grace  # an entry at `at` counts until anchor + window
+        entry = self.index.get(grant_id)
+        if entry is not None:
+            if entry[0] >= at:
+                return "ok"
+            self.entries.remove(entry)
+            self.dirty.add(bucket_of(entry[0]))
+            entry[0] = at
+            self._insert(entry)
+            return "extended"
+        if at + self.span <= now:
+            return "ok"  # it has left every window by now anyway
+        entry = [at, float(amount), grant_id, ask_id]
+        self._insert(entry)
+        self.index[grant_id] = entry
+        self.total += entry[1]
+        return "revived"
+
+    def _insert(self, entry: list) -> None:
+        """Put an entry back in time order (rare: late permits only)."""
+        i = len(self.entries)
+        while i > 0 and self.entries[i - 1][0] > entry[0]:
+            i -= 1
+        self.entries.insert(i, entry)
+        self.dirty.add(bucket_of(entry[0]))
 
     # --- adaptation to pressure from outside ------------------------------
-    def on_throttled(self, now: float) -> None:
+    def throttle_cooldown(self) -> float:
+        """One decrease per this many seconds: a burst of 429s is one signal."""
+        return min(self.window / 2, max(2.0, 4 * self.grace))
+
+    def on_throttled(self, now: float) -> bool:
         """The provider said 429 although we stayed within our count: shrink."""
+        if now - self.throttled_at < self.throttle_cooldown():
+            return False
         self.factor = max(0.1, self.factor * 0.7)
+        self.throttled_at = now
+        self.dirty.add("meta")
+        return True
 
     def on_remaining(self, now: float, provider_limit: int | None, remaining: int | None) -> None:
-        """`x-ratelimit-remaining-*` lower than our own count explains: outside use."""
+        """`x-ratelimit-remaining-*` lower than our own count explains: outside use.
+
+        The provider counts arrivals in its last window when it answers. Our
+        grants reach it up to `grace` later than we granted them, so we compare
+        with our grants in the last window + grace: otherwise a burst of ours
+        at the window's edge looks like someone else's traffic. The rest of the
+        difference (grants still on their way, the answer's own trip) is noise
+        of a few requests, hence the threshold.
+        """
         if remaining is None:
             return
         limit = provider_limit or self.limit
         provider_used = limit - remaining
-        ours = self.used_in_last(now, self.window)
+        ours = self.used(now)
         outside = provider_used - ours
-        if outside > max(2.0, 0.02 * self.limit):
-            self.external = max(self.external * 0.5, outside)
+        if outside > max(2.0, 0.02 * limit):
+            self.external = min(float(self.limit) * 0.9, max(self.external * 0.5, outside))
             self.external_until = now + self.window
+            self.dirty.add("meta")
 
     def recover(self, seconds: float) -> None:
         """Additive increase: back to the full budget within ~10 windows of calm."""
         if self.factor < 1.0:
             self.factor = min(1.0, self.factor + 0.1 * seconds / self.window)
+            self.dirty.add("meta")
 
-    def snapshot(self) -> dict[str, Any]:
+    # --- persistence ----------------------------------------------------------
+    def meta(self) -> dict[str, Any]:
         return {
-            "entries": [list(e) for e in self.entries],
-            "last_grant_at": self.last_grant_at if self.last_grant_at > -math.inf else None,
             "factor": self.factor,
             "external": self.external,
             "external_until": self.external_until,
+            "throttled_at": None if self.throttled_at == -math.inf else self.throttled_at,
+            "tat": None if self.tat == -math.inf else self.tat,
+            "granted_total": self.granted_total,
         }
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self.entries = deque([list(e) for e in state.get("entries", [])])
-        last = state.get("last_grant_at")
-        self.last_grant_at = -math.inf if last is None else float(last)
+    def bucket(self, b: int) -> list[list[Any]] | None:
+        """The grants of one bucket (None when it has none left: delete the key)."""
+        entries = self.entries
+        if not entries:
+            return None
+        out: list[list[Any]] = []
+        if b >= (bucket_of(entries[0][0]) + bucket_of(entries[-1][0])) / 2:  # recent: scan from the end
+            for e in reversed(entries):
+                eb = bucket_of(e[0])
+                if eb < b:
+                    break
+                if eb == b:
+                    out.append(list(e))
+            out.reverse()
+        else:
+            for e in entries:
+                eb = bucket_of(e[0])
+                if eb > b:
+                    break
+                if eb == b:
+                    out.append(list(e))
+        return out or None
+
+    def restore_meta(self, state: dict[str, Any]) -> None:
         self.factor = float(state.get("factor", 1.0))
         self.external = float(state.get("external", 0.0))
         self.external_until = float(state.get("external_until", 0.0))
+        throttled = state.get("throttled_at")
+        self.throttled_at = -math.inf if throttled is None else float(throttled)
+        tat = state.get("tat")
+        self.tat = -math.inf if tat is None else float(tat)
+        self.granted_total = float(state.get("granted_total", 0.0))
+
+    def restore_entries(self, entries: Iterable[list[Any]]) -> None:
+        merged = sorted((list(e) for e in entries), key=lambda e: e[0])
+        self.entries = deque()
+        self.index = {}
+        self.total = 0.0
+        for e in merged:
+            entry = [float(e[0]), float(e[1]), str(e[2]), str(e[3]) if len(e) > 3 else ""]
+            self.entries.append(entry)
+            self.index[entry[2]] = entry
+            self.total += entry[1]
 
 
 @dataclass
@@ -143,12 +312,13 @@ class SlotBudget:
     holders: dict[str, float] = field(default_factory=dict)  # request_id -> since
     lease_seconds: float = 3600.0  # reclaim slots of requests that vanished
 
-    def _expire(self, now: float) -> None:
-        for rid in [r for r, t in self.holders.items() if now - t > self.lease_seconds]:
+    def _expire(self, now: float) -> bool:
+        stale = [r for r, t in self.holders.items() if now - t > self.lease_seconds]
+        for rid in stale:
             del self.holders[rid]
+        return bool(stale)
 
     def fits(self, now: float, request_id: str) -> bool:
-        self._expire(now)
         return request_id in self.holders or len(self.holders) < self.limit
 
     def add(self, now: float, request_id: str) -> None:
@@ -176,6 +346,10 @@ class Ask:
     seq: int
     reply: Any = None  # how to answer (set by the Kafka glue)
 
+    @property
+    def primary(self) -> str:
+        return next(iter(self.needs), "")
+
 
 @dataclass
 class Grant:
@@ -191,30 +365,35 @@ class Grant:
             "granted_at": self.granted_at,
             "use_by": self.use_by,
             "needs": self.ask.needs,
+            "queued": max(0.0, self.granted_at - self.ask.arrived_at),
+            "arrived_at": self.ask.arrived_at,
         }
 
 
 class BudgetBook:
     """Every budget and every waiting ask; grants by weighted fair queuing.
 
-    Each ask waits in its site's line. Among asks that fit right now, the one
-    whose site has received the least of the contested budget (divided by the
-    site's weight) goes first: max-min fair, and work-conserving because an ask
-    that does not fit never holds back one that does.
+    Among asks that fit right now, the one whose site has received the least of
+    the contested budget (divided by the site's weight) goes first: max-min
+    fair, and work-conserving because an ask that does not fit never holds back
+    one that does. A site that comes back after a pause starts at the service
+    level of the sites still waiting (no credit for the time it was away).
     """
 
     def __init__(self, rate_specs: dict[str, dict[str, Any]], *, grace: float, slot_default: int = 20):
         self.grace = grace
-        self.rate_specs = rate_specs  # prefix -> {"limit", "window", "paced"}; "wix:" per site
+        self.rate_specs = rate_specs  # prefix -> {"limit", "window", "paced"}; "wix_requests:" per site
         self.rates: dict[str, RateBudget] = {}
         self.slots: dict[str, SlotBudget] = {}
         self.slot_default = slot_default
         self.waiting: dict[str, Ask] = {}
         self.vtime: dict[tuple[str, str], float] = {}  # (budget, site) -> normalised service
+        self._waiting_sites: dict[str, dict[str, int]] = {}  # budget -> site -> asks waiting
+        self._amounts: dict[str, list[tuple[float, str]]] = {}  # budget -> heap of (amount, ask_id), lazy
         self._seq = itertools.count()
         self._grant_seq = itertools.count()
         self.instance = ""
-        self.dirty: set[str] = set()  # budget names changed since the last persist
+        self.dirty_slots: set[str] = set()
 
     # --- budgets ------------------------------------------------------------
     def rate(self, name: str) -> RateBudget:
@@ -241,103 +420,221 @@ class BudgetBook:
             known.reply = ask.reply
             return known
         ask.seq = next(self._seq)
-        self.waiting[ask.ask_id] = ask
         for budget in ask.needs:
+            sites = self._waiting_sites.setdefault(budget, {})
             key = (budget, ask.site_id)
-            floor = min((v for (b, s), v in self.vtime.items() if b == budget and self._site_waits(s, budget)), default=0.0)
-            self.vtime[key] = max(self.vtime.get(key, 0.0), floor)
+            if not sites.get(ask.site_id):
+                floor = min((self.vtime.get((budget, s), 0.0) for s, n in sites.items() if n), default=None)
+                if floor is not None:
+                    self.vtime[key] = max(self.vtime.get(key, 0.0), floor)
+            sites[ask.site_id] = sites.get(ask.site_id, 0) + 1
+            heapq.heappush(self._amounts.setdefault(budget, []), (ask.needs[budget], ask.ask_id))
+        self.waiting[ask.ask_id] = ask
         return ask
 
-    def _site_waits(self, site_id: str, budget: str) -> bool:
-        return any(a.site_id == site_id and budget in a.needs for a in self.waiting.values())
+    def _smallest(self, budget: str) -> float | None:
+        """The smallest amount an ask waiting on `budget` needs (None: none waits)."""
+        heap = self._amounts.get(budget)
+        while heap and heap[0][1] not in self.waiting:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def _unwait(self, ask: Ask) -> None:
+        del self.waiting[ask.ask_id]
+        for budget in ask.needs:
+            sites = self._waiting_sites.get(budget, {})
+            left = sites.get(ask.site_id, 0) - 1
+            if left > 0:
+                sites[ask.site_id] = left
+            else:
+                sites.pop(ask.site_id, None)
 
     def drop_asks(self) -> None:
         self.waiting.clear()
+        self._waiting_sites.clear()
+        self._amounts.clear()
 
     def _fits(self, ask: Ask, now: float) -> bool:
         if ask.slot_limit is not None and not self.slot(ask.site_id, ask.slot_limit).fits(now, ask.request_id):
             return False
         return all(self.rate(b).fits(now, amount) for b, amount in ask.needs.items())
 
-    def _fair_key(self, ask: Ask) -> tuple:
-        primary = next(iter(ask.needs), "")
-        return (self.vtime.get((primary, ask.site_id), 0.0), ask.seq)
+    def _fair_key(self, ask: Ask) -> tuple[float, int]:
+        return (self.vtime.get((ask.primary, ask.site_id), 0.0), ask.seq)
 
     def grant_ready(self, now: float) -> list[Grant]:
-        grants = []
-        while True:
-            ready = [a for a in self.waiting.values() if self._fits(a, now)]
-            if not ready:
-                return grants
-            ask = min(ready, key=self._fair_key)
-            grants.append(self._grant(ask, now))
+        """Grant every waiting ask that fits, fairest first."""
+        grants: list[Grant] = []
+        if not self.waiting:
+            return grants
+        # A budget without room for the smallest amount waiting on it has room
+        # for none of them (and grants only use room up): skip those asks. In a
+        # saturated budget that is every pass but one per pacing interval.
+        open_: dict[str, bool] = {}
+        for budget, sites in self._waiting_sites.items():
+            smallest = self._smallest(budget) if sites else None
+            open_[budget] = smallest is not None and self.rate(budget).fits(now, smallest)
+        if not any(open_.values()):
+            return grants
+        heap = [(*self._fair_key(a), a.ask_id) for a in self.waiting.values() if all(open_.get(b) for b in a.needs)]
+        heapq.heapify(heap)
+        while heap:
+            vtime, seq, ask_id = heapq.heappop(heap)
+            ask = self.waiting.get(ask_id)
+            if ask is None:
+                continue
+            current = self._fair_key(ask)
+            if current[0] > vtime:  # its site was served meanwhile: back in line
+                heapq.heappush(heap, (*current, ask_id))
+                continue
+            # Grants only use room up, so an ask that does not fit now will
+            # not fit later in this pass either: it is simply left waiting.
+            if self._fits(ask, now):
+                grants.append(self._grant(ask, now))
+        return grants
 
     def _grant(self, ask: Ask, now: float) -> Grant:
-        del self.waiting[ask.ask_id]
+        self._unwait(ask)
         grant_id = f"{self.instance}{next(self._grant_seq)}"
         if ask.slot_limit is not None:
             self.slot(ask.site_id, ask.slot_limit).add(now, ask.request_id)
-            self.dirty.add(f"slots:{ask.site_id}")
+            self.dirty_slots.add(f"slots:{ask.site_id}")
         for budget, amount in ask.needs.items():
-            self.rate(budget).add(now, amount, grant_id)
-            self.dirty.add(budget)
+            self.rate(budget).add(now, amount, grant_id, ask.ask_id)
             key = (budget, ask.site_id)
             self.vtime[key] = self.vtime.get(key, 0.0) + amount / max(ask.weight, 1e-6)
         return Grant(ask, grant_id, now, now + self.grace)
 
     def next_wakeup(self, now: float) -> float | None:
-        """When something waiting could next fit (None: nothing waits)."""
-        best = None
-        for ask in self.waiting.values():
-            if ask.slot_limit is not None and not self.slot(ask.site_id, ask.slot_limit).fits(now, ask.request_id):
-                continue  # only a release (an event) frees a slot
-            at = max((self.rate(b).next_room_at(now, amt) for b, amt in ask.needs.items()), default=now)
-            best = at if best is None else min(best, at)
-        return best
+        """When something waiting could next fit (None: nothing to wait for but events).
+
+        An ask fits once all of its budgets have room, and an ask whose budgets
+        all have room now has just been granted (or waits for a slot, which
+        only a release frees). So the next chance is the soonest moment a
+        budget that is closed now opens for the smallest amount waiting on it:
+        possibly early (a pass that grants nothing), never late.
+        """
+        soonest = None
+        for budget, sites in self._waiting_sites.items():
+            smallest = self._smallest(budget) if sites else None
+            if smallest is None:
+                continue
+            at = self.rate(budget).next_room_at(now, smallest)
+            if at > now and (soonest is None or at < soonest):
+                soonest = at
+        return soonest
 
     # --- after the call -----------------------------------------------------
     def settle(self, budget: str, grant_id: str, actual: float) -> None:
-        if budget in self.rates and self.rates[budget].settle(grant_id, actual):
-            self.dirty.add(budget)
+        if budget in self.rates:
+            self.rates[budget].settle(grant_id, actual)
 
     def release_slot(self, site_id: str, request_id: str) -> None:
         if self.slot(site_id).release(request_id):
-            self.dirty.add(f"slots:{site_id}")
+            self.dirty_slots.add(f"slots:{site_id}")
 
-    def feedback(self, now: float, budget: str, *, throttled: bool, limit: int | None, remaining: int | None) -> None:
+    def feedback(
+        self,
+        now: float,
+        budget: str,
+        *,
+        throttled: bool,
+        limit: int | None,
+        remaining: int | None,
+        tokens_budget: str | None = None,
+        tokens_limit: int | None = None,
+        tokens_remaining: int | None = None,
+    ) -> None:
+        """What a provider answer said about the key's budget (429, x-ratelimit-*)."""
         rate = self.rate(budget)
         if throttled:
             rate.on_throttled(now)
         rate.on_remaining(now, limit, remaining)
-        self.dirty.add(budget)
+        if tokens_budget:
+            self.rate(tokens_budget).on_remaining(now, tokens_limit, tokens_remaining)
+
+    def unused(self, grant_id: str, needs: dict[str, float]) -> None:
+        """A grant reached its worker too late and was never sent: give its room back.
+
+        Its place in the pacing schedule too, or pacing would lose that grant
+        for good (the schedule, not the window, is what binds in steady state).
+        """
+        for budget in needs:
+            rate = self.rates.get(budget)
+            if rate is not None and rate.settle(grant_id, 0.0) and rate.paced:
+                rate.tat -= rate.pace_interval()
+                rate.dirty.add("meta")
+
+    def late(self, now: float, grant_id: str, needs: dict[str, float], anchor: float) -> list[str]:
+        """A permit left for the provider at `anchor`, after its use-by time."""
+        return [self.rate(budget).extend(now, grant_id, anchor, amount) for budget, amount in needs.items()]
 
     def recover(self, seconds: float) -> None:
         for rate in self.rates.values():
             rate.recover(seconds)
 
-    # --- persistence (the coordinator's changelog-backed table) -------------
-    def snapshot(self, name: str) -> dict[str, Any]:
-        if name.startswith("slots:"):
-            return self.slots[name].snapshot()
-        return self.rates[name].snapshot()
+    def expire(self, now: float) -> None:
+        for rate in self.rates.values():
+            rate._expire(now)
+        for slots in self.slots.values():
+            if slots._expire(now):
+                self.dirty_slots.add(slots.name)
 
-    def restore(self, items: Iterable[tuple[str, dict[str, Any]]]) -> None:
-        for name, state in items:
-            if name.startswith("slots:"):
-                self.slot(name.split(":", 1)[1], state.get("limit")).restore(state)
-            else:
-                self.rate(name).restore(state)
+    # --- persistence (the coordinator's changelog-backed table) -------------
+    # Keys: "r|<budget>|meta", "r|<budget>|<bucket>" (grants of one second),
+    # "slots:<site>". A value of None deletes the key.
+    def take_dirty(self) -> dict[str, Any]:
+        """Every table key changed since the last call, with its new value."""
+        out: dict[str, Any] = {}
+        for name, rate in self.rates.items():
+            for part in rate.dirty:
+                if part == "meta":
+                    out[f"r|{name}|meta"] = rate.meta()
+                else:
+                    out[f"r|{name}|{part}"] = rate.bucket(part)
+            rate.dirty.clear()
+        for name in self.dirty_slots:
+            out[name] = self.slots[name].snapshot()
+        self.dirty_slots.clear()
+        return out
+
+    def restore(self, items: Iterable[tuple[str, Any]]) -> None:
+        entries: dict[str, list[list[Any]]] = {}
+        for key, state in items:
+            if state is None:
+                continue
+            if key.startswith("slots:"):
+                self.slot(key.split(":", 1)[1], state.get("limit")).restore(state)
+            elif key.startswith("r|"):
+                name, part = key[2:].rsplit("|", 1)
+                if part == "meta":
+                    self.rate(name).restore_meta(state)
+                else:
+                    entries.setdefault(name, []).extend(state)
+        for name, grants in entries.items():
+            self.rate(name).restore_entries(grants)
+
+    def granted_asks(self) -> dict[str, tuple[str, float]]:
+        """ask_id -> (grant_id, granted_at) of every grant still in a window."""
+        out: dict[str, tuple[str, float]] = {}
+        for rate in self.rates.values():
+            for granted_at, _, grant_id, ask_id in rate.entries:
+                if ask_id:
+                    out[ask_id] = (grant_id, granted_at)
+        return out
 
     # --- figures ------------------------------------------------------------
     def usage(self, name: str, now: float) -> dict[str, float]:
         rate = self.rate(name)
-        used_window = rate.used_in_last(now, rate.window) if rate.entries else 0.0
         rate._expire(now)
         waiting = sum(1 for a in self.waiting.values() if name in a.needs)
         return {
             "limit": rate.limit,
             "effective_limit": rate.effective_limit(),
-            "used_in_window": used_window,
+            "used_in_window": rate.used_in_last(now, rate.window),
+            "used_in_span": rate.total,
             "waiting": waiting,
             "granted_total": rate.granted_total,
+            "factor": round(rate.factor, 4),
+            "external": rate.external,
         }

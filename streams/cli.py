@@ -17,6 +17,7 @@ import json
 import sys
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -88,35 +89,131 @@ def complete_request(item: dict[str, Any]) -> dict[str, Any]:
     return item
 
 
-async def submit(requests: list[dict[str, Any]], *, progress: bool = True) -> int:
-    """Produce requests keyed by site id; waits for every broker ack."""
-    from aiokafka import AIOKafkaProducer
+@dataclass
+class SubmitReport:
+    accepted: int = 0
+    rejected: list[str] = field(default_factory=list)  # "request <id>: <field>: <why>" from the worker's 422s
+    throttled_seconds: float = 0.0  # time spent waiting on 429s (the queue was full)
+
+
+class SubmitAborted(RuntimeError):
+    pass
+
+
+async def submit(
+    requests: list[dict[str, Any]],
+    *,
+    worker: str,
+    batch_size: int = 500,
+    progress: bool = True,
+    give_up_after: float = 300.0,
+) -> SubmitReport:
+    """Send requests through a worker's HTTP intake (POST /api/blogs) in batches.
+
+    Obeys the intake's backpressure: a 429 (queue or site queue full) waits its
+    Retry-After and sends at most the `room` it reported; 503s and connection
+    errors are retried with the same request ids, which is safe because ids are
+    idempotency keys. Items the worker rejects (422, e.g. an unregistered site)
+    are reported and the rest of their batch is sent again. Gives up when no
+    batch got through for `give_up_after` seconds of errors (not of 429 waits).
+    """
+    import httpx
     from tqdm import tqdm
 
-    from streams.records import encode
-
-    from streams.app import ensure_topics
-
-    await ensure_topics()
-    producer = AIOKafkaProducer(bootstrap_servers=_bootstrap(), acks="all", linger_ms=5)
-    await producer.start()
+    headers = {"Authorization": f"Bearer {settings.intake_token}"} if settings.intake_token else {}
+    report = SubmitReport()
+    todo = list(requests)
+    size = max(1, min(batch_size, settings.intake_max_batch))
     bar = tqdm(total=len(requests), unit="req", desc="submitting", disable=not progress)
+    failing_since: float | None = None
+    delay = 0.5
     try:
-        pending = []
-        for item in requests:
-            fut = await producer.send(_topic("blog.requests"), key=item["site_id"].encode(), value=encode("BlogRequest", item))
-            pending.append(fut)
-            if len(pending) >= 500:
-                await asyncio.gather(*pending)
-                bar.update(len(pending))
-                pending.clear()
-        if pending:
-            await asyncio.gather(*pending)
-            bar.update(len(pending))
+        async with httpx.AsyncClient(base_url=worker.rstrip("/"), headers=headers, timeout=60.0) as client:
+            while todo:
+                chunk = todo[:size]
+                try:
+                    response = await client.post("/api/blogs", json={"requests": chunk})
+                except httpx.TransportError as exc:
+                    response, problem = None, f"no answer from {worker} ({type(exc).__name__})"
+                else:
+                    problem = _error_text(response)
+                if response is not None and response.status_code == 202:
+                    del todo[: len(chunk)]
+                    report.accepted += len(chunk)
+                    bar.update(len(chunk))
+                    bar.set_postfix_str("")
+                    size = max(1, min(batch_size, settings.intake_max_batch))
+                    failing_since, delay = None, 0.5
+                    continue
+                status = response.status_code if response is not None else None
+                if status == 429:
+                    body = _json_or_empty(response)
+                    room = body.get("room") if isinstance(body.get("room"), int) else 0
+                    if 0 < room < len(chunk):
+                        size = room  # what fits now goes now; the rest waits its turn
+                        continue
+                    wait = _retry_after(response)
+                    bar.set_postfix_str(f"waiting {wait:g}s: {body.get('reason', 'queue full')}")
+                    report.throttled_seconds += wait
+                    await asyncio.sleep(wait)
+                    continue
+                if status == 422:
+                    errors = [e for e in _json_or_empty(response).get("errors", []) if isinstance(e, dict)]
+                    if any(not str(e.get("field", "")).startswith("requests[") for e in errors):
+                        if size > 1:  # a batch-level limit (e.g. this worker's max batch is smaller)
+                            size = max(1, size // 2)
+                            continue
+                        raise SubmitAborted(f"the worker refused a batch: {problem}")
+                    bad = {e.get("item") for e in errors} & set(range(len(chunk)))
+                    if not bad:
+                        raise SubmitAborted(f"the worker refused a batch: {problem}")
+                    for e in errors:
+                        if e.get("item") in bad:
+                            report.rejected.append(f"request {chunk[e['item']]['request_id']}: {e.get('field')}: {e.get('message')}")
+                    todo[: len(chunk)] = [r for i, r in enumerate(chunk) if i not in bad]
+                    bar.total -= len(bad)
+                    bar.refresh()
+                    continue
+                if status == 413 and size > 1:
+                    size = max(1, size // 2)
+                    continue
+                if status in (401, 403):
+                    raise SubmitAborted(
+                        f"the worker at {worker} wants the intake token: set BLOGSTREAM_INTAKE_TOKEN ({problem})"
+                    )
+                if status is not None and status < 500 and status != 408:
+                    raise SubmitAborted(f"the worker at {worker} answered {status}: {problem}")
+                # 5xx, 408, no answer: retry the same ids after a pause
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now - failing_since > give_up_after:
+                    raise SubmitAborted(f"gave up after {give_up_after:.0f}s of errors; last: {problem}")
+                wait = _retry_after(response) if response is not None and "retry-after" in response.headers else delay
+                bar.set_postfix_str(f"retrying in {wait:g}s: {problem[:60]}")
+                await asyncio.sleep(wait)
+                delay = min(delay * 2, 10.0)
     finally:
         bar.close()
-        await producer.stop()
-    return len(requests)
+    return report
+
+
+def _json_or_empty(response: Any) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _error_text(response: Any) -> str:
+    return str(_json_or_empty(response).get("error") or f"HTTP {response.status_code}")
+
+
+def _retry_after(response: Any) -> float:
+    try:
+        return min(60.0, max(0.5, float(response.headers.get("retry-after", "1"))))
+    except ValueError:
+        return 1.0
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -146,11 +243,27 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(f"skipped {p}", file=sys.stderr)
     if len(problems) > 50:
         print(f"... and {len(problems) - 50} more invalid lines", file=sys.stderr)
-    sent = asyncio.run(submit(requests, progress=not args.quiet)) if requests else 0
-    print(f"submitted {sent} request(s) to {_topic('blog.requests')}; {len(problems)} invalid line(s) skipped")
-    if len(requests) == 1:
+    report = SubmitReport()
+    if requests:
+        try:
+            report = asyncio.run(
+                submit(requests, worker=args.worker, batch_size=args.batch_size, progress=not args.quiet)
+            )
+        except SubmitAborted as exc:
+            print(f"stopped: {exc}", file=sys.stderr)
+            return 1
+    for r in report.rejected[:50]:
+        print(f"rejected {r}", file=sys.stderr)
+    if len(report.rejected) > 50:
+        print(f"... and {len(report.rejected) - 50} more rejected by the worker", file=sys.stderr)
+    waited = f"; waited {report.throttled_seconds:.0f}s for queue room" if report.throttled_seconds else ""
+    print(
+        f"submitted {report.accepted} request(s) via {args.worker}; {len(problems)} invalid line(s) skipped; "
+        f"{len(report.rejected)} rejected by the worker{waited}"
+    )
+    if len(requests) == 1 and report.accepted == 1:
         print(f"request id: {requests[0]['request_id']}")
-    return 1 if problems and not sent else 0
+    return 1 if (problems or report.rejected) and not report.accepted else 0
 
 
 # --------------------------------------------------------------------------- sites
@@ -248,7 +361,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="blogstream", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("submit", help="produce blog requests to blog.requests")
+    s = sub.add_parser("submit", help="send blog requests through a worker's HTTP intake (waits while the queue is full)")
     s.add_argument("--file", help="JSONL or CSV file of requests")
     s.add_argument("--site")
     s.add_argument("--topic")
@@ -258,6 +371,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--target-words", type=int, default=800)
     s.add_argument("--request-id", help="idempotency key (default: a new uuid)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--worker", default=f"http://127.0.0.1:{settings.web_port}", help="any worker's web address")
+    s.add_argument("--batch-size", type=int, default=500, help="requests per POST (at most the intake's max batch)")
     s.set_defaults(fn=cmd_submit)
 
     st = sub.add_parser("sites", help="the sites registry")

@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 import uuid
-from typing import Any
+
 
 from connectors.openai_writer import ArticleWriter
 from connectors.postgres import Database, Site, SiteCache

@@ -39,10 +39,7 @@ async def write_draft(request: dict[str, Any], deps: Deps) -> dict[str, Any]:
             used = result.usage.prompt_tokens + result.usage.completion_tokens
             await budgets.settle(permit, OPENAI_TOKENS, used)
             if result.rate_limit is not None:
-                await budgets.feedback(
-                    OPENAI_REQUESTS, throttled=False,
-                    limit=result.rate_limit.limit_requests, remaining=result.rate_limit.remaining_requests,
-                )
+                await budgets.observe({OPENAI_REQUESTS: 1, OPENAI_TOKENS: estimate}, result.rate_limit, throttled=False)
 
         result = await call_with_permits(
             stage=STAGE,

@@ -48,3 +48,7 @@ site_in_flight = Gauge(
 sink_rows = Counter(
     "blogstream_sink_rows_total", "Outcome rows written to Postgres", registry=registry,
 )
+consumer_lag = Gauge(
+    "blogstream_consumer_lag", "Events in a stage topic not yet committed by the worker group (global)",
+    ["topic"], registry=registry,
+)

@@ -37,9 +37,12 @@ class _Entry:
     offset: int
     site_id: str
     done: bool = False
+    failures: int = 0
 
 
 class StageRunner:
+    instances: list["StageRunner"] = []  # every stage's runner, told about revoked partitions
+
     def __init__(
         self,
         name: str,
@@ -65,6 +68,7 @@ class StageRunner:
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._dispatcher: asyncio.Task | None = None
+        StageRunner.instances.append(self)
 
     # --- reading ------------------------------------------------------------
     async def consume(self, stream: Any) -> None:
@@ -144,17 +148,37 @@ class StageRunner:
         except asyncio.CancelledError:
             raise
         except Exception:
-            # Handlers turn every failure into a FAILED outcome themselves; this
-            # is a bug. The event is left unacked, so a restart retries it.
-            log.exception("%s: unexpected error on %s@%s, left unacked", self.name, entry.tp, entry.offset)
-            metrics.stage_events.labels(self.name, "crashed").inc()
+            # Handlers turn provider failures into outcomes themselves; this is
+            # the infrastructure failing (database down, broker unreachable).
+            # The event stays unacked and is tried again after a pause, so the
+            # offset never passes it and nothing is lost.
+            entry.failures += 1
+            delay = min(60.0, 2.0 ** entry.failures)
+            log.exception("%s: event %s@%s failed, retrying in %.0f s", self.name, entry.tp, entry.offset, delay)
+            metrics.stage_events.labels(self.name, "retried").inc()
+            self._release(entry)
+            await asyncio.sleep(delay)
+            self._requeue(entry)
             return
-        finally:
-            self._running[entry.site_id] -= 1
-            self._running_total -= 1
-            self._changed.set()
+        self._release(entry)
         entry.done = True
         await self._ack_in_order(entry.tp)
+
+    def _release(self, entry: _Entry) -> None:
+        self._running[entry.site_id] -= 1
+        self._running_total -= 1
+        self._changed.set()
+
+    def _requeue(self, entry: _Entry) -> None:
+        if entry.tp not in self._unfinished or entry not in self._unfinished[entry.tp]:
+            return  # its partition moved to another worker meanwhile
+        line = self._lines.get(entry.site_id)
+        if line is None:
+            line = self._lines[entry.site_id] = deque()
+            self._ring.append(entry.site_id)
+            self._credit.setdefault(entry.site_id, 0.0)
+        line.appendleft(entry)
+        self._changed.set()
 
     async def _ack_in_order(self, tp: Any) -> None:
         line = self._unfinished.get(tp)

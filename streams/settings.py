@@ -7,10 +7,13 @@ Postgres on 55432, provider simulators on 18080. Set the provider variables
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
-SIMULATORS = "http://127.0.0.1:18080"
+# The local stack's ports (stack/stack.sh reads the same variables).
+KAFKA_PORT = os.environ.get("KAFKA_PORT", "19092")
+PG_PORT = os.environ.get("PG_PORT", "55432")
+SIMULATORS = f"http://127.0.0.1:{os.environ.get('SIM_PORT', '18080')}"
 
 
 def _env(name: str, default: Any, cast: type) -> Any:
@@ -28,16 +31,17 @@ def _env(name: str, default: Any, cast: type) -> Any:
 @dataclass(frozen=True)
 class Settings:
     # --- Kafka ---------------------------------------------------------------
-    kafka_broker: str = "kafka://127.0.0.1:19092"
+    kafka_broker: str = f"kafka://127.0.0.1:{KAFKA_PORT}"
     topic_partitions: int = 12
     topic_prefix: str = ""  # tests and side-by-side deployments use their own topics
     app_id: str = "blogstream"
     web_port: int = 6066
     heartbeat_seconds: float = 30.0
+    lag_seconds: float = 15.0  # how often consumer lag is exported
     data_dir: str = ".faust"  # Faust's local files (git-ignored)
 
     # --- Postgres --------------------------------------------------------------
-    database_url: str = "postgresql://blogstream:blogstream@127.0.0.1:55432/blogstream"
+    database_url: str = f"postgresql://blogstream:blogstream@127.0.0.1:{PG_PORT}/blogstream"
 
     # --- Providers (defaults point at the simulators) --------------------------
     openai_base_url: str = f"{SIMULATORS}/openai/v1"
@@ -74,6 +78,14 @@ class Settings:
     max_attempts: int = 6
     retry_base_seconds: float = 1.0
 
+    # --- Intake (HTTP front door, streams/intake.py; docs/intake.md) ---------------
+    intake_token: str = ""  # non-empty: every /api/blogs call needs "Authorization: Bearer <token>"
+    intake_max_batch: int = 1000  # requests per POST /api/blogs batch
+    intake_max_body_bytes: int = 2_000_000  # larger bodies get 413 before they are read
+    intake_pending_refresh_seconds: float = 1.0  # the pending figure is re-read at most this often
+    intake_retry_after_seconds: int = 2  # Retry-After on 429/503
+    intake_produce_timeout: float = 15.0  # broker ack wait before answering 503
+
     # --- Sink --------------------------------------------------------------------
     sink_batch_size: int = 500
     sink_batch_seconds: float = 0.5
@@ -105,6 +117,8 @@ class Settings:
             value = getattr(self, f.name)
             if f.name in ("openai_api_key", "replicate_api_token") and value:
                 value = value[:3] + "…"
+            if f.name == "intake_token" and value:
+                value = "***"
             if f.name == "database_url" and "@" in value:
                 value = "postgresql://***@" + value.split("@", 1)[1]
             out[f.name] = value

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime, timezone
-from typing import Any
+
 
 from connectors.postgres import OutcomeRow
 from streams import metrics

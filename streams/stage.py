@@ -17,10 +17,11 @@ from typing import Any, Awaitable, Callable
 
 from connectors.errors import ProviderError, RateLimited
 from streams import metrics
-from streams.app import dlq_topic, results_topic
+from streams.app import app, dlq_topic, results_topic
 from streams.deps import Deps
 from streams.limiter import budgets
 from streams.records import RecordError, encode
+from streams.runner import StageRunner
 from streams.settings import settings
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,6 @@ async def call_with_permits(
     shared budget; 5xx and timeouts back off exponentially; a permanent 4xx
     fails the request at once with the provider's explanation.
     """
-    primary = next(iter(needs))
     for attempt in range(1, settings.max_attempts + 1):
         permit = await budgets.acquire(
             site_id=site_id, request_id=request_id, needs=needs, slot_limit=slot_limit, weight=weight
@@ -126,12 +126,7 @@ async def call_with_permits(
             metrics.provider_calls.labels(exc.provider, type(exc).__name__).inc()
             info = exc.rate_limit
             if isinstance(exc, RateLimited) or info is not None:
-                await budgets.feedback(
-                    primary,
-                    throttled=isinstance(exc, RateLimited),
-                    limit=info.limit_requests if info else None,
-                    remaining=info.remaining_requests if info else None,
-                )
+                await budgets.observe(needs, info, throttled=isinstance(exc, RateLimited))
             if not exc.retryable:
                 raise StageFailed(stage, request_id, site_id, str(exc), _action_for(exc)) from exc
             if attempt == settings.max_attempts:
@@ -158,6 +153,17 @@ def _action_for(exc: ProviderError) -> str:
 # --------------------------------------------------------------------------
 # Event plumbing shared by the three stage agents
 # --------------------------------------------------------------------------
+
+
+@app.on_partitions_revoked.connect
+async def _forget_revoked(app_: Any, revoked: Any, **kwargs: Any) -> None:
+    """Partitions leaving this worker: its runners drop what they have not started.
+
+    Faust replays the partitions from the committed offset to whoever gets them
+    (possibly us again); leftovers from before would break the in-order acking.
+    """
+    for runner in StageRunner.instances:
+        runner.forget(set(revoked))
 
 
 async def send_record(topic: Any, site_id: str, record_name: str, value: dict, headers: dict | None = None) -> None:

@@ -16,7 +16,6 @@ from streams import metrics
 from streams.app import app
 from streams.deps import deps
 from streams.limiter import OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS, budgets
-from streams.settings import settings
 
 log = logging.getLogger(__name__)
 
@@ -84,37 +83,3 @@ class Health(View):
         assert deps.db is not None
         figures = await deps.db.health()
         return self.json(figures.as_dict())
-
-
-def _pct(used: float, limit: float) -> str:
-    return f"{int(used)}/{int(limit)} ({100.0 * used / max(limit, 1):.1f}%)"
-
-
-_cycle = 0
-
-
-@app.timer(interval=settings.heartbeat_seconds)
-async def heartbeat() -> None:
-    """The seed's heartbeat log line, per worker, with the global figures."""
-    global _cycle
-    _cycle += 1
-    try:
-        stats = await budgets.stats(timeout=3.0)
-        await deps.ready()
-        assert deps.db is not None
-        queue = (await deps.db.health()).queue_size
-    except Exception:
-        log.info("[Blog Worker] Heartbeat - cycle %d | limiter or database not reachable yet", _cycle)
-        return
-    for name in (OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS):
-        metrics.budget_used.labels(name).set(stats[name]["used_in_window"])
-        metrics.budget_limit.labels(name).set(stats[name]["effective_limit"])
-        metrics.budget_waiting.labels(name).set(stats[name]["waiting"])
-    for site, n in stats.get("slots", {}).items():
-        metrics.site_in_flight.labels(site).set(n)
-    o, r = stats[OPENAI_REQUESTS], stats[REPLICATE_REQUESTS]
-    log.info(
-        "[Blog Worker] Heartbeat - cycle %d | Queue: %d | OpenAI RPM: %s | Replicate RPM: %s",
-        _cycle, queue, _pct(o["used_in_window"], o["limit"]), _pct(r["used_in_window"], r["limit"]),
-    )
-

@@ -42,7 +42,8 @@ from connectors.postgres import (  # noqa: E402
 )
 
 DSN = os.environ.get(
-    "BLOGSTREAM_TEST_DATABASE_URL", "postgresql://blogstream:blogstream@127.0.0.1:55432/blogstream_test"
+    "BLOGSTREAM_TEST_DATABASE_URL",
+    f"postgresql://blogstream:blogstream@127.0.0.1:{os.environ.get('PG_PORT', '55432')}/blogstream_test",
 )
 
 aio = pytest.mark.asyncio(loop_scope="module")

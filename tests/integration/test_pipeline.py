@@ -36,3 +36,32 @@ async def test_unknown_site_fails_with_an_actionable_error(pipeline, sim, outcom
     assert row["status"] == "FAILED"
     assert "not-registered" in row["error"] and "not registered" in row["error"]
     assert "sites add" in row["error"]
+
+
+async def test_worker_reports_seed_stats_metrics_lag_and_heartbeat(pipeline, sim, outcomes):
+    import asyncio
+
+    import httpx
+
+    await outcomes.add_sites(["shop-m"])
+    pipeline.settings.update(heartbeat_seconds=1, lag_seconds=1)
+    worker = pipeline.start_worker()
+    requests = [pipeline.request("shop-m", n) for n in range(3)]
+    await pipeline.submit(requests)
+    await outcomes.wait_final([r["request_id"] for r in requests], timeout=90, workers=pipeline.workers)
+
+    async with httpx.AsyncClient(base_url=worker.url(), timeout=30) as http:
+        stats = (await http.get("/api/rate-limiter/stats")).json()
+        assert {"queueLength", "requestsInLastMinute", "maxRPM", "rpmUsagePercent", "tpmUsagePercent"} <= set(stats)
+        assert stats["maxRPM"] == 450 and stats["requestsInLastMinute"] == 3
+        replicate = (await http.get("/api/replicate-rate-limiter/stats")).json()
+        assert replicate["requestsInLastMinute"] == 3 and replicate["maxRPM"] == 450
+        for _ in range(60):  # the lag timer ticks every second
+            text = (await http.get("/metrics")).text
+            if f'blogstream_consumer_lag{{topic="{pipeline.prefix}blog.requests"}} 0.0' in text:
+                break
+            await asyncio.sleep(0.5)
+        assert f'blogstream_consumer_lag{{topic="{pipeline.prefix}blog.requests"}} 0.0' in text
+        assert "blogstream_permit_wait_seconds_bucket" in text
+    assert "[Blog Worker] Heartbeat - cycle" in worker.log_text()
+    assert "OpenAI RPM: 3/450 (0.7%) | Replicate RPM: 3/450 (0.7%)" in worker.log_text()

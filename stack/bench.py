@@ -1,0 +1,38 @@
+"""`make bench`: every benchmark in turn; each prints its table and writes it to docs/.
+
+    limiter   docs/bench-limiter.md    global budgets with 1, 2 and 3 workers (issue 3)
+    fairness  docs/bench-fairness.md   a big backlog and small sites arriving (issue 4)
+    intake    docs/bench-intake.md     5,000 concurrent HTTP clients, then a flood (issue 5)
+
+    .venv/bin/python -m stack.bench [limiter fairness intake]
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+
+BENCHES = {"limiter": "stack.bench_limiter", "fairness": "stack.bench_fairness", "intake": "stack.bench_intake"}
+
+
+def main(argv: list[str]) -> int:
+    chosen = argv or list(BENCHES)
+    unknown = [name for name in chosen if name not in BENCHES]
+    if unknown:
+        print(f"unknown benchmark(s) {unknown}; choose from {list(BENCHES)}", file=sys.stderr)
+        return 2
+    for name in chosen:
+        started = time.time()
+        print(f"\n=== benchmark: {name} ===", flush=True)
+        module = importlib.import_module(BENCHES[name])
+        saved, sys.argv = sys.argv, [BENCHES[name]]
+        try:
+            module.main()
+        finally:
+            sys.argv = saved
+        print(f"=== {name} took {time.time() - started:.0f} s ===", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,515 @@
+"""Benchmark of the HTTP intake (issue 5): 5,000 concurrent clients at once, then a flood above the queue limit.
+
+    .venv/bin/python -m stack.bench_intake            # writes docs/bench-intake.md and prints the table
+    .venv/bin/python -m stack.bench_intake --quick    # 1,000 clients and a short flood, for a smoke run
+
+One worker (the default settings: QUEUE_SIZE_LIMIT 10,000, no intake token) on a
+private simulator process and database. The simulator's limits are raised and
+its latencies cut so the pipeline drains fast: this measures the front door,
+not the providers.
+
+1. burst: N clients each open a keep-alive connection, then all send one
+   request at the same moment. Latency = from that client's send to the end of
+   its response, as the client sees it (includes all queueing in the worker).
+2. batches: 20 clients POST batches of 100 (what `blogstream submit` does) back
+   to back until the queue is full: accepted requests per second with batching.
+3. flood: C clients send single requests back to back for T seconds, ignoring
+   Retry-After, with the queue at its limit: it must stay there, answering 429
+   to everything the pipeline has no room for.
+4. drain: every accepted request must reach DONE or FAILED; none may be lost,
+   and no refused request may show up in the table.
+
+The true pending figure over time is rebuilt afterwards from the client's 202
+times and the rows' finished_at, so "max pending" is not the intake's own
+estimate but what really was accepted and unfinished at any moment.
+
+The clients are raw HTTP/1.1 over asyncio streams (a few microseconds per
+request), so the client process leaves as much of the 2 cores as possible to
+the worker, Kafka and Postgres it is measuring.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import json
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+from stack.harness import ROOT, Outcomes, Pipeline, Simulators
+
+DOC = ROOT / "docs" / "bench-intake.md"
+SITES = [f"bench-site-{i:02d}" for i in range(20)]
+BATCH = 100  # requests per POST in the batch phase (what `blogstream submit` sends)
+
+# Providers out of the way: huge limits, millisecond latencies.
+SIM_CONFIG = {
+    "window_seconds": 60,
+    "latency_scale": 1.0,
+    "openai": {"rpm": 10_000_000, "tpm": 10_000_000_000, "latency": [0.01, 0.03], "error_rate": 0, "external_rpm": 0},
+    "replicate": {"create_rpm": 10_000_000, "other_rpm": 10_000_000, "latency": [0.01, 0.03], "error_rate": 0,
+                  "external_rpm": 0},
+    "wix": {"site_rpm": 10_000_000, "latency_import": [0.005, 0.01], "latency_create": [0.005, 0.01],
+            "latency_publish": 0.0, "latency_other": 0.0, "error_rate": 0, "external_rpm": 0},
+}
+WORKER_SETTINGS = {
+    "openai_rpm": 12_000,
+    "openai_tpm": 30_000_000,
+    "replicate_rpm": 12_000,
+    "wix_site_rpm": 6_000,
+    # With the default 200 provider calls in flight per stage, one worker on 2 busy cores
+    # holding a 10,000-request backlog answers its permit asks so late that they lapse,
+    # and it finishes well under 1 request/s; with 50 it drains at about 20/s.
+    "stage_concurrency": 50,
+}
+
+
+# --------------------------------------------------------------------------- a lean HTTP/1.1 client
+
+
+class Conn:
+    """One keep-alive connection; `post` returns (status, headers, body)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            try:
+                await self.writer.wait_closed()
+            except Exception:
+                pass
+            self.writer = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        if self.writer is None:
+            await self.open()
+        assert self.reader is not None and self.writer is not None
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        try:
+            self.writer.write(head + body)
+            status_line = await self.reader.readline()
+            if not status_line:
+                raise ConnectionResetError("closed by the server")
+            status = int(status_line.split(b" ", 2)[1])
+            headers: dict[str, str] = {}
+            while True:
+                line = await self.reader.readline()
+                if line in (b"\r\n", b"\n", b""):
+                    break
+                name, _, value = line.decode("latin-1").partition(":")
+                headers[name.strip().lower()] = value.strip()
+            data = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            await self.close()
+            raise
+        if headers.get("connection", "").lower() == "close":
+            await self.close()
+        return status, headers, data
+
+
+# --------------------------------------------------------------------------- recording
+
+
+@dataclass
+class Phase:
+    name: str
+    latencies: list[float] = field(default_factory=list)  # seconds, every answered request
+    accepted_latencies: list[float] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+    errors: int = 0  # no HTTP answer at all (connection reset, timeout)
+    accepted: list[tuple[str, float]] = field(default_factory=list)  # (request id, wall time of the 202)
+    wall: float = 0.0
+
+    def record(self, status: int, latency: float) -> None:
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        self.latencies.append(latency)
+        if status == 202:
+            self.accepted_latencies.append(latency)
+
+    @property
+    def n_5xx(self) -> int:
+        return sum(n for s, n in self.statuses.items() if s >= 500)
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(round(q / 100 * len(ordered))) - 1))]
+
+
+def payload(request_id: str, site: str) -> bytes:
+    return json.dumps(
+        {"request_id": request_id, "site_id": site, "topic": f"Seasonal care guide {request_id}",
+         "keywords": ["care", "guide", "season"], "tone": "friendly", "target_words": 300}
+    ).encode()
+
+
+# --------------------------------------------------------------------------- phases
+
+
+async def open_all(port: int, n: int) -> tuple[list[Conn], float]:
+    conns = [Conn("127.0.0.1", port) for _ in range(n)]
+    gate = asyncio.Semaphore(200)  # no SYN flood: connecting is not what is measured
+
+    async def one(conn: Conn) -> None:
+        async with gate:
+            await conn.open()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(c) for c in conns))
+    return conns, time.perf_counter() - started
+
+
+async def burst(conns: list[Conn], run: str) -> Phase:
+    phase = Phase("burst")
+    go = asyncio.Event()
+    ready = 0
+
+    async def client(i: int, conn: Conn) -> None:
+        nonlocal ready
+        request_id = f"{run}-b-{i}"
+        body = payload(request_id, SITES[i % len(SITES)])
+        ready += 1
+        await go.wait()
+        t0 = time.perf_counter()
+        try:
+            status, _, _ = await asyncio.wait_for(conn.post("/api/blogs", body), timeout=60)
+        except Exception:
+            phase.errors += 1
+            return
+        phase.record(status, time.perf_counter() - t0)
+        if status == 202:
+            phase.accepted.append((request_id, time.time()))
+
+    tasks = [asyncio.ensure_future(client(i, c)) for i, c in enumerate(conns)]
+    while ready < len(conns):
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)
+    started = time.perf_counter()
+    go.set()
+    await asyncio.gather(*tasks)
+    phase.wall = time.perf_counter() - started
+    return phase
+
+
+async def flood(conns: list[Conn], run: str, seconds: float, watch: "Watcher") -> Phase:
+    phase = Phase("flood")
+    stop_at = time.perf_counter() + seconds
+    counter = 0
+
+    async def client(conn: Conn) -> None:
+        nonlocal counter
+        while time.perf_counter() < stop_at:
+            counter += 1
+            request_id = f"{run}-f-{counter}"
+            body = payload(request_id, random.choice(SITES))
+            t0 = time.perf_counter()
+            try:
+                status, _, _ = await asyncio.wait_for(conn.post("/api/blogs", body), timeout=60)
+            except Exception:
+                phase.errors += 1
+                continue
+            phase.record(status, time.perf_counter() - t0)
+            if status == 202:
+                phase.accepted.append((request_id, time.time()))
+
+    watching = asyncio.ensure_future(watch.run())
+    started = time.perf_counter()
+    await asyncio.gather(*(client(c) for c in conns))
+    phase.wall = time.perf_counter() - started
+    watching.cancel()
+    return phase
+
+
+async def batch_fill(conns: list[Conn], run: str, size: int, room: int) -> Phase:
+    """Clients POST batches of `size` back to back until `room` requests are accepted or a 429 comes."""
+    phase = Phase("batches")
+    counter = 0
+    accepted = 0
+    full = False
+
+    async def client(conn: Conn) -> None:
+        nonlocal counter, accepted, full
+        while not full and accepted + size <= room:
+            ids = []
+            for _ in range(size):
+                counter += 1
+                ids.append(f"{run}-m-{counter}")
+            body = b'{"requests":[' + b",".join(payload(i, random.choice(SITES)) for i in ids) + b"]}"
+            t0 = time.perf_counter()
+            try:
+                status, _, _ = await asyncio.wait_for(conn.post("/api/blogs", body), timeout=60)
+            except Exception:
+                phase.errors += 1
+                continue
+            phase.record(status, time.perf_counter() - t0)
+            if status == 202:
+                accepted += size
+                now = time.time()
+                phase.accepted.extend((i, now) for i in ids)
+            elif status == 429:
+                full = True
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(c) for c in conns))
+    phase.wall = time.perf_counter() - started
+    return phase
+
+
+class Watcher:
+    """Samples the worker's own pending figure while the flood runs."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.max_figure = 0
+        self.samples = 0
+
+    async def run(self) -> None:
+        async with httpx.AsyncClient(timeout=10) as http:
+            while True:
+                try:
+                    figure = (await http.get(f"{self.url}/api/intake")).json()["pending"]
+                    self.max_figure = max(self.max_figure, figure)
+                    self.samples += 1
+                except Exception:
+                    pass
+                await asyncio.sleep(0.25)
+
+
+def true_max_pending(accepted: list[tuple[str, float]], finished: dict[str, float]) -> int:
+    """max over time of (accepted so far - finished so far), from 202 times and finished_at."""
+    events = sorted([(t, 1) for _, t in accepted] + [(t, -1) for t in finished.values()])
+    level = best = 0
+    for _, step in events:
+        level += step
+        best = max(best, level)
+    return best
+
+
+def accepted_rate(accepted: list[tuple[str, float]], window: float = 1.0) -> float:
+    """Best accepted-per-second over any `window`-second span (from the 202 times)."""
+    times = sorted(t for _, t in accepted)
+    best = 0
+    for i, t in enumerate(times):
+        j = bisect.bisect_right(times, t + window)
+        best = max(best, j - i)
+    return best / window
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class DrainStalled(Exception):
+    pass
+
+
+async def run(
+    clients: int, flood_clients: int, flood_seconds: float, drain_timeout: float, stall_seconds: float = 300.0
+) -> dict[str, Any]:
+    sim = Simulators.start(SIM_CONFIG)
+    outcomes = await Outcomes.private()
+    pipeline = Pipeline(database=outcomes.database, sim_url=sim.url, settings=dict(WORKER_SETTINGS))
+    try:
+        await outcomes.add_sites(SITES, max_queued=10_000, max_in_flight=200)
+        worker = pipeline.start_worker()
+        await pipeline.wait_ready()
+        async with httpx.AsyncClient(timeout=10) as http:
+            limit = (await http.get(worker.url("/api/intake"))).json()["queue_size_limit"]
+        print(f"worker ready; {clients} clients connecting ...", flush=True)
+
+        conns, connect_seconds = await open_all(worker.web_port, clients)
+        print(f"connected in {connect_seconds:.1f} s; all send at once ...", flush=True)
+        b = await burst(conns, pipeline.name)
+        print(f"burst: {b.statuses} in {b.wall:.2f} s", flush=True)
+        for conn in conns[flood_clients:]:
+            await conn.close()
+
+        batch_clients = conns[:20]
+        print(f"batches: {len(batch_clients)} clients x {BATCH} requests, until {limit - clients:,} more are accepted ...",
+              flush=True)
+        m = await batch_fill(batch_clients, pipeline.name, BATCH, room=limit - clients)
+        print(f"batches: {m.statuses} in {m.wall:.2f} s", flush=True)
+
+        watch = Watcher(worker.url())
+        print(f"flood: {flood_clients} clients for {flood_seconds:.0f} s ...", flush=True)
+        f = await flood(conns[:flood_clients], pipeline.name, flood_seconds, watch)
+        print(f"flood: {f.statuses} in {f.wall:.1f} s", flush=True)
+        for conn in conns[:flood_clients]:
+            await conn.close()
+
+        accepted = b.accepted + m.accepted + f.accepted
+        ids = [i for i, _ in accepted]
+        print(f"draining {len(ids)} accepted requests ...", flush=True)
+        drain_started = time.time()
+        progress = {"final": -1, "since": time.time()}
+
+        def stalled(final: int, total: int, _rows: Any) -> None:
+            if final != progress["final"]:
+                progress.update(final=final, since=time.time())
+                print(f"  {final:,}/{total:,} final", flush=True)
+            elif time.time() - progress["since"] > stall_seconds:
+                raise DrainStalled(f"no request finished for {stall_seconds:.0f} s ({final:,}/{total:,} final)")
+
+        try:
+            rows = await outcomes.wait_final(ids, timeout=drain_timeout, workers=pipeline.workers, poll=5.0,
+                                             progress=stalled)
+            drain_note = ""
+        except DrainStalled as exc:
+            print(f"drain stopped: {exc}", flush=True)
+            rows, drain_note = await outcomes.rows(ids), str(exc)
+        drain_seconds = time.time() - drain_started
+        conn = await asyncpg.connect(outcomes.dsn)
+        try:
+            all_ids = {r["id"] for r in await conn.fetch("SELECT id FROM blog_generations")}
+        finally:
+            await conn.close()
+        finished = {
+            i: r["finished_at"].timestamp() for i, r in rows.items() if r["status"] != "PENDING" and r["finished_at"]
+        }
+        statuses: dict[str, int] = {}
+        for r in rows.values():
+            statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+        return {
+            "clients": clients,
+            "connect_seconds": connect_seconds,
+            "limit": limit,
+            "burst": b,
+            "batches": m,
+            "flood": f,
+            "flood_clients": flood_clients,
+            "flood_seconds": flood_seconds,
+            "accepted_total": len(ids),
+            "final_statuses": statuses,
+            "lost": len(set(ids) - set(rows)),  # accepted, yet no row at all
+            "unfinished": sum(1 for r in rows.values() if r["status"] == "PENDING"),
+            "unexpected_rows": len(all_ids - set(ids)),
+            "drain_seconds": drain_seconds,
+            "drain_note": drain_note,
+            "true_max_pending": true_max_pending(accepted, finished),
+            "intake_max_figure": watch.max_figure,
+            "worker_alive": all(w.alive for w in pipeline.workers),
+        }
+    finally:
+        pipeline.stop()
+        sim.stop()
+        await outcomes.drop()
+
+
+def ms(seconds: float) -> str:
+    return "–" if seconds != seconds else f"{seconds * 1000:,.0f} ms"  # nan: no such answers
+
+
+def report(r: dict[str, Any]) -> str:
+    b: Phase = r["burst"]
+    f: Phase = r["flood"]
+    m: Phase = r["batches"]
+    burst_rate = b.statuses.get(202, 0) / b.wall if b.wall else 0.0
+    batch_rate = len(m.accepted) / m.wall if m.wall else 0.0
+    flood_rate = f.statuses.get(202, 0) / f.wall if f.wall else 0.0
+    answered = sum(f.statuses.values())
+    rows = [
+        ("Concurrent clients (burst)", f"{r['clients']:,}", "5,000"),
+        ("Burst: accepted (202) / other", f"{b.statuses.get(202, 0):,} / {sum(b.statuses.values()) - b.statuses.get(202, 0):,}", "all 202"),
+        ("Burst: accepted per second", f"{burst_rate:,.0f}", "≥ 2,000"),
+        ("Burst: intake latency p50 / p99 / max", f"{ms(pct(b.latencies, 50))} / {ms(pct(b.latencies, 99))} / {ms(max(b.latencies, default=0))}", "p99 < 1 s"),
+        ("Batches of 100 (20 clients): accepted per second", f"{batch_rate:,.0f} ({m.statuses.get(202, 0):,} batches in {m.wall:.1f} s)", "≥ 2,000"),
+        ("Batches: latency p50 / p99 per batch", f"{ms(pct(m.latencies, 50))} / {ms(pct(m.latencies, 99))}", ""),
+        ("Flood: clients × seconds", f"{r['flood_clients']} × {r['flood_seconds']:.0f} s", ""),
+        ("Flood: answers (202 / 429 / other)", f"{f.statuses.get(202, 0):,} / {f.statuses.get(429, 0):,} / {answered - f.statuses.get(202, 0) - f.statuses.get(429, 0):,}", ""),
+        ("Flood: answers per second", f"{answered / f.wall:,.0f}" if f.wall else "-", ""),
+        ("Flood: accepted per second (average / best 1 s)", f"{flood_rate:,.0f} / {accepted_rate(f.accepted):,.0f}", ""),
+        ("Flood: latency p50 / p99 (202s)", f"{ms(pct(f.accepted_latencies, 50))} / {ms(pct(f.accepted_latencies, 99))}", ""),
+        ("Flood: latency p50 / p99 (all)", f"{ms(pct(f.latencies, 50))} / {ms(pct(f.latencies, 99))}", ""),
+        ("Queue limit / true max pending / intake's max figure", f"{r['limit']:,} / {r['true_max_pending']:,} / {r['intake_max_figure']:,}", "≈ limit"),
+        ("5xx answers (all phases)", f"{b.n_5xx + m.n_5xx + f.n_5xx}", "0"),
+        ("Requests without any answer", f"{b.errors + m.errors + f.errors}", "0"),
+        ("Accepted in total", f"{r['accepted_total']:,}", ""),
+        ("Accepted that reached a final state", f"{r['accepted_total'] - r['lost'] - r['unfinished']:,} ({json.dumps(r['final_statuses'])}) in {r['drain_seconds']:.0f} s" + (f"; {r['drain_note']}" if r['drain_note'] else ""), "all"),
+        ("Accepted requests lost (no row at all)", f"{r['lost']}", "0"),
+        ("Accepted requests still PENDING when the drain ended", f"{r['unfinished']}", "0"),
+        ("Refused requests found in the table", f"{r['unexpected_rows']}", "0"),
+    ]
+    table = ["| Measure | Result | Target |", "|---|---|---|"] + [f"| {a} | {v} | {t} |" for a, v, t in rows]
+    verdict = (
+        b.n_5xx + m.n_5xx + f.n_5xx == 0 and r["lost"] == 0 and r["unfinished"] == 0 and pct(b.latencies, 99) < 1.0
+        and max(burst_rate, batch_rate) >= 2000
+        and r["unexpected_rows"] == 0 and b.errors + m.errors + f.errors == 0
+    )
+    return "\n".join(table) + f"\n\nAll targets met: **{'yes' if verdict else 'no'}**\n"
+
+
+def write_doc(r: dict[str, Any], table: str, argv_note: str) -> None:
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    DOC.write_text(
+        f"""# Intake benchmark
+
+`make bench` (or `.venv/bin/python -m stack.bench_intake{argv_note}`), run {when} on this machine
+(2 cores shared by the worker, Kafka, Postgres, the simulators and the benchmark's clients).
+What it does and why is in the docstring of [`stack/bench_intake.py`](../stack/bench_intake.py); the API is
+in [intake.md](intake.md).
+
+{table}
+How to read it:
+
+- **Burst**: {r['clients']:,} clients each hold an open keep-alive connection (connecting took
+  {r['connect_seconds']:.1f} s and is not counted), then all send one request at the same instant. The
+  latency is what each client waited, including the time its request sat in the worker's queue behind
+  the others: with everything arriving at once, the p99 is about the time the worker needs for the whole
+  burst. Every 202 was answered after the broker acknowledged the record.
+- **Batches**: 20 clients send batches of {BATCH} back to back (the way `blogstream submit` feeds a file) until
+  the queue is full. One HTTP request, one validation pass and one Kafka round trip serve 100 requests.
+- **Flood**: {r['flood_clients']} clients submit single requests back to back without honouring Retry-After,
+  with the queue already at its limit. It stays there: each accepted request matches one that finished, and
+  everything else is refused with 429 (cheap: no Kafka, no database).
+- **True max pending** is rebuilt afterwards from the clients' 202 times and the rows' `finished_at`:
+  what really was accepted and unfinished at any moment. The worker never lets its own figure pass the
+  limit; the true figure can differ only by what the sink had not yet written when another worker's
+  accepts are involved (one worker here).
+- **Drain**: afterwards every accepted request id was looked up until all were DONE or FAILED (or nothing
+  finished for 5 minutes). "Lost" counts accepted ids without any row; "still PENDING" those the pipeline
+  had not finished. "Refused requests found" counts rows whose id was never answered 202.
+"""
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1,000 clients and a 10 s flood")
+    parser.add_argument("--clients", type=int, default=None)
+    parser.add_argument("--flood-clients", type=int, default=200)
+    parser.add_argument("--flood-seconds", type=float, default=None)
+    parser.add_argument("--no-doc", action="store_true", help="print only, do not write docs/bench-intake.md")
+    args = parser.parse_args()
+    clients = args.clients or (1000 if args.quick else 5000)
+    seconds = args.flood_seconds or (10.0 if args.quick else 30.0)
+    result = asyncio.run(run(clients, min(args.flood_clients, clients), seconds, drain_timeout=1800))
+    table = report(result)
+    print()
+    print(table)
+    if not args.no_doc:
+        note = " --quick" if args.quick else ""
+        write_doc(result, table, note)
+        print(f"written to {DOC.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

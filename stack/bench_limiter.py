@@ -1,0 +1,436 @@
+"""Benchmark of the global limiter: 1, 2 and 3 workers draining a backlog.
+
+    .venv/bin/python -m stack.bench_limiter            # writes docs/bench-limiter.md and prints the table
+    .venv/bin/python -m stack.bench_limiter --quick    # smaller backlog, for a smoke run
+
+Each run gets its own simulator process (so nothing else hitting the shared
+simulators can spoil its ledger), its own database and topics, and drains a
+backlog of N blog requests through the whole pipeline. The simulator enforces
+its limits over a short sliding window and answers after seconds; it counts
+every 429 and the busiest window. See docs/limiter.md for what is measured.
+
+The `LimiterRig` below is shared with tests/integration/test_global_limiter.py.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from stack.harness import STACK_DIR, Outcomes, Pipeline, Simulators, Worker, free_port
+
+# Faust settings the workers read from the environment:
+# - a 10 s session timeout (default 60 s), so the group notices a killed worker
+#   and moves the limiter within seconds;
+# - at most 50 records per poll (default: everything buffered), so a batch of
+#   stage events does not keep the limiter's asks and answers waiting behind it
+#   (halved the permit latency p99 in our runs).
+WORKER_ENV = {"BROKER_SESSION_TIMEOUT": "10", "BROKER_HEARTBEAT_INTERVAL": "1", "BROKER_MAX_POLL_RECORDS": "50"}
+
+
+@dataclass
+class LimiterRig:
+    """A private simulator process + private database + pipeline, for limiter experiments."""
+
+    sim_config: dict[str, Any]
+    settings: dict[str, Any]
+    extra_env: dict[str, str] = field(default_factory=lambda: dict(WORKER_ENV))
+    sim: Simulators | None = None
+    pipeline: Pipeline | None = None
+    outcomes: Outcomes | None = None
+
+    async def start(self) -> "LimiterRig":
+        self.sim = Simulators.start(self.sim_config)
+        self.outcomes = await Outcomes.private()
+        self.pipeline = Pipeline(database=self.outcomes.database, sim_url=self.sim.url, settings=dict(self.settings))
+        return self
+
+    @property
+    def name(self) -> str:
+        assert self.pipeline is not None
+        return self.pipeline.name
+
+    def start_worker(self) -> Worker:
+        assert self.pipeline is not None
+        p = self.pipeline
+        n = len(p.workers) + 1
+        env = p.env()
+        env.update(self.extra_env)
+        worker = Worker(f"{p.name}-w{n}", env, free_port(), p.log_dir / f"{p.name}-w{n}.log")
+        p.workers.append(worker.start())
+        return worker
+
+    async def stop(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.stop()
+        if self.sim is not None:
+            self.sim.stop()
+        if self.outcomes is not None:
+            await self.outcomes.drop()
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def window_counts(times: list[float], window: float, start: float, end: float, step: float = 0.05) -> list[int]:
+    """Arrivals in (t - window, t] for t on a grid from start to end."""
+    times = sorted(times)
+    out = []
+    lo = hi = 0
+    t = start
+    while t <= end + 1e-9:
+        while hi < len(times) and times[hi] <= t:
+            hi += 1
+        while lo < hi and times[lo] <= t - window:
+            lo += 1
+        out.append(hi - lo)
+        t += step
+    return out
+
+
+def window_sums(events: list[tuple[float, float]], window: float, start: float, end: float, step: float = 0.05) -> list[float]:
+    """Sum of amounts arriving in (t - window, t] on a grid (events: (time, amount))."""
+    events = sorted(events)
+    out = []
+    lo = hi = 0
+    total = 0.0
+    t = start
+    while t <= end + 1e-9:
+        while hi < len(events) and events[hi][0] <= t:
+            total += events[hi][1]
+            hi += 1
+        while lo < hi and events[lo][0] <= t - window:
+            total -= events[lo][1]
+            lo += 1
+        out.append(total)
+        t += step
+    return out
+
+
+def steady_utilization(times: list[float], limit: float, window: float) -> float | None:
+    """Mean of (arrivals in the last window / limit) over the saturated part of a drain.
+
+    The part runs from one window after the first call (the window has filled
+    up) to the last call (the backlog kept asks waiting all along).
+    """
+    if len(times) < 2 or times[-1] - times[0] <= window:
+        return None
+    counts = window_counts(times, window, times[0] + window, max(times))
+    return sum(counts) / len(counts) / limit
+
+
+def parse_histogram(text: str, name: str) -> dict[float, float]:
+    """Cumulative bucket counts of a Prometheus histogram, summed over its labels."""
+    buckets: dict[float, float] = {}
+    pattern = re.compile(rf'^{re.escape(name)}_bucket\{{(.*)\}} ([0-9.e+-]+)$')
+    for line in text.splitlines():
+        m = pattern.match(line)
+        if not m:
+            continue
+        le = re.search(r'le="([^"]+)"', m.group(1))
+        if le is None:
+            continue
+        bound = math.inf if le.group(1) == "+Inf" else float(le.group(1))
+        buckets[bound] = buckets.get(bound, 0.0) + float(m.group(2))
+    return buckets
+
+
+def merge_histograms(hists: list[dict[float, float]]) -> dict[float, float]:
+    out: dict[float, float] = {}
+    for h in hists:
+        for bound, count in h.items():
+            out[bound] = out.get(bound, 0.0) + count
+    return out
+
+
+def quantile(buckets: dict[float, float], q: float) -> float | None:
+    """histogram_quantile(): linear interpolation inside the bucket holding the q-th value."""
+    if not buckets:
+        return None
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+    if total <= 0:
+        return None
+    rank = q * total
+    prev_bound, prev_count = 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if bound == math.inf:
+                return prev_bound
+            if count == prev_count:
+                return bound
+            return prev_bound + (bound - prev_bound) * (rank - prev_count) / (count - prev_count)
+        prev_bound, prev_count = bound, count
+    return bounds[-1]
+
+
+def counter_total(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            head, _, value = line.rpartition(" ")
+            if head == name or head.startswith(name + "{"):
+                try:
+                    total += float(value)
+                except ValueError:
+                    pass
+    return total
+
+
+# --------------------------------------------------------------------------- one run
+
+
+@dataclass
+class Scenario:
+    label: str
+    workers: int
+    requests: int
+    window: float = 30.0
+    grace: float = 0.3
+    openai_rpm: int = 300
+    openai_tpm: int = 10_000_000
+    target_words: int = 300
+    sites: int = 10
+    openai_latency: tuple[float, float] = (1.0, 3.0)
+    replicate_latency: tuple[float, float] = (1.0, 2.0)
+
+    def rig(self) -> LimiterRig:
+        generous = 4 * self.openai_rpm  # the other providers never bind
+        return LimiterRig(
+            sim_config={
+                "window_seconds": self.window,
+                "latency_scale": 1.0,
+                "openai": {"rpm": self.openai_rpm, "tpm": self.openai_tpm, "latency": list(self.openai_latency),
+                           "error_rate": 0.0, "external_rpm": 0},
+                "replicate": {"create_rpm": generous, "latency": list(self.replicate_latency), "error_rate": 0.0,
+                              "external_rpm": 0},
+                "wix": {"site_rpm": generous, "error_rate": 0.0, "external_rpm": 0},
+            },
+            settings={
+                "budget_window_seconds": self.window,
+                "permit_grace_seconds": self.grace,
+                "openai_rpm": self.openai_rpm,
+                "openai_tpm": self.openai_tpm,
+                "replicate_rpm": generous,
+                "wix_site_rpm": generous,
+                "heartbeat_seconds": 10,
+            },
+        )
+
+
+async def run_scenario(sc: Scenario, log: Any = print) -> dict[str, Any]:
+    rig = await sc.rig().start()
+    try:
+        assert rig.pipeline is not None and rig.outcomes is not None and rig.sim is not None
+        p = rig.pipeline
+        sites = [f"site-{i:02d}" for i in range(sc.sites)]
+        await rig.outcomes.add_sites(sites)
+        for _ in range(sc.workers):
+            rig.start_worker()
+        await p.wait_for_topics()
+        await p.wait_ready()
+        await asyncio.sleep(2.0)  # let the group settle after the last join
+        requests = [p.request(sites[i % sc.sites], i, target_words=sc.target_words) for i in range(sc.requests)]
+        load_before = os.getloadavg()[0]
+        submitted = time.time()
+        await p.submit(requests)
+        state = {"last": 0.0}
+
+        def progress(final: int, total: int, rows: Any) -> None:
+            if time.time() - state["last"] >= 15:
+                state["last"] = time.time()
+                log(f"  [{sc.label}] {time.time() - submitted:5.0f}s {final}/{total} final")
+
+        rows = await rig.outcomes.wait_final(
+            [r["request_id"] for r in requests], timeout=max(300.0, 4 * sc.requests / sc.openai_rpm * sc.window),
+            progress=progress, poll=0.5, workers=p.workers,
+        )
+        drained = time.time() - submitted
+        statuses: dict[str, int] = {}
+        for row in rows.values():
+            statuses[row["status"]] = statuses.get(row["status"], 0) + 1
+        ledger = rig.sim.ledger()
+        events = rig.sim.events("openai")
+        (STACK_DIR / "logs" / f"{rig.name}-openai-events.json").write_text(json.dumps({"submitted": submitted, "events": events}))
+        ours = [(e[0], float(e[2])) for e in events if not e[3]]
+        times = sorted(t for t, _ in ours)
+        scrapes = []
+        async with httpx.AsyncClient(timeout=10) as http:
+            for w in p.workers:
+                try:
+                    scrapes.append((await http.get(w.url("/metrics"))).text)
+                except httpx.HTTPError:
+                    pass
+        overhead = merge_histograms([parse_histogram(t, "blogstream_permit_overhead_seconds") for t in scrapes])
+        waits = merge_histograms([parse_histogram(t, "blogstream_permit_wait_seconds") for t in scrapes])
+        persist = merge_histograms([parse_histogram(t, "blogstream_limiter_persist_seconds") for t in scrapes])
+        send_delay = merge_histograms([parse_histogram(t, "blogstream_permit_send_delay_seconds") for t in scrapes])
+        openai = ledger["openai"]
+        req_util = steady_utilization(times, sc.openai_rpm, sc.window)
+        tok_util = None
+        if len(times) > 1 and times[-1] - times[0] > sc.window:
+            sums = window_sums(ours, sc.window, times[0] + sc.window, times[-1])
+            tok_util = sum(sums) / len(sums) / sc.openai_tpm
+        # Ideal drain: the backlog's need of the binding budget over its rate, one OpenAI call
+        # per blog (requests), or the tokens the blogs really used (tokens).
+        settled = sum(amount for _, amount in ours)
+        ideal = max(sc.requests / sc.openai_rpm, settled / sc.openai_tpm) * sc.window
+        result = {
+            "label": sc.label,
+            "workers": sc.workers,
+            "requests": sc.requests,
+            "window": sc.window,
+            "grace": sc.grace,
+            "rpm": sc.openai_rpm,
+            "tpm": sc.openai_tpm,
+            "statuses": statuses,
+            "drain_s": drained,
+            "ideal_s": ideal,
+            "calls": len(times),
+            "first_call_s": times[0] - submitted if times else None,
+            "calls_span_s": times[-1] - times[0] if times else None,
+            "util_requests": req_util,
+            "util_tokens": tok_util,
+            "binding": "requests (RPM)" if (req_util or 0) >= (tok_util or 0) else "tokens (TPM)",
+            "ceiling": sc.window / (sc.window + sc.grace),
+            "max_requests_in_window": openai.get("max_requests_in_window"),
+            "max_tokens_in_window": openai.get("max_tokens_in_window_enforced"),
+            "rejected_429": {prov: ledger[prov].get("rejected_429", 0) for prov in ("openai", "replicate", "wix")},
+            "replicate_max_in_window": ledger["replicate"].get("max_requests_in_window"),
+            "replicate_limit": 4 * sc.openai_rpm,
+            "tokens_charged": openai.get("tokens_charged_total"),
+            "tokens_settled": openai.get("tokens_settled_total"),
+            "overhead_p50": quantile(overhead, 0.5),
+            "overhead_p99": quantile(overhead, 0.99),
+            "wait_p50": quantile(waits, 0.5),
+            "wait_p99": quantile(waits, 0.99),
+            "persist_p50": quantile(persist, 0.5),
+            "persist_p99": quantile(persist, 0.99),
+            "send_delay_p50": quantile(send_delay, 0.5),
+            "send_delay_p99": quantile(send_delay, 0.99),
+            "send_delay_max_bucket": max((b for b, c in send_delay.items() if c > 0 and b != math.inf
+                                          and c > max([0] + [send_delay[x] for x in send_delay if x < b])), default=None),
+            "late_sends": sum(counter_total(t, "blogstream_permit_late_sends_total") for t in scrapes),
+            "permits": max(overhead.values()) if overhead else 0,
+            "expired": sum(counter_total(t, "blogstream_permits_expired_total") for t in scrapes),
+            "reasks": sum(counter_total(t, "blogstream_permit_reasks_total") for t in scrapes),
+            "run": rig.name,
+            "load": (load_before, os.getloadavg()[0]),
+        }
+        return result
+    finally:
+        await rig.stop()
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _ms(x: float | None) -> str:
+    return "n/a" if x is None else f"{1000 * x:.1f} ms"
+
+
+def render(results: list[dict[str, Any]], started: float) -> str:
+    lines = [
+        "# Global limiter benchmark",
+        "",
+        f"Generated by `.venv/bin/python -m stack.bench_limiter` on {time.strftime('%Y-%m-%d %H:%M', time.localtime(started))} "
+        f"(total {time.time() - started:.0f} s). Each run drains a backlog of N blog requests through the whole "
+        "pipeline (generate, image, publish, sink) on the local Kafka, Postgres and a private simulator process. "
+        "The simulator enforces every limit over a sliding window, answers OpenAI calls after 1-3 s and Replicate "
+        "after 1-2 s; the OpenAI request limit is the one meant to bind (Replicate and Wix get four times as much). "
+        "How each figure is measured: docs/limiter.md, section \"Reading the benchmark\".",
+        "",
+        "| run | workers | N | limit (per window) | binding limit | utilization (steady) | ceiling W/(W+grace) "
+        "| busiest window | 429s (OpenAI/Replicate/Wix) | drain | ideal | drain/ideal | permit latency p50 / p99 "
+        "| permit wait p50 / p99 (incl. queueing) | expired permits |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        util = r["util_requests"] if r["binding"].startswith("requests") else r["util_tokens"]
+        limit = f"{r['rpm']} req / {r['window']:.0f} s" if r["binding"].startswith("requests") else \
+            f"{r['tpm']} tok / {r['window']:.0f} s"
+        busiest = f"{r['max_requests_in_window']} / {r['rpm']} req"
+        if r["binding"].startswith("tokens"):
+            busiest += f"; {r['max_tokens_in_window']} / {r['tpm']} tok"
+        rej = r["rejected_429"]
+        lines.append(
+            f"| {r['label']} | {r['workers']} | {r['requests']} | {limit} | {r['binding']} | {_pct(util)} "
+            f"| {_pct(r['ceiling'])} | {busiest} | {rej['openai']}/{rej['replicate']}/{rej['wix']} "
+            f"| {r['drain_s']:.1f} s | {r['ideal_s']:.1f} s | {r['drain_s'] / r['ideal_s']:.3f} "
+            f"| {_ms(r['overhead_p50'])} / {_ms(r['overhead_p99'])} | {_ms(r['wait_p50'])} / {_ms(r['wait_p99'])} "
+            f"| {int(r['expired'])} |"
+        )
+    lines += ["", "Details per run:", ""]
+    for r in results:
+        lines.append(
+            f"- **{r['label']}** ({r['run']}): outcomes {r['statuses']}; {r['calls']} OpenAI calls, the first "
+            f"{r['first_call_s']:.1f} s after the backlog was submitted, the last {r['calls_span_s']:.1f} s after the first; "
+            f"request utilization {_pct(r['util_requests'])}, token utilization {_pct(r['util_tokens'])} "
+            f"(settled tokens; {r['tokens_charged']} charged at admission, {r['tokens_settled']} settled); "
+            f"busiest token window (as the simulator enforced it) {r['max_tokens_in_window']} / {r['tpm']}; "
+            f"Replicate busiest window {r['replicate_max_in_window']} / {r['replicate_limit']}; "
+            f"coordinator persist p50/p99 {_ms(r['persist_p50'])} / {_ms(r['persist_p99'])}; "
+            f"{int(r['permits'])} permits, {int(r['reasks'])} re-asks, {int(r['expired'])} expired; "
+            f"grant-to-wire delay p50/p99 {_ms(r['send_delay_p50'])} / {_ms(r['send_delay_p99'])}, "
+            f"{int(r['late_sends'])} late sends reported; load average {r['load'][0]:.1f} before, {r['load'][1]:.1f} after."
+        )
+    lines += [
+        "",
+        f"Machine: {os.cpu_count()} CPUs shared by Kafka, Postgres, the simulator, the workers and whatever else "
+        "ran on the box at the time (the load averages above say how busy it was).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+SCENARIOS = {
+    "full": [
+        Scenario("1 worker", 1, 800),
+        Scenario("2 workers", 2, 800),
+        Scenario("3 workers", 3, 800),
+        Scenario("3 workers, long articles (TPM binds)", 3, 400, openai_rpm=600, openai_tpm=240_000, target_words=1000),
+    ],
+    "quick": [
+        Scenario("1 worker (quick)", 1, 150, window=10, openai_rpm=60),
+        Scenario("3 workers (quick)", 3, 150, window=10, openai_rpm=60),
+    ],
+}
+
+
+def _main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small backlogs and a 10 s window (smoke run)")
+    parser.add_argument("--only", help="run only scenarios whose label contains this text")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "bench-limiter.md"))
+    args = parser.parse_args()
+    scenarios = SCENARIOS["quick" if args.quick else "full"]
+    if args.only:
+        scenarios = [s for s in scenarios if args.only in s.label]
+    started = time.time()
+    results = []
+    for sc in scenarios:
+        print(f"[bench-limiter] {sc.label}: {sc.requests} requests, {sc.workers} worker(s)", flush=True)
+        results.append(asyncio.run(run_scenario(sc, log=lambda m: print(m, flush=True))))
+        print(json.dumps(results[-1], default=str), flush=True)
+    report = render(results, started)
+    if not args.quick and not args.only:
+        Path(args.out).write_text(report)
+        print(f"[bench-limiter] wrote {args.out}")
+    print(report)
+
+
+if __name__ == "__main__":
+    _main()

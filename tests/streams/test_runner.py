@@ -1,0 +1,349 @@
+"""StageRunner (streams/runner.py) without Kafka: ordering of acks, fairness, caps, pauses, rebalances.
+
+The runner only needs events with `.key`, `.value` and `.message` (`.tp`,
+`.offset`, `.key`) and a stream whose `noack().events()` yields them and whose
+`ack(event)` commits them; the fakes below record what the runner does.
+Handlers that must finish in a chosen order wait on gates the test opens, so
+no assertion depends on how fast anything runs.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pytest
+
+from streams.runner import SitePolicy, StageRunner
+
+TIMEOUT = 10.0  # generous: every wait below is for a condition, never a fixed delay
+
+
+@dataclass(frozen=True)
+class TP:
+    topic: str
+    partition: int
+
+
+@dataclass
+class Message:
+    tp: TP
+    offset: int
+    key: bytes
+
+
+@dataclass
+class Event:
+    key: bytes
+    value: bytes
+    message: Message
+
+    @property
+    def id(self) -> tuple[int, int]:
+        return (self.message.tp.partition, self.message.offset)
+
+
+def event(partition: int, offset: int, site: str) -> Event:
+    tp = TP("t.blog.requests", partition)
+    return Event(site.encode(), f"{site}@{partition}/{offset}".encode(), Message(tp, offset, site.encode()))
+
+
+class FakeStream:
+    """`noack().events()` yields what the test feeds; `ack()` records (partition, offset)."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.acks: list[tuple[int, int]] = []
+        self.yielded = 0
+
+    def noack(self) -> "FakeStream":
+        return self
+
+    async def events(self):
+        while True:
+            ev = await self.queue.get()
+            self.yielded += 1
+            yield ev
+
+    async def ack(self, ev: Event) -> bool:
+        self.acks.append(ev.id)
+        return True
+
+    def feed(self, events: list[Event]) -> None:
+        for ev in events:
+            self.queue.put_nowait(ev)
+
+    def acked(self, partition: int) -> list[int]:
+        return [offset for p, offset in self.acks if p == partition]
+
+
+@dataclass
+class Recorder:
+    """A handler that records starts/finishes and concurrency, optionally waiting on a gate per event."""
+
+    gated: Callable[[Event], bool] = lambda ev: False
+    fail: Callable[[Event], bool] = lambda ev: False
+    delay: Callable[[Event], float] = lambda ev: 0.0
+    started: list[tuple[int, int]] = field(default_factory=list)
+    started_sites: list[str] = field(default_factory=list)
+    finished: list[tuple[int, int]] = field(default_factory=list)
+    gates: dict[tuple[int, int], asyncio.Event] = field(default_factory=lambda: defaultdict(asyncio.Event))
+    running: Counter = field(default_factory=Counter)
+    max_running: Counter = field(default_factory=Counter)
+    running_total: int = 0
+    max_running_total: int = 0
+
+    async def __call__(self, ev: Event) -> None:
+        site = ev.key.decode()
+        self.started.append(ev.id)
+        self.started_sites.append(site)
+        self.running[site] += 1
+        self.running_total += 1
+        self.max_running[site] = max(self.max_running[site], self.running[site])
+        self.max_running_total = max(self.max_running_total, self.running_total)
+        try:
+            if self.gated(ev):
+                await self.gates[ev.id].wait()
+            pause = self.delay(ev)
+            if pause:
+                await asyncio.sleep(pause)
+            if self.fail(ev):
+                raise RuntimeError(f"handler bug on {ev.id}")
+            self.finished.append(ev.id)
+        finally:
+            self.running[site] -= 1
+            self.running_total -= 1
+
+    def open(self, *ids: tuple[int, int]) -> None:
+        for i in ids:
+            self.gates[i].set()
+
+
+async def wait_until(condition: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
+        await asyncio.sleep(0.002)
+
+
+async def settle(rounds: int = 20) -> None:
+    """Let every ready task run; used only before asserting that something did NOT happen."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+async def run():
+    """Start a runner consuming a FakeStream; everything is cancelled at the end of the test."""
+    started: list[tuple[StageRunner, asyncio.Task]] = []
+
+    def start(runner: StageRunner, stream: FakeStream) -> StageRunner:
+        started.append((runner, asyncio.ensure_future(runner.consume(stream))))
+        return runner
+
+    yield start
+    for runner, task in started:
+        pending = {task, *runner._tasks, *([runner._dispatcher] if runner._dispatcher else [])}
+        # Cancel until everything is gone: on Python 3.11 asyncio.wait_for (the
+        # dispatcher's idle wait) swallows a cancel that coincides with its wake-up.
+        while pending:
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.1)
+            pending |= {t for t in runner._tasks if not t.done()}
+
+
+def make_runner(handler: Recorder, *, concurrency: int = 50, read_ahead: int = 10_000,
+                policy: Callable[[str], SitePolicy] = lambda site: SitePolicy()) -> StageRunner:
+    return StageRunner("test", handler, concurrency=concurrency, read_ahead=read_ahead, policy=policy)
+
+
+# --------------------------------------------------------------------------- ack order
+
+
+async def test_acks_follow_offset_order_when_handlers_finish_in_reverse(run):
+    handler = Recorder(gated=lambda ev: True)
+    stream = FakeStream()
+    run(make_runner(handler), stream)
+    stream.feed([event(0, offset, "site-a") for offset in range(10)])
+    await wait_until(lambda: len(handler.started) == 10, "all ten events started")
+
+    # Everything but the first finishes, last offset first: nothing may be acked yet.
+    for offset in range(9, 0, -1):
+        handler.open((0, offset))
+        await wait_until(lambda: (0, offset) in handler.finished, f"offset {offset} finished")
+    await settle()
+    assert stream.acks == []
+
+    handler.open((0, 0))
+    await wait_until(lambda: len(stream.acks) == 10, "all ten acked")
+    assert stream.acked(0) == list(range(10))
+
+
+async def test_acks_are_in_offset_order_per_partition_with_random_finish_times(run):
+    rng = random.Random(7)
+    delays = {(p, o): rng.uniform(0.0, 0.03) for p in range(3) for o in range(40)}
+    handler = Recorder(delay=lambda ev: delays[ev.id])
+    stream = FakeStream()
+    run(make_runner(handler, concurrency=60), stream)
+    stream.feed([event(p, o, f"site-{(p + o) % 5}") for o in range(40) for p in range(3)])
+
+    await wait_until(lambda: len(stream.acks) == 120, "all 120 acked")
+    finished_order = {p: [o for q, o in handler.finished if q == p] for p in range(3)}
+    assert any(order != sorted(order) for order in finished_order.values()), "handlers did finish out of order"
+    for p in range(3):
+        assert stream.acked(p) == list(range(40)), f"partition {p} acked out of order"
+    assert len(set(stream.acks)) == 120  # each event acked exactly once
+
+
+async def test_a_raising_handler_blocks_later_acks_of_its_partition_only(run):
+    handler = Recorder(fail=lambda ev: ev.id == (0, 2))
+    stream = FakeStream()
+    run(make_runner(handler), stream)
+    stream.feed([event(0, o, "site-a") for o in range(6)] + [event(1, o, "site-b") for o in range(6)])
+
+    await wait_until(lambda: len(handler.started) >= 12, "every event started")
+    await wait_until(lambda: len(handler.finished) == 11, "every other handler finished")
+    await wait_until(lambda: len(stream.acked(1)) == 6, "the healthy partition acked")
+    await settle()
+    assert stream.acked(0) == [0, 1], "nothing at or after the failed offset may be acked"
+    assert stream.acked(1) == list(range(6))
+    assert {(0, 3), (0, 4), (0, 5)} <= set(handler.finished)  # later events did run; they just stay unacked
+
+
+async def test_an_event_whose_handler_raised_is_tried_again_and_then_acked_in_order(run):
+    attempts: Counter = Counter()
+
+    def fail_first_time(ev: Event) -> bool:
+        attempts[ev.id] += 1
+        return ev.id == (0, 2) and attempts[ev.id] == 1
+
+    handler = Recorder(fail=fail_first_time)
+    stream = FakeStream()
+    run(make_runner(handler), stream)
+    stream.feed([event(0, o, "site-a") for o in range(6)])
+
+    await wait_until(lambda: len(stream.acks) == 6, "all six acked after the retry")
+    assert stream.acked(0) == list(range(6))
+    assert attempts[(0, 2)] == 2 and all(attempts[(0, o)] == 1 for o in (0, 1, 3, 4, 5))
+
+
+# --------------------------------------------------------------------------- caps and fairness
+
+
+async def test_per_site_cap_and_worker_concurrency_are_never_exceeded(run):
+    caps = {"big": 3, "mid": 2, "small": 5}
+    rng = random.Random(11)
+    delays = {}
+    handler = Recorder(delay=lambda ev: delays.setdefault(ev.id, rng.uniform(0.0, 0.01)))
+    stream = FakeStream()
+    run(make_runner(handler, concurrency=8, policy=lambda site: SitePolicy(max_in_flight=caps[site])), stream)
+    stream.feed([event(o % 4, o, site) for o in range(60) for site in caps])
+
+    await wait_until(lambda: len(stream.acks) == 180, "all 180 acked")
+    assert handler.max_running["big"] <= 3
+    assert handler.max_running["mid"] <= 2
+    assert handler.max_running["small"] <= 5
+    assert handler.max_running_total <= 8
+    assert handler.max_running["big"] == 3, "the cap was actually reached (the test exercised it)"
+
+
+async def test_a_small_site_behind_a_big_backlog_in_the_same_partition_starts_at_once(run):
+    handler = Recorder()
+    stream = FakeStream()
+    runner = make_runner(handler, concurrency=1)
+    # Offsets 0..999 are the big site's, 1000..1004 the small site's: one partition.
+    for o in range(1000):
+        runner.add(event(0, o, "big"))
+    for o in range(1000, 1005):
+        runner.add(event(0, o, "small"))
+    run(runner, stream)
+
+    await wait_until(lambda: len(handler.started) >= 20, "twenty starts")
+    first = handler.started_sites[:10]
+    assert first.count("small") == 5, f"the small site's 5 events start within the first 10 starts: {first}"
+    await wait_until(lambda: len(stream.acks) == 1005, "all acked")
+    assert stream.acked(0) == list(range(1005))
+
+
+async def test_weights_share_starts_in_proportion(run):
+    weights = {"heavy": 3.0, "light": 1.0, "half": 0.5}
+    handler = Recorder()
+    stream = FakeStream()
+    runner = make_runner(handler, concurrency=1, policy=lambda site: SitePolicy(weight=weights[site]))
+    for o in range(300):
+        runner.add(event(0, 3 * o, "heavy"))
+        runner.add(event(0, 3 * o + 1, "light"))
+        runner.add(event(0, 3 * o + 2, "half"))
+    run(runner, stream)
+
+    await wait_until(lambda: len(handler.started) >= 90, "ninety starts")
+    counts = Counter(handler.started_sites[:90])
+    # 3 : 1 : 0.5 of 90 starts = 60 : 20 : 10 (deficit round-robin is exact up to one turn)
+    assert abs(counts["heavy"] - 60) <= 3 and abs(counts["light"] - 20) <= 2 and abs(counts["half"] - 10) <= 2, counts
+
+
+async def test_a_paused_site_starts_nothing_until_resumed(run):
+    paused = {"held": True}
+    handler = Recorder()
+    stream = FakeStream()
+    run(make_runner(handler, policy=lambda site: SitePolicy(paused=paused.get(site, False))), stream)
+    # The paused site's events come first in partition 0: the free site's may run, but not be acked past them.
+    stream.feed([event(0, o, "held") for o in range(3)] + [event(0, o, "free") for o in range(3, 8)])
+    stream.feed([event(1, o, "free") for o in range(4)])
+
+    await wait_until(lambda: len(handler.finished) == 9, "the free site's events finished")
+    await wait_until(lambda: len(stream.acked(1)) == 4, "partition 1 acked")
+    await settle()
+    assert "held" not in handler.started_sites
+    assert stream.acked(0) == []  # offsets 3..7 finished but sit behind the paused 0..2
+
+    paused["held"] = False  # the runner re-reads policies at least every second
+    await wait_until(lambda: len(stream.acked(0)) == 8, "partition 0 acked after resume")
+    assert stream.acked(0) == list(range(8))
+    assert handler.started_sites.count("held") == 3
+
+
+async def test_read_ahead_bounds_unacked_events(run):
+    read_ahead = 10
+    handler = Recorder(gated=lambda ev: True)
+    stream = FakeStream()
+    runner = run(make_runner(handler, concurrency=100, read_ahead=read_ahead), stream)
+    stream.feed([event(o % 2, o // 2, f"site-{o % 3}") for o in range(50)])
+
+    await wait_until(lambda: len(handler.started) == read_ahead, "read_ahead events started")
+    await settle()
+    assert len(handler.started) == read_ahead
+    assert stream.yielded <= read_ahead + 1  # the one in hand waits for room before it is added
+    assert sum(runner.queued_by_site().values()) + sum(runner.running_by_site().values()) <= read_ahead
+
+    # Finish events one by one, in offset order per partition: the window slides, never grows.
+    for o in range(50):
+        ev_id = (o % 2, o // 2)
+        await wait_until(lambda: ev_id in handler.started, f"{ev_id} started")
+        assert len(handler.started) - len(stream.acks) <= read_ahead
+        handler.open(ev_id)
+        await wait_until(lambda: ev_id in stream.acks, f"{ev_id} acked")
+    assert sorted(stream.acks) == sorted({(o % 2, o // 2) for o in range(50)})
+
+
+async def test_forget_drops_unstarted_events_of_revoked_partitions(run):
+    handler = Recorder(gated=lambda ev: ev.id == (0, 0))
+    stream = FakeStream()
+    runner = run(make_runner(handler, concurrency=1), stream)
+    stream.feed([event(0, o, "s0") for o in range(5)] + [event(1, o, "s1") for o in range(5)])
+    await wait_until(lambda: handler.started == [(0, 0)], "the first event of partition 0 running")
+
+    runner.forget({TP("t.blog.requests", 0)})
+    assert runner.queued_by_site() == {"s1": 5}
+    handler.open((0, 0))  # the call in flight finishes, but the partition is not ours to ack any more
+
+    await wait_until(lambda: len(stream.acked(1)) == 5, "partition 1 acked")
+    await settle()
+    assert handler.started == [(0, 0)] + [(1, o) for o in range(5)]
+    assert stream.acked(0) == []
+    assert runner.queued_by_site() == {}
+    assert runner._buffered == 0, "forgotten events no longer count against read_ahead"
