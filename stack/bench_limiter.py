@@ -356,7 +356,7 @@ def render(results: list[dict[str, Any]], started: float) -> str:
         "",
         "| run | workers | N | limit (per window) | binding limit | utilization (steady) | ceiling W/(W+grace) "
         "| busiest window | 429s (OpenAI/Replicate/Wix) | drain | ideal | drain/ideal | permit latency p50 / p99 "
-        "| permit wait p50 / p99 (incl. queueing) | expired permits |",
+        "| permit wait p50 / p99 (incl. queueing) | late sends / expired |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -372,7 +372,7 @@ def render(results: list[dict[str, Any]], started: float) -> str:
             f"| {_pct(r['ceiling'])} | {busiest} | {rej['openai']}/{rej['replicate']}/{rej['wix']} "
             f"| {r['drain_s']:.1f} s | {r['ideal_s']:.1f} s | {r['drain_s'] / r['ideal_s']:.3f} "
             f"| {_ms(r['overhead_p50'])} / {_ms(r['overhead_p99'])} | {_ms(r['wait_p50'])} / {_ms(r['wait_p99'])} "
-            f"| {int(r['expired'])} |"
+            f"| {int(r['late_sends'])} / {int(r['expired'])} |"
         )
     lines += ["", "Details per run:", ""]
     for r in results:
@@ -415,7 +415,14 @@ def _main() -> None:
     parser.add_argument("--quick", action="store_true", help="small backlogs and a 10 s window (smoke run)")
     parser.add_argument("--only", help="run only scenarios whose label contains this text")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "bench-limiter.md"))
+    parser.add_argument("--render", metavar="LOG", help="only rebuild the report from the JSON lines of an earlier run's output")
     args = parser.parse_args()
+    if args.render:
+        results = [json.loads(line) for line in Path(args.render).read_text().splitlines() if line.startswith("{")]
+        report = render(results, time.time() - sum(r["drain_s"] for r in results))
+        Path(args.out).write_text(report)
+        print(report)
+        return
     scenarios = SCENARIOS["quick" if args.quick else "full"]
     if args.only:
         scenarios = [s for s in scenarios if args.only in s.label]
