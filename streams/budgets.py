@@ -356,7 +356,8 @@ class Grant:
     ask: Ask
     grant_id: str
     granted_at: float
-    use_by: float
+    use_by: float  # send by then and the permit counts exactly as granted
+    last_use: float  # send by then and report it (a late send): counted until it left every window
 
     def as_reply(self) -> dict[str, Any]:
         return {
@@ -364,6 +365,7 @@ class Grant:
             "grant_id": self.grant_id,
             "granted_at": self.granted_at,
             "use_by": self.use_by,
+            "last_use": self.last_use,
             "needs": self.ask.needs,
             "queued": max(0.0, self.granted_at - self.ask.arrived_at),
             "arrived_at": self.ask.arrived_at,
@@ -412,6 +414,16 @@ class BudgetBook:
         elif limit:
             budget.limit = limit
         return budget
+
+    def late_use_seconds(self) -> float:
+        """How long after its grant a permit may still be used, if its late send is reported.
+
+        The report must reach the coordinator before the grant's entry would
+        leave the window (W + grace after the grant); a quarter of the
+        shortest window (at most 5 s) leaves ample time for that.
+        """
+        windows = [float(spec["window"]) for spec in self.rate_specs.values()] or [60.0]
+        return max(self.grace, min(5.0, min(windows) / 4))
 
     # --- asks ---------------------------------------------------------------
     def add_ask(self, ask: Ask) -> Ask:
@@ -503,7 +515,7 @@ class BudgetBook:
             self.rate(budget).add(now, amount, grant_id, ask.ask_id)
             key = (budget, ask.site_id)
             self.vtime[key] = self.vtime.get(key, 0.0) + amount / max(ask.weight, 1e-6)
-        return Grant(ask, grant_id, now, now + self.grace)
+        return Grant(ask, grant_id, now, now + self.grace, now + self.late_use_seconds())
 
     def next_wakeup(self, now: float) -> float | None:
         """When something waiting could next fit (None: nothing to wait for but events).

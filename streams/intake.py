@@ -53,6 +53,11 @@ DEFAULT_PAGE = 50
 # Entries in the "accepted here, not yet written by the sink" set are forgotten
 # after this long, so a lost sink write cannot keep the figure high forever.
 UNSEEN_TTL_SECONDS = 600.0
+# A 429 is answered after this pause. It costs nothing (an idle connection) and
+# holds a client that ignores Retry-After to about one refusal per second per
+# connection, so a flood of refusals cannot take the CPU the worker's own
+# stages need to make room (without it, a 200-connection flood stopped them).
+REFUSAL_PAUSE_SECONDS = 1.0
 
 
 # --------------------------------------------------------------------------- errors
@@ -526,6 +531,8 @@ class Blogs(_IntakeView):
             raw = await read_body(request, settings.intake_max_body_bytes)
             requests, batch = await submit(raw)
         except IntakeError as exc:
+            if exc.status == 429:
+                await asyncio.sleep(REFUSAL_PAUSE_SECONDS)
             return self.failure(exc)
         ids = [r["request_id"] for r in requests]
         body: dict[str, Any] = {"accepted": len(ids), "request_ids": ids}

@@ -522,10 +522,11 @@ async def _budget_scheduler() -> None:
 @dataclass
 class Permit:
     grant_id: str
-    use_by: float
+    use_by: float  # sent by then, the permit counts exactly as granted
     needs: dict[str, float]
     waited: float
     granted_at: float = 0.0
+    last_use: float = 0.0  # sent after use_by but by then: the wire hook reports it late first
     sent_at: float | None = None  # when the permitted request went on the wire
 
     @property
@@ -533,8 +534,8 @@ class Permit:
         return next(iter(self.needs), "")
 
     def usable(self) -> bool:
-        """Still safe to send: the provider must see the call by grant + grace."""
-        return time.time() <= self.use_by
+        """Still safe to send (after use_by only because the wire hook reports the late send)."""
+        return time.time() <= max(self.use_by, self.last_use)
 
 
 # The permit the current task holds (set by Budgets.acquire, read by the wire hook).
@@ -544,34 +545,29 @@ _current_permit: contextvars.ContextVar[Permit | None] = contextvars.ContextVar(
 # simulator alone can take tens of ms to get to a request). A permit whose
 # request leaves later than use_by - WIRE_MARGIN is reported as late.
 WIRE_MARGIN = min(0.1, settings.permit_grace_seconds / 3)
-_background: set[asyncio.Task] = set()
 
 
-def _on_wire() -> None:
+def _on_wire() -> Permit | None:
     """A request is about to be written to a provider's socket: the moment that counts.
 
     `Permit.usable()` is checked before the provider call, but an SDK can spend
     a while (building the request, a pool slot, a GC pause) before the request
-    really leaves. Here we see when it does. A permit that leaves after its
-    use-by time is reported to the coordinator, which keeps counting it until
-    it has left the provider's window too; the report arrives long before the
-    coordinator would have handed its room out again.
+    really leaves, and an answer may reach a busy worker after use_by. Here we
+    see when the request really leaves. Returns the permit if that is later
+    than use_by - WIRE_MARGIN: the caller must report it before sending, and
+    the coordinator then counts it until it has left the provider's window too.
     """
     permit = _current_permit.get()
     if permit is None or permit.sent_at is not None:
-        return  # not a permitted call, or the permit's request already went out
+        return None  # not a permitted call, or the permit's request already went out
     now = time.time()
     permit.sent_at = now
     if permit.granted_at:
         permit_send_delay_seconds.labels(permit.primary).observe(max(0.0, now - permit.granted_at))
     if now + WIRE_MARGIN > permit.use_by:
         late_sends_total.inc()
-        try:
-            task = asyncio.get_running_loop().create_task(budgets.report_late(permit, now + WIRE_MARGIN))
-        except RuntimeError:
-            return
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+        return permit
+    return None
 
 
 def _hook_wire(cls: Any) -> None:
@@ -580,7 +576,18 @@ def _hook_wire(cls: Any) -> None:
         return
 
     async def handle_async_request(self: Any, request: Any) -> Any:
-        _on_wire()
+        late = _on_wire()
+        if late is not None:
+            # On the broker before the request goes: the coordinator learns of
+            # it even if this worker dies right after sending. The report names
+            # a moment a little ahead; if the broker's ack took longer, again.
+            allowance = 0.05
+            while True:
+                anchor = time.time() + WIRE_MARGIN + allowance
+                await budgets.report_late(late, anchor)
+                if time.time() + WIRE_MARGIN <= anchor:
+                    break
+                allowance *= 2
         return await original(self, request)
 
     handle_async_request._blogstream_wire = True  # type: ignore[attr-defined]
@@ -695,16 +702,16 @@ class Budgets:
             }
             reply = await self._ask_until_answered(ask)
             now = time.time()
-            if now > reply["use_by"]:
-                # Too late to use safely (we were paused, or the answer was
-                # slow). We never send it, so its room goes back at once, and
-                # we ask again for a fresh one.
+            if now > max(reply["use_by"], reply.get("last_use") or 0.0):
+                # Too late to use even with a late report (we were paused for
+                # seconds). We never send it, so its room goes back at once,
+                # and we ask again for a fresh one.
                 metrics.permits_expired.inc()
                 await budget_coordinator.cast(value={"op": "unused", "grant_id": reply["grant_id"], "needs": needs})
                 continue
             permit = Permit(
                 reply["grant_id"], reply["use_by"], dict(reply.get("needs") or needs), now - started,
-                granted_at=float(reply.get("granted_at") or 0.0),
+                granted_at=float(reply.get("granted_at") or 0.0), last_use=float(reply.get("last_use") or 0.0),
             )
             metrics.permit_wait_seconds.labels(primary).observe(permit.waited)
             overhead = max(0.0, (now - asked) - float(reply.get("queued", 0.0)))
@@ -722,10 +729,13 @@ class Budgets:
             return permit
 
     async def report_late(self, permit: Permit, anchor: float) -> None:
-        await budget_coordinator.cast(
+        """Tell the coordinator a permit's request leaves late; return once the broker has it."""
+        fut = await limiter_topic.send(
             value={"op": "late", "grant_id": permit.grant_id, "needs": permit.needs, "anchor": anchor,
-                   "granted_at": permit.granted_at}
+                   "granted_at": permit.granted_at},
+            force=True,
         )
+        await fut
 
     async def settle(self, permit: Permit, budget: str, actual: float) -> None:
         await budget_coordinator.cast(value={"op": "settle", "budget": budget, "grant_id": permit.grant_id, "actual": actual})

@@ -159,7 +159,11 @@ async def test_killing_the_coordinator_mid_run_neither_resets_nor_exceeds_the_bu
 
     rows = await outcomes.wait_final([r["request_id"] for r in requests], timeout=180, workers=[survivor])
     stuck = {rid: (row["status"], row.get("stage")) for rid, row in rows.items() if row["status"] != "DONE"}
-    assert summarize(rows) == {"DONE": len(requests)}, f"not done: {stuck}; survivor log {survivor.log_path}"
+    if stuck:
+        async with httpx.AsyncClient(timeout=10) as http:
+            limiter_view = await get_json(http, survivor.url("/api/limiter"))
+        raise AssertionError(f"not done: {stuck}; limiter: {limiter_view}; survivor log {survivor.log_path}")
+    assert summarize(rows) == {"DONE": len(requests)}
 
     ledger = sim.ledger()
     assert ledger["openai"]["max_requests_in_window"] <= ours["openai_rpm"]

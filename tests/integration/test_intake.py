@@ -139,7 +139,7 @@ async def test_over_the_limits_429_then_accepted_again(workers, api, sim, outcom
     small, big = site_name("small"), site_name("big")
     await outcomes.add_sites([small], max_queued=3)
     await outcomes.add_sites([big], max_queued=100)
-    sim.configure({"openai": {"latency": [160, 160]}})  # x latency_scale 0.05: each article takes 8 s
+    sim.configure({"openai": {"latency": [400, 400]}})  # x latency_scale 0.05: each article takes 20 s
 
     a = [workers.request(small, n) for n in range(3)]
     assert (await post(first, {"requests": a})).status_code == 202
