@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import bisect
 import json
+import os
 import random
 import statistics
 import time
@@ -295,6 +296,12 @@ class Watcher:
                 await asyncio.sleep(0.25)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def true_max_pending(accepted: list[tuple[str, float]], finished: dict[str, float]) -> int:
     """max over time of (accepted so far - finished so far), from 202 times and finished_at."""
     events = sorted([(t, 1) for _, t in accepted] + [(t, -1) for t in finished.values()])
@@ -338,7 +345,9 @@ async def run(
 
         conns, connect_seconds = await open_all(worker.web_port, clients)
         print(f"connected in {connect_seconds:.1f} s; all send at once ...", flush=True)
+        cpu_before = cpu_seconds(worker.proc.pid)
         b = await burst(conns, pipeline.name)
+        burst_cpu = cpu_seconds(worker.proc.pid) - cpu_before
         print(f"burst: {b.statuses} in {b.wall:.2f} s", flush=True)
         for conn in conns[flood_clients:]:
             await conn.close()
@@ -346,7 +355,9 @@ async def run(
         batch_clients = conns[:20]
         print(f"batches: {len(batch_clients)} clients x {BATCH} requests, until {limit - clients:,} more are accepted ...",
               flush=True)
+        cpu_before = cpu_seconds(worker.proc.pid)
         m = await batch_fill(batch_clients, pipeline.name, BATCH, room=limit - clients)
+        batch_cpu = cpu_seconds(worker.proc.pid) - cpu_before
         print(f"batches: {m.statuses} in {m.wall:.2f} s", flush=True)
 
         watch = Watcher(worker.url())
@@ -394,6 +405,8 @@ async def run(
             "limit": limit,
             "burst": b,
             "batches": m,
+            "burst_cpu_ms": 1000 * burst_cpu / max(1, b.statuses.get(202, 0)),
+            "batch_cpu_ms": 1000 * batch_cpu / max(1, len(m.accepted)),
             "flood": f,
             "flood_clients": flood_clients,
             "flood_seconds": flood_seconds,
@@ -431,8 +444,10 @@ def report(r: dict[str, Any]) -> str:
         ("Burst: accepted (202) / other", f"{b.statuses.get(202, 0):,} / {sum(b.statuses.values()) - b.statuses.get(202, 0):,}", "all 202"),
         ("Burst: accepted per second", f"{burst_rate:,.0f}", "≥ 2,000"),
         ("Burst: intake latency p50 / p99 / max", f"{ms(pct(b.latencies, 50))} / {ms(pct(b.latencies, 99))} / {ms(max(b.latencies, default=0))}", "p99 < 1 s"),
+        ("Burst: worker CPU per accepted request", f"{r['burst_cpu_ms']:.2f} ms", ""),
         ("Batches of 100 (20 clients): accepted per second", f"{batch_rate:,.0f} ({m.statuses.get(202, 0):,} batches in {m.wall:.1f} s)", "≥ 2,000"),
         ("Batches: latency p50 / p99 per batch", f"{ms(pct(m.latencies, 50))} / {ms(pct(m.latencies, 99))}", ""),
+        ("Batches: worker CPU per accepted request", f"{r['batch_cpu_ms']:.2f} ms", ""),
         ("Flood: clients × seconds", f"{r['flood_clients']} × {r['flood_seconds']:.0f} s", ""),
         ("Flood: answers (202 / 429 / other)", f"{f.statuses.get(202, 0):,} / {f.statuses.get(429, 0):,} / {answered - f.statuses.get(202, 0) - f.statuses.get(429, 0):,}", ""),
         ("Flood: answers per second", f"{answered / f.wall:,.0f}" if f.wall else "-", ""),
@@ -475,6 +490,15 @@ How to read it:
   latency is what each client waited, including the time its request sat in the worker's queue behind
   the others: with everything arriving at once, the p99 is about the time the worker needs for the whole
   burst. Every 202 was answered after the broker acknowledged the record.
+- **Why the burst misses p99 < 1 s here**: when {r['clients']:,} requests arrive at the same instant,
+  the last answer leaves only after the worker has done the work for all of them, so the p99 is about
+  N / throughput. The worker's CPU per accepted request (measured from `/proc` over the burst:
+  {r['burst_cpu_ms']:.2f} ms) covers HTTP, validation, Avro encoding and the Kafka produce, and also
+  reading the record back in its own sink and first stage. That puts one worker on one of these 2 cores
+  at about {1000 / max(r['burst_cpu_ms'], 0.001):,.0f} single requests per second, and the
+  other core is shared by Kafka, Postgres, the simulators and the {r['clients']:,} clients. Meeting the
+  p99 would need about 5,000 single requests per second: several workers behind a load balancer (any
+  worker takes any request), or clients that batch (below).
 - **Batches**: 20 clients send batches of {BATCH} back to back (the way `blogstream submit` feeds a file) until
   the queue is full. One HTTP request, one validation pass and one Kafka round trip serve 100 requests.
 - **Flood**: {r['flood_clients']} clients submit single requests back to back without honouring Retry-After,
