@@ -27,6 +27,7 @@ second of acceptances shows up with the next read.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import json
 import logging
@@ -36,13 +37,14 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence
 
+from aiohttp import web
 from faust.web import Request, Response, View
 
 from streams.app import app, requests_topic
 from streams.deps import deps
-from streams.records import FieldError, encode, validate_request
+from streams.records import check_request, encode_checked
 from streams.settings import settings
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,8 @@ UNSEEN_TTL_SECONDS = 600.0
 # connection, so a flood of refusals cannot take the CPU the worker's own
 # stages need to make room (without it, a 200-connection flood stopped them).
 REFUSAL_PAUSE_SECONDS = 1.0
+# The garbage collector's thresholds once the worker has started (see _warm_up).
+GC_THRESHOLDS = (20_000, 100, 100)
 
 
 # --------------------------------------------------------------------------- errors
@@ -113,7 +117,8 @@ def parse_body(raw: bytes, *, max_batch: int) -> tuple[list[Any], bool]:
     if not raw.strip():
         raise IntakeError(400, "the body is empty: send one request as a JSON object, or {\"requests\": [...]}")
     try:
-        value = json.loads(raw.decode("utf-8-sig"))
+        # utf-8 with a leading BOM allowed, like "utf-8-sig" (whose codec is several times slower)
+        value = json.loads((raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw).decode("utf-8"))
     except UnicodeDecodeError:
         raise IntakeError(400, "the body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
@@ -163,7 +168,7 @@ def check_items(items: list[Any], *, batch: bool, now_ms: int | None = None) -> 
             item["request_id"] = uuid.uuid4().hex
         if item.get("requested_at") is None:
             item["requested_at"] = now_ms
-        found: list[FieldError] = validate_request(item)
+        record, found = check_request(item)
         errors.extend(ItemError(i, item_path(i, e.field, batch), e.message) for e in found)
         request_id = item["request_id"]
         if isinstance(request_id, str) and not any(e.field == "request_id" for e in found):
@@ -175,7 +180,9 @@ def check_items(items: list[Any], *, batch: bool, now_ms: int | None = None) -> 
                 )
             else:
                 first_index[request_id] = i
-        requests.append(item)
+        # A valid item is kept as its complete record (defaults filled), which is
+        # what gets encoded: it is not checked a second time on the way to Kafka.
+        requests.append(record if record is not None else item)
     return requests, errors
 
 
@@ -291,6 +298,10 @@ class PendingGauge:
     def site(self, site_id: str) -> int:
         return self._db_by_site.get(site_id, 0) + self._unseen_by_site[site_id] + self._reserved_by_site[site_id]
 
+    def is_fresh(self) -> bool:
+        """True while the figure is less than `refresh_seconds` old (then `fresh()` has nothing to do)."""
+        return self._as_of is not None and self._clock() - self._as_of < self.refresh_seconds
+
     async def fresh(self) -> None:
         """Make sure the figure is at most `refresh_seconds` old (shared single read); QueueUnknown if it cannot be."""
         now = self._clock()
@@ -339,16 +350,20 @@ class PendingGauge:
     # --- admitting -------------------------------------------------------------------------
     def admit(self, requests: Sequence[Mapping[str, Any]], *, limit: int, site_limits: Mapping[str, int]) -> Decision:
         """Check and reserve in one synchronous step (no await between them)."""
-        per_site = Counter(r["site_id"] for r in requests)
+        per_site: dict[str, int] = {}
+        for r in requests:
+            per_site[r["site_id"]] = per_site.get(r["site_id"], 0) + 1
         total = self.total()
         if total + len(requests) > limit:
             return Decision(False, "queue_full", total, limit, None, max(0, limit - total))
-        for site_id, n in sorted(per_site.items()):
+        for site_id, n in (sorted(per_site.items()) if len(per_site) > 1 else per_site.items()):
             site_pending, site_limit = self.site(site_id), site_limits[site_id]
             if site_pending + n > site_limit:
                 return Decision(False, "site_queue_full", site_pending, site_limit, site_id, max(0, site_limit - site_pending))
         self._reserved_total += len(requests)
-        self._reserved_by_site.update(per_site)
+        reserved = self._reserved_by_site
+        for site_id, n in per_site.items():
+            reserved[site_id] += n
         return Decision(True, pending=total, limit=limit)
 
     def settle(self, requests: Sequence[Mapping[str, Any]], *, produced: bool) -> None:
@@ -394,18 +409,90 @@ async def fetch_pending(ids: list[str]) -> PendingSnapshot:
 gauge = PendingGauge(fetch_pending, refresh_seconds=settings.intake_pending_refresh_seconds)
 
 
+@app.task
+async def _warm_up() -> None:
+    """Connect to Postgres and read the pending figure when the worker starts, not
+    during its first submission (which would make every request of a first burst wait)."""
+    loop = type(asyncio.get_running_loop())
+    log.info("intake: warming up (event loop %s.%s)", loop.__module__, loop.__qualname__)
+    try:
+        await deps.ready()
+        await gauge.fresh()
+    except Exception:  # the first submission tries again (and answers 503 if it must)
+        log.warning("intake: warming up failed; the first submission will try again", exc_info=True)
+    # With the collector's defaults (700, 10, 10) a burst of 5,000 requests spent
+    # about a quarter of its CPU in it: every pass walked the requests in flight,
+    # and several full ones the whole heap. The objects of a started worker
+    # (modules, faust, avro, the clients) live as long as the process: frozen, full
+    # collections skip them. Young objects are collected every 20,000 allocations,
+    # and full collections are rare. See also BurstGC below.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
+class BurstGC:
+    """Holds the automatic garbage collector off while a burst of submissions is in flight.
+
+    A young-generation pass walks every object alive at that moment. During a burst
+    that is mostly the thousands of requests being answered, which die a moment
+    later anyway: about a tenth of a 5,000-request burst's CPU went to those walks.
+    So while at least `high` submissions are in flight, automatic collection is off.
+    It comes back as soon as at most `low` are, and after `max_seconds` at the
+    latest; after such a forced return it stays on for `max_seconds`, so sustained
+    overload cannot keep it off (cyclic garbage waits a few seconds at most).
+    Reference counting, which frees almost everything, is never affected.
+    """
+
+    def __init__(self, *, high: int = 1000, low: int = 10, max_seconds: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.high, self.low, self.max_seconds = high, low, max_seconds
+        self._clock = clock
+        self.in_flight = 0
+        self._paused_at: float | None = None
+        self._not_before = float("-inf")
+
+    @property
+    def paused(self) -> bool:
+        return self._paused_at is not None
+
+    def begin(self) -> None:
+        self.in_flight += 1
+        if self._paused_at is None:
+            if self.in_flight >= self.high and gc.isenabled():
+                now = self._clock()
+                if now >= self._not_before:
+                    gc.disable()
+                    self._paused_at = now
+        elif self._clock() - self._paused_at > self.max_seconds:
+            self._resume(forced=True)
+
+    def end(self) -> None:
+        self.in_flight -= 1
+        if self._paused_at is not None:
+            if self.in_flight <= self.low:
+                self._resume(forced=False)
+            elif self._clock() - self._paused_at > self.max_seconds:
+                self._resume(forced=True)
+
+    def _resume(self, *, forced: bool) -> None:
+        gc.enable()
+        self._paused_at = None
+        if forced:
+            self._not_before = self._clock() + self.max_seconds
+
+
+burst_gc = BurstGC()
+
+
 # --------------------------------------------------------------------------- the steps of a submission
 
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, or 413 as soon as it is known to be larger than `limit` bytes."""
-    too_big = IntakeError(
-        413, f"the body is larger than {limit} bytes; send smaller batches",
-        max_body_bytes=limit, max_batch=settings.intake_max_batch,
-    )
     length = request.content_length
     if length is not None and length > limit:
-        raise too_big
+        raise _too_big(limit)
     chunks, size = [], 0
     while True:
         chunk = await request.content.read(65536)
@@ -413,8 +500,17 @@ async def read_body(request: Request, limit: int) -> bytes:
             return b"".join(chunks)
         size += len(chunk)
         if size > limit:
-            raise too_big
+            raise _too_big(limit)
         chunks.append(chunk)
+        if size == length:  # all of it: no need to ask again for the end
+            return chunk if len(chunks) == 1 else b"".join(chunks)
+
+
+def _too_big(limit: int) -> IntakeError:
+    return IntakeError(
+        413, f"the body is larger than {limit} bytes; send smaller batches",
+        max_body_bytes=limit, max_batch=settings.intake_max_batch,
+    )
 
 
 async def registered_sites(requests: list[dict[str, Any]]) -> dict[str, Any]:
@@ -453,16 +549,142 @@ def rejection(decision: Decision) -> IntakeError:
     )
 
 
-async def produce(requests: list[dict[str, Any]], timeout: float) -> None:
-    """Every request to blog.requests, keyed by site; returns once the broker acked them all.
+class RequestProducer:
+    """Produces the intake's records to blog.requests, many submissions per Kafka batch.
 
-    `force=True`: send now, never attached to a stream event (Faust would defer it to the event's ack).
+    Every submission waiting in the same turn of the event loop is written into
+    one record batch per partition (aiokafka's batch API: no per-record future,
+    no waiting for a full batch to drain) and sent at once; each submission's
+    future is set when the broker has acked (acks=all) every batch holding one of
+    its records, or fails if any of them failed or the deadline passed. The
+    partition is the one `Topic.send` would pick (the producer's partitioner on
+    the site id key), so a site's requests still share one partition number.
     """
-    futures = [
-        await requests_topic.send(key=r["site_id"].encode(), value=encode("BlogRequest", r), force=True)
-        for r in requests
-    ]
-    await asyncio.wait_for(asyncio.gather(*futures), timeout=timeout)
+
+    def __init__(self, topic: str, timeout: float, producer: Callable[[], Any] = lambda: app.producer) -> None:
+        self.topic = topic
+        self.timeout = timeout
+        self._faust_producer = producer  # Faust's producer; its aiokafka one does the sending
+        self._queue: list[tuple[list[tuple[bytes, bytes]], asyncio.Future]] = []
+        self._flushing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._partitions: dict[bytes, int] = {}  # key -> partition, for the partition count in `_partition_count`
+        self._partition_count = 0
+
+    def send(self, requests: list[dict[str, Any]]) -> asyncio.Future:
+        """A future that is done once every record of `requests` is acked by the broker."""
+        records = [(r["site_id"].encode(), encode_checked("BlogRequest", r)) for r in requests]
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()  # once: each call costs a getpid() syscall
+        done = loop.create_future()
+        self._queue.append((records, done))
+        if not self._flushing:
+            self._flushing = True
+            loop.call_soon(self._flush)
+        return done
+
+    def _flush(self) -> None:
+        self._flushing = False
+        queue, self._queue = self._queue, []
+        asyncio.ensure_future(self._produce(queue))
+
+    async def _produce(self, queue: list[tuple[list[tuple[bytes, bytes]], asyncio.Future]]) -> None:
+        """Send, then wait for the acks; whatever is not acked by the deadline fails (the caller answers 503).
+
+        A submission always ends with a result or an ordinary exception, never
+        CancelledError, so its handler can answer.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        try:
+            sent = await asyncio.wait_for(self._send_batches(queue), self.timeout)
+            late = [acked for acked, _ in sent]
+            if late:
+                _, late = await asyncio.wait(late, timeout=max(0.0, deadline - loop.time()))
+        except Exception as exc:  # not all sent: every submission not answered yet fails
+            self._fail((done for _, done in queue), exc)
+            return
+        except BaseException:  # the worker is stopping
+            self._fail((done for _, done in queue), ConnectionError("the worker stopped before the broker acked"))
+            raise
+        # Acked batches settle their submissions in `_acked`; those in a batch still unacked fail.
+        timeout = asyncio.TimeoutError(f"the broker did not acknowledge within {self.timeout:g} s")
+        self._fail((done for acked, members in sent if acked in late for done in members), timeout)
+
+    @staticmethod
+    def _fail(submissions: Iterable[asyncio.Future], error: Exception) -> None:
+        for done in submissions:
+            if not done.done():
+                done.set_exception(error)
+
+    async def _send_batches(
+        self, queue: list[tuple[list[tuple[bytes, bytes]], asyncio.Future]]
+    ) -> list[tuple[asyncio.Future, set[asyncio.Future]]]:
+        """One batch per partition (more if one is full), handed to the producer: (its ack, its submissions)."""
+        faust_producer = self._faust_producer()
+        producer = faust_producer._ensure_producer()  # the worker's aiokafka producer (acks=all)
+        await producer.client._wait_on_metadata(self.topic)
+        count = len(producer.client.cluster.partitions_for_topic(self.topic) or ())
+        if count != self._partition_count:  # the partitioner's answers depend on it
+            self._partitions, self._partition_count = {}, count
+        partitions = self._partitions
+        waiting: dict[asyncio.Future, int] = {}  # submission -> batches not acked yet
+        by_partition: dict[int, list[tuple[bytes, bytes, asyncio.Future]]] = {}
+        for records, done in queue:
+            for key, value in records:
+                partition = partitions.get(key)
+                if partition is None:
+                    partition = partitions[key] = faust_producer.key_partition(self.topic, key).partition
+                by_partition.setdefault(partition, []).append((key, value, done))
+        sends = []
+        for partition, records in by_partition.items():
+            batch, members = producer.create_batch(), set()
+            for key, value, done in records:
+                if batch.append(timestamp=None, key=key, value=value, headers=[]) is None:
+                    if not members:
+                        raise ValueError(f"a record of {len(value)} bytes does not fit in a Kafka batch")
+                    sends.append((partition, batch, members))
+                    batch, members = producer.create_batch(), set()
+                    if batch.append(timestamp=None, key=key, value=value, headers=[]) is None:
+                        raise ValueError(f"a record of {len(value)} bytes does not fit in a Kafka batch")
+                members.add(done)
+            sends.append((partition, batch, members))
+        for _, _, members in sends:
+            for done in members:
+                waiting[done] = waiting.get(done, 0) + 1
+        acks = []
+        for partition, batch, members in sends:
+            batch.close()
+            acked = await producer.send_batch(batch, self.topic, partition=partition)
+            acked.add_done_callback(lambda f, members=members: self._acked(f, members, waiting))
+            acks.append((acked, members))
+        return acks
+
+    @staticmethod
+    def _acked(acked: asyncio.Future, members: set[asyncio.Future], waiting: dict[asyncio.Future, int]) -> None:
+        error = acked.exception() if not acked.cancelled() else ConnectionError("the send was cancelled")
+        for done in members:
+            if done.done():
+                continue
+            if error is not None:
+                done.set_exception(error)
+                continue
+            waiting[done] -= 1
+            if waiting[done] == 0:
+                done.set_result(None)
+
+
+_producer: RequestProducer | None = None
+
+
+async def produce(requests: list[dict[str, Any]], timeout: float) -> None:
+    """Every request (complete records from `check_items`) to blog.requests, keyed by site;
+    returns once the broker acked them all, raises if it did not within `timeout`."""
+    global _producer
+    if _producer is None or _producer.timeout != timeout:
+        _producer = RequestProducer(requests_topic.get_topic_name(), timeout)
+    await _producer.send(requests)
 
 
 async def submit(raw: bytes) -> tuple[list[dict[str, Any]], bool]:
@@ -473,10 +695,11 @@ async def submit(raw: bytes) -> tuple[list[dict[str, Any]], bool]:
     needs the CPU to make room. (So while the queue is full, bad input gets 429
     too, and its 4xx when it is sent again.)
     """
-    try:
-        await gauge.fresh()
-    except QueueUnknown:
-        raise _unavailable("the number of pending requests could not be read (is Postgres up?)") from None
+    if not gauge.is_fresh():
+        try:
+            await gauge.fresh()
+        except QueueUnknown:
+            raise _unavailable("the number of pending requests could not be read (is Postgres up?)") from None
     if (pending := gauge.total()) >= settings.queue_size_limit:
         raise rejection(Decision(False, "queue_full", pending, settings.queue_size_limit))
     items, batch = parse_body(raw, max_batch=settings.intake_max_batch)
@@ -522,25 +745,52 @@ class _IntakeView(View):
         )
 
 
-@app.page("/api/blogs")
-class Blogs(_IntakeView):
-    async def post(self, request: Request) -> Response:
-        if (denied := self.unauthorized(request)) is not None:
-            return denied
-        try:
-            raw = await read_body(request, settings.intake_max_body_bytes)
-            requests, batch = await submit(raw)
-        except IntakeError as exc:
-            if exc.status == 429:
-                await asyncio.sleep(REFUSAL_PAUSE_SECONDS)
-            return self.failure(exc)
-        ids = [r["request_id"] for r in requests]
-        body: dict[str, Any] = {"accepted": len(ids), "request_ids": ids}
-        headers = {}
-        if not batch:
-            body["request_id"] = ids[0]
-            headers["Location"] = f"/api/blogs/{ids[0]}"
-        return self.answer(body, 202, headers)
+_JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8", **_SECURITY_HEADERS}
+_UNAUTHORIZED = {"error": "missing or wrong intake token: send the header Authorization: Bearer <token>"}
+
+
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _json_response(body: Any, status: int, headers: Mapping[str, str] | None = None) -> web.Response:
+    """The same answer as `View.json` (`_IntakeView.answer`), built without Faust's view layer."""
+    return web.Response(
+        body=_compact_json(body).encode(), status=status,
+        headers={**_JSON_HEADERS, **headers} if headers else _JSON_HEADERS,
+    )
+
+
+async def post_blogs(request: web.Request) -> web.Response:
+    """POST /api/blogs: one request or a batch; 202 once the broker acked every record.
+
+    A plain aiohttp handler rather than a Faust `View`: this is the one path that
+    takes thousands of requests per second, and Faust's view dispatch and web
+    sensors (a Prometheus histogram and counter per request) were about a tenth
+    of its CPU. The intake's own answer is the same.
+    """
+    if not bearer_ok(request.headers.get("Authorization"), settings.intake_token):
+        return _json_response(_UNAUTHORIZED, 401, {"WWW-Authenticate": 'Bearer realm="blogstream"'})
+    burst_gc.begin()
+    try:
+        raw = await read_body(request, settings.intake_max_body_bytes)
+        requests, batch = await submit(raw)
+    except IntakeError as exc:
+        burst_gc.end()
+        if exc.status == 429:
+            await asyncio.sleep(REFUSAL_PAUSE_SECONDS)
+        return _json_response(exc.body(), exc.status, exc.headers)
+    except BaseException:
+        burst_gc.end()
+        raise
+    burst_gc.end()
+    ids = [r["request_id"] for r in requests]
+    if batch:
+        return _json_response({"accepted": len(ids), "request_ids": ids}, 202)
+    return _json_response({"accepted": 1, "request_ids": ids, "request_id": ids[0]}, 202,
+                          {"Location": f"/api/blogs/{ids[0]}"})
+
+
+app.web.web_app.router.add_post("/api/blogs", post_blogs)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -651,4 +901,3 @@ class IntakeState(_IntakeView):
                 "auth": bool(settings.intake_token),
             }
         )
-

@@ -321,59 +321,201 @@ def _conform(schema: avro.schema.Schema, value: Any, path: str, errors: list[Fie
 
     Stricter than avro's own validation where Python is loose: bool is not an int,
     and unknown keys are errors (they are typos that would be dropped silently).
+    The check is compiled once per schema into nested closures (`_conformer`):
+    walking the avro schema objects for every value was most of its cost.
     """
+    return _conformer(schema)(value, path, errors)
+
+
+_Conform = Callable[[Any, str, list[FieldError]], Any]
+_CONFORMERS: dict[int, tuple[avro.schema.Schema, _Conform]] = {}
+_PRIMITIVE_OK: dict[str, Callable[[Any], bool]] = {
+    "null": lambda v: v is None,
+    "boolean": lambda v: isinstance(v, bool),
+    "string": lambda v: isinstance(v, str),
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool) and _in_range("int", v),
+    "long": lambda v: isinstance(v, int) and not isinstance(v, bool) and _in_range("long", v),
+}
+_IMMUTABLE = (type(None), bool, int, float, str, bytes)
+
+
+def _conformer(schema: avro.schema.Schema) -> _Conform:
+    """The compiled `_conform` for one schema object (cached; the schema is kept alive with it)."""
+    known = _CONFORMERS.get(id(schema))
+    if known is not None and known[0] is schema:
+        return known[1]
+    if isinstance(schema, avro.schema.RecordSchema):
+        return _record_conformer(schema)  # registers itself first: named types may nest
     if isinstance(schema, avro.schema.UnionSchema):
-        if value is None and any(branch.type == "null" for branch in schema.schemas):
-            return None
+        nullable = any(branch.type == "null" for branch in schema.schemas)
         others = [branch for branch in schema.schemas if branch.type != "null"]
         if len(others) == 1:  # ["null", X]: report X's own, more precise errors
-            return _conform(others[0], value, path, errors)
-        for branch in others:
-            attempt: list[FieldError] = []
-            conformed = _conform(branch, value, path, attempt)
-            if not attempt:
-                return conformed
-        errors.append(FieldError(path, "must be " + " or ".join(_describe(b) for b in schema.schemas)))
-        return value
-    if isinstance(schema, avro.schema.RecordSchema):
+            inner = _conformer(others[0])
+
+            def conform(value: Any, path: str, errors: list[FieldError]) -> Any:
+                if value is None and nullable:
+                    return None
+                return inner(value, path, errors)
+        else:
+            inners = [_conformer(branch) for branch in others]
+            message = "must be " + " or ".join(_describe(b) for b in schema.schemas)
+
+            def conform(value: Any, path: str, errors: list[FieldError]) -> Any:
+                if value is None and nullable:
+                    return None
+                for branch in inners:
+                    attempt: list[FieldError] = []
+                    conformed = branch(value, path, attempt)
+                    if not attempt:
+                        return conformed
+                errors.append(FieldError(path, message))
+                return value
+    elif isinstance(schema, avro.schema.ArraySchema):
+        item = _conformer(schema.items)
+
+        def conform(value: Any, path: str, errors: list[FieldError]) -> Any:
+            if not isinstance(value, (list, tuple)):
+                errors.append(FieldError(path, "must be a list"))
+                return value
+            return [item(element, f"{path}[{i}]", errors) for i, element in enumerate(value)]
+    elif isinstance(schema, avro.schema.EnumSchema):
+        symbols, message = tuple(schema.symbols), "must be " + _describe(schema)
+
+        def conform(value: Any, path: str, errors: list[FieldError]) -> Any:
+            if value not in symbols:
+                errors.append(FieldError(path, message))
+            return value
+    else:
+        ok, type_ = _PRIMITIVE_OK.get(schema.type), schema.type
+        message = "must be " + _describe(schema)
+
+        def conform(value: Any, path: str, errors: list[FieldError]) -> Any:
+            if ok is None:
+                raise TypeError(f"the contract does not use Avro {type_} yet")  # extend _conformer first
+            if not ok(value):
+                errors.append(FieldError(path, message))
+            return value
+    _CONFORMERS[id(schema)] = (schema, conform)
+    return conform
+
+
+def _record_conformer(schema: avro.schema.RecordSchema) -> _Conform:
+    name = schema.name
+    fields: list[tuple[str, _Conform, bool, Any]] = []
+    known = frozenset(field.name for field in schema.fields)
+
+    def conform(value: Any, path: str, errors: list[FieldError]) -> Any:
         if not isinstance(value, dict):
             errors.append(FieldError(path, "must be an object"))
             return value
         prefix = f"{path}." if path else ""
-        known = {field.name for field in schema.fields}
         for key in value:
             if key not in known:
-                errors.append(FieldError(f"{prefix}{key}", f"is not a field of {schema.name}"))
+                errors.append(FieldError(f"{prefix}{key}", f"is not a field of {name}"))
         record: dict[str, Any] = {}
-        for field in schema.fields:
-            if field.name in value:
-                record[field.name] = _conform(field.type, value[field.name], prefix + field.name, errors)
-            elif field.has_default:
-                record[field.name] = copy.deepcopy(field.default)
+        for field_name, check, has_default, default in fields:
+            if field_name in value:
+                record[field_name] = check(value[field_name], prefix + field_name, errors)
+            elif has_default:
+                record[field_name] = default if isinstance(default, _IMMUTABLE) else copy.deepcopy(default)
             else:
-                errors.append(FieldError(prefix + field.name, "is required"))
+                errors.append(FieldError(prefix + field_name, "is required"))
         return record
-    if isinstance(schema, avro.schema.ArraySchema):
-        if not isinstance(value, (list, tuple)):
-            errors.append(FieldError(path, "must be a list"))
-            return value
-        return [_conform(schema.items, item, f"{path}[{i}]", errors) for i, item in enumerate(value)]
-    if isinstance(schema, avro.schema.EnumSchema):
-        if value not in schema.symbols:
-            errors.append(FieldError(path, "must be " + _describe(schema)))
-        return value
-    ok = {
-        "null": lambda v: v is None,
-        "boolean": lambda v: isinstance(v, bool),
-        "string": lambda v: isinstance(v, str),
-        "int": lambda v: isinstance(v, int) and not isinstance(v, bool) and _in_range("int", v),
-        "long": lambda v: isinstance(v, int) and not isinstance(v, bool) and _in_range("long", v),
-    }.get(schema.type)
-    if ok is None:
-        raise TypeError(f"the contract does not use Avro {schema.type} yet")  # extend _conform first
-    if not ok(value):
-        errors.append(FieldError(path, "must be " + _describe(schema)))
-    return value
+
+    _CONFORMERS[id(schema)] = (schema, conform)
+    for field in schema.fields:
+        fields.append((field.name, _conformer(field.type), field.has_default,
+                       field.default if field.has_default else None))
+    return conform
+
+
+# --------------------------------------------------------------------------- writing Avro binary
+
+_Write = Callable[[Any, bytearray], None]
+_WRITERS: dict[int, tuple[avro.schema.Schema, _Write]] = {}
+
+
+def _write_long(n: int, out: bytearray) -> None:
+    """Avro int/long: zig-zag, then 7 bits per byte, low bits first."""
+    n = (n << 1) ^ (n >> 63)
+    while n & ~0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+
+
+def _write_string(value: str, out: bytearray) -> None:
+    data = value.encode("utf-8")
+    _write_long(len(data), out)
+    out += data
+
+
+def _writer(schema: avro.schema.Schema) -> _Write:
+    """Avro binary for a value already conformed to `schema`: the same bytes as avro's DatumWriter.
+
+    Compiled once per schema; it does not check anything (that is `_conform`'s job),
+    so it must only see conformed values.
+    """
+    known = _WRITERS.get(id(schema))
+    if known is not None and known[0] is schema:
+        return known[1]
+    if isinstance(schema, avro.schema.RecordSchema):
+        fields: list[tuple[str, _Write]] = []
+
+        def write(value: Any, out: bytearray) -> None:
+            for field_name, write_field in fields:
+                write_field(value.get(field_name), out)
+
+        _WRITERS[id(schema)] = (schema, write)  # before the fields: named types may nest
+        fields.extend((field.name, _writer(field.type)) for field in schema.fields)
+        return write
+    if isinstance(schema, avro.schema.UnionSchema):
+        branches = schema.schemas
+        if len(branches) == 2 and branches[0].type == "null":
+            other = _writer(branches[1])
+
+            def write(value: Any, out: bytearray) -> None:
+                if value is None:
+                    out.append(0)  # branch 0
+                else:
+                    out.append(2)  # branch 1, zig-zag
+                    other(value, out)
+        else:
+            writers = [_writer(branch) for branch in branches]
+
+            def write(value: Any, out: bytearray) -> None:
+                # like avro: the last branch the value validates against
+                index = max(i for i, branch in enumerate(branches) if avro.io.validate(branch, value))
+                _write_long(index, out)
+                writers[index](value, out)
+    elif isinstance(schema, avro.schema.ArraySchema):
+        item = _writer(schema.items)
+
+        def write(value: Any, out: bytearray) -> None:
+            if value:
+                _write_long(len(value), out)
+                for element in value:
+                    item(element, out)
+            out.append(0)  # end of blocks
+    elif isinstance(schema, avro.schema.EnumSchema):
+        index_of = {symbol: i for i, symbol in enumerate(schema.symbols)}
+
+        def write(value: Any, out: bytearray) -> None:
+            _write_long(index_of[value], out)
+    elif schema.type == "string":
+        write = _write_string
+    elif schema.type in ("int", "long"):
+        write = _write_long
+    elif schema.type == "boolean":
+        def write(value: Any, out: bytearray) -> None:
+            out.append(1 if value else 0)
+    elif schema.type == "null":
+        def write(value: Any, out: bytearray) -> None:
+            pass
+    else:
+        raise TypeError(f"the contract does not use Avro {schema.type} yet")  # extend _writer first
+    _WRITERS[id(schema)] = (schema, write)
+    return write
 
 
 def _in_range(type_: str, value: int) -> bool:
@@ -407,7 +549,8 @@ def _ids(value: Any) -> dict[str, str | None]:
 def encode(record_name: str, value: dict[str, Any]) -> bytes:
     """`value` as single-object Avro with the current schema; missing fields with defaults are filled.
 
-    Checks the shape only; a BlogRequest also needs `validate_request` (the intake does both).
+    Checks the shape only; a BlogRequest also needs `validate_request` (the intake does both,
+    in one pass: `check_request`, then `encode_checked`).
     """
     contract = _contract()
     schema = contract.reader(record_name)
@@ -415,10 +558,24 @@ def encode(record_name: str, value: dict[str, Any]) -> bytes:
     record = _conform(schema, value, "", errors)
     if errors:
         raise RecordError(_summary(f"invalid {record_name}", errors), errors=errors, **_ids(value))
-    buffer = io.BytesIO()
-    buffer.write(MARKER + contract.current[record_name])
-    avro.io.DatumWriter(schema).write(record, avro.io.BinaryEncoder(buffer))
-    return buffer.getvalue()
+    return _encode_conformed(contract, record_name, schema, record)
+
+
+def encode_checked(record_name: str, record: dict[str, Any]) -> bytes:
+    """Like `encode`, for a record that `check_request` (or `_conform`) just returned without errors.
+
+    Nothing is checked again (the intake validated it a moment before); a record
+    built any other way must go through `encode`.
+    """
+    contract = _contract()
+    return _encode_conformed(contract, record_name, contract.reader(record_name), record)
+
+
+def _encode_conformed(contract: _Contract, record_name: str, schema: avro.schema.RecordSchema, record: Any) -> bytes:
+    out = bytearray(MARKER)
+    out += contract.current[record_name]
+    _writer(schema)(record, out)
+    return bytes(out)
 
 
 def decode(record_name: str, data: bytes) -> dict[str, Any]:
@@ -527,12 +684,24 @@ def _request_from_json(data: Any) -> dict[str, Any]:
 
 def validate_request(value: dict[str, Any]) -> list[FieldError]:
     """Everything wrong with a BlogRequest dict: shape (types, required, unknown fields), then limits."""
+    return check_request(value)[1]
+
+
+def check_request(value: dict[str, Any]) -> tuple[dict[str, Any] | None, list[FieldError]]:
+    """(the complete BlogRequest with defaults filled, or None; everything wrong with it).
+
+    The record is returned only when there is no error; it can then go to
+    `encode_checked("BlogRequest", record)` without being checked again.
+    """
     errors: list[FieldError] = []
     request = _conform(_contract().reader("BlogRequest"), value, "", errors)
     if not isinstance(request, dict):
-        return errors
+        return None, errors
+    if not errors:
+        errors = _request_semantics(request)
+        return (None if errors else request), errors
     broken = {re.split(r"[.\[]", error.field, maxsplit=1)[0] for error in errors}
-    return errors + _request_semantics({k: v for k, v in request.items() if k not in broken})
+    return None, errors + _request_semantics({k: v for k, v in request.items() if k not in broken})
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -548,22 +717,24 @@ def _text(value: str, max_len: int) -> str | None:
     return None
 
 
+_REQUEST_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "request_id": lambda v: None if _ID.fullmatch(v) else "must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+    "site_id": lambda v: None if _ID.fullmatch(v) else "must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+    "topic": lambda v: _text(v, 300),
+    "keywords": lambda v: "must have at most 20 keywords" if len(v) > 20 else None,
+    "language": lambda v: None if _LANGUAGE.fullmatch(v) else "must be a language tag like en or en-US",
+    "tone": lambda v: _text(v, 40),
+    "target_words": lambda v: None if 100 <= v <= 5000 else "must be between 100 and 5000",
+    "audience": lambda v: None if v is None or (len(v) <= 200 and not _CONTROL.search(v))
+    else "must be at most 200 characters, without control characters",
+    "requested_at": lambda v: None if v > 0 else "must be a positive time in ms since the epoch",
+}
+
+
 def _request_semantics(request: dict[str, Any]) -> list[FieldError]:
     """Limits on a well-shaped request; fields that are absent are skipped."""
-    checks: dict[str, Callable[[Any], str | None]] = {
-        "request_id": lambda v: None if _ID.fullmatch(v) else "must be 1-128 characters of A-Z a-z 0-9 . _ : -",
-        "site_id": lambda v: None if _ID.fullmatch(v) else "must be 1-128 characters of A-Z a-z 0-9 . _ : -",
-        "topic": lambda v: _text(v, 300),
-        "keywords": lambda v: "must have at most 20 keywords" if len(v) > 20 else None,
-        "language": lambda v: None if _LANGUAGE.fullmatch(v) else "must be a language tag like en or en-US",
-        "tone": lambda v: _text(v, 40),
-        "target_words": lambda v: None if 100 <= v <= 5000 else "must be between 100 and 5000",
-        "audience": lambda v: None if v is None or (len(v) <= 200 and not _CONTROL.search(v))
-        else "must be at most 200 characters, without control characters",
-        "requested_at": lambda v: None if v > 0 else "must be a positive time in ms since the epoch",
-    }
     errors = []
-    for name, check in checks.items():
+    for name, check in _REQUEST_CHECKS.items():
         if name not in request:
             continue
         message = check(request[name])

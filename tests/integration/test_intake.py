@@ -189,6 +189,9 @@ async def test_over_the_limits_429_then_accepted_again(workers, api, sim, outcom
 async def test_submit_command_waits_for_room_and_loses_nothing(workers, api, sim, outcomes, tmp_path):
     site = site_name("cli")
     await outcomes.add_sites([site])
+    # Articles take 2-3 s (x latency_scale 0.05), so the queue is still full when the command
+    # comes back after a refusal: with faster ones it sometimes always found room and never waited.
+    sim.configure({"openai": {"latency": [40, 60]}})
     lines = [workers.request(site, n) for n in range(4 * QUEUE_LIMIT)]
     path = tmp_path / "requests.jsonl"
     path.write_text("\n".join(json.dumps({k: v for k, v in r.items() if k != "requested_at"}) for r in lines)

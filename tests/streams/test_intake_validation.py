@@ -2,16 +2,22 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+from types import SimpleNamespace
 
 import pytest
 
+from streams import records
+
 from streams.intake import (
+    BurstGC,
     Decision,
     IntakeError,
     PendingGauge,
     PendingSnapshot,
     QueueUnknown,
+    RequestProducer,
     bearer_ok,
     check_items,
     invalid,
@@ -99,6 +105,15 @@ def test_defaults_are_filled_and_ids_generated():
     assert errors == []
     (request,) = requests
     assert len(request["request_id"]) == 32 and request["requested_at"] == 1234
+
+
+def test_valid_items_come_back_as_complete_records_ready_to_encode():
+    requests, errors = check_items([good(1), good(2, keywords=["a"], audience="cooks")], batch=True, now_ms=5)
+    assert errors == []
+    for request in requests:  # defaults filled, checked once: encoded as is, the same bytes as encode()
+        assert set(request) == {"request_id", "site_id", "topic", "keywords", "language", "tone", "target_words",
+                                "requested_at", "audience"}
+        assert records.encode_checked("BlogRequest", request) == records.encode("BlogRequest", request)
 
 
 def test_every_problem_names_item_and_field():
@@ -345,3 +360,170 @@ async def test_database_down_keeps_the_last_figure_for_a_while_then_refuses(gaug
     clock.now += 1
     await gauge.fresh()
     assert gauge.total() == 4
+
+
+# --------------------------------------------------------------------------- producing
+
+
+class FakeBatch:
+    def __init__(self, capacity: int) -> None:
+        self.records: list[tuple[bytes, bytes]] = []
+        self.capacity = capacity
+        self.closed = False
+
+    def append(self, *, timestamp, key, value, headers):
+        if self.closed or len(self.records) >= self.capacity:
+            return None
+        self.records.append((key, value))
+        return object()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeKafka:
+    """The aiokafka producer's batch API: every sent batch waits for the test to ack it."""
+
+    def __init__(self, capacity: int = 1000, partitions: int = 4) -> None:
+        self.capacity = capacity
+        self.sent: list[tuple[int, FakeBatch, asyncio.Future]] = []
+        self.partitions_asked = 0
+
+        async def wait_on_metadata(topic):
+            return None
+
+        self.client = SimpleNamespace(
+            _wait_on_metadata=wait_on_metadata,
+            cluster=SimpleNamespace(partitions_for_topic=lambda topic: set(range(partitions))),
+        )
+
+    def create_batch(self) -> FakeBatch:
+        return FakeBatch(self.capacity)
+
+    async def send_batch(self, batch, topic, *, partition):
+        acked = asyncio.get_running_loop().create_future()
+        self.sent.append((partition, batch, acked))
+        return acked
+
+    # Faust's producer: the test's partitioner is the key's last character
+    def _ensure_producer(self):
+        return self
+
+    def key_partition(self, topic, key):
+        self.partitions_asked += 1
+        return SimpleNamespace(partition=int(key[-1:]) % 4)
+
+
+def submission(*pairs: tuple[str, str]) -> list[dict]:
+    requests, errors = check_items([good(0, request_id=r, site_id=s) for r, s in pairs], batch=True)
+    assert errors == []
+    return requests
+
+
+async def settle_loop() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_submissions_of_one_loop_turn_share_one_batch_per_partition_and_wait_for_its_ack():
+    kafka = FakeKafka()
+    producer = RequestProducer("blog.requests", timeout=5, producer=lambda: kafka)
+    first = producer.send(submission(("a", "site-1"), ("b", "site-2")))
+    second = producer.send(submission(("c", "site-1")))
+    await settle_loop()
+    assert sorted(p for p, _, _ in kafka.sent) == [1, 2]  # one batch per partition, both submissions in them
+    batches = {p: batch for p, batch, _ in kafka.sent}
+    assert [records.decode("BlogRequest", v)["request_id"] for _, v in batches[1].records] == ["a", "c"]
+    assert batches[1].records[0][0] == b"site-1" and all(b.closed for b in batches.values())
+    acks = {p: acked for p, _, acked in kafka.sent}
+    acks[1].set_result(None)
+    await settle_loop()
+    assert second.done() and not first.done()  # "a" is acked, but "b" (partition 2) is not yet
+    acks[2].set_result(None)
+    await settle_loop()
+    assert first.done() and first.exception() is None
+
+
+async def test_a_failed_batch_fails_only_the_submissions_in_it():
+    kafka = FakeKafka()
+    producer = RequestProducer("blog.requests", timeout=5, producer=lambda: kafka)
+    ok = producer.send(submission(("a", "site-1")))
+    failed = producer.send(submission(("b", "site-2"), ("c", "site-1")))
+    await settle_loop()
+    for partition, _, acked in kafka.sent:
+        if partition == 2:
+            acked.set_exception(ConnectionError("broker gone"))
+        else:
+            acked.set_result(None)
+    await settle_loop()
+    assert ok.exception() is None
+    assert isinstance(failed.exception(), ConnectionError)
+
+
+async def test_full_batches_are_split_and_the_partitioner_is_asked_once_per_key():
+    kafka = FakeKafka(capacity=2)
+    producer = RequestProducer("blog.requests", timeout=5, producer=lambda: kafka)
+    done = producer.send(submission(*((f"r{i}", "site-1") for i in range(5))))
+    await settle_loop()
+    assert [len(batch.records) for _, batch, _ in kafka.sent] == [2, 2, 1]
+    assert kafka.partitions_asked == 1
+    for _, _, acked in kafka.sent[:2]:
+        acked.set_result(None)
+    await settle_loop()
+    assert not done.done()  # its last record is not acked yet
+    kafka.sent[2][2].set_result(None)
+    await settle_loop()
+    assert done.done() and done.exception() is None
+
+
+async def test_no_ack_in_time_fails_the_submissions():
+    kafka = FakeKafka()
+    producer = RequestProducer("blog.requests", timeout=0.05, producer=lambda: kafka)
+    done = producer.send(submission(("a", "site-1")))
+    with pytest.raises(asyncio.TimeoutError):
+        await done
+
+
+# --------------------------------------------------------------------------- garbage collection in a burst
+
+
+def test_burst_gc_holds_the_collector_off_only_while_a_burst_is_in_flight(clock):
+    assert gc.isenabled()
+    burst = BurstGC(high=3, low=1, max_seconds=2.0, clock=clock)
+    try:
+        burst.begin(), burst.begin()
+        assert gc.isenabled()
+        burst.begin()  # 3 in flight
+        assert not gc.isenabled() and burst.paused
+        burst.end()
+        assert not gc.isenabled()  # 2 left
+        burst.end()  # 1 left: the burst is over
+        assert gc.isenabled() and not burst.paused
+        burst.end()
+        # a burst that lasts too long gets the collector back, and keeps it for a while
+        for _ in range(3):
+            burst.begin()
+        assert not gc.isenabled()
+        clock.now += 2.5
+        burst.begin()
+        assert gc.isenabled()
+        for _ in range(10):
+            burst.begin()
+        assert gc.isenabled()
+        clock.now += 2.5
+        burst.begin()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+async def test_only_submissions_in_an_unacked_batch_time_out():
+    kafka = FakeKafka()
+    producer = RequestProducer("blog.requests", timeout=0.1, producer=lambda: kafka)
+    acked = producer.send(submission(("a", "site-1")))
+    late = producer.send(submission(("b", "site-2")))
+    await settle_loop()
+    next(ack for partition, _, ack in kafka.sent if partition == 1).set_result(None)
+    with pytest.raises(asyncio.TimeoutError):
+        await late
+    assert acked.done() and acked.exception() is None

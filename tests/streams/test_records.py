@@ -181,6 +181,43 @@ def test_round_trip(name: str) -> None:
     assert records.decode(name, data) == SAMPLES[name]
 
 
+def avro_package_bytes(name: str, value: dict[str, Any]) -> bytes:
+    """What the avro package itself writes for a conformed value (the reference for our writer)."""
+    errors: list[FieldError] = []
+    schema = records._contract().reader(name)
+    conformed = records._conform(schema, value, "", errors)
+    assert errors == []
+    body = io.BytesIO()
+    avro.io.DatumWriter(schema).write(conformed, avro.io.BinaryEncoder(body))
+    return b"\xc3\x01" + records.fingerprint(name) + body.getvalue()
+
+
+WRITER_CASES = [
+    ("BlogRequest", request()),
+    ("BlogRequest", request(keywords=[], audience=None, target_words=5000, requested_at=2**62 + 12345)),
+    ("BlogRequest", request(topic="Ünïcödé ✓ 日本語 " * 10, keywords=["é"] * 20, request_id="x" * 128)),
+    ("BlogRequest", {"request_id": "r", "site_id": "s", "topic": "t", "requested_at": 1}),
+    ("BlogResult", SAMPLES["BlogResult"] | {"usage": None, "attempts": -(2**31), "error": "e" * 3000}),
+    *((name, sample) for name, sample in SAMPLES.items()),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), WRITER_CASES)
+def test_our_avro_writer_writes_what_the_avro_package_writes(name: str, value: dict[str, Any]) -> None:
+    assert records.encode(name, value) == avro_package_bytes(name, value)
+
+
+def test_check_request_then_encode_checked_equals_encode() -> None:
+    minimal = {"request_id": "r-1", "site_id": "s", "topic": "t", "requested_at": NOW}
+    record, errors = records.check_request(minimal)
+    assert errors == [] and record == records.decode("BlogRequest", records.encode("BlogRequest", minimal))
+    assert records.encode_checked("BlogRequest", record) == records.encode("BlogRequest", minimal)
+    # a bad request gives no record, only the problems (the same validate_request reports)
+    bad = minimal | {"target_words": 10, "colour": "red"}
+    record, errors = records.check_request(bad)
+    assert record is None and errors == records.validate_request(bad) and len(errors) == 2
+
+
 def test_encode_fills_defaults() -> None:
     minimal = {"request_id": "r", "site_id": "s", "topic": "t", "requested_at": NOW}
     assert records.decode("BlogRequest", records.encode("BlogRequest", minimal)) == minimal | {
