@@ -510,6 +510,39 @@ class Database:
         )
         return [r["id"] for r in records]
 
+    async def reopen_failed(self, request_id: str) -> tuple[dict[str, Any], str | None] | None:
+        """FAILED -> PENDING for a retry: returns (the stored request, the error it had).
+
+        The row goes back to stage `requested`, so the sink's forward-only rule
+        lets the retry's events move it on again. None: the row is not FAILED,
+        or holds no request to send again (it never was a valid request).
+        """
+        record = await self.pool.fetchrow(
+            """
+            UPDATE blog_generations g
+               SET status = 'PENDING', stage = 'requested', stage_rank = 0, error = NULL,
+                   finished_at = NULL, updated_at = now()
+              FROM (SELECT id, error FROM blog_generations
+                     WHERE id = $1 AND status = 'FAILED' AND request IS NOT NULL FOR UPDATE) old
+             WHERE g.id = old.id
+            RETURNING g.request, old.error
+            """,
+            request_id,
+        )
+        return None if record is None else (record["request"], record["error"])
+
+    async def restore_failed(self, request_id: str, error: str | None) -> None:
+        """Undo `reopen_failed` when the retry could not be sent (the row is FAILED again)."""
+        await self.pool.execute(
+            """
+            UPDATE blog_generations
+               SET status = 'FAILED', stage = 'failed', stage_rank = 3, error = $2,
+                   finished_at = now(), updated_at = now()
+             WHERE id = $1 AND status = 'PENDING' AND stage = 'requested'
+            """,
+            request_id, error,
+        )
+
     async def list_sites(self) -> list[Site]:
         records = await self.pool.fetch(f"SELECT {_SITE_COLUMNS} FROM sites ORDER BY site_id")
         return [_site(r) for r in records]

@@ -17,6 +17,7 @@ import time
 
 from aiokafka.partitioner import DefaultPartitioner
 
+from stack.bench_limiter import window_counts
 from stack.harness import ROOT, Outcomes, Pipeline, Simulators
 
 WINDOW = 20.0
@@ -81,7 +82,7 @@ async def run(big_n: int, small_n: int, workers: int) -> dict:
         rows = await outcomes.wait_final(ids, timeout=600, workers=pipeline.workers)
         done_at = time.time()
         # Keep measuring the backlog a little after the small sites are served.
-        await asyncio.sleep(10)
+        await asyncio.sleep(20)
         end = time.time()
         events = [e for e in sim.events("openai", since=big_at)]
         ledger = sim.ledger()
@@ -113,14 +114,20 @@ async def run(big_n: int, small_n: int, workers: int) -> dict:
                 counts[e[1]] += 1
         slices.append(jain(list(counts.values())))
         t += SLICE
-    measured = [e for e in events if big_at + 1 <= e[0] <= end]
-    utilization = len(measured) / ((end - big_at - 1) * rate)
+    # As in the limiter benchmark: the mean over every instant t from one window
+    # after A's first OpenAI call (the backlog waits from then on, and a paced
+    # budget fills its window over one window) to the end, of the calls in
+    # (t - W, t] divided by the limit.
+    first_call = min((e[0] for e in events if e[1] == BIG), default=big_at)
+    counts = window_counts([e[0] for e in events], WINDOW, first_call + WINDOW, end)
+    utilization = sum(counts) / len(counts) / OPENAI_PER_WINDOW if counts else 0.0
     return {
         "workers": workers, "big": big_n, "small_sites": len(smalls), "small_each": small_n,
         "limit": f"OpenAI {OPENAI_PER_WINDOW} requests / {WINDOW:.0f} s window (grace {GRACE} s)",
         "base_latency": base_latency, "per_site": per_site,
         "jain_min": min(slices) if slices else None, "jain_mean": statistics.mean(slices) if slices else None,
         "jain_slices": len(slices), "utilization": utilization, "utilization_cap": effective / rate,
+        "first_call_after": first_call - big_at,
         "rejected_429": ledger["openai"]["rejected_429"],
         "max_in_window": ledger["openai"]["max_requests_in_window"], "small_done_after": done_at - small_at,
     }
@@ -151,7 +158,9 @@ def report(r: dict) -> str:
         "| figure | value | target |",
         "|---|---|---|",
         f"| Jain's index per {SLICE:.0f} s slice while all backlogged (min / mean over {r['jain_slices']} slices) | {jm} / {ja} | >= 0.95 |",
-        f"| utilization of the binding limit (admitted / limit rate) | {100 * r['utilization']:.1f}% | >= 97% |",
+        f"| utilization of the binding limit (mean of OpenAI calls in the last window / limit, from one window after "
+        f"A's first call ({r['first_call_after']:.1f} s after its backlog was submitted) to the end) "
+        f"| {100 * r['utilization']:.1f}% | >= 97% |",
         f"| utilization cap of the safety rule W/(W+grace) | {100 * r['utilization_cap']:.1f}% | |",
         f"| 429s sent by the OpenAI simulator | {r['rejected_429']} | 0 |",
         f"| most OpenAI requests in any window | {r['max_in_window']} | <= {OPENAI_PER_WINDOW} |",

@@ -28,13 +28,9 @@ import httpx
 
 from stack.harness import STACK_DIR, Outcomes, Pipeline, Simulators, Worker, free_port
 
-# Faust settings the workers read from the environment:
-# - a 10 s session timeout (default 60 s), so the group notices a killed worker
-#   and moves the limiter within seconds;
-# - at most 50 records per poll (default: everything buffered), so a batch of
-#   stage events does not keep the limiter's asks and answers waiting behind it
-#   (halved the permit latency p99 in our runs).
-WORKER_ENV = {"BROKER_SESSION_TIMEOUT": "10", "BROKER_HEARTBEAT_INTERVAL": "1", "BROKER_MAX_POLL_RECORDS": "50"}
+# Extra environment for the workers (the app's own defaults already set a 10 s
+# session timeout and 50 records per poll, see streams/settings.py).
+WORKER_ENV: dict[str, str] = {}
 
 
 @dataclass

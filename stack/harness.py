@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -195,9 +196,29 @@ class Pipeline:
         self.workers.append(worker.start())
         return worker
 
-    def stop(self) -> None:
+    def stop(self, *, delete_topics: bool = True) -> None:
         for worker in self.workers:
             worker.stop()
+        if delete_topics:
+            # In a thread: stop() is called from sync and async code alike.
+            with ThreadPoolExecutor(1) as pool:
+                pool.submit(asyncio.run, self.delete_topics()).result()
+
+    async def delete_topics(self) -> None:
+        """Drop this pipeline's topics (its own, changelogs, reply topics): thousands of
+        leftover partitions slow the broker down for every later run."""
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+        try:
+            await admin.start()
+            mine = [t for t in await admin.list_topics() if t.startswith((f"{self.name}.", f"{self.name}-"))]
+            if mine:
+                await admin.delete_topics(mine, timeout_ms=30_000)
+        except Exception as exc:  # leftovers cost speed, not correctness
+            print(f"[harness] could not delete topics of {self.name}: {exc!r}")
+        finally:
+            await admin.close()
 
     async def wait_ready(self, timeout: float = 120) -> None:
         """Until every worker serves HTTP and the limiter coordinator answers through it."""

@@ -47,7 +47,9 @@ class RateBudget:
     throttled_at: float = -math.inf  # last multiplicative decrease
     tat: float = -math.inf  # pacing: theoretical arrival time of the next grant (GCRA)
     granted_total: float = 0.0
-    # [granted_at, amount, grant_id, ask_id], in grant order
+    # [granted_at, amount, grant_id, ask_id, site_id], in grant order. The site is
+    # kept only to report each site's share; "" means not known (an entry
+    # persisted before sites were kept, or revived by a late report).
     entries: deque = field(default_factory=deque)
     total: float = 0.0  # sum of amounts in `entries`
     index: dict = field(default_factory=dict)  # grant_id -> entry
@@ -76,13 +78,39 @@ class RateBudget:
         self._expire(now)
         return self.total
 
+    def ahead(self, now: float) -> float:
+        """Units of grants made ahead whose start is still to come (the newest entries)."""
+        total = 0.0
+        for entry in reversed(self.entries):
+            if entry[0] <= now:
+                break
+            total += entry[1]
+        return total
+
     def used_in_last(self, now: float, seconds: float) -> float:
         total = 0.0
         for entry in reversed(self.entries):
             if entry[0] <= now - seconds:
                 break
-            total += entry[1]
+            if entry[0] <= now:  # not grants ahead whose start is still to come
+                total += entry[1]
         return total
+
+    def used_by_site(self, now: float, seconds: float) -> dict[str, float]:
+        """Units granted in the last `seconds`, per site (sites with none left out).
+
+        The same count as `used_in_last`, split by site; entries whose site is
+        not known count there but not here. A scan, not a running sum: it only
+        serves the stats, which are asked for a few times a minute, so the
+        grant path stays as it was.
+        """
+        by_site: dict[str, float] = {}
+        for entry in reversed(self.entries):
+            if entry[0] <= now - seconds:
+                break
+            if entry[0] <= now and entry[4] and entry[1] > 0:  # as used_in_last: not grants ahead
+                by_site[entry[4]] = by_site.get(entry[4], 0.0) + entry[1]
+        return by_site
 
     def effective_limit(self) -> float:
         """What we may use per span: our adaptive share, and never what others are seen to use.
@@ -149,8 +177,8 @@ class RateBudget:
                 at = max(at, self.entries[-1][0] + self.span if self.entries else now)
         return at
 
-    def add(self, now: float, amount: float, grant_id: str, ask_id: str = "") -> None:
-        entry = [now, float(amount), grant_id, ask_id]
+    def add(self, now: float, amount: float, grant_id: str, ask_id: str = "", site_id: str = "") -> None:
+        entry = [now, float(amount), grant_id, ask_id, site_id]
         if self.entries and self.entries[-1][0] > now:
             self._insert(entry)  # behind a late permit's entry, which counts from a later time
         else:
@@ -192,7 +220,7 @@ class RateBudget:
             return "extended"
         if at + self.span <= now:
             return "ok"  # it has left every window by now anyway
-        entry = [at, float(amount), grant_id, ask_id]
+        entry = [at, float(amount), grant_id, ask_id, ""]  # the report does not name the site
         self._insert(entry)
         self.index[grant_id] = entry
         self.total += entry[1]
@@ -234,7 +262,7 @@ class RateBudget:
             return
         limit = provider_limit or self.limit
         provider_used = limit - remaining
-        ours = self.used(now)
+        ours = self.used(now) - self.ahead(now)  # grants still to start have not reached it
         outside = provider_used - ours
         if outside > max(2.0, 0.02 * limit):
             self.external = min(float(self.limit) * 0.9, max(self.external * 0.5, outside))
@@ -297,7 +325,8 @@ class RateBudget:
         self.index = {}
         self.total = 0.0
         for e in merged:
-            entry = [float(e[0]), float(e[1]), str(e[2]), str(e[3]) if len(e) > 3 else ""]
+            # Older entries have no ask id or no site: they still count, under no site.
+            entry = [float(e[0]), float(e[1]), str(e[2]), str(e[3]) if len(e) > 3 else "", str(e[4]) if len(e) > 4 else ""]
             self.entries.append(entry)
             self.index[entry[2]] = entry
             self.total += entry[1]
@@ -345,6 +374,7 @@ class Ask:
     arrived_at: float
     seq: int
     reply: Any = None  # how to answer (set by the Kafka glue)
+    waited: bool = False  # a pass found no room for it: its grant came when room appeared
 
     @property
     def primary(self) -> str:
@@ -355,9 +385,10 @@ class Ask:
 class Grant:
     ask: Ask
     grant_id: str
-    granted_at: float
+    granted_at: float  # the permit's start: not sent before, counted from then
     use_by: float  # send by then and the permit counts exactly as granted
     last_use: float  # send by then and report it (a late send): counted until it left every window
+    made_at: float = 0.0  # when the coordinator decided (before granted_at for a grant ahead)
 
     def as_reply(self) -> dict[str, Any]:
         return {
@@ -369,6 +400,8 @@ class Grant:
             "needs": self.ask.needs,
             "queued": max(0.0, self.granted_at - self.ask.arrived_at),
             "arrived_at": self.ask.arrived_at,
+            "ahead": self.granted_at > self.made_at,
+            "waited": self.ask.waited,
         }
 
 
@@ -382,8 +415,14 @@ class BudgetBook:
     level of the sites still waiting (no credit for the time it was away).
     """
 
-    def __init__(self, rate_specs: dict[str, dict[str, Any]], *, grace: float, slot_default: int = 20):
+    def __init__(
+        self, rate_specs: dict[str, dict[str, Any]], *, grace: float, slot_default: int = 20, lookahead: float = 0.0
+    ):
         self.grace = grace
+        # Grant an ask up to this long before its room opens, for a start time:
+        # the answer travels while the room is still taken, and the worker sends
+        # at the start time, so the Kafka round trip is hidden (see `grant_ready`).
+        self.lookahead = lookahead
         self.rate_specs = rate_specs  # prefix -> {"limit", "window", "paced"}; "wix_requests:" per site
         self.rates: dict[str, RateBudget] = {}
         self.slots: dict[str, SlotBudget] = {}
@@ -396,6 +435,7 @@ class BudgetBook:
         self._grant_seq = itertools.count()
         self.instance = ""
         self.dirty_slots: set[str] = set()
+        self._fresh: list[Ask] = []  # asks no pass has looked at yet
 
     # --- budgets ------------------------------------------------------------
     def rate(self, name: str) -> RateBudget:
@@ -419,11 +459,11 @@ class BudgetBook:
         """How long after its grant a permit may still be used, if its late send is reported.
 
         The report must reach the coordinator before the grant's entry would
-        leave the window (W + grace after the grant); a quarter of the
-        shortest window (at most 5 s) leaves ample time for that.
+        leave the window (W + grace after the grant); half the shortest window
+        (at most 15 s) leaves the other half for that.
         """
         windows = [float(spec["window"]) for spec in self.rate_specs.values()] or [60.0]
-        return max(self.grace, min(5.0, min(windows) / 4))
+        return max(self.grace, min(15.0, min(windows) / 2))
 
     # --- asks ---------------------------------------------------------------
     def add_ask(self, ask: Ask) -> Ask:
@@ -442,6 +482,7 @@ class BudgetBook:
             sites[ask.site_id] = sites.get(ask.site_id, 0) + 1
             heapq.heappush(self._amounts.setdefault(budget, []), (ask.needs[budget], ask.ask_id))
         self.waiting[ask.ask_id] = ask
+        self._fresh.append(ask)
         return ask
 
     def _smallest(self, budget: str) -> float | None:
@@ -463,33 +504,46 @@ class BudgetBook:
 
     def drop_asks(self) -> None:
         self.waiting.clear()
+        self._fresh.clear()
         self._waiting_sites.clear()
         self._amounts.clear()
-
-    def _fits(self, ask: Ask, now: float) -> bool:
-        if ask.slot_limit is not None and not self.slot(ask.site_id, ask.slot_limit).fits(now, ask.request_id):
-            return False
-        return all(self.rate(b).fits(now, amount) for b, amount in ask.needs.items())
 
     def _fair_key(self, ask: Ask) -> tuple[float, int]:
         return (self.vtime.get((ask.primary, ask.site_id), 0.0), ask.seq)
 
     def grant_ready(self, now: float) -> list[Grant]:
-        """Grant every waiting ask that fits, fairest first."""
+        """Grant every waiting ask that fits by `now + lookahead`, fairest first.
+
+        An ask whose room opens only after `now` is granted for that moment
+        (its start): its window entry counts from the start, and the worker
+        does not send before it. So the permit is usable the moment its room
+        opens, however long the answer took to travel.
+        """
+        fresh, self._fresh = self._fresh, []
+        try:
+            return self._grant_ready(now)
+        finally:
+            for ask in fresh:  # looked at and left waiting: no room when it came
+                if ask.ask_id in self.waiting:
+                    ask.waited = True
+
+    def _grant_ready(self, now: float) -> list[Grant]:
         grants: list[Grant] = []
         if not self.waiting:
             return grants
+        horizon = now + self.lookahead
         # A budget without room for the smallest amount waiting on it has room
         # for none of them (and grants only use room up): skip those asks. In a
         # saturated budget that is every pass but one per pacing interval.
         open_: dict[str, bool] = {}
         for budget, sites in self._waiting_sites.items():
             smallest = self._smallest(budget) if sites else None
-            open_[budget] = smallest is not None and self.rate(budget).fits(now, smallest)
+            open_[budget] = smallest is not None and self.rate(budget).next_room_at(now, smallest) <= horizon
         if not any(open_.values()):
             return grants
         heap = [(*self._fair_key(a), a.ask_id) for a in self.waiting.values() if all(open_.get(b) for b in a.needs)]
         heapq.heapify(heap)
+        closed: dict[str, float] = {}
         while heap:
             vtime, seq, ask_id = heapq.heappop(heap)
             ask = self.waiting.get(ask_id)
@@ -499,39 +553,61 @@ class BudgetBook:
             if current[0] > vtime:  # its site was served meanwhile: back in line
                 heapq.heappush(heap, (*current, ask_id))
                 continue
-            # Grants only use room up, so an ask that does not fit now will
-            # not fit later in this pass either: it is simply left waiting.
-            if self._fits(ask, now):
-                grants.append(self._grant(ask, now))
+            # Grants only use room up, so an ask that does not fit by the
+            # horizon will not later in this pass either: it is left waiting.
+            start = self._start_by(ask, now, horizon, closed)
+            if start is not None:
+                grants.append(self._grant(ask, start, made_at=now))
         return grants
 
-    def _grant(self, ask: Ask, now: float) -> Grant:
+    def _start_by(self, ask: Ask, now: float, horizon: float, closed: dict[str, float]) -> float | None:
+        """The earliest moment from `now` on when every budget of `ask` has room, if by `horizon`.
+
+        `closed` (budget -> smallest amount found not to fit by the horizon)
+        spares the rest of a pass those checks: grants only use room up.
+        """
+        if ask.slot_limit is not None and not self.slot(ask.site_id, ask.slot_limit).fits(now, ask.request_id):
+            return None
+        start = now
+        for budget, amount in ask.needs.items():
+            if amount >= closed.get(budget, math.inf):
+                return None
+            at = self.rate(budget).next_room_at(now, amount)
+            if at > horizon:
+                closed[budget] = min(amount, closed.get(budget, math.inf))
+                return None
+            start = max(start, at)
+        return start
+
+    def _grant(self, ask: Ask, now: float, made_at: float | None = None) -> Grant:
+        """Grant `ask` from `now` (its start: a later moment than `made_at` for a grant ahead)."""
         self._unwait(ask)
         grant_id = f"{self.instance}{next(self._grant_seq)}"
         if ask.slot_limit is not None:
             self.slot(ask.site_id, ask.slot_limit).add(now, ask.request_id)
             self.dirty_slots.add(f"slots:{ask.site_id}")
         for budget, amount in ask.needs.items():
-            self.rate(budget).add(now, amount, grant_id, ask.ask_id)
+            self.rate(budget).add(now, amount, grant_id, ask.ask_id, ask.site_id)
             key = (budget, ask.site_id)
             self.vtime[key] = self.vtime.get(key, 0.0) + amount / max(ask.weight, 1e-6)
-        return Grant(ask, grant_id, now, now + self.grace, now + self.late_use_seconds())
+        return Grant(ask, grant_id, now, now + self.grace, now + self.late_use_seconds(),
+                     made_at=now if made_at is None else made_at)
 
     def next_wakeup(self, now: float) -> float | None:
-        """When something waiting could next fit (None: nothing to wait for but events).
+        """When something waiting could next be granted (None: nothing to wait for but events).
 
         An ask fits once all of its budgets have room, and an ask whose budgets
-        all have room now has just been granted (or waits for a slot, which
-        only a release frees). So the next chance is the soonest moment a
-        budget that is closed now opens for the smallest amount waiting on it:
-        possibly early (a pass that grants nothing), never late.
+        all have room by the horizon has just been granted (or waits for a slot,
+        which only a release frees). So the next chance is `lookahead` before
+        the soonest moment a budget that is closed opens for the smallest
+        amount waiting on it: possibly early (a pass that grants nothing), never late.
         """
         soonest = None
         for budget, sites in self._waiting_sites.items():
             smallest = self._smallest(budget) if sites else None
             if smallest is None:
                 continue
-            at = self.rate(budget).next_room_at(now, smallest)
+            at = self.rate(budget).next_room_at(now, smallest) - self.lookahead
             if at > now and (soonest is None or at < soonest):
                 soonest = at
         return soonest
@@ -630,7 +706,7 @@ class BudgetBook:
         """ask_id -> (grant_id, granted_at) of every grant still in a window."""
         out: dict[str, tuple[str, float]] = {}
         for rate in self.rates.values():
-            for granted_at, _, grant_id, ask_id in rate.entries:
+            for granted_at, _, grant_id, ask_id, _ in rate.entries:
                 if ask_id:
                     out[ask_id] = (grant_id, granted_at)
         return out
@@ -650,3 +726,8 @@ class BudgetBook:
             "factor": round(rate.factor, 4),
             "external": rate.external,
         }
+
+    def used_by_site(self, name: str, now: float) -> dict[str, float]:
+        """Each site's units of a budget in the current window (the split of `used_in_window`)."""
+        rate = self.rate(name)
+        return rate.used_by_site(now, rate.window)

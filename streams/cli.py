@@ -4,7 +4,8 @@
     blogstream submit --file requests.jsonl        (or .csv; a progress bar shows)
     blogstream sites add shop-1 --wix-api-key KEY [--member-id M] [--weight 2]
     blogstream sites list | pause SITE | resume SITE | cancel SITE | set SITE --weight 2 --max-in-flight 10
-    blogstream health                               (the seed's health check)
+    blogstream retry REQUEST_ID ...                 (run FAILED requests again, after fixing their error)
+    blogstream health [--sites 20]                  (the seed's health check, then a per-site table)
 
 The worker itself runs with `faust -A streams worker -l info`.
 """
@@ -23,10 +24,6 @@ from typing import Any, Iterator
 
 from streams.app import topic_name as _topic
 from streams.settings import settings
-
-def _bootstrap() -> str:
-    return settings.kafka_broker.replace("kafka://", "").split(";")[0]
-
 
 # --------------------------------------------------------------------------- submit
 
@@ -328,8 +325,81 @@ def cmd_sites(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- health
 
 
+def limiter_stats(worker: str) -> tuple[dict[str, Any] | None, str]:
+    """The coordinator's figures (`/api/limiter`) through a worker, or None and why not."""
+    import httpx
+
+    try:
+        response = httpx.get(f"{worker}/api/limiter", timeout=8)
+        body = response.json()
+    except Exception as exc:
+        return None, f"no worker answered at {worker} ({type(exc).__name__})"
+    if response.status_code != 200 or not isinstance(body, dict):
+        error = _json_or_empty(response).get("error", "")  # e.g. 503: the coordinator is moving
+        return None, f"the worker at {worker} answered {response.status_code}: {error}"
+    return body, ""
+
+
+def site_table(
+    pending: dict[str, int], limiter: dict[str, Any] | None, *, why_not: str = "", top: int = 20
+) -> list[str]:
+    """The per-site lines of `blogstream health`: queued, in flight, share of each global budget.
+
+    Queued is PENDING in Postgres (requests not finished yet, in flight
+    included); in flight and shares come from the limiter coordinator. Without
+    a coordinator's answer only the queued column is printed. The busiest
+    sites come first: the table is for spotting a site that crowds others out.
+    """
+    from streams.metrics import site_budget_shares
+
+    if limiter is None:
+        unknown = f"in flight and budget shares unknown, {why_not or 'no limiter figures'}"
+        if not pending:
+            return [f"Sites: nothing queued in Postgres; {unknown}"]
+        rows = sorted(pending.items(), key=lambda kv: (-kv[1], kv[0]))
+        lines = [f"Sites: {unknown}; queued from Postgres:"]
+        table = [["site", "queued"]] + [[site, str(n)] for site, n in rows[:top or None]]
+        return lines + _columns(table) + _more(len(rows), top)
+    in_flight: dict[str, int] = {site: int(n) for site, n in (limiter.get("slots") or {}).items()}
+    shares = site_budget_shares(limiter)
+    budgets = list(shares)
+    sites = set(pending) | set(in_flight) | {site for by_site in shares.values() for site in by_site}
+    if not sites:
+        return ["Sites: nothing queued, in flight or granted in the current window"]
+
+    def busiest(site: str) -> tuple[int, float, str]:
+        share = sum(shares[b].get(site, (0.0, 0.0))[1] for b in budgets)
+        return (-(pending.get(site, 0) + in_flight.get(site, 0)), -share, site)
+
+    rows = sorted(sites, key=busiest)
+    window = float(limiter.get("window_seconds") or 60)
+    lines = [f"Sites (queued: PENDING in Postgres; in flight, and units (share) of each budget granted in the last "
+             f"{window:g} s: limiter coordinator):"]
+    table = [["site", "queued", "in flight", *budgets]]
+    for site in rows[:top or None]:
+        cells = [site, str(pending.get(site, 0)), str(in_flight.get(site, 0))]
+        for budget in budgets:
+            units, part = shares[budget].get(site, (0.0, 0.0))
+            cells.append(f"{units:,.0f} ({100 * part:.1f}%)" if units else "-")
+        table.append(cells)
+    return lines + _columns(table) + _more(len(rows), top)
+
+
+def _columns(table: list[list[str]]) -> list[str]:
+    """Rows as aligned columns: the first (the site) left, the figures right."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return [
+        "  " + "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+        for row in table
+    ]
+
+
+def _more(rows: int, top: int) -> list[str]:
+    return [f"  ... and {rows - top} more site(s) (--sites 0 lists all)"] if top and rows > top else []
+
+
 def cmd_health(args: argparse.Namespace) -> int:
-    """Prints what the seed's health-check script printed."""
+    """Prints what the seed's health-check script printed, then a per-site table."""
     import httpx
 
     async def run(db) -> int:
@@ -349,9 +419,39 @@ def cmd_health(args: argparse.Namespace) -> int:
         if by_site:
             top = sorted(by_site.items(), key=lambda kv: -kv[1])[:10]
             print("Pending by site: " + ", ".join(f"{s}={n}" for s, n in top))
+        limiter, why_not = limiter_stats(args.worker)
+        for line in site_table(by_site, limiter, why_not=why_not, top=args.sites):
+            print(line)
         return 0
 
     return asyncio.run(_with_db(run))
+
+
+# --------------------------------------------------------------------------- retry
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    """Run FAILED requests again through a worker (POST /api/blogs/{id}/retry)."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {settings.intake_token}"} if settings.intake_token else {}
+    failures = 0
+    with httpx.Client(base_url=args.worker.rstrip("/"), headers=headers, timeout=30.0) as client:
+        for request_id in args.request_ids:
+            try:
+                response = client.post(f"/api/blogs/{request_id}/retry")
+            except httpx.TransportError as exc:
+                print(f"{request_id}: no answer from {args.worker} ({type(exc).__name__}); is a worker running?",
+                      file=sys.stderr)
+                failures += 1
+                continue
+            body = _json_or_empty(response)
+            if response.status_code == 202:
+                print(f"{request_id}: sent again (it had failed with: {body.get('previous_error') or 'no error text'})")
+            else:
+                print(f"{request_id}: not retried: {body.get('error') or response.text}", file=sys.stderr)
+                failures += 1
+    return 1 if failures else 0
 
 
 # --------------------------------------------------------------------------- main
@@ -386,8 +486,14 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--max-queued", type=int)
     st.set_defaults(fn=cmd_sites)
 
+    r = sub.add_parser("retry", help="run FAILED requests again (after fixing what their error says)")
+    r.add_argument("request_ids", nargs="+", metavar="REQUEST_ID")
+    r.add_argument("--worker", default=f"http://127.0.0.1:{settings.web_port}", help="any worker's web address")
+    r.set_defaults(fn=cmd_retry)
+
     h = sub.add_parser("health", help="queue size, limiter usage, errors and completions in the last hour")
     h.add_argument("--worker", default=f"http://127.0.0.1:{settings.web_port}", help="any worker's web address")
+    h.add_argument("--sites", type=int, default=20, help="rows of the per-site table, busiest first (0: all)")
     h.set_defaults(fn=cmd_health)
     return p
 

@@ -27,7 +27,7 @@ async def write_draft(request: dict[str, Any], deps: Deps) -> dict[str, Any]:
     if site is None:
         raise StageFailed(
             STAGE, request_id, site_id, "the site is not registered",
-            "Register it (blogstream sites add SITE_ID --wix-api-key ...) and resubmit the request.",
+            f"Register it (blogstream sites add {site_id} --wix-api-key ...), then: blogstream retry {request_id}",
         )
     assert deps.writer is not None
     writer = deps.writer

@@ -217,7 +217,8 @@ class Coordinator:
 
     @staticmethod
     def new_book() -> BudgetBook:
-        book = BudgetBook(rate_specs(), grace=settings.permit_grace_seconds, slot_default=settings.site_max_in_flight)
+        book = BudgetBook(rate_specs(), grace=settings.permit_grace_seconds, slot_default=settings.site_max_in_flight,
+                          lookahead=settings.permit_lookahead_seconds)
         book.instance = uuid.uuid4().hex[:8] + "-"
         return book
 
@@ -366,6 +367,9 @@ class Coordinator:
             name.split(":", 1)[1]: self.book.usage(name, now) for name in list(self.book.rates) if name.startswith("wix_requests:")
         }
         out["slots"] = {name.split(":", 1)[1]: len(s.holders) for name, s in self.book.slots.items() if s.holders}
+        # Each site's units of each global budget in the window (Wix budgets are per site already):
+        # the split of used_in_window, for the per-site share gauges and `blogstream health`.
+        out["shares"] = {name: self.book.used_by_site(name, now) for name in names}
         out["window_seconds"] = settings.budget_window_seconds
         out["grace_seconds"] = settings.permit_grace_seconds
         out["coordinator"] = self.book.instance.rstrip("-")
@@ -689,6 +693,7 @@ class Budgets:
         """Wait for a permit covering `needs`; the caller must send its request before `use_by`."""
         started = time.time()
         primary = next(iter(needs), "")
+        expired = 0
         while True:
             asked = time.time()
             ask = {
@@ -708,13 +713,26 @@ class Budgets:
                 # and we ask again for a fresh one.
                 metrics.permits_expired.inc()
                 await budget_coordinator.cast(value={"op": "unused", "grant_id": reply["grant_id"], "needs": needs})
+                # Answers that slow mean this worker is overloaded: asking again
+                # at once would only add to the load that made them late.
+                expired += 1
+                await asyncio.sleep(min(5.0, 0.25 * 2 ** (expired - 1)))
                 continue
+            start = float(reply.get("granted_at") or 0.0)
+            if start > now:  # granted ahead: its room opens at `start`, not before
+                await asyncio.sleep(start - now)
+                now = time.time()
             permit = Permit(
                 reply["grant_id"], reply["use_by"], dict(reply.get("needs") or needs), now - started,
-                granted_at=float(reply.get("granted_at") or 0.0), last_use=float(reply.get("last_use") or 0.0),
+                granted_at=start, last_use=float(reply.get("last_use") or 0.0),
             )
             metrics.permit_wait_seconds.labels(primary).observe(permit.waited)
-            overhead = max(0.0, (now - asked) - float(reply.get("queued", 0.0)))
+            if reply.get("ahead") or reply.get("waited"):
+                # Room opened at `start` (granted ahead, or granted the moment a
+                # pass found room for a waiting ask): only the time past it is the limiter's.
+                overhead = max(0.0, now - start)
+            else:
+                overhead = max(0.0, (now - asked) - float(reply.get("queued", 0.0)))
             permit_overhead_seconds.labels(primary).observe(overhead)
             if overhead > 0.25 and now - self._slow_logged > 10.0:
                 self._slow_logged = now

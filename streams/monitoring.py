@@ -8,6 +8,7 @@ alert rules.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka import AIOKafkaConsumer
@@ -23,6 +24,24 @@ log = logging.getLogger(__name__)
 
 def _pct(used: float, limit: float) -> str:
     return f"{int(used)}/{int(limit)} ({100.0 * used / max(limit, 1):.1f}%)"
+
+
+def publish_site_figures(stats: dict[str, Any]) -> None:
+    """Per-site gauges from the coordinator's stats: in-flight slots and each site's share of each global budget.
+
+    Only sites with slots or units in the window have series; the others are
+    removed, so the series follow the sites active now (at most a budget's
+    limit per window) rather than every site ever seen.
+    """
+    metrics.publish(metrics.site_in_flight, {(site,): n for site, n in (stats.get("slots") or {}).items()})
+    used: dict[tuple[str, ...], float] = {}
+    share: dict[tuple[str, ...], float] = {}
+    for budget, by_site in metrics.site_budget_shares(stats).items():
+        for site, (units, part) in by_site.items():
+            used[(budget, site)] = units
+            share[(budget, site)] = part
+    metrics.publish(metrics.site_budget_used, used)
+    metrics.publish(metrics.site_budget_share, share)
 
 
 _cycle = 0
@@ -45,8 +64,7 @@ async def heartbeat() -> None:
         metrics.budget_used.labels(name).set(stats[name]["used_in_window"])
         metrics.budget_limit.labels(name).set(stats[name]["effective_limit"])
         metrics.budget_waiting.labels(name).set(stats[name]["waiting"])
-    for site, n in stats.get("slots", {}).items():
-        metrics.site_in_flight.labels(site).set(n)
+    publish_site_figures(stats)
     o, r = stats[OPENAI_REQUESTS], stats[REPLICATE_REQUESTS]
     log.info(
         "[Blog Worker] Heartbeat - cycle %d | Queue: %d | OpenAI RPM: %s | Replicate RPM: %s",
@@ -55,7 +73,7 @@ async def heartbeat() -> None:
 
 
 
-_bootstrap = settings.kafka_broker.replace("kafka://", "").split(";")[0]
+_bootstrap = settings.kafka_bootstrap
 
 
 async def group_lag() -> dict[str, int]:

@@ -14,7 +14,7 @@ from connectors.errors import ImageExpired
 from streams.app import app, illustrated_topic, results_topic
 from streams.deps import Deps, deps
 from streams.image import make_cover
-from streams.limiter import wix_requests
+from streams.limiter import budgets, wix_requests
 from streams.records import decode
 from streams.runner import StageRunner
 from streams.settings import settings
@@ -35,7 +35,7 @@ async def publish_post(illustrated: dict[str, Any], deps: Deps) -> dict[str, Any
     request_id, site_id = request["request_id"], request["site_id"]
     site = await deps.site(site_id)
     if site is None:
-        raise StageFailed(STAGE, request_id, site_id, "the site is no longer registered", "Register it again and resubmit.")
+        raise StageFailed(STAGE, request_id, site_id, "the site is no longer registered", f"Register it again, then: blogstream retry {request_id}")
     assert deps.wix is not None
     wix = deps.wix
     budget = wix_requests(site_id)
@@ -64,6 +64,8 @@ async def publish_post(illustrated: dict[str, Any], deps: Deps) -> dict[str, Any
                 found = await wix.find_post_by_slug(site, slug)
                 if found is not None:
                     return found
+                # The look-up used this attempt's permit; the create needs its own.
+                await budgets.acquire(site_id=site_id, request_id=request_id, needs={budget: 1})
             state["maybe_posted"] = True  # from here a retry might repeat a create that landed
             return await wix.create_post(
                 site,

@@ -128,11 +128,11 @@ async def call_with_permits(
             if isinstance(exc, RateLimited) or info is not None:
                 await budgets.observe(needs, info, throttled=isinstance(exc, RateLimited))
             if not exc.retryable:
-                raise StageFailed(stage, request_id, site_id, str(exc), _action_for(exc)) from exc
+                raise StageFailed(stage, request_id, site_id, str(exc), _action_for(exc, request_id)) from exc
             if attempt == settings.max_attempts:
                 raise StageFailed(
                     stage, request_id, site_id, f"gave up after {attempt} attempts, last error: {exc}",
-                    "The provider kept failing; retry the request later (resubmit the same request id).",
+                    f"The provider kept failing; retry it later: blogstream retry {request_id}",
                 ) from exc
             delay = exc.retry_after if exc.retry_after is not None else settings.retry_base_seconds * 2 ** (attempt - 1)
             await asyncio.sleep(min(60.0, delay) * random.uniform(1.0, 1.2))
@@ -144,10 +144,12 @@ async def call_with_permits(
     raise StageFailed(stage, request_id, site_id, "no usable permit", "Check the worker's clock and load.")
 
 
-def _action_for(exc: ProviderError) -> str:
+def _action_for(exc: ProviderError, request_id: str) -> str:
+    retry = f"blogstream retry {request_id}"
     if exc.status in (401, 403):
-        return "Check the credentials for this provider (for Wix: the site's API key and site id in the sites table)."
-    return "Fix the request or the provider settings, then resubmit the same request id."
+        return ("Check the credentials for this provider (for Wix: the site's API key and site id in the sites "
+                f"table), then: {retry}")
+    return f"Fix the provider settings and run {retry}, or submit a corrected request under a new id."
 
 
 # --------------------------------------------------------------------------

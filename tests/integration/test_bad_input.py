@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 
 from stack.harness import Pipeline, summarize
@@ -160,7 +161,7 @@ async def test_openai_5xx_errors_are_retried_until_every_request_is_done(pipelin
     assert openai["completions"] == len(requests)
 
 
-async def test_a_wix_site_without_credentials_fails_with_what_to_fix(pipeline, sim, outcomes):
+async def test_a_wix_site_without_credentials_fails_with_what_to_fix_and_a_retry_finishes_it(pipeline, sim, outcomes):
     await outcomes.add_sites(["shop-ok", "shop-nokey"])
     conn = await asyncpg.connect(outcomes.dsn)
     try:
@@ -186,3 +187,29 @@ async def test_a_wix_site_without_credentials_fails_with_what_to_fix(pipeline, s
     # A 401 is permanent: tried once per request (the media import), never retried.
     assert wix["rejected_4xx"] == len(unauthorised)
     assert "shop-nokey" not in wix["per_site"]  # turned away before anything counted for the site
+    assert "blogstream retry " + unauthorised[0]["request_id"] in rows[unauthorised[0]["request_id"]]["error"]
+
+    # The operator fixes the key and retries: the row goes back to PENDING and
+    # ends DONE with one post, and the article already paid for is reused.
+    conn = await asyncpg.connect(outcomes.dsn)
+    try:
+        await conn.execute("UPDATE sites SET wix_api_key = 'wix-key-shop-nokey' WHERE site_id = 'shop-nokey'")
+    finally:
+        await conn.close()
+    await asyncio.sleep(2.5)  # the workers' site cache holds a site for 2 s
+    completions_before = sim.ledger()["openai"]["completions"]
+    async with httpx.AsyncClient(timeout=30) as http:
+        worker = pipeline.workers[0]
+        for request in unauthorised:
+            answer = await http.post(worker.url(f"/api/blogs/{request['request_id']}/retry"))
+            assert answer.status_code == 202, answer.text
+            assert "401" in answer.json()["previous_error"]
+        again = await http.post(worker.url(f"/api/blogs/{good[0]['request_id']}/retry"))
+        assert again.status_code == 409 and "DONE" in again.json()["error"]  # only FAILED requests run again
+        unknown = await http.post(worker.url("/api/blogs/no-such-request/retry"))
+        assert unknown.status_code == 404
+    rows = await outcomes.wait_final([r["request_id"] for r in unauthorised], timeout=TIMEOUT, workers=pipeline.workers)
+    assert all(rows[r["request_id"]]["status"] == "DONE" and rows[r["request_id"]]["error"] is None for r in unauthorised)
+    wix = sim.ledger()["wix"]
+    assert wix["posts_per_site"] == {"shop-ok": 2, "shop-nokey": 2}
+    assert sim.ledger()["openai"]["completions"] == completions_before  # articles reused, not written again

@@ -47,17 +47,6 @@ SLOW = {"latency_scale": 1.0}
 FINISH_TIMEOUT = EFFECT_LEASE_SECONDS + 150
 
 
-@pytest.fixture(autouse=True)
-def quick_group_failover(monkeypatch):
-    """Kafka drops a dead group member after the session timeout (Faust: 60 s).
-
-    A killed worker never says goodbye, so its partitions wait that long before
-    they are handed on; 10 s keeps these tests short without changing what is
-    tested (heartbeats stay at Faust's 3 s). Workers inherit the environment.
-    """
-    monkeypatch.setenv("BROKER_SESSION_TIMEOUT", "10")
-
-
 # --------------------------------------------------------------------------- helpers
 
 

@@ -335,6 +335,69 @@ def test_a_re_ask_keeps_its_place_and_takes_the_new_reply_route():
     assert first.arrived_at == 0.0
 
 
+def test_each_sites_units_in_the_window_split_the_budgets_use():
+    b = book(limit=100, window=10.0, grace=0.5, paced=False)
+    for _ in range(3):
+        b.add_ask(ask("big", {REQ: 1, TOK: 300}))
+    b.add_ask(ask("small", {REQ: 1, TOK: 100}))
+    grants = b.grant_ready(1.0)
+    assert len(grants) == 4
+    assert b.used_by_site(REQ, 2.0) == {"big": 3, "small": 1}
+    assert b.used_by_site(TOK, 2.0) == {"big": 900, "small": 100}
+    assert sum(b.used_by_site(TOK, 2.0).values()) == b.usage(TOK, 2.0)["used_in_window"]
+    # Settled tokens count as settled; a grant given back unused no longer counts for its site.
+    small = next(g for g in grants if g.ask.site_id == "small")
+    b.settle(TOK, grants[0].grant_id, 120)
+    b.unused(small.grant_id, small.ask.needs)
+    assert b.used_by_site(TOK, 2.0) == {"big": 720}
+    assert b.used_by_site(REQ, 2.0) == {"big": 3}
+    # The window is W (as used_in_window), and sites with nothing left in it drop out.
+    b.add_ask(ask("late", {REQ: 1, TOK: 50}))
+    b.grant_ready(8.0)
+    assert b.used_by_site(REQ, 10.99) == {"big": 3, "late": 1}
+    assert b.used_by_site(REQ, 11.0) == {"late": 1}
+    assert b.used_by_site(REQ, 30.0) == {}
+
+
+def test_site_units_always_add_up_to_the_budgets_use_in_the_window():
+    """Whatever the book does (pacing, grants ahead, settles, late sends), the split stays a split."""
+    rng = random.Random(11)
+    b = book(limit=30, window=10.0, grace=0.3, paced=True, tpm=20_000)
+    b.lookahead = 0.5
+    for i in range(300):
+        b.add_ask(ask(f"s{i % 4}", {REQ: 1, TOK: rng.randint(100, 900)}, weight=1 + i % 2))
+
+    def check(g, now):
+        if rng.random() < 0.3:
+            b.settle(TOK, g.grant_id, rng.randint(0, 500))
+        if rng.random() < 0.1:
+            b.late(now, g.grant_id, g.ask.needs, g.granted_at + 1.0)
+        for name in (REQ, TOK):
+            assert sum(b.used_by_site(name, now).values()) == pytest.approx(b.usage(name, now)["used_in_window"])
+
+    assert len(drain(b, 0.0, 60.0, jitter=0.02, rng=rng, on_grant=check)) > 100
+
+
+def test_sites_of_grants_survive_a_restore_and_entries_without_one_still_count():
+    b = book(limit=100, window=10.0, grace=0.5, paced=False)
+    b.add_ask(ask("a", {REQ: 1, TOK: 10}))
+    b.add_ask(ask("b", {REQ: 1, TOK: 30}))
+    b.grant_ready(1.0)
+    state = b.take_dirty()
+    # An entry persisted before sites were kept: [granted_at, amount, grant_id, ask_id].
+    state[f"r|{REQ}|{bucket_of(1.0)}"].append([1.2, 1.0, "old-grant", "old-ask"])
+    restored = book(limit=100, window=10.0, grace=0.5, paced=False)
+    restored.restore(state.items())
+    assert restored.used_by_site(REQ, 2.0) == {"a": 1, "b": 1}
+    assert restored.used_by_site(TOK, 2.0) == {"a": 10, "b": 30}
+    assert restored.usage(REQ, 2.0)["used_in_window"] == 3  # the old entry counts, under no site
+    assert "old-ask" in restored.granted_asks()
+    # What a restored book persists again keeps the sites.
+    restored.rate(REQ).dirty.add(bucket_of(1.0))
+    sites = {e[2]: e[4] for e in restored.take_dirty()[f"r|{REQ}|{bucket_of(1.0)}"]}
+    assert sorted(sites.values()) == ["", "a", "b"] and sites["old-grant"] == ""
+
+
 def test_a_pass_over_thousands_of_waiting_asks_is_fast():
     b = book(limit=300, window=30.0, grace=0.3)
     for i in range(5000):
@@ -489,3 +552,65 @@ def test_an_unused_grant_gives_back_its_room_and_its_place_in_the_pacing_schedul
     used_grants = [g for i, g in enumerate(granted, 1) if i % 10]
     steady = [g for g in used_grants if 20.0 <= g.granted_at < 100.0]
     assert len(steady) / 80.0 == pytest.approx(30 / 10.3, rel=0.03)
+
+
+# --------------------------------------------------------------------------- grants ahead (lookahead)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_grants_ahead_never_let_a_provider_window_exceed_the_limit(seed):
+    """Asks granted up to `lookahead` before their room opens, sent from their start within the grace."""
+    rng = random.Random(seed)
+    limit, window, grace = 40, 10.0, 0.3
+    b = book(limit, window, grace, paced=bool(seed % 2), tpm=900)
+    b.lookahead = 0.5
+    for i in range(600):
+        b.add_ask(ask(f"site{i % 7}", {REQ: 1, TOK: rng.randint(5, 40)}))
+    arrivals, tokens = [], []
+
+    def sent(g, now):
+        assert g.made_at == now and now <= g.granted_at <= now + b.lookahead + 1e-9
+        at = g.granted_at + rng.uniform(0, grace)
+        arrivals.append(at)
+        tokens.append((at, g.ask.needs[TOK]))
+
+    grants = drain(b, 0.0, 200.0, jitter=0.02, rng=rng, on_grant=sent)
+    assert len(arrivals) > 300
+    assert max_in_window(arrivals, window) <= limit
+    tokens.sort()
+    for i, (t, _) in enumerate(tokens):  # every token window too
+        assert sum(n for u, n in tokens[: i + 1] if u > t - window) <= 900
+    assert any(g.granted_at > g.made_at for g in grants)  # it did grant ahead
+
+
+def test_a_grant_ahead_starts_when_the_room_opens_and_the_answer_says_so():
+    b = book(limit=2, window=10.0, grace=0.5, paced=False)
+    b.lookahead = 0.5
+    for _ in range(3):
+        b.add_ask(ask("s", {REQ: 1}))
+    assert len(b.grant_ready(0.0)) == 2
+    assert b.grant_ready(9.0) == []
+    assert b.next_wakeup(9.0) == pytest.approx(10.0)  # room opens at 10.5, granted 0.5 s before
+    (g,) = b.grant_ready(10.0)
+    assert g.granted_at == pytest.approx(10.5) and g.use_by == pytest.approx(11.0)
+    reply = g.as_reply()
+    assert reply["ahead"] is True and reply["granted_at"] == pytest.approx(10.5)
+
+
+def test_an_answer_says_whether_its_ask_had_to_wait_for_room():
+    b = book(limit=1, window=10.0, grace=0.5, paced=False)
+    first, second = b.add_ask(ask("s")), b.add_ask(ask("s"))
+    (g1,) = b.grant_ready(0.0)
+    assert g1.ask is first and g1.as_reply()["waited"] is False  # room was there when it came
+    (g2,) = b.grant_ready(10.5)
+    assert g2.ask is second and g2.as_reply()["waited"] is True  # granted when room appeared
+
+
+def test_grants_ahead_do_not_hide_someone_elses_use_from_the_remaining_header():
+    r = RateBudget(REQ, 30, 10.0, 0.5, paced=False)
+    for i in range(3):
+        r.add(100.0, 1, f"past{i}")  # reached the provider
+    for i in range(5):
+        r.add(101.0, 1, f"ahead{i}")  # granted ahead: not sent yet at t = 100.5
+    r.on_remaining(100.5, 30, 30 - 3 - 12)  # the provider counts our 3 and 12 of someone else
+    assert r.external == 12
