@@ -191,6 +191,19 @@ class Phase:
         if status == 202:
             self.accepted_latencies.append(latency)
 
+    async def post(self, conn: "Conn", body: bytes, request_ids: list[str]) -> int | None:
+        """POST one submission and count its answer; None when no answer came."""
+        try:
+            status, _, _ = await conn.post("/api/blogs", body)
+        except Exception:
+            self.errors += 1
+            return None
+        self.record(status, conn.latency)
+        if status == 202:
+            now = time.time()
+            self.accepted.extend((i, now) for i in request_ids)
+        return status
+
     @property
     def n_5xx(self) -> int:
         return sum(n for s, n in self.statuses.items() if s >= 500)
@@ -237,14 +250,7 @@ async def burst(conns: list[Conn], run: str) -> Phase:
         body = payload(request_id, SITES[i % len(SITES)])
         ready += 1
         await go.wait()
-        try:
-            status, _, _ = await conn.post("/api/blogs", body)
-        except Exception:
-            phase.errors += 1
-            return
-        phase.record(status, conn.latency)
-        if status == 202:
-            phase.accepted.append((request_id, time.time()))
+        await phase.post(conn, body, [request_id])
 
     tasks = [asyncio.ensure_future(client(i, c)) for i, c in enumerate(conns)]
     while ready < len(conns):
@@ -267,15 +273,7 @@ async def flood(conns: list[Conn], run: str, seconds: float, watch: "Watcher") -
         while time.perf_counter() < stop_at:
             counter += 1
             request_id = f"{run}-f-{counter}"
-            body = payload(request_id, random.choice(SITES))
-            try:
-                status, _, _ = await conn.post("/api/blogs", body)
-            except Exception:
-                phase.errors += 1
-                continue
-            phase.record(status, conn.latency)
-            if status == 202:
-                phase.accepted.append((request_id, time.time()))
+            await phase.post(conn, payload(request_id, random.choice(SITES)), [request_id])
 
     watching = asyncio.ensure_future(watch.run())
     started = time.perf_counter()
@@ -300,16 +298,9 @@ async def batch_fill(conns: list[Conn], run: str, size: int, room: int) -> Phase
                 counter += 1
                 ids.append(f"{run}-m-{counter}")
             body = b'{"requests":[' + b",".join(payload(i, random.choice(SITES)) for i in ids) + b"]}"
-            try:
-                status, _, _ = await conn.post("/api/blogs", body)
-            except Exception:
-                phase.errors += 1
-                continue
-            phase.record(status, conn.latency)
+            status = await phase.post(conn, body, ids)
             if status == 202:
                 accepted += size
-                now = time.time()
-                phase.accepted.extend((i, now) for i in ids)
             elif status == 429:
                 full = True
 

@@ -117,7 +117,7 @@ async def submit(
     import httpx
     from tqdm import tqdm
 
-    headers = {"Authorization": f"Bearer {settings.intake_token}"} if settings.intake_token else {}
+    headers = _intake_headers()
     report = SubmitReport()
     todo = list(requests)
     size = max(1, min(batch_size, settings.intake_max_batch))
@@ -192,6 +192,11 @@ async def submit(
     finally:
         bar.close()
     return report
+
+
+def _intake_headers() -> dict[str, str]:
+    """The intake token, when one is set (settings.intake_token)."""
+    return {"Authorization": f"Bearer {settings.intake_token}"} if settings.intake_token else {}
 
 
 def _json_or_empty(response: Any) -> dict[str, Any]:
@@ -434,7 +439,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     """Run FAILED requests again through a worker (POST /api/blogs/{id}/retry)."""
     import httpx
 
-    headers = {"Authorization": f"Bearer {settings.intake_token}"} if settings.intake_token else {}
+    headers = _intake_headers()
     failures = 0
     with httpx.Client(base_url=args.worker.rstrip("/"), headers=headers, timeout=30.0) as client:
         for request_id in args.request_ids:

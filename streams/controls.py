@@ -6,7 +6,6 @@
     POST  /api/sites/{site_id}/pause      its requests wait (unacked, nothing lost)
     POST  /api/sites/{site_id}/resume
     POST  /api/sites/{site_id}/cancel     cancel the requests no stage has started yet
-    POST  /api/blogs/{request_id}/retry   run a FAILED request again (after fixing what it says)
 
 Controls live in Postgres `sites`; workers re-read them every two seconds
 (streams.deps), so a change reaches every worker within about two seconds.
@@ -21,15 +20,12 @@ from typing import Any
 
 from faust.web import Request, Response, View
 
-from streams.app import app, requests_topic
+from streams.app import app
 from streams.deps import deps
 from streams.generate import generate_runner
 from streams.image import image_runner
 from streams.limiter import budgets
 from streams.publish import publish_runner
-from streams.intake import bearer_ok
-from streams.records import RecordError, encode
-from streams.settings import settings
 
 CONTROL_FIELDS = {"weight": float, "max_in_flight": int, "max_queued": int, "paused": bool}
 RUNNERS = (generate_runner, image_runner, publish_runner)
@@ -149,45 +145,3 @@ class CancelQueued(View):
             return _not_found(self, site_id)
         cancelled = await deps.db.cancel_queued(site_id, reason=f"cancelled by an operator (site {site_id}) before it started")
         return self.json({"site_id": site_id, "cancelled": len(cancelled), "request_ids": cancelled})
-
-
-async def retry_failed(request_id: str) -> tuple[int, dict[str, Any]]:
-    """Send a FAILED request through the pipeline again; (HTTP status, answer).
-
-    Effects that already happened (an article written, an image made) are
-    reused from the effect ledger, so a retry pays only for what failed.
-    """
-    await deps.ready()
-    assert deps.db is not None
-    row = await deps.db.get_generation(request_id)
-    if row is None:
-        return 404, {"error": f"no request {request_id} is known"}
-    if row["status"] != "FAILED":
-        return 409, {"error": f"request {request_id} is {row['status']}, only FAILED requests can be retried",
-                     "status": row["status"]}
-    reopened = await deps.db.reopen_failed(request_id)
-    if reopened is None:
-        return 409, {"error": f"request {request_id} has no stored request to send again (it was never a valid "
-                              "request); submit it again with all its fields"}
-    request, error = reopened
-    try:
-        value = encode("BlogRequest", request)
-        fut = await requests_topic.send(key=request["site_id"].encode(), value=value, force=True)
-        await asyncio.wait_for(fut, timeout=15.0)
-    except RecordError as exc:
-        await deps.db.restore_failed(request_id, error)
-        return 409, {"error": f"request {request_id}'s stored request is no longer valid ({exc}); submit it again"}
-    except Exception as exc:
-        await deps.db.restore_failed(request_id, error)
-        return 503, {"error": f"Kafka did not take the retry of {request_id} ({type(exc).__name__}); try again"}
-    return 202, {"request_id": request_id, "status": "PENDING", "previous_error": error}
-
-
-@app.page("/api/blogs/{request_id}/retry")
-class RetryRequest(View):
-    async def post(self, request: Request, request_id: str) -> Response:
-        if not bearer_ok(request.headers.get("Authorization"), settings.intake_token):  # it creates work, as a submit does
-            return self.json({"error": "missing or wrong intake token: send the header Authorization: Bearer <token>"},
-                             status=401)
-        status, body = await retry_failed(request_id)
-        return self.json(body, status=status)

@@ -2,6 +2,7 @@
 
     POST /api/blogs                     one request (a JSON object), or {"requests": [...]} (a batch)
     GET  /api/blogs/{request_id}        status and history of one request
+    POST /api/blogs/{request_id}/retry  run a FAILED request again (after fixing what its error says)
     GET  /api/sites/{site_id}/blogs     a site's requests, newest first: ?limit=50&after=<last id>
     GET  /api/intake                    the pending figure and the limits the intake admits against
 
@@ -60,8 +61,6 @@ UNSEEN_TTL_SECONDS = 600.0
 # connection, so a flood of refusals cannot take the CPU the worker's own
 # stages need to make room (without it, a 200-connection flood stopped them).
 REFUSAL_PAUSE_SECONDS = 1.0
-# The garbage collector's thresholds once the worker has started (see _warm_up).
-GC_THRESHOLDS = (20_000, 100, 100)
 
 
 # --------------------------------------------------------------------------- errors
@@ -420,15 +419,6 @@ async def _warm_up() -> None:
         await gauge.fresh()
     except Exception:  # the first submission tries again (and answers 503 if it must)
         log.warning("intake: warming up failed; the first submission will try again", exc_info=True)
-    # With the collector's defaults (700, 10, 10) a burst of 5,000 requests spent
-    # about a quarter of its CPU in it: every pass walked the requests in flight,
-    # and several full ones the whole heap. The objects of a started worker
-    # (modules, faust, avro, the clients) live as long as the process: frozen, full
-    # collections skip them. Young objects are collected every 20,000 allocations,
-    # and full collections are rare. See also BurstGC below.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class BurstGC:
@@ -852,6 +842,47 @@ class Blog(_IntakeView):
                 404,
             )
         return self.answer(public_row(row))
+
+
+async def retry_failed(request_id: str) -> tuple[int, dict[str, Any]]:
+    """Send a FAILED request through the pipeline again; (HTTP status, answer).
+
+    Effects that already happened (an article written, an image made) are
+    reused from the effect ledger, so a retry pays only for what failed.
+    """
+    await deps.ready()
+    assert deps.db is not None
+    row = await deps.db.get_generation(request_id)
+    if row is None:
+        return 404, {"error": f"no request {request_id} is known"}
+    if row["status"] != "FAILED":
+        return 409, {"error": f"request {request_id} is {row['status']}, only FAILED requests can be retried",
+                     "status": row["status"]}
+    reopened = await deps.db.reopen_failed(request_id)
+    if reopened is None:
+        return 409, {"error": f"request {request_id} has no stored request to send again (it was never a valid "
+                              "request); submit it again with all its fields"}
+    stored, error = reopened
+    request, problems = check_request(stored)
+    if request is None:
+        await deps.db.restore_failed(request_id, error)
+        wrong = "; ".join(str(p) for p in problems)
+        return 409, {"error": f"request {request_id}'s stored request is no longer valid ({wrong}); submit it again"}
+    try:
+        await produce([request], settings.intake_produce_timeout)
+    except Exception as exc:
+        await deps.db.restore_failed(request_id, error)
+        return 503, {"error": f"Kafka did not take the retry of {request_id} ({type(exc).__name__}); try again"}
+    return 202, {"request_id": request_id, "status": "PENDING", "previous_error": error}
+
+
+@app.page("/api/blogs/{request_id}/retry")
+class RetryRequest(_IntakeView):
+    async def post(self, request: Request, request_id: str) -> Response:
+        if (denied := self.unauthorized(request)) is not None:  # it creates work, as a submit does
+            return denied
+        status, body = await retry_failed(request_id)
+        return self.answer(body, status)
 
 
 @app.page("/api/sites/{site_id}/blogs")
