@@ -224,6 +224,7 @@ class OpenAISim:
 
     def _settle(self, ent: Any, site_stats: Any, tokens: int) -> None:
         ent.tokens = int(tokens)
+        ent.settled_at = self.state.now()
         self.ledger.extra["tokens_settled_total"] += int(tokens)
         site_stats.tokens_settled += int(tokens)
 

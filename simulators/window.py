@@ -40,7 +40,7 @@ def format_duration(seconds: float) -> str:
 class Entry:
     """One admitted request inside a window (also the event record)."""
 
-    __slots__ = ("t", "tokens", "charged", "external", "site")
+    __slots__ = ("t", "tokens", "charged", "external", "site", "settled_at")
 
     def __init__(self, t: float, tokens: int, external: bool, site: str):
         self.t = t
@@ -48,9 +48,11 @@ class Entry:
         self.charged = tokens       # amount charged at admission
         self.external = external
         self.site = site
+        self.settled_at: Optional[float] = None  # when `tokens` replaced `charged` (None: not settled)
 
     def as_event(self) -> list[Any]:
-        return [self.t, self.site, self.tokens, self.external]
+        """[admitted at, site, tokens (settled), someone else's?, tokens charged at admission, settled at]"""
+        return [self.t, self.site, self.tokens, self.external, self.charged, self.settled_at]
 
 
 @dataclass

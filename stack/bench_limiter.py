@@ -112,6 +112,37 @@ def window_sums(events: list[tuple[float, float]], window: float, start: float, 
     return out
 
 
+def enforced_token_sums(events: list[list[Any]], window: float, start: float, end: float,
+                        step: float = 0.05) -> list[float]:
+    """What the provider counts against its token limit at each grid point, for our calls.
+
+    A call admitted at t counts in (t, t + W]: its admission charge (prompt +
+    max_tokens) until it settles, its real usage after (events: the simulator's
+    [t, site, settled, external, charged, settled_at]).
+    """
+    changes: list[tuple[float, float]] = []
+    for t, _, settled, external, *rest in events:
+        if external:
+            continue
+        charged = float(rest[0]) if rest else float(settled)
+        settled_at = rest[1] if len(rest) > 1 and rest[1] is not None else None
+        changes.append((t, charged))
+        if settled_at is not None and settled_at < t + window:
+            changes.append((settled_at, float(settled) - charged))
+            changes.append((t + window, -float(settled)))
+        else:
+            changes.append((t + window, -charged))
+    changes.sort()
+    sums, total, i, t = [], 0.0, 0, start
+    while t <= end:
+        while i < len(changes) and changes[i][0] <= t:
+            total += changes[i][1]
+            i += 1
+        sums.append(total)
+        t += step
+    return sums
+
+
 def steady_utilization(times: list[float], limit: float, window: float) -> float | None:
     """Mean of (arrivals in the last window / limit) over the saturated part of a drain.
 
@@ -124,13 +155,15 @@ def steady_utilization(times: list[float], limit: float, window: float) -> float
     return sum(counts) / len(counts) / limit
 
 
-def parse_histogram(text: str, name: str) -> dict[float, float]:
-    """Cumulative bucket counts of a Prometheus histogram, summed over its labels."""
+def parse_histogram(text: str, name: str, budget: str | None = None) -> dict[float, float]:
+    """Cumulative bucket counts of a Prometheus histogram, summed over its labels (or one budget's)."""
     buckets: dict[float, float] = {}
     pattern = re.compile(rf'^{re.escape(name)}_bucket\{{(.*)\}} ([0-9.e+-]+)$')
     for line in text.splitlines():
         m = pattern.match(line)
         if not m:
+            continue
+        if budget is not None and f'budget="{budget}"' not in m.group(1):
             continue
         le = re.search(r'le="([^"]+)"', m.group(1))
         if le is None:
@@ -268,15 +301,23 @@ async def run_scenario(sc: Scenario, log: Any = print) -> dict[str, Any]:
                 except httpx.HTTPError:
                     pass
         overhead = merge_histograms([parse_histogram(t, "blogstream_permit_overhead_seconds") for t in scrapes])
+        budgets = sorted({b for t in scrapes for b in re.findall(r'blogstream_permit_overhead_seconds_count\{budget="([^"]+)"', t)})
+        by_budget = {}
+        for b in budgets:
+            h = merge_histograms([parse_histogram(t, "blogstream_permit_overhead_seconds", b) for t in scrapes])
+            by_budget[b] = {"permits": max(h.values()) if h else 0, "p50": quantile(h, 0.5), "p99": quantile(h, 0.99)}
         waits = merge_histograms([parse_histogram(t, "blogstream_permit_wait_seconds") for t in scrapes])
         persist = merge_histograms([parse_histogram(t, "blogstream_limiter_persist_seconds") for t in scrapes])
         send_delay = merge_histograms([parse_histogram(t, "blogstream_permit_send_delay_seconds") for t in scrapes])
         openai = ledger["openai"]
         req_util = steady_utilization(times, sc.openai_rpm, sc.window)
         tok_util = None
+        tok_counted = None
         if len(times) > 1 and times[-1] - times[0] > sc.window:
             sums = window_sums(ours, sc.window, times[0] + sc.window, times[-1])
             tok_util = sum(sums) / len(sums) / sc.openai_tpm
+            counted = enforced_token_sums(events, sc.window, times[0] + sc.window, times[-1])
+            tok_counted = sum(counted) / len(counted) / sc.openai_tpm
         # Ideal drain: the backlog's need of the binding budget over its rate, one OpenAI call
         # per blog (requests), or the tokens the blogs really used (tokens).
         settled = sum(amount for _, amount in ours)
@@ -297,6 +338,7 @@ async def run_scenario(sc: Scenario, log: Any = print) -> dict[str, Any]:
             "calls_span_s": times[-1] - times[0] if times else None,
             "util_requests": req_util,
             "util_tokens": tok_util,
+            "util_tokens_counted": tok_counted,
             "binding": "requests (RPM)" if (req_util or 0) >= (tok_util or 0) else "tokens (TPM)",
             "ceiling": sc.window / (sc.window + sc.grace),
             "max_requests_in_window": openai.get("max_requests_in_window"),
@@ -308,6 +350,7 @@ async def run_scenario(sc: Scenario, log: Any = print) -> dict[str, Any]:
             "tokens_settled": openai.get("tokens_settled_total"),
             "overhead_p50": quantile(overhead, 0.5),
             "overhead_p99": quantile(overhead, 0.99),
+            "overhead_by_budget": by_budget,
             "wait_p50": quantile(waits, 0.5),
             "wait_p99": quantile(waits, 0.99),
             "persist_p50": quantile(persist, 0.5),
@@ -357,7 +400,9 @@ def render(results: list[dict[str, Any]], started: float, finished: float | None
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        util = r["util_requests"] if r["binding"].startswith("requests") else r["util_tokens"]
+        # Tokens: what the provider counts against its limit (admission charges until they settle).
+        util = r["util_requests"] if r["binding"].startswith("requests") else \
+            (r.get("util_tokens_counted") or r["util_tokens"])
         limit = f"{r['rpm']} req / {r['window']:.0f} s" if r["binding"].startswith("requests") else \
             f"{r['tpm']} tok / {r['window']:.0f} s"
         busiest = f"{r['max_requests_in_window']} / {r['rpm']} req"
@@ -376,12 +421,15 @@ def render(results: list[dict[str, Any]], started: float, finished: float | None
         lines.append(
             f"- **{r['label']}** ({r['run']}): outcomes {r['statuses']}; {r['calls']} OpenAI calls, the first "
             f"{r['first_call_s']:.1f} s after the backlog was submitted, the last {r['calls_span_s']:.1f} s after the first; "
-            f"request utilization {_pct(r['util_requests'])}, token utilization {_pct(r['util_tokens'])} "
-            f"(settled tokens; {r['tokens_charged']} charged at admission, {r['tokens_settled']} settled); "
+            f"request utilization {_pct(r['util_requests'])}, token utilization {_pct(r.get('util_tokens_counted'))} "
+            f"counted as the provider counts them (admission charge until settled), {_pct(r['util_tokens'])} in "
+            f"tokens really spent ({r['tokens_charged']} charged at admission, {r['tokens_settled']} settled); "
             f"busiest token window (as the simulator enforced it) {r['max_tokens_in_window']} / {r['tpm']}; "
             f"Replicate busiest window {r['replicate_max_in_window']} / {r['replicate_limit']}; "
             f"coordinator persist p50/p99 {_ms(r['persist_p50'])} / {_ms(r['persist_p99'])}; "
             f"{int(r['permits'])} permits, {int(r['reasks'])} re-asks, {int(r['expired'])} expired; "
+            + "".join(f"{b} permits {int(v['permits'])}, latency p50/p99 {_ms(v['p50'])} / {_ms(v['p99'])}; "
+                      for b, v in (r.get("overhead_by_budget") or {}).items()) +
             f"grant-to-wire delay p50/p99 {_ms(r['send_delay_p50'])} / {_ms(r['send_delay_p99'])}, "
             f"{int(r['late_sends'])} late sends reported; load average {r['load'][0]:.1f} before, {r['load'][1]:.1f} after."
         )

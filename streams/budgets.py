@@ -10,6 +10,14 @@ any window of length W therefore sees only grants from an interval of length
 W + grace, so each rate budget caps grants in every such interval. The cost is
 a utilization ceiling of W / (W + grace) (99 % for W = 30 s, grace = 0.3 s).
 
+Leases: while a request budget has plenty of room, the book may grant one ask
+several units for a short period (`lease_seconds`), to be sent any time in
+[start, start + lease_seconds + grace]. Its entry counts from the grant until
+start + lease_seconds + W + grace (it is kept at start + lease_seconds, the
+last moment a unit may be taken), so the rule above holds for every unit. The
+worker takes units locally, without a round trip, and gives back the ones it
+did not take when the lease ends (`end_lease`).
+
 Costs: granting, settling and expiring are O(1) per grant (running sums, an
 index by grant id); a scheduling pass is O(waiting asks x log) (a heap).
 """
@@ -47,9 +55,11 @@ class RateBudget:
     throttled_at: float = -math.inf  # last multiplicative decrease
     tat: float = -math.inf  # pacing: theoretical arrival time of the next grant (GCRA)
     granted_total: float = 0.0
-    # [granted_at, amount, grant_id, ask_id, site_id], in grant order. The site is
-    # kept only to report each site's share; "" means not known (an entry
-    # persisted before sites were kept, or revived by a late report).
+    # [granted_at, amount, grant_id, ask_id, site_id, lease_start], in time order.
+    # The site is kept only to report each site's share; "" means not known (an
+    # entry persisted before sites were kept, or revived by a late report).
+    # lease_start is None except for a lease, whose entry sits at its last usable
+    # moment (so it counts long enough) but whose units may go out from lease_start.
     entries: deque = field(default_factory=deque)
     total: float = 0.0  # sum of amounts in `entries`
     index: dict = field(default_factory=dict)  # grant_id -> entry
@@ -79,20 +89,29 @@ class RateBudget:
         return self.total
 
     def ahead(self, now: float) -> float:
-        """Units of grants made ahead whose start is still to come (the newest entries)."""
+        """Units of grants made ahead whose start is still to come (the newest entries).
+
+        Not leases: their units may be at the provider already.
+        """
         total = 0.0
         for entry in reversed(self.entries):
             if entry[0] <= now:
                 break
-            total += entry[1]
+            if entry[5] is None:
+                total += entry[1]
         return total
+
+    @staticmethod
+    def _started(entry: list, now: float) -> bool:
+        """Its units may have reached the provider by `now` (not a grant ahead still to start)."""
+        return (entry[0] if entry[5] is None else entry[5]) <= now
 
     def used_in_last(self, now: float, seconds: float) -> float:
         total = 0.0
         for entry in reversed(self.entries):
             if entry[0] <= now - seconds:
                 break
-            if entry[0] <= now:  # not grants ahead whose start is still to come
+            if self._started(entry, now):  # not grants ahead whose start is still to come
                 total += entry[1]
         return total
 
@@ -108,7 +127,7 @@ class RateBudget:
         for entry in reversed(self.entries):
             if entry[0] <= now - seconds:
                 break
-            if entry[0] <= now and entry[4] and entry[1] > 0:  # as used_in_last: not grants ahead
+            if self._started(entry, now) and entry[4] and entry[1] > 0:  # as used_in_last: not grants ahead
                 by_site[entry[4]] = by_site.get(entry[4], 0.0) + entry[1]
         return by_site
 
@@ -177,9 +196,13 @@ class RateBudget:
                 at = max(at, self.entries[-1][0] + self.span if self.entries else now)
         return at
 
-    def add(self, now: float, amount: float, grant_id: str, ask_id: str = "", site_id: str = "") -> None:
-        entry = [now, float(amount), grant_id, ask_id, site_id]
-        if self.entries and self.entries[-1][0] > now:
+    def add(self, now: float, amount: float, grant_id: str, ask_id: str = "", site_id: str = "",
+            until: float | None = None) -> None:
+        """Count `amount` from `now`; a lease (`until` set) counts until until + span."""
+        entry = [now, float(amount), grant_id, ask_id, site_id, None]
+        if until is not None:
+            entry[0], entry[5] = until, now
+        if self.entries and self.entries[-1][0] > entry[0]:
             self._insert(entry)  # behind a late permit's entry, which counts from a later time
         else:
             self.entries.append(entry)
@@ -187,9 +210,12 @@ class RateBudget:
         self.total += entry[1]
         self.granted_total += entry[1]
         if self.paced:
-            self.tat = max(self.tat, now - self.pace_slack()) + self.pace_interval() * max(1.0, amount)
+            # A lease takes one place in the schedule: its units go out at the
+            # worker's own pace, and it is capped to a fraction of the paced rate.
+            slots = 1.0 if until is not None else max(1.0, amount)
+            self.tat = max(self.tat, now - self.pace_slack()) + self.pace_interval() * slots
         self.dirty.add("meta")
-        self.dirty.add(bucket_of(now))
+        self.dirty.add(bucket_of(entry[0]))
 
     def settle(self, grant_id: str, actual: float) -> bool:
         """Replace a reservation by what the call really cost (never below 0)."""
@@ -220,7 +246,7 @@ class RateBudget:
             return "extended"
         if at + self.span <= now:
             return "ok"  # it has left every window by now anyway
-        entry = [at, float(amount), grant_id, ask_id, ""]  # the report does not name the site
+        entry = [at, float(amount), grant_id, ask_id, "", None]  # the report does not name the site
         self._insert(entry)
         self.index[grant_id] = entry
         self.total += entry[1]
@@ -325,8 +351,9 @@ class RateBudget:
         self.index = {}
         self.total = 0.0
         for e in merged:
-            # Older entries have no ask id or no site: they still count, under no site.
-            entry = [float(e[0]), float(e[1]), str(e[2]), str(e[3]) if len(e) > 3 else "", str(e[4]) if len(e) > 4 else ""]
+            # Older entries have no ask id, no site or no lease start: they still count, under no site.
+            entry = [float(e[0]), float(e[1]), str(e[2]), str(e[3]) if len(e) > 3 else "",
+                     str(e[4]) if len(e) > 4 else "", float(e[5]) if len(e) > 5 and e[5] is not None else None]
             self.entries.append(entry)
             self.index[entry[2]] = entry
             self.total += entry[1]
@@ -375,6 +402,7 @@ class Ask:
     seq: int
     reply: Any = None  # how to answer (set by the Kafka glue)
     waited: bool = False  # a pass found no room for it: its grant came when room appeared
+    lease: int = 0  # units it would take as a lease (0: one permit); see BudgetBook.lease
 
     @property
     def primary(self) -> str:
@@ -389,9 +417,13 @@ class Grant:
     use_by: float  # send by then and the permit counts exactly as granted
     last_use: float  # send by then and report it (a late send): counted until it left every window
     made_at: float = 0.0  # when the coordinator decided (before granted_at for a grant ahead)
+    lease_units: int = 0  # a lease: this many units, to be taken by lease_until (0: one permit)
+    lease_until: float = 0.0
 
     def as_reply(self) -> dict[str, Any]:
+        lease = {"lease_units": self.lease_units, "lease_until": self.lease_until} if self.lease_units else {}
         return {
+            **lease,
             "ask_id": self.ask.ask_id,
             "grant_id": self.grant_id,
             "granted_at": self.granted_at,
@@ -416,9 +448,16 @@ class BudgetBook:
     """
 
     def __init__(
-        self, rate_specs: dict[str, dict[str, Any]], *, grace: float, slot_default: int = 20, lookahead: float = 0.0
+        self, rate_specs: dict[str, dict[str, Any]], *, grace: float, slot_default: int = 20, lookahead: float = 0.0,
+        lease_seconds: float = 0.0, lease_below: float = 0.5,
     ):
         self.grace = grace
+        # Leases (see `lease`): granted only while a budget's use, counting the
+        # lease, stays below `lease_below` of its limit, so they never compete
+        # with an ask for contested room; 0 seconds turns them off.
+        self.lease_seconds = lease_seconds
+        self.lease_below = lease_below
+        self.lease_share = 0.25  # a lease's rate (units / lease_seconds) is at most this part of the budget's
         # Grant an ask up to this long before its room opens, for a start time:
         # the answer travels while the room is still taken, and the worker sends
         # at the start time, so the Kafka round trip is hidden (see `grant_ready`).
@@ -586,12 +625,65 @@ class BudgetBook:
         if ask.slot_limit is not None:
             self.slot(ask.site_id, ask.slot_limit).add(now, ask.request_id)
             self.dirty_slots.add(f"slots:{ask.site_id}")
+        made_at = now if made_at is None else made_at
+        units = self._lease_units(ask, now) if now <= made_at else 0  # never for a grant ahead
+        if units:
+            return self._grant_lease(ask, grant_id, now, units)
         for budget, amount in ask.needs.items():
             self.rate(budget).add(now, amount, grant_id, ask.ask_id, ask.site_id)
             key = (budget, ask.site_id)
             self.vtime[key] = self.vtime.get(key, 0.0) + amount / max(ask.weight, 1e-6)
-        return Grant(ask, grant_id, now, now + self.grace, now + self.late_use_seconds(),
-                     made_at=now if made_at is None else made_at)
+        return Grant(ask, grant_id, now, now + self.grace, now + self.late_use_seconds(), made_at=made_at)
+
+    # --- leases ---------------------------------------------------------------
+    def _lease_units(self, ask: Ask, now: float) -> int:
+        """How many units `ask` may take as a lease right now (0: grant it one permit as usual).
+
+        Only a one-budget ask without a slot, only while nobody waits on that
+        budget, nobody pushes back on it (no 429 share cut, no outside use),
+        and it would stay below `lease_below` of its limit with the lease: a
+        lease then costs nobody anything, and near the limit every unit goes
+        through the fair line one by one as before. A lease takes one place in
+        the pacing schedule, and its rate is at most `lease_share` of the
+        budget's (so a few workers' leases cannot make a burst the pacing
+        would not allow).
+        """
+        if self.lease_seconds <= 0 or ask.lease < 2 or ask.slot_limit is not None or len(ask.needs) != 1:
+            return 0
+        budget, amount = next(iter(ask.needs.items()))
+        if amount != 1 or self._waiting_sites.get(budget):
+            return 0
+        rate = self.rate(budget)
+        if rate.factor < 1.0 or rate.external or not rate._pace_ok(now):
+            return 0
+        limit = rate.effective_limit()
+        units = min(int(ask.lease), int(self.lease_share * limit * self.lease_seconds / rate.span))
+        if units < 2 or rate.used(now) + units > self.lease_below * limit:
+            return 0
+        return units
+
+    def _grant_lease(self, ask: Ask, grant_id: str, now: float, units: int) -> Grant:
+        budget = ask.primary
+        until = now + self.lease_seconds
+        self.rate(budget).add(now, units, grant_id, ask.ask_id, ask.site_id, until=until)
+        # No fair-queuing charge: the units serve every site on the asking
+        # worker, and only while nobody waits on the budget (nothing to share).
+        return Grant(ask, grant_id, now, until + self.grace, until + self.late_use_seconds(), made_at=now,
+                     lease_units=units, lease_until=until)
+
+    def lease(self, ask: Ask, now: float) -> Grant | None:
+        """A lease for `ask` now, or None: never queued (a worker refilling its units asks this way)."""
+        units = self._lease_units(ask, now)
+        if not units:
+            return None
+        return self._grant_lease(ask, f"{self.instance}{next(self._grant_seq)}", now, units)
+
+    def end_lease(self, budget: str, grant_id: str, taken: float) -> None:
+        """A lease ended with `taken` units used: the rest were never sent, their room goes back."""
+        rate = self.rates.get(budget)
+        entry = rate.index.get(grant_id) if rate is not None else None
+        if entry is not None and taken < entry[1]:
+            rate.settle(grant_id, taken)
 
     def next_wakeup(self, now: float) -> float | None:
         """When something waiting could next be granted (None: nothing to wait for but events).
@@ -706,7 +798,7 @@ class BudgetBook:
         """ask_id -> (grant_id, granted_at) of every grant still in a window."""
         out: dict[str, tuple[str, float]] = {}
         for rate in self.rates.values():
-            for granted_at, _, grant_id, ask_id, _ in rate.entries:
+            for granted_at, _, grant_id, ask_id, *_ in rate.entries:
                 if ask_id:
                     out[ask_id] = (grant_id, granted_at)
         return out

@@ -33,7 +33,7 @@ import logging
 import os
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +112,10 @@ permit_send_delay_seconds = Histogram(
 late_sends_total = Counter(
     "blogstream_permit_late_sends_total", "Worker: permitted requests that left after the permit's use-by time "
     "(reported to the coordinator, which keeps counting them)", registry=metrics.registry,
+)
+permits_leased_total = Counter(
+    "blogstream_permits_leased_total", "Worker: permits taken from a lease this worker holds (no round trip)",
+    ["budget"], registry=metrics.registry,
 )
 late_unsafe_total = Counter(
     "blogstream_permit_late_unsafe_total", "Coordinator: late reports that came after the permit's room had "
@@ -218,7 +222,8 @@ class Coordinator:
     @staticmethod
     def new_book() -> BudgetBook:
         book = BudgetBook(rate_specs(), grace=settings.permit_grace_seconds, slot_default=settings.site_max_in_flight,
-                          lookahead=settings.permit_lookahead_seconds)
+                          lookahead=settings.permit_lookahead_seconds, lease_seconds=settings.permit_lease_seconds,
+                          lease_below=settings.permit_lease_below)
         book.instance = uuid.uuid4().hex[:8] + "-"
         return book
 
@@ -306,7 +311,7 @@ class Coordinator:
             reply = (value["reply_to"], value["correlation_id"])
             value = value["value"]
         op = value.get("op")
-        if op == "acquire":
+        if op in ("acquire", "lease"):
             answer = self.answers.get(value["ask_id"])
             if answer is not None:  # a re-ask for an ask already granted
                 if reply:
@@ -314,21 +319,33 @@ class Coordinator:
                     if answer.sent:
                         await self._send(reply, answer.reply)
                 return
-            self.book.add_ask(
-                Ask(
-                    ask_id=value["ask_id"],
-                    site_id=value["site_id"],
-                    request_id=value.get("request_id", ""),
-                    needs={k: float(v) for k, v in value["needs"].items()},
-                    slot_limit=value.get("slot_limit"),
-                    weight=float(value.get("weight") or 1.0),
-                    arrived_at=now,
-                    seq=0,
-                    reply=reply,
-                )
+            ask = Ask(
+                ask_id=value["ask_id"],
+                site_id=value["site_id"],
+                request_id=value.get("request_id", ""),
+                needs={k: float(v) for k, v in value["needs"].items()},
+                slot_limit=value.get("slot_limit"),
+                weight=float(value.get("weight") or 1.0),
+                arrived_at=now,
+                seq=0,
+                reply=reply,
+                lease=int(value.get("lease") or 0),
             )
+            if op == "acquire":
+                self.book.add_ask(ask)
+            else:  # a worker refilling its leased units: a lease now, or no, never a place in line
+                grant = self.book.lease(ask, now) if now >= self.hold_until else None
+                if grant is None:
+                    if reply:
+                        await self._send(reply, {"ask_id": ask.ask_id, "refused": True})
+                    return
+                self.answers[ask.ask_id] = _Answer(grant.as_reply(), reply)
+                self.unsent.append(ask.ask_id)  # answered once durable, by the next pass
+                grants_total.labels(ask.primary).inc(grant.lease_units)
         elif op == "settle":
             self.book.settle(value["budget"], value["grant_id"], value["actual"])
+        elif op == "lease_end":  # units of a lease its worker did not take: never sent
+            self.book.end_lease(value["budget"], value["grant_id"], float(value["taken"]))
         elif op == "unused":  # a grant that reached its worker too late: it was never sent
             self.book.unused(value["grant_id"], value.get("needs") or {})
         elif op == "release":
@@ -398,7 +415,7 @@ class Coordinator:
                 self.answers[grant.ask.ask_id] = _Answer(grant.as_reply(), grant.ask.reply)
                 self.unsent.append(grant.ask.ask_id)
                 for budget in grant.ask.needs:
-                    grants_total.labels(budget).inc()
+                    grants_total.labels(budget).inc(grant.lease_units or 1)
                 metrics.permit_queue_seconds.labels(grant.ask.primary).observe(now - grant.ask.arrived_at)
         writes = self.book.take_dirty()
         if self.pending_writes:
@@ -542,6 +559,51 @@ class Permit:
         return time.time() <= max(self.use_by, self.last_use)
 
 
+@dataclass
+class _Lease:
+    """Units of one budget granted to this worker at once, to take until `until`."""
+
+    grant_id: str
+    start: float
+    until: float
+    use_by: float  # a unit taken by `until` is sent by then, or reported late
+    last_use: float
+    left: int
+    taken: int = 0
+    closed: bool = False
+
+
+@dataclass
+class _LeasePool:
+    """This worker's leases on one budget, and how fast it takes permits of that budget."""
+
+    leases: list[_Lease] = field(default_factory=list)
+    recent: "deque[float]" = field(default_factory=deque)  # when permits were asked for, the last lease period
+    refilling: bool = False
+    quiet_until: float = 0.0  # the coordinator said no (the budget is busy): do not ask to refill before
+
+    def note(self, now: float, period: float) -> None:
+        self.recent.append(now)
+        while self.recent and self.recent[0] < now - period:
+            self.recent.popleft()
+
+    def wanted(self) -> int:
+        """Units for the next lease: what one lease period took lately, with some to spare."""
+        return min(64, max(2, (3 * len(self.recent) + 1) // 2 + 1))
+
+    def take(self, now: float) -> _Lease | None:
+        for lease in self.leases:
+            if not lease.closed and lease.left > 0 and now < lease.until:
+                lease.left -= 1
+                lease.taken += 1
+                return lease
+        return None
+
+    def left(self, now: float, margin: float) -> int:
+        """Units still to take, in leases that do not end within `margin`."""
+        return sum(lease.left for lease in self.leases if not lease.closed and now + margin < lease.until)
+
+
 # The permit the current task holds (set by Budgets.acquire, read by the wire hook).
 _current_permit: contextvars.ContextVar[Permit | None] = contextvars.ContextVar("blogstream_permit", default=None)
 # From our hook to the provider counting the request: the write, the network,
@@ -622,8 +684,12 @@ class Budgets:
 
     ask_timeout = 5.0  # stats: how often to re-send within the caller's deadline
     reask_seconds = 30.0
+    lease_seconds = settings.permit_lease_seconds
     _slow_logged = 0.0
     _regrouped: asyncio.Event | None = None
+
+    def __init__(self) -> None:
+        self._pools: dict[str, _LeasePool] = {}  # budget -> leased units (see `_leasable`)
 
     def regroup(self) -> None:
         """A rebalance happened: wake every waiting ask to re-send itself."""
@@ -694,6 +760,13 @@ class Budgets:
         started = time.time()
         primary = next(iter(needs), "")
         expired = 0
+        pool = self._pool(needs, slot_limit)
+        if pool is not None:
+            pool.note(started, self.lease_seconds)
+            lease = pool.take(started)
+            if lease is not None:
+                permits_leased_total.labels(primary.split(":", 1)[0]).inc()
+                return await self._from_lease(primary, pool, lease, site_id, weight, started)
         while True:
             asked = time.time()
             ask = {
@@ -705,8 +778,17 @@ class Budgets:
                 "slot_limit": slot_limit,
                 "weight": weight,
             }
+            if pool is not None:
+                ask["lease"] = pool.wanted()  # granted as a lease if the budget has plenty of room
             reply = await self._ask_until_answered(ask)
             now = time.time()
+            if reply.get("lease_units") and pool is not None:
+                lease = self._add_lease(primary, pool, reply, taken=1)
+                if lease is not None:
+                    # As for one permit: the round trip, less any wait for room (a lease never starts ahead).
+                    overhead = now - (lease.start if reply.get("waited") else asked + float(reply.get("queued", 0.0)))
+                    return await self._from_lease(primary, pool, lease, site_id, weight, started, overhead=overhead)
+                continue  # it ended before it got here: ask again
             if now > max(reply["use_by"], reply.get("last_use") or 0.0):
                 # Too late to use even with a late report (we were paused for
                 # seconds). We never send it, so its room goes back at once,
@@ -746,6 +828,99 @@ class Budgets:
             _current_permit.set(permit)  # the wire hook reports when its request really leaves
             return permit
 
+    # --- leases: several permits of a budget with plenty of room, taken here --------
+    def _pool(self, needs: dict[str, float], slot_limit: int | None) -> _LeasePool | None:
+        """The lease pool for an ask of one request of one budget (Replicate, Wix); None otherwise.
+
+        Generate asks (OpenAI requests + tokens + a site slot) always go
+        through the coordinator's line.
+        """
+        if self.lease_seconds <= 0 or slot_limit is not None or len(needs) != 1:
+            return None
+        budget, amount = next(iter(needs.items()))
+        if amount != 1 or budget == OPENAI_TOKENS:
+            return None
+        pool = self._pools.get(budget)
+        if pool is None:
+            pool = self._pools[budget] = _LeasePool()
+        return pool
+
+    def _add_lease(self, budget: str, pool: _LeasePool, reply: dict[str, Any], taken: int) -> _Lease | None:
+        now = time.time()
+        units = int(reply["lease_units"])
+        lease = _Lease(reply["grant_id"], float(reply["granted_at"]), float(reply["lease_until"]),
+                       float(reply["use_by"]), float(reply.get("last_use") or reply["use_by"]),
+                       left=units - taken, taken=taken)
+        if now >= lease.until:  # arrived after its end: nothing taken, all of it goes back
+            lease.left, lease.taken = units, 0
+            self._end_lease(budget, pool, lease)
+            return None
+        pool.leases.append(lease)
+        asyncio.get_running_loop().call_later(lease.until - now, self._end_lease, budget, pool, lease)
+        return lease
+
+    def _end_lease(self, budget: str, pool: _LeasePool, lease: _Lease) -> None:
+        """No more units from `lease`; tell the coordinator how many were taken (the rest were never sent)."""
+        if lease.closed:
+            return
+        lease.closed = True
+        if lease in pool.leases:
+            pool.leases.remove(lease)
+        if lease.left > 0:
+            asyncio.ensure_future(budget_coordinator.cast(
+                value={"op": "lease_end", "budget": budget, "grant_id": lease.grant_id, "taken": lease.taken}
+            ))
+
+    def end_leases(self, budget: str) -> None:
+        """The provider pushed back on `budget`: take nothing more from leases on it."""
+        pool = self._pools.get(budget)
+        if pool is not None:
+            for lease in list(pool.leases):
+                self._end_lease(budget, pool, lease)
+            pool.quiet_until = time.time() + self.lease_seconds
+
+    async def _from_lease(self, budget: str, pool: _LeasePool, lease: _Lease, site_id: str, weight: float,
+                          started: float, overhead: float | None = None) -> Permit:
+        now = time.time()
+        if lease.start > now:  # a worker clock behind the coordinator's: not before the start
+            await asyncio.sleep(lease.start - now)
+            now = time.time()
+        # granted_at is when the unit was handed out: the send delay is measured from it.
+        permit = Permit(lease.grant_id, lease.use_by, {budget: 1.0}, now - started, granted_at=now,
+                        last_use=lease.last_use)
+        metrics.permit_wait_seconds.labels(budget).observe(permit.waited)
+        # Taken here: the time it took (no round trip). Leased by an ask: as for one permit.
+        permit_overhead_seconds.labels(budget).observe(max(0.0, permit.waited if overhead is None else overhead))
+        self._maybe_refill(budget, pool, site_id, weight, now)
+        _current_permit.set(permit)
+        return permit
+
+    def _maybe_refill(self, budget: str, pool: _LeasePool, site_id: str, weight: float, now: float) -> None:
+        """Ask for the next lease before this one runs out, so no permit waits for a round trip."""
+        if pool.refilling or now < pool.quiet_until:
+            return
+        if pool.left(now, self.lease_seconds / 4) > pool.wanted() // 3:
+            return
+        pool.refilling = True
+        asyncio.ensure_future(self._refill(budget, pool, site_id, weight))
+
+    async def _refill(self, budget: str, pool: _LeasePool, site_id: str, weight: float) -> None:
+        ask = {"op": "lease", "ask_id": uuid.uuid4().hex, "site_id": site_id, "request_id": "",
+               "needs": {budget: 1.0}, "lease": pool.wanted(), "weight": weight}
+        try:
+            reply = await self._ask_until_answered(ask, deadline=time.time() + 2.0)
+            if reply.get("lease_units"):
+                self._add_lease(budget, pool, reply, taken=0)
+            else:  # no lease while the budget is busy: ask one by one, try again later
+                pool.quiet_until = time.time() + self.lease_seconds / 2
+        except asyncio.TimeoutError:
+            pool.quiet_until = time.time() + self.lease_seconds
+        except Exception:
+            log.warning("limiter: could not refill the lease on %s", budget, exc_info=True)
+            pool.quiet_until = time.time() + self.lease_seconds
+        finally:
+            pool.refilling = False
+
     async def report_late(self, permit: Permit, anchor: float) -> None:
         """Tell the coordinator a permit's request leaves late; return once the broker has it."""
         fut = await limiter_topic.send(
@@ -782,6 +957,8 @@ class Budgets:
         """feedback() from a connector's RateLimitInfo: requests figures for the first
         budget in `needs`, token figures for the token budget (OpenAI), if any."""
         primary = next(iter(needs))
+        if throttled:
+            self.end_leases(primary)
         tokens_budget = next((b for b in needs if b == OPENAI_TOKENS), None)
         await self.feedback(
             primary,

@@ -69,6 +69,11 @@ class Settings:
     # The coordinator grants up to this long before a budget's room opens, for
     # that moment: the answer's trip over Kafka overlaps the wait for room.
     permit_lookahead_seconds: float = 1.0
+    # While a request budget is less than `permit_lease_below` used, a worker may
+    # take several permits at once (a lease), to be used within this many
+    # seconds without a round trip to the coordinator each (0: no leases).
+    permit_lease_seconds: float = 2.0
+    permit_lease_below: float = 0.5
     # Spread request grants evenly over the window: real providers often
     # enforce sub-minute slices, so a burst at a window's start can get 429s.
     budget_pacing: bool = True

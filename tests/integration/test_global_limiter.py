@@ -61,6 +61,17 @@ async def get_json(http: httpx.AsyncClient, url: str) -> dict:
     return r.json()
 
 
+async def start_backlog(pipeline, outcomes, sites: list[str], *, workers: int, per_site: int):
+    """Start `workers` worker processes, then submit `per_site` requests for each site."""
+    await outcomes.add_sites(sites)
+    started = [pipeline.start_worker() for _ in range(workers)]
+    await pipeline.wait_for_topics()
+    await pipeline.wait_ready()
+    requests = [pipeline.request(site, n) for n in range(per_site) for site in sites]
+    await pipeline.submit(requests)
+    return started, requests
+
+
 async def coordinator_of(workers) -> object:
     """The worker whose /metrics says it runs the limiter coordinator."""
     async with httpx.AsyncClient(timeout=10) as http:
@@ -84,12 +95,7 @@ async def test_three_workers_share_one_budget_and_no_window_exceeds_any_limit(pi
     sim.configure(sim_limits(**{k: 2 * v for k, v in ours.items()}))
     pipeline.settings = limiter_settings(**ours)
     sites = ["north", "south", "east"]
-    await outcomes.add_sites(sites)
-    workers = [pipeline.start_worker() for _ in range(3)]
-    await pipeline.wait_for_topics()
-    await pipeline.wait_ready()
-    requests = [pipeline.request(site, n) for n in range(12) for site in sites]
-    await pipeline.submit(requests)
+    workers, requests = await start_backlog(pipeline, outcomes, sites, workers=3, per_site=12)
 
     # While the backlog drains: every worker answers for the same, global budget.
     async with httpx.AsyncClient(timeout=10) as http:
@@ -134,18 +140,35 @@ async def test_three_workers_share_one_budget_and_no_window_exceeds_any_limit(pi
     assert permits_seen >= 1
 
 
+async def test_leases_serve_permits_without_a_round_trip_and_stop_when_the_budget_fills(pipeline, sim, outcomes,
+                                                                                         worker_env):
+    """Replicate has room at first (workers take leases), then the backlog fills it (one by one again)."""
+    ours = {"openai_rpm": 200, "replicate_rpm": 40, "wix_site_rpm": 200}
+    sim.configure(sim_limits(**{k: 2 * v for k, v in ours.items()}))  # only our limiter keeps us within `ours`
+    pipeline.settings = {**limiter_settings(**ours), "permit_lease_seconds": 5.0}  # leases of up to 4 units
+    workers, requests = await start_backlog(pipeline, outcomes, ["left", "right"], workers=2, per_site=35)
+    rows = await outcomes.wait_final([r["request_id"] for r in requests], timeout=150, workers=workers)
+    assert summarize(rows) == {"DONE": len(requests)}
+
+    ledger = sim.ledger()
+    assert ledger["replicate"]["max_requests_in_window"] <= ours["replicate_rpm"]
+    assert ledger["replicate"]["max_requests_in_window"] >= ours["replicate_rpm"] - 2, "the budget was contested"
+    assert all(ledger[p]["rejected_429"] == 0 for p in ("openai", "replicate", "wix"))
+    leased = 0.0
+    async with httpx.AsyncClient(timeout=10) as http:
+        for w in workers:
+            text = (await http.get(w.url("/metrics"))).text
+            leased += sum(float(v) for v in re.findall(
+                r'^blogstream_permits_leased_total\{budget="replicate_requests"\} ([0-9.e+]+)$', text, re.M))
+    assert leased >= 2, "permits should have been taken from leases while the budget had room"
+
+
 async def test_killing_the_coordinator_mid_run_neither_resets_nor_exceeds_the_budget(pipeline, sim, outcomes,
                                                                                      worker_env):
     ours = {"openai_rpm": 20}
     sim.configure(sim_limits(openai_rpm=40, latency_scale=0.3))
     pipeline.settings = limiter_settings(**ours)
-    sites = ["alpha", "beta"]
-    await outcomes.add_sites(sites)
-    workers = [pipeline.start_worker() for _ in range(2)]
-    await pipeline.wait_for_topics()
-    await pipeline.wait_ready()
-    requests = [pipeline.request(site, n) for n in range(25) for site in sites]
-    await pipeline.submit(requests)
+    workers, requests = await start_backlog(pipeline, outcomes, ["alpha", "beta"], workers=2, per_site=25)
 
     # Mid-run: about a third of the OpenAI calls made, the window full.
     deadline = time.time() + 90
@@ -186,13 +209,7 @@ async def test_someone_else_on_the_same_key_the_budget_adapts_then_climbs_back(p
     external_per_window = 12
     sim.configure(sim_limits(openai_rpm=limit, external_rpm=external_per_window * 60 / W, latency_scale=0.2))
     pipeline.settings = limiter_settings(openai_rpm=limit)
-    sites = ["solo-1", "solo-2"]
-    await outcomes.add_sites(sites)
-    pipeline.start_worker()
-    await pipeline.wait_for_topics()
-    await pipeline.wait_ready()
-    requests = [pipeline.request(site, n) for n in range(70) for site in sites]
-    await pipeline.submit(requests)
+    _, requests = await start_backlog(pipeline, outcomes, ["solo-1", "solo-2"], workers=1, per_site=70)
 
     async with httpx.AsyncClient(timeout=10) as http:
         url = pipeline.workers[0].url("/api/rate-limiter/stats")

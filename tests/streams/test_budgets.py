@@ -614,3 +614,122 @@ def test_grants_ahead_do_not_hide_someone_elses_use_from_the_remaining_header():
         r.add(101.0, 1, f"ahead{i}")  # granted ahead: not sent yet at t = 100.5
     r.on_remaining(100.5, 30, 30 - 3 - 12)  # the provider counts our 3 and 12 of someone else
     assert r.external == 12
+
+
+# --------------------------------------------------------------------------- leases
+
+
+def lease_book(limit: int = 120, window: float = 10.0, grace: float = 0.3, paced: bool = True) -> BudgetBook:
+    b = book(limit, window, grace, paced=paced)
+    b.lease_seconds, b.lease_below = 2.0, 0.5
+    return b
+
+
+def test_a_lease_is_granted_only_while_the_budget_has_plenty_of_room():
+    b = lease_book(limit=120, paced=False)  # a lease's rate: at most 0.25 x 120 x 2 / 10.3 = 5 units
+    g = b.lease(_lease_ask("s", 20), 0.0)
+    assert g is not None and g.lease_units == 5 and g.lease_until == pytest.approx(2.0)
+    assert g.use_by == pytest.approx(2.3) and g.granted_at == 0.0
+    reply = g.as_reply()
+    assert reply["lease_units"] == 5 and reply["lease_until"] == pytest.approx(2.0)
+    assert b.rate(REQ).used(0.0) == 5
+    # Not for more than one budget, a slot, a single unit, or while someone waits on the budget.
+    assert b.lease(_lease_ask("s", 20, {REQ: 1, TOK: 10}), 0.0) is None
+    assert b.lease(_lease_ask("s", 20, slot_limit=3), 0.0) is None
+    assert b.lease(_lease_ask("s", 1), 0.0) is None
+    b.add_ask(ask("other", {REQ: 1}))
+    assert b.lease(_lease_ask("s", 20), 0.0) is None
+    b.grant_ready(0.0)
+    # Not beyond half the limit, counting the leases out.
+    for i in range(54):
+        b.rate(REQ).add(0.1, 1, f"x{i}")
+    assert b.rate(REQ).used(0.1) == 60
+    assert b.lease(_lease_ask("s", 20), 0.1) is None
+    # Not while the provider pushes back.
+    b2 = lease_book(limit=120, paced=False)
+    b2.rate(REQ).on_throttled(0.0)
+    assert b2.lease(_lease_ask("s", 20), 0.0) is None
+
+
+def _lease_ask(site: str, units: int, needs: dict | None = None, slot_limit: int | None = None) -> Ask:
+    a = ask(site, needs or {REQ: 1}, slot_limit=slot_limit)
+    a.lease = units
+    return a
+
+
+def test_an_ask_in_line_may_be_answered_with_a_lease_and_unused_units_come_back():
+    b = lease_book(limit=120, paced=False)
+    b.add_ask(_lease_ask("s", 4))
+    (g,) = b.grant_ready(1.0)
+    assert g.lease_units == 4 and g.granted_at == 1.0 and g.lease_until == pytest.approx(3.0)
+    r = b.rate(REQ)
+    assert r.used_in_last(1.5, 10.0) == 4 and r.ahead(1.5) == 0  # its units may be at the provider already
+    # Counted from the grant until lease end + window + grace: any unit may leave up to lease end + grace.
+    assert r.used(1.0) == 4 and r.used(3.0 + 10.3 - 0.01) == 4
+    b.end_lease(REQ, g.grant_id, 1)
+    assert r.used(13.0) == 1 and r.used(3.0 + 10.3) == 0
+    # A grant ahead (the budget is full) is never a lease.
+    full = lease_book(limit=2, paced=False)
+    full.lookahead = 1.0
+    full.add_ask(ask("s")), full.add_ask(ask("s"))
+    full.grant_ready(0.0)
+    full.add_ask(_lease_ask("s", 4))
+    (ahead,) = full.grant_ready(9.5)
+    assert ahead.granted_at > ahead.made_at and ahead.lease_units == 0
+
+
+def test_leases_survive_a_restore_and_still_count_until_their_end():
+    b = lease_book(limit=120, paced=False)
+    g = b.lease(_lease_ask("s", 5), 0.0)
+    restored = lease_book(limit=120, paced=False)
+    restored.restore(b.take_dirty().items())
+    r = restored.rate(REQ)
+    assert r.used(0.5) == 5 and r.used(2.0 + 10.3 - 0.01) == 5 and r.ahead(0.5) == 0
+    restored.end_lease(REQ, g.grant_id, 2)
+    assert r.used(1.0) == 2
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_leases_beside_the_fair_line_never_let_a_provider_window_exceed_the_limit(seed):
+    """Plain asks and leases, load rising above the limit and falling back; every unit sent as late as allowed."""
+    rng = random.Random(seed)
+    limit, window, grace = 60, 10.0, 0.3
+    b = lease_book(limit, window, grace, paced=bool(seed % 2))
+    b.lookahead = 0.5 if seed % 3 else 0.0
+    arrivals: list[float] = []
+    ends: list[tuple[float, str, int]] = []  # (lease end, grant id, units taken)
+    leases = 0
+
+    def sent(g, now):
+        nonlocal leases
+        if g.lease_units:
+            leases += 1
+            taken = rng.randint(0, g.lease_units)
+            last = rng.random() < 0.5  # all at the last moment allowed, or any time until the end
+            for _ in range(taken):  # on the wire within the grace
+                at = g.lease_until if last else rng.uniform(g.granted_at, g.lease_until)
+                arrivals.append(at + (grace if last else rng.uniform(0, grace)))
+            ends.append((g.lease_until, g.grant_id, taken))
+        else:
+            arrivals.append(g.granted_at + rng.uniform(0, grace))
+
+    now = 0.0
+    while now < 120.0:
+        for end in [e for e in ends if e[0] <= now]:  # the worker returns what it did not take
+            ends.remove(end)
+            b.end_lease(REQ, end[1], end[2])
+        busy = now % 24.0 >= 12.0  # about three times the limit; otherwise half of it
+        if rng.random() < (0.6 if busy else 0.1):  # per 30 ms: 20 or 3 asks a second (limit: 6)
+            if rng.random() < 0.5:
+                b.add_ask(_lease_ask(f"site{rng.randint(0, 4)}", rng.randint(2, 12)))
+            else:
+                b.add_ask(ask(f"site{rng.randint(0, 4)}", {REQ: 1}))
+        if rng.random() < 0.05:
+            g = b.lease(_lease_ask(f"site{rng.randint(0, 4)}", rng.randint(2, 12)), now)
+            if g is not None:
+                sent(g, now)
+        for g in b.grant_ready(now):
+            sent(g, now)
+        now += rng.uniform(0.01, 0.05)
+    assert leases > 10
+    assert max_in_window(arrivals, window) <= limit
