@@ -455,7 +455,7 @@ SCENARIOS = {
 }
 
 
-def _main() -> None:
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small backlogs and a 10 s window (smoke run)")
     parser.add_argument("--only", help="run only scenarios whose label contains this text")
@@ -489,4 +489,4 @@ def _main() -> None:
 
 
 if __name__ == "__main__":
-    _main()
+    main()

@@ -733,3 +733,79 @@ def test_leases_beside_the_fair_line_never_let_a_provider_window_exceed_the_limi
         now += rng.uniform(0.01, 0.05)
     assert leases > 10
     assert max_in_window(arrivals, window) <= limit
+
+
+# --------------------------------------------------------------------------- the worker's lease pools
+
+
+class _Casts:
+    """Stands in for the coordinator agent: records the one-way messages a worker sends it."""
+
+    def __init__(self):
+        self.values = []
+
+    async def cast(self, value):
+        self.values.append(value)
+
+
+def _lease_reply(units: int, until_in: float, grant_id: str = "g1") -> dict:
+    now = time.time()
+    return {"grant_id": grant_id, "granted_at": now, "lease_until": now + until_in, "lease_units": units,
+            "use_by": now + until_in + 0.3, "last_use": now + until_in + 5.0}
+
+
+async def _wait_for(predicate, seconds: float = 5.0):
+    import asyncio
+
+    deadline = time.time() + seconds
+    while not predicate():
+        assert time.time() < deadline
+        await asyncio.sleep(0.01)
+
+
+async def test_a_worker_takes_leased_units_until_the_end_then_returns_the_rest(monkeypatch):
+    import streams.limiter as limiter
+
+    casts = _Casts()
+    monkeypatch.setattr(limiter, "budget_coordinator", casts)
+    budgets = limiter.Budgets()
+    pool = budgets._pool({"replicate_requests": 1.0}, None)
+    assert budgets._pool({"openai_requests": 1.0, "openai_tokens": 900.0}, None) is None  # generate: never
+    assert budgets._pool({"wix_requests:s": 1.0}, 3) is None  # with a slot: never
+    lease = budgets._add_lease("replicate_requests", pool, _lease_reply(4, 0.2), taken=1)
+    assert lease is not None and lease.left == 3
+    assert pool.take(time.time()) is lease and pool.take(time.time()) is lease and lease.left == 1
+    await _wait_for(lambda: casts.values)  # the lease ended: one unit was never taken
+    assert casts.values == [{"op": "lease_end", "budget": "replicate_requests", "grant_id": "g1", "taken": 3}]
+    assert pool.take(time.time()) is None and pool.leases == []
+
+
+async def test_a_lease_that_arrives_after_its_end_goes_back_whole_and_a_429_ends_the_others(monkeypatch):
+    import streams.limiter as limiter
+
+    casts = _Casts()
+    monkeypatch.setattr(limiter, "budget_coordinator", casts)
+    budgets = limiter.Budgets()
+    pool = budgets._pool({"replicate_requests": 1.0}, None)
+    assert budgets._add_lease("replicate_requests", pool, _lease_reply(4, -0.1, "late"), taken=1) is None
+    await _wait_for(lambda: casts.values)
+    assert casts.values[-1]["grant_id"] == "late" and casts.values[-1]["taken"] == 0
+    lease = budgets._add_lease("replicate_requests", pool, _lease_reply(5, 30.0, "open"), taken=0)
+    assert pool.take(time.time()) is lease
+    budgets.end_leases("replicate_requests")  # the provider said 429: take nothing more from it
+    await _wait_for(lambda: len(casts.values) == 2)
+    assert casts.values[-1]["grant_id"] == "open" and casts.values[-1]["taken"] == 1
+    assert pool.take(time.time()) is None
+    assert pool.quiet_until > time.time()  # and no refill for a while
+
+
+def test_a_pool_asks_for_what_one_lease_period_took_lately():
+    import streams.limiter as limiter
+
+    pool = limiter._LeasePool()
+    assert pool.wanted() == 2
+    for i in range(10):
+        pool.note(100.0 + i * 0.1, 2.0)
+    assert pool.wanted() == 16  # 10 in the last 2 s, half again to spare, plus one
+    pool.note(103.5, 2.0)  # the old ones age out
+    assert len(pool.recent) == 1
