@@ -66,6 +66,7 @@ class StageRunner:
         self._running_total = 0
         self._buffered = 0
         self._changed = asyncio.Event()
+        self._last_offset: dict[Any, int] = {}  # tp -> offset of the last event read (to see gaps)
         self._tasks: set[asyncio.Task] = set()
         self._dispatcher: asyncio.Task | None = None
         StageRunner.instances.append(self)
@@ -86,6 +87,7 @@ class StageRunner:
         message = event.message
         site_id = _site_of(event)
         entry = _Entry(event, message.tp, message.offset, site_id)
+        self._note_offset(message.tp, message.offset)
         self._unfinished.setdefault(message.tp, deque()).append(entry)
         line = self._lines.get(site_id)
         if line is None:
@@ -96,6 +98,23 @@ class StageRunner:
         self._buffered += 1
         metrics.site_queued.labels(self.name, site_id).set(len(line))
         self._changed.set()
+
+    def _note_offset(self, tp: Any, offset: int) -> None:
+        """Log where a partition's events start and any jump: a skipped offset is a lost event.
+
+        Our stage topics hold every offset (no transactions, no compaction), so
+        events should come one offset after the other; a replay after a seek
+        goes back, which is harmless.
+        """
+        last = self._last_offset.get(tp)
+        if last is None:
+            log.info("%s: events of %s start at offset %d", self.name, tp, offset)
+        elif offset > last + 1:
+            log.warning("%s: events of %s jumped from offset %d to %d: offsets in between were not delivered",
+                        self.name, tp, last, offset)
+        elif offset <= last:
+            log.info("%s: events of %s replayed from offset %d (had read up to %d)", self.name, tp, offset, last)
+        self._last_offset[tp] = offset
 
     # --- starting -----------------------------------------------------------
     def _next(self) -> _Entry | None:
@@ -197,6 +216,7 @@ class StageRunner:
         not acked here any more.
         """
         for tp in revoked:
+            self._last_offset.pop(tp, None)
             line = self._unfinished.pop(tp, None)
             if line:
                 self._buffered -= len(line)
