@@ -13,6 +13,7 @@ A stage reads its topic with `stream.noack()` and hands every event to a
 from __future__ import annotations
 
 import asyncio
+import time
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -42,6 +43,13 @@ class _Entry:
 
 class StageRunner:
     instances: list["StageRunner"] = []  # every stage's runner, told about revoked partitions
+    # Where a partition's events must start (its committed offset), and how to
+    # read a partition again from an offset: set by streams/stage.py for the
+    # Faust consumer. Without them a gap is only logged.
+    expected_start: Callable[[Any], int | None] = staticmethod(lambda tp: None)
+    rewind: Callable[[Any, int], Awaitable[None]] | None = None
+    MAX_REWINDS = 3  # per partition and offset: an offset that never comes (deleted by retention) is given up
+    REWIND_EVERY = 2.0  # seconds between rewinds of a partition to the same offset
 
     def __init__(
         self,
@@ -67,6 +75,7 @@ class StageRunner:
         self._buffered = 0
         self._changed = asyncio.Event()
         self._last_offset: dict[Any, int] = {}  # tp -> offset of the last event read (to see gaps)
+        self._rewinds: dict[Any, tuple[int, int, float]] = {}  # tp -> (offset read again from, times, when)
         self._tasks: set[asyncio.Task] = set()
         self._dispatcher: asyncio.Task | None = None
         StageRunner.instances.append(self)
@@ -85,9 +94,10 @@ class StageRunner:
 
     def add(self, event: Any) -> None:
         message = event.message
+        if not self._in_sequence(message.tp, message.offset):
+            return  # offsets before it never came: dropped unacked, read again after the rewind
         site_id = _site_of(event)
         entry = _Entry(event, message.tp, message.offset, site_id)
-        self._note_offset(message.tp, message.offset)
         self._unfinished.setdefault(message.tp, deque()).append(entry)
         line = self._lines.get(site_id)
         if line is None:
@@ -99,22 +109,47 @@ class StageRunner:
         metrics.site_queued.labels(self.name, site_id).set(len(line))
         self._changed.set()
 
-    def _note_offset(self, tp: Any, offset: int) -> None:
-        """Log where a partition's events start and any jump: a skipped offset is a lost event.
+    def _in_sequence(self, tp: Any, offset: int) -> bool:
+        """Whether the event at `offset` may be taken; a gap before it starts a rewind.
 
-        Our stage topics hold every offset (no transactions, no compaction), so
-        events should come one offset after the other; a replay after a seek
-        goes back, which is harmless.
+        Our stage topics hold every offset (no transactions, no compaction), so a
+        partition's events start at its committed offset and come one after the
+        other; a replay after a seek goes back, which is harmless. Faust has been
+        seen to skip an offset after a rebalance (see streams/app.py): an event
+        past a gap is then dropped unacked and the partition read again from the
+        first missing offset, so the skipped event is processed, not lost.
         """
         last = self._last_offset.get(tp)
+        want = self.expected_start(tp) if last is None else last + 1
+        if want is not None and offset > want and self.rewind is not None:
+            asked, times, at = self._rewinds.get(tp, (None, 0, 0.0))
+            now = time.monotonic()
+            if asked != want or (now - at > self.REWIND_EVERY and times < self.MAX_REWINDS):
+                times = times + 1 if asked == want else 1
+                log.warning("%s: events of %s came at offset %d, but %d was not delivered: reading from %d again",
+                            self.name, tp, offset, want, want)
+                self._rewinds[tp] = (want, times, now)
+                asyncio.ensure_future(self._rewind(tp, want))
+                return False
+            if now - at <= self.REWIND_EVERY:
+                return False  # the rewind is on its way: events past the gap come again after it
+            log.error("%s: events of %s skip from offset %d to %d and reading again did not bring them; "
+                      "going on without them", self.name, tp, want, offset)
         if last is None:
             log.info("%s: events of %s start at offset %d", self.name, tp, offset)
-        elif offset > last + 1:
-            log.warning("%s: events of %s jumped from offset %d to %d: offsets in between were not delivered",
-                        self.name, tp, last, offset)
         elif offset <= last:
             log.info("%s: events of %s replayed from offset %d (had read up to %d)", self.name, tp, offset, last)
-        self._last_offset[tp] = offset
+        if offset >= (last if last is not None else -1):
+            self._last_offset[tp] = offset
+        self._rewinds.pop(tp, None)
+        return True
+
+    async def _rewind(self, tp: Any, offset: int) -> None:
+        assert self.rewind is not None
+        try:
+            await self.rewind(tp, offset)
+        except Exception:
+            log.exception("%s: could not read %s again from offset %d", self.name, tp, offset)
 
     # --- starting -----------------------------------------------------------
     def _next(self) -> _Entry | None:
@@ -217,6 +252,7 @@ class StageRunner:
         """
         for tp in revoked:
             self._last_offset.pop(tp, None)
+            self._rewinds.pop(tp, None)
             line = self._unfinished.pop(tp, None)
             if line:
                 self._buffered -= len(line)

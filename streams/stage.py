@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable
 
 from connectors.errors import ProviderError, RateLimited
 from streams import metrics
-from streams.app import app, dlq_topic, results_topic
+from streams.app import app, dlq_topic, expected_start, results_topic
 from streams.deps import Deps
 from streams.limiter import budgets
 from streams.records import RecordError, encode
@@ -155,6 +155,15 @@ def _action_for(exc: ProviderError, request_id: str) -> str:
 # --------------------------------------------------------------------------
 # Event plumbing shared by the three stage agents
 # --------------------------------------------------------------------------
+
+
+async def _read_again(tp: Any, offset: int) -> None:
+    await app.consumer.seek(tp, offset)
+
+
+# A runner that sees a partition's events skip an offset reads it again from there.
+StageRunner.expected_start = staticmethod(expected_start)
+StageRunner.rewind = staticmethod(_read_again)
 
 
 @app.on_partitions_revoked.connect

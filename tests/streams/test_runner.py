@@ -158,7 +158,12 @@ async def run():
 
 def make_runner(handler: Recorder, *, concurrency: int = 50, read_ahead: int = 10_000,
                 policy: Callable[[str], SitePolicy] = lambda site: SitePolicy()) -> StageRunner:
-    return StageRunner("test", handler, concurrency=concurrency, read_ahead=read_ahead, policy=policy)
+    runner = StageRunner("test", handler, concurrency=concurrency, read_ahead=read_ahead, policy=policy)
+    # Not the Faust consumer's hooks (streams.stage sets them for the real runners): these fakes
+    # feed partitions in any order; the gap tests below give their own.
+    runner.expected_start = lambda tp: None
+    runner.rewind = None
+    return runner
 
 
 # --------------------------------------------------------------------------- ack order
@@ -347,3 +352,45 @@ async def test_forget_drops_unstarted_events_of_revoked_partitions(run):
     assert stream.acked(0) == []
     assert runner.queued_by_site() == {}
     assert runner._buffered == 0, "forgotten events no longer count against read_ahead"
+
+
+# --------------------------------------------------------------------------- offsets Faust skipped
+
+
+async def test_an_offset_faust_never_delivered_is_read_again_not_skipped(run):
+    """After a rebalance Faust was seen to hand over a partition from offset 1 with offset 0 uncommitted."""
+    handler = Recorder()
+    stream = FakeStream()
+    runner = make_runner(handler)
+    rewinds = []
+
+    async def rewind(tp, offset):
+        rewinds.append((tp.partition, offset))
+        stream.feed([event(3, o, "site-a") for o in range(offset, 3)])  # the partition, read again
+
+    runner.expected_start = lambda tp: 0  # nothing committed: the log starts at 0
+    runner.rewind = rewind
+    run(runner, stream)
+    stream.feed([event(3, 1, "site-a"), event(3, 2, "site-a")])  # offset 0 skipped
+    await wait_until(lambda: stream.acked(3) == [0, 1, 2], "offsets 0, 1, 2 acked in order")
+    assert rewinds == [(3, 0)]  # one rewind; the events past the gap were dropped, not acked
+    assert sorted(handler.finished) == [(3, 0), (3, 1), (3, 2)]
+
+
+async def test_a_gap_in_the_middle_is_read_again_and_an_offset_that_never_comes_is_given_up(run):
+    handler = Recorder()
+    stream = FakeStream()
+    runner = make_runner(handler)
+    runner.REWIND_EVERY = 0.0
+    rewinds = []
+
+    async def rewind(tp, offset):
+        rewinds.append(offset)
+        stream.feed([event(0, 7, "site-a")])  # offset 5 and 6 are gone for good (say, retention)
+
+    runner.expected_start = lambda tp: 4
+    runner.rewind = rewind
+    run(runner, stream)
+    stream.feed([event(0, 4, "site-a"), event(0, 7, "site-a")])
+    await wait_until(lambda: stream.acked(0) == [4, 7], "gave up on 5 and 6 after the rewinds")
+    assert rewinds == [5] * runner.MAX_REWINDS
