@@ -177,12 +177,18 @@ _STAGE_NAMES = frozenset(topic_name(t) for t in STAGE_TOPICS)
 _new_offset = _FaustConsumer._new_offset
 
 
+def _start_of(consumer: _FaustConsumer, tp: Any) -> int | None:
+    """Where a stage partition's events must start: its commit, else the log start it was sought to."""
+    committed = consumer._committed_offset.get(tp)
+    if committed is not None:
+        return int(committed)
+    return _log_start.get((tp.topic, tp.partition))
+
+
 def _new_offset_from_start(self: _FaustConsumer, tp: Any) -> int | None:
     acked = self._acked[tp]
     if acked and tp.topic in _STAGE_NAMES:
-        start = self._committed_offset[tp]
-        if start is None:
-            start = _log_start.get((tp.topic, tp.partition))
+        start = _start_of(self, tp)
         if start is not None and min(acked) > start:
             return None  # the event at `start` is not done, or never came: commit nothing yet
     return _new_offset(self, tp)
@@ -201,10 +207,7 @@ async def _forget_log_start(app_: Any, revoked: Any, **kwargs: Any) -> None:  # 
 
 def expected_start(tp: Any) -> int | None:
     """The offset a stage partition's events must start at after a seek (None: not known yet)."""
-    committed = app.consumer._committed_offset.get(tp)
-    if committed is not None:
-        return int(committed)
-    return _log_start.get((tp.topic, tp.partition))
+    return _start_of(app.consumer, tp)
 
 
 def stage_topic(name: str) -> faust.TopicT:

@@ -621,7 +621,7 @@ class BudgetBook:
     def _grant(self, ask: Ask, now: float, made_at: float | None = None) -> Grant:
         """Grant `ask` from `now` (its start: a later moment than `made_at` for a grant ahead)."""
         self._unwait(ask)
-        grant_id = f"{self.instance}{next(self._grant_seq)}"
+        grant_id = self._new_grant_id()
         if ask.slot_limit is not None:
             self.slot(ask.site_id, ask.slot_limit).add(now, ask.request_id)
             self.dirty_slots.add(f"slots:{ask.site_id}")
@@ -676,7 +676,10 @@ class BudgetBook:
         units = self._lease_units(ask, now)
         if not units:
             return None
-        return self._grant_lease(ask, f"{self.instance}{next(self._grant_seq)}", now, units)
+        return self._grant_lease(ask, self._new_grant_id(), now, units)
+
+    def _new_grant_id(self) -> str:
+        return f"{self.instance}{next(self._grant_seq)}"
 
     def end_lease(self, budget: str, grant_id: str, taken: float) -> None:
         """A lease ended with `taken` units used: the rest were never sent, their room goes back."""

@@ -139,7 +139,7 @@ class StageRunner:
             log.info("%s: events of %s start at offset %d", self.name, tp, offset)
         elif offset <= last:
             log.info("%s: events of %s replayed from offset %d (had read up to %d)", self.name, tp, offset, last)
-        if offset >= (last if last is not None else -1):
+        if last is None or offset > last:
             self._last_offset[tp] = offset
         self._rewinds.pop(tp, None)
         return True
