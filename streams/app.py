@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from mode.utils.objects import cached_property
 
+from streams import faust_fixes
 from streams.settings import settings
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,13 @@ GC_THRESHOLDS = (20_000, 100, 100)
 
 
 class BlogstreamApp(faust.App):
+    @cached_property
+    def flow_control(self) -> faust_fixes.KeepQueuedOnResume:
+        return faust_fixes.KeepQueuedOnResume(loop=self.loop)
+
+    def _new_consumer(self) -> Any:
+        return faust_fixes.unfiltered_stage_reads(super()._new_consumer())
+
     async def on_first_start(self) -> None:
         Path(self.conf.datadir).mkdir(parents=True, exist_ok=True)
         await super().on_first_start()
@@ -127,87 +136,18 @@ app = BlogstreamApp(
 )
 
 
-# --- a faust fix: records dropped at startup or in a rebalance are read again ---
-# While partitions are paused (table recovery at startup, a rebalance) Faust can
-# take records from aiokafka and drop them, then seeks every partition back to
-# its committed offset to read them again. aiokafka's seek_to_committed skips a
-# partition that has nothing committed yet, so there the dropped records were
-# never read again and their requests stalled for good (seen in
-# tests/integration/test_crash_recovery.py after a SIGKILL). Such stage
-# partitions go back to their beginning (= auto_offset_reset "earliest");
-# replays are harmless, every effect is claimed once in Postgres.
-from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread  # noqa: E402
-
-_seek_to_committed = AIOKafkaConsumerThread.seek_to_committed
-
-
-async def _seek_to_committed_or_beginning(self: AIOKafkaConsumerThread) -> dict:
-    committed = await _seek_to_committed(self)
-    stage = {topic_name(t) for t in STAGE_TOPICS}
-    fresh = [tp for tp, offset in committed.items() if not offset and tp.topic in stage]
-    if fresh:
-        consumer = self._ensure_consumer()
-        await self.call_thread(consumer.seek_to_beginning, *fresh)
-        starts = await self.call_thread(consumer.beginning_offsets, fresh)
-        _log_start.update({(tp.topic, tp.partition): int(offset) for tp, offset in starts.items()})
-    return committed
-
-
-AIOKafkaConsumerThread.seek_to_committed = _seek_to_committed_or_beginning  # type: ignore[method-assign]
-
-
-# --- a faust fix: never commit past a stage event nobody finished ---------------
-# Faust commits the first run of consecutive acked offsets of a partition. It
-# compares that run with the last commit only when there is one, and even then
-# lets one missing offset through (`min(acked) - committed > 1`). So an event
-# Faust never handed to its agent was committed past as soon as the next one was
-# done, and its request stalled for good: seen after a worker was killed and its
-# partitions moved, about 1 run in 8 of tests/integration/test_crash_recovery.py
-# (the survivor's runner logged "events of <drafts partition> start at offset 1"
-# with nothing committed: offset 0 never reached it; why, we do not know yet;
-# the runner now reads such a partition again, see StageRunner._in_sequence).
-# A stage partition now commits only from where it must start:
-# its committed offset, or for one with nothing committed the log start it was
-# sought to. A lost event then holds its partition's commits (consumer lag shows
-# it, and the next owner reads it again) instead of vanishing.
-from faust.transport.consumer import Consumer as _FaustConsumer  # noqa: E402
-
-_log_start: dict[tuple[str, int], int] = {}  # stage partitions with nothing committed -> log start offset
-_STAGE_NAMES = frozenset(topic_name(t) for t in STAGE_TOPICS)
-_new_offset = _FaustConsumer._new_offset
-
-
-def _start_of(consumer: _FaustConsumer, tp: Any) -> int | None:
-    """Where a stage partition's events must start: its commit, else the log start it was sought to."""
-    committed = consumer._committed_offset.get(tp)
-    if committed is not None:
-        return int(committed)
-    return _log_start.get((tp.topic, tp.partition))
-
-
-def _new_offset_from_start(self: _FaustConsumer, tp: Any) -> int | None:
-    acked = self._acked[tp]
-    if acked and tp.topic in _STAGE_NAMES:
-        start = _start_of(self, tp)
-        if start is not None and min(acked) > start:
-            return None  # the event at `start` is not done, or never came: commit nothing yet
-    return _new_offset(self, tp)
-
-
-_FaustConsumer._new_offset = _new_offset_from_start  # type: ignore[method-assign]
+# Faust's rules that lost stage events after rebalances, and what we do instead.
+faust_fixes.install(topic_name(t) for t in STAGE_TOPICS)
 
 
 @app.on_partitions_revoked.connect
 async def _forget_log_start(app_: Any, revoked: Any, **kwargs: Any) -> None:  # noqa: ARG001
-    # Whoever owns them next may commit: the log start only stands in for a commit
-    # until the next seek, which sets it again for partitions still without one.
-    for tp in revoked:
-        _log_start.pop((tp.topic, tp.partition), None)
+    faust_fixes.forget_log_start(revoked)
 
 
 def expected_start(tp: Any) -> int | None:
     """The offset a stage partition's events must start at after a seek (None: not known yet)."""
-    return _start_of(app.consumer, tp)
+    return faust_fixes.start_of(app.consumer, tp)
 
 
 def stage_topic(name: str) -> faust.TopicT:

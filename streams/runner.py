@@ -76,6 +76,7 @@ class StageRunner:
         self._changed = asyncio.Event()
         self._last_offset: dict[Any, int] = {}  # tp -> offset of the last event read (to see gaps)
         self._rewinds: dict[Any, tuple[int, int, float]] = {}  # tp -> (offset read again from, times, when)
+        self._replaying: set[Any] = set()  # partitions delivering offsets already taken (logged once)
         self._tasks: set[asyncio.Task] = set()
         self._dispatcher: asyncio.Task | None = None
         StageRunner.instances.append(self)
@@ -95,7 +96,7 @@ class StageRunner:
     def add(self, event: Any) -> None:
         message = event.message
         if not self._in_sequence(message.tp, message.offset):
-            return  # offsets before it never came: dropped unacked, read again after the rewind
+            return  # a copy of an event already taken, or one past a gap (read again after the rewind)
         site_id = _site_of(event)
         entry = _Entry(event, message.tp, message.offset, site_id)
         self._unfinished.setdefault(message.tp, deque()).append(entry)
@@ -110,17 +111,24 @@ class StageRunner:
         self._changed.set()
 
     def _in_sequence(self, tp: Any, offset: int) -> bool:
-        """Whether the event at `offset` may be taken; a gap before it starts a rewind.
+        """Whether the event at `offset` is the partition's next one; a gap before it starts a rewind.
 
         Our stage topics hold every offset (no transactions, no compaction), so a
         partition's events start at its committed offset and come one after the
-        other; a replay after a seek goes back, which is harmless. Faust has been
-        seen to skip an offset after a rebalance (see streams/app.py): an event
-        past a gap is then dropped unacked and the partition read again from the
-        first missing offset, so the skipped event is processed, not lost.
+        other. Faust delivers some again after a seek (see streams/faust_fixes.py):
+        an offset this runner already took is running or done, so the copy is
+        dropped unacked. Should an offset ever be missing, the events past the
+        gap are dropped unacked too and the partition is read again from the
+        first missing offset, so the missing event is processed, not lost.
         """
         last = self._last_offset.get(tp)
         want = self.expected_start(tp) if last is None else last + 1
+        if want is not None and offset < want:
+            if tp not in self._replaying:
+                self._replaying.add(tp)
+                log.info("%s: events of %s delivered again from offset %d; taking them from %d on",
+                         self.name, tp, offset, want)
+            return False
         if want is not None and offset > want and self.rewind is not None:
             asked, times, at = self._rewinds.get(tp, (None, 0, 0.0))
             now = time.monotonic()
@@ -137,10 +145,8 @@ class StageRunner:
                       "going on without them", self.name, tp, want, offset)
         if last is None:
             log.info("%s: events of %s start at offset %d", self.name, tp, offset)
-        elif offset <= last:
-            log.info("%s: events of %s replayed from offset %d (had read up to %d)", self.name, tp, offset, last)
-        if last is None or offset > last:
-            self._last_offset[tp] = offset
+        self._last_offset[tp] = offset
+        self._replaying.discard(tp)
         self._rewinds.pop(tp, None)
         return True
 
@@ -253,6 +259,7 @@ class StageRunner:
         for tp in revoked:
             self._last_offset.pop(tp, None)
             self._rewinds.pop(tp, None)
+            self._replaying.discard(tp)
             line = self._unfinished.pop(tp, None)
             if line:
                 self._buffered -= len(line)

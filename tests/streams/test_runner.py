@@ -246,7 +246,8 @@ async def test_per_site_cap_and_worker_concurrency_are_never_exceeded(run):
     handler = Recorder(delay=lambda ev: delays.setdefault(ev.id, rng.uniform(0.0, 0.01)))
     stream = FakeStream()
     run(make_runner(handler, concurrency=8, policy=lambda site: SitePolicy(max_in_flight=caps[site])), stream)
-    stream.feed([event(o % 4, o, site) for o in range(60) for site in caps])
+    sites = [site for _ in range(60) for site in caps]
+    stream.feed([event(i % 4, i, site) for i, site in enumerate(sites)])
 
     await wait_until(lambda: len(stream.acks) == 180, "all 180 acked")
     assert handler.max_running["big"] <= 3
@@ -394,3 +395,31 @@ async def test_a_gap_in_the_middle_is_read_again_and_an_offset_that_never_comes_
     stream.feed([event(0, 4, "site-a"), event(0, 7, "site-a")])
     await wait_until(lambda: stream.acked(0) == [4, 7], "gave up on 5 and 6 after the rewinds")
     assert rewinds == [5] * runner.MAX_REWINDS
+
+
+async def test_offsets_delivered_again_after_a_seek_are_not_run_twice(run):
+    """Faust hands records over again after a seek back (its own after a rebalance, or a rewind)."""
+    handler = Recorder(gated=lambda ev: ev.id == (0, 1))
+    stream = FakeStream()
+    runner = make_runner(handler)
+    runner.expected_start = lambda tp: 0
+    run(runner, stream)
+    stream.feed([event(0, o, "site-a") for o in range(3)])
+    await wait_until(lambda: sorted(handler.started) == [(0, 0), (0, 1), (0, 2)], "0, 1, 2 started")
+    stream.feed([event(0, o, "site-a") for o in range(4)])  # 0 done, 1 running, 2 done: again; 3 is new
+    await wait_until(lambda: (0, 3) in handler.finished, "the new offset 3 done")
+    handler.open((0, 1))
+    await wait_until(lambda: stream.acked(0) == [0, 1, 2, 3], "each offset acked once, in order")
+    assert sorted(handler.started) == [(0, 0), (0, 1), (0, 2), (0, 3)]
+
+
+async def test_offsets_below_the_commit_are_not_run_again(run):
+    handler = Recorder()
+    stream = FakeStream()
+    runner = make_runner(handler)
+    runner.expected_start = lambda tp: 5  # committed: 0 to 4 are done
+    run(runner, stream)
+    stream.feed([event(0, o, "site-a") for o in range(3, 7)])
+    await wait_until(lambda: stream.acked(0) == [5, 6], "5 and 6 acked")
+    await settle()
+    assert sorted(handler.started) == [(0, 5), (0, 6)]

@@ -1,0 +1,147 @@
+"""What we change in Faust 0.15 so that no stage event is lost, and why.
+
+Faust hands records to agents through per-channel queues and commits the first
+run of acked offsets. Several of its rules lost stage events after a rebalance
+(a worker killed, one joining): the event was never handed to its agent, or
+its offset was committed without anyone finishing it, and the request stalled
+for good. Each fix below says what Faust does, how it lost events, and what
+we do instead. They apply to the stage topics only (`install` names them);
+every other topic (the limiter's, replies, changelogs) keeps Faust's rules.
+
+Tests: tests/streams/test_faust_fixes.py (each rule on its own) and
+tests/integration/test_crash_recovery.py (workers killed mid-run, every
+request finished once).
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Any, Iterable
+
+from faust.transport.consumer import Consumer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from mode.utils.queues import FlowControlEvent
+
+log = logging.getLogger(__name__)
+
+stage_topics: set[str] = set()  # filled by install()
+log_start: dict[tuple[str, int], int] = {}  # stage partitions with nothing committed -> the log start sought to
+
+
+# --- 1. resuming flow that already runs must not empty the queues --------------
+# `FlowControlEvent.resume()` clears every channel queue. Recovery resumes flow
+# to read the table changelogs, then resumes stage partitions, seeks them to
+# their commits and resumes flow a second time. Stage records fetched between
+# the seek and that second resume were already in the agents' queues, and the
+# second resume threw them away. aiokafka had moved past them, so nothing read
+# them again. (Found with a trace of every record in a killed-worker test: a
+# record put into the queue at 45.065 s, flow resumed at 45.065 s, the agent's
+# first record was the next offset.) Only the resume that ends a suspension
+# drops queued records: those belong to the assignment before the rebalance.
+class KeepQueuedOnResume(FlowControlEvent):
+    def resume(self) -> None:
+        was_suspended = not self.is_active()
+        self._suspend.clear()
+        self._resume.set()
+        if was_suspended:
+            self.clear()
+
+
+# --- 2. stage records are never filtered by Faust's read offset ----------------
+# Faust drops a record whose offset is below the last one it read from the
+# partition ("DROPPED MESSAGE ROFF"), and a seek updates that read offset only
+# after aiokafka has moved. Records fetched in between were dropped as already
+# read while aiokafka went past them: a seek back (Faust's own, or a runner's
+# rewind) then lost the very records it was meant to bring back. Stage
+# partitions skip that filter; the stage runners and the sink take replays
+# (they ignore what they already have; writes are idempotent). Without a read
+# offset Faust also never marks a "gap" of offsets as done for them.
+class StageReadOffsets(defaultdict):
+    def __getitem__(self, tp: Any) -> int | None:
+        if tp.topic in stage_topics:
+            return None
+        return super().__getitem__(tp)
+
+
+def unfiltered_stage_reads(consumer: Consumer) -> Consumer:
+    consumer._read_offset = StageReadOffsets(lambda: None, consumer._read_offset)
+    return consumer
+
+
+# --- 3. acks from before a rebalance do not count after it ---------------------
+# A stream that takes a record while flow is suspended (a rebalance is on)
+# skips it and acks it. Faust has already dropped the partition's acks by then,
+# so that ack lands in the next assignment's list: an offset nobody processed,
+# which the commit may then pass. An ack counts only for a record of the
+# current generation while flow runs; the record is read again after the
+# rebalance anyway.
+_ack = Consumer.ack
+
+
+def ack_if_current(self: Consumer, message: Any) -> bool:
+    if message.topic in stage_topics and (
+        message.generation_id != self.app.consumer_generation_id or not self.app.flow_control.is_active()
+    ):
+        return False
+    return _ack(self, message)
+
+
+# --- 4. a partition with nothing committed starts at its log start -------------
+# After a rebalance Faust seeks every partition to its committed offset;
+# aiokafka skips a partition with nothing committed yet, leaving it wherever it
+# was. Such stage partitions go to their beginning (= auto_offset_reset
+# "earliest"), and where that is stands in for the commit until there is one.
+_seek_to_committed = AIOKafkaConsumerThread.seek_to_committed
+
+
+async def seek_to_committed_or_beginning(self: AIOKafkaConsumerThread) -> dict:
+    committed = await _seek_to_committed(self)
+    fresh = [tp for tp, offset in committed.items() if not offset and tp.topic in stage_topics]
+    if fresh:
+        consumer = self._ensure_consumer()
+        await self.call_thread(consumer.seek_to_beginning, *fresh)
+        starts = await self.call_thread(consumer.beginning_offsets, fresh)
+        log_start.update({(tp.topic, tp.partition): int(offset) for tp, offset in starts.items()})
+    return committed
+
+
+def forget_log_start(revoked: Iterable[Any]) -> None:
+    # Whoever owns them next may commit: the log start only stands in for a
+    # commit until the next seek, which sets it again for those still without one.
+    for tp in revoked:
+        log_start.pop((tp.topic, tp.partition), None)
+
+
+def start_of(consumer: Consumer, tp: Any) -> int | None:
+    """Where a stage partition's events must start: its commit, else the log start it was sought to."""
+    committed = consumer._committed_offset.get(tp)
+    if committed is not None:
+        return int(committed)
+    return log_start.get((tp.topic, tp.partition))
+
+
+# --- 5. never commit past a stage event nobody finished -------------------------
+# Faust commits the first run of consecutive acked offsets. It compares that run
+# with the last commit only when there is one, and even then lets one missing
+# offset through (`min(acked) - committed > 1`, faust #606). A stage partition
+# commits only when its acks start where its events must start, so an event
+# that never came holds the partition's commits (consumer lag shows it, the
+# next owner reads it again) instead of vanishing.
+_new_offset = Consumer._new_offset
+
+
+def new_offset_from_start(self: Consumer, tp: Any) -> int | None:
+    acked = self._acked[tp]
+    if acked and tp.topic in stage_topics:
+        start = start_of(self, tp)
+        if start is not None and min(acked) > start:
+            return None  # the event at `start` is not done, or never came: commit nothing yet
+    return _new_offset(self, tp)
+
+
+def install(topics: Iterable[str]) -> None:
+    """Apply the fixes for these stage topics (1 and 2 are set up by the app itself)."""
+    stage_topics.update(topics)
+    Consumer.ack = ack_if_current  # type: ignore[method-assign]
+    Consumer._new_offset = new_offset_from_start  # type: ignore[method-assign]
+    AIOKafkaConsumerThread.seek_to_committed = seek_to_committed_or_beginning  # type: ignore[method-assign]

@@ -1,0 +1,155 @@
+"""streams/faust_fixes.py: each change to Faust's rules on its own, with Faust's own code around it."""
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from types import SimpleNamespace
+from weakref import WeakSet
+
+from faust.transport.consumer import Consumer
+from faust.types import TP
+from mode.utils.queues import FlowControlQueue
+
+from streams import faust_fixes
+from streams.app import app, topic_name
+
+STAGE = TP(topic_name("blog.requests"), 6)
+OTHER = TP("someone-elses-topic", 0)
+
+
+# --------------------------------------------------------------------------- 1. queues kept on a second resume
+
+
+async def test_a_resume_while_flow_runs_keeps_what_the_queues_hold():
+    flow = faust_fixes.KeepQueuedOnResume(loop=asyncio.get_running_loop())
+    queue = FlowControlQueue(flow_control=flow, clear_on_resume=True)
+    flow.resume()  # the first resume: recovery starts reading changelogs
+    queue.put_nowait("stage record fetched after the seek")
+    flow.resume()  # the second: recovery done, stage partitions resumed
+    assert queue.qsize() == 1
+
+
+async def test_the_resume_that_ends_a_suspension_still_drops_records_of_the_old_assignment():
+    flow = faust_fixes.KeepQueuedOnResume(loop=asyncio.get_running_loop())
+    queue = FlowControlQueue(flow_control=flow, clear_on_resume=True)
+    flow.resume()
+    queue.put_nowait("record of the assignment before the rebalance")
+    flow.suspend()  # a rebalance starts
+    flow.resume()
+    assert queue.qsize() == 0
+
+
+def test_the_app_uses_it():
+    assert isinstance(app.flow_control, faust_fixes.KeepQueuedOnResume)
+
+
+# --------------------------------------------------------------------------- 2. no read-offset filter
+
+
+def test_stage_partitions_have_no_read_offset_so_faust_drops_none_of_their_records():
+    reads = faust_fixes.StageReadOffsets(lambda: None, {STAGE: 24, OTHER: 24})
+    reads[STAGE] = 30  # Faust's drain loop records what it read, as before
+    assert reads[STAGE] is None  # but its check `offset >= read offset` always passes
+    assert reads[OTHER] == 24
+    assert reads[TP("someone-elses-topic", 1)] is None
+
+
+def test_the_app_s_consumer_uses_them():
+    assert isinstance(app.consumer._read_offset, faust_fixes.StageReadOffsets)
+
+
+# --------------------------------------------------------------------------- 3. stale acks
+
+
+class _Acks:
+    """The parts of Faust's Consumer that `ack` reads and writes."""
+
+    def __init__(self, generation: int, flowing: bool = True) -> None:
+        flow = SimpleNamespace(is_active=lambda: flowing)
+        topics = SimpleNamespace(acks_enabled_for=lambda topic: True)
+        self.app = SimpleNamespace(consumer_generation_id=generation, flow_control=flow, topics=topics)
+        self._committed_offset = defaultdict(lambda: None)
+        self._acked = defaultdict(list)
+        self._acked_index = defaultdict(set)
+        self._unacked_messages = WeakSet()
+        self._n_acked = 0
+        self._waiting_for_ack = None
+
+    def ack(self, message) -> bool:
+        return Consumer.ack(self, message)
+
+
+class _Message:
+    def __init__(self, tp: TP, offset: int, generation: int) -> None:
+        self.topic, self.tp, self.offset, self.generation_id, self.acked = tp.topic, tp, offset, generation, False
+
+
+def _message(tp: TP, offset: int, generation: int) -> _Message:
+    return _Message(tp, offset, generation)
+
+
+def test_an_ack_from_before_the_rebalance_does_not_count_after_it():
+    consumer = _Acks(generation=4)
+    assert not consumer.ack(_message(STAGE, 8, generation=3))  # skipped by a stream mid-rebalance
+    assert consumer._acked[STAGE] == []
+    assert consumer.ack(_message(STAGE, 8, generation=4))
+    assert consumer._acked[STAGE] == [8]
+
+
+def test_an_ack_while_flow_is_suspended_does_not_count():
+    consumer = _Acks(generation=4, flowing=False)
+    assert not consumer.ack(_message(STAGE, 8, generation=4))
+    assert consumer._acked[STAGE] == []
+
+
+def test_other_topics_keep_faust_s_acks():
+    consumer = _Acks(generation=4, flowing=False)
+    assert consumer.ack(_message(OTHER, 8, generation=3))
+    assert consumer._acked[OTHER] == [8]
+
+
+# --------------------------------------------------------------------------- 5. commits from the start
+
+
+class _Offsets:
+    """The parts of Faust's Consumer that `_new_offset` reads."""
+
+    def __init__(self) -> None:
+        self._acked = defaultdict(list)
+        self._acked_index = defaultdict(set)
+        self._committed_offset = defaultdict(lambda: None)
+        self._gap = defaultdict(lambda: None)
+
+    def ack(self, tp: TP, *offsets: int) -> None:
+        self._acked[tp].extend(offsets)
+        self._acked_index[tp].update(offsets)
+
+    def new_offset(self, tp: TP):
+        return Consumer._new_offset(self, tp)
+
+
+def test_a_partition_with_nothing_committed_does_not_commit_past_an_event_that_never_came():
+    c = _Offsets()
+    faust_fixes.log_start[(STAGE.topic, STAGE.partition)] = 0
+    try:
+        c.ack(STAGE, 1)  # offset 0 was never handed over (or is not done): faust would commit 2 here
+        assert c.new_offset(STAGE) is None
+        c.ack(STAGE, 0)
+        assert c.new_offset(STAGE) == 2
+    finally:
+        faust_fixes.forget_log_start([STAGE])
+
+
+def test_a_committed_partition_does_not_skip_the_one_missing_offset_faust_lets_through():
+    c = _Offsets()
+    c._committed_offset[STAGE] = 5
+    c.ack(STAGE, 6, 7)  # faust's own check only refuses a gap of two or more
+    assert c.new_offset(STAGE) is None
+    c.ack(STAGE, 5)
+    assert c.new_offset(STAGE) == 8
+
+
+def test_other_topics_keep_faust_s_rule():
+    c = _Offsets()
+    c.ack(OTHER, 3, 4)
+    assert c.new_offset(OTHER) == 5
