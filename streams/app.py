@@ -77,6 +77,7 @@ GC_THRESHOLDS = (20_000, 100, 100)
 
 
 class BlogstreamApp(faust.App):
+    # Two of the Faust fixes (streams/faust_fixes.py) live in objects the app builds.
     @cached_property
     def flow_control(self) -> faust_fixes.KeepQueuedOnResume:
         return faust_fixes.KeepQueuedOnResume(loop=self.loop)

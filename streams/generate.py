@@ -78,7 +78,8 @@ async def _handle(event: Any) -> None:
 
 
 generate_runner = StageRunner(
-    STAGE, _handle, concurrency=settings.stage_concurrency, read_ahead=settings.read_ahead, policy=deps.policy
+    STAGE, _handle, concurrency=settings.stage_concurrency, read_ahead=settings.read_ahead, policy=deps.policy,
+    topic=requests_topic.get_topic_name(),
 )
 
 

@@ -57,7 +57,8 @@ async def _handle(event: Any) -> None:
 
 
 image_runner = StageRunner(
-    STAGE, _handle, concurrency=settings.stage_concurrency, read_ahead=settings.read_ahead, policy=deps.policy
+    STAGE, _handle, concurrency=settings.stage_concurrency, read_ahead=settings.read_ahead, policy=deps.policy,
+    topic=drafts_topic.get_topic_name(),
 )
 
 

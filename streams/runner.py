@@ -17,7 +17,7 @@ import time
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable
 
 from streams import metrics
 
@@ -48,8 +48,14 @@ class StageRunner:
     # Faust consumer. Without them a gap is only logged.
     expected_start: Callable[[Any], int | None] = staticmethod(lambda tp: None)
     rewind: Callable[[Any, int], Awaitable[None]] | None = None
+    # The partitions this worker holds now, and where a partition's log ends:
+    # the stall watchdog's view of what should be arriving.
+    assigned_partitions: Callable[[], Iterable[Any]] = staticmethod(lambda: ())
+    end_offset: Callable[[Any], int | None] = staticmethod(lambda tp: None)
     MAX_REWINDS = 3  # per partition and offset: an offset that never comes (deleted by retention) is given up
     REWIND_EVERY = 2.0  # seconds between rewinds of a partition to the same offset
+    STALL_SECONDS = 30.0  # records waiting in a partition, none delivered for this long: read it again
+    STALL_CHECK_EVERY = 5.0
 
     def __init__(
         self,
@@ -59,8 +65,10 @@ class StageRunner:
         concurrency: int,
         read_ahead: int,
         policy: Callable[[str], SitePolicy] = lambda site: SitePolicy(),
+        topic: str | None = None,
     ) -> None:
         self.name = name
+        self.topic = topic  # the topic it reads (the stall watchdog's partitions)
         self.handle = handle
         self.concurrency = concurrency
         self.read_ahead = read_ahead
@@ -77,8 +85,10 @@ class StageRunner:
         self._last_offset: dict[Any, int] = {}  # tp -> offset of the last event read (to see gaps)
         self._rewinds: dict[Any, tuple[int, int, float]] = {}  # tp -> (offset read again from, times, when)
         self._replaying: set[Any] = set()  # partitions delivering offsets already taken (logged once)
+        self._flowing_at: dict[Any, float] = {}  # tp -> when it last delivered, or had nothing waiting
         self._tasks: set[asyncio.Task] = set()
         self._dispatcher: asyncio.Task | None = None
+        self._watchdog: asyncio.Task | None = None
         StageRunner.instances.append(self)
 
     # --- reading ------------------------------------------------------------
@@ -87,6 +97,8 @@ class StageRunner:
         self.stream = stream
         if self._dispatcher is None or self._dispatcher.done():
             self._dispatcher = asyncio.ensure_future(self._dispatch())
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.ensure_future(self._watch_for_stalls())
         async for event in stream.noack().events():
             while self._buffered >= self.read_ahead:
                 self._changed.clear()
@@ -95,6 +107,7 @@ class StageRunner:
 
     def add(self, event: Any) -> None:
         message = event.message
+        self._flowing_at[message.tp] = time.monotonic()
         if not self._in_sequence(message.tp, message.offset):
             return  # a copy of an event already taken, or one past a gap (read again after the rewind)
         site_id = _site_of(event)
@@ -149,6 +162,45 @@ class StageRunner:
         self._replaying.discard(tp)
         self._rewinds.pop(tp, None)
         return True
+
+    def check_stalls(self, now: float) -> list[tuple[Any, int]]:
+        """Read again each partition that has records past this runner's offset yet delivered none lately.
+
+        A safety net below the fixes in streams/faust_fixes.py: should a record
+        ever vanish between Kafka and the runner with nothing after it to show
+        the gap, its partition would wait (its commit held) until the next
+        rebalance. Partitions with nothing waiting, and a runner whose read-ahead
+        is full (it stopped reading on purpose), are not stalled.
+        """
+        if self.rewind is None or self.topic is None or self._buffered >= self.read_ahead:
+            return []
+        stalled = []
+        for tp in self.assigned_partitions():
+            if tp.topic != self.topic:
+                continue
+            last = self._last_offset.get(tp)
+            want = self.expected_start(tp) if last is None else last + 1
+            end = self.end_offset(tp)
+            if want is None or end is None or end <= want:
+                self._flowing_at[tp] = now  # nothing waiting for us there
+                continue
+            since = self._flowing_at.setdefault(tp, now)
+            if now - since < self.STALL_SECONDS:
+                continue
+            log.warning("%s: %s has records from offset %d to %d but delivered none for %.0f s: reading from %d again",
+                        self.name, tp, want, end - 1, now - since, want)
+            self._flowing_at[tp] = now  # the next try, if needed, after another STALL_SECONDS
+            stalled.append((tp, want))
+            asyncio.ensure_future(self._rewind(tp, want))
+        return stalled
+
+    async def _watch_for_stalls(self) -> None:
+        while True:
+            await asyncio.sleep(self.STALL_CHECK_EVERY)
+            try:
+                self.check_stalls(time.monotonic())
+            except Exception:  # the consumer mid-rebalance, say: the next check runs on a settled one
+                log.warning("%s: the stall check failed", self.name, exc_info=True)
 
     async def _rewind(self, tp: Any, offset: int) -> None:
         assert self.rewind is not None
@@ -260,6 +312,7 @@ class StageRunner:
             self._last_offset.pop(tp, None)
             self._rewinds.pop(tp, None)
             self._replaying.discard(tp)
+            self._flowing_at.pop(tp, None)
             line = self._unfinished.pop(tp, None)
             if line:
                 self._buffered -= len(line)

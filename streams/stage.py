@@ -161,9 +161,23 @@ async def _read_again(tp: Any, offset: int) -> None:
     await app.consumer.seek(tp, offset)
 
 
-# A runner that sees a partition's events skip an offset reads it again from there.
+def _assigned() -> Any:
+    return app.consumer.assignment()
+
+
+def _end_of(tp: Any) -> int | None:
+    try:
+        return app.consumer.highwater(tp)
+    except Exception:  # not assigned any more (a rebalance is on), or not fetched yet
+        return None
+
+
+# A runner that sees a partition's events skip an offset, or stall with records
+# waiting, reads it again from its next offset.
 StageRunner.expected_start = staticmethod(expected_start)
 StageRunner.rewind = staticmethod(_read_again)
+StageRunner.assigned_partitions = staticmethod(_assigned)
+StageRunner.end_offset = staticmethod(_end_of)
 
 
 @app.on_partitions_revoked.connect

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Callable
@@ -146,7 +147,7 @@ async def run():
 
     yield start
     for runner, task in started:
-        pending = {task, *runner._tasks, *([runner._dispatcher] if runner._dispatcher else [])}
+        pending = {task, *runner._tasks, *(t for t in (runner._dispatcher, runner._watchdog) if t)}
         # Cancel until everything is gone: on Python 3.11 asyncio.wait_for (the
         # dispatcher's idle wait) swallows a cancel that coincides with its wake-up.
         while pending:
@@ -163,6 +164,7 @@ def make_runner(handler: Recorder, *, concurrency: int = 50, read_ahead: int = 1
     # feed partitions in any order; the gap tests below give their own.
     runner.expected_start = lambda tp: None
     runner.rewind = None
+    runner.STALL_CHECK_EVERY = 3600.0  # the stall tests call check_stalls() with the time they choose
     return runner
 
 
@@ -423,3 +425,62 @@ async def test_offsets_below_the_commit_are_not_run_again(run):
     await wait_until(lambda: stream.acked(0) == [5, 6], "5 and 6 acked")
     await settle()
     assert sorted(handler.started) == [(0, 5), (0, 6)]
+
+
+# --------------------------------------------------------------------------- stalled partitions
+
+
+def stall_hooks(runner: StageRunner, stream: FakeStream, ends: dict[int, int], rewinds: list) -> None:
+    """Partitions 2 and 5 of the runner's topic (and one of another topic) with the given log ends."""
+    async def rewind(tp, offset):
+        rewinds.append((tp.partition, offset))
+        stream.feed([event(tp.partition, o, "site-a") for o in range(offset, ends[tp.partition])])
+
+    runner.topic = "t.blog.requests"
+    runner.expected_start = lambda tp: 0
+    runner.rewind = rewind
+    runner.assigned_partitions = lambda: [TP("t.blog.requests", 2), TP("t.blog.requests", 5), TP("t.blog.drafts", 2)]
+    runner.end_offset = lambda tp: ends[tp.partition]
+
+
+async def test_a_partition_with_records_waiting_but_none_delivered_is_read_again(run):
+    handler = Recorder()
+    stream = FakeStream()
+    runner = make_runner(handler)
+    rewinds: list = []
+    stall_hooks(runner, stream, {2: 4, 5: 0}, rewinds)
+    run(runner, stream)
+    stream.feed([event(2, 0, "site-a")])  # offsets 1 to 3 vanish on the way, nothing after them shows a gap
+    await wait_until(lambda: stream.acked(2) == [0], "offset 0 acked")
+    now = time.monotonic()
+    assert runner.check_stalls(now + runner.STALL_SECONDS / 2) == []  # not stalled yet
+    assert runner.check_stalls(now + runner.STALL_SECONDS + 1) == [(TP("t.blog.requests", 2), 1)]
+    await wait_until(lambda: stream.acked(2) == [0, 1, 2, 3], "1 to 3 read again and acked in order")
+    assert rewinds == [(2, 1)]  # partition 5 has nothing waiting; the drafts partition is not ours
+    assert runner.check_stalls(now + 10 * runner.STALL_SECONDS) == []  # caught up
+
+
+async def test_the_stall_clock_starts_when_records_arrive_not_when_the_partition_went_quiet(run):
+    stream = FakeStream()
+    runner = make_runner(Recorder())
+    rewinds: list = []
+    ends = {2: 0, 5: 0}
+    stall_hooks(runner, stream, ends, rewinds)
+    run(runner, stream)
+    assert runner.check_stalls(100.0) == []  # quiet for ever, nothing waiting
+    ends[2] = 3  # records arrive
+    assert runner.check_stalls(100.0 + runner.STALL_SECONDS - 1) == []
+    assert runner.check_stalls(100.0 + runner.STALL_SECONDS + 1) == [(TP("t.blog.requests", 2), 0)]
+    assert runner.check_stalls(100.0 + runner.STALL_SECONDS + 2) == []  # one try per STALL_SECONDS
+
+
+async def test_a_runner_with_full_read_ahead_is_not_stalled_it_stopped_reading(run):
+    handler = Recorder(gated=lambda ev: True)
+    stream = FakeStream()
+    runner = make_runner(handler, read_ahead=1)
+    rewinds: list = []
+    stall_hooks(runner, stream, {2: 5, 5: 0}, rewinds)
+    run(runner, stream)
+    stream.feed([event(2, o, "site-a") for o in range(5)])
+    await wait_until(lambda: handler.started == [(2, 0)], "offset 0 running, the rest not read")
+    assert runner.check_stalls(time.monotonic() + 10 * runner.STALL_SECONDS) == []
