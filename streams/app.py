@@ -42,11 +42,14 @@ def wanted_topics() -> dict[str, int]:
     return wanted
 
 
-async def ensure_topics(timeout: float = 60.0) -> None:
+async def ensure_topics(
+    extra: dict[str, int] | None = None, configs: dict[str, dict[str, str]] | None = None, timeout: float = 60.0
+) -> None:
     """Create missing topics and wait until the broker's metadata lists them.
 
     Faust would create internal topics itself, but subscribes right after, and a
     topic missing from the metadata at that moment is ignored for good.
+    `extra`: more topics (name -> partitions), `configs`: topic settings by name.
     """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
@@ -55,11 +58,14 @@ async def ensure_topics(timeout: float = 60.0) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        wanted = wanted_topics()
+        wanted = {**wanted_topics(), **(extra or {})}
         missing = [n for n in wanted if n not in set(await admin.list_topics())]
         if missing:
             try:
-                await admin.create_topics([NewTopic(n, num_partitions=wanted[n], replication_factor=1) for n in missing])
+                await admin.create_topics([
+                    NewTopic(n, num_partitions=wanted[n], replication_factor=1, topic_configs=(configs or {}).get(n, {}))
+                    for n in missing
+                ])
             except TopicAlreadyExistsError:  # another worker won the race
                 pass
             log.info("created topics %s", ", ".join(missing))
@@ -88,7 +94,9 @@ class BlogstreamApp(faust.App):
     async def on_first_start(self) -> None:
         Path(self.conf.datadir).mkdir(parents=True, exist_ok=True)
         await super().on_first_start()
-        await ensure_topics()
+        # This worker's permit replies (streams/limiter.py), kept as long as Faust keeps replies.
+        reply_retention = {"retention.ms": str(int(self.conf.reply_expires * 1000))}
+        await ensure_topics({self.conf.reply_to: 1}, {self.conf.reply_to: reply_retention})
 
     async def on_started(self) -> None:
         await super().on_started()

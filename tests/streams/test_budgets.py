@@ -488,10 +488,16 @@ async def test_the_reply_topic_is_subscribed_once_or_a_worker_stalls_after_3000_
 
     assert ReplyConsumer._start_fetcher is limiter._start_fetcher
     added = []
+    clones = []  # iterating a faust Topic makes a clone and subscribes it (Topic.__aiter__)
+    drained = []
 
     class FakeTopic:
         async def maybe_declare(self):
             pass
+
+        def __aiter__(self):
+            clones.append(object())
+            return clones[-1]
 
     class FakeConsumer:
         _fetchers: dict = {}
@@ -508,6 +514,8 @@ async def test_the_reply_topic_is_subscribed_once_or_a_worker_stalls_after_3000_
             return "future"
 
         def _drain_replies(self, topic):
+            drained.append(topic)
+
             async def drain():
                 pass
             return drain()
@@ -515,6 +523,9 @@ async def test_the_reply_topic_is_subscribed_once_or_a_worker_stalls_after_3000_
     consumer = FakeConsumer()
     await limiter._start_fetcher(consumer, "f-reply-x")
     assert added == [] and consumer._fetchers == {"f-reply-x": "future"}
+    # one subscription, made before _start_fetcher returns (so the worker's first subscription holds it),
+    # and it is the one drained
+    assert len(clones) == 1 and drained == clones
     # ... and a late or repeated answer to a promise is ignored instead of crashing the ReplyConsumer.
     promise = ReplyPromise("f-reply-x", "c1")
     promise.cancel()
