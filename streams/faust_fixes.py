@@ -14,15 +14,12 @@ request finished once).
 """
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from typing import Any, Iterable
 
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from mode.utils.queues import FlowControlEvent
-
-log = logging.getLogger(__name__)
 
 stage_topics: set[str] = set()  # filled by install()
 log_start: dict[tuple[str, int], int] = {}  # stage partitions with nothing committed -> the log start sought to

@@ -13,8 +13,8 @@ A stage reads its topic with `stream.noack()` and hands every event to a
 from __future__ import annotations
 
 import asyncio
-import time
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable
@@ -135,7 +135,7 @@ class StageRunner:
         first missing offset, so the missing event is processed, not lost.
         """
         last = self._last_offset.get(tp)
-        want = self.expected_start(tp) if last is None else last + 1
+        want = self._next_offset(tp)
         if want is not None and offset < want:
             if tp not in self._replaying:
                 self._replaying.add(tp)
@@ -163,6 +163,11 @@ class StageRunner:
         self._rewinds.pop(tp, None)
         return True
 
+    def _next_offset(self, tp: Any) -> int | None:
+        """The offset this runner takes next from `tp`: after the last one taken, else where it must start."""
+        last = self._last_offset.get(tp)
+        return self.expected_start(tp) if last is None else last + 1
+
     def check_stalls(self, now: float) -> list[tuple[Any, int]]:
         """Read again each partition that has records past this runner's offset yet delivered none lately.
 
@@ -178,8 +183,7 @@ class StageRunner:
         for tp in self.assigned_partitions():
             if tp.topic != self.topic:
                 continue
-            last = self._last_offset.get(tp)
-            want = self.expected_start(tp) if last is None else last + 1
+            want = self._next_offset(tp)
             end = self.end_offset(tp)
             if want is None or end is None or end <= want:
                 self._flowing_at[tp] = now  # nothing waiting for us there
