@@ -72,7 +72,7 @@ class WixSite(Protocol):
 
 @dataclass(frozen=True)
 class SiteCredentials:
-    """A ready-made WixSite for scripts and tests (the pipeline passes connectors.postgres.Site).
+    """A ready-made WixSite for scripts and tests (the pipeline passes store.database.Site).
 
     The API key is kept out of repr() so it never reaches a log line.
     """

@@ -36,5 +36,7 @@ def _use_uvloop() -> None:
 _use_uvloop()
 
 from streams.app import app  # noqa: F401,E402  (faust -A streams finds `app` here)
-from streams import limiter, generate, image, publish, sink, web, monitoring, controls  # noqa: F401,E402
-from streams import intake  # noqa: F401,E402  (the HTTP front door: POST /api/blogs ...)
+from streams.limiter import coordinator  # noqa: F401,E402
+from streams.pipeline import generate, image, publish, sink  # noqa: F401,E402
+from streams import monitoring  # noqa: F401,E402
+from streams.api import ops, sites, intake  # noqa: F401,E402

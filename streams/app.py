@@ -105,7 +105,7 @@ class BlogstreamApp(faust.App):
         # the event loop (and every permit) for tens of ms. Everything loaded so
         # far (Faust, the SDKs, the schemas) lives as long as the worker: frozen,
         # full passes skip it. Young objects are collected every 20,000
-        # allocations, full passes are rare. See also streams.intake.BurstGC.
+        # allocations, full passes are rare. See also streams.api.intake.BurstGC.
         gc.collect()
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
@@ -125,7 +125,7 @@ app = BlogstreamApp(
     # /table would expose budget internals; our own pages show what users need.
     web_tables_enabled=False,
     # Stage events are processed concurrently and acked in offset order by
-    # streams.runner; effects are idempotent, so a rebalance need not wait for
+    # streams.pipeline.runner; effects are idempotent, so a rebalance need not wait for
     # provider calls that take seconds.
     stream_wait_empty=False,
     # Permit asks use agent.ask(), whose replies come back on a reply topic.

@@ -74,7 +74,7 @@ def read_requests(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]
 
 
 def complete_request(item: dict[str, Any]) -> dict[str, Any]:
-    from streams.records import RecordError, encode, validate_request
+    from streams.contract.records import RecordError, encode, validate_request
 
     item = dict(item)
     item.setdefault("request_id", uuid.uuid4().hex)
@@ -219,7 +219,7 @@ def _retry_after(response: Any) -> float:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from streams.records import RecordError
+    from streams.contract.records import RecordError
 
     requests: list[dict[str, Any]] = []
     problems: list[str] = []
@@ -272,7 +272,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 async def _with_db(fn):
-    from connectors.postgres import Database
+    from store.database import Database
 
     db = Database(settings.database_url, min_size=1, max_size=2)
     await db.start()
@@ -283,7 +283,7 @@ async def _with_db(fn):
 
 
 def cmd_sites(args: argparse.Namespace) -> int:
-    from connectors.postgres import Site
+    from store.database import Site
 
     async def run(db) -> int:
         if args.action == "add":

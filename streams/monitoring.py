@@ -15,8 +15,8 @@ from aiokafka import AIOKafkaConsumer
 
 from streams import metrics
 from streams.app import STAGE_TOPICS, app, topic_name
-from streams.deps import deps
-from streams.limiter import OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS, budgets
+from streams.pipeline.deps import deps
+from streams.limiter.coordinator import OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS, budgets
 from streams.settings import settings
 
 log = logging.getLogger(__name__)

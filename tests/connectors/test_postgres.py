@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from connectors.postgres import (  # noqa: E402
+from store.database import (  # noqa: E402
     Database,
     DatabaseError,
     EffectClaim,
@@ -569,7 +569,7 @@ async def test_effect_claim_lifecycle(db: Database, caplog: pytest.LogCaptureFix
     assert done.state == "done" and done.payload == article  # reuse, do not pay again
     assert await db.get_effect(rid, "generate") == article
 
-    with caplog.at_level(logging.INFO, logger="connectors.postgres"):
+    with caplog.at_level(logging.INFO, logger="store.database"):
         await db.complete_effect(rid, "generate", site, {"title": "other"}, owner="w3")  # idempotent
     assert await db.get_effect(rid, "generate") == article  # first payload kept
     assert "already done" in caplog.text
@@ -604,7 +604,7 @@ async def test_expired_lease_is_taken_over(db: Database, caplog: pytest.LogCaptu
 
     # The "dead" worker was only slow and finishes anyway: its effect happened, so it is
     # recorded (and the double effect is logged); w2 then finds it done.
-    with caplog.at_level(logging.WARNING, logger="connectors.postgres"):
+    with caplog.at_level(logging.WARNING, logger="store.database"):
         await db.complete_effect(rid, "publish", site, {"post_id": "p-dead"}, owner="dead")
     assert "may have run twice" in caplog.text
     await db.complete_effect(rid, "publish", site, {"post_id": "p-w2"}, owner="w2")

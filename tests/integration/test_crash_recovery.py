@@ -35,8 +35,8 @@ import asyncpg
 import pytest
 
 from stack.harness import Pipeline, Simulators, Worker, summarize
-from streams.records import decode
-from streams.stage import EFFECT_LEASE_SECONDS
+from streams.contract.records import decode
+from streams.pipeline.stage import EFFECT_LEASE_SECONDS
 
 PARTITIONS = 12  # streams.settings default topic_partitions
 EFFECTS = ("generate", "image", "publish-media", "publish")
@@ -76,7 +76,7 @@ async def effect_rows(outcomes, request_ids: list[str]) -> list[dict[str, Any]]:
 
 
 def claimed_by_worker(row: dict[str, Any], worker: Worker) -> bool:
-    # streams.deps: claim owner = "<hostname>-<pid>-<hex>:<hex>"
+    # streams.pipeline.deps: claim owner = "<hostname>-<pid>-<hex>:<hex>"
     return row["status"] == "claimed" and f"-{worker.proc.pid}-" in (row["claimed_by"] or "")
 
 

@@ -1,4 +1,4 @@
-"""Unit tests of streams.budgets: the limiter's arithmetic, without Kafka.
+"""Unit tests of streams.limiter.book: the limiter's arithmetic, without Kafka.
 
 The central property is checked the way the provider simulators check it: take
 the times requests *arrive* at the provider (grant time + a delay of at most
@@ -13,7 +13,7 @@ from bisect import bisect_right
 
 import pytest
 
-from streams.budgets import BUCKET_SECONDS, Ask, BudgetBook, RateBudget, SlotBudget, bucket_of
+from streams.limiter.book import BUCKET_SECONDS, Ask, BudgetBook, RateBudget, SlotBudget, bucket_of
 
 REQ = "openai_requests"
 TOK = "openai_tokens"
@@ -484,7 +484,7 @@ async def test_the_reply_topic_is_subscribed_once_or_a_worker_stalls_after_3000_
     its stream iterates); the unread copy filled up and stopped all answers."""
     from faust.agents.replies import ReplyConsumer, ReplyPromise
 
-    import streams.limiter as limiter
+    import streams.limiter.coordinator as limiter
 
     assert ReplyConsumer._start_fetcher is limiter._start_fetcher
     added = []
@@ -775,7 +775,7 @@ async def _wait_for(predicate, seconds: float = 5.0):
 
 
 async def test_a_worker_takes_leased_units_until_the_end_then_returns_the_rest(monkeypatch):
-    import streams.limiter as limiter
+    import streams.limiter.coordinator as limiter
 
     casts = _Casts()
     monkeypatch.setattr(limiter, "budget_coordinator", casts)
@@ -792,7 +792,7 @@ async def test_a_worker_takes_leased_units_until_the_end_then_returns_the_rest(m
 
 
 async def test_a_lease_that_arrives_after_its_end_goes_back_whole_and_a_429_ends_the_others(monkeypatch):
-    import streams.limiter as limiter
+    import streams.limiter.coordinator as limiter
 
     casts = _Casts()
     monkeypatch.setattr(limiter, "budget_coordinator", casts)
@@ -811,7 +811,7 @@ async def test_a_lease_that_arrives_after_its_end_goes_back_whole_and_a_429_ends
 
 
 def test_a_pool_asks_for_what_one_lease_period_took_lately():
-    import streams.limiter as limiter
+    import streams.limiter.coordinator as limiter
 
     pool = limiter._LeasePool()
     assert pool.wanted() == 2

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from streams import records
+from streams.contract import records
 
-from streams.intake import (
+from streams.api.intake import (
     BurstGC,
     Decision,
     IntakeError,

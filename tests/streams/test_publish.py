@@ -6,10 +6,10 @@ import time
 import pytest
 
 from connectors.errors import ProviderUnavailable
-from connectors.postgres import EffectClaim, Site
+from store.database import EffectClaim, Site
 from connectors.wix_blog import PublishedPost
-from streams import publish, stage
-from streams.limiter import Permit
+from streams.pipeline import publish, stage
+from streams.limiter.coordinator import Permit
 
 
 class LedgerDb:

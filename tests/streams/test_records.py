@@ -15,8 +15,8 @@ import avro.io
 import avro.schema
 import pytest
 
-from streams import records
-from streams.records import FieldError, RecordError
+from streams.contract import records
+from streams.contract.records import FieldError, RecordError
 
 NOW = 1_700_000_000_000
 

@@ -17,7 +17,7 @@ from typing import Callable
 
 import pytest
 
-from streams.runner import SitePolicy, StageRunner
+from streams.pipeline.runner import SitePolicy, StageRunner
 
 TIMEOUT = 10.0  # generous: every wait below is for a condition, never a fixed delay
 
@@ -160,7 +160,7 @@ async def run():
 def make_runner(handler: Recorder, *, concurrency: int = 50, read_ahead: int = 10_000,
                 policy: Callable[[str], SitePolicy] = lambda site: SitePolicy()) -> StageRunner:
     runner = StageRunner("test", handler, concurrency=concurrency, read_ahead=read_ahead, policy=policy)
-    # Not the Faust consumer's hooks (streams.stage sets them for the real runners): these fakes
+    # Not the Faust consumer's hooks (streams.pipeline.stage sets them for the real runners): these fakes
     # feed partitions in any order; the gap tests below give their own.
     runner.expected_start = lambda tp: None
     runner.rewind = None

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from streams import cli, metrics
-from streams.budgets import Ask
-from streams.limiter import OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS, Coordinator, wix_requests
+from streams.limiter.book import Ask
+from streams.limiter.coordinator import OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS, Coordinator, wix_requests
 from streams.monitoring import publish_site_figures
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 from typing import Any
 
 from streams.app import app, drafts_topic, illustrated_topic
-from streams.deps import Deps, deps
-from streams.limiter import REPLICATE_REQUESTS
-from streams.records import decode
-from streams.runner import StageRunner
+from streams.pipeline.deps import Deps, deps
+from streams.limiter.coordinator import REPLICATE_REQUESTS
+from streams.contract.records import decode
+from streams.pipeline.runner import StageRunner
 from streams.settings import settings
-from streams.stage import call_with_permits, effect_once, now_ms, run_stage_event
+from streams.pipeline.stage import call_with_permits, effect_once, now_ms, run_stage_event
 
 STAGE = "image"
 

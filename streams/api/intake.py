@@ -44,8 +44,8 @@ from aiohttp import web
 from faust.web import Request, Response, View
 
 from streams.app import app, requests_topic
-from streams.deps import deps
-from streams.records import check_request, encode_checked
+from streams.pipeline.deps import deps
+from streams.contract.records import check_request, encode_checked
 from streams.settings import settings
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ import avro.io
 import avro.schema
 from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 NAMESPACE = "blogstream"
 RECORD_NAMES: tuple[str, ...] = ("BlogRequest", "BlogDraft", "BlogIllustrated", "BlogResult")
 TOPIC_RECORDS: dict[str, str] = {

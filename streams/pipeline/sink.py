@@ -16,12 +16,12 @@ import logging
 from datetime import datetime, timezone
 
 
-from connectors.postgres import OutcomeRow
+from store.database import OutcomeRow
 from streams import metrics
 from streams.app import app, drafts_topic, illustrated_topic, requests_topic, results_topic
-from streams.deps import deps
-from streams.limiter import budgets
-from streams.records import RecordError, decode, decode_request
+from streams.pipeline.deps import deps
+from streams.limiter.coordinator import budgets
+from streams.contract.records import RecordError, decode, decode_request
 from streams.settings import settings
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ from faust.web import Request, Response, View
 
 from streams import metrics
 from streams.app import app
-from streams.deps import deps
-from streams.limiter import OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS, budgets
+from streams.pipeline.deps import deps
+from streams.limiter.coordinator import OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS, budgets
 
 log = logging.getLogger(__name__)
 

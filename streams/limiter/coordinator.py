@@ -16,7 +16,7 @@ the broker, and only if this worker still owns the limiter (the `epoch` did not
 change meanwhile). So the next owner never misses a grant a worker could use.
 
 Workers ask with agent.ask()'s request/reply protocol; an ask that does not
-fit waits in the coordinator (fair queuing across sites, see streams.budgets)
+fit waits in the coordinator (fair queuing across sites, see streams.limiter.book)
 and is answered when room appears. Workers re-send the asks they still wait on
 after every rebalance (the limiter only moves in one) and every
 `Budgets.reask_seconds`; the coordinator treats a re-send as the same place in
@@ -44,7 +44,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from streams import metrics
 from streams.app import LIMITER_TOPIC, app, topic_name
-from streams.budgets import Ask, BudgetBook
+from streams.limiter.book import Ask, BudgetBook
 from streams.settings import settings
 
 log = logging.getLogger(__name__)

@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from streams.app import app, drafts_topic, requests_topic
-from streams.deps import Deps, deps
-from streams.limiter import OPENAI_REQUESTS, OPENAI_TOKENS, budgets
-from streams.records import decode_request
-from streams.runner import StageRunner
+from streams.pipeline.deps import Deps, deps
+from streams.limiter.coordinator import OPENAI_REQUESTS, OPENAI_TOKENS, budgets
+from streams.contract.records import decode_request
+from streams.pipeline.runner import StageRunner
 from streams.settings import settings
-from streams.stage import StageCancelled, StageFailed, call_with_permits, effect_once, now_ms, run_stage_event
+from streams.pipeline.stage import StageCancelled, StageFailed, call_with_permits, effect_once, now_ms, run_stage_event
 
 STAGE = "generate"
 

@@ -13,10 +13,10 @@ import uuid
 
 
 from connectors.openai_writer import ArticleWriter
-from connectors.postgres import Database, Site, SiteCache
+from store.database import Database, Site, SiteCache
 from connectors.replicate_images import ImageMaker
 from connectors.wix_blog import WixBlog
-from streams.runner import SitePolicy
+from streams.pipeline.runner import SitePolicy
 from streams.settings import settings
 
 log = logging.getLogger(__name__)

@@ -18,10 +18,10 @@ from typing import Any, Awaitable, Callable
 from connectors.errors import ProviderError, RateLimited
 from streams import metrics
 from streams.app import app, dlq_topic, expected_start, results_topic
-from streams.deps import Deps
-from streams.limiter import budgets
-from streams.records import RecordError, encode
-from streams.runner import StageRunner
+from streams.pipeline.deps import Deps
+from streams.limiter.coordinator import budgets
+from streams.contract.records import RecordError, encode
+from streams.pipeline.runner import StageRunner
 from streams.settings import settings
 
 log = logging.getLogger(__name__)

@@ -12,13 +12,13 @@ from typing import Any
 
 from connectors.errors import ImageExpired
 from streams.app import app, illustrated_topic, results_topic
-from streams.deps import Deps, deps
-from streams.image import make_cover
-from streams.limiter import budgets, wix_requests
-from streams.records import decode
-from streams.runner import StageRunner
+from streams.pipeline.deps import Deps, deps
+from streams.pipeline.image import make_cover
+from streams.limiter.coordinator import budgets, wix_requests
+from streams.contract.records import decode
+from streams.pipeline.runner import StageRunner
 from streams.settings import settings
-from streams.stage import StageFailed, call_with_permits, effect_once, now_ms, run_stage_event
+from streams.pipeline.stage import StageFailed, call_with_permits, effect_once, now_ms, run_stage_event
 
 STAGE = "publish"
 

@@ -1,6 +1,6 @@
 """Budget arithmetic for the global limiter: windows, pacing, slots and fair choice.
 
-Pure and synchronous, so it is unit-tested without Kafka. `streams.limiter`
+Pure and synchronous, so it is unit-tested without Kafka. `streams.limiter.coordinator`
 runs one `BudgetBook` inside the single coordinator and persists its state
 (see `BudgetBook.take_dirty` / `restore`).
 

@@ -8,7 +8,7 @@
     POST  /api/sites/{site_id}/cancel     cancel the requests no stage has started yet
 
 Controls live in Postgres `sites`; workers re-read them every two seconds
-(streams.deps), so a change reaches every worker within about two seconds.
+(streams.pipeline.deps), so a change reaches every worker within about two seconds.
 The same actions exist on the command line: `blogstream sites ...`.
 """
 from __future__ import annotations
@@ -21,11 +21,11 @@ from typing import Any
 from faust.web import Request, Response, View
 
 from streams.app import app
-from streams.deps import deps
-from streams.generate import generate_runner
-from streams.image import image_runner
-from streams.limiter import budgets
-from streams.publish import publish_runner
+from streams.pipeline.deps import deps
+from streams.pipeline.generate import generate_runner
+from streams.pipeline.image import image_runner
+from streams.limiter.coordinator import budgets
+from streams.pipeline.publish import publish_runner
 
 CONTROL_FIELDS = {"weight": float, "max_in_flight": int, "max_queued": int, "paused": bool}
 RUNNERS = (generate_runner, image_runner, publish_runner)

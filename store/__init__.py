@@ -1,0 +1,1 @@
+"""Postgres: the one place with SQL (outcomes, sites registry, effect ledger, pending counts)."""
