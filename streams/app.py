@@ -7,7 +7,7 @@
 
 Every stage topic is keyed by site id and has the same partition count, so all
 of one site's work sits on one partition number. Values are Avro single-object
-encoded bytes (see streams/records.py); the stages decode them explicitly so a
+encoded bytes (see streams/contract/); the stages decode them explicitly so a
 bad record becomes a dead letter, never a crashed agent.
 """
 from __future__ import annotations
@@ -83,7 +83,8 @@ GC_THRESHOLDS = (20_000, 100, 100)
 
 
 class BlogstreamApp(faust.App):
-    # Two of the Faust fixes (streams/faust_fixes.py) live in objects the app builds.
+    # Two of the Faust fixes (streams/faust_fixes.py) live in objects the app builds;
+    # the others are installed by the worker's assembly (streams/worker.py).
     @cached_property
     def flow_control(self) -> faust_fixes.KeepQueuedOnResume:
         return faust_fixes.KeepQueuedOnResume(loop=self.loop)
@@ -94,7 +95,7 @@ class BlogstreamApp(faust.App):
     async def on_first_start(self) -> None:
         Path(self.conf.datadir).mkdir(parents=True, exist_ok=True)
         await super().on_first_start()
-        # This worker's permit replies (streams/limiter.py), kept as long as Faust keeps replies.
+        # This worker's permit replies (streams/limiter/client.py), kept as long as Faust keeps replies.
         reply_retention = {"retention.ms": str(int(self.conf.reply_expires * 1000))}
         await ensure_topics({self.conf.reply_to: 1}, {self.conf.reply_to: reply_retention})
 
@@ -143,10 +144,6 @@ app = BlogstreamApp(
     table_standby_replicas=1,
     datadir=settings.data_dir,
 )
-
-
-# Faust's rules that lost stage events after rebalances, and what we do instead.
-faust_fixes.install(topic_name(t) for t in STAGE_TOPICS)
 
 
 @app.on_partitions_revoked.connect

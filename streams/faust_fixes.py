@@ -7,6 +7,8 @@ its offset was committed without anyone finishing it, and the request stalled
 for good. Each fix below says what Faust does, how it lost events, and what
 we do instead. They apply to the stage topics only (`install` names them);
 every other topic (the limiter's, replies, changelogs) keeps Faust's rules.
+Fixes 6 to 8 keep the limiter's request/reply (`agent.ask()`) and its permit
+latency sound. Every patch of Faust's code is here, applied by `install()`.
 
 Tests: tests/streams/test_faust_fixes.py (each rule on its own) and
 tests/integration/test_crash_recovery.py (workers killed mid-run, every
@@ -14,9 +16,11 @@ request finished once).
 """
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from typing import Any, Iterable
 
+from faust.agents.replies import ReplyConsumer, ReplyPromise
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from mode.utils.queues import FlowControlEvent
@@ -136,9 +140,69 @@ def new_offset_from_start(self: Consumer, tp: Any) -> int | None:
     return _new_offset(self, tp)
 
 
+# --- 6. a late or repeated reply to agent.ask() must not stop the worker ---------
+def fulfill_once(self: ReplyPromise, correlation_id: str, value: Any) -> None:
+    # faust's ReplyConsumer calls set_result() on every reply; a reply for a
+    # promise that was cancelled (an ask that timed out) or already answered
+    # raises InvalidStateError, which crashes the ReplyConsumer and stops the
+    # whole worker. Late and duplicate replies are normal here: ignore them.
+    if not self.done():
+        self.set_result(value)
+
+
+
+# --- 7. permit replies: subscribed once, and in the first subscription ----------
+async def start_reply_fetcher(self: ReplyConsumer, topic_name: str) -> None:
+    # faust's version adds the reply topic to the conductor *and* iterates it,
+    # and iterating subscribes a clone: every reply then goes to two queues,
+    # one of which nobody reads. After ~3,300 replies (4/5 of
+    # stream_buffer_maxsize) that queue is "under pressure", Faust stops
+    # fetching the reply partition, no permit answer arrives any more, and the
+    # worker stalls for good (seen in the 800-request benchmark). Here only
+    # the iterating clone is subscribed.
+    # It is subscribed at once, not when the drain task first runs (after a
+    # 3 s sleep in faust's version): the worker's first subscription must
+    # hold it. 2 worker starts in 100 missed it; Faust's conductor then adds
+    # a topic only 45 s later, with one more rebalance, and drops the change
+    # altogether if it comes during a rebalance. The topic itself is created
+    # at start (BlogstreamApp.on_first_start), so there is nothing to wait for.
+    if topic_name not in self._fetchers:
+        self._fetchers[topic_name] = None  # the key is the lock, as in faust
+        topic = self._reply_topic(topic_name)
+        await topic.maybe_declare()
+        replies = topic.__aiter__()  # the iterating clone, now in app.topics
+        self._fetchers[topic_name] = self.add_future(self._drain_replies(replies))
+
+
+
+# --- 8. a faust setting that is not a setting: the fetch long-poll ----------------
+# Faust builds the worker's consumer with fetch_max_wait_ms=1500, hard-coded.
+# aiokafka keeps one fetch in flight per broker, and a partition whose records
+# are still buffered is left out of it. So an ask that reaches blog.limiter
+# while such a fetch is parked on the broker waits for it to time out: a permit
+# (or a reply to one) took up to 1.5 s. A short long-poll bounds that wait;
+# the price is a few dozen empty fetches per second per worker when idle.
+FETCH_MAX_WAIT_MS = int(os.environ.get("BLOGSTREAM_FETCH_MAX_WAIT_MS", "20"))
+
+_create_worker_consumer = AIOKafkaConsumerThread._create_worker_consumer
+
+
+def create_worker_consumer_fast(self: AIOKafkaConsumerThread, transport: Any) -> Any:
+    consumer = _create_worker_consumer(self, transport)
+    consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts its fetcher
+    return consumer
+
+
 def install(topics: Iterable[str]) -> None:
-    """Apply the fixes for these stage topics (1 and 2 are set up by the app itself)."""
+    """Apply every fix; 5 and the read-offset rule (2) concern these stage topics only.
+
+    Called once by the worker's assembly (streams/worker.py). 1 and 2 are set
+    up by the app itself (`BlogstreamApp`), since they live in objects it builds.
+    """
     stage_topics.update(topics)
     Consumer.ack = ack_if_current  # type: ignore[method-assign]
     Consumer._new_offset = new_offset_from_start  # type: ignore[method-assign]
     AIOKafkaConsumerThread.seek_to_committed = seek_to_committed_or_beginning  # type: ignore[method-assign]
+    ReplyPromise.fulfill = fulfill_once  # type: ignore[method-assign]
+    ReplyConsumer._start_fetcher = start_reply_fetcher  # type: ignore[method-assign]
+    AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer_fast  # type: ignore[method-assign]

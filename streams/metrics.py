@@ -64,6 +64,57 @@ consumer_lag = Gauge(
 )
 
 
+# --- the limiter: coordinator and worker side ----------------------------------
+_FINE = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
+         0.5, 1.0, 2.0, 5.0, 10.0)
+permit_overhead_seconds = Histogram(
+    "blogstream_permit_overhead_seconds",
+    "Permit latency not spent waiting for room: worker-side ask-to-grant time minus the time the ask "
+    "waited in the coordinator for the budget (Kafka round trip + coordinator pass + durable write)",
+    ["budget"], registry=registry, buckets=_FINE,
+)
+grant_persist_seconds = Histogram(
+    "blogstream_limiter_persist_seconds", "Coordinator: time to make a pass's grants durable (changelog acks)",
+    registry=registry, buckets=_FINE,
+)
+grants_total = Counter(
+    "blogstream_limiter_grants_total", "Coordinator: permits granted", ["budget"], registry=registry,
+)
+reasks_total = Counter(
+    "blogstream_permit_reasks_total", "Worker: asks re-sent (after a rebalance or a long silence)",
+    registry=registry,
+)
+budget_factor = Gauge(
+    "blogstream_budget_factor", "Coordinator: adaptive share of a budget's limit (1.0 = all of it)", ["budget"],
+    registry=registry,
+)
+budget_external = Gauge(
+    "blogstream_budget_external", "Coordinator: units per window the provider reports used by someone else",
+    ["budget"], registry=registry,
+)
+permit_send_delay_seconds = Histogram(
+    "blogstream_permit_send_delay_seconds",
+    "From a permit's grant (coordinator clock) to its request going on the wire (worker clock); "
+    "the safety rule needs this below the grace",
+    ["budget"], registry=registry, buckets=_FINE,
+)
+late_sends_total = Counter(
+    "blogstream_permit_late_sends_total", "Worker: permitted requests that left after the permit's use-by time "
+    "(reported to the coordinator, which keeps counting them)", registry=registry,
+)
+permits_leased_total = Counter(
+    "blogstream_permits_leased_total", "Worker: permits taken from a lease this worker holds (no round trip)",
+    ["budget"], registry=registry,
+)
+late_unsafe_total = Counter(
+    "blogstream_permit_late_unsafe_total", "Coordinator: late reports that came after the permit's room had "
+    "been handed out again (the provider may have seen more than the limit)", registry=registry,
+)
+coordinator_active = Gauge(
+    "blogstream_limiter_coordinator", "1 on the worker that runs the limiter coordinator", registry=registry,
+)
+
+
 _published: dict[Gauge, set[tuple[str, ...]]] = {}  # gauge -> the label sets publish() set last time
 
 

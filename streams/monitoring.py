@@ -16,7 +16,8 @@ from aiokafka import AIOKafkaConsumer
 from streams import metrics
 from streams.app import STAGE_TOPICS, app, topic_name
 from streams.pipeline.deps import deps
-from streams.limiter.coordinator import OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS, budgets
+from streams.limiter.client import budgets
+from streams.limiter.specs import OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS
 from streams.settings import settings
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,8 @@ from faust.web import Request, Response, View
 from streams import metrics
 from streams.app import app
 from streams.pipeline.deps import deps
-from streams.limiter.coordinator import OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS, budgets
+from streams.limiter.client import budgets
+from streams.limiter.specs import OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS
 
 log = logging.getLogger(__name__)
 

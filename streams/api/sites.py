@@ -1,6 +1,7 @@
 """Per-site controls over HTTP, served by every worker; no restart needed.
 
     GET   /api/sites                      every site with its controls and pending count
+    GET   /api/sites/{site_id}/blogs      a site's requests, newest first: ?limit=50&after=<last id>
     GET   /api/sites/{site_id}            one site: controls, pending, in flight, queued here
     PATCH /api/sites/{site_id}            {"weight": 2, "max_in_flight": 10, "max_queued": 500, "paused": false}
     POST  /api/sites/{site_id}/pause      its requests wait (unacked, nothing lost)
@@ -15,20 +16,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 from dataclasses import asdict
 from typing import Any
 
 from faust.web import Request, Response, View
 
+from streams.api.blogs import public_row
+from streams.api.http import ID_PATTERN, ApiView, IntakeError, retry_after_header
 from streams.app import app
 from streams.pipeline.deps import deps
-from streams.pipeline.generate import generate_runner
-from streams.pipeline.image import image_runner
-from streams.limiter.coordinator import budgets
-from streams.pipeline.publish import publish_runner
+from streams.limiter.client import budgets
+from streams.pipeline.runner import StageRunner
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE = 500
+DEFAULT_PAGE = 50
 
 CONTROL_FIELDS = {"weight": float, "max_in_flight": int, "max_queued": int, "paused": bool}
-RUNNERS = (generate_runner, image_runner, publish_runner)
 
 
 def public(site: Any) -> dict[str, Any]:
@@ -77,7 +84,7 @@ async def site_view(site_id: str) -> dict[str, Any] | None:
         **public(site),
         "pending": pending,
         "in_flight": in_flight,
-        "queued_on_this_worker": {r.name: r.queued_by_site().get(site_id, 0) for r in RUNNERS},
+        "queued_on_this_worker": {r.name: r.queued_by_site().get(site_id, 0) for r in StageRunner.instances},
     }
 
 
@@ -145,3 +152,32 @@ class CancelQueued(View):
             return _not_found(self, site_id)
         cancelled = await deps.db.cancel_queued(site_id, reason=f"cancelled by an operator (site {site_id}) before it started")
         return self.json({"site_id": site_id, "cancelled": len(cancelled), "request_ids": cancelled})
+
+
+@app.page("/api/sites/{site_id}/blogs")
+class SiteBlogs(ApiView):
+    async def get(self, request: Request, site_id: str) -> Response:
+        if (denied := self.unauthorized(request)) is not None:
+            return denied
+        problems = []
+        if not ID_PATTERN.fullmatch(site_id):
+            problems.append("site_id: must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+        raw_limit = request.query.get("limit", str(DEFAULT_PAGE))
+        limit = int(raw_limit) if re.fullmatch(r"[0-9]{1,6}", raw_limit) else 0
+        if not 1 <= limit <= MAX_PAGE:
+            problems.append(f"limit: must be a whole number from 1 to {MAX_PAGE}")
+        after = request.query.get("after") or None
+        if after is not None and not ID_PATTERN.fullmatch(after):
+            problems.append("after: must be a request id (the last request_id of the previous page)")
+        if problems:
+            return self.answer({"error": "; ".join(problems)}, 400)
+        try:
+            await deps.ready()
+            assert deps.db is not None
+            rows = await deps.db.list_site_generations(site_id, limit=limit, after_id=after)
+        except Exception:
+            log.warning("intake: listing site %s failed", site_id, exc_info=True)
+            return self.failure(IntakeError(503, "the database could not be read; retry in a moment", headers=retry_after_header()))
+        items = [public_row(r, full=False) for r in rows]
+        next_after = items[-1]["request_id"] if len(items) == limit else None
+        return self.answer({"site_id": site_id, "items": items, "next_after": next_after})

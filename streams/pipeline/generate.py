@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams.app import app, drafts_topic, requests_topic
-from streams.pipeline.deps import Deps, deps
-from streams.limiter.coordinator import OPENAI_REQUESTS, OPENAI_TOKENS, budgets
-from streams.contract.records import decode_request
-from streams.pipeline.runner import StageRunner
-from streams.settings import settings
-from streams.pipeline.stage import StageCancelled, StageFailed, call_with_permits, effect_once, now_ms, run_stage_event
+from streams.app import drafts_topic, requests_topic
+from streams.pipeline.deps import Deps
+from streams.pipeline.factory import build_stage
+from streams.limiter.client import budgets
+from streams.limiter.specs import OPENAI_REQUESTS, OPENAI_TOKENS
+from streams.contract import decode_request
+from streams.pipeline.stage import StageCancelled, StageFailed, call_with_permits, effect_once, now_ms
 
 STAGE = "generate"
 
@@ -68,21 +68,7 @@ async def write_draft(request: dict[str, Any], deps: Deps) -> dict[str, Any]:
     }
 
 
-async def _step(request: dict[str, Any]):
-    await deps.ready()
-    return drafts_topic, "BlogDraft", await write_draft(request, deps)
-
-
-async def _handle(event: Any) -> None:
-    await run_stage_event(STAGE, event, decode_request, _step)
-
-
-generate_runner = StageRunner(
-    STAGE, _handle, concurrency=settings.stage_concurrency, read_ahead=settings.read_ahead, policy=deps.policy,
-    topic=requests_topic.get_topic_name(),
+generate_runner = build_stage(
+    STAGE, source=requests_topic, decode=decode_request, step=write_draft,
+    next_topic=drafts_topic, next_record="BlogDraft",
 )
-
-
-@app.agent(requests_topic)
-async def generate(stream):
-    await generate_runner.consume(stream)

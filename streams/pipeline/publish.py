@@ -11,14 +11,14 @@ import hashlib
 from typing import Any
 
 from connectors.errors import ImageExpired
-from streams.app import app, illustrated_topic, results_topic
-from streams.pipeline.deps import Deps, deps
-from streams.pipeline.image import make_cover
-from streams.limiter.coordinator import budgets, wix_requests
-from streams.contract.records import decode
-from streams.pipeline.runner import StageRunner
-from streams.settings import settings
-from streams.pipeline.stage import StageFailed, call_with_permits, effect_once, now_ms, run_stage_event
+from streams.app import illustrated_topic, results_topic
+from streams.pipeline.covers import make_cover
+from streams.pipeline.deps import Deps
+from streams.pipeline.factory import build_stage
+from streams.limiter.client import budgets
+from streams.limiter.specs import wix_requests
+from streams.contract import decode
+from streams.pipeline.stage import StageFailed, call_with_permits, effect_once, now_ms
 
 STAGE = "publish"
 
@@ -97,21 +97,7 @@ async def publish_post(illustrated: dict[str, Any], deps: Deps) -> dict[str, Any
     }
 
 
-async def _step(illustrated: dict[str, Any]):
-    await deps.ready()
-    return results_topic, "BlogResult", await publish_post(illustrated, deps)
-
-
-async def _handle(event: Any) -> None:
-    await run_stage_event(STAGE, event, lambda data: decode("BlogIllustrated", data), _step)
-
-
-publish_runner = StageRunner(
-    STAGE, _handle, concurrency=settings.stage_concurrency, read_ahead=settings.read_ahead, policy=deps.policy,
-    topic=illustrated_topic.get_topic_name(),
+publish_runner = build_stage(
+    STAGE, source=illustrated_topic, decode=lambda data: decode("BlogIllustrated", data), step=publish_post,
+    next_topic=results_topic, next_record="BlogResult",
 )
-
-
-@app.agent(illustrated_topic)
-async def publish(stream):
-    await publish_runner.consume(stream)

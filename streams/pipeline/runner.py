@@ -44,7 +44,7 @@ class _Entry:
 class StageRunner:
     instances: list["StageRunner"] = []  # every stage's runner, told about revoked partitions
     # Where a partition's events must start (its committed offset), and how to
-    # read a partition again from an offset: set by streams/stage.py for the
+    # read a partition again from an offset: set by streams/pipeline/factory.py for the
     # Faust consumer. Without them a gap is only logged.
     expected_start: Callable[[Any], int | None] = staticmethod(lambda tp: None)
     rewind: Callable[[Any, int], Awaitable[None]] | None = None

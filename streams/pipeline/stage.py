@@ -1,10 +1,9 @@
-"""What the three stages share: decode, pay once, retry with the limiter, hand on.
+"""What a stage's step uses: pay once (the effect ledger), one retry loop with permits, its errors.
 
-A stage is `async def step(record, deps) -> next_record`. `run_stage_event`
-wraps it for the Faust agent: it decodes the event (bad bytes go to the
-dead-letter topic), runs the step, and produces the next record, awaiting the
-broker's ack before the event may be acked. A step that cannot succeed raises
-`StageFailed`, which becomes a FAILED outcome users can act on.
+A stage is `async def step(record, deps) -> next_record` (generate.py,
+image.py, publish.py); streams/pipeline/factory.py turns it into a Faust
+agent. A step that cannot succeed raises `StageFailed`, which becomes a FAILED
+outcome users can act on.
 """
 from __future__ import annotations
 
@@ -17,11 +16,8 @@ from typing import Any, Awaitable, Callable
 
 from connectors.errors import ProviderError, RateLimited
 from streams import metrics
-from streams.app import app, dlq_topic, expected_start, results_topic
 from streams.pipeline.deps import Deps
-from streams.limiter.coordinator import budgets
-from streams.contract.records import RecordError, encode
-from streams.pipeline.runner import StageRunner
+from streams.limiter.client import budgets
 from streams.settings import settings
 
 log = logging.getLogger(__name__)
@@ -150,118 +146,3 @@ def _action_for(exc: ProviderError, request_id: str) -> str:
         return ("Check the credentials for this provider (for Wix: the site's API key and site id in the sites "
                 f"table), then: {retry}")
     return f"Fix the provider settings and run {retry}, or submit a corrected request under a new id."
-
-
-# --------------------------------------------------------------------------
-# Event plumbing shared by the three stage agents
-# --------------------------------------------------------------------------
-
-
-async def _read_again(tp: Any, offset: int) -> None:
-    await app.consumer.seek(tp, offset)
-
-
-def _assigned() -> Any:
-    return app.consumer.assignment()
-
-
-def _end_of(tp: Any) -> int | None:
-    try:
-        return app.consumer.highwater(tp)
-    except Exception:  # not assigned any more (a rebalance is on), or not fetched yet
-        return None
-
-
-# A runner that sees a partition's events skip an offset, or stall with records
-# waiting, reads it again from its next offset.
-StageRunner.expected_start = staticmethod(expected_start)
-StageRunner.rewind = staticmethod(_read_again)
-StageRunner.assigned_partitions = staticmethod(_assigned)
-StageRunner.end_offset = staticmethod(_end_of)
-
-
-@app.on_partitions_revoked.connect
-async def _forget_revoked(app_: Any, revoked: Any, **kwargs: Any) -> None:
-    """Partitions leaving this worker: its runners drop what they have not started.
-
-    Faust replays the partitions from the committed offset to whoever gets them
-    (possibly us again); leftovers from before would break the in-order acking.
-    """
-    for runner in StageRunner.instances:
-        runner.forget(set(revoked))
-
-
-async def send_record(topic: Any, site_id: str, record_name: str, value: dict, headers: dict | None = None) -> None:
-    """Produce and wait for the broker's ack: only then may the source event be acked."""
-    fut = await topic.send(key=site_id.encode(), value=encode(record_name, value), headers=headers)
-    await fut
-
-
-async def send_failed(
-    stage: str, request_id: str, site_id: str, error: str, attempts: int = 0, *, status: str = "FAILED"
-) -> None:
-    await send_record(
-        results_topic,
-        site_id,
-        "BlogResult",
-        {
-            "request_id": request_id,
-            "site_id": site_id,
-            "status": status,
-            "stage": stage,
-            "post_id": None,
-            "post_url": None,
-            "title": None,
-            "error": error[:2000],
-            "attempts": attempts,
-            "usage": None,
-            "finished_at": now_ms(),
-        },
-    )
-    metrics.stage_events.labels(stage, status.lower()).inc()
-
-
-async def dead_letter(stage: str, event: Any, err: RecordError) -> None:
-    """Bytes that are not a valid record: keep them, say why, carry on."""
-    message = event.message
-    headers = {
-        "blogstream-error": err.reason.encode()[:1000],
-        "blogstream-stage": stage.encode(),
-        "blogstream-source": f"{message.topic}/{message.partition}/{message.offset}".encode(),
-    }
-    key = message.key if isinstance(message.key, bytes) else (message.key or "").encode()
-    fut = await dlq_topic.send(key=key, value=message.value if isinstance(message.value, bytes) else b"", headers=headers)
-    await fut
-    metrics.stage_events.labels(stage, "dead_letter").inc()
-    if err.request_id:
-        site_id = err.site_id or key.decode("utf-8", "replace") or "unknown"
-        await send_failed(stage, err.request_id, site_id, f"invalid {stage} input: {err.reason}")
-
-
-async def run_stage_event(
-    stage: str,
-    event: Any,
-    decode: Callable[[bytes], dict],
-    step: Callable[[dict], Awaitable[tuple[Any, str, dict] | None]],
-) -> None:
-    """Decode → step → produce. `step` returns (topic, record name, record) or None."""
-    try:
-        record = decode(event.value)
-    except RecordError as err:
-        await dead_letter(stage, event, err)
-        return
-    request = record.get("request", record)
-    request_id, site_id = request["request_id"], request["site_id"]
-    try:
-        out = await step(record)
-    except StageFailed as failed:
-        log.warning("%s", failed.message)
-        await send_failed(stage, request_id, site_id, failed.message, record.get("attempts", 0))
-        return
-    except StageCancelled as cancelled:
-        await send_failed(stage, request_id, site_id, cancelled.reason, status="CANCELLED")
-        return
-    if out is not None:
-        topic, name, value = out
-        await send_record(topic, site_id, name, value)
-    metrics.stage_events.labels(stage, "ok").inc()

@@ -484,9 +484,10 @@ async def test_the_reply_topic_is_subscribed_once_or_a_worker_stalls_after_3000_
     its stream iterates); the unread copy filled up and stopped all answers."""
     from faust.agents.replies import ReplyConsumer, ReplyPromise
 
-    import streams.limiter.coordinator as limiter
+    from streams import faust_fixes
+    from streams import worker  # noqa: F401  (the worker's assembly installs every fix)
 
-    assert ReplyConsumer._start_fetcher is limiter._start_fetcher
+    assert ReplyConsumer._start_fetcher is faust_fixes.start_reply_fetcher
     added = []
     clones = []  # iterating a faust Topic makes a clone and subscribes it (Topic.__aiter__)
     drained = []
@@ -521,7 +522,7 @@ async def test_the_reply_topic_is_subscribed_once_or_a_worker_stalls_after_3000_
             return drain()
 
     consumer = FakeConsumer()
-    await limiter._start_fetcher(consumer, "f-reply-x")
+    await faust_fixes.start_reply_fetcher(consumer, "f-reply-x")
     assert added == [] and consumer._fetchers == {"f-reply-x": "future"}
     # one subscription, made before _start_fetcher returns (so the worker's first subscription holds it),
     # and it is the one drained
@@ -775,7 +776,7 @@ async def _wait_for(predicate, seconds: float = 5.0):
 
 
 async def test_a_worker_takes_leased_units_until_the_end_then_returns_the_rest(monkeypatch):
-    import streams.limiter.coordinator as limiter
+    import streams.limiter.client as limiter
 
     casts = _Casts()
     monkeypatch.setattr(limiter, "budget_coordinator", casts)
@@ -792,7 +793,7 @@ async def test_a_worker_takes_leased_units_until_the_end_then_returns_the_rest(m
 
 
 async def test_a_lease_that_arrives_after_its_end_goes_back_whole_and_a_429_ends_the_others(monkeypatch):
-    import streams.limiter.coordinator as limiter
+    import streams.limiter.client as limiter
 
     casts = _Casts()
     monkeypatch.setattr(limiter, "budget_coordinator", casts)
@@ -811,7 +812,7 @@ async def test_a_lease_that_arrives_after_its_end_goes_back_whole_and_a_429_ends
 
 
 def test_a_pool_asks_for_what_one_lease_period_took_lately():
-    import streams.limiter.coordinator as limiter
+    import streams.limiter.client as limiter
 
     pool = limiter._LeasePool()
     assert pool.wanted() == 2

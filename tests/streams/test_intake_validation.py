@@ -10,21 +10,11 @@ import pytest
 
 from streams.contract import records
 
-from streams.api.intake import (
-    BurstGC,
-    Decision,
-    IntakeError,
-    PendingGauge,
-    PendingSnapshot,
-    QueueUnknown,
-    RequestProducer,
-    bearer_ok,
-    check_items,
-    invalid,
-    parse_body,
-    rejection,
-    unknown_site_errors,
-)
+from streams.api.admission import Decision, PendingGauge, PendingSnapshot, QueueUnknown, rejection
+from streams.api.burst_gc import BurstGC
+from streams.api.http import IntakeError, bearer_ok
+from streams.api.producer import RequestProducer
+from streams.api.validation import check_items, invalid, parse_body, unknown_site_errors
 
 
 def good(n: int = 0, **fields):

@@ -6,10 +6,11 @@ import time
 import pytest
 
 from connectors.errors import ProviderUnavailable
-from store.database import EffectClaim, Site
+from store.effects import EffectClaim
+from store.sites import Site
 from connectors.wix_blog import PublishedPost
 from streams.pipeline import publish, stage
-from streams.limiter.coordinator import Permit
+from streams.limiter.client import Permit
 
 
 class LedgerDb:

@@ -12,7 +12,8 @@ import pytest
 
 from streams import cli, metrics
 from streams.limiter.book import Ask
-from streams.limiter.coordinator import OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS, Coordinator, wix_requests
+from streams.limiter.coordinator import Coordinator
+from streams.limiter.specs import OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS, wix_requests
 from streams.monitoring import publish_site_figures
 
 

@@ -1,0 +1,222 @@
+"""Backpressure: how many requests are pending, and whether a submission may join them.
+
+pending = requests accepted and not yet DONE/FAILED/CANCELLED, across all
+workers. A submission of n requests is admitted only while pending + n <=
+QUEUE_SIZE_LIMIT and, per site, site pending + k <= sites.max_queued.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Mapping, Sequence
+
+from streams.api.http import IntakeError, retry_after_header
+from streams.pipeline.deps import deps
+from streams.settings import settings
+
+log = logging.getLogger(__name__)
+
+# Entries in the "accepted here, not yet written by the sink" set are forgotten
+# after this long, so a lost sink write cannot keep the figure high forever.
+UNSEEN_TTL_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class PendingSnapshot:
+    """What Postgres said at one moment (one statement, one MVCC snapshot)."""
+
+    by_site: dict[str, int]  # PENDING rows per site
+    seen: set[str]  # which of the asked-about ids have a row (any status)
+
+
+FetchPending = Callable[[list[str]], Awaitable[PendingSnapshot]]
+
+
+class QueueUnknown(Exception):
+    """The pending figure could not be read recently enough to admit anything."""
+
+
+@dataclass
+class Decision:
+    ok: bool
+    reason: str = ""  # "queue_full" | "site_queue_full"
+    pending: int = 0
+    limit: int = 0
+    site_id: str | None = None
+    room: int = 0  # how many requests (of this site, for site_queue_full) would be admitted now
+
+
+class PendingGauge:
+    """Global pending requests, cheap to read: one query per `refresh_seconds` at most.
+
+    estimate = PENDING rows in Postgres (any worker's requests, once the sink wrote them)
+             + ids this worker accepted that the last read did not find in Postgres yet
+             + requests this worker is producing right now (reserved at admission)
+
+    Reservation happens in the same synchronous step as the check, so concurrent
+    submissions to one worker can never together pass the limit. What other workers
+    accepted since the last read (at most `refresh_seconds` + the sink's batch delay)
+    is the only part that can be stale.
+    """
+
+    def __init__(
+        self,
+        fetch: FetchPending,
+        *,
+        refresh_seconds: float = 1.0,
+        max_age_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._fetch = fetch
+        self.refresh_seconds = refresh_seconds
+        self.max_age_seconds = max_age_seconds
+        self._clock = clock
+        self._db_by_site: dict[str, int] = {}
+        self._db_total = 0
+        self._as_of: float | None = None  # clock when the last good read started
+        self._last_try = float("-inf")
+        self._refreshing: asyncio.Future | None = None
+        self._unseen: dict[str, tuple[str, float]] = {}  # request id -> (site, accepted at)
+        self._unseen_by_site: Counter = Counter()
+        self._reserved_total = 0
+        self._reserved_by_site: Counter = Counter()
+
+    # --- reading ---------------------------------------------------------------------------
+    @property
+    def age(self) -> float | None:
+        return None if self._as_of is None else self._clock() - self._as_of
+
+    def total(self) -> int:
+        return self._db_total + len(self._unseen) + self._reserved_total
+
+    def site(self, site_id: str) -> int:
+        return self._db_by_site.get(site_id, 0) + self._unseen_by_site[site_id] + self._reserved_by_site[site_id]
+
+    def is_fresh(self) -> bool:
+        """True while the figure is less than `refresh_seconds` old (then `fresh()` has nothing to do)."""
+        return self._as_of is not None and self._clock() - self._as_of < self.refresh_seconds
+
+    async def fresh(self) -> None:
+        """Make sure the figure is at most `refresh_seconds` old (shared single read); QueueUnknown if it cannot be."""
+        now = self._clock()
+        if self._as_of is not None and now - self._as_of < self.refresh_seconds:
+            return
+        if self._refreshing is None and now - self._last_try >= min(self.refresh_seconds, 1.0):
+            self._refreshing = asyncio.ensure_future(self._refresh())
+        if self._refreshing is not None:
+            try:
+                await asyncio.shield(self._refreshing)
+            except Exception:
+                pass  # logged by _refresh; judged by age below
+        if self._as_of is None or self._clock() - self._as_of > self.max_age_seconds:
+            raise QueueUnknown("the pending figure could not be read from Postgres")
+
+    async def _refresh(self) -> None:
+        started = self._last_try = self._clock()
+        asked = list(self._unseen)
+        try:
+            snapshot = await self._fetch(asked)
+        except Exception:
+            log.warning("intake: reading the pending figure failed; keeping the last one", exc_info=True)
+            raise
+        finally:
+            self._refreshing = None
+        self._db_by_site = dict(snapshot.by_site)
+        self._db_total = sum(snapshot.by_site.values())
+        for request_id in snapshot.seen:
+            self._forget(request_id)
+        cutoff = started - UNSEEN_TTL_SECONDS
+        stale = [rid for rid, (_, at) in self._unseen.items() if at < cutoff]
+        if stale:
+            log.warning("intake: %d accepted requests never reached Postgres within %.0fs; no longer counted",
+                        len(stale), UNSEEN_TTL_SECONDS)
+            for request_id in stale:
+                self._forget(request_id)
+        self._as_of = started
+
+    def _forget(self, request_id: str) -> None:
+        entry = self._unseen.pop(request_id, None)
+        if entry is not None:
+            self._unseen_by_site[entry[0]] -= 1
+            if self._unseen_by_site[entry[0]] <= 0:
+                del self._unseen_by_site[entry[0]]
+
+    # --- admitting -------------------------------------------------------------------------
+    def admit(self, requests: Sequence[Mapping[str, Any]], *, limit: int, site_limits: Mapping[str, int]) -> Decision:
+        """Check and reserve in one synchronous step (no await between them)."""
+        per_site: dict[str, int] = {}
+        for r in requests:
+            per_site[r["site_id"]] = per_site.get(r["site_id"], 0) + 1
+        total = self.total()
+        if total + len(requests) > limit:
+            return Decision(False, "queue_full", total, limit, None, max(0, limit - total))
+        for site_id, n in (sorted(per_site.items()) if len(per_site) > 1 else per_site.items()):
+            site_pending, site_limit = self.site(site_id), site_limits[site_id]
+            if site_pending + n > site_limit:
+                return Decision(False, "site_queue_full", site_pending, site_limit, site_id, max(0, site_limit - site_pending))
+        self._reserved_total += len(requests)
+        reserved = self._reserved_by_site
+        for site_id, n in per_site.items():
+            reserved[site_id] += n
+        return Decision(True, pending=total, limit=limit)
+
+    def settle(self, requests: Sequence[Mapping[str, Any]], *, produced: bool) -> None:
+        """End a reservation: produced requests count as accepted until Postgres has them."""
+        now = self._clock()
+        for request in requests:
+            site_id = request["site_id"]
+            self._reserved_total -= 1
+            self._reserved_by_site[site_id] -= 1
+            if self._reserved_by_site[site_id] <= 0:
+                del self._reserved_by_site[site_id]
+            if produced and request["request_id"] not in self._unseen:
+                self._unseen[request["request_id"]] = (site_id, now)
+                self._unseen_by_site[site_id] += 1
+
+    def figures(self) -> dict[str, Any]:
+        age = self.age
+        return {
+            "pending": self.total(),
+            "pending_in_database": self._db_total,
+            "accepted_here_not_yet_in_database": len(self._unseen),
+            "being_produced_here": self._reserved_total,
+            "age_seconds": None if age is None else round(age, 3),
+        }
+
+
+_PENDING_SQL = """
+SELECT site_id, count(*)::int AS n, NULL::text AS id
+  FROM blog_generations WHERE status = 'PENDING' GROUP BY site_id
+UNION ALL
+SELECT NULL, NULL, id FROM blog_generations WHERE id = ANY($1::text[])
+"""
+
+
+async def fetch_pending(ids: list[str]) -> PendingSnapshot:
+    await deps.ready()
+    assert deps.db is not None
+    records = await deps.db.pool.fetch(_PENDING_SQL, ids)
+    by_site = {r["site_id"]: r["n"] for r in records if r["id"] is None}
+    return PendingSnapshot(by_site, {r["id"] for r in records if r["id"] is not None})
+
+
+gauge = PendingGauge(fetch_pending, refresh_seconds=settings.intake_pending_refresh_seconds)
+
+
+def rejection(decision: Decision) -> IntakeError:
+    wait = settings.intake_retry_after_seconds
+    if decision.reason == "queue_full":
+        text = (f"the queue is full: {decision.pending} requests are pending and the limit is {decision.limit}; "
+                f"nothing was accepted, retry after {wait} s")
+    else:
+        text = (f"site {decision.site_id} has {decision.pending} requests pending and its limit (max_queued) is "
+                f"{decision.limit}; nothing was accepted, retry after {wait} s")
+    if 0 < decision.room:
+        text += f" or send at most {decision.room} now"
+    return IntakeError(
+        429, text, headers=retry_after_header(), reason=decision.reason, pending=decision.pending,
+        limit=decision.limit, site_id=decision.site_id, room=decision.room, retry_after=wait,
+    )

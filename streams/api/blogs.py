@@ -1,0 +1,123 @@
+"""One request's status and history, and running a FAILED request again.
+
+    GET  /api/blogs/{request_id}        status and history of one request
+    POST /api/blogs/{request_id}/retry  run a FAILED request again (after fixing what its error says)
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any, Mapping
+
+from faust.web import Request, Response
+
+from streams.api.http import ID_PATTERN, ApiView, IntakeError, retry_after_header
+from streams.api.producer import produce
+from streams.app import app
+from streams.contract import check_request
+from streams.pipeline.deps import deps
+from streams.settings import settings
+
+log = logging.getLogger(__name__)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def public_row(row: Mapping[str, Any], *, full: bool = True) -> dict[str, Any]:
+    """A blog_generations row as the API shows it (no internals, no secrets)."""
+    out: dict[str, Any] = {
+        "request_id": row["id"],
+        "site_id": row["site_id"],
+        "status": row["status"],
+        "stage": row["stage"],
+        "title": row.get("title"),
+        "post_id": row.get("post_id"),
+        "post_url": row.get("post_url"),
+        "error": row.get("error"),
+        "created_at": _iso(row.get("created_at")),
+        "finished_at": _iso(row.get("finished_at")),
+    }
+    if not full:
+        return out
+    history = [{"stage": "requested", "at": _iso(row.get("created_at"))}]
+    for stage, column in (("drafted", "drafted_at"), ("illustrated", "illustrated_at")):
+        if row.get(column) is not None:
+            history.append({"stage": stage, "at": _iso(row[column])})
+    if row["status"] != "PENDING" and row.get("finished_at") is not None:
+        history.append({"stage": row["stage"], "at": _iso(row["finished_at"])})
+    out.update(
+        image_url=row.get("image_url"),
+        attempts=row.get("attempts"),
+        prompt_tokens=row.get("prompt_tokens"),
+        completion_tokens=row.get("completion_tokens"),
+        updated_at=_iso(row.get("updated_at")),
+        request=row.get("request"),
+        history=history,
+    )
+    return out
+
+
+@app.page("/api/blogs/{request_id}")
+class Blog(ApiView):
+    async def get(self, request: Request, request_id: str) -> Response:
+        if (denied := self.unauthorized(request)) is not None:
+            return denied
+        if not ID_PATTERN.fullmatch(request_id):
+            return self.answer({"error": "request_id: must be 1-128 characters of A-Z a-z 0-9 . _ : -"}, 400)
+        try:
+            await deps.ready()
+            assert deps.db is not None
+            row = await deps.db.get_generation(request_id)
+        except Exception:
+            log.warning("intake: reading request %s failed", request_id, exc_info=True)
+            return self.failure(IntakeError(503, "the database could not be read; retry in a moment", headers=retry_after_header()))
+        if row is None:
+            return self.answer(
+                {"error": f"no request {request_id} is known (yet): an accepted request shows up here "
+                          "within about a second"},
+                404,
+            )
+        return self.answer(public_row(row))
+
+
+async def retry_failed(request_id: str) -> tuple[int, dict[str, Any]]:
+    """Send a FAILED request through the pipeline again; (HTTP status, answer).
+
+    Effects that already happened (an article written, an image made) are
+    reused from the effect ledger, so a retry pays only for what failed.
+    """
+    await deps.ready()
+    assert deps.db is not None
+    row = await deps.db.get_generation(request_id)
+    if row is None:
+        return 404, {"error": f"no request {request_id} is known"}
+    if row["status"] != "FAILED":
+        return 409, {"error": f"request {request_id} is {row['status']}, only FAILED requests can be retried",
+                     "status": row["status"]}
+    reopened = await deps.db.reopen_failed(request_id)
+    if reopened is None:
+        return 409, {"error": f"request {request_id} has no stored request to send again (it was never a valid "
+                              "request); submit it again with all its fields"}
+    stored, error = reopened
+    request, problems = check_request(stored)
+    if request is None:
+        await deps.db.restore_failed(request_id, error)
+        wrong = "; ".join(str(p) for p in problems)
+        return 409, {"error": f"request {request_id}'s stored request is no longer valid ({wrong}); submit it again"}
+    try:
+        await produce([request], settings.intake_produce_timeout)
+    except Exception as exc:
+        await deps.db.restore_failed(request_id, error)
+        return 503, {"error": f"Kafka did not take the retry of {request_id} ({type(exc).__name__}); try again"}
+    return 202, {"request_id": request_id, "status": "PENDING", "previous_error": error}
+
+
+@app.page("/api/blogs/{request_id}/retry")
+class RetryRequest(ApiView):
+    async def post(self, request: Request, request_id: str) -> Response:
+        if (denied := self.unauthorized(request)) is not None:  # it creates work, as a submit does
+            return denied
+        status, body = await retry_failed(request_id)
+        return self.answer(body, status)

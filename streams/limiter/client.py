@@ -1,0 +1,414 @@
+"""The worker side of the limiter: what stages call to get permits.
+
+`budgets.acquire(...)` sends an ask to the coordinator (streams/limiter/
+coordinator.py) over `blog.limiter` and waits for its grant; a budget with
+plenty of room lends this worker several permits at once (a lease), taken here
+without a round trip. Settling tokens, releasing a site's slot and reporting
+what a provider said (429s, remaining figures) are casts to the coordinator.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from faust.agents.replies import ReplyPromise
+
+from streams import metrics
+from streams.app import app
+from streams.limiter.coordinator import budget_coordinator, limiter_topic
+from streams.limiter.specs import OPENAI_TOKENS
+from streams.metrics import permit_overhead_seconds, permits_leased_total, reasks_total
+from streams.settings import settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Permit:
+    grant_id: str
+    use_by: float  # sent by then, the permit counts exactly as granted
+    needs: dict[str, float]
+    waited: float
+    granted_at: float = 0.0
+    last_use: float = 0.0  # sent after use_by but by then: the wire hook reports it late first
+    sent_at: float | None = None  # when the permitted request went on the wire
+
+    @property
+    def primary(self) -> str:
+        return next(iter(self.needs), "")
+
+    def usable(self) -> bool:
+        """Still safe to send (after use_by only because the wire hook reports the late send)."""
+        return time.time() <= max(self.use_by, self.last_use)
+
+
+@dataclass
+class _Lease:
+    """Units of one budget granted to this worker at once, to take until `until`."""
+
+    grant_id: str
+    start: float
+    until: float
+    use_by: float  # a unit taken by `until` is sent by then, or reported late
+    last_use: float
+    left: int
+    taken: int = 0
+    closed: bool = False
+
+
+@dataclass
+class _LeasePool:
+    """This worker's leases on one budget, and how fast it takes permits of that budget."""
+
+    leases: list[_Lease] = field(default_factory=list)
+    recent: "deque[float]" = field(default_factory=deque)  # when permits were asked for, the last lease period
+    refilling: bool = False
+    quiet_until: float = 0.0  # the coordinator said no (the budget is busy): do not ask to refill before
+
+    def note(self, now: float, period: float) -> None:
+        self.recent.append(now)
+        while self.recent and self.recent[0] < now - period:
+            self.recent.popleft()
+
+    def wanted(self) -> int:
+        """Units for the next lease: what one lease period took lately, with some to spare."""
+        return min(64, max(2, (3 * len(self.recent) + 1) // 2 + 1))
+
+    def take(self, now: float) -> _Lease | None:
+        for lease in self.leases:
+            if not lease.closed and lease.left > 0 and now < lease.until:
+                lease.left -= 1
+                lease.taken += 1
+                return lease
+        return None
+
+    def left(self, now: float, margin: float) -> int:
+        """Units still to take, in leases that do not end within `margin`."""
+        return sum(lease.left for lease in self.leases if not lease.closed and now + margin < lease.until)
+
+
+# The permit the current task holds (set by Budgets.acquire, read by the wire hook).
+current_permit: contextvars.ContextVar[Permit | None] = contextvars.ContextVar("blogstream_permit", default=None)
+# From our hook to the provider counting the request: the write, the network,
+
+
+class Budgets:
+    """What stages call: ask for permits, settle tokens, release slots, report pressure.
+
+    An ask waits at the coordinator as long as its budget is full; the worker
+    re-sends it (same ask id) after every rebalance, when the coordinator may
+    have moved and lost its waiting line, and every `reask_seconds` in case a
+    message went missing.
+    """
+
+    ask_timeout = 5.0  # stats: how often to re-send within the caller's deadline
+    reask_seconds = 30.0
+    lease_seconds = settings.permit_lease_seconds
+    _slow_logged = 0.0
+    _regrouped: asyncio.Event | None = None
+
+    def __init__(self) -> None:
+        self._pools: dict[str, _LeasePool] = {}  # budget -> leased units (see `_leasable`)
+
+    def regroup(self) -> None:
+        """A rebalance happened: wake every waiting ask to re-send itself."""
+        if self._regrouped is not None:
+            self._regrouped.set()
+        self._regrouped = asyncio.Event()
+
+    def _regroup_event(self) -> asyncio.Event:
+        if self._regrouped is None:
+            self._regrouped = asyncio.Event()
+        return self._regrouped
+
+    async def _ask(self, value: dict[str, Any]) -> ReplyPromise:
+        """agent.ask() without waiting: the promise stays registered until we forget it."""
+        reply_to = app.conf.reply_to
+        correlation_id = str(uuid.uuid4())
+        request, headers = budget_coordinator._create_req(None, value, reply_to, correlation_id, None)
+        promise = ReplyPromise(reply_to, correlation_id)
+        await app._reply_consumer.add(correlation_id, promise)  # type: ignore[attr-defined]
+        await limiter_topic.send(value=request, headers=headers, force=True)
+        return promise
+
+    @staticmethod
+    def _forget(promises: list[ReplyPromise]) -> None:
+        waiting = app._reply_consumer._waiting  # type: ignore[attr-defined]
+        for p in promises:
+            waiting.pop(p.correlation_id, None)
+
+    async def _ask_until_answered(self, value: dict[str, Any], deadline: float | None = None) -> Any:
+        """Send an ask; re-send it (same ask id) after a rebalance or a long silence.
+
+        An answer to any of the copies counts: a grant may cross a re-send.
+        """
+        promises: list[ReplyPromise] = []
+        try:
+            while True:
+                regrouped = self._regroup_event()
+                promises.append(await self._ask(value))
+                timeout = self.reask_seconds
+                if deadline is not None:
+                    timeout = min(self.ask_timeout, deadline - time.time())
+                    if timeout <= 0:
+                        raise asyncio.TimeoutError()
+                moved = asyncio.ensure_future(regrouped.wait())
+                try:
+                    await asyncio.wait([*promises, moved], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    moved.cancel()
+                for p in promises:
+                    if p.done() and not p.cancelled():
+                        return p.result()
+                if deadline is not None and time.time() >= deadline:
+                    raise asyncio.TimeoutError()
+                reasks_total.inc()
+        finally:
+            self._forget(promises)
+
+    async def acquire(
+        self,
+        *,
+        site_id: str,
+        request_id: str,
+        needs: dict[str, float],
+        slot_limit: int | None = None,
+        weight: float = 1.0,
+    ) -> Permit:
+        """Wait for a permit covering `needs`; the caller must send its request before `use_by`."""
+        started = time.time()
+        primary = next(iter(needs), "")
+        expired = 0
+        pool = self._pool(needs, slot_limit)
+        if pool is not None:
+            pool.note(started, self.lease_seconds)
+            lease = pool.take(started)
+            if lease is not None:
+                permits_leased_total.labels(primary.split(":", 1)[0]).inc()
+                return await self._from_lease(primary, pool, lease, site_id, weight, started)
+        while True:
+            asked = time.time()
+            ask = {
+                "op": "acquire",
+                "ask_id": uuid.uuid4().hex,
+                "site_id": site_id,
+                "request_id": request_id,
+                "needs": needs,
+                "slot_limit": slot_limit,
+                "weight": weight,
+            }
+            if pool is not None:
+                ask["lease"] = pool.wanted()  # granted as a lease if the budget has plenty of room
+            reply = await self._ask_until_answered(ask)
+            now = time.time()
+            if reply.get("lease_units") and pool is not None:
+                lease = self._add_lease(primary, pool, reply, taken=1)
+                if lease is not None:
+                    # As for one permit: the round trip, less any wait for room (a lease never starts ahead).
+                    overhead = now - (lease.start if reply.get("waited") else asked + float(reply.get("queued", 0.0)))
+                    return await self._from_lease(primary, pool, lease, site_id, weight, started, overhead=overhead)
+                continue  # it ended before it got here: ask again
+            if now > max(reply["use_by"], reply.get("last_use") or 0.0):
+                # Too late to use even with a late report (we were paused for
+                # seconds). We never send it, so its room goes back at once,
+                # and we ask again for a fresh one.
+                metrics.permits_expired.inc()
+                await budget_coordinator.cast(value={"op": "unused", "grant_id": reply["grant_id"], "needs": needs})
+                # Answers that slow mean this worker is overloaded: asking again
+                # at once would only add to the load that made them late.
+                expired += 1
+                await asyncio.sleep(min(5.0, 0.25 * 2 ** (expired - 1)))
+                continue
+            start = float(reply.get("granted_at") or 0.0)
+            if start > now:  # granted ahead: its room opens at `start`, not before
+                await asyncio.sleep(start - now)
+                now = time.time()
+            permit = Permit(
+                reply["grant_id"], reply["use_by"], dict(reply.get("needs") or needs), now - started,
+                granted_at=start, last_use=float(reply.get("last_use") or 0.0),
+            )
+            metrics.permit_wait_seconds.labels(primary).observe(permit.waited)
+            if reply.get("ahead") or reply.get("waited"):
+                # Room opened at `start` (granted ahead, or granted the moment a
+                # pass found room for a waiting ask): only the time past it is the limiter's.
+                overhead = max(0.0, now - start)
+            else:
+                overhead = max(0.0, (now - asked) - float(reply.get("queued", 0.0)))
+            permit_overhead_seconds.labels(primary).observe(overhead)
+            if overhead > 0.25 and now - self._slow_logged > 10.0:
+                self._slow_logged = now
+                arrived, granted, sent = reply.get("arrived_at"), reply.get("granted_at"), reply.get("sent_at")
+                log.info(
+                    "slow permit for %s: %.0f ms beyond waiting for room (ask to coordinator %s ms, "
+                    "grant to answer %s ms, answer to worker %s ms)", primary, 1000 * overhead,
+                    _ms(arrived - asked if arrived else None), _ms(sent - granted if sent and granted else None),
+                    _ms(now - sent if sent else None),
+                )
+            current_permit.set(permit)  # the wire hook reports when its request really leaves
+            return permit
+
+    # --- leases: several permits of a budget with plenty of room, taken here --------
+    def _pool(self, needs: dict[str, float], slot_limit: int | None) -> _LeasePool | None:
+        """The lease pool for an ask of one request of one budget (Replicate, Wix); None otherwise.
+
+        Generate asks (OpenAI requests + tokens + a site slot) always go
+        through the coordinator's line.
+        """
+        if self.lease_seconds <= 0 or slot_limit is not None or len(needs) != 1:
+            return None
+        budget, amount = next(iter(needs.items()))
+        if amount != 1 or budget == OPENAI_TOKENS:
+            return None
+        pool = self._pools.get(budget)
+        if pool is None:
+            pool = self._pools[budget] = _LeasePool()
+        return pool
+
+    def _add_lease(self, budget: str, pool: _LeasePool, reply: dict[str, Any], taken: int) -> _Lease | None:
+        now = time.time()
+        units = int(reply["lease_units"])
+        lease = _Lease(reply["grant_id"], float(reply["granted_at"]), float(reply["lease_until"]),
+                       float(reply["use_by"]), float(reply.get("last_use") or reply["use_by"]),
+                       left=units - taken, taken=taken)
+        if now >= lease.until:  # arrived after its end: nothing taken, all of it goes back
+            lease.left, lease.taken = units, 0
+            self._end_lease(budget, pool, lease)
+            return None
+        pool.leases.append(lease)
+        asyncio.get_running_loop().call_later(lease.until - now, self._end_lease, budget, pool, lease)
+        return lease
+
+    def _end_lease(self, budget: str, pool: _LeasePool, lease: _Lease) -> None:
+        """No more units from `lease`; tell the coordinator how many were taken (the rest were never sent)."""
+        if lease.closed:
+            return
+        lease.closed = True
+        if lease in pool.leases:
+            pool.leases.remove(lease)
+        if lease.left > 0:
+            asyncio.ensure_future(budget_coordinator.cast(
+                value={"op": "lease_end", "budget": budget, "grant_id": lease.grant_id, "taken": lease.taken}
+            ))
+
+    def end_leases(self, budget: str) -> None:
+        """The provider pushed back on `budget`: take nothing more from leases on it."""
+        pool = self._pools.get(budget)
+        if pool is not None:
+            for lease in list(pool.leases):
+                self._end_lease(budget, pool, lease)
+            pool.quiet_until = time.time() + self.lease_seconds
+
+    async def _from_lease(self, budget: str, pool: _LeasePool, lease: _Lease, site_id: str, weight: float,
+                          started: float, overhead: float | None = None) -> Permit:
+        now = time.time()
+        if lease.start > now:  # a worker clock behind the coordinator's: not before the start
+            await asyncio.sleep(lease.start - now)
+            now = time.time()
+        # granted_at is when the unit was handed out: the send delay is measured from it.
+        permit = Permit(lease.grant_id, lease.use_by, {budget: 1.0}, now - started, granted_at=now,
+                        last_use=lease.last_use)
+        metrics.permit_wait_seconds.labels(budget).observe(permit.waited)
+        # Taken here: the time it took (no round trip). Leased by an ask: as for one permit.
+        permit_overhead_seconds.labels(budget).observe(max(0.0, permit.waited if overhead is None else overhead))
+        self._maybe_refill(budget, pool, site_id, weight, now)
+        current_permit.set(permit)
+        return permit
+
+    def _maybe_refill(self, budget: str, pool: _LeasePool, site_id: str, weight: float, now: float) -> None:
+        """Ask for the next lease before this one runs out, so no permit waits for a round trip."""
+        if pool.refilling or now < pool.quiet_until:
+            return
+        if pool.left(now, self.lease_seconds / 4) > pool.wanted() // 3:
+            return
+        pool.refilling = True
+        asyncio.ensure_future(self._refill(budget, pool, site_id, weight))
+
+    async def _refill(self, budget: str, pool: _LeasePool, site_id: str, weight: float) -> None:
+        ask = {"op": "lease", "ask_id": uuid.uuid4().hex, "site_id": site_id, "request_id": "",
+               "needs": {budget: 1.0}, "lease": pool.wanted(), "weight": weight}
+        try:
+            reply = await self._ask_until_answered(ask, deadline=time.time() + 2.0)
+            if reply.get("lease_units"):
+                self._add_lease(budget, pool, reply, taken=0)
+            else:  # no lease while the budget is busy: ask one by one, try again later
+                pool.quiet_until = time.time() + self.lease_seconds / 2
+        except asyncio.TimeoutError:
+            pool.quiet_until = time.time() + self.lease_seconds
+        except Exception:
+            log.warning("limiter: could not refill the lease on %s", budget, exc_info=True)
+            pool.quiet_until = time.time() + self.lease_seconds
+        finally:
+            pool.refilling = False
+
+    async def report_late(self, permit: Permit, anchor: float) -> None:
+        """Tell the coordinator a permit's request leaves late; return once the broker has it."""
+        fut = await limiter_topic.send(
+            value={"op": "late", "grant_id": permit.grant_id, "needs": permit.needs, "anchor": anchor,
+                   "granted_at": permit.granted_at},
+            force=True,
+        )
+        await fut
+
+    async def settle(self, permit: Permit, budget: str, actual: float) -> None:
+        await budget_coordinator.cast(value={"op": "settle", "budget": budget, "grant_id": permit.grant_id, "actual": actual})
+
+    async def release_slot(self, site_id: str, request_id: str) -> None:
+        await budget_coordinator.cast(value={"op": "release", "site_id": site_id, "request_id": request_id})
+
+    async def feedback(
+        self,
+        budget: str,
+        *,
+        throttled: bool,
+        limit: int | None = None,
+        remaining: int | None = None,
+        tokens_budget: str | None = None,
+        tokens_limit: int | None = None,
+        tokens_remaining: int | None = None,
+    ) -> None:
+        """Tell the coordinator what a provider answer said (a 429, x-ratelimit-remaining-*)."""
+        await budget_coordinator.cast(
+            value={"op": "feedback", "budget": budget, "throttled": throttled, "limit": limit, "remaining": remaining,
+                   "tokens_budget": tokens_budget, "tokens_limit": tokens_limit, "tokens_remaining": tokens_remaining}
+        )
+
+    async def observe(self, needs: dict[str, float], info: Any, *, throttled: bool) -> None:
+        """feedback() from a connector's RateLimitInfo: requests figures for the first
+        budget in `needs`, token figures for the token budget (OpenAI), if any."""
+        primary = next(iter(needs))
+        if throttled:
+            self.end_leases(primary)
+        tokens_budget = next((b for b in needs if b == OPENAI_TOKENS), None)
+        await self.feedback(
+            primary,
+            throttled=throttled,
+            limit=getattr(info, "limit_requests", None),
+            remaining=getattr(info, "remaining_requests", None),
+            tokens_budget=tokens_budget if info is not None else None,
+            tokens_limit=getattr(info, "limit_tokens", None),
+            tokens_remaining=getattr(info, "remaining_tokens", None),
+        )
+
+    async def stats(self, timeout: float = 5.0) -> dict[str, Any]:
+        """The coordinator's figures (raises asyncio.TimeoutError if it does not answer in time)."""
+        return await self._ask_until_answered({"op": "stats"}, deadline=time.time() + timeout)
+
+
+budgets = Budgets()
+
+
+@app.on_partitions_assigned.connect
+async def _regroup_after_rebalance(app_: Any, assigned: Any, **kwargs: Any) -> None:  # noqa: ARG001
+    # Every member takes part in every rebalance, and the limiter only ever
+    # moves in one: re-send the asks still waiting, the new owner may not have them.
+    budgets.regroup()
+
+
+def _ms(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{1000 * seconds:.0f}"

@@ -1,0 +1,36 @@
+"""The budgets the limiter keeps, by name, and their limits from the settings.
+
+Stages name what a provider call needs with these (`{OPENAI_REQUESTS: 1,
+OPENAI_TOKENS: estimate}`); the coordinator builds its book from `rate_specs()`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from streams.settings import settings
+
+OPENAI_REQUESTS = "openai_requests"
+OPENAI_TOKENS = "openai_tokens"
+REPLICATE_REQUESTS = "replicate_requests"
+WIX_REQUESTS_PREFIX = "wix_requests:"
+
+
+def wix_requests(site_id: str) -> str:
+    """Wix limits each site (app instance) on its own: one budget per site."""
+    return f"{WIX_REQUESTS_PREFIX}{site_id}"
+
+
+def rate_specs() -> dict[str, dict[str, Any]]:
+    window = settings.budget_window_seconds
+    paced = settings.budget_pacing
+    return {
+        OPENAI_REQUESTS: {"limit": settings.openai_rpm, "window": window, "paced": paced},
+        OPENAI_TOKENS: {"limit": settings.openai_tpm, "window": window},
+        REPLICATE_REQUESTS: {"limit": settings.replicate_rpm, "window": window, "paced": paced},
+        WIX_REQUESTS_PREFIX: {"limit": settings.wix_site_rpm, "window": window, "paced": paced},
+    }
+
+
+def span_seconds() -> float:
+    """How long a grant counts: one window, plus the grace a permit has to reach the provider."""
+    return settings.budget_window_seconds + settings.permit_grace_seconds

@@ -1,0 +1,84 @@
+"""The moment a permitted request really leaves for the provider: a hook at the socket.
+
+Written by hand because no HTTP client exposes "the bytes go out now" as an
+event: the limiter's safety rule (a permit is used within its grace) needs that
+moment, not the moment the SDK was called. See docs/limiter.md.
+"""
+from __future__ import annotations
+
+import importlib
+import time
+from typing import Any
+
+from streams.limiter.client import Permit, budgets, current_permit
+from streams.metrics import late_sends_total, permit_send_delay_seconds
+from streams.settings import settings
+
+# the provider's own queue before admission (on this 2-core test box the
+# simulator alone can take tens of ms to get to a request). A permit whose
+# request leaves later than use_by - WIRE_MARGIN is reported as late.
+WIRE_MARGIN = min(0.1, settings.permit_grace_seconds / 3)
+
+
+def _on_wire() -> Permit | None:
+    """A request is about to be written to a provider's socket: the moment that counts.
+
+    `Permit.usable()` is checked before the provider call, but an SDK can spend
+    a while (building the request, a pool slot, a GC pause) before the request
+    really leaves, and an answer may reach a busy worker after use_by. Here we
+    see when the request really leaves. Returns the permit if that is later
+    than use_by - WIRE_MARGIN: the caller must report it before sending, and
+    the coordinator then counts it until it has left the provider's window too.
+    """
+    permit = current_permit.get()
+    if permit is None or permit.sent_at is not None:
+        return None  # not a permitted call, or the permit's request already went out
+    now = time.time()
+    permit.sent_at = now
+    if permit.granted_at:
+        permit_send_delay_seconds.labels(permit.primary).observe(max(0.0, now - permit.granted_at))
+    if now + WIRE_MARGIN > permit.use_by:
+        late_sends_total.inc()
+        return permit
+    return None
+
+
+def _hook_wire(cls: Any) -> None:
+    original = cls.handle_async_request
+    if getattr(original, "_blogstream_wire", False):
+        return
+
+    async def handle_async_request(self: Any, request: Any) -> Any:
+        late = _on_wire()
+        if late is not None:
+            # On the broker before the request goes: the coordinator learns of
+            # it even if this worker dies right after sending. The report names
+            # a moment a little ahead; if the broker's ack took longer, again.
+            allowance = 0.05
+            while True:
+                anchor = time.time() + WIRE_MARGIN + allowance
+                await budgets.report_late(late, anchor)
+                if time.time() + WIRE_MARGIN <= anchor:
+                    break
+                allowance *= 2
+        return await original(self, request)
+
+    handle_async_request._blogstream_wire = True  # type: ignore[attr-defined]
+    cls.handle_async_request = handle_async_request
+
+
+def install() -> None:
+    """Hook every httpcore connection class this process can load (called by streams/worker.py).
+
+    The connection classes write the request right after handle_async_request
+    starts (the pool has already picked and connected the connection). httpcore
+    serves httpx (Replicate, Wix); httpcore2 serves httpx2 (the openai SDK).
+    """
+    for module in ("httpcore._async.http11", "httpcore._async.http2", "httpcore2._async.http11", "httpcore2._async.http2"):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:  # e.g. http2 support (h2) not installed
+            continue
+        for name in ("AsyncHTTP11Connection", "AsyncHTTP2Connection"):
+            if hasattr(mod, name):
+                _hook_wire(getattr(mod, name))
