@@ -13,7 +13,8 @@ from bisect import bisect_right
 
 import pytest
 
-from streams.limiter.book import BUCKET_SECONDS, Ask, BudgetBook, RateBudget, SlotBudget, bucket_of
+from streams.limiter.book import Ask, BudgetBook
+from streams.limiter.rates import BUCKET_SECONDS, RateBudget, SlotBudget, bucket_of
 
 REQ = "openai_requests"
 TOK = "openai_tokens"

@@ -1,0 +1,372 @@
+"""One budget's window of grants (`RateBudget`) and one site's in-flight slots (`SlotBudget`).
+
+Written by hand: no rate-limiting library counts grants that start ahead of
+time, expire at window + grace, settle to what a call really used, and adapt
+to what the provider reports, with their state persisted per second. The rule
+they keep and the costs are in streams/limiter/book.py's docstring.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+BUCKET_SECONDS = 1.0  # grants are persisted in one table key per budget and second
+
+
+def bucket_of(t: float) -> int:
+    return int(math.floor(t / BUCKET_SECONDS))
+
+
+@dataclass
+class RateBudget:
+    """At most `limit` units in any `window + grace` seconds (requests or tokens)."""
+
+    name: str
+    limit: int
+    window: float
+    grace: float
+    # Spread grants evenly (GCRA at limit / span) instead of bursting at a window's start.
+    paced: bool = False
+    # Adaptive share of `limit`: shrinks when the provider pushes back (someone
+    # else uses the same key), grows back while it does not.
+    factor: float = 1.0
+    external: float = 0.0  # units the provider says were used that we did not grant
+    external_until: float = 0.0
+    throttled_at: float = -math.inf  # last multiplicative decrease
+    tat: float = -math.inf  # pacing: theoretical arrival time of the next grant (GCRA)
+    granted_total: float = 0.0
+    # [granted_at, amount, grant_id, ask_id, site_id, lease_start], in time order.
+    # The site is kept only to report each site's share; "" means not known (an
+    # entry persisted before sites were kept, or revived by a late report).
+    # lease_start is None except for a lease, whose entry sits at its last usable
+    # moment (so it counts long enough) but whose units may go out from lease_start.
+    entries: deque = field(default_factory=deque)
+    total: float = 0.0  # sum of amounts in `entries`
+    index: dict = field(default_factory=dict)  # grant_id -> entry
+    dirty: set = field(default_factory=set)  # buckets (int) or "meta" changed since the last persist
+
+    # --- the window ---------------------------------------------------------
+    @property
+    def span(self) -> float:
+        return self.window + self.grace
+
+    def _expire(self, now: float) -> None:
+        span = self.span
+        entries = self.entries
+        while entries and entries[0][0] + span <= now:  # the same sum as next_room_at's
+            entry = entries.popleft()
+            self.total -= entry[1]
+            self.index.pop(entry[2], None)
+            self.dirty.add(bucket_of(entry[0]))  # the bucket shrinks or disappears
+        if not entries:
+            self.total = 0.0  # no float drift on an empty window
+        if self.external and now >= self.external_until:
+            self.external = 0.0
+            self.dirty.add("meta")
+
+    def used(self, now: float) -> float:
+        self._expire(now)
+        return self.total
+
+    def ahead(self, now: float) -> float:
+        """Units of grants made ahead whose start is still to come (the newest entries).
+
+        Not leases: their units may be at the provider already.
+        """
+        total = 0.0
+        for entry in reversed(self.entries):
+            if entry[0] <= now:
+                break
+            if entry[5] is None:
+                total += entry[1]
+        return total
+
+    @staticmethod
+    def _started(entry: list, now: float) -> bool:
+        """Its units may have reached the provider by `now` (not a grant ahead still to start)."""
+        return (entry[0] if entry[5] is None else entry[5]) <= now
+
+    def used_in_last(self, now: float, seconds: float) -> float:
+        total = 0.0
+        for entry in reversed(self.entries):
+            if entry[0] <= now - seconds:
+                break
+            if self._started(entry, now):  # not grants ahead whose start is still to come
+                total += entry[1]
+        return total
+
+    def used_by_site(self, now: float, seconds: float) -> dict[str, float]:
+        """Units granted in the last `seconds`, per site (sites with none left out).
+
+        The same count as `used_in_last`, split by site; entries whose site is
+        not known count there but not here. A scan, not a running sum: it only
+        serves the stats, which are asked for a few times a minute, so the
+        grant path stays as it was.
+        """
+        by_site: dict[str, float] = {}
+        for entry in reversed(self.entries):
+            if entry[0] <= now - seconds:
+                break
+            if self._started(entry, now) and entry[4] and entry[1] > 0:  # as used_in_last: not grants ahead
+                by_site[entry[4]] = by_site.get(entry[4], 0.0) + entry[1]
+        return by_site
+
+    def effective_limit(self) -> float:
+        """What we may use per span: our adaptive share, and never what others are seen to use.
+
+        `factor` answers pressure we cannot see (429s); `external` is pressure
+        we can (x-ratelimit-remaining-*), kept with a small margin for the
+        noise in that estimate. The two are alternatives, not penalties to add.
+        """
+        share = math.floor(self.limit * self.factor)
+        if self.external:
+            share = min(share, math.floor(self.limit - self.external - self.external_margin()))
+        return max(1.0, share)
+
+    def external_margin(self) -> float:
+        """Room left unused beside someone else's traffic: the estimate is noisy by a few requests."""
+        return max(2.0, 0.05 * self.limit)
+
+    # --- pacing (GCRA) ------------------------------------------------------
+    def pace_interval(self) -> float:
+        return self.span / self.effective_limit() if self.paced else 0.0
+
+    def pace_slack(self) -> float:
+        """How late a pass may come without costing throughput.
+
+        Grants follow an even schedule (one per interval, GCRA): a pass that
+        wakes up late grants the ones it owes, up to this much lateness, so
+        pacing costs no utilization. The same slack is the largest burst after
+        an idle spell (a quarter second's worth, at least two grants), small
+        enough that the window itself almost never has to step in.
+        """
+        return max(2 * self.pace_interval(), 0.25)
+
+    def _pace_ok(self, now: float) -> bool:
+        return not self.paced or now >= self.tat - 1e-6
+
+    # --- decisions ----------------------------------------------------------
+    def fits(self, now: float, amount: float) -> bool:
+        if not self._pace_ok(now):
+            return False
+        limit = self.effective_limit()
+        # A single ask larger than the whole budget could never fit: let it
+        # through alone on an empty window rather than wait forever.
+        if amount > limit:
+            return self.used(now) == 0
+        return self.used(now) + amount <= limit
+
+    def next_room_at(self, now: float, amount: float) -> float:
+        """Earliest time `amount` could fit, assuming nothing else is granted."""
+        at = now
+        if self.paced:
+            at = max(at, self.tat)
+        limit = self.effective_limit()
+        excess = self.used(now) + min(amount, limit) - limit
+        if amount > limit and self.entries:
+            excess = self.total  # must wait for an empty window
+        if excess > 0:
+            freed = 0.0
+            for granted_at, amt, *_ in self.entries:
+                freed += amt
+                if freed >= excess - 1e-9:
+                    at = max(at, granted_at + self.span)
+                    break
+            else:
+                at = max(at, self.entries[-1][0] + self.span if self.entries else now)
+        return at
+
+    def add(self, now: float, amount: float, grant_id: str, ask_id: str = "", site_id: str = "",
+            until: float | None = None) -> None:
+        """Count `amount` from `now`; a lease (`until` set) counts until until + span."""
+        entry = [now, float(amount), grant_id, ask_id, site_id, None]
+        if until is not None:
+            entry[0], entry[5] = until, now
+        if self.entries and self.entries[-1][0] > entry[0]:
+            self._insert(entry)  # behind a late permit's entry, which counts from a later time
+        else:
+            self.entries.append(entry)
+        self.index[grant_id] = entry
+        self.total += entry[1]
+        self.granted_total += entry[1]
+        if self.paced:
+            # A lease takes one place in the schedule: its units go out at the
+            # worker's own pace, and it is capped to a fraction of the paced rate.
+            slots = 1.0 if until is not None else max(1.0, amount)
+            self.tat = max(self.tat, now - self.pace_slack()) + self.pace_interval() * slots
+        self.dirty.add("meta")
+        self.dirty.add(bucket_of(entry[0]))
+
+    def settle(self, grant_id: str, actual: float) -> bool:
+        """Replace a reservation by what the call really cost (never below 0)."""
+        entry = self.index.get(grant_id)
+        if entry is None:
+            return False
+        actual = max(0.0, float(actual))
+        self.total += actual - entry[1]
+        entry[1] = actual
+        self.dirty.add(bucket_of(entry[0]))
+        return True
+
+    def extend(self, now: float, grant_id: str, anchor: float, amount: float, ask_id: str = "") -> str:
+        """A permit reached the provider late, at `anchor`: count it until anchor + window.
+
+        Returns "ok" (counted long enough already), "extended", or "revived"
+        (its entry had expired: room it held may have been handed out again).
+        """
+        at = anchor - self.grace  # an entry at `at` counts until anchor + window
+        entry = self.index.get(grant_id)
+        if entry is not None:
+            if entry[0] >= at:
+                return "ok"
+            self.entries.remove(entry)
+            self.dirty.add(bucket_of(entry[0]))
+            entry[0] = at
+            self._insert(entry)
+            return "extended"
+        if at + self.span <= now:
+            return "ok"  # it has left every window by now anyway
+        entry = [at, float(amount), grant_id, ask_id, "", None]  # the report does not name the site
+        self._insert(entry)
+        self.index[grant_id] = entry
+        self.total += entry[1]
+        return "revived"
+
+    def _insert(self, entry: list) -> None:
+        """Put an entry back in time order (rare: late permits only)."""
+        i = len(self.entries)
+        while i > 0 and self.entries[i - 1][0] > entry[0]:
+            i -= 1
+        self.entries.insert(i, entry)
+        self.dirty.add(bucket_of(entry[0]))
+
+    # --- adaptation to pressure from outside ------------------------------
+    def throttle_cooldown(self) -> float:
+        """One decrease per this many seconds: a burst of 429s is one signal."""
+        return min(self.window / 2, max(2.0, 4 * self.grace))
+
+    def on_throttled(self, now: float) -> bool:
+        """The provider said 429 although we stayed within our count: shrink."""
+        if now - self.throttled_at < self.throttle_cooldown():
+            return False
+        self.factor = max(0.1, self.factor * 0.7)
+        self.throttled_at = now
+        self.dirty.add("meta")
+        return True
+
+    def on_remaining(self, now: float, provider_limit: int | None, remaining: int | None) -> None:
+        """`x-ratelimit-remaining-*` lower than our own count explains: outside use.
+
+        The provider counts arrivals in its last window when it answers. Our
+        grants reach it up to `grace` later than we granted them, so we compare
+        with our grants in the last window + grace: otherwise a burst of ours
+        at the window's edge looks like someone else's traffic. The rest of the
+        difference (grants still on their way, the answer's own trip) is noise
+        of a few requests, hence the threshold.
+        """
+        if remaining is None:
+            return
+        limit = provider_limit or self.limit
+        provider_used = limit - remaining
+        ours = self.used(now) - self.ahead(now)  # grants still to start have not reached it
+        outside = provider_used - ours
+        if outside > max(2.0, 0.02 * limit):
+            self.external = min(float(self.limit) * 0.9, max(self.external * 0.5, outside))
+            self.external_until = now + self.window
+            self.dirty.add("meta")
+
+    def recover(self, seconds: float) -> None:
+        """Additive increase: back to the full budget within ~10 windows of calm."""
+        if self.factor < 1.0:
+            self.factor = min(1.0, self.factor + 0.1 * seconds / self.window)
+            self.dirty.add("meta")
+
+    # --- persistence ----------------------------------------------------------
+    def meta(self) -> dict[str, Any]:
+        return {
+            "factor": self.factor,
+            "external": self.external,
+            "external_until": self.external_until,
+            "throttled_at": None if self.throttled_at == -math.inf else self.throttled_at,
+            "tat": None if self.tat == -math.inf else self.tat,
+            "granted_total": self.granted_total,
+        }
+
+    def bucket(self, b: int) -> list[list[Any]] | None:
+        """The grants of one bucket (None when it has none left: delete the key)."""
+        entries = self.entries
+        if not entries:
+            return None
+        out: list[list[Any]] = []
+        if b >= (bucket_of(entries[0][0]) + bucket_of(entries[-1][0])) / 2:  # recent: scan from the end
+            for e in reversed(entries):
+                eb = bucket_of(e[0])
+                if eb < b:
+                    break
+                if eb == b:
+                    out.append(list(e))
+            out.reverse()
+        else:
+            for e in entries:
+                eb = bucket_of(e[0])
+                if eb > b:
+                    break
+                if eb == b:
+                    out.append(list(e))
+        return out or None
+
+    def restore_meta(self, state: dict[str, Any]) -> None:
+        self.factor = float(state.get("factor", 1.0))
+        self.external = float(state.get("external", 0.0))
+        self.external_until = float(state.get("external_until", 0.0))
+        throttled = state.get("throttled_at")
+        self.throttled_at = -math.inf if throttled is None else float(throttled)
+        tat = state.get("tat")
+        self.tat = -math.inf if tat is None else float(tat)
+        self.granted_total = float(state.get("granted_total", 0.0))
+
+    def restore_entries(self, entries: Iterable[list[Any]]) -> None:
+        merged = sorted((list(e) for e in entries), key=lambda e: e[0])
+        self.entries = deque()
+        self.index = {}
+        self.total = 0.0
+        for e in merged:
+            # Older entries have no ask id, no site or no lease start: they still count, under no site.
+            entry = [float(e[0]), float(e[1]), str(e[2]), str(e[3]) if len(e) > 3 else "",
+                     str(e[4]) if len(e) > 4 else "", float(e[5]) if len(e) > 5 and e[5] is not None else None]
+            self.entries.append(entry)
+            self.index[entry[2]] = entry
+            self.total += entry[1]
+
+
+@dataclass
+class SlotBudget:
+    """Requests of one site in flight (generate start → publish end), across all workers."""
+
+    name: str
+    limit: int
+    holders: dict[str, float] = field(default_factory=dict)  # request_id -> since
+    lease_seconds: float = 3600.0  # reclaim slots of requests that vanished
+
+    def _expire(self, now: float) -> bool:
+        stale = [r for r, t in self.holders.items() if now - t > self.lease_seconds]
+        for rid in stale:
+            del self.holders[rid]
+        return bool(stale)
+
+    def fits(self, now: float, request_id: str) -> bool:
+        return request_id in self.holders or len(self.holders) < self.limit
+
+    def add(self, now: float, request_id: str) -> None:
+        self.holders.setdefault(request_id, now)
+
+    def release(self, request_id: str) -> bool:
+        return self.holders.pop(request_id, None) is not None
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"holders": dict(self.holders), "limit": self.limit}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.holders = {k: float(v) for k, v in state.get("holders", {}).items()}
