@@ -1,4 +1,4 @@
-"""StageRunner (streams/runner.py) without Kafka: ordering of acks, fairness, caps, pauses, rebalances.
+"""StageRunner (streams/pipeline/runner.py) without Kafka: ordering of acks, fairness, caps, pauses, rebalances.
 
 The runner only needs events with `.key`, `.value` and `.message` (`.tp`,
 `.offset`, `.key`) and a stream whose `noack().events()` yields them and whose
