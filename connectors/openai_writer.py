@@ -36,9 +36,6 @@ if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionMessageParam
     from openai.types.shared_params import ResponseFormatJSONSchema
 
-    # Typing only: `streams` imports the Faust app, which imports these connectors.
-    from streams.settings import Settings
-
 __all__ = [
     "ARTICLE_FIELDS",
     "ARTICLE_SCHEMA",
@@ -185,31 +182,24 @@ def build_messages(request: Mapping[str, Any]) -> list[dict[str, str]]:
     ]
 
 
-def _process_settings() -> Settings:
-    # Deferred import: see the TYPE_CHECKING note at the top of the module.
-    from streams.settings import settings
-
-    return settings
-
-
-def max_tokens_for(request: Mapping[str, Any], settings: Settings | None = None) -> int:
-    """Completion budget: ~1.6 tokens per target word + room for the other fields.
+def max_tokens_for(request: Mapping[str, Any], cap: int) -> int:
+    """Completion budget: ~1.6 tokens per target word + room for the other fields, at most ``cap``.
 
     Kept tight because OpenAI reserves max_tokens against TPM at admission.
     """
-    cap = (settings or _process_settings()).openai_max_tokens
     wanted = math.ceil(1.6 * _target_words(request) + 200)
     return max(1, min(cap, wanted))
 
 
-def estimate_tokens(request: Mapping[str, Any], settings: Settings | None = None) -> int:
+def estimate_tokens(request: Mapping[str, Any], cap: int) -> int:
     """Tokens OpenAI will charge at admission, never less than it actually charges.
 
     OpenAI's admission estimate is ceil(characters of message contents / 4) +
-    max_tokens; we count the same messages we send, plus a small margin.
+    max_tokens; we count the same messages we send, plus a small margin. ``cap`` is
+    the completion cap the call will be made with (see ``max_tokens_for``).
     """
     chars = sum(len(m["content"]) for m in build_messages(request))
-    return math.ceil(chars / 4) + max_tokens_for(request, settings) + ESTIMATE_SAFETY_TOKENS
+    return math.ceil(chars / 4) + max_tokens_for(request, cap) + ESTIMATE_SAFETY_TOKENS
 
 
 # --------------------------------------------------------------------------- output
@@ -292,13 +282,24 @@ def _error_text(exc: openai.APIStatusError) -> str:
 class ArticleWriter:
     """Writes one article per call. Create one per worker and reuse it (pooled HTTP)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        model: str,
+        max_tokens: int,
+        timeout: float,
+    ) -> None:
+        self._api_key = api_key
+        self._model = model
+        self._max_tokens = max_tokens
+        self._timeout = timeout
         self._client = openai.AsyncOpenAI(
-            base_url=settings.openai_base_url,
-            api_key=settings.openai_api_key,
+            base_url=base_url,
+            api_key=api_key,
             max_retries=0,  # our limiter owns the one retry loop
-            timeout=settings.openai_timeout,
+            timeout=timeout,
         )
 
     async def aclose(self) -> None:
@@ -311,17 +312,17 @@ class ArticleWriter:
         await self.aclose()
 
     def max_tokens_for(self, request: Mapping[str, Any]) -> int:
-        return max_tokens_for(request, self._settings)
+        return max_tokens_for(request, self._max_tokens)
 
     def estimate_tokens(self, request: Mapping[str, Any]) -> int:
-        return estimate_tokens(request, self._settings)
+        return estimate_tokens(request, self._max_tokens)
 
     async def write_article(self, request: Mapping[str, Any], *, site_id: str) -> ArticleResult:
         messages = build_messages(request)
         max_tokens = self.max_tokens_for(request)
         try:
             raw = await self._client.chat.completions.with_raw_response.create(
-                model=self._settings.openai_model,
+                model=self._model,
                 # Plain dicts with the TypedDicts' shape; cast for the type checker only.
                 messages=cast("list[ChatCompletionMessageParam]", messages),
                 max_tokens=max_tokens,
@@ -377,11 +378,11 @@ class ArticleWriter:
         )
 
     def _redact(self, text: str) -> str:
-        return redact(text, [self._settings.openai_api_key])
+        return redact(text, [self._api_key])
 
     def _map_error(self, exc: openai.APIError) -> ProviderError:
         if isinstance(exc, openai.APITimeoutError):
-            return ProviderUnavailable(PROVIDER, f"no response within {self._settings.openai_timeout:g}s")
+            return ProviderUnavailable(PROVIDER, f"no response within {self._timeout:g}s")
         if isinstance(exc, openai.APIConnectionError):
             return ProviderUnavailable(PROVIDER, "could not connect to the OpenAI API")
         if not isinstance(exc, openai.APIStatusError):
@@ -422,7 +423,7 @@ class ArticleWriter:
         if status == 404:
             return RejectedRequest(
                 PROVIDER,
-                f"{text} - check BLOGSTREAM_OPENAI_MODEL ({self._settings.openai_model}) and OPENAI_BASE_URL",
+                f"{text} - check BLOGSTREAM_OPENAI_MODEL ({self._model}) and OPENAI_BASE_URL",
                 **common,
             )
         return RejectedRequest(PROVIDER, text, **common)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 from replicate.client import Client
@@ -32,10 +32,6 @@ from .errors import (
     redact,
 )
 from .ratelimit_headers import parse_rate_limit_headers, parse_resets_in, parse_retry_after
-
-if TYPE_CHECKING:
-    # Typing only: `streams` imports the Faust app, which imports these connectors.
-    from streams.settings import Settings
 
 __all__ = ["CoverImage", "ImageMaker"]
 
@@ -97,36 +93,36 @@ class ImageMaker:
 
     def __init__(
         self,
-        settings: Settings,
         *,
+        base_url: str,
+        api_token: str,
+        model: str,
+        timeout: float,
+        max_connections: int,
         sync_wait_s: int = MAX_SYNC_WAIT_S,
         first_poll_s: float = 1.0,
         max_poll_s: float = 5.0,
     ) -> None:
-        if not re.fullmatch(r"[\w.-]+/[\w.-]+", settings.replicate_model):
+        if not re.fullmatch(r"[\w.-]+/[\w.-]+", model):
             # Fail at startup, not on every request: the models endpoint takes owner/name only.
-            raise ValueError(
-                f"BLOGSTREAM_REPLICATE_MODEL={settings.replicate_model!r} must be 'owner/name' (no version)"
-            )
-        self._settings = settings
-        self._timeout_s = settings.replicate_timeout
+            raise ValueError(f"BLOGSTREAM_REPLICATE_MODEL={model!r} must be 'owner/name' (no version)")
+        self._api_token = api_token
+        self._model = model
+        self._timeout_s = timeout
         # The sync wait never exceeds our own deadline or Replicate's 60 s cap.
-        self._sync_wait_s = max(1, min(MAX_SYNC_WAIT_S, sync_wait_s, int(settings.replicate_timeout)))
+        self._sync_wait_s = max(1, min(MAX_SYNC_WAIT_S, sync_wait_s, int(timeout)))
         self._first_poll_s = first_poll_s
         self._max_poll_s = max_poll_s
         # Our own transport so aclose() can release the pool (the SDK has no close);
         # the SDK wraps it in its RetryTransport, which never retries the POST that
         # creates (and pays for) a prediction - only GETs, i.e. our polls.
         self._transport = httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(
-                max_connections=settings.stage_concurrency,
-                max_keepalive_connections=settings.stage_concurrency,
-            )
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         )
         self._client = Client(
-            api_token=settings.replicate_api_token,
-            base_url=settings.replicate_base_url,
-            timeout=httpx.Timeout(settings.replicate_timeout, connect=10.0),
+            api_token=api_token,
+            base_url=base_url,
+            timeout=httpx.Timeout(timeout, connect=10.0),
             transport=self._transport,
             event_hooks={"response": [_remember_error_headers]},
         )
@@ -150,7 +146,7 @@ class ImageMaker:
         # the latter drops `wait` when it delegates, silently turning sync mode off.
         prediction = await self._call(
             self._client.models.predictions.async_create(
-                model=self._settings.replicate_model,
+                model=self._model,
                 input={"prompt": prompt, "aspect_ratio": "16:9", "output_format": "png"},
                 wait=self._sync_wait_s,
             )
@@ -208,7 +204,7 @@ class ImageMaker:
             log.warning("could not cancel Replicate prediction %s: %s", prediction_id, type(exc).__name__)
 
     def _redact(self, text: str) -> str:
-        return redact(text, [self._settings.replicate_api_token])
+        return redact(text, [self._api_token])
 
     def _map_error(self, exc: ReplicateError, headers: httpx.Headers | None) -> ProviderError:
         status = exc.status
@@ -226,7 +222,7 @@ class ImageMaker:
             return RejectedRequest(PROVIDER, f"{text} - check REPLICATE_API_TOKEN", **common)
         if status == 404:
             return RejectedRequest(
-                PROVIDER, f"{text} - check BLOGSTREAM_REPLICATE_MODEL ({self._settings.replicate_model})", **common
+                PROVIDER, f"{text} - check BLOGSTREAM_REPLICATE_MODEL ({self._model})", **common
             )
         if status == 402:
             return RejectedRequest(PROVIDER, f"{text} - the Replicate account needs billing set up", **common)

@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import quote
 
 import httpx
@@ -27,10 +27,6 @@ from .errors import (
     redact,
 )
 from .ratelimit_headers import parse_rate_limit_headers, parse_retry_after
-
-if TYPE_CHECKING:
-    # Typing only: `streams` imports the Faust app, which imports these connectors.
-    from streams.settings import Settings
 
 __all__ = [
     "PublishedPost",
@@ -308,17 +304,20 @@ def _parse_error_body(response: httpx.Response) -> _WixErrorBody:
 class WixBlog:
     """Wix REST client shared by every site. Create one per worker and reuse it."""
 
-    def __init__(self, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self._settings = settings
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        timeout: float,
+        max_connections: int,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self._client = httpx.AsyncClient(
-            base_url=settings.wix_base_url.rstrip("/") + "/",
-            timeout=httpx.Timeout(settings.wix_timeout, connect=min(10.0, settings.wix_timeout)),
+            base_url=base_url.rstrip("/") + "/",
+            timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
             # HTTP/1.1 keep-alive; enough connections for every in-flight publish of a worker.
             http2=False,
-            limits=httpx.Limits(
-                max_connections=settings.stage_concurrency,
-                max_keepalive_connections=settings.stage_concurrency,
-            ),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             headers={"Accept": "application/json"},
             transport=transport,
         )

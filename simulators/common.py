@@ -1,13 +1,31 @@
-"""Shared helpers: latency sampling, fault rolls, JSON responses."""
+"""Shared helpers: what a simulator sees of the shared state, latency sampling, fault rolls, JSON responses."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import random
-from typing import Any, Optional
+from collections.abc import Callable
+from typing import Any, Optional, Protocol
 
 from aiohttp import web
+
+
+class SimContext(Protocol):
+    """The shared state as a provider simulator uses it (``simulators.state.SimState``)."""
+
+    config: dict[str, Any]
+    rng: random.Random
+    now: Callable[[], float]  # unix seconds
+
+    @property
+    def window_seconds(self) -> float: ...
+
+    @property
+    def latency_scale(self) -> float: ...
+
+    @property
+    def max_events(self) -> int: ...
 
 
 def sample_latency(rng: random.Random, spec: Any, scale: float) -> float:

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import string
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from aiohttp import web
 
-from .common import json_response, provider_latency, read_json, roll, sleep
+from .common import SimContext, json_response, provider_latency, read_json, roll, sleep
 from .content import (ARTICLE_SCHEMA, TextGen, messages_text, plain_content, prompt_chars,
                       structured_content, tokens_for)
 from .window import (Decision, ProviderLedger, SlidingWindow, format_duration,
                      max_requests_in_any_window, max_tokens_in_any_window)
-
-if TYPE_CHECKING:
-    from .app import SimState
 
 RATE_DOCS = "Visit https://platform.openai.com/account/rate-limits to learn more."
 ORG = "org-simulator"
@@ -44,7 +40,7 @@ def _err(message: str, type_: str, code: Optional[str] = None, param: Optional[s
 class OpenAISim:
     name = "openai"
 
-    def __init__(self, state: "SimState"):
+    def __init__(self, state: SimContext):
         self.state = state
         self.reset()
 

@@ -7,16 +7,13 @@ import math
 import re
 import string
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from aiohttp import web
 
-from .common import json_response, provider_latency, read_json, roll
+from .common import SimContext, json_response, provider_latency, read_json, roll
 from .png import dims_for_aspect, make_png
 from .window import ProviderLedger, SiteStats, SlidingWindow, max_requests_in_any_window
-
-if TYPE_CHECKING:
-    from .app import SimState
 
 PREFIX = "/replicate"
 FILE_RE = re.compile(r"^/replicate/files/([a-z0-9]+)\.png$")
@@ -57,7 +54,7 @@ class Prediction:
 class ReplicateSim:
     name = "replicate"
 
-    def __init__(self, state: "SimState"):
+    def __init__(self, state: SimContext):
         self.state = state
         self.predictions: dict[str, Prediction] = {}
         self.reset()

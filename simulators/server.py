@@ -16,8 +16,9 @@ from typing import Any, Optional
 
 from aiohttp import web
 
-from .app import SimState, create_app
+from .app import create_app
 from .config import DEFAULTS, config_from_env, merge_config
+from .state import SimState
 
 
 class SimulatorServer:

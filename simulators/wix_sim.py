@@ -5,17 +5,15 @@ from __future__ import annotations
 import math
 import uuid
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from .common import json_response, provider_latency, read_json, roll, sleep
+from .common import SimContext, json_response, provider_latency, read_json, roll, sleep
 from .content import slugify
+from .replicate_sim import ReplicateSim
 from .window import ProviderLedger, SlidingWindow
-
-if TYPE_CHECKING:
-    from .app import SimState
 
 PREFIX = "/wix"
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
@@ -52,8 +50,9 @@ class WixSite:
 class WixSim:
     name = "wix"
 
-    def __init__(self, state: "SimState"):
+    def __init__(self, state: SimContext, replicate: ReplicateSim):
         self.state = state
+        self.replicate = replicate  # its files are what an image import may download
         self.reset()
 
     def reset(self) -> None:
@@ -162,7 +161,7 @@ class WixSim:
             parts = None
         if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
             return json_response(validation_error("url", "must be a valid URL", "FORMAT"), 400)
-        rep = self.state.replicate
+        rep = self.replicate
         fid = rep.file_id_from_url(url)
         is_sim_host = (parts.hostname or "") in LOOPBACK or parts.netloc == request.host
         if fid is not None and is_sim_host and not rep.file_available(fid):

@@ -283,7 +283,7 @@ async def _with_db(fn):
 
 
 def cmd_sites(args: argparse.Namespace) -> int:
-    from store.database import Site
+    from store.sites import Site
 
     async def run(db) -> int:
         if args.action == "add":

@@ -13,7 +13,8 @@ import uuid
 
 
 from connectors.openai_writer import ArticleWriter
-from store.database import Database, Site, SiteCache
+from store.database import Database
+from store.sites import Site, SiteCache
 from connectors.replicate_images import ImageMaker
 from connectors.wix_blog import WixBlog
 from streams.pipeline.runner import SitePolicy
@@ -44,9 +45,19 @@ class Deps:
                 db = Database(settings.database_url, min_size=1, max_size=10)
                 await db.start()
                 self.sites = SiteCache(db, ttl=2.0)
-                self.writer = ArticleWriter(settings)
-                self.images = ImageMaker(settings)
-                self.wix = WixBlog(settings)
+                self.writer = ArticleWriter(
+                    base_url=settings.openai_base_url, api_key=settings.openai_api_key, model=settings.openai_model,
+                    max_tokens=settings.openai_max_tokens, timeout=settings.openai_timeout,
+                )
+                self.images = ImageMaker(
+                    base_url=settings.replicate_base_url, api_token=settings.replicate_api_token,
+                    model=settings.replicate_model, timeout=settings.replicate_timeout,
+                    max_connections=settings.stage_concurrency,
+                )
+                self.wix = WixBlog(
+                    base_url=settings.wix_base_url, timeout=settings.wix_timeout,
+                    max_connections=settings.stage_concurrency,
+                )
                 self.db = db
                 self._refresher = asyncio.ensure_future(self._refresh_policies())
         return self

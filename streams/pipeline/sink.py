@@ -16,7 +16,7 @@ import logging
 from datetime import datetime, timezone
 
 
-from store.database import OutcomeRow
+from store.outcomes import OutcomeRow
 from streams import metrics
 from streams.app import app, drafts_topic, illustrated_topic, requests_topic, results_topic
 from streams.pipeline.deps import deps

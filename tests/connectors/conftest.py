@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ import pytest_asyncio
 from connectors.openai_writer import ArticleWriter
 from connectors.replicate_images import ImageMaker
 from connectors.wix_blog import WixBlog
-from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -137,33 +135,41 @@ def sim(simulator_process: Simulator) -> Simulator:
 
 
 @pytest.fixture
-def settings(sim: Simulator) -> Settings:
-    return replace(
-        Settings(),
-        openai_base_url=f"{sim.base_url}/openai/v1",
-        openai_api_key=OPENAI_KEY,
-        openai_timeout=10.0,
-        replicate_base_url=f"{sim.base_url}/replicate",
-        replicate_api_token=REPLICATE_TOKEN,
-        replicate_timeout=10.0,
-        wix_base_url=f"{sim.base_url}/wix",
-        wix_timeout=10.0,
-    )
+def connector_args(sim: Simulator) -> dict[str, dict[str, Any]]:
+    """Constructor arguments of each connector, pointed at the simulator (models, token cap and
+    connection limits as the pipeline's defaults); a test overrides what it exercises."""
+    return {
+        "openai": {"base_url": f"{sim.base_url}/openai/v1", "api_key": OPENAI_KEY, "model": "gpt-4o-mini",
+                   "max_tokens": 1200, "timeout": 10.0},
+        "replicate": {"base_url": f"{sim.base_url}/replicate", "api_token": REPLICATE_TOKEN,
+                      "model": "black-forest-labs/flux-schnell", "timeout": 10.0, "max_connections": 200},
+        "wix": {"base_url": f"{sim.base_url}/wix", "timeout": 10.0, "max_connections": 200},
+    }
+
+
+@pytest.fixture
+def openai_args(connector_args: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return connector_args["openai"]
+
+
+@pytest.fixture
+def replicate_args(connector_args: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return connector_args["replicate"]
 
 
 @pytest_asyncio.fixture
-async def writer(settings: Settings) -> AsyncIterator[ArticleWriter]:
-    async with ArticleWriter(settings) as client:
+async def writer(openai_args: dict[str, Any]) -> AsyncIterator[ArticleWriter]:
+    async with ArticleWriter(**openai_args) as client:
         yield client
 
 
 @pytest_asyncio.fixture
-async def images(settings: Settings) -> AsyncIterator[ImageMaker]:
-    async with ImageMaker(settings) as client:
+async def images(replicate_args: dict[str, Any]) -> AsyncIterator[ImageMaker]:
+    async with ImageMaker(**replicate_args) as client:
         yield client
 
 
 @pytest_asyncio.fixture
-async def wix(settings: Settings) -> AsyncIterator[WixBlog]:
-    async with WixBlog(settings) as client:
+async def wix(connector_args: dict[str, dict[str, Any]]) -> AsyncIterator[WixBlog]:
+    async with WixBlog(**connector_args["wix"]) as client:
         yield client

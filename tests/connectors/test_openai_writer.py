@@ -7,7 +7,7 @@ import json
 import math
 import re
 import socket
-from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -21,7 +21,6 @@ from connectors.openai_writer import (
     normalize_slug,
     parse_article,
 )
-from streams.settings import Settings
 
 from .conftest import OPENAI_KEY, Simulator
 
@@ -57,20 +56,20 @@ def test_missing_topic_is_rejected() -> None:
 
 
 def test_max_tokens_is_tight_and_capped() -> None:
-    settings = Settings(openai_max_tokens=1200)
-    assert max_tokens_for({"topic": "t", "target_words": 300}, settings) == math.ceil(1.6 * 300 + 200)
-    assert max_tokens_for({"topic": "t", "target_words": 5000}, settings) == 1200
+    cap = 1200
+    assert max_tokens_for({"topic": "t", "target_words": 300}, cap) == math.ceil(1.6 * 300 + 200)
+    assert max_tokens_for({"topic": "t", "target_words": 5000}, cap) == 1200
     # Missing / silly values fall back to sane bounds instead of failing.
-    assert max_tokens_for({"topic": "t"}, settings) == 1200
-    assert max_tokens_for({"topic": "t", "target_words": "lots"}, settings) == 1200
-    assert max_tokens_for({"topic": "t", "target_words": 1}, settings) == math.ceil(1.6 * 100 + 200)
+    assert max_tokens_for({"topic": "t"}, cap) == 1200
+    assert max_tokens_for({"topic": "t", "target_words": "lots"}, cap) == 1200
+    assert max_tokens_for({"topic": "t", "target_words": 1}, cap) == math.ceil(1.6 * 100 + 200)
 
 
 def test_estimate_counts_message_characters() -> None:
-    settings = Settings()
+    cap = 1200  # BLOGSTREAM_OPENAI_MAX_TOKENS' default
     chars = sum(len(m["content"]) for m in build_messages(REQUEST))
-    expected = math.ceil(chars / 4) + max_tokens_for(REQUEST, settings)
-    assert expected < estimate_tokens(REQUEST, settings) <= expected + 16
+    expected = math.ceil(chars / 4) + max_tokens_for(REQUEST, cap)
+    assert expected < estimate_tokens(REQUEST, cap) <= expected + 16
 
 
 @pytest.mark.parametrize(
@@ -151,12 +150,12 @@ async def test_estimate_is_never_below_what_openai_charges(
 
 
 @pytest.mark.asyncio
-async def test_admission_charge_seen_in_remaining_tokens(settings: Settings, sim: Simulator) -> None:
+async def test_admission_charge_seen_in_remaining_tokens(openai_args: dict[str, Any], sim: Simulator) -> None:
     # The first request stays in flight for 1 s: charged at admission, not yet
     # settled. With rpm=1 a second request is turned away at once, and its
     # x-ratelimit-remaining-tokens shows exactly what the first one was charged.
     sim.configure({"latency_scale": 1.0, "openai": {"latency": 1.0, "rpm": 1}})
-    async with ArticleWriter(settings) as writer:
+    async with ArticleWriter(**openai_args) as writer:
         first = asyncio.create_task(writer.write_article(REQUEST, site_id="site-a"))
         await asyncio.sleep(0.3)
         with pytest.raises(RateLimited) as info:
@@ -166,7 +165,7 @@ async def test_admission_charge_seen_in_remaining_tokens(settings: Settings, sim
     assert rate_limit is not None and rate_limit.limit_tokens == 450_000
     assert rate_limit.remaining_tokens is not None
     charged_at_admission = 450_000 - rate_limit.remaining_tokens
-    estimate = estimate_tokens(REQUEST, settings)
+    estimate = estimate_tokens(REQUEST, openai_args["max_tokens"])
     assert charged_at_admission <= estimate <= charged_at_admission + 16
 
 
@@ -218,29 +217,29 @@ async def test_server_errors_map_to_unavailable(writer: ArticleWriter, sim: Simu
 
 
 @pytest.mark.asyncio
-async def test_timeout_maps_to_unavailable(settings: Settings, sim: Simulator) -> None:
+async def test_timeout_maps_to_unavailable(openai_args: dict[str, Any], sim: Simulator) -> None:
     sim.configure({"latency_scale": 1.0, "openai": {"latency": 3.0}})
-    async with ArticleWriter(replace(settings, openai_timeout=0.3)) as writer:
+    async with ArticleWriter(**{**openai_args, "timeout": 0.3}) as writer:
         with pytest.raises(ProviderUnavailable) as info:
             await writer.write_article(REQUEST, site_id="site-a")
     assert "0.3s" in info.value.message and info.value.status is None
 
 
 @pytest.mark.asyncio
-async def test_connection_refused_maps_to_unavailable(settings: Settings) -> None:
+async def test_connection_refused_maps_to_unavailable(openai_args: dict[str, Any]) -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    async with ArticleWriter(replace(settings, openai_base_url=f"http://127.0.0.1:{port}/v1")) as writer:
+    async with ArticleWriter(**{**openai_args, "base_url": f"http://127.0.0.1:{port}/v1"}) as writer:
         with pytest.raises(ProviderUnavailable) as info:
             await writer.write_article(REQUEST, site_id="site-a")
     assert OPENAI_KEY not in str(info.value)
 
 
 @pytest.mark.asyncio
-async def test_unknown_endpoint_is_rejected_with_advice(settings: Settings) -> None:
-    bad = replace(settings, openai_base_url=settings.openai_base_url.replace("/openai/v1", "/openai/v9"))
-    async with ArticleWriter(bad) as writer:
+async def test_unknown_endpoint_is_rejected_with_advice(openai_args: dict[str, Any]) -> None:
+    bad = {**openai_args, "base_url": openai_args["base_url"].replace("/openai/v1", "/openai/v9")}
+    async with ArticleWriter(**bad) as writer:
         with pytest.raises(RejectedRequest) as info:
             await writer.write_article(REQUEST, site_id="site-a")
     assert info.value.status == 404 and "OPENAI_BASE_URL" in info.value.message

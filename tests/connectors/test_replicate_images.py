@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from typing import Any
 
 import httpx
 import pytest
 
 from connectors.errors import MalformedOutput, ProviderUnavailable, RateLimited, RejectedRequest
 from connectors.replicate_images import ImageMaker, _parse_timestamp_ms
-from streams.settings import Settings
 
 from .conftest import REPLICATE_TOKEN, Simulator
 
@@ -39,9 +38,9 @@ async def test_make_cover_returns_a_downloadable_png(images: ImageMaker, sim: Si
 
 
 @pytest.mark.asyncio
-async def test_polls_when_the_sync_wait_ends_first(settings: Settings, sim: Simulator) -> None:
+async def test_polls_when_the_sync_wait_ends_first(replicate_args: dict[str, Any], sim: Simulator) -> None:
     sim.configure({"latency_scale": 1.0, "replicate": {"latency": 1.6}})
-    async with ImageMaker(settings, sync_wait_s=1, first_poll_s=0.25, max_poll_s=0.5) as maker:
+    async with ImageMaker(**replicate_args, sync_wait_s=1, first_poll_s=0.25, max_poll_s=0.5) as maker:
         cover = await maker.make_cover(PROMPT, request_id="req-2")
     assert cover.url.endswith(".png")
     polls = sim.ledger()["replicate"]["current_requests_in_window_other"]
@@ -49,9 +48,9 @@ async def test_polls_when_the_sync_wait_ends_first(settings: Settings, sim: Simu
 
 
 @pytest.mark.asyncio
-async def test_gives_up_and_cancels_after_the_timeout(settings: Settings, sim: Simulator) -> None:
+async def test_gives_up_and_cancels_after_the_timeout(replicate_args: dict[str, Any], sim: Simulator) -> None:
     sim.configure({"latency_scale": 1.0, "replicate": {"latency": 5.0}})
-    async with ImageMaker(replace(settings, replicate_timeout=1.5), first_poll_s=0.2, max_poll_s=0.4) as maker:
+    async with ImageMaker(**{**replicate_args, "timeout": 1.5}, first_poll_s=0.2, max_poll_s=0.4) as maker:
         with pytest.raises(ProviderUnavailable) as info:
             await maker.make_cover(PROMPT, request_id="req-3")
     assert "req-3" in info.value.message and "canceled" in info.value.message
@@ -91,9 +90,9 @@ async def test_server_errors_map_to_unavailable(images: ImageMaker, sim: Simulat
 
 
 @pytest.mark.asyncio
-async def test_unknown_model_is_rejected_with_advice(settings: Settings) -> None:
-    bad = replace(settings, replicate_base_url=settings.replicate_base_url + "/nowhere")
-    async with ImageMaker(bad) as maker:
+async def test_unknown_model_is_rejected_with_advice(replicate_args: dict[str, Any]) -> None:
+    bad = {**replicate_args, "base_url": replicate_args["base_url"] + "/nowhere"}
+    async with ImageMaker(**bad) as maker:
         with pytest.raises(RejectedRequest) as info:
             await maker.make_cover(PROMPT, request_id="req-8")
     assert info.value.status == 404 and "BLOGSTREAM_REPLICATE_MODEL" in info.value.message
@@ -106,9 +105,9 @@ async def test_empty_prompt_is_rejected_without_a_call(images: ImageMaker, sim: 
     assert sim.ledger()["replicate"]["calls"] == 0
 
 
-def test_model_must_be_owner_slash_name(settings: Settings) -> None:
+def test_model_must_be_owner_slash_name(replicate_args: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="owner/name"):
-        ImageMaker(replace(settings, replicate_model="black-forest-labs/flux-schnell:abc123"))
+        ImageMaker(**{**replicate_args, "model": "black-forest-labs/flux-schnell:abc123"})
 
 
 def test_timestamps_with_nanoseconds() -> None:

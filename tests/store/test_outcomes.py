@@ -1,122 +1,17 @@
-"""Integration tests for connectors/postgres.py against the real `blogstream_test` database.
-
-Needs the local stack (`stack/stack.sh up`) with migrations at head. Isolation from other
-people using the same database:
-* every test uses fresh uuid ids (requests, sites, effects);
-* tests whose figures are global (health, counts, the seed's retry UPDATE) run inside one
-  REPEATABLE READ transaction that is rolled back: they see a frozen snapshot, their
-  writes never become visible, and concurrent writers cannot change the numbers.
-"""
+"""store/outcomes.py: the forward-only outcome upsert and the reads over blog_generations."""
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
-import sys
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
-import pytest_asyncio
 
-# The repo root may not be on sys.path (pytest run from the venv entry point, no pythonpath
-# setting); make `import connectors` work either way.
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from store.database import Database
+from store.outcomes import HealthFigures, OutcomeRow, merge_outcomes
 
-from store.database import (  # noqa: E402
-    Database,
-    DatabaseError,
-    EffectClaim,
-    HealthFigures,
-    OutcomeRow,
-    Site,
-    SiteCache,
-    mask_dsn,
-    merge_outcomes,
-)
-
-DSN = os.environ.get(
-    "BLOGSTREAM_TEST_DATABASE_URL",
-    f"postgresql://blogstream:blogstream@127.0.0.1:{os.environ.get('PG_PORT', '55432')}/blogstream_test",
-)
-
-aio = pytest.mark.asyncio(loop_scope="module")
-
-
-# Every id this module writes starts with RUN, so teardown can delete exactly its own rows.
-RUN = f"pgtest{uuid.uuid4().hex[:8]}"
-
-
-def uid(prefix: str = "t") -> str:
-    return f"{RUN}-{prefix}-{uuid.uuid4().hex}"
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def ev(request_id: str, stage: str, at: datetime, site_id: str = "site-test", **fields: Any) -> OutcomeRow:
-    """An OutcomeRow for `stage` with the status and rank the stage implies."""
-    status = {"published": "DONE", "failed": "FAILED", "cancelled": "CANCELLED"}.get(stage, "PENDING")
-    rank = {"requested": 0, "drafted": 1, "illustrated": 2}.get(stage, 3)
-    return OutcomeRow(request_id, site_id, status, stage, rank, at, **fields)
-
-
-class _OneConnection:
-    """Pool stand-in that runs every query on one connection (inside the test's transaction)."""
-
-    def __init__(self, conn: asyncpg.Connection) -> None:
-        self._conn = conn
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._conn, name)
-
-
-# --- fixtures ------------------------------------------------------------------------------
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def db():
-    database = Database(DSN, min_size=2, max_size=25)
-    try:
-        await database.start()
-    except DatabaseError as exc:
-        pytest.skip(f"test database not reachable (stack/stack.sh up): {exc}")
-    has_claims = await database.pool.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM information_schema.columns "
-        "WHERE table_name = 'stage_outputs' AND column_name = 'claimed_until')"
-    )
-    if not has_claims:
-        await database.close()
-        pytest.fail("blogstream_test is not migrated: BLOGSTREAM_DATABASE_URL=... alembic upgrade head")
-    yield database
-    # Leave no rows behind: other suites share blogstream_test (5,000 PENDING rows per run
-    # would soon skew queue-size checks).
-    pattern = f"{RUN}-%"
-    await database.pool.execute("DELETE FROM blog_generations WHERE id LIKE $1", pattern)
-    await database.pool.execute("DELETE FROM stage_outputs WHERE request_id LIKE $1", pattern)
-    await database.pool.execute("DELETE FROM sites WHERE site_id LIKE $1", pattern)
-    await database.close()
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def tx(db: Database):
-    """A Database whose queries all run in one REPEATABLE READ transaction, rolled back at the end."""
-    async with db.pool.acquire() as conn:
-        transaction = conn.transaction(isolation="repeatable_read")
-        await transaction.start()
-        view = Database(DSN)
-        view._pool = _OneConnection(conn)  # type: ignore[assignment]  # test-only: bind to the tx
-        try:
-            yield view, conn
-        finally:
-            await transaction.rollback()
+from .conftest import aio, ev, now, uid
 
 
 # --- OutcomeRow / merge (no database) --------------------------------------------------------
@@ -459,222 +354,25 @@ async def test_pending_by_site_and_site_paging(db: Database) -> None:
         await db.list_site_generations(site, limit=0)
 
 
-# --- sites -------------------------------------------------------------------------------------------
-
-
 @aio
-async def test_sites_registry(db: Database) -> None:
-    sid = uid("site")
-    assert await db.get_site(sid) is None
-    assert await db.update_site_controls(sid, paused=True) is None
-    site = Site(sid, name="Tea blog", wix_api_key="wix-secret-1", wix_member_id="m1", weight=2.5)
-    await db.upsert_site(site)
-    assert await db.get_site(sid) == site
+async def test_pending_snapshot(db: Database) -> None:
+    site, other, done_site, t0 = uid("site"), uid("site"), uid("site"), now() - timedelta(minutes=10)
+    ids = [uid("req") for _ in range(4)]
+    rows = [ev(i, "requested", t0, site) for i in ids[:3]]
+    rows += [ev(ids[1], "drafted", t0 + timedelta(seconds=1), site)]  # still PENDING
+    rows += [ev(ids[2], "published", t0 + timedelta(seconds=2), site)]  # DONE: not pending, but exists
+    rows += [ev(ids[3], "requested", t0, other), ev(uid("req"), "failed", t0, done_site)]
+    await db.upsert_outcomes(rows)
 
-    updated = await db.update_site_controls(sid, paused=True, max_in_flight=3)
-    assert updated == Site(sid, "Tea blog", "wix-secret-1", "m1", 2.5, 3, 1000, True)
-    assert await db.get_site(sid) == updated
-    updated = await db.update_site_controls(sid, weight=0.5)  # other controls untouched
-    assert (updated.weight, updated.max_in_flight, updated.paused) == (0.5, 3, True)
+    unknown = uid("req")
+    by_site, existing = await db.pending_snapshot([ids[0], ids[2], unknown])
+    assert by_site[site] == 2 and by_site[other] == 1
+    assert done_site not in by_site  # a site without PENDING rows is absent, not 0
+    assert all(isinstance(n, int) for n in by_site.values())
+    assert existing == {ids[0], ids[2]}  # of the given ids, those with a row (any status)
+    # The per-site figures are pending_by_site's.
+    pending = await db.pending_by_site()
+    assert {s: by_site[s] for s in (site, other)} == {s: pending[s] for s in (site, other)}
 
-    await db.upsert_site(Site(sid, name="Renamed", wix_api_key="wix-secret-2"))
-    assert (await db.get_site(sid)).name == "Renamed"
-    assert sid in [s.site_id for s in await db.list_sites()]
-    with pytest.raises(ValueError):
-        await db.update_site_controls(sid, weight=0)
-    with pytest.raises(ValueError):
-        await db.upsert_site(Site(sid, max_queued=0))
-
-
-def test_site_repr_hides_the_key() -> None:
-    site = Site("s1", name="n", wix_api_key="wix-very-secret-key")
-    for text in (repr(site), str(site), f"{site}", repr([site]), repr({"s": site})):
-        assert "wix-very-secret-key" not in text
-        assert "wix_api_key='***'" in text
-    assert "wix_api_key=''" in repr(Site("s2"))
-
-
-@aio
-async def test_site_cache_ttl(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
-    sid = uid("site")
-    await db.upsert_site(Site(sid, name="v1"))
-    clock = [1000.0]
-    reads: list[str] = []
-    real_get_site = db.get_site
-
-    async def counting_get_site(site_id: str) -> Site | None:
-        reads.append(site_id)
-        await asyncio.sleep(0.01)  # let concurrent callers pile up on one load
-        return await real_get_site(site_id)
-
-    monkeypatch.setattr(db, "get_site", counting_get_site)
-    cache = SiteCache(db, ttl=2.0, clock=lambda: clock[0])
-
-    # concurrent misses share one query
-    sites = await asyncio.gather(*(cache.get(sid) for _ in range(10)))
-    assert {s.name for s in sites} == {"v1"} and len(reads) == 1
-
-    await real_get_site(sid)
-    await db.update_site_controls(sid, paused=True)
-    clock[0] += 1.9
-    assert (await cache.get(sid)).paused is False and len(reads) == 1  # within ttl: cached, no query
-    clock[0] += 0.2
-    assert (await cache.get(sid)).paused is True and len(reads) == 2  # expired: re-read
-
-    missing = uid("site")
-    assert await cache.get(missing) is None and await cache.get(missing) is None
-    assert reads.count(missing) == 1  # unknown sites are cached too
-
-    await db.update_site_controls(sid, paused=False)
-    cache.invalidate(sid)
-    assert (await cache.get(sid)).paused is False and len(reads) == 4
-
-
-@aio
-async def test_site_cache_error_is_not_cached(db: Database) -> None:
-    class Flaky:
-        calls = 0
-
-        async def get_site(self, site_id: str) -> Site | None:
-            Flaky.calls += 1
-            if Flaky.calls == 1:
-                raise ConnectionError("db down")
-            return Site(site_id)
-
-    cache = SiteCache(Flaky(), ttl=2.0)  # type: ignore[arg-type]
-    with pytest.raises(ConnectionError):
-        await cache.get("s")
-    assert (await cache.get("s")) == Site("s")
-
-
-# --- effect ledger ------------------------------------------------------------------------------------
-
-
-@aio
-async def test_effect_claim_lifecycle(db: Database, caplog: pytest.LogCaptureFixture) -> None:
-    rid, site = uid("req"), uid("site")
-    assert await db.get_effect(rid, "generate") is None
-
-    first = await db.claim_effect(rid, "generate", site, owner="w1", lease_seconds=30)
-    assert first.state == "acquired" and first.payload is None
-    assert first.claimed_until > now() + timedelta(seconds=25)
-
-    busy = await db.claim_effect(rid, "generate", site, owner="w2", lease_seconds=30)
-    assert busy == EffectClaim("busy", None, first.claimed_until)
-    assert await db.get_effect(rid, "generate") is None  # claimed is not done
-
-    article = {"title": "Tea", "body": "...", "usage": {"prompt_tokens": 10}}
-    await db.complete_effect(rid, "generate", site, article, owner="w1")
-    done = await db.claim_effect(rid, "generate", site, owner="w3", lease_seconds=30)
-    assert done.state == "done" and done.payload == article  # reuse, do not pay again
-    assert await db.get_effect(rid, "generate") == article
-
-    with caplog.at_level(logging.INFO, logger="store.database"):
-        await db.complete_effect(rid, "generate", site, {"title": "other"}, owner="w3")  # idempotent
-    assert await db.get_effect(rid, "generate") == article  # first payload kept
-    assert "already done" in caplog.text
-
-    # other stages of the same request are independent
-    assert (await db.claim_effect(rid, "image", site, owner="w1", lease_seconds=30)).state == "acquired"
-
-
-@aio
-async def test_effect_release_lets_the_next_try_claim(db: Database) -> None:
-    rid, site = uid("req"), uid("site")
-    assert (await db.claim_effect(rid, "image", site, owner="w1", lease_seconds=60)).state == "acquired"
-    await db.release_effect(rid, "image", owner="w2")  # not its claim: no effect
-    assert (await db.claim_effect(rid, "image", site, owner="w2", lease_seconds=60)).state == "busy"
-    await db.release_effect(rid, "image", owner="w1")
-    assert (await db.claim_effect(rid, "image", site, owner="w2", lease_seconds=60)).state == "acquired"
-
-    await db.complete_effect(rid, "image", site, {"url": "https://img"}, owner="w2")
-    await db.release_effect(rid, "image", owner="w2")  # a done effect is never released
-    assert (await db.claim_effect(rid, "image", site, owner="w3", lease_seconds=60)).state == "done"
-
-
-@aio
-async def test_expired_lease_is_taken_over(db: Database, caplog: pytest.LogCaptureFixture) -> None:
-    rid, site = uid("req"), uid("site")
-    assert (await db.claim_effect(rid, "publish", site, owner="dead", lease_seconds=0.2)).state == "acquired"
-    assert (await db.claim_effect(rid, "publish", site, owner="w2", lease_seconds=30)).state == "busy"
-    await asyncio.sleep(0.3)
-    taken = await db.claim_effect(rid, "publish", site, owner="w2", lease_seconds=30)
-    assert taken.state == "acquired"
-    assert (await db.claim_effect(rid, "publish", site, owner="w3", lease_seconds=30)).state == "busy"
-
-    # The "dead" worker was only slow and finishes anyway: its effect happened, so it is
-    # recorded (and the double effect is logged); w2 then finds it done.
-    with caplog.at_level(logging.WARNING, logger="store.database"):
-        await db.complete_effect(rid, "publish", site, {"post_id": "p-dead"}, owner="dead")
-    assert "may have run twice" in caplog.text
-    await db.complete_effect(rid, "publish", site, {"post_id": "p-w2"}, owner="w2")
-    assert await db.get_effect(rid, "publish") == {"post_id": "p-dead"}
-
-
-@aio
-async def test_concurrent_claims_exactly_one_acquires(db: Database) -> None:
-    rid, site = uid("req"), uid("site")
-    claims = await asyncio.gather(*(
-        db.claim_effect(rid, "generate", site, owner=f"w{n}", lease_seconds=30) for n in range(20)
-    ))
-    states = [c.state for c in claims]
-    assert states.count("acquired") == 1 and states.count("busy") == 19
-
-    winner = f"w{states.index('acquired')}"
-    await db.complete_effect(rid, "generate", site, {"ok": True}, owner=winner)
-    again = await asyncio.gather(*(
-        db.claim_effect(rid, "generate", site, owner=f"v{n}", lease_seconds=30) for n in range(20)
-    ))
-    assert {(c.state, c.payload["ok"]) for c in again} == {("done", True)}
-
-
-@aio
-async def test_concurrent_takeover_of_an_expired_lease(db: Database) -> None:
-    rid, site = uid("req"), uid("site")
-    await db.claim_effect(rid, "image", site, owner="dead", lease_seconds=0.1)
-    await asyncio.sleep(0.2)
-    claims = await asyncio.gather(*(
-        db.claim_effect(rid, "image", site, owner=f"w{n}", lease_seconds=30) for n in range(20)
-    ))
-    assert [c.state for c in claims].count("acquired") == 1
-
-
-@aio
-async def test_ledger_constraints(db: Database) -> None:
-    with pytest.raises(asyncpg.CheckViolationError):  # a done effect must keep its payload
-        await db.pool.execute(
-            "INSERT INTO stage_outputs (request_id, stage, site_id, status) VALUES ($1, 'x', 's', 'done')", uid())
-    with pytest.raises(ValueError):
-        await db.claim_effect(uid(), "x", "s", owner="w", lease_seconds=0)
-
-
-# --- secrets --------------------------------------------------------------------------------------------
-
-
-def test_mask_dsn() -> None:
-    assert mask_dsn("postgresql://u:p%40ss@h:5432/db") == "postgresql://u:***@h:5432/db"
-    assert mask_dsn("postgresql://h/db?user=u&password=pw&sslmode=require") == (
-        "postgresql://h/db?user=u&password=***&sslmode=require")
-    assert mask_dsn("postgresql://h/db") == "postgresql://h/db"
-    assert mask_dsn("postgresql://u:p@s/s@h/db") == "postgresql://u:***@h/db"  # unescaped @ and /
-    assert "s3cret" not in repr(Database("postgresql://u:s3cret@h/db"))
-
-
-@aio
-async def test_connect_errors_do_not_leak_the_password(db: Database) -> None:
-    wrong_password = DSN.replace("blogstream:blogstream@", "blogstream:Sup3r-S3cret@")
-    assert wrong_password != DSN
-    closed_port = "postgresql://blogstream:Sup3r-S3cret@127.0.0.1:9/blogstream_test"
-    for dsn in (wrong_password, closed_port):
-        bad = Database(dsn, min_size=1, max_size=1)
-        with pytest.raises(DatabaseError) as info:
-            await bad.start()
-        text = str(info.value) + repr(info.value)
-        assert "Sup3r-S3cret" not in text and "***" in text
-        assert info.value.__cause__ is None and info.value.__suppress_context__
-
-
-@aio
-async def test_use_before_start_is_a_clear_error() -> None:
-    with pytest.raises(DatabaseError, match="start"):
-        await Database(DSN).get_site("x")
+    by_site, existing = await db.pending_snapshot([])
+    assert existing == set() and by_site[site] == 2

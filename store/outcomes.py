@@ -1,0 +1,367 @@
+"""The ``blog_generations`` table: the outcome sink's upsert and the reads over it.
+
+* **Outcome sink** - ``upsert_outcomes`` writes batches of pipeline events into
+  ``blog_generations`` in one round trip. Events arrive at least once and out of order
+  across topics, so the upsert is *forward only*: a row's status/stage never moves back
+  (DONE never becomes PENDING again), and a late or replayed event may only fill columns
+  that are still NULL.
+* **Reads** behind the health endpoint and the intake API (same semantics as the seed's
+  SQL, which still runs unchanged against the table).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any, NamedTuple
+
+import asyncpg
+
+__all__ = [
+    "ErrorRow",
+    "FINAL_STATUSES",
+    "HealthFigures",
+    "OutcomeRow",
+    "Outcomes",
+    "STAGE_RANKS",
+    "STATUSES",
+    "dump_json",
+    "merge_outcomes",
+]
+
+# --- vocabulary --------------------------------------------------------------------
+
+STATUSES = ("PENDING", "DONE", "FAILED", "CANCELLED")
+FINAL_STATUSES = frozenset({"DONE", "FAILED", "CANCELLED"})
+
+# Stage -> rank. Every final stage has rank 3 so nothing can follow it (see _advances).
+STAGE_RANKS: dict[str, int] = {
+    "requested": 0,
+    "drafted": 1,
+    "illustrated": 2,
+    "published": 3,
+    "failed": 3,
+    "cancelled": 3,
+}
+# The status each final stage implies (non-final stages are PENDING).
+_FINAL_STAGE_STATUS = {"published": "DONE", "failed": "FAILED", "cancelled": "CANCELLED"}
+
+
+def dump_json(value: Any) -> str:
+    """Compact JSON text (the request column, and the pool's json/jsonb codec)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+# --- records -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutcomeRow:
+    """One pipeline event, as the sink writes it into blog_generations.
+
+    ``at`` is the event time; a naive datetime is taken as UTC. Rows are validated on
+    construction: a final status must sit at rank 3 and a stage must match its rank,
+    otherwise the forward-only rule could be defeated (e.g. a FAILED row at rank 1
+    would be overtaken by a replayed rank-2 PENDING event).
+    """
+
+    request_id: str
+    site_id: str
+    status: str
+    stage: str
+    stage_rank: int
+    at: datetime
+    request: dict[str, Any] | None = None
+    title: str | None = None
+    post_id: str | None = None
+    post_url: str | None = None
+    image_url: str | None = None
+    error: str | None = None
+    attempts: int | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.request_id or not self.site_id:
+            raise ValueError("OutcomeRow needs a request_id and a site_id")
+        if self.status not in STATUSES:
+            raise ValueError(f"OutcomeRow.status {self.status!r} is not one of {STATUSES}")
+        if STAGE_RANKS.get(self.stage) != self.stage_rank:
+            raise ValueError(
+                f"OutcomeRow stage {self.stage!r} with rank {self.stage_rank!r} does not match "
+                f"{STAGE_RANKS}"
+            )
+        expected = _FINAL_STAGE_STATUS.get(self.stage, "PENDING")
+        if self.status != expected:
+            raise ValueError(f"OutcomeRow stage {self.stage!r} needs status {expected}, got {self.status!r}")
+        if self.at.tzinfo is None:
+            object.__setattr__(self, "at", self.at.replace(tzinfo=timezone.utc))
+
+
+@dataclass(frozen=True)
+class HealthFigures:
+    queue_size: int  # COUNT PENDING
+    errors_last_hour: int  # FAILED with created_at in the last hour
+    completed_last_hour: int  # DONE with finished_at in the last hour
+    blogs_per_minute: float  # completed_last_hour / 60
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ErrorRow(NamedTuple):
+    id: str
+    error: str | None
+    created_at: datetime
+
+
+# --- outcome upsert (SQL and its in-batch mirror) ----------------------------------
+
+# Columns that follow the "newer stage wins, otherwise only fill NULLs" rule.
+_FOLDED = (
+    "title", "post_id", "post_url", "image_url", "error",
+    "prompt_tokens", "completion_tokens", "drafted_at", "illustrated_at", "finished_at",
+)
+
+# Does the incoming row move the stored one forward? A higher rank does (unless it would
+# turn a final status back into PENDING); at equal rank only PENDING -> final does, which
+# is how a row the seed's retry UPDATE reset to PENDING (rank 3) can finish again.
+_ADVANCES = (
+    "((EXCLUDED.stage_rank > b.stage_rank AND (b.status = 'PENDING' OR EXCLUDED.status <> 'PENDING'))"
+    " OR (EXCLUDED.stage_rank = b.stage_rank AND b.status = 'PENDING' AND EXCLUDED.status <> 'PENDING'))"
+)
+
+
+def _advances(old_rank: int, old_status: str, new_rank: int, new_status: str) -> bool:
+    """Python twin of _ADVANCES, used to merge one batch exactly as the database would."""
+    if new_rank > old_rank:
+        return old_status == "PENDING" or new_status != "PENDING"
+    return new_rank == old_rank and old_status == "PENDING" and new_status != "PENDING"
+
+
+def _build_upsert_sql() -> str:
+    sets = [
+        *(f"{c} = CASE WHEN {_ADVANCES} THEN EXCLUDED.{c} ELSE b.{c} END" for c in ("status", "stage", "stage_rank")),
+        "request = COALESCE(b.request, EXCLUDED.request)",  # the first request json stays
+        *(
+            f"{c} = CASE WHEN {_ADVANCES} THEN COALESCE(EXCLUDED.{c}, b.{c}) ELSE COALESCE(b.{c}, EXCLUDED.{c}) END"
+            for c in _FOLDED
+        ),
+        "attempts = GREATEST(b.attempts, EXCLUDED.attempts)",
+        "created_at = LEAST(b.created_at, EXCLUDED.created_at)",  # the earliest event seen
+        "updated_at = now()",
+    ]
+    # Skip the write entirely when the event changes nothing (the common replay case):
+    # no dead tuple, no WAL, and the returned count means "rows that changed".
+    changes = [
+        _ADVANCES,
+        "EXCLUDED.attempts > b.attempts",
+        "EXCLUDED.created_at < b.created_at",
+        *(f"(b.{c} IS NULL AND EXCLUDED.{c} IS NOT NULL)" for c in ("request", *_FOLDED)),
+    ]
+    sep = ",\n  "
+    return f"""
+INSERT INTO blog_generations AS b (
+  id, site_id, status, stage, stage_rank, request, title, post_id, post_url, image_url, error,
+  attempts, prompt_tokens, completion_tokens, created_at, updated_at, drafted_at, illustrated_at, finished_at)
+SELECT u.id, u.site_id, u.status, u.stage, u.stage_rank, u.request::jsonb, u.title, u.post_id, u.post_url,
+       u.image_url, u.error, u.attempts, u.prompt_tokens, u.completion_tokens, u.created_at, now(),
+       u.drafted_at, u.illustrated_at, u.finished_at
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::text[], $7::text[], $8::text[],
+            $9::text[], $10::text[], $11::text[], $12::int4[], $13::int4[], $14::int4[], $15::timestamptz[],
+            $16::timestamptz[], $17::timestamptz[], $18::timestamptz[])
+     AS u(id, site_id, status, stage, stage_rank, request, title, post_id, post_url, image_url, error,
+          attempts, prompt_tokens, completion_tokens, created_at, drafted_at, illustrated_at, finished_at)
+ON CONFLICT (id) DO UPDATE SET
+  {sep.join(sets)}
+WHERE {(chr(10) + '   OR ').join(changes)}
+"""
+
+
+_UPSERT_OUTCOMES_SQL = _build_upsert_sql()
+
+# Order of the unnest() arrays above.
+_UPSERT_COLUMNS = (
+    "id", "site_id", "status", "stage", "stage_rank", "request", "title", "post_id", "post_url",
+    "image_url", "error", "attempts", "prompt_tokens", "completion_tokens", "created_at",
+    "drafted_at", "illustrated_at", "finished_at",
+)
+
+
+def _as_record(row: OutcomeRow) -> dict[str, Any]:
+    """An event as the column values it contributes (stage times only for its own stage)."""
+    return {
+        "id": row.request_id,
+        "site_id": row.site_id,
+        "status": row.status,
+        "stage": row.stage,
+        "stage_rank": row.stage_rank,
+        "request": row.request,
+        "title": row.title,
+        "post_id": row.post_id,
+        "post_url": row.post_url,
+        "image_url": row.image_url,
+        "error": row.error,
+        "attempts": row.attempts or 0,
+        "prompt_tokens": row.prompt_tokens,
+        "completion_tokens": row.completion_tokens,
+        "created_at": row.at,
+        "drafted_at": row.at if row.stage_rank == 1 else None,
+        "illustrated_at": row.at if row.stage_rank == 2 else None,
+        "finished_at": row.at if row.status in FINAL_STATUSES else None,
+    }
+
+
+def _fold(old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Merge ``new`` into ``old`` in place with the same rules as the ON CONFLICT clause."""
+    adv = _advances(old["stage_rank"], old["status"], new["stage_rank"], new["status"])
+    if adv:
+        old["status"], old["stage"], old["stage_rank"] = new["status"], new["stage"], new["stage_rank"]
+    if old["request"] is None:
+        old["request"] = new["request"]
+    for c in _FOLDED:
+        first, second = (new[c], old[c]) if adv else (old[c], new[c])
+        old[c] = first if first is not None else second
+    old["attempts"] = max(old["attempts"], new["attempts"])
+    old["created_at"] = min(old["created_at"], new["created_at"])
+
+
+def merge_outcomes(rows: Iterable[OutcomeRow]) -> list[dict[str, Any]]:
+    """One record per request id, sorted by id.
+
+    A statement's ON CONFLICT may touch a row only once, so duplicates of one batch are
+    merged here first, with the same rules as the ON CONFLICT clause (the highest rank
+    wins; at equal rank only PENDING -> final moves on; the other events still fill NULL
+    columns, so e.g. the request json of a 'requested' event merged with its 'drafted'
+    event is kept rather than dropped with the lower-ranked row).
+    Sorting by id makes concurrent sinks lock rows in one order: no deadlocks.
+    """
+    merged: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        rec = _as_record(row)
+        cur = merged.get(row.request_id)
+        if cur is None:
+            merged[row.request_id] = rec
+        else:
+            _fold(cur, rec)
+    return [merged[k] for k in sorted(merged)]
+
+
+# PENDING rows per site (rows with a NULL id), plus which of the given ids exist (rows
+# with an id): the intake's pending gauge in one round trip.
+_PENDING_SNAPSHOT_SQL = """
+SELECT site_id, count(*)::int AS n, NULL::text AS id
+  FROM blog_generations WHERE status = 'PENDING' GROUP BY site_id
+UNION ALL
+SELECT NULL, NULL, id FROM blog_generations WHERE id = ANY($1::text[])
+"""
+
+
+# --- the methods (mixed into store.database.Database) -----------------------------------
+
+
+class Outcomes:
+    """Writes and reads of ``blog_generations``; every method is one statement."""
+
+    pool: asyncpg.Pool  # provided by store.database.Database
+
+    async def upsert_outcomes(self, rows: Sequence[OutcomeRow]) -> int:
+        """Write a batch of events in one statement; returns the number of rows inserted or changed.
+
+        Forward only: status/stage/rank move forward, never back; later stages do not erase
+        earlier values (COALESCE); a late earlier-stage event only fills NULL columns and
+        may pull created_at back to the earliest event time. drafted_at / illustrated_at /
+        finished_at come from the event time of that stage (finished_at: final statuses).
+        """
+        records = merge_outcomes(rows)
+        if not records:
+            return 0
+        columns: list[list[Any]] = [[] for _ in _UPSERT_COLUMNS]
+        for rec in records:
+            for values, name in zip(columns, _UPSERT_COLUMNS):
+                value = rec[name]
+                if name == "request" and value is not None:
+                    value = dump_json(value)  # sent as text[], cast to jsonb in SQL
+                values.append(value)
+        status = await self.pool.execute(_UPSERT_OUTCOMES_SQL, *columns)
+        return int(status.rsplit(" ", 1)[-1])  # "INSERT 0 <n>"
+
+    # --- reads for health / intake ----------------------------------------------------------
+
+    async def status_counts(self) -> dict[str, int]:
+        records = await self.pool.fetch("SELECT status, COUNT(*) AS n FROM blog_generations GROUP BY status")
+        counts = dict.fromkeys(STATUSES, 0)
+        counts.update({r["status"]: int(r["n"]) for r in records})
+        return counts
+
+    async def health(self) -> HealthFigures:
+        # The seed's three queries, one round trip; separate sub-selects so each can use
+        # its index (status, created_at) / the partial finished_at index.
+        record = await self.pool.fetchrow(
+            """
+            SELECT
+              (SELECT COUNT(*) FROM blog_generations WHERE status = 'PENDING') AS queue_size,
+              (SELECT COUNT(*) FROM blog_generations
+                 WHERE status = 'FAILED' AND created_at > NOW() - INTERVAL '1 hour') AS errors_last_hour,
+              (SELECT COUNT(*) FROM blog_generations
+                 WHERE status = 'DONE' AND finished_at > NOW() - INTERVAL '1 hour') AS completed_last_hour
+            """
+        )
+        completed = int(record["completed_last_hour"])
+        return HealthFigures(
+            queue_size=int(record["queue_size"]),
+            errors_last_hour=int(record["errors_last_hour"]),
+            completed_last_hour=completed,
+            blogs_per_minute=completed / 60.0,
+        )
+
+    async def recent_errors(self, limit: int = 10) -> list[ErrorRow]:
+        records = await self.pool.fetch(
+            "SELECT id, error, created_at FROM blog_generations WHERE status = 'FAILED' "
+            "ORDER BY created_at DESC LIMIT $1",
+            int(limit),
+        )
+        return [ErrorRow(r["id"], r["error"], r["created_at"]) for r in records]
+
+    async def get_generation(self, request_id: str) -> dict[str, Any] | None:
+        record = await self.pool.fetchrow("SELECT * FROM blog_generations WHERE id = $1", request_id)
+        return dict(record) if record is not None else None
+
+    async def list_site_generations(
+        self, site_id: str, *, limit: int, after_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """A site's generations, newest first, keyset-paged by (created_at, id).
+
+        ``after_id`` is the last id of the previous page; an id that is unknown or belongs
+        to another site yields an empty page.
+        """
+        if limit <= 0:
+            raise ValueError("limit must be > 0")
+        records = await self.pool.fetch(
+            """
+            SELECT g.* FROM blog_generations g
+            WHERE g.site_id = $1
+              AND ($3::text IS NULL OR (g.created_at, g.id) < (
+                    SELECT c.created_at, c.id FROM blog_generations c WHERE c.id = $3 AND c.site_id = $1))
+            ORDER BY g.created_at DESC, g.id DESC
+            LIMIT $2
+            """,
+            site_id, int(limit), after_id,
+        )
+        return [dict(r) for r in records]
+
+    async def pending_by_site(self) -> dict[str, int]:
+        records = await self.pool.fetch(
+            "SELECT site_id, COUNT(*) AS n FROM blog_generations WHERE status = 'PENDING' GROUP BY site_id"
+        )
+        return {r["site_id"]: int(r["n"]) for r in records}
+
+    async def pending_snapshot(self, ids: list[str]) -> tuple[dict[str, int], set[str]]:
+        """(PENDING rows per site, those of ``ids`` that already exist), in one round trip.
+
+        Sites without a PENDING row are absent from the dict; unknown ids are absent from the set.
+        """
+        records = await self.pool.fetch(_PENDING_SNAPSHOT_SQL, ids)
+        by_site = {r["site_id"]: r["n"] for r in records if r["id"] is None}
+        return by_site, {r["id"] for r in records if r["id"] is not None}

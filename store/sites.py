@@ -1,0 +1,250 @@
+"""The sites registry: per-site settings (Wix credentials, weight, limits, paused).
+
+They can change at runtime; ``SiteCache`` serves them with a short TTL so a change is
+seen within seconds without one query per event. The site controls that act on queued
+requests (cancel them, reopen a failed one for a retry) live here too.
+
+Secrets: ``Site.__repr__`` masks the Wix API key, so it never leaks into logs.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import asyncpg
+
+__all__ = ["Site", "SiteCache", "SiteRegistry"]
+
+
+@dataclass(frozen=True, repr=False)
+class Site:
+    site_id: str
+    name: str = ""
+    wix_api_key: str = ""
+    wix_member_id: str | None = None
+    weight: float = 1.0
+    max_in_flight: int = 20
+    max_queued: int = 1000
+    paused: bool = False
+
+    def __repr__(self) -> str:
+        # Sites get logged (scheduler decisions, errors); the Wix key must never be.
+        key = "'***'" if self.wix_api_key else "''"
+        return (
+            f"Site(site_id={self.site_id!r}, name={self.name!r}, wix_api_key={key}, "
+            f"wix_member_id={self.wix_member_id!r}, weight={self.weight!r}, "
+            f"max_in_flight={self.max_in_flight!r}, max_queued={self.max_queued!r}, "
+            f"paused={self.paused!r})"
+        )
+
+    __str__ = __repr__
+
+
+_SITE_COLUMNS = "site_id, name, wix_api_key, wix_member_id, weight, max_in_flight, max_queued, paused"
+
+
+def _site(record: asyncpg.Record) -> Site:
+    return Site(
+        site_id=record["site_id"],
+        name=record["name"],
+        wix_api_key=record["wix_api_key"],
+        wix_member_id=record["wix_member_id"],
+        weight=float(record["weight"]),
+        max_in_flight=int(record["max_in_flight"]),
+        max_queued=int(record["max_queued"]),
+        paused=bool(record["paused"]),
+    )
+
+
+def _check_controls(weight: float | None, max_in_flight: int | None, max_queued: int | None) -> None:
+    # The table has CHECKs too; failing here gives the caller a clear ValueError instead.
+    if weight is not None and not weight > 0:
+        raise ValueError("weight must be > 0")
+    if max_in_flight is not None and max_in_flight <= 0:
+        raise ValueError("max_in_flight must be > 0")
+    if max_queued is not None and max_queued <= 0:
+        raise ValueError("max_queued must be > 0")
+
+
+# --- the methods (mixed into store.database.Database) -----------------------------------
+
+
+class SiteRegistry:
+    """Reads and writes of ``sites``, and the site controls over queued requests."""
+
+    pool: asyncpg.Pool  # provided by store.database.Database
+
+    async def get_site(self, site_id: str) -> Site | None:
+        """Fresh read (use SiteCache on hot paths)."""
+        record = await self.pool.fetchrow(f"SELECT {_SITE_COLUMNS} FROM sites WHERE site_id = $1", site_id)
+        return _site(record) if record is not None else None
+
+    async def upsert_site(self, site: Site) -> None:
+        _check_controls(site.weight, site.max_in_flight, site.max_queued)
+        await self.pool.execute(
+            f"""
+            INSERT INTO sites ({_SITE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            ON CONFLICT (site_id) DO UPDATE SET
+              name = EXCLUDED.name, wix_api_key = EXCLUDED.wix_api_key, wix_member_id = EXCLUDED.wix_member_id,
+              weight = EXCLUDED.weight, max_in_flight = EXCLUDED.max_in_flight,
+              max_queued = EXCLUDED.max_queued, paused = EXCLUDED.paused, updated_at = now()
+            """,
+            site.site_id, site.name, site.wix_api_key, site.wix_member_id,
+            float(site.weight), int(site.max_in_flight), int(site.max_queued), bool(site.paused),
+        )
+
+    async def update_site_controls(
+        self,
+        site_id: str,
+        *,
+        paused: bool | None = None,
+        weight: float | None = None,
+        max_in_flight: int | None = None,
+        max_queued: int | None = None,
+    ) -> Site | None:
+        """Change only the given controls; returns the updated site, None if it does not exist."""
+        _check_controls(weight, max_in_flight, max_queued)
+        record = await self.pool.fetchrow(
+            f"""
+            UPDATE sites SET
+              paused = COALESCE($2, paused), weight = COALESCE($3, weight),
+              max_in_flight = COALESCE($4, max_in_flight), max_queued = COALESCE($5, max_queued),
+              updated_at = now()
+            WHERE site_id = $1
+            RETURNING {_SITE_COLUMNS}
+            """,
+            site_id, paused,
+            None if weight is None else float(weight),
+            None if max_in_flight is None else int(max_in_flight),
+            None if max_queued is None else int(max_queued),
+        )
+        return _site(record) if record is not None else None
+
+    async def cancel_queued(self, site_id: str, *, reason: str) -> list[str]:
+        """Cancel the site's requests that no stage has started; returns their ids.
+
+        Race-free with the generate stage: the cancellation is written as the
+        request's finished `generate` effect, so either it lands first (the stage
+        then finds it and records CANCELLED) or the stage's claim does (the
+        request has started and is left to finish).
+        """
+        records = await self.pool.fetch(
+            """
+            WITH queued AS (
+              SELECT id FROM blog_generations
+              WHERE site_id = $1 AND status = 'PENDING' AND stage = 'requested'
+            ), taken AS (
+              INSERT INTO stage_outputs (request_id, stage, site_id, status, payload)
+              SELECT id, 'generate', $1, 'done', jsonb_build_object('cancelled', true, 'reason', $2::text)
+              FROM queued
+              ON CONFLICT (request_id, stage) DO NOTHING
+              RETURNING request_id
+            )
+            UPDATE blog_generations g
+              SET status = 'CANCELLED', stage = 'cancelled', stage_rank = 3, error = $2,
+                  finished_at = now(), updated_at = now()
+            FROM taken WHERE g.id = taken.request_id
+            RETURNING g.id
+            """,
+            site_id, reason,
+        )
+        return [r["id"] for r in records]
+
+    async def reopen_failed(self, request_id: str) -> tuple[dict[str, Any], str | None] | None:
+        """FAILED -> PENDING for a retry: returns (the stored request, the error it had).
+
+        The row goes back to stage `requested`, so the sink's forward-only rule
+        lets the retry's events move it on again. None: the row is not FAILED,
+        or holds no request to send again (it never was a valid request).
+        """
+        record = await self.pool.fetchrow(
+            """
+            UPDATE blog_generations g
+               SET status = 'PENDING', stage = 'requested', stage_rank = 0, error = NULL,
+                   finished_at = NULL, updated_at = now()
+              FROM (SELECT id, error FROM blog_generations
+                     WHERE id = $1 AND status = 'FAILED' AND request IS NOT NULL FOR UPDATE) old
+             WHERE g.id = old.id
+            RETURNING g.request, old.error
+            """,
+            request_id,
+        )
+        return None if record is None else (record["request"], record["error"])
+
+    async def restore_failed(self, request_id: str, error: str | None) -> None:
+        """Undo `reopen_failed` when the retry could not be sent (the row is FAILED again)."""
+        await self.pool.execute(
+            """
+            UPDATE blog_generations
+               SET status = 'FAILED', stage = 'failed', stage_rank = 3, error = $2,
+                   finished_at = now(), updated_at = now()
+             WHERE id = $1 AND status = 'PENDING' AND stage = 'requested'
+            """,
+            request_id, error,
+        )
+
+    async def list_sites(self) -> list[Site]:
+        records = await self.pool.fetch(f"SELECT {_SITE_COLUMNS} FROM sites ORDER BY site_id")
+        return [_site(r) for r in records]
+
+
+# --- site cache -----------------------------------------------------------------------------
+
+
+class _SiteSource(Protocol):
+    async def get_site(self, site_id: str) -> Site | None: ...
+
+
+class SiteCache:
+    """``get(site_id)`` served from memory for ``ttl`` seconds.
+
+    Per-site settings (paused, weight, limits, Wix credentials) thus change without a
+    restart, within ``ttl``, yet cost no query per event. Unknown sites are cached too
+    (as None), and concurrent misses for one site share a single query.
+    """
+
+    def __init__(self, db: _SiteSource, *, ttl: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._db = db
+        self._ttl = ttl
+        self._clock = clock
+        self._entries: dict[str, tuple[float, Site | None]] = {}
+        self._loading: dict[str, asyncio.Task[Site | None]] = {}
+        self._generation = 0  # bumped by invalidate(): loads started before it are not stored
+
+    async def get(self, site_id: str) -> Site | None:
+        entry = self._entries.get(site_id)
+        if entry is not None and entry[0] > self._clock():
+            return entry[1]
+        task = self._loading.get(site_id)
+        if task is None:
+            task = asyncio.ensure_future(self._load(site_id, self._generation))
+            self._loading[site_id] = task
+            task.add_done_callback(lambda t, key=site_id: self._load_done(key, t))
+        # shield: a cancelled caller must not cancel the load other callers wait on.
+        return await asyncio.shield(task)
+
+    def invalidate(self, site_id: str | None = None) -> None:
+        """Forget one site (or all): the next get() reads the database."""
+        self._generation += 1
+        if site_id is None:
+            self._entries.clear()
+            self._loading.clear()
+        else:
+            self._entries.pop(site_id, None)
+            self._loading.pop(site_id, None)
+
+    async def _load(self, site_id: str, generation: int) -> Site | None:
+        started = self._clock()  # TTL counts from the read, never longer
+        site = await self._db.get_site(site_id)
+        if generation == self._generation:
+            self._entries[site_id] = (started + self._ttl, site)
+        return site
+
+    def _load_done(self, site_id: str, task: asyncio.Task[Site | None]) -> None:
+        if self._loading.get(site_id) is task:
+            del self._loading[site_id]
+        if not task.cancelled():
+            task.exception()  # mark retrieved: all callers may have gone (cancelled) meanwhile

@@ -1,0 +1,127 @@
+"""store/effects.py: the effect ledger (claim, complete, extend, release) on stage_outputs."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+import asyncpg
+import pytest
+
+from store.database import Database
+from store.effects import EffectClaim
+
+from .conftest import aio, now, uid
+
+
+# --- effect ledger ------------------------------------------------------------------------------------
+
+
+@aio
+async def test_effect_claim_lifecycle(db: Database, caplog: pytest.LogCaptureFixture) -> None:
+    rid, site = uid("req"), uid("site")
+    assert await db.get_effect(rid, "generate") is None
+
+    first = await db.claim_effect(rid, "generate", site, owner="w1", lease_seconds=30)
+    assert first.state == "acquired" and first.payload is None
+    assert first.claimed_until > now() + timedelta(seconds=25)
+
+    busy = await db.claim_effect(rid, "generate", site, owner="w2", lease_seconds=30)
+    assert busy == EffectClaim("busy", None, first.claimed_until)
+    assert await db.get_effect(rid, "generate") is None  # claimed is not done
+
+    article = {"title": "Tea", "body": "...", "usage": {"prompt_tokens": 10}}
+    await db.complete_effect(rid, "generate", site, article, owner="w1")
+    done = await db.claim_effect(rid, "generate", site, owner="w3", lease_seconds=30)
+    assert done.state == "done" and done.payload == article  # reuse, do not pay again
+    assert await db.get_effect(rid, "generate") == article
+
+    with caplog.at_level(logging.INFO, logger="store.effects"):
+        await db.complete_effect(rid, "generate", site, {"title": "other"}, owner="w3")  # idempotent
+    assert await db.get_effect(rid, "generate") == article  # first payload kept
+    assert "already done" in caplog.text
+
+    # other stages of the same request are independent
+    assert (await db.claim_effect(rid, "image", site, owner="w1", lease_seconds=30)).state == "acquired"
+
+
+@aio
+async def test_effect_release_lets_the_next_try_claim(db: Database) -> None:
+    rid, site = uid("req"), uid("site")
+    assert (await db.claim_effect(rid, "image", site, owner="w1", lease_seconds=60)).state == "acquired"
+    await db.release_effect(rid, "image", owner="w2")  # not its claim: no effect
+    assert (await db.claim_effect(rid, "image", site, owner="w2", lease_seconds=60)).state == "busy"
+    await db.release_effect(rid, "image", owner="w1")
+    assert (await db.claim_effect(rid, "image", site, owner="w2", lease_seconds=60)).state == "acquired"
+
+    await db.complete_effect(rid, "image", site, {"url": "https://img"}, owner="w2")
+    await db.release_effect(rid, "image", owner="w2")  # a done effect is never released
+    assert (await db.claim_effect(rid, "image", site, owner="w3", lease_seconds=60)).state == "done"
+
+
+@aio
+async def test_expired_lease_is_taken_over(db: Database, caplog: pytest.LogCaptureFixture) -> None:
+    rid, site = uid("req"), uid("site")
+    assert (await db.claim_effect(rid, "publish", site, owner="dead", lease_seconds=0.2)).state == "acquired"
+    assert (await db.claim_effect(rid, "publish", site, owner="w2", lease_seconds=30)).state == "busy"
+    await asyncio.sleep(0.3)
+    taken = await db.claim_effect(rid, "publish", site, owner="w2", lease_seconds=30)
+    assert taken.state == "acquired"
+    assert (await db.claim_effect(rid, "publish", site, owner="w3", lease_seconds=30)).state == "busy"
+
+    # The "dead" worker was only slow and finishes anyway: its effect happened, so it is
+    # recorded (and the double effect is logged); w2 then finds it done.
+    with caplog.at_level(logging.WARNING, logger="store.effects"):
+        await db.complete_effect(rid, "publish", site, {"post_id": "p-dead"}, owner="dead")
+    assert "may have run twice" in caplog.text
+    await db.complete_effect(rid, "publish", site, {"post_id": "p-w2"}, owner="w2")
+    assert await db.get_effect(rid, "publish") == {"post_id": "p-dead"}
+
+
+@aio
+async def test_concurrent_claims_exactly_one_acquires(db: Database) -> None:
+    rid, site = uid("req"), uid("site")
+    claims = await asyncio.gather(*(
+        db.claim_effect(rid, "generate", site, owner=f"w{n}", lease_seconds=30) for n in range(20)
+    ))
+    states = [c.state for c in claims]
+    assert states.count("acquired") == 1 and states.count("busy") == 19
+
+    winner = f"w{states.index('acquired')}"
+    await db.complete_effect(rid, "generate", site, {"ok": True}, owner=winner)
+    again = await asyncio.gather(*(
+        db.claim_effect(rid, "generate", site, owner=f"v{n}", lease_seconds=30) for n in range(20)
+    ))
+    assert {(c.state, c.payload["ok"]) for c in again} == {("done", True)}
+
+
+@aio
+async def test_concurrent_takeover_of_an_expired_lease(db: Database) -> None:
+    rid, site = uid("req"), uid("site")
+    await db.claim_effect(rid, "image", site, owner="dead", lease_seconds=0.1)
+    await asyncio.sleep(0.2)
+    claims = await asyncio.gather(*(
+        db.claim_effect(rid, "image", site, owner=f"w{n}", lease_seconds=30) for n in range(20)
+    ))
+    assert [c.state for c in claims].count("acquired") == 1
+
+
+@aio
+async def test_ledger_constraints(db: Database) -> None:
+    with pytest.raises(asyncpg.CheckViolationError):  # a done effect must keep its payload
+        await db.pool.execute(
+            "INSERT INTO stage_outputs (request_id, stage, site_id, status) VALUES ($1, 'x', 's', 'done')", uid())
+    with pytest.raises(ValueError):
+        await db.claim_effect(uid(), "x", "s", owner="w", lease_seconds=0)
+
+
+@aio
+async def test_extend_renews_only_our_live_claim(db: Database) -> None:
+    rid, site = uid("req"), uid("site")
+    assert (await db.claim_effect(rid, "image", site, owner="w1", lease_seconds=0.2)).state == "acquired"
+    assert await db.extend_effect(rid, "image", owner="w1", lease_seconds=30) is True
+    assert await db.extend_effect(rid, "image", owner="w2", lease_seconds=30) is False  # not its claim
+    await asyncio.sleep(0.3)  # past the first lease: the renewed one still holds
+    assert (await db.claim_effect(rid, "image", site, owner="w2", lease_seconds=30)).state == "busy"
+    await db.complete_effect(rid, "image", site, {"url": "https://img"}, owner="w1")
+    assert await db.extend_effect(rid, "image", owner="w1", lease_seconds=30) is False  # done: nothing to renew

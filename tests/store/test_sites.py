@@ -1,0 +1,99 @@
+"""store/sites.py: the sites registry, Site's masked repr and SiteCache."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from store.database import Database
+from store.sites import Site, SiteCache
+
+from .conftest import aio, uid
+
+
+# --- sites -------------------------------------------------------------------------------------------
+
+
+@aio
+async def test_sites_registry(db: Database) -> None:
+    sid = uid("site")
+    assert await db.get_site(sid) is None
+    assert await db.update_site_controls(sid, paused=True) is None
+    site = Site(sid, name="Tea blog", wix_api_key="wix-secret-1", wix_member_id="m1", weight=2.5)
+    await db.upsert_site(site)
+    assert await db.get_site(sid) == site
+
+    updated = await db.update_site_controls(sid, paused=True, max_in_flight=3)
+    assert updated == Site(sid, "Tea blog", "wix-secret-1", "m1", 2.5, 3, 1000, True)
+    assert await db.get_site(sid) == updated
+    updated = await db.update_site_controls(sid, weight=0.5)  # other controls untouched
+    assert (updated.weight, updated.max_in_flight, updated.paused) == (0.5, 3, True)
+
+    await db.upsert_site(Site(sid, name="Renamed", wix_api_key="wix-secret-2"))
+    assert (await db.get_site(sid)).name == "Renamed"
+    assert sid in [s.site_id for s in await db.list_sites()]
+    with pytest.raises(ValueError):
+        await db.update_site_controls(sid, weight=0)
+    with pytest.raises(ValueError):
+        await db.upsert_site(Site(sid, max_queued=0))
+
+
+def test_site_repr_hides_the_key() -> None:
+    site = Site("s1", name="n", wix_api_key="wix-very-secret-key")
+    for text in (repr(site), str(site), f"{site}", repr([site]), repr({"s": site})):
+        assert "wix-very-secret-key" not in text
+        assert "wix_api_key='***'" in text
+    assert "wix_api_key=''" in repr(Site("s2"))
+
+
+@aio
+async def test_site_cache_ttl(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    sid = uid("site")
+    await db.upsert_site(Site(sid, name="v1"))
+    clock = [1000.0]
+    reads: list[str] = []
+    real_get_site = db.get_site
+
+    async def counting_get_site(site_id: str) -> Site | None:
+        reads.append(site_id)
+        await asyncio.sleep(0.01)  # let concurrent callers pile up on one load
+        return await real_get_site(site_id)
+
+    monkeypatch.setattr(db, "get_site", counting_get_site)
+    cache = SiteCache(db, ttl=2.0, clock=lambda: clock[0])
+
+    # concurrent misses share one query
+    sites = await asyncio.gather(*(cache.get(sid) for _ in range(10)))
+    assert {s.name for s in sites} == {"v1"} and len(reads) == 1
+
+    await real_get_site(sid)
+    await db.update_site_controls(sid, paused=True)
+    clock[0] += 1.9
+    assert (await cache.get(sid)).paused is False and len(reads) == 1  # within ttl: cached, no query
+    clock[0] += 0.2
+    assert (await cache.get(sid)).paused is True and len(reads) == 2  # expired: re-read
+
+    missing = uid("site")
+    assert await cache.get(missing) is None and await cache.get(missing) is None
+    assert reads.count(missing) == 1  # unknown sites are cached too
+
+    await db.update_site_controls(sid, paused=False)
+    cache.invalidate(sid)
+    assert (await cache.get(sid)).paused is False and len(reads) == 4
+
+
+@aio
+async def test_site_cache_error_is_not_cached(db: Database) -> None:
+    class Flaky:
+        calls = 0
+
+        async def get_site(self, site_id: str) -> Site | None:
+            Flaky.calls += 1
+            if Flaky.calls == 1:
+                raise ConnectionError("db down")
+            return Site(site_id)
+
+    cache = SiteCache(Flaky(), ttl=2.0)  # type: ignore[arg-type]
+    with pytest.raises(ConnectionError):
+        await cache.get("s")
+    assert (await cache.get("s")) == Site("s")
