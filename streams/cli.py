@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from streams.app import topic_name as _topic
 from streams.settings import settings
 
 # --------------------------------------------------------------------------- submit
@@ -74,7 +73,7 @@ def read_requests(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]
 
 
 def complete_request(item: dict[str, Any]) -> dict[str, Any]:
-    from streams.contract.records import RecordError, encode, validate_request
+    from streams.contract import RecordError, encode, validate_request
 
     item = dict(item)
     item.setdefault("request_id", uuid.uuid4().hex)
@@ -219,7 +218,7 @@ def _retry_after(response: Any) -> float:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from streams.contract.records import RecordError
+    from streams.contract import RecordError
 
     requests: list[dict[str, Any]] = []
     problems: list[str] = []

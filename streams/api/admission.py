@@ -187,20 +187,11 @@ class PendingGauge:
         }
 
 
-_PENDING_SQL = """
-SELECT site_id, count(*)::int AS n, NULL::text AS id
-  FROM blog_generations WHERE status = 'PENDING' GROUP BY site_id
-UNION ALL
-SELECT NULL, NULL, id FROM blog_generations WHERE id = ANY($1::text[])
-"""
-
-
 async def fetch_pending(ids: list[str]) -> PendingSnapshot:
     await deps.ready()
     assert deps.db is not None
-    records = await deps.db.pool.fetch(_PENDING_SQL, ids)
-    by_site = {r["site_id"]: r["n"] for r in records if r["id"] is None}
-    return PendingSnapshot(by_site, {r["id"] for r in records if r["id"] is not None})
+    by_site, seen = await deps.db.pending_snapshot(ids)
+    return PendingSnapshot(by_site, seen)
 
 
 gauge = PendingGauge(fetch_pending, refresh_seconds=settings.intake_pending_refresh_seconds)

@@ -20,8 +20,8 @@ from store.outcomes import OutcomeRow
 from streams import metrics
 from streams.app import app, drafts_topic, illustrated_topic, requests_topic, results_topic
 from streams.pipeline.deps import deps
-from streams.limiter.coordinator import budgets
-from streams.contract.records import RecordError, decode, decode_request
+from streams.limiter.client import budgets
+from streams.contract import RecordError, decode, decode_request
 from streams.settings import settings
 
 log = logging.getLogger(__name__)

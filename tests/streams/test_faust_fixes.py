@@ -11,6 +11,7 @@ from faust.types import TP
 from mode.utils.queues import FlowControlQueue
 
 from streams import faust_fixes
+from streams import worker  # noqa: F401  (the worker's assembly installs every fix, as in a real worker)
 from streams.app import app, topic_name
 
 STAGE = TP(topic_name("blog.requests"), 6)
