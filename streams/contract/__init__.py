@@ -1,1 +1,27 @@
-"""The Avro contract between the stages: schemas, encoding, and the rules a request must meet."""
+"""The Avro contract between the stages: schemas, encoding, and the rules a request must meet.
+
+Stages and the intake import what they need from here; the modules say how:
+
+- `schemas`: the .avsc files in `schemas/` (every version), fingerprints, canonical forms
+- `compatibility`: older versions must stay readable as the current one (checked at load)
+- `wire`: single-object Avro, `encode` / `decode` (fastavro)
+- `conform`: the per-field check behind them, with the messages people read
+- `requests`: the rules a BlogRequest must meet, and reading one from Avro or JSON
+- `errors`: `RecordError` and `FieldError`
+
+Importing this package loads no schema; the first encode or decode does.
+"""
+from streams.contract.errors import FieldError, RecordError
+from streams.contract.requests import check_request, decode_request, validate_request
+from streams.contract.wire import decode, encode, encode_checked
+
+__all__ = [
+    "FieldError",
+    "RecordError",
+    "check_request",
+    "decode",
+    "decode_request",
+    "encode",
+    "encode_checked",
+    "validate_request",
+]

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from streams.contract import records
+from streams.contract import decode, encode, encode_checked
 
 from streams.api.admission import Decision, PendingGauge, PendingSnapshot, QueueUnknown, rejection
 from streams.api.burst_gc import BurstGC
@@ -103,7 +103,7 @@ def test_valid_items_come_back_as_complete_records_ready_to_encode():
     for request in requests:  # defaults filled, checked once: encoded as is, the same bytes as encode()
         assert set(request) == {"request_id", "site_id", "topic", "keywords", "language", "tone", "target_words",
                                 "requested_at", "audience"}
-        assert records.encode_checked("BlogRequest", request) == records.encode("BlogRequest", request)
+        assert encode_checked("BlogRequest", request) == encode("BlogRequest", request)
 
 
 def test_every_problem_names_item_and_field():
@@ -423,7 +423,7 @@ async def test_submissions_of_one_loop_turn_share_one_batch_per_partition_and_wa
     await settle_loop()
     assert sorted(p for p, _, _ in kafka.sent) == [1, 2]  # one batch per partition, both submissions in them
     batches = {p: batch for p, batch, _ in kafka.sent}
-    assert [records.decode("BlogRequest", v)["request_id"] for _, v in batches[1].records] == ["a", "c"]
+    assert [decode("BlogRequest", v)["request_id"] for _, v in batches[1].records] == ["a", "c"]
     assert batches[1].records[0][0] == b"site-1" and all(b.closed for b in batches.values())
     acks = {p: acked for p, _, acked in kafka.sent}
     acks[1].set_result(None)

@@ -1,0 +1,127 @@
+"""The rules a BlogRequest must meet, and reading one from Avro or from JSON.
+
+The schema says the shape (types, required fields, defaults); the rules here add the
+limits (docs/producing.md, "The fields"). The HTTP intake, the CLI and the generate
+stage all check requests through these functions, so every door has the same rules.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any, Callable
+
+from streams.contract.conform import conformer
+from streams.contract.errors import ID, FieldError, RecordError, invalid
+from streams.contract.schemas import contract
+from streams.contract.wire import MARKER, decode
+
+_JSON_ID = {key: re.compile(rf'"{key}"\s*:\s*"([A-Za-z0-9._:-]{{1,128}})"') for key in ("request_id", "site_id")}
+
+
+def decode_request(data: bytes) -> dict[str, Any]:
+    """A checked BlogRequest from single-object Avro or from a UTF-8 JSON object.
+
+    JSON is for console producers: plain values (not Avro's JSON encoding), fields
+    as in the schema, defaults filled in, `requested_at` optional (now).
+    """
+    if isinstance(data, (bytes, bytearray, memoryview)) and bytes(data[: len(MARKER)]) == MARKER:
+        value = decode("BlogRequest", bytes(data))
+    else:
+        value = _request_from_json(data)
+    errors = _request_semantics(value)
+    if errors:
+        raise invalid("BlogRequest", errors, value)
+    return value
+
+
+def _request_from_json(data: Any) -> dict[str, Any]:
+    if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
+        raise RecordError("empty message: expected single-object Avro or a JSON object")
+    raw = bytes(data)
+    try:
+        value = json.loads(raw.decode("utf-8-sig"))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        text = raw.decode("utf-8", "replace")
+        salvaged = {key: m.group(1) if (m := pattern.search(text)) else None for key, pattern in _JSON_ID.items()}
+        reason = f"neither single-object Avro (C3 01 ...) nor a JSON object ({type(exc).__name__})"
+        raise RecordError(reason, **salvaged) from exc
+    if not isinstance(value, dict):
+        raise RecordError("the JSON value must be an object with the BlogRequest fields")
+    if value.get("requested_at") is None:
+        value["requested_at"] = time.time_ns() // 1_000_000
+    errors: list[FieldError] = []
+    request = _conform_request(value, errors)
+    if errors:
+        raise invalid("BlogRequest", errors, value)
+    assert isinstance(request, dict)
+    return request
+
+
+def validate_request(value: dict[str, Any]) -> list[FieldError]:
+    """Everything wrong with a BlogRequest dict: shape (types, required, unknown fields), then limits."""
+    return check_request(value)[1]
+
+
+def check_request(value: dict[str, Any]) -> tuple[dict[str, Any] | None, list[FieldError]]:
+    """(the complete BlogRequest with defaults filled, or None; everything wrong with it).
+
+    The record is returned only when there is no error; it can then go to
+    `encode_checked("BlogRequest", record)` without being checked again.
+    """
+    errors: list[FieldError] = []
+    request = _conform_request(value, errors)
+    if not isinstance(request, dict):
+        return None, errors
+    if not errors:
+        errors = _request_semantics(request)
+        return (None if errors else request), errors
+    broken = {re.split(r"[.\[]", error.field, maxsplit=1)[0] for error in errors}
+    return None, errors + _request_semantics({k: v for k, v in request.items() if k not in broken})
+
+
+def _conform_request(value: Any, errors: list[FieldError]) -> Any:
+    return conformer(contract().reader("BlogRequest"))(value, "", errors)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_LANGUAGE = re.compile(r"[A-Za-z]{2,3}(?:-(?:[A-Za-z]{2}|[0-9]{3}))?")
+
+
+def _text(value: str, max_len: int) -> str | None:
+    # Length counts without surrounding spaces; HTML is fine (it is escaped on publish).
+    if not 1 <= len(value.strip()) <= max_len:
+        return f"must be 1-{max_len} characters (not counting surrounding spaces)"
+    if _CONTROL.search(value):
+        return "must not contain control characters (newlines, tabs, ...)"
+    return None
+
+
+_REQUEST_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "request_id": lambda v: None if ID.fullmatch(v) else "must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+    "site_id": lambda v: None if ID.fullmatch(v) else "must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+    "topic": lambda v: _text(v, 300),
+    "keywords": lambda v: "must have at most 20 keywords" if len(v) > 20 else None,
+    "language": lambda v: None if _LANGUAGE.fullmatch(v) else "must be a language tag like en or en-US",
+    "tone": lambda v: _text(v, 40),
+    "target_words": lambda v: None if 100 <= v <= 5000 else "must be between 100 and 5000",
+    "audience": lambda v: None if v is None or (len(v) <= 200 and not _CONTROL.search(v))
+    else "must be at most 200 characters, without control characters",
+    "requested_at": lambda v: None if v > 0 else "must be a positive time in ms since the epoch",
+}
+
+
+def _request_semantics(request: dict[str, Any]) -> list[FieldError]:
+    """Limits on a well-shaped request; fields that are absent are skipped."""
+    errors = []
+    for name, check in _REQUEST_CHECKS.items():
+        if name not in request:
+            continue
+        message = check(request[name])
+        if message:
+            errors.append(FieldError(name, message))
+        if name == "keywords":
+            for i, keyword in enumerate(request[name]):
+                if problem := _text(keyword, 60):
+                    errors.append(FieldError(f"keywords[{i}]", problem))
+    return errors
