@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from streams.contract.conform import conformer
 from streams.contract.errors import ID, FieldError, RecordError, invalid
-from streams.contract.schemas import contract
+from streams.contract.catalog import contract
 from streams.contract.wire import MARKER, decode
 
 _JSON_ID = {key: re.compile(rf'"{key}"\s*:\s*"([A-Za-z0-9._:-]{{1,128}})"') for key in ("request_id", "site_id")}

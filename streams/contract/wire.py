@@ -17,7 +17,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from streams.contract.conform import conformer
 from streams.contract.errors import FieldError, RecordError, ids, invalid, readable_id
-from streams.contract.schemas import Schema, contract
+from streams.contract.catalog import Schema, contract
 
 MARKER = b"\xc3\x01"
 HEADER_SIZE = len(MARKER) + 8

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 from streams.contract import RecordError, decode, decode_request
-from streams.contract.schemas import RECORD_NAMES
+from streams.contract.catalog import RECORD_NAMES
 
 
 def decoded_as(data: bytes) -> int:

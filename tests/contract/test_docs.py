@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from streams.contract.schemas import RECORD_NAMES, contract, fingerprint
+from streams.contract.catalog import RECORD_NAMES, contract, fingerprint
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "producing.md"
 ROW = re.compile(r"^\| `(?P<record>\w+)` \| `c3 01 (?P<fingerprint>(?:[0-9a-f]{2} ){7}[0-9a-f]{2})` \|$", re.MULTILINE)

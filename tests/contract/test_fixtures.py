@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from streams.contract import decode, decode_request, encode
-from streams.contract.schemas import RECORD_NAMES, contract
+from streams.contract.catalog import RECORD_NAMES, contract
 
 FIXTURES: list[dict[str, Any]] = json.loads((Path(__file__).parent / "fixtures" / "records.json").read_text("utf-8"))[
     "fixtures"

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams.contract import decode, decode_request, encode, validate_request
-from streams.contract.schemas import RECORD_NAMES, contract
+from streams.contract.catalog import RECORD_NAMES, contract
 from tests.contract.robustness import decoded_as
 
 # No example database: nothing written into the work tree.

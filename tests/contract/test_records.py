@@ -35,7 +35,7 @@ from streams.contract import (
 )
 from streams.contract.conform import conformer
 from streams.contract.errors import readable_id
-from streams.contract.schemas import RECORD_NAMES, SCHEMA_DIR, canonical_form, contract, fingerprint, load_contract
+from streams.contract.catalog import RECORD_NAMES, SCHEMA_DIR, canonical_form, contract, fingerprint, load_contract
 from tests.contract.robustness import decoded_as
 
 NOW = 1_700_000_000_000
@@ -593,7 +593,7 @@ def test_docs_list_the_current_fingerprints() -> None:
 
 def test_importing_the_contract_loads_no_schema() -> None:
     code = (
-        "import streams.contract, streams.contract.schemas as s, streams.contract.conform as c\n"
+        "import streams.contract, streams.contract.catalog as s, streams.contract.conform as c\n"
         "assert s.load_contract.cache_info().currsize == 0 and not c._COMPILED"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
