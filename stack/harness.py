@@ -256,7 +256,7 @@ class Pipeline:
         """Produce requests (Avro) and optional raw (key, value) bytes to blog.requests."""
         from aiokafka import AIOKafkaProducer
 
-        from streams.contract.records import encode
+        from streams.contract import encode
 
         producer = AIOKafkaProducer(bootstrap_servers=KAFKA, acks="all")
         await producer.start()

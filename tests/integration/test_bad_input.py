@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from stack.harness import Pipeline, summarize
-from streams.contract.records import RecordError, decode, decode_request, encode
+from streams.contract import RecordError, decode, decode_request, encode
 
 TIMEOUT = 120
 

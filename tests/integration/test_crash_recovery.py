@@ -35,7 +35,7 @@ import asyncpg
 import pytest
 
 from stack.harness import Pipeline, Simulators, Worker, summarize
-from streams.contract.records import decode
+from streams.contract import decode
 from streams.pipeline.stage import EFFECT_LEASE_SECONDS
 
 PARTITIONS = 12  # streams.settings default topic_partitions

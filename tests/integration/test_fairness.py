@@ -8,7 +8,7 @@ import httpx
 from aiokafka.partitioner import DefaultPartitioner
 
 from stack.harness import summarize
-from streams.contract.records import decode
+from streams.contract import decode
 
 BIG = "big-store"
 # Two small sites share the big site's partition (murmur2 of the key, as Kafka

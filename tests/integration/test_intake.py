@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from stack.harness import ROOT, Outcomes, Pipeline, Simulators, summarize
-from streams.contract.records import decode
+from streams.contract import decode
 from tests.integration.conftest import FAST
 
 TOKEN = f"intake-test-token-{uuid.uuid4().hex}"
