@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import openai
 
+from .closing import AsyncClosing
 from .errors import (
     MalformedOutput,
     ProviderError,
@@ -279,7 +280,7 @@ def _error_text(exc: openai.APIStatusError) -> str:
     return f"HTTP {exc.status_code}"
 
 
-class ArticleWriter:
+class ArticleWriter(AsyncClosing):
     """Writes one article per call. Create one per worker and reuse it (pooled HTTP)."""
 
     def __init__(
@@ -304,12 +305,6 @@ class ArticleWriter:
 
     async def aclose(self) -> None:
         await self._client.close()
-
-    async def __aenter__(self) -> ArticleWriter:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     def max_tokens_for(self, request: Mapping[str, Any]) -> int:
         return max_tokens_for(request, self._max_tokens)

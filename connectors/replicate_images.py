@@ -23,6 +23,7 @@ from replicate.client import Client
 from replicate.exceptions import ReplicateError
 from replicate.prediction import Prediction
 
+from .closing import AsyncClosing
 from .errors import (
     MalformedOutput,
     ProviderError,
@@ -88,7 +89,7 @@ def _output_url(output: Any) -> str | None:
     return None
 
 
-class ImageMaker:
+class ImageMaker(AsyncClosing):
     """Makes cover images. Create one per worker and reuse it (pooled HTTP)."""
 
     def __init__(
@@ -129,12 +130,6 @@ class ImageMaker:
 
     async def aclose(self) -> None:
         await self._transport.aclose()
-
-    async def __aenter__(self) -> ImageMaker:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     async def make_cover(self, prompt: str, *, request_id: str) -> CoverImage:
         """Generate one 16:9 PNG for `prompt`; raises a ProviderError subclass on failure."""

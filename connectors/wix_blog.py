@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import httpx
 
+from .closing import AsyncClosing
 from .errors import (
     ImageExpired,
     MalformedOutput,
@@ -301,7 +302,7 @@ def _parse_error_body(response: httpx.Response) -> _WixErrorBody:
     return _WixErrorBody(message, code, float(retry_after) if isinstance(retry_after, (int, float)) else None)
 
 
-class WixBlog:
+class WixBlog(AsyncClosing):
     """Wix REST client shared by every site. Create one per worker and reuse it."""
 
     def __init__(
@@ -324,12 +325,6 @@ class WixBlog:
 
     async def aclose(self) -> None:
         await self._client.aclose()
-
-    async def __aenter__(self) -> WixBlog:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     # -- public API -----------------------------------------------------------------
 

@@ -285,22 +285,24 @@ class ReplicateSim:
         val = float(m.group(1)) if m.group(1) else max_wait
         return max(1.0, min(val, max_wait))
 
-    async def get_prediction(self, request: web.Request) -> web.Response:
+    async def _find(self, request: web.Request) -> tuple[web.Response | None, Any]:
+        """(error answer, prediction): the gate for a call on one prediction, then the look-up."""
         err, _, _ = await self._gate(request, "other")
         if err is not None:
-            return err
+            return err, None
         p = self.predictions.get(request.match_info["id"])
         if p is None:
-            return json_response(_problem(404, "Not found", "Not found."), 404)
-        return json_response(self.pred_json(p))
+            return json_response(_problem(404, "Not found", "Not found."), 404), None
+        return None, p
+
+    async def get_prediction(self, request: web.Request) -> web.Response:
+        err, p = await self._find(request)
+        return err or json_response(self.pred_json(p))
 
     async def cancel_prediction(self, request: web.Request) -> web.Response:
-        err, _, _ = await self._gate(request, "other")
+        err, p = await self._find(request)
         if err is not None:
             return err
-        p = self.predictions.get(request.match_info["id"])
-        if p is None:
-            return json_response(_problem(404, "Not found", "Not found."), 404)
         if p.status not in ("succeeded", "failed", "canceled"):
             if p.timer is not None:
                 p.timer.cancel()
