@@ -42,3 +42,15 @@ bench: stack-up
 
 clean:
 	rm -rf .venv .pytest_cache
+
+# The kafbat Kafka UI serde plugin (Java 17 + Maven; see kafka-ui-serde/README.md). Not part of `install`.
+.PHONY: serde test-java
+
+serde:
+	@command -v mvn >/dev/null || { echo "mvn (Maven) and Java 17 are required"; exit 1; }
+	@mvn -q -B -f kafka-ui-serde/pom.xml package
+	@echo "[serde] kafka-ui-serde/target/blogstream-kafka-ui-serde.jar"
+
+test-java:
+	@command -v mvn >/dev/null || { echo "mvn (Maven) and Java 17 are required"; exit 1; }
+	@mvn -q -B -f kafka-ui-serde/pom.xml test
