@@ -4,17 +4,36 @@ PY := .venv/bin/python
 PIP := .venv/bin/pip
 STACK := stack/stack.sh
 
-.PHONY: install stack-up stack-down stack-status stack-reset demo test test-unit bench worker clean
+.PHONY: install lock stack-up stack-down stack-status stack-reset demo test test-unit bench worker clean
 
 install: .venv/.installed
 
-.venv/.installed: pyproject.toml
+# Every dependency from the lock (exact versions, transitive ones too), then the project itself
+# without resolving anything; `pip check` fails when pyproject.toml asks for what the lock lacks.
+.venv/.installed: pyproject.toml requirements-test.lock
 	@command -v python3.11 >/dev/null || { echo "python3.11 is required"; exit 1; }
 	@test -x $(PY) || python3.11 -m venv .venv
 	@$(PIP) install -q --upgrade pip
-	@$(PIP) install -q -e '.[test]'
+	@$(PIP) install -q -r requirements-test.lock
+	@$(PIP) install -q --no-deps -e .
+	@$(PIP) check >/dev/null || { $(PIP) check; echo "[install] the lock does not satisfy pyproject.toml: make lock"; exit 1; }
 	@touch $@
 	@echo "[install] python packages ready in .venv"
+
+# Regenerate the lock files from pyproject.toml with pip-tools. Pins already in them are kept
+# when they still fit; `make lock LOCK_ARGS=--upgrade` (or --upgrade-package NAME) moves them.
+# requirements.lock: what the service needs (the Dockerfile); requirements-test.lock: plus the
+# test extra, constrained to the same versions (make install).
+LOCK := CUSTOM_COMPILE_COMMAND="make lock" $(PY) -m piptools compile -q --allow-unsafe --strip-extras \
+	--no-emit-index-url --no-emit-find-links $(LOCK_ARGS)
+
+lock:
+	@command -v python3.11 >/dev/null || { echo "python3.11 is required"; exit 1; }
+	@test -x $(PY) || python3.11 -m venv .venv
+	@$(PIP) install -q 'pip-tools==7.6.2'
+	@$(LOCK) -o requirements.lock pyproject.toml
+	@$(LOCK) --extra test -c requirements.lock -o requirements-test.lock pyproject.toml
+	@echo "[lock] requirements.lock, requirements-test.lock"
 
 stack-up: install
 	@$(STACK) up
@@ -34,7 +53,7 @@ worker: stack-up
 demo: stack-up
 	@$(PY) -m stack.demo
 
-test: stack-up
+test: stack-up test-java
 	@$(PY) -m pytest -q -p no:cacheprovider
 
 bench: stack-up
@@ -43,7 +62,7 @@ bench: stack-up
 clean:
 	rm -rf .venv .pytest_cache
 
-# The kafbat Kafka UI serde plugin (Java 17 + Maven; see kafka-ui-serde/README.md). Not part of `install`.
+# The kafbat Kafka UI serde plugin (Java 17 + Maven; see kafka-ui-serde/README.md): `make test` runs its JUnit tests.
 .PHONY: serde test-java
 
 serde:
