@@ -1,13 +1,15 @@
-"""Prometheus metrics of blogstream, in one registry served at /metrics.
+"""Prometheus metrics of blogstream, in one registry served at /metrics (streams/api/ops.py).
 
-Faust's own sensors (consumer lag = `blogstream_topic_partition_end_offset -
-blogstream_topic_partition_offset_commited`) share the registry, see
-streams/web.py. A registry of our own keeps tests from colliding in the
-process-global default one.
+Only ours: Faust's own sensors are not exported (see streams/api/ops.py for why).
+A registry of our own keeps tests from colliding in the process-global default
+one. Names follow the Prometheus conventions (`promtool check metrics`, run by
+tests/ops/test_metrics.py): counters end in `_total`, durations in `_seconds`,
+0..1 figures in `_ratio`. docs/operations.md lists them; ops/prometheus/alerts.yml
+and ops/grafana/ use them.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -52,15 +54,20 @@ site_budget_used = Gauge(
     ["budget", "site"], registry=registry,
 )
 site_budget_share = Gauge(
-    "blogstream_site_budget_share", "A site's part of the units of a global budget used in the current window "
+    "blogstream_site_budget_share_ratio", "A site's part of the units of a global budget used in the current window "
     "(0..1, global)", ["budget", "site"], registry=registry,
 )
 sink_rows = Counter(
     "blogstream_sink_rows_total", "Outcome rows written to Postgres", registry=registry,
 )
 consumer_lag = Gauge(
-    "blogstream_consumer_lag", "Events in a stage topic not yet committed by the worker group (global)",
+    "blogstream_consumer_lag", "Events in a stage topic not yet committed by the worker group, counted from the "
+    "log start where the group has committed nothing yet (global)",
     ["topic"], registry=registry,
+)
+requests_by_status = Gauge(
+    "blogstream_requests", "Requests in Postgres blog_generations by status (global, read by the heartbeat)",
+    ["status"], registry=registry,
 )
 
 
@@ -85,7 +92,7 @@ reasks_total = Counter(
     registry=registry,
 )
 budget_factor = Gauge(
-    "blogstream_budget_factor", "Coordinator: adaptive share of a budget's limit (1.0 = all of it)", ["budget"],
+    "blogstream_budget_factor_ratio", "Coordinator: adaptive share of a budget's limit (1.0 = all of it)", ["budget"],
     registry=registry,
 )
 budget_external = Gauge(
@@ -113,6 +120,30 @@ late_unsafe_total = Counter(
 coordinator_active = Gauge(
     "blogstream_limiter_coordinator", "1 on the worker that runs the limiter coordinator", registry=registry,
 )
+
+
+# --- series that exist from the start ----------------------------------------------
+# A counter series born with its first event has no earlier sample, so rate() and
+# increase() never see that event: an alert on dead letters or provider errors would
+# miss the first one. The series the alerts and the dashboard name start at 0.
+PROVIDERS = ("openai", "replicate", "wix")  # the connectors' PROVIDER; budget names start with them
+STAGES = ("generate", "image", "publish")  # the STAGE of streams/pipeline/{generate,covers,publish}.py
+STAGE_OUTCOMES = ("ok", "failed", "cancelled", "dead_letter", "retried")
+for _stage in STAGES:
+    for _outcome in STAGE_OUTCOMES:
+        stage_events.labels(_stage, _outcome)
+for _provider in PROVIDERS:
+    for _outcome in ("ok", "RateLimited"):
+        provider_calls.labels(_provider, _outcome)
+
+
+def provider_of(budgets: Iterable[str]) -> str:
+    """The provider whose budgets a call spends: `openai_tokens` -> openai, `wix_requests:<site>` -> wix.
+
+    Budget names start with their provider's name (streams/limiter/specs.py).
+    """
+    names = sorted({budget.split("_", 1)[0] for budget in budgets})
+    return "+".join(names) or "unknown"
 
 
 _published: dict[Gauge, set[tuple[str, ...]]] = {}  # gauge -> the label sets publish() set last time

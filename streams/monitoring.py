@@ -1,17 +1,18 @@
 """What a worker reports about itself: the seed's heartbeat line and consumer lag.
 
 Consumer lag (events written but not yet committed by the group) is computed
-for the whole group from the broker, so every worker exports the same global
-figure as `blogstream_consumer_lag{topic=...}`; docs/operations.md has the
-alert rules.
+for the whole group from the broker, over every partition of each stage topic,
+so every worker exports the same global figure as `blogstream_consumer_lag{topic=...}`.
+The heartbeat also exports the requests in Postgres by status
+(`blogstream_requests{status=...}`). ops/prometheus/alerts.yml has the alert rules.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Iterable, Mapping
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka import AIOKafkaConsumer
 
 from streams import metrics
 from streams.app import STAGE_TOPICS, app, topic_name
@@ -53,12 +54,12 @@ async def heartbeat() -> None:
     """The seed's heartbeat log line, per worker, with the global figures."""
     global _cycle
     _cycle += 1
+    queue = await _publish_request_counts()
     try:
         stats = await budgets.stats(timeout=3.0)
-        await deps.ready()
-        assert deps.db is not None
-        queue = (await deps.db.health()).queue_size
     except Exception:
+        stats = None
+    if stats is None or queue is None:
         log.info("[Blog Worker] Heartbeat - cycle %d | limiter or database not reachable yet", _cycle)
         return
     for name in (OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS):
@@ -73,25 +74,57 @@ async def heartbeat() -> None:
     )
 
 
+async def _publish_request_counts() -> int | None:
+    """`blogstream_requests{status}` from Postgres; returns the PENDING count (the seed's queue size), None if down."""
+    try:
+        await deps.ready()
+        assert deps.db is not None
+        counts = await deps.db.status_counts()
+    except Exception:
+        return None
+    for status, n in counts.items():
+        metrics.requests_by_status.labels(status).set(n)
+    return counts.get("PENDING", 0)
+
 
 _bootstrap = settings.kafka_bootstrap
 
 
+def lag_by_topic(
+    partitions: Iterable[TopicPartition],
+    committed: Mapping[TopicPartition, int],
+    beginnings: Mapping[TopicPartition, int],
+    ends: Mapping[TopicPartition, int],
+) -> dict[str, int]:
+    """Per topic: the events the group has still to commit, summed over `partitions` (all of a topic's).
+
+    A partition the group never committed counts from its log start, as does one whose
+    commit fell behind the log start (retention deleted those events): that is where
+    the group will read from. A negative offset means "none committed".
+    """
+    lag: dict[str, int] = {}
+    for tp in partitions:
+        start = max(committed.get(tp, -1), beginnings.get(tp, 0))
+        lag[tp.topic] = lag.get(tp.topic, 0) + max(0, ends.get(tp, 0) - start)
+    return lag
+
+
 async def group_lag() -> dict[str, int]:
-    """Per stage topic: end offsets minus the group's committed offsets, summed over partitions."""
+    """Per stage topic (but the dead letters): consumer lag of the worker group over every partition."""
     admin = AIOKafkaAdminClient(bootstrap_servers=_bootstrap)
     consumer = AIOKafkaConsumer(bootstrap_servers=_bootstrap, enable_auto_commit=False)
     await admin.start()
     await consumer.start()
     try:
-        committed = await admin.list_consumer_group_offsets(settings.app_id)
         names = [topic_name(t) for t in STAGE_TOPICS if t != "blog.dlq"]
-        tps = [tp for tp in committed if tp.topic in names]
+        existing = await consumer.topics()  # also refreshes the metadata partitions_for_topic reads
+        tps = [TopicPartition(name, p) for name in names if name in existing
+               for p in sorted(consumer.partitions_for_topic(name) or ())]
+        offsets = await admin.list_consumer_group_offsets(settings.app_id)
+        committed = {tp: meta.offset for tp, meta in offsets.items()}
+        beginnings = await consumer.beginning_offsets(tps) if tps else {}
         ends = await consumer.end_offsets(tps) if tps else {}
-        lag = {name: 0 for name in names}
-        for tp in tps:
-            lag[tp.topic] += max(0, ends.get(tp, 0) - max(committed[tp].offset, 0))
-        return lag
+        return {name: 0 for name in names} | lag_by_topic(tps, committed, beginnings, ends)
     finally:
         await consumer.stop()
         await admin.close()

@@ -110,6 +110,7 @@ async def call_with_permits(
     shared budget; 5xx and timeouts back off exponentially; a permanent 4xx
     fails the request at once with the provider's explanation.
     """
+    provider = metrics.provider_of(needs)
     for attempt in range(1, settings.max_attempts + 1):
         permit = await budgets.acquire(
             site_id=site_id, request_id=request_id, needs=needs, slot_limit=slot_limit, weight=weight
@@ -119,7 +120,7 @@ async def call_with_permits(
         try:
             result = await call()
         except ProviderError as exc:
-            metrics.provider_calls.labels(exc.provider, type(exc).__name__).inc()
+            metrics.provider_calls.labels(provider, type(exc).__name__).inc()
             info = exc.rate_limit
             if isinstance(exc, RateLimited) or info is not None:
                 await budgets.observe(needs, info, throttled=isinstance(exc, RateLimited))
@@ -133,7 +134,7 @@ async def call_with_permits(
             delay = exc.retry_after if exc.retry_after is not None else settings.retry_base_seconds * 2 ** (attempt - 1)
             await asyncio.sleep(min(60.0, delay) * random.uniform(1.0, 1.2))
             continue
-        metrics.provider_calls.labels(stage, "ok").inc()
+        metrics.provider_calls.labels(provider, "ok").inc()
         if on_result is not None:
             await on_result(permit, result)
         return result

@@ -55,8 +55,8 @@ def test_share_gauges_follow_the_sites_in_the_window_and_drop_the_others():
     grant(c, "g-a", {OPENAI_REQUESTS: 1, OPENAI_TOKENS: 300}, now, slot=True)
     grant(c, "g-b", {OPENAI_REQUESTS: 1, OPENAI_TOKENS: 100}, now, slot=True)
     publish_site_figures(c.stats(now + 1))
-    assert sample("blogstream_site_budget_share", budget=OPENAI_REQUESTS, site="g-a") == pytest.approx(0.5)
-    assert sample("blogstream_site_budget_share", budget=OPENAI_TOKENS, site="g-a") == pytest.approx(0.75)
+    assert sample("blogstream_site_budget_share_ratio", budget=OPENAI_REQUESTS, site="g-a") == pytest.approx(0.5)
+    assert sample("blogstream_site_budget_share_ratio", budget=OPENAI_TOKENS, site="g-a") == pytest.approx(0.75)
     assert sample("blogstream_site_budget_used", budget=OPENAI_TOKENS, site="g-b") == 100
     assert sample("blogstream_site_in_flight", site="g-b") == 1
     # g-b's request finishes and its grants leave the window; g-a starts another one.
@@ -64,8 +64,8 @@ def test_share_gauges_follow_the_sites_in_the_window_and_drop_the_others():
     later = now + c.book.rate(OPENAI_REQUESTS).window + 1
     grant(c, "g-a", {OPENAI_REQUESTS: 1, OPENAI_TOKENS: 300}, later, slot=True)
     publish_site_figures(c.stats(later))
-    assert sample("blogstream_site_budget_share", budget=OPENAI_REQUESTS, site="g-a") == 1.0
-    assert sample("blogstream_site_budget_share", budget=OPENAI_REQUESTS, site="g-b") is None
+    assert sample("blogstream_site_budget_share_ratio", budget=OPENAI_REQUESTS, site="g-a") == 1.0
+    assert sample("blogstream_site_budget_share_ratio", budget=OPENAI_REQUESTS, site="g-b") is None
     assert sample("blogstream_site_budget_used", budget=OPENAI_TOKENS, site="g-b") is None
     assert sample("blogstream_site_in_flight", site="g-b") is None  # not left at its last value
     assert sample("blogstream_site_in_flight", site="g-a") == 2
