@@ -62,6 +62,31 @@ bench: stack-up
 clean:
 	rm -rf .venv .pytest_cache
 
+.PHONY: prometheus observe observe-stop
+
+# Prometheus and promtool from Debian (the tests in tests/ops need them; CI fails without them):
+# installed once, as root; `apt-get update` only when the plain install fails.
+prometheus:
+	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "[prometheus] installing Debian's prometheus package (prometheus, promtool)"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q --no-install-recommends prometheus >/dev/null \
+	      || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends prometheus >/dev/null; } \
+	      || { echo "[prometheus] apt-get install prometheus failed"; exit 1; }; \
+	  else \
+	    echo "[prometheus] promtool not found: run 'sudo apt-get install -y prometheus' (tests/ops skip without it, fail on CI)"; \
+	  fi; \
+	fi
+
+# Prometheus on 127.0.0.1:9090 scraping the local workers (BLOGSTREAM_METRICS_TARGETS, default
+# 127.0.0.1:6066) with the alert rules of ops/prometheus; data in .stack/prometheus (stack/observe.py).
+observe: install prometheus
+	@$(PY) -m stack.observe start
+
+observe-stop:
+	@$(PY) -m stack.observe stop
+
 # The kafbat Kafka UI serde plugin (Java 17 + Maven; see kafka-ui-serde/README.md): `make test` runs its JUnit tests.
 .PHONY: serde test-java
 
