@@ -53,7 +53,7 @@ worker: stack-up
 demo: stack-up
 	@$(PY) -m stack.demo
 
-test: stack-up test-java
+test: stack-up test-java prometheus
 	@$(PY) -m pytest -q -p no:cacheprovider
 
 bench: stack-up
