@@ -3,8 +3,9 @@
     limiter   docs/bench-limiter.md    global budgets with 1, 2 and 3 workers (issue 3)
     fairness  docs/bench-fairness.md   a big backlog and small sites arriving (issue 4)
     intake    docs/bench-intake.md     5,000 concurrent HTTP clients, then a flood (issue 5)
+    capacity  docs/bench-capacity.md   one worker's blogs/s and CPU per blog at zero provider latency (issue 13)
 
-    .venv/bin/python -m stack.bench [limiter fairness intake]
+    .venv/bin/python -m stack.bench [limiter fairness intake capacity]
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import importlib
 import sys
 import time
 
-BENCHES = {"limiter": "stack.bench_limiter", "fairness": "stack.bench_fairness", "intake": "stack.bench_intake"}
+BENCHES = {"limiter": "stack.bench_limiter", "fairness": "stack.bench_fairness", "intake": "stack.bench_intake",
+           "capacity": "stack.bench_capacity"}
 
 
 def main(argv: list[str]) -> int:
