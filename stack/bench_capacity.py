@@ -5,8 +5,9 @@ above the load), the budgets are as large, so the worker's own CPU is the only
 bound. N requests over M sites go through all three stages; we report blogs/s
 (first submit to last DONE), the worker's CPU ms per blog (its own user+sys
 time from /proc over the run), its peak RSS, the simulators' CPU, and, with
---profile, where the worker's CPU goes (pyinstrument, written next to the doc).
-Writes docs/bench-capacity.md (and docs/bench-capacity-profile.txt).
+--profile, where the worker's CPU goes: py-spy samples every thread of the
+worker over the measured run; the summary (own time per function, time per
+package) goes into the doc. Writes docs/bench-capacity.md.
 
     .venv/bin/python -m stack.bench_capacity [--requests 3000] [--sites 150] [--profile]
 """
@@ -15,7 +16,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
+import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 
 from stack.harness import ROOT, Outcomes, Pipeline, Simulators, summarize
@@ -51,14 +55,18 @@ async def run(n: int, sites: int, profile: Path | None) -> dict:
     env = {"openai_rpm": HUGE, "openai_tpm": HUGE * 100, "replicate_rpm": HUGE, "wix_site_rpm": HUGE,
            "heartbeat_seconds": 30, "queue_size_limit": max(10_000, 2 * n)}
     pipeline = Pipeline(database=outcomes.database, sim_url=sim.url, settings=env)
-    extra = {"profile": str(profile)} if profile else {}
+    sampler = None
     try:
-        worker = pipeline.start_worker(**extra)
+        worker = pipeline.start_worker()
         await pipeline.wait_ready()
         warm = [pipeline.request(names[0], -1)]
         await pipeline.submit(warm)
         await outcomes.wait_final([warm[0]["request_id"]], timeout=120, workers=pipeline.workers)
         requests = [pipeline.request(names[i % sites], i) for i in range(n)]
+        if profile:
+            sampler = subprocess.Popen([str(ROOT / ".venv/bin/py-spy"), "record", "--pid", str(worker.proc.pid),
+                                        "--format", "raw", "--rate", "200", "--nonblocking", "-o", str(profile)],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cpu0, sim0 = cpu_seconds(worker.proc.pid), cpu_seconds(sim.proc.pid)
         started = time.time()
         await pipeline.submit(requests)
@@ -79,6 +87,9 @@ async def run(n: int, sites: int, profile: Path | None) -> dict:
         sim_cpu = cpu_seconds(sim.proc.pid) - sim0
         rss = peak_rss_mb(worker.proc.pid)
         counts = summarize(rows)
+        if sampler is not None:
+            sampler.send_signal(signal.SIGINT)
+            sampler.wait(60)
     finally:
         pipeline.stop()
         sim.stop()
@@ -86,6 +97,37 @@ async def run(n: int, sites: int, profile: Path | None) -> dict:
     return {"requests": n, "sites": sites, "counts": counts, "wall": wall, "blogs_per_s": n / wall,
             "cpu_ms_per_blog": 1000 * cpu / n, "worker_cpu_s": cpu, "sim_cpu_ms_per_blog": 1000 * sim_cpu / n,
             "peak_rss_mb": rss}
+
+
+def profile_summary(raw: Path, top: int = 25) -> list[str]:
+    """Own time per function and inclusive time per package, from py-spy's collapsed stacks."""
+    own: Counter = Counter()
+    package: Counter = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        own[frames[-1]] += n
+        seen = set()
+        for frame in frames:
+            where = frame.split("(", 1)[-1].split(":", 1)[0]  # "function (path/to/file.py:12)"
+            where = where.split("site-packages/", 1)[-1].split("/work/main/", 1)[-1]
+            name = where.split("/", 1)[0].removesuffix(".py") if "/" in where else where.removesuffix(".py")
+            if name and name not in seen:
+                seen.add(name)
+                package[name] += n
+    if not total:
+        return ["(no samples)"]
+    lines = [f"{total:,} samples of every thread of the worker (idle waits excluded).", "",
+             "| Own time | Function |", "|---|---|"]
+    lines += [f"| {100 * n / total:.1f}% | `{frame[:110]}` |" for frame, n in own.most_common(top)]
+    lines += ["", "| Inclusive | Package or module |", "|---|---|"]
+    lines += [f"| {100 * n / total:.1f}% | `{name}` |" for name, n in package.most_common(top)]
+    return lines
 
 
 def report(result: dict, profile: Path | None) -> str:
@@ -105,8 +147,8 @@ def report(result: dict, profile: Path | None) -> str:
         f"| Outcomes | {result['counts']} | all DONE |",
         "",
     ]
-    if profile:
-        lines += [f"Profile of the worker (pyinstrument): `docs/{profile.name}`.", ""]
+    if profile and profile.exists():
+        lines += ["## Where the worker's CPU goes", ""] + profile_summary(profile) + [""]
     return "\n".join(lines)
 
 
@@ -114,11 +156,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--sites", type=int, default=150)
-    parser.add_argument("--profile", action="store_true", help="profile the worker with pyinstrument")
+    parser.add_argument("--profile", action="store_true", help="sample the worker with py-spy (pip install py-spy)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "bench-capacity.md"))
     args = parser.parse_args()
     out = Path(args.out)
-    profile = out.with_name("bench-capacity-profile.txt") if args.profile else None
+    profile = Path("/tmp") / f"blogstream-capacity-{os.getpid()}.collapsed" if args.profile else None
     result = asyncio.run(run(args.requests, args.sites, profile))
     text = report(result, profile)
     print(text)
