@@ -7,19 +7,23 @@
   that are still NULL.
 * **Reads** behind the health endpoint and the intake API (same semantics as the seed's
   SQL, which still runs unchanged against the table).
+* **Tenancy** - a request id belongs to the site of its first row, for good: no statement
+  here changes a row's ``site_id`` or writes one site's event into another site's row
+  (the upsert refuses and reports them, ``request_owner`` tells the stages whose it is).
 """
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
 import asyncpg
 
 __all__ = [
     "ErrorRow",
+    "OutcomeWrite",
     "FINAL_STATUSES",
     "HealthFigures",
     "OutcomeRow",
@@ -100,6 +104,18 @@ class OutcomeRow:
 
 
 @dataclass(frozen=True)
+class OutcomeWrite:
+    """What ``store_outcomes`` did: rows inserted or changed, and the events it refused.
+
+    ``foreign`` holds (request_id, site_id) of events whose request id belongs to another
+    site: nothing of them was written.
+    """
+
+    changed: int
+    foreign: frozenset[tuple[str, str]] = frozenset()
+
+
+@dataclass(frozen=True)
 class HealthFigures:
     queue_size: int  # COUNT PENDING
     errors_last_hour: int  # FAILED with created_at in the last hour
@@ -161,7 +177,13 @@ def _build_upsert_sql() -> str:
         *(f"(b.{c} IS NULL AND EXCLUDED.{c} IS NOT NULL)" for c in ("request", *_FOLDED)),
     ]
     sep = ",\n  "
+    # A row belongs to the site of its first event: an event of another site never changes
+    # it (the WHERE), and is reported (foreign) so the sink can dead-letter it.
     return f"""
+WITH foreign_rows AS (
+  SELECT u.id FROM unnest($1::text[], $2::text[]) AS u(id, site_id)
+  JOIN blog_generations g ON g.id = u.id AND g.site_id <> u.site_id
+), written AS (
 INSERT INTO blog_generations AS b (
   id, site_id, status, stage, stage_rank, request, title, post_id, post_url, image_url, error,
   attempts, prompt_tokens, completion_tokens, created_at, updated_at, drafted_at, illustrated_at, finished_at)
@@ -175,7 +197,10 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::text
           attempts, prompt_tokens, completion_tokens, created_at, drafted_at, illustrated_at, finished_at)
 ON CONFLICT (id) DO UPDATE SET
   {sep.join(sets)}
-WHERE {(chr(10) + '   OR ').join(changes)}
+WHERE b.site_id = EXCLUDED.site_id AND ({(chr(10) + '   OR ').join(changes)})
+RETURNING 1
+)
+SELECT (SELECT count(*) FROM written)::int AS changed, ARRAY(SELECT id FROM foreign_rows) AS foreign_ids
 """
 
 
@@ -248,6 +273,23 @@ def merge_outcomes(rows: Iterable[OutcomeRow]) -> list[dict[str, Any]]:
     return [merged[k] for k in sorted(merged)]
 
 
+def _one_site_per_id(rows: Iterable[OutcomeRow]) -> list[list[OutcomeRow]]:
+    """The batch in parts where each request id comes with one site only (usually one part).
+
+    An id that arrives with two sites in one batch must not be merged into one row: the
+    second part is written after the first, and the database tells which site owns it.
+    """
+    parts: list[tuple[dict[str, str], list[OutcomeRow]]] = []
+    for row in rows:
+        for sites, part in parts:
+            if sites.setdefault(row.request_id, row.site_id) == row.site_id:
+                part.append(row)
+                break
+        else:
+            parts.append(({row.request_id: row.site_id}, [row]))
+    return [part for _, part in parts]
+
+
 # PENDING rows per site (rows with a NULL id), plus which of the given ids exist (rows
 # with an id): the intake's pending gauge in one round trip.
 _PENDING_SNAPSHOT_SQL = """
@@ -267,25 +309,81 @@ class Outcomes:
     pool: asyncpg.Pool  # provided by store.database.Database
 
     async def upsert_outcomes(self, rows: Sequence[OutcomeRow]) -> int:
-        """Write a batch of events in one statement; returns the number of rows inserted or changed.
+        """Write a batch of events; returns the number of rows inserted or changed (see store_outcomes)."""
+        return (await self.store_outcomes(rows)).changed
+
+    async def store_outcomes(self, rows: Sequence[OutcomeRow]) -> OutcomeWrite:
+        """Write a batch of events in one statement (two if one id comes with two sites).
 
         Forward only: status/stage/rank move forward, never back; later stages do not erase
         earlier values (COALESCE); a late earlier-stage event only fills NULL columns and
         may pull created_at back to the earliest event time. drafted_at / illustrated_at /
         finished_at come from the event time of that stage (finished_at: final statuses).
+        An event whose request id belongs to another site writes nothing and is returned
+        in ``foreign``.
         """
-        records = merge_outcomes(rows)
-        if not records:
-            return 0
-        columns: list[list[Any]] = [[] for _ in _UPSERT_COLUMNS]
-        for rec in records:
-            for values, name in zip(columns, _UPSERT_COLUMNS):
-                value = rec[name]
-                if name == "request" and value is not None:
-                    value = dump_json(value)  # sent as text[], cast to jsonb in SQL
-                values.append(value)
-        status = await self.pool.execute(_UPSERT_OUTCOMES_SQL, *columns)
-        return int(status.rsplit(" ", 1)[-1])  # "INSERT 0 <n>"
+        changed, foreign = 0, set()
+        for part in _one_site_per_id(rows):
+            records = merge_outcomes(part)
+            if not records:
+                continue
+            columns: list[list[Any]] = [[] for _ in _UPSERT_COLUMNS]
+            for rec in records:
+                for values, name in zip(columns, _UPSERT_COLUMNS):
+                    value = rec[name]
+                    if name == "request" and value is not None:
+                        value = dump_json(value)  # sent as text[], cast to jsonb in SQL
+                    values.append(value)
+            result = await self.pool.fetchrow(_UPSERT_OUTCOMES_SQL, *columns)
+            changed += result["changed"]
+            sites = {rec["id"]: rec["site_id"] for rec in records}
+            foreign.update((request_id, sites[request_id]) for request_id in result["foreign_ids"])
+        return OutcomeWrite(changed, frozenset(foreign))
+
+    async def request_owner(
+        self, request_id: str, site_id: str, *, request: dict[str, Any] | None = None, at: datetime | None = None
+    ) -> str:
+        """The site ``request_id`` belongs to; claimed for ``site_id`` if the id has no row yet.
+
+        The claim is the PENDING row the sink would write for the request, so whichever
+        comes first (a stage or the sink), the first site to use an id owns it.
+        """
+        owner = await self.pool.fetchval("SELECT site_id FROM blog_generations WHERE id = $1", request_id)
+        if owner is None:
+            owner = await self.pool.fetchval(
+                """
+                INSERT INTO blog_generations (id, site_id, status, stage, stage_rank, request, created_at)
+                VALUES ($1, $2, 'PENDING', 'requested', 0, $3::text::jsonb, COALESCE($4, now()))
+                ON CONFLICT (id) DO NOTHING
+                RETURNING site_id
+                """,
+                request_id, site_id, None if request is None else dump_json(request), at,
+            )
+        if owner is None:  # someone else's insert won the race: a fresh statement sees it
+            owner = await self.pool.fetchval("SELECT site_id FROM blog_generations WHERE id = $1", request_id)
+        return owner
+
+    async def request_sites(self, request_ids: Sequence[str]) -> dict[str, str]:
+        """request id -> its site, for those of ``request_ids`` that have a row."""
+        records = await self.pool.fetch(
+            "SELECT id, site_id FROM blog_generations WHERE id = ANY($1::text[])", list(request_ids)
+        )
+        return {r["id"]: r["site_id"] for r in records}
+
+    async def record_rejected(self, request_id: str, site_id: str, error: str) -> bool:
+        """A FAILED row for input that was refused, only if the id has no row yet (True: written).
+
+        Refused input never changes an existing request, of its own site or another's.
+        """
+        status = await self.pool.execute(
+            """
+            INSERT INTO blog_generations (id, site_id, status, stage, stage_rank, error, finished_at)
+            VALUES ($1, $2, 'FAILED', 'failed', 3, $3, now())
+            ON CONFLICT (id) DO NOTHING
+            """,
+            request_id, site_id, error,
+        )
+        return status != "INSERT 0 0"
 
     # --- reads for health / intake ----------------------------------------------------------
 
@@ -315,6 +413,18 @@ class Outcomes:
             completed_last_hour=completed,
             blogs_per_minute=completed / 60.0,
         )
+
+    async def failed_request_ids(self, site_id: str | None = None, since: timedelta | None = None) -> list[str]:
+        """Ids of FAILED requests, oldest first: of one site (None: every site), created within
+        ``since`` (None: any time; the seed's retry statement takes the last hour)."""
+        records = await self.pool.fetch(
+            "SELECT id FROM blog_generations WHERE status = 'FAILED'"
+            " AND ($1::text IS NULL OR site_id = $1)"
+            " AND ($2::interval IS NULL OR created_at > now() - $2::interval)"
+            " ORDER BY created_at, id",
+            site_id, since,
+        )
+        return [r["id"] for r in records]
 
     async def recent_errors(self, limit: int = 10) -> list[ErrorRow]:
         records = await self.pool.fetch(

@@ -1,41 +1,37 @@
-"""`blogstream` command line: submit requests, register sites, check health.
+"""`blogstream submit`: blog requests from flags or a JSONL/CSV file, through a worker's HTTP intake.
 
     blogstream submit --site shop-1 --topic "Summer sandals" [--keywords a,b]
-    blogstream submit --file requests.jsonl        (or .csv; a progress bar shows)
-    blogstream sites add shop-1 --wix-api-key KEY [--member-id M] [--weight 2]
-    blogstream sites list | pause SITE | resume SITE | cancel SITE | set SITE --weight 2 --max-in-flight 10
-    blogstream retry REQUEST_ID ...                 (run FAILED requests again, after fixing their error)
-    blogstream health [--sites 20]                  (the seed's health check, then a per-site table)
-
-The worker itself runs with `faust -A streams worker -l info`.
+    blogstream submit --file requests.jsonl        (or .csv; a progress bar shows on stderr)
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import csv
 import json
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from streams.settings import settings
+import click
 
-# --------------------------------------------------------------------------- submit
+from streams.cli import connect
+from streams.cli.output import CliError, emit_json, json_option, listed, say, worker_option
 
 
-def request_from_args(args: argparse.Namespace) -> dict[str, Any]:
+def request_from_options(
+    *, site: str, topic: str, keywords: str | None = None, language: str = "en", tone: str = "informative",
+    target_words: int = 800, request_id: str | None = None,
+) -> dict[str, Any]:
     return {
-        "request_id": args.request_id or uuid.uuid4().hex,
-        "site_id": args.site,
-        "topic": args.topic,
-        "keywords": [k.strip() for k in (args.keywords or "").split(",") if k.strip()],
-        "language": args.language,
-        "tone": args.tone,
-        "target_words": args.target_words,
+        "request_id": request_id or uuid.uuid4().hex,
+        "site_id": site,
+        "topic": topic,
+        "keywords": [k.strip() for k in (keywords or "").split(",") if k.strip()],
+        "language": language,
+        "tone": tone,
+        "target_words": target_words,
         "requested_at": int(time.time() * 1000),
         "audience": None,
     }
@@ -116,10 +112,10 @@ async def submit(
     import httpx
     from tqdm import tqdm
 
-    headers = _intake_headers()
+    headers = connect.intake_headers()
     report = SubmitReport()
     todo = list(requests)
-    size = max(1, min(batch_size, settings.intake_max_batch))
+    size = max(1, min(batch_size, connect.settings().intake_max_batch))
     bar = tqdm(total=len(requests), unit="req", desc="submitting", disable=not progress)
     failing_since: float | None = None
     delay = 0.5
@@ -132,18 +128,18 @@ async def submit(
                 except httpx.TransportError as exc:
                     response, problem = None, f"no answer from {worker} ({type(exc).__name__})"
                 else:
-                    problem = _error_text(response)
+                    problem = connect.error_text(response)
                 if response is not None and response.status_code == 202:
                     del todo[: len(chunk)]
                     report.accepted += len(chunk)
                     bar.update(len(chunk))
                     bar.set_postfix_str("")
-                    size = max(1, min(batch_size, settings.intake_max_batch))
+                    size = max(1, min(batch_size, connect.settings().intake_max_batch))
                     failing_since, delay = None, 0.5
                     continue
                 status = response.status_code if response is not None else None
                 if status == 429:
-                    body = _json_or_empty(response)
+                    body = connect.json_or_empty(response)
                     room = body.get("room") if isinstance(body.get("room"), int) else 0
                     if 0 < room < len(chunk):
                         size = room  # what fits now goes now; the rest waits its turn
@@ -154,7 +150,7 @@ async def submit(
                     await asyncio.sleep(wait)
                     continue
                 if status == 422:
-                    errors = [e for e in _json_or_empty(response).get("errors", []) if isinstance(e, dict)]
+                    errors = [e for e in connect.json_or_empty(response).get("errors", []) if isinstance(e, dict)]
                     if any(not str(e.get("field", "")).startswith("requests[") for e in errors):
                         if size > 1:  # a batch-level limit (e.g. this worker's max batch is smaller)
                             size = max(1, size // 2)
@@ -193,23 +189,6 @@ async def submit(
     return report
 
 
-def _intake_headers() -> dict[str, str]:
-    """The intake token, when one is set (settings.intake_token)."""
-    return {"Authorization": f"Bearer {settings.intake_token}"} if settings.intake_token else {}
-
-
-def _json_or_empty(response: Any) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
-def _error_text(response: Any) -> str:
-    return str(_json_or_empty(response).get("error") or f"HTTP {response.status_code}")
-
-
 def _retry_after(response: Any) -> float:
     try:
         return min(60.0, max(0.5, float(response.headers.get("retry-after", "1"))))
@@ -217,298 +196,81 @@ def _retry_after(response: Any) -> float:
         return 1.0
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
+def read_file(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """(complete requests, "line N: problem" for each invalid line) of a JSONL or CSV file."""
     from streams.contract import RecordError
 
     requests: list[dict[str, Any]] = []
     problems: list[str] = []
-    if args.file:
-        for n, item, problem in read_requests(Path(args.file)):
-            if item is None:
-                problems.append(f"line {n}: {problem}")
-                continue
-            try:
-                requests.append(complete_request(item))
-            except RecordError as exc:
-                problems.append(f"line {n}: {exc.reason}")
-    else:
-        if not (args.site and args.topic):
-            print("submit needs --file, or --site and --topic", file=sys.stderr)
-            return 2
+    for n, item, problem in read_requests(path):
+        if item is None:
+            problems.append(f"line {n}: {problem}")
+            continue
         try:
-            requests.append(complete_request(request_from_args(args)))
+            requests.append(complete_request(item))
         except RecordError as exc:
-            print(f"invalid request: {exc.reason}", file=sys.stderr)
-            return 2
-    for p in problems[:50]:
-        print(f"skipped {p}", file=sys.stderr)
-    if len(problems) > 50:
-        print(f"... and {len(problems) - 50} more invalid lines", file=sys.stderr)
+            problems.append(f"line {n}: {exc.reason}")
+    return requests, problems
+
+
+@click.command()
+@click.option("--file", "path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSONL or CSV file of requests (invalid lines are reported and skipped).")
+@click.option("--site", help="The site of a single request (with --topic).")
+@click.option("--topic", help="The article's topic.")
+@click.option("--keywords", help="Comma-separated keywords.")
+@click.option("--language", default="en", show_default=True)
+@click.option("--tone", default="informative", show_default=True)
+@click.option("--target-words", type=int, default=800, show_default=True)
+@click.option("--request-id", help="Idempotency key [default: a new uuid].")
+@click.option("--quiet", is_flag=True, help="No progress bar (a --file shows one on stderr).")
+@worker_option
+@click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Requests per POST (at most the intake's max batch).")
+@json_option
+def submit_command(
+    path: Path | None, site: str | None, topic: str | None, keywords: str | None, language: str, tone: str,
+    target_words: int, request_id: str | None, quiet: bool, worker: str | None, batch_size: int, as_json: bool,
+) -> None:
+    """Send blog requests through a worker's HTTP intake (waits while the queue is full)."""
+    from streams.contract import RecordError
+
+    worker = connect.worker_url(worker)
+    if path is not None:
+        requests, problems = read_file(path)
+    elif site and topic:
+        try:
+            requests = [complete_request(request_from_options(
+                site=site, topic=topic, keywords=keywords, language=language, tone=tone,
+                target_words=target_words, request_id=request_id))]
+        except RecordError as exc:
+            raise CliError(f"invalid request: {exc.reason}", "fix that option", exit_code=2) from None
+        problems = []
+    else:
+        raise CliError("submit needs --file, or --site and --topic", "see blogstream submit --help", exit_code=2)
+    if not as_json:
+        listed([f"skipped {p}" for p in problems], more="more invalid lines")
     report = SubmitReport()
     if requests:
         try:
-            report = asyncio.run(
-                submit(requests, worker=args.worker, batch_size=args.batch_size, progress=not args.quiet)
-            )
+            report = asyncio.run(submit(requests, worker=worker, batch_size=batch_size,
+                                         progress=path is not None and not quiet))
         except SubmitAborted as exc:
-            print(f"stopped: {exc}", file=sys.stderr)
-            return 1
-    for r in report.rejected[:50]:
-        print(f"rejected {r}", file=sys.stderr)
-    if len(report.rejected) > 50:
-        print(f"... and {len(report.rejected) - 50} more rejected by the worker", file=sys.stderr)
-    waited = f"; waited {report.throttled_seconds:.0f}s for queue room" if report.throttled_seconds else ""
-    print(
-        f"submitted {report.accepted} request(s) via {args.worker}; {len(problems)} invalid line(s) skipped; "
-        f"{len(report.rejected)} rejected by the worker{waited}"
-    )
-    if len(requests) == 1 and report.accepted == 1:
-        print(f"request id: {requests[0]['request_id']}")
-    return 1 if (problems or report.rejected) and not report.accepted else 0
-
-
-# --------------------------------------------------------------------------- sites
-
-
-async def _with_db(fn):
-    from store.database import Database
-
-    db = Database(settings.database_url, min_size=1, max_size=2)
-    await db.start()
-    try:
-        return await fn(db)
-    finally:
-        await db.close()
-
-
-def cmd_sites(args: argparse.Namespace) -> int:
-    from store.sites import Site
-
-    async def run(db) -> int:
-        if args.action == "add":
-            await db.upsert_site(
-                Site(
-                    site_id=args.site,
-                    name=args.name or args.site,
-                    wix_api_key=args.wix_api_key or "",
-                    wix_member_id=args.member_id,
-                    weight=args.weight or 1.0,
-                    max_in_flight=args.max_in_flight or settings.site_max_in_flight,
-                    max_queued=args.max_queued or settings.site_max_queued,
-                )
-            )
-            print(f"site {args.site} registered")
-            return 0
-        if args.action == "list":
-            for s in await db.list_sites():
-                state = "paused" if s.paused else "active"
-                print(f"{s.site_id:30} {state:7} weight={s.weight:g} max_in_flight={s.max_in_flight} max_queued={s.max_queued}")
-            return 0
-        if args.action == "cancel":
-            if await db.get_site(args.site) is None:
-                print(f"site {args.site} is not registered", file=sys.stderr)
-                return 1
-            cancelled = await db.cancel_queued(args.site, reason=f"cancelled by an operator (site {args.site}) before it started")
-            print(f"cancelled {len(cancelled)} queued request(s) of site {args.site}")
-            return 0
-        controls: dict[str, Any] = {}
-        if args.action in ("pause", "resume"):
-            controls["paused"] = args.action == "pause"
-        else:
-            controls = {"weight": args.weight, "max_in_flight": args.max_in_flight, "max_queued": args.max_queued}
-        site = await db.update_site_controls(args.site, **controls)
-        if site is None:
-            print(f"site {args.site} is not registered (blogstream sites add {args.site} --wix-api-key ...)", file=sys.stderr)
-            return 1
-        print(f"{site!r}")
-        return 0
-
-    return asyncio.run(_with_db(run))
-
-
-# --------------------------------------------------------------------------- health
-
-
-def limiter_stats(worker: str) -> tuple[dict[str, Any] | None, str]:
-    """The coordinator's figures (`/api/limiter`) through a worker, or None and why not."""
-    import httpx
-
-    try:
-        response = httpx.get(f"{worker}/api/limiter", timeout=8)
-        body = response.json()
-    except Exception as exc:
-        return None, f"no worker answered at {worker} ({type(exc).__name__})"
-    if response.status_code != 200 or not isinstance(body, dict):
-        error = _json_or_empty(response).get("error", "")  # e.g. 503: the coordinator is moving
-        return None, f"the worker at {worker} answered {response.status_code}: {error}"
-    return body, ""
-
-
-def site_table(
-    pending: dict[str, int], limiter: dict[str, Any] | None, *, why_not: str = "", top: int = 20
-) -> list[str]:
-    """The per-site lines of `blogstream health`: queued, in flight, share of each global budget.
-
-    Queued is PENDING in Postgres (requests not finished yet, in flight
-    included); in flight and shares come from the limiter coordinator. Without
-    a coordinator's answer only the queued column is printed. The busiest
-    sites come first: the table is for spotting a site that crowds others out.
-    """
-    from streams.metrics import site_budget_shares
-
-    if limiter is None:
-        unknown = f"in flight and budget shares unknown, {why_not or 'no limiter figures'}"
-        if not pending:
-            return [f"Sites: nothing queued in Postgres; {unknown}"]
-        rows = sorted(pending.items(), key=lambda kv: (-kv[1], kv[0]))
-        lines = [f"Sites: {unknown}; queued from Postgres:"]
-        table = [["site", "queued"]] + [[site, str(n)] for site, n in rows[:top or None]]
-        return lines + _columns(table) + _more(len(rows), top)
-    in_flight: dict[str, int] = {site: int(n) for site, n in (limiter.get("slots") or {}).items()}
-    shares = site_budget_shares(limiter)
-    budgets = list(shares)
-    sites = set(pending) | set(in_flight) | {site for by_site in shares.values() for site in by_site}
-    if not sites:
-        return ["Sites: nothing queued, in flight or granted in the current window"]
-
-    def busiest(site: str) -> tuple[int, float, str]:
-        share = sum(shares[b].get(site, (0.0, 0.0))[1] for b in budgets)
-        return (-(pending.get(site, 0) + in_flight.get(site, 0)), -share, site)
-
-    rows = sorted(sites, key=busiest)
-    window = float(limiter.get("window_seconds") or 60)
-    lines = [f"Sites (queued: PENDING in Postgres; in flight, and units (share) of each budget granted in the last "
-             f"{window:g} s: limiter coordinator):"]
-    table = [["site", "queued", "in flight", *budgets]]
-    for site in rows[:top or None]:
-        cells = [site, str(pending.get(site, 0)), str(in_flight.get(site, 0))]
-        for budget in budgets:
-            units, part = shares[budget].get(site, (0.0, 0.0))
-            cells.append(f"{units:,.0f} ({100 * part:.1f}%)" if units else "-")
-        table.append(cells)
-    return lines + _columns(table) + _more(len(rows), top)
-
-
-def _columns(table: list[list[str]]) -> list[str]:
-    """Rows as aligned columns: the first (the site) left, the figures right."""
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    return [
-        "  " + "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-        for row in table
-    ]
-
-
-def _more(rows: int, top: int) -> list[str]:
-    return [f"  ... and {rows - top} more site(s) (--sites 0 lists all)"] if top and rows > top else []
-
-
-def cmd_health(args: argparse.Namespace) -> int:
-    """Prints what the seed's health-check script printed, then a per-site table."""
-    import httpx
-
-    async def run(db) -> int:
-        figures = await db.health()
-        print("=== Blog Generation System Health ===")
-        print(f"Queue Size: {figures.queue_size}")
-        for label, path in (("OpenAI Rate Limiter", "/api/rate-limiter/stats"), ("Replicate Rate Limiter", "/api/replicate-rate-limiter/stats")):
-            try:
-                stats = httpx.get(f"{args.worker}{path}", timeout=8).json()
-            except Exception as exc:
-                stats = {"error": f"no worker answered at {args.worker} ({type(exc).__name__}); start one: faust -A streams worker"}
-            print(f"{label}: {json.dumps(stats)}")
-        print(f"Errors (last hour): {figures.errors_last_hour}")
-        print(f"Completed (last hour): {figures.completed_last_hour}")
-        print(f"Rate: {figures.blogs_per_minute:.1f} blogs/min")
-        by_site = await db.pending_by_site()
-        if by_site:
-            top = sorted(by_site.items(), key=lambda kv: -kv[1])[:10]
-            print("Pending by site: " + ", ".join(f"{s}={n}" for s, n in top))
-        limiter, why_not = limiter_stats(args.worker)
-        for line in site_table(by_site, limiter, why_not=why_not, top=args.sites):
-            print(line)
-        return 0
-
-    return asyncio.run(_with_db(run))
-
-
-# --------------------------------------------------------------------------- retry
-
-
-def cmd_retry(args: argparse.Namespace) -> int:
-    """Run FAILED requests again through a worker (POST /api/blogs/{id}/retry)."""
-    import httpx
-
-    headers = _intake_headers()
-    failures = 0
-    with httpx.Client(base_url=args.worker.rstrip("/"), headers=headers, timeout=30.0) as client:
-        for request_id in args.request_ids:
-            try:
-                response = client.post(f"/api/blogs/{request_id}/retry")
-            except httpx.TransportError as exc:
-                print(f"{request_id}: no answer from {args.worker} ({type(exc).__name__}); is a worker running?",
-                      file=sys.stderr)
-                failures += 1
-                continue
-            body = _json_or_empty(response)
-            if response.status_code == 202:
-                print(f"{request_id}: sent again (it had failed with: {body.get('previous_error') or 'no error text'})")
-            else:
-                print(f"{request_id}: not retried: {body.get('error') or response.text}", file=sys.stderr)
-                failures += 1
-    return 1 if failures else 0
-
-
-# --------------------------------------------------------------------------- main
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="blogstream", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-
-    s = sub.add_parser("submit", help="send blog requests through a worker's HTTP intake (waits while the queue is full)")
-    s.add_argument("--file", help="JSONL or CSV file of requests")
-    s.add_argument("--site")
-    s.add_argument("--topic")
-    s.add_argument("--keywords", help="comma-separated")
-    s.add_argument("--language", default="en")
-    s.add_argument("--tone", default="informative")
-    s.add_argument("--target-words", type=int, default=800)
-    s.add_argument("--request-id", help="idempotency key (default: a new uuid)")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
-    s.add_argument("--worker", default=f"http://127.0.0.1:{settings.web_port}", help="any worker's web address")
-    s.add_argument("--batch-size", type=int, default=500, help="requests per POST (at most the intake's max batch)")
-    s.set_defaults(fn=cmd_submit)
-
-    st = sub.add_parser("sites", help="the sites registry")
-    st.add_argument("action", choices=["add", "list", "pause", "resume", "set", "cancel"])
-    st.add_argument("site", nargs="?")
-    st.add_argument("--name")
-    st.add_argument("--wix-api-key")
-    st.add_argument("--member-id")
-    st.add_argument("--weight", type=float)
-    st.add_argument("--max-in-flight", type=int)
-    st.add_argument("--max-queued", type=int)
-    st.set_defaults(fn=cmd_sites)
-
-    r = sub.add_parser("retry", help="run FAILED requests again (after fixing what their error says)")
-    r.add_argument("request_ids", nargs="+", metavar="REQUEST_ID")
-    r.add_argument("--worker", default=f"http://127.0.0.1:{settings.web_port}", help="any worker's web address")
-    r.set_defaults(fn=cmd_retry)
-
-    h = sub.add_parser("health", help="queue size, limiter usage, errors and completions in the last hour")
-    h.add_argument("--worker", default=f"http://127.0.0.1:{settings.web_port}", help="any worker's web address")
-    h.add_argument("--sites", type=int, default=20, help="rows of the per-site table, busiest first (0: all)")
-    h.set_defaults(fn=cmd_health)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if getattr(args, "action", None) not in (None, "list") and not getattr(args, "site", None):
-        print(f"sites {args.action} needs a SITE", file=sys.stderr)
-        return 2
-    return int(args.fn(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+            raise CliError(f"submit stopped: {exc}", "fix that and submit again") from None
+    if as_json:
+        answer: dict[str, Any] = {
+            "worker": worker, "accepted": report.accepted, "invalid": problems, "rejected": report.rejected,
+            "throttled_seconds": round(report.throttled_seconds, 1),
+        }
+        if len(requests) == 1 and report.accepted == 1:
+            answer["request_id"] = requests[0]["request_id"]
+        emit_json(answer)
+    else:
+        listed([f"rejected {r}" for r in report.rejected], more="more rejected by the worker")
+        waited = f"; waited {report.throttled_seconds:.0f}s for queue room" if report.throttled_seconds else ""
+        say(f"submitted {report.accepted} request(s) via {worker}; {len(problems)} invalid line(s) skipped; "
+            f"{len(report.rejected)} rejected by the worker{waited}", as_json=False)
+        if len(requests) == 1 and report.accepted == 1:
+            say(f"request id: {requests[0]['request_id']}", as_json=False)
+    if (problems or report.rejected) and not report.accepted:
+        raise click.exceptions.Exit(1)

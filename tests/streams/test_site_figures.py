@@ -3,14 +3,16 @@ per-site table of `blogstream health`. Without Kafka: the coordinator's book is 
 and the health command gets a database and a worker that answer from memory."""
 from __future__ import annotations
 
-import argparse
 import json
 from types import SimpleNamespace
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
-from streams import cli, metrics
+from streams import metrics
+from streams.cli import cli, connect
+from streams.cli.health import site_table
 from streams.limiter.book import Ask
 from streams.limiter.coordinator import Coordinator
 from streams.limiter.specs import OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS, wix_requests
@@ -84,7 +86,7 @@ LIMITER = {
 
 
 def test_the_site_table_puts_the_busiest_first_and_shows_units_and_shares():
-    lines = cli.site_table({"shop-1": 200, "shop-2": 8, "shop-3": 3}, LIMITER, top=2)
+    lines = site_table({"shop-1": 200, "shop-2": 8, "shop-3": 3}, LIMITER, top=2)
     assert lines[0].startswith("Sites (queued: PENDING in Postgres; in flight, and units (share)")
     assert "last 60 s" in lines[0]
     assert lines[1].split() == ["site", "queued", "in", "flight", OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS]
@@ -95,11 +97,11 @@ def test_the_site_table_puts_the_busiest_first_and_shows_units_and_shares():
 
 
 def test_the_site_table_without_a_worker_says_so_and_shows_what_postgres_knows():
-    lines = cli.site_table({"shop-1": 200, "shop-2": 8}, None, why_not="no worker answered at http://w (ConnectError)")
+    lines = site_table({"shop-1": 200, "shop-2": 8}, None, why_not="no worker answered at http://w (ConnectError)")
     assert lines[0] == ("Sites: in flight and budget shares unknown, no worker answered at http://w (ConnectError); "
                         "queued from Postgres:")
     assert [line.split() for line in lines[1:]] == [["site", "queued"], ["shop-1", "200"], ["shop-2", "8"]]
-    assert cli.site_table({}, None, why_not="x") == ["Sites: nothing queued in Postgres; in flight and budget shares unknown, x"]
+    assert site_table({}, None, why_not="x") == ["Sites: nothing queued in Postgres; in flight and budget shares unknown, x"]
 
 
 class HealthDb:
@@ -120,12 +122,11 @@ def run_health(monkeypatch, capsys, answers: dict[str, object]) -> list[str]:
             raise httpx.ConnectError("refused")
         return httpx.Response(200, json=answers[path])
 
-    monkeypatch.setattr(cli, "_with_db", with_db)
+    monkeypatch.setattr(connect, "with_db", with_db)
     monkeypatch.setattr(httpx, "get", get)
-    args = cli.parser().parse_args(["health", "--worker", "http://w"])
-    assert isinstance(args, argparse.Namespace) and args.sites == 20
-    assert cli.cmd_health(args) == 0
-    return capsys.readouterr().out.splitlines()
+    result = CliRunner().invoke(cli, ["health", "--worker", "http://w"])
+    assert result.exit_code == (0 if "/api/limiter" in answers else 2), result.output  # 2: no worker
+    return result.output.splitlines()
 
 
 SEED_LINES = [

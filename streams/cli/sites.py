@@ -1,0 +1,157 @@
+"""`blogstream sites ...`: the sites registry and its controls, straight in Postgres (store/sites.py).
+
+    blogstream sites add SITE [--wix-api-key-env VAR] [--member-id M] [--weight 2]
+    blogstream sites list [--json] | pause SITE | resume SITE | cancel SITE
+    blogstream sites set SITE [--weight 2] [--max-in-flight 10] [--max-queued 500]
+
+Workers re-read `sites` every two seconds: a change needs no restart.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+
+from streams.cli import connect, output
+from streams.cli.output import CliError, emit_json, json_option, warn
+
+KEY_ENV = "BLOGSTREAM_WIX_API_KEY"
+
+weight_option = click.option("--weight", type=click.FloatRange(min=0, min_open=True),
+                             help="Share of every global budget, relative to other sites (default 1).")
+in_flight_option = click.option("--max-in-flight", type=click.IntRange(min=1),
+                                help="Requests of this site in flight at once, across all workers.")
+queued_option = click.option("--max-queued", type=click.IntRange(min=1),
+                             help="PENDING requests of this site the intake accepts.")
+
+
+@click.group()
+def sites() -> None:
+    """The sites registry: register sites, pause, resume, cancel, change weights and caps."""
+
+
+def site_json(site: Any) -> dict[str, Any]:
+    """A site as `sites list --json` shows it: every control, never the Wix key."""
+    return {
+        "site_id": site.site_id, "name": site.name, "paused": site.paused, "weight": site.weight,
+        "max_in_flight": site.max_in_flight, "max_queued": site.max_queued,
+        "wix_member_id": site.wix_member_id, "has_wix_api_key": bool(site.wix_api_key),
+    }
+
+
+def wix_api_key(key_env: str | None, key: str | None) -> str:
+    """The Wix API key from --wix-api-key-env VAR, --wix-api-key, $BLOGSTREAM_WIX_API_KEY or a hidden prompt."""
+    if key_env and key:
+        raise CliError("--wix-api-key-env and --wix-api-key both given", "give one of them", exit_code=2)
+    if key_env:
+        value = os.environ.get(key_env, "")
+        if not value:
+            raise CliError(f"the environment variable {key_env} (--wix-api-key-env) is not set or empty",
+                           f"export {key_env}=... first", exit_code=2)
+        return value
+    if key:
+        warn("--wix-api-key puts the key in your shell history and the process list; "
+             f"prefer --wix-api-key-env VAR or {KEY_ENV}")
+        return key
+    if os.environ.get(KEY_ENV):
+        return os.environ[KEY_ENV]
+    if output.interactive():
+        return click.prompt("Wix API key", hide_input=True, err=True)
+    raise CliError("no Wix API key given",
+                   f"set {KEY_ENV}, or pass --wix-api-key-env VAR naming a variable that holds it", exit_code=2)
+
+
+@sites.command()
+@click.argument("site")
+@click.option("--name", help="A display name [default: SITE].")
+@click.option("--wix-api-key-env", "key_env", metavar="VAR",
+              help=f"The environment variable that holds the site's Wix API key [default: {KEY_ENV}; "
+                   "without it and on a terminal, a hidden prompt asks for the key].")
+@click.option("--wix-api-key", "key", metavar="KEY",
+              help="The key itself: it lands in your shell history and the process list, prefer --wix-api-key-env.")
+@click.option("--member-id", help="The Wix member the posts are published as.")
+@weight_option
+@in_flight_option
+@queued_option
+def add(site: str, name: str | None, key_env: str | None, key: str | None, member_id: str | None,
+        weight: float | None, max_in_flight: int | None, max_queued: int | None) -> None:
+    """Register SITE (or replace its registration)."""
+    from store.sites import Site
+
+    secret = wix_api_key(key_env, key)
+    config = connect.settings()
+    record = Site(
+        site_id=site, name=name or site, wix_api_key=secret, wix_member_id=member_id, weight=weight or 1.0,
+        max_in_flight=max_in_flight or config.site_max_in_flight, max_queued=max_queued or config.site_max_queued,
+    )
+    connect.run_db(lambda db: db.upsert_site(record))
+    click.echo(f"site {site} registered")
+
+
+@sites.command("list")
+@json_option
+def list_sites(as_json: bool) -> None:
+    """Every registered site and its controls."""
+    async def read(db: Any) -> list[Any]:
+        return await db.list_sites()
+
+    found = connect.run_db(read)
+    if as_json:
+        emit_json([site_json(s) for s in found])
+        return
+    for s in found:
+        state = "paused" if s.paused else "active"
+        click.echo(f"{s.site_id:30} {state:7} weight={s.weight:g} max_in_flight={s.max_in_flight} max_queued={s.max_queued}")
+
+
+def not_registered(site: str) -> CliError:
+    return CliError(f"site {site} is not registered", f"register it first: blogstream sites add {site}")
+
+
+def change(site: str, **controls: Any) -> None:
+    updated = connect.run_db(lambda db: db.update_site_controls(site, **controls))
+    if updated is None:
+        raise not_registered(site)
+    click.echo(f"{updated!r}")  # the key is masked in a Site's repr
+
+
+@sites.command()
+@click.argument("site")
+def pause(site: str) -> None:
+    """Hold SITE's requests (nothing is lost; resume lets them go on)."""
+    change(site, paused=True)
+
+
+@sites.command()
+@click.argument("site")
+def resume(site: str) -> None:
+    """Let a paused SITE's requests go on."""
+    change(site, paused=False)
+
+
+@sites.command("set")
+@click.argument("site")
+@weight_option
+@in_flight_option
+@queued_option
+def set_controls(site: str, weight: float | None, max_in_flight: int | None, max_queued: int | None) -> None:
+    """Change SITE's weight, in-flight cap or queue limit."""
+    if weight is None and max_in_flight is None and max_queued is None:
+        raise CliError("nothing to change", "give --weight, --max-in-flight or --max-queued", exit_code=2)
+    change(site, weight=weight, max_in_flight=max_in_flight, max_queued=max_queued)
+
+
+@sites.command()
+@click.argument("site")
+def cancel(site: str) -> None:
+    """Cancel SITE's requests that no stage has started yet (they become CANCELLED)."""
+    async def run(db: Any) -> list[str] | None:
+        if await db.get_site(site) is None:
+            return None
+        return await db.cancel_queued(site, reason=f"cancelled by an operator (site {site}) before it started")
+
+    cancelled = connect.run_db(run)
+    if cancelled is None:
+        raise not_registered(site)
+    click.echo(f"cancelled {len(cancelled)} queued request(s) of site {site}")

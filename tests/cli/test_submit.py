@@ -1,0 +1,86 @@
+"""`blogstream submit`: one request from flags or a JSONL/CSV file, through a worker's intake (answered
+from memory), with --json for the report."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .conftest import uid
+
+
+@pytest.fixture
+def intake(worker):
+    accepted: list[dict] = []
+
+    def post(request, body):
+        items = body["requests"]
+        bad = [i for i, r in enumerate(items) if r["site_id"] == "ghost"]
+        if bad:
+            return 422, {"error": "site ghost", "errors": [
+                {"item": i, "field": f"requests[{i}].site_id", "message": "site ghost is not registered"} for i in bad]}
+        accepted.extend(items)
+        return 202, {"accepted": len(items)}
+
+    worker.routes[("POST", "/api/blogs")] = post
+    return accepted
+
+
+def test_one_request_from_flags(run, intake):
+    result = run("submit", "--site", "shop-1", "--topic", "Summer sandals", "--keywords", "sandals, summer",
+                 "--request-id", "req-1", "--worker", "http://w")
+    assert result.exit_code == 0
+    assert result.stdout.splitlines() == [
+        "submitted 1 request(s) via http://w; 0 invalid line(s) skipped; 0 rejected by the worker", "request id: req-1"]
+    (sent,) = intake
+    assert (sent["site_id"], sent["topic"], sent["keywords"], sent["target_words"]) == (
+        "shop-1", "Summer sandals", ["sandals", "summer"], 800)
+
+
+def test_json_report(run, intake):
+    result = run("submit", "--site", "shop-1", "--topic", "Boots", "--request-id", "req-2", "--json", "--quiet")
+    assert json.loads(result.stdout) == {"worker": "http://127.0.0.1:6066", "accepted": 1, "invalid": [],
+                                         "rejected": [], "throttled_seconds": 0.0, "request_id": "req-2"}
+
+
+def test_a_file_with_invalid_lines_and_a_rejected_request(run, intake, tmp_path):
+    path = tmp_path / "requests.jsonl"
+    good = {"site_id": "shop-1", "topic": "Care guide", "request_id": uid()}
+    ghost = {"site_id": "ghost", "topic": "Boo", "request_id": uid()}
+    path.write_text("\n".join([json.dumps(good), "{not json", json.dumps({"site_id": "shop-1"}), json.dumps(ghost)]))
+    result = run("submit", "--file", str(path), "--quiet", "--json")
+    report = json.loads(result.stdout)
+    assert result.exit_code == 0 and report["accepted"] == 1
+    assert [p.split(":")[0] for p in report["invalid"]] == ["line 2", "line 3"]
+    assert report["rejected"] == [f"request {ghost['request_id']}: requests[1].site_id: site ghost is not registered"]
+    text = run("submit", "--file", str(path), "--quiet")
+    assert "skipped line 2: not valid JSON" in text.stderr and f"rejected request {ghost['request_id']}" in text.stderr
+
+
+def test_a_csv_file(run, intake, tmp_path):
+    path = tmp_path / "requests.csv"
+    path.write_text("site_id,topic,keywords,target_words\nshop-1,Sandals,\"a,b\",500\nshop-1,Bad,,many\n")
+    result = run("submit", "--file", str(path), "--quiet")
+    assert result.exit_code == 0 and [r["keywords"] for r in intake] == [["a", "b"]]
+    assert "skipped line 3: target_words: not a whole number" in result.stderr
+
+
+def test_nothing_valid_is_exit_code_1(run, intake, tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("[1, 2]\n")
+    result = run("submit", "--file", str(path))
+    assert result.exit_code == 1 and "submitted 0 request(s)" in result.stdout
+
+
+def test_an_invalid_request_from_flags_is_one_line(run, intake):
+    result = run("submit", "--site", "shop-1", "--topic", "x" * 400)
+    assert result.exit_code == 2 and result.stderr.startswith("blogstream: error: invalid request: topic: ")
+    assert intake == []
+
+
+def test_a_worker_that_wants_a_token_stops_the_submit(run, worker):
+    worker.routes[("POST", "/api/blogs")] = (401, {"error": "an intake token is required"})
+    result = run("submit", "--site", "shop-1", "--topic", "Sandals", "--worker", "http://w")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.startswith("blogstream: error: submit stopped: the worker at http://w wants the intake "
+                                    "token: set BLOGSTREAM_INTAKE_TOKEN")
