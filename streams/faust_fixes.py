@@ -16,7 +16,6 @@ request finished once).
 """
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from typing import Any, Iterable
 
@@ -24,6 +23,8 @@ from faust.agents.replies import ReplyConsumer, ReplyPromise
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from mode.utils.queues import FlowControlEvent
+
+from streams.settings import settings
 
 stage_topics: set[str] = set()  # filled by install()
 log_start: dict[tuple[str, int], int] = {}  # stage partitions with nothing committed -> the log start sought to
@@ -182,7 +183,7 @@ async def start_reply_fetcher(self: ReplyConsumer, topic_name: str) -> None:
 # while such a fetch is parked on the broker waits for it to time out: a permit
 # (or a reply to one) took up to 1.5 s. A short long-poll bounds that wait;
 # the price is a few dozen empty fetches per second per worker when idle.
-FETCH_MAX_WAIT_MS = int(os.environ.get("BLOGSTREAM_FETCH_MAX_WAIT_MS", "20"))
+FETCH_MAX_WAIT_MS = settings.fetch_max_wait_ms  # BLOGSTREAM_FETCH_MAX_WAIT_MS, 20 by default
 
 _create_worker_consumer = AIOKafkaConsumerThread._create_worker_consumer
 

@@ -1,111 +1,185 @@
-"""All blogstream settings in one typed place, read from the environment.
+"""All blogstream settings in one typed place, read from the environment and checked at start.
 
 Every default runs the demo on the local stack (`make stack-up`): Kafka on 19092,
 Postgres on 55432, provider simulators on 18080. Set the provider variables
 (OPENAI_API_KEY, REPLICATE_API_TOKEN, WIX_BASE_URL ...) to talk to the real services.
+
+Each field is read from BLOGSTREAM_<NAME> (provider fields also from their usual
+names, which win) and has bounds; a value outside them stops the worker and the CLI
+with one line naming the variable and what it accepts (`SettingsError`):
+
+    blogstream: error: BLOGSTREAM_BUDGET_PACING='ture' is not valid: expected true or false
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
-from typing import Any
+import sys
+from typing import Any, Literal, get_args, get_origin
+
+import annotated_types
+import click
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The local stack's ports (stack/stack.sh reads the same variables).
 KAFKA_PORT = os.environ.get("KAFKA_PORT", "19092")
 PG_PORT = os.environ.get("PG_PORT", "55432")
 SIMULATORS = f"http://127.0.0.1:{os.environ.get('SIM_PORT', '18080')}"
 
+PREFIX = "BLOGSTREAM_"
+# Provider fields keep their usual variable names; these win over BLOGSTREAM_<NAME>.
+ALIASES = {
+    "openai_base_url": "OPENAI_BASE_URL",
+    "openai_api_key": "OPENAI_API_KEY",
+    "replicate_base_url": "REPLICATE_BASE_URL",
+    "replicate_api_token": "REPLICATE_API_TOKEN",
+    "wix_base_url": "WIX_BASE_URL",
+}
+# sysexits.h EX_CONFIG: a supervisor can tell "will not start, fix the configuration" from a crash.
+EXIT_CONFIG = 78
 
-def _env(name: str, default: Any, cast: type) -> Any:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    if cast is bool:
-        return raw.strip().lower() in {"1", "true", "yes", "on"}
-    try:
-        return cast(raw)
-    except ValueError as exc:  # a bad setting should say which one
-        raise ValueError(f"setting {name}={raw!r} is not a valid {cast.__name__}") from exc
+_URL = r"^https?://[^\s/]+\S*$"
+_NAME = r"^[A-Za-z0-9._-]+$"  # what Kafka allows in a topic name
 
 
-@dataclass(frozen=True)
-class Settings:
+def _provider(name: str, default: str, **kwargs: Any) -> Any:
+    return Field(default, validation_alias=AliasChoices(ALIASES[name], f"{PREFIX}{name.upper()}"), **kwargs)
+
+
+def _accepts(text: str) -> dict[str, Any]:
+    return {"json_schema_extra": {"accepts": text}}
+
+
+class SettingsError(click.ClickException):
+    """Settings that are not valid; str() is the one-line message naming each variable.
+
+    A click exception, so that both `faust -A streams worker` (which imports the app
+    inside its click command) and `blogstream` print it as one line and exit with
+    EXIT_CONFIG, without a traceback.
+    """
+
+    exit_code = EXIT_CONFIG
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"blogstream: error: {self.message}", file=file or sys.stderr)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX,
+        case_sensitive=False,
+        env_ignore_empty=True,  # an empty variable means "the default", as before
+        populate_by_name=True,  # from_env(openai_api_key=...) by field name
+        frozen=True,
+        extra="forbid",
+        allow_inf_nan=False,
+        validate_default=True,
+    )
+
     # --- Kafka ---------------------------------------------------------------
-    kafka_broker: str = f"kafka://127.0.0.1:{KAFKA_PORT}"
-    topic_partitions: int = 12
-    topic_prefix: str = ""  # tests and side-by-side deployments use their own topics
-    app_id: str = "blogstream"
-    web_port: int = 6066
-    heartbeat_seconds: float = 30.0
-    lag_seconds: float = 15.0  # how often consumer lag is exported
-    data_dir: str = ".faust"  # Faust's local files (git-ignored)
-    event_loop: str = "uvloop"  # the worker's asyncio loop: "uvloop" (if installed) or "asyncio"
+    kafka_broker: str = Field(
+        f"kafka://127.0.0.1:{KAFKA_PORT}", pattern=r"^(kafka://)?[^\s:;/]+:\d+(;(kafka://)?[^\s:;/]+:\d+)*$",
+        **_accepts("kafka://HOST:PORT (several separated by ;)"),
+    )
+    topic_partitions: int = Field(12, ge=1, le=10_000)
+    topic_prefix: str = Field("", pattern=r"^[A-Za-z0-9._-]*$", **_accepts("letters, digits, . _ - (or nothing)"))
+    app_id: str = Field("blogstream", pattern=_NAME, **_accepts("letters, digits, . _ -"))
+    web_port: int = Field(6066, ge=1, le=65535)
+    # The address the worker's web server binds: 127.0.0.1 keeps it local; containers need 0.0.0.0.
+    web_bind: str = Field("127.0.0.1", pattern=r"^[A-Za-z0-9.:_-]+$", **_accepts("an IP address or host name"))
+    heartbeat_seconds: float = Field(30.0, gt=0)
+    lag_seconds: float = Field(15.0, gt=0)  # how often consumer lag is exported
+    data_dir: str = Field(".faust", min_length=1)  # Faust's local files (git-ignored)
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"  # "uvloop" (if installed) or "asyncio"
+    log_format: Literal["text", "json"] = "text"  # json: one JSON object per log line (streams/logs.py)
+    # How long a fetch waits at the broker for records (aiokafka's default is 500 ms; see faust_fixes).
+    fetch_max_wait_ms: int = Field(20, ge=1, le=60_000)
 
     # --- Postgres --------------------------------------------------------------
-    database_url: str = f"postgresql://blogstream:blogstream@127.0.0.1:{PG_PORT}/blogstream"
+    database_url: str = Field(
+        f"postgresql://blogstream:blogstream@127.0.0.1:{PG_PORT}/blogstream", pattern=r"^postgres(ql)?://\S+$",
+        **_accepts("postgresql://USER:PASSWORD@HOST:PORT/DATABASE"),
+    )
 
     # --- Providers (defaults point at the simulators) --------------------------
-    openai_base_url: str = f"{SIMULATORS}/openai/v1"
-    openai_api_key: str = "sk-simulator"
-    openai_model: str = "gpt-4o-mini"
-    openai_max_tokens: int = 1200  # tight: OpenAI charges max_tokens against TPM at admission
-    openai_timeout: float = 120.0
-    replicate_base_url: str = f"{SIMULATORS}/replicate"
-    replicate_api_token: str = "r8_simulator"
-    replicate_model: str = "black-forest-labs/flux-schnell"
-    replicate_timeout: float = 120.0
-    wix_base_url: str = f"{SIMULATORS}/wix"
-    wix_timeout: float = 60.0
+    openai_base_url: str = _provider("openai_base_url", f"{SIMULATORS}/openai/v1", pattern=_URL, **_accepts("an http(s) URL"))
+    openai_api_key: str = _provider("openai_api_key", "sk-simulator", min_length=1)
+    openai_model: str = Field("gpt-4o-mini", min_length=1)
+    openai_max_tokens: int = Field(1200, ge=1)  # tight: OpenAI charges max_tokens against TPM at admission
+    openai_timeout: float = Field(120.0, gt=0)
+    replicate_base_url: str = _provider("replicate_base_url", f"{SIMULATORS}/replicate", pattern=_URL, **_accepts("an http(s) URL"))
+    replicate_api_token: str = _provider("replicate_api_token", "r8_simulator", min_length=1)
+    replicate_model: str = Field("black-forest-labs/flux-schnell", min_length=1)
+    replicate_timeout: float = Field(120.0, gt=0)
+    wix_base_url: str = _provider("wix_base_url", f"{SIMULATORS}/wix", pattern=_URL, **_accepts("an http(s) URL"))
+    wix_timeout: float = Field(60.0, gt=0)
 
     # --- Global budgets (per window, across every worker) ---------------------
-    budget_window_seconds: float = 60.0
-    openai_rpm: int = 450
-    openai_tpm: int = 450_000
-    replicate_rpm: int = 450
-    wix_site_rpm: int = 200
+    budget_window_seconds: float = Field(60.0, gt=0)
+    openai_rpm: int = Field(450, ge=1)
+    openai_tpm: int = Field(450_000, ge=1)
+    replicate_rpm: int = Field(450, ge=1)
+    wix_site_rpm: int = Field(200, ge=1)
     # A permit must be used within this many seconds of its grant; the limiter
     # counts each permit over window + grace so late arrivals never overlap.
-    permit_grace_seconds: float = 0.5
+    permit_grace_seconds: float = Field(0.5, ge=0)
     # The coordinator grants up to this long before a budget's room opens, for
     # that moment: the answer's trip over Kafka overlaps the wait for room.
-    permit_lookahead_seconds: float = 1.0
+    permit_lookahead_seconds: float = Field(1.0, ge=0)
     # While a request budget is less than `permit_lease_below` used, a worker may
     # take several permits at once (a lease), to be used within this many
     # seconds without a round trip to the coordinator each (0: no leases).
-    permit_lease_seconds: float = 2.0
-    permit_lease_below: float = 0.5
+    permit_lease_seconds: float = Field(2.0, ge=0)
+    permit_lease_below: float = Field(0.5, ge=0, le=1)
     # Spread request grants evenly over the window: real providers often
     # enforce sub-minute slices, so a burst at a window's start can get 429s.
     budget_pacing: bool = True
 
     # --- Work and fairness -----------------------------------------------------
-    site_max_in_flight: int = 20  # the seed's MAX_PER_INSTANCE, now across all workers
-    site_max_queued: int = 1000
-    queue_size_limit: int = 10_000  # the seed's QUEUE_SIZE_LIMIT
-    stage_concurrency: int = 200  # provider calls in flight per stage per worker
-    read_ahead: int = 10_000  # events buffered per stage per worker (bounded memory)
-    max_attempts: int = 6
-    retry_base_seconds: float = 1.0
+    site_max_in_flight: int = Field(20, ge=1)  # the seed's MAX_PER_INSTANCE, now across all workers
+    site_max_queued: int = Field(1000, ge=1)
+    queue_size_limit: int = Field(10_000, ge=1)  # the seed's QUEUE_SIZE_LIMIT
+    stage_concurrency: int = Field(200, ge=1)  # provider calls in flight per stage per worker
+    read_ahead: int = Field(10_000, ge=1)  # events buffered per stage per worker (bounded memory)
+    max_attempts: int = Field(6, ge=1)
+    retry_base_seconds: float = Field(1.0, gt=0)
 
-    # --- Intake (HTTP front door, streams/intake.py; docs/intake.md) ---------------
+    # --- Intake (HTTP front door, streams/api/intake.py; docs/intake.md) -----------
     intake_token: str = ""  # non-empty: every /api/blogs call needs "Authorization: Bearer <token>"
-    intake_max_batch: int = 1000  # requests per POST /api/blogs batch
-    intake_max_body_bytes: int = 2_000_000  # larger bodies get 413 before they are read
-    intake_pending_refresh_seconds: float = 1.0  # the pending figure is re-read at most this often
-    intake_retry_after_seconds: int = 2  # Retry-After on 429/503
-    intake_produce_timeout: float = 15.0  # broker ack wait before answering 503
+    intake_max_batch: int = Field(1000, ge=1)  # requests per POST /api/blogs batch
+    intake_max_body_bytes: int = Field(2_000_000, ge=1024)  # larger bodies get 413 before they are read
+    intake_pending_refresh_seconds: float = Field(1.0, ge=0)  # the pending figure is re-read at most this often
+    intake_retry_after_seconds: int = Field(2, ge=1, le=3600)  # Retry-After on 429/503
+    intake_produce_timeout: float = Field(15.0, gt=0)  # broker ack wait before answering 503
 
     # --- Kafka consumer (Faust's own defaults suit neither point) ------------------
     # A killed worker's partitions (and the limiter) move after this long, not 60 s.
-    kafka_session_timeout_seconds: float = 10.0
-    kafka_heartbeat_seconds: float = 1.0
+    kafka_session_timeout_seconds: float = Field(10.0, gt=0)
+    kafka_heartbeat_seconds: float = Field(1.0, gt=0)  # below the session timeout
     # Records per poll: a big batch of stage events would keep the limiter's
     # asks and answers waiting behind it (halved permit latency p99 in the benchmark).
-    kafka_max_poll_records: int = 50
+    kafka_max_poll_records: int = Field(50, ge=1)
 
     # --- Sink --------------------------------------------------------------------
-    sink_batch_size: int = 500
-    sink_batch_seconds: float = 0.5
+    sink_batch_size: int = Field(500, ge=1)
+    sink_batch_seconds: float = Field(0.5, gt=0)
+
+    @field_validator("event_loop", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _heartbeat_below_session(self) -> "Settings":
+        if self.kafka_heartbeat_seconds >= self.kafka_session_timeout_seconds:
+            raise PydanticCustomError(
+                "heartbeat_session",
+                f"{PREFIX}KAFKA_HEARTBEAT_SECONDS={self.kafka_heartbeat_seconds:g} is not valid: expected less than "
+                f"{PREFIX}KAFKA_SESSION_TIMEOUT_SECONDS ({self.kafka_session_timeout_seconds:g}), a third of it or less "
+                "is usual",
+            )
+        return self
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -114,37 +188,72 @@ class Settings:
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "Settings":
-        """Read BLOGSTREAM_<NAME> for each field; provider variables keep their usual names."""
-        aliases = {
-            "openai_base_url": "OPENAI_BASE_URL",
-            "openai_api_key": "OPENAI_API_KEY",
-            "replicate_base_url": "REPLICATE_BASE_URL",
-            "replicate_api_token": "REPLICATE_API_TOKEN",
-            "wix_base_url": "WIX_BASE_URL",
-        }
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            cast = type(f.default)
-            value = _env(f"BLOGSTREAM_{f.name.upper()}", f.default, cast)
-            if f.name in aliases:
-                value = _env(aliases[f.name], value, cast)
-            values[f.name] = value
-        values.update(overrides)
-        return cls(**values)
+        """Read BLOGSTREAM_<NAME> for each field (provider variables keep their usual names);
+        `overrides` (by field name) win. Raises SettingsError naming every bad variable."""
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise SettingsError("; ".join(_problem(error, overrides) for error in exc.errors())) from None
 
     def redacted(self) -> dict[str, Any]:
         """Settings safe to print or log: secrets are masked."""
         out = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in ("openai_api_key", "replicate_api_token") and value:
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name in ("openai_api_key", "replicate_api_token") and value:
                 value = value[:3] + "…"
-            if f.name == "intake_token" and value:
+            if name == "intake_token" and value:
                 value = "***"
-            if f.name == "database_url" and "@" in value:
+            if name == "database_url" and "@" in value:
                 value = "postgresql://***@" + value.split("@", 1)[1]
-            out[f.name] = value
+            out[name] = value
         return out
+
+
+def variable(name: str) -> str:
+    """The environment variable a field is read from (the one that is set, for provider fields)."""
+    own = f"{PREFIX}{name.upper()}"
+    alias = ALIASES.get(name)
+    return alias if alias and (os.environ.get(alias) or not os.environ.get(own)) else own
+
+
+def accepts(name: str) -> str:
+    """What a field accepts, in words: 'true or false', 'a whole number >= 1', 'one of text, json' ..."""
+    info = Settings.model_fields[name]
+    extra = info.json_schema_extra
+    if isinstance(extra, dict) and "accepts" in extra:
+        return str(extra["accepts"])
+    kind = info.annotation
+    if kind is bool:
+        return "true or false"
+    if get_origin(kind) is Literal:
+        return "one of " + ", ".join(str(a) for a in get_args(kind))
+    if any(isinstance(m, annotated_types.MinLen) for m in info.metadata):
+        return "a non-empty text"
+    bounds = {type(m).__name__: getattr(m, type(m).__name__.lower()) for m in info.metadata
+              if isinstance(m, (annotated_types.Gt, annotated_types.Ge, annotated_types.Lt, annotated_types.Le))}
+    noun = "a whole number" if kind is int else "a number"
+    low = ("Ge", bounds["Ge"]) if "Ge" in bounds else ("Gt", bounds["Gt"]) if "Gt" in bounds else None
+    high = ("Le", bounds["Le"]) if "Le" in bounds else ("Lt", bounds["Lt"]) if "Lt" in bounds else None
+    if low and high and low[0] == "Ge" and high[0] == "Le":
+        return f"{noun} from {low[1]:g} to {high[1]:g}"
+    parts = []
+    if low:
+        parts.append(f"{'>=' if low[0] == 'Ge' else '>'} {low[1]:g}")
+    if high:
+        parts.append(f"{'<=' if high[0] == 'Le' else '<'} {high[1]:g}")
+    return f"{noun} {' and '.join(parts)}" if parts else noun
+
+
+def _problem(error: Any, overrides: dict[str, Any]) -> str:
+    if not error["loc"]:  # a rule between fields: its message names them
+        return error["msg"]
+    name = str(error["loc"][0])
+    name = {alias.lower(): field for field, alias in ALIASES.items()}.get(name.lower(), name)
+    if name not in Settings.model_fields:
+        return f"{name} is not a setting"
+    where = f"setting {name}" if name in overrides else variable(name)
+    return f"{where}={error['input']!r} is not valid: expected {accepts(name)}"
 
 
 settings = Settings.from_env()
