@@ -1,9 +1,17 @@
 """Cover images from a Replicate model (flux-schnell by default).
 
 One prediction per cover, created in synchronous mode (`Prefer: wait`) so the
-common case costs a single POST from the create budget; only a prediction that
-is still running when the wait ends is polled, with growing gaps, because every
-GET is charged against the separate 3000/min read budget.
+common case costs a single POST from the create budget (600/min at Replicate);
+only a prediction that is still running when the wait ends is polled, with
+growing gaps, because every GET and cancel is charged against the separate
+"every other endpoint" budget (3000/min).
+
+Each call is one HTTP request, so a caller can meter each: `create_prediction`,
+`get_prediction`, `cancel_prediction`, then `cover_of` for the image. The SDK's
+own retries of GETs (429/503/504, up to ten times) are switched off: a hidden
+retry would be a poll nobody took a permit for. `make_cover` strings the calls
+together without permits, for tools and tests; the pipeline meters each call
+(streams/pipeline/covers.py).
 """
 
 from __future__ import annotations
@@ -34,12 +42,13 @@ from .errors import (
 )
 from .ratelimit_headers import parse_rate_limit_headers, parse_resets_in, parse_retry_after
 
-__all__ = ["CoverImage", "ImageMaker"]
+__all__ = ["CoverImage", "ImageMaker", "PredictionState"]
 
 log = logging.getLogger(__name__)
 
 PROVIDER = "replicate"
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
+GONE = "gone"  # not a Replicate status: the API answered 404 for the prediction (deleted or never ours)
 MAX_SYNC_WAIT_S = 60  # Replicate holds a `Prefer: wait` request for at most 60 s
 
 # ReplicateError keeps only the problem-details body, but the 429 wait hint is
@@ -62,6 +71,36 @@ class CoverImage:
     prediction_id: str
     # When Replicate produced the file (it deletes outputs about an hour later).
     created_at_ms: int
+
+
+@dataclass(frozen=True)
+class PredictionState:
+    """What Replicate said about one prediction, in plain values (storable as JSON)."""
+
+    id: str
+    status: str  # starting, processing, succeeded, failed, canceled; or GONE
+    url: str | None = None  # the first output while Replicate still keeps it (about an hour)
+    error: str | None = None
+    created_at_ms: int | None = None
+    completed_at_ms: int | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.status not in TERMINAL and self.status != GONE
+
+    @property
+    def usable(self) -> bool:
+        """Succeeded and its image can still be fetched."""
+        return self.status == "succeeded" and self.url is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "status": self.status, "url": self.url, "error": self.error,
+                "created_at": self.created_at_ms, "completed_at": self.completed_at_ms}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PredictionState":
+        return cls(str(data["id"]), str(data.get("status") or "starting"), data.get("url"), data.get("error"),
+                   data.get("created_at"), data.get("completed_at"))
 
 
 def _parse_timestamp_ms(value: str | None) -> int | None:
@@ -127,16 +166,33 @@ class ImageMaker(AsyncClosing):
             transport=self._transport,
             event_hooks={"response": [_remember_error_headers]},
         )
+        # The SDK wraps every transport in its RetryTransport, which repeats GETs
+        # (our polls) on 429/503/504 up to ten times behind the caller's back:
+        # each repeat would be a Replicate call without a permit. One attempt;
+        # the caller's retry loop asks for a permit per try.
+        retrying = getattr(self._client._async_client, "_transport", None)
+        if retrying is not None and hasattr(retrying, "max_attempts"):
+            retrying.max_attempts = 1
 
     async def aclose(self) -> None:
         await self._transport.aclose()
 
-    async def make_cover(self, prompt: str, *, request_id: str) -> CoverImage:
-        """Generate one 16:9 PNG for `prompt`; raises a ProviderError subclass on failure."""
+    @property
+    def first_poll_s(self) -> float:
+        return self._first_poll_s
+
+    @property
+    def max_poll_s(self) -> float:
+        return self._max_poll_s
+
+    @property
+    def timeout_s(self) -> float:
+        return self._timeout_s
+
+    async def create_prediction(self, prompt: str, *, request_id: str) -> PredictionState:
+        """One POST (the create budget): start a prediction and wait for it up to the sync wait."""
         if not prompt.strip():
             raise RejectedRequest(PROVIDER, f"empty image prompt for request {request_id}")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout_s
         # `models.predictions`, not `predictions.async_create(model=...)`: in SDK 1.0.7
         # the latter drops `wait` when it delegates, silently turning sync mode off.
         prediction = await self._call(
@@ -146,35 +202,70 @@ class ImageMaker(AsyncClosing):
                 wait=self._sync_wait_s,
             )
         )
+        return self._state(prediction)
 
+    async def get_prediction(self, prediction_id: str) -> PredictionState:
+        """One GET (the other-endpoints budget). A prediction Replicate no longer knows comes back GONE."""
+        return await self._on_prediction(prediction_id, self._client.predictions.async_get(prediction_id))
+
+    async def cancel_prediction(self, prediction_id: str) -> PredictionState:
+        """One POST to /cancel (the other-endpoints budget): stop a prediction and its billing."""
+        return await self._on_prediction(prediction_id, self._client.predictions.async_cancel(prediction_id))
+
+    async def _on_prediction(self, prediction_id: str, request: Awaitable[Prediction]) -> PredictionState:
+        try:
+            return self._state(await self._call(request))
+        except RejectedRequest as exc:
+            if exc.status == 404:
+                return PredictionState(prediction_id, GONE, error="Replicate does not know this prediction (404)")
+            raise
+
+    def cover_of(self, state: PredictionState, *, request_id: str) -> CoverImage:
+        """The image of a finished prediction; a ProviderError for any other outcome."""
+        if state.status in ("failed", "canceled", GONE) or state.running:
+            reason = self._redact(str(state.error or "no error text"))
+            raise ProviderUnavailable(
+                PROVIDER, f"prediction {state.id} for request {request_id} {state.status}: {reason}"
+            )
+        if state.url is None:
+            raise MalformedOutput(PROVIDER, f"prediction {state.id} succeeded without an image URL (expired?)")
+        created_at_ms = state.completed_at_ms or state.created_at_ms or int(time.time() * 1000)
+        return CoverImage(url=state.url, prediction_id=state.id, created_at_ms=created_at_ms)
+
+    async def make_cover(self, prompt: str, *, request_id: str) -> CoverImage:
+        """Generate one 16:9 PNG for `prompt`; raises a ProviderError subclass on failure.
+
+        Polls and cancels here take no permit: for tools and tests. The
+        pipeline calls the steps one by one, each with its permit.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_s
+        state = await self.create_prediction(prompt, request_id=request_id)
         delay = self._first_poll_s
-        while prediction.status not in TERMINAL:
+        while state.running:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                await self._cancel_quietly(prediction.id)
+                await self._cancel_quietly(state.id)
                 raise ProviderUnavailable(
                     PROVIDER,
-                    f"prediction {prediction.id} for request {request_id} still {prediction.status} "
+                    f"prediction {state.id} for request {request_id} still {state.status} "
                     f"after {self._timeout_s:g}s; canceled it",
                 )
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, self._max_poll_s)
-            prediction = await self._call(self._client.predictions.async_get(prediction.id))
+            state = await self.get_prediction(state.id)
+        return self.cover_of(state, request_id=request_id)
 
-        if prediction.status != "succeeded":
-            reason = self._redact(str(prediction.error or "no error text"))
-            raise ProviderUnavailable(
-                PROVIDER, f"prediction {prediction.id} for request {request_id} {prediction.status}: {reason}"
-            )
-        url = _output_url(prediction.output)
-        if url is None:
-            raise MalformedOutput(PROVIDER, f"prediction {prediction.id} succeeded without an image URL")
-        created_at_ms = (
-            _parse_timestamp_ms(prediction.completed_at)
-            or _parse_timestamp_ms(prediction.created_at)
-            or int(time.time() * 1000)
+    def _state(self, prediction: Prediction) -> PredictionState:
+        error = prediction.error
+        return PredictionState(
+            id=prediction.id,
+            status=prediction.status,
+            url=_output_url(prediction.output) if prediction.status == "succeeded" else None,
+            error=self._redact(str(error)) if error else None,
+            created_at_ms=_parse_timestamp_ms(prediction.created_at),
+            completed_at_ms=_parse_timestamp_ms(prediction.completed_at),
         )
-        return CoverImage(url=url, prediction_id=prediction.id, created_at_ms=created_at_ms)
 
     async def _call(self, request: Awaitable[Prediction]) -> Prediction:
         """Await one SDK request and translate every failure into a ProviderError."""

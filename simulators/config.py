@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
         "output_ttl_seconds": 3600.0,
         "error_rate": 0.0,
         "error_statuses": [500, 503],
+        "other_error_rate": 0.0,  # a 5xx for this share of polls, lists and cancels (creates: error_rate)
         "slow_rate": 0.0,
         "slow_seconds": 30.0,
         "fail_rate": 0.0,

@@ -1,4 +1,13 @@
-"""Replicate predictions API simulator (prefix /replicate), plus the output-file CDN (/replicate/files)."""
+"""Replicate predictions API simulator (prefix /replicate), plus the output-file CDN (/replicate/files).
+
+Metering, as Replicate does it: creates count against `create_rpm`, every other
+endpoint (get, list, cancel) against `other_rpm`. The ledger counts calls per
+endpoint (`endpoints`: arrived, admitted, 429s, 5xx) and bills predictions
+(`billing`): a prediction is billed for the time it ran on hardware, from its
+start until it succeeded, failed or was canceled (one canceled before it
+started costs nothing), and a succeeded one for its images. `other_error_rate`
+answers that share of the non-create calls (polls, cancels) with a 5xx.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +25,7 @@ from .png import dims_for_aspect, make_png
 from .window import ProviderLedger, SiteStats, SlidingWindow, max_requests_in_any_window
 
 PREFIX = "/replicate"
+ENDPOINTS = ("create", "get", "list", "cancel")  # "create" is metered by create_rpm, the rest by other_rpm
 FILE_RE = re.compile(r"^/replicate/files/([a-z0-9]+)\.png$")
 FAIL_MESSAGE = "NSFW content detected. Try running it again, or try a different prompt."
 
@@ -68,6 +78,8 @@ class ReplicateSim:
         self.ledger = ProviderLedger()
         self.ledger.extra.update(predictions_created=0, predictions_succeeded=0, predictions_failed=0,
                                  predictions_canceled=0, files_served=0, files_not_found=0, sync_requests=0)
+        self.endpoints = {name: {"calls": 0, "admitted": 0, "rejected_429": 0, "errors_5xx": 0}
+                          for name in ENDPOINTS}
         self.predictions = {}
         self.files: dict[str, tuple[str, int, int, str]] = {}   # fid -> (prediction id, w, h, seed)
         self._png_cache: dict[str, bytes] = {}
@@ -186,8 +198,11 @@ class ReplicateSim:
                                       f"Request was throttled. Your rate limit resets in ~{secs}s."),
                              429, {"retry-after": str(secs)})
 
-    async def _gate(self, request: web.Request, kind: str) -> tuple[Optional[web.Response], str, SiteStats]:
+    async def _gate(self, request: web.Request, endpoint: str) -> tuple[Optional[web.Response], str, SiteStats]:
         """Auth, rate limit and fault injection. Returns (error response or None, site, site stats)."""
+        kind = "create" if endpoint == "create" else "other"
+        counts = self.endpoints[endpoint]
+        counts["calls"] += 1
         led = self.ledger
         led.calls += 1
         site = request.headers.get("x-sim-site") or "-"
@@ -202,11 +217,17 @@ class ReplicateSim:
         if not ok:
             led.reject(kind)
             st.rejected_429 += 1
+            counts["rejected_429"] += 1
             return self._throttled(retry_after), site, st
         led.admitted += 1
         st.admitted += 1
-        if roll(self.state.rng, self.cfg.get("error_rate", 0)):
+        counts["admitted"] += 1
+        error_rate = self.cfg.get("error_rate", 0)
+        if kind == "other":
+            error_rate = max(error_rate, self.cfg.get("other_error_rate", 0))
+        if roll(self.state.rng, error_rate):
             status = self.state.rng.choice(self.cfg.get("error_statuses", [500, 503]))
+            counts["errors_5xx"] += 1
             led.errors_5xx += 1
             st.errors_5xx += 1
             title = "Internal Server Error" if status == 500 else "Service Unavailable"
@@ -285,9 +306,9 @@ class ReplicateSim:
         val = float(m.group(1)) if m.group(1) else max_wait
         return max(1.0, min(val, max_wait))
 
-    async def _find(self, request: web.Request) -> tuple[web.Response | None, Any]:
+    async def _find(self, request: web.Request, endpoint: str) -> tuple[web.Response | None, Any]:
         """(error answer, prediction): the gate for a call on one prediction, then the look-up."""
-        err, _, _ = await self._gate(request, "other")
+        err, _, _ = await self._gate(request, endpoint)
         if err is not None:
             return err, None
         p = self.predictions.get(request.match_info["id"])
@@ -296,11 +317,11 @@ class ReplicateSim:
         return None, p
 
     async def get_prediction(self, request: web.Request) -> web.Response:
-        err, p = await self._find(request)
+        err, p = await self._find(request, "get")
         return err or json_response(self.pred_json(p))
 
     async def cancel_prediction(self, request: web.Request) -> web.Response:
-        err, p = await self._find(request)
+        err, p = await self._find(request, "cancel")
         if err is not None:
             return err
         if p.status not in ("succeeded", "failed", "canceled"):
@@ -314,7 +335,7 @@ class ReplicateSim:
         return json_response(self.pred_json(p))
 
     async def list_predictions(self, request: web.Request) -> web.Response:
-        err, _, _ = await self._gate(request, "other")
+        err, _, _ = await self._gate(request, "list")
         if err is not None:
             return err
         preds = sorted(self.predictions.values(), key=lambda p: p.created_at, reverse=True)[:100]
@@ -333,6 +354,31 @@ class ReplicateSim:
         self.ledger.extra["files_served"] += 1
         return web.Response(body=data, content_type="image/png",
                             headers={"Cache-Control": "public, max-age=3600"})
+
+    # -- billing --------------------------------------------------------------------------------
+    def billed_seconds(self, p: Prediction) -> float:
+        """Hardware time a prediction is billed for: from its start until it ended (or now, while it runs)."""
+        end = p.completed_at if p.completed_at is not None else self.state.now()
+        return max(0.0, end - p.started_at)
+
+    def billing(self) -> dict:
+        billed = {pid: self.billed_seconds(p) for pid, p in self.predictions.items()}
+        per_site: dict[str, dict[str, float]] = {}
+        for p in self.predictions.values():
+            site = per_site.setdefault(p.site, {"predictions": 0, "seconds": 0.0, "images": 0})
+            if billed[p.id] > 0:
+                site["predictions"] += 1
+                site["seconds"] = round(site["seconds"] + billed[p.id], 3)
+            if p.status == "succeeded":
+                site["images"] += len(p.file_ids)
+        return {
+            "predictions": sum(1 for v in billed.values() if v > 0),  # every one that ran, for any time
+            "seconds": round(sum(billed.values()), 3),
+            "images": sum(len(p.file_ids) for p in self.predictions.values() if p.status == "succeeded"),
+            "canceled_after_start": sum(1 for p in self.predictions.values()
+                                        if p.status == "canceled" and billed[p.id] > 0),
+            "per_site": per_site,
+        }
 
     # -- ledger ---------------------------------------------------------------------------------
     def ledger_json(self) -> dict:
@@ -356,6 +402,8 @@ class ReplicateSim:
             "predictions_in_progress": sum(1 for p in self.predictions.values()
                                            if p.status not in ("succeeded", "failed", "canceled")),
             **led.extra,
+            "endpoints": {name: dict(counts) for name, counts in self.endpoints.items()},
+            "billing": self.billing(),
             "limits": {"create_rpm": self.cfg["create_rpm"], "other_rpm": self.cfg["other_rpm"],
                        "window_seconds": w, "output_ttl_seconds": self.cfg["output_ttl_seconds"]},
             "per_site": {k: {f: v for f, v in vars(st).items() if f not in ("max_requests_in_window", "tokens_settled")}

@@ -120,6 +120,7 @@ class Settings(BaseSettings):
     openai_rpm: int = Field(450, ge=1)
     openai_tpm: int = Field(450_000, ge=1)
     replicate_rpm: int = Field(450, ge=1)
+    replicate_other_rpm: int = Field(2250, ge=1)  # Replicate's other endpoints (polls, cancels): 3000/600 of the create budget
     wix_site_rpm: int = Field(200, ge=1)
     # A permit must be used within this many seconds of its grant; the limiter
     # counts each permit over window + grace so late arrivals never overlap.

@@ -11,7 +11,8 @@ from streams.settings import settings
 
 OPENAI_REQUESTS = "openai_requests"
 OPENAI_TOKENS = "openai_tokens"
-REPLICATE_REQUESTS = "replicate_requests"
+REPLICATE_REQUESTS = "replicate_requests"  # creates (Replicate: 600/min)
+REPLICATE_OTHER_REQUESTS = "replicate_other_requests"  # every other endpoint: polls, cancels (3000/min)
 WIX_REQUESTS_PREFIX = "wix_requests:"
 
 
@@ -27,6 +28,7 @@ def rate_specs() -> dict[str, dict[str, Any]]:
         OPENAI_REQUESTS: {"limit": settings.openai_rpm, "window": window, "paced": paced},
         OPENAI_TOKENS: {"limit": settings.openai_tpm, "window": window},
         REPLICATE_REQUESTS: {"limit": settings.replicate_rpm, "window": window, "paced": paced},
+        REPLICATE_OTHER_REQUESTS: {"limit": settings.replicate_other_rpm, "window": window, "paced": paced},
         WIX_REQUESTS_PREFIX: {"limit": settings.wix_site_rpm, "window": window, "paced": paced},
     }
 

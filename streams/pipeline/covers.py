@@ -2,16 +2,43 @@
 
 Stage 2 makes it; stage 3 makes a new one when Replicate has already deleted
 the first (it keeps outputs one hour) before the post could import it.
+
+Every Replicate call takes a permit: a create from the create budget
+(`REPLICATE_REQUESTS`; Replicate allows 600 a minute), each poll and cancel
+from the other-endpoints budget (`REPLICATE_OTHER_REQUESTS`; 3000 a minute).
+Each try is one HTTP request (the SDK's hidden retries are off), and a failed
+poll is tried again as a poll, never as a new prediction.
+
+A request pays for one prediction. Its id goes into the effect ledger the
+moment the create answers (`<effect>-prediction`), so a retry, in this process
+or on another worker after a crash or rebalance, follows that prediction
+instead of creating one more. Only a prediction that failed, was canceled, ran
+past the timeout (canceled first) or whose image Replicate no longer has is
+replaced, by `<effect>-prediction-2`, `-3`, ...: each a ledger entry of its own,
+so a replay walks the same chain and reuses whatever is still good.
 """
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import logging
+import time
+from typing import Any, Awaitable, Callable
 
-from streams.limiter.specs import REPLICATE_REQUESTS
+from connectors.replicate_images import PredictionState
+from streams.limiter.specs import REPLICATE_OTHER_REQUESTS, REPLICATE_REQUESTS
 from streams.pipeline.deps import Deps
-from streams.pipeline.stage import call_with_permits, effect_once
+from streams.pipeline.stage import StageFailed, call_with_permits, effect_once
+from streams.settings import settings
+
+log = logging.getLogger(__name__)
 
 STAGE = "image"  # the stage whose permits and ledger entries a cover counts under
+MAX_CHAIN = 50  # predictions one request may have had in all (a replay walks them): a safety stop
+
+
+def prediction_key(effect: str, n: int) -> str:
+    """The ledger entry of a request's n-th prediction for `effect` (1: the first)."""
+    return f"{effect}-prediction" if n == 1 else f"{effect}-prediction-{n}"
 
 
 async def make_cover(request: dict[str, Any], article: dict[str, Any], deps: Deps, *, effect: str = STAGE) -> dict[str, Any]:
@@ -20,15 +47,70 @@ async def make_cover(request: dict[str, Any], article: dict[str, Any], deps: Dep
     assert deps.images is not None
     images = deps.images
 
-    async def create() -> dict[str, Any]:
-        cover = await call_with_permits(
-            stage=STAGE,
-            request_id=request_id,
-            site_id=site_id,
-            needs={REPLICATE_REQUESTS: 1},
-            call=lambda: images.make_cover(article["image_prompt"], request_id=request_id),
-        )
-        return {"url": cover.url, "prediction_id": cover.prediction_id, "created_at": cover.created_at_ms}
+    async def replicate(needs: dict[str, float], call: Callable[[], Awaitable[PredictionState]]) -> PredictionState:
+        return await call_with_permits(stage=STAGE, request_id=request_id, site_id=site_id, needs=needs, call=call)
 
-    image, _ = await effect_once(deps, request_id, effect, site_id, create)
+    async def poll(state: PredictionState) -> PredictionState:
+        return await replicate({REPLICATE_OTHER_REQUESTS: 1}, lambda: images.get_prediction(state.id))
+
+    async def cancel(state: PredictionState) -> PredictionState:
+        return await replicate({REPLICATE_OTHER_REQUESTS: 1}, lambda: images.cancel_prediction(state.id))
+
+    async def follow(state: PredictionState, recorded: bool) -> PredictionState:
+        """Until the prediction ends; one still running past the timeout is canceled."""
+        if recorded and (state.running or state.status == "succeeded"):
+            state = await poll(state)  # what the ledger holds is the create's answer: ask how it is now
+        started = (state.created_at_ms or _now_ms()) / 1000
+        delay = images.first_poll_s
+        while state.running:
+            if time.time() - started > images.timeout_s:
+                log.warning("prediction %s for request %s still %s after %.0f s: canceling it",
+                            state.id, request_id, state.status, images.timeout_s)
+                state = await cancel(state)
+                if state.running:  # Replicate takes a moment to stop it
+                    await asyncio.sleep(delay)
+                    state = await poll(state)
+                    if state.running:
+                        raise StageFailed(STAGE, request_id, site_id, f"prediction {state.id} did not stop when canceled",
+                                          f"Cancel it on replicate.com, then: blogstream retry {request_id}")
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, images.max_poll_s)
+            state = await poll(state)
+        return state
+
+    async def produce() -> dict[str, Any]:
+        created = 0
+        for n in range(1, MAX_CHAIN + 1):
+            fresh: dict[str, bool] = {}
+
+            async def create() -> dict[str, Any]:
+                state = await replicate(
+                    {REPLICATE_REQUESTS: 1},
+                    lambda: images.create_prediction(article["image_prompt"], request_id=request_id),
+                )
+                fresh["state"] = True
+                return state.as_dict()
+
+            if created >= settings.max_attempts and (await deps.db.get_effect(request_id, prediction_key(effect, n))) is None:
+                break
+            recorded, _ = await effect_once(deps, request_id, prediction_key(effect, n), site_id, create)
+            created += bool(fresh)
+            state = await follow(PredictionState.from_dict(recorded), recorded=not fresh)
+            if state.usable:
+                cover = images.cover_of(state, request_id=request_id)
+                return {"url": cover.url, "prediction_id": cover.prediction_id, "created_at": cover.created_at_ms}
+            log.warning("prediction %s for request %s on site %s %s (%s): making a new one",
+                        state.id, request_id, site_id, state.status if state.status != "succeeded" else "expired",
+                        state.error or "no error text")
+        raise StageFailed(
+            STAGE, request_id, site_id, f"no usable image after {created} new Replicate predictions",
+            f"Check the image prompt and the Replicate model, then: blogstream retry {request_id}",
+        )
+
+    image, _ = await effect_once(deps, request_id, effect, site_id, produce)
     return image
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

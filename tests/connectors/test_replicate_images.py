@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from connectors.errors import MalformedOutput, ProviderUnavailable, RateLimited, RejectedRequest
-from connectors.replicate_images import ImageMaker, _parse_timestamp_ms
+from connectors.replicate_images import GONE, ImageMaker, PredictionState, _parse_timestamp_ms
 
 from .conftest import REPLICATE_TOKEN, Simulator
 
@@ -119,3 +119,48 @@ def test_timestamps_with_nanoseconds() -> None:
 
 def test_malformed_output_is_retryable() -> None:
     assert MalformedOutput("replicate", "x").retryable
+
+
+# --------------------------------------------------------------------------- one call at a time (metered by the caller)
+
+
+@pytest.mark.asyncio
+async def test_each_step_is_one_call_and_the_state_is_plain_data(replicate_args: dict[str, Any], sim: Simulator) -> None:
+    sim.configure({"latency_scale": 1.0, "replicate": {"latency": 1.5}})
+    async with ImageMaker(**replicate_args, sync_wait_s=1) as maker:
+        started = await maker.create_prediction(PROMPT, request_id="req-10")
+        assert started.running and started.url is None and started.created_at_ms
+        assert PredictionState.from_dict(started.as_dict()) == started  # what the effect ledger stores
+        polled = await maker.get_prediction(started.id)
+        canceled = await maker.cancel_prediction(started.id)
+    assert polled.id == started.id and canceled.status == "canceled" and not canceled.running
+    endpoints = sim.ledger()["replicate"]["endpoints"]
+    assert [endpoints[e]["calls"] for e in ("create", "get", "cancel")] == [1, 1, 1]
+    with pytest.raises(ProviderUnavailable, match="canceled"):
+        maker.cover_of(canceled, request_id="req-10")
+
+
+@pytest.mark.asyncio
+async def test_a_failed_poll_is_one_call_the_sdk_does_not_retry_it(images: ImageMaker, sim: Simulator) -> None:
+    done = await images.create_prediction(PROMPT, request_id="req-11")
+    assert done.usable and images.cover_of(done, request_id="req-11").url == done.url
+    sim.configure({"replicate": {"other_error_rate": 1.0, "error_statuses": [503]}})
+    with pytest.raises(ProviderUnavailable) as info:
+        await images.get_prediction(done.id)
+    assert info.value.status == 503 and info.value.retryable
+    # The SDK's RetryTransport would have sent it ten times, each a poll without a permit.
+    assert sim.ledger()["replicate"]["endpoints"]["get"]["calls"] == 1
+    sim.configure({"replicate": {"other_error_rate": 0.0, "error_statuses": [500, 503]}})
+
+
+@pytest.mark.asyncio
+async def test_an_unknown_prediction_is_gone_and_an_expired_image_is_not_usable(images: ImageMaker, sim: Simulator) -> None:
+    gone = await images.get_prediction("nosuchprediction")
+    assert gone.status == GONE and not gone.running and not gone.usable
+    assert (await images.cancel_prediction("nosuchprediction")).status == GONE
+    done = await images.create_prediction(PROMPT, request_id="req-12")
+    sim.configure({"replicate": {"output_ttl_seconds": 0}})
+    expired = await images.get_prediction(done.id)
+    assert expired.status == "succeeded" and expired.url is None and not expired.usable
+    with pytest.raises(MalformedOutput):
+        images.cover_of(expired, request_id="req-12")

@@ -152,3 +152,65 @@ async def test_external_load_on_create_window(sim):
     assert ei.value.status == 429
     led = sim.ledger()["replicate"]
     assert led["external_admitted"] == 3 and led["max_requests_in_window"] == 3
+
+
+# --------------------------------------------------------------------------- metering and billing
+
+
+async def test_creates_and_other_calls_are_metered_apart_per_endpoint(sim):
+    c = client(sim)
+    p = await c.models.predictions.async_create(model=MODEL, input={"prompt": "a kite"}, wait=10)
+    for _ in range(3):
+        await c.predictions.async_get(p.id)
+    await c.predictions.async_cancel(p.id)  # finished already: a no-op, but a metered call
+    async with httpx.AsyncClient() as h:
+        await h.get(f"{sim.replicate_base_url}/v1/predictions", headers={"Authorization": "Bearer r8_test"})
+    led = sim.ledger()["replicate"]
+    assert led["current_requests_in_window"] == 1 and led["current_requests_in_window_other"] == 5
+    counts = {name: (e["calls"], e["admitted"]) for name, e in led["endpoints"].items()}
+    assert counts == {"create": (1, 1), "get": (3, 3), "cancel": (1, 1), "list": (1, 1)}
+    assert led["predictions_canceled"] == 0  # a finished prediction stays succeeded
+
+
+async def test_a_prediction_is_billed_for_the_time_it_ran_and_its_images(sim):
+    sim.configure({"latency_scale": 1.0, "replicate": {"latency": [0.3, 0.3]}})
+    c = client(sim)
+    done = await c.models.predictions.async_create(model=MODEL, input={"prompt": "a boat"}, wait=10)
+    assert done.status == "succeeded"
+    bill = sim.ledger()["replicate"]["billing"]
+    # It starts 0.03 s after the create (a tenth of its latency) and runs until 0.3 s.
+    assert bill["predictions"] == 1 and bill["images"] == 1
+    assert 0.2 <= bill["seconds"] <= 0.4
+
+
+async def test_a_canceled_prediction_is_billed_until_canceled_and_nothing_before_it_started(sim):
+    sim.configure({"latency_scale": 1.0, "replicate": {"latency": [30, 30]}})  # starts 0.5 s after the create
+    c = client(sim)
+    early = await c.models.predictions.async_create(model=MODEL, input={"prompt": "never ran"})
+    await c.predictions.async_cancel(early.id)
+    late = await c.models.predictions.async_create(model=MODEL, input={"prompt": "ran a while"})
+    await asyncio.sleep(1.0)
+    canceled = await c.predictions.async_cancel(late.id)
+    assert canceled.status == "canceled"
+    bill = sim.ledger()["replicate"]["billing"]
+    await asyncio.sleep(0.3)
+    assert sim.ledger()["replicate"]["billing"]["seconds"] == bill["seconds"]  # billing stopped at the cancel
+    assert bill["predictions"] == 1 and bill["canceled_after_start"] == 1 and bill["images"] == 0
+    assert 0.4 <= bill["seconds"] <= 0.8  # ran from 0.5 s to about 1.0 s
+    assert sim.ledger()["replicate"]["predictions_canceled"] == 2
+
+
+async def test_other_error_rate_fails_polls_and_cancels_but_not_creates(sim):
+    sim.configure({"replicate": {"other_error_rate": 1.0}})
+    c = client(sim)
+    p = await c.models.predictions.async_create(model=MODEL, input={"prompt": "a dune"}, wait=10)
+    assert p.status == "succeeded"
+    async with httpx.AsyncClient() as h:
+        r = await h.get(f"{sim.replicate_base_url}/v1/predictions/{p.id}", headers={"Authorization": "Bearer r8_test"})
+        assert r.status_code in (500, 503)
+        r = await h.post(f"{sim.replicate_base_url}/v1/predictions/{p.id}/cancel",
+                         headers={"Authorization": "Bearer r8_test"})
+        assert r.status_code in (500, 503)
+    endpoints = sim.ledger()["replicate"]["endpoints"]
+    assert endpoints["get"]["errors_5xx"] == 1 and endpoints["cancel"]["errors_5xx"] == 1
+    assert endpoints["create"]["errors_5xx"] == 0

@@ -1,0 +1,208 @@
+"""make_cover (streams/pipeline/covers.py) against the Replicate simulator: every call metered, one prediction paid.
+
+The simulator runs in this process (a thread); the connector is the real one
+over HTTP. The limiter and the effect ledger are in-memory stand-ins that
+record what the stage asked for, so each test compares the simulator's ledger
+(calls per endpoint, predictions billed) with the permits taken.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from types import SimpleNamespace
+
+import pytest
+
+from connectors.replicate_images import ImageMaker
+from simulators.config import DEFAULTS, merge_config
+from simulators.server import SimulatorServer
+from store.effects import EffectClaim
+from streams.limiter.client import Permit
+from streams.limiter.specs import REPLICATE_OTHER_REQUESTS, REPLICATE_REQUESTS
+from streams.pipeline import covers, stage
+from streams.pipeline.stage import StageFailed
+
+pytestmark = pytest.mark.asyncio
+
+BASE = {"window_seconds": 60, "latency_scale": 1.0, "seed": 11,
+        "replicate": {"latency": [0.05, 0.05], "create_rpm": 600, "other_rpm": 3000}}
+REQUEST = {"request_id": "req-covers-1", "site_id": "shop-1"}
+ARTICLE = {"image_prompt": "A watercolor of a greenhouse at dawn, no text"}
+
+
+@pytest.fixture(scope="module")
+def sim_server():
+    with SimulatorServer(config=merge_config(DEFAULTS, BASE)) as server:
+        yield server
+
+
+@pytest.fixture
+def sim(sim_server):
+    sim_server.configure(BASE)
+    sim_server.configure({"replicate": {"other_error_rate": 0.0, "error_rate": 0.0, "fail_rate": 0.0,
+                                        "output_ttl_seconds": 3600.0}})
+    sim_server.reset()
+    return sim_server
+
+
+class LedgerDb:
+    """The effect ledger in memory (claims always succeed: one worker)."""
+
+    def __init__(self) -> None:
+        self.done: dict[tuple[str, str], dict] = {}
+
+    async def claim_effect(self, request_id, effect, site_id, *, owner, lease_seconds):
+        if (request_id, effect) in self.done:
+            return EffectClaim("done", self.done[(request_id, effect)])
+        return EffectClaim("acquired")
+
+    async def complete_effect(self, request_id, effect, site_id, payload, *, owner):
+        self.done.setdefault((request_id, effect), payload)
+
+    async def release_effect(self, request_id, effect, *, owner):
+        pass
+
+    async def extend_effect(self, request_id, effect, *, owner, lease_seconds):
+        return True
+
+    async def get_effect(self, request_id, effect):
+        return self.done.get((request_id, effect))
+
+
+class CountingBudgets:
+    def __init__(self) -> None:
+        self.permits: Counter = Counter()
+
+    async def acquire(self, *, site_id, request_id, needs, slot_limit=None, weight=1.0):
+        for budget in needs:
+            self.permits[budget] += 1
+        return Permit("g", time.time() + 60, dict(needs), 0.0)
+
+    async def observe(self, needs, info, *, throttled):
+        pass
+
+
+@pytest.fixture
+def budgets(monkeypatch):
+    counting = CountingBudgets()
+    monkeypatch.setattr(stage, "budgets", counting)
+    quick = SimpleNamespace(max_attempts=6, retry_base_seconds=0.01)
+    monkeypatch.setattr(stage, "settings", quick)
+    monkeypatch.setattr(covers, "settings", quick)
+    return counting
+
+
+def images(sim, **overrides) -> ImageMaker:
+    args = {"base_url": sim.replicate_base_url, "api_token": "r8_test", "model": "black-forest-labs/flux-schnell",
+            "timeout": 10.0, "max_connections": 10, "first_poll_s": 0.05, "max_poll_s": 0.1, **overrides}
+    return ImageMaker(**args)
+
+
+def deps_for(maker: ImageMaker, db: LedgerDb | None = None) -> SimpleNamespace:
+    return SimpleNamespace(images=maker, db=db or LedgerDb(), worker_id="test-worker")
+
+
+def permitted(budgets: CountingBudgets) -> dict[str, int]:
+    """The permits the stage took, by budget."""
+    return {budget: budgets.permits[budget] for budget in (REPLICATE_REQUESTS, REPLICATE_OTHER_REQUESTS)}
+
+
+def metered(sim) -> dict[str, int]:
+    """What the simulator saw: every call that reached it, by budget."""
+    endpoints = sim.ledger()["replicate"]["endpoints"]
+    return {REPLICATE_REQUESTS: endpoints["create"]["calls"],
+            REPLICATE_OTHER_REQUESTS: sum(endpoints[e]["calls"] for e in ("get", "list", "cancel"))}
+
+
+async def test_a_synchronous_create_costs_one_create_permit_and_no_poll(sim, budgets):
+    async with images(sim) as maker:
+        image = await covers.make_cover(REQUEST, ARTICLE, deps_for(maker))
+    assert image["url"].endswith(".png") and image["prediction_id"]
+    assert metered(sim) == {REPLICATE_REQUESTS: 1, REPLICATE_OTHER_REQUESTS: 0} == permitted(budgets)
+
+
+async def test_failed_polls_are_polled_again_with_a_permit_each_and_one_prediction_is_billed(sim, budgets):
+    # The sync wait (1 s) ends before the image (2.5 s): polls follow, half of them answered 503.
+    sim.configure({"replicate": {"latency": [2.5, 2.5], "other_error_rate": 0.5}})
+    async with images(sim, sync_wait_s=1, first_poll_s=0.1, max_poll_s=0.2) as maker:
+        db = LedgerDb()
+        image = await covers.make_cover(REQUEST, ARTICLE, deps_for(maker, db))
+    led = sim.ledger()["replicate"]
+    assert led["endpoints"]["get"]["errors_5xx"] >= 1, "the test needs a failed poll"
+    assert led["predictions_created"] == 1 and led["billing"]["predictions"] == 1
+    assert metered(sim) == permitted(budgets)  # every call had its own permit
+    assert db.done[(REQUEST["request_id"], "image-prediction")]["id"] == image["prediction_id"]
+
+
+async def test_a_retry_after_the_polls_gave_up_follows_the_same_prediction(sim, budgets):
+    sim.configure({"replicate": {"latency": [1.5, 1.5], "other_error_rate": 1.0}})
+    db = LedgerDb()
+    async with images(sim, sync_wait_s=1) as maker:
+        with pytest.raises(StageFailed):
+            await covers.make_cover(REQUEST, ARTICLE, deps_for(maker, db))  # every poll fails: the stage gives up
+        assert (REQUEST["request_id"], "image") not in db.done
+        sim.configure({"replicate": {"other_error_rate": 0.0}})
+        image = await covers.make_cover(REQUEST, ARTICLE, deps_for(maker, db))  # the replay, or `blogstream retry`
+    led = sim.ledger()["replicate"]
+    assert led["predictions_created"] == 1 and led["billing"]["predictions"] == 1
+    assert image["prediction_id"] == db.done[(REQUEST["request_id"], "image-prediction")]["id"]
+    assert metered(sim) == permitted(budgets)
+
+
+async def test_a_failed_prediction_is_replaced_and_a_replay_reuses_the_chain(sim, budgets):
+    sim.configure({"replicate": {"fail_rate": 1.0}})
+    db = LedgerDb()
+    async with images(sim) as maker:
+        failing = covers.make_cover(REQUEST, ARTICLE, deps_for(maker, db))
+        # Let the first prediction fail, then make the model work again.
+        original_create = maker.create_prediction
+
+        async def create_then_heal(prompt, *, request_id):
+            state = await original_create(prompt, request_id=request_id)
+            sim.configure({"replicate": {"fail_rate": 0.0}})
+            return state
+
+        maker.create_prediction = create_then_heal  # type: ignore[method-assign]
+        image = await failing
+        first = db.done[(REQUEST["request_id"], "image-prediction")]
+        second = db.done[(REQUEST["request_id"], "image-prediction-2")]
+        assert first["status"] == "failed" and second["id"] == image["prediction_id"]
+
+        # A replay with the image effect lost (say, it crashed before recording it) walks the
+        # chain: the failed one needs no call, the good one one poll, and nothing is created.
+        del db.done[(REQUEST["request_id"], "image")]
+        before = metered(sim)
+        again = await covers.make_cover(REQUEST, ARTICLE, deps_for(maker, db))
+    assert again["url"] == image["url"]
+    assert metered(sim) == {REPLICATE_REQUESTS: before[REPLICATE_REQUESTS],
+                            REPLICATE_OTHER_REQUESTS: before[REPLICATE_OTHER_REQUESTS] + 1}
+    assert sim.ledger()["replicate"]["predictions_created"] == 2
+    assert metered(sim) == permitted(budgets)
+
+
+async def test_a_prediction_past_the_timeout_is_canceled_with_a_permit_before_a_new_one(sim, budgets):
+    sim.configure({"replicate": {"latency": [30, 30]}})
+    stage.settings.max_attempts = 3  # the fixture's stand-in: three new predictions at most
+    async with images(sim, timeout=1.5, sync_wait_s=1, first_poll_s=0.1, max_poll_s=0.2) as maker:
+        with pytest.raises(StageFailed) as failed:
+            await covers.make_cover(REQUEST, ARTICLE, deps_for(maker))
+    assert "3 new Replicate predictions" in failed.value.message  # max_attempts = 3 here
+    led = sim.ledger()["replicate"]
+    assert led["predictions_created"] == 3 and led["predictions_canceled"] == 3
+    assert led["predictions_in_progress"] == 0  # none left running (and billing)
+    assert led["endpoints"]["cancel"]["calls"] == 3
+    assert metered(sim) == permitted(budgets)
+
+
+async def test_an_expired_image_is_replaced(sim, budgets):
+    db = LedgerDb()
+    async with images(sim) as maker:
+        sim.configure({"replicate": {"output_ttl_seconds": 1.0}})
+        first = await covers.make_cover(REQUEST, ARTICLE, deps_for(maker, db))
+        await asyncio.sleep(1.2)  # Replicate deleted the output meanwhile
+        del db.done[(REQUEST["request_id"], "image")]
+        second = await covers.make_cover(REQUEST, ARTICLE, deps_for(maker, db))
+    assert second["prediction_id"] != first["prediction_id"]
+    assert sim.ledger()["replicate"]["predictions_created"] == 2
+    assert metered(sim) == permitted(budgets)
