@@ -22,7 +22,7 @@ from typing import Any
 import faust
 from mode.utils.objects import cached_property
 
-from streams import faust_fixes
+from streams import faust_fixes, logs
 from streams.settings import settings
 
 log = logging.getLogger(__name__)
@@ -121,8 +121,8 @@ app = BlogstreamApp(
     topic_partitions=settings.topic_partitions,
     topic_replication_factor=1,
     web_port=settings.web_port,
-    web_host="127.0.0.1",
-    web_bind="127.0.0.1",
+    web_host="127.0.0.1",  # the canonical URL's host (faust --web-host); web_bind: the address served on
+    web_bind=settings.web_bind,
     # /table would expose budget internals; our own pages show what users need.
     web_tables_enabled=False,
     # Stage events are processed concurrently and acked in offset order by
@@ -143,7 +143,10 @@ app = BlogstreamApp(
     consumer_auto_offset_reset="earliest",
     table_standby_replicas=1,
     datadir=settings.data_dir,
+    # BLOGSTREAM_LOG_FORMAT=json: Faust's worker sets logging up from this, with JSON lines (streams/logs.py).
+    logging_config=logs.logging_config(settings.log_format),
 )
+logs.install(settings.log_format)
 
 
 @app.on_partitions_revoked.connect

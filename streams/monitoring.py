@@ -68,9 +68,16 @@ async def heartbeat() -> None:
         metrics.budget_waiting.labels(name).set(stats[name]["waiting"])
     publish_site_figures(stats)
     o, r = stats[OPENAI_REQUESTS], stats[REPLICATE_REQUESTS]
+    t = stats[OPENAI_TOKENS]
     log.info(
         "[Blog Worker] Heartbeat - cycle %d | Queue: %d | OpenAI RPM: %s | Replicate RPM: %s",
         _cycle, queue, _pct(o["used_in_window"], o["limit"]), _pct(r["used_in_window"], r["limit"]),
+        extra={  # keys of their own in JSON logs (BLOGSTREAM_LOG_FORMAT=json)
+            "cycle": _cycle, "queue": queue,
+            "openai_rpm_used": int(o["used_in_window"]), "openai_rpm_limit": int(o["limit"]),
+            "openai_tpm_used": int(t["used_in_window"]), "openai_tpm_limit": int(t["limit"]),
+            "replicate_rpm_used": int(r["used_in_window"]), "replicate_rpm_limit": int(r["limit"]),
+        },
     )
 
 
