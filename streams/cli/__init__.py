@@ -7,6 +7,7 @@
     blogstream retry REQUEST_ID ...                   (run FAILED requests again, after fixing their error)
     blogstream retry --failed [--site S] [--since 1h] [--yes]
     blogstream health [--sites 20] [--json]           (exit code 0 healthy, 1 degraded, 2 down)
+    blogstream topics tail TOPIC [-n 10] [--no-follow] [--json]   (records decoded; blog.dlq with reasons)
 
 Every read command takes --json (the answer alone on stdout). Errors are one line on
 stderr, `blogstream: error: <what>, <what to do>`, with a nonzero exit code; set
@@ -27,6 +28,7 @@ from streams.cli.output import CliError
 from streams.cli.retry import retry
 from streams.cli.sites import sites
 from streams.cli.submit import submit_command
+from streams.cli.topics import topics
 
 __all__ = ["cli", "main"]
 
@@ -66,6 +68,7 @@ cli.add_command(submit_command, "submit")
 cli.add_command(sites)
 cli.add_command(retry)
 cli.add_command(health)
+cli.add_command(topics)
 
 
 def main(argv: list[str] | None = None) -> int:
