@@ -32,6 +32,10 @@ DEFAULTS: dict[str, Any] = {
         "external_tpm_per_request": 0,
         "default_max_tokens": 4096,
         "require_auth": True,
+        # TPM: True settles each call's admission charge down to what it used (unused reservation returns
+        # to the window); False leaves the whole admission estimate counted for the window.
+        "refund_unused_tokens": True,
+        "estimate_error": 0.0,   # relative error of the admission estimate, in [0, 1), seeded per request
     },
     "replicate": {
         "create_rpm": 600,
@@ -183,6 +187,8 @@ def merge_config(base: dict[str, Any], patch: Mapping[str, Any], _defaults: Mapp
             out[key] = merge_config(out[key], value, default, path)
         else:
             out[key] = _coerce(path, key, default, value)
+    if not 0 <= out.get("openai", {}).get("estimate_error", 0) < 1:
+        raise ConfigError("openai.estimate_error must be in [0, 1)")
     for prov in PROVIDERS:
         statuses = out.get(prov, {}).get("error_statuses")
         if statuses is not None and (not statuses or not all(isinstance(s, int) and 500 <= s <= 599 for s in statuses)):

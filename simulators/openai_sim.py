@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import string
@@ -47,8 +48,34 @@ class OpenAISim:
     def reset(self) -> None:
         self.window = SlidingWindow()
         self.ledger = ProviderLedger()
-        self.ledger.extra.update(tokens_charged_total=0, tokens_settled_total=0, completions=0,
-                                 truncated=0, by_model={})
+        # tokens_settled_total: what the calls really used (prompt + completion; prompt only for a 5xx, 0 for
+        # a 400); tokens_counted_total: what stayed counted against TPM once settled (the same when unused
+        # reservation is refunded, the admission charge when it is not).
+        self.ledger.extra.update(tokens_charged_total=0, tokens_settled_total=0, tokens_counted_total=0,
+                                 completions=0, truncated=0, by_model={})
+        self.usage_by_model: dict[str, dict[str, dict[str, int]]] = {}
+
+    def record_usage(self, model: str, lane: str, prompt_tokens: int, completion_tokens: int) -> None:
+        """Billed usage of one successful request, per model and lane ("realtime" | "batch")."""
+        by_lane = self.usage_by_model.setdefault(model, {
+            ln: {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0} for ln in ("realtime", "batch")})
+        u = by_lane[lane]
+        u["requests"] += 1
+        u["prompt_tokens"] += int(prompt_tokens)
+        u["completion_tokens"] += int(completion_tokens)
+
+    def admission_charge(self, body: dict, prompt_tokens: int, max_tokens: Any) -> int:
+        """prompt estimate + max_tokens x n, off by up to ``estimate_error`` (relative; deterministic from the
+        seed and the request, like a tokenizer that is wrong the same way for the same text)."""
+        n = body.get("n")
+        n = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+        est = prompt_tokens + (max_tokens * n if isinstance(max_tokens, int) and max_tokens > 0 else 0)
+        err = float(self.cfg.get("estimate_error", 0) or 0)
+        if not err:
+            return est
+        key = f"{self.state.config['seed']}:{json.dumps(body, sort_keys=True, default=str)}"
+        u = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2 ** 64
+        return max(0, round(est * (1 + err * (2 * u - 1))))
 
     @property
     def cfg(self) -> dict:
@@ -141,14 +168,9 @@ class OpenAISim:
         model = body.get("model") if isinstance(body.get("model"), str) else "unknown-model"
         site = body.get("user") or body.get("safety_identifier") or request.headers.get("x-sim-site") or "-"
         site = str(site)
-        max_tokens = body.get("max_completion_tokens")
-        if max_tokens is None:
-            max_tokens = body.get("max_tokens")
-        if max_tokens is None:
-            max_tokens = int(self.cfg.get("default_max_tokens", 4096))
-        pchars = prompt_chars(messages)
-        prompt_tokens = tokens_for(pchars)
-        charge = prompt_tokens + (max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else 0)
+        max_tokens = self.max_tokens_of(body)
+        prompt_tokens = tokens_for(prompt_chars(messages))
+        charge = self.admission_charge(body, prompt_tokens, max_tokens)
 
         site_stats = led.site(site)
         site_stats.calls += 1
@@ -163,7 +185,7 @@ class OpenAISim:
         t_start = time.monotonic()
         site_stats.start()
         try:
-            problem = self._validate(body, messages, max_tokens)
+            problem = self.validate_request(body, messages, max_tokens)
             if problem is not None:  # admitted (counted), but rejected without model latency
                 self._settle(ent, site_stats, 0)
                 led.rejected_4xx += 1
@@ -180,36 +202,14 @@ class OpenAISim:
                 return json_response(_err(SERVER_ERRORS.get(fault_status, "Internal error."), "server_error"),
                                      fault_status, self._common_headers(request_id, state.now()))
 
-            content, truncated = self._content(body, messages, max_tokens)
-            completion_tokens = min(max_tokens, tokens_for(len(content)))
-            self._settle(ent, site_stats, prompt_tokens + completion_tokens)
+            completion, truncated = self.completion(body, model, messages, max_tokens)
+            usage = completion["usage"]
+            self._settle(ent, site_stats, usage["total_tokens"])
+            self.record_usage(model, "realtime", usage["prompt_tokens"], usage["completion_tokens"])
             led.extra["completions"] += 1
             led.extra["truncated"] += int(truncated)
             bm = led.extra["by_model"]
             bm[model] = bm.get(model, 0) + 1
-            completion = {
-                "id": "chatcmpl-" + "".join(state.rng.choice(string.ascii_letters + string.digits) for _ in range(29)),
-                "object": "chat.completion",
-                "created": int(state.now()),
-                "model": model,
-                "choices": [{
-                    "index": 0,
-                    "message": {"role": "assistant", "content": content, "refusal": None, "annotations": []},
-                    "logprobs": None,
-                    "finish_reason": "length" if truncated else "stop",
-                }],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                    "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-                    "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
-                                                  "accepted_prediction_tokens": 0,
-                                                  "rejected_prediction_tokens": 0},
-                },
-                "service_tier": "default",
-                "system_fingerprint": "fp_sim0001",
-            }
             headers = self._common_headers(request_id, state.now())
             headers["openai-processing-ms"] = str(int((time.monotonic() - t_start) * 1000))
             if body.get("stream"):
@@ -218,14 +218,53 @@ class OpenAISim:
         finally:
             site_stats.end()
 
+    def max_tokens_of(self, body: dict) -> Any:
+        for key in ("max_completion_tokens", "max_tokens"):
+            if body.get(key) is not None:
+                return body[key]
+        return int(self.cfg.get("default_max_tokens", 4096))
+
+    def completion(self, body: dict, model: str, messages: Any, max_tokens: int) -> tuple[dict, bool]:
+        """The chat.completion object for a valid request (the real-time endpoint and every batch line)."""
+        state = self.state
+        content, truncated = self._content(body, messages, max_tokens)
+        prompt_tokens = tokens_for(prompt_chars(messages))
+        completion_tokens = min(max_tokens, tokens_for(len(content)))
+        return {
+            "id": "chatcmpl-" + "".join(state.rng.choice(string.ascii_letters + string.digits) for _ in range(29)),
+            "object": "chat.completion",
+            "created": int(state.now()),
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": content, "refusal": None, "annotations": []},
+                "logprobs": None,
+                "finish_reason": "length" if truncated else "stop",
+            }],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                              "accepted_prediction_tokens": 0,
+                                              "rejected_prediction_tokens": 0},
+            },
+            "service_tier": "default",
+            "system_fingerprint": "fp_sim0001",
+        }, truncated
+
     def _settle(self, ent: Any, site_stats: Any, tokens: int) -> None:
-        ent.tokens = int(tokens)
+        """Record what the call used; what stays counted in the window depends on ``refund_unused_tokens``."""
+        counted = int(tokens) if self.cfg.get("refund_unused_tokens", True) else ent.charged
+        ent.tokens = counted
         ent.settled_at = self.state.now()
         self.ledger.extra["tokens_settled_total"] += int(tokens)
+        self.ledger.extra["tokens_counted_total"] += counted
         site_stats.tokens_settled += int(tokens)
 
     @staticmethod
-    def _validate(body: dict, messages: Any, max_tokens: Any) -> Optional[tuple[str, Optional[str], Optional[str]]]:
+    def validate_request(body: dict, messages: Any, max_tokens: Any) -> Optional[tuple[str, Optional[str], Optional[str]]]:
         if not isinstance(body.get("model"), str) or not body.get("model"):
             return "you must provide a model parameter", None, None
         if not isinstance(messages, list) or not messages:
@@ -314,7 +353,9 @@ class OpenAISim:
             "current_requests_in_window": self.window.count(now, w),
             "current_tokens_in_window": self.window.tokens(now, w),
             **led.extra,
-            "limits": {"rpm": self.cfg["rpm"], "tpm": self.cfg["tpm"], "window_seconds": w},
+            "usage_by_model": self.usage_by_model,
+            "limits": {"rpm": self.cfg["rpm"], "tpm": self.cfg["tpm"], "window_seconds": w,
+                       "refund_unused_tokens": bool(self.cfg.get("refund_unused_tokens", True))},
             "per_site": {k: _site_json(v) for k, v in led.per_site.items()},
         }
 

@@ -279,3 +279,70 @@ async def test_auth_required(sim):
     async with httpx.AsyncClient() as h:
         r = await h.post(sim.openai_base_url + "/chat/completions", json={"model": "x", "messages": PROMPT})
     assert r.status_code == 401 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("refund", [True, False])
+async def test_remaining_tokens_after_small_usage_follow_the_token_semantics(sim, refund):
+    sim.configure({"openai": {"tpm": 10_000, "refund_unused_tokens": refund}})
+    c = client(sim)
+    charge = math.ceil(PROMPT_CHARS / 4) + 4000
+    raw = await c.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=PROMPT, max_tokens=4000)
+    used = raw.parse().usage.total_tokens
+    assert used < charge / 2   # small actual usage
+    # refunded: the window holds what was used; not refunded: the whole admission estimate stays
+    counted = used if refund else charge
+    assert raw.headers["x-ratelimit-remaining-tokens"] == str(10_000 - counted)
+    await c.chat.completions.create(model="gpt-4o-mini", messages=PROMPT, max_tokens=4000)
+    if refund:   # a third 4000-token reservation fits only because the first two were settled down
+        await c.chat.completions.create(model="gpt-4o-mini", messages=PROMPT, max_tokens=4000)
+    else:
+        with pytest.raises(openai.RateLimitError) as ei:
+            await c.chat.completions.create(model="gpt-4o-mini", messages=PROMPT, max_tokens=4000)
+        err = ei.value
+        assert err.type == "tokens" and err.code == "rate_limit_exceeded"
+        assert "tokens per min (TPM)" in err.body["message"] and f"Used {2 * charge}" in err.body["message"]
+        h = err.response.headers
+        assert h["x-ratelimit-remaining-tokens"] == str(10_000 - 2 * charge)
+        assert DURATION_RE.match(h["x-ratelimit-reset-tokens"]) and int(h["retry-after"]) >= 1
+    led = sim.ledger()["openai"]
+    calls = 3 if refund else 2
+    assert led["limits"]["refund_unused_tokens"] is refund
+    assert led["tokens_charged_total"] == calls * charge
+    assert led["tokens_counted_total"] == led["current_tokens_in_window"]
+    assert led["tokens_counted_total"] == (led["tokens_settled_total"] if refund else calls * charge)
+    usage = led["usage_by_model"]["gpt-4o-mini"]
+    assert usage["realtime"]["requests"] == calls and usage["batch"]["requests"] == 0
+    assert usage["realtime"]["prompt_tokens"] + usage["realtime"]["completion_tokens"] == led["tokens_settled_total"]
+    ev = sim.events("openai")   # [t, site, tokens counted, external, charged at admission, settled at]
+    assert len(ev) == calls and all((e[2] < e[4]) if refund else (e[2] == e[4]) for e in ev)
+
+
+async def test_no_refund_charges_max_tokens_times_n(sim):
+    sim.configure({"openai": {"tpm": 10_000, "refund_unused_tokens": False}})
+    raw = await client(sim).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=PROMPT,
+                                                                       max_tokens=1000, n=3)
+    assert raw.headers["x-ratelimit-remaining-tokens"] == str(10_000 - math.ceil(PROMPT_CHARS / 4) - 3000)
+
+
+async def test_estimate_error_is_small_seeded_and_what_the_window_counts(sim):
+    sim.configure({"openai": {"tpm": 1_000_000, "refund_unused_tokens": False, "estimate_error": 0.02}})
+    c = client(sim)
+    p = math.ceil(PROMPT_CHARS / 4)
+
+    async def charges() -> list[int]:
+        out, before = [], 1_000_000
+        for max_tokens in (500, 1000, 1500, 2000, 2500, 3000):
+            raw = await c.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=PROMPT,
+                                                                     max_tokens=max_tokens)
+            left = int(raw.headers["x-ratelimit-remaining-tokens"])
+            out.append(before - left)
+            before = left
+        return out
+
+    first = await charges()
+    estimates = [p + m for m in (500, 1000, 1500, 2000, 2500, 3000)]
+    assert all(abs(ch - est) <= 0.02 * est + 1 for ch, est in zip(first, estimates))
+    assert first != estimates   # the provider's count is not the client's estimate
+    assert sim.ledger()["openai"]["tokens_charged_total"] == sum(first)
+    sim.reset()
+    assert await charges() == first   # deterministic from the seed and the request
