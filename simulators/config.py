@@ -36,6 +36,17 @@ DEFAULTS: dict[str, Any] = {
         # to the window); False leaves the whole admission estimate counted for the window.
         "refund_unused_tokens": True,
         "estimate_error": 0.0,   # relative error of the admission estimate, in [0, 1), seeded per request
+        "batch": {               # Files + Batch API (simulators/openai_batches.py)
+            "validation_seconds": 2.0,          # x latency_scale
+            "seconds_per_request": 0.5,         # x latency_scale; the lines of a batch run one after the other
+            "finalizing_seconds": 1.0,          # x latency_scale; also how long cancelling takes
+            "completion_window_seconds": 86_400.0,   # "24h", not scaled: lower it in tests to see expiry
+            "enqueued_token_limit": 2_000_000,  # prompt tokens enqueued per model (gpt-4o-mini, tier 1)
+            "line_error_rate": 0.0,             # share of lines answered 500 in the error file
+            "max_requests": 50_000,
+            "max_input_file_bytes": 209_715_200,   # 200 MB
+            "max_upload_bytes": 536_870_912,       # Files API: 512 MB a file
+        },
     },
     "replicate": {
         "create_rpm": 600,

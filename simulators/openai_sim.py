@@ -14,11 +14,11 @@ from aiohttp import web
 from .common import SimContext, json_response, provider_latency, read_json, roll, sleep
 from .content import (ARTICLE_SCHEMA, TextGen, messages_text, plain_content, prompt_chars,
                       structured_content, tokens_for)
+from .openai_batches import ORG, OpenAIBatches, api_error as _err, unauthorized
 from .window import (Decision, ProviderLedger, SlidingWindow, format_duration,
                      max_requests_in_any_window, max_tokens_in_any_window)
 
 RATE_DOCS = "Visit https://platform.openai.com/account/rate-limits to learn more."
-ORG = "org-simulator"
 
 SERVER_ERRORS = {
     500: "The server had an error while processing your request. Sorry about that!",
@@ -34,15 +34,12 @@ def _site_json(st: Any) -> dict:
     return d
 
 
-def _err(message: str, type_: str, code: Optional[str] = None, param: Optional[str] = None) -> dict:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
 class OpenAISim:
     name = "openai"
 
     def __init__(self, state: SimContext):
         self.state = state
+        self.batches = OpenAIBatches(self)
         self.reset()
 
     def reset(self) -> None:
@@ -54,6 +51,7 @@ class OpenAISim:
         self.ledger.extra.update(tokens_charged_total=0, tokens_settled_total=0, tokens_counted_total=0,
                                  completions=0, truncated=0, by_model={})
         self.usage_by_model: dict[str, dict[str, dict[str, int]]] = {}
+        self.batches.reset()
 
     def record_usage(self, model: str, lane: str, prompt_tokens: int, completion_tokens: int) -> None:
         """Billed usage of one successful request, per model and lane ("realtime" | "batch")."""
@@ -152,12 +150,10 @@ class OpenAISim:
         request_id = self._rid()
         led = self.ledger
         led.calls += 1
-        auth = request.headers.get("Authorization", "")
-        if self.cfg.get("require_auth", True) and not (auth.startswith("Bearer ") and auth[7:].strip()):
+        denied = unauthorized(request, self.cfg, request_id)
+        if denied is not None:
             led.rejected_4xx += 1
-            return json_response(_err("You didn't provide an API key. You need to provide your API key in an "
-                                      "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
-                                      "invalid_request_error"), 401, {"x-request-id": request_id})
+            return denied
         body, err = await read_json(request)
         if err or not isinstance(body, dict):
             led.rejected_4xx += 1
@@ -354,6 +350,7 @@ class OpenAISim:
             "current_tokens_in_window": self.window.tokens(now, w),
             **led.extra,
             "usage_by_model": self.usage_by_model,
+            "batch": self.batches.ledger_json(),
             "limits": {"rpm": self.cfg["rpm"], "tpm": self.cfg["tpm"], "window_seconds": w,
                        "refund_unused_tokens": bool(self.cfg.get("refund_unused_tokens", True))},
             "per_site": {k: _site_json(v) for k, v in led.per_site.items()},
@@ -364,3 +361,4 @@ class OpenAISim:
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/openai/v1/chat/completions", self.chat_completions)
+        self.batches.add_routes(app, "/openai/v1")
