@@ -76,6 +76,9 @@ DEFAULTS: dict[str, Any] = {
         "external_rpm": 0.0,
         "external_sites": [],
         "site_url_template": "https://{site}.wixsite.example",
+        "bulk_max_items": 100,         # draft posts per bulk create call
+        "max_post_bytes": 409_600,     # 400 KB a post
+        "max_posts_per_blog": 100_000,
     },
 }
 

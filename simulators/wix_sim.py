@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from datetime import datetime, timezone
@@ -59,7 +60,7 @@ class WixSim:
         self.sites: dict[str, WixSite] = {}
         self.ledger = ProviderLedger()
         self.ledger.extra.update(imports_total=0, imports_rejected=0, drafts_created=0, posts_total=0,
-                                 publish_calls=0)
+                                 publish_calls=0, bulk_create_calls=0, bulk_items_failed=0)
 
     @property
     def cfg(self) -> dict:
@@ -253,20 +254,27 @@ class WixSim:
     def _public_draft(d: dict) -> dict:
         return {k: v for k, v in d.items() if not k.startswith("_")}
 
-    async def create_draft(self, request: web.Request, site: WixSite, body: dict) -> web.Response:
-        dp = body.get("draftPost")
+    def _new_draft(self, site: WixSite, dp: Any, fieldsets: Any) -> tuple[Optional[dict], Optional[dict]]:
+        """A draft from one ``draftPost`` (not stored yet), or the validation error that refuses it."""
         if not isinstance(dp, dict):
-            return json_response(validation_error("draftPost", "must not be empty"), 400)
+            return None, validation_error("draftPost", "must not be empty")
         title = dp.get("title")
         if not isinstance(title, str) or not title.strip():
-            return json_response(validation_error("draftPost.title", "must not be empty"), 400)
+            return None, validation_error("draftPost.title", "must not be empty")
         rc = dp.get("richContent")
         if not isinstance(rc, dict) or not isinstance(rc.get("nodes"), list):
-            return json_response(validation_error("draftPost.richContent",
-                                                  "must be a Ricos document object with a 'nodes' array"), 400)
+            return None, validation_error("draftPost.richContent",
+                                          "must be a Ricos document object with a 'nodes' array")
         slug = dp.get("seoSlug") or slugify(title)
         if not isinstance(slug, str):
-            return json_response(validation_error("draftPost.seoSlug", "must be a string", "TYPE"), 400)
+            return None, validation_error("draftPost.seoSlug", "must be a string", "TYPE")
+        size = len(json.dumps(dp).encode())
+        if size > int(self.cfg["max_post_bytes"]):
+            return None, app_error("INVALID_ARGUMENT: draft post too large", "POST_TOO_LARGE",
+                                   f"A post is at most {self.cfg['max_post_bytes']} bytes; this one is {size}.")
+        if len(site.drafts) >= int(self.cfg["max_posts_per_blog"]):
+            return None, app_error("FAILED_PRECONDITION: the blog is full", "MAX_POSTS_REACHED",
+                                   f"A blog holds at most {self.cfg['max_posts_per_blog']} posts.")
         now = self.state.now()
         draft = {
             "id": str(uuid.uuid4()),
@@ -285,14 +293,55 @@ class WixSim:
             "hasUnpublishedChanges": True,
             "_words": _count_words(rc),
         }
-        if "richContent" in (body.get("fieldsets") or []) or "RICH_CONTENT" in (body.get("fieldsets") or []):
+        if "richContent" in (fieldsets or []) or "RICH_CONTENT" in (fieldsets or []):
             draft["richContent"] = rc
-        draft = {k: v for k, v in draft.items() if v is not None}
+        return {k: v for k, v in draft.items() if v is not None}, None
+
+    def _store(self, site: WixSite, draft: dict, publish: bool) -> None:
         site.drafts[draft["id"]] = draft
         self.ledger.extra["drafts_created"] += 1
-        if body.get("publish") is True:
+        if publish:
             self._publish(site, draft)
+
+    async def create_draft(self, request: web.Request, site: WixSite, body: dict) -> web.Response:
+        draft, error = self._new_draft(site, body.get("draftPost"), body.get("fieldsets"))
+        if draft is None:
+            return json_response(error, 400)
+        self._store(site, draft, body.get("publish") is True)
         return json_response({"draftPost": self._public_draft(draft)})
+
+    async def bulk_create_drafts(self, request: web.Request, site: WixSite, body: dict) -> web.Response:
+        """One call (one request of the site's limit) for up to ``bulk_max_items`` drafts; 200 even when some
+        items fail, each result saying whether its item was created."""
+        items = body.get("draftPosts")
+        most = int(self.cfg["bulk_max_items"])
+        if not isinstance(items, list) or not items:
+            return json_response(validation_error("draftPosts", "must not be empty"), 400)
+        if len(items) > most:
+            return json_response(validation_error("draftPosts", f"must contain at most {most} items", "MAX_SIZE"),
+                                 400)
+        self.ledger.extra["bulk_create_calls"] += 1
+        full = body.get("returnFullEntity") is True
+        results, slugs = [], set()
+        for i, dp in enumerate(items):
+            draft, error = self._new_draft(site, dp, ["RICH_CONTENT"] if full else body.get("fieldsets"))
+            if draft is not None and draft["seoSlug"] in slugs:
+                draft, error = None, app_error("ALREADY_EXISTS: duplicate slug in this request", "DUPLICATE_SLUG",
+                                               f"Another item of this request already has the slug "
+                                               f"'{draft['seoSlug']}'.")
+            if draft is None:
+                self.ledger.extra["bulk_items_failed"] += 1
+                results.append({"itemMetadata": {"id": None, "originalIndex": i, "success": False,
+                                                 "error": _item_error(error or {})}})
+                continue
+            slugs.add(draft["seoSlug"])
+            self._store(site, draft, body.get("publish") is True)
+            results.append({"itemMetadata": {"id": draft["id"], "originalIndex": i, "success": True, "error": None},
+                            "item": self._public_draft(draft)})
+        ok = sum(r["itemMetadata"]["success"] for r in results)
+        return json_response({"results": results,
+                              "bulkActionMetadata": {"totalSuccesses": ok, "totalFailures": len(results) - ok,
+                                                     "undetailedFailures": 0}})
 
     async def publish_draft(self, request: web.Request, site: WixSite, body: Any) -> web.Response:
         d = site.drafts.get(request.match_info["id"])
@@ -382,12 +431,23 @@ class WixSim:
         r.add_post(PREFIX + "/site-media/v1/files/import", self._wrap("latency_import", self.import_file, True))
         r.add_get(PREFIX + "/site-media/v1/files/{id}", self._wrap("latency_other", self.get_file))
         r.add_post(PREFIX + "/blog/v3/draft-posts", self._wrap("latency_create", self.create_draft, True))
+        r.add_post(PREFIX + "/blog/v3/bulk/draft-posts/create",
+                   self._wrap("latency_create", self.bulk_create_drafts, True))
         r.add_get(PREFIX + "/blog/v3/draft-posts/{id}", self._wrap("latency_other", self.get_draft))
         r.add_post(PREFIX + "/blog/v3/draft-posts/{id}/publish", self._wrap("latency_publish", self.publish_draft))
         r.add_get(PREFIX + "/blog/v3/posts/slugs/{slug}", self._wrap("latency_other", self.get_post_by_slug))
         r.add_post(PREFIX + "/blog/v3/posts/query", self._wrap("latency_other", self.query_posts, True))
         r.add_get(PREFIX + "/blog/v3/posts", self._wrap("latency_other", self.list_posts))
         r.add_get(PREFIX + "/blog/v3/posts/{id}", self._wrap("latency_other", self.get_post))
+
+
+def _item_error(body: dict) -> dict:
+    """A refused bulk item's error, from the body the single create would have answered."""
+    details = body.get("details") or {}
+    if "applicationError" in details:
+        app = details["applicationError"]
+        return {"code": app["code"], "description": app["description"], "data": app.get("data") or {}}
+    return {"code": "INVALID_ARGUMENT", "description": body.get("message", ""), "data": details}
 
 
 def _int(v: Any, default: int) -> int:

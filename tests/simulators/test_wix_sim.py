@@ -142,3 +142,68 @@ async def test_control_endpoints(sim):
         led = (await h.get("/_sim/ledger")).json()
         assert led["wix"]["posts_total"] == 0 and led["wix"]["calls"] == 0
         assert (await h.get("/_sim/config")).json()["wix"]["site_rpm"] == 7  # reset keeps config
+
+
+def bulk(*posts: dict, publish: bool = True, full: bool = False) -> dict:
+    return {"draftPosts": [p["draftPost"] for p in posts], "publish": publish, "returnFullEntity": full}
+
+
+async def test_bulk_create_is_one_call_with_a_result_per_item(sim):
+    sim.configure({"wix": {"site_rpm": 2}})
+    async with httpx.AsyncClient(base_url=sim.wix_base_url) as h:
+        await h.post("/blog/v3/draft-posts", json=draft("old-req-1"), headers=headers())
+        no_title = draft("x")["draftPost"]
+        del no_title["title"]
+        body = bulk(draft("bulk-req-1"), {"draftPost": no_title}, draft("bulk-req-2"), draft("bulk-req-1"),
+                    draft("old-req-1"))
+        r = await h.post("/blog/v3/bulk/draft-posts/create", json=body, headers=headers())
+        assert r.status_code == 200, r.text   # 200 although some items failed
+        res = r.json()
+        assert res["bulkActionMetadata"]["totalSuccesses"] == 3 and res["bulkActionMetadata"]["totalFailures"] == 2
+        meta = [x["itemMetadata"] for x in res["results"]]
+        assert [m["originalIndex"] for m in meta] == [0, 1, 2, 3, 4]
+        assert [m["success"] for m in meta] == [True, False, True, False, True]
+        assert meta[1]["id"] is None and meta[1]["error"]["code"] == "INVALID_ARGUMENT"
+        assert "draftPost.title" in meta[1]["error"]["description"]
+        assert meta[3]["error"]["code"] == "DUPLICATE_SLUG"   # twice in the same call
+        items = [x.get("item") for x in res["results"]]
+        assert items[0]["id"] == meta[0]["id"] and items[0]["status"] == "PUBLISHED"
+        assert "richContent" not in items[0]   # returnFullEntity: false
+        assert items[4]["seoSlug"] == "old-req-1-1"   # an existing slug gets a suffix, as with the single create
+        # the bulk call counted as one request: the site's second and last of this window
+        assert (await h.get("/blog/v3/posts/slugs/bulk-req-2", headers=headers())).status_code == 429
+    led = sim.ledger()["wix"]
+    assert led["per_site"]["site-a"]["admitted"] == 2 and led["bulk_create_calls"] == 1
+    assert led["bulk_items_failed"] == 2 and led["posts_total"] == 4 and led["posts_per_site"] == {"site-a": 4}
+    assert led["duplicate_slugs"] == {"site-a": {"old-req-1": 2}} and led["duplicate_posts_total"] == 1
+    sim.configure({"wix": {"site_rpm": 200}})
+    async with httpx.AsyncClient(base_url=sim.wix_base_url) as h:   # bulk posts are found like the others
+        p = (await h.get("/blog/v3/posts/slugs/bulk-req-2", headers=headers())).json()["post"]
+        assert p["id"] == meta[2]["id"]
+        q = await h.post("/blog/v3/posts/query", headers=headers(),
+                         json={"query": {"filter": {"slug": {"$in": ["bulk-req-1", "bulk-req-2"]}}}})
+        assert {x["id"] for x in q.json()["posts"]} == {meta[0]["id"], meta[2]["id"]}
+
+
+async def test_bulk_limits_unpublished_and_full_entities(sim):
+    sim.configure({"wix": {"bulk_max_items": 3, "max_post_bytes": 2000, "max_posts_per_blog": 4}})
+    async with httpx.AsyncClient(base_url=sim.wix_base_url) as h:
+        url = "/blog/v3/bulk/draft-posts/create"
+        too_many = bulk(*(draft(f"s{i}") for i in range(4)))
+        r = await h.post(url, json=too_many, headers=headers())
+        assert r.status_code == 400 and r.json()["details"]["validationError"]["fieldViolations"][0]["field"] == \
+            "draftPosts"
+        assert (await h.post(url, json={"draftPosts": []}, headers=headers())).status_code == 400
+        big = draft("big", excerpt="x" * 3000)
+        r = await h.post(url, json=bulk(draft("a1"), big, publish=False, full=True), headers=headers())
+        res = r.json()["results"]
+        assert r.status_code == 200 and res[1]["itemMetadata"]["error"]["code"] == "POST_TOO_LARGE"
+        assert res[0]["item"]["status"] == "UNPUBLISHED" and res[0]["item"]["richContent"] == RICOS
+        assert (await h.get("/blog/v3/posts/slugs/a1", headers=headers())).status_code == 404
+        assert (await h.post("/blog/v3/draft-posts", json=big, headers=headers())).status_code == 400
+        r = await h.post(url, json=bulk(draft("b1"), draft("b2"), draft("b3")), headers=headers())
+        assert [x["itemMetadata"]["success"] for x in r.json()["results"]] == [True, True, True]
+        r = await h.post(url, json=bulk(draft("c1")), headers=headers())   # 4 drafts already: the blog is full
+        assert r.status_code == 200 and r.json()["results"][0]["itemMetadata"]["error"]["code"] == \
+            "MAX_POSTS_REACHED"
+    assert sim.ledger()["wix"]["posts_total"] == 3
