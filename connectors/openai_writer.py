@@ -225,19 +225,41 @@ def normalize_slug(text: str, *, fallback: str = "") -> str:
     return slug
 
 
+# What the model may send that nothing downstream can take, dropped where harmless:
+# NUL and other control characters (Postgres refuses NUL in text and jsonb), and lone
+# surrogates (no UTF-8 form: Kafka and Postgres refuse them) as U+FFFD. Multi-line
+# fields keep tab and newline; one-line fields get spaces instead. What is left too
+# long or empty fails the request in the pipeline (streams/contract/rules.py).
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_LINE_BREAKS = re.compile(r"[\t\n\r]+")
+MULTI_LINE_FIELDS = ("excerpt", "body", "image_prompt")
+MAX_TAGS = 20
+
+
+def clean_output(text: str, *, one_line: bool) -> str:
+    if not text.isascii():
+        text = _LONE_SURROGATE.sub("\ufffd", text)
+    text = _CONTROL_BUT_LINES.sub("", text)
+    return _LINE_BREAKS.sub(" ", text) if one_line else text
+
+
 def _clean_tags(raw: list[Any]) -> list[str]:
     seen: set[str] = set()
     tags: list[str] = []
     for item in raw:
-        tag = str(item).strip().lstrip("#").strip()
+        tag = clean_output(str(item), one_line=True).strip().lstrip("#").strip()
         if tag and tag.lower() not in seen:
             seen.add(tag.lower())
             tags.append(tag)
-    return tags
+    return tags[:MAX_TAGS]  # more is noise, not a reason to fail
 
 
 def parse_article(content: str | None) -> dict[str, Any]:
-    """Validate the model's JSON; MalformedOutput (retryable) when it is unusable."""
+    """Validate the model's JSON; MalformedOutput (retryable) when it is unusable.
+
+    Text is cleaned of what no store or site can take (`clean_output`).
+    """
     if not content:
         raise MalformedOutput(PROVIDER, "the model returned an empty message")
     try:
@@ -259,7 +281,7 @@ def parse_article(content: str | None) -> dict[str, Any]:
             continue
         if not isinstance(value, str):
             raise MalformedOutput(PROVIDER, f"the model's {name} is not a string")
-        article[name] = value.strip()
+        article[name] = clean_output(value, one_line=name not in MULTI_LINE_FIELDS).strip()
     for required in ("title", "body"):
         if not article[required]:
             raise MalformedOutput(PROVIDER, f"the model's {required} is empty")

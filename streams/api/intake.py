@@ -35,7 +35,9 @@ from streams.api.admission import Decision, QueueUnknown, gauge, rejection
 from streams.api.burst_gc import burst_gc
 from streams.api.http import UNAUTHORIZED, ApiView, IntakeError, bearer_ok, json_response, unavailable
 from streams.api.producer import produce
-from streams.api.validation import check_items, invalid, parse_body, site_ids, unknown_site_errors
+from streams.api.validation import (
+    OwnerLookup, check_items, conflict, invalid, parse_body, reused_id_errors, site_ids, unknown_site_errors,
+)
 from streams.app import app
 from streams.pipeline.deps import deps
 from streams.settings import settings
@@ -96,6 +98,15 @@ async def registered_sites(requests: list[dict[str, Any]]) -> dict[str, Any]:
         raise unavailable("the sites registry (Postgres) could not be read") from None
 
 
+async def _request_sites(request_ids: list[str]) -> dict[str, str]:
+    await deps.ready()
+    assert deps.db is not None
+    return await deps.db.request_sites(request_ids)
+
+
+owner_lookup = OwnerLookup(_request_sites)  # 409 for an id another site uses (docs/intake.md, tenancy)
+
+
 async def submit(raw: bytes) -> tuple[list[dict[str, Any]], bool]:
     """The whole intake decision for one body; IntakeError for every answer but 202.
 
@@ -117,6 +128,13 @@ async def submit(raw: bytes) -> tuple[list[dict[str, Any]], bool]:
     errors += unknown_site_errors(requests, {s: site is not None for s, site in sites.items()}, batch=batch)
     if errors:
         raise invalid(sorted(errors, key=lambda e: e.item))
+    try:
+        owners = await owner_lookup.owners([r["request_id"] for r in requests])
+    except Exception:
+        log.warning("intake: reading request ids failed", exc_info=True)
+        raise unavailable("the request ids (Postgres) could not be read") from None
+    if reused := reused_id_errors(requests, owners, batch=batch):
+        raise conflict(reused)
     limits = {site_id: site.max_queued for site_id, site in sites.items()}
     decision = gauge.admit(requests, limit=settings.queue_size_limit, site_limits=limits)
     if not decision.ok:

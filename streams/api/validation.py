@@ -2,15 +2,18 @@
 
 A submission is one request (a JSON object) or {"requests": [...]}; the field
 rules themselves are the contract's (streams/contract), shared with every
-other entrance.
+other entrance. A request id another site already uses is refused (409); the
+one piece here that is not pure, `OwnerLookup`, reads whose ids they are for
+all the submissions that arrive together in one query.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from streams.api.http import ID_PATTERN, IntakeError
 from streams.contract import check_request
@@ -53,6 +56,8 @@ def parse_body(raw: bytes, *, max_batch: int) -> tuple[list[Any], bool]:
         raise IntakeError(400, f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise IntakeError(400, "the body is not valid JSON: nested too deeply") from None
+    except ValueError:  # an integer literal of thousands of digits (Python's int limit)
+        raise IntakeError(400, "the body is not valid JSON for us: a number has too many digits") from None
     if not isinstance(value, dict):
         raise IntakeError(
             422,
@@ -112,6 +117,58 @@ def check_items(items: list[Any], *, batch: bool, now_ms: int | None = None) -> 
         # what gets encoded: it is not checked a second time on the way to Kafka.
         requests.append(record if record is not None else item)
     return requests, errors
+
+
+def reused_id_errors(requests: list[dict[str, Any]], owners: Mapping[str, str], *, batch: bool) -> list[ItemError]:
+    """Ids another site already uses (`owners`: request id -> its site). Their site is not named:
+    one tenant learns nothing about another beyond that the id is taken."""
+    return [
+        ItemError(i, item_path(i, "request_id", batch),
+                  f"request id {request['request_id']} is already used by another site; choose another id")
+        for i, request in enumerate(requests)
+        if owners.get(request["request_id"], request["site_id"]) != request["site_id"]
+    ]
+
+
+class OwnerLookup:
+    """request id -> site of its row, for many submissions at once.
+
+    One query at a time: the submissions that ask while it runs share the next one,
+    so under load the intake reads ids in few statements, never one per request.
+    """
+
+    def __init__(self, fetch: Callable[[list[str]], Awaitable[Mapping[str, str]]]) -> None:
+        self._fetch = fetch
+        self._waiting: list[tuple[list[str], asyncio.Future]] = []
+        self._drainer: asyncio.Future | None = None
+
+    async def owners(self, request_ids: list[str]) -> dict[str, str]:
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((request_ids, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.ensure_future(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        await asyncio.sleep(0)  # the submissions of this turn of the loop join this query
+        while self._waiting:
+            waiting, self._waiting = self._waiting, []
+            try:
+                found = await self._fetch(sorted({i for ids, _ in waiting for i in ids}))
+            except Exception as exc:
+                for _, future in waiting:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for ids, future in waiting:
+                if not future.done():
+                    future.set_result({i: found[i] for i in ids if i in found})
+
+
+def conflict(errors: Sequence[ItemError]) -> IntakeError:
+    """409: nothing was accepted, because ids are taken by other sites."""
+    shown = "; ".join(f"{e.field}: {e.message}" for e in errors[:5])
+    return IntakeError(409, f"nothing was accepted: {shown}", errors=[e.as_dict() for e in errors])
 
 
 def item_path(i: int, name: str, batch: bool) -> str:

@@ -6,22 +6,28 @@ Stages and the intake import what they need from here; the modules say how:
 - `compatibility`: older versions must stay readable as the current one (checked at load)
 - `wire`: single-object Avro, `encode` / `decode` (fastavro)
 - `conform`: the per-field check behind them, with the messages people read
+- `rules`: the bounds every value meets at every entrance (text, sizes, times, the model's article)
 - `requests`: the rules a BlogRequest must meet, and reading one from Avro or JSON
 - `errors`: `RecordError` and `FieldError`
 
 Importing this package loads no schema; the first encode or decode does.
 """
 from streams.contract.errors import FieldError, RecordError
-from streams.contract.requests import check_request, decode_request, validate_request
+from streams.contract.requests import check_request, decode_request, key_problem, validate_request
+from streams.contract.rules import check_article, clean_text, time_problem
 from streams.contract.wire import decode, encode, encode_checked
 
 __all__ = [
     "FieldError",
     "RecordError",
+    "check_article",
     "check_request",
+    "clean_text",
     "decode",
     "decode_request",
     "encode",
     "encode_checked",
+    "key_problem",
+    "time_problem",
     "validate_request",
 ]

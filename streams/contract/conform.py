@@ -5,7 +5,9 @@ closures; the result returns the value with missing defaults filled in and appen
 `FieldError` (path + message) for each problem. The HTTP intake answers 422 with these.
 
 Stricter than Avro where Python is loose: bool is not an int, ints are range-checked,
-and unknown keys are errors (they are typos that would be dropped silently).
+unknown keys are errors (they are typos that would be dropped silently), and every
+string meets the text rules (rules.py: no NUL, no lone surrogate, bounded length), so
+a record that conforms can always be encoded, produced and stored.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any, Callable
 from fastavro import parse_schema
 
 from streams.contract.errors import FieldError
+from streams.contract.rules import field_name as shown_name, text_problem
 
 Conform = Callable[[Any, str, list[FieldError]], Any]
 
@@ -22,7 +25,6 @@ _INT_RANGE = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 _PRIMITIVE_OK: dict[str, Callable[[Any], bool]] = {
     "null": lambda v: v is None,
     "boolean": lambda v: isinstance(v, bool),
-    "string": lambda v: isinstance(v, str),
     "int": lambda v: isinstance(v, int) and not isinstance(v, bool) and _in_range("int", v),
     "long": lambda v: isinstance(v, int) and not isinstance(v, bool) and _in_range("long", v),
 }
@@ -78,6 +80,8 @@ class _Compiler:
                 return value
 
             return conform
+        if type_ == "string":
+            return _string
         ok, message = _PRIMITIVE_OK.get(type_), "must be " + _describe(schema)
         if ok is None:
             raise TypeError(f"the contract does not use Avro {type_} yet")  # extend _Compiler first
@@ -129,7 +133,7 @@ class _Compiler:
             prefix = f"{path}." if path else ""
             for key in value:
                 if key not in known:
-                    errors.append(FieldError(f"{prefix}{key}", f"is not a field of {name}"))
+                    errors.append(FieldError(f"{prefix}{shown_name(key)}", f"is not a field of {name}"))
             record: dict[str, Any] = {}
             for field_name, check, has_default, default in fields:
                 if field_name in value:
@@ -144,6 +148,14 @@ class _Compiler:
         for field in schema["fields"]:
             fields.append((field["name"], self.compile(field["type"]), "default" in field, field.get("default")))
         return conform
+
+
+def _string(value: Any, path: str, errors: list[FieldError]) -> Any:
+    if not isinstance(value, str):
+        errors.append(FieldError(path, "must be a string"))
+    elif (problem := text_problem(value)) is not None:
+        errors.append(FieldError(path, problem))
+    return value
 
 
 def _describe(schema: Any) -> str:

@@ -1,8 +1,9 @@
 """The rules a BlogRequest must meet, and reading one from Avro or from JSON.
 
 The schema says the shape (types, required fields, defaults); the rules here add the
-limits (docs/producing.md, "The fields"). The HTTP intake, the CLI and the generate
-stage all check requests through these functions, so every door has the same rules.
+limits (docs/producing.md, "The fields"), on top of the text and size rules every
+record meets (rules.py). The HTTP intake, the CLI, the generate stage and the sink
+all check requests through these functions, so every door has the same rules.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any, Callable
 from streams.contract.conform import conformer
 from streams.contract.errors import ID, FieldError, RecordError, invalid
 from streams.contract.catalog import contract
+from streams.contract.rules import MAX_RECORD_BYTES, ONE_LINE_CONTROL, time_problem
 from streams.contract.wire import MARKER, decode
 
 _JSON_ID = {key: re.compile(rf'"{key}"\s*:\s*"([A-Za-z0-9._:-]{{1,128}})"') for key in ("request_id", "site_id")}
@@ -39,13 +41,13 @@ def _request_from_json(data: Any) -> dict[str, Any]:
     if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
         raise RecordError("empty message: expected single-object Avro or a JSON object")
     raw = bytes(data)
+    if len(raw) > MAX_RECORD_BYTES:
+        raise RecordError(f"the message is {len(raw)} bytes; a record is at most {MAX_RECORD_BYTES}", **_salvage(raw))
     try:
         value = json.loads(raw.decode("utf-8-sig"))
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        text = raw.decode("utf-8", "replace")
-        salvaged = {key: m.group(1) if (m := pattern.search(text)) else None for key, pattern in _JSON_ID.items()}
         reason = f"neither single-object Avro (C3 01 ...) nor a JSON object ({type(exc).__name__})"
-        raise RecordError(reason, **salvaged) from exc
+        raise RecordError(reason, **_salvage(raw)) from exc
     if not isinstance(value, dict):
         raise RecordError("the JSON value must be an object with the BlogRequest fields")
     if value.get("requested_at") is None:
@@ -56,6 +58,21 @@ def _request_from_json(data: Any) -> dict[str, Any]:
         raise invalid("BlogRequest", errors, value)
     assert isinstance(request, dict)
     return request
+
+
+def _salvage(raw: bytes) -> dict[str, str | None]:
+    """request_id / site_id from JSON that does not parse, so the failure can still be recorded."""
+    text = raw.decode("utf-8", "replace")
+    return {key: m.group(1) if (m := pattern.search(text)) else None for key, pattern in _JSON_ID.items()}
+
+
+def key_problem(key: Any, site_id: str) -> str | None:
+    """A raw record's Kafka key must be its site id (docs/producing.md); a record without a key is taken."""
+    if key is None or key == b"" or key == site_id.encode():
+        return None
+    shown = key.decode("utf-8", "replace") if isinstance(key, (bytes, bytearray)) else str(key)
+    named = f"the message key {shown}" if ID.fullmatch(shown) else "the message key"
+    return f"{named} is not the request's site_id {site_id}: key every request by its site id"
 
 
 def validate_request(value: dict[str, Any]) -> list[FieldError]:
@@ -84,7 +101,7 @@ def _conform_request(value: Any, errors: list[FieldError]) -> Any:
     return conformer(contract().reader("BlogRequest"))(value, "", errors)
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL = ONE_LINE_CONTROL
 _LANGUAGE = re.compile(r"[A-Za-z]{2,3}(?:-(?:[A-Za-z]{2}|[0-9]{3}))?")
 
 
@@ -107,7 +124,7 @@ _REQUEST_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "target_words": lambda v: None if 100 <= v <= 5000 else "must be between 100 and 5000",
     "audience": lambda v: None if v is None or (len(v) <= 200 and not _CONTROL.search(v))
     else "must be at most 200 characters, without control characters",
-    "requested_at": lambda v: None if v > 0 else "must be a positive time in ms since the epoch",
+    "requested_at": time_problem,
 }
 
 

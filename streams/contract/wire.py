@@ -18,6 +18,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from streams.contract.conform import conformer
 from streams.contract.errors import FieldError, RecordError, ids, invalid, readable_id
 from streams.contract.catalog import Schema, contract
+from streams.contract.rules import MAX_RECORD_BYTES
 
 MARKER = b"\xc3\x01"
 HEADER_SIZE = len(MARKER) + 8
@@ -47,7 +48,14 @@ def encode_checked(record_name: str, record: dict[str, Any]) -> bytes:
     schema = loaded.reader(record_name)
     out = io.BytesIO()
     out.write(MARKER + loaded.current[record_name])
-    schemaless_writer(out, schema, record)
+    try:
+        schemaless_writer(out, schema, record)
+    except Exception as exc:  # a record built without its checks: still only a RecordError
+        raise RecordError(f"{record_name} cannot be encoded ({type(exc).__name__})", **ids(record)) from exc
+    if out.tell() > MAX_RECORD_BYTES:  # Kafka would refuse it: say so here, naming the record
+        raise RecordError(
+            f"{record_name} would be {out.tell()} bytes; a record is at most {MAX_RECORD_BYTES}", **ids(record)
+        )
     return out.getvalue()
 
 
@@ -58,6 +66,8 @@ def decode(record_name: str, data: bytes) -> dict[str, Any]:
     if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
         raise RecordError("empty message: expected single-object Avro")
     data = bytes(data)
+    if len(data) > MAX_RECORD_BYTES:
+        raise RecordError(f"the message is {len(data)} bytes; a record is at most {MAX_RECORD_BYTES}")
     if len(data) < HEADER_SIZE or data[: len(MARKER)] != MARKER:
         raise RecordError("not single-object Avro: it must start with C3 01 and an 8-byte schema fingerprint")
     fingerprint = data[len(MARKER) : HEADER_SIZE]

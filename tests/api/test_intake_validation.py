@@ -7,14 +7,20 @@ import json
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from streams.contract import decode, encode, encode_checked
+from tests.contract.robustness import HOSTILE_REQUESTS, JSONISH
 
 from streams.api.admission import Decision, PendingGauge, PendingSnapshot, QueueUnknown, rejection
 from streams.api.burst_gc import BurstGC
 from streams.api.http import IntakeError, bearer_ok
 from streams.api.producer import RequestProducer
-from streams.api.validation import check_items, invalid, parse_body, unknown_site_errors
+from streams.api.validation import (
+    OwnerLookup, check_items, conflict, invalid, parse_body, reused_id_errors, unknown_site_errors,
+)
 
 
 def good(n: int = 0, **fields):
@@ -91,14 +97,15 @@ def test_extra_batch_keys_are_named():
 
 
 def test_defaults_are_filled_and_ids_generated():
-    requests, errors = check_items([{"site_id": "shop-1", "topic": "Hello"}], batch=False, now_ms=1234)
+    requests, errors = check_items([{"site_id": "shop-1", "topic": "Hello"}], batch=False, now_ms=1_700_000_000_000)
     assert errors == []
     (request,) = requests
-    assert len(request["request_id"]) == 32 and request["requested_at"] == 1234
+    assert len(request["request_id"]) == 32 and request["requested_at"] == 1_700_000_000_000
 
 
 def test_valid_items_come_back_as_complete_records_ready_to_encode():
-    requests, errors = check_items([good(1), good(2, keywords=["a"], audience="cooks")], batch=True, now_ms=5)
+    requests, errors = check_items([good(1), good(2, keywords=["a"], audience="cooks")], batch=True,
+                                   now_ms=1_700_000_000_005)
     assert errors == []
     for request in requests:  # defaults filled, checked once: encoded as is, the same bytes as encode()
         assert set(request) == {"request_id", "site_id", "topic", "keywords", "language", "tone", "target_words",
@@ -166,6 +173,99 @@ def test_unknown_sites_are_reported_per_item():
     errors = unknown_site_errors(requests, {"shop-1": True, "ghost": False}, batch=True)
     assert [(e.item, e.field) for e in errors] == [(1, "requests[1].site_id"), (2, "requests[2].site_id")]
     assert "not registered" in errors[0].message and "sites add ghost" in errors[0].message
+
+
+def test_a_number_with_thousands_of_digits_is_a_400_not_a_crash():
+    # Python refuses to parse integers of more than 4300 digits with a ValueError (not a JSONDecodeError).
+    with pytest.raises(IntakeError) as err:
+        parse_body(b'{"site_id": "shop-1", "topic": "t", "target_words": ' + b"9" * 5000 + b"}", max_batch=10)
+    assert err.value.status == 400 and "too many digits" in err.value.error
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("topic", "\ud800"), ("topic", "a\x00b"), ("keywords", ["ok", "\udfff"]), ("audience", "\x00"),
+        ("tone", "\ud83d"),  # half of an emoji's surrogate pair
+        ("requested_at", 10**30), ("requested_at", 4_102_444_800_000), ("requested_at", 0), ("requested_at", 1.7e12),
+    ],
+)
+def test_values_that_cannot_be_encoded_or_stored_are_422_naming_the_field(field, value):
+    raw = json.dumps(good(**{field: value})).encode()  # ensure_ascii: a surrogate arrives as "\ud800"
+    items, batch = parse_body(raw, max_batch=10)
+    requests, errors = check_items(items, batch=batch)
+    assert [e.field.split("[")[0] for e in errors] == [field]
+    answer = invalid(errors)
+    assert answer.status == 422 and json.dumps(answer.body()).encode("utf-8")
+
+
+def test_a_request_id_of_another_site_is_a_409_that_does_not_name_that_site():
+    requests, _ = check_items([good(1), good(2, site_id="shop-2"), good(3)], batch=True)
+    owners = {"req-1": "shop-1", "req-2": "shop-9"}  # req-1 is shop-1's own repeat: fine
+    errors = reused_id_errors(requests, owners, batch=True)
+    assert [(e.item, e.field) for e in errors] == [(1, "requests[1].request_id")]
+    answer = conflict(errors)
+    assert answer.status == 409 and "shop-9" not in json.dumps(answer.body())
+    assert errors[0].message == "request id req-2 is already used by another site; choose another id"
+    assert reused_id_errors(requests, {}, batch=True) == []
+
+
+async def test_owner_lookups_of_submissions_that_arrive_together_share_one_query():
+    queries: list[list[str]] = []
+
+    async def fetch(ids):
+        queries.append(ids)
+        await asyncio.sleep(0.01)
+        return {"a": "shop-1", "c": "shop-3"}
+
+    lookup = OwnerLookup(fetch)
+    first = await asyncio.gather(lookup.owners(["a", "b"]), lookup.owners(["c"]), lookup.owners(["d"]))
+    assert first == [{"a": "shop-1"}, {"c": "shop-3"}, {}] and queries == [["a", "b", "c", "d"]]
+    # Asked while a query runs: the next query takes them all.
+    running = asyncio.ensure_future(lookup.owners(["a"]))
+    await asyncio.sleep(0.001)
+    later = await asyncio.gather(lookup.owners(["c"]), lookup.owners(["x"]), running)
+    assert later == [{"c": "shop-3"}, {}, {"a": "shop-1"}] and queries[1:] == [["a"], ["c", "x"]]
+
+
+async def test_an_owner_lookup_that_fails_fails_every_submission_that_waited_for_it():
+    async def fetch(ids):
+        raise ConnectionRefusedError("postgres is down")
+
+    lookup = OwnerLookup(fetch)
+    results = await asyncio.gather(lookup.owners(["a"]), lookup.owners(["b"]), return_exceptions=True)
+    assert all(isinstance(r, ConnectionRefusedError) for r in results)
+
+
+# --------------------------------------------------------------------------- any body at all
+
+BODIES = (
+    HOSTILE_REQUESTS
+    | st.builds(lambda items: {"requests": items}, st.lists(HOSTILE_REQUESTS, min_size=1, max_size=4))
+    | st.builds(lambda items: {"requests": items}, st.lists(HOSTILE_REQUESTS | JSONISH, max_size=4))
+    | JSONISH
+)
+
+
+@hypothesis_settings(database=None, deadline=None, max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(BODIES)
+def test_any_json_body_is_accepted_whole_or_refused_with_a_4xx_naming_each_field(value):
+    raw = json.dumps(value).encode()  # what a client sends (surrogates as escapes)
+    try:
+        items, batch = parse_body(raw, max_batch=10)
+    except IntakeError as err:
+        assert 400 <= err.status < 500
+        json.dumps(err.body()).encode("utf-8")
+        return
+    requests, errors = check_items(items, batch=batch)
+    if errors:
+        answer = invalid(errors)
+        assert answer.status == 422 and json.dumps(answer.body()).encode("utf-8")
+        for error in errors:
+            assert error.field.startswith(f"requests[{error.item}]") if batch else error.item == 0
+        return
+    for request in requests:  # accepted: it goes to Kafka as it is, and reads back the same
+        assert decode("BlogRequest", encode_checked("BlogRequest", request)) == request
 
 
 # --------------------------------------------------------------------------- auth

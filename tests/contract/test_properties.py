@@ -1,31 +1,27 @@
-"""Properties over generated values (hypothesis): round trips, and nothing but RecordError on garbage."""
+"""Properties over generated values (hypothesis): round trips, nothing but RecordError on garbage,
+and any value in any request field refused naming the field, or good all the way through."""
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.contract import decode, decode_request, encode, validate_request
+from streams.contract import RecordError, check_request, decode, decode_request, encode, validate_request
 from streams.contract.catalog import RECORD_NAMES, contract
-from tests.contract.robustness import decoded_as
+from tests.contract.robustness import FIELDS, HOSTILE_REQUESTS, IDS, REQUIRED, decoded_as, line
 
 # No example database: nothing written into the work tree.
 properties = settings(database=None, deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 
 INT32 = st.integers(-(2**31), 2**31 - 1)
 INT64 = st.integers(-(2**63), 2**63 - 1)
-ANY_TEXT = st.text(st.characters(blacklist_categories=("Cs",)))  # any str that is valid UTF-8
+# any str that is valid UTF-8 and that Postgres can store (no NUL: rules.py)
+ANY_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"))
 
-
-def line(max_len: int) -> st.SearchStrategy[str]:
-    """1-max_len characters (not counting surrounding spaces), no control characters."""
-    chars = st.characters(blacklist_categories=("Cs", "Cc"))
-    return st.text(chars, min_size=1, max_size=max_len).filter(lambda text: text.strip())
-
-
-IDS = st.from_regex(r"[A-Za-z0-9._:-]{1,128}", fullmatch=True)
 VALID_REQUESTS = st.fixed_dictionaries(
     {
         "request_id": IDS,
@@ -35,7 +31,7 @@ VALID_REQUESTS = st.fixed_dictionaries(
         "language": st.from_regex(r"[A-Za-z]{2,3}(-([A-Za-z]{2}|[0-9]{3}))?", fullmatch=True),
         "tone": line(40),
         "target_words": st.integers(100, 5000),
-        "requested_at": st.integers(1, 2**63 - 1),
+        "requested_at": st.integers(946_684_800_000, 1_700_000_000_000),
         "audience": st.none() | st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=200),
     }
 )
@@ -91,3 +87,39 @@ def test_corrupted_requests_raise_nothing_but_record_error(request: dict[str, An
     for position, byte in flips:
         data[position % len(data)] = byte
     decoded_as(bytes(data))
+
+
+# --------------------------------------------------------------------------- hostile values for every field
+
+@settings(database=None, deadline=None, max_examples=1000, suppress_health_check=[HealthCheck.too_slow])
+@given(HOSTILE_REQUESTS)
+def test_any_value_in_any_field_is_refused_naming_the_field_or_survives_every_later_step(value: dict[str, Any]) -> None:
+    record, errors = check_request(value)
+    if record is None:
+        assert errors
+        for error in errors:
+            top = error.field.split("[")[0].split(".")[0]
+            assert top in value or top in REQUIRED or top.startswith('"'), (error, sorted(value))
+            assert error.message
+            str(error).encode("utf-8")  # the answer that names it can be sent
+        return
+    assert errors == [] and set(record) == set(FIELDS)
+    data = encode("BlogRequest", record)
+    assert decode_request(data) == record
+    assert decode_request(json.dumps(value).encode()) == record  # the same value as raw Kafka JSON
+
+
+@settings(database=None, deadline=None, max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(HOSTILE_REQUESTS)
+def test_raw_kafka_json_is_a_request_or_a_record_error_with_readable_ids(value: dict[str, Any]) -> None:
+    try:
+        data = json.dumps(value).encode()
+    except ValueError:
+        return
+    try:
+        record = decode_request(data)
+    except RecordError as error:
+        assert error.reason and error.reason.encode("utf-8")
+        assert error.request_id is None or re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", error.request_id)
+        return
+    assert validate_request(record) == [] and decode_request(encode("BlogRequest", record)) == record

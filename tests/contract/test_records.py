@@ -485,6 +485,10 @@ def test_tombstone_is_a_record_error() -> None:
         ({"audience": "x" * 201}, "audience"),
         ({"requested_at": 0}, "requested_at"),
         ({"requested_at": -5}, "requested_at"),
+        ({"requested_at": 946_684_799_999}, "requested_at"),  # before 2000-01-01
+        ({"requested_at": 2**62}, "requested_at"),  # year ~146 million: crashed the sink once
+        ({"requested_at": time.time_ns() // 1_000_000 + 2 * 86_400_000}, "requested_at"),
+        ({"topic": "bell\x85"}, "topic"),  # C1 controls too
     ],
 )
 def test_each_check_rejects_with_the_right_field(change: dict[str, Any], field: str) -> None:
@@ -518,13 +522,90 @@ def test_each_check_rejects_with_the_right_field(change: dict[str, Any], field: 
         {"audience": None},
         {"audience": ""},
         {"audience": "x" * 200},
-        {"requested_at": 1},
+        {"requested_at": 946_684_800_000},  # 2000-01-01T00:00:00Z
+        {"requested_at": time.time_ns() // 1_000_000 + 86_400_000 - 60_000},  # a clock a day ahead
+        {"topic": "\U0001F600 astral \U00010348 characters are scalar values"},
     ],
 )
 def test_valid_edge_values_are_accepted(change: dict[str, Any]) -> None:
     value = request(**change)
     assert validate_request(value) == []
     assert decode_request(encode("BlogRequest", value)) == value
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"topic": "\ud800"}, "topic"),
+        ({"topic": "high \udbff alone"}, "topic"),
+        ({"keywords": ["ok", "\udc00"]}, "keywords[1]"),
+        ({"audience": "\ud800\ud800"}, "audience"),
+        ({"request_id": "\ud800"}, "request_id"),
+        ({"topic": "x" * 200_000}, "topic"),
+        ({"topic": "nul\x00"}, "topic"),  # Postgres cannot store NUL (text or jsonb)
+        ({"keywords": ["ok", "nul\x00"]}, "keywords[1]"),
+        ({"tone": "\x00"}, "tone"),
+        ({"audience": "a\x00b"}, "audience"),
+    ],
+)
+def test_text_that_cannot_be_encoded_is_refused_naming_the_field(change: dict[str, Any], field: str) -> None:
+    # Lone surrogates are valid JSON ("\ud800") but have no UTF-8 form: the intake once
+    # answered them 503 (encoding failed on the way to Kafka), so a client retried forever.
+    value = request(**change)
+    record, errors = check_request(value)
+    assert record is None and [e.field for e in errors] == [field]
+    with pytest.raises(RecordError) as caught:
+        decode_request(json.dumps(value).encode())  # ensure_ascii: the surrogate arrives as an escape
+    assert [e.field for e in caught.value.errors] == [field]
+    with pytest.raises(RecordError):  # a RecordError, never a UnicodeEncodeError
+        encode("BlogRequest", value)
+
+
+def test_every_string_of_every_record_meets_the_text_rules() -> None:
+    for name in RECORD_NAMES:
+        for bad in ("\x00", "\ud800", "x" * 100_001):
+            value = copy.deepcopy(SAMPLES[name])
+            target = value.get("request", value)
+            target["site_id"] = bad
+            with pytest.raises(RecordError, match="site_id"):
+                encode(name, value)
+    # NUL is valid Avro: bytes that carry one are refused when read, too.
+    draft = copy.deepcopy(SAMPLES["BlogDraft"])
+    body = b"Q\x00".join(encode("BlogDraft", draft | {"article": ARTICLE | {"body": "QQ"}}).split(b"QQ", 1))
+    with pytest.raises(RecordError, match="article.body: must not contain NUL"):
+        decode("BlogDraft", body)
+
+
+def test_records_are_bounded_below_kafkas_message_limit() -> None:
+    big = ARTICLE | {"body": "x" * 100_000, "excerpt": "y" * 100_000, "image_prompt": "z" * 100_000}
+    value = copy.deepcopy(SAMPLES["BlogIllustrated"]) | {"article": big | {"title": "t" * 100_000}}
+    value["request"]["topic"] = "w" * 100_000
+    value["image"]["url"] = "u" * 100_000
+    value["article"]["image_alt"] = "a" * 100_000
+    value["article"]["slug"] = "s" * 100_000
+    value["article"]["tags"] = ["q" * 100_000] * 3
+    with pytest.raises(RecordError, match="is at most 1000000") as caught:
+        encode("BlogIllustrated", value)
+    assert caught.value.request_id == "req-0001"
+    with pytest.raises(RecordError, match="is at most 1000000"):
+        decode_request(b"{" + b" " * 1_000_000 + b"}")
+    with pytest.raises(RecordError, match="is at most 1000000"):
+        decode("BlogRequest", encode("BlogRequest", request()) + b"\x00" * 1_000_000)
+
+
+def test_hostile_field_names_are_shown_quoted_and_cut() -> None:
+    errors = validate_request(request() | {"\ud800" * 100: 1, "ok_name": 2})
+    assert [e.field for e in errors] == ['"' + "\\ud800" * 40 + '"...', "ok_name"]
+    json.dumps([str(e) for e in errors]).encode("utf-8")  # printable and encodable
+
+
+def test_a_raw_records_key_must_be_its_site_id() -> None:
+    from streams.contract import key_problem
+
+    assert key_problem(b"site.example", "site.example") is None
+    assert key_problem(None, "site.example") is None  # no key: taken, the value says the site
+    assert "the message key other-site is not the request's site_id site.example" in key_problem(b"other-site", "site.example")
+    assert key_problem(b"\xff\x00", "s") == "the message key is not the request's site_id s: key every request by its site id"
 
 
 def test_validate_request_reports_everything_for_the_http_intake() -> None:
