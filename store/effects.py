@@ -2,7 +2,8 @@
 
 An OpenAI article, a Replicate image, a Wix post: each happens once per (request, stage).
 Claim with a lease, do the effect, complete with its payload; a replay reuses the stored
-payload instead of paying again.
+payload instead of paying again. An effect belongs to the site that claimed it: another
+site using the same request id gets ``foreign``, never the payload.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ __all__ = ["EffectClaim", "EffectLedger", "EffectState"]
 
 log = logging.getLogger(__name__)
 
-EffectState = Literal["acquired", "done", "busy"]
+EffectState = Literal["acquired", "done", "busy", "foreign"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class EffectClaim:
               ``complete_effect`` (or ``release_effect`` if it failed).
     done:     the effect already happened; reuse ``payload``, do not pay again.
     busy:     another worker holds a live lease until ``claimed_until``; check again later.
+    foreign:  the request id's effect belongs to another site: do nothing with it.
     """
 
     state: EffectState
@@ -65,7 +67,7 @@ class EffectLedger:
                 VALUES ($1, $2, $3, 'claimed', $4, now() + $5::float8 * interval '1 second')
                 ON CONFLICT (request_id, stage) DO UPDATE
                   SET claimed_by = EXCLUDED.claimed_by, claimed_until = EXCLUDED.claimed_until, updated_at = now()
-                  WHERE s.status = 'claimed' AND s.claimed_until < now()
+                  WHERE s.status = 'claimed' AND s.claimed_until < now() AND s.site_id = EXCLUDED.site_id
                 RETURNING s.claimed_until
                 """,
                 request_id, stage, site_id, owner, float(lease_seconds),
@@ -76,13 +78,15 @@ class EffectLedger:
             # if its writer committed after our claim statement started.
             record = await self.pool.fetchrow(
                 """
-                SELECT status, payload, claimed_until, claimed_until > now() AS live
+                SELECT status, payload, claimed_until, claimed_until > now() AS live, site_id
                 FROM stage_outputs WHERE request_id = $1 AND stage = $2
                 """,
                 request_id, stage,
             )
             if record is None:
                 continue  # released in between: claim again
+            if record["site_id"] != site_id:
+                return EffectClaim("foreign", None, None)
             if record["status"] == "done":
                 return EffectClaim("done", record["payload"], None)
             claimed_until = record["claimed_until"]
@@ -111,7 +115,7 @@ class EffectLedger:
               ON CONFLICT (request_id, stage) DO UPDATE
                 SET status = 'done', payload = EXCLUDED.payload, claimed_by = EXCLUDED.claimed_by,
                     claimed_until = NULL, updated_at = now()
-                WHERE s.status = 'claimed'
+                WHERE s.status = 'claimed' AND s.site_id = EXCLUDED.site_id
               RETURNING 1
             )
             SELECT (SELECT status FROM prev) AS prev_status, (SELECT claimed_by FROM prev) AS prev_owner,

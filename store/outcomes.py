@@ -181,8 +181,8 @@ def _build_upsert_sql() -> str:
     # it (the WHERE), and is reported (foreign) so the sink can dead-letter it.
     return f"""
 WITH foreign_rows AS (
-  SELECT u.id FROM unnest($1::text[], $2::text[]) AS u(id, site_id)
-  JOIN blog_generations g ON g.id = u.id AND g.site_id <> u.site_id
+  SELECT g.id FROM blog_generations g JOIN unnest($1::text[], $2::text[]) AS u(id, site_id) ON u.id = g.id
+  WHERE g.id = ANY($1::text[]) AND g.site_id <> u.site_id
 ), written AS (
 INSERT INTO blog_generations AS b (
   id, site_id, status, stage, stage_rank, request, title, post_id, post_url, image_url, error,

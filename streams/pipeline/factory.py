@@ -5,27 +5,68 @@
 
 The agent hands its events to a `StageRunner` (runner.py: concurrent, fair
 across sites, acked in offset order). For each event: bad bytes go to the
-dead-letter topic with the reason (and a FAILED result when a request id can
-be read), the step runs, and its record is produced to the next topic; the
+dead-letter topic with the reason (and a FAILED row when a request id can be
+read), the step runs, and its record is produced to the next topic; the
 broker's ack comes before the event may be acked. `StageFailed` and
 `StageCancelled` become a FAILED or CANCELLED result instead.
+
+No record may hold up or lose another one:
+- a record whose request id belongs to another site is dead-lettered and
+  touches nothing of that site (`request_owner`, the effect ledger);
+- a step that keeps raising something that is not an outage (a bug, a record
+  it cannot handle) ends its request FAILED after `MAX_STEP_ATTEMPTS`, with the
+  reason and `blogstream retry <id>`; an outage (`is_transient`: Kafka or
+  Postgres unreachable, a timeout) is retried with backoff for as long as it lasts.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
+from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
+import asyncpg
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
+from faust.exceptions import ProducerSendError
+
+from store.database import DatabaseError
 from streams import metrics
 from streams.app import app, dlq_topic, expected_start, results_topic
-from streams.contract import RecordError, encode
+from streams.contract import RecordError, clean_text, encode, key_problem, time_problem
 from streams.pipeline.deps import Deps, deps
 from streams.pipeline.runner import StageRunner
-from streams.pipeline.stage import StageCancelled, StageFailed, now_ms
+from streams.pipeline.stage import RequestOfAnotherSite, StageCancelled, StageFailed, now_ms
 from streams.settings import settings
 
 log = logging.getLogger(__name__)
 
 Step = Callable[[dict[str, Any], Deps], Awaitable[dict[str, Any]]]
+
+MAX_STEP_ATTEMPTS = 4  # tries of a step that raises something other than an outage (the runner waits 2, 4, 8 s)
+_step_failures: dict[tuple[str, int, int], int] = {}  # (topic, partition, offset) -> failed tries so far
+
+# Infrastructure that comes back by itself: retried, with backoff, for as long as it takes.
+_TRANSIENT = (
+    OSError, asyncio.TimeoutError, TimeoutError, KafkaError, ProducerSendError, DatabaseError,
+    asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError, asyncpg.exceptions.TransactionRollbackError,
+)
+_NEVER_FITS = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
+# What Postgres refuses because of the values themselves (bad text, out of range, a check).
+_DATA = (
+    asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.exceptions.ProgramLimitExceededError,
+    UnicodeError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """An outage (Kafka, Postgres, the network, a timeout): retry it, it is nobody's data."""
+    return isinstance(exc, _TRANSIENT) and not isinstance(exc, _NEVER_FITS)
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """Postgres (or the driver) refused the values: retrying the same row can never succeed."""
+    return isinstance(exc, _DATA)
 
 
 async def _read_again(tp: Any, offset: int) -> None:
@@ -54,6 +95,9 @@ async def _forget_revoked(app_: Any, revoked: Any, **kwargs: Any) -> None:
     """
     for runner in StageRunner.instances:
         runner.forget(set(revoked))
+    gone = {(tp.topic, tp.partition) for tp in revoked}
+    for position in [p for p in _step_failures if p[:2] in gone]:
+        del _step_failures[position]
 
 
 async def send_record(topic: Any, site_id: str, record_name: str, value: dict, headers: dict | None = None) -> None:
@@ -77,7 +121,7 @@ async def send_failed(
             "post_id": None,
             "post_url": None,
             "title": None,
-            "error": error[:2000],
+            "error": clean_text(error, 2000),  # it may quote a provider: keep it storable
             "attempts": attempts,
             "usage": None,
             "finished_at": now_ms(),
@@ -86,11 +130,17 @@ async def send_failed(
     metrics.stage_events.labels(stage, status.lower()).inc()
 
 
-async def dead_letter(stage: str, event: Any, err: RecordError) -> None:
-    """Bytes that are not a valid record: keep them, say why, carry on."""
+async def dead_letter(stage: str, event: Any, err: RecordError, *, mark_failed: bool = True) -> None:
+    """Bytes that are not a valid record: keep them, say why, carry on.
+
+    With `mark_failed`, a request id that can be read gets a FAILED row, but only
+    if it has none yet: refused input never changes an existing request (of its
+    own site or another's).
+    """
     message = event.message
+    reason = clean_text(err.reason, 1000)
     headers = {
-        "blogstream-error": err.reason.encode()[:1000],
+        "blogstream-error": reason.encode()[:1000],
         "blogstream-stage": stage.encode(),
         "blogstream-source": f"{message.topic}/{message.partition}/{message.offset}".encode(),
     }
@@ -98,9 +148,11 @@ async def dead_letter(stage: str, event: Any, err: RecordError) -> None:
     fut = await dlq_topic.send(key=key, value=message.value if isinstance(message.value, bytes) else b"", headers=headers)
     await fut
     metrics.stage_events.labels(stage, "dead_letter").inc()
-    if err.request_id:
+    if mark_failed and err.request_id:
         site_id = err.site_id or key.decode("utf-8", "replace") or "unknown"
-        await send_failed(stage, err.request_id, site_id, f"invalid {stage} input: {err.reason}")
+        await deps.ready()
+        assert deps.db is not None
+        await deps.db.record_rejected(err.request_id, site_id, f"invalid {stage} input: {reason}")
 
 
 async def run_stage_event(
@@ -108,8 +160,15 @@ async def run_stage_event(
     event: Any,
     decode: Callable[[bytes], dict],
     step: Callable[[dict], Awaitable[tuple[Any, str, dict] | None]],
+    *,
+    attempt: int = 1,
 ) -> None:
-    """Decode → step → produce. `step` returns (topic, record name, record) or None."""
+    """Decode → step → produce. `step` returns (topic, record name, record) or None.
+
+    `attempt` counts the tries of this event: an exception that is not an outage
+    is raised again (the runner tries later) until the last one, which ends the
+    request FAILED instead.
+    """
     try:
         record = decode(event.value)
     except RecordError as err:
@@ -117,8 +176,14 @@ async def run_stage_event(
         return
     request = record.get("request", record)
     request_id, site_id = request["request_id"], request["site_id"]
+    if problem := key_problem(event.message.key, site_id):
+        await dead_letter(stage, event, RecordError(problem, request_id=request_id, site_id=site_id))
+        return
     try:
         out = await step(record)
+        if out is not None:
+            topic, name, value = out
+            await send_record(topic, site_id, name, value)
     except StageFailed as failed:
         log.warning("%s", failed.message)
         await send_failed(stage, request_id, site_id, failed.message, record.get("attempts", 0))
@@ -126,10 +191,49 @@ async def run_stage_event(
     except StageCancelled as cancelled:
         await send_failed(stage, request_id, site_id, cancelled.reason, status="CANCELLED")
         return
-    if out is not None:
-        topic, name, value = out
-        await send_record(topic, site_id, name, value)
+    except RequestOfAnotherSite as foreign:
+        log.warning("%s: %s", stage, foreign)
+        await dead_letter(stage, event, RecordError(str(foreign)), mark_failed=False)  # the row is the other site's
+        return
+    except RecordError as err:  # what the step made breaks the contract: making it again gives the same
+        await send_failed(
+            stage, request_id, site_id,
+            f"{stage} failed for request {request_id} on site {site_id}: its output is not a valid record "
+            f"({err.reason}). Submit it again under a new id, or once the cause is fixed: blogstream retry {request_id}",
+        )
+        return
+    except Exception as exc:
+        if is_transient(exc) or attempt < MAX_STEP_ATTEMPTS:
+            raise
+        log.exception("%s: request %s failed %d times; giving up", stage, request_id, attempt)
+        await send_failed(
+            stage, request_id, site_id,
+            f"{stage} failed for request {request_id} on site {site_id} {attempt} times: {type(exc).__name__}: "
+            f"{exc}. This is not an outage (those are retried until they pass): a fault in blogstream or in this "
+            f"request; once it is fixed: blogstream retry {request_id}",
+            attempt,
+        )
+        return
     metrics.stage_events.labels(stage, "ok").inc()
+
+
+async def run_counted(
+    stage: str, event: Any, decode: Callable[[bytes], dict], step: Callable[[dict], Awaitable[Any]]
+) -> None:
+    """`run_stage_event`, counting the tries of each event (the runner calls it again after a raise)."""
+    message = event.message
+    position = (message.topic, message.partition, message.offset)
+    attempt = _step_failures.get(position, 0) + 1
+    try:
+        await run_stage_event(stage, event, decode, step, attempt=attempt)
+    except Exception:
+        _step_failures[position] = attempt
+        raise
+    _step_failures.pop(position, None)
+
+
+def _event_time(ms: Any) -> datetime | None:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc) if isinstance(ms, int) and not time_problem(ms) else None
 
 
 def build_stage(
@@ -139,10 +243,16 @@ def build_stage(
 
     async def run_step(record: dict[str, Any]) -> tuple[Any, str, dict]:
         await deps.ready()
+        assert deps.db is not None
+        request = record.get("request", record)
+        request_id, site_id = request["request_id"], request["site_id"]
+        owner = await deps.db.request_owner(request_id, site_id, request=request, at=_event_time(request.get("requested_at")))
+        if owner != site_id:
+            raise RequestOfAnotherSite(name, request_id, site_id)
         return next_topic, next_record, await step(record, deps)
 
     async def handle(event: Any) -> None:
-        await run_stage_event(name, event, decode, run_step)
+        await run_counted(name, event, decode, run_step)
 
     runner = StageRunner(
         name, handle, concurrency=settings.stage_concurrency, read_ahead=settings.read_ahead, policy=deps.policy,

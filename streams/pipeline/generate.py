@@ -15,7 +15,7 @@ from streams.pipeline.factory import build_stage
 from streams.limiter.client import budgets
 from streams.limiter.specs import OPENAI_REQUESTS, OPENAI_TOKENS
 from streams.contract import decode_request
-from streams.pipeline.stage import StageCancelled, StageFailed, call_with_permits, effect_once, now_ms
+from streams.pipeline.stage import StageCancelled, StageFailed, call_with_permits, check_written, effect_once, now_ms
 
 STAGE = "generate"
 
@@ -24,9 +24,9 @@ async def write_draft(request: dict[str, Any], deps: Deps) -> dict[str, Any]:
     """BlogRequest → BlogDraft. OpenAI is paid once per request id."""
     request_id, site_id = request["request_id"], request["site_id"]
     site = await deps.site(site_id)
-    if site is None:
+    if site is None:  # fails at once: nothing is retried, the partition goes on
         raise StageFailed(
-            STAGE, request_id, site_id, "the site is not registered",
+            STAGE, request_id, site_id, f"site {site_id} is not registered",
             f"Register it (blogstream sites add {site_id} --wix-api-key ...), then: blogstream retry {request_id}",
         )
     assert deps.writer is not None
@@ -51,6 +51,7 @@ async def write_draft(request: dict[str, Any], deps: Deps) -> dict[str, Any]:
             call=lambda: writer.write_article(request, site_id=site_id),
             on_result=settle,
         )
+        check_written(STAGE, result.article, request_id, site_id)  # before it is ledgered: a retry writes it again
         return {
             "article": result.article,
             "usage": {"prompt_tokens": result.usage.prompt_tokens, "completion_tokens": result.usage.completion_tokens},
@@ -59,6 +60,7 @@ async def write_draft(request: dict[str, Any], deps: Deps) -> dict[str, Any]:
     written, _ = await effect_once(deps, request_id, STAGE, site_id, write)
     if written.get("cancelled"):
         raise StageCancelled(STAGE, request_id, site_id, written.get("reason") or "cancelled by an operator")
+    check_written(STAGE, written["article"], request_id, site_id)  # one from the ledger, written before these rules
     return {
         "request": request,
         "article": written["article"],

@@ -18,7 +18,7 @@ from streams.pipeline.factory import build_stage
 from streams.limiter.client import budgets
 from streams.limiter.specs import wix_requests
 from streams.contract import decode
-from streams.pipeline.stage import StageFailed, call_with_permits, effect_once, now_ms
+from streams.pipeline.stage import StageFailed, call_with_permits, check_written, effect_once, now_ms
 
 STAGE = "publish"
 
@@ -33,6 +33,7 @@ async def publish_post(illustrated: dict[str, Any], deps: Deps) -> dict[str, Any
     """BlogIllustrated → BlogResult (DONE with the post's id and URL)."""
     request, article = illustrated["request"], illustrated["article"]
     request_id, site_id = request["request_id"], request["site_id"]
+    check_written(STAGE, article, request_id, site_id)  # nothing reaches a site that breaks the rules
     site = await deps.site(site_id)
     if site is None:
         raise StageFailed(STAGE, request_id, site_id, "the site is no longer registered", f"Register it again, then: blogstream retry {request_id}")

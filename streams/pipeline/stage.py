@@ -16,6 +16,7 @@ from typing import Any, Awaitable, Callable
 
 from connectors.errors import ProviderError, RateLimited
 from streams import metrics
+from streams.contract import check_article
 from streams.pipeline.deps import Deps
 from streams.limiter.client import budgets
 from streams.settings import settings
@@ -44,12 +45,33 @@ class StageFailed(Exception):
 EFFECT_LEASE_SECONDS = 30.0  # a dead worker's claim is taken over this soon; live ones are renewed
 
 
+class RequestOfAnotherSite(Exception):
+    """The request id belongs to another site: this record must not touch that site's work."""
+
+    def __init__(self, stage: str, request_id: str, site_id: str) -> None:
+        self.stage, self.request_id, self.site_id = stage, request_id, site_id
+        super().__init__(
+            f"request id {request_id} is already used by another site; this record for site {site_id} "
+            "was not processed: send it again under an id of its own"
+        )
+
+
 class StageCancelled(Exception):
     """An operator cancelled the request before it started (see `blogstream sites cancel`)."""
 
     def __init__(self, stage: str, request_id: str, site_id: str, reason: str) -> None:
         self.stage, self.request_id, self.site_id, self.reason = stage, request_id, site_id, reason
         super().__init__(reason)
+
+
+def check_written(stage: str, article: Any, request_id: str, site_id: str) -> None:
+    """The model's article meets the contract's rules before it is stored or published, or the request fails."""
+    if problems := check_article(article):
+        shown = "; ".join(str(problem) for problem in problems[:4])
+        raise StageFailed(
+            stage, request_id, site_id, f"the model's article breaks the rules for articles ({shown})",
+            f"Lower target_words or change the topic and submit it again, or run: blogstream retry {request_id}",
+        )
 
 
 async def effect_once(
@@ -67,6 +89,8 @@ async def effect_once(
     owner = f"{deps.worker_id}:{uuid.uuid4().hex[:8]}"
     while True:
         claim = await db.claim_effect(request_id, effect, site_id, owner=owner, lease_seconds=EFFECT_LEASE_SECONDS)
+        if claim.state == "foreign":
+            raise RequestOfAnotherSite(effect, request_id, site_id)
         if claim.state == "done":
             return claim.payload or {}, True
         if claim.state == "busy":  # another worker is doing it right now (rebalance overlap)

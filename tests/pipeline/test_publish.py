@@ -79,7 +79,7 @@ async def test_a_retried_publish_takes_a_permit_for_every_wix_request_and_posts_
     monkeypatch.setattr(stage, "budgets", counting)
     monkeypatch.setattr(publish, "budgets", counting)
     request = {"request_id": "req-1", "site_id": "site-a"}
-    article = {"title": "T", "excerpt": "E", "body": "B", "slug": "t", "tags": [], "image_alt": ""}
+    article = {"title": "T", "excerpt": "E", "body": "B", "slug": "t", "tags": [], "image_prompt": "", "image_alt": ""}
     # The media import happened in an earlier, interrupted attempt: a post may exist already.
     db = LedgerDb({("req-1", "publish-media"): {"id": "media-1"}})
     wix = FlakyWix()

@@ -125,3 +125,17 @@ async def test_extend_renews_only_our_live_claim(db: Database) -> None:
     assert (await db.claim_effect(rid, "image", site, owner="w2", lease_seconds=30)).state == "busy"
     await db.complete_effect(rid, "image", site, {"url": "https://img"}, owner="w1")
     assert await db.extend_effect(rid, "image", owner="w1", lease_seconds=30) is False  # done: nothing to renew
+
+
+@aio
+async def test_an_effect_belongs_to_its_site(db: Database) -> None:
+    # The same request id used by another site never gets this site's effect, done or under way.
+    rid, mine, theirs = uid("req"), uid("site"), uid("site")
+    assert (await db.claim_effect(rid, "generate", mine, owner="w1", lease_seconds=0.001)).state == "acquired"
+    await asyncio.sleep(0.01)  # the lease ran out: still not another site's to take over
+    assert await db.claim_effect(rid, "generate", theirs, owner="w2", lease_seconds=30) == EffectClaim("foreign")
+    await db.complete_effect(rid, "generate", theirs, {"title": "theirs"}, owner="w2")  # refused
+    assert await db.get_effect(rid, "generate") is None
+    await db.complete_effect(rid, "generate", mine, {"title": "mine"}, owner="w1")
+    assert await db.claim_effect(rid, "generate", theirs, owner="w3", lease_seconds=30) == EffectClaim("foreign")
+    assert (await db.claim_effect(rid, "generate", mine, owner="w3", lease_seconds=30)).payload == {"title": "mine"}

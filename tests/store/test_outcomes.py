@@ -261,7 +261,8 @@ async def _mixed_rows(view: Database, site: str) -> dict[str, list[str]]:
 async def test_seed_sql_runs_unchanged(tx: tuple[Database, asyncpg.Connection]) -> None:
     view, conn = tx
     before = await _seed_figures(conn)
-    ids = await _mixed_rows(view, uid("site"))
+    site = uid("site")
+    ids = await _mixed_rows(view, site)
     after = await _seed_figures(conn)
     assert {k: after[k] - before[k] for k in after} == {"pending": 3, "failed": 3, "done_hour": 4, "failed_hour": 2}
 
@@ -279,11 +280,11 @@ async def test_seed_sql_runs_unchanged(tx: tuple[Database, asyncpg.Connection]) 
 
     # A retried row (PENDING at rank 3) can still finish: equal rank, PENDING -> final moves on...
     retried = ids["failed"][0]
-    await view.upsert_outcomes([ev(retried, "drafted", now()), ev(retried, "published", now(), post_url="u")])
+    await view.upsert_outcomes([ev(retried, "drafted", now(), site), ev(retried, "published", now(), site, post_url="u")])
     row = await view.get_generation(retried)
     assert (row["status"], row["stage"], row["post_url"]) == ("DONE", "published", "u")
     # ...and once DONE, the replayed FAILED does not take it back.
-    await view.upsert_outcomes([ev(retried, "failed", now(), error="old failure replayed")])
+    await view.upsert_outcomes([ev(retried, "failed", now(), site, error="old failure replayed")])
     assert (await view.get_generation(retried))["status"] == "DONE"
 
 
@@ -376,3 +377,69 @@ async def test_pending_snapshot(db: Database) -> None:
 
     by_site, existing = await db.pending_snapshot([])
     assert existing == set() and by_site[site] == 2
+
+
+# --- tenancy: a request id belongs to one site ------------------------------------------------------
+
+
+@aio
+async def test_an_event_of_another_site_never_changes_a_row(db: Database) -> None:
+    rid, mine, theirs, t0 = uid("req"), uid("site"), uid("site"), now()
+    await db.upsert_outcomes([ev(rid, "requested", t0, mine, request={"topic": "mine"})])
+    report = await db.store_outcomes([
+        ev(rid, "drafted", t0, theirs, title="theirs", request={"topic": "theirs"}),
+        ev(rid, "published", t0, theirs, post_id="p-theirs", post_url="u-theirs"),
+    ])
+    assert report.changed == 0 and report.foreign == {(rid, theirs)}
+    row = await db.get_generation(rid)
+    assert (row["site_id"], row["status"], row["stage"], row["title"], row["post_id"]) == (mine, "PENDING", "requested", None, None)
+    assert row["request"] == {"topic": "mine"}
+    # The owner's own events still move it on, in the same batch as a foreign one.
+    report = await db.store_outcomes([ev(rid, "published", t0, theirs, post_id="x"), ev(rid, "drafted", t0, mine, title="T")])
+    assert report.changed == 1 and report.foreign == {(rid, theirs)}
+    assert (await db.get_generation(rid))["title"] == "T"
+
+
+@aio
+async def test_one_new_id_with_two_sites_in_one_batch_goes_to_the_first(db: Database) -> None:
+    rid, first, second, t0 = uid("req"), uid("site"), uid("site"), now()
+    report = await db.store_outcomes([
+        ev(rid, "requested", t0, first, request={"n": 1}),
+        ev(rid, "requested", t0, second, request={"n": 2}),
+        ev(rid, "drafted", t0, first, title="first"),
+    ])
+    assert report.changed == 1 and report.foreign == {(rid, second)}
+    row = await db.get_generation(rid)
+    assert (row["site_id"], row["request"], row["title"]) == (first, {"n": 1}, "first")
+
+
+@aio
+async def test_request_owner_claims_a_new_id_once(db: Database) -> None:
+    rid, mine, theirs, t0 = uid("req"), uid("site"), uid("site"), now() - timedelta(seconds=5)
+    owners = await asyncio.gather(*[
+        db.request_owner(rid, site, request={"site": site}, at=t0) for site in [mine, theirs] * 5
+    ])
+    assert len(set(owners)) == 1
+    owner = owners[0]
+    row = await db.get_generation(rid)
+    assert (row["site_id"], row["status"], row["stage"], row["request"]) == (owner, "PENDING", "requested", {"site": owner})
+    assert row["created_at"] == t0
+    assert await db.request_owner(rid, theirs if owner == mine else mine) == owner
+    assert await db.request_sites([rid, uid("none")]) == {rid: owner}
+    # The sink's later event for the owner fills in as usual.
+    await db.upsert_outcomes([ev(rid, "drafted", now(), owner, title="T")])
+    assert (await db.get_generation(rid))["stage"] == "drafted"
+
+
+@aio
+async def test_refused_input_is_recorded_only_where_no_request_is(db: Database) -> None:
+    new, existing, site = uid("req"), uid("req"), uid("site")
+    await db.upsert_outcomes([ev(existing, "requested", now(), site, request={"n": 1})])
+    assert await db.record_rejected(new, site, "invalid generate input: topic: is required")
+    assert not await db.record_rejected(existing, site, "invalid generate input: a repeat with a typo")
+    assert not await db.record_rejected(existing, uid("site"), "invalid generate input: another site")
+    row = await db.get_generation(new)
+    assert (row["status"], row["stage"], row["error"]) == ("FAILED", "failed", "invalid generate input: topic: is required")
+    assert row["finished_at"] is not None
+    kept = await db.get_generation(existing)
+    assert (kept["site_id"], kept["status"], kept["error"]) == (site, "PENDING", None)
