@@ -213,3 +213,169 @@ async def test_a_wix_site_without_credentials_fails_with_what_to_fix_and_a_retry
     wix = sim.ledger()["wix"]
     assert wix["posts_per_site"] == {"shop-ok": 2, "shop-nokey": 2}
     assert sim.ledger()["openai"]["completions"] == completions_before  # articles reused, not written again
+
+
+# --------------------------------------------------------------------------- one record, one request, one outage
+
+
+def raw_json(value: dict[str, Any]) -> bytes:
+    """JSON the way any client writes it: a lone surrogate travels as the escape "\\ud800"."""
+    return json.dumps(value, ensure_ascii=True).encode()
+
+
+async def dlq_by_value(pipeline: Pipeline, values: list[bytes], timeout: float = 60) -> dict[bytes, dict[str, str]]:
+    wanted = set(values)
+    records = await read_until(pipeline, "blog.dlq", lambda rs: wanted <= {m.value for m in rs},
+                               f"{len(wanted)} records in the DLQ", timeout)
+    return {m.value: headers_of(m) for m in records if m.value in wanted}
+
+
+async def test_values_that_break_a_later_stage_are_refused_at_every_entrance(pipeline, sim, outcomes):
+    # One partition: the bad records sit between good ones, in the same sink batches.
+    pipeline.settings.update(topic_partitions=1)
+    await outcomes.add_sites(["shop-h"])
+    worker = pipeline.start_worker()
+    await pipeline.wait_ready()
+    future = int(time.time() * 1000) + 400 * 365 * 86_400_000  # accepted once, then the sink crashed on it
+
+    # HTTP: a 4xx naming the field, never a 503 (a client would retry that forever).
+    async with httpx.AsyncClient(timeout=30) as http:
+        for field, value in [("topic", "\ud800"), ("topic", "nul\x00"), ("keywords", ["ok", "\udfff"]),
+                             ("audience", "x\x00"), ("requested_at", future), ("requested_at", -1),
+                             ("requested_at", 1.5), ("requested_at", True), ("requested_at", 10**30)]:
+            body = raw_json(pipeline.request("shop-h", 0, **{field: value}))
+            answer = await http.post(worker.url("/api/blogs"), content=body, headers={"Content-Type": "application/json"})
+            assert answer.status_code == 422, (field, value, answer.status_code, answer.text)
+            assert [e["field"].split("[")[0] for e in answer.json()["errors"]] == [field], answer.text
+        answer = await http.post(worker.url("/api/blogs"), content=b'{"site_id": "shop-h", "topic": ' + b"9" * 5000 + b"}",
+                                 headers={"Content-Type": "application/json"})
+        assert answer.status_code == 400, answer.text
+
+    # Raw Kafka: to the DLQ with the reason, FAILED under the id; good requests around them finish.
+    good = [pipeline.request("shop-h", n) for n in range(4)]
+    bad = {
+        "surrogate json": (raw_json(pipeline.request("shop-h", 10, topic="a \ud800 b")), "topic", "surrogates"),
+        "nul json": (raw_json(pipeline.request("shop-h", 11, keywords=["a\x00b"])), "keywords[0]", "NUL"),
+        "nul avro": (encode("BlogRequest", pipeline.request("shop-h", 12, tone="TONEMARK")).replace(b"TONEMARK", b"TONE\x00ARK"),
+                     "tone", "NUL"),  # NUL is valid Avro; Postgres cannot store it
+        "future avro": (encode("BlogRequest", pipeline.request("shop-h", 13, requested_at=future)), "requested_at",
+                        "one day from now"),
+        "future json": (raw_json(pipeline.request("shop-h", 14, requested_at=future)), "requested_at", "one day from now"),
+    }
+    ids = {}
+    for name, (value, field, words) in bad.items():
+        with pytest.raises(RecordError) as caught:
+            decode_request(value)
+        assert [e.field for e in caught.value.errors] == [field] and words in caught.value.reason, name
+        ids[name] = caught.value.request_id
+    await pipeline.submit(good[:2], raw=[(b"shop-h", value) for value, _, _ in bad.values()])
+    await pipeline.submit(good[2:])
+
+    rows = await outcomes.wait_final([r["request_id"] for r in good] + list(ids.values()), timeout=TIMEOUT,
+                                     workers=pipeline.workers)
+    assert summarize({r["request_id"]: rows[r["request_id"]] for r in good}) == {"DONE": len(good)}
+    for name, (_, field, words) in bad.items():
+        row = rows[ids[name]]
+        assert row["status"] == "FAILED" and field in row["error"] and words in row["error"], (name, row["error"])
+    dlq = await dlq_by_value(pipeline, [value for value, _, _ in bad.values()])
+    assert all(headers["blogstream-stage"] == "generate" for headers in dlq.values()), dlq
+    assert sim.ledger()["wix"]["posts_total"] == len(good)
+
+
+async def test_a_row_postgres_refuses_does_not_lose_the_rest_of_its_sink_batch(pipeline, sim, outcomes):
+    # Something the contract allows but this database refuses (a CHECK added for the test):
+    # Postgres rejects the sink's whole batch, and the sink must find the one bad row.
+    conn = await asyncpg.connect(outcomes.dsn)
+    try:
+        await conn.execute("ALTER TABLE blog_generations ADD CONSTRAINT poison_for_the_test "
+                           "CHECK (request IS NULL OR request->>'topic' <> 'poison pill')")
+    finally:
+        await conn.close()
+    pipeline.settings.update(topic_partitions=1, sink_batch_seconds=2)  # one partition, big batches
+    await outcomes.add_sites(["shop-p"])
+    pipeline.start_worker()
+    await pipeline.wait_ready()
+    good = [pipeline.request("shop-p", n) for n in range(6)]
+    poison = pipeline.request("shop-p", 99, topic="poison pill")
+    await pipeline.submit(good[:3] + [poison] + good[3:])
+
+    ids = [r["request_id"] for r in good]
+    rows = await outcomes.wait_final(ids + [poison["request_id"]], timeout=TIMEOUT, workers=pipeline.workers)
+    assert summarize({i: rows[i] for i in ids}) == {"DONE": len(good)}
+    assert rows[poison["request_id"]]["status"] == "FAILED", rows[poison["request_id"]]
+    dlq = await read_until(pipeline, "blog.dlq", lambda rs: any(headers_of(m)["blogstream-stage"] == "sink" for m in rs),
+                           "the sink's dead letter")
+    sunk = [m for m in dlq if headers_of(m)["blogstream-stage"] == "sink"]
+    names = {"blog.requests": "BlogRequest", "blog.drafts": "BlogDraft", "blog.illustrated": "BlogIllustrated"}
+    for message in sunk:  # every event of the poison request carries it; nothing of the others is there
+        topic = headers_of(message)["blogstream-source"].split("/")[0].removeprefix(pipeline.prefix)
+        record = decode(names[topic], message.value)
+        assert record.get("request", record)["request_id"] == poison["request_id"]
+        assert "poison_for_the_test" in headers_of(message)["blogstream-error"]
+    # The stages may still publish the poison request (its row says FAILED either way); the good ones once each.
+    wix = sim.ledger()["wix"]
+    assert wix["posts_total"] in (len(good), len(good) + 1) and not wix["duplicate_slugs"]
+
+
+async def test_an_unregistered_sites_raw_request_fails_at_once_and_holds_up_no_one(pipeline, sim, outcomes):
+    pipeline.settings.update(topic_partitions=1)  # the ghost's record and shop-u's share the partition
+    await outcomes.add_sites(["shop-u"])
+    pipeline.start_worker()
+    await pipeline.wait_ready()
+    before = [pipeline.request("shop-u", n) for n in range(3)]
+    after = [pipeline.request("shop-u", n) for n in range(3, 6)]
+    ghost = {"request_id": f"{pipeline.name}-ghost", "site_id": "ghost-site", "topic": "Haunted houses"}
+    started = time.time()
+    await pipeline.submit(before, raw=[(b"ghost-site", raw_json(ghost))])
+    await pipeline.submit(after)
+
+    ids = [r["request_id"] for r in before + after]
+    rows = await outcomes.wait_final(ids + [ghost["request_id"]], timeout=60, workers=pipeline.workers)
+    assert summarize({i: rows[i] for i in ids}) == {"DONE": len(ids)}
+    row = rows[ghost["request_id"]]
+    assert row["status"] == "FAILED" and time.time() - started < 30, row
+    assert "site ghost-site is not registered" in row["error"], row["error"]
+    assert "blogstream sites add ghost-site" in row["error"] and f"blogstream retry {ghost['request_id']}" in row["error"]
+
+
+async def test_a_request_id_belongs_to_the_first_site_that_uses_it(pipeline, sim, outcomes):
+    await outcomes.add_sites(["shop-x", "shop-y"])
+    worker = pipeline.start_worker()
+    await pipeline.wait_ready()
+    first = pipeline.request("shop-x", 1, request_id=f"{pipeline.name}-shared-id")
+    request_id = first["request_id"]
+    async with httpx.AsyncClient(timeout=30) as http:
+        assert (await http.post(worker.url("/api/blogs"), json=first)).status_code == 202
+        rows = await outcomes.wait_final([request_id], timeout=TIMEOUT, workers=pipeline.workers)
+        assert rows[request_id]["status"] == "DONE"
+        post = (rows[request_id]["post_id"], rows[request_id]["post_url"])
+
+        # HTTP: the same id for another site is refused, without naming the site that has it...
+        answer = await http.post(worker.url("/api/blogs"), json={**first, "site_id": "shop-y", "topic": "Mine now"})
+        assert answer.status_code == 409, answer.text
+        assert answer.json()["errors"] == [{"item": 0, "field": "request_id", "message":
+                                            f"request id {request_id} is already used by another site; choose another id"}]
+        assert "shop-x" not in answer.text
+        # ...and the same id for its own site again is the idempotent repeat it always was.
+        assert (await http.post(worker.url("/api/blogs"), json=first)).status_code == 202
+
+    # Raw Kafka: another site's record with that id goes to the DLQ and touches nothing of shop-x.
+    stolen = encode("BlogRequest", {**first, "site_id": "shop-y", "topic": "Mine now"})
+    await pipeline.submit([], raw=[(b"shop-y", stolen)])
+    dlq = await dlq_by_value(pipeline, [stolen])
+    assert "already used by another site" in dlq[stolen]["blogstream-error"], dlq
+    later = pipeline.request("shop-y", 2)  # shop-y's own work goes on
+    await pipeline.submit([later])
+    rows = await outcomes.wait_final([later["request_id"]], timeout=TIMEOUT, workers=pipeline.workers)
+    assert rows[later["request_id"]]["status"] == "DONE"
+    row = (await outcomes.rows([request_id]))[request_id]
+    assert (row["site_id"], row["status"], row["post_id"], row["post_url"]) == ("shop-x", "DONE", *post)
+    assert json.loads(row["request"])["topic"] == first["topic"]  # a plain connection reads jsonb as text
+    ledger = sim.ledger()["wix"]
+    assert ledger["posts_per_site"] == {"shop-x": 1, "shop-y": 1} and not ledger["duplicate_slugs"]
+    conn = await asyncpg.connect(outcomes.dsn)
+    try:
+        effects = await conn.fetch("SELECT DISTINCT site_id FROM stage_outputs WHERE request_id = $1", request_id)
+    finally:
+        await conn.close()
+    assert [r["site_id"] for r in effects] == ["shop-x"]
