@@ -19,7 +19,6 @@ from typing import Any
 import click
 
 from streams.cli.output import CliError
-from streams.settings import settings
 
 RECORDS = {"blog.requests": "BlogRequest", "blog.drafts": "BlogDraft", "blog.illustrated": "BlogIllustrated",
            "blog.results": "BlogResult", "blog.dlq": None}
@@ -27,6 +26,8 @@ RECORDS = {"blog.requests": "BlogRequest", "blog.drafts": "BlogDraft", "blog.ill
 
 def topic_of(name: str) -> str:
     """`requests`, `blog.requests` or the full prefixed name -> the stage topic's base name."""
+    from streams.settings import settings  # read when a command runs: a bad setting is a one-line error
+
     base = name.removeprefix(settings.topic_prefix)
     base = base if base.startswith("blog.") else f"blog.{base}"
     if base not in RECORDS:
@@ -61,6 +62,8 @@ async def partitions_of(topic: str) -> list[int]:
     """The topic's partition numbers, from the broker (empty if there is no such topic)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
+    from streams.settings import settings
+
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
@@ -72,6 +75,8 @@ async def partitions_of(topic: str) -> list[int]:
 
 async def tail(base: str, count: int, follow: bool, emit: Any) -> int:
     from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from streams.settings import settings
 
     topic = f"{settings.topic_prefix}{base}"
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
