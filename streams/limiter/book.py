@@ -20,6 +20,9 @@ did not take when the lease ends (`end_lease`).
 
 Costs: granting, settling and expiring are O(1) per grant (running sums, an
 index by grant id); a scheduling pass is O(waiting asks x log) (a heap).
+Memory: the waiting asks, the grants in the windows, and the sites and
+per-site budgets active lately (`prune`); nothing grows with time or with the
+number of sites ever seen.
 """
 from __future__ import annotations
 
@@ -111,7 +114,17 @@ class BudgetBook:
         self.waiting: dict[str, Ask] = {}
         self.vtime: dict[tuple[str, str], float] = {}  # (budget, site) -> normalised service
         self._waiting_sites: dict[str, dict[str, int]] = {}  # budget -> site -> asks waiting
-        self._amounts: dict[str, list[tuple[float, str]]] = {}  # budget -> heap of (amount, ask_id), lazy
+        # budget -> heap of (amount, ask_id) of the asks waiting on it. Lazy: a granted ask's
+        # entry stays until it reaches the top or the heap holds more garbage than live
+        # entries (`_unwait` then rebuilds it), so it is at most about twice the live asks.
+        self._amounts: dict[str, list[tuple[float, str]]] = {}
+        self._live: dict[str, int] = {}  # budget -> asks waiting on it (the live part of its heap)
+        # A site's virtual time is kept while it waits, and after it stops for as long as it
+        # could still matter (see `prune`); then it is dropped, so the book holds the sites
+        # that are active, not every site ever seen.
+        self.idle_keep = max((float(spec["window"]) for spec in rate_specs.values()), default=60.0)
+        self._idle_since: dict[tuple[str, str], float] = {}
+        self._dropped: set[str] = set()  # table keys of state `prune` dropped: deleted at the next persist
         self._seq = itertools.count()
         self._grant_seq = itertools.count()
         self.instance = ""
@@ -161,6 +174,8 @@ class BudgetBook:
                 if floor is not None:
                     self.vtime[key] = max(self.vtime.get(key, 0.0), floor)
             sites[ask.site_id] = sites.get(ask.site_id, 0) + 1
+            self._idle_since.pop(key, None)
+            self._live[budget] = self._live.get(budget, 0) + 1
             heapq.heappush(self._amounts.setdefault(budget, []), (ask.needs[budget], ask.ask_id))
         self.waiting[ask.ask_id] = ask
         self._fresh.append(ask)
@@ -182,12 +197,28 @@ class BudgetBook:
                 sites[ask.site_id] = left
             else:
                 sites.pop(ask.site_id, None)
+            live = self._live.get(budget, 0) - 1
+            if live <= 0:  # nobody waits on it any more: no heap, no entry at all
+                self._live.pop(budget, None)
+                self._amounts.pop(budget, None)
+                if not sites:
+                    self._waiting_sites.pop(budget, None)
+                continue
+            self._live[budget] = live
+            heap = self._amounts.get(budget)
+            if heap is not None and len(heap) > 2 * live + 32:
+                # More granted entries than waiting ones: keep the live ones (once each).
+                # O(heap) after at least `live` removals since the last rebuild: O(1) amortized.
+                kept = {entry[1]: entry for entry in heap if entry[1] in self.waiting}
+                heap[:] = kept.values()
+                heapq.heapify(heap)
 
     def drop_asks(self) -> None:
         self.waiting.clear()
         self._fresh.clear()
         self._waiting_sites.clear()
         self._amounts.clear()
+        self._live.clear()
 
     def _fair_key(self, ask: Ask) -> tuple[float, int]:
         return (self.vtime.get((ask.primary, ask.site_id), 0.0), ask.seq)
@@ -405,12 +436,65 @@ class BudgetBook:
             if slots._expire(now):
                 self.dirty_slots.add(slots.name)
 
+    # --- bounded memory ----------------------------------------------------------
+    def prune(self, now: float) -> None:
+        """Drop the state of sites and per-site budgets nobody uses any more (about once a second).
+
+        What stays is bounded by what is live: sites waiting or active within
+        `idle_keep`, budgets with grants in their window, slots with holders.
+
+        - A site's virtual time, once it waits no more on a budget, when it is at or
+          below the floor of the sites still waiting (it would be lifted to that floor
+          when it comes back anyway: nothing changes) or after `idle_keep` seconds
+          (then it comes back as a new site does, at the floor of the sites waiting).
+        - A per-site budget (Wix) with nothing in its window, nobody waiting, no
+          pressure from the provider and no pacing debt: a new one is the same.
+        - A site's slot budget with no holder: its limit comes with every ask.
+        Their table keys are deleted with the next persist.
+        """
+        floors: dict[str, float | None] = {}
+        for key in list(self.vtime):
+            budget, site = key
+            if self._waiting_sites.get(budget, {}).get(site):
+                continue
+            since = self._idle_since.setdefault(key, now)
+            if budget not in floors:
+                floors[budget] = min((self.vtime.get((budget, s), 0.0) for s in self._waiting_sites.get(budget, ())),
+                                     default=None)
+            floor = floors[budget]
+            if (floor is not None and self.vtime[key] <= floor) or now - since >= self.idle_keep:
+                del self.vtime[key]
+                del self._idle_since[key]
+        for name in [n for n in self.rates if ":" in n]:
+            rate = self.rates[name]
+            rate._expire(now)
+            if (not rate.entries and not rate.dirty and name not in self._live and rate.factor >= 1.0
+                    and not rate.external and rate.tat <= now - rate.pace_slack()):
+                del self.rates[name]
+                self._dropped.add(f"r|{name}|meta")
+        for name in [n for n, slots in self.slots.items() if not slots.holders and n not in self.dirty_slots]:
+            del self.slots[name]
+            self._dropped.add(name)
+
+    def sizes(self) -> dict[str, int]:
+        """How much the book holds (for tests and debugging)."""
+        return {
+            "waiting": len(self.waiting),
+            "heap_entries": sum(len(h) for h in self._amounts.values()),
+            "vtimes": len(self.vtime),
+            "idle_sites": len(self._idle_since),
+            "budgets_waited_on": len(self._waiting_sites),
+            "rates": len(self.rates),
+            "slots": len(self.slots),
+        }
+
     # --- persistence (the coordinator's changelog-backed table) -------------
     # Keys: "r|<budget>|meta", "r|<budget>|<bucket>" (grants of one second),
     # "slots:<site>". A value of None deletes the key.
     def take_dirty(self) -> dict[str, Any]:
-        """Every table key changed since the last call, with its new value."""
-        out: dict[str, Any] = {}
+        """Every table key changed since the last call, with its new value (None: delete it)."""
+        out: dict[str, Any] = dict.fromkeys(self._dropped)  # a budget made again since then overwrites it
+        self._dropped.clear()
         for name, rate in self.rates.items():
             for part in rate.dirty:
                 if part == "meta":
@@ -452,7 +536,7 @@ class BudgetBook:
     def usage(self, name: str, now: float) -> dict[str, float]:
         rate = self.rate(name)
         rate._expire(now)
-        waiting = sum(1 for a in self.waiting.values() if name in a.needs)
+        waiting = self._live.get(name, 0)
         return {
             "limit": rate.limit,
             "effective_limit": rate.effective_limit(),

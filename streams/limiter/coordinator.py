@@ -284,6 +284,7 @@ class Coordinator:
         if now - self.last_tick >= 1.0:
             self.book.recover(now - self.last_tick)
             self.book.expire(now)
+            self.book.prune(now)  # memory bounded by what is live: idle sites' state goes
             self.last_tick = now
             for name, rate in self.book.rates.items():
                 budget_factor.labels(name).set(rate.factor)
