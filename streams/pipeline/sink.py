@@ -167,8 +167,8 @@ async def write_outcomes(pairs: list[Pair]) -> tuple[list[Pair], list[Pair]]:
             (foreign if one.foreign else stored).append((event, row))
         metrics.sink_rows.inc(len(stored))
         return stored, foreign
-    metrics.sink_rows.inc(len(rows))
     foreign = [(event, row) for event, row in pairs if (row.request_id, row.site_id) in report.foreign]
+    metrics.sink_rows.inc(len(rows) - len(foreign))
     return [pair for pair in pairs if pair not in foreign], foreign
 
 
@@ -178,7 +178,7 @@ async def _refused_by_postgres(event: Any, row: OutcomeRow, reason: str) -> None
     where = f"{message.topic}/{message.partition}/{message.offset}"
     log.warning("sink: Postgres refused event %s of request %s: dead-lettered (%s)", where, row.request_id, reason)
     reason = f"Postgres refused it: {reason}"
-    await _until_done("dead-lettering an event", lambda: dead_letter(STAGE, event, RecordError(reason), mark_failed=False))
+    await _dead_letter(event, RecordError(reason), mark_failed=False)
     failed = OutcomeRow(
         row.request_id, row.site_id, "FAILED", "failed", 3, datetime.now(timezone.utc),
         error=clean_text(
@@ -192,6 +192,14 @@ async def _refused_by_postgres(event: Any, row: OutcomeRow, reason: str) -> None
         log.exception("sink: could not mark %s FAILED either", row.request_id)
         return
     await _release(failed)
+
+
+async def _dead_letter(event: Any, err: RecordError, *, mark_failed: bool = True) -> None:
+    """`dead_letter` through outages; should even its FAILED row be refused, that is logged, not raised."""
+    try:
+        await _until_done("dead-lettering an event", lambda: dead_letter(STAGE, event, err, mark_failed=mark_failed))
+    except Exception:
+        log.exception("sink: dead-lettering %s failed", err.request_id or "an event")
 
 
 async def _release(row: OutcomeRow) -> None:
@@ -213,7 +221,7 @@ async def store_batch(events: list[Any]) -> None:
         try:
             row = outcome_row(message.topic, event.value, message.key)
         except RecordError as err:  # a result that is not valid, or an event that cannot be a row
-            await _until_done("dead-lettering an event", lambda err=err: dead_letter(STAGE, event, err))
+            await _dead_letter(event, err)
             continue
         if row is not None:
             pairs.append((event, row))
@@ -223,7 +231,7 @@ async def store_batch(events: list[Any]) -> None:
     for event, row in foreign:
         if event.message.topic == results_topic.get_topic_name():  # no stage reads results: it is ours to report
             reason = f"request id {row.request_id} belongs to another site; this result for site {row.site_id} was not stored"
-            await _until_done("dead-lettering an event", lambda: dead_letter(STAGE, event, RecordError(reason), mark_failed=False))
+            await _dead_letter(event, RecordError(reason), mark_failed=False)
     for _, row in stored:
         if row.stage_rank == 3:
             await _release(row)
