@@ -149,7 +149,9 @@ def cancel(site: str) -> None:
     async def run(db: Any) -> list[str] | None:
         if await db.get_site(site) is None:
             return None
-        return await db.cancel_queued(site, reason=f"cancelled by an operator (site {site}) before it started")
+        from store.parked import cancel_waiting
+
+        return await cancel_waiting(db, site)  # its parked requests too
 
     cancelled = connect.run_db(run)
     if cancelled is None:

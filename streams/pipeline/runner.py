@@ -5,7 +5,13 @@ A stage reads its topic with `stream.noack()` and hands every event to a
 - keeps read-ahead events in one line per site (bounded per worker), so a small
   site behind a big site's backlog in the same partition is not stuck behind it;
 - starts the next event by weighted round-robin across sites, never more than a
-  site's cap at once, and skips paused sites (their events wait, unacked);
+  site's cap at once;
+- moves a paused site's events out (`park`: into Postgres, store/parked.py)
+  and acks them, so they hold neither their partitions' commits nor the
+  read-ahead; `ParkingLot` sends them back to their topics when the site is
+  resumed;
+- starts nothing before the site controls are known (`load_policies`), so a
+  paused site stays paused across a restart;
 - acks events strictly in offset order per partition: a finished event above an
   unfinished one waits. The committed offset therefore never passes unfinished
   work, whatever order the provider calls finish in (faust #606 cannot bite).
@@ -19,7 +25,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable
 
+from store.parked import ParkedEvent, ParkedEvents
 from streams import metrics
+from streams.contract import RecordError, decode
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +47,7 @@ class _Entry:
     site_id: str
     done: bool = False
     failures: int = 0
+    dropped: bool = False  # its partition moved to another worker
 
 
 class StageRunner:
@@ -56,6 +65,15 @@ class StageRunner:
     REWIND_EVERY = 2.0  # seconds between rewinds of a partition to the same offset
     STALL_SECONDS = 30.0  # records waiting in a partition, none delivered for this long: read it again
     STALL_CHECK_EVERY = 5.0
+    # Set by streams/pipeline/deps.py for the worker's runners (None: paused
+    # sites' events wait here, unacked, and nothing waits for the controls).
+    # park(stage, events) stores events of sites paused now and says which it
+    # stored; the others are to run. load_policies() reads the site controls
+    # once, raising while it cannot.
+    park: Callable[[str, list[Any]], Awaitable[list[bool]]] | None = None
+    load_policies: Callable[[], Awaitable[None]] | None = None
+    POLICY_WAIT_SECONDS = 30.0  # at start, hold events this long at most for the site controls
+    PARK_BATCH = 200
 
     def __init__(
         self,
@@ -87,6 +105,8 @@ class StageRunner:
         self._replaying: set[Any] = set()  # partitions delivering offsets already taken (logged once)
         self._flowing_at: dict[Any, float] = {}  # tp -> when it last delivered, or had nothing waiting
         self._tasks: set[asyncio.Task] = set()
+        self._parking: deque[_Entry] = deque()  # paused sites' events on their way to `park`, in order
+        self._parker: asyncio.Task | None = None
         self._dispatcher: asyncio.Task | None = None
         self._watchdog: asyncio.Task | None = None
         StageRunner.instances.append(self)
@@ -242,8 +262,46 @@ class StageRunner:
             return entry
         return None
 
-    async def _dispatch(self) -> None:
+    async def _wait_for_policies(self) -> None:
+        """Hold every event until the site controls are read once: a paused site stays paused after a restart.
+
+        Bounded: should Postgres stay away longer than POLICY_WAIT_SECONDS,
+        events start without the controls (no paid call can happen without
+        Postgres anyway: each is claimed in the effect ledger first), and the
+        first refresh that works applies them to every event not yet started.
+        """
+        if self.load_policies is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.POLICY_WAIT_SECONDS
+        delay, held = 0.5, False
         while True:
+            try:
+                await self.load_policies()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                left = deadline - loop.time()
+                if left <= 0:
+                    log.error("%s: site controls (pause, caps, weights) still unreadable after %.0f s (%s); starting "
+                              "events without them: a paused site's events may start until Postgres answers",
+                              self.name, self.POLICY_WAIT_SECONDS, exc)
+                    return
+                if not held:
+                    log.warning("%s: holding events until the site controls are read from Postgres (%s); "
+                                "at most %.0f s more", self.name, exc, left)
+                    held = True
+                await asyncio.sleep(min(delay, left))
+                delay = min(2 * delay, 5.0)
+                continue
+            if held:
+                log.info("%s: site controls read; starting events", self.name)
+            return
+
+    async def _dispatch(self) -> None:
+        await self._wait_for_policies()
+        while True:
+            self._park_paused()
             entry = self._next()
             if entry is None:
                 self._changed.clear()
@@ -286,7 +344,7 @@ class StageRunner:
         self._changed.set()
 
     def _requeue(self, entry: _Entry) -> None:
-        if entry.tp not in self._unfinished or entry not in self._unfinished[entry.tp]:
+        if entry.dropped:
             return  # its partition moved to another worker meanwhile
         line = self._lines.get(entry.site_id)
         if line is None:
@@ -295,6 +353,58 @@ class StageRunner:
             self._credit.setdefault(entry.site_id, 0.0)
         line.appendleft(entry)
         self._changed.set()
+
+    # --- parking (paused sites) -------------------------------------------------
+    def _park_paused(self) -> None:
+        """Move the lines of paused sites out to be parked; their events leave the runner."""
+        if self.park is None:
+            return
+        for site_id in [s for s in self._ring if self.policy(s).paused]:
+            self._parking.extend(self._lines.pop(site_id))
+            self._ring.remove(site_id)
+            self._credit[site_id] = 0.0
+            metrics.site_queued.labels(self.name, site_id).set(0)
+        if self._parking and (self._parker is None or self._parker.done()):
+            self._parker = asyncio.ensure_future(self._park_waiting())
+
+    async def _park_waiting(self) -> None:
+        """Park batches in order; a parked event is done (acked in offset order), a refused one runs."""
+        assert self.park is not None
+        failures = 0
+        while self._parking:
+            batch: list[_Entry] = []
+            while self._parking and len(batch) < self.PARK_BATCH:
+                entry = self._parking.popleft()
+                if not entry.dropped:
+                    batch.append(entry)
+            if not batch:
+                continue
+            try:
+                parked = await self.park(self.name, [e.event for e in batch])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Postgres away: they wait here, unacked, as before parking existed
+                failures += 1
+                delay = min(30.0, 2.0 ** failures)
+                log.warning("%s: could not park %d events of paused sites (%s); trying again in %.0f s",
+                            self.name, len(batch), exc, delay, exc_info=failures == 1)
+                self._parking.extendleft(reversed(batch))
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            parked_tps: set[Any] = set()
+            for entry, stored in zip(batch, parked):
+                if stored and not entry.dropped:
+                    entry.done = True
+                    parked_tps.add(entry.tp)
+            for entry in reversed([e for e, stored in zip(batch, parked) if not stored]):
+                self._requeue(entry)  # its site is not paused (any more): it runs
+            if parked_tps:
+                metrics.stage_events.labels(self.name, "parked").inc(sum(map(bool, parked)))
+                log.info("%s: parked %d events of paused sites (%s)", self.name, sum(map(bool, parked)),
+                         ", ".join(sorted({e.site_id for e, stored in zip(batch, parked) if stored})))
+            for tp in parked_tps:
+                await self._ack_in_order(tp)
 
     async def _ack_in_order(self, tp: Any) -> None:
         line = self._unfinished.get(tp)
@@ -320,6 +430,8 @@ class StageRunner:
             line = self._unfinished.pop(tp, None)
             if line:
                 self._buffered -= len(line)
+                for entry in line:
+                    entry.dropped = True
         for site_id in list(self._lines):
             kept = deque(e for e in self._lines[site_id] if e.tp not in revoked)
             if kept:
@@ -342,3 +454,100 @@ def _site_of(event: Any) -> str:
     if isinstance(key, bytes):
         return key.decode("utf-8", "replace")
     return str(key or "")
+
+
+# --- the parking lot: where a paused site's events wait, and how they come back ---------
+
+RECORD_OF_STAGE = {"generate": "BlogRequest", "image": "BlogDraft", "publish": "BlogIllustrated"}
+
+
+def parked_event(stage: str, event: Any) -> ParkedEvent:
+    """A stage event as a parked row: its source record byte for byte, and its request id when it reads."""
+    message = event.message
+    value = message.value if isinstance(message.value, (bytes, type(None))) else event.value
+    key = message.key if isinstance(message.key, (bytes, type(None))) else str(message.key).encode()
+    try:
+        record = decode(RECORD_OF_STAGE[stage], value)
+        request_id: str | None = record.get("request", record)["request_id"]
+    except (RecordError, KeyError, TypeError) as err:  # the stage will dead-letter it once it is back
+        request_id = getattr(err, "request_id", None)
+    headers = message.headers or []
+    if isinstance(headers, dict):
+        headers = list(headers.items())
+    return ParkedEvent(
+        site_id=_site_of(event), stage=stage, request_id=request_id, topic=message.topic, partition=message.partition,
+        offset=message.offset, key=key, value=value, headers=[(str(k), bytes(v or b"")) for k, v in headers],
+    )
+
+
+async def produce_raw(topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> Awaitable[Any]:
+    """Hand one record to the worker's producer; returns the broker's ack to await."""
+    from streams.app import app  # the worker's producer (imported late: the runner's tests need no app)
+
+    return await app.producer.send(topic, key, value, None, None, headers or None)
+
+
+async def report_cancelled(stage: str, request_id: str, site_id: str, reason: str) -> None:
+    """A CANCELLED result on blog.results (the sink records it and frees the request's slot), acked."""
+    from streams.pipeline.factory import send_failed  # the one place results are written
+
+    await send_failed(stage, request_id, site_id, reason, status="CANCELLED")
+
+
+class ParkingLot:
+    """A worker's side of store/parked.py: park events, and send back those of resumed sites.
+
+    `release_due()` runs after every refresh of the site controls (every 2 s,
+    and at once after a change made through this worker's API): each site that
+    is not paused any more gets its events produced back to their source topics
+    (keyed by site, in the order they were parked), each batch deleted once the
+    broker has it; cancelled events become CANCELLED results instead. Any
+    worker may release any site; one at a time per site.
+    """
+
+    def __init__(
+        self,
+        store: ParkedEvents,
+        *,
+        on_unpaused: Callable[[str], None] = lambda site_id: None,
+        produce: Callable[..., Awaitable[Awaitable[Any]]] = produce_raw,
+        cancelled: Callable[[str, str, str, str], Awaitable[None]] = report_cancelled,
+    ) -> None:
+        self.store = store
+        self.on_unpaused = on_unpaused  # told when the database says a site this worker held paused is not
+        self.produce = produce
+        self.cancelled = cancelled
+        self._releasing: asyncio.Task | None = None
+
+    async def park(self, stage: str, events: list[Any]) -> list[bool]:
+        rows = [parked_event(stage, event) for event in events]
+        paused = await self.store.park(rows)
+        for site_id in {row.site_id for row in rows} - paused:
+            self.on_unpaused(site_id)
+        return [row.site_id in paused for row in rows]
+
+    def release_due(self) -> None:
+        if self._releasing is None or self._releasing.done():
+            self._releasing = asyncio.ensure_future(self._release_due())
+
+    async def _release_due(self) -> None:
+        try:
+            for site_id in await self.store.due():
+                released = await self.store.release(site_id, self.send_back)
+                if released:
+                    log.info("site %s: %d parked events released (sent back to their topics, or CANCELLED)",
+                             site_id, released)
+        except Exception as exc:  # Postgres or the broker away: the next refresh tries again
+            log.warning("could not release parked events: %s", exc)
+
+    async def send_back(self, events: list[ParkedEvent]) -> None:
+        """Produce a batch in order and wait for every ack (then the store deletes it)."""
+        acks = []
+        for event in events:
+            if event.cancel_reason is not None and event.request_id is not None:
+                await asyncio.gather(*acks)  # the results keep their place among the events
+                acks = []
+                await self.cancelled(event.stage, event.request_id, event.site_id, event.cancel_reason)
+            else:
+                acks.append(await self.produce(event.topic, event.key, event.value, event.headers))
+        await asyncio.gather(*acks)

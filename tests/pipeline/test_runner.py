@@ -147,7 +147,7 @@ async def run():
 
     yield start
     for runner, task in started:
-        pending = {task, *runner._tasks, *(t for t in (runner._dispatcher, runner._watchdog) if t)}
+        pending = {task, *runner._tasks, *(t for t in (runner._dispatcher, runner._watchdog, runner._parker) if t)}
         # Cancel until everything is gone: on Python 3.11 asyncio.wait_for (the
         # dispatcher's idle wait) swallows a cancel that coincides with its wake-up.
         while pending:
@@ -164,6 +164,8 @@ def make_runner(handler: Recorder, *, concurrency: int = 50, read_ahead: int = 1
     # feed partitions in any order; the gap tests below give their own.
     runner.expected_start = lambda tp: None
     runner.rewind = None
+    runner.park = None  # the worker's (streams/pipeline/deps.py) parks in Postgres: tests/pipeline/test_parking.py
+    runner.load_policies = None
     runner.STALL_CHECK_EVERY = 3600.0  # the stall tests call check_stalls() with the time they choose
     return runner
 
@@ -294,7 +296,7 @@ async def test_weights_share_starts_in_proportion(run):
     assert abs(counts["heavy"] - 60) <= 3 and abs(counts["light"] - 20) <= 2 and abs(counts["half"] - 10) <= 2, counts
 
 
-async def test_a_paused_site_starts_nothing_until_resumed(run):
+async def test_without_a_parking_lot_a_paused_site_starts_nothing_until_resumed(run):
     paused = {"held": True}
     handler = Recorder()
     stream = FakeStream()
