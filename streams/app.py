@@ -22,7 +22,7 @@ from typing import Any
 import faust
 from mode.utils.objects import cached_property
 
-from streams import faust_fixes, logs
+from streams import faust_fixes, log_limit, logs
 from streams.settings import settings
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ class BlogstreamApp(faust.App):
         return faust_fixes.unfiltered_stage_reads(super()._new_consumer())
 
     async def on_first_start(self) -> None:
+        log_limit.install()  # the same WARNING line over and over (a broker away): a few, then a count
         Path(self.conf.datadir).mkdir(parents=True, exist_ok=True)
         await super().on_first_start()
         # This worker's permit replies (streams/limiter/client.py), kept as long as Faust keeps replies.

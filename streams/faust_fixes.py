@@ -8,7 +8,8 @@ for good. Each fix below says what Faust does, how it lost events, and what
 we do instead. They apply to the stage topics only (`install` names them);
 every other topic (the limiter's, replies, changelogs) keeps Faust's rules.
 Fixes 6 to 8 keep the limiter's request/reply (`agent.ask()`) and its permit
-latency sound. Every patch of Faust's code is here, applied by `install()`.
+latency sound; 9 keeps a worker calm while the broker is away. Every patch of
+Faust's (and aiokafka's) code is here, applied by `install()`.
 
 Tests: tests/streams/test_faust_fixes.py (each rule on its own) and
 tests/integration/test_crash_recovery.py (workers killed mid-run, every
@@ -16,9 +17,11 @@ request finished once).
 """
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from typing import Any, Iterable
 
+from aiokafka.client import AIOKafkaClient
 from faust.agents.replies import ReplyConsumer, ReplyPromise
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
@@ -194,6 +197,28 @@ def create_worker_consumer_fast(self: AIOKafkaConsumerThread, transport: Any) ->
     return consumer
 
 
+# --- 9. a broker that is away must not make aiokafka spin ------------------------
+# While the broker is unreachable a metadata update fails at once (connection
+# refused), and aiokafka's producer sender and consumer fetcher ask for the
+# next one as soon as the last has failed: a loop without a pause. In a broker
+# restart each worker made about 700 updates a second and logged two ERROR
+# lines for each (9 MB in 25 s). A failed update now returns only after a
+# pause (retry_backoff, doubling up to 1 s), so whoever waits on it tries
+# about once a second; a success resets it.
+METADATA_RETRY_CAP = 1.0
+
+_metadata_update = AIOKafkaClient._metadata_update
+
+
+async def metadata_update_paced(self: AIOKafkaClient, cluster_metadata: Any, topics: Any) -> bool:
+    ok = await _metadata_update(self, cluster_metadata, topics)
+    failures = getattr(self, "_failed_metadata_updates", 0)
+    self._failed_metadata_updates = 0 if ok else failures + 1
+    if not ok:
+        await asyncio.sleep(min(METADATA_RETRY_CAP, self._retry_backoff * 2 ** failures))
+    return ok
+
+
 def install(topics: Iterable[str]) -> None:
     """Apply every fix; 5 and the read-offset rule (2) concern these stage topics only.
 
@@ -207,3 +232,4 @@ def install(topics: Iterable[str]) -> None:
     ReplyPromise.fulfill = fulfill_once  # type: ignore[method-assign]
     ReplyConsumer._start_fetcher = start_reply_fetcher  # type: ignore[method-assign]
     AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer_fast  # type: ignore[method-assign]
+    AIOKafkaClient._metadata_update = metadata_update_paced  # type: ignore[method-assign]

@@ -8,6 +8,7 @@ The heartbeat also exports the requests in Postgres by status
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, Iterable, Mapping
 
@@ -19,6 +20,7 @@ from streams.app import STAGE_TOPICS, app, topic_name
 from streams.pipeline.deps import deps
 from streams.limiter.client import budgets
 from streams.limiter.specs import OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS
+from streams.log_limit import LogLimit
 from streams.settings import settings
 
 log = logging.getLogger(__name__)
@@ -120,9 +122,9 @@ async def group_lag() -> dict[str, int]:
     """Per stage topic (but the dead letters): consumer lag of the worker group over every partition."""
     admin = AIOKafkaAdminClient(bootstrap_servers=_bootstrap)
     consumer = AIOKafkaConsumer(bootstrap_servers=_bootstrap, enable_auto_commit=False)
-    await admin.start()
-    await consumer.start()
-    try:
+    try:  # started inside: a start that fails (the broker away) must not leave the other client open
+        await admin.start()
+        await consumer.start()
         names = [topic_name(t) for t in STAGE_TOPICS if t != "blog.dlq"]
         existing = await consumer.topics()  # also refreshes the metadata partitions_for_topic reads
         tps = [TopicPartition(name, p) for name in names if name in existing
@@ -137,10 +139,16 @@ async def group_lag() -> dict[str, int]:
         await admin.close()
 
 
+_lag_failures = LogLimit(log, "consumer lag not available", interval=300.0)
+
+
 @app.timer(interval=settings.lag_seconds)
 async def export_consumer_lag() -> None:
     try:
-        for topic, lag in (await group_lag()).items():
-            metrics.consumer_lag.labels(topic).set(lag)
-    except Exception:  # the broker may be moving; the next tick tries again
-        log.debug("consumer lag not available", exc_info=True)
+        lags = await asyncio.wait_for(group_lag(), timeout=max(5.0, settings.lag_seconds))
+    except Exception as exc:  # the broker may be moving; the next tick tries again
+        _lag_failures.failed(exc, level=logging.INFO)
+        return
+    _lag_failures.ok()
+    for topic, lag in lags.items():
+        metrics.consumer_lag.labels(topic).set(lag)

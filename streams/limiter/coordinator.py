@@ -41,6 +41,7 @@ from faust.agents.models import ReqRepRequest, ReqRepResponse
 from streams import metrics
 from streams.app import LIMITER_TOPIC, app, topic_name
 from streams.limiter.book import Ask, BudgetBook
+from streams.log_limit import Backoff, LogLimit
 from streams.limiter.specs import OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS, rate_specs, span_seconds
 from streams.metrics import (
     budget_external,
@@ -312,14 +313,19 @@ class Coordinator:
         if epoch != self.epoch or not self.active:
             return 0.0  # we lost the limiter meanwhile: the new owner answers the re-asks
         unsent, self.unsent = self.unsent, []
-        for ask_id in unsent:
+        for i, ask_id in enumerate(unsent):
             answer = self.answers.get(ask_id)
             if answer is None:
                 continue
             answer.sent = True
             if answer.route:
                 answer.reply["sent_at"] = time.time()
-                await self._send(answer.route, answer.reply)
+                try:
+                    await self._send(answer.route, answer.reply)
+                except Exception:
+                    # Durable already: the next pass answers this one and the rest.
+                    self.unsent[:0] = unsent[i:]
+                    raise
         while len(self.answers) > 50_000:
             self.answers.popitem(last=False)
         if now < self.hold_until:
@@ -328,18 +334,35 @@ class Coordinator:
         return 1.0 if wake is None else min(1.0, max(0.001, wake - time.time()))
 
     async def _persist(self, writes: dict[str, Any]) -> None:
-        """Write table keys through the changelog and wait for the broker's acks."""
-        futures = []
+        """Write table keys through the changelog and wait for the broker's acks.
+
+        Awaited sends to partition 0, the changelog's only one. Faust's
+        `send_changelog` asks the producer's cached metadata for the partition,
+        synchronously; after a broker restart that cache lacked the changelog
+        topic and every pass failed (`TypeError: 'NoneType' object is not
+        iterable`) until the worker was killed, since nothing made the producer
+        fetch it again. aiokafka's own send waits for the topic's metadata and
+        fetches it when missing.
+        """
         data = budget_table.data
-        for key, value in writes.items():
-            if value is None:
-                if key in data:
-                    del data[key]
-                futures.append(budget_table.send_changelog(None, key, None, value_serializer="raw"))
-            else:
-                data[key] = value
-                futures.append(budget_table.send_changelog(None, key, value))
-        await asyncio.wait_for(asyncio.gather(*futures), timeout=30.0)
+        changelog = budget_table.changelog_topic
+
+        async def write() -> None:
+            futures = []
+            for key, value in writes.items():
+                if value is None:
+                    if key in data:
+                        del data[key]
+                else:
+                    data[key] = value
+                futures.append(await changelog.send(
+                    key=key, value=value, partition=0, key_serializer=budget_table.key_serializer,
+                    value_serializer="raw" if value is None else budget_table.value_serializer,
+                    callback=budget_table._on_changelog_sent, force=True,
+                ))
+            await asyncio.gather(*futures)
+
+        await asyncio.wait_for(write(), timeout=30.0)
 
 
 coordinator = Coordinator()
@@ -390,13 +413,23 @@ MIN_PASS_INTERVAL = 0.002  # a burst of events makes one pass, not one pass each
 
 @app.task
 async def _budget_scheduler() -> None:
+    # A failing pass (the broker away, say) is tried again after a back-off
+    # (0.5 s doubling to 10 s; a wake-up does not cut it short) and logged
+    # once per kind and minute with a count, not with a traceback every time.
+    backoff = Backoff(first=0.5, cap=10.0)
+    failures = LogLimit(log, "limiter scheduler pass failed", interval=60.0)
     while True:
         started = time.monotonic()
         try:
             pause = await coordinator.run_once() if coordinator.active and coordinator.loaded else 1.0
-        except Exception:  # never let the scheduler die: log and try again
-            log.exception("limiter scheduler pass failed")
-            pause = 0.5
+        except Exception as exc:  # never let the scheduler die: log and try again
+            failures.failed(exc)
+            coordinator.wakeup.clear()
+            await asyncio.sleep(backoff.next())
+            continue
+        if backoff.failures:
+            backoff.reset()
+            failures.ok()
         coordinator.wakeup.clear()
         if pause > 0:
             try:

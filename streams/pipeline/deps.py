@@ -9,20 +9,26 @@ import asyncio
 import logging
 import os
 import socket
-from dataclasses import replace
+import time
 import uuid
 
 
 from connectors.openai_writer import ArticleWriter
-from store.database import Database
-from store.parked import ParkedEvents
+from store.database import Database, DatabaseError
 from store.sites import Site, SiteCache
 from connectors.replicate_images import ImageMaker
 from connectors.wix_blog import WixBlog
-from streams.pipeline.runner import ParkingLot, SitePolicy, StageRunner
+from streams.log_limit import Backoff, LogLimit
+from streams.pipeline.runner import SitePolicy
 from streams.settings import settings
 
 log = logging.getLogger(__name__)
+
+POLICY_REFRESH_SECONDS = 2.0
+
+
+class DatabaseUnavailable(DatabaseError):
+    """Postgres cannot be reached (yet): nothing was kept of the attempt; try again later."""
 
 
 class Deps:
@@ -35,19 +41,40 @@ class Deps:
         self.images: ImageMaker | None = None
         self.wix: WixBlog | None = None
         self._policies: dict[str, SitePolicy] = {}
-        self._policies_loaded = False
-        self.parking: ParkingLot | None = None  # a paused site's events, in Postgres until it is resumed
         self._refresher: asyncio.Task | None = None
+        # Connecting while Postgres is away: one attempt per back-off step, one log line per kind and interval.
+        self._connect_backoff = Backoff(first=0.5, cap=15.0)
+        self._connect_log = LogLimit(log, "database not reachable", interval=30.0)
+        self._retry_at = 0.0
+        self._last_error = ""
 
     async def ready(self) -> "Deps":
+        """Connect once (the pool, then the connectors); raises DatabaseUnavailable while Postgres cannot be reached.
+
+        A failed attempt keeps nothing, so calling again is always safe. Callers
+        that come during the back-off after a failure (0.5 s doubling to 15 s)
+        get that failure at once: hundreds of waiting events make one
+        connection attempt per step, not one each.
+        """
         if self.db is not None:
             return self
         if self._ready is None:
             self._ready = asyncio.Lock()
         async with self._ready:
             if self.db is None:
+                wait = self._retry_at - time.monotonic()
+                if wait > 0:
+                    raise DatabaseUnavailable(f"{self._last_error} (next attempt in {wait:.1f} s)")
                 db = Database(settings.database_url, min_size=1, max_size=10)
-                await db.start()
+                try:
+                    await db.start()
+                except Exception as exc:
+                    self._retry_at = time.monotonic() + self._connect_backoff.next()
+                    self._last_error = f"Postgres not reachable: {exc}"
+                    self._connect_log.failed(exc)
+                    raise DatabaseUnavailable(self._last_error) from None
+                self._connect_backoff.reset()
+                self._connect_log.ok()
                 self.sites = SiteCache(db, ttl=2.0)
                 self.writer = ArticleWriter(
                     base_url=settings.openai_base_url, api_key=settings.openai_api_key, model=settings.openai_model,
@@ -62,7 +89,6 @@ class Deps:
                     base_url=settings.wix_base_url, timeout=settings.wix_timeout,
                     max_connections=settings.stage_concurrency,
                 )
-                self.parking = ParkingLot(ParkedEvents(db), on_unpaused=self._unpaused_here)
                 self.db = db
                 self._refresher = asyncio.ensure_future(self._refresh_policies())
         return self
@@ -84,33 +110,21 @@ class Deps:
             s.site_id: SitePolicy(weight=s.weight, max_in_flight=s.max_in_flight, paused=s.paused)
             for s in await self.db.list_sites()
         }
-        self._policies_loaded = True
-        if self.parking is not None:
-            self.parking.release_due()  # resumed sites get their parked events back
-
-    async def load_policies(self) -> None:
-        """Read the site controls once (the runners wait for it before their first event); raises while it cannot."""
-        if not self._policies_loaded:
-            await self.ready()
-            await self.refresh()
-
-    async def park_events(self, stage: str, events: list) -> list[bool]:
-        """The runners' `park`: store events of sites paused now; says which were stored."""
-        await self.ready()
-        assert self.parking is not None
-        return await self.parking.park(stage, events)
-
-    def _unpaused_here(self, site_id: str) -> None:
-        # The database says the site is not paused: this worker's copy was older.
-        self._policies[site_id] = replace(self.policy(site_id), paused=False)
 
     async def _refresh_policies(self) -> None:
+        # While the database is away the last known policies stay; tries back off to 30 s.
+        backoff = Backoff(first=POLICY_REFRESH_SECONDS, cap=30.0)
+        failures = LogLimit(log, "could not refresh site policies", interval=60.0)
         while True:
             try:
                 await self.refresh()
-            except Exception:  # the database may blip; keep the last known policies
-                log.warning("could not refresh site policies", exc_info=True)
-            await asyncio.sleep(2.0)
+            except Exception as exc:
+                failures.failed(exc)
+                await asyncio.sleep(backoff.next())
+                continue
+            backoff.reset()
+            failures.ok()
+            await asyncio.sleep(POLICY_REFRESH_SECONDS)
 
     async def close(self) -> None:
         if self._refresher:
@@ -124,7 +138,4 @@ class Deps:
 
 
 deps = Deps()
-# The worker's runners park paused sites' events in Postgres and start nothing before the controls are read.
-StageRunner.park = staticmethod(deps.park_events)
-StageRunner.load_policies = staticmethod(deps.load_policies)
 
