@@ -9,17 +9,19 @@ import asyncio
 import logging
 import os
 import socket
+from dataclasses import replace
 import time
 import uuid
 
 
 from connectors.openai_writer import ArticleWriter
 from store.database import Database, DatabaseError
+from store.parked import ParkedEvents
 from store.sites import Site, SiteCache
 from connectors.replicate_images import ImageMaker
 from connectors.wix_blog import WixBlog
 from streams.log_limit import Backoff, LogLimit
-from streams.pipeline.runner import SitePolicy
+from streams.pipeline.runner import ParkingLot, SitePolicy, StageRunner
 from streams.settings import settings
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ class Deps:
         self.images: ImageMaker | None = None
         self.wix: WixBlog | None = None
         self._policies: dict[str, SitePolicy] = {}
+        self._policies_loaded = False
+        self.parking: ParkingLot | None = None  # a paused site's events, in Postgres until it is resumed
         self._refresher: asyncio.Task | None = None
         # Connecting while Postgres is away: one attempt per back-off step, one log line per kind and interval.
         self._connect_backoff = Backoff(first=0.5, cap=15.0)
@@ -89,6 +93,7 @@ class Deps:
                     base_url=settings.wix_base_url, timeout=settings.wix_timeout,
                     max_connections=settings.stage_concurrency,
                 )
+                self.parking = ParkingLot(ParkedEvents(db), on_unpaused=self._unpaused_here)
                 self.db = db
                 self._refresher = asyncio.ensure_future(self._refresh_policies())
         return self
@@ -110,6 +115,25 @@ class Deps:
             s.site_id: SitePolicy(weight=s.weight, max_in_flight=s.max_in_flight, paused=s.paused)
             for s in await self.db.list_sites()
         }
+        self._policies_loaded = True
+        if self.parking is not None:
+            self.parking.release_due()  # resumed sites get their parked events back
+
+    async def load_policies(self) -> None:
+        """Read the site controls once (the runners wait for it before their first event); raises while it cannot."""
+        if not self._policies_loaded:
+            await self.ready()
+            await self.refresh()
+
+    async def park_events(self, stage: str, events: list) -> list[bool]:
+        """The runners' `park`: store events of sites paused now; says which were stored."""
+        await self.ready()
+        assert self.parking is not None
+        return await self.parking.park(stage, events)
+
+    def _unpaused_here(self, site_id: str) -> None:
+        # The database says the site is not paused: this worker's copy was older.
+        self._policies[site_id] = replace(self.policy(site_id), paused=False)
 
     async def _refresh_policies(self) -> None:
         # While the database is away the last known policies stay; tries back off to 30 s.
@@ -138,4 +162,7 @@ class Deps:
 
 
 deps = Deps()
+# The worker's runners park paused sites' events in Postgres and start nothing before the controls are read.
+StageRunner.park = staticmethod(deps.park_events)
+StageRunner.load_policies = staticmethod(deps.load_policies)
 
