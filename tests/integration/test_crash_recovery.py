@@ -39,7 +39,7 @@ from streams.contract import decode
 from streams.pipeline.stage import EFFECT_LEASE_SECONDS
 
 PARTITIONS = 12  # streams.settings default topic_partitions
-EFFECTS = ("generate", "image", "publish-media", "publish")
+EFFECTS = ("generate", "image-prediction", "image", "publish-media", "publish")  # image-prediction: the Replicate prediction id, recorded as the create answers
 # Real provider latencies (OpenAI and Replicate 1-2 s, Wix create 0.3-0.8 s).
 SLOW = {"latency_scale": 1.0}
 # A replacement waits for the killed worker's claims to expire, plus a group
