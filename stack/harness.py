@@ -228,8 +228,11 @@ class Pipeline:
                 while True:
                     if not worker.alive:
                         raise RuntimeError(f"{worker.name} exited:\n{worker.log_text()[-3000:]}")
+                    # The limiter's figures need the admin token when one is set (streams/api/access.py).
+                    token = worker.env.get("BLOGSTREAM_ADMIN_TOKEN") or worker.env.get("BLOGSTREAM_INTAKE_TOKEN")
+                    auth = {"Authorization": f"Bearer {token}"} if token else {}
                     try:
-                        if (await http.get(worker.url("/api/limiter"))).status_code == 200:
+                        if (await http.get(worker.url("/api/limiter"), headers=auth)).status_code == 200:
                             break
                     except httpx.HTTPError:
                         pass

@@ -9,6 +9,7 @@ Secrets: ``Site.__repr__`` masks the Wix API key, so it never leaks into logs.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 
 import asyncpg
 
-__all__ = ["Site", "SiteCache", "SiteRegistry"]
+__all__ = ["CONTROL_RANGES", "Site", "SiteCache", "SiteRegistry", "control_problem"]
 
 
 @dataclass(frozen=True, repr=False)
@@ -59,14 +60,35 @@ def _site(record: asyncpg.Record) -> Site:
     )
 
 
+# The range of each control (inclusive), the same in the HTTP API, here and in the table's CHECKs
+# (migration 0003). A weight of 100 already gives a site a hundred times the share of a default
+# one; more would only let one site take every contested budget.
+WEIGHT_RANGE = (0.01, 100.0)
+MAX_IN_FLIGHT_RANGE = (1, 1000)
+MAX_QUEUED_RANGE = (1, 100_000)
+CONTROL_RANGES: dict[str, tuple[float, float]] = {
+    "weight": WEIGHT_RANGE, "max_in_flight": MAX_IN_FLIGHT_RANGE, "max_queued": MAX_QUEUED_RANGE,
+}
+
+
+def control_problem(name: str, value: Any) -> str | None:
+    """What is wrong with one control's value (None: it is fine). Numbers only: no bool, NaN or infinity."""
+    low, high = CONTROL_RANGES[name]
+    whole = name != "weight"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return f"must be a {'whole ' if whole else ''}number from {low:g} to {high:g}"
+    if whole and value != int(value):
+        return f"must be a whole number from {low:g} to {high:g}"
+    if not low <= value <= high:
+        return f"must be from {low:g} to {high:g}"
+    return None
+
+
 def _check_controls(weight: float | None, max_in_flight: int | None, max_queued: int | None) -> None:
     # The table has CHECKs too; failing here gives the caller a clear ValueError instead.
-    if weight is not None and not weight > 0:
-        raise ValueError("weight must be > 0")
-    if max_in_flight is not None and max_in_flight <= 0:
-        raise ValueError("max_in_flight must be > 0")
-    if max_queued is not None and max_queued <= 0:
-        raise ValueError("max_queued must be > 0")
+    for name, value in (("weight", weight), ("max_in_flight", max_in_flight), ("max_queued", max_queued)):
+        if value is not None and (problem := control_problem(name, value)):
+            raise ValueError(f"{name} {problem}")
 
 
 # --- the methods (mixed into store.database.Database) -----------------------------------

@@ -148,6 +148,7 @@ class Settings(BaseSettings):
 
     # --- Intake (HTTP front door, streams/api/intake.py; docs/intake.md) -----------
     intake_token: str = ""  # non-empty: every /api/blogs call needs "Authorization: Bearer <token>"
+    admin_token: str = ""  # site controls, retry, limiter figures (streams/api/access.py); empty: the intake token
     intake_max_batch: int = Field(1000, ge=1)  # requests per POST /api/blogs batch
     intake_max_body_bytes: int = Field(2_000_000, ge=1024)  # larger bodies get 413 before they are read
     intake_pending_refresh_seconds: float = Field(1.0, ge=0)  # the pending figure is re-read at most this often
@@ -203,7 +204,7 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if name in ("openai_api_key", "replicate_api_token") and value:
                 value = value[:3] + "…"
-            if name == "intake_token" and value:
+            if name in ("intake_token", "admin_token") and value:
                 value = "***"
             if name == "database_url" and "@" in value:
                 value = "postgresql://***@" + value.split("@", 1)[1]

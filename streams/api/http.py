@@ -2,6 +2,9 @@
 
 Routes answer JSON only; an error is `{"error": "<one sentence: what, and what to do>", ...}`
 with the status that says whether retrying can help (4xx never, 429/503 after Retry-After).
+Every answer is strict JSON (RFC 8259): `json_response` refuses NaN and infinity
+(`allow_nan=False`), and every route answers through it (`ApiView.answer`). Who may call
+which route, and the checks every call goes through first, are in streams/api/access.py.
 """
 from __future__ import annotations
 
@@ -39,8 +42,8 @@ class IntakeError(Exception):
         return {"error": self.error, **self.details}
 
 
-def bearer_ok(header: str | None, token: str) -> bool:
-    """Constant-time check of `Authorization: Bearer <token>`; always true when no token is set."""
+def bearer_ok(header: str | None, token: str, *also: str) -> bool:
+    """Constant-time check of `Authorization: Bearer <token>` (or one of `also`); true when no token is set."""
     if not token:
         return True
     if not header:
@@ -48,7 +51,9 @@ def bearer_ok(header: str | None, token: str) -> bool:
     scheme, _, given = header.strip().partition(" ")
     if scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(given.strip().encode(), token.encode())
+    given_bytes = given.strip().encode()
+    # Every candidate is compared (no early exit): the time does not say which one matched.
+    return sum(hmac.compare_digest(given_bytes, t.encode()) for t in (token, *also) if t) > 0
 
 
 def retry_after_header() -> dict[str, str]:
@@ -63,34 +68,37 @@ def unavailable(what: str) -> IntakeError:
 
 
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8", **SECURITY_HEADERS}
+UNAUTHORIZED = {"error": "missing or wrong intake token: send the header Authorization: Bearer <token>"}
+ADMIN_UNAUTHORIZED = {"error": "missing or wrong admin token: send the header Authorization: Bearer <token> "
+                               "(BLOGSTREAM_ADMIN_TOKEN, or the intake token when no admin token is set)"}
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="blogstream"'}
+
+_strict_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def dumps(body: Any) -> bytes:
+    """Strict JSON: NaN and infinity are not JSON, so they raise ValueError instead of going out."""
+    return _strict_json(body).encode()
+
+
+def json_response(body: Any, status: int, headers: Mapping[str, str] | None = None) -> web.Response:
+    """Every JSON answer of every route: strict JSON, no caching, no sniffing."""
+    return web.Response(
+        body=dumps(body), status=status,
+        headers={**JSON_HEADERS, **headers} if headers else JSON_HEADERS,
+    )
 
 
 class ApiView(View):
+    """A Faust view whose answers (its own, and Faust's errors) go out through `json_response`."""
+
     def answer(self, body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-        return self.json(body, status=status, headers={**SECURITY_HEADERS, **(headers or {})})
+        return json_response(body, status, headers)  # type: ignore[return-value]
 
     def failure(self, exc: IntakeError) -> Response:
         return self.answer(exc.body(), exc.status, exc.headers)
 
-    def unauthorized(self, request: Request) -> Response | None:
-        if bearer_ok(request.headers.get("Authorization"), settings.intake_token):
-            return None
-        return self.answer(
-            {"error": "missing or wrong intake token: send the header Authorization: Bearer <token>"},
-            401, {"WWW-Authenticate": 'Bearer realm="blogstream"'},
-        )
-
-
-JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8", **SECURITY_HEADERS}
-UNAUTHORIZED = {"error": "missing or wrong intake token: send the header Authorization: Bearer <token>"}
-
-
-_compact_json = json.JSONEncoder(separators=(",", ":")).encode
-
-
-def json_response(body: Any, status: int, headers: Mapping[str, str] | None = None) -> web.Response:
-    """The same answer as `View.json` (`ApiView.answer`), built without Faust's view layer."""
-    return web.Response(
-        body=_compact_json(body).encode(), status=status,
-        headers={**JSON_HEADERS, **headers} if headers else JSON_HEADERS,
-    )
+    async def on_request_error(self, request: Request, exc: Any) -> Response:
+        # Faust's WebError (a method this view lacks, say) as our error shape.
+        return self.answer({"error": str(exc.detail)}, exc.code)

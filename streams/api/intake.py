@@ -33,7 +33,8 @@ from faust.web import Request, Response
 
 from streams.api.admission import Decision, QueueUnknown, gauge, rejection
 from streams.api.burst_gc import burst_gc
-from streams.api.http import UNAUTHORIZED, ApiView, IntakeError, bearer_ok, json_response, unavailable
+from streams.api import access
+from streams.api.http import ApiView, IntakeError, json_response, unavailable
 from streams.api.producer import produce
 from streams.api.validation import (
     OwnerLookup, check_items, conflict, invalid, parse_body, reused_id_errors, site_ids, unknown_site_errors,
@@ -159,11 +160,12 @@ async def post_blogs(request: web.Request) -> web.Response:
     sensors (a Prometheus histogram and counter per request) were about a tenth
     of its CPU. The intake's own answer is the same.
     """
-    if not bearer_ok(request.headers.get("Authorization"), settings.intake_token):
-        return json_response(UNAUTHORIZED, 401, {"WWW-Authenticate": 'Bearer realm="blogstream"'})
+    # The token, the origin and a Content-Type that is not JSON were checked already (access.guard).
     burst_gc.begin()
     try:
         raw = await read_body(request, settings.intake_max_body_bytes)
+        if "Content-Type" not in request.headers:  # after the size: an oversized body is 413 whatever its type
+            raise IntakeError(415, "the body must be JSON: send it with Content-Type: application/json")
         requests, batch = await submit(raw)
     except IntakeError as exc:
         burst_gc.end()
@@ -182,13 +184,12 @@ async def post_blogs(request: web.Request) -> web.Response:
 
 
 app.web.web_app.router.add_post("/api/blogs", post_blogs)
+access.install(app.web.web_app)  # every route's token, origin and content type checks (streams/api/access.py)
 
 
 @app.page("/api/intake")
 class IntakeState(ApiView):
     async def get(self, request: Request) -> Response:
-        if (denied := self.unauthorized(request)) is not None:
-            return denied
         try:
             await gauge.fresh()
         except QueueUnknown:

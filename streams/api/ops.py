@@ -1,11 +1,12 @@
 """HTTP pages every worker serves (Faust's embedded web server, port 6066 by default).
 
-The limiter pages keep the seed's JSON fields and describe the GLOBAL budget:
-any worker asks the coordinator, so every worker gives the same answer.
+The limiter pages keep the seed's JSON fields and describe the GLOBAL budget: any
+worker serves the snapshot the coordinator publishes every second (never an ask to
+the coordinator), so every worker gives the same answer, with its age
+(`snapshotAgeSeconds` / `snapshot_age_seconds`, `stale` past 5 s, 503 past 30 s).
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -13,9 +14,11 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams import metrics
+from streams.api import access
+from streams.api.http import ApiView, retry_after_header
 from streams.app import app
 from streams.pipeline.deps import deps
-from streams.limiter.client import budgets
+from streams.limiter.client import StatsUnavailable, budgets
 from streams.limiter.specs import OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,8 @@ def seed_stats(stats: dict[str, Any], requests: str, tokens: str | None) -> dict
         "effectiveRPM": int(req["effective_limit"]),
         "rpmUsagePercent": round(100.0 * req["used_in_window"] / max(req["limit"], 1), 1),
         "windowSeconds": stats["window_seconds"],
+        "snapshotAgeSeconds": stats["snapshot_age_seconds"],
+        "stale": stats["stale"],
     }
     if tokens:
         tok = stats[tokens]
@@ -58,43 +63,49 @@ def seed_stats(stats: dict[str, Any], requests: str, tokens: str | None) -> dict
     return out
 
 
-async def _stats_or_error(view: View) -> tuple[dict[str, Any] | None, Response | None]:
+async def _stats_or_error(view: ApiView) -> tuple[dict[str, Any] | None, Response | None]:
+    """The limiter's published snapshot (streams/limiter/client.py), or the 503 that says why not."""
     try:
-        return await budgets.stats(), None
-    except asyncio.TimeoutError:
-        return None, view.json(
-            {"error": "the limiter coordinator did not answer within 5 s (a rebalance may be under way); try again"},
-            status=503,
-        )
+        return await budgets.stats(timeout=3.0), None
+    except StatsUnavailable as exc:
+        return None, view.answer({"error": str(exc)}, 503, retry_after_header())
 
 
 @app.page("/api/rate-limiter/stats")
-class OpenAIStats(View):
+class OpenAIStats(ApiView):
     async def get(self, request: Request) -> Response:
         stats, error = await _stats_or_error(self)
-        return error or self.json(seed_stats(stats, OPENAI_REQUESTS, OPENAI_TOKENS))
+        return error or self.answer(seed_stats(stats, OPENAI_REQUESTS, OPENAI_TOKENS))
 
 
 @app.page("/api/replicate-rate-limiter/stats")
-class ReplicateStats(View):
+class ReplicateStats(ApiView):
     async def get(self, request: Request) -> Response:
         stats, error = await _stats_or_error(self)
-        return error or self.json(seed_stats(stats, REPLICATE_REQUESTS, None))
+        return error or self.answer(seed_stats(stats, REPLICATE_REQUESTS, None))
 
 
 @app.page("/api/limiter")
-class LimiterState(View):
+class LimiterState(ApiView):
     """Everything the coordinator knows: every budget, per-site Wix use and slots."""
 
     async def get(self, request: Request) -> Response:
         stats, error = await _stats_or_error(self)
-        return error or self.json(stats)
+        return error or self.answer(stats)
 
 
 @app.page("/health")
-class Health(View):
+class Health(ApiView):
     async def get(self, request: Request) -> Response:
-        await deps.ready()
-        assert deps.db is not None
-        figures = await deps.db.health()
-        return self.json(figures.as_dict())
+        try:
+            await deps.ready()
+            assert deps.db is not None
+            figures = await deps.db.health()
+        except Exception:
+            log.warning("health: the database could not be read", exc_info=True)
+            return self.answer({"error": "the database could not be read; the worker cannot report its health"}, 503,
+                               retry_after_header())
+        return self.answer(figures.as_dict())
+
+
+access.install(app.web.web_app)

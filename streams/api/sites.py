@@ -14,21 +14,21 @@ The same actions exist on the command line: `blogstream sites ...`.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
 from dataclasses import asdict
 from typing import Any
 
-from faust.web import Request, Response, View
+from faust.web import Request, Response
 
 from store.parked import cancel_waiting
 from streams.api.blogs import public_row
+from store.sites import CONTROL_RANGES, control_problem
 from streams.api.http import ID_PATTERN, ApiView, IntakeError, retry_after_header
 from streams.app import app
 from streams.pipeline.deps import deps
-from streams.limiter.client import budgets
+from streams.limiter.client import StatsUnavailable, budgets
 from streams.pipeline.runner import StageRunner
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ MAX_PAGE = 500
 DEFAULT_PAGE = 50
 
 CONTROL_FIELDS = {"weight": float, "max_in_flight": int, "max_queued": int, "paused": bool}
+BAD_SITE_ID = {"error": "site_id: must be 1-128 characters of A-Z a-z 0-9 . _ : -"}
 
 
 def public(site: Any) -> dict[str, Any]:
@@ -60,11 +61,8 @@ def parse_controls(body: Any) -> tuple[dict[str, Any], list[str]]:
             if not isinstance(value, bool):
                 errors.append(f"{name}: must be true or false")
                 continue
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
-            errors.append(f"{name}: must be a {'whole ' if kind is int else ''}number")
-            continue
-        elif value <= 0:
-            errors.append(f"{name}: must be greater than 0")
+        elif name in CONTROL_RANGES and (wrong := control_problem(name, value)):  # the store's own ranges
+            errors.append(f"{name}: {wrong}")
             continue
         controls[name] = kind(value)
     return controls, errors
@@ -77,76 +75,101 @@ async def site_view(site_id: str) -> dict[str, Any] | None:
     if site is None:
         return None
     pending = (await deps.db.pending_by_site()).get(site_id, 0)
-    try:
-        in_flight = (await budgets.stats(timeout=2.0)).get("slots", {}).get(site_id, 0)
-    except asyncio.TimeoutError:
-        in_flight = None  # the coordinator is moving; the rest is still worth showing
+    try:  # the limiter's published snapshot: costs the coordinator nothing
+        stats = await budgets.stats(timeout=2.0)
+        in_flight, age = stats.get("slots", {}).get(site_id, 0), stats["snapshot_age_seconds"]
+    except StatsUnavailable:
+        in_flight, age = None, None  # no recent figures; the rest is still worth showing
     return {
         **public(site),
         "pending": pending,
         "in_flight": in_flight,
+        "in_flight_age_seconds": age,
         "queued_on_this_worker": {r.name: r.queued_by_site().get(site_id, 0) for r in StageRunner.instances},
     }
 
 
-def _not_found(view: View, site_id: str) -> Response:
-    return view.json(
-        {"error": f"site {site_id} is not registered", "fix": f"blogstream sites add {site_id} --wix-api-key ..."},
-        status=404,
+def _not_found(view: ApiView, site_id: str) -> Response:
+    return view.answer(
+        {"error": f"site {site_id} is not registered", "fix": f"blogstream sites add {site_id} --wix-api-key ..."}, 404,
     )
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(raw: bytes) -> tuple[Any, str | None]:
+    """A JSON body, strictly (no NaN or Infinity), or the reason it is not one."""
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant), None
+    except UnicodeDecodeError:
+        return None, "the body is not UTF-8 text"
+    except json.JSONDecodeError as exc:
+        return None, f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+    except (ValueError, RecursionError) as exc:  # NaN/Infinity, an integer of thousands of digits, deep nesting
+        return None, f"the body is not valid JSON: {exc if isinstance(exc, ValueError) else 'nested too deeply'}"
+
+
 @app.page("/api/sites")
-class Sites(View):
+class Sites(ApiView):
     async def get(self, request: Request) -> Response:
         await deps.ready()
         assert deps.db is not None
         pending = await deps.db.pending_by_site()
-        return self.json({"sites": [{**public(s), "pending": pending.get(s.site_id, 0)} for s in await deps.db.list_sites()]})
+        return self.answer({"sites": [{**public(s), "pending": pending.get(s.site_id, 0)} for s in await deps.db.list_sites()]})
 
 
 @app.page("/api/sites/{site_id}")
-class SiteControls(View):
+class SiteControls(ApiView):
     async def get(self, request: Request, site_id: str) -> Response:
+        if not ID_PATTERN.fullmatch(site_id):
+            return self.answer(BAD_SITE_ID, 400)
         view = await site_view(site_id)
-        return self.json(view) if view is not None else _not_found(self, site_id)
+        return self.answer(view) if view is not None else _not_found(self, site_id)
 
     async def patch(self, request: Request, site_id: str) -> Response:
-        try:
-            body = json.loads(await request.text() or "{}")
-        except json.JSONDecodeError as exc:
-            return self.json({"error": f"the body is not valid JSON: {exc.msg} at column {exc.colno}"}, status=400)
+        if not ID_PATTERN.fullmatch(site_id):
+            return self.answer(BAD_SITE_ID, 400)
+        body, wrong = parse_json(await request.read())  # aiohttp answers 413 past client_max_size (1 MiB)
+        if wrong:
+            return self.answer({"error": wrong}, 400)
         controls, errors = parse_controls(body)
         if errors or not controls:
-            return self.json({"error": "invalid site controls", "fields": errors or ["nothing to change"]}, status=400)
+            problems = errors or ["nothing to change: give weight, max_in_flight, max_queued or paused"]
+            return self.answer({"error": "invalid site controls: " + "; ".join(problems), "fields": problems}, 400)
         return await _apply(self, site_id, **controls)
 
 
-async def _apply(view: View, site_id: str, **controls: Any) -> Response:
+async def _apply(view: ApiView, site_id: str, **controls: Any) -> Response:
+    if not ID_PATTERN.fullmatch(site_id):
+        return view.answer(BAD_SITE_ID, 400)
     await deps.ready()
     assert deps.db is not None
     site = await deps.db.update_site_controls(site_id, **controls)
     if site is None:
         return _not_found(view, site_id)
     await deps.refresh(site_id)
-    return view.json({**public(site), "applied_within_seconds": 2})
+    return view.answer({**public(site), "applied_within_seconds": 2})
 
 
 @app.page("/api/sites/{site_id}/pause")
-class PauseSite(View):
+class PauseSite(ApiView):
     async def post(self, request: Request, site_id: str) -> Response:
         return await _apply(self, site_id, paused=True)
 
 
 @app.page("/api/sites/{site_id}/resume")
-class ResumeSite(View):
+class ResumeSite(ApiView):
     async def post(self, request: Request, site_id: str) -> Response:
         return await _apply(self, site_id, paused=False)
 
 
 @app.page("/api/sites/{site_id}/cancel")
-class CancelQueued(View):
+class CancelQueued(ApiView):
     async def post(self, request: Request, site_id: str) -> Response:
+        if not ID_PATTERN.fullmatch(site_id):
+            return self.answer(BAD_SITE_ID, 400)
         await deps.ready()
         assert deps.db is not None
         if await deps.db.get_site(site_id) is None:
@@ -154,14 +177,12 @@ class CancelQueued(View):
         cancelled = await cancel_waiting(deps.db, site_id)  # parked ones too (store/parked.py)
         if deps.parking is not None:
             deps.parking.release_due()  # their CANCELLED results, now
-        return self.json({"site_id": site_id, "cancelled": len(cancelled), "request_ids": cancelled})
+        return self.answer({"site_id": site_id, "cancelled": len(cancelled), "request_ids": cancelled})
 
 
 @app.page("/api/sites/{site_id}/blogs")
 class SiteBlogs(ApiView):
     async def get(self, request: Request, site_id: str) -> Response:
-        if (denied := self.unauthorized(request)) is not None:
-            return denied
         problems = []
         if not ID_PATTERN.fullmatch(site_id):
             problems.append("site_id: must be 1-128 characters of A-Z a-z 0-9 . _ : -")

@@ -32,6 +32,12 @@ def intake_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+def admin_headers() -> dict[str, str]:
+    """The admin token (BLOGSTREAM_ADMIN_TOKEN, else the intake token) for site controls, retries, limiter figures."""
+    token = settings().admin_token or settings().intake_token
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def json_or_empty(response: Any) -> dict[str, Any]:
     try:
         body = response.json()

@@ -41,7 +41,8 @@ def fetch(worker: str, path: str) -> Answer:
     import httpx
 
     try:
-        response = httpx.get(f"{worker}{path}", timeout=8)
+        auth = connect.admin_headers()  # the limiter's figures need the admin token when one is set
+        response = httpx.get(f"{worker}{path}", timeout=8, **({"headers": auth} if auth else {}))
         body = response.json()
     except httpx.TransportError as exc:
         return Answer(None, False, f"no worker answered at {worker} ({type(exc).__name__})")

@@ -52,7 +52,7 @@ def retry_each(request_ids: list[str], worker: str, *, progress: bool, on_each: 
     from tqdm import tqdm
 
     report = RetryReport()
-    with httpx.Client(base_url=worker, headers=connect.intake_headers(), timeout=30.0) as client, \
+    with httpx.Client(base_url=worker, headers=connect.admin_headers(), timeout=30.0) as client, \
             tqdm(total=len(request_ids), unit="req", desc="retrying", disable=not progress) as bar:
         for request_id in request_ids:
             try:

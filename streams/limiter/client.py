@@ -14,14 +14,15 @@ import logging
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from faust.agents.replies import ReplyPromise
 
 from streams import metrics
 from streams.app import app
-from streams.limiter.coordinator import budget_coordinator, limiter_topic
+from store.limiter_snapshot import LimiterSnapshot, read_snapshot
+from streams.limiter.coordinator import budget_coordinator, limiter_topic, publisher
 from streams.limiter.specs import OPENAI_TOKENS
 from streams.metrics import permit_overhead_seconds, permits_leased_total, reasks_total
 from streams.settings import settings
@@ -107,7 +108,7 @@ class Budgets:
     message went missing.
     """
 
-    ask_timeout = 5.0  # stats: how often to re-send within the caller's deadline
+    ask_timeout = 5.0  # asks with a deadline (lease refills): how often to re-send within it
     reask_seconds = 30.0
     lease_seconds = settings.permit_lease_seconds
     _slow_logged = 0.0
@@ -395,9 +396,80 @@ class Budgets:
             tokens_remaining=getattr(info, "remaining_tokens", None),
         )
 
-    async def stats(self, timeout: float = 5.0) -> dict[str, Any]:
-        """The coordinator's figures (raises asyncio.TimeoutError if it does not answer in time)."""
-        return await self._ask_until_answered({"op": "stats"}, deadline=time.time() + timeout)
+    async def stats(self, timeout: float = 5.0, max_age: float | None = None) -> dict[str, Any]:
+        """The coordinator's figures, from the snapshot it publishes every second (never an ask to it).
+
+        The answer has `snapshot_age_seconds` and `stale` (older than STATS_STALE_SECONDS).
+        Raises StatsUnavailable when there is none, when it is older than `max_age`
+        (STATS_MAX_AGE_SECONDS by default), or when Postgres does not answer within `timeout`.
+        """
+        snapshot = await snapshots.read(timeout)
+        age = round(snapshot.age_seconds, 3)
+        limit = STATS_MAX_AGE_SECONDS if max_age is None else max_age
+        if age > limit:
+            raise StatsUnavailable(
+                f"the limiter's figures are {age:.0f} s old (the coordinator publishes them every second): no "
+                "coordinator is running, or it cannot write to Postgres; a rebalance takes a few seconds, "
+                "so try again shortly and check the workers' logs if it lasts"
+            )
+        return {**snapshot.figures, "snapshot_age_seconds": age, "stale": age > STATS_STALE_SECONDS}
+
+
+# The coordinator publishes its figures every second (coordinator.SnapshotPublisher). Older than
+# STALE they are shown with "stale": true; older than MAX_AGE the stats pages answer 503.
+STATS_STALE_SECONDS = 5.0
+STATS_MAX_AGE_SECONDS = 30.0
+STATS_CACHE_SECONDS = 0.5  # a worker reads the snapshot at most twice a second, however many ask
+
+
+class StatsUnavailable(Exception):
+    """The limiter's figures cannot be shown: the message says why and what to do."""
+
+
+class SnapshotReader:
+    """The published snapshot, read from Postgres at most once per STATS_CACHE_SECONDS per worker.
+
+    Concurrent readers share one query; the age grows with the time since the read.
+    """
+
+    def __init__(self) -> None:
+        self._last: tuple[float, LimiterSnapshot] | None = None  # (monotonic time of the read, snapshot)
+        self._reading: asyncio.Future | None = None
+
+    async def read(self, timeout: float) -> LimiterSnapshot:
+        last = self._last
+        if last is not None and time.monotonic() - last[0] < STATS_CACHE_SECONDS:
+            return self._aged(last)
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.ensure_future(self._fetch())
+            self._reading.add_done_callback(lambda f: f.cancelled() or f.exception())  # seen even if all gave up
+        try:
+            return self._aged(await asyncio.wait_for(asyncio.shield(self._reading), timeout))
+        except StatsUnavailable:
+            raise
+        except asyncio.TimeoutError:
+            raise StatsUnavailable(f"Postgres did not answer within {timeout:g} s with the limiter's figures; "
+                                   "try again in a moment") from None
+        except Exception as exc:
+            raise StatsUnavailable(f"the limiter's figures could not be read from Postgres ({type(exc).__name__}); "
+                                   "try again in a moment") from None
+
+    async def _fetch(self) -> tuple[float, LimiterSnapshot]:
+        db = await publisher.database()
+        snapshot = await read_snapshot(db.pool, settings.app_id)
+        if snapshot is None:
+            raise StatsUnavailable("no limiter coordinator has published its figures yet (a worker that starts takes "
+                                   "a few seconds to run it); try again shortly")
+        self._last = (time.monotonic(), snapshot)
+        return self._last
+
+    @staticmethod
+    def _aged(read: tuple[float, LimiterSnapshot]) -> LimiterSnapshot:
+        at, snapshot = read
+        return replace(snapshot, age_seconds=snapshot.age_seconds + (time.monotonic() - at))
+
+
+snapshots = SnapshotReader()
 
 
 budgets = Budgets()

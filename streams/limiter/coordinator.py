@@ -40,6 +40,8 @@ from faust.agents.models import ReqRepRequest, ReqRepResponse
 
 from streams import metrics
 from streams.app import LIMITER_TOPIC, app, topic_name
+from store.database import Database
+from store.limiter_snapshot import write_snapshot
 from streams.limiter.book import Ask, BudgetBook
 from streams.log_limit import Backoff, LogLimit
 from streams.limiter.specs import OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS, rate_specs, span_seconds
@@ -96,6 +98,7 @@ class Coordinator:
     unsent: list[str] = field(default_factory=list)  # ask ids granted, not yet durable/answered
     pending_writes: dict[str, Any] = field(default_factory=dict)
     last_tick: float = field(default_factory=time.time)
+    snapshot: dict[str, Any] | None = None  # the last figures published (see `publish_stats`)
     _wakeup: asyncio.Event | None = None
 
     @staticmethod
@@ -117,6 +120,25 @@ class Coordinator:
         self.loaded = False
         self.epoch += 1
         coordinator_active.set(1)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # driven by hand (tests)
+        asyncio.ensure_future(self._nudge(self.epoch))
+
+    async def _nudge(self, epoch: int) -> None:
+        """Load the recovered table now, not at the first ask: the snapshot is published from then on.
+
+        The book is loaded on the first event (`handle`), which Faust delivers only once the
+        table is recovered; a `tick` on blog.limiter is such an event. Sent again every 5 s
+        until loaded (the broker may be away), for as long as this worker holds the limiter.
+        """
+        while self.active and self.epoch == epoch and not self.loaded:
+            try:
+                await limiter_topic.send(value={"op": "tick"})
+            except Exception as exc:
+                log.info("limiter: could not send the takeover tick (%s); trying again in 5 s", type(exc).__name__)
+            await asyncio.sleep(5.0)
 
     def deactivate(self) -> None:
         # Whoever takes over recovers the table; our waiting asks are re-sent to it.
@@ -251,12 +273,17 @@ class Coordinator:
                     "Raise BLOGSTREAM_PERMIT_GRACE_SECONDS or find what stalls the workers.",
                     value["grant_id"], float(value["anchor"]) - float(value.get("granted_at") or value["anchor"]),
                 )
+        elif op == "tick":  # see `_nudge`: loading was all it was for
+            pass
         elif op == "stats" and reply:
-            await self._send(reply, self.stats(now))
+            # Workers read the published snapshot (Budgets.stats); this answers a worker of an
+            # older version during a rolling upgrade, from the snapshot: nothing is computed.
+            await self._send(reply, self.snapshot or self.stats(now))
             return
         self.wakeup.set()
 
     def stats(self, now: float) -> dict[str, Any]:
+        """Every figure the stats pages show; computed once a second by the scheduler (`publish_stats`)."""
         names = [OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS]
         out: dict[str, Any] = {name: self.book.usage(name, now) for name in names}
         out["wix"] = {
@@ -270,8 +297,14 @@ class Coordinator:
         out["grace_seconds"] = settings.permit_grace_seconds
         out["coordinator"] = self.book.instance.rstrip("-")
         out["holding_until"] = self.hold_until if self.hold_until > now else None
+        out["book"] = self.book.sizes()  # what the coordinator holds: bounded by what is live
         out["at"] = now
         return out
+
+    def publish_stats(self, now: float) -> None:
+        """Compute the figures and publish them for every worker (Postgres, store/limiter_snapshot.py)."""
+        self.snapshot = self.stats(now)
+        publisher.publish(self.book.instance.rstrip("-"), self.snapshot)
 
     async def _send(self, reply: tuple[str, str], value: dict[str, Any]) -> None:
         reply_to, correlation_id = reply
@@ -287,6 +320,7 @@ class Coordinator:
             self.book.expire(now)
             self.book.prune(now)  # memory bounded by what is live: idle sites' state goes
             self.last_tick = now
+            self.publish_stats(now)  # once a second, whatever asks for them
             for name, rate in self.book.rates.items():
                 budget_factor.labels(name).set(rate.factor)
                 budget_external.labels(name).set(rate.external)
@@ -365,6 +399,54 @@ class Coordinator:
         await asyncio.wait_for(write(), timeout=30.0)
 
 
+class SnapshotPublisher:
+    """Writes the coordinator's figures to Postgres without ever holding up the scheduler.
+
+    One write at a time: while one is still under way (Postgres slow or away), the
+    next second's figures are skipped, not queued. Failures are logged once a minute.
+    Readers see the snapshot's age and call it stale (streams/limiter/client.py).
+    """
+
+    def __init__(self) -> None:
+        self._db: Database | None = None
+        self._task: asyncio.Future | None = None
+        self._logged_at = 0.0
+        self.failures = 0
+
+    def publish(self, coordinator_id: str, figures: dict[str, Any]) -> None:
+        if self._task is not None and not self._task.done():
+            return
+        self._task = asyncio.ensure_future(self._write(coordinator_id, figures))
+
+    async def _write(self, coordinator_id: str, figures: dict[str, Any]) -> None:
+        try:
+            await asyncio.wait_for(write_snapshot((await self.database()).pool, settings.app_id, coordinator_id, figures),
+                                   timeout=5.0)
+            if self.failures:
+                log.info("limiter: figures published again after %d failed writes", self.failures)
+                self.failures = 0
+        except Exception as exc:
+            self.failures += 1
+            if time.monotonic() - self._logged_at > 60.0:
+                self._logged_at = time.monotonic()
+                log.warning("limiter: could not publish the figures to Postgres (%s: %s; %d failed writes); the stats "
+                            "pages show them stale until it works again (is the schema at head? alembic upgrade head)",
+                            type(exc).__name__, exc, self.failures)
+
+    async def database(self) -> Database:
+        """This worker's small pool for the limiter's snapshot (writes here, reads in client.py)."""
+        if self._db is None:
+            db = Database(settings.database_url, min_size=1, max_size=2, command_timeout=5.0,
+                          application_name="blogstream-limiter")
+            await db.start()
+            if self._db is None:
+                self._db = db
+            else:  # another task connected meanwhile
+                await db.close()
+        return self._db
+
+
+publisher = SnapshotPublisher()
 coordinator = Coordinator()
 
 

@@ -34,6 +34,7 @@ TEXT = {
     "replicate_model": (["a/b"], []),
     "wix_base_url": (["https://www.wixapis.com"], ["www.wixapis.com"]),
     "intake_token": (["secret"], []),
+    "admin_token": (["secret"], []),
     "worker_id": (["host-6066", "w.1_a"], ["two words", "a/b"]),
 }
 

@@ -1,0 +1,172 @@
+"""Who may call which route, and the checks every HTTP call goes through before its route.
+
+One aiohttp middleware (`guard`) on the worker's web app sees every call, Faust views and
+plain handlers alike, and answers in our JSON error shape before the route runs:
+
+- **403** for a mutating call (POST, PATCH, PUT, DELETE) from a browser page of another
+  origin: an `Origin` header that is not this worker's own host (`Host`), `Origin: null`,
+  or `Sec-Fetch-Site: cross-site`. Clients that are not browsers send neither and pass.
+- **401** without the route's token (`ACCESS`): the intake token for the intake, the
+  admin token (BLOGSTREAM_ADMIN_TOKEN; the intake token when it is unset) for site
+  controls, retries and the limiter's figures. The admin token opens the intake routes
+  too. A route with no token set is open.
+- **415** for a mutating call with a body that is not sent as JSON (`Content-Type:
+  application/json` or `application/*+json`), for a route that takes a body without that
+  type, and for any mutating call with a form or text type, body or not: those are what a
+  page of another origin can send without asking first (a JSON type it cannot). The
+  intake checks a missing type itself, after the size (an oversized body is 413).
+- every other error (an unknown path, a method the route lacks, a body too large, a
+  failure nobody caught) as `{"error": ...}` JSON too, never HTML or text.
+
+A route missing from ACCESS needs the admin token: new routes are closed until listed.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from streams.api.http import ADMIN_UNAUTHORIZED, CHALLENGE, UNAUTHORIZED, bearer_ok, json_response
+from streams.settings import settings
+
+log = logging.getLogger(__name__)
+
+INTAKE, ADMIN = "intake", "admin"
+MUTATING = frozenset({"POST", "PATCH", "PUT", "DELETE"})
+
+
+@dataclass(frozen=True)
+class Access:
+    token: str | None  # INTAKE, ADMIN, or None: open to anyone
+    body: bool = False  # takes a JSON body (415 without Content-Type: application/json)
+    type_checked_by_route: bool = False  # the route checks a missing Content-Type itself (the intake)
+
+
+# (method, path as registered) -> who may call it. docs/openapi.json says the same per operation.
+ACCESS: dict[tuple[str, str], Access] = {
+    ("POST", "/api/blogs"): Access(INTAKE, body=True, type_checked_by_route=True),
+    ("GET", "/api/blogs/{request_id}"): Access(INTAKE),
+    ("GET", "/api/intake"): Access(INTAKE),
+    ("GET", "/api/sites/{site_id}/blogs"): Access(INTAKE),
+    ("POST", "/api/blogs/{request_id}/retry"): Access(ADMIN),
+    ("GET", "/api/sites"): Access(ADMIN),
+    ("GET", "/api/sites/{site_id}"): Access(ADMIN),
+    ("PATCH", "/api/sites/{site_id}"): Access(ADMIN, body=True),
+    ("POST", "/api/sites/{site_id}/pause"): Access(ADMIN),
+    ("POST", "/api/sites/{site_id}/resume"): Access(ADMIN),
+    ("POST", "/api/sites/{site_id}/cancel"): Access(ADMIN),
+    ("GET", "/api/limiter"): Access(ADMIN),
+    ("GET", "/api/rate-limiter/stats"): Access(ADMIN),
+    ("GET", "/api/replicate-rate-limiter/stats"): Access(ADMIN),
+    ("GET", "/health"): Access(None),
+    ("GET", "/metrics"): Access(None),
+    ("GET", "/api/openapi.json"): Access(None),
+}
+CLOSED = Access(ADMIN)
+
+
+def admin_token() -> str:
+    return settings.admin_token or settings.intake_token
+
+
+def authorized(access: Access, header: str | None) -> bool:
+    if access.token == INTAKE:
+        return bearer_ok(header, settings.intake_token, settings.admin_token)
+    if access.token == ADMIN:
+        return bearer_ok(header, admin_token())
+    return True
+
+
+def cross_origin(request: web.Request) -> bool:
+    """A browser page of another origin made this call (see the module's docstring)."""
+    headers = request.headers
+    if headers.get("Sec-Fetch-Site", "").strip().lower() == "cross-site":
+        return True
+    origin = headers.get("Origin")
+    if origin is None:
+        return False
+    try:
+        netloc = urlsplit(origin.strip()).netloc.lower()
+    except ValueError:
+        return True
+    return not netloc or netloc != (request.host or "").lower()
+
+
+def is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def problem(request: web.Request, access: Access) -> web.Response | None:
+    """The refusal for this call, or None when it may go to its route."""
+    mutating = request.method in MUTATING
+    if mutating and cross_origin(request):
+        return json_response({"error": "cross-origin requests may not change anything here: call this API from "
+                                       "a client or a page served by this worker, not from another site's page"}, 403)
+    if not authorized(access, request.headers.get("Authorization")):
+        return json_response(UNAUTHORIZED if access.token == INTAKE else ADMIN_UNAUTHORIZED, 401, CHALLENGE)
+    if mutating and not json_body(request, access):
+        return json_response({"error": "the body must be JSON: send it with Content-Type: application/json"}, 415)
+    return None
+
+
+# What a browser sends to another origin without asking first (CORS "simple" requests): a page can
+# make these, so a call with one of them is refused even without a body (an empty form post).
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
+
+
+def json_body(request: web.Request, access: Access) -> bool:
+    """False when this mutating call's body or Content-Type is not JSON (415)."""
+    content_type = request.headers.get("Content-Type")
+    if content_type is None:  # a body route needs the type; the intake checks it after the size
+        return not (access.body and not access.type_checked_by_route)
+    if is_json(content_type):
+        return True
+    media = content_type.split(";", 1)[0].strip().lower()
+    # Another type is refused when there is a body (it is not JSON) or when a form could send it.
+    return not (request.body_exists or access.body or media in FORM_TYPES)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    match = request.match_info
+    if match.http_exception is None:  # a route matched
+        resource = match.route.resource
+        path = resource.canonical if resource is not None else ""
+        method = "GET" if request.method == "HEAD" else request.method
+        refusal = problem(request, ACCESS.get((method, path), CLOSED))
+        if refusal is not None:
+            return refusal
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:  # no such path, a method the route lacks, a body too large
+        if exc.status < 400:
+            raise
+        return json_response({"error": _reason(exc, request.method)}, exc.status,
+                             {k: v for k, v in exc.headers.items() if k.lower() == "allow"})
+    except Exception:
+        log.exception("HTTP %s %s failed", request.method, request.path)
+        return json_response({"error": "the worker failed to answer this request (its log says why); "
+                                       "try again, and report it if it persists"}, 500)
+
+
+def _reason(exc: web.HTTPException, method: str) -> str:
+    if exc.status == 404:
+        return "there is no such page: docs/openapi.json (GET /api/openapi.json) lists every route"
+    if exc.status == 405:
+        return f"this route does not take {method}: the Allow header lists what it takes"
+    if exc.status == 413:
+        return "the body is too large"
+    return f"{exc.status} {exc.reason}"
+
+
+def install(app: web.Application) -> None:
+    """Put `guard` on the worker's web app once (before it starts serving)."""
+    if guard not in app.middlewares:
+        app.middlewares.append(guard)
