@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import uuid
+import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,19 @@ async def ensure_topics(
 GC_THRESHOLDS = (20_000, 100, 100)
 
 
+def worker_identity(web_port: int) -> str:
+    """This worker's name, the same after a restart: BLOGSTREAM_WORKER_ID, else `<host name>-<web port>`.
+
+    It names the worker's reply topic, which its next life reuses (one topic
+    per worker, not one per start), and its Kafka group instance id (static
+    membership, BLOGSTREAM_KAFKA_STATIC_MEMBERSHIP): a worker back within the
+    session timeout gets its partitions again without a rebalance. Two live
+    workers must never share it; Kafka fences the older one.
+    """
+    name = settings.worker_id or f"{socket.gethostname()}-{web_port}"
+    return re.sub(r"[^A-Za-z0-9._-]", "-", name)
+
+
 class BlogstreamApp(faust.App):
     # Two of the Faust fixes (streams/faust_fixes.py) live in objects the app builds;
     # the others are installed by the worker's assembly (streams/worker.py).
@@ -92,7 +106,15 @@ class BlogstreamApp(faust.App):
     def _new_consumer(self) -> Any:
         return faust_fixes.unfiltered_stage_reads(super()._new_consumer())
 
+    def take_identity(self) -> None:
+        """Reply topic and group instance id from the worker's identity (`--web-port` is known by now)."""
+        identity = worker_identity(self.conf.web_port)
+        self.conf.reply_to = f"{self.conf.id}-reply-{identity}"
+        if settings.kafka_static_membership:
+            self.conf.consumer_group_instance_id = f"{self.conf.id}-{identity}"
+
     async def on_first_start(self) -> None:
+        self.take_identity()  # before the reply consumer and the Kafka consumer start
         log_limit.install()  # the same WARNING line over and over (a broker away): a few, then a count
         Path(self.conf.datadir).mkdir(parents=True, exist_ok=True)
         await super().on_first_start()
@@ -132,9 +154,9 @@ app = BlogstreamApp(
     stream_wait_empty=False,
     # Permit asks use agent.ask(), whose replies come back on a reply topic.
     reply_create_topic=True,
-    # One reply topic per worker process, named after the app so its topics
-    # can be found (and cleaned up) together.
-    reply_to=f"{settings.app_id}-reply-{uuid.uuid4().hex}",
+    # One reply topic per worker, `<app id>-reply-<worker identity>`, kept across
+    # restarts (set at start by BlogstreamApp.take_identity).
+    reply_to=f"{settings.app_id}-reply-{worker_identity(settings.web_port)}",
     producer_acks=-1,
     broker_commit_every=500,
     broker_commit_interval=1.0,

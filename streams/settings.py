@@ -162,6 +162,10 @@ class Settings(BaseSettings):
     # Records per poll: a big batch of stage events would keep the limiter's
     # asks and answers waiting behind it (halved permit latency p99 in the benchmark).
     kafka_max_poll_records: int = Field(50, ge=1)
+    # This worker's stable name (its reply topic, its Kafka group instance id); empty: `<host name>-<web port>`.
+    worker_id: str = Field("", pattern=r"^[A-Za-z0-9._-]*$", **_accepts("letters, digits, . _ - (or nothing)"))
+    # Static group membership (KIP-345): a worker back within the session timeout keeps its partitions, no rebalance.
+    kafka_static_membership: bool = True
 
     # --- Sink --------------------------------------------------------------------
     sink_batch_size: int = Field(500, ge=1)
