@@ -10,7 +10,7 @@ from typing import Optional
 
 from aiohttp import web
 
-from .common import json_response, read_json
+from .common import json_response, read_json, roll
 from .config import ConfigError
 from .state import SimState
 
@@ -96,6 +96,28 @@ async def events(request: web.Request) -> web.Response:
     return json_response(state.providers[provider].events(since, request.query.get("window")))
 
 
+PROVIDER_PATHS = {"/openai/": "openai", "/replicate/v1/": "replicate", "/wix/": "wix"}
+
+
+@web.middleware
+async def _timeouts(request: web.Request, handler):
+    """A share (`timeout_rate`) of a provider's calls gets no answer for `timeout_seconds`, then a 504.
+
+    Such a call never reaches the provider: nothing is admitted, nothing done,
+    as when a request is lost on the way. A client whose timeout is shorter
+    than `timeout_seconds` (not scaled by latency_scale) sees a timeout.
+    """
+    provider = next((name for prefix, name in PROVIDER_PATHS.items() if request.path.startswith(prefix)), None)
+    if provider is not None:
+        state = request.app[STATE_KEY]
+        cfg = state.config[provider]
+        if roll(state.rng, cfg.get("timeout_rate", 0)):
+            state.timeouts[provider] += 1
+            await asyncio.sleep(float(cfg.get("timeout_seconds", 30.0)))
+            return json_response({"error": "gateway timeout (simulated): no answer in time"}, 504)
+    return await handler(request)
+
+
 @web.middleware
 async def _errors(request: web.Request, handler):
     try:
@@ -113,7 +135,7 @@ async def _errors(request: web.Request, handler):
 
 def create_app(config: Optional[dict] = None, state: Optional[SimState] = None) -> web.Application:
     state = state or SimState(config)
-    app = web.Application(middlewares=[_errors], client_max_size=32 * 1024 * 1024)
+    app = web.Application(middlewares=[_errors, _timeouts], client_max_size=32 * 1024 * 1024)
     app[STATE_KEY] = state
     state.openai.add_routes(app)
     state.replicate.add_routes(app)

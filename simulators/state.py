@@ -22,6 +22,7 @@ class SimState:
         self.replicate = ReplicateSim(self)
         self.wix = WixSim(self, self.replicate)
         self.providers = {"openai": self.openai, "replicate": self.replicate, "wix": self.wix}
+        self.timeouts = {name: 0 for name in self.providers}  # calls left unanswered (timeout_rate)
         self.started_at = self.now()
 
     @property
@@ -46,10 +47,11 @@ class SimState:
         self.rng.seed(self.config["seed"])
         for p in self.providers.values():
             p.reset()
+        self.timeouts = {name: 0 for name in self.providers}
 
     def ledger(self) -> dict:
         return {
             "now": self.now(),
             "window_seconds": self.window_seconds,
-            **{name: p.ledger_json() for name, p in self.providers.items()},
+            **{name: {**p.ledger_json(), "timeouts": self.timeouts[name]} for name, p in self.providers.items()},
         }
