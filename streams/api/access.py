@@ -23,11 +23,13 @@ A route missing from ACCESS needs the admin token: new routes are closed until l
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from streams.api.http import ADMIN_UNAUTHORIZED, CHALLENGE, UNAUTHORIZED, bearer_ok, json_response
 from streams.settings import settings
@@ -166,7 +168,40 @@ def _reason(exc: web.HTTPException, method: str) -> str:
     return f"{exc.status} {exc.reason}"
 
 
+class UnparsableRequests(logging.Filter):
+    """aiohttp logs every request it cannot parse (a NUL in a header, a broken request line) at
+    ERROR with a traceback, before any route: the client's mistake, answered 400, yet one
+    client could fill the log with them. Such records become one INFO line a minute, with
+    the count; nothing the client sent is repeated."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        super().__init__()
+        self.interval = interval
+        self.count = 0
+        self.logged_at = -interval
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError) or not 400 <= (exc.code or 400) < 500:
+            return True
+        self.count += 1
+        if time.monotonic() - self.logged_at < self.interval:
+            return False
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.msg, record.args = "refused %d HTTP request(s) that could not be parsed (%s) in the last %.0f s", (
+            self.count, type(exc).__name__, min(time.monotonic() - self.logged_at, self.interval))
+        record.exc_info, record.exc_text = None, None
+        self.count, self.logged_at = 0, time.monotonic()
+        return True
+
+
+unparsable = UnparsableRequests()
+
+
 def install(app: web.Application) -> None:
     """Put `guard` on the worker's web app once (before it starts serving)."""
     if guard not in app.middlewares:
         app.middlewares.append(guard)
+    server_log = logging.getLogger("aiohttp.server")
+    if unparsable not in server_log.filters:
+        server_log.addFilter(unparsable)

@@ -14,7 +14,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams import metrics
-from streams.api import access
+from streams.api import access, openapi
 from streams.api.http import ApiView, retry_after_header
 from streams.app import app
 from streams.pipeline.deps import deps
@@ -106,6 +106,14 @@ class Health(ApiView):
             return self.answer({"error": "the database could not be read; the worker cannot report its health"}, 503,
                                retry_after_header())
         return self.answer(figures.as_dict())
+
+
+@app.page("/api/openapi.json")
+class OpenAPI(ApiView):
+    """This API described in OpenAPI 3.1 (the same document as docs/openapi.json)."""
+
+    async def get(self, request: Request) -> Response:
+        return self.answer(openapi.document())
 
 
 access.install(app.web.web_app)

@@ -212,3 +212,34 @@ def test_the_admin_token_is_a_setting_and_never_shown():
     s = Settings.from_env(admin_token="adm", intake_token="tok")
     assert s.redacted()["admin_token"] == "***" and s.redacted()["intake_token"] == "***"
     assert Settings.from_env().redacted()["admin_token"] == ""
+
+
+def test_requests_aiohttp_cannot_parse_are_one_line_a_minute_without_a_traceback():
+    import logging
+
+    from aiohttp.http_exceptions import BadHttpMessage
+
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    server_log = logging.getLogger("aiohttp.server")
+    handler, quiet = Keep(), access.UnparsableRequests(interval=60.0)
+    server_log.removeFilter(access.unparsable)  # the worker's own, installed by the fixtures above
+    server_log.addHandler(handler)
+    server_log.addFilter(quiet)
+    try:
+        for _ in range(50):
+            try:
+                raise BadHttpMessage("Invalid header value char: b'X: \\x00 secret'")
+            except BadHttpMessage as exc:
+                server_log.error("Error handling request from %s", "127.0.0.1", exc_info=exc)
+        server_log.error("a real failure", exc_info=RuntimeError("bug"))
+    finally:
+        server_log.removeHandler(handler)
+        server_log.removeFilter(quiet)
+    assert [r.levelname for r in seen] == ["INFO", "ERROR"]
+    assert seen[0].exc_info is None and "secret" not in seen[0].getMessage()
+    assert quiet.count == 49  # counted, said with the next line
