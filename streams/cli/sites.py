@@ -79,6 +79,7 @@ def add(site: str, name: str | None, key_env: str | None, key: str | None, membe
     """Register SITE (or replace its registration)."""
     from store.sites import Site
 
+    check_controls(weight=weight, max_in_flight=max_in_flight, max_queued=max_queued)
     secret = wix_api_key(key_env, key)
     config = connect.settings()
     record = Site(
@@ -103,6 +104,17 @@ def list_sites(as_json: bool) -> None:
     for s in found:
         state = "paused" if s.paused else "active"
         click.echo(f"{s.site_id:30} {state:7} weight={s.weight:g} max_in_flight={s.max_in_flight} max_queued={s.max_queued}")
+
+
+def check_controls(**controls: Any) -> None:
+    """The store's ranges (the API's and the table's too), as a usage error naming the option."""
+    from store.sites import control_problem
+
+    for name, value in controls.items():
+        if value is not None and (problem := control_problem(name, value)):
+            option = "--" + name.replace("_", "-")
+            raise CliError(f"Invalid value for '{option}': {value:g} {problem}", "see blogstream sites --help",
+                           exit_code=2)
 
 
 def not_registered(site: str) -> CliError:
@@ -139,6 +151,7 @@ def set_controls(site: str, weight: float | None, max_in_flight: int | None, max
     """Change SITE's weight, in-flight cap or queue limit."""
     if weight is None and max_in_flight is None and max_queued is None:
         raise CliError("nothing to change", "give --weight, --max-in-flight or --max-queued", exit_code=2)
+    check_controls(weight=weight, max_in_flight=max_in_flight, max_queued=max_queued)
     change(site, weight=weight, max_in_flight=max_in_flight, max_queued=max_queued)
 
 

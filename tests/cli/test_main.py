@@ -59,6 +59,10 @@ def test_health_with_nothing_reachable_says_down_with_exit_code_2():
 
 @pytest.mark.parametrize(("args", "message", "code"), [
     (["nosuch"], "blogstream: error: No such command 'nosuch', see blogstream --help", 2),
+    (["sites", "set", "s1", "--weight", "1e999"],
+     "blogstream: error: Invalid value for '--weight': inf must be a number from 0.01 to 100, see blogstream sites --help", 2),
+    (["sites", "set", "s1", "--max-in-flight", "5000"],
+     "blogstream: error: Invalid value for '--max-in-flight': 5000 must be from 1 to 1000, see blogstream sites --help", 2),
     (["sites", "set", "s1", "--weight", "0"],
      "blogstream: error: Invalid value for '--weight': 0.0 is not in the range x>0, see blogstream sites set --help", 2),
     (["submit"], "blogstream: error: submit needs --file, or --site and --topic, see blogstream submit --help", 2),
