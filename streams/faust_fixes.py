@@ -18,6 +18,7 @@ request finished once).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict
 from typing import Any, Iterable
 
@@ -28,6 +29,8 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from mode.utils.queues import FlowControlEvent
 
 from streams.settings import settings
+
+log = logging.getLogger(__name__)
 
 stage_topics: set[str] = set()  # filled by install()
 log_start: dict[tuple[str, int], int] = {}  # stage partitions with nothing committed -> the log start sought to
@@ -211,11 +214,22 @@ _metadata_update = AIOKafkaClient._metadata_update
 
 
 async def metadata_update_paced(self: AIOKafkaClient, cluster_metadata: Any, topics: Any) -> bool:
-    ok = await _metadata_update(self, cluster_metadata, topics)
+    # This runs in aiokafka's metadata task: if it raised, the task would end and
+    # every later wait for metadata (fetches, the group coordinator, commits)
+    # would hang for good. Seen once after a broker restart: a worker's consumer
+    # fetched nothing more and left the group (the likely cause, a log filter
+    # that raised from two threads at once, is fixed in streams/log_limit.py).
+    try:
+        ok = await _metadata_update(self, cluster_metadata, topics)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.warning("kafka metadata update failed", exc_info=True)
+        ok = False
     failures = getattr(self, "_failed_metadata_updates", 0)
     self._failed_metadata_updates = 0 if ok else failures + 1
     if not ok:
-        await asyncio.sleep(min(METADATA_RETRY_CAP, self._retry_backoff * 2 ** failures))
+        await asyncio.sleep(min(METADATA_RETRY_CAP, self._retry_backoff * 2 ** min(failures, 10)))
     return ok
 
 

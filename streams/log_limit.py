@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -111,6 +112,11 @@ class RepeatFilter(logging.Filter):
     The counts are logged (one line per template, logger `streams.log_limit`)
     by the first record of any level after its interval ends, so a worker whose
     heartbeat still logs reports them within an interval or so.
+
+    Thread-safe (Faust's consumer thread logs too), and it never raises: a
+    filter's exception goes out of the `log.error(...)` call that logged, and
+    one raised inside aiokafka's metadata task once stopped a worker's
+    consumer for good. Whatever goes wrong here lets the line through.
     """
 
     MAX_KEYS = 500
@@ -122,29 +128,35 @@ class RepeatFilter(logging.Filter):
         self.handlers: list[logging.Handler] = []  # where the counts are written (install() fills it)
         self._seen: dict[tuple[str, str, str], list] = {}  # key -> [window start, passed, left out]
         self._swept = clock()
+        self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
         decided = getattr(record, "_repeat_filter", None)  # a second handler, or our own count: as decided
         if decided is not None:
             return decided
-        now = self.clock()
-        if now - self._swept >= self.interval / 2:
-            self._sweep(now)
-        passed = True
-        if record.levelno >= self.level:
-            passed = self._decide(record, now)
-        record._repeat_filter = passed
+        try:
+            with self._lock:
+                reports: list[tuple[tuple[str, str, str], int, float]] = []
+                now = self.clock()
+                if now - self._swept >= self.interval / 2:
+                    self._sweep(now, reports)
+                passed = record.levelno < self.level or self._decide(record, now, reports)
+            record._repeat_filter = passed
+            for report in reports:  # outside the lock: a handler may log again
+                self._report(*report)
+        except Exception:  # noqa: BLE001 - a filter that raises breaks whoever logged
+            return True
         return passed
 
-    def _decide(self, record: logging.LogRecord, now: float) -> bool:
+    def _decide(self, record: logging.LogRecord, now: float, reports: list) -> bool:
         exc = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else ""
         key = (record.name, str(record.msg), exc)
         state = self._seen.get(key)
         if state is None or now - state[0] >= self.interval:
             if state is not None and state[2]:
-                self._report(key, state[2], now - state[0])
+                reports.append((key, state[2], now - state[0]))
             elif state is None and len(self._seen) >= self.MAX_KEYS:
-                self._sweep(now, everything=True)
+                self._sweep(now, reports, everything=True)
             self._seen[key] = [now, 1, 0]
             return True
         if state[1] < self.burst:
@@ -153,13 +165,13 @@ class RepeatFilter(logging.Filter):
         state[2] += 1
         return False
 
-    def _sweep(self, now: float, everything: bool = False) -> None:
+    def _sweep(self, now: float, reports: list, everything: bool = False) -> None:
         self._swept = now
         for key, state in list(self._seen.items()):
             if everything or now - state[0] >= self.interval:
-                del self._seen[key]
+                self._seen.pop(key, None)
                 if state[2]:
-                    self._report(key, state[2], now - state[0])
+                    reports.append((key, state[2], now - state[0]))
 
     def _report(self, key: tuple[str, str, str], left_out: int, seconds: float) -> None:
         name, msg, exc = key

@@ -77,3 +77,36 @@ def test_repeated_warnings_pass_a_few_per_interval_and_their_count_is_logged_aft
     finally:
         logger.removeHandler(handler)
         logger.propagate = True
+
+
+def test_the_filter_is_safe_from_many_threads_and_never_raises():
+    # A filter's exception goes out of the log call: once, a KeyError from two threads
+    # sweeping at once stopped aiokafka's metadata task, and with it a worker's consumer.
+    import threading
+
+    clock = Clock()
+    repeat = RepeatFilter(interval=0.001, burst=1, clock=clock)
+    errors: list[BaseException] = []
+
+    def log_a_lot(n: int) -> None:
+        try:
+            for i in range(3000):
+                clock.now += 0.0005  # windows end all the time: sweeps race each other
+                record = logging.LogRecord(f"t{n}", logging.ERROR, __file__, 1, "same %s", (i,), None)
+                repeat.filter(record)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=log_a_lot, args=(n % 2,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+    class Broken:
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+    odd = logging.LogRecord("t", logging.ERROR, __file__, 1, Broken(), None, None)
+    assert repeat.filter(odd) is True  # let through rather than raise
