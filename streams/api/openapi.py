@@ -88,6 +88,9 @@ SCHEMAS: dict[str, Any] = {
                              "description": "ms since the epoch (UTC), from 2000-01-01 to one day from now; "
                                             "left out or null: now."},
             "audience": nullable("string", maxLength=200, pattern=ONE_LINE, default=None),
+            "priority": {"type": "string", "enum": ["interactive", "bulk"], "default": "interactive",
+                         "description": "bulk: served only with the budget interactive requests leave (and through "
+                                        "the OpenAI Batch API when it is enabled)."},
         },
         closed=True,
         description="One blog request (docs/producing.md, \"The fields\"): checked as a whole, every problem "

@@ -102,6 +102,8 @@ def _conform_request(value: Any, errors: list[FieldError]) -> Any:
 
 
 _CONTROL = ONE_LINE_CONTROL
+# Interactive requests are served first; bulk ones get what interactive ones leave (docs/producing.md).
+PRIORITIES = ("interactive", "bulk")
 _LANGUAGE = re.compile(r"[A-Za-z]{2,3}(?:-(?:[A-Za-z]{2}|[0-9]{3}))?")
 
 
@@ -125,6 +127,7 @@ _REQUEST_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "audience": lambda v: None if v is None or (len(v) <= 200 and not _CONTROL.search(v))
     else "must be at most 200 characters, without control characters",
     "requested_at": time_problem,
+    "priority": lambda v: None if v in PRIORITIES else "must be interactive or bulk",
 }
 
 

@@ -33,6 +33,7 @@ VALID_REQUESTS = st.fixed_dictionaries(
         "target_words": st.integers(100, 5000),
         "requested_at": st.integers(946_684_800_000, 1_700_000_000_000),
         "audience": st.none() | st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=200),
+        "priority": st.sampled_from(["interactive", "bulk"]),
     }
 )
 # Right types, any values: what encode/decode accept (the request rules are decode_request's).
@@ -47,6 +48,7 @@ SHAPED_REQUESTS = st.fixed_dictionaries(
         "target_words": INT32,
         "requested_at": INT64,
         "audience": st.none() | ANY_TEXT,
+        "priority": ANY_TEXT,
     }
 )
 

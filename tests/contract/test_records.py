@@ -52,6 +52,7 @@ def request(**overrides: Any) -> dict[str, Any]:
         "target_words": 900,
         "requested_at": NOW,
         "audience": "home baristas",
+        "priority": "bulk",
     }
     value.update(overrides)
     return value
@@ -254,6 +255,7 @@ def test_encode_fills_defaults() -> None:
         "tone": "informative",
         "target_words": 800,
         "audience": None,
+        "priority": "interactive",
     }
     failed = {"request_id": "r", "site_id": "s", "status": "FAILED", "stage": "generate", "finished_at": NOW}
     decoded = decode("BlogResult", encode("BlogResult", failed))
@@ -343,15 +345,29 @@ def at(millis: int) -> datetime:
     return datetime.fromtimestamp(millis / 1000, tz=timezone.utc)
 
 
-V1_REQUEST = {k: v for k, v in request().items() if k != "audience"}
+V1_REQUEST = {k: v for k, v in request().items() if k not in ("audience", "priority")}
 V1_REQUEST_AS_WRITTEN = V1_REQUEST | {"requested_at": at(NOW)}
+V1_DEFAULTS = {"audience": None, "priority": "interactive"}
 
 
-def test_v2_reads_v1_requests() -> None:
+def test_current_reads_v1_requests() -> None:
     data = single_object(load("blog_request.v1"), V1_REQUEST_AS_WRITTEN)
     assert data[2:10] != fingerprint("BlogRequest")
-    assert decode("BlogRequest", data) == V1_REQUEST | {"audience": None}
-    assert decode_request(data) == V1_REQUEST | {"audience": None}
+    assert decode("BlogRequest", data) == V1_REQUEST | V1_DEFAULTS
+    assert decode_request(data) == V1_REQUEST | V1_DEFAULTS
+
+
+def test_current_reads_v2_requests_as_interactive() -> None:
+    v2 = {k: v for k, v in request().items() if k != "priority"}
+    data = single_object(load("blog_request.v2"), v2 | {"requested_at": at(NOW)})
+    assert data[2:10] not in (fingerprint("BlogRequest"), single_object(load("blog_request.v1"), V1_REQUEST_AS_WRITTEN)[2:10])
+    assert decode("BlogRequest", data) == v2 | {"priority": "interactive"}
+    assert decode_request(data) == v2 | {"priority": "interactive"}
+
+
+def test_priority_is_interactive_or_bulk() -> None:
+    errors = validate_request(request(priority="urgent"))
+    assert [(e.field, e.message) for e in errors] == [("priority", "must be interactive or bulk")]
 
 
 def test_v1_bytes_written_by_java_decode() -> None:
@@ -371,6 +387,7 @@ def test_v1_bytes_written_by_java_decode() -> None:
         "target_words": 600,
         "requested_at": 1_700_000_000_000,
         "audience": None,
+        "priority": "interactive",
     }
 
 
@@ -386,7 +403,7 @@ def test_drafts_carrying_a_v1_request_decode() -> None:
         field["type"] = inline.get(field["type"], field["type"]) if isinstance(field["type"], str) else field["type"]
     value = SAMPLES["BlogDraft"] | {"request": V1_REQUEST_AS_WRITTEN, "drafted_at": at(NOW + 1)}
     decoded = decode("BlogDraft", single_object(draft, value))
-    assert decoded["request"] == V1_REQUEST | {"audience": None}
+    assert decoded["request"] == V1_REQUEST | V1_DEFAULTS
 
 
 def test_plain_avro_producer_with_datetime_is_understood() -> None:
@@ -401,8 +418,8 @@ def test_incompatible_schema_change_is_refused_at_load(tmp_path: Path) -> None:
     for path in SCHEMAS.glob("*.avsc"):
         (tmp_path / path.name).write_text(path.read_text())
     current = load("blog_request")
-    (tmp_path / "blog_request.v2.avsc").write_text(json.dumps(current))
-    current["fields"].append({"name": "priority", "type": "int"})  # no default: breaks old bytes
+    (tmp_path / "blog_request.v3.avsc").write_text(json.dumps(current))
+    current["fields"].append({"name": "urgency", "type": "int"})  # no default: breaks old bytes
     (tmp_path / "blog_request.avsc").write_text(json.dumps(current))
     with pytest.raises(RuntimeError, match="can't be read as the current one"):
         load_contract(tmp_path)
@@ -424,6 +441,7 @@ def test_json_request_gets_defaults_and_a_time() -> None:
         "tone": "informative",
         "target_words": 800,
         "audience": None,
+        "priority": "interactive",
     }
 
 
