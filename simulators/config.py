@@ -38,6 +38,15 @@ DEFAULTS: dict[str, Any] = {
         # to the window); False leaves the whole admission estimate counted for the window.
         "refund_unused_tokens": True,
         "estimate_error": 0.0,   # relative error of the admission estimate, in [0, 1), seeded per request
+        # What OpenAI bills, US dollars per million tokens (openai.com/api/pricing); the Batch API's
+        # lines at batch_input / batch_output. A model not listed here is served but not billed.
+        "prices": {
+            "gpt-4o-mini": {"input": 0.15, "output": 0.60, "batch_input": 0.075, "batch_output": 0.30},
+            "gpt-4o": {"input": 2.50, "output": 10.00, "batch_input": 1.25, "batch_output": 5.00},
+            "gpt-4.1": {"input": 2.00, "output": 8.00, "batch_input": 1.00, "batch_output": 4.00},
+            "gpt-4.1-mini": {"input": 0.40, "output": 1.60, "batch_input": 0.20, "batch_output": 0.80},
+            "gpt-4.1-nano": {"input": 0.10, "output": 0.40, "batch_input": 0.05, "batch_output": 0.20},
+        },
         "batch": {               # Files + Batch API (simulators/openai_batches.py)
             "validation_seconds": 2.0,          # x latency_scale
             "seconds_per_request": 0.5,         # x latency_scale; the lines of a batch run one after the other
@@ -66,6 +75,14 @@ DEFAULTS: dict[str, Any] = {
         "external_rpm": 0.0,
         "max_wait_seconds": 60,
         "require_auth": True,
+        # What Replicate bills (replicate.com/pricing): the official FLUX models per output image;
+        # any other model per second of hardware time at `per_second_default` (an Nvidia L40S).
+        "prices": {
+            "black-forest-labs/flux-schnell": {"per_image": 0.003},
+            "black-forest-labs/flux-dev": {"per_image": 0.025},
+            "black-forest-labs/flux-1.1-pro": {"per_image": 0.04},
+        },
+        "per_second_default": 0.000975,
     },
     "wix": {
         "site_rpm": 200,

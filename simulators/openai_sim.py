@@ -62,6 +62,28 @@ class OpenAISim:
         u["prompt_tokens"] += int(prompt_tokens)
         u["completion_tokens"] += int(completion_tokens)
 
+    def billing(self) -> dict:
+        """What OpenAI would invoice for the usage so far, in US dollars: per model and lane, and the total.
+
+        Every successful request is billed for its `usage` (a truncated one too); 4xx, 5xx and 429s cost
+        nothing. Batch lines at the batch prices. A model without a price is counted in `unpriced_requests`.
+        """
+        prices = self.cfg.get("prices") or {}
+        by_model: dict[str, dict[str, float]] = {}
+        unpriced = 0
+        for model, lanes in self.usage_by_model.items():
+            price = prices.get(model)
+            if price is None:
+                unpriced += sum(u["requests"] for u in lanes.values())
+                continue
+            row = by_model[model] = {}
+            for lane, prefix in (("realtime", ""), ("batch", "batch_")):
+                u = lanes[lane]
+                row[lane] = (u["prompt_tokens"] * price[prefix + "input"]
+                             + u["completion_tokens"] * price[prefix + "output"]) / 1_000_000
+        return {"usd": sum(v for row in by_model.values() for v in row.values()), "by_model": by_model,
+                "unpriced_requests": unpriced}
+
     def admission_charge(self, body: dict, prompt_tokens: int, max_tokens: Any) -> int:
         """prompt estimate + max_tokens x n, off by up to ``estimate_error`` (relative; deterministic from the
         seed and the request, like a tokenizer that is wrong the same way for the same text)."""
@@ -350,6 +372,7 @@ class OpenAISim:
             "current_tokens_in_window": self.window.tokens(now, w),
             **led.extra,
             "usage_by_model": self.usage_by_model,
+            "billing": self.billing(),
             "batch": self.batches.ledger_json(),
             "limits": {"rpm": self.cfg["rpm"], "tpm": self.cfg["tpm"], "window_seconds": w,
                        "refund_unused_tokens": bool(self.cfg.get("refund_unused_tokens", True))},

@@ -361,17 +361,29 @@ class ReplicateSim:
         end = p.completed_at if p.completed_at is not None else self.state.now()
         return max(0.0, end - p.started_at)
 
+    def billed_usd(self, p: Prediction, seconds: float) -> float:
+        """A per-image model bills the images a prediction made (a failed or canceled one made none);
+        any other model the seconds it ran on hardware."""
+        price = (self.cfg.get("prices") or {}).get(p.model)
+        if price is not None and "per_image" in price:
+            return len(p.file_ids) * float(price["per_image"]) if p.status == "succeeded" else 0.0
+        per_second = float(price["per_second"]) if price else float(self.cfg.get("per_second_default", 0))
+        return round(seconds, 3) * per_second
+
     def billing(self) -> dict:
         billed = {pid: self.billed_seconds(p) for pid, p in self.predictions.items()}
+        usd = {pid: self.billed_usd(p, billed[pid]) for pid, p in self.predictions.items()}
         per_site: dict[str, dict[str, float]] = {}
         for p in self.predictions.values():
-            site = per_site.setdefault(p.site, {"predictions": 0, "seconds": 0.0, "images": 0})
+            site = per_site.setdefault(p.site, {"predictions": 0, "seconds": 0.0, "images": 0, "usd": 0.0})
             if billed[p.id] > 0:
                 site["predictions"] += 1
                 site["seconds"] = round(site["seconds"] + billed[p.id], 3)
             if p.status == "succeeded":
                 site["images"] += len(p.file_ids)
+            site["usd"] += usd[p.id]
         return {
+            "usd": sum(usd.values()),
             "predictions": sum(1 for v in billed.values() if v > 0),  # every one that ran, for any time
             "seconds": round(sum(billed.values()), 3),
             "images": sum(len(p.file_ids) for p in self.predictions.values() if p.status == "succeeded"),

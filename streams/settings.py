@@ -155,6 +155,12 @@ class Settings(BaseSettings):
     intake_retry_after_seconds: int = Field(2, ge=1, le=3600)  # Retry-After on 429/503
     intake_produce_timeout: float = Field(15.0, gt=0)  # broker ack wait before answering 503
 
+    # --- Costs and budgets (docs/operations.md, "Costs and budgets") --------------
+    # The price table (TOML, the shape of streams/costs/prices.toml); empty: that committed file.
+    prices_file: str = Field("", **_accepts("the path of a TOML price table (or nothing)"))
+    # Spend of all sites together per UTC day, in US dollars; reached, no new paid call starts. 0: no cap.
+    global_daily_budget_usd: float = Field(0.0, ge=0)
+
     # --- Kafka consumer (Faust's own defaults suit neither point) ------------------
     # A killed worker's partitions (and the limiter) move after this long, not 60 s.
     kafka_session_timeout_seconds: float = Field(10.0, gt=0)
@@ -184,6 +190,21 @@ class Settings(BaseSettings):
                 f"{PREFIX}KAFKA_HEARTBEAT_SECONDS={self.kafka_heartbeat_seconds:g} is not valid: expected less than "
                 f"{PREFIX}KAFKA_SESSION_TIMEOUT_SECONDS ({self.kafka_session_timeout_seconds:g}), a third of it or less "
                 "is usual",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _prices_readable(self) -> "Settings":
+        from streams.costs.prices import PricesError, load_prices
+
+        try:
+            table = load_prices(self.prices_file)
+        except PricesError as exc:
+            raise PydanticCustomError("prices", f"{PREFIX}PRICES_FILE: {exc}") from None
+        if missing := table.missing(openai_model=self.openai_model, replicate_model=self.replicate_model):
+            raise PydanticCustomError(
+                "prices", "; ".join(missing) + f": add them to the file {PREFIX}PRICES_FILE names (or to a copy of "
+                "streams/costs/prices.toml it names)",
             )
         return self
 

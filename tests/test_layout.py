@@ -18,7 +18,7 @@ MAX_LINES = 600
 
 # Within streams: a module may import its own layer or a lower one, never a higher one.
 LAYERS = {
-    "streams.settings": 0, "streams.metrics": 0, "streams.contract": 0, "streams.logs": 0,
+    "streams.settings": 0, "streams.metrics": 0, "streams.contract": 0, "streams.logs": 0, "streams.costs": 0,
     "streams.app": 1, "streams.faust_fixes": 1,
     "streams.limiter": 2,
     "streams.pipeline": 3,

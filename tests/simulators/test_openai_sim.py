@@ -346,3 +346,17 @@ async def test_estimate_error_is_small_seeded_and_what_the_window_counts(sim):
     assert sim.ledger()["openai"]["tokens_charged_total"] == sum(first)
     sim.reset()
     assert await charges() == first   # deterministic from the seed and the request
+
+
+async def test_billing_is_the_usage_of_every_answered_request_at_the_model_price(sim):
+    c = client(sim)
+    first = await c.chat.completions.create(model="gpt-4o-mini", messages=PROMPT, max_tokens=2000)
+    cut = await c.chat.completions.create(model="gpt-4o", messages=PROMPT, max_tokens=5)  # truncated: billed too
+    await c.chat.completions.create(model="no-such-model", messages=PROMPT, max_tokens=50)
+    assert cut.choices[0].finish_reason == "length"
+    bill = sim.ledger()["openai"]["billing"]
+    mini = (first.usage.prompt_tokens * 0.15 + first.usage.completion_tokens * 0.60) / 1e6
+    big = (cut.usage.prompt_tokens * 2.50 + cut.usage.completion_tokens * 10.00) / 1e6
+    assert bill["by_model"]["gpt-4o-mini"]["realtime"] == pytest.approx(mini)
+    assert bill["by_model"]["gpt-4o"]["realtime"] == pytest.approx(big)
+    assert bill["usd"] == pytest.approx(mini + big) and bill["unpriced_requests"] == 1

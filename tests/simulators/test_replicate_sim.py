@@ -214,3 +214,23 @@ async def test_other_error_rate_fails_polls_and_cancels_but_not_creates(sim):
     endpoints = sim.ledger()["replicate"]["endpoints"]
     assert endpoints["get"]["errors_5xx"] == 1 and endpoints["cancel"]["errors_5xx"] == 1
     assert endpoints["create"]["errors_5xx"] == 0
+
+
+async def test_billing_in_dollars_per_image_for_flux_and_per_second_for_other_models(sim):
+    sim.configure({"latency_scale": 1.0, "replicate": {"latency": [0.3, 0.3], "fail_rate": 0.0}})
+    c = client(sim)
+    await c.models.predictions.async_create(model=MODEL, input={"prompt": "two boats", "num_outputs": 2}, wait=10)
+    other = await c.models.predictions.async_create(model="someone/sdxl", input={"prompt": "a boat"}, wait=10)
+    assert other.status == "succeeded"
+    bill = sim.ledger()["replicate"]["billing"]
+    assert bill["images"] == 3 and bill["predictions"] == 2  # both ran as long: half the seconds each
+    assert bill["usd"] == pytest.approx(2 * 0.003 + bill["seconds"] / 2 * 0.000975, abs=1e-6)
+
+
+async def test_a_failed_flux_prediction_costs_nothing(sim):
+    sim.configure({"latency_scale": 1.0, "replicate": {"latency": [0.2, 0.2], "fail_rate": 1.0}})
+    c = client(sim)
+    with pytest.raises(ModelError):
+        await asyncio.to_thread(c.run, MODEL, input={"prompt": "refused"})
+    bill = sim.ledger()["replicate"]["billing"]
+    assert bill["predictions"] == 1 and bill["seconds"] > 0 and bill["usd"] == 0
