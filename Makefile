@@ -59,6 +59,12 @@ test: stack-up test-java prometheus
 bench: stack-up
 	@$(PY) -m stack.bench $(BENCH)
 
+# Every fault at once on a private broker, Postgres and simulator (stack/chaos.py; about 13 minutes):
+# writes docs/bench-chaos.md and its plot. Needs the stack's Kafka jars and Postgres binaries.
+.PHONY: chaos
+chaos: stack-up
+	@$(PY) -m stack.chaos $(CHAOS_ARGS)
+
 clean:
 	rm -rf .venv .pytest_cache
 

@@ -4,8 +4,9 @@
     fairness  docs/bench-fairness.md   a big backlog and small sites arriving (issue 4)
     intake    docs/bench-intake.md     5,000 concurrent HTTP clients, then a flood (issue 5)
     capacity  docs/bench-capacity.md   one worker's blogs/s and CPU per blog at zero provider latency (issue 13)
+    chaos     docs/bench-chaos.md      broker, Postgres and worker faults, provider 5xx and timeouts (`make chaos`)
 
-    .venv/bin/python -m stack.bench [limiter fairness intake capacity]
+    .venv/bin/python -m stack.bench [limiter fairness intake capacity chaos]
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import sys
 import time
 
 BENCHES = {"limiter": "stack.bench_limiter", "fairness": "stack.bench_fairness", "intake": "stack.bench_intake",
-           "capacity": "stack.bench_capacity"}
+           "capacity": "stack.bench_capacity", "chaos": "stack.chaos"}
 
 
 def main(argv: list[str]) -> int:
