@@ -34,6 +34,9 @@ from typing import Any, Iterable
 
 from streams.limiter.rates import RateBudget, SlotBudget
 
+INTERACTIVE, BULK = "interactive", "bulk"
+LANE_RANK = {INTERACTIVE: 0, BULK: 1}  # lower goes first
+
 
 @dataclass
 class Ask:
@@ -48,10 +51,16 @@ class Ask:
     reply: Any = None  # how to answer (set by the Kafka glue)
     waited: bool = False  # a pass found no room for it: its grant came when room appeared
     lease: int = 0  # units it would take as a lease (0: one permit); see BudgetBook.lease
+    lane: str = INTERACTIVE  # or BULK: served only with what interactive asks leave
 
     @property
     def primary(self) -> str:
         return next(iter(self.needs), "")
+
+    @property
+    def fair_id(self) -> str:
+        """Who the fair share is counted for: the site, apart in each lane ("|" is in no site id)."""
+        return self.site_id if self.lane == INTERACTIVE else f"{self.site_id}|{self.lane}"
 
 
 @dataclass
@@ -90,6 +99,13 @@ class BudgetBook:
     fair, and work-conserving because an ask that does not fit never holds back
     one that does. A site that comes back after a pause starts at the service
     level of the sites still waiting (no credit for the time it was away).
+
+    Lanes: every interactive ask goes before every bulk ask, and fair shares
+    are counted apart in each lane (a site's bulk work does not lower its
+    interactive share). A bulk ask gets only room no interactive ask is
+    waiting for: once an interactive ask does not fit a budget in a pass, no
+    bulk ask takes from that budget in that pass, so a big interactive ask is
+    not starved by small bulk ones. Room nobody interactive wants goes to bulk.
     """
 
     def __init__(
@@ -166,14 +182,17 @@ class BudgetBook:
             known.reply = ask.reply
             return known
         ask.seq = next(self._seq)
+        fair_id, bulk = ask.fair_id, ask.lane != INTERACTIVE
         for budget in ask.needs:
             sites = self._waiting_sites.setdefault(budget, {})
-            key = (budget, ask.site_id)
-            if not sites.get(ask.site_id):
-                floor = min((self.vtime.get((budget, s), 0.0) for s, n in sites.items() if n), default=None)
+            key = (budget, fair_id)
+            if not sites.get(fair_id):
+                # The floor of its own lane: the other lane's service is another count.
+                floor = min((self.vtime.get((budget, s), 0.0) for s, n in sites.items() if n and ("|" in s) == bulk),
+                            default=None)
                 if floor is not None:
                     self.vtime[key] = max(self.vtime.get(key, 0.0), floor)
-            sites[ask.site_id] = sites.get(ask.site_id, 0) + 1
+            sites[fair_id] = sites.get(fair_id, 0) + 1
             self._idle_since.pop(key, None)
             self._live[budget] = self._live.get(budget, 0) + 1
             heapq.heappush(self._amounts.setdefault(budget, []), (ask.needs[budget], ask.ask_id))
@@ -190,13 +209,14 @@ class BudgetBook:
 
     def _unwait(self, ask: Ask) -> None:
         del self.waiting[ask.ask_id]
+        fair_id = ask.fair_id
         for budget in ask.needs:
             sites = self._waiting_sites.get(budget, {})
-            left = sites.get(ask.site_id, 0) - 1
+            left = sites.get(fair_id, 0) - 1
             if left > 0:
-                sites[ask.site_id] = left
+                sites[fair_id] = left
             else:
-                sites.pop(ask.site_id, None)
+                sites.pop(fair_id, None)
             live = self._live.get(budget, 0) - 1
             if live <= 0:  # nobody waits on it any more: no heap, no entry at all
                 self._live.pop(budget, None)
@@ -220,8 +240,8 @@ class BudgetBook:
         self._amounts.clear()
         self._live.clear()
 
-    def _fair_key(self, ask: Ask) -> tuple[float, int]:
-        return (self.vtime.get((ask.primary, ask.site_id), 0.0), ask.seq)
+    def _fair_key(self, ask: Ask) -> tuple[int, float, int]:
+        return (LANE_RANK.get(ask.lane, 1), self.vtime.get((ask.primary, ask.fair_id), 0.0), ask.seq)
 
     def grant_ready(self, now: float) -> list[Grant]:
         """Grant every waiting ask that fits by `now + lookahead`, fairest first.
@@ -256,20 +276,25 @@ class BudgetBook:
         heap = [(*self._fair_key(a), a.ask_id) for a in self.waiting.values() if all(open_.get(b) for b in a.needs)]
         heapq.heapify(heap)
         closed: dict[str, float] = {}
+        wanted: set[str] = set()  # budgets an interactive ask found no room in: bulk asks keep off them
         while heap:
-            vtime, seq, ask_id = heapq.heappop(heap)
+            rank, vtime, seq, ask_id = heapq.heappop(heap)
             ask = self.waiting.get(ask_id)
             if ask is None:
                 continue
             current = self._fair_key(ask)
-            if current[0] > vtime:  # its site was served meanwhile: back in line
+            if current[1] > vtime:  # its site was served meanwhile: back in line
                 heapq.heappush(heap, (*current, ask_id))
+                continue
+            if rank and not wanted.isdisjoint(ask.needs):
                 continue
             # Grants only use room up, so an ask that does not fit by the
             # horizon will not later in this pass either: it is left waiting.
             start = self._start_by(ask, now, horizon, closed)
             if start is not None:
                 grants.append(self._grant(ask, start, made_at=now))
+            elif not rank:  # the budgets it found too full (not its site's slots): kept for it
+                wanted.update(b for b, amount in ask.needs.items() if amount >= closed.get(b, math.inf))
         return grants
 
     def _start_by(self, ask: Ask, now: float, horizon: float, closed: dict[str, float]) -> float | None:
@@ -304,7 +329,7 @@ class BudgetBook:
             return self._grant_lease(ask, grant_id, now, units)
         for budget, amount in ask.needs.items():
             self.rate(budget).add(now, amount, grant_id, ask.ask_id, ask.site_id)
-            key = (budget, ask.site_id)
+            key = (budget, ask.fair_id)
             self.vtime[key] = self.vtime.get(key, 0.0) + amount / max(ask.weight, 1e-6)
         return Grant(ask, grant_id, now, now + self.grace, now + self.late_use_seconds(), made_at=made_at)
 

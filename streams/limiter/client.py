@@ -181,6 +181,7 @@ class Budgets:
         needs: dict[str, float],
         slot_limit: int | None = None,
         weight: float = 1.0,
+        lane: str = "interactive",
     ) -> Permit:
         """Wait for a permit covering `needs`; the caller must send its request before `use_by`."""
         started = time.time()
@@ -204,6 +205,8 @@ class Budgets:
                 "slot_limit": slot_limit,
                 "weight": weight,
             }
+            if lane != "interactive":  # bulk: served with what interactive asks leave (book.py)
+                ask["lane"] = lane
             if pool is not None:
                 ask["lease"] = pool.wanted()  # granted as a lease if the budget has plenty of room
             reply = await self._ask_until_answered(ask)

@@ -42,7 +42,7 @@ from streams import metrics
 from streams.app import LIMITER_TOPIC, app, topic_name
 from store.database import Database
 from store.limiter_snapshot import write_snapshot
-from streams.limiter.book import Ask, BudgetBook
+from streams.limiter.book import INTERACTIVE, LANE_RANK, Ask, BudgetBook
 from streams.log_limit import Backoff, LogLimit
 from streams.limiter.specs import OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS, rate_specs, span_seconds
 from streams.metrics import (
@@ -231,6 +231,7 @@ class Coordinator:
                 seq=0,
                 reply=reply,
                 lease=int(value.get("lease") or 0),
+                lane=value["lane"] if value.get("lane") in LANE_RANK else INTERACTIVE,
             )
             if op == "acquire":
                 self.book.add_ask(ask)

@@ -44,11 +44,13 @@ def prediction_key(effect: str, n: int) -> str:
 async def make_cover(request: dict[str, Any], article: dict[str, Any], deps: Deps, *, effect: str = STAGE) -> dict[str, Any]:
     """One cover image per request (per `effect` key); Replicate is paid once."""
     request_id, site_id = request["request_id"], request["site_id"]
+    lane = request.get("priority", "interactive")
     assert deps.images is not None
     images = deps.images
 
     async def replicate(needs: dict[str, float], call: Callable[[], Awaitable[PredictionState]]) -> PredictionState:
-        return await call_with_permits(stage=STAGE, request_id=request_id, site_id=site_id, needs=needs, call=call)
+        return await call_with_permits(stage=STAGE, request_id=request_id, site_id=site_id, needs=needs, call=call,
+                                       lane=lane)
 
     async def poll(state: PredictionState) -> PredictionState:
         return await replicate({REPLICATE_OTHER_REQUESTS: 1}, lambda: images.get_prediction(state.id))

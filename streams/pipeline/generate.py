@@ -48,6 +48,7 @@ async def write_draft(request: dict[str, Any], deps: Deps) -> dict[str, Any]:
             needs={OPENAI_REQUESTS: 1, OPENAI_TOKENS: estimate},
             slot_limit=site.max_in_flight,
             weight=site.weight,
+            lane=request.get("priority", "interactive"),
             call=lambda: writer.write_article(request, site_id=site_id),
             on_result=settle,
         )

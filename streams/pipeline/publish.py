@@ -41,9 +41,11 @@ async def publish_post(illustrated: dict[str, Any], deps: Deps) -> dict[str, Any
     wix = deps.wix
     budget = wix_requests(site_id)
     slug = post_slug(article.get("slug", ""), request_id)
+    lane = request.get("priority", "interactive")
 
     async def wix_call(call):
-        return await call_with_permits(stage=STAGE, request_id=request_id, site_id=site_id, needs={budget: 1}, call=call)
+        return await call_with_permits(stage=STAGE, request_id=request_id, site_id=site_id, needs={budget: 1}, call=call,
+                                       lane=lane)
 
     async def import_cover(image: dict[str, Any]) -> dict[str, Any]:
         return await wix_call(lambda: wix.import_image(site, image["url"], display_name=f"{slug}.png"))
@@ -66,7 +68,7 @@ async def publish_post(illustrated: dict[str, Any], deps: Deps) -> dict[str, Any
                 if found is not None:
                     return found
                 # The look-up used this attempt's permit; the create needs its own.
-                await budgets.acquire(site_id=site_id, request_id=request_id, needs={budget: 1})
+                await budgets.acquire(site_id=site_id, request_id=request_id, needs={budget: 1}, lane=lane)
             state["maybe_posted"] = True  # from here a retry might repeat a create that landed
             return await wix.create_post(
                 site,

@@ -126,18 +126,20 @@ async def call_with_permits(
     call: Callable[[], Awaitable[Any]],
     slot_limit: int | None = None,
     weight: float = 1.0,
+    lane: str = "interactive",
     on_result: Callable[[Any, Any], Awaitable[None]] | None = None,
 ) -> Any:
     """The one retry loop: a fresh permit for every attempt, SDK retries are off.
 
     429s and `retry-after` hints go back to the limiter, which shrinks the
     shared budget; 5xx and timeouts back off exponentially; a permanent 4xx
-    fails the request at once with the provider's explanation.
+    fails the request at once with the provider's explanation. `lane` is the
+    request's priority: bulk asks get only the budget interactive ones leave.
     """
     provider = metrics.provider_of(needs)
     for attempt in range(1, settings.max_attempts + 1):
         permit = await budgets.acquire(
-            site_id=site_id, request_id=request_id, needs=needs, slot_limit=slot_limit, weight=weight
+            site_id=site_id, request_id=request_id, needs=needs, slot_limit=slot_limit, weight=weight, lane=lane
         )
         if not permit.usable():
             continue

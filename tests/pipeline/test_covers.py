@@ -73,8 +73,10 @@ class LedgerDb:
 class CountingBudgets:
     def __init__(self) -> None:
         self.permits: Counter = Counter()
+        self.lanes: Counter = Counter()
 
-    async def acquire(self, *, site_id, request_id, needs, slot_limit=None, weight=1.0):
+    async def acquire(self, *, site_id, request_id, needs, slot_limit=None, weight=1.0, lane="interactive"):
+        self.lanes[lane] += 1
         for budget in needs:
             self.permits[budget] += 1
         return Permit("g", time.time() + 60, dict(needs), 0.0)
@@ -120,6 +122,12 @@ async def test_a_synchronous_create_costs_one_create_permit_and_no_poll(sim, bud
         image = await covers.make_cover(REQUEST, ARTICLE, deps_for(maker))
     assert image["url"].endswith(".png") and image["prediction_id"]
     assert metered(sim) == {REPLICATE_REQUESTS: 1, REPLICATE_OTHER_REQUESTS: 0} == permitted(budgets)
+
+
+async def test_a_bulk_requests_cover_asks_its_permits_in_the_bulk_lane(sim, budgets):
+    async with images(sim) as maker:
+        await covers.make_cover(REQUEST | {"priority": "bulk", "request_id": "cover-bulk-1"}, ARTICLE, deps_for(maker))
+    assert budgets.lanes == {"bulk": 1}
 
 
 async def test_failed_polls_are_polled_again_with_a_permit_each_and_one_prediction_is_billed(sim, budgets):

@@ -57,7 +57,7 @@ class CountingBudgets:
     def __init__(self) -> None:
         self.permits: list[dict[str, float]] = []
 
-    async def acquire(self, *, site_id, request_id, needs, slot_limit=None, weight=1.0):
+    async def acquire(self, *, site_id, request_id, needs, slot_limit=None, weight=1.0, lane="interactive"):
         self.permits.append(dict(needs))
         return Permit("g", time.time() + 60, dict(needs), 0.0)
 
