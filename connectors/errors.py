@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 __all__ = [
     "ImageExpired",
@@ -49,6 +49,9 @@ class ProviderError(Exception):
     """
 
     default_retryable: ClassVar[bool] = False
+    # Set when the provider answered 2xx and billed the call, yet the answer is not usable
+    # (cut off, malformed, refused): what it billed, so the caller can record the cost.
+    billed: Any = None
 
     def __init__(
         self,

@@ -15,6 +15,7 @@ import json
 import math
 import re
 import unicodedata
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -115,6 +116,17 @@ class TokenUsage:
 
 
 @dataclass(frozen=True)
+class BilledCall:
+    """What OpenAI bills for one answered call: its `usage`, under the completion's id."""
+
+    call_id: str
+    model: str  # the model asked for (the price table's name, not the dated snapshot OpenAI answers with)
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True)
 class ArticleResult:
     # title, slug, excerpt, body, tags, image_prompt, image_alt (validated, slug normalised)
     article: dict[str, Any]
@@ -123,6 +135,7 @@ class ArticleResult:
     rate_limit: RateLimitInfo | None
     # What the limiter should have charged; lets it reconcile against `usage`.
     estimated_tokens: int
+    billed: BilledCall | None = None  # None only if OpenAI sent no usage
 
 
 # --------------------------------------------------------------------------- prompt
@@ -356,6 +369,24 @@ class ArticleWriter(AsyncClosing):
                 PROVIDER, f"unreadable completion ({type(exc).__name__})", rate_limit=rate_limit
             ) from exc
 
+        usage = completion.usage
+        billed = None if usage is None else BilledCall(
+            call_id=completion.id or f"x-request-id:{raw.headers.get('x-request-id') or uuid.uuid4().hex}",
+            model=self._model,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_tokens=getattr(usage.prompt_tokens_details, "cached_tokens", None) or 0,
+        )
+        try:
+            return self._article_of(completion, rate_limit, max_tokens, request, billed)
+        except ProviderError as exc:  # answered and billed, but not usable: the cost still counts
+            exc.billed = billed
+            raise
+
+    def _article_of(
+        self, completion: Any, rate_limit: RateLimitInfo | None, max_tokens: int, request: Mapping[str, Any],
+        billed: BilledCall | None,
+    ) -> ArticleResult:
         if not completion.choices:
             raise MalformedOutput(PROVIDER, "the completion has no choices", rate_limit=rate_limit)
         choice = completion.choices[0]
@@ -392,6 +423,7 @@ class ArticleWriter(AsyncClosing):
             ),
             rate_limit=rate_limit,
             estimated_tokens=self.estimate_tokens(request),
+            billed=billed,
         )
 
     def _redact(self, text: str) -> str:

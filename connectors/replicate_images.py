@@ -83,6 +83,7 @@ class PredictionState:
     error: str | None = None
     created_at_ms: int | None = None
     completed_at_ms: int | None = None
+    predict_time: float | None = None  # seconds on hardware, once it ended (what per-second models bill)
 
     @property
     def running(self) -> bool:
@@ -95,12 +96,12 @@ class PredictionState:
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "status": self.status, "url": self.url, "error": self.error,
-                "created_at": self.created_at_ms, "completed_at": self.completed_at_ms}
+                "created_at": self.created_at_ms, "completed_at": self.completed_at_ms, "predict_time": self.predict_time}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PredictionState":
         return cls(str(data["id"]), str(data.get("status") or "starting"), data.get("url"), data.get("error"),
-                   data.get("created_at"), data.get("completed_at"))
+                   data.get("created_at"), data.get("completed_at"), data.get("predict_time"))
 
 
 def _parse_timestamp_ms(value: str | None) -> int | None:
@@ -117,6 +118,11 @@ def _parse_timestamp_ms(value: str | None) -> int | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return int(when.timestamp() * 1000)
+
+
+def _predict_time(metrics: Any) -> float | None:
+    value = metrics.get("predict_time") if isinstance(metrics, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _output_url(output: Any) -> str | None:
@@ -265,6 +271,7 @@ class ImageMaker(AsyncClosing):
             error=self._redact(str(error)) if error else None,
             created_at_ms=_parse_timestamp_ms(prediction.created_at),
             completed_at_ms=_parse_timestamp_ms(prediction.completed_at),
+            predict_time=_predict_time(prediction.metrics),
         )
 
     async def _call(self, request: Awaitable[Prediction]) -> Prediction:

@@ -1,6 +1,7 @@
 """``parked_events``: a paused site's stage events, out of Kafka until the site is resumed.
 
-A worker that meets an event of a paused site stores it here and acks it, so the
+A worker that meets an event of a paused site (or of one a spend cap holds,
+store/costs.py: the same rules, "paused" below means either) stores it here and acks it, so the
 partition's commit and the worker's read-ahead move on past it. On resume the
 events go back to the topics they came from, oldest first, and are deleted only
 once the broker has them (`release`): a crash in between sends a batch twice at
@@ -24,6 +25,8 @@ from typing import Any, Awaitable, Callable, Iterable
 
 __all__ = ["ParkedEvent", "ParkedEvents", "cancel_waiting"]
 
+# A site is held, its events parked, while it is paused or a spend cap holds it (store/costs.py).
+HELD = "(paused OR budget_exhausted IS NOT NULL)"
 RELEASE_LOCK = 0x5B17  # advisory lock space of the releases: (RELEASE_LOCK, hashtext(site_id))
 _COLUMNS = "id, site_id, stage, request_id, source_topic, source_partition, source_offset, key, value, headers, cancel_reason"
 
@@ -68,7 +71,7 @@ class ParkedEvents:
         sites = sorted({e.site_id for e in events})
         async with self._db.pool.acquire() as conn, conn.transaction():
             paused = {r["site_id"] for r in await conn.fetch(
-                "SELECT site_id FROM sites WHERE site_id = ANY($1::text[]) AND paused ORDER BY site_id FOR SHARE", sites)}
+                "SELECT site_id FROM sites WHERE site_id = ANY($1::text[]) AND " + HELD + " ORDER BY site_id FOR SHARE", sites)}
             rows = [
                 (e.site_id, e.stage, e.request_id, e.topic, e.partition, e.offset, e.key, e.value, _headers_json(e.headers))
                 for e in events if e.site_id in paused
@@ -91,7 +94,7 @@ class ParkedEvents:
             """
             SELECT p.site_id FROM parked_events p LEFT JOIN sites s USING (site_id)
             GROUP BY p.site_id
-            HAVING NOT bool_and(coalesce(s.paused, false)) OR bool_or(p.cancel_reason IS NOT NULL)
+            HAVING NOT bool_and(coalesce(s.paused OR s.budget_exhausted IS NOT NULL, false)) OR bool_or(p.cancel_reason IS NOT NULL)
             ORDER BY min(p.id)
             """
         )
@@ -109,7 +112,7 @@ class ParkedEvents:
             async with self._db.pool.acquire() as conn, conn.transaction():
                 if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1, hashtext($2))", RELEASE_LOCK, site_id):
                     return released
-                paused = await conn.fetchval("SELECT paused FROM sites WHERE site_id = $1 FOR SHARE", site_id)
+                paused = await conn.fetchval(f"SELECT {HELD} FROM sites WHERE site_id = $1 FOR SHARE", site_id)
                 only_cancelled = "AND cancel_reason IS NOT NULL" if paused else ""
                 records = await conn.fetch(
                     f"SELECT {_COLUMNS} FROM parked_events WHERE site_id = $1 {only_cancelled} ORDER BY id LIMIT $2",

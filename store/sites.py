@@ -30,6 +30,14 @@ class Site:
     max_in_flight: int = 20
     max_queued: int = 1000
     paused: bool = False
+    monthly_budget_usd: float | None = None  # spend caps in US dollars (None: no cap), store/costs.py
+    daily_budget_usd: float | None = None
+    budget_exhausted: str | None = None  # the cap that holds it now: 'month', 'day', 'global_day'
+
+    @property
+    def held(self) -> bool:
+        """No new paid call may start for it: paused, or a spend cap reached."""
+        return self.paused or self.budget_exhausted is not None
 
     def __repr__(self) -> str:
         # Sites get logged (scheduler decisions, errors); the Wix key must never be.
@@ -38,13 +46,14 @@ class Site:
             f"Site(site_id={self.site_id!r}, name={self.name!r}, wix_api_key={key}, "
             f"wix_member_id={self.wix_member_id!r}, weight={self.weight!r}, "
             f"max_in_flight={self.max_in_flight!r}, max_queued={self.max_queued!r}, "
-            f"paused={self.paused!r})"
+            f"paused={self.paused!r}, budget_exhausted={self.budget_exhausted!r})"
         )
 
     __str__ = __repr__
 
 
-_SITE_COLUMNS = "site_id, name, wix_api_key, wix_member_id, weight, max_in_flight, max_queued, paused"
+_WRITE_COLUMNS = "site_id, name, wix_api_key, wix_member_id, weight, max_in_flight, max_queued, paused"
+_SITE_COLUMNS = _WRITE_COLUMNS + ", monthly_budget_usd, daily_budget_usd, budget_exhausted"
 
 
 def _site(record: asyncpg.Record) -> Site:
@@ -57,6 +66,9 @@ def _site(record: asyncpg.Record) -> Site:
         max_in_flight=int(record["max_in_flight"]),
         max_queued=int(record["max_queued"]),
         paused=bool(record["paused"]),
+        monthly_budget_usd=None if record["monthly_budget_usd"] is None else float(record["monthly_budget_usd"]),
+        daily_budget_usd=None if record["daily_budget_usd"] is None else float(record["daily_budget_usd"]),
+        budget_exhausted=record["budget_exhausted"],
     )
 
 
@@ -108,7 +120,7 @@ class SiteRegistry:
         _check_controls(site.weight, site.max_in_flight, site.max_queued)
         await self.pool.execute(
             f"""
-            INSERT INTO sites ({_SITE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            INSERT INTO sites ({_WRITE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
             ON CONFLICT (site_id) DO UPDATE SET
               name = EXCLUDED.name, wix_api_key = EXCLUDED.wix_api_key, wix_member_id = EXCLUDED.wix_member_id,
               weight = EXCLUDED.weight, max_in_flight = EXCLUDED.max_in_flight,

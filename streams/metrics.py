@@ -122,6 +122,36 @@ coordinator_active = Gauge(
 )
 
 
+# --- costs and spend caps (streams/pipeline/spend.py; per-site money is in Postgres) -------
+cost_usd = Counter(
+    "blogstream_cost_usd_total", "US dollars of the provider calls recorded (the price table x what the provider "
+    "reported used)", ["provider", "model"], registry=registry,
+)
+billed_tokens = Counter(
+    "blogstream_billed_tokens_total", "Tokens the provider billed (its `usage`), input or output",
+    ["provider", "model", "kind"], registry=registry,
+)
+billed_images = Counter(
+    "blogstream_billed_images_total", "Images the provider billed", ["provider", "model"], registry=registry,
+)
+unpriced_calls = Counter(
+    "blogstream_unpriced_calls_total", "Paid calls of a model the price table has no price for (recorded without "
+    "a cost)", ["provider", "model"], registry=registry,
+)
+site_spend_cap_used = Gauge(
+    "blogstream_site_spend_cap_used_ratio", "A site's spend this UTC month or day over its cap, for sites at half "
+    "of a cap or more (global, from Postgres)", ["site", "period"], registry=registry,
+)
+global_spend_cap_used = Gauge(
+    "blogstream_global_spend_cap_used_ratio", "All sites' spend this UTC day over BLOGSTREAM_GLOBAL_DAILY_BUDGET_USD "
+    "(0 without that cap)", registry=registry,
+)
+sites_budget_exhausted = Gauge(
+    "blogstream_sites_budget_exhausted", "Sites a spend cap holds now (no new paid call starts for them)",
+    ["cap"], registry=registry,
+)
+
+
 # --- series that exist from the start ----------------------------------------------
 # A counter series born with its first event has no earlier sample, so rate() and
 # increase() never see that event: an alert on dead letters or provider errors would
@@ -135,6 +165,8 @@ for _stage in STAGES:
 for _provider in PROVIDERS:
     for _outcome in ("ok", "RateLimited"):
         provider_calls.labels(_provider, _outcome)
+for _cap in ("month", "day", "global_day"):
+    sites_budget_exhausted.labels(_cap)
 
 
 def provider_of(budgets: Iterable[str]) -> str:

@@ -27,6 +27,7 @@ from typing import Any, Awaitable, Callable
 from connectors.replicate_images import PredictionState
 from streams.limiter.specs import REPLICATE_OTHER_REQUESTS, REPLICATE_REQUESTS
 from streams.pipeline.deps import Deps
+from streams.pipeline.spend import check_budget, record_prediction
 from streams.pipeline.stage import StageFailed, call_with_permits, effect_once
 from streams.settings import settings
 
@@ -87,6 +88,7 @@ async def make_cover(request: dict[str, Any], article: dict[str, Any], deps: Dep
             fresh: dict[str, bool] = {}
 
             async def create() -> dict[str, Any]:
+                await check_budget(deps, site_id, request_id)  # no new prediction for a site a spend cap holds
                 state = await replicate(
                     {REPLICATE_REQUESTS: 1},
                     lambda: images.create_prediction(article["image_prompt"], request_id=request_id),
@@ -99,6 +101,7 @@ async def make_cover(request: dict[str, Any], article: dict[str, Any], deps: Dep
             recorded, _ = await effect_once(deps, request_id, prediction_key(effect, n), site_id, create)
             created += bool(fresh)
             state = await follow(PredictionState.from_dict(recorded), recorded=not fresh)
+            await record_prediction(deps, request_id, site_id, state)  # once per prediction id
             if state.usable:
                 cover = images.cover_of(state, request_id=request_id)
                 return {"url": cover.url, "prediction_id": cover.prediction_id, "created_at": cover.created_at_ms}

@@ -15,12 +15,14 @@ import uuid
 
 
 from connectors.openai_writer import ArticleWriter
+from store.costs import Costs
 from store.database import Database, DatabaseError
 from store.parked import ParkedEvents
 from store.sites import Site, SiteCache
 from connectors.replicate_images import ImageMaker
 from connectors.wix_blog import WixBlog
 from streams.log_limit import Backoff, LogLimit
+from streams.pipeline import spend
 from streams.pipeline.runner import ParkingLot, SitePolicy, StageRunner
 from streams.settings import settings
 
@@ -45,6 +47,7 @@ class Deps:
         self._policies: dict[str, SitePolicy] = {}
         self._policies_loaded = False
         self.parking: ParkingLot | None = None  # a paused site's events, in Postgres until it is resumed
+        self.costs: Costs | None = None  # what paid calls cost, and the spend caps (streams/pipeline/spend.py)
         self._refresher: asyncio.Task | None = None
         # Connecting while Postgres is away: one attempt per back-off step, one log line per kind and interval.
         self._connect_backoff = Backoff(first=0.5, cap=15.0)
@@ -94,6 +97,7 @@ class Deps:
                     max_connections=settings.stage_concurrency,
                 )
                 self.parking = ParkingLot(ParkedEvents(db), on_unpaused=self._unpaused_here)
+                self.costs = Costs(db)
                 self.db = db
                 self._refresher = asyncio.ensure_future(self._refresh_policies())
         return self
@@ -111,8 +115,9 @@ class Deps:
         """Apply changed site controls on this worker now (others follow within 2 s)."""
         assert self.db is not None and self.sites is not None
         self.sites.invalidate(site_id)
-        self._policies = {
-            s.site_id: SitePolicy(weight=s.weight, max_in_flight=s.max_in_flight, paused=s.paused)
+        await spend.refresh(self.costs)  # spend caps: a raised cap or a new period releases a site
+        self._policies = {  # a site a spend cap holds is parked like a paused one
+            s.site_id: SitePolicy(weight=s.weight, max_in_flight=s.max_in_flight, paused=s.held)
             for s in await self.db.list_sites()
         }
         self._policies_loaded = True
@@ -130,6 +135,10 @@ class Deps:
         await self.ready()
         assert self.parking is not None
         return await self.parking.park(stage, events)
+
+    def hold_here(self, site_id: str) -> None:
+        """A spend cap holds the site (streams/pipeline/spend.py): park its events from now on."""
+        self._policies[site_id] = replace(self.policy(site_id), paused=True)
 
     def _unpaused_here(self, site_id: str) -> None:
         # The database says the site is not paused: this worker's copy was older.

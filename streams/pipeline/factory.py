@@ -34,7 +34,7 @@ from streams import metrics
 from streams.app import app, dlq_topic, expected_start, results_topic
 from streams.contract import RecordError, clean_text, encode, key_problem, time_problem
 from streams.pipeline.deps import Deps, deps
-from streams.pipeline.runner import StageRunner
+from streams.pipeline.runner import SiteHeld, StageRunner
 from streams.pipeline.stage import RequestOfAnotherSite, StageCancelled, StageFailed, now_ms
 from streams.settings import settings
 
@@ -202,6 +202,8 @@ async def run_stage_event(
             f"({err.reason}). Submit it again under a new id, or once the cause is fixed: blogstream retry {request_id}",
         )
         return
+    except SiteHeld:  # a spend cap holds the site: the runner parks the event (nothing was paid)
+        raise
     except Exception as exc:
         if is_transient(exc) or attempt < MAX_STEP_ATTEMPTS:
             raise
@@ -226,6 +228,8 @@ async def run_counted(
     attempt = _step_failures.get(position, 0) + 1
     try:
         await run_stage_event(stage, event, decode, step, attempt=attempt)
+    except SiteHeld:  # not a failed try
+        raise
     except Exception:
         _step_failures[position] = attempt
         raise

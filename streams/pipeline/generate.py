@@ -12,6 +12,7 @@ from typing import Any
 from streams.app import drafts_topic, requests_topic
 from streams.pipeline.deps import Deps
 from streams.pipeline.factory import build_stage
+from streams.pipeline.spend import paid_article
 from streams.limiter.client import budgets
 from streams.limiter.specs import OPENAI_REQUESTS, OPENAI_TOKENS
 from streams.contract import decode_request
@@ -49,7 +50,8 @@ async def write_draft(request: dict[str, Any], deps: Deps) -> dict[str, Any]:
             slot_limit=site.max_in_flight,
             weight=site.weight,
             lane=request.get("priority", "interactive"),
-            call=lambda: writer.write_article(request, site_id=site_id),
+            # each attempt: the site's spend cap checked first, the call's cost recorded after
+            call=lambda: paid_article(deps, request_id, site_id, lambda: writer.write_article(request, site_id=site_id)),
             on_result=settle,
         )
         check_written(STAGE, result.article, request_id, site_id)  # before it is ledgered: a retry writes it again

@@ -39,6 +39,18 @@ class SitePolicy:
     paused: bool = False
 
 
+class SiteHeld(Exception):
+    """A step found its site held (a spend cap reached) before a paid call: the event goes back to be parked.
+
+    Raised before anything was paid; whoever raises it has marked the site held in the
+    policies, so the runner parks the event instead of starting it again.
+    """
+
+    def __init__(self, site_id: str, reason: str) -> None:
+        self.site_id, self.reason = site_id, reason
+        super().__init__(f"site {site_id} is held: {reason}")
+
+
 @dataclass(eq=False)
 class _Entry:
     event: Any
@@ -321,6 +333,10 @@ class StageRunner:
             await self.handle(entry.event)
         except asyncio.CancelledError:
             raise
+        except SiteHeld:  # back in its line, where the dispatcher parks it (its policy is held now)
+            self._release(entry)
+            self._requeue(entry, in_offset_order=True)
+            return
         except Exception:
             # Handlers turn provider failures into outcomes themselves; this is
             # the infrastructure failing (database down, broker unreachable).
@@ -343,7 +359,7 @@ class StageRunner:
         self._running_total -= 1
         self._changed.set()
 
-    def _requeue(self, entry: _Entry) -> None:
+    def _requeue(self, entry: _Entry, *, in_offset_order: bool = False) -> None:
         if entry.dropped:
             return  # its partition moved to another worker meanwhile
         line = self._lines.get(entry.site_id)
@@ -351,7 +367,16 @@ class StageRunner:
             line = self._lines[entry.site_id] = deque()
             self._ring.append(entry.site_id)
             self._credit.setdefault(entry.site_id, 0.0)
-        line.appendleft(entry)
+        if not in_offset_order:
+            line.appendleft(entry)
+        else:  # several that ran at once come back in any order: they are parked (and released) in offset order
+            at = 0
+            for index, other in enumerate(line):
+                if other.tp == entry.tp:
+                    if other.offset > entry.offset:
+                        break
+                    at = index + 1
+            line.insert(at, entry)
         self._changed.set()
 
     # --- parking (paused sites) -------------------------------------------------

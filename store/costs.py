@@ -1,0 +1,260 @@
+"""What every paid call cost (``request_costs``) and the spend caps that hold a site (``sites``).
+
+A cost is recorded once per provider call: the row is keyed by the provider's own id
+of the call (a chat completion id, a prediction id), so a replayed event or a repeated
+record changes nothing. The same statement adds the cost to the running totals of the
+site's UTC day (``site_spend``) and of all sites' UTC day (``daily_spend``) and, when the
+site's monthly or daily cap is reached, marks the site ``budget_exhausted``. Workers then
+start no new paid call for it and park its events (store/parked.py) until
+``refresh_budgets`` finds no cap holding it (a raised cap, the next day or month).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+__all__ = ["BUDGET_RANGE", "CallCost", "Costs", "Recorded", "budget_problem"]
+
+BUDGET_RANGE = (0.0, 1_000_000_000.0)  # US dollars; the table's CHECKs (migration 0006)
+Grouping = Literal["day", "site", "model", "request"]
+_UNSET: Any = object()
+
+# The UTC day and month a cost counts in (budgets are per UTC calendar day and month).
+_TODAY = "(now() AT TIME ZONE 'UTC')::date"
+_MONTH_START = "date_trunc('month', now() AT TIME ZONE 'UTC')::date"
+
+
+def budget_problem(value: Any) -> str | None:
+    """What is wrong with a cap in US dollars (None: fine). None itself is fine: no cap."""
+    if value is None:
+        return None
+    low, high = BUDGET_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)) or not math.isfinite(value):
+        return f"must be an amount of US dollars from {low:g} to {high:g}, or null for no cap"
+    if not low <= value <= high:
+        return f"must be from {low:g} to {high:g} US dollars, or null for no cap"
+    return None
+
+
+@dataclass(frozen=True)
+class CallCost:
+    """One paid call as the provider reported it, and what it cost (None: no price for the model)."""
+
+    request_id: str
+    site_id: str
+    provider: str  # openai / replicate
+    call_id: str  # the provider's id of the call
+    model: str
+    cost_usd: Decimal | None
+    lane: str = "realtime"
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cached_tokens: int | None = None
+    images: int | None = None
+    seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class Recorded:
+    inserted: bool  # False: this call was recorded before (nothing changed)
+    exhausted: str | None  # the cap this cost made the site reach now ('month', 'day'), else None
+    global_day_usd: Decimal  # all sites' spend today, this cost included
+
+
+class Costs:
+    """Record costs, read spend, check and refresh the caps; `db` is a started store.database.Database."""
+
+    def __init__(self, db: Any) -> None:
+        self._db = db
+
+    async def record(self, cost: CallCost) -> Recorded:
+        """Insert one call's cost and add it to the day's totals in one statement; idempotent per call."""
+        record = await self._db.pool.fetchrow(
+            f"""
+            WITH ins AS (
+              INSERT INTO request_costs (request_id, site_id, provider, call_id, model, lane, input_tokens,
+                                         output_tokens, cached_tokens, images, seconds, cost_usd)
+              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+              ON CONFLICT (provider, call_id) DO NOTHING
+              RETURNING site_id, coalesce(cost_usd, 0) AS usd, (recorded_at AT TIME ZONE 'UTC')::date AS day
+            ), site_day AS (
+              INSERT INTO site_spend AS s (site_id, day, usd) SELECT site_id, day, usd FROM ins
+              ON CONFLICT (site_id, day) DO UPDATE SET usd = s.usd + EXCLUDED.usd
+              RETURNING day, usd
+            ), all_day AS (
+              INSERT INTO daily_spend AS d (day, usd) SELECT day, usd FROM ins
+              ON CONFLICT (day) DO UPDATE SET usd = d.usd + EXCLUDED.usd
+              RETURNING usd
+            ), totals AS (
+              SELECT sd.usd AS day_usd,
+                     sd.usd + coalesce((SELECT sum(o.usd) FROM site_spend o
+                                        WHERE o.site_id = $2 AND o.day >= date_trunc('month', sd.day)::date
+                                          AND o.day < sd.day), 0) AS month_usd
+              FROM site_day sd
+            ), held AS (
+              UPDATE sites s
+                 SET budget_exhausted = CASE WHEN t.month_usd >= s.monthly_budget_usd THEN 'month' ELSE 'day' END,
+                     updated_at = now()
+                FROM totals t
+               WHERE s.site_id = $2 AND s.budget_exhausted IS NULL
+                 AND (t.month_usd >= s.monthly_budget_usd OR t.day_usd >= s.daily_budget_usd)
+              RETURNING s.budget_exhausted
+            )
+            SELECT EXISTS (SELECT 1 FROM ins) AS inserted, (SELECT budget_exhausted FROM held) AS exhausted,
+                   coalesce((SELECT usd FROM all_day), (SELECT usd FROM daily_spend WHERE day = {_TODAY}), 0) AS global_usd
+            """,
+            cost.request_id, cost.site_id, cost.provider, cost.call_id, cost.model, cost.lane,
+            cost.input_tokens, cost.output_tokens, cost.cached_tokens, cost.images, cost.seconds, cost.cost_usd,
+        )
+        return Recorded(bool(record["inserted"]), record["exhausted"], Decimal(record["global_usd"]))
+
+    async def hold_all(self, reason: str = "global_day") -> int:
+        """Mark every site not held yet (the global daily cap was reached); returns how many."""
+        status = await self._db.pool.execute(
+            "UPDATE sites SET budget_exhausted = $1, updated_at = now() WHERE budget_exhausted IS NULL", reason)
+        return int(status.split()[-1])
+
+    async def exhausted(self, site_id: str) -> str | None:
+        """Which cap holds the site now ('month', 'day', 'global_day'), None if it may spend."""
+        return await self._db.pool.fetchval("SELECT budget_exhausted FROM sites WHERE site_id = $1", site_id)
+
+    async def refresh_budgets(self, global_daily_usd: float | None, site_ids: list[str] | None = None) -> dict[str, str | None]:
+        """Work out again which cap holds each held site (and each of `site_ids`); returns the changes.
+
+        A raised cap or a new UTC day or month releases a site here (NULL); a lowered one
+        holds it. Only held sites and the named ones are read, so it is cheap while few are held.
+        """
+        records = await self._db.pool.fetch(
+            f"""
+            WITH global AS (
+              SELECT coalesce((SELECT usd FROM daily_spend WHERE day = {_TODAY}), 0) AS usd
+            ), spend AS (
+              SELECT s.site_id, s.monthly_budget_usd, s.daily_budget_usd,
+                     coalesce((SELECT sum(x.usd) FROM site_spend x
+                               WHERE x.site_id = s.site_id AND x.day >= {_MONTH_START}), 0) AS month_usd,
+                     coalesce((SELECT x.usd FROM site_spend x WHERE x.site_id = s.site_id AND x.day = {_TODAY}), 0) AS day_usd
+              FROM sites s
+              WHERE s.budget_exhausted IS NOT NULL OR s.site_id = ANY($2::text[])
+            ), decided AS (
+              SELECT site_id, CASE
+                  WHEN month_usd >= monthly_budget_usd THEN 'month'
+                  WHEN day_usd >= daily_budget_usd THEN 'day'
+                  WHEN $1::numeric IS NOT NULL AND (SELECT usd FROM global) >= $1::numeric THEN 'global_day'
+                END AS reason
+              FROM spend
+            )
+            UPDATE sites s SET budget_exhausted = d.reason, updated_at = now()
+              FROM decided d
+             WHERE s.site_id = d.site_id AND s.budget_exhausted IS DISTINCT FROM d.reason
+            RETURNING s.site_id, d.reason
+            """,
+            None if not global_daily_usd else Decimal(str(global_daily_usd)), list(site_ids or []),
+        )
+        return {r["site_id"]: r["reason"] for r in records}
+
+    async def set_budgets(
+        self, site_id: str, *, monthly_usd: Any = _UNSET, daily_usd: Any = _UNSET, global_daily_usd: float | None = None,
+    ) -> bool:
+        """Change a site's caps (None: no cap; leave one out to keep it), then work out its hold again.
+
+        Returns False if the site does not exist. Raises ValueError for an amount out of range.
+        """
+        for name, value in (("monthly_budget_usd", monthly_usd), ("daily_budget_usd", daily_usd)):
+            if value is not _UNSET and (problem := budget_problem(value)):
+                raise ValueError(f"{name} {problem}")
+        sets, args = [], [site_id]
+        for column, value in (("monthly_budget_usd", monthly_usd), ("daily_budget_usd", daily_usd)):
+            if value is not _UNSET:
+                args.append(None if value is None else Decimal(str(value)))
+                sets.append(f"{column} = ${len(args)}")
+        if sets:
+            status = await self._db.pool.execute(
+                f"UPDATE sites SET {', '.join(sets)}, updated_at = now() WHERE site_id = $1", *args)
+            if status == "UPDATE 0":
+                return False
+        elif not await self._db.pool.fetchval("SELECT true FROM sites WHERE site_id = $1", site_id):
+            return False
+        await self.refresh_budgets(global_daily_usd, [site_id])
+        return True
+
+    async def budget(self, site_id: str) -> dict[str, Any] | None:
+        """A site's caps, what it spent this UTC month and day, and what holds it (None: no such site)."""
+        record = await self._db.pool.fetchrow(
+            f"""
+            SELECT s.monthly_budget_usd, s.daily_budget_usd, s.budget_exhausted,
+                   coalesce((SELECT sum(x.usd) FROM site_spend x
+                             WHERE x.site_id = s.site_id AND x.day >= {_MONTH_START}), 0) AS month_usd,
+                   coalesce((SELECT x.usd FROM site_spend x WHERE x.site_id = s.site_id AND x.day = {_TODAY}), 0) AS day_usd
+            FROM sites s WHERE s.site_id = $1
+            """,
+            site_id,
+        )
+        if record is None:
+            return None
+        return {
+            "monthly_budget_usd": _float(record["monthly_budget_usd"]),
+            "daily_budget_usd": _float(record["daily_budget_usd"]),
+            "spent_this_month_usd": _float(record["month_usd"]),
+            "spent_today_usd": _float(record["day_usd"]),
+            "budget_exhausted": record["budget_exhausted"],
+        }
+
+    async def budgets(self) -> list[dict[str, Any]]:
+        """Every site with a cap: the fraction of each cap used (the metrics' and the alerts' figures)."""
+        records = await self._db.pool.fetch(
+            f"""
+            SELECT s.site_id, s.monthly_budget_usd, s.daily_budget_usd, s.budget_exhausted,
+                   coalesce((SELECT sum(x.usd) FROM site_spend x
+                             WHERE x.site_id = s.site_id AND x.day >= {_MONTH_START}), 0) AS month_usd,
+                   coalesce((SELECT x.usd FROM site_spend x WHERE x.site_id = s.site_id AND x.day = {_TODAY}), 0) AS day_usd
+            FROM sites s WHERE s.monthly_budget_usd IS NOT NULL OR s.daily_budget_usd IS NOT NULL
+            ORDER BY s.site_id
+            """
+        )
+        return [{"site_id": r["site_id"], "monthly_budget_usd": _float(r["monthly_budget_usd"]),
+                 "daily_budget_usd": _float(r["daily_budget_usd"]), "spent_this_month_usd": _float(r["month_usd"]),
+                 "spent_today_usd": _float(r["day_usd"]), "budget_exhausted": r["budget_exhausted"]} for r in records]
+
+    async def spent_today(self) -> float:
+        """All sites' spend this UTC day."""
+        return _float(await self._db.pool.fetchval(f"SELECT coalesce((SELECT usd FROM daily_spend WHERE day = {_TODAY}), 0)")) or 0.0
+
+    async def summary(self, *, by: Grouping = "day", site_id: str | None = None, since: datetime | None = None,
+                      limit: int = 1000) -> list[dict[str, Any]]:
+        """Recorded costs grouped by UTC day, site, model or request, newest or dearest first."""
+        key = {
+            "day": "to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+            "site": "site_id",
+            "model": "provider || ':' || model",
+            "request": "request_id",
+        }[by]
+        order = "key DESC" if by == "day" else "usd DESC, key"
+        records = await self._db.pool.fetch(
+            f"""
+            SELECT {key} AS key, count(*) AS calls, coalesce(sum(cost_usd), 0) AS usd,
+                   count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced,
+                   coalesce(sum(input_tokens), 0) AS input_tokens, coalesce(sum(output_tokens), 0) AS output_tokens,
+                   coalesce(sum(images), 0) AS images, count(DISTINCT request_id) AS requests
+            FROM request_costs
+            WHERE ($1::text IS NULL OR site_id = $1) AND ($2::timestamptz IS NULL OR recorded_at >= $2)
+            GROUP BY 1 ORDER BY {order} LIMIT $3
+            """,
+            site_id, since, limit,
+        )
+        return [{by: r["key"], "usd": _float(r["usd"]), "calls": r["calls"], "requests": r["requests"],
+                 "input_tokens": r["input_tokens"], "output_tokens": r["output_tokens"], "images": r["images"],
+                 "unpriced_calls": r["unpriced"]} for r in records]
+
+    async def of_request(self, request_id: str) -> list[dict[str, Any]]:
+        """Every recorded call of one request, oldest first."""
+        records = await self._db.pool.fetch(
+            "SELECT provider, call_id, model, lane, input_tokens, output_tokens, images, seconds, cost_usd, recorded_at "
+            "FROM request_costs WHERE request_id = $1 ORDER BY id", request_id)
+        return [{**dict(r), "cost_usd": _float(r["cost_usd"])} for r in records]
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)

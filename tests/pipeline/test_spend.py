@@ -1,0 +1,142 @@
+"""streams/pipeline/spend.py: the cap checked before each paid call, the cost recorded after it (even unusable)."""
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from types import SimpleNamespace
+
+import pytest
+
+from connectors.errors import MalformedOutput
+from connectors.openai_writer import BilledCall
+from connectors.replicate_images import PredictionState
+from store.costs import Recorded
+from streams.pipeline import spend
+from streams.pipeline.runner import SiteHeld
+
+from .test_parking import start
+from .test_runner import run, wait_until  # noqa: F401  (run: the fixture)
+
+pytestmark = pytest.mark.asyncio
+
+
+class FakeCosts:
+    def __init__(self, exhausted: str | None = None) -> None:
+        self.held = exhausted
+        self.recorded: dict[tuple[str, str], object] = {}
+        self.exhaust_at: Decimal | None = None
+
+    async def exhausted(self, site_id):
+        return self.held
+
+    async def record(self, cost):
+        key = (cost.provider, cost.call_id)
+        if key in self.recorded:
+            return Recorded(False, None, Decimal(0))
+        self.recorded[key] = cost
+        spent = sum((c.cost_usd or 0) for c in self.recorded.values())
+        reached = self.exhaust_at is not None and spent >= self.exhaust_at
+        if reached:
+            self.held = "month"
+        return Recorded(True, "month" if reached else None, spent)
+
+
+class FakeDeps:
+    def __init__(self, costs: FakeCosts) -> None:
+        self.costs = costs
+        self.held: list[str] = []
+
+    def hold_here(self, site_id):
+        self.held.append(site_id)
+
+
+def billed(call_id="chatcmpl-1", prompt=1000, completion=2000):
+    return BilledCall(call_id=call_id, model="gpt-4o-mini", prompt_tokens=prompt, completion_tokens=completion)
+
+
+async def test_an_answered_call_is_recorded_at_the_table_price_once():
+    deps = FakeDeps(FakeCosts())
+    result = SimpleNamespace(billed=billed())
+
+    async def call():
+        return result
+
+    assert await spend.paid_article(deps, "r1", "s1", call) is result
+    await spend.paid_article(deps, "r1", "s1", call)  # the same completion again: one record
+    (cost,) = deps.costs.recorded.values()
+    assert cost.cost_usd == Decimal("0.00135") and (cost.input_tokens, cost.output_tokens) == (1000, 2000)
+    assert (cost.request_id, cost.site_id, cost.provider) == ("r1", "s1", "openai")
+
+
+async def test_a_billed_but_unusable_answer_is_recorded_and_the_error_goes_on():
+    deps = FakeDeps(FakeCosts())
+
+    async def call():
+        exc = MalformedOutput("openai", "the article was cut off at max_tokens=5")
+        exc.billed = billed("chatcmpl-cut", completion=5)
+        raise exc
+
+    with pytest.raises(MalformedOutput):
+        await spend.paid_article(deps, "r1", "s1", call)
+    assert deps.costs.recorded[("openai", "chatcmpl-cut")].output_tokens == 5
+
+
+async def test_a_held_site_starts_no_call_gives_its_slot_back_and_is_held_here(monkeypatch):
+    deps = FakeDeps(FakeCosts(exhausted="day"))
+    released = []
+
+    async def release_slot(site_id, request_id):
+        released.append((site_id, request_id))
+
+    monkeypatch.setattr(spend.budgets, "release_slot", release_slot)
+    called = []
+
+    async def call():
+        called.append(1)
+
+    with pytest.raises(SiteHeld, match="budget_exhausted"):
+        await spend.paid_article(deps, "r1", "s1", call)
+    assert called == [] and released == [("s1", "r1")] and deps.held == ["s1"]
+
+
+async def test_the_call_that_reaches_the_cap_holds_the_site():
+    costs = FakeCosts()
+    costs.exhaust_at = Decimal("0.002")
+    deps = FakeDeps(costs)
+    for n in range(2):
+        result = SimpleNamespace(billed=billed(f"chatcmpl-{n}"))
+        await spend.paid_article(deps, f"r{n}", "s1", lambda result=result: asyncio.sleep(0, result))
+    assert deps.held == ["s1"]
+
+
+async def test_a_prediction_costs_its_images_once_it_ended():
+    deps = FakeDeps(FakeCosts())
+    await spend.record_prediction(deps, "r1", "s1", PredictionState("p-run", "processing"))
+    await spend.record_prediction(deps, "r1", "s1", PredictionState("p-ok", "succeeded", url="http://x/1.png"))
+    await spend.record_prediction(deps, "r1", "s1", PredictionState("p-bad", "failed", error="nsfw"))
+    got = {call_id: (c.images, c.cost_usd) for (_, call_id), c in deps.costs.recorded.items()}
+    assert got == {"p-ok": (1, Decimal("0.003")), "p-bad": (0, Decimal("0"))}
+
+
+async def test_without_a_cost_store_nothing_is_checked_or_recorded():
+    result = SimpleNamespace(billed=billed())
+    assert await spend.paid_article(SimpleNamespace(), "r1", "s1", lambda: asyncio.sleep(0, result)) is result
+
+
+async def test_the_runner_parks_an_event_whose_site_a_cap_held_after_it_started(run):
+    t = start(run, set())  # nothing held when the events arrive
+    t.lot.paused_in_db.add("capped")
+
+    async def handler(ev):
+        if ev.key == b"capped":  # what check_budget does: hold the site here, then raise
+            t.paused.add("capped")
+            raise SiteHeld("capped", "budget_exhausted (month cap)")
+        await t.handler(ev)
+
+    t.runner.handle = handler
+    for n in range(3):
+        t.source.append(0, "capped", f"capped-{n}".encode())
+    t.source.append(0, "free", b"free-0")
+    await wait_until(lambda: t.stream.acked(0) == [0, 1, 2, 3], "every event acked: the held ones parked")
+    assert [ev.value for ev in t.lot.parked] == [f"capped-{n}".encode() for n in range(3)]
+    assert t.handler.started_sites == ["free"]

@@ -1,0 +1,127 @@
+"""store/costs.py: costs recorded once per provider call, running totals, spend caps that hold and release."""
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+import pytest_asyncio
+
+from store.costs import CallCost, Costs, budget_problem
+from store.database import Database
+from store.parked import ParkedEvent, ParkedEvents
+from store.sites import Site
+
+from .conftest import RUN, aio, now, uid
+
+
+@pytest_asyncio.fixture(autouse=True, scope="module", loop_scope="module")
+async def _delete_costs(db: Database):
+    yield
+    await db.pool.execute("DELETE FROM request_costs WHERE site_id LIKE $1", f"{RUN}-%")
+    await db.pool.execute("DELETE FROM site_spend WHERE site_id LIKE $1", f"{RUN}-%")
+
+
+def call(site_id: str, usd: str, *, request_id: str | None = None, provider: str = "openai", model: str = "gpt-4o-mini",
+         call_id: str | None = None) -> CallCost:
+    return CallCost(request_id=request_id or uid("req"), site_id=site_id, provider=provider,
+                    call_id=call_id or f"chatcmpl-{uuid.uuid4().hex}", model=model,
+                    cost_usd=None if usd == "none" else Decimal(usd), input_tokens=100, output_tokens=200)
+
+
+async def new_site(db: Database, **budgets) -> str:
+    site_id = uid("site")
+    await db.upsert_site(Site(site_id, wix_api_key="k"))
+    if budgets:
+        assert await Costs(db).set_budgets(site_id, **budgets)
+    return site_id
+
+
+@aio
+async def test_a_call_is_recorded_once_and_added_to_the_day(db: Database) -> None:
+    costs = Costs(db)
+    site_id = await new_site(db)
+    first = call(site_id, "0.0012")
+    before = await costs.spent_today()
+    recorded = await costs.record(first)
+    assert recorded.inserted and recorded.exhausted is None
+    assert recorded.global_day_usd >= Decimal("0.0012")
+    again = await costs.record(first)  # a replay of the same provider call
+    assert not again.inserted
+    await costs.record(call(site_id, "0.0008", request_id=first.request_id))
+    await costs.record(call(site_id, "none"))  # a model without a price: tokens kept, no money
+    budget = await costs.budget(site_id)
+    assert budget["spent_today_usd"] == pytest.approx(0.002) and budget["spent_this_month_usd"] == pytest.approx(0.002)
+    assert await costs.spent_today() >= before + 0.002 - 1e-9
+    rows = await costs.summary(by="request", site_id=site_id)
+    assert {r["request"]: (r["calls"], r["usd"]) for r in rows}[first.request_id] == (2, pytest.approx(0.002))
+    by_model = await costs.summary(by="model", site_id=site_id, since=now() - timedelta(hours=1))
+    assert by_model == [{"model": "openai:gpt-4o-mini", "usd": pytest.approx(0.002), "calls": 3, "requests": 2,
+                         "input_tokens": 300, "output_tokens": 600, "images": 0, "unpriced_calls": 1}]
+    assert len(await costs.of_request(first.request_id)) == 2
+
+
+@aio
+async def test_reaching_a_cap_holds_the_site_and_raising_it_releases(db: Database) -> None:
+    costs = Costs(db)
+    site_id = await new_site(db, monthly_usd=0.01)
+    assert await costs.exhausted(site_id) is None
+    assert (await costs.record(call(site_id, "0.006"))).exhausted is None
+    assert (await costs.record(call(site_id, "0.005"))).exhausted == "month"  # 0.011 >= 0.01
+    assert await costs.exhausted(site_id) == "month"
+    assert (await db.get_site(site_id)).held
+    assert site_id not in await costs.refresh_budgets(None)  # still reached: stays held
+    assert await costs.set_budgets(site_id, monthly_usd=0.02)  # raised: released at once
+    assert await costs.exhausted(site_id) is None
+    assert await costs.set_budgets(site_id, daily_usd=0.011)  # a daily cap already reached today
+    assert await costs.exhausted(site_id) == "day"
+    assert await costs.set_budgets(site_id, daily_usd=None)  # no cap any more
+    assert await costs.exhausted(site_id) is None
+    assert not await costs.set_budgets(uid("missing"), monthly_usd=1)
+    with pytest.raises(ValueError, match="monthly_budget_usd"):
+        await costs.set_budgets(site_id, monthly_usd=float("inf"))
+
+
+@aio
+async def test_a_zero_cap_holds_before_the_first_call(db: Database) -> None:
+    costs = Costs(db)
+    site_id = await new_site(db, monthly_usd=0)
+    assert await costs.exhausted(site_id) == "month"
+
+
+@aio
+async def test_the_global_daily_cap_holds_every_site_until_it_is_raised(db: Database) -> None:
+    costs = Costs(db)
+    site_id = await new_site(db)
+    recorded = await costs.record(call(site_id, "0.001"))
+    cap = float(recorded.global_day_usd)  # reached exactly now
+    assert await costs.hold_all() >= 1
+    assert await costs.exhausted(site_id) == "global_day"
+    assert site_id not in await costs.refresh_budgets(cap)  # still reached: stays held
+    changed = await costs.refresh_budgets(cap * 2 + 1)  # a higher cap releases every site it held
+    assert changed[site_id] is None and await costs.exhausted(site_id) is None
+
+
+@aio
+async def test_a_held_site_is_parked_like_a_paused_one_and_released_with_its_cap(db: Database) -> None:
+    costs, parked = Costs(db), ParkedEvents(db)
+    site_id = await new_site(db, monthly_usd=0)
+    event = ParkedEvent(site_id=site_id, stage="generate", request_id=uid("req"), topic=f"{site_id}.t", partition=0,
+                        offset=1, key=site_id.encode(), value=b"v")
+    assert await parked.park([event]) == {site_id}
+    assert site_id not in await parked.due()
+    await costs.set_budgets(site_id, monthly_usd=5)
+    assert site_id in await parked.due()
+    sent: list[ParkedEvent] = []
+
+    async def send(events: list[ParkedEvent]) -> None:
+        sent.extend(events)
+
+    assert await parked.release(site_id, send) == 1 and sent[0].request_id == event.request_id
+
+
+def test_a_cap_is_a_finite_amount_in_range_or_none():
+    assert budget_problem(None) is None and budget_problem(0) is None and budget_problem(12.5) is None
+    for bad in (-1, float("nan"), True, "10", 2e9):
+        assert budget_problem(bad) is not None
