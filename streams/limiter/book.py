@@ -406,9 +406,9 @@ class BudgetBook:
         return soonest
 
     # --- after the call -----------------------------------------------------
-    def settle(self, budget: str, grant_id: str, actual: float) -> None:
+    def settle(self, budget: str, grant_id: str, actual: float) -> None:  # counted as learned: limiter/tokens.py
         if budget in self.rates:
-            self.rates[budget].settle(grant_id, actual)
+            self.rates[budget].settle_usage(grant_id, actual)
 
     def release_slot(self, site_id: str, request_id: str) -> None:
         if self.slot(site_id).release(request_id):
@@ -425,14 +425,15 @@ class BudgetBook:
         tokens_budget: str | None = None,
         tokens_limit: int | None = None,
         tokens_remaining: int | None = None,
-    ) -> None:
-        """What a provider answer said about the key's budget (429, x-ratelimit-*)."""
+        seen_at: float | None = None,
+    ) -> bool:
+        """What a provider answer said about the key's budget (429, x-ratelimit-*); True: token counting changed."""
         rate = self.rate(budget)
         if throttled:
             rate.on_throttled(now)
         rate.on_remaining(now, limit, remaining)
-        if tokens_budget:
-            self.rate(tokens_budget).on_remaining(now, tokens_limit, tokens_remaining)
+        return bool(tokens_budget) and self.rate(tokens_budget).on_provider_tokens(  # a 429 with requests left: tokens
+            now, tokens_limit, tokens_remaining, throttled=throttled and remaining != 0, seen_at=seen_at)
 
     def unused(self, grant_id: str, needs: dict[str, float]) -> None:
         """A grant reached its worker too late and was never sent: give its room back.

@@ -359,8 +359,14 @@ class Budgets:
         )
         await fut
 
-    async def settle(self, permit: Permit, budget: str, actual: float) -> None:
-        await budget_coordinator.cast(value={"op": "settle", "budget": budget, "grant_id": permit.grant_id, "actual": actual})
+    async def settle(self, permit: Permit, budget: str, actual: float, rate_limit: Any = None) -> None:
+        """A call's real usage, with the provider's x-ratelimit-* figures of the same answer (one message)."""
+        value = {"op": "settle", "budget": budget, "grant_id": permit.grant_id, "actual": actual}
+        if rate_limit is not None:  # the coordinator learns from them how the provider counts tokens
+            value.update(requests_budget=permit.primary, limit=rate_limit.limit_requests,
+                         remaining=rate_limit.remaining_requests, tokens_limit=rate_limit.limit_tokens,
+                         tokens_remaining=rate_limit.remaining_tokens, seen_at=time.time())
+        await budget_coordinator.cast(value=value)
 
     async def release_slot(self, site_id: str, request_id: str) -> None:
         await budget_coordinator.cast(value={"op": "release", "site_id": site_id, "request_id": request_id})
@@ -379,7 +385,8 @@ class Budgets:
         """Tell the coordinator what a provider answer said (a 429, x-ratelimit-remaining-*)."""
         await budget_coordinator.cast(
             value={"op": "feedback", "budget": budget, "throttled": throttled, "limit": limit, "remaining": remaining,
-                   "tokens_budget": tokens_budget, "tokens_limit": tokens_limit, "tokens_remaining": tokens_remaining}
+                   "tokens_budget": tokens_budget, "tokens_limit": tokens_limit, "tokens_remaining": tokens_remaining,
+                   "seen_at": time.time()}
         )
 
     async def observe(self, needs: dict[str, float], info: Any, *, throttled: bool) -> None:

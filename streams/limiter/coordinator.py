@@ -246,6 +246,10 @@ class Coordinator:
                 grants_total.labels(ask.primary).inc(grant.lease_units)
         elif op == "settle":
             self.book.settle(value["budget"], value["grant_id"], value["actual"])
+            if value.get("tokens_remaining") is not None or value.get("remaining") is not None:
+                # The answer's x-ratelimit-* figures come with its usage: the provider's
+                # count after it settled this call, compared with ours after we did.
+                self._feedback(now, value.get("requests_budget") or OPENAI_REQUESTS, value, value["budget"], False)
         elif op == "lease_end":  # units of a lease its worker did not take: never sent
             self.book.end_lease(value["budget"], value["grant_id"], float(value["taken"]))
         elif op == "unused":  # a grant that reached its worker too late: it was never sent
@@ -253,16 +257,7 @@ class Coordinator:
         elif op == "release":
             self.book.release_slot(value["site_id"], value["request_id"])
         elif op == "feedback":
-            self.book.feedback(
-                now,
-                value["budget"],
-                throttled=bool(value.get("throttled")),
-                limit=value.get("limit"),
-                remaining=value.get("remaining"),
-                tokens_budget=value.get("tokens_budget"),
-                tokens_limit=value.get("tokens_limit"),
-                tokens_remaining=value.get("tokens_remaining"),
-            )
+            self._feedback(now, value["budget"], value, value.get("tokens_budget"), bool(value.get("throttled")))
         elif op == "late":
             outcome = self.book.late(now, value["grant_id"], {k: float(v) for k, v in value["needs"].items()},
                                      float(value["anchor"]))
@@ -282,6 +277,18 @@ class Coordinator:
             await self._send(reply, self.snapshot or self.stats(now))
             return
         self.wakeup.set()
+
+    def _feedback(self, now: float, budget: str, value: dict[str, Any], tokens_budget: str | None,
+                  throttled: bool) -> None:
+        """What a provider's answer said (x-ratelimit-*, a 429), into the book."""
+        changed = self.book.feedback(
+            now, budget, throttled=throttled, limit=value.get("limit"), remaining=value.get("remaining"),
+            tokens_budget=tokens_budget, tokens_limit=value.get("tokens_limit"),
+            tokens_remaining=value.get("tokens_remaining"), seen_at=value.get("seen_at"),
+        )
+        if changed and tokens_budget:
+            log.info("limiter: %s: the provider's count says unused reserved tokens are %s; counting them so",
+                     tokens_budget, self.book.rate(tokens_budget).semantics.describe())
 
     def stats(self, now: float) -> dict[str, Any]:
         """Every figure the stats pages show; computed once a second by the scheduler (`publish_stats`)."""

@@ -12,6 +12,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from streams.limiter.tokens import CORRECTION, TokenSemantics, provider_count_of
+
 BUCKET_SECONDS = 1.0  # grants are persisted in one table key per budget and second
 
 
@@ -37,13 +39,18 @@ class RateBudget:
     throttled_at: float = -math.inf  # last multiplicative decrease
     tat: float = -math.inf  # pacing: theoretical arrival time of the next grant (GCRA)
     granted_total: float = 0.0
-    # [granted_at, amount, grant_id, ask_id, site_id, lease_start], in time order.
+    # [granted_at, amount, grant_id, ask_id, site_id, lease_start, reserved, used], in time order.
     # The site is kept only to report each site's share; "" means not known (an
     # entry persisted before sites were kept, or revived by a late report).
     # lease_start is None except for a lease, whose entry sits at its last usable
     # moment (so it counts long enough) but whose units may go out from lease_start.
+    # `amount` is what counts now: `reserved` (the grant) until the call's real
+    # usage (`used`, None before) is known, then whatever the provider is learned
+    # to count (see streams/limiter/tokens.py).
     entries: deque = field(default_factory=deque)
     total: float = 0.0  # sum of amounts in `entries`
+    # Token budgets: what the provider does with a call's unused reservation (tokens.py).
+    semantics: TokenSemantics = field(default_factory=TokenSemantics)
     index: dict = field(default_factory=dict)  # grant_id -> entry
     dirty: set = field(default_factory=set)  # buckets (int) or "meta" changed since the last persist
 
@@ -58,12 +65,16 @@ class RateBudget:
         while entries and entries[0][0] + span <= now:  # the same sum as next_room_at's
             entry = entries.popleft()
             self.total -= entry[1]
+            self.semantics.forget(entry, expired_at=entry[0] + span)
             self.index.pop(entry[2], None)
             self.dirty.add(bucket_of(entry[0]))  # the bucket shrinks or disappears
         if not entries:
             self.total = 0.0  # no float drift on an empty window
+            self.semantics.empty()
         if self.external and now >= self.external_until:
             self.external = 0.0
+            self.dirty.add("meta")
+        if self.semantics.expire(now):
             self.dirty.add("meta")
 
     def used(self, now: float) -> float:
@@ -120,7 +131,7 @@ class RateBudget:
         we can (x-ratelimit-remaining-*), kept with a small margin for the
         noise in that estimate. The two are alternatives, not penalties to add.
         """
-        share = math.floor(self.limit * self.factor)
+        share = math.floor(self.limit * self.factor) - self.semantics.free()
         if self.external:
             share = min(share, math.floor(self.limit - self.external - self.external_margin()))
         return max(1.0, share)
@@ -181,7 +192,7 @@ class RateBudget:
     def add(self, now: float, amount: float, grant_id: str, ask_id: str = "", site_id: str = "",
             until: float | None = None) -> None:
         """Count `amount` from `now`; a lease (`until` set) counts until until + span."""
-        entry = [now, float(amount), grant_id, ask_id, site_id, None]
+        entry = [now, float(amount), grant_id, ask_id, site_id, None, float(amount), None]
         if until is not None:
             entry[0], entry[5] = until, now
         if self.entries and self.entries[-1][0] > entry[0]:
@@ -200,13 +211,37 @@ class RateBudget:
         self.dirty.add(bucket_of(entry[0]))
 
     def settle(self, grant_id: str, actual: float) -> bool:
-        """Replace a reservation by what the call really cost (never below 0)."""
+        """Replace a reservation by what really went out (never below 0): units never sent.
+
+        For room that never reached the provider (a late answer never used, a
+        lease's units not taken), so it goes back whatever the provider's rules.
+        """
         entry = self.index.get(grant_id)
         if entry is None:
             return False
         actual = max(0.0, float(actual))
+        self.semantics.forget(entry)
         self.total += actual - entry[1]
-        entry[1] = actual
+        entry[1] = entry[6] = actual
+        entry[7] = None
+        self.dirty.add(bucket_of(entry[0]))
+        return True
+
+    def settle_usage(self, grant_id: str, used: float) -> bool:
+        """A call's real usage is known: it counts as the provider is learned to count it.
+
+        Down to `used` where the provider gives unused reservation back, the
+        whole reservation where it does not or while that is not known yet.
+        """
+        entry = self.index.get(grant_id)
+        if entry is None:
+            return False
+        self.semantics.forget(entry)
+        entry[7] = max(0.0, float(used))
+        self.semantics.note(entry)
+        counted = provider_count_of(entry, self.semantics.refunds)
+        self.total += counted - entry[1]
+        entry[1] = counted
         self.dirty.add(bucket_of(entry[0]))
         return True
 
@@ -228,7 +263,7 @@ class RateBudget:
             return "extended"
         if at + self.span <= now:
             return "ok"  # it has left every window by now anyway
-        entry = [at, float(amount), grant_id, ask_id, "", None]  # the report does not name the site
+        entry = [at, float(amount), grant_id, ask_id, "", None, float(amount), None]  # the report names no site
         self._insert(entry)
         self.index[grant_id] = entry
         self.total += entry[1]
@@ -277,6 +312,87 @@ class RateBudget:
             self.external_until = now + self.window
             self.dirty.add("meta")
 
+    # --- token budgets: the provider's own count (streams/limiter/tokens.py) ------
+    def on_provider_tokens(self, now: float, provider_limit: int | None, remaining: int | None,
+                           throttled: bool = False, seen_at: float | None = None) -> bool:
+        """`x-ratelimit-remaining-tokens` (and a 429 for tokens): learn what the provider counts, follow it.
+
+        `seen_at`: when the answer came (the figure is the provider's count
+        then); what left our window since is added back to compare like with
+        like. Returns True when the way unused reservations count changed.
+        """
+        if remaining is None:
+            return False
+        limit = provider_limit or self.limit
+        provider_used = limit - remaining
+        self._expire(now)
+        semantics = self.semantics
+        before = semantics.refunds
+        # Grants still to start are not at the provider; what we dropped since it answered, it counted then.
+        seen_at = now if seen_at is None else min(now, seen_at)
+        ahead = self.ahead(now) - semantics.expired_since(seen_at)
+        corrected = semantics.corrected
+        counted = self.total - ahead - corrected  # by the current hypothesis
+        given_back = counted if semantics.refunds else counted - semantics.refundable
+        state = semantics.throttled() if throttled else before
+        state = semantics.vote(provider_used, given_back, self._unseen(now, seen_at), limit) if state == before else state
+        if state != before:
+            self.count_unused(state)
+        excess = provider_used - (self.total - ahead)
+        if excess > 0:  # the provider counts more than we do: it is right
+            self._correct(now, excess)
+        return state != before
+
+    def _unseen(self, now: float, seen_at: float) -> float:
+        """Units our book counts that the provider's count at `seen_at` may not hold.
+
+        Grants made after `seen_at - grace` may not have reached it by then;
+        grants older than one window before then it may have dropped, while we
+        count them for the grace longer. Only the two ends of the window are scanned.
+        """
+        total = 0.0
+        for entry in self.entries:
+            if entry[0] > seen_at - self.window:
+                break
+            total += entry[1]
+        recent = seen_at - self.grace
+        for entry in reversed(self.entries):
+            if entry[0] <= recent:
+                break
+            if entry[0] <= now:  # grants ahead are left out by the caller already
+                total += entry[1]
+        return total
+
+    def count_unused(self, refunds: bool | None) -> None:
+        """Count every settled entry by a hypothesis: True, unused tokens come back; False or None, they do not."""
+        self.semantics.refunds = refunds
+        total = 0.0
+        for entry in self.entries:
+            counted = provider_count_of(entry, refunds)
+            if counted != entry[1]:
+                entry[1] = counted
+                self.dirty.add(bucket_of(entry[0]))
+            total += entry[1]
+        self.total = total
+        self.dirty.add("meta")
+
+    def _correct(self, now: float, amount: float) -> None:
+        """Count `amount` more from now (for window + grace): what the provider counts beyond our book."""
+        self.semantics.corrections += 1
+        grant_id = f"{CORRECTION}{now:.6f}:{self.semantics.corrections}"
+        entry = [now, float(amount), grant_id, "", "", None, float(amount), float(amount)]
+        if self.entries and self.entries[-1][0] > now:
+            self._insert(entry)
+        else:
+            self.entries.append(entry)
+            self.dirty.add(bucket_of(now))
+        self.index[grant_id] = entry
+        self.total += entry[1]
+        self.semantics.note(entry)
+        # Kept free for the next ones, up to the margin kept beside someone else's traffic.
+        self.semantics.corrected_by(now, min(amount, self.external_margin()), self.window)
+        self.dirty.add("meta")
+
     def recover(self, seconds: float) -> None:
         """Additive increase: back to the full budget within ~10 windows of calm."""
         if self.factor < 1.0:
@@ -292,6 +408,7 @@ class RateBudget:
             "throttled_at": None if self.throttled_at == -math.inf else self.throttled_at,
             "tat": None if self.tat == -math.inf else self.tat,
             "granted_total": self.granted_total,
+            **self.semantics.meta(),
         }
 
     def bucket(self, b: int) -> list[list[Any]] | None:
@@ -326,19 +443,24 @@ class RateBudget:
         tat = state.get("tat")
         self.tat = -math.inf if tat is None else float(tat)
         self.granted_total = float(state.get("granted_total", 0.0))
+        self.semantics.restore_meta(state)
 
     def restore_entries(self, entries: Iterable[list[Any]]) -> None:
         merged = sorted((list(e) for e in entries), key=lambda e: e[0])
         self.entries = deque()
         self.index = {}
         self.total = 0.0
+        self.semantics.empty()
         for e in merged:
-            # Older entries have no ask id, no site or no lease start: they still count, under no site.
+            # Older entries have no ask id, no site, no lease start or no reservation and usage:
+            # they still count, under no site, as they were counted.
             entry = [float(e[0]), float(e[1]), str(e[2]), str(e[3]) if len(e) > 3 else "",
-                     str(e[4]) if len(e) > 4 else "", float(e[5]) if len(e) > 5 and e[5] is not None else None]
+                     str(e[4]) if len(e) > 4 else "", float(e[5]) if len(e) > 5 and e[5] is not None else None,
+                     float(e[6]) if len(e) > 6 else float(e[1]), float(e[7]) if len(e) > 7 and e[7] is not None else None]
             self.entries.append(entry)
             self.index[entry[2]] = entry
             self.total += entry[1]
+            self.semantics.note(entry)
 
 
 @dataclass

@@ -38,9 +38,7 @@ async def write_draft(request: dict[str, Any], deps: Deps) -> dict[str, Any]:
 
         async def settle(permit: Any, result: Any) -> None:
             used = result.usage.prompt_tokens + result.usage.completion_tokens
-            await budgets.settle(permit, OPENAI_TOKENS, used)
-            if result.rate_limit is not None:
-                await budgets.observe({OPENAI_REQUESTS: 1, OPENAI_TOKENS: estimate}, result.rate_limit, throttled=False)
+            await budgets.settle(permit, OPENAI_TOKENS, used, result.rate_limit)  # with the answer's x-ratelimit-*
 
         result = await call_with_permits(
             stage=STAGE,

@@ -348,6 +348,7 @@ def test_each_sites_units_in_the_window_split_the_budgets_use():
     assert sum(b.used_by_site(TOK, 2.0).values()) == b.usage(TOK, 2.0)["used_in_window"]
     # Settled tokens count as settled; a grant given back unused no longer counts for its site.
     small = next(g for g in grants if g.ask.site_id == "small")
+    b.rate(TOK).count_unused(True)  # a provider learned to give unused tokens back
     b.settle(TOK, grants[0].grant_id, 120)
     b.unused(small.grant_id, small.ask.needs)
     assert b.used_by_site(TOK, 2.0) == {"big": 720}
@@ -466,7 +467,9 @@ def test_book_feedback_updates_requests_and_tokens():
     assert b.rate(REQ).factor == pytest.approx(0.7)
     assert b.rate(REQ).external == pytest.approx(60)
     assert b.rate(REQ).effective_limit() == 100 - 60 - 5
-    assert b.rate(TOK).external == pytest.approx(50_000)
+    # Tokens: the provider counts 50,000 our book does not: they count, one window + grace from now.
+    assert b.usage(TOK, 1.0)["used_in_span"] == pytest.approx(50_000)
+    assert b.usage(TOK, 1.0 + 10.3)["used_in_span"] == 0
 
 
 def test_slot_leases_expire_for_requests_that_vanished():

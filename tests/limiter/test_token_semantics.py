@@ -1,0 +1,196 @@
+"""The token budget learns from the provider's own count whether unused reserved tokens come back.
+
+A provider is played here the way simulators/openai_sim.py is: it charges a call
+its admission estimate (prompt / 4 + max_tokens, off by up to `error` either way)
+when the call arrives, and when the call is done either settles it down to the
+tokens really used (`refunds`) or keeps the whole charge counted for the window.
+Every answer carries its count (x-ratelimit-remaining-tokens), which reaches the
+book with the call's usage a little later, as the settle message does.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streams.limiter.book import Ask, BudgetBook
+from streams.limiter.rates import RateBudget
+
+REQ = "openai_requests"
+TOK = "openai_tokens"
+SAFETY = 16  # what our estimate adds to the provider's (connectors/openai_writer.py)
+
+
+def book(tpm: int, window: float, grace: float) -> BudgetBook:
+    specs = {REQ: {"limit": 10**6, "window": window, "paced": False}, TOK: {"limit": tpm, "window": window}}
+    b = BudgetBook(specs, grace=grace)
+    b.instance = "t-"
+    return b
+
+
+@dataclass
+class Provider:
+    """Sliding-window token admission, as the simulator does it."""
+
+    tpm: int
+    window: float
+    refunds: bool
+    calls: list = field(default_factory=list)  # [arrival, charge, counted once settled, settled at]
+    rejected: list = field(default_factory=list)  # arrival times of 429s
+
+    def used(self, now: float) -> float:
+        """Its count at `now` (also after the fact: a call counts its charge until it settled)."""
+        return sum(c[2] if c[3] <= now else c[1] for c in self.calls if now - self.window < c[0] <= now)
+
+    def admit(self, now: float, charge: float) -> list | None:
+        if self.used(now) + charge > self.tpm:
+            self.rejected.append(now)
+            return None
+        call = [now, charge, charge, float("inf")]
+        self.calls.append(call)
+        return call
+
+    def settle(self, call: list, used: float, at: float) -> None:
+        call[2], call[3] = (used if self.refunds else call[1]), at
+
+    def remaining(self, now: float) -> int:
+        return max(0, int(self.tpm - self.used(now)))
+
+
+def play(refunds: bool, error: float, seed: int, *, tpm: int = 30_000, window: float = 10.0, grace: float = 0.3,
+         seconds: float = 120.0, trip: float = 0.05):
+    """Drain a backlog through the book against the provider; returns (book, provider, book counts at answers)."""
+    rng = random.Random(seed)
+    b = book(tpm, window, grace)
+    provider = Provider(tpm, window, refunds)
+    estimates: dict[str, int] = {}
+
+    def new_ask(now: float) -> None:
+        base = rng.randint(800, 2500)  # the provider's own estimate of the call: prompt / 4 + max_tokens
+        a = b.add_ask(Ask(f"a{len(estimates)}", f"s{len(estimates) % 7}", f"r{len(estimates)}",
+                          {REQ: 1, TOK: base + SAFETY}, None, 1.0, now, 0))
+        estimates[a.ask_id] = base
+
+    for _ in range(60):
+        new_ask(0.0)
+    arrivals: list = []  # (at, grant)
+    answers: list = []  # (at, kind, grant_id, used, remaining)
+    counts = []  # (time, the book's count, the provider's count) when an answer reaches the book
+    now = 0.0
+    while now < seconds:
+        # The provider settles when the call is done; its answer says what it counts then.
+        for i, item in enumerate(answers):
+            if item[1] == "ok" and isinstance(item[4], tuple) and item[4][2] <= now:
+                call, used, done = item[4]
+                provider.settle(call, used, done)
+                answers[i] = (*item[:4], provider.remaining(done))
+        for item in sorted(x for x in answers if x[0] <= now and not isinstance(x[4], tuple)):
+            answers.remove(item)
+            _, kind, grant_id, used, remaining = item
+            if kind == "ok":
+                b.settle(TOK, grant_id, used)
+            b.feedback(now, REQ, throttled=kind == "429", limit=None, remaining=None, tokens_budget=TOK,
+                       tokens_limit=tpm, tokens_remaining=remaining, seen_at=item[0] - trip)
+            counts.append((now, b.rate(TOK).used(now), provider.used(now)))
+        for at, grant in sorted((x for x in arrivals if x[0] <= now), key=lambda x: x[0]):
+            arrivals.remove((at, grant))
+            base = estimates[grant.ask.ask_id]
+            charge = round(base * (1 + error * rng.uniform(-1, 1)))
+            call = provider.admit(at, charge)
+            if call is None:  # a 429 answers at once; the stage asks again for a fresh permit
+                answers.append((at + trip, "429", grant.grant_id, 0, provider.remaining(at)))
+                new_ask(now)
+                continue
+            done = at + rng.uniform(1.0, 3.0)
+            used = int(base * rng.uniform(0.4, 0.95))
+            answers.append((done + trip, "ok", grant.grant_id, used, (call, used, done)))
+        for grant in b.grant_ready(now):
+            arrivals.append((now + rng.uniform(0.0, grace), grant))
+            new_ask(now)  # the backlog never runs dry
+        now = round(now + 0.05, 6)
+    return b, provider, counts
+
+
+def counted_share(provider: Provider, start: float, end: float, step: float = 0.25) -> float:
+    """The provider's own count against its limit, averaged over [start, end]."""
+    samples, t = [], start
+    while t <= end:
+        samples.append(provider.used(t) / provider.tpm)
+        t += step
+    return sum(samples) / len(samples)
+
+
+@pytest.mark.parametrize("refunds", [True, False])
+def test_the_book_learns_whether_unused_tokens_come_back_and_the_provider_never_refuses_a_call(refunds):
+    b, provider, _ = play(refunds, error=0.0, seed=1)
+    assert b.rate(TOK).semantics.refunds is refunds
+    assert provider.rejected == []
+    # Exact either way: what the provider counts stays near the ceiling W / (W + grace) of 97 %, less the
+    # 16 tokens of margin per call; counting whole reservations under refunds would stay far below it.
+    assert counted_share(provider, 20.0, 110.0) >= 0.93
+
+
+def test_until_it_knows_the_book_counts_whole_reservations():
+    r = RateBudget(TOK, 10_000, 10.0, 0.3)
+    r.add(0.0, 2000, "g1")
+    r.settle_usage("g1", 500)
+    assert r.semantics.refunds is None and r.used(1.0) == 2000
+    r.count_unused(True)
+    assert r.used(1.0) == 500
+    r.count_unused(False)
+    assert r.used(1.0) == 2000
+    r.settle("g1", 0)  # never sent (a late answer, given back): gone whatever the provider's rules
+    assert r.used(1.0) == 0
+
+
+def test_a_429_for_tokens_after_learning_they_come_back_goes_back_to_whole_reservations():
+    b = book(30_000, 10.0, 0.3)
+    r = b.rate(TOK)
+    r.count_unused(True)
+    r.add(0.0, 2000, "g1")
+    r.settle_usage("g1", 500)
+    assert r.used(1.0) == 500
+    b.feedback(1.0, REQ, throttled=True, limit=100, remaining=50, tokens_budget=TOK, tokens_limit=30_000,
+               tokens_remaining=28_000)
+    assert r.semantics.refunds is None
+    assert r.used(1.0) == 2000  # and the provider's count (2,000) is not above it: no correction
+
+
+def test_the_providers_count_above_the_book_is_added_and_leaves_after_one_window_and_grace():
+    r = RateBudget(TOK, 10_000, 10.0, 0.3)
+    r.add(0.0, 1000, "g1")
+    r.on_provider_tokens(1.0, 10_000, 10_000 - 1300)  # its estimate of our prompt was 300 higher
+    assert r.used(1.0) == 1300
+    assert r.effective_limit() == 10_000 - 300  # kept free for the calls whose answers are still to come
+    assert r.used(10.3) == 300 and r.used(11.3) == 0
+    assert r.effective_limit() == 10_000
+
+
+def test_what_was_learned_survives_a_restore():
+    b = book(30_000, 10.0, 0.3)
+    r = b.rate(TOK)
+    r.add(0.0, 2000, "g1")
+    r.settle_usage("g1", 500)
+    r.count_unused(True)
+    writes = b.take_dirty()
+    again = book(30_000, 10.0, 0.3)
+    again.restore((k, v) for k, v in writes.items())
+    restored = again.rate(TOK)
+    assert restored.semantics.refunds is True and restored.used(1.0) == 500
+    restored.count_unused(False)  # the reservation came through the restore too
+    assert restored.used(1.0) == 2000
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(refunds=st.booleans(), error=st.floats(min_value=0.0, max_value=0.02), seed=st.integers(0, 10**6))
+def test_under_either_rule_and_a_small_estimate_error_the_provider_refuses_nothing_after_the_first_window(
+        refunds, error, seed):
+    """The book never lets the provider's count go over its limit once it has seen one window of answers,
+    and it never counts less than the provider at any answer beyond one call's estimate error."""
+    b, provider, counts = play(refunds, error, seed, seconds=60.0)
+    assert [t for t in provider.rejected if t > 10.0] == []
+    assert all(book_count >= provider_count - 0.02 * 2500 for _, book_count, provider_count in counts)
+    assert b.rate(TOK).semantics.refunds is refunds
