@@ -55,7 +55,7 @@ from streams.limiter import client, coordinator  # noqa: E402,F401
 from streams.pipeline import generate, image, publish, sink  # noqa: E402,F401
 
 # HTTP: intake, one request's status and retry, site controls, limiter stats / health / metrics.
-from streams.api import blogs, intake, ops, sites  # noqa: E402,F401
+from streams.api import blogs, costs, intake, ops, sites  # noqa: E402,F401
 
 # The heartbeat log line and consumer lag.
 from streams import monitoring  # noqa: E402,F401

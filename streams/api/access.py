@@ -60,6 +60,7 @@ ACCESS: dict[tuple[str, str], Access] = {
     ("POST", "/api/sites/{site_id}/pause"): Access(ADMIN),
     ("POST", "/api/sites/{site_id}/resume"): Access(ADMIN),
     ("POST", "/api/sites/{site_id}/cancel"): Access(ADMIN),
+    ("GET", "/api/sites/{site_id}/costs"): Access(ADMIN),
     ("GET", "/api/limiter"): Access(ADMIN),
     ("GET", "/api/rate-limiter/stats"): Access(ADMIN),
     ("GET", "/api/replicate-rate-limiter/stats"): Access(ADMIN),

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from streams.api.http import IntakeError, retry_after_header
@@ -195,6 +197,37 @@ async def fetch_pending(ids: list[str]) -> PendingSnapshot:
 
 
 gauge = PendingGauge(fetch_pending, refresh_seconds=settings.intake_pending_refresh_seconds)
+
+
+def seconds_to_next_period(cap: str, now: datetime | None = None) -> int:
+    """Until the UTC day (or month, for a monthly cap) ends: when the cap lets the site spend again."""
+    now = now or datetime.now(timezone.utc)
+    day_end = datetime(now.year, now.month, now.day, tzinfo=timezone.utc) + timedelta(days=1)
+    end = day_end
+    if cap == "month":
+        end = datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=timezone.utc)
+    return max(1, math.ceil((end - now).total_seconds()))
+
+
+def budget_rejection(sites: Mapping[str, Any]) -> IntakeError | None:
+    """429 `budget_exhausted` when a spend cap holds a site of the submission (store/costs.py), else None.
+
+    Nothing of the submission is accepted: its site's queued requests already wait for
+    the cap to be raised or the period to end, and these would only join them.
+    """
+    for site_id, site in sorted(sites.items()):
+        reason = getattr(site, "budget_exhausted", None)
+        if reason is None:
+            continue
+        period = {"month": "this month's", "day": "today's", "global_day": "all sites' daily"}.get(reason, reason)
+        wait = seconds_to_next_period(reason)
+        return IntakeError(
+            429, f"site {site_id} has spent {period} budget (spend cap reached); nothing was accepted: raise the cap "
+                 f"(blogstream sites set {site_id} --monthly-budget/--daily-budget) or send again in the next period",
+            headers={"Retry-After": str(wait)}, reason="budget_exhausted", code="budget_exhausted", cap=reason,
+            site_id=site_id, retry_after=wait,
+        )
+    return None
 
 
 def rejection(decision: Decision) -> IntakeError:

@@ -31,7 +31,7 @@ from typing import Any
 from aiohttp import web
 from faust.web import Request, Response
 
-from streams.api.admission import Decision, QueueUnknown, gauge, rejection
+from streams.api.admission import Decision, QueueUnknown, budget_rejection, gauge, rejection
 from streams.api.burst_gc import burst_gc
 from streams.api import access
 from streams.api.http import ApiView, IntakeError, json_response, unavailable
@@ -136,6 +136,8 @@ async def submit(raw: bytes) -> tuple[list[dict[str, Any]], bool]:
         raise unavailable("the request ids (Postgres) could not be read") from None
     if reused := reused_id_errors(requests, owners, batch=batch):
         raise conflict(reused)
+    if refused := budget_rejection(sites):
+        raise refused
     limits = {site_id: site.max_queued for site_id, site in sites.items()}
     decision = gauge.admit(requests, limit=settings.queue_size_limit, site_limits=limits)
     if not decision.ok:

@@ -15,6 +15,7 @@ import json
 import sys
 from typing import Any
 
+from store.costs import BUDGET_RANGE
 from store.sites import MAX_IN_FLIGHT_RANGE, MAX_QUEUED_RANGE, WEIGHT_RANGE
 from streams.api.access import ACCESS, ADMIN, INTAKE, MUTATING
 
@@ -68,8 +69,10 @@ SCHEMAS: dict[str, Any] = {
     "ItemError": obj({"item": COUNT, "field": TEXT, "message": TEXT}),
     "Invalid": with_error(errors={"type": "array", "items": ref("ItemError")}),
     "Refused": with_error(
-        reason={"enum": ["queue_full", "site_queue_full"]}, pending=COUNT, limit=COUNT,
+        reason={"enum": ["queue_full", "site_queue_full", "budget_exhausted"]}, pending=COUNT, limit=COUNT,
         site_id=nullable("string"), room=COUNT, retry_after=COUNT,
+        code={"const": "budget_exhausted", "description": "With reason budget_exhausted: a spend cap holds the site."},
+        cap={"enum": ["month", "day", "global_day"], "description": "Which spend cap is reached."},
     ),
     "TooLarge": with_error(max_body_bytes=COUNT, max_batch=COUNT),
     "BlogRequest": obj(
@@ -121,6 +124,11 @@ SCHEMAS: dict[str, Any] = {
     "Site": obj({
         "site_id": TEXT, "name": TEXT, "wix_member_id": nullable("string"), "weight": NUMBER,
         "max_in_flight": INT, "max_queued": INT, "paused": {"type": "boolean"},
+    }, {
+        "monthly_budget_usd": nullable("number", description="Spend cap per UTC calendar month; null: none."),
+        "daily_budget_usd": nullable("number", description="Spend cap per UTC day; null: none."),
+        "budget_exhausted": {"enum": ["month", "day", "global_day", None],
+                             "description": "The spend cap that holds the site now (its requests wait); null: none."},
     }, description="A site's controls (never its Wix key)."),
     "SiteList": obj({"sites": {"type": "array", "items": {"allOf": [ref("Site"), obj({"pending": COUNT})]}}}),
     "SiteView": {"allOf": [ref("Site"), obj({
@@ -136,7 +144,22 @@ SCHEMAS: dict[str, Any] = {
         "max_in_flight": {"type": "integer", "minimum": MAX_IN_FLIGHT_RANGE[0], "maximum": MAX_IN_FLIGHT_RANGE[1]},
         "max_queued": {"type": "integer", "minimum": MAX_QUEUED_RANGE[0], "maximum": MAX_QUEUED_RANGE[1]},
         "paused": {"type": "boolean"},
+        "monthly_budget_usd": {"type": ["number", "null"], "minimum": BUDGET_RANGE[0], "maximum": BUDGET_RANGE[1],
+                               "description": "US dollars per UTC calendar month; null removes the cap."},
+        "daily_budget_usd": {"type": ["number", "null"], "minimum": BUDGET_RANGE[0], "maximum": BUDGET_RANGE[1],
+                             "description": "US dollars per UTC day; null removes the cap."},
     }, closed=True, minProperties=1),
+    "CostRow": obj({"usd": nullable("number"), "calls": COUNT, "requests": COUNT, "input_tokens": COUNT,
+                    "output_tokens": COUNT, "images": COUNT, "unpriced_calls": COUNT},
+                   {"day": TEXT, "model": TEXT, "request": TEXT},
+                   description="Recorded paid calls of one day, model (provider:model) or request."),
+    "SiteCosts": obj({
+        "site_id": TEXT, "since": {"type": "string", "format": "date-time"}, "by": {"enum": ["day", "model", "request"]},
+        "total_usd": NUMBER, "calls": COUNT, "rows": {"type": "array", "items": ref("CostRow")},
+        "monthly_budget_usd": nullable("number"), "daily_budget_usd": nullable("number"),
+        "spent_this_month_usd": NUMBER, "spent_today_usd": NUMBER,
+        "budget_exhausted": {"enum": ["month", "day", "global_day", None]},
+    }),
     "SiteChanged": {"allOf": [ref("Site"), obj({"applied_within_seconds": COUNT})]},
     "ControlsInvalid": with_error(fields={"type": "array", "items": TEXT}),
     "Cancelled": obj({"site_id": TEXT, "cancelled": COUNT, "request_ids": {"type": "array", "items": TEXT}}),
@@ -174,7 +197,8 @@ WHY = {
     413: "The body is too large.",
     415: "The body is not sent as Content-Type: application/json.",
     422: "Something in the submission is wrong; every problem is listed.",
-    429: "A queue limit: wait Retry-After seconds, or send `room` requests.",
+    429: "A queue limit: wait Retry-After seconds, or send `room` requests; or (budget_exhausted) a spend cap "
+         "holds the site until it is raised or the period ends.",
     503: "Something the worker needs (Postgres, Kafka, the limiter's snapshot) is not there; retry after "
          "Retry-After seconds.",
 }
@@ -234,6 +258,13 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/sites/{site_id}/cancel"): op(
         "Cancel a site's requests that no stage has started (and its parked ones).", "Cancelled",
         400, 404, 503, params=SITE),
+    ("GET", "/api/sites/{site_id}/costs"): op(
+        "What a site's paid calls cost (recorded per provider call), its spend caps and what it spent this "
+        "UTC month and day.", "SiteCosts", 400, 404, 503, params=SITE + [
+            {"name": "since", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]{1,4}[dh]$",
+                                                        "default": "30d"}},
+            {"name": "by", "in": "query", "schema": {"enum": ["day", "model", "request"], "default": "day"}},
+        ]),
     ("GET", "/api/sites/{site_id}/blogs"): op(
         "A site's requests, newest first, page by page.", "SitePage", 400, 503, params=SITE + [
             {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},

@@ -3,7 +3,8 @@
     GET   /api/sites                      every site with its controls and pending count
     GET   /api/sites/{site_id}/blogs      a site's requests, newest first: ?limit=50&after=<last id>
     GET   /api/sites/{site_id}            one site: controls, pending, in flight, queued here
-    PATCH /api/sites/{site_id}            {"weight": 2, "max_in_flight": 10, "max_queued": 500, "paused": false}
+    PATCH /api/sites/{site_id}            {"weight": 2, "max_in_flight": 10, "max_queued": 500, "paused": false,
+                                           "monthly_budget_usd": 50, "daily_budget_usd": null}
     POST  /api/sites/{site_id}/pause      its requests wait, parked in Postgres (nothing lost)
     POST  /api/sites/{site_id}/resume
     POST  /api/sites/{site_id}/cancel     cancel its parked requests and those no stage has started yet
@@ -24,12 +25,14 @@ from faust.web import Request, Response
 
 from store.parked import cancel_waiting
 from streams.api.blogs import public_row
+from store.costs import budget_problem
 from store.sites import CONTROL_RANGES, control_problem
 from streams.api.http import ID_PATTERN, ApiView, IntakeError, retry_after_header
 from streams.app import app
 from streams.pipeline.deps import deps
 from streams.limiter.client import StatsUnavailable, budgets
 from streams.pipeline.runner import StageRunner
+from streams.settings import settings
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,8 @@ MAX_PAGE = 500
 DEFAULT_PAGE = 50
 
 CONTROL_FIELDS = {"weight": float, "max_in_flight": int, "max_queued": int, "paused": bool}
+# Spend caps in US dollars per UTC month / day; null removes one (store/costs.py).
+BUDGET_FIELDS = {"monthly_budget_usd": "monthly_usd", "daily_budget_usd": "daily_usd"}
 BAD_SITE_ID = {"error": "site_id: must be 1-128 characters of A-Z a-z 0-9 . _ : -"}
 
 
@@ -52,7 +57,14 @@ def parse_controls(body: Any) -> tuple[dict[str, Any], list[str]]:
     if not isinstance(body, dict):
         return {}, ["the body must be a JSON object, e.g. {\"weight\": 2}"]
     controls: dict[str, Any] = {}
-    errors = [f"{k}: unknown control (use one of {', '.join(CONTROL_FIELDS)})" for k in body if k not in CONTROL_FIELDS]
+    known = [*CONTROL_FIELDS, *BUDGET_FIELDS]
+    errors = [f"{k}: unknown control (use one of {', '.join(known)})" for k in body if k not in known]
+    for name in BUDGET_FIELDS:
+        if name in body:
+            if wrong := budget_problem(body[name]):
+                errors.append(f"{name}: {wrong}")
+            else:
+                controls[name] = None if body[name] is None else float(body[name])
     for name, kind in CONTROL_FIELDS.items():
         if name not in body:
             continue
@@ -136,7 +148,8 @@ class SiteControls(ApiView):
             return self.answer({"error": wrong}, 400)
         controls, errors = parse_controls(body)
         if errors or not controls:
-            problems = errors or ["nothing to change: give weight, max_in_flight, max_queued or paused"]
+            problems = errors or ["nothing to change: give weight, max_in_flight, max_queued, paused, "
+                                  "monthly_budget_usd or daily_budget_usd"]
             return self.answer({"error": "invalid site controls: " + "; ".join(problems), "fields": problems}, 400)
         return await _apply(self, site_id, **controls)
 
@@ -145,8 +158,11 @@ async def _apply(view: ApiView, site_id: str, **controls: Any) -> Response:
     if not ID_PATTERN.fullmatch(site_id):
         return view.answer(BAD_SITE_ID, 400)
     await deps.ready()
-    assert deps.db is not None
-    site = await deps.db.update_site_controls(site_id, **controls)
+    assert deps.db is not None and deps.costs is not None
+    caps = {BUDGET_FIELDS[name]: controls.pop(name) for name in list(controls) if name in BUDGET_FIELDS}
+    if caps and not await deps.costs.set_budgets(site_id, **caps, global_daily_usd=settings.global_daily_budget_usd or None):
+        return _not_found(view, site_id)
+    site = await deps.db.update_site_controls(site_id, **controls)  # with no control given: reads the site
     if site is None:
         return _not_found(view, site_id)
     await deps.refresh(site_id)

@@ -23,6 +23,7 @@ from typing import Any
 
 import click
 
+from streams.cli.costs import costs
 from streams.cli.health import health
 from streams.cli.output import CliError
 from streams.cli.retry import retry
@@ -61,7 +62,7 @@ class Cli(click.Group):
 @click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="blogstream", prog_name="blogstream", message="%(prog)s %(version)s")
 def cli() -> None:
-    """Write and publish blog posts for many sites: submit requests, manage sites, retry, check health."""
+    """Write and publish blog posts for many sites: submit requests, manage sites, retry, check health, costs."""
 
 
 cli.add_command(submit_command, "submit")
@@ -69,6 +70,7 @@ cli.add_command(sites)
 cli.add_command(retry)
 cli.add_command(health)
 cli.add_command(topics)
+cli.add_command(costs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@
     blogstream sites add SITE [--wix-api-key-env VAR] [--member-id M] [--weight 2]
     blogstream sites list [--json] | pause SITE | resume SITE | cancel SITE
     blogstream sites set SITE [--weight 2] [--max-in-flight 10] [--max-queued 500]
+                              [--monthly-budget 50 | none] [--daily-budget 5 | none]
 
 Workers re-read `sites` every two seconds: a change needs no restart.
 """
@@ -26,6 +27,37 @@ queued_option = click.option("--max-queued", type=click.IntRange(min=1),
                              help="PENDING requests of this site the intake accepts.")
 
 
+NO_CAP = "none"
+
+
+class Budget(click.ParamType):
+    """US dollars (a spend cap), or `none` to remove the cap."""
+
+    name = "usd"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if value is None or value == NO_CAP or isinstance(value, float):
+            return value
+        text = str(value).strip().lower()
+        if text == NO_CAP:
+            return NO_CAP
+        from store.costs import budget_problem
+
+        try:
+            amount = float(text.lstrip("$"))
+        except ValueError:
+            self.fail(f"{value!r} is not an amount: give US dollars (e.g. 50 or 12.5) or none", param, ctx)
+        if problem := budget_problem(amount):
+            self.fail(f"{value!r} {problem.replace(', or null for no cap', ', or none')}", param, ctx)
+        return amount
+
+
+monthly_option = click.option("--monthly-budget", type=Budget(), metavar="USD|none",
+                              help="Spend cap per UTC calendar month; reached, the site's requests wait (none: no cap).")
+daily_option = click.option("--daily-budget", type=Budget(), metavar="USD|none",
+                            help="Spend cap per UTC day (none: no cap).")
+
+
 @click.group()
 def sites() -> None:
     """The sites registry: register sites, pause, resume, cancel, change weights and caps."""
@@ -37,6 +69,8 @@ def site_json(site: Any) -> dict[str, Any]:
         "site_id": site.site_id, "name": site.name, "paused": site.paused, "weight": site.weight,
         "max_in_flight": site.max_in_flight, "max_queued": site.max_queued,
         "wix_member_id": site.wix_member_id, "has_wix_api_key": bool(site.wix_api_key),
+        "monthly_budget_usd": site.monthly_budget_usd, "daily_budget_usd": site.daily_budget_usd,
+        "budget_exhausted": site.budget_exhausted,
     }
 
 
@@ -102,8 +136,13 @@ def list_sites(as_json: bool) -> None:
         emit_json([site_json(s) for s in found])
         return
     for s in found:
-        state = "paused" if s.paused else "active"
-        click.echo(f"{s.site_id:30} {state:7} weight={s.weight:g} max_in_flight={s.max_in_flight} max_queued={s.max_queued}")
+        state = "paused" if s.paused else "budget_exhausted" if s.budget_exhausted else "active"
+        caps = "".join(f" {name}={value:g}" for name, value in (("monthly_budget_usd", s.monthly_budget_usd),
+                                                                 ("daily_budget_usd", s.daily_budget_usd))
+                       if value is not None)
+        held = f" ({s.budget_exhausted} cap reached)" if s.budget_exhausted and not s.paused else ""
+        click.echo(f"{s.site_id:30} {state:7} weight={s.weight:g} max_in_flight={s.max_in_flight} "
+                   f"max_queued={s.max_queued}{caps}{held}")
 
 
 def check_controls(**controls: Any) -> None:
@@ -147,11 +186,27 @@ def resume(site: str) -> None:
 @weight_option
 @in_flight_option
 @queued_option
-def set_controls(site: str, weight: float | None, max_in_flight: int | None, max_queued: int | None) -> None:
-    """Change SITE's weight, in-flight cap or queue limit."""
-    if weight is None and max_in_flight is None and max_queued is None:
-        raise CliError("nothing to change", "give --weight, --max-in-flight or --max-queued", exit_code=2)
+@monthly_option
+@daily_option
+def set_controls(site: str, weight: float | None, max_in_flight: int | None, max_queued: int | None,
+                 monthly_budget: Any, daily_budget: Any) -> None:
+    """Change SITE's weight, in-flight cap, queue limit or spend caps.
+
+    A raised spend cap releases the site's waiting requests within two seconds.
+    """
+    if weight is None and max_in_flight is None and max_queued is None and monthly_budget is None \
+            and daily_budget is None:
+        raise CliError("nothing to change",
+                       "give --weight, --max-in-flight, --max-queued, --monthly-budget or --daily-budget", exit_code=2)
     check_controls(weight=weight, max_in_flight=max_in_flight, max_queued=max_queued)
+    caps = {name: None if value == NO_CAP else value
+            for name, value in (("monthly_usd", monthly_budget), ("daily_usd", daily_budget)) if value is not None}
+    if caps:
+        from store.costs import Costs
+
+        global_cap = connect.settings().global_daily_budget_usd or None
+        if not connect.run_db(lambda db: Costs(db).set_budgets(site, **caps, global_daily_usd=global_cap)):
+            raise not_registered(site)
     change(site, weight=weight, max_in_flight=max_in_flight, max_queued=max_queued)
 
 

@@ -41,7 +41,7 @@ def test_every_registered_route_is_described_and_guarded():
     described = {(method.upper(), path) for path, ops in openapi.document()["paths"].items() for method in ops}
     assert routes == described
     assert set(ACCESS) == described  # streams/api/access.py knows every route's token
-    assert len(described) == 17
+    assert len(described) == 18
 
 
 def test_each_operation_says_its_token_and_what_every_route_of_its_kind_answers():

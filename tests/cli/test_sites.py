@@ -69,7 +69,8 @@ def test_list_json_has_every_control_and_never_the_key(run):
     result = run("sites", "list", "--json")
     listed = {s["site_id"]: s for s in json.loads(result.stdout)}
     assert listed[site] == {"site_id": site, "name": site, "paused": False, "weight": 1.0, "max_in_flight": 7,
-                            "max_queued": 1000, "wix_member_id": None, "has_wix_api_key": True}
+                            "max_queued": 1000, "wix_member_id": None, "has_wix_api_key": True,
+                            "monthly_budget_usd": None, "daily_budget_usd": None, "budget_exhausted": None}
     assert "k-secret" not in result.stdout
     text = run("sites", "list").stdout
     assert any(line.split()[:2] == [site, "active"] for line in text.splitlines())
@@ -96,4 +97,4 @@ def test_an_unregistered_site_is_one_line(run, args):
 
 def test_set_without_a_change_is_refused(run):
     result = run("sites", "set", uid("site"))
-    assert result.exit_code == 2 and "nothing to change, give --weight, --max-in-flight or --max-queued" in result.stderr
+    assert result.exit_code == 2 and "nothing to change, give --weight, --max-in-flight, --max-queued" in result.stderr
