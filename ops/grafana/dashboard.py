@@ -126,6 +126,22 @@ PANELS = [
         [("topk(10, max by (site) (blogstream_site_in_flight))", "{{site}}")],
         stack=True,
     ),
+    Panel(
+        "Spend per hour",
+        "US dollars per hour of the provider calls recorded, per provider and model (all workers): the tokens "
+        "and images the providers billed at the price table's prices. Per site: blogstream costs --by site.",
+        [(f"sum by (provider, model) (rate(blogstream_cost_usd_total[{RATE}])) * 3600", "{{provider}} {{model}}")],
+        unit="currencyUSD", stack=True,
+    ),
+    Panel(
+        "Spend caps",
+        "Sites a spend cap holds now, per cap (their requests wait: budget_exhausted), and the share of "
+        "BLOGSTREAM_GLOBAL_DAILY_BUDGET_USD all sites have spent today (global, from Postgres).",
+        [
+            ("max by (cap) (blogstream_sites_budget_exhausted)", "sites held: {{cap}} cap"),
+            ("max(blogstream_global_spend_cap_used_ratio)", "global daily cap used"),
+        ],
+    ),
 ]
 
 

@@ -120,7 +120,7 @@ async def test_prometheus_sees_lag_budgets_permits_outcomes_and_every_panel_has_
         async def rules_ok() -> None:
             groups = (await asyncio.to_thread(prom.api, "rules"))["groups"]
             rules = [r for g in groups for r in g["rules"]]
-            assert len(rules) == 15 and all(r["health"] == "ok" for r in rules), [
+            assert len(rules) == 18 and all(r["health"] == "ok" for r in rules), [
                 (r["name"], r["health"], r.get("lastError")) for r in rules if r["health"] != "ok"]
 
         await eventually(rules_ok, "alert rules")
