@@ -194,3 +194,35 @@ def test_under_either_rule_and_a_small_estimate_error_the_provider_refuses_nothi
     assert [t for t in provider.rejected if t > 10.0] == []
     assert all(book_count >= provider_count - 0.02 * 2500 for _, book_count, provider_count in counts)
     assert b.rate(TOK).semantics.refunds is refunds
+
+
+async def test_an_answers_figures_travel_with_its_usage_from_the_stage_to_the_token_budget(monkeypatch):
+    """Budgets.settle puts the answer's x-ratelimit-* into the settle message; the coordinator reads them."""
+    from connectors.errors import RateLimitInfo
+    from streams.limiter import client as client_module
+    from streams.limiter.client import Budgets, Permit
+    from streams.limiter.coordinator import Coordinator
+
+    sent: list[dict] = []
+
+    async def cast(value):
+        sent.append(value)
+
+    monkeypatch.setattr(client_module.budget_coordinator, "cast", cast)
+    permit = Permit("g1", use_by=0.0, needs={REQ: 1, TOK: 2000}, waited=0.0)
+    figures = RateLimitInfo(limit_requests=450, remaining_requests=440, limit_tokens=450_000,
+                            remaining_tokens=450_000 - 5000)
+    await Budgets().settle(permit, TOK, 500, figures)
+    (message,) = sent
+    assert message["op"] == "settle" and message["tokens_remaining"] == 445_000 and message["remaining"] == 440
+    assert message["requests_budget"] == REQ and message["seen_at"] > 0
+
+    c = Coordinator()
+    c.active = c.loaded = True
+    tokens = c.book.rate(TOK)
+    now = message["seen_at"]
+    tokens.add(now - 1.0, 2000, "g1")
+    await c.handle(message)
+    # Not known yet: the whole reservation still counts; the provider counts 3,000 more: they count too.
+    assert tokens.semantics.refunds is None
+    assert tokens.used(now) == pytest.approx(5000)
