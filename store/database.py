@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
+from .batches import BatchLanes
 from .effects import EffectLedger
 from .outcomes import Outcomes, dump_json
 from .sites import SiteRegistry
@@ -66,7 +67,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
-class Database(Outcomes, SiteRegistry, EffectLedger):
+class Database(Outcomes, SiteRegistry, EffectLedger, BatchLanes):
     """One asyncpg pool per process; every method is a single short query or statement."""
 
     def __init__(

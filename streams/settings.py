@@ -115,6 +115,21 @@ class Settings(BaseSettings):
     wix_base_url: str = _provider("wix_base_url", f"{SIMULATORS}/wix", pattern=_URL, **_accepts("an http(s) URL"))
     wix_timeout: float = Field(60.0, gt=0)
 
+    # --- The bulk lane through the OpenAI Batch API (docs/operations.md, "The bulk lane") ---
+    # true: "bulk" article requests are collected into Batch API files (about half the price,
+    # done within 24 h) instead of taking real-time OpenAI permits.
+    openai_batch_enabled: bool = False
+    openai_batch_max_requests: int = Field(50_000, ge=1, le=50_000)  # lines per file (the API's limit: 50,000)
+    openai_batch_max_bytes: int = Field(190_000_000, ge=10_000, le=209_715_200)  # per file (the API's: 200 MB)
+    # Prompt tokens of running batches per model (the organisation's enqueued-token limit).
+    openai_batch_enqueued_tokens: int = Field(2_000_000, ge=1)
+    openai_batch_collect_seconds: float = Field(60.0, gt=0)  # the oldest queued line waits this long for company
+    openai_batch_poll_seconds: float = Field(30.0, gt=0)  # how often a running batch is looked at
+    # A line that gave no article: "retry" it in the next batch (up to max_attempts batches, then
+    # the real-time lane; a request the provider refused goes there at once), or "realtime" at once.
+    openai_batch_failed_lines: Literal["retry", "realtime"] = "retry"
+    openai_batch_max_attempts: int = Field(3, ge=1)
+
     # --- Global budgets (per window, across every worker) ---------------------
     budget_window_seconds: float = Field(60.0, gt=0)
     openai_rpm: int = Field(450, ge=1)

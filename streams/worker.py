@@ -54,6 +54,9 @@ from streams.limiter import client, coordinator  # noqa: E402,F401
 # The stages, in the order a request goes through them, and the sink that records every step.
 from streams.pipeline import generate, image, publish, sink  # noqa: E402,F401
 
+# The bulk lane's timer: batches sent to the OpenAI Batch API and their results read back (when enabled).
+from streams.pipeline import batch_poll  # noqa: E402,F401
+
 # HTTP: intake, one request's status and retry, site controls, limiter stats / health / metrics.
 from streams.api import blogs, costs, intake, ops, sites  # noqa: E402,F401
 

@@ -40,7 +40,7 @@ from streams.settings import settings
 
 log = logging.getLogger(__name__)
 
-Step = Callable[[dict[str, Any], Deps], Awaitable[dict[str, Any]]]
+Step = Callable[[dict[str, Any], Deps], Awaitable[dict[str, Any] | None]]  # None: nothing to produce (yet)
 
 MAX_STEP_ATTEMPTS = 4  # tries of a step that raises something other than an outage (the runner waits 2, 4, 8 s)
 _step_failures: dict[tuple[str, int, int], int] = {}  # (topic, partition, offset) -> failed tries so far
@@ -245,7 +245,7 @@ def build_stage(
 ) -> StageRunner:
     """Register the agent of one stage on `source`; returns its runner (queue figures, tests)."""
 
-    async def run_step(record: dict[str, Any]) -> tuple[Any, str, dict]:
+    async def run_step(record: dict[str, Any]) -> tuple[Any, str, dict] | None:
         await deps.ready()
         assert deps.db is not None
         request = record.get("request", record)
@@ -253,7 +253,8 @@ def build_stage(
         owner = await deps.db.request_owner(request_id, site_id, request=request, at=_event_time(request.get("requested_at")))
         if owner != site_id:
             raise RequestOfAnotherSite(name, request_id, site_id)
-        return next_topic, next_record, await step(record, deps)
+        produced = await step(record, deps)
+        return None if produced is None else (next_topic, next_record, produced)  # None: nothing to produce yet
 
     async def handle(event: Any) -> None:
         await run_counted(name, event, decode, run_step)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from streams.app import drafts_topic, requests_topic
+from streams.pipeline import batch_collect
 from streams.pipeline.deps import Deps
 from streams.pipeline.factory import build_stage
 from streams.pipeline.spend import paid_article
@@ -21,8 +22,12 @@ from streams.pipeline.stage import StageCancelled, StageFailed, call_with_permit
 STAGE = "generate"
 
 
-async def write_draft(request: dict[str, Any], deps: Deps) -> dict[str, Any]:
-    """BlogRequest → BlogDraft. OpenAI is paid once per request id."""
+async def write_draft(request: dict[str, Any], deps: Deps) -> dict[str, Any] | None:
+    """BlogRequest → BlogDraft. OpenAI is paid once per request id.
+
+    None: a bulk request the batch lane holds; it comes back here with its article
+    in the ledger (streams/pipeline/batch_poll.py).
+    """
     request_id, site_id = request["request_id"], request["site_id"]
     site = await deps.site(site_id)
     if site is None:  # fails at once: nothing is retried, the partition goes on
@@ -30,6 +35,8 @@ async def write_draft(request: dict[str, Any], deps: Deps) -> dict[str, Any]:
             STAGE, request_id, site_id, f"site {site_id} is not registered",
             f"Register it (blogstream sites add {site_id} --wix-api-key ...), then: blogstream retry {request_id}",
         )
+    if batch_collect.takes(request) and await batch_collect.hold(request, deps):
+        return None
     assert deps.writer is not None
     writer = deps.writer
 

@@ -86,6 +86,11 @@ async def paid_article(deps: Any, request_id: str, site_id: str, call: Callable[
     return result
 
 
+async def record_batch_line(deps: Any, request_id: str, site_id: str, billed: Any) -> None:
+    """The cost of one line of an OpenAI batch (batch prices; streams/pipeline/batch_poll.py)."""
+    await _record_tokens(deps, request_id, site_id, billed, lane="batch")
+
+
 async def _record_tokens(deps: Any, request_id: str, site_id: str, billed: Any, lane: str = "realtime") -> None:
     price = load_prices(settings.prices_file).tokens(billed.model)
     cost = None if price is None else price.cost(

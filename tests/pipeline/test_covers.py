@@ -15,8 +15,6 @@ from types import SimpleNamespace
 import pytest
 
 from connectors.replicate_images import ImageMaker
-from simulators.config import DEFAULTS, merge_config
-from simulators.server import SimulatorServer
 from store.effects import EffectClaim
 from streams.limiter.client import Permit
 from streams.limiter.specs import REPLICATE_OTHER_REQUESTS, REPLICATE_REQUESTS
@@ -29,12 +27,6 @@ BASE = {"window_seconds": 60, "latency_scale": 1.0, "seed": 11,
         "replicate": {"latency": [0.05, 0.05], "create_rpm": 600, "other_rpm": 3000}}
 REQUEST = {"request_id": "req-covers-1", "site_id": "shop-1"}
 ARTICLE = {"image_prompt": "A watercolor of a greenhouse at dawn, no text"}
-
-
-@pytest.fixture(scope="module")
-def sim_server():
-    with SimulatorServer(config=merge_config(DEFAULTS, BASE)) as server:
-        yield server
 
 
 @pytest.fixture

@@ -1,0 +1,198 @@
+"""OpenAI Files + Batch API: one JSONL file of article requests per batch, its results read back.
+
+The lines are the same chat completion the real-time writer sends (openai_writer.py:
+messages, max_tokens, response format); a line's `custom_id` is its request id.
+Results come in no order, matched by `custom_id`; `article_from_response` reads one
+the way the real-time writer reads a completion. Calls go through the official SDK
+with its retries off (the caller's poll loop is the one retry).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import openai
+
+from connectors.closing import AsyncClosing
+from connectors.errors import MalformedOutput, ProviderError, ProviderUnavailable, RejectedRequest
+from connectors.openai_writer import RESPONSE_FORMAT, BilledCall, build_messages, max_tokens_for, parse_article
+
+PROVIDER = "openai"
+ENDPOINT = "/v1/chat/completions"
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+KEY_FIELD = "blogstream_batch"  # metadata key naming our batch, to find one whose id was never recorded
+PROMPT_MARGIN_TOKENS = 16  # our prompt estimate is never below the provider's (characters / 4)
+
+
+def batch_line(request: Mapping[str, Any], *, model: str, max_tokens_cap: int) -> dict[str, Any]:
+    """One JSONL line: the chat completion the real-time writer would send for `request`."""
+    return {
+        "custom_id": request["request_id"],
+        "method": "POST",
+        "url": ENDPOINT,
+        "body": {
+            "model": model,
+            "messages": build_messages(request),
+            "max_tokens": max_tokens_for(request, max_tokens_cap),
+            "response_format": RESPONSE_FORMAT,
+            "user": request["site_id"],
+        },
+    }
+
+
+def encode_line(line: Mapping[str, Any]) -> bytes:
+    return json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def prompt_tokens(request: Mapping[str, Any]) -> int:
+    """The prompt tokens a line enqueues (the Batch API's limit counts these, per model)."""
+    return math.ceil(sum(len(m["content"]) for m in build_messages(request)) / 4) + PROMPT_MARGIN_TOKENS
+
+
+@dataclass(frozen=True)
+class LineResult:
+    """One request's line from an output or error file."""
+
+    request_id: str
+    article: dict[str, Any] | None = None
+    usage: dict[str, int] | None = None
+    error: ProviderError | None = None  # retryable: a server error, an expired batch; else the request's fault
+    billed: BilledCall | None = None  # an answered line is billed, whether its article is usable or not
+
+
+def article_from_response(request_id: str, response: Mapping[str, Any] | None, error: Any, model: str) -> LineResult:
+    """A result line's `response` / `error` read as the real-time writer reads a completion.
+
+    `model` is the one the line asked for (the price table's name).
+    """
+    if response is None or int(response.get("status_code") or 0) != 200:
+        body = (response or {}).get("body") or {}
+        detail = (body.get("error") if isinstance(body, dict) else None) or error or {}
+        message = detail.get("message") if isinstance(detail, dict) else str(detail)
+        code = detail.get("code") if isinstance(detail, dict) else None
+        status = int((response or {}).get("status_code") or 0)
+        text = f"batch line failed ({code or status or 'no answer'}): {message or 'no message'}"
+        permanent = 400 <= status < 500 and status != 429
+        cls = RejectedRequest if permanent else ProviderUnavailable
+        return LineResult(request_id, error=cls(PROVIDER, text, status=status or None))
+    body = response.get("body") or {}
+    usage = body.get("usage") or {}
+    used = {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
+            "completion_tokens": int(usage.get("completion_tokens") or 0)}
+    cached = int(((usage.get("prompt_tokens_details") or {}).get("cached_tokens")) or 0)
+    billed = BilledCall(str(body.get("id") or f"batch-line-{request_id}"), model, used["prompt_tokens"],
+                        used["completion_tokens"], cached)
+    choices = body.get("choices") or []
+    problem: ProviderError | None = None
+    if not choices:
+        problem = MalformedOutput(PROVIDER, "the completion has no choices")
+    elif (choices[0].get("message") or {}).get("refusal"):
+        problem = RejectedRequest(PROVIDER, "the model refused the brief; change the topic and resubmit")
+    elif choices[0].get("finish_reason") == "length":
+        problem = MalformedOutput(
+            PROVIDER, "the article was cut off at max_tokens; lower target_words or raise BLOGSTREAM_OPENAI_MAX_TOKENS")
+    if problem is not None:
+        return LineResult(request_id, usage=used, error=problem, billed=billed)
+    try:
+        article = parse_article((choices[0].get("message") or {}).get("content"))
+    except MalformedOutput as exc:
+        return LineResult(request_id, usage=used, error=exc, billed=billed)
+    return LineResult(request_id, article=article, usage=used, billed=billed)
+
+
+def read_results(data: bytes, model: str) -> dict[str, LineResult]:
+    """Every line of an output or error file, by request id (custom_id); `model`: the batch's."""
+    results: dict[str, LineResult] = {}
+    for raw in data.splitlines():
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+            request_id = row["custom_id"]
+        except (ValueError, KeyError, TypeError):
+            continue  # a line we cannot attribute: its request is found missing and handled as failed
+        results[request_id] = article_from_response(request_id, row.get("response"), row.get("error"), model)
+    return results
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    batch_id: str
+    status: str
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)  # why a batch failed validation (line numbers)
+    created_at: float = 0.0
+    key: str | None = None  # our batch key, from its metadata
+
+    @property
+    def ended(self) -> bool:
+        return self.status in TERMINAL
+
+
+def _info(batch: Any) -> BatchInfo:
+    errors = []
+    if batch.errors is not None and batch.errors.data:
+        errors = [{"code": e.code, "message": e.message, "line": e.line} for e in batch.errors.data]
+    return BatchInfo(batch.id, batch.status, batch.output_file_id, batch.error_file_id, errors,
+                     float(batch.created_at or 0), (batch.metadata or {}).get(KEY_FIELD))
+
+
+class BatchClient(AsyncClosing):
+    """Files and batches of one OpenAI organisation. One per worker (pooled HTTP)."""
+
+    def __init__(self, *, base_url: str, api_key: str, timeout: float) -> None:
+        self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def submit(self, key: str, data: bytes) -> BatchInfo:
+        """Upload `data` (JSONL) and start a 24 h batch on it, named `key` in its metadata."""
+        async with _mapped():
+            uploaded = await self._client.files.create(file=(f"{key}.jsonl", data), purpose="batch")
+            batch = await self._client.batches.create(
+                input_file_id=uploaded.id, endpoint=ENDPOINT, completion_window="24h", metadata={KEY_FIELD: key},
+            )
+        return _info(batch)
+
+    async def find(self, key: str, *, created_after: float) -> BatchInfo | None:
+        """Our batch named `key`, if it was created (newest first, back to `created_after`)."""
+        async with _mapped():
+            async for batch in self._client.batches.list(limit=100):
+                if (batch.metadata or {}).get(KEY_FIELD) == key:
+                    return _info(batch)
+                if batch.created_at and batch.created_at < created_after:
+                    return None
+        return None
+
+    async def retrieve(self, batch_id: str) -> BatchInfo:
+        async with _mapped():
+            return _info(await self._client.batches.retrieve(batch_id))
+
+    async def cancel(self, batch_id: str) -> BatchInfo:
+        async with _mapped():
+            return _info(await self._client.batches.cancel(batch_id))
+
+    async def content(self, file_id: str) -> bytes:
+        async with _mapped():
+            return (await self._client.files.content(file_id)).content
+
+
+class _mapped:
+    """SDK errors as ProviderErrors: 429 and 5xx and no answer are retryable, other 4xx are not."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            text = f"OpenAI Batch API answered {status}: {exc.message}"
+            if status == 429 or status >= 500:
+                raise ProviderUnavailable(PROVIDER, text, status=status) from exc
+            raise RejectedRequest(PROVIDER, text, status=status) from exc
+        if isinstance(exc, openai.APIError):  # connection errors, timeouts
+            raise ProviderUnavailable(PROVIDER, f"OpenAI Batch API not reachable: {exc}") from exc

@@ -1,0 +1,235 @@
+"""The bulk lane's ledger: requests held for the OpenAI Batch API, and the batches sent.
+
+A bulk request is written here before its event is acked (`hold_batch_line`), so a
+restart never loses it. A batch is written (`assemble_batch`: its row and its lines, in
+one transaction) before any call, marked `submitting` before the batch is created, and
+gets the provider's id after (migration 0007 says why). Every step on a batch happens
+under its claim, a short lease like the effect ledger's, so two workers never work on
+one batch at once and a dead worker's batch passes on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+__all__ = ["BatchLanes", "BatchRow", "HeldLine"]
+
+HELD = ("queued", "batched")  # states in which the lane still owes the request its article
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    batch_key: str
+    model: str
+    state: str
+    lines: int
+    prompt_tokens: int
+    batch_id: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class HeldLine:
+    request_id: str
+    site_id: str
+    request: dict[str, Any]
+    attempts: int
+
+
+def _batch(record: asyncpg.Record) -> BatchRow:
+    return BatchRow(record["batch_key"], record["model"], record["state"], record["lines"], record["prompt_tokens"],
+                    record["batch_id"], record["created_at"])
+
+
+class BatchLanes:
+    """Mixed into store.database.Database."""
+
+    pool: asyncpg.Pool  # provided by store.database.Database
+
+    # --- lines ------------------------------------------------------------------------
+    async def hold_batch_line(
+        self, request: dict[str, Any], *, model: str, prompt_tokens: int, size: int
+    ) -> str:
+        """Hold `request` for a batch (once: a replay changes nothing); returns its line's state."""
+        state = await self.pool.fetchval(
+            """
+            WITH held AS (
+              INSERT INTO openai_batch_lines (request_id, site_id, model, request, prompt_tokens, bytes)
+              VALUES ($1, $2, $3, $4, $5, $6)
+              ON CONFLICT (request_id) DO NOTHING
+              RETURNING state
+            )
+            SELECT state FROM held
+            UNION ALL SELECT state FROM openai_batch_lines WHERE request_id = $1
+            LIMIT 1
+            """,
+            request["request_id"], request["site_id"], model, request, prompt_tokens, size,
+        )
+        return str(state)
+
+    async def batch_line_state(self, request_id: str) -> str | None:
+        return await self.pool.fetchval("SELECT state FROM openai_batch_lines WHERE request_id = $1", request_id)
+
+    async def end_cancelled_lines(self) -> int:
+        """Queued lines whose request was cancelled (its generate effect is done): no file will carry them."""
+        status = await self.pool.execute(
+            """
+            UPDATE openai_batch_lines l SET state = 'cancelled', updated_at = now()
+            FROM stage_outputs o
+            WHERE l.state = 'queued' AND o.request_id = l.request_id AND o.stage = 'generate' AND o.status = 'done'
+            """
+        )
+        return int(status.split()[-1])
+
+    async def settle_line(self, request_id: str, batch_key: str, state: str, error: str | None = None) -> bool:
+        """A batched line's end: written, realtime or cancelled (only from that batch: a replay is a no-op).
+
+        True: this call settled it; the request is then owed a send back (`lines_to_send_back`)
+        unless cancelled.
+        """
+        status = await self.pool.execute(
+            """
+            UPDATE openai_batch_lines
+               SET state = $3, error = coalesce($4, error), sent_back = ($3 = 'cancelled'), updated_at = now()
+             WHERE request_id = $1 AND batch_key = $2 AND state = 'batched'
+            """,
+            request_id, batch_key, state, error,
+        )
+        return status == "UPDATE 1"
+
+    async def lines_to_send_back(self, *, older_than: float, limit: int = 500) -> list[HeldLine]:
+        """Written or realtime lines whose request was not sent back (a worker stopped in between)."""
+        rows = await self.pool.fetch(
+            """
+            SELECT request_id, site_id, request, attempts FROM openai_batch_lines
+             WHERE state IN ('written', 'realtime') AND NOT sent_back
+               AND updated_at <= now() - make_interval(secs => $1)
+             ORDER BY updated_at LIMIT $2
+            """,
+            older_than, limit,
+        )
+        return [HeldLine(r["request_id"], r["site_id"], r["request"], r["attempts"]) for r in rows]
+
+    async def sent_back(self, request_id: str) -> None:
+        await self.pool.execute("UPDATE openai_batch_lines SET sent_back = true WHERE request_id = $1", request_id)
+
+    async def requeue_line(self, request_id: str, batch_key: str, *, error: str, counted: bool) -> None:
+        """A batched line back in the queue for the next file; `counted`: this batch was one of its tries."""
+        await self.pool.execute(
+            """
+            UPDATE openai_batch_lines
+               SET state = 'queued', batch_key = NULL, error = $3, attempts = attempts + $4::int, updated_at = now()
+             WHERE request_id = $1 AND batch_key = $2 AND state = 'batched'
+            """,
+            request_id, batch_key, error, 1 if counted else 0,
+        )
+
+    async def batched_lines(self, batch_key: str) -> list[HeldLine]:
+        """The lines of a batch not settled yet, in the order its file lists them."""
+        rows = await self.pool.fetch(
+            "SELECT request_id, site_id, request, attempts FROM openai_batch_lines "
+            "WHERE batch_key = $1 AND state = 'batched' ORDER BY request_id",
+            batch_key,
+        )
+        return [HeldLine(r["request_id"], r["site_id"], r["request"], r["attempts"]) for r in rows]
+
+    async def batch_lane_counts(self) -> dict[str, int]:
+        """Lines by state (operations: how much the lane holds)."""
+        rows = await self.pool.fetch("SELECT state, count(*) AS n FROM openai_batch_lines GROUP BY state")
+        return {r["state"]: r["n"] for r in rows}
+
+    # --- batches ----------------------------------------------------------------------
+    async def assemble_batch(
+        self, batch_key: str, model: str, *, max_lines: int, max_bytes: int, max_enqueued_tokens: int,
+        collect_seconds: float, owner: str, lease_seconds: float,
+    ) -> BatchRow | None:
+        """Put the oldest queued lines of `model` into a new batch, within the Batch API's limits.
+
+        Only once the oldest has waited `collect_seconds` or a full file is queued;
+        lines of paused sites, and of sites a spend cap holds, wait. The tokens of batches still running count against
+        `max_enqueued_tokens`. The new batch is claimed by `owner`. None: nothing to send now.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            lines = await conn.fetch(
+                """
+                SELECT l.request_id, l.prompt_tokens, l.bytes, l.queued_at <= now() - make_interval(secs => $3) AS due
+                  FROM openai_batch_lines l LEFT JOIN sites s ON s.site_id = l.site_id
+                 WHERE l.state = 'queued' AND l.model = $1 AND NOT coalesce(s.paused, false)
+                   AND s.budget_exhausted IS NULL
+                 ORDER BY l.queued_at, l.request_id
+                 LIMIT $2
+                 FOR UPDATE OF l SKIP LOCKED
+                """,
+                model, max_lines, collect_seconds,
+            )
+            if not lines or (not lines[0]["due"] and len(lines) < max_lines):
+                return None
+            running = await conn.fetchval(
+                "SELECT coalesce(sum(prompt_tokens), 0) FROM openai_batches WHERE model = $1 AND state <> 'ended'", model,
+            )
+            room, size, taken = max_enqueued_tokens - int(running), 0, []
+            for line in lines:
+                if size + line["bytes"] > max_bytes or line["prompt_tokens"] > room:
+                    break
+                size += line["bytes"]
+                room -= line["prompt_tokens"]
+                taken.append(line)
+            if not taken:
+                return None
+            tokens = sum(line["prompt_tokens"] for line in taken)
+            record = await conn.fetchrow(
+                "INSERT INTO openai_batches (batch_key, model, lines, prompt_tokens, claimed_by, claimed_until) "
+                "VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6)) RETURNING *",
+                batch_key, model, len(taken), tokens, owner, lease_seconds,
+            )
+            await conn.execute(
+                "UPDATE openai_batch_lines SET state = 'batched', batch_key = $1, updated_at = now() "
+                "WHERE request_id = ANY($2::text[])",
+                batch_key, [line["request_id"] for line in taken],
+            )
+        return _batch(record)
+
+    async def claim_batches(self, owner: str, *, lease_seconds: float, poll_seconds: float, limit: int = 20) -> list[BatchRow]:
+        """Claim batches with work to do: not sent yet, or sent and not polled for `poll_seconds`."""
+        rows = await self.pool.fetch(
+            """
+            UPDATE openai_batches b SET claimed_by = $1, claimed_until = now() + make_interval(secs => $2)
+             WHERE b.batch_key IN (
+               SELECT batch_key FROM openai_batches
+                WHERE state <> 'ended' AND (claimed_until IS NULL OR claimed_until < now())
+                  AND (state <> 'submitted' OR polled_at IS NULL OR polled_at <= now() - make_interval(secs => $3))
+                ORDER BY created_at LIMIT $4
+                FOR UPDATE SKIP LOCKED)
+            RETURNING b.*
+            """,
+            owner, lease_seconds, poll_seconds, limit,
+        )
+        return [_batch(r) for r in rows]
+
+    async def extend_batch_claim(self, batch_key: str, owner: str, *, lease_seconds: float) -> bool:
+        status = await self.pool.execute(
+            "UPDATE openai_batches SET claimed_until = now() + make_interval(secs => $3) "
+            "WHERE batch_key = $1 AND claimed_by = $2",
+            batch_key, owner, lease_seconds,
+        )
+        return status == "UPDATE 1"
+
+    async def mark_batch(self, batch_key: str, owner: str, state: str, *, batch_id: str | None = None,
+                         provider_status: str | None = None, error: str | None = None, release: bool = False) -> bool:
+        """Move our claimed batch on; False: the claim was lost (another worker has it: stop)."""
+        status = await self.pool.execute(
+            """
+            UPDATE openai_batches
+               SET state = $3, batch_id = coalesce($4, batch_id), provider_status = coalesce($5, provider_status),
+                   error = coalesce($6, error),
+                   polled_at = CASE WHEN $5::text IS NULL THEN polled_at ELSE now() END,
+                   ended_at = CASE WHEN $3 = 'ended' THEN now() ELSE ended_at END,
+                   claimed_until = CASE WHEN $7 THEN NULL ELSE claimed_until END
+             WHERE batch_key = $1 AND claimed_by = $2
+            """,
+            batch_key, owner, state, batch_id, provider_status, error, release,
+        )
+        return status == "UPDATE 1"

@@ -1,0 +1,177 @@
+"""The bulk lane, part 2: running batches polled, each result line back into the pipeline.
+
+A timer on every worker sends due batches (batch_collect.py) and looks at running ones
+(each under its claim, at most every BLOGSTREAM_OPENAI_BATCH_POLL_SECONDS). When a batch
+ends, each line's article is stored as the request's `generate` effect (the ledger the
+real-time lane uses) and the request goes back to blog.requests: the generate stage
+finds the article there and produces the draft, so it continues into the image stage
+like any real-time draft (and a cancelled or paused request is treated as any other).
+
+A line without an article (a server error, a refusal, a batch that expired, failed or
+was cancelled) is queued for the next batch, or goes to the real-time lane
+(BLOGSTREAM_OPENAI_BATCH_FAILED_LINES): nothing a batch held is lost. Sending back is
+an outbox (store/batches.py, `sent_back`): a worker that stops after storing a line's
+end and before sending its request leaves it to the next sweep.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from connectors.errors import ProviderError
+from connectors.openai_batches import BatchClient, BatchInfo, LineResult, read_results
+from store.batches import BatchRow, HeldLine
+from streams.app import app, requests_topic
+from streams.contract import check_article
+from streams.log_limit import LogLimit
+from streams.pipeline.batch_collect import CLAIM_SECONDS, STAGE, batch_client, send_batches, submit
+from streams.pipeline.deps import Deps, deps
+from streams.pipeline.factory import send_record
+from streams.pipeline.spend import record_batch_line
+from streams.settings import settings
+
+log = logging.getLogger(__name__)
+
+SEND_BACK_AFTER_SECONDS = 30.0  # a line settled this long ago and not sent back: its worker stopped
+EFFECT_LEASE_SECONDS = 30.0
+_failures = LogLimit(log, "bulk lane: a pass failed (the next one tries again)")
+
+
+async def send_back(request: dict[str, Any]) -> None:
+    """The request to blog.requests again (awaited: durable before its line is marked sent)."""
+    await send_record(requests_topic, request["site_id"], "BlogRequest", request)
+
+
+async def run_once(deps: Deps, client: BatchClient, send: Any = send_back) -> None:
+    """One pass: send due batches, look at running ones, send back what a stopped worker left."""
+    assert deps.db is not None
+    await send_batches(deps, client)
+    rows = await deps.db.claim_batches(deps.worker_id, lease_seconds=CLAIM_SECONDS,
+                                       poll_seconds=settings.openai_batch_poll_seconds)
+    for row in rows:
+        if row.state in ("assembled", "submitting"):
+            await submit(deps, client, row)
+        else:
+            await poll(deps, client, row, send)
+    for line in await deps.db.lines_to_send_back(older_than=SEND_BACK_AFTER_SECONDS):
+        await send(line.request)
+        await deps.db.sent_back(line.request_id)
+
+
+async def poll(deps: Deps, client: BatchClient, row: BatchRow, send: Any = send_back) -> None:
+    """Look at a running batch; once it ended, settle every line it still holds."""
+    assert deps.db is not None and row.batch_id is not None
+    db, owner = deps.db, deps.worker_id
+    try:
+        info = await client.retrieve(row.batch_id)
+        if not info.ended:
+            await db.mark_batch(row.batch_key, owner, "submitted", provider_status=info.status, release=True)
+            return
+        results: dict[str, LineResult] = {}
+        for file_id in (info.error_file_id, info.output_file_id):  # an article wins over an error
+            if file_id:
+                results.update(read_results(await client.content(file_id), row.model))
+    except ProviderError as exc:
+        log.warning("batch %s (%s): could not read it yet, tried again in %.0f s: %s", row.batch_key, row.batch_id,
+                    settings.openai_batch_poll_seconds, exc)
+        await db.mark_batch(row.batch_key, owner, "submitted", release=True)
+        return
+    lines = await db.batched_lines(row.batch_key)
+    refused = _refused_line_numbers(info)
+    left = 0
+    for number, line in enumerate(lines, 1):  # the file lists its lines in this order (batch_collect.py)
+        result = results.get(line.request_id)
+        if result is not None and result.billed is not None:  # once per completion id: a replay records nothing
+            await record_batch_line(deps, line.request_id, line.site_id, result.billed)
+        if result is not None and result.article is not None:
+            left += not await _write(deps, row, line, result, send)
+        else:
+            await _failed(deps, row, info, line, result, send, refused_by_validation=number in refused)
+    counts = f"{len(lines) - left} of {len(lines)} lines settled"
+    if left:  # an effect claim was busy: the rest at the next poll
+        await db.mark_batch(row.batch_key, owner, "submitted", provider_status=info.status, release=True)
+        return
+    await db.mark_batch(row.batch_key, owner, "ended", provider_status=info.status, release=True)
+    log.info("batch %s (%s) %s: %s", row.batch_key, row.batch_id, info.status, counts)
+
+
+def _refused_line_numbers(info: BatchInfo) -> set[int]:
+    return {int(e["line"]) for e in info.errors if e.get("line")} if info.status == "failed" else set()
+
+
+async def _write(deps: Deps, row: BatchRow, line: HeldLine, result: LineResult, send: Any) -> bool:
+    """Store a line's article as its request's generate effect, then send the request back. False: try later."""
+    assert deps.db is not None and result.article is not None
+    db = deps.db
+    if problems := check_article(result.article):  # as the real-time lane does: before it is stored
+        shown = "; ".join(str(p) for p in problems[:4])
+        await _to_realtime(deps, row, line, f"the model's article breaks the rules for articles ({shown})", send)
+        return True
+    owner = f"{deps.worker_id}:{row.batch_key}"
+    claim = await db.claim_effect(line.request_id, STAGE, line.site_id, owner=owner, lease_seconds=EFFECT_LEASE_SECONDS)
+    if claim.state == "busy":
+        return False
+    if claim.state == "foreign":  # the id is another site's: nothing of this line may touch it
+        await db.settle_line(line.request_id, row.batch_key, "cancelled", "the request id belongs to another site")
+        return True
+    if claim.state == "done" and (claim.payload or {}).get("cancelled"):  # cancelled while in the batch
+        await db.settle_line(line.request_id, row.batch_key, "cancelled", "cancelled while its batch ran")
+        return True
+    if claim.state == "acquired":
+        payload = {"article": result.article, "usage": result.usage, "lane": "batch", "batch_id": row.batch_id}
+        await db.complete_effect(line.request_id, STAGE, line.site_id, payload, owner=owner)
+    # done before (a cancellation, or this line settled by a worker that stopped): the stage reads it
+    if await db.settle_line(line.request_id, row.batch_key, "written"):
+        await send(line.request)
+        await db.sent_back(line.request_id)
+    return True
+
+
+async def _failed(deps: Deps, row: BatchRow, info: BatchInfo, line: HeldLine, result: LineResult | None, send: Any,
+                  *, refused_by_validation: bool) -> None:
+    """A line that gave no article: the next batch, or the real-time lane."""
+    assert deps.db is not None
+    error: ProviderError | None = result.error if result is not None else None
+    if error is not None:
+        reason, permanent = str(error), not error.retryable
+    elif refused_by_validation:
+        reason, permanent = f"the Batch API refused its line: {_validation_errors(info)}", True
+    else:  # no result: the batch expired, failed as a whole or was cancelled before the line ran
+        reason, permanent = f"its batch {row.batch_id} ended {info.status} before the line ran", False
+    # A batch refused as a whole (token limit, another line's error) was no try of this line's.
+    counted = not (info.status == "failed" and not refused_by_validation)
+    if (settings.openai_batch_failed_lines == "retry" and not permanent
+            and line.attempts + counted < settings.openai_batch_max_attempts):
+        await deps.db.requeue_line(line.request_id, row.batch_key, error=reason, counted=counted)
+        return
+    await _to_realtime(deps, row, line, reason, send)
+
+
+async def _to_realtime(deps: Deps, row: BatchRow, line: HeldLine, reason: str, send: Any) -> None:
+    assert deps.db is not None
+    log.warning("bulk request %s of site %s goes through the real-time lane: %s", line.request_id, line.site_id, reason)
+    if await deps.db.settle_line(line.request_id, row.batch_key, "realtime", reason):
+        await send(line.request)
+        await deps.db.sent_back(line.request_id)
+
+
+def _validation_errors(info: BatchInfo) -> str:
+    return "; ".join(f"line {e.get('line')}: {e.get('message')}" for e in info.errors[:3])
+
+
+def tick_seconds() -> float:
+    """How often the timer runs: often enough for both waits, never a busy loop."""
+    return min(10.0, max(0.2, min(settings.openai_batch_collect_seconds, settings.openai_batch_poll_seconds) / 2))
+
+
+@app.timer(interval=tick_seconds())
+async def batch_lane_timer() -> None:
+    if not settings.openai_batch_enabled:
+        return
+    try:
+        await deps.ready()
+        await run_once(deps, batch_client())
+    except Exception as exc:  # an outage or a fault: the next tick tries again, the ledger keeps what was done
+        _failures.failed(exc)
+    else:
+        _failures.ok()

@@ -1,0 +1,228 @@
+"""The bulk lane (batch_collect.py, batch_poll.py) against the OpenAI simulator and the real test database.
+
+Each test drives passes of the lane's timer (`run_once`) by hand until a condition
+holds (with a deadline), with a stand-in for the send back to blog.requests that
+records what would be produced. A test uses a model name of its own, so the lines of
+other tests in the shared database are never in its batches.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from types import SimpleNamespace
+from typing import Any, Awaitable, Callable
+
+import pytest
+import pytest_asyncio
+
+from connectors.openai_batches import BatchClient, batch_line, encode_line
+from store.database import Database, DatabaseError
+from streams.pipeline import batch_collect, batch_poll
+from streams.settings import settings
+from tests.store.conftest import DSN
+
+RUN = f"lane{uuid.uuid4().hex[:8]}"
+FAST = {"validation_seconds": 0.0, "seconds_per_request": 1.0, "finalizing_seconds": 0.0,
+        "completion_window_seconds": 86_400.0, "line_error_rate": 0.0}
+BASE = {"latency_scale": 0.01, "seed": 5, "openai": {"batch": FAST}}
+
+
+@pytest.fixture
+def sim(sim_server):
+    sim_server.configure(BASE)
+    sim_server.reset()
+    return sim_server
+
+
+@pytest_asyncio.fixture
+async def db():
+    database = Database(DSN, min_size=1, max_size=5)
+    try:
+        await database.start()
+    except DatabaseError as exc:
+        pytest.skip(f"test database not reachable: {exc}")
+    yield database
+    for table, column in (("openai_batch_lines", "request_id"), ("stage_outputs", "request_id"),
+                          ("openai_batches", "model")):
+        await database.pool.execute(f"DELETE FROM {table} WHERE {column} LIKE $1", f"{RUN}-%")
+    await database.close()
+
+
+def use_settings(monkeypatch, **changes: Any) -> None:
+    """The lane's modules read these settings (the settings object itself is frozen)."""
+    changed = batch_collect.settings.model_copy(update=changes)
+    for module in (batch_collect, batch_poll):
+        monkeypatch.setattr(module, "settings", changed)
+
+
+@pytest.fixture
+def lane(monkeypatch):
+    model = f"{RUN}-{uuid.uuid4().hex[:6]}"
+    use_settings(monkeypatch, openai_batch_enabled=True, openai_model=model, openai_batch_collect_seconds=0.01,
+                 openai_batch_poll_seconds=0.01, openai_batch_failed_lines="retry", openai_batch_max_attempts=3)
+    return model
+
+
+@pytest_asyncio.fixture
+async def client(sim):
+    async with BatchClient(base_url=sim.openai_base_url, api_key="sk-test", timeout=10.0) as batch_client:
+        yield batch_client
+
+
+class SentBack:
+    """What the lane would produce to blog.requests."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+
+    async def __call__(self, request: dict[str, Any]) -> None:
+        self.requests.append(request)
+
+    def counts(self) -> Counter:
+        return Counter(r["request_id"] for r in self.requests)
+
+
+def requests(n: int, site: str = "shop-bulk") -> list[dict[str, Any]]:
+    return [{"request_id": f"{RUN}-{uuid.uuid4().hex[:10]}", "site_id": site, "topic": f"Care guide {i}",
+             "keywords": ["care"], "language": "en", "tone": "friendly", "target_words": 300,
+             "requested_at": int(time.time() * 1000), "audience": None, "priority": "bulk"} for i in range(n)]
+
+
+async def hold_all(worker: Any, batch: list[dict[str, Any]]) -> None:
+    for request in batch:
+        assert await batch_collect.hold(request, worker)
+
+
+async def passes_until(worker: Any, client: BatchClient, sent: SentBack, done: Callable[[], Awaitable[bool]],
+                       timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await done():
+        assert time.monotonic() < deadline, "the lane did not get there in time"
+        await batch_poll.run_once(worker, client, send=sent)
+        await asyncio.sleep(0.02)
+
+
+async def states(db: Database, batch: list[dict[str, Any]]) -> Counter:
+    rows = await db.pool.fetch("SELECT state FROM openai_batch_lines WHERE request_id = ANY($1::text[])",
+                               [r["request_id"] for r in batch])
+    return Counter(r["state"] for r in rows)
+
+
+def settled(db: Database, batch: list[dict[str, Any]], state: str = "written") -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return (await states(db, batch))[state] == len(batch)
+    return check
+
+
+def worker(db: Database, name: str = "w-a") -> SimpleNamespace:
+    return SimpleNamespace(db=db, worker_id=name)
+
+
+async def test_bulk_requests_go_through_one_batch_and_come_back_once_with_their_article(sim, db, lane, client):
+    batch, sent, w = requests(5), SentBack(), worker(db)
+    await hold_all(w, batch)
+    await hold_all(w, batch)  # a replayed event holds nothing twice
+    await passes_until(w, client, sent, settled(db, batch))
+    assert sent.counts() == {r["request_id"]: 1 for r in batch}
+    for request in batch:
+        effect = await db.get_effect(request["request_id"], "generate")
+        assert effect["lane"] == "batch" and effect["article"]["title"] and effect["usage"]["completion_tokens"] > 0
+        assert not await batch_collect.hold(request, w)  # sent back: the stage goes on with the stored article
+    ledger = sim.ledger()["openai"]
+    assert ledger["batch"]["batches_created"] == 1 and ledger["batch"]["lines_completed"] == 5
+    assert ledger["usage_by_model"][lane]["realtime"]["requests"] == 0  # not one real-time call
+    assert ledger["calls"] == 0  # nor a real-time permit's worth of traffic
+
+
+async def test_a_restart_after_the_batch_was_created_finds_it_instead_of_sending_it_again(sim, db, lane, client):
+    batch, sent = requests(3), SentBack()
+    dead, alive = worker(db, "w-dead"), worker(db, "w-alive")
+    await hold_all(dead, batch)
+    row = await db.assemble_batch(f"{RUN}-k-{uuid.uuid4().hex[:6]}", lane, max_lines=10, max_bytes=10**6,
+                                  max_enqueued_tokens=10**6, collect_seconds=0, owner="w-dead", lease_seconds=60)
+    # The dead worker marked it, created it at OpenAI, and stopped before recording the batch id.
+    assert await db.mark_batch(row.batch_key, "w-dead", "submitting")
+    lines = await db.batched_lines(row.batch_key)
+    await client.submit(row.batch_key, b"".join(encode_line(batch_collect.line_for(line.request)) for line in lines))
+    await db.pool.execute("UPDATE openai_batches SET claimed_until = now() - interval '1 second' WHERE batch_key = $1",
+                          row.batch_key)
+    await passes_until(alive, client, sent, settled(db, batch))
+    assert sim.ledger()["openai"]["batch"]["batches_created"] == 1  # found, never sent twice
+    assert sent.counts() == {r["request_id"]: 1 for r in batch}
+
+
+async def test_a_restart_before_the_batch_was_created_sends_it_once(sim, db, lane, client):
+    batch, sent = requests(2), SentBack()
+    await hold_all(worker(db), batch)
+    row = await db.assemble_batch(f"{RUN}-k-{uuid.uuid4().hex[:6]}", lane, max_lines=10, max_bytes=10**6,
+                                  max_enqueued_tokens=10**6, collect_seconds=0, owner="w-dead", lease_seconds=60)
+    assert await db.mark_batch(row.batch_key, "w-dead", "submitting")  # then it stopped
+    await db.pool.execute("UPDATE openai_batches SET claimed_until = now() - interval '1 second' WHERE batch_key = $1",
+                          row.batch_key)
+    await passes_until(worker(db, "w-b"), client, sent, settled(db, batch))
+    assert sim.ledger()["openai"]["batch"]["batches_created"] == 1
+
+
+async def test_an_expired_batchs_unfinished_lines_go_into_the_next_batch(sim, db, lane, client):
+    batch, sent, w = requests(3), SentBack(), worker(db)
+    sim.configure({"openai": {"batch": {"completion_window_seconds": 0.001, "seconds_per_request": 100.0}}})
+    await hold_all(w, batch)
+
+    async def requeued() -> bool:
+        rows = await db.pool.fetch("SELECT attempts FROM openai_batch_lines WHERE request_id = ANY($1::text[]) "
+                                   "AND state = 'queued'", [r["request_id"] for r in batch])
+        return len(rows) == len(batch) and all(r["attempts"] == 1 for r in rows)
+
+    await passes_until(w, client, sent, requeued)
+    assert sim.ledger()["openai"]["batch"]["by_status"] == {"expired": 1}
+    sim.configure({"openai": {"batch": FAST}})
+    await passes_until(w, client, sent, settled(db, batch))
+    assert sent.counts() == {r["request_id"]: 1 for r in batch}
+    assert sim.ledger()["openai"]["batch"]["by_status"] == {"expired": 1, "completed": 1}
+
+
+@pytest.mark.parametrize("failed_lines", ["realtime", "retry"])
+async def test_failed_lines_are_retried_then_go_to_the_real_time_lane(sim, db, lane, client, monkeypatch, failed_lines):
+    use_settings(monkeypatch, openai_batch_failed_lines=failed_lines, openai_batch_max_attempts=2)
+    sim.configure({"openai": {"batch": {"line_error_rate": 1.0}}})  # every line answered 500
+    batch, sent, w = requests(2), SentBack(), worker(db)
+    await hold_all(w, batch)
+    await passes_until(w, client, sent, settled(db, batch, "realtime"))
+    assert sent.counts() == {r["request_id"]: 1 for r in batch}
+    assert sim.ledger()["openai"]["batch"]["batches_created"] == (1 if failed_lines == "realtime" else 2)
+    for request in batch:
+        assert await db.get_effect(request["request_id"], "generate") is None  # the real-time lane writes it
+        assert not await batch_collect.hold(request, w)  # and the generate stage now takes that lane
+
+
+async def test_a_request_cancelled_while_its_batch_runs_gets_no_article(sim, db, lane, client):
+    sim.configure({"openai": {"batch": {"seconds_per_request": 50.0}}})  # 0.5 s a line
+    batch, sent, w = requests(2), SentBack(), worker(db)
+    await hold_all(w, batch)
+
+    async def submitted() -> bool:
+        return (await states(db, batch))["batched"] == 2 and await db.pool.fetchval(
+            "SELECT count(*) FROM openai_batches WHERE model = $1 AND state = 'submitted'", lane) == 1
+
+    await passes_until(w, client, sent, submitted)
+    cancelled, kept = batch
+    await db.pool.execute(
+        "INSERT INTO stage_outputs (request_id, stage, site_id, status, payload) "
+        "VALUES ($1, 'generate', $2, 'done', '{\"cancelled\": true, \"reason\": \"cancelled by an operator\"}')",
+        cancelled["request_id"], cancelled["site_id"])
+
+    async def ended() -> bool:
+        return (await states(db, batch)) == Counter({"cancelled": 1, "written": 1})
+
+    await passes_until(w, client, sent, ended)
+    assert sent.counts() == {kept["request_id"]: 1}
+    assert (await db.get_effect(cancelled["request_id"], "generate"))["cancelled"] is True
+
+
+def test_the_line_is_the_real_time_writers_request(lane):
+    (request,) = requests(1)
+    line = batch_collect.line_for(request)
+    assert line == batch_line(request, model=lane, max_tokens_cap=settings.openai_max_tokens)
+    assert batch_collect.takes(request) and not batch_collect.takes(request | {"priority": "interactive"})
