@@ -13,6 +13,11 @@ formatters become `JsonLines` (`logging_config()` below, passed by streams/app.p
 Two things Faust writes outside logging are turned into JSON as well (`install()`):
 the start banner (a text table) becomes one JSON line, and Python warnings become
 log records.
+
+Per-call lines of the HTTP clients (httpx writes "HTTP Request: POST ... 200 OK" at INFO for
+every provider call, four per blog) are turned down to warnings (`quiet_per_call_loggers`):
+at hundreds of blogs a second they cost more CPU than the rest of the log together, and
+`blogstream_provider_calls_total` counts the same calls by provider and outcome.
 """
 from __future__ import annotations
 
@@ -46,8 +51,18 @@ def logging_config(log_format: str) -> dict[str, Any] | None:
     return {"merge": True, "formatters": {"default": json_lines, "colored": json_lines}}
 
 
+# Loggers that write a line per provider call at INFO: only their warnings and errors are kept.
+PER_CALL_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "replicate")
+
+
+def quiet_per_call_loggers() -> None:
+    for name in PER_CALL_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def install(log_format: str) -> None:
-    """For JSON lines: the start banner and Python warnings as JSON too (nothing else to do for text)."""
+    """Per-call HTTP lines off; for JSON lines, the start banner and Python warnings as JSON too."""
+    quiet_per_call_loggers()
     if log_format != "json":
         return
     logging.captureWarnings(True)

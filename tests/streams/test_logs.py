@@ -61,3 +61,22 @@ def test_faust_setup_logging_on_a_stream_too(restore_root_logging):
     handler.setStream(stream)
     logging.getLogger("streams.z").info("hello")
     assert json.loads(stream.getvalue())["message"] == "hello"
+
+
+def test_per_call_http_lines_are_off_at_info_but_warnings_stay(restore_root_logging):
+    # httpx writes "HTTP Request: POST ... 200 OK" at INFO for every provider call: four lines per blog.
+    saved = {name: logging.getLogger(name).level for name in logs.PER_CALL_LOGGERS}
+    try:
+        mode_logging.setup_logging(loglevel="info", logfile=None, logging_config=None)
+        logs.install("text")
+        stream = io.StringIO()
+        logging.getLogger().handlers[0].setStream(stream)
+        logging.getLogger("httpx").info('HTTP Request: POST http://x/openai/v1/chat/completions "HTTP/1.1 200 OK"')
+        logging.getLogger("httpx").warning("a connection was reset")
+        logging.getLogger("streams.z").info("a line of ours")
+        text = stream.getvalue()
+        assert "HTTP Request" not in text
+        assert "a connection was reset" in text and "a line of ours" in text
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
