@@ -236,6 +236,34 @@ async def run_counted(
     _step_failures.pop(position, None)
 
 
+class OwnerCache:
+    """The site each recent request id belongs to, as Postgres answered it (`request_owner`).
+
+    An id's owner never changes once its row exists (every write to
+    blog_generations and stage_outputs requires the same site), so the image and
+    publish stages of a request this worker has seen need no round trip to ask
+    again. Bounded: the oldest answers go first.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._owners: dict[str, str] = {}
+
+    def get(self, request_id: str) -> str | None:
+        return self._owners.get(request_id)
+
+    def put(self, request_id: str, site_id: str | None) -> None:
+        if site_id is None:
+            return
+        self._owners.pop(request_id, None)
+        self._owners[request_id] = site_id
+        while len(self._owners) > self.size:
+            del self._owners[next(iter(self._owners))]
+
+
+request_owners = OwnerCache(20_000)  # about 3 MB; more than a worker has in flight across its stages
+
+
 def _event_time(ms: Any) -> datetime | None:
     return datetime.fromtimestamp(ms / 1000, timezone.utc) if isinstance(ms, int) and not time_problem(ms) else None
 
@@ -250,7 +278,10 @@ def build_stage(
         assert deps.db is not None
         request = record.get("request", record)
         request_id, site_id = request["request_id"], request["site_id"]
-        owner = await deps.db.request_owner(request_id, site_id, request=request, at=_event_time(request.get("requested_at")))
+        owner = request_owners.get(request_id)
+        if owner is None:
+            owner = await deps.db.request_owner(request_id, site_id, request=request, at=_event_time(request.get("requested_at")))
+            request_owners.put(request_id, owner)
         if owner != site_id:
             raise RequestOfAnotherSite(name, request_id, site_id)
         produced = await step(record, deps)

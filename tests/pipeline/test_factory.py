@@ -166,3 +166,14 @@ async def test_a_failed_result_is_always_encodable_whatever_the_error_quotes(mon
     ((_, value, _),) = sent
     error = decode("BlogResult", value)["error"]
     assert len(error) == 2000 and "\x00" not in error and "\ufffd" in error
+
+
+def test_the_owner_cache_remembers_answers_and_forgets_the_oldest_first():
+    owners = factory.OwnerCache(size=2)
+    owners.put("req-1", "shop-1")
+    owners.put("req-2", None)  # no answer (no row): nothing to remember
+    owners.put("req-3", "shop-3")
+    assert (owners.get("req-1"), owners.get("req-2"), owners.get("req-3")) == ("shop-1", None, "shop-3")
+    owners.put("req-1", "shop-1")  # asked again: it becomes the newest
+    owners.put("req-4", "shop-4")
+    assert (owners.get("req-1"), owners.get("req-3"), owners.get("req-4")) == ("shop-1", None, "shop-4")
