@@ -7,18 +7,25 @@ site using the same request id gets ``foreign``, never the payload.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Awaitable, Callable, Generic, Literal, TypeVar
 
 import asyncpg
+
+from .outcomes import dump_json
 
 __all__ = ["EffectClaim", "EffectLedger", "EffectState"]
 
 log = logging.getLogger(__name__)
 
 EffectState = Literal["acquired", "done", "busy", "foreign"]
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
 
 
 @dataclass(frozen=True)
@@ -37,13 +44,181 @@ class EffectClaim:
     claimed_until: datetime | None = None
 
 
+# --- coalescing: the calls made while one statement runs go together in the next -------
+
+_OUTAGES = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+
+
+class Coalesced(Generic[Item, Result]):
+    """One statement for many concurrent calls: `await batch(item)` gives that item's result.
+
+    Hundreds of stage events claim and complete effects at once; one round trip each
+    made Postgres the biggest cost of a blog. Calls that arrive while a batch is in
+    flight wait for it and go together in the next one, so a quiet worker still gets
+    an answer after one round trip and a busy one sends few, large statements. Each
+    item's result is what its own statement would have said: when a batch fails for
+    a reason other than an outage (a value Postgres refuses), its items run one by one,
+    so a bad item fails alone.
+    """
+
+    def __init__(self, run: Callable[[list[Item]], Awaitable[list[Result]]], *, max_batch: int = 500) -> None:
+        self._run = run
+        self.max_batch = max_batch
+        self._waiting: list[tuple[Item, asyncio.Future]] = []
+        self._flusher: asyncio.Task | None = None
+        self.batches = 0  # statements sent (tests, figures)
+
+    async def __call__(self, item: Item) -> Result:
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # the tasks that are ready this turn add theirs first
+        while self._waiting:
+            batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
+            await self._answer(batch)
+
+    async def _answer(self, batch: list[tuple[Item, asyncio.Future]]) -> None:
+        self.batches += 1
+        try:
+            results = await self._run([item for item, _ in batch])
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as exc:
+            if len(batch) == 1 or isinstance(exc, _OUTAGES):
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                return
+            for one in batch:  # one item's value was refused: find it, and answer the others
+                await self._answer([one])
+            return
+        for (_, future), result in zip(batch, results):
+            if not future.done():
+                future.set_result(result)
+
+
+_Key = tuple[str, str]  # (request_id, stage)
+
+
+def _first_of_each_key(items: list[tuple]) -> list[tuple]:
+    """Items with distinct (request, stage) keys, sorted (one statement may touch a row only once;
+    the same order in every worker keeps row locks from deadlocking)."""
+    seen: dict[_Key, tuple] = {}
+    for item in items:
+        seen.setdefault((item[0], item[1]), item)
+    return [seen[key] for key in sorted(seen)]
+
+
+def _columns(items: list[tuple]) -> list[list]:
+    return [list(column) for column in zip(*items)]
+
+
+async def _claim_many(pool: asyncpg.Pool, items: list[tuple]) -> list[datetime | None]:
+    """(request_id, stage, site_id, owner, lease_seconds) -> claimed_until when acquired, else None.
+
+    Insert a fresh claim, or take over an expired one; a live claim or a done effect
+    makes the WHERE false and nothing comes back. Of several items with one key, only
+    the first is tried (the others find its claim, as they would one statement later).
+    """
+    distinct = _first_of_each_key(items)
+    records = await pool.fetch(
+        """
+        INSERT INTO stage_outputs AS s (request_id, stage, site_id, status, claimed_by, claimed_until)
+        SELECT i.request_id, i.stage, i.site_id, 'claimed', i.owner, now() + i.lease * interval '1 second'
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[]) AS i(request_id, stage, site_id, owner, lease)
+        ON CONFLICT (request_id, stage) DO UPDATE
+          SET claimed_by = EXCLUDED.claimed_by, claimed_until = EXCLUDED.claimed_until, updated_at = now()
+          WHERE s.status = 'claimed' AND s.claimed_until < now() AND s.site_id = EXCLUDED.site_id
+        RETURNING s.request_id, s.stage, s.claimed_by, s.claimed_until
+        """,
+        *_columns(distinct),
+    )
+    won = {(r["request_id"], r["stage"], r["claimed_by"]): r["claimed_until"] for r in records}
+    tried = {id(item) for item in distinct}
+    return [won.get((item[0], item[1], item[3])) if id(item) in tried else None for item in items]
+
+
+async def _read_many(pool: asyncpg.Pool, keys: list[_Key]) -> list[asyncpg.Record | None]:
+    """The ledger rows of (request_id, stage) keys, None for a key with no row."""
+    distinct = sorted(set(keys))
+    records = await pool.fetch(
+        """
+        SELECT s.request_id, s.stage, s.status, s.payload, s.claimed_until, s.claimed_until > now() AS live, s.site_id
+        FROM stage_outputs s JOIN unnest($1::text[], $2::text[]) AS i(request_id, stage) USING (request_id, stage)
+        """,
+        *_columns(distinct),
+    )
+    found = {(r["request_id"], r["stage"]): r for r in records}
+    return [found.get(key) for key in keys]
+
+
+async def _complete_many(pool: asyncpg.Pool, items: list[tuple]) -> list[asyncpg.Record]:
+    """(request_id, stage, site_id, payload JSON text, owner) -> (prev_status, prev_owner, written) each.
+
+    One statement may write a row only once: a second completion of the same key in a
+    batch (never seen in practice) waits for the next statement.
+    """
+    distinct = _first_of_each_key(items)
+    records = await pool.fetch(
+        """
+        WITH i AS (
+          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+            AS i(request_id, stage, site_id, payload, owner)
+        ), prev AS (
+          SELECT s.request_id, s.stage, s.status, s.claimed_by FROM stage_outputs s JOIN i USING (request_id, stage)
+        ), up AS (
+          INSERT INTO stage_outputs AS s (request_id, stage, site_id, status, payload, claimed_by)
+          SELECT request_id, stage, site_id, 'done', payload::jsonb, owner FROM i
+          ON CONFLICT (request_id, stage) DO UPDATE
+            SET status = 'done', payload = EXCLUDED.payload, claimed_by = EXCLUDED.claimed_by,
+                claimed_until = NULL, updated_at = now()
+            WHERE s.status = 'claimed' AND s.site_id = EXCLUDED.site_id
+          RETURNING s.request_id, s.stage
+        )
+        SELECT i.request_id, i.stage, i.owner, prev.status AS prev_status, prev.claimed_by AS prev_owner,
+               up.request_id IS NOT NULL AS written
+        FROM i LEFT JOIN prev USING (request_id, stage) LEFT JOIN up USING (request_id, stage)
+        """,
+        *_columns(distinct),
+    )
+    answered = {(r["request_id"], r["stage"], r["owner"]): r for r in records}
+    written = {id(item) for item in distinct}
+    return [answered[(item[0], item[1], item[4])] if id(item) in written else (await _complete_many(pool, [item]))[0]
+            for item in items]
+
+
+class _LedgerBatches:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.claim = Coalesced(lambda items: _claim_many(pool, items))
+        self.read = Coalesced(lambda keys: _read_many(pool, keys))
+        self.complete = Coalesced(lambda items: _complete_many(pool, items))
+
+
 # --- the methods (mixed into store.database.Database) -----------------------------------
 
 
 class EffectLedger:
-    """Claim, renew, complete or release one (request, stage) effect."""
+    """Claim, renew, complete or release one (request, stage) effect.
+
+    Claims, their reads and completions of concurrent callers share statements
+    (`Coalesced`); each caller still gets the answer its own statement would have given.
+    """
 
     pool: asyncpg.Pool  # provided by store.database.Database
+    _ledger: _LedgerBatches | None = None
+
+    def _batches(self) -> _LedgerBatches:
+        pool = self.pool
+        if self._ledger is None or self._ledger.pool is not pool:  # a new pool after a restart
+            self._ledger = _LedgerBatches(pool)
+        return self._ledger
 
     async def claim_effect(
         self, request_id: str, stage: str, site_id: str, *, owner: str, lease_seconds: float
@@ -55,34 +230,18 @@ class EffectLedger:
         """
         if lease_seconds <= 0:
             raise ValueError("lease_seconds must be > 0")
+        batches = self._batches()
         # A few rounds only cover the races between the claim and the read (the row was
         # released, or its lease ran out, in between); each round is one statement + a read.
         claimed_until: datetime | None = None
         for _ in range(3):
-            # Atomic: insert a fresh claim, or take over an expired one; a live claim or a
-            # done effect makes the WHERE false and nothing is returned.
-            claimed_until = await self.pool.fetchval(
-                """
-                INSERT INTO stage_outputs AS s (request_id, stage, site_id, status, claimed_by, claimed_until)
-                VALUES ($1, $2, $3, 'claimed', $4, now() + $5::float8 * interval '1 second')
-                ON CONFLICT (request_id, stage) DO UPDATE
-                  SET claimed_by = EXCLUDED.claimed_by, claimed_until = EXCLUDED.claimed_until, updated_at = now()
-                  WHERE s.status = 'claimed' AND s.claimed_until < now() AND s.site_id = EXCLUDED.site_id
-                RETURNING s.claimed_until
-                """,
-                request_id, stage, site_id, owner, float(lease_seconds),
-            )
+            # Atomic: insert a fresh claim, or take over an expired one (see _claim_many).
+            claimed_until = await batches.claim((request_id, stage, site_id, owner, float(lease_seconds)))
             if claimed_until is not None:
                 return EffectClaim("acquired", None, claimed_until)
             # A separate statement (fresh snapshot): it sees the row that blocked us even
             # if its writer committed after our claim statement started.
-            record = await self.pool.fetchrow(
-                """
-                SELECT status, payload, claimed_until, claimed_until > now() AS live, site_id
-                FROM stage_outputs WHERE request_id = $1 AND stage = $2
-                """,
-                request_id, stage,
-            )
+            record = await batches.read((request_id, stage))
             if record is None:
                 continue  # released in between: claim again
             if record["site_id"] != site_id:
@@ -105,24 +264,7 @@ class EffectLedger:
         """
         if not isinstance(payload, dict):
             raise TypeError("payload must be a dict")
-        record = await self.pool.fetchrow(
-            """
-            WITH prev AS (
-              SELECT status, claimed_by FROM stage_outputs WHERE request_id = $1 AND stage = $2
-            ), up AS (
-              INSERT INTO stage_outputs AS s (request_id, stage, site_id, status, payload, claimed_by)
-              VALUES ($1, $2, $3, 'done', $4::jsonb, $5)
-              ON CONFLICT (request_id, stage) DO UPDATE
-                SET status = 'done', payload = EXCLUDED.payload, claimed_by = EXCLUDED.claimed_by,
-                    claimed_until = NULL, updated_at = now()
-                WHERE s.status = 'claimed' AND s.site_id = EXCLUDED.site_id
-              RETURNING 1
-            )
-            SELECT (SELECT status FROM prev) AS prev_status, (SELECT claimed_by FROM prev) AS prev_owner,
-                   EXISTS (SELECT 1 FROM up) AS written
-            """,
-            request_id, stage, site_id, payload, owner,
-        )
+        record = await self._batches().complete((request_id, stage, site_id, dump_json(payload), owner))
         # prev is read from the statement's snapshot: good enough for these diagnostics.
         if record["written"] and record["prev_status"] == "claimed" and record["prev_owner"] != owner:
             log.warning(

@@ -139,3 +139,44 @@ async def test_an_effect_belongs_to_its_site(db: Database) -> None:
     await db.complete_effect(rid, "generate", mine, {"title": "mine"}, owner="w1")
     assert await db.claim_effect(rid, "generate", theirs, owner="w3", lease_seconds=30) == EffectClaim("foreign")
     assert (await db.claim_effect(rid, "generate", mine, owner="w3", lease_seconds=30)).payload == {"title": "mine"}
+
+
+@aio
+async def test_concurrent_calls_share_statements_and_each_gets_its_own_answer(db: Database) -> None:
+    site = uid("site")
+    done_rid = uid("req")
+    assert (await db.claim_effect(done_rid, "image", site, owner="w0", lease_seconds=30)).state == "acquired"
+    await db.complete_effect(done_rid, "image", site, {"url": "https://old"}, owner="w0")
+    rids = [uid("req") for _ in range(50)]
+    ledger = db._batches()
+    before = ledger.claim.batches, ledger.complete.batches
+    claims = await asyncio.gather(
+        *(db.claim_effect(rid, "image", site, owner=f"w-{rid}", lease_seconds=30) for rid in rids),
+        db.claim_effect(done_rid, "image", site, owner="w1", lease_seconds=30),
+        db.claim_effect(rids[0], "image", uid("site"), owner="other-site", lease_seconds=30),
+    )
+    assert [c.state for c in claims[:50]] == ["acquired"] * 50
+    assert claims[50] == EffectClaim("done", {"url": "https://old"})
+    assert claims[51] == EffectClaim("foreign")
+    await asyncio.gather(*(db.complete_effect(rid, "image", site, {"url": f"https://{rid}"}, owner=f"w-{rid}")
+                           for rid in rids))
+    assert ledger.claim.batches - before[0] <= 3 and ledger.complete.batches - before[1] <= 3  # not one per call
+    assert [await db.get_effect(rid, "image") for rid in rids[:3]] == [{"url": f"https://{rid}"} for rid in rids[:3]]
+
+
+@aio
+async def test_a_payload_postgres_refuses_fails_alone(db: Database) -> None:
+    site = uid("site")
+    rids = [uid("req") for _ in range(5)]
+    for rid in rids:
+        assert (await db.claim_effect(rid, "generate", site, owner="w1", lease_seconds=30)).state == "acquired"
+    payloads = [{"title": "fine"}] * 5
+    payloads[2] = {"title": "nul \u0000 inside"}  # jsonb has no NUL: Postgres refuses this one
+    results = await asyncio.gather(
+        *(db.complete_effect(rid, "generate", site, payload, owner="w1") for rid, payload in zip(rids, payloads)),
+        return_exceptions=True,
+    )
+    assert isinstance(results[2], asyncpg.PostgresError)
+    assert [r for i, r in enumerate(results) if i != 2] == [None] * 4
+    assert [await db.get_effect(rid, "generate") for rid in rids] == [
+        {"title": "fine"}, {"title": "fine"}, None, {"title": "fine"}, {"title": "fine"}]
