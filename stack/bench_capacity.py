@@ -4,10 +4,13 @@ The providers answer at once and never limit (simulator latency 0, limits far
 above the load), the budgets are as large, so the worker's own CPU is the only
 bound. N requests over M sites go through all three stages; we report blogs/s
 (first submit to last DONE), the worker's CPU ms per blog (its own user+sys
-time from /proc over the run), its peak RSS, the simulators' CPU, and, with
+time from /proc over the run), its peak RSS, the simulators' CPU (if they
+were the bottleneck it would show there), the load of the machine, and, with
 --profile, where the worker's CPU goes: py-spy samples every thread of the
 worker over the measured run; the summary (own time per function, time per
-package) goes into the doc. Writes docs/bench-capacity.md.
+package) goes into the doc. Writes docs/bench-capacity.md and two plots next
+to it: completions and worker CPU over time, and the worker's RSS over time.
+Text below KEEP_MARK in the doc (the history of changes) is kept.
 
     .venv/bin/python -m stack.bench_capacity [--requests 3000] [--sites 150] [--profile]
 """
@@ -26,6 +29,9 @@ from stack.harness import ROOT, Outcomes, Pipeline, Simulators, summarize
 
 HUGE = 10_000_000
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+DOCS = ROOT / "docs"
+KEEP_MARK = "<!-- written by hand below: the benchmark keeps this part -->"
+SAMPLE_SECONDS = 0.25
 
 
 def cpu_seconds(pid: int) -> float:
@@ -35,11 +41,25 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / CLOCK_TICKS
 
 
-def peak_rss_mb(pid: int) -> float:
+def _status_mb(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def peak_rss_mb(pid: int) -> float:
+    return _status_mb(pid, "VmHWM:")
+
+
+async def sample(pid: int, samples: list[tuple[float, float, float]]) -> None:
+    """(time, RSS MB, CPU seconds so far) of a process every SAMPLE_SECONDS, until cancelled."""
+    while True:
+        try:
+            samples.append((time.time(), _status_mb(pid, "VmRSS:"), cpu_seconds(pid)))
+        except OSError:  # the process ended
+            return
+        await asyncio.sleep(SAMPLE_SECONDS)
 
 
 async def run(n: int, sites: int, profile: Path | None) -> dict:
@@ -68,6 +88,9 @@ async def run(n: int, sites: int, profile: Path | None) -> dict:
                                         "--format", "raw", "--rate", "200", "--nonblocking", "-o", str(profile)],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cpu0, sim0 = cpu_seconds(worker.proc.pid), cpu_seconds(sim.proc.pid)
+        load0 = os.getloadavg()[0]
+        samples: list[tuple[float, float, float]] = []
+        sampler_task = asyncio.ensure_future(sample(worker.proc.pid, samples))
         started = time.time()
         await pipeline.submit(requests)
         last = [time.time()]
@@ -86,7 +109,10 @@ async def run(n: int, sites: int, profile: Path | None) -> dict:
         cpu = cpu_seconds(worker.proc.pid) - cpu0
         sim_cpu = cpu_seconds(sim.proc.pid) - sim0
         rss = peak_rss_mb(worker.proc.pid)
+        sampler_task.cancel()
+        load1 = os.getloadavg()[0]
         counts = summarize(rows)
+        finished_at = sorted(r["finished_at"].timestamp() - started for r in rows.values() if r["finished_at"] is not None)
         if sampler is not None:
             sampler.send_signal(signal.SIGINT)
             sampler.wait(60)
@@ -95,8 +121,53 @@ async def run(n: int, sites: int, profile: Path | None) -> dict:
         sim.stop()
         await outcomes.drop()
     return {"requests": n, "sites": sites, "counts": counts, "wall": wall, "blogs_per_s": n / wall,
-            "cpu_ms_per_blog": 1000 * cpu / n, "worker_cpu_s": cpu, "sim_cpu_ms_per_blog": 1000 * sim_cpu / n,
-            "peak_rss_mb": rss}
+            "cpu_ms_per_blog": 1000 * cpu / n, "worker_cpu_s": cpu, "worker_cores": cpu / wall,
+            "sim_cpu_ms_per_blog": 1000 * sim_cpu / n, "sim_cores": sim_cpu / wall, "peak_rss_mb": rss,
+            "load": (load0, load1), "cores": os.cpu_count(),
+            "samples": [(t - started, mb, c - cpu0) for t, mb, c in samples], "finished_at": finished_at}
+
+
+def plot(result: dict, out: Path) -> list[str]:
+    """Two PNGs next to the doc: completions and worker CPU over time; the worker's RSS over time.
+
+    Returns their file names (none when matplotlib is not installed).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    samples, done = result["samples"], result["finished_at"]
+    title = f"{result['requests']:,} blogs over {result['sites']} sites, one worker, providers at zero latency"
+    fig, (completed, cores) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    completed.step(done, range(1, len(done) + 1), where="post")
+    completed.set_ylabel("blogs final (DONE/FAILED)")
+    completed.set_title(title, fontsize=10)
+    times = [t for t, _, _ in samples]
+    rates = [(c1 - c0) / (t1 - t0) for (t0, _, c0), (t1, _, c1) in zip(samples, samples[1:]) if t1 > t0]
+    cores.plot(times[1:len(rates) + 1], rates, linewidth=1)
+    cores.axhline(1.0, color="red", linestyle="--", linewidth=1, label="one core (the event loop's bound)")
+    cores.set_ylabel("worker CPU (cores)")
+    cores.set_xlabel("seconds since the requests were submitted")
+    cores.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    names = [f"{out.stem}-completions.png", f"{out.stem}-rss.png"]
+    fig.savefig(out.parent / names[0], dpi=80)
+    plt.close(fig)
+    fig, rss = plt.subplots(figsize=(9, 3.5))
+    rss.plot(times, [mb for _, mb, _ in samples])
+    rss.axhline(300, color="red", linestyle="--", linewidth=1, label="goal: 300 MB")
+    rss.set_ylim(0, max(320, max((mb for _, mb, _ in samples), default=0) * 1.1))
+    rss.set_ylabel("worker RSS (MB)")
+    rss.set_xlabel("seconds since the requests were submitted")
+    rss.set_title(title, fontsize=10)
+    rss.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out.parent / names[1], dpi=80)
+    plt.close(fig)
+    return names
 
 
 def profile_summary(raw: Path, top: int = 25) -> list[str]:
@@ -130,7 +201,8 @@ def profile_summary(raw: Path, top: int = 25) -> list[str]:
     return lines
 
 
-def report(result: dict, profile: Path | None) -> str:
+def report(result: dict, profile: Path | None, plots: list[str] = ()) -> str:
+    load0, load1 = result["load"]
     lines = [
         "# Capacity benchmark: one worker, providers at zero latency and no limits",
         "",
@@ -143,10 +215,15 @@ def report(result: dict, profile: Path | None) -> str:
         f"| Throughput of one worker | {result['blogs_per_s']:.1f} blogs/s | >= 200 blogs/s |",
         f"| Worker CPU per blog | {result['cpu_ms_per_blog']:.1f} ms | <= 5 ms |",
         f"| Worker peak RSS | {result['peak_rss_mb']:.0f} MB | <= 300 MB |",
-        f"| Simulators' CPU per blog | {result['sim_cpu_ms_per_blog']:.1f} ms | |",
+        f"| Worker CPU used | {result['worker_cores']:.2f} cores | |",
+        f"| Simulators' CPU per blog | {result['sim_cpu_ms_per_blog']:.1f} ms ({result['sim_cores']:.2f} cores) | |",
         f"| Outcomes | {result['counts']} | all DONE |",
         "",
+        f"Load average {load0:.1f} at the start, {load1:.1f} at the end, on {result['cores']} cores: throughput "
+        "depends on what else runs; CPU per blog (the worker's own CPU time over blogs) much less.",
+        "",
     ]
+    lines += [f"![{name}]({name})" for name in plots] + ([""] if plots else [])
     if profile and profile.exists():
         lines += ["## Where the worker's CPU goes", ""] + profile_summary(profile) + [""]
     return "\n".join(lines)
@@ -157,14 +234,21 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--sites", type=int, default=150)
     parser.add_argument("--profile", action="store_true", help="sample the worker with py-spy (pip install py-spy)")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "bench-capacity.md"))
+    parser.add_argument("--out", default=str(DOCS / "bench-capacity.md"), help="the doc; its plots go next to it")
     args = parser.parse_args()
     out = Path(args.out)
     profile = Path("/tmp") / f"blogstream-capacity-{os.getpid()}.collapsed" if args.profile else None
     result = asyncio.run(run(args.requests, args.sites, profile))
-    text = report(result, profile)
+    plots = plot(result, out)
+    text = report(result, profile, plots)
     print(text)
-    out.write_text(text)
+    write_doc(out, text)
+
+
+def write_doc(out: Path, text: str) -> None:
+    """The new figures, then whatever the doc had below KEEP_MARK (written by hand)."""
+    kept = out.read_text().partition(KEEP_MARK)[2] if out.exists() else ""
+    out.write_text(text + "\n" + KEEP_MARK + (kept or "\n"))
 
 
 if __name__ == "__main__":
