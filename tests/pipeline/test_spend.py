@@ -29,6 +29,11 @@ class FakeCosts:
     async def exhausted(self, site_id):
         return self.held
 
+    async def hold_all(self, reason="global_day"):
+        self.held = self.held or reason
+        self.held_all = True
+        return 1
+
     async def record(self, cost):
         key = (cost.provider, cost.call_id)
         if key in self.recorded:
@@ -107,6 +112,23 @@ async def test_the_call_that_reaches_the_cap_holds_the_site():
         result = SimpleNamespace(billed=billed(f"chatcmpl-{n}"))
         await spend.paid_article(deps, f"r{n}", "s1", lambda result=result: asyncio.sleep(0, result))
     assert deps.held == ["s1"]
+
+
+async def test_reaching_the_global_daily_cap_holds_every_site(monkeypatch):
+    costs = FakeCosts()
+    deps = FakeDeps(costs)
+    monkeypatch.setattr(spend, "_global_cap", lambda: 0.002)
+
+    async def release_slot(site_id, request_id):
+        pass
+
+    monkeypatch.setattr(spend.budgets, "release_slot", release_slot)
+    await spend.paid_article(deps, "r1", "s1", lambda: asyncio.sleep(0, SimpleNamespace(billed=billed("c-1"))))
+    assert not getattr(costs, "held_all", False)  # 0.00135 of 0.002
+    await spend.paid_article(deps, "r2", "s2", lambda: asyncio.sleep(0, SimpleNamespace(billed=billed("c-2"))))
+    assert costs.held_all and costs.held == "global_day"
+    with pytest.raises(SiteHeld):
+        await spend.paid_article(deps, "r3", "s3", lambda: asyncio.sleep(0, SimpleNamespace(billed=billed("c-3"))))
 
 
 async def test_a_prediction_costs_its_images_once_it_ended():

@@ -125,3 +125,17 @@ def test_a_cap_is_a_finite_amount_in_range_or_none():
     assert budget_problem(None) is None and budget_problem(0) is None and budget_problem(12.5) is None
     for bad in (-1, float("nan"), True, "10", 2e9):
         assert budget_problem(bad) is not None
+
+
+@aio
+async def test_the_next_period_releases_a_site_held_by_last_months_spend(db: Database) -> None:
+    costs = Costs(db)
+    site_id = await new_site(db, monthly_usd=1, daily_usd=1)
+    # Spent past both caps on the last day of the previous month, and held then.
+    await db.pool.execute(
+        "INSERT INTO site_spend (site_id, day, usd) VALUES ($1, date_trunc('month', now() AT TIME ZONE 'UTC')::date - 1, 5)",
+        site_id)
+    await db.pool.execute("UPDATE sites SET budget_exhausted = 'month' WHERE site_id = $1", site_id)
+    assert (await costs.refresh_budgets(None))[site_id] is None  # a new month (and day): free again
+    assert await costs.exhausted(site_id) is None
+    assert (await costs.budget(site_id))["spent_this_month_usd"] == 0
