@@ -79,7 +79,21 @@ class Blog(ApiView):
                           "within about a second"},
                 404,
             )
-        return self.answer(public_row(row))
+        return self.answer({**public_row(row), **await spend_and_wait(row)})
+
+
+async def spend_and_wait(row: Mapping[str, Any]) -> dict[str, Any]:
+    """What the request's paid calls cost so far, and why a PENDING one waits (its site paused, or out of budget)."""
+    assert deps.costs is not None
+    calls = await deps.costs.of_request(row["id"])
+    waiting = None
+    if row["status"] == "PENDING":
+        site = await deps.site(row["site_id"])
+        if site is not None and site.paused:
+            waiting = "paused"
+        elif site is not None and site.budget_exhausted:
+            waiting = "budget_exhausted"
+    return {"cost_usd": sum(c["cost_usd"] or 0.0 for c in calls), "paid_calls": len(calls), "waiting": waiting}
 
 
 async def retry_failed(request_id: str) -> tuple[int, dict[str, Any]]:

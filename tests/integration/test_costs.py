@@ -98,6 +98,9 @@ async def test_a_capped_site_stops_within_the_bound_and_goes_on_when_the_cap_is_
                 calls_running = await conn.fetchval(
                     "SELECT count(*) FROM stage_outputs WHERE site_id = $1 AND status = 'claimed'", capped)
                 if done + parked == len(ids) and calls_running == 0:
+                    waiting_id = await conn.fetchval("SELECT request_id FROM parked_events WHERE site_id = $1 LIMIT 1", capped)
+                    done_id = await conn.fetchval(
+                        "SELECT id FROM blog_generations WHERE id = ANY($1::text[]) AND status = 'DONE' LIMIT 1", ids)
                     break
                 assert time.time() < deadline, (done, parked, calls_running)
                 await asyncio.sleep(0.5)
@@ -113,6 +116,10 @@ async def test_a_capped_site_stops_within_the_bound_and_goes_on_when_the_cap_is_
         # Visible: the site says why its requests wait, and the intake refuses more with 429 budget_exhausted.
         view = (await http.get(f"/api/sites/{capped}/costs")).json()
         assert view["budget_exhausted"] == "month" and abs(view["spent_this_month_usd"] - float(total)) < 1e-9
+        blog = (await http.get(f"/api/blogs/{waiting_id}")).json()
+        assert blog["status"] == "PENDING" and blog["waiting"] == "budget_exhausted"
+        blog = (await http.get(f"/api/blogs/{done_id}")).json()
+        assert blog["waiting"] is None and blog["cost_usd"] > 0 and blog["paid_calls"] >= 2  # an article, an image
         refused = await http.post("/api/blogs", json=pipeline.request(capped, 99))
         assert refused.status_code == 429 and refused.json()["code"] == "budget_exhausted"
         assert int(refused.headers["Retry-After"]) >= 1
