@@ -136,6 +136,18 @@ class BatchLanes:
         )
         return [HeldLine(r["request_id"], r["site_id"], r["request"], r["attempts"]) for r in rows]
 
+    async def batch_all_cancelled(self, batch_key: str) -> bool:
+        """Is every line the batch still holds a cancelled request's (its generate effect done, no article)?"""
+        return bool(await self.pool.fetchval(
+            """
+            SELECT count(*) > 0 AND bool_and(coalesce((o.payload->>'cancelled')::boolean, false))
+              FROM openai_batch_lines l
+              LEFT JOIN stage_outputs o ON o.request_id = l.request_id AND o.stage = 'generate' AND o.status = 'done'
+             WHERE l.batch_key = $1 AND l.state = 'batched'
+            """,
+            batch_key,
+        ))
+
     async def batch_lane_counts(self) -> dict[str, int]:
         """Lines by state (operations: how much the lane holds)."""
         rows = await self.pool.fetch("SELECT state, count(*) AS n FROM openai_batch_lines GROUP BY state")

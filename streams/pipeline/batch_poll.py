@@ -64,6 +64,10 @@ async def poll(deps: Deps, client: BatchClient, row: BatchRow, send: Any = send_
     db, owner = deps.db, deps.worker_id
     try:
         info = await client.retrieve(row.batch_id)
+        if not info.ended and info.status != "cancelling" and await db.batch_all_cancelled(row.batch_key):
+            log.info("batch %s (%s): every request in it was cancelled; cancelling the batch", row.batch_key,
+                     row.batch_id)
+            info = await client.cancel(row.batch_id)  # lines that already ran are billed; the rest are not
         if not info.ended:
             await db.mark_batch(row.batch_key, owner, "submitted", provider_status=info.status, release=True)
             return
@@ -85,6 +89,8 @@ async def poll(deps: Deps, client: BatchClient, row: BatchRow, send: Any = send_
             await record_batch_line(deps, line.request_id, line.site_id, result.billed)
         if result is not None and result.article is not None:
             left += not await _write(deps, row, line, result, send)
+        elif ((await db.get_effect(line.request_id, STAGE)) or {}).get("cancelled"):
+            await db.settle_line(line.request_id, row.batch_key, "cancelled", "cancelled while its batch ran")
         else:
             await _failed(deps, row, info, line, result, send, refused_by_validation=number in refused)
     counts = f"{len(lines) - left} of {len(lines)} lines settled"

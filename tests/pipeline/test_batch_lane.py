@@ -221,6 +221,24 @@ async def test_a_request_cancelled_while_its_batch_runs_gets_no_article(sim, db,
     assert (await db.get_effect(cancelled["request_id"], "generate"))["cancelled"] is True
 
 
+async def test_a_batch_whose_requests_were_all_cancelled_is_cancelled_at_openai(sim, db, lane, client):
+    sim.configure({"openai": {"batch": {"seconds_per_request": 100.0}}})  # 1 s a line
+    batch, sent, w = requests(3), SentBack(), worker(db)
+    await hold_all(w, batch)
+
+    async def submitted() -> bool:
+        return (await states(db, batch))["batched"] == 3
+
+    await passes_until(w, client, sent, submitted)
+    for request in batch:
+        await db.pool.execute(
+            "INSERT INTO stage_outputs (request_id, stage, site_id, status, payload) "
+            "VALUES ($1, 'generate', $2, 'done', '{\"cancelled\": true}')", request["request_id"], request["site_id"])
+    await passes_until(w, client, sent, settled(db, batch, "cancelled"))
+    assert sim.ledger()["openai"]["batch"]["by_status"] == {"cancelled": 1}
+    assert sent.requests == []
+
+
 def test_the_line_is_the_real_time_writers_request(lane):
     (request,) = requests(1)
     line = batch_collect.line_for(request)
