@@ -61,6 +61,11 @@ async def check_budget(deps: Any, site_id: str, request_id: str, *, holds_slot: 
     costs = _costs(deps)
     if costs is None:
         return
+    if _global_cap() is None:
+        site = await deps.site(site_id)  # the worker's copy, at most two seconds old
+        if site is not None and site.monthly_budget_usd is None and site.daily_budget_usd is None \
+                and site.budget_exhausted is None:
+            return  # no cap can hold it: no query (a cap set just now reaches this worker within two seconds)
     reason = await costs.exhausted(site_id)
     if reason is None:
         return

@@ -54,6 +54,9 @@ class FakeDeps:
     def hold_here(self, site_id):
         self.held.append(site_id)
 
+    async def site(self, site_id):
+        return None  # not in the cache: the check asks Postgres
+
 
 def billed(call_id="chatcmpl-1", prompt=1000, completion=2000):
     return BilledCall(call_id=call_id, model="gpt-4o-mini", prompt_tokens=prompt, completion_tokens=completion)
@@ -162,3 +165,30 @@ async def test_the_runner_parks_an_event_whose_site_a_cap_held_after_it_started(
     await wait_until(lambda: t.stream.acked(0) == [0, 1, 2, 3], "every event acked: the held ones parked")
     assert [ev.value for ev in t.lot.parked] == [f"capped-{n}".encode() for n in range(3)]
     assert t.handler.started_sites == ["free"]
+
+
+async def test_a_site_without_caps_costs_no_query_while_there_is_no_global_cap(monkeypatch):
+    from store.sites import Site
+
+    class Asked(FakeCosts):
+        asked = 0
+
+        async def exhausted(self, site_id):
+            self.asked += 1
+            return None
+
+    deps = FakeDeps(Asked())
+    sites = {"plain": Site("plain"), "capped": Site("capped", monthly_budget_usd=5.0)}
+
+    async def site(site_id):
+        return sites[site_id]
+
+    deps.site = site
+    monkeypatch.setattr(spend, "_global_cap", lambda: None)
+    await spend.check_budget(deps, "plain", "r1")
+    assert deps.costs.asked == 0
+    await spend.check_budget(deps, "capped", "r2")
+    assert deps.costs.asked == 1
+    monkeypatch.setattr(spend, "_global_cap", lambda: 100.0)  # any site may be held by the global cap
+    await spend.check_budget(deps, "plain", "r3")
+    assert deps.costs.asked == 2
