@@ -28,6 +28,7 @@ from typing import Any, Awaitable, Callable, Iterable
 from store.parked import ParkedEvent, ParkedEvents
 from streams import metrics
 from streams.contract import RecordError, decode
+from streams.pipeline.retries import RETRIES, retry_delay
 
 log = logging.getLogger(__name__)
 
@@ -343,13 +344,14 @@ class StageRunner:
             # The event stays unacked and is tried again after a pause, so the
             # offset never passes it and nothing is lost.
             entry.failures += 1
-            delay = min(60.0, 2.0 ** entry.failures)
+            delay = retry_delay(entry.failures)
             log.exception("%s: event %s@%s failed, retrying in %.0f s", self.name, entry.tp, entry.offset, delay)
             metrics.stage_events.labels(self.name, "retried").inc()
             self._release(entry)
-            await asyncio.sleep(delay)
+            await RETRIES.pause(delay)
             self._requeue(entry)
             return
+        RETRIES.succeeded()
         self._release(entry)
         entry.done = True
         await self._ack_in_order(entry.tp)

@@ -486,3 +486,28 @@ async def test_a_runner_with_full_read_ahead_is_not_stalled_it_stopped_reading(r
     stream.feed([event(2, o, "site-a") for o in range(5)])
     await wait_until(lambda: handler.started == [(2, 0)], "offset 0 running, the rest not read")
     assert runner.check_stalls(time.monotonic() + 10 * runner.STALL_SECONDS) == []
+
+
+# --------------------------------------------------------------------------- retries after an outage
+
+
+async def test_the_first_event_that_works_again_ends_every_retry_wait(run, monkeypatch):
+    """An outage: every event fails and waits (here: an hour). The broker comes back; the next event that
+    works ends the others' waits at once, instead of one back-off later."""
+    import streams.pipeline.runner as runner_module
+    from streams.pipeline.retries import RetryPauses
+
+    pauses = RetryPauses(wake_every=0.0)
+    monkeypatch.setattr(runner_module, "RETRIES", pauses)
+    monkeypatch.setattr(runner_module, "retry_delay", lambda failures: 3600.0)
+    outage = {"on": True}
+    handler = Recorder(fail=lambda ev: outage["on"])
+    stream = FakeStream()
+    run(make_runner(handler), stream)
+    stream.feed([event(0, o, f"site-{o % 3}") for o in range(5)])
+    await wait_until(lambda: pauses.waiting == 5, "all five failed and waiting")
+
+    outage["on"] = False
+    stream.feed([event(1, 0, "site-new")])
+    await wait_until(lambda: len(stream.acks) == 6, "the five retried at once after the first success")
+    assert stream.acked(0) == list(range(5)) and pauses.waiting == 0
