@@ -106,6 +106,8 @@ class BudgetBook:
     waiting for: once an interactive ask does not fit a budget in a pass, no
     bulk ask takes from that budget in that pass, so a big interactive ask is
     not starved by small bulk ones. Room nobody interactive wants goes to bulk.
+    A bulk ask is granted only for room open now, never ahead (`lookahead`):
+    room that opens a moment later goes to an interactive ask arriving meanwhile.
     """
 
     def __init__(
@@ -135,6 +137,7 @@ class BudgetBook:
         # entries (`_unwait` then rebuilds it), so it is at most about twice the live asks.
         self._amounts: dict[str, list[tuple[float, str]]] = {}
         self._live: dict[str, int] = {}  # budget -> asks waiting on it (the live part of its heap)
+        self._interactive: dict[str, int] = {}  # budget -> interactive asks waiting on it
         # A site's virtual time is kept while it waits, and after it stops for as long as it
         # could still matter (see `prune`); then it is dropped, so the book holds the sites
         # that are active, not every site ever seen.
@@ -195,6 +198,8 @@ class BudgetBook:
             sites[fair_id] = sites.get(fair_id, 0) + 1
             self._idle_since.pop(key, None)
             self._live[budget] = self._live.get(budget, 0) + 1
+            if not bulk:
+                self._interactive[budget] = self._interactive.get(budget, 0) + 1
             heapq.heappush(self._amounts.setdefault(budget, []), (ask.needs[budget], ask.ask_id))
         self.waiting[ask.ask_id] = ask
         self._fresh.append(ask)
@@ -211,6 +216,11 @@ class BudgetBook:
         del self.waiting[ask.ask_id]
         fair_id = ask.fair_id
         for budget in ask.needs:
+            if ask.lane == INTERACTIVE:
+                if self._interactive.get(budget, 0) > 1:
+                    self._interactive[budget] -= 1
+                else:
+                    self._interactive.pop(budget, None)
             sites = self._waiting_sites.get(budget, {})
             left = sites.get(fair_id, 0) - 1
             if left > 0:
@@ -239,6 +249,7 @@ class BudgetBook:
         self._waiting_sites.clear()
         self._amounts.clear()
         self._live.clear()
+        self._interactive.clear()
 
     def _fair_key(self, ask: Ask) -> tuple[int, float, int]:
         return (LANE_RANK.get(ask.lane, 1), self.vtime.get((ask.primary, ask.fair_id), 0.0), ask.seq)
@@ -290,7 +301,9 @@ class BudgetBook:
                 continue
             # Grants only use room up, so an ask that does not fit by the
             # horizon will not later in this pass either: it is left waiting.
-            start = self._start_by(ask, now, horizon, closed)
+            # A bulk ask is never granted ahead: room that opens later may be
+            # an interactive ask's that has not arrived yet.
+            start = self._start_by(ask, now, now if rank else horizon, closed)
             if start is not None:
                 grants.append(self._grant(ask, start, made_at=now))
             elif not rank:  # the budgets it found too full (not its site's slots): kept for it
@@ -393,14 +406,16 @@ class BudgetBook:
         all have room by the horizon has just been granted (or waits for a slot,
         which only a release frees). So the next chance is `lookahead` before
         the soonest moment a budget that is closed opens for the smallest
-        amount waiting on it: possibly early (a pass that grants nothing), never late.
+        amount waiting on it (that moment itself when only bulk asks wait on it:
+        they are not granted ahead): possibly early (a pass that grants nothing), never late.
         """
         soonest = None
         for budget, sites in self._waiting_sites.items():
             smallest = self._smallest(budget) if sites else None
             if smallest is None:
                 continue
-            at = self.rate(budget).next_room_at(now, smallest) - self.lookahead
+            lead = self.lookahead if self._interactive.get(budget) else 0.0  # bulk asks are granted at their room
+            at = self.rate(budget).next_room_at(now, smallest) - lead
             if at > now and (soonest is None or at < soonest):
                 soonest = at
         return soonest

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.limiter.book import BULK, INTERACTIVE, Ask
-from tests.limiter.test_book import REQ, TOK, book, drain
+from streams.limiter.book import BULK, INTERACTIVE, Ask, BudgetBook
+from tests.limiter.test_book import REQ, TOK, book, drain, max_in_window
 
 properties = settings(database=None, deadline=None, max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 
@@ -63,6 +63,34 @@ def test_an_interactive_ask_held_by_its_sites_slots_does_not_hold_bulk_back():
     b.add_ask(ask("shop", INTERACTIVE, slot_limit=1))  # waits for the shop's one slot
     b.add_ask(ask("backfill", BULK))
     assert [g.ask.site_id for g in b.grant_ready(0.5)] == ["backfill"]
+
+
+def paced_book(limit: int = 60, window: float = 10.0, lookahead: float = 1.0) -> BudgetBook:
+    b = BudgetBook({REQ: {"limit": limit, "window": window, "paced": True}}, grace=0.3, lookahead=lookahead)
+    b.instance = "t-"
+    return b
+
+
+def test_bulk_is_never_granted_ahead_so_an_interactive_ask_gets_the_next_room():
+    b = paced_book()  # one unit every ~1/6 s, granted up to 1 s ahead
+    for _ in range(200):
+        b.add_ask(ask("backfill", BULK))
+    grants = drain(b, 0.0, 5.0)
+    assert grants and all(g.granted_at <= g.made_at + 1e-9 for g in grants)  # none ahead
+    live = ask("shop", INTERACTIVE)
+    b.add_ask(live)
+    (first, *_) = drain(b, 5.0, 6.5)
+    pace = b.rate(REQ).pace_interval()
+    assert first.ask is live and first.granted_at - 5.0 <= pace + 1e-6  # the next room, not a second later
+
+
+def test_bulk_alone_still_uses_the_whole_budget():
+    b = paced_book(limit=60, window=10.0)
+    for _ in range(400):
+        b.add_ask(ask("backfill", BULK))
+    grants = drain(b, 0.0, 40.0)
+    assert len(grants) >= 40 / b.rate(REQ).pace_interval() - 2  # the paced rate: nothing lost to not granting ahead
+    assert max_in_window([g.granted_at for g in grants], 10.0) <= 60
 
 
 def test_fair_between_sites_within_the_bulk_lane():
