@@ -67,6 +67,17 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """What a connection needs before it goes back to the pool: nothing more than asyncpg's own check.
+
+    asyncpg's default reset sends `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+    RESET ALL` after every statement: a second round trip for each one. We hold no session
+    state to undo (no session advisory locks, cursors, LISTEN or SET; the advisory locks of
+    store/parked.py end with their transaction), and asyncpg still rolls back a connection
+    released inside a transaction before calling this.
+    """
+
+
 class Database(Outcomes, SiteRegistry, EffectLedger, BatchLanes):
     """One asyncpg pool per process; every method is a single short query or statement."""
 
@@ -101,6 +112,7 @@ class Database(Outcomes, SiteRegistry, EffectLedger, BatchLanes):
                 max_size=self._max_size,
                 command_timeout=self._command_timeout,
                 init=_init_connection,
+                reset=_keep_session,
                 server_settings={"application_name": self._application_name},
             )
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
