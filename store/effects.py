@@ -193,12 +193,28 @@ async def _complete_many(pool: asyncpg.Pool, items: list[tuple]) -> list[asyncpg
             for item in items]
 
 
+async def _extend_many(pool: asyncpg.Pool, items: list[tuple]) -> list[bool]:
+    """(request_id, stage, owner, lease_seconds) -> whether that live claim was ours and is renewed."""
+    records = await pool.fetch(
+        """
+        UPDATE stage_outputs s SET claimed_until = now() + i.lease * interval '1 second', updated_at = now()
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[]) AS i(request_id, stage, owner, lease)
+        WHERE s.request_id = i.request_id AND s.stage = i.stage AND s.status = 'claimed' AND s.claimed_by = i.owner
+        RETURNING s.request_id, s.stage, s.claimed_by
+        """,
+        *_columns(sorted(items)),
+    )
+    renewed = {(r["request_id"], r["stage"], r["claimed_by"]) for r in records}
+    return [item[:3] in renewed for item in items]
+
+
 class _LedgerBatches:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self.claim = Coalesced(lambda items: _claim_many(pool, items))
         self.read = Coalesced(lambda keys: _read_many(pool, keys))
         self.complete = Coalesced(lambda items: _complete_many(pool, items))
+        self.extend = Coalesced(lambda items: _extend_many(pool, items))
 
 
 # --- the methods (mixed into store.database.Database) -----------------------------------
@@ -276,14 +292,7 @@ class EffectLedger:
 
     async def extend_effect(self, request_id: str, stage: str, *, owner: str, lease_seconds: float) -> bool:
         """Renew our live claim while the effect is still under way (False: it is not ours any more)."""
-        status = await self.pool.execute(
-            """
-            UPDATE stage_outputs SET claimed_until = now() + $4::float8 * interval '1 second', updated_at = now()
-            WHERE request_id = $1 AND stage = $2 AND status = 'claimed' AND claimed_by = $3
-            """,
-            request_id, stage, owner, float(lease_seconds),
-        )
-        return status != "UPDATE 0"
+        return await self._batches().extend((request_id, stage, owner, float(lease_seconds)))
 
     async def release_effect(self, request_id: str, stage: str, *, owner: str) -> None:
         """Give up our claim after a failed effect so the next try can claim at once.

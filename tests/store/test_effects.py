@@ -158,6 +158,13 @@ async def test_concurrent_calls_share_statements_and_each_gets_its_own_answer(db
     assert [c.state for c in claims[:50]] == ["acquired"] * 50
     assert claims[50] == EffectClaim("done", {"url": "https://old"})
     assert claims[51] == EffectClaim("foreign")
+    extends_before = ledger.extend.batches
+    renewed = await asyncio.gather(
+        *(db.extend_effect(rid, "image", owner=f"w-{rid}", lease_seconds=30) for rid in rids),
+        db.extend_effect(rids[1], "image", owner="not-the-owner", lease_seconds=30),
+    )
+    assert renewed == [True] * 50 + [False]
+    assert ledger.extend.batches - extends_before <= 3
     await asyncio.gather(*(db.complete_effect(rid, "image", site, {"url": f"https://{rid}"}, owner=f"w-{rid}")
                            for rid in rids))
     assert ledger.claim.batches - before[0] <= 3 and ledger.complete.batches - before[1] <= 3  # not one per call
