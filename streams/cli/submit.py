@@ -22,7 +22,7 @@ from streams.cli.output import CliError, emit_json, json_option, listed, say, wo
 
 def request_from_options(
     *, site: str, topic: str, keywords: str | None = None, language: str = "en", tone: str = "informative",
-    target_words: int = 800, request_id: str | None = None,
+    target_words: int = 800, request_id: str | None = None, priority: str = "interactive",
 ) -> dict[str, Any]:
     return {
         "request_id": request_id or uuid.uuid4().hex,
@@ -34,6 +34,7 @@ def request_from_options(
         "target_words": target_words,
         "requested_at": int(time.time() * 1000),
         "audience": None,
+        "priority": priority,
     }
 
 
@@ -223,6 +224,9 @@ def read_file(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
 @click.option("--tone", default="informative", show_default=True)
 @click.option("--target-words", type=int, default=800, show_default=True)
 @click.option("--request-id", help="Idempotency key [default: a new uuid].")
+@click.option("--priority", type=click.Choice(["interactive", "bulk"]),
+              help="bulk: served with what interactive requests leave (a backfill); given with --file, every "
+                   "line gets it [default: interactive, or a line's own].")
 @click.option("--quiet", is_flag=True, help="No progress bar (a --file shows one on stderr).")
 @worker_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True,
@@ -230,7 +234,8 @@ def read_file(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
 @json_option
 def submit_command(
     path: Path | None, site: str | None, topic: str | None, keywords: str | None, language: str, tone: str,
-    target_words: int, request_id: str | None, quiet: bool, worker: str | None, batch_size: int, as_json: bool,
+    target_words: int, request_id: str | None, priority: str | None, quiet: bool, worker: str | None,
+    batch_size: int, as_json: bool,
 ) -> None:
     """Send blog requests through a worker's HTTP intake (waits while the queue is full)."""
     from streams.contract import RecordError
@@ -238,11 +243,13 @@ def submit_command(
     worker = connect.worker_url(worker)
     if path is not None:
         requests, problems = read_file(path)
+        if priority:
+            requests = [request | {"priority": priority} for request in requests]
     elif site and topic:
         try:
             requests = [complete_request(request_from_options(
                 site=site, topic=topic, keywords=keywords, language=language, tone=tone,
-                target_words=target_words, request_id=request_id))]
+                target_words=target_words, request_id=request_id, priority=priority or "interactive"))]
         except RecordError as exc:
             raise CliError(f"invalid request: {exc.reason}", "fix that option", exit_code=2) from None
         problems = []

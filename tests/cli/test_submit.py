@@ -37,6 +37,16 @@ def test_one_request_from_flags(run, intake):
         "shop-1", "Summer sandals", ["sandals", "summer"], 800)
 
 
+def test_priority_from_flags_and_for_every_line_of_a_file(run, intake, tmp_path):
+    assert run("submit", "--site", "shop-1", "--topic", "Boots", "--priority", "bulk", "--quiet").exit_code == 0
+    path = tmp_path / "backfill.jsonl"
+    path.write_text("\n".join(json.dumps({"site_id": "shop-1", "topic": f"Guide {n}"}) for n in range(2)))
+    assert run("submit", "--file", str(path), "--priority", "bulk", "--quiet").exit_code == 0
+    assert run("submit", "--file", str(path), "--quiet").exit_code == 0
+    assert [r.get("priority", "interactive") for r in intake] == ["bulk", "bulk", "bulk", "interactive", "interactive"]
+    assert run("submit", "--site", "shop-1", "--topic", "Boots", "--priority", "urgent").exit_code == 2
+
+
 def test_json_report(run, intake):
     result = run("submit", "--site", "shop-1", "--topic", "Boots", "--request-id", "req-2", "--json", "--quiet")
     assert json.loads(result.stdout) == {"worker": "http://127.0.0.1:6066", "accepted": 1, "invalid": [],
