@@ -421,9 +421,9 @@ class BudgetBook:
         return soonest
 
     # --- after the call -----------------------------------------------------
-    def settle(self, budget: str, grant_id: str, actual: float) -> None:  # counted as learned: limiter/tokens.py
-        if budget in self.rates:
-            self.rates[budget].settle_usage(grant_id, actual)
+    def settle(self, budget: str, grant_id: str, actual: float, arrived_by: float | None = None) -> None:
+        if budget in self.rates:  # counted as learned (limiter/tokens.py), from when it reached the provider
+            self.rates[budget].settle_usage(grant_id, actual, arrived_by)
 
     def release_slot(self, site_id: str, request_id: str) -> None:
         if self.slot(site_id).release(request_id):

@@ -362,6 +362,8 @@ class Budgets:
     async def settle(self, permit: Permit, budget: str, actual: float, rate_limit: Any = None) -> None:
         """A call's real usage, with the provider's x-ratelimit-* figures of the same answer (one message)."""
         value = {"op": "settle", "budget": budget, "grant_id": permit.grant_id, "actual": actual}
+        if permit.sent_at is not None:  # when it left (the wire hook): counted from then, not from the grant's grace
+            value["sent_at"] = permit.sent_at
         if rate_limit is not None:  # the coordinator learns from them how the provider counts tokens
             value.update(requests_budget=permit.primary, limit=rate_limit.limit_requests,
                          remaining=rate_limit.remaining_requests, tokens_limit=rate_limit.limit_tokens,

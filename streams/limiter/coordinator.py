@@ -44,7 +44,8 @@ from store.database import Database
 from store.limiter_snapshot import write_snapshot
 from streams.limiter.book import INTERACTIVE, LANE_RANK, Ask, BudgetBook
 from streams.log_limit import Backoff, LogLimit
-from streams.limiter.specs import OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS, rate_specs, span_seconds
+from streams.limiter.specs import (OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS, rate_specs, span_seconds,
+                                   wire_margin)
 from streams.metrics import (
     budget_external,
     budget_factor,
@@ -245,7 +246,9 @@ class Coordinator:
                 self.unsent.append(ask.ask_id)  # answered once durable, by the next pass
                 grants_total.labels(ask.primary).inc(grant.lease_units)
         elif op == "settle":
-            self.book.settle(value["budget"], value["grant_id"], value["actual"])
+            sent_at = value.get("sent_at")  # on the worker's clock, as use_by is checked (NTP, docs/limiter.md)
+            self.book.settle(value["budget"], value["grant_id"], value["actual"],
+                             None if sent_at is None else float(sent_at) + wire_margin())
             if value.get("tokens_remaining") is not None or value.get("remaining") is not None:
                 # The answer's x-ratelimit-* figures come with its usage: the provider's
                 # count after it settled this call, compared with ours after we did.

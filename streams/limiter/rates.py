@@ -227,15 +227,23 @@ class RateBudget:
         self.dirty.add(bucket_of(entry[0]))
         return True
 
-    def settle_usage(self, grant_id: str, used: float) -> bool:
+    def settle_usage(self, grant_id: str, used: float, arrived_by: float | None = None) -> bool:
         """A call's real usage is known: it counts as the provider is learned to count it.
 
         Down to `used` where the provider gives unused reservation back, the
         whole reservation where it does not or while that is not known yet.
+        `arrived_by`: the call reached the provider by then (its send time +
+        the wire margin); it then counts until arrived_by + window, not the
+        whole grace after its grant, which hands the rest of the grace on.
         """
         entry = self.index.get(grant_id)
         if entry is None:
             return False
+        if arrived_by is not None and entry[5] is None and arrived_by - self.grace < entry[0]:
+            self.entries.remove(entry)
+            self.dirty.add(bucket_of(entry[0]))
+            entry[0] = arrived_by - self.grace
+            self._insert(entry)
         self.semantics.forget(entry)
         entry[7] = max(0.0, float(used))
         self.semantics.note(entry)

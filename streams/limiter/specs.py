@@ -33,6 +33,11 @@ def rate_specs() -> dict[str, dict[str, Any]]:
     }
 
 
+def wire_margin() -> float:
+    """From our socket to the provider counting the request, at most (streams/limiter/wire.py's WIRE_MARGIN)."""
+    return min(0.1, settings.permit_grace_seconds / 3)
+
+
 def span_seconds() -> float:
     """How long a grant counts: one window, plus the grace a permit has to reach the provider."""
     return settings.budget_window_seconds + settings.permit_grace_seconds

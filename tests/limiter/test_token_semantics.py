@@ -77,6 +77,7 @@ def play(refunds: bool, error: float, seed: int, *, tpm: int = 30_000, window: f
     for _ in range(60):
         new_ask(0.0)
     arrivals: list = []  # (at, grant)
+    arrival_of: dict[str, float] = {}
     answers: list = []  # (at, kind, grant_id, used, remaining)
     counts = []  # (time, the book's count, the provider's count) when an answer reaches the book
     now = 0.0
@@ -90,14 +91,15 @@ def play(refunds: bool, error: float, seed: int, *, tpm: int = 30_000, window: f
         for item in sorted(x for x in answers if x[0] <= now and not isinstance(x[4], tuple)):
             answers.remove(item)
             _, kind, grant_id, used, remaining = item
-            if kind == "ok":
-                b.settle(TOK, grant_id, used)
+            if kind == "ok":  # with when it left (the wire hook), as the worker sends it
+                b.settle(TOK, grant_id, used, arrived_by=arrival_of[grant_id] + 0.01)
             b.feedback(now, REQ, throttled=kind == "429", limit=None, remaining=None, tokens_budget=TOK,
                        tokens_limit=tpm, tokens_remaining=remaining, seen_at=item[0] - trip)
             counts.append((now, b.rate(TOK).used(now), provider.used(now)))
         for at, grant in sorted((x for x in arrivals if x[0] <= now), key=lambda x: x[0]):
             arrivals.remove((at, grant))
             base = estimates[grant.ask.ask_id]
+            arrival_of[grant.grant_id] = at
             charge = round(base * (1 + error * rng.uniform(-1, 1)))
             call = provider.admit(at, charge)
             if call is None:  # a 429 answers at once; the stage asks again for a fresh permit
@@ -169,6 +171,17 @@ def test_the_providers_count_above_the_book_is_added_and_leaves_after_one_window
     assert r.effective_limit() == 10_000
 
 
+def test_a_settled_call_counts_from_when_it_reached_the_provider_not_the_whole_grace_after_its_grant():
+    r = RateBudget(TOK, 10_000, 10.0, 0.3)
+    r.add(0.0, 1000, "g1")
+    r.add(0.1, 1000, "g2")
+    r.settle_usage("g1", 800, arrived_by=0.05)  # sent at once: the provider drops it at 10.05
+    assert r.used(10.0) == 2000 and r.used(10.06) == 1000
+    r.settle_usage("g2", 800, arrived_by=0.5)  # never later than the grant's own grace
+    assert r.used(10.39) == 1000 and r.used(10.4) == 0
+    assert [e[2] for e in r.entries] == []
+
+
 def test_what_was_learned_survives_a_restore():
     b = book(30_000, 10.0, 0.3)
     r = b.rate(TOK)
@@ -209,13 +222,14 @@ async def test_an_answers_figures_travel_with_its_usage_from_the_stage_to_the_to
         sent.append(value)
 
     monkeypatch.setattr(client_module.budget_coordinator, "cast", cast)
-    permit = Permit("g1", use_by=0.0, needs={REQ: 1, TOK: 2000}, waited=0.0)
+    permit = Permit("g1", use_by=0.0, needs={REQ: 1, TOK: 2000}, waited=0.0, sent_at=1000.0)
     figures = RateLimitInfo(limit_requests=450, remaining_requests=440, limit_tokens=450_000,
                             remaining_tokens=450_000 - 5000)
     await Budgets().settle(permit, TOK, 500, figures)
     (message,) = sent
     assert message["op"] == "settle" and message["tokens_remaining"] == 445_000 and message["remaining"] == 440
-    assert message["requests_budget"] == REQ and message["seen_at"] > 0
+    assert message["requests_budget"] == REQ and message["seen_at"] > 0 and message["sent_at"] == 1000.0
+    message["sent_at"] = message["seen_at"] - 0.5  # sent half a second before the answer
 
     c = Coordinator()
     c.active = c.loaded = True
@@ -226,3 +240,5 @@ async def test_an_answers_figures_travel_with_its_usage_from_the_stage_to_the_to
     # Not known yet: the whole reservation still counts; the provider counts 3,000 more: they count too.
     assert tokens.semantics.refunds is None
     assert tokens.used(now) == pytest.approx(5000)
+    # Counted from when it left (+ the wire margin), no longer from its grant's grace.
+    assert tokens.index["g1"][0] == pytest.approx(now - 0.5 + 0.1 - c.book.grace)
