@@ -5,8 +5,9 @@
     intake    docs/bench-intake.md     5,000 concurrent HTTP clients, then a flood (issue 5)
     capacity  docs/bench-capacity.md   one worker's blogs/s and CPU per blog at zero provider latency (issue 13)
     chaos     docs/bench-chaos.md      broker, Postgres and worker faults, provider 5xx and timeouts (`make chaos`)
+    budget    docs/bench-budget.md     capped sites stop within the overspend bound, 3 workers (issue 14)
 
-    .venv/bin/python -m stack.bench [limiter fairness intake capacity chaos]
+    .venv/bin/python -m stack.bench [limiter fairness intake capacity chaos budget]
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import time
 
 BENCHES = {"limiter": "stack.bench_limiter", "fairness": "stack.bench_fairness", "intake": "stack.bench_intake",
            "capacity": "stack.bench_capacity", "chaos": "stack.chaos"}
+BENCHES["budget"] = "stack.bench_budget"
 
 
 def main(argv: list[str]) -> int:

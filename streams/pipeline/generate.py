@@ -13,7 +13,7 @@ from streams.app import drafts_topic, requests_topic
 from streams.pipeline import batch_collect
 from streams.pipeline.deps import Deps
 from streams.pipeline.factory import build_stage
-from streams.pipeline.spend import paid_article
+from streams.pipeline.spend import check_budget, paid_article
 from streams.limiter.client import budgets
 from streams.limiter.specs import OPENAI_REQUESTS, OPENAI_TOKENS
 from streams.contract import decode_request
@@ -47,6 +47,9 @@ async def write_draft(request: dict[str, Any], deps: Deps) -> dict[str, Any] | N
             used = result.usage.prompt_tokens + result.usage.completion_tokens
             await budgets.settle(permit, OPENAI_TOKENS, used, result.rate_limit)  # with the answer's x-ratelimit-*
 
+        # Before the permit too: a held site's request must not wait for an in-flight slot (those of its
+        # requests parked in later stages stay taken until the cap is raised), it is parked instead.
+        await check_budget(deps, site_id, request_id)
         result = await call_with_permits(
             stage=STAGE,
             request_id=request_id,
