@@ -31,11 +31,12 @@ TEXT = {
     "openai_model": (["gpt-4o"], []),
     "replicate_base_url": (["https://api.replicate.com"], ["replicate"]),
     "replicate_api_token": (["r8_x"], []),
-    "replicate_model": (["a/b"], []),
+    "replicate_model": (["black-forest-labs/flux-dev"], []),  # a model must have a price: tests/costs/test_prices.py
     "wix_base_url": (["https://www.wixapis.com"], ["www.wixapis.com"]),
     "intake_token": (["secret"], []),
     "admin_token": (["secret"], []),
     "worker_id": (["host-6066", "w.1_a"], ["two words", "a/b"]),
+    "prices_file": ([str(ROOT / "streams" / "costs" / "prices.toml")], []),  # a bad file: tests/costs/test_prices.py
 }
 
 
