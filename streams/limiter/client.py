@@ -99,6 +99,12 @@ current_permit: contextvars.ContextVar[Permit | None] = contextvars.ContextVar("
 # From our hook to the provider counting the request: the write, the network,
 
 
+def _retrieved(delivery: asyncio.Future) -> None:
+    """Marks a failed delivery's error as seen (an ask's copy lost in an outage is sent again, not logged)."""
+    if not delivery.cancelled():
+        delivery.exception()
+
+
 class Budgets:
     """What stages call: ask for permits, settle tokens, release slots, report pressure.
 
@@ -135,8 +141,9 @@ class Budgets:
         request, headers = budget_coordinator._create_req(None, value, reply_to, correlation_id, None)
         promise = ReplyPromise(reply_to, correlation_id)
         await app._reply_consumer.add(correlation_id, promise)  # type: ignore[attr-defined]
-        await limiter_topic.send(value=request, headers=headers, force=True)
-        return promise
+        delivery = await limiter_topic.send(value=request, headers=headers, force=True)
+        delivery.add_done_callback(_retrieved)
+        return promise, delivery
 
     @staticmethod
     def _forget(promises: list[ReplyPromise]) -> None:
@@ -150,18 +157,35 @@ class Budgets:
         An answer to any of the copies counts: a grant may cross a re-send.
         """
         promises: list[ReplyPromise] = []
+        lost = 0  # copies in a row the broker never took
         try:
             while True:
                 regrouped = self._regroup_event()
-                promises.append(await self._ask(value))
+                promise, delivery = await self._ask(value)
+                promises.append(promise)
                 timeout = self.reask_seconds
                 if deadline is not None:
                     timeout = min(self.ask_timeout, deadline - time.time())
                     if timeout <= 0:
                         raise asyncio.TimeoutError()
                 moved = asyncio.ensure_future(regrouped.wait())
+                until = time.monotonic() + timeout
+                waiting = {*promises, moved, delivery}
                 try:
-                    await asyncio.wait([*promises, moved], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                    while True:
+                        done, _ = await asyncio.wait(
+                            waiting, timeout=max(0.0, until - time.monotonic()), return_when=asyncio.FIRST_COMPLETED)
+                        if done != {delivery}:
+                            break  # answered, regrouped, or time to re-send
+                        waiting.discard(delivery)
+                        if delivery.cancelled() or delivery.exception() is not None:
+                            # The broker never took this copy (it was away longer than the producer's
+                            # request timeout): send another soon, so the ask is there when it is back,
+                            # rather than one `reask_seconds` later.
+                            lost += 1
+                            until = min(until, time.monotonic() + min(5.0, 0.5 * 2 ** (lost - 1)))
+                        else:
+                            lost = 0
                 finally:
                     moved.cancel()
                 for p in promises:

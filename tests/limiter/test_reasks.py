@@ -1,0 +1,64 @@
+"""An ask whose copy the broker never took (an outage longer than the producer's request timeout) is sent
+again within seconds, not after `reask_seconds` (streams/limiter/client.py, Budgets._ask_until_answered)."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from streams.limiter.client import Budgets
+
+
+class Copies:
+    """Stands in for `Budgets._ask`: each copy of the ask gets a reply promise and a delivery future."""
+
+    def __init__(self, delivered: list[bool]) -> None:
+        self.delivered = delivered  # per copy: did the broker take it?
+        self.sent: list[tuple[asyncio.Future, asyncio.Future]] = []
+
+    async def __call__(self, value: dict) -> tuple[asyncio.Future, asyncio.Future]:
+        loop = asyncio.get_running_loop()
+        promise, delivery = loop.create_future(), loop.create_future()
+        ok = self.delivered[min(len(self.sent), len(self.delivered) - 1)]
+        if ok:
+            delivery.set_result("offset")
+        else:
+            delivery.set_exception(TimeoutError("batch expired before it was sent"))
+        self.sent.append((promise, delivery))
+        return promise, delivery
+
+
+@pytest.fixture
+def budgets(monkeypatch):
+    b = Budgets()
+    b.reask_seconds = 3600.0  # a re-send after silence would never come within the test
+    monkeypatch.setattr(Budgets, "_forget", staticmethod(lambda promises: None))
+    return b
+
+
+async def answer_copy(copies: Copies, n: int, reply: dict) -> None:
+    while len(copies.sent) < n:
+        await asyncio.sleep(0.01)
+    copies.sent[n - 1][0].set_result(reply)
+
+
+async def test_a_copy_the_broker_never_took_is_sent_again_at_once_and_its_answer_counts(budgets):
+    copies = Copies(delivered=[False, False, True])
+    budgets._ask = copies
+    asking = asyncio.ensure_future(budgets._ask_until_answered({"op": "ask", "ask_id": "a1"}))
+    await asyncio.wait_for(answer_copy(copies, 3, {"ask_id": "a1", "grant_id": "g1"}), timeout=10)
+    assert await asyncio.wait_for(asking, timeout=10) == {"ask_id": "a1", "grant_id": "g1"}
+    assert len(copies.sent) == 3  # two lost copies, the third taken: no more sends after it
+
+
+async def test_a_copy_the_broker_took_is_not_sent_again_while_the_ask_waits(budgets):
+    copies = Copies(delivered=[True])
+    budgets._ask = copies
+    asking = asyncio.ensure_future(budgets._ask_until_answered({"op": "ask", "ask_id": "a2"}))
+    while not copies.sent:
+        await asyncio.sleep(0.01)
+    for _ in range(50):  # the budget is full: the ask waits at the coordinator, nobody re-sends it
+        await asyncio.sleep(0)
+    assert len(copies.sent) == 1 and not asking.done()
+    copies.sent[0][0].set_result({"ask_id": "a2", "grant_id": "g2"})
+    assert (await asyncio.wait_for(asking, timeout=10))["grant_id"] == "g2"
