@@ -6,6 +6,9 @@ from typing import Any, Callable, Iterable
 
 from streams.app import app, requests_topic
 from streams.contract import encode_checked
+from streams.contract.requests import priority_headers
+
+Record = tuple[bytes, bytes, list[tuple[str, bytes]]]  # key, value, headers (the lane of a bulk request)
 
 
 class RequestProducer:
@@ -24,7 +27,7 @@ class RequestProducer:
         self.topic = topic
         self.timeout = timeout
         self._faust_producer = producer  # Faust's producer; its aiokafka one does the sending
-        self._queue: list[tuple[list[tuple[bytes, bytes]], asyncio.Future]] = []
+        self._queue: list[tuple[list[Record], asyncio.Future]] = []
         self._flushing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._partitions: dict[bytes, int] = {}  # key -> partition, for the partition count in `_partition_count`
@@ -32,7 +35,7 @@ class RequestProducer:
 
     def send(self, requests: list[dict[str, Any]]) -> asyncio.Future:
         """A future that is done once every record of `requests` is acked by the broker."""
-        records = [(r["site_id"].encode(), encode_checked("BlogRequest", r)) for r in requests]
+        records = [(r["site_id"].encode(), encode_checked("BlogRequest", r), priority_headers(r)) for r in requests]
         loop = self._loop
         if loop is None or loop.is_closed():
             loop = self._loop = asyncio.get_running_loop()  # once: each call costs a getpid() syscall
@@ -48,7 +51,7 @@ class RequestProducer:
         queue, self._queue = self._queue, []
         asyncio.ensure_future(self._produce(queue))
 
-    async def _produce(self, queue: list[tuple[list[tuple[bytes, bytes]], asyncio.Future]]) -> None:
+    async def _produce(self, queue: list[tuple[list[Record], asyncio.Future]]) -> None:
         """Send, then wait for the acks; whatever is not acked by the deadline fails (the caller answers 503).
 
         A submission always ends with a result or an ordinary exception, never
@@ -78,7 +81,7 @@ class RequestProducer:
                 done.set_exception(error)
 
     async def _send_batches(
-        self, queue: list[tuple[list[tuple[bytes, bytes]], asyncio.Future]]
+        self, queue: list[tuple[list[Record], asyncio.Future]]
     ) -> list[tuple[asyncio.Future, set[asyncio.Future]]]:
         """One batch per partition (more if one is full), handed to the producer: (its ack, its submissions)."""
         faust_producer = self._faust_producer()
@@ -89,23 +92,23 @@ class RequestProducer:
             self._partitions, self._partition_count = {}, count
         partitions = self._partitions
         waiting: dict[asyncio.Future, int] = {}  # submission -> batches not acked yet
-        by_partition: dict[int, list[tuple[bytes, bytes, asyncio.Future]]] = {}
+        by_partition: dict[int, list[tuple[bytes, bytes, list[tuple[str, bytes]], asyncio.Future]]] = {}
         for records, done in queue:
-            for key, value in records:
+            for key, value, headers in records:
                 partition = partitions.get(key)
                 if partition is None:
                     partition = partitions[key] = faust_producer.key_partition(self.topic, key).partition
-                by_partition.setdefault(partition, []).append((key, value, done))
+                by_partition.setdefault(partition, []).append((key, value, headers, done))
         sends = []
         for partition, records in by_partition.items():
             batch, members = producer.create_batch(), set()
-            for key, value, done in records:
-                if batch.append(timestamp=None, key=key, value=value, headers=[]) is None:
+            for key, value, headers, done in records:
+                if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
                     if not members:
                         raise ValueError(f"a record of {len(value)} bytes does not fit in a Kafka batch")
                     sends.append((partition, batch, members))
                     batch, members = producer.create_batch(), set()
-                    if batch.append(timestamp=None, key=key, value=value, headers=[]) is None:
+                    if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
                         raise ValueError(f"a record of {len(value)} bytes does not fit in a Kafka batch")
                 members.add(done)
             sends.append((partition, batch, members))

@@ -104,6 +104,13 @@ def _conform_request(value: Any, errors: list[FieldError]) -> Any:
 _CONTROL = ONE_LINE_CONTROL
 # Interactive requests are served first; bulk ones get what interactive ones leave (docs/producing.md).
 PRIORITIES = ("interactive", "bulk")
+# Kafka header of every stage record of a bulk request, so a stage's runner sees the lane without decoding.
+PRIORITY_HEADER = "blogstream-priority"
+
+
+def priority_headers(request: dict[str, Any]) -> list[tuple[str, bytes]]:
+    """The headers a record of `request` carries: the lane, when it is bulk (interactive has none)."""
+    return [(PRIORITY_HEADER, b"bulk")] if request.get("priority") == "bulk" else []
 _LANGUAGE = re.compile(r"[A-Za-z]{2,3}(?:-(?:[A-Za-z]{2}|[0-9]{3}))?")
 
 

@@ -33,6 +33,7 @@ from store.database import DatabaseError
 from streams import metrics
 from streams.app import app, dlq_topic, expected_start, results_topic
 from streams.contract import RecordError, clean_text, encode, key_problem, time_problem
+from streams.contract.requests import priority_headers
 from streams.pipeline.deps import Deps, deps
 from streams.pipeline.runner import SiteHeld, StageRunner
 from streams.pipeline.stage import RequestOfAnotherSite, StageCancelled, StageFailed, now_ms
@@ -102,6 +103,9 @@ async def _forget_revoked(app_: Any, revoked: Any, **kwargs: Any) -> None:
 
 async def send_record(topic: Any, site_id: str, record_name: str, value: dict, headers: dict | None = None) -> None:
     """Produce and wait for the broker's ack: only then may the source event be acked."""
+    lane = priority_headers(value.get("request", value))
+    if lane:
+        headers = {**(headers or {}), **dict(lane)}
     fut = await topic.send(key=site_id.encode(), value=encode(record_name, value), headers=headers)
     await fut
 

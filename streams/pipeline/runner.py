@@ -28,6 +28,7 @@ from typing import Any, Awaitable, Callable, Iterable
 from store.parked import ParkedEvent, ParkedEvents
 from streams import metrics
 from streams.contract import RecordError, decode
+from streams.contract.requests import PRIORITY_HEADER
 from streams.pipeline.retries import RETRIES, retry_delay
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class _Entry:
     tp: Any
     offset: int
     site_id: str
+    bulk: bool = False  # a bulk request's: started only while slots are left over for interactive ones
     done: bool = False
     failures: int = 0
     dropped: bool = False  # its partition moved to another worker
@@ -102,6 +104,7 @@ class StageRunner:
         self.topic = topic  # the topic it reads (the stall watchdog's partitions)
         self.handle = handle
         self.concurrency = concurrency
+        self.bulk_concurrency = concurrency - max(1, concurrency // 10)  # the rest is kept for interactive events
         self.read_ahead = read_ahead
         self.policy = policy
         self.stream: Any = None
@@ -144,7 +147,7 @@ class StageRunner:
         if not self._in_sequence(message.tp, message.offset):
             return  # a copy of an event already taken, or one past a gap (read again after the rewind)
         site_id = _site_of(event)
-        entry = _Entry(event, message.tp, message.offset, site_id)
+        entry = _Entry(event, message.tp, message.offset, site_id, _is_bulk(message))
         self._unfinished.setdefault(message.tp, deque()).append(entry)
         line = self._lines.get(site_id)
         if line is None:
@@ -251,10 +254,12 @@ class StageRunner:
         """Deficit round-robin: each turn a site earns its weight in credits."""
         if self._running_total >= self.concurrency:
             return None
+        only_interactive = self._running_total >= self.bulk_concurrency
         for _ in range(2 * len(self._ring)):
             site_id = self._ring[0]
             policy = self.policy(site_id)
-            if policy.paused or self._running.get(site_id, 0) >= policy.max_in_flight:
+            if (policy.paused or self._running.get(site_id, 0) >= policy.max_in_flight
+                    or (only_interactive and self._lines[site_id][0].bulk)):
                 self._ring.rotate(-1)
                 continue
             if self._credit[site_id] < 1.0:
@@ -474,6 +479,11 @@ class StageRunner:
 
     def running_by_site(self) -> dict[str, int]:
         return {site: n for site, n in self._running.items() if n}
+
+
+def _is_bulk(message: Any) -> bool:
+    headers = getattr(message, "headers", None) or ()
+    return any(k == PRIORITY_HEADER and v == b"bulk" for k, v in (headers.items() if isinstance(headers, dict) else headers))
 
 
 def _site_of(event: Any) -> str:

@@ -279,6 +279,24 @@ async def test_a_small_site_behind_a_big_backlog_in_the_same_partition_starts_at
     assert stream.acked(0) == list(range(1005))
 
 
+async def test_bulk_events_leave_slots_for_interactive_ones(run):
+    """Bulk events (a header says so) start only while a tenth of the slots stays free: an interactive
+    event arriving behind a bulk backlog whose calls all wait starts at once."""
+    handler = Recorder(gated=lambda ev: ev.key == b"backfill")
+    stream = FakeStream()
+    runner = run(make_runner(handler, concurrency=10, policy=lambda site: SitePolicy(max_in_flight=100)), stream)
+    bulk = [event(0, n, "backfill") for n in range(30)]
+    for ev in bulk:
+        ev.message.headers = [("blogstream-priority", b"bulk")]
+    stream.feed(bulk)
+    await wait_until(lambda: len(handler.started) == 9, "nine bulk events started")
+    await settle()
+    assert len(handler.started) == 9 == runner.bulk_concurrency  # the tenth slot is kept
+    stream.feed([event(1, 0, "shop")])
+    await wait_until(lambda: (1, 0) in handler.finished, "the interactive event ran")
+    assert len(handler.started) == 10
+
+
 async def test_weights_share_starts_in_proportion(run):
     weights = {"heavy": 3.0, "light": 1.0, "half": 0.5}
     handler = Recorder()
