@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from faust.agents.replies import ReplyPromise
 
@@ -99,6 +99,65 @@ current_permit: contextvars.ContextVar[Permit | None] = contextvars.ContextVar("
 # From our hook to the provider counting the request: the write, the network,
 
 
+class CastBatch:
+    """One-way messages to the coordinator made in the same moment travel as one record.
+
+    A blog sends the coordinator several (a settle, a release, lease ends, late
+    reports), and each Kafka record costs a produce request here and a turn of
+    the coordinator's agent there. Messages that come while the previous record
+    is being sent wait and go together in the next (`{"op": "batch", "ops":
+    [...]}`, handled in order by Coordinator.handle); one alone goes as itself.
+    `send(value)` returns once the record is as far as the caller needs it:
+    handed to the producer (casts), or acked by the broker (late reports).
+    """
+
+    MAX_OPS = 500  # about 100 kB: far below Kafka's record limit
+
+    def __init__(self, send: Callable[[dict[str, Any]], Awaitable[Any]]) -> None:
+        self._send = send
+        self._waiting: list[tuple[dict[str, Any], asyncio.Future]] = []
+        self._flusher: asyncio.Task | None = None
+        self.records = 0  # records sent (tests, figures)
+
+    async def send(self, value: dict[str, Any]) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((value, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush())
+        await future
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # the tasks that are ready this turn add theirs first
+        while self._waiting:
+            batch, self._waiting = self._waiting[: self.MAX_OPS], self._waiting[self.MAX_OPS :]
+            values = [value for value, _ in batch]
+            self.records += 1
+            try:
+                await self._send(values[0] if len(values) == 1 else {"op": "batch", "ops": values})
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
+
+
+async def _cast(value: dict[str, Any]) -> None:
+    await budget_coordinator.cast(value=value)
+
+
+async def _send_durable(value: dict[str, Any]) -> None:
+    ack = await limiter_topic.send(value=value, force=True)
+    await ack
+
+
+def _seen(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:  # the worker stopping, say: the lease runs out anyway
+        log.debug("limiter: a message to the coordinator was not sent: %s", task.exception())
+
+
 def _retrieved(delivery: asyncio.Future) -> None:
     """Marks a failed delivery's error as seen (an ask's copy lost in an outage is sent again, not logged)."""
     if not delivery.cancelled():
@@ -122,6 +181,8 @@ class Budgets:
 
     def __init__(self) -> None:
         self._pools: dict[str, _LeasePool] = {}  # budget -> leased units (see `_leasable`)
+        self.casts = CastBatch(_cast)  # one-way messages, batched
+        self.late_reports = CastBatch(_send_durable)  # batched too, each back once the broker has it
 
     def regroup(self) -> None:
         """A rebalance happened: wake every waiting ask to re-send itself."""
@@ -247,7 +308,7 @@ class Budgets:
                 # seconds). We never send it, so its room goes back at once,
                 # and we ask again for a fresh one.
                 metrics.permits_expired.inc()
-                await budget_coordinator.cast(value={"op": "unused", "grant_id": reply["grant_id"], "needs": needs})
+                await self.casts.send({"op": "unused", "grant_id": reply["grant_id"], "needs": needs})
                 # Answers that slow mean this worker is overloaded: asking again
                 # at once would only add to the load that made them late.
                 expired += 1
@@ -320,9 +381,9 @@ class Budgets:
         if lease in pool.leases:
             pool.leases.remove(lease)
         if lease.left > 0:
-            asyncio.ensure_future(budget_coordinator.cast(
-                value={"op": "lease_end", "budget": budget, "grant_id": lease.grant_id, "taken": lease.taken}
-            ))
+            asyncio.ensure_future(self.casts.send(
+                {"op": "lease_end", "budget": budget, "grant_id": lease.grant_id, "taken": lease.taken}
+            )).add_done_callback(_seen)
 
     def end_leases(self, budget: str) -> None:
         """The provider pushed back on `budget`: take nothing more from leases on it."""
@@ -376,12 +437,8 @@ class Budgets:
 
     async def report_late(self, permit: Permit, anchor: float) -> None:
         """Tell the coordinator a permit's request leaves late; return once the broker has it."""
-        fut = await limiter_topic.send(
-            value={"op": "late", "grant_id": permit.grant_id, "needs": permit.needs, "anchor": anchor,
-                   "granted_at": permit.granted_at},
-            force=True,
-        )
-        await fut
+        await self.late_reports.send({"op": "late", "grant_id": permit.grant_id, "needs": permit.needs,
+                                      "anchor": anchor, "granted_at": permit.granted_at})
 
     async def settle(self, permit: Permit, budget: str, actual: float, rate_limit: Any = None) -> None:
         """A call's real usage, with the provider's x-ratelimit-* figures of the same answer (one message)."""
@@ -392,10 +449,10 @@ class Budgets:
             value.update(requests_budget=permit.primary, limit=rate_limit.limit_requests,
                          remaining=rate_limit.remaining_requests, tokens_limit=rate_limit.limit_tokens,
                          tokens_remaining=rate_limit.remaining_tokens, seen_at=time.time())
-        await budget_coordinator.cast(value=value)
+        await self.casts.send(value)
 
     async def release_slot(self, site_id: str, request_id: str) -> None:
-        await budget_coordinator.cast(value={"op": "release", "site_id": site_id, "request_id": request_id})
+        await self.casts.send({"op": "release", "site_id": site_id, "request_id": request_id})
 
     async def feedback(
         self,
@@ -409,8 +466,8 @@ class Budgets:
         tokens_remaining: int | None = None,
     ) -> None:
         """Tell the coordinator what a provider answer said (a 429, x-ratelimit-remaining-*)."""
-        await budget_coordinator.cast(
-            value={"op": "feedback", "budget": budget, "throttled": throttled, "limit": limit, "remaining": remaining,
+        await self.casts.send(
+            {"op": "feedback", "budget": budget, "throttled": throttled, "limit": limit, "remaining": remaining,
                    "tokens_budget": tokens_budget, "tokens_limit": tokens_limit, "tokens_remaining": tokens_remaining,
                    "seen_at": time.time()}
         )

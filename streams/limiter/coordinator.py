@@ -213,6 +213,13 @@ class Coordinator:
             reply = (value["reply_to"], value["correlation_id"])
             value = value["value"]
         op = value.get("op")
+        if op == "batch":  # one-way messages a worker sent together (client.CastBatch): each in order
+            for one in value.get("ops") or ():
+                try:
+                    await self.handle(one, None, offset)
+                except Exception:  # as for a record of its own: the others still count
+                    log.exception("limiter: could not handle %r", one)
+            return
         if op in ("acquire", "lease"):
             answer = self.answers.get(value["ask_id"])
             if answer is not None:  # a re-ask for an ask already granted

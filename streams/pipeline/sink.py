@@ -232,9 +232,8 @@ async def store_batch(events: list[Any]) -> None:
         if event.message.topic == results_topic.get_topic_name():  # no stage reads results: it is ours to report
             reason = f"request id {row.request_id} belongs to another site; this result for site {row.site_id} was not stored"
             await _dead_letter(event, RecordError(reason), mark_failed=False)
-    for _, row in stored:
-        if row.stage_rank == 3:
-            await _release(row)
+    # Together: the releases of a batch reach the coordinator as one record (client.CastBatch).
+    await asyncio.gather(*(_release(row) for _, row in stored if row.stage_rank == 3))
 
 
 _RECORDS = {

@@ -1,0 +1,94 @@
+"""One-way messages to the coordinator (streams/limiter/client.py CastBatch): those made together travel as one
+record, and the coordinator handles a batch as its messages, in order, one bad message hurting no other."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from streams.limiter.client import Budgets, CastBatch, Permit
+from streams.limiter.coordinator import Coordinator
+
+TOK = "openai_tokens"
+
+
+async def test_messages_made_together_go_as_one_record_in_order_and_one_alone_as_itself():
+    records: list[dict] = []
+
+    async def send(value):
+        records.append(value)
+
+    casts = CastBatch(send)
+    await asyncio.gather(*(casts.send({"op": "release", "site_id": "s", "request_id": f"r{i}"}) for i in range(5)))
+    await casts.send({"op": "release", "site_id": "s", "request_id": "alone"})
+    assert records == [
+        {"op": "batch", "ops": [{"op": "release", "site_id": "s", "request_id": f"r{i}"} for i in range(5)]},
+        {"op": "release", "site_id": "s", "request_id": "alone"},
+    ]
+
+
+async def test_messages_arriving_while_a_record_is_sent_wait_for_the_next_one():
+    records: list[dict] = []
+    sending = asyncio.Event()
+
+    async def slow_send(value):
+        records.append(value)
+        await sending.wait()
+
+    casts = CastBatch(slow_send)
+    first = asyncio.ensure_future(casts.send({"op": "settle", "n": 0}))
+    await asyncio.sleep(0.01)  # the first record is on its way
+    later = [asyncio.ensure_future(casts.send({"op": "settle", "n": n})) for n in (1, 2)]
+    await asyncio.sleep(0.01)
+    assert not first.done() and not any(f.done() for f in later)  # nobody returns before its record went
+    sending.set()
+    await asyncio.gather(first, *later)
+    assert records == [{"op": "settle", "n": 0}, {"op": "batch", "ops": [{"op": "settle", "n": 1}, {"op": "settle", "n": 2}]}]
+
+
+async def test_a_failed_send_reaches_every_message_of_its_record():
+    async def broken(value):
+        raise ConnectionError("broker away")
+
+    casts = CastBatch(broken)
+    results = await asyncio.gather(*(casts.send({"op": "release", "n": n}) for n in range(3)), return_exceptions=True)
+    assert all(isinstance(r, ConnectionError) for r in results)
+
+
+async def test_settle_release_and_late_reports_of_one_moment_share_records(monkeypatch):
+    from streams.limiter import client as client_module
+
+    casts: list[dict] = []
+    durable: list[dict] = []
+
+    async def cast(value):
+        casts.append(value)
+
+    async def send_durable(value):
+        durable.append(value)
+
+    monkeypatch.setattr(client_module.budget_coordinator, "cast", cast)
+    budgets = Budgets()
+    budgets.late_reports = CastBatch(send_durable)
+    permits = [Permit(f"g{n}", use_by=0.0, needs={TOK: 10}, waited=0.0) for n in range(4)]
+    await asyncio.gather(*(budgets.settle(p, TOK, 5) for p in permits), budgets.release_slot("s", "r1"),
+                         *(budgets.report_late(p, time.time()) for p in permits))
+    assert [op["op"] for op in casts[0]["ops"]] == ["settle"] * 4 + ["release"] and len(casts) == 1
+    assert [op["grant_id"] for op in durable[0]["ops"]] == ["g0", "g1", "g2", "g3"] and len(durable) == 1
+
+
+async def test_the_coordinator_handles_a_batch_as_its_messages_in_order_and_a_bad_one_alone():
+    c = Coordinator()
+    c.active = c.loaded = True
+    tokens = c.book.rate(TOK)
+    now = time.time()
+    tokens.add(now - 1.0, 2000, "g1")
+    tokens.add(now - 1.0, 2000, "g2")
+    tokens.add(now - 1.0, 2000, "g3")
+    await c.handle({"op": "batch", "ops": [
+        {"op": "unused", "grant_id": "g1", "needs": {TOK: 2000}},  # never sent: its room comes back
+        {"op": "late"},  # malformed: logged, and the rest still count
+        {"op": "unused", "grant_id": "g3", "needs": {TOK: 2000}},
+    ]}, None, 7)
+    assert tokens.used(time.time()) == pytest.approx(2000)  # only g2 still counts
