@@ -53,16 +53,23 @@ class BatchLanes:
     async def hold_batch_line(
         self, request: dict[str, Any], *, model: str, prompt_tokens: int, size: int
     ) -> str:
-        """Hold `request` for a batch (once: a replay changes nothing); returns its line's state."""
+        """Hold `request` for a batch (once: a replay changes nothing); returns its line's state.
+
+        'effect' instead when its generate effect is done (written, or cancelled): nothing is held
+        then, the stage goes on with the effect. One statement: a backfill's burst costs one round trip each.
+        """
         state = await self.pool.fetchval(
             """
-            WITH held AS (
+            WITH done AS (
+              SELECT 1 FROM stage_outputs WHERE request_id = $1 AND stage = 'generate' AND status = 'done'
+            ), held AS (
               INSERT INTO openai_batch_lines (request_id, site_id, model, request, prompt_tokens, bytes)
-              VALUES ($1, $2, $3, $4, $5, $6)
+              SELECT $1, $2, $3, $4, $5, $6 WHERE NOT EXISTS (SELECT 1 FROM done)
               ON CONFLICT (request_id) DO NOTHING
               RETURNING state
             )
-            SELECT state FROM held
+            SELECT 'effect' FROM done
+            UNION ALL SELECT state FROM held
             UNION ALL SELECT state FROM openai_batch_lines WHERE request_id = $1
             LIMIT 1
             """,

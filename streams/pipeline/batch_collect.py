@@ -45,9 +45,7 @@ async def hold(request: dict[str, Any], deps: Deps) -> bool:
     real-time lane.
     """
     assert deps.db is not None
-    if await deps.db.get_effect(request["request_id"], STAGE) is not None:
-        return False
-    state = await deps.db.hold_batch_line(
+    state = await deps.db.hold_batch_line(  # 'effect': its generate effect is done already
         request, model=settings.openai_model, prompt_tokens=prompt_tokens(request),
         size=len(encode_line(line_for(request))),
     )

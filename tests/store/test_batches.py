@@ -53,6 +53,14 @@ async def test_a_held_request_is_held_once(lane):
     assert await lane.batch_line_state(uid("none")) is None
 
 
+async def test_a_request_whose_article_is_in_the_ledger_is_not_held(lane):
+    r = request(uid("site"))
+    await lane.pool.execute("INSERT INTO stage_outputs (request_id, stage, site_id, status, payload) "
+                            "VALUES ($1, 'generate', $2, 'done', '{}')", r["request_id"], r["site_id"])
+    assert await lane.hold_batch_line(r, model="m", prompt_tokens=10, size=100) == "effect"
+    assert await lane.batch_line_state(r["request_id"]) is None
+
+
 async def test_a_file_waits_for_company_unless_it_is_full(lane):
     model = uid("model")
     await hold(lane, model, uid("site"), 3)
