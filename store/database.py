@@ -26,7 +26,7 @@ from .effects import EffectLedger
 from .outcomes import Outcomes, dump_json
 from .sites import SiteRegistry
 
-__all__ = ["Database", "DatabaseError", "mask_dsn"]
+__all__ = ["OUTAGES", "Database", "DatabaseError", "ServerEndedConnections", "mask_dsn"]
 
 
 # --- errors and secrets ------------------------------------------------------------
@@ -56,6 +56,14 @@ def _scrub(text: str, dsn: str) -> str:
     return mask_dsn(text)
 
 
+# What a Postgres outage raises (not down, restarting, out of connections, unreachable):
+# a statement that met one may work when tried again; values Postgres refuses never will.
+OUTAGES = (
+    OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, DatabaseError,
+    asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.InsufficientResourcesError,
+)
+
+
 # --- the database ----------------------------------------------------------------------
 
 
@@ -78,6 +86,62 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
+class ServerEndedConnections:
+    """The pool's statements, never left to fail on a connection the server has already ended.
+
+    When Postgres stops (a fast shutdown) or a backend is terminated, the server
+    sends each idle connection a FATAL message and closes it. asyncpg 0.32 reads
+    that message as a protocol error and marks the connection busy, but keeps it
+    in the pool until it also reads the end of the stream; a statement given that
+    connection meanwhile fails with `InternalClientError: cannot switch to state
+    12; another operation (2) is in progress` before anything is sent (seen once
+    per pooled connection at the start of every Postgres outage). Such a
+    connection is closed here and the statement goes to another one: while the
+    server is really down, that one fails with an error that says so
+    (connection refused, the database system is shutting down).
+
+    Everything else (acquire, close, ...) is the asyncpg pool's own.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, max_size: int) -> None:
+        self._pool = pool
+        self._tries = max_size + 1  # at worst, every pooled connection was ended at once
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._pool, name)
+
+    async def execute(self, query: str, *args: object, timeout: float | None = None) -> str:
+        return await self._run("execute", query, *args, timeout=timeout)
+
+    async def executemany(self, command: str, args: object, *, timeout: float | None = None) -> None:
+        return await self._run("executemany", command, args, timeout=timeout)
+
+    async def fetch(self, query: str, *args: object, timeout: float | None = None) -> list:
+        return await self._run("fetch", query, *args, timeout=timeout)
+
+    async def fetchval(self, query: str, *args: object, column: int = 0, timeout: float | None = None) -> object:
+        return await self._run("fetchval", query, *args, column=column, timeout=timeout)
+
+    async def fetchrow(self, query: str, *args: object, timeout: float | None = None) -> object:
+        return await self._run("fetchrow", query, *args, timeout=timeout)
+
+    async def _run(self, method: str, *args: object, **kwargs: object) -> object:
+        for attempt in range(1, self._tries + 1):
+            async with self._pool.acquire() as conn:
+                try:
+                    return await getattr(conn, method)(*args, **kwargs)
+                except asyncpg.InternalClientError as exc:
+                    if not ended_by_server(exc) or attempt == self._tries:
+                        raise
+                    conn.terminate()  # nothing was sent on it: the statement goes to another connection
+        raise AssertionError("unreachable")
+
+
+def ended_by_server(exc: BaseException) -> bool:
+    """asyncpg's error for a statement given a connection whose server-side end it had not noticed yet."""
+    return isinstance(exc, asyncpg.InternalClientError) and "another operation (2) is in progress" in str(exc)
+
+
 class Database(Outcomes, SiteRegistry, EffectLedger, BatchLanes):
     """One asyncpg pool per process; every method is a single short query or statement."""
 
@@ -95,7 +159,7 @@ class Database(Outcomes, SiteRegistry, EffectLedger, BatchLanes):
         self._max_size = max_size
         self._command_timeout = command_timeout
         self._application_name = application_name
-        self._pool: asyncpg.Pool | None = None
+        self._pool: ServerEndedConnections | None = None
 
     def __repr__(self) -> str:
         return f"Database({mask_dsn(self._dsn)!r}, started={self._pool is not None})"
@@ -106,7 +170,7 @@ class Database(Outcomes, SiteRegistry, EffectLedger, BatchLanes):
         if self._pool is not None:
             return
         try:
-            self._pool = await asyncpg.create_pool(
+            pool = await asyncpg.create_pool(
                 self._dsn,
                 min_size=self._min_size,
                 max_size=self._max_size,
@@ -121,6 +185,7 @@ class Database(Outcomes, SiteRegistry, EffectLedger, BatchLanes):
             raise DatabaseError(
                 f"cannot connect to {mask_dsn(self._dsn)}: {type(exc).__name__}: {_scrub(str(exc), self._dsn)}"
             ) from None
+        self._pool = ServerEndedConnections(pool, self._max_size)
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -138,4 +203,4 @@ class Database(Outcomes, SiteRegistry, EffectLedger, BatchLanes):
     def pool(self) -> asyncpg.Pool:  # type: ignore[override]  # read-only here, declared by the mixins
         if self._pool is None:
             raise DatabaseError("Database.start() has not been awaited")
-        return self._pool
+        return self._pool  # type: ignore[return-value]  # the asyncpg pool's methods, statements made safe
