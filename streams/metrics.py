@@ -138,6 +138,10 @@ unpriced_calls = Counter(
     "blogstream_unpriced_calls_total", "Paid calls of a model the price table has no price for (recorded without "
     "a cost)", ["provider", "model"], registry=registry,
 )
+cost_rows_pending = Gauge(
+    "blogstream_cost_rows_pending", "Cost rows of paid calls waiting for Postgres to take them (written again "
+    "until it does; lost if the worker is killed meanwhile)", registry=registry,
+)
 site_spend_cap_used = Gauge(
     "blogstream_site_spend_cap_used_ratio", "A site's spend this UTC month or day over its cap, for sites at half "
     "of a cap or more (global, from Postgres)", ["site", "period"], registry=registry,

@@ -24,9 +24,11 @@ from typing import Any, Awaitable, Callable
 from connectors.errors import ProviderError
 from store.costs import CallCost, Costs
 from streams import metrics
+from streams.app import app
 from streams.costs.prices import load_prices
 from streams.limiter.client import budgets
 from streams.log_limit import LogLimit
+from streams.pipeline.pending_costs import REFUSED, PendingCosts, describe, log_refused
 from streams.pipeline.runner import SiteHeld
 from streams.settings import settings
 
@@ -126,21 +128,35 @@ async def record_prediction(deps: Any, request_id: str, site_id: str, state: Any
 
 
 async def _record(deps: Any, cost: CallCost) -> None:
-    """Record it; a failure is logged, never raised: the call was paid, and failing the step would pay again."""
+    """Record it; never raised: the call was paid, and failing the step would pay again.
+
+    While Postgres cannot take the row it waits in `pending_costs` and is written
+    as soon as Postgres is back (a row Postgres refuses for its values is logged).
+    """
     if cost.cost_usd is None:
         metrics.unpriced_calls.labels(cost.provider, cost.model).inc()
         _unpriced.failed(None, f"{cost.provider} model {cost.model!r} is not in the price table "
                          f"{settings.prices_file or 'streams/costs/prices.toml'}; recorded without a cost")
-    costs = _costs(deps)
-    if costs is None:
+    if _costs(deps) is None:
         return
     try:
-        recorded = await costs.record(cost)
+        await _write(deps, cost)
+    except REFUSED as exc:
+        log_refused(exc, cost)
+        return
     except Exception as exc:
-        _record_failed.failed(exc, f"request {cost.request_id} on site {cost.site_id}, {cost.provider} call "
-                              f"{cost.call_id}")
+        _record_failed.failed(exc, f"{describe(cost)}; kept, written once Postgres takes it")
+        await pending_costs.keep(deps, cost)
         return
     _record_failed.ok()
+    pending_costs.wake()
+
+
+async def _write(deps: Any, cost: CallCost) -> None:
+    """Insert the row (once per call id), then count it and hold what its cost makes reach a cap."""
+    costs = _costs(deps)
+    assert costs is not None
+    recorded = await costs.record(cost)
     if not recorded.inserted:
         return
     if cost.cost_usd is not None:
@@ -158,6 +174,18 @@ async def _record(deps: Any, cost: CallCost) -> None:
             log.warning("all sites spent %.4f USD today, the global daily cap (BLOGSTREAM_GLOBAL_DAILY_BUDGET_USD="
                         "%g) is reached: %d sites held until tomorrow (UTC) or a higher cap",
                         recorded.global_day_usd, cap, held)
+
+
+# Costs Postgres could not take when their call ended: written again until it does.
+pending_costs = PendingCosts(_write)
+WRITE_PENDING_ON_STOP_SECONDS = 10.0
+
+
+@app.on_before_shutdown.connect
+async def _write_pending_costs(app_: Any, **kwargs: Any) -> None:
+    """A clean stop gives the rows still waiting for Postgres a last chance (those left are logged, with figures)."""
+    if len(pending_costs):
+        await pending_costs.flush(WRITE_PENDING_ON_STOP_SECONDS)
 
 
 async def refresh(costs: Any) -> dict[str, str | None]:

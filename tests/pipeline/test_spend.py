@@ -5,17 +5,20 @@ import asyncio
 from decimal import Decimal
 from types import SimpleNamespace
 
+import asyncpg
 import pytest
 
 from connectors.errors import MalformedOutput
 from connectors.openai_writer import BilledCall
 from connectors.replicate_images import PredictionState
-from store.costs import Recorded
+from store.costs import CallCost, Recorded
+from streams import metrics
 from streams.pipeline import spend
+from streams.pipeline.pending_costs import PendingCosts
 from streams.pipeline.runner import SiteHeld
 
 from .test_parking import start
-from .test_runner import run, wait_until  # noqa: F401  (run: the fixture)
+from .test_runner import run, settle, wait_until  # noqa: F401  (run: the fixture)
 
 pytestmark = pytest.mark.asyncio
 
@@ -192,3 +195,99 @@ async def test_a_site_without_caps_costs_no_query_while_there_is_no_global_cap(m
     monkeypatch.setattr(spend, "_global_cap", lambda: 100.0)  # any site may be held by the global cap
     await spend.check_budget(deps, "plain", "r3")
     assert deps.costs.asked == 2
+
+
+# --- Postgres away when a cost is recorded: the row waits and is written once it is back ---
+
+
+class FlakyCosts(FakeCosts):
+    """Postgres refusing connections while `down`; counts the rows it inserted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down: BaseException | None = None
+        self.inserts: list[str] = []
+
+    async def record(self, cost):
+        if self.down is not None:
+            raise self.down
+        recorded = await super().record(cost)
+        if recorded.inserted:
+            self.inserts.append(cost.call_id)
+        return recorded
+
+
+@pytest.fixture
+def pending(monkeypatch):
+    rows = PendingCosts(spend._write, first_delay=0.01, max_delay=0.05)
+    monkeypatch.setattr(spend, "pending_costs", rows)
+    return rows
+
+
+def answered(call_id):
+    return lambda: asyncio.sleep(0, SimpleNamespace(billed=billed(call_id)))
+
+
+async def test_a_cost_postgres_cannot_take_is_kept_and_written_once_when_it_is_back(pending):
+    costs = FlakyCosts()
+    deps = FakeDeps(costs)
+    costs.down = ConnectionRefusedError(111, "Connection refused")
+    await spend.paid_article(deps, "r1", "s1", answered("c-1"))  # the step goes on: the call was paid
+    await spend.paid_article(deps, "r1", "s1", answered("c-1"))  # a replay of the same call while still down
+    await spend.record_prediction(deps, "r1", "s1", PredictionState("p-1", "succeeded", url="http://x/1.png"))
+    assert costs.recorded == {} and len(pending) == 2
+    assert metrics.cost_rows_pending._value.get() == 2
+
+    costs.down = None
+    await spend.paid_article(deps, "r2", "s1", answered("c-2"))  # the first direct success ends the wait
+    await wait_until(lambda: len(pending) == 0, "the kept rows written")
+    assert sorted(costs.inserts) == ["c-1", "c-2", "p-1"]  # each once
+    assert costs.recorded[("openai", "c-1")].output_tokens == 2000
+    assert metrics.cost_rows_pending._value.get() == 0
+
+
+async def test_kept_rows_are_tried_again_by_themselves_and_an_answer_lost_in_the_outage_counts_once(pending):
+    costs = FlakyCosts()
+    deps = FakeDeps(costs)
+    costs.down = asyncpg.InterfaceError("connection is closed")
+    await spend.paid_article(deps, "r1", "s1", answered("c-1"))
+    await spend.paid_article(deps, "r2", "s1", answered("c-2"))
+    await wait_until(lambda: pending._backoff.failures >= 3, "a few tries while Postgres is away")
+    costs.down = None
+    # c-1 went in just before the outage, but its answer never came back: it is still kept
+    await costs.record(CallCost("r1", "s1", "openai", "c-1", "gpt-4o-mini", Decimal("0.00135")))
+    await wait_until(lambda: len(pending) == 0, "the kept rows written after a back-off")
+    assert sorted(costs.inserts) == ["c-1", "c-2"] and len(costs.recorded) == 2
+
+
+async def test_a_row_postgres_refuses_for_its_values_is_logged_with_its_figures_and_not_kept(pending, caplog):
+    costs = FlakyCosts()
+    costs.down = asyncpg.exceptions.CheckViolationError("request_costs_cost_usd_check")
+    await spend.paid_article(FakeDeps(costs), "r1", "s1", answered("c-1"))
+    assert len(pending) == 0
+    assert "insert it by hand" in caplog.text and "openai call c-1" in caplog.text and "output_tokens=2000" in caplog.text
+
+
+async def test_at_most_max_rows_wait_then_the_next_paid_step_waits_for_room(pending):
+    pending.max_rows = 2
+    costs = FlakyCosts()
+    deps = FakeDeps(costs)
+    costs.down = OSError("no route to host")
+    await spend.paid_article(deps, "r1", "s1", answered("c-1"))
+    await spend.paid_article(deps, "r2", "s1", answered("c-2"))
+    third = asyncio.ensure_future(spend.paid_article(deps, "r3", "s1", answered("c-3")))
+    await settle()
+    assert not third.done() and len(pending) == 2
+    costs.down = None
+    await asyncio.wait_for(third, 10)
+    await wait_until(lambda: len(pending) == 0, "all rows written")
+    assert sorted(costs.inserts) == ["c-1", "c-2", "c-3"]
+
+
+async def test_flush_writes_the_waiting_rows_before_a_clean_stop(pending):
+    costs = FlakyCosts()
+    costs.down = ConnectionResetError()
+    await spend.paid_article(FakeDeps(costs), "r1", "s1", answered("c-1"))
+    assert await pending.flush(0.2) == 1  # still away: it says so (and logs the row)
+    costs.down = None
+    assert await pending.flush(10) == 0 and costs.inserts == ["c-1"]
