@@ -15,10 +15,12 @@ import uuid
 from typing import Any, Awaitable, Callable
 
 from connectors.errors import ProviderError, RateLimited
+from store.database import OUTAGES
 from streams import metrics
 from streams.contract import check_article
 from streams.pipeline.deps import Deps
 from streams.limiter.client import budgets
+from streams.log_limit import Backoff, LogLimit
 from streams.settings import settings
 
 log = logging.getLogger(__name__)
@@ -100,12 +102,32 @@ async def effect_once(
         try:
             payload = await produce()
         except BaseException:
+            renew.cancel()
             await asyncio.shield(db.release_effect(request_id, effect, owner=owner))
             raise
+        try:  # the claim stays ours until the ledger has the result: a replay must reuse it, never pay again
+            await _complete(db, request_id, effect, site_id, payload, owner)
         finally:
             renew.cancel()
-        await db.complete_effect(request_id, effect, site_id, payload, owner=owner)
         return payload, False
+
+
+COMPLETE_RETRY_SECONDS = (0.5, 10.0)  # the first pause and the longest between tries of recording a result
+_complete_failed = LogLimit(log, "could not record an effect's result; it is kept and tried again", interval=60.0)
+
+
+async def _complete(db: Any, request_id: str, effect: str, site_id: str, payload: dict, owner: str) -> None:
+    """Record what the paid effect gave, tried again while Postgres is away (the effect is not done twice)."""
+    backoff = Backoff(first=COMPLETE_RETRY_SECONDS[0], cap=COMPLETE_RETRY_SECONDS[1])
+    while True:
+        try:
+            await db.complete_effect(request_id, effect, site_id, payload, owner=owner)
+        except OUTAGES as exc:
+            _complete_failed.failed(exc, f"{request_id}/{effect}")
+            await asyncio.sleep(backoff.next())
+            continue
+        _complete_failed.ok()
+        return
 
 
 async def _renew_lease(db: Any, request_id: str, effect: str, owner: str) -> None:
