@@ -82,7 +82,9 @@ class Deps:
                     raise DatabaseUnavailable(self._last_error) from None
                 self._connect_backoff.reset()
                 self._connect_log.ok()
-                self.sites = SiteCache(db, ttl=2.0)
+                # Filled by every refresh of the site controls (every two seconds); the extra second
+                # keeps a site served from one refresh to the next, however long the read took.
+                self.sites = SiteCache(db, ttl=POLICY_REFRESH_SECONDS + 1.0)
                 self.writer = ArticleWriter(
                     base_url=settings.openai_base_url, api_key=settings.openai_api_key, model=settings.openai_model,
                     max_tokens=settings.openai_max_tokens, timeout=settings.openai_timeout,
@@ -116,9 +118,12 @@ class Deps:
         assert self.db is not None and self.sites is not None
         self.sites.invalidate(site_id)
         await spend.refresh(self.costs)  # spend caps: a raised cap or a new period releases a site
+        started = self.sites.read_started()
+        sites = await self.db.list_sites()
+        self.sites.fill(sites, started)  # the stages' site look-ups need no query of their own
         self._policies = {  # a site a spend cap holds is parked like a paused one
             s.site_id: SitePolicy(weight=s.weight, max_in_flight=s.max_in_flight, paused=s.held)
-            for s in await self.db.list_sites()
+            for s in sites
         }
         self._policies_loaded = True
         if self.parking is not None:

@@ -97,3 +97,27 @@ async def test_site_cache_error_is_not_cached(db: Database) -> None:
     with pytest.raises(ConnectionError):
         await cache.get("s")
     assert (await cache.get("s")) == Site("s")
+
+
+@aio
+async def test_site_cache_filled_from_a_read_of_every_site_asks_for_none_of_them() -> None:
+    class Counting:
+        reads: list[str] = []
+
+        async def get_site(self, site_id: str) -> Site | None:
+            Counting.reads.append(site_id)
+            return Site(site_id, name="read alone")
+
+    clock = [1000.0]
+    cache = SiteCache(Counting(), ttl=3.0, clock=lambda: clock[0])  # type: ignore[arg-type]
+    started = cache.read_started()
+    clock[0] += 0.5  # the read of every site took a while
+    cache.fill([Site("a", name="listed"), Site("b", name="listed")], started)
+    assert [(await cache.get(s)).name for s in "ab"] == ["listed", "listed"] and Counting.reads == []
+    clock[0] += 2.6  # the TTL counts from the start of the read
+    assert (await cache.get("a")).name == "read alone" and Counting.reads == ["a"]
+
+    started = cache.read_started()
+    cache.invalidate("b")  # a change made here while the list was read: the list may predate it
+    cache.fill([Site("b", name="stale")], started)
+    assert (await cache.get("b")).name == "read alone"
