@@ -29,6 +29,11 @@ async def spent(outcomes, site_id: str | None = None) -> tuple[Decimal, dict[str
     return sum(by_provider.values(), Decimal(0)), by_provider
 
 
+def billed_usd(ledger: dict) -> Decimal:
+    """What the simulators billed in all (their ledger's `billing`)."""
+    return Decimal(str(ledger["openai"]["billing"]["usd"])) + Decimal(str(ledger["replicate"]["billing"]["usd"]))
+
+
 async def test_recorded_costs_sum_to_what_the_simulators_bill(pipeline, sim, outcomes):
     # Faults that cost nothing: 5xx (not billed), failed predictions (flux bills no image), each tried again.
     sim.configure({"openai": {"error_rate": 0.1}, "replicate": {"fail_rate": 0.15}})
@@ -41,7 +46,7 @@ async def test_recorded_costs_sum_to_what_the_simulators_bill(pipeline, sim, out
     assert "PENDING" not in summarize(rows), summarize(rows)
 
     ledger = sim.ledger()
-    billed = Decimal(str(ledger["openai"]["billing"]["usd"])) + Decimal(str(ledger["replicate"]["billing"]["usd"]))
+    billed = billed_usd(ledger)
     total, by_provider = await spent(outcomes)
     assert billed > 0 and ledger["openai"]["errors_5xx"] > 0 and ledger["replicate"]["predictions_failed"] > 0
     assert abs(total - billed) <= billed * Decimal("0.001"), (total, billed, by_provider)
@@ -107,5 +112,5 @@ async def test_a_capped_site_stops_within_the_bound_and_goes_on_when_the_cap_is_
         assert blog["waiting"] is None and blog["cost_usd"] > 0 and blog["paid_calls"] >= 2  # an article, an image
     ledger = sim.ledger()
     assert ledger["wix"]["posts_per_site"][capped] == len(ids)  # each published once
-    billed = Decimal(str(ledger["openai"]["billing"]["usd"])) + Decimal(str(ledger["replicate"]["billing"]["usd"]))
+    billed = billed_usd(ledger)
     assert abs((await spent(outcomes))[0] - billed) <= billed * Decimal("0.001")  # parked and released: still exact

@@ -10,7 +10,8 @@ simulators' ledger: no 429 either), nothing is left PENDING.
   limiter coordinator recovers by itself and does not log the same traceback
   over and over;
 - Postgres is down when the workers start, and again while they work (a
-  private cluster): nothing is lost, nothing crashes or spins;
+  private cluster): nothing is lost, nothing crashes or spins, and the recorded
+  costs are what the simulators billed;
 - a worker is SIGKILLed with work in flight and restarted, twice;
 - the providers answer a share of calls with a 5xx and leave some unanswered.
 
@@ -20,7 +21,9 @@ lengths of the outages themselves.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+from decimal import Decimal
 
 import pytest
 
@@ -30,7 +33,10 @@ from stack.chaos import (
 from stack.harness import Outcomes, Pipeline, Worker
 from stack.stack import PrivateKafka, PrivatePostgres
 
+from .test_costs import billed_usd, spent
+
 SITES = 6
+KEPT = re.compile(r"could not record the cost of a paid call: works again after (\d+) failures")
 # Provider calls take 0.1-0.4 s: work is surely in flight when a fault lands, and a run takes a minute or two.
 LATENCY = {"latency_scale": 0.2}
 
@@ -149,6 +155,11 @@ async def test_postgres_down_at_worker_start_and_again_later_loses_nothing(postg
         await finish_and_check(pipeline, outcomes, sim, requests)
         for worker in pipeline.workers:
             assert_no_repeated_traceback(worker, at_most=5)
+        # Costs of calls that ended while Postgres was away waited and were written: none is missing.
+        recorded, billed = (await spent(outcomes))[0], billed_usd(sim.ledger())
+        kept = sum(int(n) for w in pipeline.workers for n in KEPT.findall(w.log_text()))
+        print(f"recorded {recorded:.6f} USD, simulators billed {billed:.6f} USD; {kept} cost rows waited for Postgres")
+        assert billed > 0 and abs(recorded - billed) <= billed * Decimal("0.001"), (recorded, billed)
     finally:
         pipeline.stop()
 
