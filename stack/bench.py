@@ -5,9 +5,10 @@
     intake    docs/bench-intake.md     5,000 concurrent HTTP clients, then a flood (issue 5)
     capacity  docs/bench-capacity.md   one worker's blogs/s and CPU per blog at zero provider latency (issue 13)
     chaos     docs/bench-chaos.md      broker, Postgres and worker faults, provider 5xx and timeouts (`make chaos`)
+    bulk      docs/bench-bulk.md       a 5,000-request backfill: batch lane cost, interactive latency during it (issue 14)
     budget    docs/bench-budget.md     capped sites stop within the overspend bound, 3 workers (issue 14)
 
-    .venv/bin/python -m stack.bench [limiter fairness intake capacity chaos budget]
+    .venv/bin/python -m stack.bench [limiter fairness intake capacity chaos budget bulk]
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import sys
 import time
 
 BENCHES = {"limiter": "stack.bench_limiter", "fairness": "stack.bench_fairness", "intake": "stack.bench_intake",
-           "capacity": "stack.bench_capacity", "chaos": "stack.chaos"}
+           "capacity": "stack.bench_capacity", "chaos": "stack.chaos", "bulk": "stack.bench_bulk"}
 BENCHES["budget"] = "stack.bench_budget"
 
 
