@@ -84,6 +84,8 @@ async def poll(deps: Deps, client: BatchClient, row: BatchRow, send: Any = send_
     refused = _refused_line_numbers(info)
     left = 0
     for number, line in enumerate(lines, 1):  # the file lists its lines in this order (batch_collect.py)
+        if number % 500 == 0 and not await db.extend_batch_claim(row.batch_key, owner, lease_seconds=CLAIM_SECONDS):
+            return  # a big batch outlived our claim and another worker has it: it settles the rest
         result = results.get(line.request_id)
         if result is not None and result.billed is not None:  # once per completion id: a replay records nothing
             await record_batch_line(deps, line.request_id, line.site_id, result.billed)

@@ -108,6 +108,8 @@ async def test_a_claimed_batch_is_no_one_elses_until_its_claim_runs_out(lane):
     assert batch.batch_key not in [b.batch_key for b in await lane.claim_batches("w2", lease_seconds=60, poll_seconds=0)]
     assert not await lane.mark_batch(batch.batch_key, "w2", "submitting")
     assert await lane.mark_batch(batch.batch_key, "w1", "submitting")
+    assert await lane.extend_batch_claim(batch.batch_key, "w1", lease_seconds=60)
+    assert not await lane.extend_batch_claim(batch.batch_key, "w2", lease_seconds=60)
     await lane.pool.execute("UPDATE openai_batches SET claimed_until = now() - interval '1 second' "
                             "WHERE batch_key = $1", batch.batch_key)
     taken = [b for b in await lane.claim_batches("w2", lease_seconds=60, poll_seconds=0) if b.batch_key == batch.batch_key]
