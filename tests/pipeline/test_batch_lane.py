@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable
 import pytest
 import pytest_asyncio
 
-from connectors.openai_batches import BatchClient, batch_line, encode_line
+from connectors.openai_batches import BatchClient, batch_line, encode_line, prompt_tokens
 from store.database import Database, DatabaseError
 from streams.pipeline import batch_collect, batch_poll
 from streams.settings import settings
@@ -25,7 +25,7 @@ from tests.store.conftest import DSN
 
 RUN = f"lane{uuid.uuid4().hex[:8]}"
 FAST = {"validation_seconds": 0.0, "seconds_per_request": 1.0, "finalizing_seconds": 0.0,
-        "completion_window_seconds": 86_400.0, "line_error_rate": 0.0}
+        "completion_window_seconds": 86_400.0, "line_error_rate": 0.0, "enqueued_token_limit": 2_000_000}
 BASE = {"latency_scale": 0.01, "seed": 5, "openai": {"batch": FAST}}
 
 
@@ -237,6 +237,17 @@ async def test_a_batch_whose_requests_were_all_cancelled_is_cancelled_at_openai(
     await passes_until(w, client, sent, settled(db, batch, "cancelled"))
     assert sim.ledger()["openai"]["batch"]["by_status"] == {"cancelled": 1}
     assert sent.requests == []
+
+
+async def test_files_keep_within_the_enqueued_token_limit_so_openai_refuses_none(sim, db, lane, client, monkeypatch):
+    batch, sent, w = requests(6), SentBack(), worker(db)
+    limit = 3 * max(prompt_tokens(r) for r in batch) + 10  # room for three lines' prompts at a time
+    use_settings(monkeypatch, openai_batch_enqueued_tokens=limit)
+    sim.configure({"openai": {"batch": {"enqueued_token_limit": limit}}})
+    await hold_all(w, batch)
+    await passes_until(w, client, sent, settled(db, batch))
+    assert sim.ledger()["openai"]["batch"]["by_status"] == {"completed": 2}  # two files, none refused
+    assert sent.counts() == {r["request_id"]: 1 for r in batch}
 
 
 def test_the_line_is_the_real_time_writers_request(lane):
