@@ -21,6 +21,7 @@ from faust.agents.replies import ReplyPromise
 
 from streams import metrics
 from streams.app import app
+from store.effects import Coalesced
 from store.limiter_snapshot import LimiterSnapshot, read_snapshot
 from streams.limiter.coordinator import budget_coordinator, limiter_topic, publisher
 from streams.limiter.specs import OPENAI_TOKENS
@@ -99,7 +100,7 @@ current_permit: contextvars.ContextVar[Permit | None] = contextvars.ContextVar("
 # From our hook to the provider counting the request: the write, the network,
 
 
-class CastBatch:
+class CastBatch(Coalesced[dict, None]):
     """One-way messages to the coordinator made in the same moment travel as one record.
 
     A blog sends the coordinator several (a settle, a release, lease ends, late
@@ -114,34 +115,14 @@ class CastBatch:
     MAX_OPS = 500  # about 100 kB: far below Kafka's record limit
 
     def __init__(self, send: Callable[[dict[str, Any]], Awaitable[Any]]) -> None:
-        self._send = send
-        self._waiting: list[tuple[dict[str, Any], asyncio.Future]] = []
-        self._flusher: asyncio.Task | None = None
-        self.records = 0  # records sent (tests, figures)
+        async def one_record(values: list[dict[str, Any]]) -> list[None]:
+            await send(values[0] if len(values) == 1 else {"op": "batch", "ops": values})
+            return [None] * len(values)
+
+        super().__init__(one_record, max_batch=self.MAX_OPS)
 
     async def send(self, value: dict[str, Any]) -> None:
-        future = asyncio.get_running_loop().create_future()
-        self._waiting.append((value, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.ensure_future(self._flush())
-        await future
-
-    async def _flush(self) -> None:
-        await asyncio.sleep(0)  # the tasks that are ready this turn add theirs first
-        while self._waiting:
-            batch, self._waiting = self._waiting[: self.MAX_OPS], self._waiting[self.MAX_OPS :]
-            values = [value for value, _ in batch]
-            self.records += 1
-            try:
-                await self._send(values[0] if len(values) == 1 else {"op": "batch", "ops": values})
-            except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for _, future in batch:
-                if not future.done():
-                    future.set_result(None)
+        await self(value)
 
 
 async def _cast(value: dict[str, Any]) -> None:
