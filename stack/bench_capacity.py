@@ -219,8 +219,8 @@ def report(result: dict, profile: Path | None, plots: list[str] = ()) -> str:
         f"| Simulators' CPU per blog | {result['sim_cpu_ms_per_blog']:.1f} ms ({result['sim_cores']:.2f} cores) | |",
         f"| Outcomes | {result['counts']} | all DONE |",
         "",
-        f"Load average {load0:.1f} at the start, {load1:.1f} at the end, on {result['cores']} cores: throughput "
-        "depends on what else runs; CPU per blog (the worker's own CPU time over blogs) much less.",
+        f"Load average {load0:.1f} at the start, {load1:.1f} at the end, on {result['cores']} cores: other work on "
+        "the machine lowers the throughput and raises the CPU per blog too; compare only runs at the same load.",
         "",
     ]
     lines += [f"![{name}]({name})" for name in plots] + ([""] if plots else [])
