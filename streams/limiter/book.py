@@ -155,7 +155,8 @@ class BudgetBook:
         budget = self.rates.get(name)
         if budget is None:
             spec = self.rate_specs.get(name) or self.rate_specs[name.split(":", 1)[0] + ":"]
-            budget = RateBudget(name, int(spec["limit"]), float(spec["window"]), self.grace, bool(spec.get("paced", False)))
+            budget = RateBudget(name, int(spec["limit"]), float(spec["window"]), self.grace, bool(spec.get("paced", False)),
+                                margin=float(spec.get("margin", 0.0)))
             self.rates[name] = budget
         return budget
 
@@ -446,7 +447,7 @@ class BudgetBook:
         rate = self.rate(budget)
         if throttled:
             rate.on_throttled(now)
-        rate.on_remaining(now, limit, remaining)
+        rate.on_remaining(now, limit, remaining, seen_at)
         return bool(tokens_budget) and self.rate(tokens_budget).on_provider_tokens(  # a 429 with requests left: tokens
             now, tokens_limit, tokens_remaining, throttled=throttled and remaining != 0, seen_at=seen_at)
 

@@ -31,6 +31,9 @@ class RateBudget:
     grace: float
     # Spread grants evenly (GCRA at limit / span) instead of bursting at a window's start.
     paced: bool = False
+    # Units each reservation carries beyond the provider's own estimate (tokens: a safety margin).
+    # Dropped once the call is answered: the provider's count shows it if its estimate was higher.
+    margin: float = 0.0
     # Adaptive share of `limit`: shrinks when the provider pushes back (someone
     # else uses the same key), grows back while it does not.
     factor: float = 1.0
@@ -245,6 +248,8 @@ class RateBudget:
             entry[0] = arrived_by - self.grace
             self._insert(entry)
         self.semantics.forget(entry)
+        if entry[7] is None and entry[6] - self.margin >= used:  # the provider's estimate, as near as we know it
+            entry[6] -= self.margin
         entry[7] = max(0.0, float(used))
         self.semantics.note(entry)
         counted = provider_count_of(entry, self.semantics.refunds)
@@ -299,7 +304,12 @@ class RateBudget:
         self.dirty.add("meta")
         return True
 
-    def on_remaining(self, now: float, provider_limit: int | None, remaining: int | None) -> None:
+    def stale_after(self) -> float:
+        """Seconds after which a provider's answer says nothing reliable about its count now."""
+        return min(5.0, self.window / 4)
+
+    def on_remaining(self, now: float, provider_limit: int | None, remaining: int | None,
+                     seen_at: float | None = None) -> None:
         """`x-ratelimit-remaining-*` lower than our own count explains: outside use.
 
         The provider counts arrivals in its last window when it answers. Our
@@ -308,8 +318,15 @@ class RateBudget:
         at the window's edge looks like someone else's traffic. The rest of the
         difference (grants still on their way, the answer's own trip) is noise
         of a few requests, hence the threshold.
+
+        An answer seen more than `stale_after()` ago is not compared: a report
+        that waited out a broker outage in a worker's producer describes a full
+        window long gone, and read as now it made the whole budget look used by
+        someone else for a window after the outage (external 134 of 150).
         """
         if remaining is None:
+            return
+        if seen_at is not None and now - seen_at > self.stale_after():
             return
         limit = provider_limit or self.limit
         provider_used = limit - remaining

@@ -14,6 +14,10 @@ OPENAI_TOKENS = "openai_tokens"
 REPLICATE_REQUESTS = "replicate_requests"  # creates (Replicate: 600/min)
 REPLICATE_OTHER_REQUESTS = "replicate_other_requests"  # every other endpoint: polls, cancels (3000/min)
 WIX_REQUESTS_PREFIX = "wix_requests:"
+# Tokens each OpenAI reservation carries beyond the provider's own admission estimate
+# (connectors/openai_writer.py's ESTIMATE_SAFETY_TOKENS; tests/limiter keeps the two equal).
+# Once a call is answered the provider's count shows whether its estimate was higher.
+OPENAI_ESTIMATE_MARGIN = 16
 
 
 def wix_requests(site_id: str) -> str:
@@ -26,7 +30,7 @@ def rate_specs() -> dict[str, dict[str, Any]]:
     paced = settings.budget_pacing
     return {
         OPENAI_REQUESTS: {"limit": settings.openai_rpm, "window": window, "paced": paced},
-        OPENAI_TOKENS: {"limit": settings.openai_tpm, "window": window},
+        OPENAI_TOKENS: {"limit": settings.openai_tpm, "window": window, "margin": OPENAI_ESTIMATE_MARGIN},
         REPLICATE_REQUESTS: {"limit": settings.replicate_rpm, "window": window, "paced": paced},
         REPLICATE_OTHER_REQUESTS: {"limit": settings.replicate_other_rpm, "window": window, "paced": paced},
         WIX_REQUESTS_PREFIX: {"limit": settings.wix_site_rpm, "window": window, "paced": paced},

@@ -25,7 +25,8 @@ SAFETY = 16  # what our estimate adds to the provider's (connectors/openai_write
 
 
 def book(tpm: int, window: float, grace: float) -> BudgetBook:
-    specs = {REQ: {"limit": 10**6, "window": window, "paced": False}, TOK: {"limit": tpm, "window": window}}
+    specs = {REQ: {"limit": 10**6, "window": window, "paced": False},
+             TOK: {"limit": tpm, "window": window, "margin": SAFETY}}
     b = BudgetBook(specs, grace=grace)
     b.instance = "t-"
     return b
@@ -193,8 +194,8 @@ def test_what_was_learned_survives_a_restore():
     again.restore((k, v) for k, v in writes.items())
     restored = again.rate(TOK)
     assert restored.semantics.refunds is True and restored.used(1.0) == 500
-    restored.count_unused(False)  # the reservation came through the restore too
-    assert restored.used(1.0) == 2000
+    restored.count_unused(False)  # the reservation (less its safety margin, the call answered) came through too
+    assert restored.used(1.0) == 2000 - SAFETY
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -242,3 +243,19 @@ async def test_an_answers_figures_travel_with_its_usage_from_the_stage_to_the_to
     assert tokens.used(now) == pytest.approx(5000)
     # Counted from when it left (+ the wire margin), no longer from its grant's grace.
     assert tokens.index["g1"][0] == pytest.approx(now - 0.5 + 0.1 - c.book.grace)
+
+
+def test_an_answered_call_drops_the_safety_margin_of_its_reservation():
+    from connectors.openai_writer import ESTIMATE_SAFETY_TOKENS
+    from streams.limiter.specs import OPENAI_ESTIMATE_MARGIN
+
+    assert OPENAI_ESTIMATE_MARGIN == ESTIMATE_SAFETY_TOKENS  # the limiter's copy of the connector's margin
+    r = RateBudget(TOK, 10_000, 10.0, 0.3, margin=SAFETY)
+    r.add(0.0, 1016, "g1")
+    assert r.used(1.0) == 1016  # in flight: the whole reservation
+    r.settle_usage("g1", 700)
+    assert r.used(1.0) == 1000  # kept counted or not known: the provider's own estimate
+    r.settle_usage("g1", 700)  # a settle repeated changes nothing
+    assert r.used(1.0) == 1000
+    r.count_unused(True)
+    assert r.used(1.0) == 700
