@@ -825,3 +825,14 @@ def test_a_pool_asks_for_what_one_lease_period_took_lately():
     assert pool.wanted() == 16  # 10 in the last 2 s, half again to spare, plus one
     pool.note(103.5, 2.0)  # the old ones age out
     assert len(pool.recent) == 1
+
+
+def test_a_remaining_figure_seen_long_ago_is_not_read_as_outside_use_now():
+    """Reports that waited out a broker outage in a worker's producer arrive with a full window's figure
+    from before it; compared with our (empty) window now they looked like 134 of 150 used by someone else."""
+    b = book(limit=150, window=30.0)
+    now = 1000.0
+    b.feedback(now, REQ, throttled=False, limit=150, remaining=16, seen_at=now - 75.0)
+    assert b.rate(REQ).external == 0 and b.rate(REQ).effective_limit() == 150
+    b.feedback(now, REQ, throttled=False, limit=150, remaining=16, seen_at=now - 0.5)  # fresh: it counts
+    assert b.rate(REQ).external == pytest.approx(134)
