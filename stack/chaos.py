@@ -208,6 +208,7 @@ class Sample:
     at: float
     rss_kb: dict[str, int]
     log_lines: dict[str, int]
+    openai: dict[str, Any] | None = None  # the limiter's figures for openai_requests (used_in_window, waiting...)
 
 
 @dataclass
@@ -277,8 +278,27 @@ class Sampler:
                         status = Path(f"/proc/{worker.proc.pid}/status").read_text()
                         rss[worker.name] = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
             lines = {w.name: self._count_lines(w) for w in self.workers}
-            self.chaos.samples.append(Sample(time.time(), rss, lines))
+            self.chaos.samples.append(Sample(time.time(), rss, lines, await self._limiter()))
             await asyncio.sleep(1.0)
+
+    async def _limiter(self) -> dict[str, Any] | None:
+        """The OpenAI request budget as the limiter sees it now (any live worker serves the snapshot)."""
+        import httpx
+
+        for worker in self.workers:
+            if not worker.alive:
+                continue
+            token = worker.env.get("BLOGSTREAM_ADMIN_TOKEN") or worker.env.get("BLOGSTREAM_INTAKE_TOKEN")
+            try:
+                async with httpx.AsyncClient(timeout=0.5) as http:
+                    answer = await http.get(worker.url("/api/limiter"),
+                                            headers={"Authorization": f"Bearer {token}"} if token else {})
+                figures = answer.json().get("openai_requests") if answer.status_code == 200 else None
+            except (httpx.HTTPError, ValueError):
+                continue
+            if figures:
+                return figures
+        return None
 
 
 async def completions(outcomes: Outcomes, ids: list[str]) -> list[float]:
@@ -430,6 +450,7 @@ def figures(chaos: Chaos, times: list[float], baseline: tuple[float, float], che
             "first_30s": rate(times, fault.end, fault.end + 30) / normal,
             "next_30s": rate(times, fault.end + 30, fault.end + 60) / normal,
             "back_to_90pct_after_s": None if back is None else back + BIN - fault.end,
+            "limiter_after": limiter_after(chaos, fault),
         })
         if fault.name == "broker down":
             out["broker_outage"] = outage_figures(chaos, fault)
@@ -450,6 +471,21 @@ def _bins(start: float, end: float) -> Iterator[float]:
     while t < end:
         yield t
         t += BIN
+
+
+def limiter_after(chaos: Chaos, fault: Fault, every: float = 5.0, span: float = 60.0) -> list[tuple[float, Any, Any, dict]]:
+    """(seconds after the fault cleared, OpenAI requests granted in the window, asks waiting) every 5 s:
+    how fast the binding budget is in use again."""
+    out = []
+    t = fault.end - every
+    while t <= fault.end + span:
+        near = [s for s in chaos.samples if s.openai and abs(s.at - t) <= 1.0]
+        if near:
+            figures = min(near, key=lambda s: abs(s.at - t)).openai
+            out.append((t - fault.end, figures.get("used_in_window"), figures.get("waiting"),
+                        {k: figures.get(k) for k in ("effective_limit", "factor", "external", "used_in_span")}))
+        t += every
+    return out
 
 
 def outage_figures(chaos: Chaos, fault: Fault) -> dict[str, Any]:
@@ -545,6 +581,14 @@ def report(result: dict[str, Any], png: str | None, busy: str) -> str:
         lines.append(f"| {single['fault']} | {single['seconds']:.0f} s | {pct(single['during'])} | "
                      f"{pct(single['first_30s'])} | {pct(single['next_30s'])} | "
                      f"{'not within 120 s' if back is None else f'{back:.0f} s'} |")
+    for single in result["singles"]:
+        if single.get("limiter_after"):
+            lines += ["", f"The binding budget after *{single['fault']}* cleared (OpenAI requests granted in the "
+                          f"last {WINDOW:.0f} s of {result['settings']['budget_per_s'] * WINDOW:.0f}; asks waiting):", "",
+                      "| s after | " + " | ".join(f"{t:+.0f}" for t, *_ in single["limiter_after"]) + " |",
+                      "|---" * (len(single["limiter_after"]) + 1) + "|",
+                      "| granted | " + " | ".join(f"{u:.0f}" if u is not None else "-" for _, u, *_ in single["limiter_after"]) + " |",
+                      "| waiting | " + " | ".join(str(w) if w is not None else "-" for _, _, w, _ in single["limiter_after"]) + " |"]
     if "kills" in result:
         k = result["kills"]
         lines += ["", f"A worker SIGKILLed every {KILL_EVERY:.0f} s and restarted at once ({k['count']} kills, "
