@@ -192,7 +192,7 @@ class Settings(BaseSettings):
     sink_batch_size: int = Field(500, ge=1)
     sink_batch_seconds: float = Field(0.5, gt=0)
 
-    @field_validator("event_loop", "log_format", mode="before")
+    @field_validator("event_loop", "log_format", "openai_batch_failed_lines", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
