@@ -54,7 +54,7 @@ demo: stack-up
 	@$(PY) -m stack.demo
 
 test: stack-up test-java prometheus
-	@$(PY) -m pytest -q -p no:cacheprovider
+	@$(PY) -m pytest -q -p no:cacheprovider --durations=25
 
 bench: stack-up
 	@$(PY) -m stack.bench $(BENCH)
