@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 from collections.abc import Callable
 from typing import Any, Optional, Protocol
@@ -34,7 +35,9 @@ def sample_latency(rng: random.Random, spec: Any, scale: float) -> float:
     elif isinstance(spec, (list, tuple)):
         base = rng.uniform(float(spec[0]), float(spec[1]))
     elif isinstance(spec, dict):
-        if "min" in spec or "max" in spec:
+        if "median" in spec:
+            base = rng.lognormvariate(math.log(float(spec["median"])), float(spec.get("sigma", 0.0)))
+        elif "min" in spec or "max" in spec:
             lo = float(spec.get("min", 0.0))
             base = rng.uniform(lo, float(spec.get("max", lo)))
         elif "stddev" in spec:

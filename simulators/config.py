@@ -13,6 +13,7 @@ from typing import Any, Mapping
 #   {"min": a, "max": b}       uniform
 #   {"mean": m, "jitter": j}   uniform in [m-j, m+j] (clamped at 0)
 #   {"mean": m, "stddev": s}   normal, clamped at 0
+#   {"median": m, "sigma": s}  lognormal: half the calls take under m, a long tail above (LLM answer times)
 # Every sampled latency (and slow_seconds) is multiplied by the global latency_scale.
 
 DEFAULTS: dict[str, Any] = {
@@ -170,13 +171,18 @@ def _check_latency(path: str, spec: Any) -> Any:
         if lo < 0 or hi < lo:
             raise ConfigError(f"{path}: need 0 <= min <= max, got {spec!r}")
         return [lo, hi]
+    if isinstance(spec, dict) and set(spec) == {"median", "sigma"}:
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec.values()) \
+                or spec["median"] <= 0 or spec["sigma"] < 0:
+            raise ConfigError(f"{path}: lognormal latency needs median > 0 and sigma >= 0, got {spec!r}")
+        return {"median": float(spec["median"]), "sigma": float(spec["sigma"])}
     if isinstance(spec, dict) and (set(spec) <= {"min", "max"} or set(spec) <= {"mean", "jitter", "stddev"}):
         for v in spec.values():
             if not isinstance(v, (int, float)) or v < 0:
                 raise ConfigError(f"{path}: bad latency spec {spec!r}")
         return dict(spec)
     raise ConfigError(f"{path}: bad latency spec {spec!r} (use [min,max], a number, "
-                      "{{min,max}}, {{mean,jitter}} or {{mean,stddev}})")
+                      "{{min,max}}, {{mean,jitter}}, {{mean,stddev}} or {{median,sigma}})")
 
 
 def _coerce(path: str, key: str, default: Any, value: Any) -> Any:
