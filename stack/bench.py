@@ -7,8 +7,9 @@
     chaos     docs/bench-chaos.md      broker, Postgres and worker faults, provider 5xx and timeouts (`make chaos`)
     bulk      docs/bench-bulk.md       a 5,000-request backfill: batch lane cost, interactive latency during it (issue 14)
     budget    docs/bench-budget.md     capped sites stop within the overspend bound, 3 workers (issue 14)
+    tier      docs/bench-tier.md       OpenAI 5,000 RPM / 4M TPM at ~30 s, 1,000 sites, 3 workers (issue 13)
 
-    .venv/bin/python -m stack.bench [limiter fairness intake capacity chaos budget bulk]
+    .venv/bin/python -m stack.bench [limiter fairness intake capacity chaos budget bulk tier]
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import time
 BENCHES = {"limiter": "stack.bench_limiter", "fairness": "stack.bench_fairness", "intake": "stack.bench_intake",
            "capacity": "stack.bench_capacity", "chaos": "stack.chaos", "bulk": "stack.bench_bulk"}
 BENCHES["budget"] = "stack.bench_budget"
+BENCHES["tier"] = "stack.bench_tier"
 
 
 def main(argv: list[str]) -> int:

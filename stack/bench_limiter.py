@@ -136,7 +136,12 @@ def enforced_token_sums(events: list[list[Any]], window: float, start: float, en
             changes.append((t + window, -float(settled)))
         else:
             changes.append((t + window, -charged))
-    changes.sort()
+    return running_totals(changes, start, end, step)
+
+
+def running_totals(changes: list[tuple[float, float]], start: float, end: float, step: float) -> list[float]:
+    """The sum of every (time, delta) change at or before each grid point from start to end."""
+    changes = sorted(changes)
     sums, total, i, t = [], 0.0, 0, start
     while t <= end:
         while i < len(changes) and changes[i][0] <= t:
@@ -205,6 +210,18 @@ def quantile(buckets: dict[float, float], q: float) -> float | None:
             return prev_bound + (bound - prev_bound) * (rank - prev_count) / (count - prev_count)
         prev_bound, prev_count = bound, count
     return bounds[-1]
+
+
+async def scrape_metrics(workers: list[Worker], timeout: float = 10) -> list[str]:
+    """Each worker's Prometheus /metrics text (a worker that does not answer is left out)."""
+    scrapes = []
+    async with httpx.AsyncClient(timeout=timeout) as http:
+        for w in workers:
+            try:
+                scrapes.append((await http.get(w.url("/metrics"))).text)
+            except httpx.HTTPError:
+                pass
+    return scrapes
 
 
 def counter_total(text: str, name: str) -> float:
@@ -359,13 +376,7 @@ async def run_scenario(sc: Scenario, log: Any = print) -> dict[str, Any]:
         (STACK_DIR / "logs" / f"{rig.name}-openai-events.json").write_text(json.dumps({"submitted": submitted, "events": events}))
         ours = [(e[0], float(e[2])) for e in events if not e[3]]
         times = sorted(t for t, _ in ours)
-        scrapes = []
-        async with httpx.AsyncClient(timeout=10) as http:
-            for w in p.workers:
-                try:
-                    scrapes.append((await http.get(w.url("/metrics"))).text)
-                except httpx.HTTPError:
-                    pass
+        scrapes = await scrape_metrics(p.workers)
         overhead = merge_histograms([parse_histogram(t, "blogstream_permit_overhead_seconds") for t in scrapes])
         budgets = sorted({b for t in scrapes for b in re.findall(r'blogstream_permit_overhead_seconds_count\{budget="([^"]+)"', t)})
         by_budget = {}

@@ -1,0 +1,34 @@
+"""The tier benchmark's pure helpers: backlog size, calls in flight, cores, machine busy share."""
+from __future__ import annotations
+
+import pytest
+
+from stack.bench_tier import backlog_size, cores, in_flight, machine_busy
+
+
+def test_the_backlog_is_minutes_of_work_at_the_request_limit():
+    assert backlog_size(15) == 75_000
+    assert backlog_size(0.5, rpm=450) == 225
+    assert backlog_size(0) == 1
+
+
+def test_a_call_is_in_flight_from_admission_until_answered():
+    # [t, site, tokens, external, charged, answered_at]
+    events = [[0.0, "a", 10, False, 20, 2.5], [1.0, "b", 10, False, 20, 1.5], [1.2, "c", 10, True, 20, 9.0]]
+    assert in_flight(events, 0.0, 3.0, 0.5) == [1, 1, 2, 1, 1, 0, 0]
+
+
+def test_an_unanswered_call_stays_in_flight_to_the_end():
+    assert in_flight([[1.0, "a", 0, False, 20, None]], 0.0, 2.0, 1.0) == [0, 1, 1]
+
+
+def test_cores_are_cpu_seconds_over_wall_seconds():
+    assert cores([(10.0, 100.0, 5.0), (12.0, 110.0, 6.0), (20.0, 120.0, 9.0)]) == pytest.approx(0.4)
+    assert cores([(10.0, 100.0, 5.0)]) is None
+
+
+def test_machine_busy_leaves_out_idle_and_iowait():
+    before = [100, 0, 100, 700, 100, 0, 0, 0]
+    after = [200, 0, 200, 800, 200, 0, 0, 0]  # 200 busy, 200 idle or waiting on disk
+    assert machine_busy(before, after) == pytest.approx(0.5)
+    assert machine_busy(before, before) == 0.0
