@@ -18,7 +18,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import annotated_types
 import click
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -192,10 +192,13 @@ class Settings(BaseSettings):
     sink_batch_size: int = Field(500, ge=1)
     sink_batch_seconds: float = Field(0.5, gt=0)
 
-    @field_validator("event_loop", "log_format", "openai_batch_failed_lines", mode="before")
+    @field_validator("*", mode="before")
     @classmethod
-    def _lower(cls, value: Any) -> Any:
-        return value.strip().lower() if isinstance(value, str) else value
+    def _lower(cls, value: Any, info: ValidationInfo) -> Any:
+        """Every choice (a Literal field) is read case-insensitively: `JSON` is `json`, `RETRY` is `retry`."""
+        if isinstance(value, str) and get_origin(cls.model_fields[info.field_name].annotation) is Literal:
+            return value.strip().lower()
+        return value
 
     @model_validator(mode="after")
     def _heartbeat_below_session(self) -> "Settings":
