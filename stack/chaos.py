@@ -270,18 +270,24 @@ class Sampler:
         return self._lines[worker.name]
 
     async def run(self) -> None:
-        while True:
-            rss = {}
-            for worker in self.workers:
-                if worker.alive:
-                    with contextlib.suppress(OSError, ValueError, IndexError):
-                        status = Path(f"/proc/{worker.proc.pid}/status").read_text()
-                        rss[worker.name] = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
-            lines = {w.name: self._count_lines(w) for w in self.workers}
-            self.chaos.samples.append(Sample(time.time(), rss, lines, await self._limiter()))
-            await asyncio.sleep(1.0)
+        import httpx
 
-    async def _limiter(self) -> dict[str, Any] | None:
+        async with httpx.AsyncClient(timeout=0.5) as http:  # one client (and its connections) for the whole run
+            while True:
+                await self._sample(http)
+                await asyncio.sleep(1.0)
+
+    async def _sample(self, http: Any) -> None:
+        rss = {}
+        for worker in self.workers:
+            if worker.alive:
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    status = Path(f"/proc/{worker.proc.pid}/status").read_text()
+                    rss[worker.name] = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+        lines = {w.name: self._count_lines(w) for w in self.workers}
+        self.chaos.samples.append(Sample(time.time(), rss, lines, await self._limiter(http)))
+
+    async def _limiter(self, http: Any) -> dict[str, Any] | None:
         """The OpenAI request budget as the limiter sees it now (any live worker serves the snapshot)."""
         import httpx
 
@@ -290,9 +296,8 @@ class Sampler:
                 continue
             token = worker.env.get("BLOGSTREAM_ADMIN_TOKEN") or worker.env.get("BLOGSTREAM_INTAKE_TOKEN")
             try:
-                async with httpx.AsyncClient(timeout=0.5) as http:
-                    answer = await http.get(worker.url("/api/limiter"),
-                                            headers={"Authorization": f"Bearer {token}"} if token else {})
+                answer = await http.get(worker.url("/api/limiter"),
+                                        headers={"Authorization": f"Bearer {token}"} if token else {})
                 figures = answer.json().get("openai_requests") if answer.status_code == 200 else None
             except (httpx.HTTPError, ValueError):
                 continue
