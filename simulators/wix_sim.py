@@ -60,7 +60,8 @@ class WixSim:
         self.sites: dict[str, WixSite] = {}
         self.ledger = ProviderLedger()
         self.ledger.extra.update(imports_total=0, imports_rejected=0, drafts_created=0, posts_total=0,
-                                 publish_calls=0, bulk_create_calls=0, bulk_items_failed=0)
+                                 publish_calls=0, bulk_create_calls=0, bulk_import_calls=0,
+                                 bulk_items_failed=0, answers_lost=0)
 
     @property
     def cfg(self) -> dict:
@@ -145,32 +146,38 @@ class WixSim:
                 resp = await fn(request, site, body)
                 if 400 <= resp.status < 500:
                     led.rejected_4xx += 1
+                if resp.status < 400 and roll(state.rng, self.cfg.get("lost_answer_rate", 0)):
+                    # Done on Wix, but the answer is lost on the way back: the caller cannot tell.
+                    led.extra["answers_lost"] += 1
+                    return json_response({"message": "DEADLINE_EXCEEDED: upstream request timeout", "details": {}},
+                                         504)
                 return resp
             finally:
                 st.end()
         return handler
 
     # -- media -----------------------------------------------------------------------------------
-    async def import_file(self, request: web.Request, site: WixSite, body: dict) -> web.Response:
+    def _import(self, site: WixSite, body: Any, host: str) -> tuple[Optional[dict], Optional[dict]]:
+        """One file imported from ``body`` (an import request), or the error that refuses it."""
         self.ledger.extra["imports_total"] += 1
+        if not isinstance(body, dict):
+            return None, validation_error("importFileRequest", "must be an object", "TYPE")
         url = body.get("url")
         if not isinstance(url, str) or not url.strip():
-            return json_response(validation_error("url", "must not be empty"), 400)
+            return None, validation_error("url", "must not be empty")
         try:
             parts = urlsplit(url)
         except ValueError:
             parts = None
         if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-            return json_response(validation_error("url", "must be a valid URL", "FORMAT"), 400)
+            return None, validation_error("url", "must be a valid URL", "FORMAT")
         rep = self.replicate
         fid = rep.file_id_from_url(url)
-        is_sim_host = (parts.hostname or "") in LOOPBACK or parts.netloc == request.host
+        is_sim_host = (parts.hostname or "") in LOOPBACK or parts.netloc == host
         if fid is not None and is_sim_host and not rep.file_available(fid):
             self.ledger.extra["imports_rejected"] += 1
-            return json_response(app_error(
-                "FAILED_PRECONDITION: Failed to import file from url",
-                "URL_NOT_REACHABLE",
-                f"Could not download file from {url}: 404 Not Found"), 400)
+            return None, app_error("FAILED_PRECONDITION: Failed to import file from url", "URL_NOT_REACHABLE",
+                                   f"Could not download file from {url}: 404 Not Found")
         media_type = body.get("mediaType") or "IMAGE"
         now = self.state.now()
         wid = uuid.uuid4().hex[:6] + "_" + uuid.uuid4().hex + "~mv2.png"
@@ -194,7 +201,59 @@ class WixSim:
             "siteId": site.site_id,
         }
         site.files[wid] = f
+        return f, None
+
+    async def import_file(self, request: web.Request, site: WixSite, body: dict) -> web.Response:
+        f, error = self._import(site, body, request.host)
+        if f is None:
+            return json_response(error, 400)
         return json_response({"file": f})
+
+    async def bulk_import_files(self, request: web.Request, site: WixSite, body: dict) -> web.Response:
+        """Bulk Import File (``import-v2``): one call for up to ``bulk_max_items`` files, a result per item.
+
+        As on Wix the answer is 200 when some items fail; ``media`` is not returned in bulk results.
+        """
+        items = body.get("importFileRequests")
+        bad = self._bulk_size_error("importFileRequests", items)
+        if bad is not None:
+            return bad
+        self.ledger.extra["bulk_import_calls"] += 1
+        results = []
+        for i, item in enumerate(items):
+            f, error = self._bulk_item_fault() or self._import(site, item, request.host)
+            if f is None:
+                self.ledger.extra["bulk_items_failed"] += 1
+                results.append({"itemMetadata": {"id": None, "originalIndex": i, "success": False,
+                                                 "error": _item_error(error or {})}})
+                continue
+            entry: dict[str, Any] = {"itemMetadata": {"id": f["id"], "originalIndex": i, "success": True,
+                                                      "error": None}}
+            if body.get("returnEntity", True) is not False:
+                entry["item"] = {k: v for k, v in f.items() if k != "media"}
+            results.append(entry)
+        return self._bulk_answer(results)
+
+    def _bulk_size_error(self, field: str, items: Any) -> Optional[web.Response]:
+        most = int(self.cfg["bulk_max_items"])
+        if not isinstance(items, list) or not items:
+            return json_response(validation_error(field, "must not be empty"), 400)
+        if len(items) > most:
+            return json_response(validation_error(field, f"must contain at most {most} items", "MAX_SIZE"), 400)
+        return None
+
+    def _bulk_item_fault(self) -> Optional[tuple[None, dict]]:
+        """A share (``bulk_item_error_rate``) of bulk items fails inside a 200 answer, as a transient error."""
+        if not roll(self.state.rng, self.cfg.get("bulk_item_error_rate", 0)):
+            return None
+        return None, app_error(f"INTERNAL_ERROR: internal error, request id {uuid.uuid4()}", "INTERNAL_ERROR")
+
+    @staticmethod
+    def _bulk_answer(results: list[dict]) -> web.Response:
+        ok = sum(r["itemMetadata"]["success"] for r in results)
+        return json_response({"results": results,
+                              "bulkActionMetadata": {"totalSuccesses": ok, "totalFailures": len(results) - ok,
+                                                     "undetailedFailures": 0}})
 
     async def get_file(self, request: web.Request, site: WixSite, body: Any) -> web.Response:
         f = site.files.get(request.match_info["id"])
@@ -314,17 +373,15 @@ class WixSim:
         """One call (one request of the site's limit) for up to ``bulk_max_items`` drafts; 200 even when some
         items fail, each result saying whether its item was created."""
         items = body.get("draftPosts")
-        most = int(self.cfg["bulk_max_items"])
-        if not isinstance(items, list) or not items:
-            return json_response(validation_error("draftPosts", "must not be empty"), 400)
-        if len(items) > most:
-            return json_response(validation_error("draftPosts", f"must contain at most {most} items", "MAX_SIZE"),
-                                 400)
+        bad = self._bulk_size_error("draftPosts", items)
+        if bad is not None:
+            return bad
         self.ledger.extra["bulk_create_calls"] += 1
         full = body.get("returnFullEntity") is True
         results, slugs = [], set()
         for i, dp in enumerate(items):
-            draft, error = self._new_draft(site, dp, ["RICH_CONTENT"] if full else body.get("fieldsets"))
+            draft, error = self._bulk_item_fault() or self._new_draft(
+                site, dp, ["RICH_CONTENT"] if full else body.get("fieldsets"))
             if draft is not None and draft["seoSlug"] in slugs:
                 draft, error = None, app_error("ALREADY_EXISTS: duplicate slug in this request", "DUPLICATE_SLUG",
                                                f"Another item of this request already has the slug "
@@ -338,10 +395,7 @@ class WixSim:
             self._store(site, draft, body.get("publish") is True)
             results.append({"itemMetadata": {"id": draft["id"], "originalIndex": i, "success": True, "error": None},
                             "item": self._public_draft(draft)})
-        ok = sum(r["itemMetadata"]["success"] for r in results)
-        return json_response({"results": results,
-                              "bulkActionMetadata": {"totalSuccesses": ok, "totalFailures": len(results) - ok,
-                                                     "undetailedFailures": 0}})
+        return self._bulk_answer(results)
 
     async def publish_draft(self, request: web.Request, site: WixSite, body: Any) -> web.Response:
         d = site.drafts.get(request.match_info["id"])
@@ -429,6 +483,8 @@ class WixSim:
     def add_routes(self, app: web.Application) -> None:
         r = app.router
         r.add_post(PREFIX + "/site-media/v1/files/import", self._wrap("latency_import", self.import_file, True))
+        r.add_post(PREFIX + "/site-media/v1/bulk/files/import-v2",
+                   self._wrap("latency_import", self.bulk_import_files, True))
         r.add_get(PREFIX + "/site-media/v1/files/{id}", self._wrap("latency_other", self.get_file))
         r.add_post(PREFIX + "/blog/v3/draft-posts", self._wrap("latency_create", self.create_draft, True))
         r.add_post(PREFIX + "/blog/v3/bulk/draft-posts/create",

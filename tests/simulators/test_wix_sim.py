@@ -207,3 +207,53 @@ async def test_bulk_limits_unpublished_and_full_entities(sim):
         assert r.status_code == 200 and r.json()["results"][0]["itemMetadata"]["error"]["code"] == \
             "MAX_POSTS_REACHED"
     assert sim.ledger()["wix"]["posts_total"] == 3
+
+
+async def test_bulk_import_is_one_call_with_a_result_per_file(sim):
+    sim.configure({"wix": {"site_rpm": 3}})
+    gone = sim.wix_base_url.removesuffix("/wix") + "/replicate/files/gone0.png"   # no such Replicate output
+    async with httpx.AsyncClient(base_url=sim.wix_base_url) as h:
+        body = {"importFileRequests": [
+            {"url": "https://example.com/a.png", "mediaType": "IMAGE", "displayName": "a.png"},
+            {"url": gone, "mediaType": "IMAGE"},
+            {"mediaType": "IMAGE"},
+            {"url": "https://example.com/b.png", "mediaType": "IMAGE", "displayName": "b.png"},
+        ], "returnEntity": True}
+        r = await h.post("/site-media/v1/bulk/files/import-v2", json=body, headers=headers())
+        assert r.status_code == 200, r.text
+        res = r.json()
+        meta = [x["itemMetadata"] for x in res["results"]]
+        assert [m["success"] for m in meta] == [True, False, False, True]
+        assert [m["originalIndex"] for m in meta] == [0, 1, 2, 3]
+        assert meta[1]["error"]["code"] == "URL_NOT_REACHABLE" and meta[2]["error"]["code"] == "INVALID_ARGUMENT"
+        files = [x.get("item") for x in res["results"]]
+        assert files[0]["id"] == meta[0]["id"] and files[0]["url"].startswith("https://static.wixstatic.com/")
+        assert "media" not in files[0] and files[3]["displayName"] == "b.png"
+        assert res["bulkActionMetadata"] == {"totalSuccesses": 2, "totalFailures": 2, "undetailedFailures": 0}
+        got = await h.get(f"/site-media/v1/files/{meta[3]['id']}", headers=headers())
+        assert got.status_code == 200 and got.json()["file"]["displayName"] == "b.png"
+        # the bulk call was one request of the site's three in this window, the file look-up the second
+        r = await h.post("/site-media/v1/bulk/files/import-v2", json={"importFileRequests": []}, headers=headers())
+        assert r.status_code == 400
+        r = await h.post("/site-media/v1/bulk/files/import-v2", json=body, headers=headers())
+        assert r.status_code == 429
+    led = sim.ledger()["wix"]
+    assert led["bulk_import_calls"] == 1 and led["bulk_items_failed"] == 2
+
+
+async def test_bulk_items_fail_alone_and_lost_answers_leave_the_work_done(sim):
+    sim.configure({"wix": {"bulk_item_error_rate": 0.5}})
+    async with httpx.AsyncClient(base_url=sim.wix_base_url) as h:
+        r = await h.post("/blog/v3/bulk/draft-posts/create", headers=headers(),
+                         json=bulk(*(draft(f"flaky-{i}") for i in range(40))))
+        assert r.status_code == 200
+        meta = [x["itemMetadata"] for x in r.json()["results"]]
+        failed = [m for m in meta if not m["success"]]
+        assert 5 < len(failed) < 35 and {m["error"]["code"] for m in failed} == {"INTERNAL_ERROR"}
+        assert sim.ledger()["wix"]["posts_total"] == 40 - len(failed)   # a failed item created nothing
+        sim.configure({"wix": {"bulk_item_error_rate": 0.0, "lost_answer_rate": 1.0}})
+        r = await h.post("/blog/v3/draft-posts", json=draft("lost-1"), headers=headers())
+        assert r.status_code == 504 and r.json()["message"].startswith("DEADLINE_EXCEEDED")
+        sim.configure({"wix": {"lost_answer_rate": 0.0}})
+        assert (await h.get("/blog/v3/posts/slugs/lost-1", headers=headers())).status_code == 200
+    assert sim.ledger()["wix"]["answers_lost"] == 1
