@@ -1,4 +1,4 @@
-"""Publishing to Wix Blog: media import, draft post creation (published at once), slug lookup.
+"""Publishing to Wix Blog: media import, draft post creation (published at once), slug lookup, and their bulk forms.
 
 Each call carries its site's credentials (one pipeline serves many Wix sites),
 so the HTTP client is shared and headers are per request. Article text is sent
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import quote
@@ -28,12 +28,14 @@ from .errors import (
     redact,
 )
 from .ratelimit_headers import parse_rate_limit_headers, parse_retry_after
+from .wix_ricos import markdown_to_ricos
 
 __all__ = [
     "PublishedPost",
     "SiteCredentials",
     "WixBlog",
     "WixSite",
+    "draft_post",
     "markdown_to_ricos",
 ]
 
@@ -46,6 +48,8 @@ EXCERPT_MAX_CHARS = 500
 # What the import endpoint says when it cannot fetch the source URL (Replicate
 # output deleted after ~1 h, or never existed).
 _EXPIRED_CODES = frozenset({"URL_NOT_REACHABLE", "URL_NOT_FOUND", "FILE_NOT_FOUND", "DOWNLOAD_FAILED"})
+# Bulk item errors that a later call may not meet (as a 5xx would be for a single call).
+_TRANSIENT_ITEM_CODES = frozenset({"INTERNAL_ERROR", "UNAVAILABLE", "DEADLINE_EXCEEDED", "UNDETAILED_FAILURE"})
 _EXPIRED_TEXT = re.compile(
     r"unreachable|not reachable|could not (?:download|fetch)|failed to (?:download|fetch|import)|"
     r"404 not found|\bexpired\b|\bgone\b",
@@ -85,154 +89,6 @@ class PublishedPost:
     url: str
     # The slug Wix actually used: it appends "-1", "-2" ... when the requested one is taken.
     slug: str | None = None
-
-
-# --------------------------------------------------------------------------- Ricos
-
-
-class _Ids:
-    """Sequential node ids: stable output for identical input (diffable, testable)."""
-
-    def __init__(self) -> None:
-        self._n = 0
-
-    def next(self) -> str:
-        self._n += 1
-        return f"n{self._n}"
-
-
-_INLINE = re.compile(
-    r"\*\*(?P<bold>[^*\n]+?)\*\*"  # **bold**
-    r"|(?<![*\w])\*(?P<italic>[^*\s](?:[^*\n]*?[^*\s])?)\*(?![*\w])"  # *italic*
-)
-
-
-def _text_nodes(text: str) -> list[dict[str, Any]]:
-    """TEXT nodes for one line of inline Markdown: **bold** and *italic* become
-    decorations, everything else (HTML included) is literal text."""
-    nodes: list[dict[str, Any]] = []
-
-    def add(chunk: str, decorations: list[dict[str, Any]]) -> None:
-        if chunk:
-            nodes.append(
-                {"type": "TEXT", "id": "", "nodes": [], "textData": {"text": chunk, "decorations": decorations}}
-            )
-
-    pos = 0
-    for match in _INLINE.finditer(text):
-        add(text[pos : match.start()], [])
-        if match.group("bold") is not None:
-            add(match.group("bold"), [{"type": "BOLD", "fontWeightValue": 700}])
-        else:
-            add(match.group("italic"), [{"type": "ITALIC", "italicData": True}])
-        pos = match.end()
-    add(text[pos:], [])
-    return nodes
-
-
-def _paragraph(ids: _Ids, text: str) -> dict[str, Any]:
-    return {"type": "PARAGRAPH", "id": ids.next(), "nodes": _text_nodes(text), "paragraphData": {}}
-
-
-_HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.*?)(?:\s+#+)?\s*$")
-_BULLET = re.compile(r"^\s{0,3}[-*+]\s+(.*)$")
-_ORDERED = re.compile(r"^\s{0,3}\d{1,9}[.)]\s+(.*)$")
-_RULE = re.compile(r"^\s{0,3}([-*_])(?:\s*\1){2,}\s*$")
-
-
-def markdown_to_ricos(markdown: str) -> dict[str, Any]:
-    """A Ricos document for the Markdown subset the article prompt asks for.
-
-    Supported: paragraphs (blank-line separated, soft breaks joined), ATX
-    headings (# .. ######), bulleted (-, *, +) and numbered lists, horizontal
-    rules, **bold** and *italic*. Everything else is kept as literal text.
-    """
-    ids = _Ids()
-    nodes: list[dict[str, Any]] = []
-    paragraph: list[str] = []
-    list_node: dict[str, Any] | None = None
-    list_kind = ""
-    item_lines: list[str] = []
-
-    def flush_paragraph() -> None:
-        if paragraph:
-            nodes.append(_paragraph(ids, " ".join(paragraph)))
-            paragraph.clear()
-
-    def flush_item() -> None:
-        if list_node is not None and item_lines:
-            list_node["nodes"].append(
-                {"type": "LIST_ITEM", "id": ids.next(), "nodes": [_paragraph(ids, " ".join(item_lines))]}
-            )
-            item_lines.clear()
-
-    def flush_list() -> None:
-        nonlocal list_node, list_kind
-        flush_item()
-        if list_node is not None:
-            nodes.append(list_node)
-        list_node, list_kind = None, ""
-
-    def start_item(kind: str, text: str) -> None:
-        nonlocal list_node, list_kind
-        flush_paragraph()
-        if list_node is not None and list_kind != kind:
-            flush_list()
-        if list_node is None:
-            data_key = "bulletedListData" if kind == "BULLETED_LIST" else "orderedListData"
-            list_node = {"type": kind, "id": ids.next(), "nodes": [], data_key: {"indentation": 0}}
-            list_kind = kind
-        flush_item()
-        item_lines.append(text.strip())
-
-    for raw_line in markdown.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
-        line = raw_line.rstrip()
-        if not line.strip():
-            # A blank line ends a paragraph; a list stays open (loose lists are common).
-            flush_paragraph()
-            continue
-        if _RULE.match(line):
-            flush_paragraph()
-            flush_list()
-            nodes.append(
-                {
-                    "type": "DIVIDER",
-                    "id": ids.next(),
-                    "nodes": [],
-                    "dividerData": {"lineStyle": "SINGLE", "width": "LARGE", "alignment": "CENTER"},
-                }
-            )
-            continue
-        heading = _HEADING.match(line)
-        if heading:
-            flush_paragraph()
-            flush_list()
-            nodes.append(
-                {
-                    "type": "HEADING",
-                    "id": ids.next(),
-                    "nodes": _text_nodes(heading.group(2)),
-                    "headingData": {"level": len(heading.group(1))},
-                }
-            )
-            continue
-        bullet = _BULLET.match(line)
-        if bullet:
-            start_item("BULLETED_LIST", bullet.group(1))
-            continue
-        ordered = _ORDERED.match(line)
-        if ordered:
-            start_item("ORDERED_LIST", ordered.group(1))
-            continue
-        if list_node is not None and (raw_line[:1].isspace() and item_lines):
-            item_lines.append(line.strip())  # indented continuation of the current item
-            continue
-        flush_list()
-        paragraph.append(line.strip())
-
-    flush_paragraph()
-    flush_list()
-    return {"nodes": nodes, "metadata": {"version": 1}, "documentStyle": {}}
 
 
 # --------------------------------------------------------------------------- client
@@ -302,6 +158,37 @@ def _parse_error_body(response: httpx.Response) -> _WixErrorBody:
     return _WixErrorBody(message, code, float(retry_after) if isinstance(retry_after, (int, float)) else None)
 
 
+def draft_post(
+    site: WixSite,
+    *,
+    title: str,
+    excerpt: str,
+    body_markdown: str,
+    slug: str,
+    tags: Iterable[str],
+    image: dict[str, Any] | None,
+    image_alt: str,
+) -> dict[str, Any]:
+    """The `draftPost` body of one post, for `publish_draft` and `create_posts`."""
+    draft: dict[str, Any] = {
+        "title": _clip(title, TITLE_MAX_CHARS),
+        "excerpt": _clip(excerpt, EXCERPT_MAX_CHARS),
+        "richContent": markdown_to_ricos(body_markdown),
+        "seoSlug": slug,
+        "hashtags": list(dict.fromkeys(t for t in tags if t)),
+    }
+    if site.wix_member_id:
+        # Third-party apps must name an author; API keys acting as the site owner may omit it.
+        draft["memberId"] = site.wix_member_id
+    if image is not None:
+        draft["media"] = {
+            "wixMedia": {"image": {"id": image["id"], "url": image["url"], "altText": image_alt}},
+            "displayed": True,
+            "custom": True,
+        }
+    return draft
+
+
 class WixBlog(AsyncClosing):
     """Wix REST client shared by every site. Create one per worker and reuse it."""
 
@@ -360,46 +247,118 @@ class WixBlog(AsyncClosing):
             post_id=str(post["id"]), url=url, slug=post.get("slug") or _slug_from_path(post.get("url"))
         )
 
-    async def create_post(
-        self,
-        site: WixSite,
-        *,
-        title: str,
-        excerpt: str,
-        body_markdown: str,
-        slug: str,
-        tags: Iterable[str],
-        image: dict[str, Any] | None,
-        image_alt: str,
-    ) -> PublishedPost:
-        """Create a draft post and publish it in the same call.
+    async def publish_draft(self, site: WixSite, draft: dict[str, Any]) -> PublishedPost:
+        """Create a post from a `draft_post(...)` body and publish it in the same call.
 
-        Not idempotent: after a timeout the post may exist, so callers check
-        `find_post_by_slug` before retrying (Wix would otherwise publish a
-        second copy under "<slug>-1").
+        Not idempotent: after a timeout the post may exist, so callers look it
+        up by slug before retrying (Wix would otherwise publish a second copy
+        under "<slug>-1").
         """
-        draft: dict[str, Any] = {
-            "title": _clip(title, TITLE_MAX_CHARS),
-            "excerpt": _clip(excerpt, EXCERPT_MAX_CHARS),
-            "richContent": markdown_to_ricos(body_markdown),
-            "seoSlug": slug,
-            "hashtags": list(dict.fromkeys(t for t in tags if t)),
-        }
-        if site.wix_member_id:
-            # Third-party apps must name an author; API keys acting as the site owner may omit it.
-            draft["memberId"] = site.wix_member_id
-        if image is not None:
-            draft["media"] = {
-                "wixMedia": {"image": {"id": image["id"], "url": image["url"], "altText": image_alt}},
-                "displayed": True,
-                "custom": True,
-            }
         response = await self._request(
             site, "POST", "blog/v3/draft-posts", json_body={"draftPost": draft, "publish": True}
         )
-        created = self._json(response).get("draftPost")
+        return await self._published(site, self._json(response).get("draftPost"), draft["seoSlug"],
+                                     response.status_code)
+
+    # -- bulk: one call, one request of the site's budget, for many items --------------
+
+    async def import_images(
+        self, site: WixSite, images: Sequence[tuple[str, str]]
+    ) -> list[dict[str, Any] | ProviderError]:
+        """Bulk Import File: copy many images (url, display name) in one call.
+
+        Returns, in order, each image's Wix `file` or the error that refused it
+        (ImageExpired when Wix cannot download that URL). A failed call raises.
+        """
+        body = {
+            "importFileRequests": [{"url": url, "mediaType": "IMAGE", "displayName": name} for url, name in images],
+            "returnEntity": True,
+        }
+        response = await self._request(site, "POST", "site-media/v1/bulk/files/import-v2", json_body=body)
+        answers: list[dict[str, Any] | ProviderError] = []
+        for (url, _), (file, error) in zip(images, self._bulk_results(response, len(images))):
+            if error is not None:
+                answers.append(self._item_error(site, "bulk media import", error, image_url=url))
+            elif not file.get("id") or not file.get("url"):
+                answers.append(MalformedOutput(PROVIDER, "bulk media import answered an item without id / url"))
+            else:
+                answers.append(file)
+        return answers
+
+    async def create_posts(
+        self, site: WixSite, drafts: Sequence[dict[str, Any]]
+    ) -> list[PublishedPost | ProviderError]:
+        """Bulk Create Draft Posts, published at once: many posts (`draft_post(...)` bodies) in one call.
+
+        Returns, in order, each post or the error that refused it. Not
+        idempotent, like `publish_draft`: after a failed call some posts may
+        exist, so callers look them up (`find_posts_by_slugs`) before trying again.
+        """
+        response = await self._request(
+            site, "POST", "blog/v3/bulk/draft-posts/create", json_body={"draftPosts": list(drafts), "publish": True}
+        )
+        answers: list[PublishedPost | ProviderError] = []
+        for draft, (created, error) in zip(drafts, self._bulk_results(response, len(drafts))):
+            if error is not None:
+                answers.append(self._item_error(site, "bulk post create", error))
+            else:
+                answers.append(await self._published(site, created, draft["seoSlug"], response.status_code))
+        return answers
+
+    async def find_posts_by_slugs(self, site: WixSite, slugs: Sequence[str]) -> dict[str, PublishedPost]:
+        """The published posts with these slugs (at most 100), by slug: one Query Posts call."""
+        query = {"query": {"filter": {"slug": {"$in": list(slugs)}}, "paging": {"limit": 100}}}
+        response = await self._request(site, "POST", "blog/v3/posts/query", json_body=query)
+        posts = self._json(response).get("posts")
+        if not isinstance(posts, list):
+            raise MalformedOutput(PROVIDER, "post query answered without posts", status=response.status_code)
+        found: dict[str, PublishedPost] = {}
+        for post in posts:
+            url = _post_url(post.get("url")) if isinstance(post, dict) else None
+            if url is None or not post.get("id"):
+                raise MalformedOutput(
+                    PROVIDER, "post query answered a post without id / url", status=response.status_code
+                )
+            slug = post.get("slug") or _slug_from_path(post.get("url"))
+            found[str(slug)] = PublishedPost(post_id=str(post["id"]), url=url, slug=slug)
+        return found
+
+    def _bulk_results(
+        self, response: httpx.Response, count: int
+    ) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+        """(item, None) or ({}, error) per item in request order; an item Wix left out failed without details."""
+        results = self._json(response).get("results")
+        if not isinstance(results, list):
+            raise MalformedOutput(PROVIDER, "bulk call answered without results", status=response.status_code)
+        by_index: dict[int, tuple[dict[str, Any], dict[str, Any] | None]] = {}
+        for result in results:
+            meta = _object(_object(result).get("itemMetadata"))
+            index = meta.get("originalIndex")
+            if not isinstance(index, int) or not 0 <= index < count:
+                continue
+            if meta.get("success") is True:
+                by_index[index] = (_object(result.get("item")), None)
+            else:
+                by_index[index] = ({}, _object(meta.get("error")))
+        missing = {"code": "UNDETAILED_FAILURE", "description": "Wix answered no result for this item"}
+        return [by_index.get(i, ({}, missing)) for i in range(count)]
+
+    def _item_error(
+        self, site: WixSite, action: str, error: dict[str, Any], *, image_url: str | None = None
+    ) -> ProviderError:
+        """A bulk item's error as the single call's would be: transient, expired image, or permanent."""
+        code = error.get("code") if isinstance(error.get("code"), str) else "UNKNOWN"
+        description = str(error.get("description") or "")
+        text = redact(f"{action} for site {site.site_id}: {code}: {description}", [site.wix_api_key])
+        if code in _TRANSIENT_ITEM_CODES:
+            return ProviderUnavailable(PROVIDER, text)
+        if image_url is not None and (code in _EXPIRED_CODES or _EXPIRED_TEXT.search(description)):
+            return ImageExpired(PROVIDER, f"{text} - the image URL is gone; generate a new image")
+        return RejectedRequest(PROVIDER, text)
+
+    async def _published(self, site: WixSite, created: Any, slug: str, status: int) -> PublishedPost:
         if not isinstance(created, dict) or not created.get("id"):
-            raise MalformedOutput(PROVIDER, "draft post answered without draftPost.id", status=response.status_code)
+            raise MalformedOutput(PROVIDER, "draft post answered without draftPost.id", status=status)
         url = _post_url(created.get("url"))
         if url is None:
             # The post exists; ask for it rather than fail and risk a duplicate on retry.

@@ -114,6 +114,9 @@ class Settings(BaseSettings):
     replicate_timeout: float = Field(120.0, gt=0)
     wix_base_url: str = _provider("wix_base_url", f"{SIMULATORS}/wix", pattern=_URL, **_accepts("an http(s) URL"))
     wix_timeout: float = Field(60.0, gt=0)
+    # Wix calls of one site ready at the same moment go out as one bulk call of up to this many
+    # items (Bulk Import File, Bulk Create Draft Posts); 1 sends every call on its own.
+    wix_bulk_max_items: int = Field(100, ge=1, le=100)
 
     # --- The bulk lane through the OpenAI Batch API (docs/operations.md, "The bulk lane") ---
     # true: "bulk" article requests are collected into Batch API files (about half the price,

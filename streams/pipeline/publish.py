@@ -3,7 +3,8 @@
 Wix has no idempotency key on create, so a post is published once per request
 by three guards: the effect ledger (request → post), a slug that embeds the
 request id, and a look-up by that slug before any create that might repeat an
-earlier, interrupted one.
+earlier, interrupted one. A site's imports and creates that are ready together
+go out as bulk calls (publish_batches.py).
 """
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ import hashlib
 from typing import Any
 
 from connectors.errors import ImageExpired
+from connectors.wix_blog import draft_post
 from streams.app import illustrated_topic, results_topic
 from streams.pipeline.covers import make_cover
 from streams.pipeline.deps import Deps
 from streams.pipeline.factory import build_stage
-from streams.limiter.client import budgets
-from streams.limiter.specs import wix_requests
+from streams.pipeline.publish_batches import site_batches
 from streams.contract import decode
-from streams.pipeline.stage import StageFailed, call_with_permits, check_written, effect_once, now_ms
+from streams.pipeline.stage import StageFailed, check_written, effect_once, now_ms
 
 STAGE = "publish"
 
@@ -39,16 +40,12 @@ async def publish_post(illustrated: dict[str, Any], deps: Deps) -> dict[str, Any
         raise StageFailed(STAGE, request_id, site_id, "the site is no longer registered", f"Register it again, then: blogstream retry {request_id}")
     assert deps.wix is not None
     wix = deps.wix
-    budget = wix_requests(site_id)
     slug = post_slug(article.get("slug", ""), request_id)
     lane = request.get("priority", "interactive")
 
-    async def wix_call(call):
-        return await call_with_permits(stage=STAGE, request_id=request_id, site_id=site_id, needs={budget: 1}, call=call,
-                                       lane=lane)
-
     async def import_cover(image: dict[str, Any]) -> dict[str, Any]:
-        return await wix_call(lambda: wix.import_image(site, image["url"], display_name=f"{slug}.png"))
+        return await site_batches.import_image(wix, site, request_id=request_id, lane=lane, url=image["url"],
+                                               display_name=f"{slug}.png")
 
     async def publish() -> dict[str, Any]:
         media_key = "publish-media"
@@ -60,28 +57,12 @@ async def publish_post(illustrated: dict[str, Any], deps: Deps) -> dict[str, Any
             # Replicate deleted the image (it keeps outputs one hour): make a new one.
             image = await make_cover(request, article, deps, effect="image-renewed")
             media, earlier_attempt = await effect_once(deps, request_id, "publish-media-renewed", site_id, lambda: import_cover(image))
-        state = {"maybe_posted": earlier_attempt}
-
-        async def create_once():
-            if state["maybe_posted"]:
-                found = await wix.find_post_by_slug(site, slug)
-                if found is not None:
-                    return found
-                # The look-up used this attempt's permit; the create needs its own.
-                await budgets.acquire(site_id=site_id, request_id=request_id, needs={budget: 1}, lane=lane)
-            state["maybe_posted"] = True  # from here a retry might repeat a create that landed
-            return await wix.create_post(
-                site,
-                title=article["title"],
-                excerpt=article["excerpt"],
-                body_markdown=article["body"],
-                slug=slug,
-                tags=article.get("tags", []),
-                image=media,
-                image_alt=article.get("image_alt", ""),
-            )
-
-        post = await wix_call(create_once)
+        draft = draft_post(site, title=article["title"], excerpt=article["excerpt"], body_markdown=article["body"],
+                           slug=slug, tags=article.get("tags", []), image=media,
+                           image_alt=article.get("image_alt", ""))
+        # Once the cover was imported by an earlier attempt, that attempt may have posted too.
+        post = await site_batches.create_post(wix, site, request_id=request_id, lane=lane, draft=draft,
+                                              maybe_posted=earlier_attempt)
         return {"post_id": post.post_id, "post_url": post.url}
 
     posted, _ = await effect_once(deps, request_id, STAGE, site_id, publish)

@@ -43,6 +43,15 @@ class StageFailed(Exception):
         text = f"{self.stage} failed for request {self.request_id} on site {self.site_id}: {self.reason}"
         return f"{text}. {self.action}" if self.action else text
 
+    def for_request(self, request_id: str) -> "StageFailed":
+        """The same failure told to another request that shared the call (a bulk call of several requests)."""
+        if request_id == self.request_id:
+            return self
+        failed = StageFailed(self.stage, request_id, self.site_id, self.reason.replace(self.request_id, request_id),
+                             self.action.replace(self.request_id, request_id))
+        failed.__cause__ = self.__cause__
+        return failed
+
 
 EFFECT_LEASE_SECONDS = 30.0  # a dead worker's claim is taken over this soon; live ones are renewed
 
@@ -172,13 +181,8 @@ async def call_with_permits(
             info = exc.rate_limit
             if isinstance(exc, RateLimited) or info is not None:
                 await budgets.observe(needs, info, throttled=isinstance(exc, RateLimited))
-            if not exc.retryable:
-                raise StageFailed(stage, request_id, site_id, str(exc), _action_for(exc, request_id)) from exc
-            if attempt == settings.max_attempts:
-                raise StageFailed(
-                    stage, request_id, site_id, f"gave up after {attempt} attempts, last error: {exc}",
-                    f"The provider kept failing; retry it later: blogstream retry {request_id}",
-                ) from exc
+            if not exc.retryable or attempt == settings.max_attempts:
+                raise provider_failure(stage, request_id, site_id, exc, attempt) from exc
             delay = exc.retry_after if exc.retry_after is not None else settings.retry_base_seconds * 2 ** (attempt - 1)
             await asyncio.sleep(min(60.0, delay) * random.uniform(1.0, 1.2))
             continue
@@ -187,6 +191,19 @@ async def call_with_permits(
             await on_result(permit, result)
         return result
     raise StageFailed(stage, request_id, site_id, "no usable permit", "Check the worker's clock and load.")
+
+
+def provider_failure(stage: str, request_id: str, site_id: str, exc: ProviderError, attempts: int) -> StageFailed:
+    """What a request is told when a provider refused its call for good, or failed it `attempts` times."""
+    if not exc.retryable:
+        failed = StageFailed(stage, request_id, site_id, str(exc), _action_for(exc, request_id))
+    else:
+        failed = StageFailed(
+            stage, request_id, site_id, f"gave up after {attempts} attempts, last error: {exc}",
+            f"The provider kept failing; retry it later: blogstream retry {request_id}",
+        )
+    failed.__cause__ = exc
+    return failed
 
 
 def _action_for(exc: ProviderError, request_id: str) -> str:

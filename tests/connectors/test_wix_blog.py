@@ -8,11 +8,15 @@ import pytest
 
 from connectors.errors import ImageExpired, ProviderUnavailable, RateLimited, RejectedRequest
 from connectors.replicate_images import ImageMaker
-from connectors.wix_blog import PublishedPost, SiteCredentials, WixBlog, WixSite
+from connectors.wix_blog import PublishedPost, SiteCredentials, WixBlog, WixSite, draft_post
 
 from .conftest import WIX_KEY, Simulator
 
 SITE = SiteCredentials(site_id="site-a", wix_api_key=WIX_KEY, wix_member_id="member-1")
+
+
+async def create_post(wix: WixBlog, site: WixSite, **fields) -> PublishedPost:
+    return await wix.publish_draft(site, draft_post(site, **fields))
 BODY = "Intro paragraph.\n\n## Why compost\n\n- less waste\n- better soil\n\nClosing words."
 
 
@@ -27,7 +31,7 @@ async def test_import_create_and_find_by_slug(wix: WixBlog, images: ImageMaker, 
     file = await wix.import_image(SITE, cover.url, display_name="req-1.png")
     assert file["id"] and file["url"].startswith("https://")
 
-    post = await wix.create_post(
+    post = await create_post(wix, 
         SITE,
         title="Composting on a balcony",
         excerpt="Small space, rich soil.",
@@ -52,7 +56,7 @@ async def test_import_create_and_find_by_slug(wix: WixBlog, images: ImageMaker, 
 @pytest.mark.asyncio
 async def test_post_without_image_or_member(wix: WixBlog) -> None:
     owner_site = SiteCredentials(site_id="site-b", wix_api_key=WIX_KEY)  # no member id: the key acts as owner
-    post = await wix.create_post(
+    post = await create_post(wix, 
         owner_site, title="T", excerpt="", body_markdown="Text.", slug="t", tags=[], image=None, image_alt=""
     )
     assert post.url.endswith("/post/t")
@@ -61,8 +65,8 @@ async def test_post_without_image_or_member(wix: WixBlog) -> None:
 @pytest.mark.asyncio
 async def test_taken_slug_is_reported_as_wix_renamed_it(wix: WixBlog) -> None:
     kwargs = dict(title="Same", excerpt="", body_markdown="x", slug="same", tags=[], image=None, image_alt="")
-    first = await wix.create_post(SITE, **kwargs)
-    second = await wix.create_post(SITE, **kwargs)
+    first = await create_post(wix, SITE, **kwargs)
+    second = await create_post(wix, SITE, **kwargs)
     assert first.slug == "same" and second.slug == "same-1" and second.post_id != first.post_id
     assert await wix.find_post_by_slug(SITE, "same") == first
 
@@ -70,7 +74,7 @@ async def test_taken_slug_is_reported_as_wix_renamed_it(wix: WixBlog) -> None:
 @pytest.mark.asyncio
 async def test_html_in_user_text_stays_literal(wix: WixBlog) -> None:
     topic = '<script>alert("x")</script> & <b>friends</b>'
-    post = await wix.create_post(
+    post = await create_post(wix, 
         SITE,
         title=topic,
         excerpt=topic,
@@ -144,7 +148,49 @@ async def test_429_maps_to_rate_limited(wix: WixBlog, sim: Simulator) -> None:
 async def test_server_errors_map_to_unavailable(wix: WixBlog, sim: Simulator) -> None:
     sim.configure({"wix": {"error_rate": 1.0}})
     with pytest.raises(ProviderUnavailable) as info:
-        await wix.create_post(
+        await create_post(wix, 
             SITE, title="T", excerpt="", body_markdown="x", slug="t", tags=[], image=None, image_alt=""
         )
     assert info.value.status in (500, 503) and info.value.retryable
+
+
+def _draft(slug: str, **fields) -> dict:
+    return draft_post(SITE, title=fields.get("title", f"Post {slug}"), excerpt="Short.", body_markdown=BODY, slug=slug,
+                      tags=["a"], image=fields.get("image"), image_alt="alt")
+
+
+@pytest.mark.asyncio
+async def test_bulk_import_gives_a_file_or_an_error_per_image(wix: WixBlog, images: ImageMaker, sim: Simulator) -> None:
+    cover = await images.make_cover("a balcony garden", request_id="req-bulk")
+    gone = cover.url.rsplit("/", 1)[0] + "/gone0.png"
+    answers = await wix.import_images(SITE, [(cover.url, "a.png"), (gone, "b.png"), ("https://example.com/c.png", "c")])
+    assert [type(a).__name__ for a in answers] == ["dict", "ImageExpired", "dict"]
+    assert answers[0]["url"].startswith("https://") and answers[2]["displayName"] == "c"
+    assert WIX_KEY not in str(answers[1]) and "site-a" in str(answers[1])
+    assert sim.ledger()["wix"]["admitted"] == 1   # one call for three images
+
+
+@pytest.mark.asyncio
+async def test_bulk_create_gives_a_post_or_an_error_per_draft_and_finds_them_by_slug(
+    wix: WixBlog, sim: Simulator
+) -> None:
+    drafts = [_draft("bulk-1"), _draft("bulk-2", title=" "), _draft("bulk-3")]
+    answers = await wix.create_posts(SITE, drafts)
+    assert isinstance(answers[0], PublishedPost) and answers[0].slug == "bulk-1"
+    assert isinstance(answers[1], RejectedRequest) and not answers[1].retryable and "title" in str(answers[1])
+    assert isinstance(answers[2], PublishedPost) and answers[2].url.endswith("/post/bulk-3")
+    found = await wix.find_posts_by_slugs(SITE, ["bulk-1", "bulk-2", "bulk-3", "never"])
+    assert found == {"bulk-1": answers[0], "bulk-3": answers[2]}
+    assert sim.ledger()["wix"]["admitted"] == 2 and sim.ledger()["wix"]["posts_total"] == 2
+
+
+@pytest.mark.asyncio
+async def test_bulk_item_failures_are_transient_and_a_lost_answer_is_unavailable(wix: WixBlog, sim: Simulator) -> None:
+    sim.configure({"wix": {"bulk_item_error_rate": 1.0}})
+    answers = await wix.create_posts(SITE, [_draft("flaky-1"), _draft("flaky-2")])
+    assert all(isinstance(a, ProviderUnavailable) and a.retryable for a in answers)
+    sim.configure({"wix": {"bulk_item_error_rate": 0.0, "lost_answer_rate": 1.0}})
+    with pytest.raises(ProviderUnavailable):
+        await wix.create_posts(SITE, [_draft("lost-1")])
+    sim.configure({"wix": {"lost_answer_rate": 0.0}})
+    assert set(await wix.find_posts_by_slugs(SITE, ["lost-1", "flaky-1"])) == {"lost-1"}

@@ -9,7 +9,7 @@ from connectors.errors import ProviderUnavailable
 from store.effects import EffectClaim
 from store.sites import Site
 from connectors.wix_blog import PublishedPost
-from streams.pipeline import publish, stage
+from streams.pipeline import publish, publish_batches, stage
 from streams.limiter.client import Permit
 
 
@@ -41,12 +41,13 @@ class FlakyWix:
         self.calls: list[str] = []
         self.posts: dict[str, PublishedPost] = {}
 
-    async def find_post_by_slug(self, site, slug):
+    async def find_posts_by_slugs(self, site, slugs):
         self.calls.append("find")
-        return self.posts.get(slug)
+        return {slug: self.posts[slug] for slug in slugs if slug in self.posts}
 
-    async def create_post(self, site, *, slug, **fields):
+    async def publish_draft(self, site, draft):
         self.calls.append("create")
+        slug = draft["seoSlug"]
         self.posts[slug] = PublishedPost("post-1", f"https://example.test/{slug}", slug)
         if len(self.posts) == 1 and self.calls.count("create") == 1:
             raise ProviderUnavailable("wix", "503 from Wix after the post was stored", status=503, retry_after=0.0)
@@ -77,11 +78,11 @@ class FakeDeps:
 async def test_a_retried_publish_takes_a_permit_for_every_wix_request_and_posts_once(monkeypatch):
     counting = CountingBudgets()
     monkeypatch.setattr(stage, "budgets", counting)
-    monkeypatch.setattr(publish, "budgets", counting)
+    monkeypatch.setattr(publish_batches, "budgets", counting)
     request = {"request_id": "req-1", "site_id": "site-a"}
     article = {"title": "T", "excerpt": "E", "body": "B", "slug": "t", "tags": [], "image_prompt": "", "image_alt": ""}
     # The media import happened in an earlier, interrupted attempt: a post may exist already.
-    db = LedgerDb({("req-1", "publish-media"): {"id": "media-1"}})
+    db = LedgerDb({("req-1", "publish-media"): {"id": "media-1", "url": "https://static.example/media-1.png"}})
     wix = FlakyWix()
 
     result = await publish.publish_post({"request": request, "article": article, "image": {"url": "u"}},

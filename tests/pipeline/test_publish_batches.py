@@ -1,0 +1,235 @@
+"""SiteBatches: a site's Wix calls ready together share one bulk call; every request still posts once.
+
+A fake Wix in memory fails in every way the real one can (lost answers after
+the work was done, 5xx before it, items failing alone for a passing reason or
+for good, a bulk call refused as a whole, images gone), and hypothesis draws
+the mixes. Whatever happens: no slug is ever created twice, every request gets
+its own answer (its post, or a failure naming it), and with no faults N calls
+ready together cost about N / batch size Wix calls instead of N.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from connectors.errors import ImageExpired, ProviderUnavailable, RejectedRequest
+from connectors.wix_blog import PublishedPost, SiteCredentials
+from streams.limiter.client import Permit
+from streams.pipeline import publish_batches, stage
+from streams.pipeline.publish_batches import SiteBatches
+from streams.pipeline.stage import StageFailed
+from streams.settings import settings
+
+
+class Permits:
+    def __init__(self) -> None:
+        self.granted = 0
+
+    async def acquire(self, *, site_id, request_id, needs, slot_limit=None, weight=1.0, lane="interactive"):
+        self.granted += 1
+        await asyncio.sleep(0)
+        return Permit("g", time.time() + 60, dict(needs), 0.0)
+
+    async def observe(self, needs, info, *, throttled):
+        pass
+
+
+class FakeWix:
+    """Posts per slug; `faults` is a random.Random deciding each failure, `rates` how often."""
+
+    def __init__(self, rng: random.Random, rates: dict[str, float], refuse_bulk_over: int = 10_000) -> None:
+        self.rng, self.rates, self.refuse_bulk_over = rng, rates, refuse_bulk_over
+        self.posts: dict[str, PublishedPost] = {}
+        self.creates: dict[str, int] = {}
+        self.calls: list[tuple[str, int]] = []
+
+    def _roll(self, fault: str) -> bool:
+        return self.rng.random() < self.rates.get(fault, 0.0)
+
+    async def _call(self, kind: str, items: int) -> None:
+        self.calls.append((kind, items))
+        for _ in range(self.rng.randint(0, 3)):
+            await asyncio.sleep(0)
+        if self._roll("unavailable"):
+            raise ProviderUnavailable("wix", "503 before anything was done", status=503, retry_after=0.0)
+        if items > 1 and items > self.refuse_bulk_over:
+            raise RejectedRequest("wix", "400 the bulk request is too large", status=400)
+
+    def _lost(self) -> None:
+        if self._roll("lost"):
+            raise ProviderUnavailable("wix", "504 after the work was done", status=504, retry_after=0.0)
+
+    def _import(self, url: str, name: str):
+        if "gone" in url:
+            return ImageExpired("wix", f"cannot download {url}")
+        return {"id": f"file-{name}", "url": f"https://static.example/{name}"}
+
+    def _create(self, draft: dict):
+        if draft["title"] == "BAD":
+            return RejectedRequest("wix", "title: must not be BAD")
+        slug = draft["seoSlug"]
+        self.creates[slug] = self.creates.get(slug, 0) + 1
+        self.posts[slug] = PublishedPost(f"post-{slug}", f"https://site.example/post/{slug}", slug)
+        return self.posts[slug]
+
+    async def import_image(self, site, url, *, display_name):
+        await self._call("import", 1)
+        answer = self._import(url, display_name)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def import_images(self, site, images):
+        await self._call("import", len(images))
+        return [ProviderUnavailable("wix", "INTERNAL_ERROR") if self._roll("item") else self._import(url, name)
+                for url, name in images]
+
+    async def publish_draft(self, site, draft):
+        await self._call("create", 1)
+        answer = self._create(draft)
+        if isinstance(answer, Exception):
+            raise answer
+        self._lost()
+        return answer
+
+    async def create_posts(self, site, drafts):
+        await self._call("create", len(drafts))
+        answers = [ProviderUnavailable("wix", "INTERNAL_ERROR") if self._roll("item") else self._create(draft)
+                   for draft in drafts]
+        self._lost()
+        return answers
+
+    async def find_posts_by_slugs(self, site, slugs):
+        await self._call("find", len(slugs))
+        return {slug: self.posts[slug] for slug in slugs if slug in self.posts}
+
+
+SITES = [SiteCredentials("site-a", "k"), SiteCredentials("site-b", "k")]
+
+
+def _draft(n: int, bad: bool) -> dict:
+    return {"title": "BAD" if bad else f"Post {n}", "seoSlug": f"post-{n}"}
+
+
+async def _publish(batches: SiteBatches, wix: FakeWix, n: int, site, *, bad: bool, gone: bool, maybe: bool,
+                   lane: str):
+    request_id = f"req-{n}"
+    try:
+        url = f"https://replicate.example/{'gone' if gone else 'img'}-{n}.png"
+        file = await batches.import_image(wix, site, request_id=request_id, lane=lane, url=url,
+                                          display_name=f"{n}.png")
+        assert file["id"] == f"file-{n}.png"
+        post = await batches.create_post(wix, site, request_id=request_id, lane=lane, draft=_draft(n, bad),
+                                         maybe_posted=maybe)
+        assert post.slug == f"post-{n}"
+        return post
+    except StageFailed as failed:
+        assert failed.request_id == request_id and request_id in failed.message and site.site_id in failed.message
+        return failed
+
+
+def _bulk_max_items(monkeypatch, most: int) -> None:
+    monkeypatch.setattr(publish_batches, "settings", settings.model_copy(update={"wix_bulk_max_items": most}))
+
+
+@pytest.fixture
+def permits(monkeypatch):
+    granted = Permits()
+    monkeypatch.setattr(stage, "budgets", granted)
+    monkeypatch.setattr(publish_batches, "budgets", granted)
+    return granted
+
+
+REQUESTS = st.lists(st.tuples(st.sampled_from([0, 1]), st.booleans(), st.booleans(), st.booleans(),
+                              st.sampled_from(["interactive", "bulk"])), min_size=1, max_size=40)
+RATES = st.fixed_dictionaries({fault: st.sampled_from([0.0, 0.1, 0.3])
+                               for fault in ("unavailable", "lost", "item")})
+
+
+@hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(requests=REQUESTS, rates=RATES, seed=st.integers(0, 2**32), most=st.sampled_from([1, 3, 100]),
+       refuse_over=st.sampled_from([4, 10_000]), bad_share=st.sampled_from([0.0, 0.2]))
+def test_every_request_gets_its_own_answer_and_no_post_is_created_twice(
+    permits, monkeypatch, requests, rates, seed, most, refuse_over, bad_share
+):
+    _bulk_max_items(monkeypatch, most)
+    rng = random.Random(seed)
+    wix = FakeWix(rng, rates, refuse_bulk_over=refuse_over)
+    batches = SiteBatches()
+    plan = [(n, SITES[s], rng.random() < bad_share, gone and rng.random() < 0.2, maybe, lane)
+            for n, (s, gone, maybe, _, lane) in enumerate(requests)]
+    # An earlier attempt of a "maybe" request may have created its post already.
+    for n, _, bad, gone, maybe, _ in plan:
+        if maybe and not bad and not gone and rng.random() < 0.5:
+            wix._create(_draft(n, False))
+
+    async def run():
+        return await asyncio.gather(*(_publish(batches, wix, n, site, bad=bad, gone=gone, maybe=maybe, lane=lane)
+                                      for n, site, bad, gone, maybe, lane in plan))
+
+    answers = asyncio.run(run())
+
+    assert all(count == 1 for count in wix.creates.values()), wix.creates   # never a post twice
+    for (n, _, bad, gone, _, _), answer in zip(plan, answers):
+        if bad or gone:
+            assert isinstance(answer, StageFailed)
+        if gone:
+            assert isinstance(answer.__cause__, ImageExpired)
+        if isinstance(answer, PublishedPost):
+            assert wix.posts[f"post-{n}"] == answer
+        elif not bad and not gone:   # only a provider failing max_attempts times in a row fails a good request
+            assert "gave up" in answer.reason
+    assert not batches._waiting and not batches._senders   # nothing left behind
+
+
+def test_calls_ready_together_share_bulk_calls(permits, monkeypatch):
+    _bulk_max_items(monkeypatch, 100)
+    wix = FakeWix(random.Random(1), {})
+    batches = SiteBatches()
+
+    async def run():
+        return await asyncio.gather(*(_publish(batches, wix, n, SITES[n % 2], bad=False, gone=False, maybe=False,
+                                               lane="bulk") for n in range(300)))
+
+    answers = asyncio.run(run())
+    assert all(isinstance(a, PublishedPost) for a in answers) and len(wix.posts) == 300
+    # Per site and kind, 150 calls ready together go out in at most 3 Wix calls of at most 100 items.
+    assert len(wix.calls) <= 2 * 2 * 3 and permits.granted == len(wix.calls)
+    assert max(items for _, items in wix.calls) == 100
+
+
+def test_a_bulk_call_refused_as_a_whole_is_sent_again_one_by_one(permits, monkeypatch):
+    _bulk_max_items(monkeypatch, 100)
+    wix = FakeWix(random.Random(2), {}, refuse_bulk_over=1)   # Wix refuses every bulk call
+    batches = SiteBatches()
+
+    async def run():
+        return await asyncio.gather(*(_publish(batches, wix, n, SITES[0], bad=n == 3, gone=False, maybe=False,
+                                               lane="interactive") for n in range(6)))
+
+    answers = asyncio.run(run())
+    assert [type(a).__name__ for a in answers] == ["PublishedPost"] * 3 + ["StageFailed"] + ["PublishedPost"] * 2
+    assert "must not be BAD" in answers[3].reason and "blogstream retry req-3" in answers[3].action
+
+
+def test_a_caller_that_leaves_does_not_stop_the_others(permits, monkeypatch):
+    _bulk_max_items(monkeypatch, 100)
+    wix = FakeWix(random.Random(3), {})
+    batches = SiteBatches()
+
+    async def run():
+        tasks = [asyncio.ensure_future(_publish(batches, wix, n, SITES[0], bad=False, gone=False, maybe=False,
+                                                lane="bulk")) for n in range(10)]
+        await asyncio.sleep(0)
+        tasks[0].cancel()
+        tasks[5].cancel()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    answers = asyncio.run(run())
+    assert isinstance(answers[0], asyncio.CancelledError) and isinstance(answers[5], asyncio.CancelledError)
+    assert all(isinstance(answers[n], PublishedPost) for n in (1, 2, 3, 4, 6, 7, 8, 9))
+    assert all(count == 1 for count in wix.creates.values())
