@@ -31,6 +31,10 @@ permits_expired = Counter(
 provider_calls = Counter(
     "blogstream_provider_calls_total", "Provider calls by outcome", ["provider", "outcome"], registry=registry,
 )
+wix_call_items = Histogram(
+    "blogstream_wix_call_items", "Posts or images one Wix call carried (1: a single call; more: a bulk call)",
+    ["kind"], registry=registry, buckets=(1, 2, 5, 10, 20, 50, 100),
+)
 stage_events = Counter(
     "blogstream_stage_events_total", "Stage events by outcome", ["stage", "outcome"], registry=registry,
 )

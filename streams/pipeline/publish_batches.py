@@ -27,6 +27,7 @@ from typing import Any
 
 from connectors.errors import ProviderError
 from connectors.wix_blog import PublishedPost, WixBlog, WixSite
+from streams import metrics
 from streams.limiter.client import budgets
 from streams.limiter.specs import wix_requests
 from streams.pipeline.stage import StageFailed, call_with_permits, provider_failure
@@ -110,6 +111,7 @@ class SiteBatches:
                 if not call.result.done():
                     batch.append(call)
             if batch:
+                metrics.wix_call_items.labels(kind).observe(len(batch))
                 send = _send_imports if kind == IMPORT else _send_creates
                 await send(wix, site, batch, queue, lane)
 

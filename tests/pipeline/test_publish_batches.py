@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from connectors.errors import ImageExpired, ProviderUnavailable, RejectedRequest
 from connectors.wix_blog import PublishedPost, SiteCredentials
 from streams.limiter.client import Permit
+from streams import metrics
 from streams.pipeline import publish_batches, stage
 from streams.pipeline.publish_batches import SiteBatches
 from streams.pipeline.stage import StageFailed
@@ -186,10 +187,15 @@ def test_every_request_gets_its_own_answer_and_no_post_is_created_twice(
     assert not batches._waiting and not batches._senders   # nothing left behind
 
 
+def _items_sent(kind: str) -> float:
+    return metrics.registry.get_sample_value("blogstream_wix_call_items_sum", {"kind": kind}) or 0.0
+
+
 def test_calls_ready_together_share_bulk_calls(permits, monkeypatch):
     _bulk_max_items(monkeypatch, 100)
     wix = FakeWix(random.Random(1), {})
     batches = SiteBatches()
+    created_before = _items_sent("create")
 
     async def run():
         return await asyncio.gather(*(_publish(batches, wix, n, SITES[n % 2], bad=False, gone=False, maybe=False,
@@ -200,6 +206,7 @@ def test_calls_ready_together_share_bulk_calls(permits, monkeypatch):
     # Per site and kind, 150 calls ready together go out in at most 3 Wix calls of at most 100 items.
     assert len(wix.calls) <= 2 * 2 * 3 and permits.granted == len(wix.calls)
     assert max(items for _, items in wix.calls) == 100
+    assert _items_sent("create") - created_before == 300   # the metric operators read (docs/operations.md)
 
 
 def test_a_bulk_call_refused_as_a_whole_is_sent_again_one_by_one(permits, monkeypatch):
