@@ -88,7 +88,10 @@ async def spend_and_wait(row: Mapping[str, Any]) -> dict[str, Any]:
     calls = await deps.costs.of_request(row["id"])
     waiting = None
     if row["status"] == "PENDING":
-        site = await deps.site(row["site_id"])
+        # Read now, not from the 2-second site cache: another worker may have just held or released the site.
+        await deps.ready()
+        assert deps.db is not None
+        site = await deps.db.get_site(row["site_id"])
         if site is not None and site.paused:
             waiting = "paused"
         elif site is not None and site.budget_exhausted:
