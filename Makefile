@@ -53,8 +53,12 @@ worker: stack-up
 demo: stack-up
 	@$(PY) -m stack.demo
 
+# The unit tests, then the integration tests two at a time (each has its own simulators, database and
+# topics); both always run, and the target fails if either failed.
 test: stack-up test-java prometheus
-	@$(PY) -m pytest -q -p no:cacheprovider --durations=25
+	@$(PY) -m pytest -q -p no:cacheprovider --durations=10 --ignore=tests/integration; unit=$$?; \
+	$(PY) -m pytest -q -p no:cacheprovider --durations=20 -n 2 --dist loadfile tests/integration; integration=$$?; \
+	exit $$(( unit || integration ))
 
 bench: stack-up
 	@$(PY) -m stack.bench $(BENCH)
