@@ -9,8 +9,9 @@
     budget    docs/bench-budget.md     capped sites stop within the overspend bound, 3 workers (issue 14)
     tier      docs/bench-tier.md       OpenAI 5,000 RPM / 4M TPM at ~30 s, 1,000 sites, 3 workers (issue 13)
     wix       docs/bench-wix-bulk.md   a site's backlog against Wix's per-site budget, one call at a time or in bulk (issue 14)
+    growth    docs/bench-growth.md     permit latency and coordinator CPU over 10 to 10,000 active sites, RSS over queued requests (issue 13)
 
-    .venv/bin/python -m stack.bench [limiter fairness intake capacity chaos budget bulk tier wix]
+    .venv/bin/python -m stack.bench [limiter fairness intake capacity chaos budget bulk tier wix growth]
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ BENCHES = {"limiter": "stack.bench_limiter", "fairness": "stack.bench_fairness",
            "capacity": "stack.bench_capacity", "chaos": "stack.chaos", "bulk": "stack.bench_bulk"}
 BENCHES["budget"] = "stack.bench_budget"
 BENCHES["tier"] = "stack.bench_tier"
+BENCHES["growth"] = "stack.bench_growth"
 BENCHES["wix"] = "stack.bench_wix_bulk"
 
 

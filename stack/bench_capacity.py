@@ -24,6 +24,7 @@ import subprocess
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 from stack.harness import ROOT, Outcomes, Pipeline, Simulators, summarize
 
@@ -170,18 +171,21 @@ def plot(result: dict, out: Path) -> list[str]:
     return names
 
 
+def collapsed_stacks(text: str) -> Iterator[tuple[list[str], int]]:
+    """(frames, samples) of each line of py-spy's collapsed output ("frame;frame;... count")."""
+    for line in text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            yield stack.split(";"), int(count)
+
+
 def profile_summary(raw: Path, top: int = 25) -> list[str]:
     """Own time per function and inclusive time per package, from py-spy's collapsed stacks."""
     own: Counter = Counter()
     package: Counter = Counter()
     total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        n = int(count)
+    for frames, n in collapsed_stacks(raw.read_text()):
         total += n
-        frames = stack.split(";")
         own[frames[-1]] += n
         seen = set()
         for frame in frames:

@@ -276,6 +276,11 @@ def _finish(plt: Any, fig: Any, axes: Any, title: str, out: Path, what: str) -> 
     """Time axis and title, then the PNG next to the doc; returns its file name."""
     axes.set_xlabel("seconds since the backlog was submitted")
     axes.set_title(title, fontsize=10)
+    return save_png(plt, fig, out, what)
+
+
+def save_png(plt: Any, fig: Any, out: Path, what: str) -> str:
+    """The figure as `<doc stem>-<what>.png` next to the doc; returns its file name."""
     fig.tight_layout()
     name = f"{out.stem}-{what}.png"
     fig.savefig(out.parent / name, dpi=80)
