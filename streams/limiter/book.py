@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from streams.limiter.rates import RateBudget, SlotBudget
+from streams.limiter.reserve import InteractiveReserve
 
 INTERACTIVE, BULK = "interactive", "bulk"
 LANE_RANK = {INTERACTIVE: 0, BULK: 1}  # lower goes first
@@ -76,19 +77,10 @@ class Grant:
 
     def as_reply(self) -> dict[str, Any]:
         lease = {"lease_units": self.lease_units, "lease_until": self.lease_until} if self.lease_units else {}
-        return {
-            **lease,
-            "ask_id": self.ask.ask_id,
-            "grant_id": self.grant_id,
-            "granted_at": self.granted_at,
-            "use_by": self.use_by,
-            "last_use": self.last_use,
-            "needs": self.ask.needs,
-            "queued": max(0.0, self.granted_at - self.ask.arrived_at),
-            "arrived_at": self.ask.arrived_at,
-            "ahead": self.granted_at > self.made_at,
-            "waited": self.ask.waited,
-        }
+        return {**lease, "ask_id": self.ask.ask_id, "grant_id": self.grant_id, "granted_at": self.granted_at,
+                "use_by": self.use_by, "last_use": self.last_use, "needs": self.ask.needs,
+                "queued": max(0.0, self.granted_at - self.ask.arrived_at), "arrived_at": self.ask.arrived_at,
+                "ahead": self.granted_at > self.made_at, "waited": self.ask.waited}
 
 
 class BudgetBook:
@@ -107,7 +99,8 @@ class BudgetBook:
     bulk ask takes from that budget in that pass, so a big interactive ask is
     not starved by small bulk ones. Room nobody interactive wants goes to bulk.
     A bulk ask is granted only for room open now, never ahead (`lookahead`):
-    room that opens a moment later goes to an interactive ask arriving meanwhile.
+    room that opens a moment later goes to an interactive ask arriving meanwhile,
+    and it leaves the interactive reserve free (reserve.py).
     """
 
     def __init__(
@@ -138,6 +131,7 @@ class BudgetBook:
         self._amounts: dict[str, list[tuple[float, str]]] = {}
         self._live: dict[str, int] = {}  # budget -> asks waiting on it (the live part of its heap)
         self._interactive: dict[str, int] = {}  # budget -> interactive asks waiting on it
+        self.reserve = InteractiveReserve()  # what bulk asks leave free for interactive ones (reserve.py)
         # A site's virtual time is kept while it waits, and after it stops for as long as it
         # could still matter (see `prune`); then it is dropped, so the book holds the sites
         # that are active, not every site ever seen.
@@ -155,8 +149,8 @@ class BudgetBook:
         budget = self.rates.get(name)
         if budget is None:
             spec = self.rate_specs.get(name) or self.rate_specs[name.split(":", 1)[0] + ":"]
-            budget = RateBudget(name, int(spec["limit"]), float(spec["window"]), self.grace, bool(spec.get("paced", False)),
-                                margin=float(spec.get("margin", 0.0)))
+            budget = RateBudget(name, int(spec["limit"]), float(spec["window"]), self.grace,
+                                bool(spec.get("paced", False)), margin=float(spec.get("margin", 0.0)))
             self.rates[name] = budget
         return budget
 
@@ -304,14 +298,15 @@ class BudgetBook:
             # horizon will not later in this pass either: it is left waiting.
             # A bulk ask is never granted ahead: room that opens later may be
             # an interactive ask's that has not arrived yet.
-            start = self._start_by(ask, now, now if rank else horizon, closed)
+            start = self._start_by(ask, now, now if rank else horizon, closed, leave_reserve=bool(rank))
             if start is not None:
                 grants.append(self._grant(ask, start, made_at=now))
             elif not rank:  # the budgets it found too full (not its site's slots): kept for it
                 wanted.update(b for b, amount in ask.needs.items() if amount >= closed.get(b, math.inf))
         return grants
 
-    def _start_by(self, ask: Ask, now: float, horizon: float, closed: dict[str, float]) -> float | None:
+    def _start_by(self, ask: Ask, now: float, horizon: float, closed: dict[str, float], leave_reserve: bool = False
+                  ) -> float | None:
         """The earliest moment from `now` on when every budget of `ask` has room, if by `horizon`.
 
         `closed` (budget -> smallest amount found not to fit by the horizon)
@@ -321,9 +316,11 @@ class BudgetBook:
             return None
         start = now
         for budget, amount in ask.needs.items():
+            rate = self.rate(budget)
+            amount, lag = self.reserve.bulk_room(budget, rate, amount, now) if leave_reserve else (amount, 0.0)
             if amount >= closed.get(budget, math.inf):
                 return None
-            at = self.rate(budget).next_room_at(now, amount)
+            at = rate.next_room_at(now, amount, lag)
             if at > horizon:
                 closed[budget] = min(amount, closed.get(budget, math.inf))
                 return None
@@ -343,6 +340,8 @@ class BudgetBook:
             return self._grant_lease(ask, grant_id, now, units)
         for budget, amount in ask.needs.items():
             self.rate(budget).add(now, amount, grant_id, ask.ask_id, ask.site_id)
+            if ask.lane == INTERACTIVE:
+                self.reserve.took(budget, now, amount)
             key = (budget, ask.fair_id)
             self.vtime[key] = self.vtime.get(key, 0.0) + amount / max(ask.weight, 1e-6)
         return Grant(ask, grant_id, now, now + self.grace, now + self.late_use_seconds(), made_at=made_at)
@@ -415,8 +414,13 @@ class BudgetBook:
             smallest = self._smallest(budget) if sites else None
             if smallest is None:
                 continue
-            lead = self.lookahead if self._interactive.get(budget) else 0.0  # bulk asks are granted at their room
-            at = self.rate(budget).next_room_at(now, smallest) - lead
+            if self._interactive.get(budget):
+                at = self.rate(budget).next_room_at(now, smallest) - self.lookahead
+            else:  # only bulk asks: granted at their room, beside the interactive reserve, which shrinks with time
+                rate = self.rate(budget)
+                at = rate.next_room_at(now, *self.reserve.bulk_room(budget, rate, smallest, now))
+                if (shrinks_at := self.reserve.shrinks_at(budget)) is not None:
+                    at = min(at, shrinks_at)
             if at > now and (soonest is None or at < soonest):
                 soonest = at
         return soonest

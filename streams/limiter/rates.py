@@ -172,11 +172,14 @@ class RateBudget:
             return self.used(now) == 0
         return self.used(now) + amount <= limit
 
-    def next_room_at(self, now: float, amount: float) -> float:
-        """Earliest time `amount` could fit, assuming nothing else is granted."""
+    def next_room_at(self, now: float, amount: float, pace_lag: float = 0.0) -> float:
+        """Earliest time `amount` could fit, assuming nothing else is granted.
+
+        `pace_lag`: the grant keeps that long of the pacing schedule free for others (bulk asks, see book.py).
+        """
         at = now
         if self.paced:
-            at = max(at, self.tat)
+            at = max(at, self.tat + pace_lag)
         limit = self.effective_limit()
         excess = self.used(now) + min(amount, limit) - limit
         if amount > limit and self.entries:

@@ -28,7 +28,10 @@ def test_interactive_asks_go_before_bulk_asks_that_came_first():
     for _ in range(5):
         b.add_ask(ask("shop", INTERACTIVE))
     grants = b.grant_ready(0.0)
-    assert [g.ask.lane for g in grants] == [INTERACTIVE] * 5 + [BULK] * 5
+    # Bulk leaves the interactive reserve free (what interactive took this last second, at most a tenth) ...
+    assert [g.ask.lane for g in grants] == [INTERACTIVE] * 5 + [BULK] * 4
+    assert b.grant_ready(0.5) == []
+    assert [g.ask.lane for g in b.grant_ready(1.0)] == [BULK]  # ... and takes it once the reserve is empty
 
 
 def test_bulk_gets_what_interactive_leaves_and_nothing_is_left_idle():
@@ -51,9 +54,10 @@ def test_a_big_interactive_ask_is_not_starved_by_small_bulk_asks():
         b.add_ask(ask("backfill", BULK, {REQ: 1, TOK: 100}))
     assert b.grant_ready(1.0) == []  # the room is kept for the interactive ask, not nibbled away
     grants = b.grant_ready(10.0)
-    assert grants[0].ask.lane == INTERACTIVE
-    assert all(g.ask.lane == BULK for g in grants[1:])  # what it left (100) goes to bulk
-    assert sum(g.ask.needs[TOK] for g in grants[1:]) == 100
+    assert [g.ask.lane for g in grants] == [INTERACTIVE]  # what it left (100) is the interactive reserve now
+    grants = b.grant_ready(11.0)
+    assert all(g.ask.lane == BULK for g in grants)  # a second later it goes to bulk
+    assert sum(g.ask.needs[TOK] for g in grants) == 100
 
 
 def test_an_interactive_ask_held_by_its_sites_slots_does_not_hold_bulk_back():
@@ -82,6 +86,26 @@ def test_bulk_is_never_granted_ahead_so_an_interactive_ask_gets_the_next_room():
     (first, *_) = drain(b, 5.0, 6.5)
     pace = b.rate(REQ).pace_interval()
     assert first.ask is live and first.granted_at - 5.0 <= pace + 1e-6  # the next room, not a second later
+
+
+def test_interactive_asks_arriving_while_bulk_fills_a_paced_budget_are_granted_at_once():
+    b = paced_book(limit=60, window=10.0)  # one unit every 1/6 s
+    for _ in range(400):
+        b.add_ask(ask("backfill", BULK))
+    grants, now, waits = drain(b, 0.0, 20.0), 20.0, []
+    for _ in range(20):  # an interactive ask every half second, into a budget bulk work keeps full
+        live = ask("shop", INTERACTIVE)
+        b.add_ask(live)
+        more = drain(b, now, now + 0.5)
+        grants += more
+        waits.append(next(g.granted_at for g in more if g.ask is live) - now)
+        now += 0.5
+    pace = b.rate(REQ).pace_interval()
+    assert max(waits[:2]) <= pace + 1e-6  # the first ones wait for the next unit at most, while the reserve forms
+    assert max(waits[2:]) <= 1e-6  # then they find the room bulk left them
+    bulk = [g for g in grants if g.ask.lane == BULK and g.granted_at >= 20.0]
+    assert len(bulk) + 20 >= 10.0 / pace - 3  # bulk still had the rest of the budget
+    assert max_in_window([g.granted_at for g in grants], 10.0) <= 60
 
 
 def test_bulk_alone_still_uses_the_whole_budget():
@@ -136,8 +160,9 @@ def test_no_bulk_ask_is_granted_while_an_interactive_one_waits_and_nothing_that_
     assert all(a.needs[TOK] > free for a in waiting if a.lane == INTERACTIVE)
     if any(a.lane == INTERACTIVE for a in waiting):  # its room is kept: bulk took none of the tokens
         assert [g for g in grants if g.ask.lane == BULK] == []
-    else:  # bulk gets what interactive left: no waiting ask at all fits what is left
-        assert all(a.needs[TOK] > free for a in waiting)
+    else:  # bulk gets what interactive left but the reserve: no waiting ask fits what is left beside it
+        reserve = min(sum(g.ask.needs[TOK] for g in grants if g.ask.lane == INTERACTIVE), 0.1 * 2000)
+        assert all(min(a.needs[TOK] + reserve, max(a.needs[TOK], 2000)) > free for a in waiting)
 
 
 @properties
