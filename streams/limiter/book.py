@@ -19,7 +19,8 @@ worker takes units locally, without a round trip, and gives back the ones it
 did not take when the lease ends (`end_lease`).
 
 Costs: granting, settling and expiring are O(1) per grant (running sums, an
-index by grant id); a scheduling pass is O(waiting asks x log) (a heap).
+index by grant id); a scheduling pass is O((groups + grants) x log): a heap of one entry per
+(site, lane, budgets) group of waiting asks (line.py), not one per ask.
 Memory: the waiting asks, the grants in the windows, and the sites and
 per-site budgets active lately (`prune`); nothing grows with time or with the
 number of sites ever seen.
@@ -29,58 +30,14 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from dataclasses import dataclass
 from typing import Any, Iterable
 
+from streams.limiter.asks import BULK, INTERACTIVE, LANE_RANK, Ask, Grant
+from streams.limiter.line import AskGroups
 from streams.limiter.rates import RateBudget, SlotBudget
 from streams.limiter.reserve import InteractiveReserve
 
-INTERACTIVE, BULK = "interactive", "bulk"
-LANE_RANK = {INTERACTIVE: 0, BULK: 1}  # lower goes first
-
-
-@dataclass
-class Ask:
-    ask_id: str
-    site_id: str
-    request_id: str
-    needs: dict[str, float]  # rate budget name -> amount
-    slot_limit: int | None  # when set, the request also needs one of its site's slots
-    weight: float
-    arrived_at: float
-    seq: int
-    reply: Any = None  # how to answer (set by the Kafka glue)
-    waited: bool = False  # a pass found no room for it: its grant came when room appeared
-    lease: int = 0  # units it would take as a lease (0: one permit); see BudgetBook.lease
-    lane: str = INTERACTIVE  # or BULK: served only with what interactive asks leave
-
-    @property
-    def primary(self) -> str:
-        return next(iter(self.needs), "")
-
-    @property
-    def fair_id(self) -> str:
-        """Who the fair share is counted for: the site, apart in each lane ("|" is in no site id)."""
-        return self.site_id if self.lane == INTERACTIVE else f"{self.site_id}|{self.lane}"
-
-
-@dataclass
-class Grant:
-    ask: Ask
-    grant_id: str
-    granted_at: float  # the permit's start: not sent before, counted from then
-    use_by: float  # send by then and the permit counts exactly as granted
-    last_use: float  # send by then and report it (a late send): counted until it left every window
-    made_at: float = 0.0  # when the coordinator decided (before granted_at for a grant ahead)
-    lease_units: int = 0  # a lease: this many units, to be taken by lease_until (0: one permit)
-    lease_until: float = 0.0
-
-    def as_reply(self) -> dict[str, Any]:
-        lease = {"lease_units": self.lease_units, "lease_until": self.lease_until} if self.lease_units else {}
-        return {**lease, "ask_id": self.ask.ask_id, "grant_id": self.grant_id, "granted_at": self.granted_at,
-                "use_by": self.use_by, "last_use": self.last_use, "needs": self.ask.needs,
-                "queued": max(0.0, self.granted_at - self.ask.arrived_at), "arrived_at": self.ask.arrived_at,
-                "ahead": self.granted_at > self.made_at, "waited": self.ask.waited}
+__all__ = ["BULK", "INTERACTIVE", "LANE_RANK", "Ask", "BudgetBook", "Grant"]  # the asks' names, for the book's callers
 
 
 class BudgetBook:
@@ -132,6 +89,7 @@ class BudgetBook:
         self._live: dict[str, int] = {}  # budget -> asks waiting on it (the live part of its heap)
         self._interactive: dict[str, int] = {}  # budget -> interactive asks waiting on it
         self.reserve = InteractiveReserve()  # what bulk asks leave free for interactive ones (reserve.py)
+        self.groups = AskGroups()  # the waiting asks by their place in the fair order (line.py)
         # A site's virtual time is kept while it waits, and after it stops for as long as it
         # could still matter (see `prune`); then it is dropped, so the book holds the sites
         # that are active, not every site ever seen.
@@ -197,6 +155,7 @@ class BudgetBook:
                 self._interactive[budget] = self._interactive.get(budget, 0) + 1
             heapq.heappush(self._amounts.setdefault(budget, []), (ask.needs[budget], ask.ask_id))
         self.waiting[ask.ask_id] = ask
+        self.groups.add(ask)
         self._fresh.append(ask)
         return ask
 
@@ -209,6 +168,7 @@ class BudgetBook:
 
     def _unwait(self, ask: Ask) -> None:
         del self.waiting[ask.ask_id]
+        self.groups.remove(ask)
         fair_id = ask.fair_id
         for budget in ask.needs:
             if ask.lane == INTERACTIVE:
@@ -240,6 +200,7 @@ class BudgetBook:
 
     def drop_asks(self) -> None:
         self.waiting.clear()
+        self.groups.clear()
         self._fresh.clear()
         self._waiting_sites.clear()
         self._amounts.clear()
@@ -279,31 +240,36 @@ class BudgetBook:
             open_[budget] = smallest is not None and self.rate(budget).next_room_at(now, smallest) <= horizon
         if not any(open_.values()):
             return grants
-        heap = [(*self._fair_key(a), a.ask_id) for a in self.waiting.values() if all(open_.get(b) for b in a.needs)]
-        heapq.heapify(heap)
-        closed: dict[str, float] = {}
-        wanted: set[str] = set()  # budgets an interactive ask found no room in: bulk asks keep off them
-        while heap:
-            rank, vtime, seq, ask_id = heapq.heappop(heap)
-            ask = self.waiting.get(ask_id)
-            if ask is None:
-                continue
-            current = self._fair_key(ask)
-            if current[1] > vtime:  # its site was served meanwhile: back in line
-                heapq.heappush(heap, (*current, ask_id))
-                continue
-            if rank and not wanted.isdisjoint(ask.needs):
-                continue
-            # Grants only use room up, so an ask that does not fit by the
-            # horizon will not later in this pass either: it is left waiting.
-            # A bulk ask is never granted ahead: room that opens later may be
-            # an interactive ask's that has not arrived yet.
-            start = self._start_by(ask, now, now if rank else horizon, closed, leave_reserve=bool(rank))
-            if start is not None:
-                grants.append(self._grant(ask, start, made_at=now))
-            elif not rank:  # the budgets it found too full (not its site's slots): kept for it
-                wanted.update(b for b, amount in ask.needs.items() if amount >= closed.get(b, math.inf))
+        # One heap entry per group of asks (line.py); `still_open`: budgets that may have room for someone.
+        with self.groups.walk(lambda a: all(open_.get(b) for b in a.needs), self._fair_key) as (heap, following):
+            closed: dict[str, float] = {}
+            wanted: set[str] = set()  # budgets an interactive ask found no room in: bulk asks keep off them
+            still_open = {b for b, is_open in open_.items() if is_open}
+            while heap and still_open:
+                rank, vtime, seq, ask_id, key = heapq.heappop(heap)
+                ask = self.waiting[ask_id]
+                current = self._fair_key(ask)
+                if current[1] > vtime:  # its site was served meanwhile: back in line
+                    heapq.heappush(heap, (*current, ask_id, key))
+                    continue
+                if not still_open.issuperset(ask.needs) or (rank and not wanted.isdisjoint(ask.needs)):
+                    continue  # nobody in its group can have room now: the group is done for this pass
+                # Grants only use room up, so an ask that does not fit by the horizon will not later in
+                # this pass either. A bulk ask is never granted ahead: that room may be an interactive ask's.
+                start = self._start_by(ask, now, now if rank else horizon, closed, leave_reserve=bool(rank))
+                if start is not None:
+                    grants.append(self._grant(ask, start, made_at=now))
+                else:
+                    if not rank:  # the budgets it found too full (not its site's slots): kept for it
+                        wanted.update(b for b, amount in ask.needs.items() if amount >= closed.get(b, math.inf))
+                    still_open -= {b for b in ask.needs if self._closed_for_all(b, closed)}
+                following(key)
         return grants
+
+    def _closed_for_all(self, budget: str, closed: dict[str, float]) -> bool:
+        """A budget closed for the smallest amount waiting on it has room for nobody."""
+        smallest = self._smallest(budget)
+        return smallest is None or closed.get(budget, math.inf) <= smallest
 
     def _start_by(self, ask: Ask, now: float, horizon: float, closed: dict[str, float], leave_reserve: bool = False
                   ) -> float | None:

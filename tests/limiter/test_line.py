@@ -1,0 +1,105 @@
+"""The grouped scheduling pass (streams/limiter/line.py) grants exactly what a heap of every waiting ask would.
+
+`FullHeapBook` is the pass as it was before asks were grouped: every eligible
+waiting ask in one heap, each looked at in turn. Hypothesis draws books, asks
+(lanes, sites, budgets, token sizes, slots, weights) and times; both books must
+make the same grants, in the same order, at the same moments.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streams.limiter.book import BULK, INTERACTIVE, Ask, BudgetBook
+from tests.limiter.test_book import REQ, TOK, drain
+
+
+class FullHeapBook(BudgetBook):
+    def _grant_ready(self, now: float) -> list:
+        grants: list = []
+        if not self.waiting:
+            return grants
+        horizon = now + self.lookahead
+        open_ = {}
+        for budget, sites in self._waiting_sites.items():
+            smallest = self._smallest(budget) if sites else None
+            open_[budget] = smallest is not None and self.rate(budget).next_room_at(now, smallest) <= horizon
+        if not any(open_.values()):
+            return grants
+        heap = [(*self._fair_key(a), a.ask_id) for a in self.waiting.values() if all(open_.get(b) for b in a.needs)]
+        heapq.heapify(heap)
+        closed: dict[str, float] = {}
+        wanted: set[str] = set()
+        while heap:
+            rank, vtime, seq, ask_id = heapq.heappop(heap)
+            ask = self.waiting.get(ask_id)
+            if ask is None:
+                continue
+            current = self._fair_key(ask)
+            if current[1] > vtime:
+                heapq.heappush(heap, (*current, ask_id))
+                continue
+            if rank and not wanted.isdisjoint(ask.needs):
+                continue
+            start = self._start_by(ask, now, now if rank else horizon, closed, leave_reserve=bool(rank))
+            if start is not None:
+                grants.append(self._grant(ask, start, made_at=now))
+            elif not rank:
+                wanted.update(b for b, amount in ask.needs.items() if amount >= closed.get(b, math.inf))
+        return grants
+
+
+ASKS = st.lists(st.tuples(st.integers(0, 9), st.sampled_from([INTERACTIVE, INTERACTIVE, BULK]),
+                          st.sampled_from(["openai", "replicate", "wix"]), st.integers(1, 500),
+                          st.sampled_from([None, 2]), st.sampled_from([1.0, 3.0])),
+                min_size=1, max_size=120)
+
+
+@settings(deadline=None, max_examples=150, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(waves=st.lists(ASKS, min_size=1, max_size=4), limit=st.sampled_from([3, 20, 100]),
+       window=st.sampled_from([1.0, 10.0]), paced=st.booleans(), tpm=st.sampled_from([800, 10**6]),
+       lookahead=st.sampled_from([0.0, 1.0]), step=st.sampled_from([0.5, 4.0, 12.0]))
+def test_the_grouped_pass_grants_what_a_heap_of_every_ask_grants(waves, limit, window, paced, tpm, lookahead, step):
+    specs = {REQ: {"limit": limit, "window": window, "paced": paced}, TOK: {"limit": tpm, "window": window},
+             "wix_requests:": {"limit": limit, "window": window, "paced": paced}}
+    books = [cls(specs, grace=0.3, slot_default=5, lookahead=lookahead) for cls in (BudgetBook, FullHeapBook)]
+    made: list[list[tuple]] = [[], []]
+    now, n = 0.0, 0
+    for wave in waves:
+        for site, lane, provider, tokens, slot, weight in wave:
+            n += 1
+            needs = {"openai": {REQ: 1, TOK: tokens}, "replicate": {REQ: 1}, "wix": {f"wix_requests:s{site}": 1}}
+            for b in books:
+                b.add_ask(Ask(f"a{n}", f"s{site}", f"r{n}", dict(needs[provider]), slot, weight, now, 0, lane=lane))
+        for b, out in zip(books, made):
+            for g in drain(b, now, now + step):
+                out.append((g.ask.ask_id, round(g.granted_at, 9)))
+                if g.ask.slot_limit is not None and int(g.ask.ask_id[1:]) % 3:
+                    b.release_slot(g.ask.site_id, g.ask.request_id)
+        now += step
+    assert made[0] == made[1]
+    assert set(books[0].waiting) == set(books[1].waiting)
+
+
+def test_a_deep_backlog_costs_a_pass_its_sites_not_its_asks():
+    """10 sites with 10,000 asks waiting on a paced budget: a pass looks at a few asks per site, not at all of them."""
+    b = BudgetBook({REQ: {"limit": 150, "window": 10.0, "paced": True}}, grace=0.3, slot_default=10**6, lookahead=1.0)
+    for n in range(10_000):
+        b.add_ask(Ask(f"a{n}", f"s{n % 10}", f"r{n}", {REQ: 1}, None, 1.0, 0.0, 0))
+    looked_at, passes = [0], [0]
+    start_by, grant_ready = b._start_by, b._grant_ready
+
+    def counting_start_by(*args, **kwargs):
+        looked_at[0] += 1
+        return start_by(*args, **kwargs)
+
+    def counting_pass(now):
+        passes[0] += 1
+        return grant_ready(now)
+
+    b._start_by, b._grant_ready = counting_start_by, counting_pass
+    grants = drain(b, 0.0, 20.0)
+    assert len(grants) > 250 and looked_at[0] <= len(grants) + passes[0]  # each pass: its grants and one ask more
