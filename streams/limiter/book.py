@@ -241,7 +241,7 @@ class BudgetBook:
         if not any(open_.values()):
             return grants
         # One heap entry per group of asks (line.py); `still_open`: budgets that may have room for someone.
-        with self.groups.walk(lambda a: all(open_.get(b) for b in a.needs), self._fair_key) as (heap, following):
+        with self.groups.walk(lambda budgets: all(open_.get(b) for b in budgets), self._fair_key) as (heap, following):
             closed: dict[str, float] = {}
             wanted: set[str] = set()  # budgets an interactive ask found no room in: bulk asks keep off them
             still_open = {b for b, is_open in open_.items() if is_open}

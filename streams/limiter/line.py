@@ -46,24 +46,32 @@ class AskGroups:
         self._gone.clear()
 
     @contextmanager
-    def walk(self, eligible: Callable[[Any], bool], place: Callable[[Any], tuple]
+    def walk(self, budgets_open: Callable[[tuple[str, ...]], bool], place: Callable[[Any], tuple]
              ) -> Iterator[tuple[list[tuple], Callable[[GroupKey], None]]]:
-        """For one pass: a heap of each group's first eligible ask, (*place, ask id, group), and
-        `following(group)`, which pushes that group's next eligible ask. Asks removed meanwhile leave after it."""
+        """For one pass: a heap of the first ask of each group whose budgets are open, as (*place, ask id,
+        group), and `following(group)`, which pushes that group's next ask once the one before was looked
+        at. Asks of a group need the same budgets, so a group is open or not as a whole. Asks removed
+        meanwhile leave after the pass."""
         self._walking = True
         try:
-            cursors = {key: iter(group.values()) for key, group in self._groups.items()}
-
-            def first(key: GroupKey) -> tuple | None:
-                ask = next((ask for ask in cursors[key] if eligible(ask)), None)
-                return None if ask is None else (*place(ask), ask.ask_id, key)
-
-            heap = [entry for key in cursors if (entry := first(key)) is not None]
+            is_open: dict[tuple[str, ...], bool] = {}
+            heap = []
+            for key, group in self._groups.items():
+                if (opened := is_open.get(key[1])) is None:
+                    opened = is_open[key[1]] = budgets_open(key[1])
+                if opened:
+                    ask = next(iter(group.values()))
+                    heap.append((*place(ask), ask.ask_id, key))
             heapq.heapify(heap)
+            cursors: dict[GroupKey, Iterator[Any]] = {}
 
             def following(key: GroupKey) -> None:
-                if (entry := first(key)) is not None:
-                    heapq.heappush(heap, entry)
+                cursor = cursors.get(key)
+                if cursor is None:  # the group's first ask was the one looked at
+                    cursor = cursors[key] = iter(self._groups[key].values())
+                    next(cursor)
+                if (ask := next(cursor, None)) is not None:
+                    heapq.heappush(heap, (*place(ask), ask.ask_id, key))
 
             yield heap, following
         finally:
