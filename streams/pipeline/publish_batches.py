@@ -120,8 +120,10 @@ class SiteBatches:
                                     needs={wix_requests(site.site_id): 1}, call=attempt, lane=lane)
         except StageFailed as failed:
             cause = failed.__cause__
-            if len(batch) > 1 and isinstance(cause, ProviderError) and not cause.retryable:
+            if len(batch) > 1 and isinstance(cause, ProviderError) and not cause.retryable \
+                    and cause.status not in (401, 403):
                 # Wix refused the whole bulk call (its size, one bad item...): each item asks on its own.
+                # Not for the site's credentials: those refuse every item alike.
                 for call in batch:
                     call.alone = True
                 queue.extendleft(reversed(batch))

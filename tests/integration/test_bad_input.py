@@ -184,8 +184,9 @@ async def test_a_wix_site_without_credentials_fails_with_what_to_fix_and_a_retry
         assert "wix_api_key" in error and "sites table" in error, error  # tells the operator what to fix
     wix = sim.ledger()["wix"]
     assert wix["posts_per_site"] == {"shop-ok": 2}
-    # A 401 is permanent: tried once per request (the media import), never retried.
-    assert wix["rejected_4xx"] == len(unauthorised)
+    # A 401 is permanent: never retried. Each request's media import is tried once, alone or in one bulk call
+    # with the site's other imports ready at the same moment.
+    assert 1 <= wix["rejected_4xx"] <= len(unauthorised)
     assert "shop-nokey" not in wix["per_site"]  # turned away before anything counted for the site
     assert "blogstream retry " + unauthorised[0]["request_id"] in rows[unauthorised[0]["request_id"]]["error"]
 

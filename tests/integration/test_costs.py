@@ -2,6 +2,8 @@
 and a capped site stops within the stated overspend bound, then goes on when its cap is raised."""
 from __future__ import annotations
 
+import asyncio
+
 from decimal import Decimal
 
 import asyncpg
@@ -99,6 +101,7 @@ async def test_a_capped_site_stops_within_the_bound_and_goes_on_when_the_cap_is_
         assert view["budget_exhausted"] == "month" and abs(view["spent_this_month_usd"] - float(total)) < 1e-9
         blog = (await http.get(f"/api/blogs/{waiting_id}")).json()
         assert blog["status"] == "PENDING" and blog["waiting"] == "budget_exhausted"
+        await asyncio.sleep(2.5)  # the intake reads sites through the workers' 2-second site cache
         refused = await http.post("/api/blogs", json=pipeline.request(capped, 99))
         assert refused.status_code == 429 and refused.json()["code"] == "budget_exhausted"
         assert int(refused.headers["Retry-After"]) >= 1

@@ -240,3 +240,23 @@ def test_a_caller_that_leaves_does_not_stop_the_others(permits, monkeypatch):
     assert isinstance(answers[0], asyncio.CancelledError) and isinstance(answers[5], asyncio.CancelledError)
     assert all(isinstance(answers[n], PublishedPost) for n in (1, 2, 3, 4, 6, 7, 8, 9))
     assert all(count == 1 for count in wix.creates.values())
+
+
+def test_a_bulk_call_refused_for_the_sites_credentials_fails_every_item_at_once(permits, monkeypatch):
+    _bulk_max_items(monkeypatch, 100)
+
+    class NoKeyWix(FakeWix):
+        async def _call(self, kind, items):
+            self.calls.append((kind, items))
+            raise RejectedRequest("wix", "401 missing Authorization header", status=401)
+
+    wix = NoKeyWix(random.Random(4), {})
+    batches = SiteBatches()
+
+    async def run():
+        return await asyncio.gather(*(_publish(batches, wix, n, SITES[0], bad=False, gone=False, maybe=False,
+                                               lane="interactive") for n in range(5)))
+
+    answers = asyncio.run(run())
+    assert all(isinstance(a, StageFailed) and "401" in a.reason for a in answers)
+    assert sum(items for _, items in wix.calls) == 5   # each request's import tried once, never alone again
