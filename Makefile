@@ -53,11 +53,12 @@ worker: stack-up
 demo: stack-up
 	@$(PY) -m stack.demo
 
-# The unit tests, then the integration tests two at a time (each has its own simulators, database and
-# topics); both always run, and the target fails if either failed.
+# The unit tests, then the integration tests; both always run, and the target fails if either failed.
+# (Two integration tests at a time halved their time, but once left a worker whose table recovery never
+# ended after a rebalance at start: one at a time until that is understood.)
 test: stack-up test-java prometheus
 	@$(PY) -m pytest -q -p no:cacheprovider --durations=10 --ignore=tests/integration; unit=$$?; \
-	$(PY) -m pytest -q -p no:cacheprovider --durations=20 -n 2 --dist loadfile tests/integration; integration=$$?; \
+	$(PY) -m pytest -q -p no:cacheprovider --durations=20 tests/integration; integration=$$?; \
 	exit $$(( unit || integration ))
 
 bench: stack-up
