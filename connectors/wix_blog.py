@@ -119,6 +119,16 @@ def _slug_from_path(url: Any) -> str | None:
     return None
 
 
+def _published_post(post: Any, answered_by: str, status: int) -> PublishedPost:
+    """A published post as Wix describes it (lookup, query), checked: it must have an id and a URL."""
+    if not isinstance(post, dict) or not post.get("id"):
+        raise MalformedOutput(PROVIDER, f"{answered_by} answered without post.id", status=status)
+    url = _post_url(post.get("url"))
+    if url is None:
+        raise MalformedOutput(PROVIDER, f"post {post['id']} has no url", status=status)
+    return PublishedPost(post_id=str(post["id"]), url=url, slug=post.get("slug") or _slug_from_path(post.get("url")))
+
+
 @dataclass(frozen=True)
 class _WixErrorBody:
     message: str
@@ -237,15 +247,7 @@ class WixBlog(AsyncClosing):
         )
         if response.status_code == 404:
             return None
-        post = self._json(response).get("post")
-        if not isinstance(post, dict) or not post.get("id"):
-            raise MalformedOutput(PROVIDER, "post lookup answered without post.id", status=response.status_code)
-        url = _post_url(post.get("url"))
-        if url is None:
-            raise MalformedOutput(PROVIDER, f"post {post['id']} has no url", status=response.status_code)
-        return PublishedPost(
-            post_id=str(post["id"]), url=url, slug=post.get("slug") or _slug_from_path(post.get("url"))
-        )
+        return _published_post(self._json(response).get("post"), "post lookup", response.status_code)
 
     async def publish_draft(self, site: WixSite, draft: dict[str, Any]) -> PublishedPost:
         """Create a post from a `draft_post(...)` body and publish it in the same call.
@@ -312,16 +314,8 @@ class WixBlog(AsyncClosing):
         posts = self._json(response).get("posts")
         if not isinstance(posts, list):
             raise MalformedOutput(PROVIDER, "post query answered without posts", status=response.status_code)
-        found: dict[str, PublishedPost] = {}
-        for post in posts:
-            url = _post_url(post.get("url")) if isinstance(post, dict) else None
-            if url is None or not post.get("id"):
-                raise MalformedOutput(
-                    PROVIDER, "post query answered a post without id / url", status=response.status_code
-                )
-            slug = post.get("slug") or _slug_from_path(post.get("url"))
-            found[str(slug)] = PublishedPost(post_id=str(post["id"]), url=url, slug=slug)
-        return found
+        found = (_published_post(post, "post query", response.status_code) for post in posts)
+        return {str(post.slug): post for post in found}
 
     def _bulk_results(
         self, response: httpx.Response, count: int
