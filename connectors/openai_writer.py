@@ -336,6 +336,8 @@ class ArticleWriter(AsyncClosing):
             api_key=api_key,
             max_retries=0,  # our limiter owns the one retry loop
             timeout=timeout,
+            # The SDK's own aiohttp transport: a third of httpcore's CPU per call (docs/bench-capacity.md).
+            http_client=openai.DefaultAioHttpClient(timeout=timeout),
         )
 
     async def aclose(self) -> None:

@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 from urllib.parse import quote
 
 import httpx
+from httpx_aiohttp import AiohttpTransport
 
 from .closing import AsyncClosing
 from .errors import (
@@ -210,14 +211,15 @@ class WixBlog(AsyncClosing):
         max_connections: int,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + "/",
             timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
             # HTTP/1.1 keep-alive; enough connections for every in-flight publish of a worker.
-            http2=False,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            limits=limits,
             headers={"Accept": "application/json"},
-            transport=transport,
+            # aiohttp under httpx's API: a third of httpcore's CPU per call (docs/bench-capacity.md).
+            transport=transport or AiohttpTransport(limits=limits),
         )
 
     async def aclose(self) -> None:

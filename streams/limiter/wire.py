@@ -43,37 +43,70 @@ def _on_wire() -> Permit | None:
     return None
 
 
+async def _report_if_late() -> None:
+    late = _on_wire()
+    if late is not None:
+        # On the broker before the request goes: the coordinator learns of
+        # it even if this worker dies right after sending. The report names
+        # a moment a little ahead; if the broker's ack took longer, again.
+        allowance = 0.05
+        while True:
+            anchor = time.time() + WIRE_MARGIN + allowance
+            await budgets.report_late(late, anchor)
+            if time.time() + WIRE_MARGIN <= anchor:
+                break
+            allowance *= 2
+
+
 def _hook_wire(cls: Any) -> None:
     original = cls.handle_async_request
     if getattr(original, "_blogstream_wire", False):
         return
 
     async def handle_async_request(self: Any, request: Any) -> Any:
-        late = _on_wire()
-        if late is not None:
-            # On the broker before the request goes: the coordinator learns of
-            # it even if this worker dies right after sending. The report names
-            # a moment a little ahead; if the broker's ack took longer, again.
-            allowance = 0.05
-            while True:
-                anchor = time.time() + WIRE_MARGIN + allowance
-                await budgets.report_late(late, anchor)
-                if time.time() + WIRE_MARGIN <= anchor:
-                    break
-                allowance *= 2
+        await _report_if_late()
         return await original(self, request)
 
     handle_async_request._blogstream_wire = True  # type: ignore[attr-defined]
     cls.handle_async_request = handle_async_request
 
 
-def install() -> None:
-    """Hook every httpcore connection class this process can load (called by streams/worker.py).
+def _hook_aiohttp_connector(cls: Any) -> None:
+    """aiohttp writes the request as soon as its connector hands over a connection
+    (a pooled one or a new one, after any wait for a free slot): that is the moment."""
+    original = cls.connect
+    if getattr(original, "_blogstream_wire", False):
+        return
 
-    The connection classes write the request right after handle_async_request
-    starts (the pool has already picked and connected the connection). httpcore
-    serves httpx (Replicate, Wix); httpcore2 serves httpx2 (the openai SDK).
+    async def connect(self: Any, req: Any, traces: Any, timeout: Any) -> Any:
+        connection = await original(self, req, traces, timeout)
+        try:
+            await _report_if_late()
+        except BaseException:
+            connection.release()  # not sent: the connection goes back to the pool
+            raise
+        return connection
+
+    connect._blogstream_wire = True  # type: ignore[attr-defined]
+    cls.connect = connect
+
+
+def install() -> None:
+    """Hook every HTTP client this process can load (called by streams/worker.py).
+
+    The connectors send through aiohttp (httpx and the openai SDK over an aiohttp
+    transport: it costs a fraction of httpcore's CPU per call), hooked at its
+    connector. httpcore's connection classes (httpx's own transport, used by the
+    CLI and by anyone who builds a connector with it) write the request right after
+    handle_async_request starts (the pool has already picked and connected the
+    connection); httpcore2 serves httpx2 (the openai SDK's default).
     """
+    try:
+        from aiohttp.connector import BaseConnector
+    except ImportError:
+        pass
+    else:
+        _hook_aiohttp_connector(BaseConnector)
     for module in ("httpcore._async.http11", "httpcore._async.http2", "httpcore2._async.http11", "httpcore2._async.http2"):
         try:
             mod = importlib.import_module(module)
