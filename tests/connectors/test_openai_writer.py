@@ -243,3 +243,49 @@ async def test_unknown_endpoint_is_rejected_with_advice(openai_args: dict[str, A
         with pytest.raises(RejectedRequest) as info:
             await writer.write_article(REQUEST, site_id="site-a")
     assert info.value.status == 404 and "OPENAI_BASE_URL" in info.value.message
+
+
+# --------------------------------------------------------------------------- the request on the wire
+
+
+async def test_the_article_request_is_the_one_the_sdks_create_sends() -> None:
+    """write_article skips create()'s TypedDict walk (docs/bench-capacity.md): the method, path, JSON body
+    and auth it sends are those of chat.completions.create() with the same arguments."""
+    import openai
+    from aiohttp import web
+
+    seen: list[tuple[str, str, dict, str | None]] = []
+    completion = {
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": json.dumps({
+            "title": "Compost at home", "slug": "compost-at-home", "excerpt": "Why and how.",
+            "body": "# Compost\n\nStart small.", "tags": ["compost"], "image_prompt": "a worm bin",
+            "image_alt": "A worm bin on a balcony"})}}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30},
+    }
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append((request.method, request.path, await request.json(), request.headers.get("Authorization")))
+        return web.json_response(completion)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"  # type: ignore[union-attr]
+    writer = ArticleWriter(base_url=base_url, api_key=OPENAI_KEY, model="gpt-4o-mini", max_tokens=1200, timeout=5)
+    sdk = openai.AsyncOpenAI(base_url=base_url, api_key=OPENAI_KEY, max_retries=0)
+    try:
+        result = await writer.write_article(REQUEST, site_id="site-1")
+        from connectors.openai_writer import RESPONSE_FORMAT
+        await sdk.chat.completions.create(
+            model="gpt-4o-mini", messages=build_messages(REQUEST), max_tokens=writer.max_tokens_for(REQUEST),
+            response_format=RESPONSE_FORMAT, user="site-1")  # type: ignore[arg-type]
+    finally:
+        await writer.aclose()
+        await sdk.close()
+        await runner.cleanup()
+    assert result.article["slug"] == "compost-at-home" and result.usage.completion_tokens == 20
+    assert seen[0] == seen[1] and seen[0][3] == f"Bearer {OPENAI_KEY}"
