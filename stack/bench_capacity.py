@@ -26,7 +26,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
+from stack.bench_limiter import counter_total, scrape_metrics
 from stack.harness import ROOT, Outcomes, Pipeline, Simulators, summarize
+
+# Worker counters read at the end of the run: what each blog cost the limiter.
+PERMIT_COUNTERS = ("permits_leased", "permit_late_sends", "permit_reasks", "permits_expired")
 
 HUGE = 10_000_000
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -112,17 +116,20 @@ async def run(n: int, sites: int, profile: Path | None) -> dict:
         rss = peak_rss_mb(worker.proc.pid)
         sampler_task.cancel()
         load1 = os.getloadavg()[0]
+        scrape = "\n".join(await scrape_metrics(pipeline.workers))
+        permits = {name: counter_total(scrape, f"blogstream_{name}_total") for name in PERMIT_COUNTERS}
+        permits["all"] = counter_total(scrape, "blogstream_permit_overhead_seconds_count")  # leased ones too
         counts = summarize(rows)
         finished_at = sorted(r["finished_at"].timestamp() - started for r in rows.values() if r["finished_at"] is not None)
         if sampler is not None:
             sampler.send_signal(signal.SIGINT)
             sampler.wait(60)
     finally:
-        pipeline.stop()
+        pipeline.stop(delete_topics=not os.environ.get("KEEP_TOPICS"))
         sim.stop()
         await outcomes.drop()
     return {"requests": n, "sites": sites, "counts": counts, "wall": wall, "blogs_per_s": n / wall,
-            "cpu_ms_per_blog": 1000 * cpu / n, "worker_cpu_s": cpu, "worker_cores": cpu / wall,
+            "cpu_ms_per_blog": 1000 * cpu / n, "permits": permits, "worker_cpu_s": cpu, "worker_cores": cpu / wall,
             "sim_cpu_ms_per_blog": 1000 * sim_cpu / n, "sim_cores": sim_cpu / wall, "peak_rss_mb": rss,
             "load": (load0, load1), "cores": os.cpu_count(),
             "samples": [(t - started, mb, c - cpu0) for t, mb, c in samples], "finished_at": finished_at}
@@ -222,6 +229,9 @@ def report(result: dict, profile: Path | None, plots: list[str] = ()) -> str:
         f"| Worker CPU used | {result['worker_cores']:.2f} cores | |",
         f"| Simulators' CPU per blog | {result['sim_cpu_ms_per_blog']:.1f} ms ({result['sim_cores']:.2f} cores) | |",
         f"| Outcomes | {result['counts']} | all DONE |",
+        "| Permits per blog: in all / from a lease (no round trip) / sent late / expired / re-asked | "
+        + " / ".join(f"{result['permits'][k] / result['requests']:.2f}" for k in
+                     ("all", "permits_leased", "permit_late_sends", "permits_expired", "permit_reasks")) + " | |",
         "",
         f"Load average {load0:.1f} at the start, {load1:.1f} at the end, on {result['cores']} cores: other work on "
         "the machine lowers the throughput and raises the CPU per blog too; compare only runs at the same load.",

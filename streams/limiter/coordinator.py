@@ -326,6 +326,17 @@ class Coordinator:
 
     async def _send(self, reply: tuple[str, str], value: dict[str, Any]) -> None:
         reply_to, correlation_id = reply
+        if reply_to == app.conf.reply_to:
+            # The asker is this process (the worker that holds the limiter): its answer is handed
+            # over here, after the grant is durable as any answer, instead of going through the
+            # reply topic and back (a produce, a fetch and a stream event per permit). An answer
+            # nobody waits for any more (the ask gave up, or a copy was answered) is dropped, as
+            # the reply consumer would.
+            waiting = app._reply_consumer._waiting  # type: ignore[attr-defined]
+            for promise in list(waiting.get(correlation_id, ())):
+                if not promise.done():
+                    promise.fulfill(correlation_id, {**value})
+            return
         await app.send(reply_to, key=None, value=ReqRepResponse(key=None, value=value, correlation_id=correlation_id))
 
     # --- the scheduler ------------------------------------------------------

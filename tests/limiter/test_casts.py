@@ -92,3 +92,34 @@ async def test_the_coordinator_handles_a_batch_as_its_messages_in_order_and_a_ba
         {"op": "unused", "grant_id": "g3", "needs": {TOK: 2000}},
     ]}, None, 7)
     assert tokens.used(time.time()) == pytest.approx(2000)  # only g2 still counts
+
+
+async def test_an_answer_for_an_ask_of_this_process_is_handed_over_without_the_reply_topic(monkeypatch):
+    """The worker that holds the limiter answers its own asks in-process (after the grant is durable, as
+    any answer); answers for other workers go to their reply topics; one nobody waits for is dropped."""
+    from faust.agents.replies import ReplyPromise
+
+    from streams.limiter import coordinator as coordinator_module
+
+    app = coordinator_module.app
+    produced: list[tuple[str, dict]] = []
+
+    async def send(topic, key=None, value=None, **kwargs):
+        produced.append((topic, value.value))
+
+    monkeypatch.setattr(app, "send", send)
+    waiting = app._reply_consumer._waiting  # type: ignore[attr-defined]
+    own = app.conf.reply_to
+    promise = ReplyPromise(own, "c-mine")
+    waiting["c-mine"].add(promise)
+    try:
+        c = Coordinator()
+        answer = {"grant_id": "g1", "use_by": 1.0, "needs": {TOK: 10}}
+        await c._send((own, "c-mine"), answer)
+        await c._send((own, "c-mine"), answer)  # a second answer to the same ask: nothing happens
+        await c._send((own, "c-gone"), answer)  # nobody waits for it: dropped, nothing is produced
+        await c._send(("blogstream-reply-other-worker", "c-theirs"), answer)
+        assert promise.done() and promise.result() == answer and promise.result() is not answer
+        assert produced == [("blogstream-reply-other-worker", answer)]
+    finally:
+        waiting.pop("c-mine", None)
