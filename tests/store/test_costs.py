@@ -1,6 +1,7 @@
 """store/costs.py: costs recorded once per provider call, running totals, spend caps that hold and release."""
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 from decimal import Decimal
@@ -139,3 +140,46 @@ async def test_the_next_period_releases_a_site_held_by_last_months_spend(db: Dat
     assert (await costs.refresh_budgets(None))[site_id] is None  # a new month (and day): free again
     assert await costs.exhausted(site_id) is None
     assert (await costs.budget(site_id))["spent_this_month_usd"] == 0
+
+
+@aio
+async def test_costs_recorded_together_say_what_each_would_alone_and_add_up_the_same(db: Database) -> None:
+    """record() shares one statement between costs of the same moment (record_many): a call listed twice is
+    inserted once, the sums per site and day are those of one at a time, and a cap reached is told once."""
+    import random
+
+    rng = random.Random(7)
+    costs = Costs(db)
+
+    async def scenario() -> tuple[list[str], list[CallCost]]:
+        sites = [await new_site(db, monthly_usd=0.01), await new_site(db, daily_usd=0.004), await new_site(db)]
+        calls: list[CallCost] = []
+        for n in range(40):
+            site_id = sites[rng.randrange(3)]
+            if calls and rng.random() < 0.2:  # the same provider call again (a replay)
+                calls.append(rng.choice(calls))
+            else:
+                calls.append(call(site_id, rng.choice(["0.0005", "0.001", "0.002", "none"]), call_id=f"c{n}-{uid('x')}"))
+        return sites, calls
+
+    alone_sites, alone_calls = await scenario()
+    alone = [await costs.record(c) for c in alone_calls]
+    rng.seed(7)
+    together_sites, together_calls = await scenario()
+    together = await costs.record_many(together_calls)
+
+    assert [r.inserted for r in together] == [r.inserted for r in alone]
+    for a, t in zip(alone_sites, together_sites):
+        assert (await costs.budget(t))["spent_today_usd"] == pytest.approx((await costs.budget(a))["spent_today_usd"])
+        assert await costs.exhausted(t) == await costs.exhausted(a)
+    held_alone = {alone_sites.index(c.site_id) for c, r in zip(alone_calls, alone) if r.exhausted}
+    held_together = [together_sites.index(c.site_id) for c, r in zip(together_calls, together) if r.exhausted]
+    assert sorted(held_together) == sorted(held_alone)  # each held site told once, by one of its costs
+    # Concurrent record() calls share statements and still answer each its own.
+    site_id = await new_site(db)
+    batch = [call(site_id, "0.001") for _ in range(30)]
+    statements = costs._batch.batches if costs._batch else 0
+    results = await asyncio.gather(*(costs.record(c) for c in batch + batch[:5]))
+    assert [r.inserted for r in results] == [True] * 30 + [False] * 5
+    assert costs._batch.batches - statements < 35
+    assert (await costs.budget(site_id))["spent_today_usd"] == pytest.approx(0.03)
