@@ -14,12 +14,15 @@ def result() -> dict:
     return {"requests": 100, "sites": 5, "counts": {"DONE": 100}, "wall": 10.0, "blogs_per_s": 10.0,
             "cpu_ms_per_blog": 8.0, "worker_cpu_s": 0.8, "worker_cores": 0.08, "sim_cpu_ms_per_blog": 1.5,
             "sim_cores": 0.015, "peak_rss_mb": 160.0, "load": (1.0, 1.5), "cores": 2,
-            "samples": samples, "finished_at": [0.1 * i for i in range(100)]}
+            "samples": samples, "finished_at": [0.1 * i for i in range(100)],
+            "permits": {"all": 360.0, "permits_leased": 210.0, "permit_late_sends": 5.0, "permits_expired": 0.0,
+                        "permit_reasks": 1.0}}
 
 
 def test_the_report_states_every_figure_of_the_issue():
     text = bench_capacity.report(result(), None, ["bench-capacity-completions.png"])
     for figure in ("10.0 blogs/s", "8.0 ms", "160 MB", "1.5 ms (0.01 cores)", "Load average 1.0",
+                   "| 3.60 / 2.10 / 0.05 / 0.00 / 0.01 |",
                    "![bench-capacity-completions.png](bench-capacity-completions.png)"):
         assert figure in text
 
