@@ -224,6 +224,9 @@ def measure(result: dict[str, Any], ledger: dict[str, Any], events: list[list[An
     result["wait_p50"], result["wait_p99"] = quantile(waits, 0.5), quantile(waits, 0.99)
     result["permits"] = max(overhead.values()) if overhead else 0
     result["late_sends"] = sum(counter_total(t, "blogstream_permit_late_sends_total") for t in scrapes)
+    # Late reports the coordinator took after the room they held could have gone to another grant.
+    result["late_unsafe"] = sum(counter_total(t, "blogstream_permit_late_unsafe_total") for t in scrapes)
+    result["rejected_by_reason"] = dict(ledger["openai"].get("rejected_429_by_reason") or {})
     result["scraped"] = len(scrapes)
     result["cores"] = {name: cores(s) for name, s in result["samples"].items()}
     return result
@@ -327,7 +330,8 @@ def report(r: dict[str, Any], plots: list[str] = ()) -> str:
         f"| Busiest window (simulator) | {r['max_requests_in_window']} / {OPENAI_RPM:,} req; "
         f"{r['max_tokens_in_window']} / {OPENAI_TPM:,} tok | under the limit |",
         f"| 429s (OpenAI / Replicate / Wix) | {r['rejected_429']['openai']} / {r['rejected_429']['replicate']} / "
-        f"{r['rejected_429']['wix']} | 0: {_met(rejected == 0)} |",
+        f"{r['rejected_429']['wix']} (OpenAI's by reason: {r.get('rejected_by_reason') or {}}) | "
+        f"0: {_met(rejected == 0)} |",
         f"| Permit latency p50 / p99 (blogstream_permit_overhead_seconds, {r['permits']:.0f} permits) | "
         f"{_ms(r['permit_p50'])} / {_ms(r['permit_p99'])} | p99 <= 50 ms: "
         f"{_met(r['permit_p99'] is not None and r['permit_p99'] <= GOALS['permit_p99'])} |",
@@ -345,7 +349,8 @@ def report(r: dict[str, Any], plots: list[str] = ()) -> str:
         f"| Drain | {r['drain_s']:.0f} s (first call {r['first_call_s'] or 0:.1f} s after submit, calls over "
         f"{r['calls_span_s'] or 0:.0f} s) | ideal {r['requests'] / OPENAI_RPM * 60:.0f} s at the request limit |",
         f"| Outcomes | {r['statuses']} | all DONE |",
-        f"| Late sends (permit used after its grace) | {r['late_sends']:.0f} | |",
+        f"| Late sends (permit used after its grace) / reported too late to be safe | {r['late_sends']:.0f} / "
+        f"{r.get('late_unsafe', 0):.0f} | |",
         "",
     ]
     lines += [f"![{name}]({name})" for name in plots] + ([""] if plots else [])
