@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 from streams.settings import settings
 
@@ -47,6 +48,16 @@ from streams.limiter import wire  # noqa: E402
 # socket hook that sees when a permitted request really leaves: patched once, here.
 faust_fixes.install(topic_name(t) for t in STAGE_TOPICS)
 wire.install()
+
+
+@app.timer(interval=5.0)
+async def watch_table_recovery() -> None:
+    """A table recovery that gets none of its records is sought again, then rebalanced (faust_fixes, 10)."""
+    try:
+        await faust_fixes.recovery_watch.check(app, time.monotonic())
+    except Exception:  # a watch that fails must not stop the worker: it looks again in 5 s
+        faust_fixes.log.warning("could not check the table recovery", exc_info=True)
+
 
 # The global limiter: one coordinator (on the worker that owns blog.limiter), a client in every worker.
 from streams.limiter import client, coordinator  # noqa: E402,F401

@@ -154,3 +154,88 @@ def test_other_topics_keep_faust_s_rule():
     c = _Offsets()
     c.ack(OTHER, 3, 4)
     assert c.new_offset(OTHER) == 5
+
+
+# --- 10. a table recovery that never gets its records ---------------------------
+class _Recovery:
+    def __init__(self, started: float, highwater: int = 0, offset: int = -1) -> None:
+        self.in_recovery = True
+        self._recovery_started_at = started
+        self.active_tps = {"changelog-0"}
+        self.active_highwaters = {"changelog-0": highwater}
+        self.active_offsets = {"changelog-0": offset}
+        self._active_events_received_at: dict = {}
+
+
+class _Thread:
+    def __init__(self, calls: list) -> None:
+        self.calls = calls
+
+    def _ensure_consumer(self):
+        calls = self.calls
+
+        class Coordinator:
+            def request_rejoin(self) -> None:
+                calls.append("rejoin")
+
+        class AIOConsumer:
+            _coordinator = Coordinator()
+
+        return AIOConsumer()
+
+    async def call_thread(self, fun, *args):
+        return fun(*args)
+
+
+class _Consumer:
+    def __init__(self) -> None:
+        self.calls: list = []
+        self._thread = _Thread(self.calls)
+
+    async def seek_wait(self, offsets) -> None:
+        self.calls.append(("seek", dict(offsets)))
+
+    def resume_partitions(self, tps) -> None:
+        self.calls.append(("resume", sorted(tps)))
+
+
+def _app(recovery):
+    class Tables:
+        pass
+
+    class App:
+        pass
+
+    app = App()
+    app.tables = Tables()
+    app.tables.recovery = recovery
+    app.consumer = _Consumer()
+    return app
+
+
+async def test_a_recovery_that_gets_nothing_is_sought_again_then_rebalanced_once_each():
+    watch = faust_fixes.RecoveryWatch()
+    wait = faust_fixes.STUCK_RECOVERY_SECONDS
+    app = _app(_Recovery(started=100.0))
+    assert await watch.check(app, 100.0 + wait - 1) is None  # a recovery may take a moment
+    assert await watch.check(app, 100.0 + wait) == "seek"
+    assert app.consumer.calls == [("seek", {"changelog-0": 0}), ("resume", ["changelog-0"])]
+    assert await watch.check(app, 100.0 + 2 * wait - 1) is None
+    assert await watch.check(app, 100.0 + 2 * wait) == "rebalance"
+    assert app.consumer.calls[-1] == "rejoin"
+    assert await watch.check(app, 100.0 + 10 * wait) is None  # then it is the new recovery's turn
+    app.tables.recovery._recovery_started_at = 200.0  # the rebalance started a new recovery
+    assert await watch.check(app, 200.0 + wait) == "seek"
+
+
+async def test_a_recovery_that_gets_records_or_has_none_to_get_is_left_alone():
+    watch = faust_fixes.RecoveryWatch()
+    late = 100.0 + 10 * faust_fixes.STUCK_RECOVERY_SECONDS
+    reading = _Recovery(started=100.0, highwater=5_000, offset=10)
+    reading._active_events_received_at["changelog-0"] = 101.0  # slow, but its records come
+    assert await watch.check(_app(reading), late) is None
+    caught_up = _Recovery(started=100.0, highwater=7, offset=7)
+    assert await watch.check(_app(caught_up), late) is None
+    done = _Recovery(started=100.0)
+    done.in_recovery = False
+    assert await watch.check(_app(done), late) is None
