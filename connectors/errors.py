@@ -73,6 +73,11 @@ class ProviderError(Exception):
         self.rate_limit = rate_limit
         self.retryable = self.default_retryable if retryable is None else retryable
 
+    @property
+    def credentials_refused(self) -> bool:
+        """The provider refused our credentials (401/403): every call with them fails alike until they change."""
+        return self.status in (401, 403)
+
     def __str__(self) -> str:
         status = f" {self.status}" if self.status is not None else ""
         hint = f" (retry after {self.retry_after:.3g}s)" if self.retry_after is not None else ""

@@ -121,7 +121,7 @@ class SiteBatches:
         except StageFailed as failed:
             cause = failed.__cause__
             if len(batch) > 1 and isinstance(cause, ProviderError) and not cause.retryable \
-                    and cause.status not in (401, 403):
+                    and not cause.credentials_refused:
                 # Wix refused the whole bulk call (its size, one bad item...): each item asks on its own.
                 # Not for the site's credentials: those refuse every item alike.
                 for call in batch:

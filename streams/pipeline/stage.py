@@ -208,7 +208,7 @@ def provider_failure(stage: str, request_id: str, site_id: str, exc: ProviderErr
 
 def _action_for(exc: ProviderError, request_id: str) -> str:
     retry = f"blogstream retry {request_id}"
-    if exc.status in (401, 403):
+    if exc.credentials_refused:
         return ("Check the credentials for this provider (for Wix: the site's API key and site id in the sites "
                 f"table), then: {retry}")
     return f"Fix the provider settings and run {retry}, or submit a corrected request under a new id."
