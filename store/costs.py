@@ -74,7 +74,7 @@ class Costs:
 
     def __init__(self, db: Any) -> None:
         self._db = db
-        self._batch: Coalesced[CallCost, Recorded] | None = None
+        self._batch: Coalesced[CallCost, Recorded] = Coalesced(self.record_many)
 
     async def record(self, cost: CallCost) -> Recorded:
         """Insert one call's cost and add it to the day's totals; idempotent per call.
@@ -83,8 +83,6 @@ class Costs:
         under way) share one statement (`record_many`): one round trip each was a
         tenth of a worker's CPU per blog (docs/bench-capacity.md).
         """
-        if self._batch is None:
-            self._batch = Coalesced(self.record_many)
         return await self._batch(cost)
 
     async def record_many(self, costs: list[CallCost]) -> list[Recorded]:

@@ -178,7 +178,7 @@ async def test_costs_recorded_together_say_what_each_would_alone_and_add_up_the_
     # Concurrent record() calls share statements and still answer each its own.
     site_id = await new_site(db)
     batch = [call(site_id, "0.001") for _ in range(30)]
-    statements = costs._batch.batches if costs._batch else 0
+    statements = costs._batch.batches
     results = await asyncio.gather(*(costs.record(c) for c in batch + batch[:5]))
     assert [r.inserted for r in results] == [True] * 30 + [False] * 5
     assert costs._batch.batches - statements < 35
