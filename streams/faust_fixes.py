@@ -280,8 +280,7 @@ class RecoveryWatch:
         consumer = app.consumer
         if self.steps == 1:
             log.warning("table recovery got nothing from %s in %.0f s: seeking again", silent, now - started)
-            offsets = {tp: max(0, recovery.active_offsets.get(tp) or 0) for tp in silent}  # as Recovery seeks
-            await consumer.seek_wait(offsets)
+            await recovery._seek_offsets(consumer, set(silent), recovery.active_offsets, "active")  # as it did
             consumer.resume_partitions(silent)
             return "seek"
         log.warning("table recovery still got nothing from %s in %.0f s: asking the group to rebalance",

@@ -6,6 +6,7 @@ from collections import defaultdict
 from types import SimpleNamespace
 from weakref import WeakSet
 
+from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
 from faust.types import TP
 from mode.utils.queues import FlowControlQueue
@@ -158,6 +159,8 @@ def test_other_topics_keep_faust_s_rule():
 
 # --- 10. a table recovery that never gets its records ---------------------------
 class _Recovery:
+    _seek_offsets = Recovery._seek_offsets  # Faust's own: where a recovery reads from
+
     def __init__(self, started: float, highwater: int = 0, offset: int = -1) -> None:
         self.in_recovery = True
         self._recovery_started_at = started
