@@ -13,6 +13,9 @@ to it: completions and worker CPU over time, and the worker's RSS over time.
 Text below KEEP_MARK in the doc (the history of changes) is kept.
 
     .venv/bin/python -m stack.bench_capacity [--requests 3000] [--sites 150] [--profile]
+
+KEEP_TOPICS=1 leaves the run's topics on the broker (they are deleted otherwise), to
+count the records each topic got per blog.
 """
 from __future__ import annotations
 
