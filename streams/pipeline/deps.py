@@ -23,7 +23,8 @@ from connectors.replicate_images import ImageMaker
 from connectors.wix_blog import WixBlog
 from streams.log_limit import Backoff, LogLimit
 from streams.pipeline import spend
-from streams.pipeline.runner import ParkingLot, SitePolicy, StageRunner
+from streams.pipeline.parking import ParkingLot
+from streams.pipeline.runner import SitePolicy, StageRunner
 from streams.settings import settings
 
 log = logging.getLogger(__name__)

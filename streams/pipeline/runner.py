@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable
 
-from store.parked import ParkedEvent, ParkedEvents
 from streams import metrics
-from streams.contract import RecordError, decode
 from streams.contract.requests import PRIORITY_HEADER
 from streams.pipeline.retries import RETRIES, retry_delay
 
@@ -89,6 +88,7 @@ class StageRunner:
     load_policies: Callable[[], Awaitable[None]] | None = None
     POLICY_WAIT_SECONDS = 30.0  # at start, hold events this long at most for the site controls
     PARK_BATCH = 200
+    PARK_SCAN_SECONDS = 0.5  # every site with a line is checked for a pause this often; newcomers at once
 
     def __init__(
         self,
@@ -123,6 +123,8 @@ class StageRunner:
         self._tasks: set[asyncio.Task] = set()
         self._parking: deque[_Entry] = deque()  # paused sites' events on their way to `park`, in order
         self._parker: asyncio.Task | None = None
+        self._joined: list[str] = []  # sites that got a line since `_park_paused` last looked
+        self._scanned_at = -math.inf  # when it last looked at every site with a line
         self._dispatcher: asyncio.Task | None = None
         self._watchdog: asyncio.Task | None = None
         StageRunner.instances.append(self)
@@ -146,13 +148,14 @@ class StageRunner:
         self._flowing_at[message.tp] = time.monotonic()
         if not self._in_sequence(message.tp, message.offset):
             return  # a copy of an event already taken, or one past a gap (read again after the rewind)
-        site_id = _site_of(event)
+        site_id = site_of(event)
         entry = _Entry(event, message.tp, message.offset, site_id, _is_bulk(message))
         self._unfinished.setdefault(message.tp, deque()).append(entry)
         line = self._lines.get(site_id)
         if line is None:
             line = self._lines[site_id] = deque()
             self._ring.append(site_id)
+            self._joined.append(site_id)
             self._credit.setdefault(site_id, 0.0)
         line.append(entry)
         self._buffered += 1
@@ -373,6 +376,7 @@ class StageRunner:
         if line is None:
             line = self._lines[entry.site_id] = deque()
             self._ring.append(entry.site_id)
+            self._joined.append(entry.site_id)
             self._credit.setdefault(entry.site_id, 0.0)
         if not in_offset_order:
             line.appendleft(entry)
@@ -388,10 +392,19 @@ class StageRunner:
 
     # --- parking (paused sites) -------------------------------------------------
     def _park_paused(self) -> None:
-        """Move the lines of paused sites out to be parked; their events leave the runner."""
+        """Move the lines of paused sites out to be parked; their events leave the runner.
+
+        Before each event: the sites new in the ring, and all only every PARK_SCAN_SECONDS (O(sites) each
+        time). `_next` never starts a paused site's event meanwhile; parking lets its offsets be committed."""
+        joined, self._joined = self._joined, []
         if self.park is None:
             return
-        for site_id in [s for s in self._ring if self.policy(s).paused]:
+        now = time.monotonic()
+        if now - self._scanned_at >= self.PARK_SCAN_SECONDS:
+            self._scanned_at, looked = now, list(self._ring)
+        else:
+            looked = joined
+        for site_id in [s for s in dict.fromkeys(looked) if s in self._lines and self.policy(s).paused]:
             self._parking.extend(self._lines.pop(site_id))
             self._ring.remove(site_id)
             self._credit[site_id] = 0.0
@@ -486,105 +499,8 @@ def _is_bulk(message: Any) -> bool:
     return any(k == PRIORITY_HEADER and v == b"bulk" for k, v in (headers.items() if isinstance(headers, dict) else headers))
 
 
-def _site_of(event: Any) -> str:
+def site_of(event: Any) -> str:
     key = event.key if event.key is not None else event.message.key
     if isinstance(key, bytes):
         return key.decode("utf-8", "replace")
     return str(key or "")
-
-
-# --- the parking lot: where a paused site's events wait, and how they come back ---------
-
-RECORD_OF_STAGE = {"generate": "BlogRequest", "image": "BlogDraft", "publish": "BlogIllustrated"}
-
-
-def parked_event(stage: str, event: Any) -> ParkedEvent:
-    """A stage event as a parked row: its source record byte for byte, and its request id when it reads."""
-    message = event.message
-    value = message.value if isinstance(message.value, (bytes, type(None))) else event.value
-    key = message.key if isinstance(message.key, (bytes, type(None))) else str(message.key).encode()
-    try:
-        record = decode(RECORD_OF_STAGE[stage], value)
-        request_id: str | None = record.get("request", record)["request_id"]
-    except (RecordError, KeyError, TypeError) as err:  # the stage will dead-letter it once it is back
-        request_id = getattr(err, "request_id", None)
-    headers = message.headers or []
-    if isinstance(headers, dict):
-        headers = list(headers.items())
-    return ParkedEvent(
-        site_id=_site_of(event), stage=stage, request_id=request_id, topic=message.topic, partition=message.partition,
-        offset=message.offset, key=key, value=value, headers=[(str(k), bytes(v or b"")) for k, v in headers],
-    )
-
-
-async def produce_raw(topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> Awaitable[Any]:
-    """Hand one record to the worker's producer; returns the broker's ack to await."""
-    from streams.app import app  # the worker's producer (imported late: the runner's tests need no app)
-
-    return await app.producer.send(topic, key, value, None, None, headers or None)
-
-
-async def report_cancelled(stage: str, request_id: str, site_id: str, reason: str) -> None:
-    """A CANCELLED result on blog.results (the sink records it and frees the request's slot), acked."""
-    from streams.pipeline.factory import send_failed  # the one place results are written
-
-    await send_failed(stage, request_id, site_id, reason, status="CANCELLED")
-
-
-class ParkingLot:
-    """A worker's side of store/parked.py: park events, and send back those of resumed sites.
-
-    `release_due()` runs after every refresh of the site controls (every 2 s,
-    and at once after a change made through this worker's API): each site that
-    is not paused any more gets its events produced back to their source topics
-    (keyed by site, in the order they were parked), each batch deleted once the
-    broker has it; cancelled events become CANCELLED results instead. Any
-    worker may release any site; one at a time per site.
-    """
-
-    def __init__(
-        self,
-        store: ParkedEvents,
-        *,
-        on_unpaused: Callable[[str], None] = lambda site_id: None,
-        produce: Callable[..., Awaitable[Awaitable[Any]]] = produce_raw,
-        cancelled: Callable[[str, str, str, str], Awaitable[None]] = report_cancelled,
-    ) -> None:
-        self.store = store
-        self.on_unpaused = on_unpaused  # told when the database says a site this worker held paused is not
-        self.produce = produce
-        self.cancelled = cancelled
-        self._releasing: asyncio.Task | None = None
-
-    async def park(self, stage: str, events: list[Any]) -> list[bool]:
-        rows = [parked_event(stage, event) for event in events]
-        paused = await self.store.park(rows)
-        for site_id in {row.site_id for row in rows} - paused:
-            self.on_unpaused(site_id)
-        return [row.site_id in paused for row in rows]
-
-    def release_due(self) -> None:
-        if self._releasing is None or self._releasing.done():
-            self._releasing = asyncio.ensure_future(self._release_due())
-
-    async def _release_due(self) -> None:
-        try:
-            for site_id in await self.store.due():
-                released = await self.store.release(site_id, self.send_back)
-                if released:
-                    log.info("site %s: %d parked events released (sent back to their topics, or CANCELLED)",
-                             site_id, released)
-        except Exception as exc:  # Postgres or the broker away: the next refresh tries again
-            log.warning("could not release parked events: %s", exc)
-
-    async def send_back(self, events: list[ParkedEvent]) -> None:
-        """Produce a batch in order and wait for every ack (then the store deletes it)."""
-        acks = []
-        for event in events:
-            if event.cancel_reason is not None and event.request_id is not None:
-                await asyncio.gather(*acks)  # the results keep their place among the events
-                acks = []
-                await self.cancelled(event.stage, event.request_id, event.site_id, event.cancel_reason)
-            else:
-                acks.append(await self.produce(event.topic, event.key, event.value, event.headers))
-        await asyncio.gather(*acks)

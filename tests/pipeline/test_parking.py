@@ -26,7 +26,8 @@ import pytest_asyncio
 from store.database import Database, DatabaseError
 from store.parked import ParkedEvent, ParkedEvents, cancel_waiting
 from streams.contract import encode
-from streams.pipeline.runner import ParkingLot, SitePolicy, StageRunner
+from streams.pipeline.parking import ParkingLot
+from streams.pipeline.runner import SitePolicy, StageRunner
 
 from .test_runner import TP, Recorder, run, settle, wait_until  # noqa: F401  (run: the fixture)
 
