@@ -405,3 +405,46 @@ async def test_resume_sends_the_parked_events_back_in_order_and_they_run(db, run
     assert t.handler.started == [(1, offset) for offset in range(6, 12)]
     await lot._releasing  # deleted after the hand-over
     assert site not in await store.counts() and cancelled == []
+
+
+def test_paused_sites_are_found_without_asking_every_site_before_every_event(monkeypatch):
+    """Before each event the runner looks only at the sites new in its ring; at every site twice a second.
+    (It asked every site's policy before every event: O(sites) per event.) `_next` skips a paused site anyway."""
+    import types
+
+    from streams.pipeline import runner as runner_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(runner_module, "time", types.SimpleNamespace(monotonic=lambda: clock[0], time=time.time))
+    paused: set[str] = set()
+    asked: list[str] = []
+
+    def policy(site: str) -> SitePolicy:
+        asked.append(site)
+        return SitePolicy(paused=site in paused)
+
+    async def scenario() -> None:
+        runner = StageRunner("generate", Recorder(), concurrency=50, read_ahead=10_000, policy=policy)
+        lot = FakeLot(set())
+        runner.park = lot.park
+        offsets = iter(range(10**6))
+        for n in range(1_000):
+            runner.add(Event(Message(TOPIC, 0, next(offsets), f"s{n}".encode(), b"")))
+        runner._park_paused()
+        assert len(asked) == 1_000  # the first look is at every site
+        asked.clear()
+        for _ in range(100):
+            runner._park_paused()
+        assert asked == []
+        paused.update({"s5", "new"})
+        lot.paused_in_db.update(paused)
+        runner.add(Event(Message(TOPIC, 0, next(offsets), b"new", b"")))
+        runner._park_paused()
+        assert asked == ["new"] and [e.site_id for e in runner._parking] == ["new"]
+        assert all(runner._next().site_id != "s5" for _ in range(40))  # not parked yet, and not started
+        clock[0] += runner.PARK_SCAN_SECONDS
+        runner._park_paused()
+        assert "s5" not in runner._lines and {e.site_id for e in runner._parking} >= {"s5"}
+        await asyncio.sleep(0)
+
+    asyncio.run(scenario())
