@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
-from dataclasses import replace
 import time
 import uuid
-
+from dataclasses import replace
+from datetime import datetime, timedelta
 
 from connectors.openai_writer import ArticleWriter
 from store.costs import Costs
@@ -30,6 +31,8 @@ from streams.settings import settings
 log = logging.getLogger(__name__)
 
 POLICY_REFRESH_SECONDS = 2.0
+SITES_FULL_READ_SECONDS = 60.0
+SITES_CHANGE_MARGIN = timedelta(seconds=30)  # a change's updated_at is its transaction's start: read back this far
 
 
 class DatabaseUnavailable(DatabaseError):
@@ -47,6 +50,9 @@ class Deps:
         self.wix: WixBlog | None = None
         self._policies: dict[str, SitePolicy] = {}
         self._policies_loaded = False
+        self._site_rows: dict[str, Site] = {}  # every site as last read (`refresh`)
+        self._sites_since: datetime | None = None  # read the sites changed from then on (None: every site)
+        self._full_read_at = -math.inf
         self.parking: ParkingLot | None = None  # a paused site's events, in Postgres until it is resumed
         self.costs: Costs | None = None  # what paid calls cost, and the spend caps (streams/pipeline/spend.py)
         self._refresher: asyncio.Task | None = None
@@ -119,13 +125,23 @@ class Deps:
         assert self.db is not None and self.sites is not None
         self.sites.invalidate(site_id)
         await spend.refresh(self.costs)  # spend caps: a raised cap or a new period releases a site
-        started = self.sites.read_started()
-        sites = await self.db.list_sites()
-        self.sites.fill(sites, started)  # the stages' site look-ups need no query of their own
-        self._policies = {  # a site a spend cap holds is parked like a paused one
-            s.site_id: SitePolicy(weight=s.weight, max_in_flight=s.max_in_flight, paused=s.held)
-            for s in sites
-        }
+        started, now = self.sites.read_started(), time.monotonic()
+        # The sites changed since the last read (thousands of sites every two seconds held the event loop),
+        # and every site once a minute (a deleted site, a change that slipped through).
+        full = self._sites_since is None or now - self._full_read_at >= SITES_FULL_READ_SECONDS
+        changed, read_at = await self.db.sites_changed(None if full else self._sites_since)
+        self._sites_since = read_at - SITES_CHANGE_MARGIN
+        if full:
+            self._full_read_at, self._site_rows, policies = now, {}, {}
+        else:
+            policies = self._policies
+        for n, s in enumerate(changed, 1):  # a site a spend cap holds is parked like a paused one
+            self._site_rows[s.site_id] = s
+            policies[s.site_id] = SitePolicy(weight=s.weight, max_in_flight=s.max_in_flight, paused=s.held)
+            if n % 1000 == 0:
+                await asyncio.sleep(0)  # let permits and events through meanwhile
+        self._policies = policies
+        self.sites.fill(self._site_rows.values(), started)  # the stages' site look-ups need no query of their own
         self._policies_loaded = True
         if self.parking is not None:
             self.parking.release_due()  # resumed sites get their parked events back

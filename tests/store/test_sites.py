@@ -121,3 +121,18 @@ async def test_site_cache_filled_from_a_read_of_every_site_asks_for_none_of_them
     cache.invalidate("b")  # a change made here while the list was read: the list may predate it
     cache.fill([Site("b", name="stale")], started)
     assert (await cache.get("b")).name == "read alone"
+
+
+@aio
+async def test_the_sites_changed_since_a_read_include_a_change_made_by_hand(db: Database) -> None:
+    """A worker reads only the sites changed since its last read: any update moves updated_at (a trigger),
+    also one in SQL that does not set it."""
+    kept, touched = uid("site"), uid("site")
+    for sid in (kept, touched):
+        await db.upsert_site(Site(sid, name=sid))
+    every, at = await db.sites_changed(None)
+    assert {kept, touched} <= {s.site_id for s in every}
+    assert not {kept, touched} & {s.site_id for s in (await db.sites_changed(at))[0]}
+    await db.pool.execute("UPDATE sites SET paused = true WHERE site_id = $1", touched)
+    changed = {s.site_id: s for s in (await db.sites_changed(at))[0]}
+    assert touched in changed and changed[touched].paused and kept not in changed

@@ -1,0 +1,61 @@
+"""streams/pipeline/deps.py: the site controls a worker reads every two seconds."""
+from __future__ import annotations
+
+import asyncio
+import types
+from datetime import datetime, timedelta, timezone
+
+from store.sites import Site, SiteCache
+from streams.pipeline import deps as deps_module
+from streams.pipeline import spend
+
+
+class SitesTable:
+    """`sites_changed` as Postgres answers it: rows with the time they changed, and the clock."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 12, 5, tzinfo=timezone.utc)
+        self.rows: dict[str, tuple[datetime, Site]] = {}
+        self.asked: list[datetime | None] = []
+
+    def put(self, site: Site) -> None:
+        self.rows[site.site_id] = (self.now, site)
+
+    async def sites_changed(self, since):
+        self.asked.append(since)
+        return [s for at, s in self.rows.values() if since is None or at >= since], self.now
+
+    async def get_site(self, site_id):
+        raise AssertionError("filled by the refresh: no read of one site")
+
+
+def test_a_refresh_reads_the_sites_changed_since_the_last_and_every_site_once_a_minute(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(deps_module, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+
+    async def no_spend(costs):
+        return None
+
+    monkeypatch.setattr(spend, "refresh", no_spend)
+    table = SitesTable()
+    for n in range(3_000):
+        table.put(Site(f"s{n}"))
+    deps = deps_module.Deps()
+    deps.db, deps.sites = table, SiteCache(table, ttl=3.0, clock=lambda: clock[0])
+
+    async def scenario() -> None:
+        await deps.refresh()  # the first read: every site
+        assert table.asked == [None] and len(deps._policies) == 3_000
+        table.now += timedelta(seconds=2)
+        clock[0] += 2
+        table.put(Site("s7", paused=True, weight=3.0))
+        await deps.refresh()
+        assert table.asked[-1] == table.now - timedelta(seconds=2) - deps_module.SITES_CHANGE_MARGIN
+        assert deps.policy("s7").paused and deps.policy("s7").weight == 3.0 and not deps.policy("s8").paused
+        assert (await deps.sites.get("s8")).site_id == "s8"  # every site served from memory, not one read each
+        del table.rows["s9"]
+        clock[0] += deps_module.SITES_FULL_READ_SECONDS
+        await deps.refresh()  # once a minute every site again: a deleted one goes
+        assert table.asked[-1] is None and "s9" not in deps._policies and deps.policy("s7").paused
+
+    asyncio.run(scenario())
