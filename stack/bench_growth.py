@@ -227,14 +227,17 @@ async def run_active(plan: Plan, sites: int, log: Any = print) -> dict[str, Any]
         assert rig.pipeline is not None and rig.outcomes is not None
         p = rig.pipeline
         names = [f"g-{i:05d}" for i in range(sites)]
-        await rig.outcomes.add_sites(names)
+        # Every level holds the stage's room in asks waiting, so the levels differ in sites only: a site may
+        # run its share of that room at once (20, the default cap, would keep 10 sites at 200 asks waiting).
+        per_site = max(20, -(-plan.concurrency // sites))
+        await rig.outcomes.add_sites(names, max_in_flight=per_site, max_queued=2 * plan.requests)
         worker = rig.start_worker()
         await p.wait_for_topics()
         await p.wait_ready()
         await asyncio.sleep(2.0)
         await p.submit([p.request(names[i % sites], i) for i in range(plan.requests)])
         submitted = time.time()
-        expected = min(plan.concurrency, 20 * sites)  # events in flight: the stage's room, or 20 a site (its cap)
+        expected = min(plan.concurrency, per_site * sites, plan.requests)  # events in flight: the stage's room
         async with httpx.AsyncClient(timeout=30) as http:
             limiter_url = worker.url("/api/limiter")
             history: list[int] = []

@@ -223,6 +223,9 @@ def measure(result: dict[str, Any], ledger: dict[str, Any], events: list[list[An
     result["permit_p50"], result["permit_p99"] = quantile(overhead, 0.5), quantile(overhead, 0.99)
     result["wait_p50"], result["wait_p99"] = quantile(waits, 0.5), quantile(waits, 0.99)
     result["permits"] = max(overhead.values()) if overhead else 0
+    # The coordinator's own step between deciding and answering: its grants made durable.
+    persist = merge_histograms([parse_histogram(t, "blogstream_limiter_persist_seconds") for t in scrapes])
+    result["persist_p50"], result["persist_p99"] = quantile(persist, 0.5), quantile(persist, 0.99)
     result["late_sends"] = sum(counter_total(t, "blogstream_permit_late_sends_total") for t in scrapes)
     # Late reports the coordinator took after the room they held could have gone to another grant.
     result["late_unsafe"] = sum(counter_total(t, "blogstream_permit_late_unsafe_total") for t in scrapes)
@@ -336,6 +339,8 @@ def report(r: dict[str, Any], plots: list[str] = ()) -> str:
         f"{_ms(r['permit_p50'])} / {_ms(r['permit_p99'])} | p99 <= 50 ms: "
         f"{_met(r['permit_p99'] is not None and r['permit_p99'] <= GOALS['permit_p99'])} |",
         f"| Permit wait incl. queueing for room p50 / p99 | {_ms(r['wait_p50'])} / {_ms(r['wait_p99'])} | |",
+        f"| Coordinator: a pass's grants made durable, p50 / p99 (blogstream_limiter_persist_seconds) | "
+        f"{_ms(r.get('persist_p50'))} / {_ms(r.get('persist_p99'))} | |",
         "| Worker peak RSS | " + ", ".join(f"{n} {r['rss_peak'][n]:.0f} MB" for n in worker_names)
         + f" | <= 300 MB: {_met(bool(worker_names) and rss_max <= GOALS['rss_mb'])} |",
         "| Worker CPU (mean cores over the run) | "
