@@ -540,17 +540,18 @@ async def _budget_scheduler() -> None:
     failures = LogLimit(log, "limiter scheduler pass failed", interval=60.0)
     while True:
         started = time.monotonic()
+        # Cleared before the pass, not after: an ask that comes while the pass waits for its
+        # writes' acks wakes the next pass (cleared after, it waited for the next timed wake-up).
+        coordinator.wakeup.clear()
         try:
             pause = await coordinator.run_once() if coordinator.active and coordinator.loaded else 1.0
         except Exception as exc:  # never let the scheduler die: log and try again
             failures.failed(exc)
-            coordinator.wakeup.clear()
             await asyncio.sleep(backoff.next())
             continue
         if backoff.failures:
             backoff.reset()
             failures.ok()
-        coordinator.wakeup.clear()
         if pause > 0:
             try:
                 await asyncio.wait_for(coordinator.wakeup.wait(), timeout=pause)
