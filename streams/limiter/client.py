@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import random
 import time
 import uuid
 from collections import deque
@@ -29,6 +30,8 @@ from streams.metrics import permit_overhead_seconds, permits_leased_total, reask
 from streams.settings import settings
 
 log = logging.getLogger(__name__)
+
+REASK_JITTER = 0.25  # re-sends after silence spread over reask_seconds x (1 +- this)
 
 
 @dataclass
@@ -165,6 +168,16 @@ class Budgets:
         self.casts = CastBatch(_cast)  # one-way messages, batched
         self.late_reports = CastBatch(_send_durable)  # batched too, each back once the broker has it
 
+    def reask_after(self) -> float:
+        """Seconds of silence before an ask is sent again: `reask_seconds`, give or take a quarter.
+
+        Asks made in one burst (a stage filling up: 10,000 at once) would
+        otherwise come back in one burst every `reask_seconds`; 10,000 records
+        handed to the producer at once held a worker's event loop for 0.75 s
+        (the growth benchmark's slowest permits at 10,000 sites).
+        """
+        return self.reask_seconds * random.uniform(1.0 - REASK_JITTER, 1.0 + REASK_JITTER)
+
     def regroup(self) -> None:
         """A rebalance happened: wake every waiting ask to re-send itself."""
         if self._regrouped is not None:
@@ -205,7 +218,7 @@ class Budgets:
                 regrouped = self._regroup_event()
                 promise, delivery = await self._ask(value)
                 promises.append(promise)
-                timeout = self.reask_seconds
+                timeout = self.reask_after()
                 if deadline is not None:
                     timeout = min(self.ask_timeout, deadline - time.time())
                     if timeout <= 0:

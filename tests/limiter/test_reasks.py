@@ -62,3 +62,14 @@ async def test_a_copy_the_broker_took_is_not_sent_again_while_the_ask_waits(budg
     assert len(copies.sent) == 1 and not asking.done()
     copies.sent[0][0].set_result({"ask_id": "a2", "grant_id": "g2"})
     assert (await asyncio.wait_for(asking, timeout=10))["grant_id"] == "g2"
+
+
+def test_asks_made_in_one_burst_are_sent_again_spread_out_not_in_one_burst():
+    """10,000 asks made at once: their re-sends after silence spread over half of reask_seconds."""
+    b = Budgets()
+    waits = [b.reask_after() for _ in range(10_000)]
+    assert min(waits) >= 0.75 * b.reask_seconds and max(waits) <= 1.25 * b.reask_seconds
+    per_second = [0] * 16
+    for w in waits:
+        per_second[int(w - 0.75 * b.reask_seconds)] += 1
+    assert max(per_second) < 1_000  # about 670 a second, where all 10,000 came in the same moment
