@@ -381,7 +381,7 @@ def plot(active: list[dict[str, Any]], queued: list[dict[str, Any]], book: list[
             lat.plot(xs, [1000 * (r[key] or 0) for r in active], marker="o", label=f"permit latency {label}")
         lat.set_xscale("log")
         lat.set_yscale("log")
-        lat.set_xlabel("active sites (asks waiting at the same time)")
+        lat.set_xlabel("active sites (the same asks waiting at every level)")
         lat.set_ylabel("ms (OpenAI permits, steady state)")
         lat.legend(fontsize=8)
         cpu.plot(xs, [r["coordinator_cpu_per_1000"] or 0 for r in active], marker="o", label="coordinator (py-spy share)")
