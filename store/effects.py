@@ -294,6 +294,10 @@ class EffectLedger:
         """Renew our live claim while the effect is still under way (False: it is not ours any more)."""
         return await self._batches().extend((request_id, stage, owner, float(lease_seconds)))
 
+    async def extend_effects(self, claims: list[tuple[str, str, str]], *, lease_seconds: float) -> list[bool]:
+        """Renew many live claims, (request_id, stage, owner) each, in one statement (a worker's renewer)."""
+        return await _extend_many(self.pool, [(r, s, o, float(lease_seconds)) for r, s, o in claims])
+
     async def release_effect(self, request_id: str, stage: str, *, owner: str) -> None:
         """Give up our claim after a failed effect so the next try can claim at once.
 

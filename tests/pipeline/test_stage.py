@@ -82,3 +82,59 @@ async def test_a_failed_effect_still_frees_its_claim():
     with pytest.raises(RuntimeError):
         await stage.effect_once(SimpleNamespace(db=ledger, worker_id="w1"), "r1", "generate", "s1", produce)
     assert ledger.released == 1 and ledger.tries == 0
+
+
+class Renewed:
+    """`extend_effects` of a ledger: records each round's claims; fails when told."""
+
+    def __init__(self) -> None:
+        self.rounds: list[list[tuple]] = []
+        self.fail = False
+
+    async def extend_effects(self, claims, *, lease_seconds):
+        if self.fail:
+            raise ConnectionRefusedError(111, "refused")
+        self.rounds.append(list(claims))
+        return [True] * len(claims)
+
+
+async def test_every_claim_held_is_renewed_together_by_one_task_and_dropped_when_done(monkeypatch):
+    renewals = stage.ClaimRenewals()
+    monkeypatch.setattr(renewals, "BATCH", 2)
+    a, b = Renewed(), Renewed()
+    for n in range(3):
+        renewals.hold(a, f"r{n}", "generate", f"w:{n}")
+    renewals.hold(b, "r9", "image", "w:9")
+    task = renewals._task
+    assert task is not None and len(renewals) == 4
+    renewals.drop("w:1")
+    await renewals.renew()
+    assert a.rounds == [[("r0", "generate", "w:0"), ("r2", "generate", "w:2")]]  # not the dropped one
+    assert b.rounds == [[("r9", "image", "w:9")]]  # a statement per ledger
+    for n in range(3, 6):
+        renewals.hold(a, f"r{n}", "generate", f"w:{n}")
+    await renewals.renew()
+    assert [len(r) for r in a.rounds[1:]] == [2, 2, 1]  # at most BATCH claims a statement
+    a.fail = True
+    await renewals.renew()  # a round that fails is logged; the next one tries again
+    assert b.rounds[-1] == [("r9", "image", "w:9")] and renewals._task is task  # one task for every claim
+    task.cancel()
+
+
+async def test_an_effect_holds_its_claim_for_renewal_only_while_it_is_under_way():
+    ledger = Ledger()
+    seen = []
+
+    async def produce():
+        seen.append(len(stage.CLAIMS))
+        return {"article": "a"}
+
+    async def fails():
+        seen.append(len(stage.CLAIMS))
+        raise RuntimeError("the provider said no")
+
+    before = len(stage.CLAIMS)
+    await stage.effect_once(SimpleNamespace(db=ledger, worker_id="w1"), "r1", "generate", "s1", produce)
+    with pytest.raises(RuntimeError):
+        await stage.effect_once(SimpleNamespace(db=Ledger(), worker_id="w1"), "r2", "generate", "s1", fails)
+    assert seen == [before + 1, before + 1] and len(stage.CLAIMS) == before

@@ -116,6 +116,21 @@ async def test_ledger_constraints(db: Database) -> None:
 
 
 @aio
+async def test_extend_many_renews_each_of_our_live_claims_in_one_statement(db: Database) -> None:
+    site = uid("site")
+    mine, theirs, done = uid("req"), uid("req"), uid("req")
+    for rid, owner in ((mine, "w1"), (theirs, "w2"), (done, "w1")):
+        assert (await db.claim_effect(rid, "image", site, owner=owner, lease_seconds=0.2)).state == "acquired"
+    await db.complete_effect(done, "image", site, {"url": "https://img"}, owner="w1")
+    renewed = await db.extend_effects([(mine, "image", "w1"), (theirs, "image", "w1"), (done, "image", "w1")],
+                                      lease_seconds=30)
+    assert renewed == [True, False, False]  # not its claim; done: nothing to renew
+    await asyncio.sleep(0.3)  # past the first lease: the renewed claim holds, the other one lapsed
+    assert (await db.claim_effect(mine, "image", site, owner="w3", lease_seconds=30)).state == "busy"
+    assert (await db.claim_effect(theirs, "image", site, owner="w3", lease_seconds=30)).state == "acquired"
+
+
+@aio
 async def test_extend_renews_only_our_live_claim(db: Database) -> None:
     rid, site = uid("req"), uid("site")
     assert (await db.claim_effect(rid, "image", site, owner="w1", lease_seconds=0.2)).state == "acquired"
