@@ -167,6 +167,7 @@ class Budgets:
         self._pools: dict[str, _LeasePool] = {}  # budget -> leased units (see `_leasable`)
         self.casts = CastBatch(_cast)  # one-way messages, batched
         self.late_reports = CastBatch(_send_durable)  # batched too, each back once the broker has it
+        self.reasks = CastBatch(_send_durable)  # copies of waiting asks (`_ask_again`)
 
     def reask_after(self) -> float:
         """Seconds of silence before an ask is sent again: `reask_seconds`, give or take a quarter.
@@ -200,6 +201,18 @@ class Budgets:
         delivery.add_done_callback(_retrieved)
         return promise, delivery
 
+    async def _ask_again(self, value: dict[str, Any], promise: ReplyPromise) -> asyncio.Future:
+        """Send a waiting ask again, to be answered through its first promise; returns its delivery.
+
+        Copies sent in the same moment travel as one record (`reasks`, acked by
+        the broker): after a rebalance every waiting ask is sent again at once,
+        and 10,000 asks waiting re-sent every 30 s were 330 records a second.
+        """
+        copy = {"reply_to": promise.reply_to, "correlation_id": promise.correlation_id, "value": value}
+        delivery = asyncio.ensure_future(self.reasks.send(copy))
+        delivery.add_done_callback(_retrieved)
+        return delivery
+
     @staticmethod
     def _forget(promises: list[ReplyPromise]) -> None:
         waiting = app._reply_consumer._waiting  # type: ignore[attr-defined]
@@ -216,8 +229,11 @@ class Budgets:
         try:
             while True:
                 regrouped = self._regroup_event()
-                promise, delivery = await self._ask(value)
-                promises.append(promise)
+                if not promises:
+                    promise, delivery = await self._ask(value)
+                    promises.append(promise)
+                else:  # answered through the first copy's promise
+                    delivery = await self._ask_again(value, promises[0])
                 timeout = self.reask_after()
                 if deadline is not None:
                     timeout = min(self.ask_timeout, deadline - time.time())

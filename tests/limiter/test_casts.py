@@ -123,3 +123,40 @@ async def test_an_answer_for_an_ask_of_this_process_is_handed_over_without_the_r
         assert produced == [("blogstream-reply-other-worker", answer)]
     finally:
         waiting.pop("c-mine", None)
+
+
+async def test_copies_of_waiting_asks_sent_together_keep_their_place_and_their_reply_route(monkeypatch):
+    """Budgets._ask_again: copies made in the same moment go as one record, each with the reply route of its
+    first copy; the coordinator takes each as a re-ask (same place in line, that route), or answers it at once
+    when its ask was granted meanwhile."""
+    from faust.agents.replies import ReplyPromise
+
+    records: list[dict] = []
+
+    async def durable(value):
+        records.append(value)
+
+    b = Budgets()
+    b.reasks = CastBatch(durable)
+    asks = [{"op": "acquire", "ask_id": f"a{n}", "site_id": "s", "request_id": f"r{n}", "needs": {TOK: 10},
+             "lane": "interactive"} for n in range(3)]
+    deliveries = [await b._ask_again(ask, ReplyPromise("reply-w2", f"c{n}")) for n, ask in enumerate(asks)]
+    await asyncio.gather(*deliveries)
+    assert records == [{"op": "batch", "ops": [{"reply_to": "reply-w2", "correlation_id": f"c{n}", "value": asks[n]}
+                                               for n in range(3)]}]
+
+    c = Coordinator()
+    c.active = c.loaded = True
+    sent: list[tuple] = []
+
+    async def send(reply, value):
+        sent.append((reply, value["ask_id"]))
+
+    monkeypatch.setattr(c, "_send", send)
+    await c.handle({"op": "acquire", "ask_id": "a0", "site_id": "s", "request_id": "r0", "needs": {TOK: 10},
+                    "lane": "interactive"}, {"Faust-Ag-ReplyTo": b"reply-w2", "Faust-Ag-CorrelationId": b"c0"}, 7)
+    seq = c.book.waiting["a0"].seq
+    c.book.waiting["a0"].reply = None
+    await c.handle(records[0], None, 8)
+    assert c.book.waiting["a0"].seq == seq and c.book.waiting["a0"].reply == ("reply-w2", "c0")  # same place
+    assert {"a1", "a2"} <= set(c.book.waiting) and c.book.waiting["a2"].reply == ("reply-w2", "c2")

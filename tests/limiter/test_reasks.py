@@ -18,14 +18,19 @@ class Copies:
 
     async def __call__(self, value: dict) -> tuple[asyncio.Future, asyncio.Future]:
         loop = asyncio.get_running_loop()
-        promise, delivery = loop.create_future(), loop.create_future()
+        promise = loop.create_future()
+        return promise, await self.again(value, promise)
+
+    async def again(self, value: dict, promise: asyncio.Future) -> asyncio.Future:
+        """`Budgets._ask_again`: a copy answered through the first copy's promise."""
+        delivery = asyncio.get_running_loop().create_future()
         ok = self.delivered[min(len(self.sent), len(self.delivered) - 1)]
         if ok:
             delivery.set_result("offset")
         else:
             delivery.set_exception(TimeoutError("batch expired before it was sent"))
         self.sent.append((promise, delivery))
-        return promise, delivery
+        return delivery
 
 
 @pytest.fixture
@@ -44,7 +49,7 @@ async def answer_copy(copies: Copies, n: int, reply: dict) -> None:
 
 async def test_a_copy_the_broker_never_took_is_sent_again_at_once_and_its_answer_counts(budgets):
     copies = Copies(delivered=[False, False, True])
-    budgets._ask = copies
+    budgets._ask, budgets._ask_again = copies, copies.again
     asking = asyncio.ensure_future(budgets._ask_until_answered({"op": "ask", "ask_id": "a1"}))
     await asyncio.wait_for(answer_copy(copies, 3, {"ask_id": "a1", "grant_id": "g1"}), timeout=10)
     assert await asyncio.wait_for(asking, timeout=10) == {"ask_id": "a1", "grant_id": "g1"}
@@ -53,7 +58,7 @@ async def test_a_copy_the_broker_never_took_is_sent_again_at_once_and_its_answer
 
 async def test_a_copy_the_broker_took_is_not_sent_again_while_the_ask_waits(budgets):
     copies = Copies(delivered=[True])
-    budgets._ask = copies
+    budgets._ask, budgets._ask_again = copies, copies.again
     asking = asyncio.ensure_future(budgets._ask_until_answered({"op": "ask", "ask_id": "a2"}))
     while not copies.sent:
         await asyncio.sleep(0.01)
