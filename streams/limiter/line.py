@@ -48,6 +48,7 @@ class AskGroups:
         self._listed: dict[GroupKey, Entry] = {}  # each group's live entry in its kind's heap
         self._walking = False
         self._gone: list[Any] = []  # asks granted during a pass: dropped after it, not under its iterators
+        self._new: list[GroupKey] = []  # groups made during a pass: listed after it
 
     @staticmethod
     def key(ask: Any) -> GroupKey:
@@ -71,7 +72,9 @@ class AskGroups:
             return
         self._groups[key] = {ask.ask_id: ask}
         self._kinds.setdefault(key[1], _Kind()).groups.add(key)
-        if not self._walking:
+        if self._walking:  # listed after the pass, with the groups it took
+            self._new.append(key)
+        else:
             self._list(key, self._groups[key])
 
     def remove(self, ask: Any) -> None:
@@ -99,6 +102,7 @@ class AskGroups:
         self._kinds.clear()
         self._listed.clear()
         self._gone.clear()
+        self._new.clear()
 
     @contextmanager
     def walk(self, budgets_open: Callable[[Kind], bool]) -> Iterator["Walk"]:
@@ -113,7 +117,8 @@ class AskGroups:
             gone, self._gone = self._gone, []
             for ask in gone:
                 self.remove(ask)
-            for key in walk.taken:
+            new, self._new = self._new, []
+            for key in (*walk.taken, *new):
                 if key not in self._listed and (group := self._groups.get(key)):
                     self._list(key, group)
 

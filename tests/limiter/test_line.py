@@ -158,3 +158,18 @@ def test_a_returning_site_starts_at_the_floor_of_the_sites_waiting(waves, step):
                 b.release_slot(g.ask.site_id, g.ask.request_id)
         b.prune(now + step)
         now += step
+
+
+def test_an_ask_added_while_a_pass_walks_the_line_is_in_the_line_after_it():
+    from streams.limiter.line import AskGroups
+
+    line = AskGroups(lambda ask: (0, 0.0, ask.seq))
+    first = Ask("a1", "s1", "r1", {REQ: 1}, None, 1.0, 0.0, 1)
+    line.add(first)
+    with line.walk(lambda kind: True) as walk:
+        line.add(Ask("a2", "s2", "r2", {REQ: 1}, None, 1.0, 0.0, 2))  # a new group, mid-pass
+        line.add(Ask("a3", "s1", "r3", {REQ: 1}, None, 1.0, 0.0, 3))  # behind a1 in its group
+        assert walk.pop()[3] == "a1"
+    with line.walk(lambda kind: True) as walk:
+        popped = [walk.pop()[3], walk.pop()[3]]
+        assert popped == ["a1", "a2"] and walk.pop() is None
