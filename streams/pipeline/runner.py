@@ -151,12 +151,7 @@ class StageRunner:
         site_id = site_of(event)
         entry = _Entry(event, message.tp, message.offset, site_id, _is_bulk(message))
         self._unfinished.setdefault(message.tp, deque()).append(entry)
-        line = self._lines.get(site_id)
-        if line is None:
-            line = self._lines[site_id] = deque()
-            self._ring.append(site_id)
-            self._joined.append(site_id)
-            self._credit.setdefault(site_id, 0.0)
+        line = self._line_of(site_id)
         line.append(entry)
         self._buffered += 1
         metrics.site_queued.labels(self.name, site_id).set(len(line))
@@ -372,12 +367,7 @@ class StageRunner:
     def _requeue(self, entry: _Entry, *, in_offset_order: bool = False) -> None:
         if entry.dropped:
             return  # its partition moved to another worker meanwhile
-        line = self._lines.get(entry.site_id)
-        if line is None:
-            line = self._lines[entry.site_id] = deque()
-            self._ring.append(entry.site_id)
-            self._joined.append(entry.site_id)
-            self._credit.setdefault(entry.site_id, 0.0)
+        line = self._line_of(entry.site_id)
         if not in_offset_order:
             line.appendleft(entry)
         else:  # several that ran at once come back in any order: they are parked (and released) in offset order
@@ -389,6 +379,16 @@ class StageRunner:
                     at = index + 1
             line.insert(at, entry)
         self._changed.set()
+
+    def _line_of(self, site_id: str) -> deque[_Entry]:
+        """The site's line of events not started yet; a new one joins the ring (and the next pause check)."""
+        line = self._lines.get(site_id)
+        if line is None:
+            line = self._lines[site_id] = deque()
+            self._ring.append(site_id)
+            self._joined.append(site_id)
+            self._credit.setdefault(site_id, 0.0)
+        return line
 
     # --- parking (paused sites) -------------------------------------------------
     def _park_paused(self) -> None:
