@@ -181,13 +181,13 @@ class ClaimRenewals:
             by_db.setdefault(id(db), (db, []))[1].append((request_id, effect, owner))
         for db, claims in by_db.values():
             for start in range(0, len(claims), self.BATCH):
+                part = claims[start:start + self.BATCH]
                 try:
-                    await db.extend_effects(claims[start:start + self.BATCH], lease_seconds=EFFECT_LEASE_SECONDS)
+                    await db.extend_effects(part, lease_seconds=EFFECT_LEASE_SECONDS)
                 except asyncio.CancelledError:
                     raise
                 except Exception:  # a blip: the next round (or the lease's slack) covers it
-                    log.warning("could not renew %d effect claims", len(claims[start:start + self.BATCH]),
-                                exc_info=True)
+                    log.warning("could not renew %d effect claims", len(part), exc_info=True)
 
 
 CLAIMS = ClaimRenewals()
