@@ -474,12 +474,17 @@ class Budgets:
         tokens_budget: str | None = None,
         tokens_limit: int | None = None,
         tokens_remaining: int | None = None,
+        tokens_needed: float | None = None,
     ) -> None:
-        """Tell the coordinator what a provider answer said (a 429, x-ratelimit-remaining-*)."""
+        """Tell the coordinator what a provider answer said (a 429, x-ratelimit-remaining-*).
+
+        `tokens_needed`: the call's token reservation, so that a 429 can be told
+        apart as one for tokens (fewer left than it needed) or for requests.
+        """
         await self.casts.send(
             {"op": "feedback", "budget": budget, "throttled": throttled, "limit": limit, "remaining": remaining,
                    "tokens_budget": tokens_budget, "tokens_limit": tokens_limit, "tokens_remaining": tokens_remaining,
-                   "seen_at": time.time()}
+                   "tokens_needed": tokens_needed, "seen_at": time.time()}
         )
 
     async def observe(self, needs: dict[str, float], info: Any, *, throttled: bool) -> None:
@@ -497,6 +502,7 @@ class Budgets:
             tokens_budget=tokens_budget if info is not None else None,
             tokens_limit=getattr(info, "limit_tokens", None),
             tokens_remaining=getattr(info, "remaining_tokens", None),
+            tokens_needed=needs.get(tokens_budget) if tokens_budget else None,
         )
 
     async def stats(self, timeout: float = 5.0, max_age: float | None = None) -> dict[str, Any]:

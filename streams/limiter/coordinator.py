@@ -294,7 +294,8 @@ class Coordinator:
         changed = self.book.feedback(
             now, budget, throttled=throttled, limit=value.get("limit"), remaining=value.get("remaining"),
             tokens_budget=tokens_budget, tokens_limit=value.get("tokens_limit"),
-            tokens_remaining=value.get("tokens_remaining"), seen_at=value.get("seen_at"),
+            tokens_remaining=value.get("tokens_remaining"), tokens_needed=value.get("tokens_needed"),
+            seen_at=value.get("seen_at"),
         )
         if changed and tokens_budget:
             log.info("limiter: %s: the provider's count says unused reserved tokens are %s; counting them so",

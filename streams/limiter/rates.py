@@ -362,8 +362,7 @@ class RateBudget:
         corrected = semantics.corrected
         counted = self.total - ahead - corrected  # by the current hypothesis
         given_back = counted if semantics.refunds else counted - semantics.refundable
-        state = semantics.throttled() if throttled else before
-        state = semantics.vote(provider_used, given_back, self._unseen(now, seen_at), limit) if state == before else state
+        state = semantics.vote(provider_used, given_back, self._unseen(now, seen_at), limit, throttled)
         if state != before:
             self.count_unused(state)
         excess = provider_used - (self.total - ahead)

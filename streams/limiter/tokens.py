@@ -19,8 +19,13 @@ which comes with every answer (429s included):
   flip it. Three votes more one way than the other decide (`EVIDENCE`), and
   the other way needs as many to go back.
 - Until it is decided, every call counts its whole reservation: never more
-  than the provider counts either way. A 429 for tokens while the book took
-  unused tokens as given back sends it back to that conservative state.
+  than the provider counts either way. A 429 for tokens whose own count says
+  "kept" while the book took unused tokens as given back sends it back to that
+  conservative state at once. A 429 whose count fits "given back" does not:
+  the provider counted a few tokens more than our book, which the correction
+  below answers. Undoing the hypothesis there cut the budget to whole
+  reservations, a tenth of the tier benchmark's throughput until three
+  answers had voted it back.
 - The provider's count is the truth: whenever it is above our book (its
   estimate of a prompt is a little higher than ours, or someone else uses the
   same key), the difference is added to the window as a correction that counts
@@ -110,8 +115,8 @@ class TokenSemantics:
         return math.ceil(self.headroom)
 
     # --- the decision ----------------------------------------------------------------
-    def vote(self, provider_used: float, book_given_back: float, noise: float, limit: float) -> bool | None:
-        """One answer's evidence; returns the hypothesis to count by from now on.
+    def reading(self, provider_used: float, book_given_back: float, noise: float, limit: float) -> bool | None:
+        """Which hypothesis one answer's count is nearer: True "kept counted", False "given back", None too close.
 
         `book_given_back`: our book's count if unused tokens come back (no
         corrections, no grants still to start); adding `refundable` gives the
@@ -120,20 +125,23 @@ class TokenSemantics:
         """
         gap = self.refundable
         if gap < max(MIN_GAP_SHARE * limit, 2.0 * noise, 1.0):
-            return self.refunds  # the hypotheses are too close to tell apart in this answer
-        kept = (provider_used - book_given_back) / gap > 0.5
+            return None
+        return (provider_used - book_given_back) / gap > 0.5
+
+    def vote(self, provider_used: float, book_given_back: float, noise: float, limit: float,
+             throttled: bool = False) -> bool | None:
+        """One answer's evidence (`throttled`: a 429 for tokens); returns the hypothesis to count by from now on."""
+        kept = self.reading(provider_used, book_given_back, noise, limit)
+        if kept is None:
+            return self.refunds
+        if throttled and kept and self.refunds:  # refused, and its count says kept: we over-granted, stop now
+            self.evidence = 0
+            return None
         self.evidence = max(-EVIDENCE_CAP, min(EVIDENCE_CAP, self.evidence + (1 if kept else -1)))
         if self.evidence >= EVIDENCE:
             return False
         if self.evidence <= -EVIDENCE:
             return True
-        return self.refunds
-
-    def throttled(self) -> bool | None:
-        """A 429 for tokens: if we took unused tokens as given back, that was wrong (or not enough)."""
-        if self.refunds:
-            self.evidence = 0
-            return None
         return self.refunds
 
     def corrected_by(self, now: float, amount: float, window: float) -> None:

@@ -79,6 +79,7 @@ def play(refunds: bool, error: float, seed: int, *, tpm: int = 30_000, window: f
         new_ask(0.0)
     arrivals: list = []  # (at, grant)
     arrival_of: dict[str, float] = {}
+    needed: dict[str, float] = {}  # each grant's token reservation, as the worker's feedback says it
     answers: list = []  # (at, kind, grant_id, used, remaining)
     counts = []  # (time, the book's count, the provider's count) when an answer reaches the book
     now = 0.0
@@ -95,12 +96,14 @@ def play(refunds: bool, error: float, seed: int, *, tpm: int = 30_000, window: f
             if kind == "ok":  # with when it left (the wire hook), as the worker sends it
                 b.settle(TOK, grant_id, used, arrived_by=arrival_of[grant_id] + 0.01)
             b.feedback(now, REQ, throttled=kind == "429", limit=None, remaining=None, tokens_budget=TOK,
-                       tokens_limit=tpm, tokens_remaining=remaining, seen_at=item[0] - trip)
+                       tokens_limit=tpm, tokens_remaining=remaining, tokens_needed=needed[grant_id],
+                       seen_at=item[0] - trip)
             counts.append((now, b.rate(TOK).used(now), provider.used(now)))
         for at, grant in sorted((x for x in arrivals if x[0] <= now), key=lambda x: x[0]):
             arrivals.remove((at, grant))
             base = estimates[grant.ask.ask_id]
             arrival_of[grant.grant_id] = at
+            needed[grant.grant_id] = base + SAFETY
             charge = round(base * (1 + error * rng.uniform(-1, 1)))
             call = provider.admit(at, charge)
             if call is None:  # a 429 answers at once; the stage asks again for a fresh permit
@@ -160,6 +163,43 @@ def test_a_429_for_tokens_after_learning_they_come_back_goes_back_to_whole_reser
                tokens_remaining=28_000)
     assert r.semantics.refunds is None
     assert r.used(1.0) == 2000  # and the provider's count (2,000) is not above it: no correction
+
+
+def nearly_full_under_given_back(b: BudgetBook) -> RateBudget:
+    """29,000 of 30,000 counted: 10 answered calls (2,000 reserved, 500 used) and 12 still out (2,000 each)."""
+    r = b.rate(TOK)
+    r.count_unused(True)
+    for i in range(10):
+        r.add(0.0, 2000, f"done{i}")
+        r.settle_usage(f"done{i}", 500)
+    for i in range(12):
+        r.add(0.0, 2000, f"out{i}")
+    assert r.used(1.0) == 29_000
+    return r
+
+
+def test_a_429_for_tokens_whose_count_fits_given_back_keeps_it_and_adds_what_the_provider_counts_more():
+    b = book(30_000, 10.0, 0.3)
+    r = nearly_full_under_given_back(b)
+    # The provider counts 29,100 (900 left, the call needed 2,016): "given back" and 100 tokens more than us.
+    b.feedback(1.0, REQ, throttled=True, limit=100, remaining=50, tokens_budget=TOK, tokens_limit=30_000,
+               tokens_remaining=900, tokens_needed=2016)
+    assert r.semantics.refunds is True
+    assert r.used(1.0) == 29_100  # the difference is counted, as for any answer
+    assert b.rate(REQ).factor == 1.0  # the tokens refused it, not the requests: their share is not cut
+
+
+@pytest.mark.parametrize("remaining,tokens_remaining,tokens_needed", [
+    (0, 900, 2016),  # no requests left: it was the requests
+    (50, 5_000, 2016),  # tokens enough for the call: not the tokens, so something we do not see
+    (50, 900, None),  # a worker that does not say what the call needed (an older version): as before
+])
+def test_a_429_the_tokens_do_not_explain_cuts_the_requests_share(remaining, tokens_remaining, tokens_needed):
+    b = book(30_000, 10.0, 0.3)
+    nearly_full_under_given_back(b)
+    b.feedback(1.0, REQ, throttled=True, limit=100, remaining=remaining, tokens_budget=TOK, tokens_limit=30_000,
+               tokens_remaining=tokens_remaining, tokens_needed=tokens_needed)
+    assert b.rate(REQ).factor == pytest.approx(0.7)
 
 
 def test_the_providers_count_above_the_book_is_added_and_leaves_after_one_window_and_grace():
