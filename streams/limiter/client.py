@@ -287,7 +287,7 @@ class Budgets:
             pool.note(started, self.lease_seconds)
             lease = pool.take(started)
             if lease is not None:
-                permits_leased_total.labels(primary.split(":", 1)[0]).inc()
+                permits_leased_total.labels(metrics.budget_label(primary)).inc()
                 return await self._from_lease(primary, pool, lease, site_id, weight, started)
         while True:
             asked = time.time()
@@ -332,14 +332,14 @@ class Budgets:
                 reply["grant_id"], reply["use_by"], dict(reply.get("needs") or needs), now - started,
                 granted_at=start, last_use=float(reply.get("last_use") or 0.0),
             )
-            metrics.permit_wait_seconds.labels(primary).observe(permit.waited)
+            metrics.permit_wait_seconds.labels(metrics.budget_label(primary)).observe(permit.waited)
             if reply.get("ahead") or reply.get("waited"):
                 # Room opened at `start` (granted ahead, or granted the moment a
                 # pass found room for a waiting ask): only the time past it is the limiter's.
                 overhead = max(0.0, now - start)
             else:
                 overhead = max(0.0, (now - asked) - float(reply.get("queued", 0.0)))
-            permit_overhead_seconds.labels(primary).observe(overhead)
+            permit_overhead_seconds.labels(metrics.budget_label(primary)).observe(overhead)
             if overhead > 0.25 and now - self._slow_logged > 10.0:
                 self._slow_logged = now
                 arrived, granted, sent = reply.get("arrived_at"), reply.get("granted_at"), reply.get("sent_at")
@@ -412,9 +412,9 @@ class Budgets:
         # granted_at is when the unit was handed out: the send delay is measured from it.
         permit = Permit(lease.grant_id, lease.use_by, {budget: 1.0}, now - started, granted_at=now,
                         last_use=lease.last_use)
-        metrics.permit_wait_seconds.labels(budget).observe(permit.waited)
+        metrics.permit_wait_seconds.labels(metrics.budget_label(budget)).observe(permit.waited)
         # Taken here: the time it took (no round trip). Leased by an ask: as for one permit.
-        permit_overhead_seconds.labels(budget).observe(max(0.0, permit.waited if overhead is None else overhead))
+        permit_overhead_seconds.labels(metrics.budget_label(budget)).observe(max(0.0, permit.waited if overhead is None else overhead))
         self._maybe_refill(budget, pool, site_id, weight, now)
         current_permit.set(permit)
         return permit

@@ -251,7 +251,7 @@ class Coordinator:
                     return
                 self.answers[ask.ask_id] = _Answer(grant.as_reply(), reply)
                 self.unsent.append(ask.ask_id)  # answered once durable, by the next pass
-                grants_total.labels(ask.primary).inc(grant.lease_units)
+                grants_total.labels(metrics.budget_label(ask.primary)).inc(grant.lease_units)
         elif op == "settle":
             sent_at = value.get("sent_at")  # on the worker's clock, as use_by is checked (NTP, docs/limiter.md)
             self.book.settle(value["budget"], value["grant_id"], value["actual"],
@@ -300,6 +300,19 @@ class Coordinator:
         if changed and tokens_budget:
             log.info("limiter: %s: the provider's count says unused reserved tokens are %s; counting them so",
                      tokens_budget, self.book.rate(tokens_budget).semantics.describe())
+
+    def _publish_shares(self) -> None:
+        """Each budget kind's adaptive share and outside use: per-site budgets (Wix) as their kind's
+        smallest share and largest outside use, one series each (metrics.budget_label)."""
+        factor: dict[str, float] = {}
+        external: dict[str, float] = {}
+        for name, rate in self.book.rates.items():
+            label = metrics.budget_label(name)
+            factor[label] = min(factor.get(label, 1.0), rate.factor)
+            external[label] = max(external.get(label, 0.0), rate.external)
+        for label, value in factor.items():
+            budget_factor.labels(label).set(value)
+            budget_external.labels(label).set(external[label])
 
     def stats(self, now: float) -> dict[str, Any]:
         """Every figure the stats pages show; computed once a second by the scheduler (`publish_stats`)."""
@@ -351,16 +364,14 @@ class Coordinator:
             self.book.prune(now)  # memory bounded by what is live: idle sites' state goes
             self.last_tick = now
             self.publish_stats(now)  # once a second, whatever asks for them
-            for name, rate in self.book.rates.items():
-                budget_factor.labels(name).set(rate.factor)
-                budget_external.labels(name).set(rate.external)
+            self._publish_shares()
         if now >= self.hold_until:
             for grant in self.book.grant_ready(now):
                 self.answers[grant.ask.ask_id] = _Answer(grant.as_reply(), grant.ask.reply)
                 self.unsent.append(grant.ask.ask_id)
                 for budget in grant.ask.needs:
-                    grants_total.labels(budget).inc(grant.lease_units or 1)
-                metrics.permit_queue_seconds.labels(grant.ask.primary).observe(now - grant.ask.arrived_at)
+                    grants_total.labels(metrics.budget_label(budget)).inc(grant.lease_units or 1)
+                metrics.permit_queue_seconds.labels(metrics.budget_label(grant.ask.primary)).observe(now - grant.ask.arrived_at)
         writes = self.book.take_dirty()
         if self.pending_writes:
             writes = {**self.pending_writes, **writes}

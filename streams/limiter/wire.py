@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from streams.limiter.client import Permit, budgets, current_permit
-from streams.metrics import late_sends_total, permit_send_delay_seconds
+from streams.metrics import budget_label, late_sends_total, permit_send_delay_seconds
 from streams.settings import settings
 
 # the provider's own queue before admission (on this 2-core test box the
@@ -36,7 +36,7 @@ def _on_wire() -> Permit | None:
     now = time.time()
     permit.sent_at = now
     if permit.granted_at:
-        permit_send_delay_seconds.labels(permit.primary).observe(max(0.0, now - permit.granted_at))
+        permit_send_delay_seconds.labels(budget_label(permit.primary)).observe(max(0.0, now - permit.granted_at))
     if now + WIRE_MARGIN > permit.use_by:
         late_sends_total.inc()
         return permit

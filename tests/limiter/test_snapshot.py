@@ -14,6 +14,7 @@ import uuid
 import pytest
 
 from store.limiter_snapshot import LimiterSnapshot, read_snapshot, write_snapshot
+from streams import metrics
 from streams.limiter import client, coordinator as coordinator_module
 from streams.limiter.client import STATS_MAX_AGE_SECONDS, STATS_STALE_SECONDS, SnapshotReader, StatsUnavailable
 from streams.limiter.coordinator import Coordinator
@@ -162,3 +163,19 @@ async def test_the_store_writes_one_row_per_deployment_and_measures_its_age_with
     finally:
         await conn.execute("DELETE FROM limiter_snapshot WHERE app_id = $1", app_id)
         await conn.close()
+
+
+def test_per_site_budgets_are_one_series_of_their_kind_in_the_coordinators_metrics():
+    """1,000 sites' Wix budgets would be 1,000 series per metric; they are one, `wix_requests`."""
+    c = Coordinator()
+    for n in range(50):
+        c.book.rate(f"wix_requests:site-{n}")
+    c.book.rate("wix_requests:site-7").factor = 0.7
+    c.book.rate("wix_requests:site-9").external = 40.0
+    c._publish_shares()
+    labels = {sample.labels["budget"] for metric in metrics.budget_factor.collect() for sample in metric.samples}
+    assert not any(":" in label for label in labels) and "wix_requests" in labels
+    assert metrics.budget_factor.labels("wix_requests")._value.get() == pytest.approx(0.7)  # the smallest share
+    assert metrics.budget_external.labels("wix_requests")._value.get() == 40.0  # the largest outside use
+    assert metrics.budget_label("wix_requests:site-7") == "wix_requests"
+    assert metrics.budget_label("openai_tokens") == "openai_tokens"
