@@ -7,12 +7,15 @@ they keep and the costs are in streams/limiter/book.py's docstring.
 """
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from streams.limiter.tokens import CORRECTION, TokenSemantics, provider_count_of
+from streams.limiter.tokens import CORRECTION, EXPIRED_KEEP, MIN_GAP_SHARE, TokenSemantics, provider_count_of
+
+log = logging.getLogger(__name__)
 
 BUCKET_SECONDS = 1.0  # grants are persisted in one table key per budget and second
 
@@ -40,6 +43,7 @@ class RateBudget:
     external: float = 0.0  # units the provider says were used that we did not grant
     external_until: float = 0.0
     throttled_at: float = -math.inf  # last multiplicative decrease
+    _said_correction: float = field(default=-math.inf, repr=False)  # when a large correction was last logged
     tat: float = -math.inf  # pacing: theoretical arrival time of the next grant (GCRA)
     granted_total: float = 0.0
     # [granted_at, amount, grant_id, ask_id, site_id, lease_start, reserved, used], in time order.
@@ -351,6 +355,11 @@ class RateBudget:
         """
         if remaining is None:
             return False
+        if seen_at is not None and now - seen_at > EXPIRED_KEEP:
+            # Too old to compare exactly: what left our window since then is no longer known, and
+            # read as now, every unit of it would look counted by the provider beyond our book
+            # (a correction of seconds x the budget's rate, counted for a whole window).
+            return False
         limit = provider_limit or self.limit
         provider_used = limit - remaining
         self._expire(now)
@@ -368,6 +377,10 @@ class RateBudget:
         excess = provider_used - (self.total - ahead)
         if excess > 0:  # the provider counts more than we do: it is right
             self._correct(now, excess)
+            if excess > MIN_GAP_SHARE * limit and now - self._said_correction > 10.0:
+                self._said_correction = now
+                log.info("limiter: %s: the provider counts %.0f more than our book (%.0f of %d, answer %.1f s "
+                         "old); counted for a window", self.name, excess, provider_used, limit, now - seen_at)
         return state != before
 
     def _unseen(self, now: float, seen_at: float) -> float:

@@ -202,6 +202,17 @@ def test_a_429_the_tokens_do_not_explain_cuts_the_requests_share(remaining, toke
     assert b.rate(REQ).factor == pytest.approx(0.7)
 
 
+@pytest.mark.parametrize("age,corrected", [(1.0, True), (4.9, True), (5.1, False), (30.0, False)])
+def test_an_answer_too_old_to_compare_exactly_changes_nothing(age, corrected):
+    """A worker seconds behind reports a count from when the window held more: read as now, it is no excess."""
+    r = RateBudget(TOK, 10_000, 10.0, 0.3)
+    r.add(0.0, 1000, "g1")
+    now = 3.0 + age
+    r.on_provider_tokens(now, 10_000, 10_000 - 1300, seen_at=now - age)  # 300 more than our book then
+    assert (r.used(now) == 1300) is corrected
+    assert r.semantics.corrected == (300 if corrected else 0)
+
+
 def test_the_providers_count_above_the_book_is_added_and_leaves_after_one_window_and_grace():
     r = RateBudget(TOK, 10_000, 10.0, 0.3)
     r.add(0.0, 1000, "g1")
