@@ -250,10 +250,7 @@ class RateBudget:
         if entry is None:
             return False
         if arrived_by is not None and entry[5] is None and arrived_by - self.grace < entry[0]:
-            self.entries.remove(entry)
-            self.dirty.add(bucket_of(entry[0]))
-            entry[0] = arrived_by - self.grace
-            self._insert(entry)
+            self._move(entry, arrived_by - self.grace)
         self.semantics.forget(entry)
         if entry[7] is None and entry[6] - self.margin >= used:  # the provider's estimate, as near as we know it
             entry[6] -= self.margin
@@ -276,10 +273,7 @@ class RateBudget:
         if entry is not None:
             if entry[0] >= at:
                 return "ok"
-            self.entries.remove(entry)
-            self.dirty.add(bucket_of(entry[0]))
-            entry[0] = at
-            self._insert(entry)
+            self._move(entry, at)
             return "extended"
         if at + self.span <= now:
             return "ok"  # it has left every window by now anyway
@@ -289,8 +283,30 @@ class RateBudget:
         self.total += entry[1]
         return "revived"
 
+    def _move(self, entry: list, at: float) -> None:
+        """Give an entry in the window a new time, a little earlier or later, keeping time order.
+
+        Every answered call moves its entry (to when it reached the provider),
+        half a window behind the newest grants: scanning from the newest end
+        for its place was 9 % of the coordinator's worker in the tier bench.
+        From its own place the walk is a few entries (C-level search, then
+        the grace's worth of steps).
+        """
+        entries = self.entries
+        i = entries.index(entry)
+        del entries[i]
+        self.dirty.add(bucket_of(entry[0]))
+        entry[0] = at
+        while i > 0 and entries[i - 1][0] > at:
+            i -= 1
+        n = len(entries)
+        while i < n and entries[i][0] <= at:
+            i += 1
+        entries.insert(i, entry)
+        self.dirty.add(bucket_of(at))
+
     def _insert(self, entry: list) -> None:
-        """Put an entry back in time order (rare: late permits only)."""
+        """Put an entry in time order, searching from the newest (rare: late permits, corrections)."""
         i = len(self.entries)
         while i > 0 and self.entries[i - 1][0] > entry[0]:
             i -= 1
