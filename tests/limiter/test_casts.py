@@ -8,7 +8,7 @@ import time
 import pytest
 
 from streams.limiter.client import Budgets, CastBatch, Permit
-from streams.limiter.coordinator import Coordinator
+from streams.limiter.coordinator import ANSWERS_KEEP_SECONDS, ANSWERS_MAX, Coordinator, _Answer
 
 TOK = "openai_tokens"
 
@@ -160,3 +160,17 @@ async def test_copies_of_waiting_asks_sent_together_keep_their_place_and_their_r
     await c.handle(records[0], None, 8)
     assert c.book.waiting["a0"].seq == seq and c.book.waiting["a0"].reply == ("reply-w2", "c0")  # same place
     assert {"a1", "a2"} <= set(c.book.waiting) and c.book.waiting["a2"].reply == ("reply-w2", "c2")
+
+
+def test_answers_are_kept_a_minute_for_re_asks_then_forgotten_oldest_first():
+    """Memory: the last minute of answers, not the last 50,000 (250 s of the tier benchmark's, ~70 MB)."""
+    c = Coordinator()
+    now = 10_000.0
+    for n in range(100):  # one answer a second, the oldest first
+        c.answers[f"a{n}"] = _Answer({"ask_id": f"a{n}"}, None, sent=True, made_at=now - 99 + n)
+    c._forget_answers(now - ANSWERS_KEEP_SECONDS)
+    assert list(c.answers) == [f"a{n}" for n in range(39, 100)]  # made in the last 60 s
+    for n in range(ANSWERS_MAX + 5):
+        c.answers[f"b{n}"] = _Answer({}, None, made_at=now)
+    c._forget_answers(now - ANSWERS_KEEP_SECONDS)
+    assert len(c.answers) == ANSWERS_MAX and f"b{ANSWERS_MAX + 4}" in c.answers  # and never more than the cap
