@@ -307,8 +307,10 @@ class Coordinator:
             seen_at=value.get("seen_at"),
         )
         if changed and tokens_budget:
-            log.info("limiter: %s: the provider's count says unused reserved tokens are %s; counting them so",
-                     tokens_budget, self.book.rate(tokens_budget).semantics.describe())
+            semantics = self.book.rate(tokens_budget).semantics
+            log.info("limiter: %s: the provider's count says unused reserved tokens are %s; counting them so "
+                     "(last answer: provider %s, our book if given back %s, unused reservations %s, noise %s)",
+                     tokens_budget, semantics.describe(), *(f"{x:.0f}" for x in semantics.last_reading or (0,) * 4))
 
     def _forget_answers(self, before: float) -> None:
         """Drop the answers made before `before` (oldest first), and any beyond ANSWERS_MAX."""

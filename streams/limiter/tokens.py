@@ -73,6 +73,7 @@ class TokenSemantics:
     headroom: float = 0.0  # the largest correction of the last window: kept free
     headroom_until: float = 0.0
     corrections: int = 0  # made by this coordinator (their grant ids are unique with the time)
+    last_reading: tuple = ()  # (provider's count, ours if given back, refundable, noise) of the last answer
     _expired: deque = field(default_factory=deque, repr=False)  # (left the window at, units), the last seconds
 
     # --- running sums over the window's entries ---------------------------------
@@ -124,6 +125,7 @@ class TokenSemantics:
         provider does not (yet, or any more).
         """
         gap = self.refundable
+        self.last_reading = (provider_used, book_given_back, gap, noise)  # for the log line when it decides
         if gap < max(MIN_GAP_SHARE * limit, 2.0 * noise, 1.0):
             return None
         return (provider_used - book_given_back) / gap > 0.5
