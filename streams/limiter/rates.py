@@ -292,11 +292,19 @@ class RateBudget:
         From its own place the walk is a few entries (C-level search, then
         the grace's worth of steps).
         """
-        entries = self.entries
-        i = entries.index(entry)
-        del entries[i]
+        i = self.entries.index(entry)
+        del self.entries[i]
         self.dirty.add(bucket_of(entry[0]))
         entry[0] = at
+        self._place(entry, i)
+
+    def _insert(self, entry: list) -> None:
+        """Put an entry in time order, searching from the newest (rare: late permits, corrections)."""
+        self._place(entry, len(self.entries))
+
+    def _place(self, entry: list, i: int) -> None:
+        """Insert `entry` in time order, walking from index `i` to its place (after entries of its time)."""
+        entries, at = self.entries, entry[0]
         while i > 0 and entries[i - 1][0] > at:
             i -= 1
         n = len(entries)
@@ -304,14 +312,6 @@ class RateBudget:
             i += 1
         entries.insert(i, entry)
         self.dirty.add(bucket_of(at))
-
-    def _insert(self, entry: list) -> None:
-        """Put an entry in time order, searching from the newest (rare: late permits, corrections)."""
-        i = len(self.entries)
-        while i > 0 and self.entries[i - 1][0] > entry[0]:
-            i -= 1
-        self.entries.insert(i, entry)
-        self.dirty.add(bucket_of(entry[0]))
 
     # --- adaptation to pressure from outside ------------------------------
     def throttle_cooldown(self) -> float:
