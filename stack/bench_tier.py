@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -223,6 +224,12 @@ def measure(result: dict[str, Any], ledger: dict[str, Any], events: list[list[An
     result["permit_p50"], result["permit_p99"] = quantile(overhead, 0.5), quantile(overhead, 0.99)
     result["wait_p50"], result["wait_p99"] = quantile(waits, 0.5), quantile(waits, 0.99)
     result["permits"] = max(overhead.values()) if overhead else 0
+    # By budget kind (the label is the kind: budget_label), to see whose round trips make the p99.
+    kinds = sorted({m for t in scrapes for m in re.findall(r'blogstream_permit_overhead_seconds_count\{budget="([^"]+)"', t)})
+    result["permit_by_budget"] = {}
+    for kind in kinds:
+        hist = merge_histograms([parse_histogram(t, "blogstream_permit_overhead_seconds", kind) for t in scrapes])
+        result["permit_by_budget"][kind] = (max(hist.values()) if hist else 0, quantile(hist, 0.5), quantile(hist, 0.99))
     # The coordinator's own step between deciding and answering: its grants made durable.
     persist = merge_histograms([parse_histogram(t, "blogstream_limiter_persist_seconds") for t in scrapes])
     result["persist_p50"], result["persist_p99"] = quantile(persist, 0.5), quantile(persist, 0.99)
@@ -338,6 +345,9 @@ def report(r: dict[str, Any], plots: list[str] = ()) -> str:
         f"| Permit latency p50 / p99 (blogstream_permit_overhead_seconds, {r['permits']:.0f} permits) | "
         f"{_ms(r['permit_p50'])} / {_ms(r['permit_p99'])} | p99 <= 50 ms: "
         f"{_met(r['permit_p99'] is not None and r['permit_p99'] <= GOALS['permit_p99'])} |",
+        "| Permit latency by budget: permits, p50 / p99 | " + "; ".join(
+            f"{kind} {n:,.0f}, {_ms(p50)} / {_ms(p99)}" for kind, (n, p50, p99) in (r.get("permit_by_budget") or {}).items()
+        ) + " | |",
         f"| Permit wait incl. queueing for room p50 / p99 | {_ms(r['wait_p50'])} / {_ms(r['wait_p99'])} | |",
         f"| Coordinator: a pass's grants made durable, p50 / p99 (blogstream_limiter_persist_seconds) | "
         f"{_ms(r.get('persist_p50'))} / {_ms(r.get('persist_p99'))} | |",

@@ -146,11 +146,16 @@ class Settings(BaseSettings):
     # The coordinator grants up to this long before a budget's room opens, for
     # that moment: the answer's trip over Kafka overlaps the wait for room.
     permit_lookahead_seconds: float = Field(1.0, ge=0)
-    # While a request budget is less than `permit_lease_below` used, a worker may
-    # take several permits at once (a lease), to be used within this many
-    # seconds without a round trip to the coordinator each (0: no leases).
+    # While nobody waits on a request budget and it is less than
+    # `permit_lease_below` used, a worker may take several permits at once (a
+    # lease), to be used within this many seconds without a round trip to the
+    # coordinator each (0: no leases).
     permit_lease_seconds: float = Field(2.0, ge=0)
-    permit_lease_below: float = Field(0.5, ge=0, le=1)
+    permit_lease_below: float = Field(0.85, ge=0, le=1)
+    # A site's own budget (Wix) serves that site's calls only, from the worker
+    # holding its partition, far below its limit: its leases last longer, so
+    # the site's next blog still finds units (0: as `permit_lease_seconds`).
+    permit_site_lease_seconds: float = Field(30.0, ge=0)
     # Spread request grants evenly over the window: real providers often
     # enforce sub-minute slices, so a burst at a window's start can get 429s.
     budget_pacing: bool = True

@@ -11,7 +11,7 @@ W + grace, so each rate budget caps grants in every such interval. The cost is
 a utilization ceiling of W / (W + grace) (99 % for W = 30 s, grace = 0.3 s).
 
 Leases: while a request budget has plenty of room, the book may grant one ask
-several units for a short period (`lease_seconds`), to be sent any time in
+several units for a period (`lease_seconds`, or its spec's), to be sent any time in
 [start, start + lease_seconds + grace]. Its entry counts from the grant until
 start + lease_seconds + W + grace (it is kept at start + lease_seconds, the
 last moment a unit may be taken), so the rule above holds for every unit. The
@@ -65,15 +65,11 @@ class BudgetBook:
         lease_seconds: float = 0.0, lease_below: float = 0.5,
     ):
         self.grace = grace
-        # Leases (see `lease`): granted only while a budget's use, counting the
-        # lease, stays below `lease_below` of its limit, so they never compete
-        # with an ask for contested room; 0 seconds turns them off.
-        self.lease_seconds = lease_seconds
+        self.lease_seconds = lease_seconds  # leases (see `_lease_units`); 0 turns them off
         self.lease_below = lease_below
         self.lease_share = 0.25  # a lease's rate (units / lease_seconds) is at most this part of the budget's
-        # Grant an ask up to this long before its room opens, for a start time:
-        # the answer travels while the room is still taken, and the worker sends
-        # at the start time, so the Kafka round trip is hidden (see `grant_ready`).
+        # Grant an ask up to this long before its room opens, for a start time: the answer
+        # travels while the room is still taken, hiding the Kafka round trip (`grant_ready`).
         self.lookahead = lookahead
         self.rate_specs = rate_specs  # prefix -> {"limit", "window", "paced"}; "wix_requests:" per site
         self.rates: dict[str, RateBudget] = {}
@@ -107,11 +103,14 @@ class BudgetBook:
     def rate(self, name: str) -> RateBudget:
         budget = self.rates.get(name)
         if budget is None:
-            spec = self.rate_specs.get(name) or self.rate_specs[name.split(":", 1)[0] + ":"]
+            spec = self._spec(name)
             budget = RateBudget(name, int(spec["limit"]), float(spec["window"]), self.grace,
                                 bool(spec.get("paced", False)), margin=float(spec.get("margin", 0.0)))
             self.rates[name] = budget
         return budget
+
+    def _spec(self, name: str) -> dict[str, Any]:
+        return self.rate_specs.get(name) or self.rate_specs[name.split(":", 1)[0] + ":"]
 
     def slot(self, site_id: str, limit: int | None = None) -> SlotBudget:
         name = f"slots:{site_id}"
@@ -364,14 +363,18 @@ class BudgetBook:
         if rate.factor < 1.0 or rate.external or not rate._pace_ok(now):
             return 0
         limit = rate.effective_limit()
-        units = min(int(ask.lease), int(self.lease_share * limit * self.lease_seconds / rate.span))
+        units = min(int(ask.lease), int(self.lease_share * limit * self._lease_period(budget) / rate.span))
         if units < 2 or rate.used(now) + units > self.lease_below * limit:
             return 0
         return units
 
+    def _lease_period(self, budget: str) -> float:
+        """A lease's length: the budget's own (`lease_seconds` in its spec: a site's Wix budget), else the book's."""
+        return float(self._spec(budget).get("lease_seconds") or self.lease_seconds)
+
     def _grant_lease(self, ask: Ask, grant_id: str, now: float, units: int) -> Grant:
         budget = ask.primary
-        until = now + self.lease_seconds
+        until = now + self._lease_period(budget)
         self.rate(budget).add(now, units, grant_id, ask.ask_id, ask.site_id, until=until)
         # No fair-queuing charge: the units serve every site on the asking
         # worker, and only while nobody waits on the budget (nothing to share).
@@ -381,9 +384,7 @@ class BudgetBook:
     def lease(self, ask: Ask, now: float) -> Grant | None:
         """A lease for `ask` now, or None: never queued (a worker refilling its units asks this way)."""
         units = self._lease_units(ask, now)
-        if not units:
-            return None
-        return self._grant_lease(ask, self._new_grant_id(), now, units)
+        return self._grant_lease(ask, self._new_grant_id(), now, units) if units else None
 
     def _new_grant_id(self) -> str:
         return f"{self.instance}{next(self._grant_seq)}"
@@ -582,13 +583,12 @@ class BudgetBook:
     def usage(self, name: str, now: float) -> dict[str, float]:
         rate = self.rate(name)
         rate._expire(now)
-        waiting = self._live.get(name, 0)
         return {
             "limit": rate.limit,
             "effective_limit": rate.effective_limit(),
             "used_in_window": rate.used_in_last(now, rate.window),
             "used_in_span": rate.total,
-            "waiting": waiting,
+            "waiting": self._live.get(name, 0),
             "granted_total": rate.granted_total,
             "factor": round(rate.factor, 4),
             "external": rate.external,

@@ -33,7 +33,8 @@ def rate_specs() -> dict[str, dict[str, Any]]:
         OPENAI_TOKENS: {"limit": settings.openai_tpm, "window": window, "margin": OPENAI_ESTIMATE_MARGIN},
         REPLICATE_REQUESTS: {"limit": settings.replicate_rpm, "window": window, "paced": paced},
         REPLICATE_OTHER_REQUESTS: {"limit": settings.replicate_other_rpm, "window": window, "paced": paced},
-        WIX_REQUESTS_PREFIX: {"limit": settings.wix_site_rpm, "window": window, "paced": paced},
+        WIX_REQUESTS_PREFIX: {"limit": settings.wix_site_rpm, "window": window, "paced": paced,
+                              "lease_seconds": settings.permit_site_lease_seconds},
     }
 
 
