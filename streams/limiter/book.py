@@ -10,13 +10,7 @@ any window of length W therefore sees only grants from an interval of length
 W + grace, so each rate budget caps grants in every such interval. The cost is
 a utilization ceiling of W / (W + grace) (99 % for W = 30 s, grace = 0.3 s).
 
-Leases: while a request budget has plenty of room, the book may grant one ask
-several units for a period (`lease_seconds`, or its spec's), to be sent any time in
-[start, start + lease_seconds + grace]. Its entry counts from the grant until
-start + lease_seconds + W + grace (it is kept at start + lease_seconds, the
-last moment a unit may be taken), so the rule above holds for every unit. The
-worker takes units locally, without a round trip, and gives back the ones it
-did not take when the lease ends (`end_lease`).
+Leases (several units at once, taken by a worker without a round trip each): leases.py.
 
 Costs: granting, settling and expiring are O(1) per grant (running sums, an
 index by grant id); a scheduling pass is O((groups + grants) x log): a heap of one entry per
@@ -33,6 +27,7 @@ import math
 from typing import Any, Iterable
 
 from streams.limiter.asks import BULK, INTERACTIVE, LANE_RANK, Ask, Grant
+from streams.limiter.leases import LeaseRules
 from streams.limiter.line import AskGroups
 from streams.limiter.rates import RateBudget, SlotBudget
 from streams.limiter.reserve import InteractiveReserve
@@ -40,7 +35,7 @@ from streams.limiter.reserve import InteractiveReserve
 __all__ = ["BULK", "INTERACTIVE", "LANE_RANK", "Ask", "BudgetBook", "Grant"]  # the asks' names, for the book's callers
 
 
-class BudgetBook:
+class BudgetBook(LeaseRules):
     """Every budget and every waiting ask; grants by weighted fair queuing.
 
     Among asks that fit right now, the one whose site has received the least of
@@ -78,6 +73,7 @@ class BudgetBook:
         self.waiting: dict[str, Ask] = {}
         self.vtime: dict[tuple[str, str], float] = {}  # (budget, site) -> normalised service
         self._waiting_sites: dict[str, dict[str, int]] = {}  # budget -> site -> asks waiting
+        self._refused: dict[str, int] = {}  # budget -> asks on it a pass found no room for, still waiting
         # budget -> heap of (amount, ask_id) of the asks waiting on it. Lazy: a granted ask's
         # entry stays until it reaches the top or the heap holds more garbage than live
         # entries (`_unwait` then rebuilds it), so it is at most about twice the live asks.
@@ -194,6 +190,8 @@ class BudgetBook:
         self.groups.remove(ask)
         fair_id = ask.fair_id
         for budget in ask.needs:
+            if ask.waited and self._refused.get(budget, 0) > 0:
+                self._refused[budget] -= 1
             if ask.lane == INTERACTIVE:
                 if self._interactive.get(budget, 0) > 1:
                     self._interactive[budget] -= 1
@@ -229,6 +227,7 @@ class BudgetBook:
         self.groups.clear()
         self._fresh.clear()
         self._waiting_sites.clear()
+        self._refused.clear()
         self._amounts.clear()
         self._live.clear()
         self._interactive.clear()
@@ -251,6 +250,8 @@ class BudgetBook:
             for ask in fresh:  # looked at and left waiting: no room when it came
                 if ask.ask_id in self.waiting:
                     ask.waited = True
+                    for budget in ask.needs:
+                        self._refused[budget] = self._refused.get(budget, 0) + 1
 
     def _grant_ready(self, now: float) -> list[Grant]:
         grants: list[Grant] = []
@@ -341,60 +342,8 @@ class BudgetBook:
             self.vtime[key] = self.vtime.get(key, 0.0) + amount / max(ask.weight, 1e-6)
         return Grant(ask, grant_id, now, now + self.grace, now + self.late_use_seconds(), made_at=made_at)
 
-    # --- leases ---------------------------------------------------------------
-    def _lease_units(self, ask: Ask, now: float) -> int:
-        """How many units `ask` may take as a lease right now (0: grant it one permit as usual).
-
-        Only a one-budget ask without a slot, only while nobody waits on that
-        budget, nobody pushes back on it (no 429 share cut, no outside use),
-        and it would stay below `lease_below` of its limit with the lease: a
-        lease then costs nobody anything, and near the limit every unit goes
-        through the fair line one by one as before. A lease takes one place in
-        the pacing schedule, and its rate is at most `lease_share` of the
-        budget's (so a few workers' leases cannot make a burst the pacing
-        would not allow).
-        """
-        if self.lease_seconds <= 0 or ask.lease < 2 or ask.slot_limit is not None or len(ask.needs) != 1:
-            return 0
-        budget, amount = next(iter(ask.needs.items()))
-        if amount != 1 or self._waiting_sites.get(budget):
-            return 0
-        rate = self.rate(budget)
-        if rate.factor < 1.0 or rate.external or not rate._pace_ok(now):
-            return 0
-        limit = rate.effective_limit()
-        units = min(int(ask.lease), int(self.lease_share * limit * self._lease_period(budget) / rate.span))
-        if units < 2 or rate.used(now) + units > self.lease_below * limit:
-            return 0
-        return units
-
-    def _lease_period(self, budget: str) -> float:
-        """A lease's length: the budget's own (`lease_seconds` in its spec: a site's Wix budget), else the book's."""
-        return float(self._spec(budget).get("lease_seconds") or self.lease_seconds)
-
-    def _grant_lease(self, ask: Ask, grant_id: str, now: float, units: int) -> Grant:
-        budget = ask.primary
-        until = now + self._lease_period(budget)
-        self.rate(budget).add(now, units, grant_id, ask.ask_id, ask.site_id, until=until)
-        # No fair-queuing charge: the units serve every site on the asking
-        # worker, and only while nobody waits on the budget (nothing to share).
-        return Grant(ask, grant_id, now, until + self.grace, until + self.late_use_seconds(), made_at=now,
-                     lease_units=units, lease_until=until)
-
-    def lease(self, ask: Ask, now: float) -> Grant | None:
-        """A lease for `ask` now, or None: never queued (a worker refilling its units asks this way)."""
-        units = self._lease_units(ask, now)
-        return self._grant_lease(ask, self._new_grant_id(), now, units) if units else None
-
     def _new_grant_id(self) -> str:
         return f"{self.instance}{next(self._grant_seq)}"
-
-    def end_lease(self, budget: str, grant_id: str, taken: float) -> None:
-        """A lease ended with `taken` units used: the rest were never sent, their room goes back."""
-        rate = self.rates.get(budget)
-        entry = rate.index.get(grant_id) if rate is not None else None
-        if entry is not None and taken < entry[1]:
-            rate.settle(grant_id, taken)
 
     def next_wakeup(self, now: float) -> float | None:
         """When something waiting could next be granted (None: nothing to wait for but events).

@@ -653,11 +653,14 @@ def test_a_lease_is_granted_only_while_the_budget_has_plenty_of_room():
     assert b.lease(_lease_ask("s", 20, {REQ: 1, TOK: 10}), 0.0) is None
     assert b.lease(_lease_ask("s", 20, slot_limit=3), 0.0) is None
     assert b.lease(_lease_ask("s", 1), 0.0) is None
-    b.add_ask(ask("other", {REQ: 1}))
+    # An ask just come is no contention yet; one a pass found no room for is.
+    big = b.add_ask(ask("other", {REQ: 200}))
+    assert b.lease(_lease_ask("s", 20), 0.0) is not None
+    assert b.grant_ready(0.0) == [] and big.waited
     assert b.lease(_lease_ask("s", 20), 0.0) is None
-    b.grant_ready(0.0)
+    b.drop_asks()
     # Not beyond half the limit, counting the leases out.
-    for i in range(54):
+    for i in range(50):  # with the two leases: 60
         b.rate(REQ).add(0.1, 1, f"x{i}")
     assert b.rate(REQ).used(0.1) == 60
     assert b.lease(_lease_ask("s", 20), 0.1) is None
@@ -665,6 +668,17 @@ def test_a_lease_is_granted_only_while_the_budget_has_plenty_of_room():
     b2 = lease_book(limit=120, paced=False)
     b2.rate(REQ).on_throttled(0.0)
     assert b2.lease(_lease_ask("s", 20), 0.0) is None
+
+
+def test_leases_come_back_once_the_asks_a_pass_found_no_room_for_are_granted():
+    b = lease_book(limit=120, paced=False)
+    b.rate(REQ).add(0.0, 118, "full")
+    waiting = b.add_ask(ask("s", {REQ: 5}))
+    assert b.grant_ready(0.0) == [] and waiting.waited
+    assert b.lease(_lease_ask("t", 20), 1.0) is None  # contended: every unit goes through the line
+    (g,) = b.grant_ready(10.4)  # the window moved on: room for it
+    assert g.ask is waiting
+    assert b.lease(_lease_ask("t", 20), 10.4) is not None
 
 
 def test_a_site_budget_leases_for_its_own_period_so_the_sites_next_blog_finds_units():
