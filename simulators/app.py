@@ -43,9 +43,17 @@ async def _external_load(state: SimState, provider: str) -> None:
         next_at += interval
 
 
+async def _sample_loop_lag(state: SimState, every: float = 0.05) -> None:
+    while True:
+        asked = time.monotonic()
+        await asyncio.sleep(every)
+        state.loop_lag.append(time.monotonic() - asked - every)
+
+
 async def _background(app: web.Application):
     state = app[STATE_KEY]
     tasks = [asyncio.create_task(_external_load(state, p)) for p in state.providers]
+    tasks.append(asyncio.create_task(_sample_loop_lag(state)))
     yield
     for t in tasks:
         t.cancel()

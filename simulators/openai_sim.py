@@ -194,7 +194,7 @@ class OpenAISim:
         site_stats.calls += 1
         dec, ent = self.try_admit(charge, site, False)
         if ent is None:
-            led.reject(dec.reason or "requests")
+            led.reject(dec.reason or "requests", state.now(), dec, charge)
             site_stats.rejected_429 += 1
             return self._rate_limited(model, dec, charge, request_id, state.now())
         led.admitted += 1
@@ -359,6 +359,7 @@ class OpenAISim:
             "admitted": led.admitted,
             "rejected_429": led.rejected_429,
             "rejected_429_by_reason": dict(led.rejected_by_reason),
+            "rejections": list(led.rejections),
             "rejected_4xx": led.rejected_4xx,
             "errors_5xx": led.errors_5xx,
             "external_admitted": led.external_admitted,

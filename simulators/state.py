@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import random
 import time
+from collections import deque
 from typing import Any, Optional
 
 from .config import config_from_env, merge_config
@@ -24,6 +25,9 @@ class SimState:
         self.providers = {"openai": self.openai, "replicate": self.replicate, "wix": self.wix}
         self.timeouts = {name: 0 for name in self.providers}  # calls left unanswered (timeout_rate)
         self.started_at = self.now()
+        # How late the server's event loop wakes (app.py samples it): a request is counted only when
+        # its handler runs, so this is how long after its bytes arrived a call may be admitted.
+        self.loop_lag: deque[float] = deque(maxlen=100_000)
 
     @property
     def window_seconds(self) -> float:
@@ -48,10 +52,20 @@ class SimState:
         for p in self.providers.values():
             p.reset()
         self.timeouts = {name: 0 for name in self.providers}
+        self.loop_lag.clear()
 
     def ledger(self) -> dict:
         return {
             "now": self.now(),
             "window_seconds": self.window_seconds,
+            "loop_lag": _quantiles(self.loop_lag),
             **{name: {**p.ledger_json(), "timeouts": self.timeouts[name]} for name, p in self.providers.items()},
         }
+
+
+def _quantiles(samples: "deque[float]") -> dict[str, float | int]:
+    ordered = sorted(samples)
+    if not ordered:
+        return {"samples": 0}
+    pick = lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 4)  # noqa: E731
+    return {"samples": len(ordered), "p50": pick(0.5), "p99": pick(0.99), "p999": pick(0.999), "max": pick(1.0)}

@@ -17,6 +17,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
+REJECTIONS_KEPT = 10_000  # 429s a ledger lists one by one (the count goes on)
+
 
 def format_duration(seconds: float) -> str:
     """Format like OpenAI's x-ratelimit-reset-* headers (Go durations): 120ms, 1s, 6m0s, 1m30.5s."""
@@ -171,6 +173,9 @@ class ProviderLedger:
     max_tokens_charged_in_window: int = 0     # conservative: admission charges
     max_tokens_enforced_in_window: int = 0    # what the limiter saw (settled where known)
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    # Each 429 as [time, reason, requests and tokens in the window, the call's charge] (the first
+    # REJECTIONS_KEPT): when and by how much the window was full, for a benchmark to read.
+    rejections: list[list[Any]] = field(default_factory=list)
     per_site: dict[str, SiteStats] = field(default_factory=dict)
     events: dict[str, list[Entry]] = field(default_factory=dict)             # by window name
     extra: dict[str, Any] = field(default_factory=dict)
@@ -197,9 +202,13 @@ class ProviderLedger:
         self.max_tokens_charged_in_window = max(self.max_tokens_charged_in_window, win.charged_tokens(now, w))
         self.max_tokens_enforced_in_window = max(self.max_tokens_enforced_in_window, win.tokens(now, w))
 
-    def reject(self, reason: str) -> None:
+    def reject(self, reason: str, now: float | None = None, decision: "Decision | None" = None,
+               charge: int = 0) -> None:
         self.rejected_429 += 1
         self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + 1
+        if now is not None and len(self.rejections) < REJECTIONS_KEPT:
+            self.rejections.append([round(now, 3), reason, decision.used_requests if decision else None,
+                                    decision.used_tokens if decision else None, charge])
 
 
 def max_tokens_in_any_window(events: Iterable[Entry], w: float) -> int:

@@ -237,6 +237,10 @@ def measure(result: dict[str, Any], ledger: dict[str, Any], events: list[list[An
     # Late reports the coordinator took after the room they held could have gone to another grant.
     result["late_unsafe"] = sum(counter_total(t, "blogstream_permit_late_unsafe_total") for t in scrapes)
     result["rejected_by_reason"] = dict(ledger["openai"].get("rejected_429_by_reason") or {})
+    # When the 429s came and how full the provider's window was: tokens in it + the call's charge - limit.
+    result["rejections"] = [[at - start, reason, tokens + charge - OPENAI_TPM if tokens is not None else None]
+                            for at, reason, _, tokens, charge in ledger["openai"].get("rejections") or []]
+    result["sim_loop_lag"] = ledger.get("loop_lag") or {}
     result["scraped"] = len(scrapes)
     result["cores"] = {name: cores(s) for name, s in result["samples"].items()}
     return result
@@ -309,6 +313,18 @@ def _ms(x: float | None) -> str:
     return "n/a" if x is None else f"{1000 * x:.1f} ms"
 
 
+def _rejections(rows: list[list[Any]]) -> str:
+    """The 429s in a line: each minute's count, and how many tokens over the limit the calls were."""
+    if not rows:
+        return "none"
+    per_minute: dict[int, int] = {}
+    for at, _, _ in rows:
+        per_minute[int(at // 60)] = per_minute.get(int(at // 60), 0) + 1
+    over = sorted(x for _, _, x in rows if x is not None)
+    minutes = ", ".join(f"min {m}: {n}" for m, n in sorted(per_minute.items()))
+    return (f"{minutes}; over by {over[len(over) // 2]:,} / {over[-1]:,} tokens" if over else minutes)
+
+
 def _met(ok: bool) -> str:
     return "met" if ok else "**not met**"
 
@@ -318,6 +334,7 @@ def report(r: dict[str, Any], plots: list[str] = ()) -> str:
     rejected = sum(r["rejected_429"].values())
     rss_max = max(r["rss_peak"].values(), default=0.0)
     util = r["util_binding"]
+    lag = r.get("sim_loop_lag") or {}
     lines = [
         "# Tier benchmark: a paying customer's provider limits, 3 workers on a 2-core machine",
         "",
@@ -342,6 +359,11 @@ def report(r: dict[str, Any], plots: list[str] = ()) -> str:
         f"| 429s (OpenAI / Replicate / Wix) | {r['rejected_429']['openai']} / {r['rejected_429']['replicate']} / "
         f"{r['rejected_429']['wix']} (OpenAI's by reason: {r.get('rejected_by_reason') or {}}) | "
         f"0: {_met(rejected == 0)} |",
+        f"| 429s: when (s after submit), tokens over the limit they asked for (median, max) | "
+        f"{_rejections(r.get('rejections') or [])} | |",
+        "| Simulators' event loop waking late (samples every 50 ms): p50 / p99 / max | "
+        + (f"{_ms(lag.get('p50'))} / {_ms(lag.get('p99'))} / {_ms(lag.get('max'))}" if lag.get("samples") else "n/a")
+        + " | a call is counted when its handler runs |",
         f"| Permit latency p50 / p99 (blogstream_permit_overhead_seconds, {r['permits']:.0f} permits) | "
         f"{_ms(r['permit_p50'])} / {_ms(r['permit_p99'])} | p99 <= 50 ms: "
         f"{_met(r['permit_p99'] is not None and r['permit_p99'] <= GOALS['permit_p99'])} |",

@@ -168,9 +168,15 @@ async def test_tpm_rejection(sim):
     assert ei.value.response.headers["x-ratelimit-remaining-tokens"] == str(5000 - used)
     # exactly filling the window is allowed
     await c.chat.completions.create(model="gpt-4o-mini", messages=PROMPT, max_tokens=5000 - used - p)
-    led = sim.ledger()["openai"]
+    ledger = sim.ledger()
+    led = ledger["openai"]
     assert led["rejected_429_by_reason"] == {"tokens": 1}
     assert led["max_tokens_in_window_enforced"] == 5000
+    # The 429 is listed: when, why, the window as it stood (1 request, `used` tokens) and the charge.
+    ((at, reason, requests, tokens, charge),) = led["rejections"]
+    assert reason == "tokens" and (requests, tokens, charge) == (1, used, 5000 - used + 1)
+    assert abs(at - ledger["now"]) < 30
+    assert ledger["loop_lag"]["samples"] >= 0
 
 
 async def test_request_larger_than_tpm(sim):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from stack.bench_tier import backlog_size, cores, in_flight, machine_busy
+from stack.bench_tier import _rejections, backlog_size, cores, in_flight, machine_busy
 
 
 def test_the_backlog_is_minutes_of_work_at_the_request_limit():
@@ -32,3 +32,9 @@ def test_machine_busy_leaves_out_idle_and_iowait():
     after = [200, 0, 200, 800, 200, 0, 0, 0]  # 200 busy, 200 idle or waiting on disk
     assert machine_busy(before, after) == pytest.approx(0.5)
     assert machine_busy(before, before) == 0.0
+
+
+def test_the_429s_line_counts_them_by_minute_and_says_how_far_over_they_asked():
+    rows = [[5.0, "tokens", 100], [61.0, "tokens", 3], [62.0, "tokens", 40], [130.0, "requests", None]]
+    assert _rejections(rows) == "min 0: 1, min 1: 2, min 2: 1; over by 40 / 100 tokens"
+    assert _rejections([]) == "none"
