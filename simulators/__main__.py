@@ -9,7 +9,7 @@ import os
 
 from aiohttp import web
 
-from .app import create_app
+from .app import OWN_PROCESS_KEY, create_app
 from .config import config_from_env, merge_config
 
 
@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> None:
         with open(args.config) as fh:
             cfg = merge_config(cfg, json.load(fh))
     app = create_app(cfg)
+    app[OWN_PROCESS_KEY] = True
     web.run_app(app, host=os.environ.get("SIM_HOST", "127.0.0.1"), port=args.port, access_log=None,
                 print=lambda *_: print(f"simulators listening on http://127.0.0.1:{args.port} "
                                        f"(openai: /openai/v1, replicate: /replicate, wix: /wix, control: /_sim)",
