@@ -75,6 +75,7 @@ class _LeasePool:
     recent: "deque[float]" = field(default_factory=deque)  # when permits were asked for, the last lease period
     refilling: bool = False
     quiet_until: float = 0.0  # the coordinator said no (the budget is busy): do not ask to refill before
+    asker: tuple[str, float] = ("", 1.0)  # the site and weight of the last permit taken (a renewal asks as it)
 
     def note(self, now: float, period: float) -> None:
         self.recent.append(now)
@@ -324,7 +325,7 @@ class Budgets:
                 expired += 1
                 await asyncio.sleep(min(5.0, 0.25 * 2 ** (expired - 1)))
                 continue
-            start = float(reply.get("granted_at") or 0.0)
+            start, answered = float(reply.get("granted_at") or 0.0), now
             if start > now:  # granted ahead: its room opens at `start`, not before
                 await asyncio.sleep(start - now)
                 now = time.time()
@@ -344,10 +345,10 @@ class Budgets:
                 self._slow_logged = now
                 arrived, granted, sent = reply.get("arrived_at"), reply.get("granted_at"), reply.get("sent_at")
                 log.info(
-                    "slow permit for %s: %.0f ms beyond waiting for room (ask to coordinator %s ms, "
-                    "grant to answer %s ms, answer to worker %s ms)", primary, 1000 * overhead,
+                    "slow permit for %s: %.0f ms beyond waiting for room (ask to coordinator %s ms, grant to "
+                    "answer %s ms, answer to worker %s ms, then woke %s ms after its start)", primary, 1000 * overhead,
                     _ms(arrived - asked if arrived else None), _ms(sent - granted if sent and granted else None),
-                    _ms(now - sent if sent else None),
+                    _ms(answered - sent if sent else None), _ms(now - start if start > answered else None),
                 )
             current_permit.set(permit)  # the wire hook reports when its request really leaves
             return permit
@@ -394,14 +395,16 @@ class Budgets:
             asyncio.ensure_future(self.casts.send(
                 {"op": "lease_end", "budget": budget, "grant_id": lease.grant_id, "taken": lease.taken}
             )).add_done_callback(_seen)
+        if lease.taken and not pool.leases:  # in use: renewed now, not at the next permit after a round trip
+            self._maybe_refill(budget, pool, *pool.asker, time.time())
 
     def end_leases(self, budget: str) -> None:
         """The provider pushed back on `budget`: take nothing more from leases on it."""
         pool = self._pools.get(budget)
         if pool is not None:
+            pool.quiet_until = time.time() + self.lease_seconds  # first: ending them renews none
             for lease in list(pool.leases):
                 self._end_lease(budget, pool, lease)
-            pool.quiet_until = time.time() + self.lease_seconds
 
     async def _from_lease(self, budget: str, pool: _LeasePool, lease: _Lease, site_id: str, weight: float,
                           started: float, overhead: float | None = None) -> Permit:
@@ -415,6 +418,7 @@ class Budgets:
         metrics.permit_wait_seconds.labels(metrics.budget_label(budget)).observe(permit.waited)
         # Taken here: the time it took (no round trip). Leased by an ask: as for one permit.
         permit_overhead_seconds.labels(metrics.budget_label(budget)).observe(max(0.0, permit.waited if overhead is None else overhead))
+        pool.asker = (site_id, weight)
         self._maybe_refill(budget, pool, site_id, weight, now)
         current_permit.set(permit)
         return permit

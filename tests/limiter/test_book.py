@@ -846,6 +846,30 @@ async def test_a_lease_that_arrives_after_its_end_goes_back_whole_and_a_429_ends
     assert pool.quiet_until > time.time()  # and no refill for a while
 
 
+async def test_a_lease_in_use_is_renewed_when_it_ends_and_an_idle_one_is_not(monkeypatch):
+    """A site's Wix lease (30 s) ending before the site's next blog: renewed at its end if it was used,
+    so that blog takes its units locally instead of paying a round trip; a lease nobody took from is not."""
+    import streams.limiter.client as limiter
+
+    casts, renewals = _Casts(), []
+    monkeypatch.setattr(limiter, "budget_coordinator", casts)
+    budgets = limiter.Budgets()
+
+    async def refill(budget, pool, site_id, weight):
+        renewals.append((budget, site_id, weight))
+        pool.refilling = False
+
+    monkeypatch.setattr(budgets, "_refill", refill)
+    pool = budgets._pool({"wix_requests:s": 1.0}, None)
+    pool.asker = ("s", 2.0)
+    budgets._add_lease("wix_requests:s", pool, _lease_reply(3, 0.1, "used"), taken=1)
+    await _wait_for(lambda: renewals)
+    assert renewals == [("wix_requests:s", "s", 2.0)]
+    budgets._add_lease("wix_requests:s", pool, _lease_reply(3, 0.1, "idle"), taken=0)
+    await _wait_for(lambda: len(casts.values) == 2)  # both ended, their untaken units given back
+    assert renewals == [("wix_requests:s", "s", 2.0)]
+
+
 def test_a_pool_asks_for_what_one_lease_period_took_lately():
     import streams.limiter.client as limiter
 
