@@ -241,6 +241,8 @@ def measure(result: dict[str, Any], ledger: dict[str, Any], events: list[list[An
     result["rejections"] = [[at - start, reason, tokens + charge - OPENAI_TPM if tokens is not None else None]
                             for at, reason, _, tokens, charge in ledger["openai"].get("rejections") or []]
     result["sim_loop_lag"] = ledger.get("loop_lag") or {}
+    loop_lag = merge_histograms([parse_histogram(t, "blogstream_event_loop_lag_seconds") for t in scrapes])
+    result["worker_loop_lag"] = (quantile(loop_lag, 0.5), quantile(loop_lag, 0.99), quantile(loop_lag, 0.999))
     result["scraped"] = len(scrapes)
     result["cores"] = {name: cores(s) for name, s in result["samples"].items()}
     return result
@@ -364,6 +366,9 @@ def report(r: dict[str, Any], plots: list[str] = ()) -> str:
         "| Simulators' event loop waking late (samples every 50 ms): p50 / p99 / max | "
         + (f"{_ms(lag.get('p50'))} / {_ms(lag.get('p99'))} / {_ms(lag.get('max'))}" if lag.get("samples") else "n/a")
         + " | a call is counted when its handler runs |",
+        "| Workers' event loop waking late (blogstream_event_loop_lag_seconds) p50 / p99 / p99.9 | "
+        + " / ".join(_ms(x) for x in r.get("worker_loop_lag") or (None, None, None))
+        + " | a permit granted ahead is taken when its worker wakes |",
         f"| Permit latency p50 / p99 (blogstream_permit_overhead_seconds, {r['permits']:.0f} permits) | "
         f"{_ms(r['permit_p50'])} / {_ms(r['permit_p99'])} | p99 <= 50 ms: "
         f"{_met(r['permit_p99'] is not None and r['permit_p99'] <= GOALS['permit_p99'])} |",

@@ -78,6 +78,12 @@ requests_by_status = Gauge(
 # --- the limiter: coordinator and worker side ----------------------------------
 _FINE = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
          0.5, 1.0, 2.0, 5.0, 10.0)
+event_loop_lag_seconds = Histogram(
+    "blogstream_event_loop_lag_seconds",
+    "How late the worker's event loop wakes a task (sampled every 100 ms): what every permit, timer and "
+    "answer waits on top of its own work when the worker is busy",
+    registry=registry, buckets=_FINE,
+)
 permit_overhead_seconds = Histogram(
     "blogstream_permit_overhead_seconds",
     "Permit latency not spent waiting for room: worker-side ask-to-grant time minus the time the ask "

@@ -48,6 +48,18 @@ def publish_site_figures(stats: dict[str, Any]) -> None:
     metrics.publish(metrics.site_budget_share, share)
 
 
+LOOP_LAG_EVERY = 0.1
+
+
+@app.task
+async def sample_event_loop_lag() -> None:
+    """blogstream_event_loop_lag_seconds: how late this worker's event loop wakes a sleeping task."""
+    while True:
+        asked = asyncio.get_running_loop().time()
+        await asyncio.sleep(LOOP_LAG_EVERY)
+        metrics.event_loop_lag_seconds.observe(max(0.0, asyncio.get_running_loop().time() - asked - LOOP_LAG_EVERY))
+
+
 _cycle = 0
 
 
