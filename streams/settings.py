@@ -144,9 +144,8 @@ class Settings(BaseSettings):
     # counts each permit over window + grace so late arrivals never overlap.
     permit_grace_seconds: float = Field(0.5, ge=0)
     # The coordinator grants up to this long before a budget's room opens, for
-    # that moment: the answer's trip over Kafka overlaps the wait for room
-    # (2 s: on a loaded 2-core box answers took 1.2-1.5 s at times).
-    permit_lookahead_seconds: float = Field(2.0, ge=0)
+    # that moment: the answer's trip over Kafka overlaps the wait for room.
+    permit_lookahead_seconds: float = Field(1.0, ge=0)
     # While nobody waits on a request budget and it is less than
     # `permit_lease_below` used, a worker may take several permits at once (a
     # lease), to be used within this many seconds without a round trip to the

@@ -395,7 +395,8 @@ class Budgets:
             asyncio.ensure_future(self.casts.send(
                 {"op": "lease_end", "budget": budget, "grant_id": lease.grant_id, "taken": lease.taken}
             )).add_done_callback(_seen)
-        if lease.taken and not pool.leases:  # in use: renewed now, not at the next permit after a round trip
+        if lease.taken and not pool.leases and lease.until - lease.start > 2 * self.lease_seconds:
+            # A site's long lease in use: renewed now, not at the site's next permit after a round trip.
             self._maybe_refill(budget, pool, *pool.asker, time.time())
 
     def end_leases(self, budget: str) -> None:

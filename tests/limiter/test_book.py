@@ -860,6 +860,7 @@ async def test_a_lease_in_use_is_renewed_when_it_ends_and_an_idle_one_is_not(mon
         pool.refilling = False
 
     monkeypatch.setattr(budgets, "_refill", refill)
+    budgets.lease_seconds = 0.02  # the budgets' usual lease; a site's lasts longer (here 0.1 s)
     pool = budgets._pool({"wix_requests:s": 1.0}, None)
     pool.asker = ("s", 2.0)
     budgets._add_lease("wix_requests:s", pool, _lease_reply(3, 0.1, "used"), taken=1)
@@ -867,6 +868,9 @@ async def test_a_lease_in_use_is_renewed_when_it_ends_and_an_idle_one_is_not(mon
     assert renewals == [("wix_requests:s", "s", 2.0)]
     budgets._add_lease("wix_requests:s", pool, _lease_reply(3, 0.1, "idle"), taken=0)
     await _wait_for(lambda: len(casts.values) == 2)  # both ended, their untaken units given back
+    # A usual (short, busy) lease is refilled as its units are taken, not renewed at its end.
+    budgets._add_lease("wix_requests:s", pool, _lease_reply(3, 0.03, "short"), taken=1)
+    await _wait_for(lambda: len(casts.values) == 3)
     assert renewals == [("wix_requests:s", "s", 2.0)]
 
 
