@@ -182,6 +182,11 @@ def parse_histogram(text: str, name: str, budget: str | None = None) -> dict[flo
     return buckets
 
 
+def scraped_histogram(scrapes: list[str], name: str, budget: str | None = None) -> dict[float, float]:
+    """One histogram's cumulative buckets summed over every worker's /metrics scrape (or one budget's)."""
+    return merge_histograms([parse_histogram(t, name, budget) for t in scrapes])
+
+
 def merge_histograms(hists: list[dict[float, float]]) -> dict[float, float]:
     out: dict[float, float] = {}
     for h in hists:
@@ -377,15 +382,15 @@ async def run_scenario(sc: Scenario, log: Any = print) -> dict[str, Any]:
         ours = [(e[0], float(e[2])) for e in events if not e[3]]
         times = sorted(t for t, _ in ours)
         scrapes = await scrape_metrics(p.workers)
-        overhead = merge_histograms([parse_histogram(t, "blogstream_permit_overhead_seconds") for t in scrapes])
+        overhead = scraped_histogram(scrapes, "blogstream_permit_overhead_seconds")
         budgets = sorted({b for t in scrapes for b in re.findall(r'blogstream_permit_overhead_seconds_count\{budget="([^"]+)"', t)})
         by_budget = {}
         for b in budgets:
-            h = merge_histograms([parse_histogram(t, "blogstream_permit_overhead_seconds", b) for t in scrapes])
+            h = scraped_histogram(scrapes, "blogstream_permit_overhead_seconds", b)
             by_budget[b] = {"permits": max(h.values()) if h else 0, "p50": quantile(h, 0.5), "p99": quantile(h, 0.99)}
-        waits = merge_histograms([parse_histogram(t, "blogstream_permit_wait_seconds") for t in scrapes])
-        persist = merge_histograms([parse_histogram(t, "blogstream_limiter_persist_seconds") for t in scrapes])
-        send_delay = merge_histograms([parse_histogram(t, "blogstream_permit_send_delay_seconds") for t in scrapes])
+        waits = scraped_histogram(scrapes, "blogstream_permit_wait_seconds")
+        persist = scraped_histogram(scrapes, "blogstream_limiter_persist_seconds")
+        send_delay = scraped_histogram(scrapes, "blogstream_permit_send_delay_seconds")
         openai = ledger["openai"]
         req_util = steady_utilization(times, sc.openai_rpm, sc.window)
         tok_util = None

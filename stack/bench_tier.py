@@ -31,9 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from stack.bench_capacity import cpu_seconds, peak_rss_mb, write_doc
-from stack.bench_limiter import (DOCS, LimiterRig, _commit, counter_total, enforced_token_sums, merge_histograms,
-                                 parse_histogram, quantile, running_totals, scrape_metrics,
-                                 window_counts)
+from stack.bench_limiter import (DOCS, LimiterRig, _commit, counter_total, enforced_token_sums, quantile,
+                                 running_totals, scrape_metrics, scraped_histogram, window_counts)
 from stack.harness import summarize
 
 WINDOW = 60.0
@@ -219,8 +218,8 @@ def measure(result: dict[str, Any], ledger: dict[str, Any], events: list[list[An
     result["max_requests_in_window"] = ledger["openai"].get("max_requests_in_window")
     result["max_tokens_in_window"] = ledger["openai"].get("max_tokens_in_window_enforced")
     result["replicate_max_in_window"] = ledger["replicate"].get("max_requests_in_window")
-    overhead = merge_histograms([parse_histogram(t, "blogstream_permit_overhead_seconds") for t in scrapes])
-    waits = merge_histograms([parse_histogram(t, "blogstream_permit_wait_seconds") for t in scrapes])
+    overhead = scraped_histogram(scrapes, "blogstream_permit_overhead_seconds")
+    waits = scraped_histogram(scrapes, "blogstream_permit_wait_seconds")
     result["permit_p50"], result["permit_p99"] = quantile(overhead, 0.5), quantile(overhead, 0.99)
     result["wait_p50"], result["wait_p99"] = quantile(waits, 0.5), quantile(waits, 0.99)
     result["permits"] = max(overhead.values()) if overhead else 0
@@ -228,10 +227,10 @@ def measure(result: dict[str, Any], ledger: dict[str, Any], events: list[list[An
     kinds = sorted({m for t in scrapes for m in re.findall(r'blogstream_permit_overhead_seconds_count\{budget="([^"]+)"', t)})
     result["permit_by_budget"] = {}
     for kind in kinds:
-        hist = merge_histograms([parse_histogram(t, "blogstream_permit_overhead_seconds", kind) for t in scrapes])
+        hist = scraped_histogram(scrapes, "blogstream_permit_overhead_seconds", kind)
         result["permit_by_budget"][kind] = (max(hist.values()) if hist else 0, quantile(hist, 0.5), quantile(hist, 0.99))
     # The coordinator's own step between deciding and answering: its grants made durable.
-    persist = merge_histograms([parse_histogram(t, "blogstream_limiter_persist_seconds") for t in scrapes])
+    persist = scraped_histogram(scrapes, "blogstream_limiter_persist_seconds")
     result["persist_p50"], result["persist_p99"] = quantile(persist, 0.5), quantile(persist, 0.99)
     result["late_sends"] = sum(counter_total(t, "blogstream_permit_late_sends_total") for t in scrapes)
     # Late reports the coordinator took after the room they held could have gone to another grant.
@@ -241,7 +240,7 @@ def measure(result: dict[str, Any], ledger: dict[str, Any], events: list[list[An
     result["rejections"] = [[at - start, reason, tokens + charge - OPENAI_TPM if tokens is not None else None]
                             for at, reason, _, tokens, charge in ledger["openai"].get("rejections") or []]
     result["sim_loop_lag"] = ledger.get("loop_lag") or {}
-    loop_lag = merge_histograms([parse_histogram(t, "blogstream_event_loop_lag_seconds") for t in scrapes])
+    loop_lag = scraped_histogram(scrapes, "blogstream_event_loop_lag_seconds")
     result["worker_loop_lag"] = (quantile(loop_lag, 0.5), quantile(loop_lag, 0.99), quantile(loop_lag, 0.999))
     result["scraped"] = len(scrapes)
     result["cores"] = {name: cores(s) for name, s in result["samples"].items()}
