@@ -146,6 +146,14 @@ async def check_run(
 _NUMBERS = re.compile(r"0x[0-9a-f]+|\d+")
 
 
+_SLOTS_RELEASED = re.compile(r"limiter: worker (\S+) is gone .*? the (\d+) site slots it held .*? its (\d+) asks")
+
+
+def slots_released(log_text: str) -> list[tuple[str, int, int]]:
+    """What the coordinator took back from gone workers, in a worker's log: [(gone worker, slots, asks)]."""
+    return [(m.group(1), int(m.group(2)), int(m.group(3))) for m in _SLOTS_RELEASED.finditer(log_text)]
+
+
 def repeated_tracebacks(log_text: str) -> list[tuple[int, str]]:
     """The tracebacks in a worker's log, the same ones (numbers aside) counted: [(times, last line)], most first."""
     blocks: Counter[str] = Counter()
@@ -464,6 +472,7 @@ def figures(chaos: Chaos, times: list[float], baseline: tuple[float, float], che
         start, end = kills[0].start, kills[-1].start + KILL_EVERY
         out["kills"] = {"count": len(kills), "from": start, "to": end, "ratio": rate(times, start, end) / normal}
     out["tracebacks"] = {name: repeated_tracebacks(text)[:3] for name, text in logs.items()}
+    out["slots_released"] = [pair for text in logs.values() for pair in slots_released(text)]
     out["log_bytes"] = {name: len(text.encode()) for name, text in logs.items()}
     first = min(times) if times else chaos.submitted_at
     out["timeline"] = {"t0": first, "bins": [(t - first, rate(times, t, t + BIN) * BIN) for t in _bins(first, max(times))]}
@@ -598,6 +607,14 @@ def report(result: dict[str, Any], png: str | None, busy: str) -> str:
         k = result["kills"]
         lines += ["", f"A worker SIGKILLed every {KILL_EVERY:.0f} s and restarted at once ({k['count']} kills, "
                       f"{k['to'] - k['from']:.0f} s): **{pct(k['ratio'])} of normal**."]
+    released = result.get("slots_released") or []
+    if released:
+        lines += ["", f"The limiter took back what killed workers held {len(released)} times, each when the "
+                      "restarted process was first heard or 30 s after the worker went silent "
+                      f"(streams/limiter/workers.py): {sum(r[1] for r in released)} site slots "
+                      f"(most at once {max(r[1] for r in released)}) and {sum(r[2] for r in released)} asks still "
+                      f"waiting (most at once {max(r[2] for r in released)}). Before, the slots stayed taken for an "
+                      "hour (the big site ran on the slots left) and the asks were granted to nobody."]
     if not result["backlog_lasted"]:
         lines += ["", "**The backlog ran out before the last fault: the figures after it are not throughput.**"]
     if result.get("broker_outage"):

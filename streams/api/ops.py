@@ -18,7 +18,8 @@ from streams.api import access, openapi
 from streams.api.http import ApiView, retry_after_header
 from streams.app import app
 from streams.pipeline.deps import deps
-from streams.limiter.client import StatsUnavailable, budgets
+from streams.limiter.client import budgets
+from streams.limiter.published import StatsUnavailable
 from streams.limiter.specs import OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,8 @@ from store.sites import CONTROL_RANGES, control_problem
 from streams.api.http import ID_PATTERN, ApiView, IntakeError, retry_after_header
 from streams.app import app
 from streams.pipeline.deps import deps
-from streams.limiter.client import StatsUnavailable, budgets
+from streams.limiter.client import budgets
+from streams.limiter.published import StatsUnavailable
 from streams.pipeline.runner import StageRunner
 from streams.settings import settings
 

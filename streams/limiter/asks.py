@@ -27,6 +27,7 @@ class Ask:
     waited: bool = False  # a pass found no room for it: its grant came when room appeared
     lease: int = 0  # units it would take as a lease (0: one permit); see BudgetBook.lease
     lane: str = INTERACTIVE  # or BULK: served only with what interactive asks leave
+    worker: str = ""  # the asking worker process (workers.py): its request's slot is its to hold now
 
     @property
     def primary(self) -> str:

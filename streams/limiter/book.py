@@ -31,6 +31,7 @@ from streams.limiter.leases import LeaseRules
 from streams.limiter.line import AskGroups
 from streams.limiter.rates import RateBudget, SlotBudget
 from streams.limiter.reserve import InteractiveReserve
+from streams.limiter.workers import WorkerRoll
 
 __all__ = ["BULK", "INTERACTIVE", "LANE_RANK", "Ask", "BudgetBook", "Grant"]  # the asks' names, for the book's callers
 
@@ -93,6 +94,7 @@ class BudgetBook(LeaseRules):
         self._grant_seq = itertools.count()
         self.instance = ""
         self.dirty_slots: set[str] = set()
+        self.workers = WorkerRoll()  # who still holds slots: a gone worker's slots are released (`expire`)
         self._fresh: list[Ask] = []  # asks no pass has looked at yet
 
     # --- budgets ------------------------------------------------------------
@@ -328,7 +330,7 @@ class BudgetBook(LeaseRules):
         self._unwait(ask)
         grant_id = self._new_grant_id()
         if ask.slot_limit is not None:
-            self.slot(ask.site_id, ask.slot_limit).add(now, ask.request_id)
+            self.slot(ask.site_id, ask.slot_limit).add(now, ask.request_id, ask.worker)
             self.dirty_slots.add(f"slots:{ask.site_id}")
         made_at = now if made_at is None else made_at
         units = self._lease_units(ask, now) if now <= made_at else 0  # never for a grant ahead
@@ -425,12 +427,32 @@ class BudgetBook(LeaseRules):
         for rate in self.rates.values():
             rate.recover(seconds)
 
-    def expire(self, now: float) -> None:
+    def saw(self, ask: Ask, now: float, route: str = "") -> None:
+        """An ask came from `ask.worker` (at reply address `route`): it is alive, and the slot of the
+        request it asks for is its own now."""
+        self.workers.saw(ask.worker, now, route)
+        slots = self.slots.get(f"slots:{ask.site_id}")
+        if slots is not None and slots.own(ask.request_id, ask.worker):
+            self.dirty_slots.add(slots.name)
+
+    def expire(self, now: float) -> dict[str, list[int]]:
+        """Grants out of their windows, stale slots, and what gone workers held: [slots, waiting asks] each."""
         for rate in self.rates.values():
             rate._expire(now)
+        gone = self.workers.gone(now)
+        released: dict[str, list[int]] = {worker: [0, 0] for worker in gone}
+        if gone:  # their waiting asks too: granted, they would hold room nobody sends in
+            for ask in [a for a in self.waiting.values() if a.worker in gone]:
+                self._unwait(ask)
+                released[ask.worker][1] += 1
+            self._fresh = [a for a in self._fresh if a.ask_id in self.waiting]
         for slots in self.slots.values():
-            if slots._expire(now):
+            owners = slots.release_owned(gone) if gone else []
+            for owner in owners:
+                released[owner][0] += 1
+            if slots._expire(now) or owners:
                 self.dirty_slots.add(slots.name)
+        return released
 
     # --- bounded memory ----------------------------------------------------------
     def prune(self, now: float) -> None:
@@ -509,7 +531,10 @@ class BudgetBook(LeaseRules):
             if state is None:
                 continue
             if key.startswith("slots:"):
-                self.slot(key.split(":", 1)[1], state.get("limit")).restore(state)
+                slots = self.slot(key.split(":", 1)[1], state.get("limit"))
+                slots.restore(state)
+                for owner in slots.owners.values():  # heard afresh from the first message on (WorkerRoll.heard)
+                    self.workers.seen.setdefault(owner, -math.inf)
             elif key.startswith("r|"):
                 name, part = key[2:].rsplit("|", 1)
                 if part == "meta":

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
 import random
+import socket
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from faust.agents.replies import ReplyPromise
@@ -23,8 +25,8 @@ from faust.agents.replies import ReplyPromise
 from streams import metrics
 from streams.app import app
 from store.effects import Coalesced
-from store.limiter_snapshot import LimiterSnapshot, read_snapshot
-from streams.limiter.coordinator import budget_coordinator, limiter_topic, publisher
+from streams.limiter.coordinator import budget_coordinator, limiter_topic
+from streams.limiter.published import STATS_MAX_AGE_SECONDS, STATS_STALE_SECONDS, StatsUnavailable, snapshots
 from streams.limiter.specs import OPENAI_TOKENS
 from streams.metrics import permit_overhead_seconds, permits_leased_total, reasks_total
 from streams.settings import settings
@@ -165,6 +167,8 @@ class Budgets:
     _regrouped: asyncio.Event | None = None
 
     def __init__(self) -> None:
+        # This process, for the coordinator: the slots of requests it asked for are its own (workers.py).
+        self.instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._pools: dict[str, _LeasePool] = {}  # budget -> leased units (see `_leasable`)
         self.casts = CastBatch(_cast)  # one-way messages, batched
         self.late_reports = CastBatch(_send_durable)  # batched too, each back once the broker has it
@@ -294,6 +298,7 @@ class Budgets:
             asked = time.time()
             ask = {
                 "op": "acquire",
+                "worker": self.instance,
                 "ask_id": uuid.uuid4().hex,
                 "site_id": site_id,
                 "request_id": request_id,
@@ -434,8 +439,8 @@ class Budgets:
         asyncio.ensure_future(self._refill(budget, pool, site_id, weight))
 
     async def _refill(self, budget: str, pool: _LeasePool, site_id: str, weight: float) -> None:
-        ask = {"op": "lease", "ask_id": uuid.uuid4().hex, "site_id": site_id, "request_id": "",
-               "needs": {budget: 1.0}, "lease": pool.wanted(), "weight": weight}
+        ask = {"op": "lease", "worker": self.instance, "ask_id": uuid.uuid4().hex, "site_id": site_id,
+               "request_id": "", "needs": {budget: 1.0}, "lease": pool.wanted(), "weight": weight}
         try:
             reply = await self._ask_until_answered(ask, deadline=time.time() + 2.0)
             if reply.get("lease_units"):
@@ -529,61 +534,6 @@ class Budgets:
         return {**snapshot.figures, "snapshot_age_seconds": age, "stale": age > STATS_STALE_SECONDS}
 
 
-# The coordinator publishes its figures every second (coordinator.SnapshotPublisher). Older than
-# STALE they are shown with "stale": true; older than MAX_AGE the stats pages answer 503.
-STATS_STALE_SECONDS = 5.0
-STATS_MAX_AGE_SECONDS = 30.0
-STATS_CACHE_SECONDS = 0.5  # a worker reads the snapshot at most twice a second, however many ask
-
-
-class StatsUnavailable(Exception):
-    """The limiter's figures cannot be shown: the message says why and what to do."""
-
-
-class SnapshotReader:
-    """The published snapshot, read from Postgres at most once per STATS_CACHE_SECONDS per worker.
-
-    Concurrent readers share one query; the age grows with the time since the read.
-    """
-
-    def __init__(self) -> None:
-        self._last: tuple[float, LimiterSnapshot] | None = None  # (monotonic time of the read, snapshot)
-        self._reading: asyncio.Future | None = None
-
-    async def read(self, timeout: float) -> LimiterSnapshot:
-        last = self._last
-        if last is not None and time.monotonic() - last[0] < STATS_CACHE_SECONDS:
-            return self._aged(last)
-        if self._reading is None or self._reading.done():
-            self._reading = asyncio.ensure_future(self._fetch())
-            self._reading.add_done_callback(lambda f: f.cancelled() or f.exception())  # seen even if all gave up
-        try:
-            return self._aged(await asyncio.wait_for(asyncio.shield(self._reading), timeout))
-        except StatsUnavailable:
-            raise
-        except asyncio.TimeoutError:
-            raise StatsUnavailable(f"Postgres did not answer within {timeout:g} s with the limiter's figures; "
-                                   "try again in a moment") from None
-        except Exception as exc:
-            raise StatsUnavailable(f"the limiter's figures could not be read from Postgres ({type(exc).__name__}); "
-                                   "try again in a moment") from None
-
-    async def _fetch(self) -> tuple[float, LimiterSnapshot]:
-        db = await publisher.database()
-        snapshot = await read_snapshot(db.pool, settings.app_id)
-        if snapshot is None:
-            raise StatsUnavailable("no limiter coordinator has published its figures yet (a worker that starts takes "
-                                   "a few seconds to run it); try again shortly")
-        self._last = (time.monotonic(), snapshot)
-        return self._last
-
-    @staticmethod
-    def _aged(read: tuple[float, LimiterSnapshot]) -> LimiterSnapshot:
-        at, snapshot = read
-        return replace(snapshot, age_seconds=snapshot.age_seconds + (time.monotonic() - at))
-
-
-snapshots = SnapshotReader()
 
 
 budgets = Budgets()

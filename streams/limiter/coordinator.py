@@ -40,9 +40,8 @@ from faust.agents.models import ReqRepRequest, ReqRepResponse
 
 from streams import metrics
 from streams.app import LIMITER_TOPIC, app, topic_name
-from store.database import Database
-from store.limiter_snapshot import write_snapshot
 from streams.limiter.book import INTERACTIVE, LANE_RANK, Ask, BudgetBook
+from streams.limiter.published import publisher
 from streams.log_limit import Backoff, LogLimit
 from streams.limiter.specs import (OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS, rate_specs, span_seconds,
                                    wire_margin)
@@ -209,6 +208,7 @@ class Coordinator:
         if not self.loaded:
             return  # the limiter moved away while we were loading
         now = time.time()
+        self.book.workers.heard(now)
         reply = None
         reply_to = (headers or {}).get("Faust-Ag-ReplyTo")
         if reply_to:  # agent.ask() puts the reply route in headers (faust 0.15)
@@ -249,7 +249,9 @@ class Coordinator:
                 reply=reply,
                 lease=int(value.get("lease") or 0),
                 lane=value["lane"] if value.get("lane") in LANE_RANK else INTERACTIVE,
+                worker=str(value.get("worker") or ""),
             )
+            self.book.saw(ask, now, reply[0] if reply else "")
             if op == "acquire":
                 self.book.add_ask(ask)
             else:  # a worker refilling its leased units: a lease now, or no, never a place in line
@@ -275,6 +277,8 @@ class Coordinator:
             self.book.unused(value["grant_id"], value.get("needs") or {})
         elif op == "release":
             self.book.release_slot(value["site_id"], value["request_id"])
+        elif op == "alive":  # a worker's heartbeat (streams/limiter/alive.py)
+            self.book.workers.saw(str(value.get("worker") or ""), now, str(value.get("route") or ""))
         elif op == "feedback":
             self._feedback(now, value["budget"], value, value.get("tokens_budget"), bool(value.get("throttled")))
         elif op == "late":
@@ -380,7 +384,7 @@ class Coordinator:
         now = time.time()
         if now - self.last_tick >= 1.0:
             self.book.recover(now - self.last_tick)
-            self.book.expire(now)
+            self._log_gone(self.book.expire(now))
             self.book.prune(now)  # memory bounded by what is live: idle sites' state goes
             self.last_tick = now
             self.publish_stats(now)  # once a second, whatever asks for them
@@ -427,6 +431,13 @@ class Coordinator:
         wake = self.book.next_wakeup(time.time())
         return 1.0 if wake is None else min(1.0, max(0.001, wake - time.time()))
 
+    def _log_gone(self, released: dict[str, list[int]]) -> None:
+        for worker, (slots, asks) in released.items():
+            log.warning("limiter: worker %s is gone (restarted, or not heard from for %.0f s): the %d site "
+                        "slots it held are free again, and its %d asks still waiting are dropped (its "
+                        "requests ask again when they are taken up)", worker, self.book.workers.gone_after,
+                        slots, asks)
+
     async def _persist(self, writes: dict[str, Any]) -> None:
         """Write table keys through the changelog and wait for the broker's acks.
 
@@ -468,54 +479,6 @@ class Coordinator:
             fut.result()
 
 
-class SnapshotPublisher:
-    """Writes the coordinator's figures to Postgres without ever holding up the scheduler.
-
-    One write at a time: while one is still under way (Postgres slow or away), the
-    next second's figures are skipped, not queued. Failures are logged once a minute.
-    Readers see the snapshot's age and call it stale (streams/limiter/client.py).
-    """
-
-    def __init__(self) -> None:
-        self._db: Database | None = None
-        self._task: asyncio.Future | None = None
-        self._logged_at = 0.0
-        self.failures = 0
-
-    def publish(self, coordinator_id: str, figures: dict[str, Any]) -> None:
-        if self._task is not None and not self._task.done():
-            return
-        self._task = asyncio.ensure_future(self._write(coordinator_id, figures))
-
-    async def _write(self, coordinator_id: str, figures: dict[str, Any]) -> None:
-        try:
-            await asyncio.wait_for(write_snapshot((await self.database()).pool, settings.app_id, coordinator_id, figures),
-                                   timeout=5.0)
-            if self.failures:
-                log.info("limiter: figures published again after %d failed writes", self.failures)
-                self.failures = 0
-        except Exception as exc:
-            self.failures += 1
-            if time.monotonic() - self._logged_at > 60.0:
-                self._logged_at = time.monotonic()
-                log.warning("limiter: could not publish the figures to Postgres (%s: %s; %d failed writes); the stats "
-                            "pages show them stale until it works again (is the schema at head? alembic upgrade head)",
-                            type(exc).__name__, exc, self.failures)
-
-    async def database(self) -> Database:
-        """This worker's small pool for the limiter's snapshot (writes here, reads in client.py)."""
-        if self._db is None:
-            db = Database(settings.database_url, min_size=1, max_size=2, command_timeout=5.0,
-                          application_name="blogstream-limiter")
-            await db.start()
-            if self._db is None:
-                self._db = db
-            else:  # another task connected meanwhile
-                await db.close()
-        return self._db
-
-
-publisher = SnapshotPublisher()
 coordinator = Coordinator()
 
 

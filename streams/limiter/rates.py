@@ -521,30 +521,52 @@ class RateBudget:
 
 @dataclass
 class SlotBudget:
-    """Requests of one site in flight (generate start → publish end), across all workers."""
+    """Requests of one site in flight (generate start → publish end), across all workers.
+
+    Each holder's `owner` is the worker that last asked for a permit for its
+    request; a gone owner's holders are released (`release_owned`, workers.py).
+    """
 
     name: str
     limit: int
     holders: dict[str, float] = field(default_factory=dict)  # request_id -> since
-    lease_seconds: float = 3600.0  # reclaim slots of requests that vanished
+    owners: dict[str, str] = field(default_factory=dict)  # request_id -> worker ("" or absent: unknown)
+    lease_seconds: float = 3600.0  # reclaim slots of requests that vanished, whoever held them
 
     def _expire(self, now: float) -> bool:
         stale = [r for r, t in self.holders.items() if now - t > self.lease_seconds]
         for rid in stale:
-            del self.holders[rid]
+            self.release(rid)
         return bool(stale)
 
     def fits(self, now: float, request_id: str) -> bool:
         return request_id in self.holders or len(self.holders) < self.limit
 
-    def add(self, now: float, request_id: str) -> None:
+    def add(self, now: float, request_id: str, owner: str = "") -> None:
         self.holders.setdefault(request_id, now)
+        self.own(request_id, owner)
+
+    def own(self, request_id: str, owner: str) -> bool:
+        """`owner` asked for `request_id`'s next permit: it holds the slot now (True if that changed)."""
+        if not owner or request_id not in self.holders or self.owners.get(request_id) == owner:
+            return False
+        self.owners[request_id] = owner
+        return True
 
     def release(self, request_id: str) -> bool:
+        self.owners.pop(request_id, None)
         return self.holders.pop(request_id, None) is not None
 
+    def release_owned(self, gone: set[str]) -> list[str]:
+        """Release the holders of workers that are gone; the owner of each released holder."""
+        released = [(rid, owner) for rid, owner in self.owners.items() if owner in gone]
+        for rid, _ in released:
+            self.release(rid)
+        return [owner for _, owner in released]
+
     def snapshot(self) -> dict[str, Any]:
-        return {"holders": dict(self.holders), "limit": self.limit}
+        return {"holders": dict(self.holders), "limit": self.limit, "owners": dict(self.owners)}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.holders = {k: float(v) for k, v in state.get("holders", {}).items()}
+        self.owners = {k: str(v) for k, v in (state.get("owners") or {}).items() if k in self.holders and v}

@@ -8,10 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
-import socket
 import time
-import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -22,6 +19,7 @@ from store.parked import ParkedEvents
 from store.sites import Site, SiteCache
 from connectors.replicate_images import ImageMaker
 from connectors.wix_blog import WixBlog
+from streams.limiter.client import budgets
 from streams.log_limit import Backoff, LogLimit
 from streams.pipeline import spend
 from streams.pipeline.parking import ParkingLot
@@ -41,7 +39,7 @@ class DatabaseUnavailable(DatabaseError):
 
 class Deps:
     def __init__(self) -> None:
-        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.worker_id = budgets.instance  # one name per process: in effect claims and in the limiter's log
         self._ready: asyncio.Lock | None = None
         self.db: Database | None = None
         self.sites: SiteCache | None = None

@@ -15,9 +15,9 @@ import pytest
 
 from store.limiter_snapshot import LimiterSnapshot, read_snapshot, write_snapshot
 from streams import metrics
-from streams.limiter import client, coordinator as coordinator_module
-from streams.limiter.client import STATS_MAX_AGE_SECONDS, STATS_STALE_SECONDS, SnapshotReader, StatsUnavailable
+from streams.limiter import client, coordinator as coordinator_module, published
 from streams.limiter.coordinator import Coordinator
+from streams.limiter.published import STATS_MAX_AGE_SECONDS, STATS_STALE_SECONDS, SnapshotReader, StatsUnavailable
 
 
 class FakePublisher:
@@ -94,8 +94,8 @@ def fake_read(monkeypatch):
     async def database():
         return DB()
 
-    monkeypatch.setattr(client, "read_snapshot", read)
-    monkeypatch.setattr(client.publisher, "database", database)
+    monkeypatch.setattr(published, "read_snapshot", read)
+    monkeypatch.setattr(published.publisher, "database", database)
     monkeypatch.setattr(client, "snapshots", SnapshotReader())
     return read
 
@@ -105,7 +105,7 @@ async def test_stats_come_from_the_snapshot_with_its_age_and_are_read_at_most_tw
     assert fake_read.queries == 1  # one query for all of them
     assert answers[0]["slots"] == {"a": 1} and answers[0]["stale"] is False
     assert answers[0]["snapshot_age_seconds"] >= 0.2
-    await asyncio.sleep(client.STATS_CACHE_SECONDS + 0.05)
+    await asyncio.sleep(published.STATS_CACHE_SECONDS + 0.05)
     again = await client.budgets.stats()
     assert fake_read.queries == 2 and again["snapshot_age_seconds"] >= 0.2
 
