@@ -143,6 +143,10 @@ class Settings(BaseSettings):
     # A permit must be used within this many seconds of its grant; the limiter
     # counts each permit over window + grace so late arrivals never overlap.
     permit_grace_seconds: float = Field(0.5, ge=0)
+    # From our socket write to the provider counting the call, at most (docs/limiter.md, "Counted from
+    # the send"): raise it for a provider that queues calls before counting them. A third of the grace
+    # at most (the rest covers the answer's trip); unset, it is 0.1 s or a third of the grace if less.
+    permit_wire_margin_seconds: float = Field(0.1, ge=0)
     # The coordinator grants up to this long before a budget's room opens, for
     # that moment: the answer's trip over Kafka overlaps the wait for room.
     permit_lookahead_seconds: float = Field(1.0, ge=0)
@@ -216,6 +220,18 @@ class Settings(BaseSettings):
                 f"{PREFIX}KAFKA_HEARTBEAT_SECONDS={self.kafka_heartbeat_seconds:g} is not valid: expected less than "
                 f"{PREFIX}KAFKA_SESSION_TIMEOUT_SECONDS ({self.kafka_session_timeout_seconds:g}), a third of it or less "
                 "is usual",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _wire_margin_within_grace(self) -> "Settings":
+        if "permit_wire_margin_seconds" in self.model_fields_set and \
+                self.permit_wire_margin_seconds > self.permit_grace_seconds / 3:
+            raise PydanticCustomError(
+                "wire_margin_grace",
+                f"{PREFIX}PERMIT_WIRE_MARGIN_SECONDS={self.permit_wire_margin_seconds:g} is not valid: expected at "
+                f"most a third of {PREFIX}PERMIT_GRACE_SECONDS ({self.permit_grace_seconds:g}); raise the grace "
+                f"with it, to {3 * self.permit_wire_margin_seconds:g} or more",
             )
         return self
 

@@ -39,8 +39,10 @@ def rate_specs() -> dict[str, dict[str, Any]]:
 
 
 def wire_margin() -> float:
-    """From our socket to the provider counting the request, at most (streams/limiter/wire.py's WIRE_MARGIN)."""
-    return min(0.1, settings.permit_grace_seconds / 3)
+    """From our socket to the provider counting the request, at most (streams/limiter/wire.py's WIRE_MARGIN).
+
+    BLOGSTREAM_PERMIT_WIRE_MARGIN_SECONDS; at most a third of the grace (a larger one set is refused)."""
+    return min(settings.permit_wire_margin_seconds, settings.permit_grace_seconds / 3)
 
 
 def span_seconds() -> float:

@@ -12,12 +12,12 @@ from typing import Any
 
 from streams.limiter.client import Permit, budgets, current_permit
 from streams.metrics import budget_label, late_sends_total, permit_send_delay_seconds
-from streams.settings import settings
+from streams.limiter.specs import wire_margin
 
 # the provider's own queue before admission (on this 2-core test box the
 # simulator alone can take tens of ms to get to a request). A permit whose
 # request leaves later than use_by - WIRE_MARGIN is reported as late.
-WIRE_MARGIN = min(0.1, settings.permit_grace_seconds / 3)
+WIRE_MARGIN = wire_margin()
 
 
 def _on_wire() -> Permit | None:

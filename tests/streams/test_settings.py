@@ -105,6 +105,8 @@ def test_each_value_is_accepted_or_refused_naming_the_variable(name, value, ok):
         env["BLOGSTREAM_KAFKA_SESSION_TIMEOUT_SECONDS"] = "1000"
     if name == "kafka_session_timeout_seconds":
         env["BLOGSTREAM_KAFKA_HEARTBEAT_SECONDS"] = "0.0001"
+    if name == "permit_wire_margin_seconds":  # the rule between it and the grace is tested below
+        env["BLOGSTREAM_PERMIT_GRACE_SECONDS"] = "1e12"
     if ok:
         loaded = getattr(load(env), name)
         kind = FIELDS[name].annotation
@@ -166,6 +168,8 @@ def test_any_number_is_accepted_exactly_within_the_bounds(name, value):
     if name == "kafka_session_timeout_seconds":
         env["BLOGSTREAM_KAFKA_HEARTBEAT_SECONDS"] = "1e-9"
         inside = inside and value > 1e-9
+    if name == "permit_wire_margin_seconds":
+        env["BLOGSTREAM_PERMIT_GRACE_SECONDS"] = "1e300"
     if inside:
         assert getattr(load(env), name) == value
     else:
@@ -186,6 +190,19 @@ def test_provider_variables_keep_their_names_and_win():
         load({"OPENAI_BASE_URL": "ftp://x"})
     with mock.patch.dict(os.environ, {"REPLICATE_BASE_URL": "x"}):
         assert variable("replicate_base_url") == "REPLICATE_BASE_URL"
+
+
+def test_the_wire_margin_is_at_most_a_third_of_the_grace_and_follows_a_small_grace_when_unset(monkeypatch):
+    from streams.limiter import specs
+
+    with pytest.raises(SettingsError, match=r"BLOGSTREAM_PERMIT_WIRE_MARGIN_SECONDS=0.5 is not valid: expected at most "
+                                            r"a third of BLOGSTREAM_PERMIT_GRACE_SECONDS \(0.5\); raise the grace with "
+                                            r"it, to 1.5 or more"):
+        load({"BLOGSTREAM_PERMIT_WIRE_MARGIN_SECONDS": "0.5"})
+    for env, margin in [({}, 0.1), ({"BLOGSTREAM_PERMIT_GRACE_SECONDS": "0.15"}, 0.05),
+                        ({"BLOGSTREAM_PERMIT_WIRE_MARGIN_SECONDS": "0.5", "BLOGSTREAM_PERMIT_GRACE_SECONDS": "1.5"}, 0.5)]:
+        monkeypatch.setattr(specs, "settings", load(env))
+        assert specs.wire_margin() == pytest.approx(margin)
 
 
 def test_the_kafka_heartbeat_must_be_below_the_session_timeout():
