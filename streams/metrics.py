@@ -123,6 +123,11 @@ permits_leased_total = Counter(
     "blogstream_permits_leased_total", "Worker: permits taken from a lease this worker holds (no round trip)",
     ["budget"], registry=registry,
 )
+lease_refusals_total = Counter(
+    "blogstream_lease_refusals_total", "Coordinator: leases asked for and refused, by budget and reason "
+    "(contended, pushed back, paced, too small, near the limit; docs/limiter.md, Leases): those permits "
+    "then make a round trip each", ["budget", "reason"], registry=registry,
+)
 late_unsafe_total = Counter(
     "blogstream_permit_late_unsafe_total", "Coordinator: late reports that came after the permit's room had "
     "been handed out again (the provider may have seen more than the limit)", registry=registry,

@@ -75,6 +75,7 @@ class BudgetBook(LeaseRules):
         self.vtime: dict[tuple[str, str], float] = {}  # (budget, site) -> normalised service
         self._waiting_sites: dict[str, dict[str, int]] = {}  # budget -> site -> asks waiting
         self._refused: dict[str, int] = {}  # budget -> asks on it a pass found no room for, still waiting
+        self.lease_refusals: dict[tuple[str, str], int] = {}  # see leases.py
         # budget -> heap of (amount, ask_id) of the asks waiting on it. Lazy: a granted ask's
         # entry stays until it reaches the top or the heap holds more garbage than live
         # entries (`_unwait` then rebuilds it), so it is at most about twice the live asks.

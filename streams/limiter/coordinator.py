@@ -51,6 +51,7 @@ from streams.metrics import (
     coordinator_active,
     grant_persist_seconds,
     grants_total,
+    lease_refusals_total,
     late_unsafe_total,
 )
 from streams.settings import settings
@@ -385,6 +386,7 @@ class Coordinator:
         if now - self.last_tick >= 1.0:
             self.book.recover(now - self.last_tick)
             self._log_gone(self.book.expire(now))
+            self._export_lease_refusals()
             self.book.prune(now)  # memory bounded by what is live: idle sites' state goes
             self.last_tick = now
             self.publish_stats(now)  # once a second, whatever asks for them
@@ -430,6 +432,11 @@ class Coordinator:
             return min(1.0, self.hold_until - now)
         wake = self.book.next_wakeup(time.time())
         return 1.0 if wake is None else min(1.0, max(0.001, wake - time.time()))
+
+    def _export_lease_refusals(self) -> None:
+        refusals, self.book.lease_refusals = self.book.lease_refusals, {}
+        for (budget, reason), count in refusals.items():
+            lease_refusals_total.labels(metrics.budget_label(budget), reason).inc(count)
 
     def _log_gone(self, released: dict[str, list[int]]) -> None:
         for worker, (slots, asks) in released.items():

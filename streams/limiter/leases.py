@@ -30,6 +30,10 @@ class LeaseRules:
     grace: float
     rates: dict[str, "RateBudget"]
     _refused: dict[str, int]
+    # (budget, reason) -> leases refused since the coordinator last exported them. Reasons: "contended"
+    # (an ask a pass found no room for waits), "pushed back" (a 429 share cut or outside use), "paced" (the
+    # pacing schedule is not ready), "too small" (under 2 units), "near the limit" (over lease_below with it).
+    lease_refusals: dict[tuple[str, str], int]
 
     def rate(self, name: str) -> "RateBudget": ...
     def _spec(self, name: str) -> dict[str, Any]: ...
@@ -54,16 +58,28 @@ class LeaseRules:
         if self.lease_seconds <= 0 or ask.lease < 2 or ask.slot_limit is not None or len(ask.needs) != 1:
             return 0
         budget, amount = next(iter(ask.needs.items()))
-        if amount != 1 or self._refused.get(budget):
+        if amount != 1:
             return 0
+        if self._refused.get(budget):
+            return self._no_lease(budget, "contended")
         rate = self.rate(budget)
-        if rate.factor < 1.0 or rate.external or not rate._pace_ok(now):
-            return 0
+        if rate.factor < 1.0 or rate.external:
+            return self._no_lease(budget, "pushed back")
+        if not rate._pace_ok(now):
+            return self._no_lease(budget, "paced")
         limit = rate.effective_limit()
         units = min(int(ask.lease), int(self.lease_share * limit * self._lease_period(budget) / rate.span))
-        if units < 2 or rate.used(now) + units > self.lease_below * limit:
-            return 0
+        if units < 2:
+            return self._no_lease(budget, "too small")
+        if rate.used(now) + units > self.lease_below * limit:
+            return self._no_lease(budget, "near the limit")
         return units
+
+    def _no_lease(self, budget: str, reason: str) -> int:
+        """A lease asked for and refused: counted by budget and reason (the coordinator exports them)."""
+        key = (budget, reason)
+        self.lease_refusals[key] = self.lease_refusals.get(key, 0) + 1
+        return 0
 
     def _lease_period(self, budget: str) -> float:
         """A lease's length: the budget's own (`lease_seconds` in its spec: a site's Wix budget), else the book's."""

@@ -670,6 +670,41 @@ def test_a_lease_is_granted_only_while_the_budget_has_plenty_of_room():
     assert b2.lease(_lease_ask("s", 20), 0.0) is None
 
 
+def test_each_refused_lease_is_counted_with_its_reason():
+    """A refusal cascade showed only as round trips before: the coordinator now exports why (leases.py)."""
+    b = lease_book(limit=120, paced=False)
+    assert b.lease(_lease_ask("s", 20, {REQ: 1, TOK: 10}), 0.0) is None  # not leasable at all: no refusal
+    assert b.lease(_lease_ask("s", 1), 0.0) is None and b.lease_refusals == {}
+    b.rate(REQ).add(0.0, 1, "one")
+    b.add_ask(ask("other", {REQ: 200}))  # does not fit: it waits, found no room for
+    assert b.grant_ready(0.0) == []
+    assert b.lease(_lease_ask("s", 20), 0.0) is None
+    b.drop_asks()
+    for i in range(59):
+        b.rate(REQ).add(0.1, 1, f"x{i}")
+    assert b.lease(_lease_ask("s", 20), 0.1) is None
+    pushed = lease_book(limit=120, paced=False)
+    pushed.rate(REQ).on_throttled(0.0)
+    assert pushed.lease(_lease_ask("s", 20), 0.0) is None
+    small = lease_book(limit=10, paced=False)  # 0.25 x 10 x 2 / 10.3: under 2 units
+    assert small.lease(_lease_ask("s", 20), 0.0) is None
+    assert b.lease_refusals == {(REQ, "contended"): 1, (REQ, "near the limit"): 1}
+    assert pushed.lease_refusals == {(REQ, "pushed back"): 1} and small.lease_refusals == {(REQ, "too small"): 1}
+
+
+def test_the_coordinator_exports_lease_refusals_once_and_clears_them():
+    from streams import metrics
+    from streams.limiter.coordinator import Coordinator
+
+    c = Coordinator()
+    c.book.lease_refusals = {("wix_requests:site-a", "contended"): 3, ("wix_requests:site-b", "contended"): 2}
+    series = metrics.lease_refusals_total.labels("wix_requests", "contended")
+    before = series._value.get()
+    c._export_lease_refusals()
+    c._export_lease_refusals()
+    assert series._value.get() - before == 5 and c.book.lease_refusals == {}
+
+
 def test_leases_come_back_once_the_asks_a_pass_found_no_room_for_are_granted():
     b = lease_book(limit=120, paced=False)
     b.rate(REQ).add(0.0, 118, "full")
