@@ -51,6 +51,18 @@ GOALS = {"utilization": 0.985, "rejected": 0, "permit_p99": 0.050, "rss_mb": 300
 # --------------------------------------------------------------------------- pure helpers
 
 
+
+_LEASE_REFUSAL = re.compile(r'^blogstream_lease_refusals_total\{budget="([^"]+)",reason="([^"]+)"\} (\S+)$', re.M)
+
+
+def lease_refusals(scrapes: list[str]) -> dict[str, float]:
+    """Leases the coordinator refused over the run, "<budget> <reason>" -> count (summed over the workers)."""
+    out: dict[str, float] = {}
+    for text in scrapes:
+        for budget, reason, value in _LEASE_REFUSAL.findall(text):
+            out[f"{budget} {reason}"] = out.get(f"{budget} {reason}", 0.0) + float(value)
+    return out
+
 def backlog_size(minutes: float, rpm: int = OPENAI_RPM) -> int:
     """Blogs in a backlog of `minutes` of work at the request limit (one OpenAI call per blog)."""
     return max(1, round(minutes * rpm))
@@ -235,6 +247,7 @@ def measure(result: dict[str, Any], ledger: dict[str, Any], events: list[list[An
     result["late_sends"] = sum(counter_total(t, "blogstream_permit_late_sends_total") for t in scrapes)
     # Late reports the coordinator took after the room they held could have gone to another grant.
     result["late_unsafe"] = sum(counter_total(t, "blogstream_permit_late_unsafe_total") for t in scrapes)
+    result["lease_refusals"] = lease_refusals(scrapes)
     result["rejected_by_reason"] = dict(ledger["openai"].get("rejected_429_by_reason") or {})
     # When the 429s came and how full the provider's window was: tokens in it + the call's charge - limit.
     result["rejections"] = [[at - start, reason, tokens + charge - OPENAI_TPM if tokens is not None else None]
@@ -392,6 +405,8 @@ def report(r: dict[str, Any], plots: list[str] = ()) -> str:
         f"| Outcomes | {r['statuses']} | all DONE |",
         f"| Late sends (permit used after its grace) / reported too late to be safe | {r['late_sends']:.0f} / "
         f"{r.get('late_unsafe', 0):.0f} | |",
+        "| Leases refused, by budget and reason | " + (", ".join(
+            f"{key}: {n:,.0f}" for key, n in sorted(r.get("lease_refusals", {}).items())) or "none") + " | |",
         "",
     ]
     lines += [f"![{name}]({name})" for name in plots] + ([""] if plots else [])

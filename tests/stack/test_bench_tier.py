@@ -38,3 +38,17 @@ def test_the_429s_line_counts_them_by_minute_and_says_how_far_over_they_asked():
     rows = [[5.0, "tokens", 100], [61.0, "tokens", 3], [62.0, "tokens", 40], [130.0, "requests", None]]
     assert _rejections(rows) == "min 0: 1, min 1: 2, min 2: 1; over by 40 / 100 tokens"
     assert _rejections([]) == "none"
+
+
+def test_lease_refusals_are_read_from_the_workers_scrapes_by_budget_and_reason():
+    from prometheus_client import generate_latest
+
+    from stack.bench_tier import lease_refusals
+    from streams import metrics
+
+    metrics.lease_refusals_total.labels("replicate_requests", "pushed back").inc(0)
+    text = generate_latest(metrics.registry).decode()
+    base = lease_refusals([text]).get("replicate_requests pushed back", 0.0)
+    metrics.lease_refusals_total.labels("replicate_requests", "pushed back").inc(3)
+    text = generate_latest(metrics.registry).decode()
+    assert lease_refusals([text, text])["replicate_requests pushed back"] == 2 * (base + 3)
