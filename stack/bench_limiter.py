@@ -164,15 +164,16 @@ def steady_utilization(times: list[float], limit: float, window: float) -> float
     return sum(counts) / len(counts) / limit
 
 
-def parse_histogram(text: str, name: str, budget: str | None = None) -> dict[float, float]:
-    """Cumulative bucket counts of a Prometheus histogram, summed over its labels (or one budget's)."""
+def parse_histogram(text: str, name: str, budget: str | None = None, where: str | None = None) -> dict[float, float]:
+    """Cumulative bucket counts of a Prometheus histogram, summed over its labels (or one budget's, or
+    those whose labels hold `where`, such as 'generation="2"')."""
     buckets: dict[float, float] = {}
     pattern = re.compile(rf'^{re.escape(name)}_bucket\{{(.*)\}} ([0-9.e+-]+)$')
     for line in text.splitlines():
         m = pattern.match(line)
         if not m:
             continue
-        if budget is not None and f'budget="{budget}"' not in m.group(1):
+        if (budget is not None and f'budget="{budget}"' not in m.group(1)) or (where and where not in m.group(1)):
             continue
         le = re.search(r'le="([^"]+)"', m.group(1))
         if le is None:
@@ -182,9 +183,10 @@ def parse_histogram(text: str, name: str, budget: str | None = None) -> dict[flo
     return buckets
 
 
-def scraped_histogram(scrapes: list[str], name: str, budget: str | None = None) -> dict[float, float]:
+def scraped_histogram(scrapes: list[str], name: str, budget: str | None = None,
+                      where: str | None = None) -> dict[float, float]:
     """One histogram's cumulative buckets summed over every worker's /metrics scrape (or one budget's)."""
-    return merge_histograms([parse_histogram(t, name, budget) for t in scrapes])
+    return merge_histograms([parse_histogram(t, name, budget, where) for t in scrapes])
 
 
 def merge_histograms(hists: list[dict[float, float]]) -> dict[float, float]:

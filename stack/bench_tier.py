@@ -255,6 +255,14 @@ def measure(result: dict[str, Any], ledger: dict[str, Any], events: list[list[An
     result["sim_loop_lag"] = ledger.get("loop_lag") or {}
     loop_lag = scraped_histogram(scrapes, "blogstream_event_loop_lag_seconds")
     result["worker_loop_lag"] = (quantile(loop_lag, 0.5), quantile(loop_lag, 0.99), quantile(loop_lag, 0.999))
+    # How much of that lateness is the garbage collector: each collection's length, by generation.
+    result["gc_pauses"] = {}
+    for generation in "012":
+        hist = scraped_histogram(scrapes, "blogstream_gc_pause_seconds", where=f'generation="{generation}"')
+        if hist:
+            result["gc_pauses"][generation] = (max(hist.values()), quantile(hist, 0.99),
+                                               max(hist.values()) - hist.get(0.05, 0.0))
+    result["gc_seconds"] = sum(counter_total(t, "blogstream_gc_pause_seconds_sum") for t in scrapes)
     result["scraped"] = len(scrapes)
     result["cores"] = {name: cores(s) for name, s in result["samples"].items()}
     return result
@@ -381,6 +389,10 @@ def report(r: dict[str, Any], plots: list[str] = ()) -> str:
         "| Workers' event loop waking late (blogstream_event_loop_lag_seconds) p50 / p99 / p99.9 | "
         + " / ".join(_ms(x) for x in r.get("worker_loop_lag") or (None, None, None))
         + " | a permit granted ahead is taken when its worker wakes |",
+        "| Workers' garbage collections by generation: count, p99, over 50 ms (blogstream_gc_pause_seconds) | "
+        + ("; ".join(f"gen{g}: {n:,.0f}, {_ms(p99)}, {over:,.0f}" for g, (n, p99, over) in
+                     sorted((r.get("gc_pauses") or {}).items())) or "n/a")
+        + f" (in all {r.get('gc_seconds', 0.0):.1f} s) | the part of the loop's lateness that is the collector |",
         f"| Permit latency p50 / p99 (blogstream_permit_overhead_seconds, {r['permits']:.0f} permits) | "
         f"{_ms(r['permit_p50'])} / {_ms(r['permit_p99'])} | p99 <= 50 ms: "
         f"{_met(r['permit_p99'] is not None and r['permit_p99'] <= GOALS['permit_p99'])} |",

@@ -84,6 +84,12 @@ event_loop_lag_seconds = Histogram(
     "answer waits on top of its own work when the worker is busy",
     registry=registry, buckets=_FINE,
 )
+gc_pause_seconds = Histogram(
+    "blogstream_gc_pause_seconds",
+    "How long each garbage collection of the worker held its event loop, by generation (0, 1, 2): "
+    "the part of the event loop's lateness the collector makes",
+    ["generation"], registry=registry, buckets=(0.0005,) + _FINE,
+)
 permit_overhead_seconds = Histogram(
     "blogstream_permit_overhead_seconds",
     "Permit latency not spent waiting for room: worker-side ask-to-grant time minus the time the ask "

@@ -9,7 +9,9 @@ The heartbeat also exports the requests in Postgres by status
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import time
 from typing import Any, Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -51,9 +53,29 @@ def publish_site_figures(stats: dict[str, Any]) -> None:
 LOOP_LAG_EVERY = 0.1
 
 
+class GcPauses:
+    """blogstream_gc_pause_seconds: each collection's length, by generation (a gc callback, installed once)."""
+
+    def __init__(self) -> None:
+        self._started = 0.0
+        self._children = [metrics.gc_pause_seconds.labels(str(g)) for g in range(3)]
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self._children[info["generation"]].observe(time.perf_counter() - self._started)
+
+    def install(self) -> None:
+        if not any(isinstance(c, GcPauses) for c in gc.callbacks):
+            gc.callbacks.append(self)
+
+
 @app.task
 async def sample_event_loop_lag() -> None:
-    """blogstream_event_loop_lag_seconds: how late this worker's event loop wakes a sleeping task."""
+    """blogstream_event_loop_lag_seconds: how late this worker's event loop wakes a sleeping task
+    (and blogstream_gc_pause_seconds: how much of that the garbage collector takes)."""
+    GcPauses().install()
     while True:
         asked = asyncio.get_running_loop().time()
         await asyncio.sleep(LOOP_LAG_EVERY)

@@ -1,0 +1,24 @@
+
+
+def test_each_garbage_collection_is_timed_by_generation_and_the_callback_is_installed_once():
+    import gc
+
+    from streams import metrics
+    from streams.monitoring import GcPauses
+
+    def count(generation: int) -> tuple[float, float]:
+        child = metrics.gc_pause_seconds.labels(str(generation))
+        return child._sum.get(), sum(b.get() for b in child._buckets)
+
+    before = [count(g) for g in range(3)]
+    GcPauses().install()
+    GcPauses().install()
+    try:
+        assert sum(isinstance(c, GcPauses) for c in gc.callbacks) == 1
+        gc.collect(2)
+        gc.collect(0)
+        after = [count(g) for g in range(3)]
+        assert after[2][1] == before[2][1] + 1 and after[0][1] >= before[0][1] + 1
+        assert after[2][0] > before[2][0]  # it took some time
+    finally:
+        gc.callbacks[:] = [c for c in gc.callbacks if not isinstance(c, GcPauses)]
