@@ -55,8 +55,10 @@ PROFILE_RATE = 100  # py-spy samples per second
 GOAL_P99_RATIO = 1.5
 OPENAI = "openai_requests"
 # A py-spy sample is the coordinator's when a frame of its stack is in one of these files.
+# (published.py: its snapshot writer, once a second; the reader there serves stats pages, not asked here.)
 COORDINATOR_CODE = ("streams/limiter/coordinator.py", "streams/limiter/book.py", "streams/limiter/rates.py",
-                    "streams/limiter/tokens.py")
+                    "streams/limiter/tokens.py", "streams/limiter/line.py", "streams/limiter/leases.py",
+                    "streams/limiter/reserve.py", "streams/limiter/workers.py", "streams/limiter/published.py")
 # The stage runner choosing the next event to start (worker side, per started event).
 DISPATCH_CODE = (("_next", "streams/pipeline/runner.py"), ("_park_paused", "streams/pipeline/runner.py"))
 

@@ -342,9 +342,12 @@ async def wait_while_moving(outcomes: Outcomes, ids: list[str], stall: float, li
         await asyncio.sleep(2.0)
 
 
-async def stuck_diagnosis(outcomes: Outcomes, ids: list[str]) -> dict[str, Any]:
-    """Where unfinished requests are: pending per site, and effect claims whose lease ran out with nobody taking them over."""
+async def stuck_diagnosis(outcomes: Outcomes, ids: list[str], app_id: str) -> dict[str, Any]:
+    """Where unfinished requests are: pending per site, effect claims whose lease ran out with nobody
+    taking them over, and the site slots the limiter counts as taken (its last published figures)."""
     import asyncpg
+
+    from store.limiter_snapshot import read_snapshot
 
     conn = await asyncpg.connect(outcomes.dsn)
     try:
@@ -355,9 +358,11 @@ async def stuck_diagnosis(outcomes: Outcomes, ids: list[str]) -> dict[str, Any]:
             "SELECT site_id, stage, split_part(claimed_by, ':', 1) AS worker, claimed_until < now() AS lapsed, "
             "count(*) AS n FROM stage_outputs WHERE request_id = ANY($1::text[]) AND status = 'claimed' "
             "GROUP BY 1, 2, 3, 4", ids)]
+        snapshot = await read_snapshot(conn, app_id)
     finally:
         await conn.close()
-    return {"pending_by_site": pending_by_site, "open_claims": claims}
+    slots = (snapshot.figures.get("slots") or {}) if snapshot is not None else None
+    return {"pending_by_site": pending_by_site, "open_claims": claims, "slots_taken": slots}
 
 
 async def pending(outcomes: Outcomes, ids: list[str]) -> int:
@@ -431,7 +436,7 @@ async def run(chaos: Chaos) -> dict[str, Any]:
                 except AssertionError as broken:
                     checks = {"problems": str(broken), "stalled": stalled,
                               "statuses": dict(Counter(r["status"] for r in rows.values())),
-                              "diagnosis": await stuck_diagnosis(outcomes, ids)}
+                              "diagnosis": await stuck_diagnosis(outcomes, ids, pipeline.name)}
                 times = await completions(outcomes, ids)
                 logs = {w.name: w.log_text() for w in workers}
             finally:
