@@ -43,11 +43,13 @@ use_uvloop()
 from streams import faust_fixes  # noqa: E402
 from streams.app import STAGE_TOPICS, app, topic_name  # noqa: E402
 from streams.limiter import wire  # noqa: E402
+from connectors import response_cycles  # noqa: E402
 
 # Faust's rules that lost stage events (and stalled permit replies), and the
 # socket hook that sees when a permitted request really leaves: patched once, here.
 faust_fixes.install(topic_name(t) for t in STAGE_TOPICS)
 wire.install()
+response_cycles.install()  # provider answers freed by reference counting, not by collector pauses
 
 
 @app.timer(interval=5.0)
