@@ -110,6 +110,9 @@ class Coordinator:
     last_tick: float = field(default_factory=time.time)
     snapshot: dict[str, Any] | None = None  # the last figures published (see `publish_stats`)
     _wakeup: asyncio.Event | None = None
+    # One Topic per worker's reply topic: app.send(<name>) built a new one per answer, a small cycle
+    # of objects (its schema, closures, a WeakSet) left to the garbage collector's pauses.
+    _reply_topics: dict[str, Any] = field(default_factory=dict)
 
     @staticmethod
     def new_book() -> BudgetBook:
@@ -376,7 +379,12 @@ class Coordinator:
                 if not promise.done():
                     promise.fulfill(correlation_id, {**value})
             return
-        await app.send(reply_to, key=None, value=ReqRepResponse(key=None, value=value, correlation_id=correlation_id))
+        topic = self._reply_topics.get(reply_to)
+        if topic is None:
+            if len(self._reply_topics) >= 1000:  # workers' names come and go: keep it bounded
+                self._reply_topics.clear()
+            topic = self._reply_topics[reply_to] = app.topic(reply_to)
+        await app.send(topic, key=None, value=ReqRepResponse(key=None, value=value, correlation_id=correlation_id))
 
     # --- the scheduler ------------------------------------------------------
     async def run_once(self) -> float:

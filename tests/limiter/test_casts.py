@@ -104,8 +104,11 @@ async def test_an_answer_for_an_ask_of_this_process_is_handed_over_without_the_r
     app = coordinator_module.app
     produced: list[tuple[str, dict]] = []
 
+    topics: list = []
+
     async def send(topic, key=None, value=None, **kwargs):
-        produced.append((topic, value.value))
+        topics.append(topic)
+        produced.append((topic.get_topic_name(), value.value))
 
     monkeypatch.setattr(app, "send", send)
     waiting = app._reply_consumer._waiting  # type: ignore[attr-defined]
@@ -119,8 +122,10 @@ async def test_an_answer_for_an_ask_of_this_process_is_handed_over_without_the_r
         await c._send((own, "c-mine"), answer)  # a second answer to the same ask: nothing happens
         await c._send((own, "c-gone"), answer)  # nobody waits for it: dropped, nothing is produced
         await c._send(("blogstream-reply-other-worker", "c-theirs"), answer)
+        await c._send(("blogstream-reply-other-worker", "c-theirs-2"), answer)
         assert promise.done() and promise.result() == answer and promise.result() is not answer
-        assert produced == [("blogstream-reply-other-worker", answer)]
+        assert produced == [("blogstream-reply-other-worker", answer)] * 2
+        assert topics[0] is topics[1]  # one Topic per reply topic, not a new one (and its garbage) per answer
     finally:
         waiting.pop("c-mine", None)
 
