@@ -226,7 +226,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _wire_margin_within_grace(self) -> "Settings":
         if "permit_wire_margin_seconds" in self.model_fields_set and \
-                self.permit_wire_margin_seconds > self.permit_grace_seconds / 3:
+                self.permit_wire_margin_seconds > self.permit_grace_seconds / 3 + 1e-9:  # 0.3 / 3 < 0.1
             raise PydanticCustomError(
                 "wire_margin_grace",
                 f"{PREFIX}PERMIT_WIRE_MARGIN_SECONDS={self.permit_wire_margin_seconds:g} is not valid: expected at "

@@ -433,7 +433,7 @@ class BudgetBook(LeaseRules):
         request it asks for is its own now."""
         self.workers.saw(ask.worker, now, route)
         slots = self.slots.get(f"slots:{ask.site_id}")
-        if slots is not None and slots.own(ask.request_id, ask.worker):
+        if slots is not None and slots.own(ask.request_id, ask.worker, later=ask.slot_limit is None):
             self.dirty_slots.add(slots.name)
 
     def expire(self, now: float) -> dict[str, list[int]]:

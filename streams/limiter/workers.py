@@ -9,9 +9,12 @@ of its cap for up to an hour (`SlotBudget.lease_seconds`; `make chaos` found it)
 
 So each slot remembers the worker that last asked for its request (`owner`), every
 worker says it is alive every ALIVE_EVERY seconds (streams/limiter/alive.py), and a
-worker not heard from for GONE_AFTER seconds is gone: its slots are released, and
-the request, taken up again later, asks for a slot like any other. Its asks still
-waiting are dropped too: granted, they would hold budget nobody sends.
+worker not heard from for GONE_AFTER seconds is gone: the slots it held for requests
+still at their first stage are released, and such a request, taken up again later,
+asks for a slot like any other. (A request a later stage has asked for keeps its
+slot: taken up again, it asks for none, so releasing it would let its site run over
+the cap; see rates.SlotBudget.) Its asks still waiting are dropped too: granted,
+they would hold budget nobody sends.
 
 A worker restarted under the same name (its reply topic, streams/app.py) is gone at
 once: the new process's first message, from the same address, says the old one died.

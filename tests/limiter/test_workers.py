@@ -253,3 +253,23 @@ async def test_every_ask_and_the_alive_message_name_this_worker_process(monkeypa
     monkeypatch.setattr(alive.budgets.casts, "send", send)
     await alive.say_alive()
     assert casts == [{"op": "alive", "worker": alive.budgets.instance, "route": alive.app.conf.reply_to}]
+
+
+def test_a_request_a_later_stage_asked_for_keeps_its_slot_when_its_owner_is_gone():
+    """Taken up again after generate, a request asks for no slot: releasing its slot would let the site
+    run over its cap (a review found it), so only requests still at generate give theirs back."""
+    b = book(slots=2)
+    came(b, ask("at-generate", "dead", 0.0))
+    came(b, ask("past-generate", "w0", 0.0))
+    b.grant_ready(0.0)
+    came(b, ask("past-generate", "dead", 1.0, slot_limit=None))  # its image stage, on the worker that dies
+    assert b.slot("s").later == {"past-generate"}
+    state = b.take_dirty()["slots:s"]
+    assert state["later"] == ["past-generate"]
+    for t in range(5, int(GONE_AFTER) + 10, 5):
+        alive(b, "w0", float(t))
+    assert b.expire(GONE_AFTER + 5) == {"dead": [1, 1]}  # one slot back; its image ask, never granted, dropped
+    assert b.slot("s").holders.keys() == {"past-generate"}
+    restored = book(slots=2)
+    restored.restore([("slots:s", state)])
+    assert restored.slot("s").later == {"past-generate"}

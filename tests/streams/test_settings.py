@@ -200,7 +200,9 @@ def test_the_wire_margin_is_at_most_a_third_of_the_grace_and_follows_a_small_gra
                                             r"it, to 1.5 or more"):
         load({"BLOGSTREAM_PERMIT_WIRE_MARGIN_SECONDS": "0.5"})
     for env, margin in [({}, 0.1), ({"BLOGSTREAM_PERMIT_GRACE_SECONDS": "0.15"}, 0.05),
-                        ({"BLOGSTREAM_PERMIT_WIRE_MARGIN_SECONDS": "0.5", "BLOGSTREAM_PERMIT_GRACE_SECONDS": "1.5"}, 0.5)]:
+                        ({"BLOGSTREAM_PERMIT_WIRE_MARGIN_SECONDS": "0.5", "BLOGSTREAM_PERMIT_GRACE_SECONDS": "1.5"}, 0.5),
+                        # a third exactly, whatever the float rounding (0.3 / 3 is 0.09999...)
+                        ({"BLOGSTREAM_PERMIT_WIRE_MARGIN_SECONDS": "0.1", "BLOGSTREAM_PERMIT_GRACE_SECONDS": "0.3"}, 0.1)]:
         monkeypatch.setattr(specs, "settings", load(env))
         assert specs.wire_margin() == pytest.approx(margin)
 
