@@ -24,6 +24,7 @@ import faust
 from mode.utils.objects import cached_property
 
 from streams import faust_fixes, log_limit, logs
+from streams.gc_pacing import PacedCollections
 from streams.settings import settings
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,9 @@ class BlogstreamApp(faust.App):
         gc.collect()
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
+        # And young passes on a clock: the count above hardly grows at steady state (streams/gc_pacing.py).
+        if settings.gc_young_every_seconds > 0:
+            self.add_future(PacedCollections(settings.gc_young_every_seconds).run())
 
 
 app = BlogstreamApp(
