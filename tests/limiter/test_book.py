@@ -12,6 +12,8 @@ import time
 from bisect import bisect_right
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.limiter.book import Ask, BudgetBook
 from streams.limiter.rates import BUCKET_SECONDS, RateBudget, SlotBudget, bucket_of
@@ -158,6 +160,26 @@ def test_extend_keeps_entries_in_time_order():
     times = [e[0] for e in r.entries]
     assert times == sorted(times) and r.index["g0"][0] == pytest.approx(4.3)
     assert r.extend(5.0, "g1", anchor=1.1, amount=1) == "ok"  # sent within grace: nothing to do
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["settle", "late"]), st.integers(0, 39), st.integers(-20, 40)),
+                max_size=60))
+def test_entries_stay_in_time_order_and_whole_whatever_moves_them(moves):
+    """Settles and late reports move entries (found by a binary search over their time; many share one)."""
+    r = RateBudget(REQ, 1_000, 10.0, 0.3)
+    for i in range(40):
+        r.add(float(i // 8), 1, f"g{i}")  # passes grant several at the same moment
+    for kind, i, tenths in moves:
+        at = i // 8 + tenths / 10
+        if kind == "settle":
+            r.settle_usage(f"g{i}", 1, arrived_by=at)
+        else:
+            r.extend(5.0, f"g{i}", anchor=at, amount=1)
+    times = [e[0] for e in r.entries]
+    assert times == sorted(times)
+    assert sorted(e[2] for e in r.entries) == sorted(f"g{i}" for i in range(40))
+    assert all(r.index[e[2]] is e for e in r.entries) and r.total == len(r.entries)
 
 
 def test_tokens_reserved_then_settled_never_exceed_what_the_provider_enforces():
