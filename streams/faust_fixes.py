@@ -7,8 +7,8 @@ its offset was committed without anyone finishing it, and the request stalled
 for good. Each fix below says what Faust does, how it lost events, and what
 we do instead. They apply to the stage topics only (`install` names them);
 every other topic (the limiter's, replies, changelogs) keeps Faust's rules.
-Fixes 6 to 8 keep the limiter's request/reply (`agent.ask()`) and its permit
-latency sound; 9 keeps a worker calm while the broker is away. Every patch of
+Fixes 6 to 8 and 11 keep the limiter's request/reply (`agent.ask()`) and its
+permit latency sound; 9 keeps a worker calm while the broker is away. Every patch of
 Faust's (and aiokafka's) code is here, applied by `install()`.
 
 Tests: tests/streams/test_faust_fixes.py (each rule on its own) and
@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from typing import Any, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 from aiokafka.client import AIOKafkaClient
 from faust.agents.replies import ReplyConsumer, ReplyPromise
@@ -293,13 +293,59 @@ class RecoveryWatch:
 recovery_watch = RecoveryWatch()
 
 
-def install(topics: Iterable[str]) -> None:
-    """Apply every fix; 5 and the read-offset rule (2) concern these stage topics only.
+# --- 11. the limiter's asks and the permit replies before stage events ------------
+# aiokafka hands fetched records out partition by partition, in the order their
+# fetches came back, and a partition keeps its place until its buffer is empty.
+# A stage partition fetched with a backlog (one fetch holds up to 1 MB:
+# thousands of requests) is drained 50 records a poll (kafka_max_poll_records)
+# before anything fetched after it. The limiter's partition is emptied at every
+# poll and fetched again, so it always came last: in 3-minute tier runs the
+# coordinator read its asks 5-12 s late (its partition up to 5,000 records
+# behind), permits came past their grace, and each late send was one more
+# message for it. Each poll now takes those partitions first (`urgent_topics`,
+# and this worker's reply topic), then fills up from the others. The order
+# within a partition, and so every ack and commit rule, is unchanged.
+urgent_topics: set[str] = set()
+
+_fetch_records = AIOKafkaConsumerThread._fetch_records
+
+Fetch = Callable[[set, "float | None", "int | None"], Awaitable[dict]]
+
+
+async def urgent_first(fetch: Fetch, active: set, urgent: set, timeout: float | None,
+                       max_records: int | None) -> dict:
+    """One poll: records of `urgent` partitions first, then the others' up to `max_records` in all."""
+    urgent = urgent & active
+    first = await fetch(urgent, 0, max_records) if urgent else {}
+    if not first:  # nothing urgent buffered: an ordinary poll (it waits for whatever comes first)
+        return await fetch(active, timeout, max_records)
+    others = active - urgent
+    left = None if max_records is None else max_records - sum(len(r) for r in first.values())
+    if not others or (left is not None and left <= 0):
+        return first
+    return {**first, **await fetch(others, 0, left)}
+
+
+async def fetch_urgent_first(self: AIOKafkaConsumerThread, consumer: Any, active_partitions: set,
+                             timeout: float | None = None, max_records: int | None = None) -> dict:
+    reply_to = self.app.conf.reply_to
+    urgent = {tp for tp in active_partitions if tp.topic in urgent_topics or tp.topic == reply_to}
+
+    async def fetch(partitions: set, wait: float | None, most: int | None) -> dict:
+        return await _fetch_records(self, consumer, partitions, timeout=wait, max_records=most)
+
+    return await urgent_first(fetch, set(active_partitions), urgent, timeout, max_records)
+
+
+def install(topics: Iterable[str], urgent: Iterable[str] = ()) -> None:
+    """Apply every fix; 5 and the read-offset rule (2) concern these stage topics only,
+    11 reads the `urgent` topics (the limiter's) first.
 
     Called once by the worker's assembly (streams/worker.py). 1 and 2 are set
     up by the app itself (`BlogstreamApp`), since they live in objects it builds.
     """
     stage_topics.update(topics)
+    urgent_topics.update(urgent)
     Consumer.ack = ack_if_current  # type: ignore[method-assign]
     Consumer._new_offset = new_offset_from_start  # type: ignore[method-assign]
     AIOKafkaConsumerThread.seek_to_committed = seek_to_committed_or_beginning  # type: ignore[method-assign]
@@ -307,3 +353,4 @@ def install(topics: Iterable[str]) -> None:
     ReplyConsumer._start_fetcher = start_reply_fetcher  # type: ignore[method-assign]
     AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer_fast  # type: ignore[method-assign]
     AIOKafkaClient._metadata_update = metadata_update_paced  # type: ignore[method-assign]
+    AIOKafkaConsumerThread._fetch_records = fetch_urgent_first  # type: ignore[method-assign]

@@ -41,13 +41,13 @@ def use_uvloop() -> None:
 use_uvloop()
 
 from streams import faust_fixes  # noqa: E402
-from streams.app import STAGE_TOPICS, app, topic_name  # noqa: E402
+from streams.app import LIMITER_TOPIC, STAGE_TOPICS, app, topic_name  # noqa: E402
 from streams.limiter import wire  # noqa: E402
 from connectors import response_cycles  # noqa: E402
 
 # Faust's rules that lost stage events (and stalled permit replies), and the
 # socket hook that sees when a permitted request really leaves: patched once, here.
-faust_fixes.install(topic_name(t) for t in STAGE_TOPICS)
+faust_fixes.install((topic_name(t) for t in STAGE_TOPICS), urgent=[topic_name(LIMITER_TOPIC)])
 wire.install()
 response_cycles.install()  # provider answers freed by reference counting, not by collector pauses
 

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
 from types import SimpleNamespace
 from weakref import WeakSet
 
 from faust.tables.recovery import Recovery
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from faust.transport.consumer import Consumer
 from faust.types import TP
 from mode.utils.queues import FlowControlQueue
@@ -242,3 +245,80 @@ async def test_a_recovery_that_gets_records_or_has_none_to_get_is_left_alone():
     done = _Recovery(started=100.0)
     done.in_recovery = False
     assert await watch.check(_app(done), late) is None
+
+
+# --------------------------------------------------------------------------- 11. the limiter's records first
+
+LIMITER = TP(topic_name("blog.limiter"), 0)
+
+
+class Buffers:
+    """aiokafka's fetched records: partitions in the order their fetches came back,
+    each keeping its place until empty (Fetcher.fetched_records' order)."""
+
+    def __init__(self, sizes: list[tuple[TP, int]]):
+        self.records = {tp: [(tp, i) for i in range(n)] for tp, n in sizes if n}
+
+    async def fetch(self, partitions, timeout, most):
+        out = {}
+        for tp in list(self.records):
+            if partitions and tp not in partitions:
+                continue
+            take = self.records[tp][: most if most is not None else None]
+            del self.records[tp][: len(take)]
+            if not self.records[tp]:
+                del self.records[tp]
+            if take:
+                out[tp] = take
+                if most is not None:
+                    most -= len(take)
+                    if most == 0:
+                        break
+        return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 300)), min_size=1, max_size=6),
+       st.integers(0, 40), st.integers(1, 60))
+def test_each_poll_takes_the_limiter_s_records_first_and_loses_none(stage_sizes, limiter_size, most):
+    stages = [(TP(topic_name("blog.requests"), p), n) for p, n in stage_sizes]
+    buffers = Buffers(stages + [(LIMITER, limiter_size)])  # fetched last, as it always is
+    expected = {tp: list(records) for tp, records in buffers.records.items()}
+    active = {tp for tp, _ in stages} | {LIMITER}
+    seen: dict = defaultdict(list)
+    while buffers.records:
+        buffered = len(buffers.records.get(LIMITER, ()))
+        poll = asyncio.run(faust_fixes.urgent_first(buffers.fetch, active, {LIMITER}, 1.0, most))
+        assert sum(len(r) for r in poll.values()) <= most
+        assert len(poll.get(LIMITER, ())) == min(buffered, most)  # nothing of the limiter's waits behind
+        for tp, records in poll.items():
+            seen[tp].extend(records)
+    assert dict(seen) == expected  # every record once, in its partition's order
+
+
+async def test_the_worker_s_consumer_reads_the_limiter_and_its_reply_topic_first():
+    reply = TP(app.conf.reply_to, 0)
+    buffers = Buffers([(STAGE, 80), (reply, 3), (LIMITER, 5)])
+    thread = SimpleNamespace(app=app, consumer=SimpleNamespace(flow_active=True))
+
+    async def fetched_records(partitions, timeout=0, max_records=None):
+        return await buffers.fetch(partitions, timeout, max_records)
+
+    consumer = SimpleNamespace(_fetcher=SimpleNamespace(
+        fetched_records=fetched_records, _closed=False,
+        _subscriptions=SimpleNamespace(fetch_context=contextlib.nullcontext)), _closed=False)
+    poll = await faust_fixes.fetch_urgent_first(thread, consumer, {STAGE, reply, LIMITER}, timeout=1.0, max_records=50)
+    assert len(poll[LIMITER]) == 5 and len(poll[reply]) == 3 and len(poll[STAGE]) == 42
+
+
+async def test_with_nothing_urgent_buffered_a_poll_is_faust_s_own():
+    buffers = Buffers([(STAGE, 80)])
+    calls = []
+
+    async def fetch(partitions, timeout, most):
+        calls.append((set(partitions), timeout, most))
+        return await buffers.fetch(partitions, timeout, most)
+
+    poll = await faust_fixes.urgent_first(fetch, {STAGE, LIMITER}, {LIMITER}, 1.0, 50)
+    assert len(poll[STAGE]) == 50
+    assert calls[-1] == ({STAGE, LIMITER}, 1.0, 50)  # it waits as long as Faust asked, for any partition
