@@ -11,8 +11,9 @@ import logging
 import math
 from bisect import bisect_left, bisect_right
 from collections import deque
-from operator import itemgetter
 from dataclasses import dataclass, field
+from itertools import islice
+from operator import itemgetter
 from typing import Any, Iterable
 
 from streams.limiter.tokens import CORRECTION, EXPIRED_KEEP, MIN_GAP_SHARE, TokenSemantics, provider_count_of
@@ -25,6 +26,10 @@ _time_of = itemgetter(0)  # an entry's time: entries are [time, amount, grant id
 
 def bucket_of(t: float) -> int:
     return int(math.floor(t / BUCKET_SECONDS))
+
+
+def _bucket_of_entry(entry: list) -> int:
+    return bucket_of(entry[0])
 
 
 @dataclass
@@ -463,27 +468,16 @@ class RateBudget:
         }
 
     def bucket(self, b: int) -> list[list[Any]] | None:
-        """The grants of one bucket (None when it has none left: delete the key)."""
+        """The grants of one bucket (None when it has none left: delete the key).
+
+        Entries are in time order, so a bucket's are one run, found by binary
+        search as `_move` finds an entry (a settle dirties a bucket about half
+        a window back, which a scan from either end walked to in Python).
+        """
         entries = self.entries
-        if not entries:
-            return None
-        out: list[list[Any]] = []
-        if b >= (bucket_of(entries[0][0]) + bucket_of(entries[-1][0])) / 2:  # recent: scan from the end
-            for e in reversed(entries):
-                eb = bucket_of(e[0])
-                if eb < b:
-                    break
-                if eb == b:
-                    out.append(list(e))
-            out.reverse()
-        else:
-            for e in entries:
-                eb = bucket_of(e[0])
-                if eb > b:
-                    break
-                if eb == b:
-                    out.append(list(e))
-        return out or None
+        start = bisect_left(entries, b, key=_bucket_of_entry)
+        end = bisect_right(entries, b, lo=start, key=_bucket_of_entry)
+        return [list(e) for e in islice(entries, start, end)] or None
 
     def restore_meta(self, state: dict[str, Any]) -> None:
         self.factor = float(state.get("factor", 1.0))

@@ -247,6 +247,17 @@ def test_bucket_keys_hold_one_second_each():
     assert r.bucket(5) is None
 
 
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 60), max_size=80), st.integers(-2, 8))
+def test_a_bucket_holds_exactly_its_grants_in_time_order(tenths, b):
+    r = RateBudget(REQ, 1_000, 10.0, 0.5)
+    for i, t in enumerate(sorted(tenths)):  # many grants share a moment, many buckets are empty
+        r.add(t / 10, 1, f"g{i}")
+    expected = [list(e) for e in r.entries if bucket_of(e[0]) == b]
+    assert r.bucket(b) == (expected or None)
+
+
 # --------------------------------------------------------------------------- pacing and utilization
 
 
