@@ -5,10 +5,12 @@ import asyncio
 import gc
 from typing import Callable
 
-# How often the middle generation is collected when the young one is paced:
-# about as often as the allocation count ran it in the tier run (every ~300 s).
-# Each pass there takes about a second (it walks every call in flight), so
-# running it more often costs more stalls, not shorter ones.
+# How often the middle generation is collected when the young one is paced.
+# Each pass takes about a second in the tier run (it walks every call in
+# flight), so running it more often costs more stalls, not shorter ones. By
+# CPython's count it ran every 8-13 minutes per worker there; 300 s runs it
+# about twice as often (12 passes against 5 in two 15-minute runs,
+# docs/intake.md). A longer period was not measured.
 MIDDLE_EVERY_SECONDS = 300.0
 
 
