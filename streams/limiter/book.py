@@ -95,6 +95,7 @@ class BudgetBook(LeaseRules):
         self._grant_seq = itertools.count()
         self.instance = ""
         self.dirty_slots: set[str] = set()
+        self._changed: set[str] = set()  # names of the rates with dirty parts (rates.DirtyParts)
         self.workers = WorkerRoll()  # who still holds slots: a gone worker's slots are released (`expire`)
         self._fresh: list[Ask] = []  # asks no pass has looked at yet
 
@@ -106,6 +107,7 @@ class BudgetBook(LeaseRules):
             budget = RateBudget(name, int(spec["limit"]), float(spec["window"]), self.grace,
                                 bool(spec.get("paced", False)), margin=float(spec.get("margin", 0.0)))
             self.rates[name] = budget
+            budget.dirty.enlist(self._changed, name)
         return budget
 
     def _spec(self, name: str) -> dict[str, Any]:
@@ -514,13 +516,17 @@ class BudgetBook(LeaseRules):
         """Every table key changed since the last call, with its new value (None: delete it)."""
         out: dict[str, Any] = dict.fromkeys(self._dropped)  # a budget made again since then overwrites it
         self._dropped.clear()
-        for name, rate in self.rates.items():
+        for name in self._changed:
+            rate = self.rates.get(name)
+            if rate is None:  # pruned meanwhile (only a clean rate is: nothing of it to write)
+                continue
             for part in rate.dirty:
                 if part == "meta":
                     out[f"r|{name}|meta"] = rate.meta()
                 else:
                     out[f"r|{name}|{part}"] = rate.bucket(part)
             rate.dirty.clear()
+        self._changed.clear()
         for name in self.dirty_slots:
             out[name] = self.slots[name].snapshot()
         self.dirty_slots.clear()

@@ -32,6 +32,29 @@ def _bucket_of_entry(entry: list) -> int:
     return bucket_of(entry[0])
 
 
+class DirtyParts(set):
+    """A budget's parts ("meta", a bucket's second) changed since the last persist. The first one
+    also puts the budget in its book's `changed`, so a persist pass visits those budgets, not all
+    (with a budget per site that visit took 0.65 ms at 10,000 sites, every few milliseconds)."""
+
+    __slots__ = ("changed", "name")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed: set[str] | None = None
+        self.name = ""
+
+    def add(self, part: Any) -> None:
+        if not self and self.changed is not None:
+            self.changed.add(self.name)
+        super().add(part)
+
+    def enlist(self, changed: set[str], name: str) -> None:  # and now, if a part waits already
+        self.changed, self.name = changed, name
+        if self:
+            changed.add(name)
+
+
 @dataclass
 class RateBudget:
     """At most `limit` units in any `window + grace` seconds (requests or tokens)."""
@@ -67,7 +90,7 @@ class RateBudget:
     # Token budgets: what the provider does with a call's unused reservation (tokens.py).
     semantics: TokenSemantics = field(default_factory=TokenSemantics)
     index: dict = field(default_factory=dict)  # grant_id -> entry
-    dirty: set = field(default_factory=set)  # buckets (int) or "meta" changed since the last persist
+    dirty: DirtyParts = field(default_factory=DirtyParts)  # buckets (int) or "meta" changed since the last persist
 
     # --- the window ---------------------------------------------------------
     @property

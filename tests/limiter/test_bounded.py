@@ -190,3 +190,35 @@ def test_dropped_state_is_deleted_from_the_table_and_a_budget_made_again_is_kept
     dirty = b.take_dirty()
     assert dirty[f"r|{wix('back')}|meta"] is not None
     assert dirty["slots:back"]["holders"] == {"r3": now}
+
+
+def test_a_persist_pass_writes_what_changed_and_visits_only_the_budgets_that_changed():
+    """take_dirty visits the rates its book was told changed (rates.DirtyParts), not all of them; over a
+    long load with sites coming and going (and pruned), that is exactly the rates with dirty parts, and
+    it writes the same keys a scan of every rate would."""
+    b = book()
+    rng = random.Random(11)
+    take = b.take_dirty
+    passes = []
+
+    def checked() -> dict:
+        changed = {name for name, rate in b.rates.items() if rate.dirty}
+        expected = {f"r|{name}|{part}" for name in changed for part in b.rates[name].dirty}
+        expected |= set(b.dirty_slots) | set(b._dropped)
+        assert b._changed == changed
+        out = take()
+        assert set(out) == expected
+        assert not b._changed and not any(rate.dirty for rate in b.rates.values())
+        passes.append(len(changed))
+        return out
+
+    b.take_dirty = checked  # type: ignore[method-assign]
+    run_load(b, 120, rng)
+    assert len(passes) == 120 and max(passes) > 20  # a real mix: many budgets changed in a second
+    # With thousands of clean budgets, a pass after one change visits that one.
+    for k in range(3000):
+        b.rate(wix(f"idle-{k}"))
+    b.take_dirty()
+    b.rate(wix("idle-7")).add(500.0, 1, "g-one")
+    assert set(b.take_dirty()) == {f"r|{wix('idle-7')}|meta", f"r|{wix('idle-7')}|500"}
+    assert passes[-1] == 1
