@@ -33,7 +33,7 @@ from typing import Any
 from stack.bench_capacity import cpu_seconds, peak_rss_mb, write_doc
 from stack.bench_limiter import (DOCS, LimiterRig, _commit, counter_total, enforced_token_sums, quantile,
                                  running_totals, scrape_metrics, scraped_histogram, window_counts)
-from stack.harness import summarize
+from stack.harness import KAFKA, summarize
 
 WINDOW = 60.0
 OPENAI_RPM = 5_000
@@ -144,10 +144,49 @@ async def sample_procs(pids: dict[str, int], samples: dict[str, list[tuple[float
         await asyncio.sleep(SAMPLE_SECONDS)
 
 
+LAG_SAMPLE_SECONDS = 2.0
+
+
+async def sample_limiter_lag(group: str, topic: str, lags: list[tuple[float, int]]) -> None:
+    """(time, asks on `blog.limiter` not yet committed by the coordinator's group) every LAG_SAMPLE_SECONDS.
+
+    How far behind the coordinator reads its asks: the figure that told a run whose coordinator kept up
+    from one whose did not (session 14). Committed offsets trail by up to Faust's commit interval.
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    tp = TopicPartition(topic, 0)
+    admin, ends = AIOKafkaAdminClient(bootstrap_servers=KAFKA), AIOKafkaConsumer(bootstrap_servers=KAFKA)
+    await admin.start()
+    await ends.start()
+    try:
+        while True:
+            try:
+                end = (await ends.end_offsets([tp]))[tp]
+                committed = (await admin.list_consumer_group_offsets(group, partitions=[tp])).get(tp)
+                lags.append((time.time(), end - (committed.offset if committed is not None and committed.offset >= 0
+                                                 else 0)))
+            except Exception:  # a sample missed is a gap in the figure, not a failed run
+                pass
+            await asyncio.sleep(LAG_SAMPLE_SECONDS)
+    finally:
+        await ends.stop()
+        await admin.close()
+
+
+def lag_summary(samples: list[tuple[float, int]]) -> tuple[int, int, int, int] | None:
+    """p50, p99 and max of the sampled lags, and how many samples (None without any)."""
+    lags = sorted(lag for _, lag in samples)
+    if not lags:
+        return None
+    return lags[len(lags) // 2], lags[min(len(lags) - 1, int(len(lags) * 0.99))], lags[-1], len(lags)
+
+
 async def run(minutes: float, sites: int, workers: int, target_words: int, timeout: float | None = None) -> dict[str, Any]:
     queued = backlog_size(minutes)
     tier = await rig(sites, queued).start()
-    sampler = None
+    sampler = lag_sampler = None
     try:
         assert tier.pipeline is not None and tier.outcomes is not None and tier.sim is not None
         p = tier.pipeline
@@ -163,6 +202,8 @@ async def run(minutes: float, sites: int, workers: int, target_words: int, timeo
         pids["simulators"] = tier.sim.proc.pid
         samples: dict[str, list[tuple[float, float, float]]] = {}
         sampler = asyncio.ensure_future(sample_procs(pids, samples))
+        limiter_lag: list[tuple[float, int]] = []
+        lag_sampler = asyncio.ensure_future(sample_limiter_lag(p.name, f"{p.prefix}blog.limiter", limiter_lag))
         load0, stat0 = os.getloadavg()[0], read_proc_stat()
         submitted = time.time()
         await p.submit(requests)
@@ -180,6 +221,7 @@ async def run(minutes: float, sites: int, workers: int, target_words: int, timeo
         busy = machine_busy(stat0, read_proc_stat())
         load1 = os.getloadavg()[0]
         sampler.cancel()
+        lag_sampler.cancel()
         ledger = tier.sim.ledger()
         events = tier.sim.events("openai")
         scrapes = await scrape_metrics(p.workers, timeout=30)
@@ -188,11 +230,12 @@ async def run(minutes: float, sites: int, workers: int, target_words: int, timeo
             {"minutes": minutes, "sites": sites, "workers": workers, "requests": queued, "target_words": target_words,
              "run": tier.name, "commit": _commit(), "statuses": summarize(rows), "drain_s": drained,
              "submit_s": submit_s, "load": (load0, load1), "machine_busy": busy, "cpus": os.cpu_count(),
-             "rss_peak": rss_peak, "submitted": submitted, "samples": samples},
+             "rss_peak": rss_peak, "submitted": submitted, "samples": samples, "limiter_lag": limiter_lag},
             ledger, events, scrapes)
     finally:
-        if sampler is not None:
-            sampler.cancel()
+        for task in (sampler, lag_sampler):
+            if task is not None:
+                task.cancel()
         await tier.stop()
 
 
@@ -264,6 +307,7 @@ def measure(result: dict[str, Any], ledger: dict[str, Any], events: list[list[An
                                                max(hist.values()) - hist.get(0.05, 0.0))
     result["gc_seconds"] = sum(counter_total(t, "blogstream_gc_pause_seconds_sum") for t in scrapes)
     result["scraped"] = len(scrapes)
+    result["limiter_lag_summary"] = lag_summary(result.get("limiter_lag") or [])
     result["cores"] = {name: cores(s) for name, s in result["samples"].items()}
     return result
 
@@ -402,6 +446,10 @@ def report(r: dict[str, Any], plots: list[str] = ()) -> str:
         f"| Permit wait incl. queueing for room p50 / p99 | {_ms(r['wait_p50'])} / {_ms(r['wait_p99'])} | |",
         f"| Coordinator: a pass's grants made durable, p50 / p99 (blogstream_limiter_persist_seconds) | "
         f"{_ms(r.get('persist_p50'))} / {_ms(r.get('persist_p99'))} | |",
+        "| Coordinator behind on its asks (records on blog.limiter its group has not committed; sampled every "
+        f"{LAG_SAMPLE_SECONDS:g} s) p50 / p99 / max | " + (
+            "{:,} / {:,} / {:,} ({} samples)".format(*r["limiter_lag_summary"]) if r.get("limiter_lag_summary")
+            else "n/a") + " | a few hundred: it keeps up (commits trail by Faust's interval) |",
         "| Worker peak RSS | " + ", ".join(f"{n} {r['rss_peak'][n]:.0f} MB" for n in worker_names)
         + f" | <= 300 MB: {_met(bool(worker_names) and rss_max <= GOALS['rss_mb'])} |",
         "| Worker CPU (mean cores over the run) | "

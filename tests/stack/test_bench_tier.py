@@ -52,3 +52,12 @@ def test_lease_refusals_are_read_from_the_workers_scrapes_by_budget_and_reason()
     metrics.lease_refusals_total.labels("replicate_requests", "pushed back").inc(3)
     text = generate_latest(metrics.registry).decode()
     assert lease_refusals([text, text])["replicate_requests pushed back"] == 2 * (base + 3)
+
+
+def test_the_coordinator_s_lag_is_summed_up_as_p50_p99_max_and_samples():
+    from stack.bench_tier import lag_summary
+
+    assert lag_summary([]) is None
+    samples = [(float(t), lag) for t, lag in enumerate([5] * 98 + [900, 4000])]
+    assert lag_summary(samples) == (5, 4000, 4000, 100)
+    assert lag_summary([(0.0, 7)]) == (7, 7, 7, 1)
