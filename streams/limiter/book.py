@@ -516,7 +516,9 @@ class BudgetBook(LeaseRules):
         """Every table key changed since the last call, with its new value (None: delete it)."""
         out: dict[str, Any] = dict.fromkeys(self._dropped)  # a budget made again since then overwrites it
         self._dropped.clear()
-        for name in self._changed:
+        changed = list(self._changed)  # the set itself is shared with every rate's DirtyParts: emptied, not replaced
+        self._changed.clear()
+        for name in changed:
             rate = self.rates.get(name)
             if rate is None:  # pruned meanwhile (only a clean rate is: nothing of it to write)
                 continue
@@ -526,7 +528,6 @@ class BudgetBook(LeaseRules):
                 else:
                     out[f"r|{name}|{part}"] = rate.bucket(part)
             rate.dirty.clear()
-        self._changed.clear()
         for name in self.dirty_slots:
             out[name] = self.slots[name].snapshot()
         self.dirty_slots.clear()
