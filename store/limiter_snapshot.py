@@ -1,6 +1,6 @@
 """The limiter coordinator's figures, published for every worker (docs/limiter.md, "Reading the stats").
 
-The coordinator computes its figures at most once a second (less often when costly) and writes them here, one
+The coordinator computes its figures at most once a second and writes them here, one
 row per deployment (app id). The stats pages, the heartbeat and the site view of every
 worker read that row instead of asking the coordinator, so however many stats requests
 arrive, the coordinator's cost stays one computation and one write a second.
@@ -11,10 +11,11 @@ in one statement), so no worker's clock skews it.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["LimiterSnapshot", "encode_figures", "read_snapshot", "write_snapshot"]
+__all__ = ["LimiterSnapshot", "read_snapshot", "write_snapshot"]
 
 
 class _Pool(Protocol):
@@ -29,24 +30,21 @@ class LimiterSnapshot:
     age_seconds: float  # how long ago they were written (Postgres' clock)
 
 
-def encode_figures(figures: dict[str, Any]) -> str:
-    """The figures as the JSON text the row holds. ValueError for NaN or infinity anywhere (jsonb refuses them).
+def _finite(value: Any) -> bool:
+    """True when a JSON value holds no NaN or infinity anywhere (jsonb refuses them)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_finite(v) for v in value)
+    return True
 
-    Apart from the write so that its caller can time it: with a budget per site it is most of
-    what publishing costs the coordinator (2 MB of JSON at 10,000 sites).
-    """
-    try:
-        return json.dumps(figures, separators=(",", ":"), allow_nan=False)
-    except ValueError:
-        raise ValueError("the limiter's figures hold NaN or infinity: not published") from None
 
-
-async def write_snapshot(pool: _Pool, app_id: str, coordinator: str, figures: dict[str, Any] | str) -> None:
-    """Replace the deployment's snapshot (one statement). `figures` as a dict, or as `encode_figures` gave them.
-
-    ValueError for figures that are not finite JSON.
-    """
-    text = figures if isinstance(figures, str) else encode_figures(figures)
+async def write_snapshot(pool: _Pool, app_id: str, coordinator: str, figures: dict[str, Any]) -> None:
+    """Replace the deployment's snapshot (one statement). ValueError for figures that are not finite JSON."""
+    if not _finite(figures):
+        raise ValueError("the limiter's figures hold NaN or infinity: not published")
     await pool.execute(
         """
         INSERT INTO limiter_snapshot (app_id, coordinator, figures, written_at)
@@ -54,7 +52,7 @@ async def write_snapshot(pool: _Pool, app_id: str, coordinator: str, figures: di
         ON CONFLICT (app_id) DO UPDATE SET
           coordinator = EXCLUDED.coordinator, figures = EXCLUDED.figures, written_at = EXCLUDED.written_at
         """,
-        app_id, coordinator, text,
+        app_id, coordinator, json.dumps(figures, separators=(",", ":"), allow_nan=False),
     )
 
 

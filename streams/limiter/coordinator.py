@@ -41,7 +41,7 @@ from faust.agents.models import ReqRepRequest, ReqRepResponse
 from streams import metrics
 from streams.app import LIMITER_TOPIC, app, topic_name
 from streams.limiter.book import INTERACTIVE, LANE_RANK, Ask, BudgetBook
-from streams.limiter.published import STATS_STALE_SECONDS, publisher
+from streams.limiter.published import publisher
 from streams.log_limit import Backoff, LogLimit
 from streams.limiter.specs import (OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS, rate_specs, span_seconds,
                                    wire_margin)
@@ -59,12 +59,6 @@ from streams.settings import settings
 log = logging.getLogger(__name__)
 
 MARKER_KEY = "coordinator"  # written by every coordinator at takeover: "this table has state"
-# The published figures cost O(sites) to compute and encode (a Wix budget per site): about 9 ms
-# at 1,000 sites and 80 ms at 10,000, all of it on the event loop every grant waits for. So they
-# are published once a second only while that is at most this share of the loop; costlier, less
-# often, but always well before readers call them stale.
-STATS_LOOP_SHARE = 0.02
-STATS_PERIOD_MAX = STATS_STALE_SECONDS / 2
 
 
 COORDINATOR_TP_TOPIC = topic_name(LIMITER_TOPIC)
@@ -115,7 +109,6 @@ class Coordinator:
     pending_writes: dict[str, Any] = field(default_factory=dict)
     last_tick: float = field(default_factory=time.time)
     snapshot: dict[str, Any] | None = None  # the last figures published (see `publish_stats`)
-    stats_due: float = 0.0  # when the scheduler publishes them next
     _wakeup: asyncio.Event | None = None
     # One Topic per worker's reply topic: app.send(<name>) built a new one per answer, a small cycle
     # of objects (its schema, closures, a WeakSet) left to the garbage collector's pauses.
@@ -350,7 +343,7 @@ class Coordinator:
             budget_external.labels(label).set(external[label])
 
     def stats(self, now: float) -> dict[str, Any]:
-        """Every figure the stats pages show; computed by the scheduler about once a second (`publish_stats`)."""
+        """Every figure the stats pages show; computed once a second by the scheduler (`publish_stats`)."""
         names = [OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS]
         out: dict[str, Any] = {name: self.book.usage(name, now) for name in names}
         out["wix"] = {
@@ -369,16 +362,9 @@ class Coordinator:
         return out
 
     def publish_stats(self, now: float) -> None:
-        """Compute the figures and publish them for every worker (Postgres, store/limiter_snapshot.py).
-
-        Next time in a second, or later when this took more than STATS_LOOP_SHARE of that.
-        """
-        started = time.perf_counter()
+        """Compute the figures and publish them for every worker (Postgres, store/limiter_snapshot.py)."""
         self.snapshot = self.stats(now)
         publisher.publish(self.book.instance.rstrip("-"), self.snapshot)
-        self._publish_shares()
-        cost = time.perf_counter() - started
-        self.stats_due = now + min(STATS_PERIOD_MAX, max(1.0, cost / STATS_LOOP_SHARE))
 
     async def _send(self, reply: tuple[str, str], value: dict[str, Any]) -> None:
         reply_to, correlation_id = reply
@@ -411,8 +397,8 @@ class Coordinator:
             self._export_lease_refusals()
             self.book.prune(now)  # memory bounded by what is live: idle sites' state goes
             self.last_tick = now
-        if now >= self.stats_due:  # once a second (less often when costly), whatever asks for them
-            self.publish_stats(now)
+            self.publish_stats(now)  # once a second, whatever asks for them
+            self._publish_shares()
         if now >= self.hold_until:
             for grant in self.book.grant_ready(now):
                 self.answers[grant.ask.ask_id] = _Answer(grant.as_reply(), grant.ask.reply)

@@ -1,6 +1,6 @@
 """The limiter's figures, published to Postgres by its coordinator and read by every worker's stats pages.
 
-The coordinator writes a snapshot of every budget about once a second (`SnapshotPublisher`);
+The coordinator writes a snapshot of every budget once a second (`SnapshotPublisher`);
 a worker answering a stats page reads it (`SnapshotReader`), at most once per
 STATS_CACHE_SECONDS however many pages ask at once.
 """
@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from store.database import Database
-from store.limiter_snapshot import LimiterSnapshot, encode_figures, read_snapshot, write_snapshot
+from store.limiter_snapshot import LimiterSnapshot, read_snapshot, write_snapshot
 from streams.settings import settings
 
 __all__ = [
@@ -95,33 +95,24 @@ class SnapshotPublisher:
         self.failures = 0
 
     def publish(self, coordinator_id: str, figures: dict[str, Any]) -> None:
-        """Encode the figures now (the caller times the whole publication) and write them in the background."""
         if self._task is not None and not self._task.done():
             return
-        try:
-            text = encode_figures(figures)
-        except ValueError as exc:
-            self._failed(exc)
-            return
-        self._task = asyncio.ensure_future(self._write(coordinator_id, text))
+        self._task = asyncio.ensure_future(self._write(coordinator_id, figures))
 
-    async def _write(self, coordinator_id: str, text: str) -> None:
+    async def _write(self, coordinator_id: str, figures: dict[str, Any]) -> None:
         try:
-            await asyncio.wait_for(write_snapshot((await self.database()).pool, settings.app_id, coordinator_id, text),
+            await asyncio.wait_for(write_snapshot((await self.database()).pool, settings.app_id, coordinator_id, figures),
                                    timeout=5.0)
             if self.failures:
                 log.info("limiter: figures published again after %d failed writes", self.failures)
                 self.failures = 0
         except Exception as exc:
-            self._failed(exc)
-
-    def _failed(self, exc: Exception) -> None:
-        self.failures += 1
-        if time.monotonic() - self._logged_at > 60.0:
-            self._logged_at = time.monotonic()
-            log.warning("limiter: could not publish the figures to Postgres (%s: %s; %d failed writes); the stats "
-                        "pages show them stale until it works again (is the schema at head? alembic upgrade head)",
-                        type(exc).__name__, exc, self.failures)
+            self.failures += 1
+            if time.monotonic() - self._logged_at > 60.0:
+                self._logged_at = time.monotonic()
+                log.warning("limiter: could not publish the figures to Postgres (%s: %s; %d failed writes); the stats "
+                            "pages show them stale until it works again (is the schema at head? alembic upgrade head)",
+                            type(exc).__name__, exc, self.failures)
 
     async def database(self) -> Database:
         """This worker's small pool for the limiter's snapshot (written and read here)."""
