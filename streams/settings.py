@@ -175,6 +175,10 @@ class Settings(BaseSettings):
     read_ahead: int = Field(10_000, ge=1)  # events buffered per stage per worker (bounded memory)
     max_attempts: int = Field(6, ge=1)
     retry_base_seconds: float = Field(1.0, gt=0)
+    # A provider failing for a passing reason (5xx, timeout, 429) fails a request only after
+    # max_attempts attempts AND this long since its first: an outage shorter than this costs
+    # time, not requests (six quick attempts span only ~30 s, less than many provider blips).
+    retry_patience_seconds: float = Field(300.0, ge=0)
 
     # --- Intake (HTTP front door, streams/api/intake.py; docs/intake.md) -----------
     intake_token: str = ""  # non-empty: every /api/blogs call needs "Authorization: Bearer <token>"

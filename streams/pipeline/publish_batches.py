@@ -30,7 +30,8 @@ from connectors.wix_blog import PublishedPost, WixBlog, WixSite
 from streams import metrics
 from streams.limiter.client import budgets
 from streams.limiter.specs import wix_requests
-from streams.pipeline.stage import StageFailed, call_with_permits, provider_failure
+from streams.pipeline import stage as _stage  # its clock, as tests set it
+from streams.pipeline.stage import StageFailed, call_with_permits, keeps_trying, provider_failure
 from streams.settings import settings
 
 STAGE = "publish"
@@ -47,6 +48,7 @@ class _Call:
     maybe_done: bool = False  # a create an earlier attempt may have made: look it up before creating
     result: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     failures: int = 0
+    first_failure: float = 0.0  # stage.retry_clock() at its first failed item (the patience counts from there)
     alone: bool = False  # a bulk call with it was refused as a whole: it goes on its own, to get its own answer
 
     def resolve(self, value: Any) -> None:
@@ -180,10 +182,13 @@ def _settle(site: WixSite, batch: list[_Call], answers: list[Any], queue: deque[
             call.resolve(answer)
             continue
         call.failures += 1
-        if answer.retryable and call.failures < settings.max_attempts:
+        if call.failures == 1:
+            call.first_failure = _stage.retry_clock()
+        if answer.retryable and keeps_trying(call.failures, call.first_failure):
             retry.append(call)
         else:
-            call.fail(provider_failure(STAGE, call.request_id, site.site_id, answer, call.failures))
+            call.fail(provider_failure(STAGE, call.request_id, site.site_id, answer, call.failures,
+                                       _stage.retry_clock() - call.first_failure))
     queue.extendleft(reversed(retry))
     batch.clear()
 

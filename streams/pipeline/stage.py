@@ -208,17 +208,22 @@ async def call_with_permits(
     """The one retry loop: a fresh permit for every attempt, SDK retries are off.
 
     429s and `retry-after` hints go back to the limiter, which shrinks the
-    shared budget; 5xx and timeouts back off exponentially; a permanent 4xx
+    shared budget; 5xx and timeouts back off exponentially (`keeps_trying`
+    says until when); a permanent 4xx
     fails the request at once with the provider's explanation. `lane` is the
     request's priority: bulk asks get only the budget interactive ones leave.
     """
     provider = metrics.provider_of(needs)
-    for attempt in range(1, settings.max_attempts + 1):
+    first_try, attempt = retry_clock(), 0
+    while True:
+        attempt += 1
         permit = await budgets.acquire(
             site_id=site_id, request_id=request_id, needs=needs, slot_limit=slot_limit, weight=weight, lane=lane
         )
         if not permit.usable():
-            continue
+            if keeps_trying(attempt, first_try):
+                continue
+            raise StageFailed(stage, request_id, site_id, "no usable permit", "Check the worker's clock and load.")
         try:
             result = await call()
         except ProviderError as exc:
@@ -226,25 +231,45 @@ async def call_with_permits(
             info = exc.rate_limit
             if isinstance(exc, RateLimited) or info is not None:
                 await budgets.observe(needs, info, throttled=isinstance(exc, RateLimited))
-            if not exc.retryable or attempt == settings.max_attempts:
-                raise provider_failure(stage, request_id, site_id, exc, attempt) from exc
+            if not exc.retryable or not keeps_trying(attempt, first_try):
+                raise provider_failure(stage, request_id, site_id, exc, attempt, retry_clock() - first_try) from exc
             delay = exc.retry_after if exc.retry_after is not None else settings.retry_base_seconds * 2 ** (attempt - 1)
-            await asyncio.sleep(min(60.0, delay) * random.uniform(1.0, 1.2))
+            await _back_off(min(60.0, delay) * random.uniform(1.0, 1.2))
             continue
         metrics.provider_calls.labels(provider, "ok").inc()
         if on_result is not None:
             await on_result(permit, result)
         return result
-    raise StageFailed(stage, request_id, site_id, "no usable permit", "Check the worker's clock and load.")
 
 
-def provider_failure(stage: str, request_id: str, site_id: str, exc: ProviderError, attempts: int) -> StageFailed:
-    """What a request is told when a provider refused its call for good, or failed it `attempts` times."""
+def retry_clock() -> float:
+    """The clock of the retry patience (a name of its own so tests can run it fast)."""
+    return time.monotonic()
+
+
+async def _back_off(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
+def keeps_trying(attempts: int, first_try: float) -> bool:
+    """After `attempts` failed for a passing reason, the first at `first_try` (`retry_clock()`): try again?
+
+    Both bounds must be reached to give up: `max_attempts` keeps a flaky provider
+    from failing a request on a streak of bad luck, `retry_patience_seconds` keeps
+    an outage from failing every request in flight.
+    """
+    return attempts < settings.max_attempts or retry_clock() - first_try < settings.retry_patience_seconds
+
+
+def provider_failure(stage: str, request_id: str, site_id: str, exc: ProviderError, attempts: int,
+                     seconds: float) -> StageFailed:
+    """What a request is told when a provider refused its call for good, or failed it `attempts` times
+    over `seconds`."""
     if not exc.retryable:
         failed = StageFailed(stage, request_id, site_id, str(exc), _action_for(exc, request_id))
     else:
         failed = StageFailed(
-            stage, request_id, site_id, f"gave up after {attempts} attempts, last error: {exc}",
+            stage, request_id, site_id, f"gave up after {attempts} attempts in {seconds:.0f} s, last error: {exc}",
             f"The provider kept failing; retry it later: blogstream retry {request_id}",
         )
     failed.__cause__ = exc

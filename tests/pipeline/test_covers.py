@@ -81,7 +81,7 @@ class CountingBudgets:
 def budgets(monkeypatch):
     counting = CountingBudgets()
     monkeypatch.setattr(stage, "budgets", counting)
-    quick = SimpleNamespace(max_attempts=6, retry_base_seconds=0.01)
+    quick = SimpleNamespace(max_attempts=6, retry_base_seconds=0.01, retry_patience_seconds=0.0)
     monkeypatch.setattr(stage, "settings", quick)
     monkeypatch.setattr(covers, "settings", quick)
     return counting

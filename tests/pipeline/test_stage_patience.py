@@ -1,0 +1,108 @@
+"""streams/pipeline/stage.py call_with_permits: when a provider failing for a passing reason ends a request.
+
+On a fake clock: a back-off advances it and nothing waits, so every mix of
+failures, attempts and patience runs in microseconds.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from hypothesis import given, settings as hsettings, strategies as st
+
+from connectors.errors import ProviderUnavailable, RejectedRequest
+from streams.limiter.client import Permit
+from streams.pipeline import stage
+
+
+class Clock:
+    """stage.retry_clock and stage._back_off on a fake time: a back-off advances it, nothing waits."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class AlwaysGranted:
+    async def acquire(self, **_):
+        return Permit("g", time.time() + 60, {}, 0.0)
+
+    async def observe(self, *_, **__):
+        pass
+
+
+@hsettings(max_examples=150, deadline=None)
+@given(fail_first=st.integers(0, 40), max_attempts=st.integers(1, 8),
+       patience=st.sampled_from([0.0, 10.0, 30.0, 300.0]), base=st.sampled_from([0.1, 1.0, 5.0]),
+       retry_after=st.sampled_from([None, 0.0, 2.0, 120.0]))
+def test_a_passing_failure_fails_a_request_only_after_both_the_attempts_and_the_patience_are_spent(
+    fail_first, max_attempts, patience, base, retry_after
+):
+    clock = Clock()
+    calls: list[float] = []
+
+    async def call():
+        calls.append(clock.now)
+        if len(calls) <= fail_first:
+            raise ProviderUnavailable("wix", "503 busy", status=503, retry_after=retry_after)
+        return "posted"
+
+    quick = stage.settings.model_copy(update={"max_attempts": max_attempts, "retry_patience_seconds": patience,
+                                               "retry_base_seconds": base})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(stage, "settings", quick)
+        mp.setattr(stage, "retry_clock", clock)
+        mp.setattr(stage, "_back_off", clock.sleep)
+        mp.setattr(stage, "budgets", AlwaysGranted())
+
+        async def run():
+            try:
+                return await stage.call_with_permits(stage="publish", request_id="req-1", site_id="site-a",
+                                                     needs={"wix:site-a": 1}, call=call)
+            except stage.StageFailed as failed:
+                return failed
+
+        answer = asyncio.run(run())
+
+    for n in range(1, len(calls)):  # every try but the last was made while a bound was still unspent
+        assert n < max_attempts or calls[n] - calls[0] - _last_wait(calls, n) < patience
+    if answer == "posted":
+        assert len(calls) == fail_first + 1
+    else:
+        assert len(calls) >= max_attempts and clock.now - calls[0] >= patience, (len(calls), clock.now - calls[0])
+        assert "req-1" in answer.message and "site-a" in answer.message
+        assert f"gave up after {len(calls)} attempts" in answer.reason and "blogstream retry req-1" in answer.action
+    # The back-off never waits more than a minute, whatever the provider asks.
+    assert all(b - a <= 60 * 1.2 + 1e-9 for a, b in zip(calls, calls[1:]))
+
+
+def _last_wait(calls: list[float], n: int) -> float:
+    """The back-off before try n + 1: the decision to try again was made before it."""
+    return calls[n] - calls[n - 1]
+
+
+def test_a_permanent_refusal_fails_at_once_whatever_the_patience(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(stage, "retry_clock", clock)
+    monkeypatch.setattr(stage, "_back_off", clock.sleep)
+    monkeypatch.setattr(stage, "budgets", AlwaysGranted())
+    calls = []
+
+    async def call():
+        calls.append(clock.now)
+        raise RejectedRequest("wix", "400 title too long", status=400)
+
+    async def run():
+        with pytest.raises(stage.StageFailed) as failed:
+            await stage.call_with_permits(stage="publish", request_id="req-2", site_id="site-b",
+                                          needs={"wix:site-b": 1}, call=call)
+        return failed.value
+
+    failed = asyncio.run(run())
+    assert len(calls) == 1 and "retry it later" not in failed.message and "title too long" in failed.message
