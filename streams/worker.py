@@ -62,7 +62,7 @@ async def watch_table_recovery() -> None:
 
 
 # The global limiter: one coordinator (on the worker that owns blog.limiter), a client in every worker.
-from streams.limiter import alive, client, coordinator  # noqa: E402,F401
+from streams.limiter import agent, alive, client, coordinator  # noqa: E402,F401
 
 # The stages, in the order a request goes through them, and the sink that records every step.
 from streams.pipeline import generate, image, publish, sink  # noqa: E402,F401

@@ -25,7 +25,8 @@ from faust.agents.replies import ReplyPromise
 from streams import metrics
 from streams.app import app
 from store.effects import Coalesced
-from streams.limiter.coordinator import budget_coordinator, limiter_topic
+from streams.limiter.agent import budget_coordinator
+from streams.limiter.coordinator import limiter_topic
 from streams.limiter.published import STATS_MAX_AGE_SECONDS, STATS_STALE_SECONDS, StatsUnavailable, snapshots
 from streams.limiter.specs import OPENAI_TOKENS
 from streams.metrics import permit_overhead_seconds, permits_leased_total, reasks_total

@@ -11,6 +11,10 @@ recovers it before that worker sees a single ask. When the worker dies, the
 next owner recovers the windows instead of starting from zero (which could
 double-spend a window).
 
+It runs on an event loop of its own, in a thread (own_loop.py): the agent that
+reads `blog.limiter` hands it the events (agent.py), and its writes go through
+a producer of its own (outbox.py), so a grant never waits for the stage work.
+
 Durability rule: a grant is answered only after its table record is acked by
 the broker, and only if this worker still owns the limiter (the `epoch` did not
 change meanwhile). So the next owner never misses a grant a worker could use.
@@ -36,13 +40,14 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from faust.agents.models import ReqRepRequest, ReqRepResponse
+from faust.agents.models import ReqRepRequest
 
 from streams import metrics
 from streams.app import LIMITER_TOPIC, app, topic_name
 from streams.limiter.book import INTERACTIVE, LANE_RANK, Ask, BudgetBook
+from streams.limiter.outbox import Outbox
+from streams.limiter.own_loop import OwnLoop
 from streams.limiter.published import publisher
-from streams.log_limit import Backoff, LogLimit
 from streams.limiter.specs import (OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS, rate_specs, span_seconds,
                                    wire_margin)
 from streams.metrics import (
@@ -75,6 +80,10 @@ budget_table = app.Table(
     key_type=str,
     value_type=None,
 )
+
+# The coordinator's own thread and loop (own_loop.py), and what it writes to Kafka (outbox.py).
+limiter_loop = OwnLoop("blogstream-limiter")
+outbox = Outbox(limiter_loop, budget_table)
 
 
 @dataclass
@@ -110,9 +119,6 @@ class Coordinator:
     last_tick: float = field(default_factory=time.time)
     snapshot: dict[str, Any] | None = None  # the last figures published (see `publish_stats`)
     _wakeup: asyncio.Event | None = None
-    # One Topic per worker's reply topic: app.send(<name>) built a new one per answer, a small cycle
-    # of objects (its schema, closures, a WeakSet) left to the garbage collector's pauses.
-    _reply_topics: dict[str, Any] = field(default_factory=dict)
 
     @staticmethod
     def new_book() -> BudgetBook:
@@ -133,11 +139,12 @@ class Coordinator:
         self.loaded = False
         self.epoch += 1
         coordinator_active.set(1)
+        self.wakeup.set()
         try:
             asyncio.get_running_loop()
         except RuntimeError:
             return  # driven by hand (tests)
-        asyncio.ensure_future(self._nudge(self.epoch))
+        limiter_loop.on_main(_start_nudge, self, self.epoch)
 
     async def _nudge(self, epoch: int) -> None:
         """Load the recovered table now, not at the first ask: the snapshot is published from then on.
@@ -169,12 +176,12 @@ class Coordinator:
         if self.loaded:
             return
         epoch = self.epoch
-        changelog_records = await _changelog_end_offset() if offset else 0
+        changelog_records = await limiter_loop.ask_main(_changelog_end_offset) if offset else 0
+        items = await limiter_loop.ask_main(_table_items)
         if epoch != self.epoch:
             return
         now = time.time()
         self.book = self.new_book()
-        items = [(k, v) for k, v in budget_table.items() if v is not None]
         self.book.restore(items)
         self.answers.clear()
         self.unsent.clear()
@@ -364,27 +371,10 @@ class Coordinator:
     def publish_stats(self, now: float) -> None:
         """Compute the figures and publish them for every worker (Postgres, store/limiter_snapshot.py)."""
         self.snapshot = self.stats(now)
-        publisher.publish(self.book.instance.rstrip("-"), self.snapshot)
+        limiter_loop.on_main(publisher.publish, self.book.instance.rstrip("-"), self.snapshot)  # its pool: main loop
 
     async def _send(self, reply: tuple[str, str], value: dict[str, Any]) -> None:
-        reply_to, correlation_id = reply
-        if reply_to == app.conf.reply_to:
-            # The asker is this process (the worker that holds the limiter): its answer is handed
-            # over here, after the grant is durable as any answer, instead of going through the
-            # reply topic and back (a produce, a fetch and a stream event per permit). An answer
-            # nobody waits for any more (the ask gave up, or a copy was answered) is dropped, as
-            # the reply consumer would.
-            waiting = app._reply_consumer._waiting  # type: ignore[attr-defined]
-            for promise in list(waiting.get(correlation_id, ())):
-                if not promise.done():
-                    promise.fulfill(correlation_id, {**value})
-            return
-        topic = self._reply_topics.get(reply_to)
-        if topic is None:
-            if len(self._reply_topics) >= 1000:  # workers' names come and go: keep it bounded
-                self._reply_topics.clear()
-            topic = self._reply_topics[reply_to] = app.topic(reply_to)
-        await app.send(topic, key=None, value=ReqRepResponse(key=None, value=value, correlation_id=correlation_id))
+        await outbox.answer(reply[0], reply[1], value)
 
     # --- the scheduler ------------------------------------------------------
     async def run_once(self) -> float:
@@ -454,40 +444,19 @@ class Coordinator:
                         slots, asks)
 
     async def _persist(self, writes: dict[str, Any]) -> None:
-        """Write table keys through the changelog and wait for the broker's acks.
+        """Write table keys through the changelog and wait for the broker's acks (30 s at most).
 
-        Awaited sends to partition 0, the changelog's only one. Faust's
-        `send_changelog` asks the producer's cached metadata for the partition,
-        synchronously; after a broker restart that cache lacked the changelog
-        topic and every pass failed (`TypeError: 'NoneType' object is not
-        iterable`) until the worker was killed, since nothing made the producer
-        fetch it again. aiokafka's own send waits for the topic's metadata and
-        fetches it when missing.
+        Through the coordinator's own producer (outbox.py), which waits for a
+        topic's metadata and fetches it when missing (Faust's `send_changelog`
+        read a cache that lacked the changelog after a broker restart, and every
+        pass failed until the worker was killed).
         """
-        data = budget_table.data
-        changelog = budget_table.changelog_topic
-        deadline = time.monotonic() + 30.0
-        futures = []
-
-        async def queue() -> None:
-            for key, value in writes.items():
-                if value is None:
-                    if key in data:
-                        del data[key]
-                else:
-                    data[key] = value
-                futures.append(await changelog.send(
-                    key=key, value=value, partition=0, key_serializer=budget_table.key_serializer,
-                    value_serializer="raw" if value is None else budget_table.value_serializer,
-                    callback=budget_table._on_changelog_sent, force=True,
-                ))
-
-        await asyncio.wait_for(queue(), timeout=30.0)
-        # Waited for, never cancelled: a send cancelled under Faust's ack callback raises in it.
-        # Sends still in flight at the timeout land later; the next pass writes the keys again.
+        futures = await asyncio.wait_for(outbox.write_table(writes), timeout=30.0)
+        # Waited for, never cancelled. Sends still in flight at the timeout land later; the next
+        # pass writes the keys again.
         if not futures:
             return
-        done, waiting = await asyncio.wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+        done, waiting = await asyncio.wait(futures, timeout=30.0)
         if waiting:
             raise asyncio.TimeoutError(f"{len(waiting)} of {len(futures)} changelog writes not acked in 30 s")
         for fut in done:
@@ -495,6 +464,15 @@ class Coordinator:
 
 
 coordinator = Coordinator()
+
+
+async def _table_items() -> list[tuple[str, Any]]:
+    """The recovered table's keys (main loop: Faust's table)."""
+    return [(k, v) for k, v in budget_table.items() if v is not None]
+
+
+def _start_nudge(c: Coordinator, epoch: int) -> None:
+    asyncio.ensure_future(c._nudge(epoch))  # Faust's producer: main loop
 
 
 async def _changelog_end_offset() -> int | None:
@@ -512,59 +490,3 @@ async def _changelog_end_offset() -> int | None:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-@app.agent(limiter_topic)
-async def budget_coordinator(stream):
-    async for event in stream.events():
-        if coordinator.active:
-            try:
-                await coordinator.handle(event.value, event.headers, event.message.offset)
-            except Exception:  # a malformed message must not stop the limiter
-                log.exception("limiter: could not handle %r", event.value)
-
-
-@app.on_partitions_assigned.connect
-async def _limiter_assigned(app_, assigned, **kwargs) -> None:  # noqa: ARG001
-    if any(tp.topic == COORDINATOR_TP_TOPIC for tp in assigned):
-        coordinator.activate()
-        coordinator.wakeup.set()
-
-
-@app.on_partitions_revoked.connect
-async def _limiter_revoked(app_, revoked, **kwargs) -> None:  # noqa: ARG001
-    if any(tp.topic == COORDINATOR_TP_TOPIC for tp in revoked):
-        coordinator.deactivate()
-
-
-MIN_PASS_INTERVAL = 0.002  # a burst of events makes one pass, not one pass each
-
-
-@app.task
-async def _budget_scheduler() -> None:
-    # A failing pass (the broker away, say) is tried again after a back-off
-    # (0.5 s doubling to 10 s; a wake-up does not cut it short) and logged
-    # once per kind and minute with a count, not with a traceback every time.
-    backoff = Backoff(first=0.5, cap=10.0)
-    failures = LogLimit(log, "limiter scheduler pass failed", interval=60.0)
-    while True:
-        started = time.monotonic()
-        # Cleared before the pass, not after: an ask that comes while the pass waits for its
-        # writes' acks wakes the next pass (cleared after, it waited for the next timed wake-up).
-        coordinator.wakeup.clear()
-        try:
-            pause = await coordinator.run_once() if coordinator.active and coordinator.loaded else 1.0
-        except Exception as exc:  # never let the scheduler die: log and try again
-            failures.failed(exc)
-            await asyncio.sleep(backoff.next())
-            continue
-        if backoff.failures:
-            backoff.reset()
-            failures.ok()
-        if pause > 0:
-            try:
-                await asyncio.wait_for(coordinator.wakeup.wait(), timeout=pause)
-            except asyncio.TimeoutError:
-                pass
-        rest = MIN_PASS_INTERVAL - (time.monotonic() - started)
-        await asyncio.sleep(max(0.0, rest))

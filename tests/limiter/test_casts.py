@@ -3,6 +3,7 @@ record, and the coordinator handles a batch as its messages, in order, one bad m
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -102,15 +103,14 @@ async def test_an_answer_for_an_ask_of_this_process_is_handed_over_without_the_r
     from streams.limiter import coordinator as coordinator_module
 
     app = coordinator_module.app
+    outbox = coordinator_module.outbox
     produced: list[tuple[str, dict]] = []
 
-    topics: list = []
+    async def produce(topic, key, value, partition):
+        produced.append((topic, json.loads(value)))
 
-    async def send(topic, key=None, value=None, **kwargs):
-        topics.append(topic)
-        produced.append((topic.get_topic_name(), value.value))
-
-    monkeypatch.setattr(app, "send", send)
+    monkeypatch.setattr(outbox, "_produce", produce)
+    monkeypatch.setattr(outbox, "_reply_topics", {})
     waiting = app._reply_consumer._waiting  # type: ignore[attr-defined]
     own = app.conf.reply_to
     promise = ReplyPromise(own, "c-mine")
@@ -124,8 +124,12 @@ async def test_an_answer_for_an_ask_of_this_process_is_handed_over_without_the_r
         await c._send(("blogstream-reply-other-worker", "c-theirs"), answer)
         await c._send(("blogstream-reply-other-worker", "c-theirs-2"), answer)
         assert promise.done() and promise.result() == answer and promise.result() is not answer
-        assert produced == [("blogstream-reply-other-worker", answer)] * 2
-        assert topics[0] is topics[1]  # one Topic per reply topic, not a new one (and its garbage) per answer
+        # What Faust's reply consumer reads: its ReqRepResponse, as the agent would have replied.
+        assert [(topic, record["value"], record["correlation_id"], record["__faust"]["ns"])
+                for topic, record in produced] == [
+            ("blogstream-reply-other-worker", answer, "c-theirs", "@ReqRepResponse"),
+            ("blogstream-reply-other-worker", answer, "c-theirs-2", "@ReqRepResponse")]
+        assert len(outbox._reply_topics) == 1  # one Topic per reply topic, not a new one (and its garbage) per answer
     finally:
         waiting.pop("c-mine", None)
 
