@@ -288,6 +288,10 @@ def measure(result: dict[str, Any], ledger: dict[str, Any], events: list[list[An
     # The coordinator's own step between deciding and answering: its grants made durable.
     persist = scraped_histogram(scrapes, "blogstream_limiter_persist_seconds")
     result["persist_p50"], result["persist_p99"] = quantile(persist, 0.5), quantile(persist, 0.99)
+    # An ask's way to the coordinator: read by its worker's consumer (Faust's loop), then handled.
+    for at in ("read", "handled"):
+        age = scraped_histogram(scrapes, "blogstream_limiter_ask_age_seconds", where=f'at="{at}"')
+        result[f"ask_age_{at}"] = (quantile(age, 0.5), quantile(age, 0.99))
     result["late_sends"] = sum(counter_total(t, "blogstream_permit_late_sends_total") for t in scrapes)
     # Late reports the coordinator took after the room they held could have gone to another grant.
     result["late_unsafe"] = sum(counter_total(t, "blogstream_permit_late_unsafe_total") for t in scrapes)
@@ -447,6 +451,10 @@ def report(r: dict[str, Any], plots: list[str] = ()) -> str:
         f"| Permit wait incl. queueing for room p50 / p99 | {_ms(r['wait_p50'])} / {_ms(r['wait_p99'])} | |",
         f"| Coordinator: a pass's grants made durable, p50 / p99 (blogstream_limiter_persist_seconds) | "
         f"{_ms(r.get('persist_p50'))} / {_ms(r.get('persist_p99'))} | |",
+        "| Asks' age when the coordinator's worker read them / when the coordinator handled them, p50 / p99 "
+        "(blogstream_limiter_ask_age_seconds) | " + " ; ".join(
+            f"{_ms((r.get(f'ask_age_{at}') or (None, None))[0])} / {_ms((r.get(f'ask_age_{at}') or (None, None))[1])}"
+            for at in ("read", "handled")) + " | |",
         "| Coordinator behind on its asks (records on blog.limiter its group has not committed; sampled every "
         f"{LAG_SAMPLE_SECONDS:g} s) p50 / p99 / max | " + (
             "{:,} / {:,} / {:,} ({} samples)".format(*r["limiter_lag_summary"]) if r.get("limiter_lag_summary")

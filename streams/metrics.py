@@ -100,6 +100,12 @@ grant_persist_seconds = Histogram(
     "blogstream_limiter_persist_seconds", "Coordinator: time to make a pass's grants durable (changelog acks)",
     registry=registry, buckets=_FINE,
 )
+limiter_ask_age_seconds = Histogram(
+    "blogstream_limiter_ask_age_seconds",
+    "Age of a blog.limiter record (since its producer stamped it) when the coordinator's worker read it "
+    "(at=read, on Faust's loop) and when the coordinator handled it (at=handled, on its own loop)",
+    ["at"], registry=registry, buckets=_FINE,
+)
 grants_total = Counter(
     "blogstream_limiter_grants_total", "Coordinator: permits granted", ["budget"], registry=registry,
 )

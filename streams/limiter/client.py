@@ -25,8 +25,8 @@ from faust.agents.replies import ReplyPromise
 from streams import metrics
 from streams.app import app
 from store.effects import Coalesced
-from streams.limiter.agent import budget_coordinator
-from streams.limiter.coordinator import limiter_topic
+from streams.limiter.agent import budget_coordinator, start_limiter
+from streams.limiter.coordinator import limiter_topic, outbox
 from streams.limiter.published import STATS_MAX_AGE_SECONDS, STATS_STALE_SECONDS, StatsUnavailable, snapshots
 from streams.limiter.specs import OPENAI_TOKENS
 from streams.metrics import permit_overhead_seconds, permits_leased_total, reasks_total
@@ -132,13 +132,18 @@ class CastBatch(Coalesced[dict, None]):
         await self(value)
 
 
+def _to_limiter(value: Any, headers: Any = None) -> asyncio.Future:
+    """Send to the coordinator through the limiter's own producer, in order (limiter/outbox.py)."""
+    start_limiter()
+    return outbox.to_limiter(limiter_topic, value, headers)
+
+
 async def _cast(value: dict[str, Any]) -> None:
-    await budget_coordinator.cast(value=value)
+    _to_limiter(value).add_done_callback(_retrieved)  # one-way: not waited for, as Faust's cast
 
 
 async def _send_durable(value: dict[str, Any]) -> None:
-    ack = await limiter_topic.send(value=value, force=True)
-    await ack
+    await _to_limiter(value)
 
 
 def _seen(task: asyncio.Future) -> None:
@@ -203,7 +208,7 @@ class Budgets:
         request, headers = budget_coordinator._create_req(None, value, reply_to, correlation_id, None)
         promise = ReplyPromise(reply_to, correlation_id)
         await app._reply_consumer.add(correlation_id, promise)  # type: ignore[attr-defined]
-        delivery = await limiter_topic.send(value=request, headers=headers, force=True)
+        delivery = _to_limiter(request, headers)
         delivery.add_done_callback(_retrieved)
         return promise, delivery
 

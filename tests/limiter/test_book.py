@@ -882,7 +882,7 @@ async def test_a_worker_takes_leased_units_until_the_end_then_returns_the_rest(m
     import streams.limiter.client as limiter
 
     casts = _Casts()
-    monkeypatch.setattr(limiter, "budget_coordinator", casts)
+    monkeypatch.setattr(limiter, "_cast", casts.cast)
     budgets = limiter.Budgets()
     pool = budgets._pool({"replicate_requests": 1.0}, None)
     assert budgets._pool({"openai_requests": 1.0, "openai_tokens": 900.0}, None) is None  # generate: never
@@ -899,7 +899,7 @@ async def test_a_lease_that_arrives_after_its_end_goes_back_whole_and_a_429_ends
     import streams.limiter.client as limiter
 
     casts = _Casts()
-    monkeypatch.setattr(limiter, "budget_coordinator", casts)
+    monkeypatch.setattr(limiter, "_cast", casts.cast)
     budgets = limiter.Budgets()
     pool = budgets._pool({"replicate_requests": 1.0}, None)
     assert budgets._add_lease("replicate_requests", pool, _lease_reply(4, -0.1, "late"), taken=1) is None
@@ -920,7 +920,7 @@ async def test_a_lease_in_use_is_renewed_when_it_ends_and_an_idle_one_is_not(mon
     import streams.limiter.client as limiter
 
     casts, renewals = _Casts(), []
-    monkeypatch.setattr(limiter, "budget_coordinator", casts)
+    monkeypatch.setattr(limiter, "_cast", casts.cast)
     budgets = limiter.Budgets()
 
     async def refill(budget, pool, site_id, weight):

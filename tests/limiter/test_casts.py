@@ -69,7 +69,7 @@ async def test_settle_release_and_late_reports_of_one_moment_share_records(monke
     async def send_durable(value):
         durable.append(value)
 
-    monkeypatch.setattr(client_module.budget_coordinator, "cast", cast)
+    monkeypatch.setattr(client_module, "_cast", cast)
     budgets = Budgets()
     budgets.late_reports = CastBatch(send_durable)
     permits = [Permit(f"g{n}", use_by=0.0, needs={TOK: 10}, waited=0.0) for n in range(4)]

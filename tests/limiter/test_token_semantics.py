@@ -293,7 +293,7 @@ async def test_an_answers_figures_travel_with_its_usage_from_the_stage_to_the_to
     async def cast(value):
         sent.append(value)
 
-    monkeypatch.setattr(client_module.budget_coordinator, "cast", cast)
+    monkeypatch.setattr(client_module, "_cast", cast)
     permit = Permit("g1", use_by=0.0, needs={REQ: 1, TOK: 2000}, waited=0.0, sent_at=1000.0)
     figures = RateLimitInfo(limit_requests=450, remaining_requests=440, limit_tokens=450_000,
                             remaining_tokens=450_000 - 5000)
