@@ -23,6 +23,7 @@ from typing import Any
 
 from streams.app import app
 from streams.limiter.coordinator import COORDINATOR_TP_TOPIC, coordinator, limiter_loop, limiter_topic, outbox
+from streams.limiter.replies import read_replies
 from streams.log_limit import Backoff, LogLimit
 from streams.metrics import limiter_ask_age_seconds
 
@@ -49,7 +50,11 @@ def start_limiter() -> None:
     if _runner is None or _runner.done():
         limiter_loop.start()
         assert limiter_loop.loop is not None
-        _runner = asyncio.run_coroutine_threadsafe(_budget_passes(), limiter_loop.loop)
+        _runner = asyncio.run_coroutine_threadsafe(_run_limiter(), limiter_loop.loop)
+
+
+async def _run_limiter() -> None:
+    await asyncio.gather(_budget_passes(), read_replies(limiter_loop, _new_consumer))
 
 
 async def _handle(value: Any, headers: Any, offset: int | None, stamped: float | None = None) -> None:
@@ -106,7 +111,7 @@ async def _read_own(offset: int, epoch: int) -> None:
     failures = LogLimit(log, "limiter: reading blog.limiter failed", interval=60.0)
     tp = TopicPartition(COORDINATOR_TP_TOPIC, 0)
     while _current(epoch):
-        consumer = _new_consumer()
+        consumer = _new_consumer("asks")
         try:
             await consumer.start()
             consumer.assign([tp])
@@ -133,8 +138,8 @@ async def _read_own(offset: int, epoch: int) -> None:
                 await consumer.stop()
 
 
-def _new_consumer() -> Any:
-    """A consumer outside any group, for the coordinator's loop, connecting as Faust's producer does."""
+def _new_consumer(purpose: str) -> Any:
+    """A consumer outside any group, for the limiter's loop, connecting as Faust's producer does."""
     import aiokafka
 
     faust_producer = app.producer
@@ -143,7 +148,7 @@ def _new_consumer() -> Any:
               "sasl_plain_password", "ssl_context", "sasl_kerberos_service_name", "sasl_kerberos_domain_name",
               "sasl_oauth_token_provider")
     return aiokafka.AIOKafkaConsumer(
-        **{k: v for k, v in config.items() if k in wanted}, client_id=f"{faust_producer.client_id}-limiter-reader",
+        **{k: v for k, v in config.items() if k in wanted}, client_id=f"{faust_producer.client_id}-limiter-{purpose}",
         group_id=None, enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=READ_WAIT_MS,
     )
 

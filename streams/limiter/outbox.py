@@ -27,6 +27,7 @@ from faust.agents.models import ReqRepResponse
 
 from streams.app import app
 from streams.limiter.own_loop import OwnLoop
+from streams.limiter.replies import fulfill_here
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class Outbox:
         if reply_to == app.conf.reply_to:
             # The asker is this process: handed over on the main loop (its promises live there),
             # instead of going through the reply topic and back.
-            self.own.on_main(_fulfill_here, correlation_id, value)
+            self.own.on_main(fulfill_here, correlation_id, value)
             return
         topic = self._reply_topics.get(reply_to)
         if topic is None:
@@ -136,15 +137,6 @@ def _mirror(table: Any, writes: dict[str, Any]) -> None:
                 del data[key]
         else:
             data[key] = value
-
-
-def _fulfill_here(correlation_id: str, value: dict[str, Any]) -> None:
-    """An answer nobody waits for any more (the ask gave up, or a copy was answered) is dropped, as the
-    reply consumer would."""
-    waiting = app._reply_consumer._waiting  # type: ignore[attr-defined]
-    for promise in list(waiting.get(correlation_id, ())):
-        if not promise.done():
-            promise.fulfill(correlation_id, {**value})
 
 
 def _settle_from(acked: asyncio.Future, ack: asyncio.Future) -> None:
