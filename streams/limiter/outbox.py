@@ -48,11 +48,8 @@ class Outbox:
             import aiokafka
 
             faust_producer = app.producer
-            # No linger: a permit's way holds three produces (the ask, the grant's changelog record,
-            # the answer), and Faust's 5 ms each were most of a permit's median. Records made while
-            # a request is in flight still go together in the next one.
             config = {**faust_producer._settings_default(), **faust_producer._settings_auth(),
-                      "client_id": f"{faust_producer.client_id}-limiter", "linger_ms": 0}
+                      "client_id": f"{faust_producer.client_id}-limiter"}
             producer = aiokafka.AIOKafkaProducer(**config)
             try:
                 await producer.start()
