@@ -64,6 +64,9 @@ from streams.settings import settings
 log = logging.getLogger(__name__)
 
 MARKER_KEY = "coordinator"  # written by every coordinator at takeover: "this table has state"
+# The last blog.limiter offset whose effects a pass wrote, with them: the next owner reads on from
+# there (agent.py), so a takeover neither replays what was written nor skips what was not.
+READ_KEY = "read_to"
 
 
 COORDINATOR_TP_TOPIC = topic_name(LIMITER_TOPIC)
@@ -116,6 +119,9 @@ class Coordinator:
     answers: "OrderedDict[str, _Answer]" = field(default_factory=OrderedDict)  # ask_id -> grant
     unsent: list[str] = field(default_factory=list)  # ask ids granted, not yet durable/answered
     pending_writes: dict[str, Any] = field(default_factory=dict)
+    handled_to: int | None = None  # the last blog.limiter offset handled (agent.py)
+    resume_from: int | None = None  # where the recovered table says to read on from (None: not written)
+    read_written: int | None = None  # the READ_KEY offset last made durable
     last_tick: float = field(default_factory=time.time)
     snapshot: dict[str, Any] | None = None  # the last figures published (see `publish_stats`)
     _wakeup: asyncio.Event | None = None
@@ -185,6 +191,12 @@ class Coordinator:
         self.book.restore(items)
         self.answers.clear()
         self.unsent.clear()
+        # Writes a failed pass kept from an earlier takeover of ours are older than the table now.
+        self.pending_writes = {}
+        read = dict(items).get(READ_KEY)
+        self.resume_from = int(read["offset"]) + 1 if isinstance(read, dict) and isinstance(read.get("offset"), int) \
+            else None
+        self.handled_to = self.read_written = None
         for ask_id, (grant_id, granted_at) in self.book.granted_asks().items():
             reply = {"ask_id": ask_id, "grant_id": grant_id, "granted_at": granted_at,
                      "use_by": granted_at + self.book.grace, "needs": {}, "queued": 0.0}
@@ -396,10 +408,19 @@ class Coordinator:
                 for budget in grant.ask.needs:
                     grants_total.labels(metrics.budget_label(budget)).inc(grant.lease_units or 1)
                 metrics.permit_queue_seconds.labels(metrics.budget_label(grant.ask.primary)).observe(now - grant.ask.arrived_at)
+        # What this pass answers is what its writes hold: a lease granted while they are written
+        # (records are handled meanwhile) waits for the next pass's.
+        unsent, self.unsent = self.unsent, []
+        read_to = self.handled_to
+        if read_to is not None and read_to != self.read_written:
+            self.pending_writes[READ_KEY] = {"offset": read_to}
         writes = self.book.take_dirty()
         if self.pending_writes:
             writes = {**self.pending_writes, **writes}
             self.pending_writes = {}
+        if READ_KEY in writes:
+            # Last: one producer writes one partition in order, so once it is there, all before it are.
+            writes[READ_KEY] = writes.pop(READ_KEY)
         if writes:
             started = time.time()
             try:
@@ -407,11 +428,12 @@ class Coordinator:
             except Exception:
                 # Nothing is answered until it is durable: keep the writes for the next pass.
                 self.pending_writes = {**writes, **self.pending_writes}
+                self.unsent[:0] = unsent
                 raise
             grant_persist_seconds.observe(time.time() - started)
+            self.read_written = read_to
         if epoch != self.epoch or not self.active:
             return 0.0  # we lost the limiter meanwhile: the new owner answers the re-asks
-        unsent, self.unsent = self.unsent, []
         for i, ask_id in enumerate(unsent):
             answer = self.answers.get(ask_id)
             if answer is None:

@@ -42,8 +42,18 @@ class Outbox:
         # Records for blog.limiter, in order: (topic, value, headers, the caller's future of the ack).
         self._to_send: deque[tuple[str, bytes, Any, asyncio.Future]] = deque()
         self._sender: asyncio.Task | None = None
+        self._starting: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
 
     async def _started(self) -> Any:
+        if self._producer is None:
+            loop = asyncio.get_running_loop()
+            if self._starting is None or self._starting[0] is not loop:
+                self._starting = (loop, asyncio.Lock())
+            async with self._starting[1]:  # one producer, however many sends wait for the first
+                return await self._start_once()
+        return self._producer
+
+    async def _start_once(self) -> Any:
         if self._producer is None:
             import aiokafka
 
