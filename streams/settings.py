@@ -176,7 +176,7 @@ class Settings(BaseSettings):
     max_attempts: int = Field(6, ge=1)
     retry_base_seconds: float = Field(1.0, gt=0)
     # A provider failing for a passing reason (5xx, timeout, 429) fails a request only after
-    # max_attempts attempts AND this long since its first: an outage shorter than this costs
+    # max_attempts attempts AND this long since its first failure: an outage shorter than this costs
     # time, not requests (six quick attempts span only ~30 s, less than many provider blips).
     retry_patience_seconds: float = Field(300.0, ge=0)
 

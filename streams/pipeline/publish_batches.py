@@ -31,7 +31,7 @@ from streams import metrics
 from streams.limiter.client import budgets
 from streams.limiter.specs import wix_requests
 from streams.pipeline import stage as _stage  # its clock, as tests set it
-from streams.pipeline.stage import StageFailed, call_with_permits, keeps_trying, provider_failure
+from streams.pipeline.stage import StageFailed, call_with_permits, provider_failure
 from streams.settings import settings
 
 STAGE = "publish"
@@ -184,7 +184,9 @@ def _settle(site: WixSite, batch: list[_Call], answers: list[Any], queue: deque[
         call.failures += 1
         if call.failures == 1:
             call.first_failure = _stage.retry_clock()
-        if answer.retryable and keeps_trying(call.failures, call.first_failure):
+        # An item refused inside an answered bulk call goes again with the next call, at once: bounded by
+        # attempts only (no patience), or a bad item would spend its site's Wix budget for minutes.
+        if answer.retryable and call.failures < settings.max_attempts:
             retry.append(call)
         else:
             call.fail(provider_failure(STAGE, call.request_id, site.site_id, answer, call.failures,

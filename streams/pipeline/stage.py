@@ -214,14 +214,16 @@ async def call_with_permits(
     request's priority: bulk asks get only the budget interactive ones leave.
     """
     provider = metrics.provider_of(needs)
-    first_try, attempt = retry_clock(), 0
+    # The patience counts from the first failure: time spent waiting in line for a permit is not trying.
+    first_failure: float | None = None
+    attempt = 0
     while True:
         attempt += 1
         permit = await budgets.acquire(
             site_id=site_id, request_id=request_id, needs=needs, slot_limit=slot_limit, weight=weight, lane=lane
         )
         if not permit.usable():
-            if keeps_trying(attempt, first_try):
+            if attempt < settings.max_attempts:  # a permit that came too late: counted, no patience
                 continue
             raise StageFailed(stage, request_id, site_id, "no usable permit", "Check the worker's clock and load.")
         try:
@@ -231,9 +233,12 @@ async def call_with_permits(
             info = exc.rate_limit
             if isinstance(exc, RateLimited) or info is not None:
                 await budgets.observe(needs, info, throttled=isinstance(exc, RateLimited))
-            if not exc.retryable or not keeps_trying(attempt, first_try):
-                raise provider_failure(stage, request_id, site_id, exc, attempt, retry_clock() - first_try) from exc
-            delay = exc.retry_after if exc.retry_after is not None else settings.retry_base_seconds * 2 ** (attempt - 1)
+            if first_failure is None:
+                first_failure = retry_clock()
+            if not exc.retryable or not keeps_trying(attempt, first_failure):
+                raise provider_failure(stage, request_id, site_id, exc, attempt, retry_clock() - first_failure) from exc
+            delay = exc.retry_after if exc.retry_after is not None \
+                else settings.retry_base_seconds * 2 ** min(attempt - 1, 16)
             await _back_off(min(60.0, delay) * random.uniform(1.0, 1.2))
             continue
         metrics.provider_calls.labels(provider, "ok").inc()
@@ -251,14 +256,14 @@ async def _back_off(seconds: float) -> None:
     await asyncio.sleep(seconds)
 
 
-def keeps_trying(attempts: int, first_try: float) -> bool:
-    """After `attempts` failed for a passing reason, the first at `first_try` (`retry_clock()`): try again?
+def keeps_trying(attempts: int, first_failure: float) -> bool:
+    """After `attempts` failed for a passing reason, the first at `first_failure` (`retry_clock()`): try again?
 
     Both bounds must be reached to give up: `max_attempts` keeps a flaky provider
     from failing a request on a streak of bad luck, `retry_patience_seconds` keeps
     an outage from failing every request in flight.
     """
-    return attempts < settings.max_attempts or retry_clock() - first_try < settings.retry_patience_seconds
+    return attempts < settings.max_attempts or retry_clock() - first_failure < settings.retry_patience_seconds
 
 
 def provider_failure(stage: str, request_id: str, site_id: str, exc: ProviderError, attempts: int,
