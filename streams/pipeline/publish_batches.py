@@ -48,7 +48,7 @@ class _Call:
     maybe_done: bool = False  # a create an earlier attempt may have made: look it up before creating
     result: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     failures: int = 0
-    first_failure: float = 0.0  # stage.retry_clock() at its first failed item (the patience counts from there)
+    first_failure: float = 0.0  # stage.retry_clock() at its first failed item: "gave up ... in S s" says how long
     alone: bool = False  # a bulk call with it was refused as a whole: it goes on its own, to get its own answer
 
     def resolve(self, value: Any) -> None:
