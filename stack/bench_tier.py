@@ -311,6 +311,7 @@ def measure(result: dict[str, Any], ledger: dict[str, Any], events: list[list[An
             result["gc_pauses"][generation] = (max(hist.values()), quantile(hist, 0.99),
                                                max(hist.values()) - hist.get(0.05, 0.0))
     result["gc_seconds"] = sum(counter_total(t, "blogstream_gc_pause_seconds_sum") for t in scrapes)
+    result["gc_cpu_seconds"] = sum(counter_total(t, "blogstream_gc_cpu_seconds_total") for t in scrapes)
     result["scraped"] = len(scrapes)
     result["limiter_lag_summary"] = lag_summary(result.get("limiter_lag") or [])
     result["cores"] = {name: cores(s) for name, s in result["samples"].items()}
@@ -441,7 +442,8 @@ def report(r: dict[str, Any], plots: list[str] = ()) -> str:
         "| Workers' garbage collections by generation: count, p99, over 50 ms (blogstream_gc_pause_seconds) | "
         + ("; ".join(f"gen{g}: {n:,.0f}, {_ms(p99)}, {over:,.0f}" for g, (n, p99, over) in
                      sorted((r.get("gc_pauses") or {}).items())) or "n/a")
-        + f" (in all {r.get('gc_seconds', 0.0):.1f} s) | the part of the loop's lateness that is the collector |",
+        + f" (in all {r.get('gc_seconds', 0.0):.1f} s, of which {r.get('gc_cpu_seconds', 0.0):.1f} s on a core)"
+        " | the part of the loop's lateness that is the collector |",
         f"| Permit latency p50 / p99 (blogstream_permit_overhead_seconds, {r['permits']:.0f} permits) | "
         f"{_ms(r['permit_p50'])} / {_ms(r['permit_p99'])} | p99 <= 50 ms: "
         f"{_met(r['permit_p99'] is not None and r['permit_p99'] <= GOALS['permit_p99'])} |",

@@ -90,6 +90,12 @@ gc_pause_seconds = Histogram(
     "the part of the event loop's lateness the collector makes",
     ["generation"], registry=registry, buckets=(0.0005,) + _FINE,
 )
+gc_cpu_seconds = Counter(
+    "blogstream_gc_cpu_seconds",
+    "CPU time the worker's garbage collections took, by generation; against the sum of "
+    "blogstream_gc_pause_seconds, the rest of the pauses is waiting for a core",
+    ["generation"], registry=registry,
+)
 permit_overhead_seconds = Histogram(
     "blogstream_permit_overhead_seconds",
     "Permit latency not spent waiting for room: worker-side ask-to-grant time minus the time the ask "

@@ -57,14 +57,19 @@ class GcPauses:
     """blogstream_gc_pause_seconds: each collection's length, by generation (a gc callback, installed once)."""
 
     def __init__(self) -> None:
-        self._started = 0.0
+        self._started = self._cpu_started = 0.0
         self._children = [metrics.gc_pause_seconds.labels(str(g)) for g in range(3)]
+        self._cpu = [metrics.gc_cpu_seconds.labels(str(g)) for g in range(3)]
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            self._started = time.perf_counter()
+            self._started, self._cpu_started = time.perf_counter(), time.thread_time()
         else:
-            self._children[info["generation"]].observe(time.perf_counter() - self._started)
+            generation = info["generation"]
+            self._children[generation].observe(time.perf_counter() - self._started)
+            # The collecting thread's CPU time: far below the length when the machine is too
+            # busy to run the worker, close to it when the collector has much to walk.
+            self._cpu[generation].inc(time.thread_time() - self._cpu_started)
 
     def install(self) -> None:
         if not any(isinstance(c, GcPauses) for c in gc.callbacks):

@@ -11,6 +11,7 @@ def test_each_garbage_collection_is_timed_by_generation_and_the_callback_is_inst
         return child._sum.get(), sum(b.get() for b in child._buckets)
 
     before = [count(g) for g in range(3)]
+    cpu_before = metrics.gc_cpu_seconds.labels("2")._value.get()
     GcPauses().install()
     GcPauses().install()
     try:
@@ -20,5 +21,8 @@ def test_each_garbage_collection_is_timed_by_generation_and_the_callback_is_inst
         after = [count(g) for g in range(3)]
         assert after[2][1] == before[2][1] + 1 and after[0][1] >= before[0][1] + 1
         assert after[2][0] > before[2][0]  # it took some time
+        # and some of a core (the rest of a pause is waiting for one)
+        cpu = metrics.gc_cpu_seconds.labels("2")._value.get() - cpu_before
+        assert 0 < cpu
     finally:
         gc.callbacks[:] = [c for c in gc.callbacks if not isinstance(c, GcPauses)]
