@@ -23,14 +23,12 @@ from typing import Any
 
 from streams.app import app
 from streams.limiter.coordinator import COORDINATOR_TP_TOPIC, coordinator, limiter_loop, limiter_topic, outbox
+from streams.limiter.reader import own_consumer, read_partition
 from streams.limiter.replies import read_replies
 from streams.log_limit import Backoff, LogLimit
 from streams.metrics import limiter_ask_age_seconds
 
 log = logging.getLogger(__name__)
-
-READ_WAIT_MS = 100  # the reader's longest wait on an empty partition (records end it at once)
-
 
 @dataclass
 class _Reading:
@@ -57,7 +55,7 @@ def start_limiter() -> None:
 
 
 async def _run_limiter() -> None:
-    await asyncio.gather(_budget_passes(), read_replies(limiter_loop, _new_consumer))
+    await asyncio.gather(_budget_passes(), read_replies(limiter_loop))
 
 
 async def _handle(value: Any, headers: Any, offset: int | None, stamped: float | None = None) -> None:
@@ -113,64 +111,25 @@ async def _read_own(offset: int, epoch: int) -> None:
     """Every record of blog.limiter from where the last owner's writes end, in order, until the takeover ends."""
     from aiokafka import TopicPartition
 
-    backoff = Backoff(first=0.5, cap=10.0)
-    failures = LogLimit(log, "limiter: reading blog.limiter failed", interval=60.0)
-    tp = TopicPartition(COORDINATOR_TP_TOPIC, 0)
-    resumed = False
-    while _current(epoch):
-        consumer = None
+    async def resume_point() -> int:
+        await coordinator.load(offset)  # the recovered table: where the last owner's writes end
+        start = coordinator.resume_from if coordinator.resume_from is not None else offset
+        if _current(epoch):
+            log.info("limiter: reading %s from offset %d", COORDINATOR_TP_TOPIC, start)
+        return start
+
+    async def handle(record: Any) -> None:
         try:
-            if not resumed:
-                await coordinator.load(offset)  # the recovered table: where the last owner's writes end
-                if not coordinator.loaded:
-                    continue  # the limiter moved meanwhile (the loop ends) or loading must be tried again
-                offset = coordinator.resume_from if coordinator.resume_from is not None else offset
-                resumed = True
-                log.info("limiter: reading %s from offset %d", COORDINATOR_TP_TOPIC, offset)
-            consumer = _new_consumer("asks")
-            await consumer.start()
-            consumer.assign([tp])
-            consumer.seek(tp, offset)
-            while _current(epoch):
-                batches = await consumer.getmany(tp, timeout_ms=READ_WAIT_MS)
-                for record in batches.get(tp, ()):
-                    if not _current(epoch):
-                        return
-                    offset = record.offset + 1
-                    try:
-                        value = json.loads(record.value) if record.value else None
-                    except ValueError:
-                        log.warning("limiter: record %d of %s is not JSON; passed over", record.offset, tp.topic)
-                        continue
-                    await _handle(value, dict(record.headers or ()), record.offset,
-                                  record.timestamp / 1000.0 if record.timestamp else None)
-                if backoff.failures:
-                    backoff.reset()
-                    failures.ok()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the broker away: read again from the next offset after a back-off
-            failures.failed(exc)
-            await asyncio.sleep(backoff.next())
-        finally:
-            if consumer is not None:
-                with contextlib.suppress(Exception):
-                    await consumer.stop()
+            value = json.loads(record.value) if record.value else None
+        except ValueError:
+            log.warning("limiter: record %d of %s is not JSON; passed over", record.offset, record.topic)
+            return
+        await _handle(value, dict(record.headers or ()), record.offset,
+                      record.timestamp / 1000.0 if record.timestamp else None)
 
-
-def _new_consumer(purpose: str) -> Any:
-    """A consumer outside any group, for the limiter's loop, connecting as Faust's producer does."""
-    import aiokafka
-
-    faust_producer = app.producer
-    config = {**faust_producer._settings_default(), **faust_producer._settings_auth()}
-    wanted = ("bootstrap_servers", "security_protocol", "api_version", "sasl_mechanism", "sasl_plain_username",
-              "sasl_plain_password", "ssl_context", "sasl_kerberos_service_name", "sasl_kerberos_domain_name",
-              "sasl_oauth_token_provider")
-    return aiokafka.AIOKafkaConsumer(
-        **{k: v for k, v in config.items() if k in wanted}, client_id=f"{faust_producer.client_id}-limiter-{purpose}",
-        group_id=None, enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=READ_WAIT_MS,
-    )
+    await read_partition(TopicPartition(COORDINATOR_TP_TOPIC, 0), handle, first_offset=resume_point,
+                         new_consumer=lambda: own_consumer("asks"), keep_going=lambda: _current(epoch),
+                         what=COORDINATOR_TP_TOPIC)
 
 
 async def _activate() -> None:

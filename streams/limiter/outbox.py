@@ -17,6 +17,7 @@ with the changelog) is updated on the main loop.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -32,6 +33,10 @@ from streams.limiter.replies import fulfill_here
 log = logging.getLogger(__name__)
 
 
+def _stopped_error() -> ConnectionError:
+    return ConnectionError("the worker stopped before this record was sent")
+
+
 class Outbox:
     """The coordinator's producer (started at its first write, again after one that failed to start)."""
 
@@ -39,8 +44,9 @@ class Outbox:
         self.own, self.table = own, table
         self._producer: Any = None
         self._reply_topics: dict[str, Any] = {}  # Faust topics, for their serializers only
-        # Records for blog.limiter, in order: (topic, value, headers, the caller's future of the ack).
-        self._to_send: deque[tuple[str, bytes, Any, asyncio.Future]] = deque()
+        # Records for blog.limiter, in order: (topic, value, headers, the ack's outcome for the caller:
+        # a thread-safe future, which the caller awaits on its own loop through asyncio.wrap_future).
+        self._to_send: deque[tuple[str, bytes, Any, concurrent.futures.Future]] = deque()
         self._sender: asyncio.Task | None = None
         self._starting: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
 
@@ -83,10 +89,10 @@ class Outbox:
         data, open_headers = topic.prepare_value(value, None, None, open_headers)
         if isinstance(open_headers, Mapping):
             open_headers = list(open_headers.items())
-        acked = asyncio.get_running_loop().create_future()
+        acked: concurrent.futures.Future = concurrent.futures.Future()
         self._to_send.append((topic.get_topic_name(), data, list(open_headers or ()) or None, acked))
         self.own.hand_over(self._wake_sender)
-        return acked
+        return asyncio.wrap_future(acked)
 
     def _wake_sender(self) -> None:
         """On the limiter's loop: the one task sending `_to_send` in order (started again when it ended)."""
@@ -96,12 +102,20 @@ class Outbox:
     async def _send_in_order(self) -> None:
         while self._to_send:
             topic, data, headers, acked = self._to_send.popleft()
+            # A caller that stopped waiting cancelled `acked`; its record is sent all the same (in order).
+            wanted = acked.set_running_or_notify_cancel()  # once running, only this side completes it
             try:
                 ack = await self._produce(topic, None, data, None, headers)
+            except asyncio.CancelledError:  # the worker stops (close)
+                if wanted:
+                    acked.set_exception(_stopped_error())
+                raise
             except Exception as exc:  # the producer could not start (the broker away): this record fails
-                _settle(acked, None, exc)
+                if wanted:
+                    acked.set_exception(exc)
                 continue
-            ack.add_done_callback(functools.partial(_settle_from, acked))
+            if wanted:
+                ack.add_done_callback(functools.partial(_pass_on, acked))
 
     async def write_table(self, writes: dict[str, Any]) -> list[asyncio.Future]:
         """Queue each key's new value (None: deleted) on the table's changelog; the futures of their acks."""
@@ -132,10 +146,25 @@ class Outbox:
         await self._produce(reply_to, None, value_bytes, None)
 
     async def close(self) -> None:
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            with contextlib.suppress(Exception):
-                await producer.stop()
+        """The worker stops: send what is queued (the caller bounds the wait), then stop the producer.
+
+        A record still queued when the wait ends fails its caller instead of leaving it waiting.
+        """
+        try:
+            if self._sender is not None and not self._sender.done():
+                with contextlib.suppress(Exception):  # the sender tells each record's caller itself
+                    await asyncio.shield(self._sender)
+        finally:
+            if self._sender is not None:
+                self._sender.cancel()
+            while self._to_send:
+                acked = self._to_send.popleft()[3]
+                if acked.set_running_or_notify_cancel():
+                    acked.set_exception(_stopped_error())
+            producer, self._producer = self._producer, None
+            if producer is not None:
+                with contextlib.suppress(Exception):
+                    await producer.stop()  # aiokafka sends what it holds first
 
 
 def _mirror(table: Any, writes: dict[str, Any]) -> None:
@@ -149,31 +178,11 @@ def _mirror(table: Any, writes: dict[str, Any]) -> None:
             data[key] = value
 
 
-def _settle_from(acked: asyncio.Future, ack: asyncio.Future) -> None:
+def _pass_on(acked: concurrent.futures.Future, ack: asyncio.Future) -> None:
+    """The broker's ack (a future of the limiter's loop) as the caller's outcome."""
     if ack.cancelled():
-        _settle(acked, None, asyncio.CancelledError())
+        acked.set_exception(asyncio.CancelledError())
+    elif ack.exception() is not None:
+        acked.set_exception(ack.exception())
     else:
-        _settle(acked, None if ack.exception() else ack.result(), ack.exception())
-
-
-def _settle(acked: asyncio.Future, result: Any, exc: BaseException | None) -> None:
-    """Complete a future of another loop (or this one) with a result or an error."""
-    def complete() -> None:
-        if acked.done():
-            return
-        if isinstance(exc, asyncio.CancelledError):
-            acked.cancel()
-        elif exc is not None:
-            acked.set_exception(exc)
-        else:
-            acked.set_result(result)
-
-    loop = acked.get_loop()
-    try:
-        here = asyncio.get_running_loop() is loop
-    except RuntimeError:
-        here = False
-    if here:
-        complete()
-    elif not loop.is_closed():
-        loop.call_soon_threadsafe(complete)
+        acked.set_result(ack.result())

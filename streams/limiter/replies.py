@@ -11,20 +11,15 @@ comes first answers, the other finds the promise done (faust_fixes 6).
 """
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 from typing import Any
 
 from streams.app import app
 from streams.limiter.own_loop import OwnLoop
-from streams.log_limit import Backoff, LogLimit
+from streams.limiter.reader import own_consumer, read_partition
 
 log = logging.getLogger(__name__)
-
-READ_WAIT_MS = 100  # the longest wait on an empty topic (a record ends it at once)
-
 
 def fulfill_here(correlation_id: str, value: dict[str, Any]) -> None:
     """On the main loop: the answer to this process's waiting ask. One nobody waits for any more (the ask
@@ -47,38 +42,18 @@ def answer_of(data: bytes | None) -> tuple[str, dict[str, Any]] | None:
     return (record["correlation_id"], value) if isinstance(value, dict) else None
 
 
-async def read_replies(own: OwnLoop, consumer_factory: Any) -> None:
+async def read_replies(own: OwnLoop) -> None:
     """On the limiter's loop, for as long as it runs: this worker's reply topic, from its end at the start."""
     from aiokafka import TopicPartition
 
-    tp = TopicPartition(app.conf.reply_to, 0)
-    backoff = Backoff(first=0.5, cap=10.0)
-    failures = LogLimit(log, "limiter: reading this worker's answers failed", interval=60.0)
-    position: int | None = None
-    while True:
-        consumer = consumer_factory("answers")
-        try:
-            await consumer.start()
-            consumer.assign([tp])
-            if position is None:
-                await consumer.seek_to_end(tp)
-            else:
-                consumer.seek(tp, position)
-            while True:
-                batches = await consumer.getmany(tp, timeout_ms=READ_WAIT_MS)
-                for record in batches.get(tp, ()):
-                    position = record.offset + 1
-                    answer = answer_of(record.value)
-                    if answer is not None:
-                        own.on_main(fulfill_here, *answer)
-                if backoff.failures:
-                    backoff.reset()
-                    failures.ok()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the broker away: Faust's reader still answers; read again after a back-off
-            failures.failed(exc)
-            await asyncio.sleep(backoff.next())
-        finally:
-            with contextlib.suppress(Exception):
-                await consumer.stop()
+    async def from_the_end() -> None:
+        return None
+
+    async def handle(record: Any) -> None:
+        answer = answer_of(record.value)
+        if answer is not None:
+            own.on_main(fulfill_here, *answer)
+
+    # The broker away: Faust's reader still answers meanwhile.
+    await read_partition(TopicPartition(app.conf.reply_to, 0), handle, first_offset=from_the_end,
+                         new_consumer=lambda: own_consumer("answers"), what="this worker's answers")

@@ -79,3 +79,34 @@ def test_records_leave_in_the_order_handed_over_and_each_caller_hears_of_its_own
         assert not outbox._to_send
 
     asyncio.run(scenario())
+
+
+def test_a_stopping_worker_sends_what_is_queued_first_and_fails_what_cannot_go():
+    async def scenario(broker_answers: bool):
+        own = OwnLoop("test-outbox-close")
+        outbox = Outbox(own, table=None)
+        sent: list[dict] = []
+        stuck = asyncio.Event()
+
+        async def produce(topic, key, value, partition, headers=None):
+            if not broker_answers:
+                await stuck.wait()  # the broker away: the producer never starts
+            sent.append(json.loads(value))
+            ack = asyncio.get_running_loop().create_future()
+            ack.set_result(len(sent))
+            return ack
+
+        outbox._produce = produce  # type: ignore[method-assign]
+        futures = [outbox.to_limiter(limiter_topic, {"op": "release", "n": n}) for n in range(5)]
+        try:
+            await asyncio.wait_for(outbox.close(), 0.2)
+        except asyncio.TimeoutError:
+            pass
+        outcomes = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 5)
+        return sent, outcomes
+
+    sent, outcomes = asyncio.run(scenario(True))
+    assert [r["n"] for r in sent] == [0, 1, 2, 3, 4] and outcomes == [1, 2, 3, 4, 5]
+    sent, outcomes = asyncio.run(scenario(False))
+    # Nothing could go: every caller hears so, the one being sent too (none waits forever).
+    assert sent == [] and all(isinstance(o, ConnectionError) for o in outcomes)
