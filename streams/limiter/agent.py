@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import json
 import logging
 import time
@@ -40,6 +39,7 @@ class _Reading:
 
 reading = _Reading()
 _runner: "concurrent.futures.Future | None" = None
+_limiter_task: asyncio.Task | None = None  # _run_limiter, on the limiter's loop
 _stopped = False  # the worker is stopping: the limiter's loop is not started again
 
 
@@ -55,7 +55,36 @@ def start_limiter() -> None:
 
 
 async def _run_limiter() -> None:
+    global _limiter_task
+    _limiter_task = asyncio.current_task()
     await asyncio.gather(_budget_passes(), read_replies(limiter_loop))
+
+
+STOP_SECONDS = 5.0  # how long a stopping worker gives the limiter to send what it holds
+
+
+async def stop_limiter() -> None:
+    """The worker stops: the limiter's readers and passes end, its outbox sends what it holds (up to
+    STOP_SECONDS) and closes, and its thread ends. Once; nothing starts it again."""
+    global _stopped
+    if _stopped:
+        return
+    _stopped = True
+    try:
+        await asyncio.wait_for(limiter_loop.run(_wind_down), timeout=STOP_SECONDS)
+    except Exception as exc:  # the broker away, say: what could not go was failed to its callers
+        log.info("limiter: stopped without sending everything it held: %r", exc)
+    finally:
+        limiter_loop.stop()
+
+
+async def _wind_down() -> None:
+    """On the limiter's loop: the readers and passes end (their consumers closed), then the outbox."""
+    task = _limiter_task
+    if task is not None and not task.done():
+        task.cancel()
+        await asyncio.wait([task])  # its own outcome is not ours to raise
+    await outbox.close()
 
 
 async def _handle(value: Any, headers: Any, offset: int | None, stamped: float | None = None) -> None:
@@ -159,17 +188,20 @@ MIN_PASS_INTERVAL = 0.002  # a burst of events makes one pass, not one pass each
 @app.task
 async def _budget_scheduler() -> None:
     """Runs the coordinator's loop for as long as the worker runs; stops it with the worker."""
-    global _stopped
     start_limiter()
-    assert _runner is not None
+    if _runner is None:
+        return  # the worker is stopping already
     try:
         await asyncio.wrap_future(_runner)
     finally:
-        _stopped = True
-        _runner.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(limiter_loop.run(outbox.close), timeout=5.0)
-        limiter_loop.stop()
+        await stop_limiter()
+
+
+@app.on_before_shutdown.connect
+async def _limiter_stops_with_the_worker(app_, **kwargs) -> None:  # noqa: ARG001
+    # Faust's own stop: after its consumer stopped, before its producer's last flush. Waiting for
+    # Faust to cancel the task above came too late: the loop closed first, the producer unclosed.
+    await stop_limiter()
 
 
 async def _budget_passes() -> None:

@@ -49,9 +49,12 @@ class Outbox:
         self._to_send: deque[tuple[str, bytes, Any, concurrent.futures.Future]] = deque()
         self._sender: asyncio.Task | None = None
         self._starting: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        self._closed = False
 
     async def _started(self) -> Any:
         if self._producer is None:
+            if self._closed:  # no new producer while or after the worker stops (nothing would close it)
+                raise _stopped_error()
             loop = asyncio.get_running_loop()
             if self._starting is None or self._starting[0] is not loop:
                 self._starting = (loop, asyncio.Lock())
@@ -90,6 +93,9 @@ class Outbox:
         if isinstance(open_headers, Mapping):
             open_headers = list(open_headers.items())
         acked: concurrent.futures.Future = concurrent.futures.Future()
+        if self._closed:  # the worker is stopping: no producer is started again, the caller is told
+            acked.set_exception(_stopped_error())
+            return asyncio.wrap_future(acked)
         self._to_send.append((topic.get_topic_name(), data, list(open_headers or ()) or None, acked))
         self.own.hand_over(self._wake_sender)
         return asyncio.wrap_future(acked)
@@ -148,8 +154,10 @@ class Outbox:
     async def close(self) -> None:
         """The worker stops: send what is queued (the caller bounds the wait), then stop the producer.
 
-        A record still queued when the wait ends fails its caller instead of leaving it waiting.
+        A record still queued when the wait ends fails its caller instead of leaving it waiting;
+        so does every record handed over after.
         """
+        self._closed = True
         try:
             if self._sender is not None and not self._sender.done():
                 with contextlib.suppress(Exception):  # the sender tells each record's caller itself
