@@ -68,13 +68,39 @@ async def _freeze_what_stays(every: float = 20.0) -> None:
         gc.freeze()
 
 
+class CollectorClock:
+    """The server's garbage collections (a gc callback): how long they held its loop, and how much of
+    that was the collector's CPU rather than the process waiting for a core. The loop's lateness alone
+    cannot tell the two apart, and only the first is the simulator's own doing."""
+
+    def __init__(self, state: SimState) -> None:
+        self.state = state
+        self._started = self._cpu_started = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started, self._cpu_started = time.perf_counter(), time.thread_time()
+            return
+        wall = time.perf_counter() - self._started
+        seen = self.state.collector
+        seen["pauses"] += 1
+        seen["seconds"] += wall
+        seen["cpu_seconds"] += time.thread_time() - self._cpu_started
+        seen["longest"] = max(seen["longest"], wall)
+
+
 async def _background(app: web.Application):
     state = app[STATE_KEY]
     tasks = [asyncio.create_task(_external_load(state, p)) for p in state.providers]
     tasks.append(asyncio.create_task(_sample_loop_lag(state)))
+    clock = None
     if app.get(OWN_PROCESS_KEY):  # the collector is the process's: not in a test's thread
         tasks.append(asyncio.create_task(_freeze_what_stays()))
+        clock = CollectorClock(state)
+        gc.callbacks.append(clock)
     yield
+    if clock is not None:
+        gc.callbacks.remove(clock)
     for t in tasks:
         t.cancel()
     for t in tasks:

@@ -28,6 +28,7 @@ class SimState:
         # How late the server's event loop wakes (app.py samples it): a request is counted only when
         # its handler runs, so this is how long after its bytes arrived a call may be admitted.
         self.loop_lag: deque[float] = deque(maxlen=100_000)
+        self.collector = _no_collections()  # its garbage collections (app.CollectorClock), own process only
 
     @property
     def window_seconds(self) -> float:
@@ -53,14 +54,20 @@ class SimState:
             p.reset()
         self.timeouts = {name: 0 for name in self.providers}
         self.loop_lag.clear()
+        self.collector = _no_collections()
 
     def ledger(self) -> dict:
         return {
             "now": self.now(),
             "window_seconds": self.window_seconds,
             "loop_lag": _quantiles(self.loop_lag),
+            "collector": {k: round(v, 4) for k, v in self.collector.items()},
             **{name: {**p.ledger_json(), "timeouts": self.timeouts[name]} for name, p in self.providers.items()},
         }
+
+
+def _no_collections() -> dict[str, float]:
+    return {"pauses": 0, "seconds": 0.0, "cpu_seconds": 0.0, "longest": 0.0}
 
 
 def _quantiles(samples: "deque[float]") -> dict[str, float | int]:

@@ -301,6 +301,7 @@ def measure(result: dict[str, Any], ledger: dict[str, Any], events: list[list[An
     result["rejections"] = [[at - start, reason, tokens + charge - OPENAI_TPM if tokens is not None else None]
                             for at, reason, _, tokens, charge in ledger["openai"].get("rejections") or []]
     result["sim_loop_lag"] = ledger.get("loop_lag") or {}
+    result["sim_collector"] = ledger.get("collector") or {}
     loop_lag = scraped_histogram(scrapes, "blogstream_event_loop_lag_seconds")
     result["worker_loop_lag"] = (quantile(loop_lag, 0.5), quantile(loop_lag, 0.99), quantile(loop_lag, 0.999))
     # How much of that lateness is the garbage collector: each collection's length, by generation.
@@ -436,6 +437,10 @@ def report(r: dict[str, Any], plots: list[str] = ()) -> str:
         "| Simulators' event loop waking late (samples every 50 ms): p50 / p99 / max | "
         + (f"{_ms(lag.get('p50'))} / {_ms(lag.get('p99'))} / {_ms(lag.get('max'))}" if lag.get("samples") else "n/a")
         + " | a call is counted when its handler runs |",
+        "| Simulators' garbage collections: count, time holding the loop (of which on a core), longest | "
+        + (f"{c['pauses']:,.0f}, {c['seconds']:.1f} s ({c['cpu_seconds']:.1f} s), {_ms(c['longest'])}"
+           if (c := r.get("sim_collector") or {}).get("pauses") else "n/a")
+        + " | the rest of the lateness is the simulator waiting for a core |",
         "| Workers' event loop waking late (blogstream_event_loop_lag_seconds) p50 / p99 / p99.9 | "
         + " / ".join(_ms(x) for x in r.get("worker_loop_lag") or (None, None, None))
         + " | a permit granted ahead is taken when its worker wakes |",
