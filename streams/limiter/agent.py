@@ -80,10 +80,11 @@ async def stop_limiter() -> None:
 
 async def _wind_down() -> None:
     """On the limiter's loop: the readers and passes end (their consumers closed), then the outbox."""
-    task = _limiter_task
-    if task is not None and not task.done():
+    running = [t for t in (_limiter_task, reading.task) if t is not None and not t.done()]
+    for task in running:
         task.cancel()
-        await asyncio.wait([task])  # its own outcome is not ours to raise
+    if running:
+        await asyncio.wait(running)  # their own outcomes are not ours to raise
     await outbox.close()
 
 

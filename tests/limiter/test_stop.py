@@ -37,20 +37,21 @@ def test_readers_end_then_what_is_queued_goes_then_the_producer_and_the_thread_s
     monkeypatch.setattr(agent, "outbox", outbox)
     monkeypatch.setattr(agent, "_stopped", False)
     monkeypatch.setattr(agent, "_limiter_task", None)
+    monkeypatch.setattr(agent.reading, "task", None)
 
-    async def a_reader() -> None:  # stands for _run_limiter: its consumers close when it is cancelled
+    async def a_reader(name: str) -> None:  # stands for a reader: its consumer closes when it is cancelled
         try:
             await asyncio.Event().wait()
         finally:
             await asyncio.sleep(0.01)
-            events.append("readers closed")
+            events.append(f"{name} closed")
 
     async def scenario():
         if threaded:
             own.start()  # from the main loop, as the worker does
-            asyncio.run_coroutine_threadsafe(_as_limiter_task(a_reader()), own.loop).result(5)
+            asyncio.run_coroutine_threadsafe(_as_limiter_tasks(a_reader), own.loop).result(5)
         else:
-            await _as_limiter_task(a_reader())
+            await _as_limiter_tasks(a_reader)
         await asyncio.sleep(0.01)
         # Sent by the stage work just before the stop: their acks are awaited, not left pending.
         pending = [outbox.to_limiter(limiter_topic, {"op": "release", "n": n}) for n in range(3)]
@@ -64,12 +65,14 @@ def test_readers_end_then_what_is_queued_goes_then_the_producer_and_the_thread_s
     acks, later = asyncio.run(scenario())
     # The readers end and every record handed over before the stop leaves, in order, before the producer stops.
     assert [e for e in events if e.startswith("sent")] == ["sent 0", "sent 1", "sent 2"]
-    assert "readers closed" in events and events[-1] == "producer stopped"
+    # Both readers: the answers' (with the passes, _run_limiter) and the asks' of a takeover (reading.task).
+    assert {"answers closed", "asks closed"} <= set(events) and events[-1] == "producer stopped"
     assert acks == [None, None, None]
     assert isinstance(later[0], ConnectionError)  # after the stop: told at once, no producer started again
     assert own.loop is None  # the thread ended
     assert events.count("producer stopped") == 1
 
 
-async def _as_limiter_task(coro) -> None:
-    agent._limiter_task = asyncio.ensure_future(coro)
+async def _as_limiter_tasks(a_reader) -> None:
+    agent._limiter_task = asyncio.ensure_future(a_reader("answers"))
+    agent.reading.task = asyncio.ensure_future(a_reader("asks"))
