@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -74,10 +76,13 @@ def test_a_request_is_refused_naming_its_field_or_stored_as_sent(pg: Any, value:
 def test_a_raw_kafka_json_request_is_dead_lettered_or_stored_as_sent(pg: Any, value: dict[str, Any]) -> None:
     value = value | {"request_id": uid("hyp")} if isinstance(value.get("request_id"), str) else value
     data = json.dumps(value).encode()
-    try:
-        record = decode_request(data)
-    except RecordError as error:  # what the generate stage dead-letters, with a readable reason
-        assert error.reason.encode("utf-8")
-        return
-    row = stored(pg, record, data)
+    # A record without `requested_at` gets "now" at each decode (here, then in the sink's row): one
+    # clock reading for both, or the two differ whenever a millisecond ends in between.
+    with mock.patch.object(time, "time_ns", return_value=NOW_MS * 1_000_000):
+        try:
+            record = decode_request(data)
+        except RecordError as error:  # what the generate stage dead-letters, with a readable reason
+            assert error.reason.encode("utf-8")
+            return
+        row = stored(pg, record, data)
     assert row["request"] == record
