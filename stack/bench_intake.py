@@ -44,7 +44,6 @@ import json
 import os
 import random
 import signal
-import statistics
 import subprocess
 import time
 from contextlib import asynccontextmanager

@@ -227,11 +227,12 @@ async def run(minutes: float, sites: int, workers: int, target_words: int, timeo
         events = tier.sim.events("openai")
         scrapes = await scrape_metrics(p.workers, timeout=30)
         rss_peak = {w.name.rsplit("-", 1)[-1]: peak_rss_mb(w.proc.pid) for w in p.workers if w.alive}
+        sim_rss_peak = peak_rss_mb(tier.sim.proc.pid)
         return measure(
             {"minutes": minutes, "sites": sites, "workers": workers, "requests": queued, "target_words": target_words,
              "run": tier.name, "commit": _commit(), "statuses": summarize(rows), "drain_s": drained,
              "submit_s": submit_s, "load": (load0, load1), "machine_busy": busy, "cpus": os.cpu_count(),
-             "rss_peak": rss_peak, "submitted": submitted, "samples": samples, "limiter_lag": limiter_lag},
+             "rss_peak": rss_peak, "sim_rss_peak": sim_rss_peak, "submitted": submitted, "samples": samples, "limiter_lag": limiter_lag},
             ledger, events, scrapes)
     finally:
         for task in (sampler, lag_sampler):
@@ -437,8 +438,10 @@ def report(r: dict[str, Any], plots: list[str] = ()) -> str:
         "| Simulators' event loop waking late (samples every 50 ms): p50 / p99 / max | "
         + (f"{_ms(lag.get('p50'))} / {_ms(lag.get('p99'))} / {_ms(lag.get('max'))}" if lag.get("samples") else "n/a")
         + " | a call is counted when its handler runs |",
-        "| Simulators' garbage collections: count, time holding the loop (of which on a core), longest | "
+        "| Simulators' garbage collections: count, time holding the loop (of which on a core), longest (by generation) | "
         + (f"{c['pauses']:,.0f}, {c['seconds']:.1f} s ({c['cpu_seconds']:.1f} s), {_ms(c['longest'])}"
+           + (" (" + ", ".join(f"gen{g}: {_ms(c[f'longest_gen{g}'])}" for g in "012" if f"longest_gen{g}" in c) + ")"
+              if any(k.startswith("longest_gen") for k in c) else "")
            if (c := r.get("sim_collector") or {}).get("pauses") else "n/a")
         + " | the rest of the lateness is the simulator waiting for a core |",
         "| Workers' event loop waking late (blogstream_event_loop_lag_seconds) p50 / p99 / p99.9 | "
@@ -471,6 +474,8 @@ def report(r: dict[str, Any], plots: list[str] = ()) -> str:
         "| Worker CPU (mean cores over the run) | "
         + ", ".join(f"{n} {r['cores'].get(n) or 0:.2f}" for n in worker_names) + " | |",
         f"| Simulators' CPU (one process) | {r['cores'].get('simulators') or 0:.2f} cores | below 1 core or it is the bound |",
+        "| Simulators' peak RSS (it keeps every call until a reset) | "
+        + (f"{r['sim_rss_peak']:.0f} MB" if r.get("sim_rss_peak") else "n/a") + " | |",
         f"| Whole machine busy | {100 * r['machine_busy']:.0f}% of {r['cpus']} cores; load {r['load'][0]:.1f} -> "
         f"{r['load'][1]:.1f} | |",
         f"| OpenAI calls in flight | peak {r['in_flight_max']:,} | ~2,500 at the limit |",
