@@ -90,6 +90,7 @@ class BudgetBook(LeaseRules):
         # that are active, not every site ever seen.
         self.idle_keep = max((float(spec["window"]) for spec in rate_specs.values()), default=60.0)
         self._idle_since: dict[tuple[str, str], float] = {}
+        self._stopped: set[tuple[str, str]] = set()  # (budget, site)s that stopped waiting since the last prune
         self._dropped: set[str] = set()  # table keys of state `prune` dropped: deleted at the next persist
         self._seq = itertools.count()
         self._grant_seq = itertools.count()
@@ -208,6 +209,7 @@ class BudgetBook(LeaseRules):
                 sites[fair_id] = left
             else:
                 sites.pop(fair_id, None)
+                self._stopped.add((budget, fair_id))
             live = self._live.get(budget, 0) - 1
             if live <= 0:  # nobody waits on it any more: no heap, no entry at all
                 self._live.pop(budget, None)
@@ -227,6 +229,7 @@ class BudgetBook(LeaseRules):
                 heapq.heapify(heap)
 
     def drop_asks(self) -> None:
+        self._stopped.update(self.vtime)  # nobody waits now: every site's service is prune's to look at
         self.waiting.clear()
         self._floors.clear()
         self.groups.clear()
@@ -473,16 +476,17 @@ class BudgetBook(LeaseRules):
         - A site's slot budget with no holder: its limit comes with every ask.
         Their table keys are deleted with the next persist.
         """
-        floors: dict[str, float | None] = {}
-        for key in list(self.vtime):
+        # Only the sites that stopped waiting: a waiting site's service always stays, and going
+        # through every site's (20,000 keys at 10,000 sites) held the coordinator's loop 3 ms a second.
+        stopped, self._stopped = self._stopped, set()
+        for key in stopped.union(self._idle_since):
             budget, site = key
-            if self._waiting_sites.get(budget, {}).get(site):
+            if key not in self.vtime or self._waiting_sites.get(budget, {}).get(site):
+                self._idle_since.pop(key, None)
                 continue
             since = self._idle_since.setdefault(key, now)
-            if budget not in floors:
-                floors[budget] = min((self.vtime.get((budget, s), 0.0) for s in self._waiting_sites.get(budget, ())),
-                                     default=None)
-            floor = floors[budget]
+            # The floor of its own lane: add_ask lifts a site coming back to it (`_floor`).
+            floor = self._floor(budget, "|" in site)
             if (floor is not None and self.vtime[key] <= floor) or now - since >= self.idle_keep:
                 del self.vtime[key]
                 del self._idle_since[key]

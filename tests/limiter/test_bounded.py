@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import random
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams.limiter.asks import BULK, INTERACTIVE
 from streams.limiter.book import Ask, BudgetBook
 
 REQ = "openai_requests"
@@ -222,3 +226,53 @@ def test_a_persist_pass_writes_what_changed_and_visits_only_the_budgets_that_cha
     b.rate(wix("idle-7")).add(500.0, 1, "g-one")
     assert set(b.take_dirty()) == {f"r|{wix('idle-7')}|meta", f"r|{wix('idle-7')}|500"}
     assert passes[-1] == 1
+
+
+class FullSweep(BudgetBook):
+    """prune() looking at every site's service, as it did before it tracked the sites that stopped waiting."""
+
+    def prune(self, now: float) -> None:
+        self._stopped = set(self.vtime)
+        super().prune(now)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["ask", "grant", "prune", "drop"]), st.integers(0, 5),
+                          st.sampled_from([INTERACTIVE, BULK]), st.integers(1, 3)), min_size=1, max_size=80))
+def test_prune_drops_what_a_sweep_of_every_site_drops(steps):
+    """prune() visits only the sites that stopped waiting (and those already idle): it must keep and
+    drop the same services as a sweep of every site, in both lanes, across drops of the whole line."""
+    books = [book(), FullSweep(book().rate_specs, grace=0.3, slot_default=3)]
+    books[1].instance = "t-"
+    now, n = 0.0, 0
+    for op, site, lane, count in steps:
+        now += 0.7
+        for b in books:
+            if op == "ask":
+                for k in range(count):
+                    b.add_ask(Ask(f"a{n}-{k}", f"s{site}", f"r{n}-{k}", {REQ: 1, TOK: 300}, None, 1.0, now, 0,
+                                  lane=lane))
+            elif op == "grant":
+                b.grant_ready(now)
+            elif op == "prune":
+                b.expire(now)
+                b.prune(now)
+            else:
+                b.drop_asks()
+        n += 1
+        assert books[0].vtime == books[1].vtime
+        assert books[0]._idle_since == books[1]._idle_since
+
+
+def test_a_dropped_line_leaves_no_service_behind():
+    """drop_asks() (the coordinator losing its line) stops every site waiting at once: prune forgets them too."""
+    b = book()
+    for k in range(3_000):  # more than a window's room: most still wait when the line is dropped
+        b.add_ask(Ask(f"a{k}", f"s{k % 3}", f"r{k}", {REQ: 1, TOK: 30}, None, 1.0, 0.0, 0))
+    b.grant_ready(0.0)
+    assert b.vtime and len(b._waiting_sites[REQ]) == 3
+    b.drop_asks()
+    for second in range(1, int(WINDOW) + 3):
+        b.expire(float(second))
+        b.prune(float(second))
+    assert b.vtime == {} and b._idle_since == {}
