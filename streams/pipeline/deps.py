@@ -48,6 +48,7 @@ class Deps:
         self.wix: WixBlog | None = None
         self._policies: dict[str, SitePolicy] = {}
         self._policies_loaded = False
+        self._paused_version = 0  # moves when a refresh finds a site newly paused or held (`paused_version`)
         self._site_rows: dict[str, Site] = {}  # every site as last read (`refresh`)
         self._sites_since: datetime | None = None  # read the sites changed from then on (None: every site)
         self._full_read_at = -math.inf
@@ -118,6 +119,10 @@ class Deps:
         """Sync view for the runners; refreshed every two seconds from `sites`."""
         return self._policies.get(site_id) or SitePolicy(max_in_flight=settings.site_max_in_flight)
 
+    def paused_version(self) -> int:
+        """Moves whenever a site may have become paused or held: the runners then look for it (StageRunner)."""
+        return self._paused_version
+
     async def refresh(self, site_id: str | None = None) -> None:
         """Apply changed site controls on this worker now (others follow within 2 s)."""
         assert self.db is not None and self.sites is not None
@@ -133,12 +138,17 @@ class Deps:
             self._full_read_at, self._site_rows, policies = now, {}, {}
         else:
             policies = self._policies
+        newly_paused = False
         for n, s in enumerate(changed, 1):  # a site a spend cap holds is parked like a paused one
             self._site_rows[s.site_id] = s
+            if s.held and not self.policy(s.site_id).paused:  # (self._policies is still the one before)
+                newly_paused = True
             policies[s.site_id] = SitePolicy(weight=s.weight, max_in_flight=s.max_in_flight, paused=s.held)
             if n % 1000 == 0:
                 await asyncio.sleep(0)  # let permits and events through meanwhile
         self._policies = policies
+        if newly_paused:
+            self._paused_version += 1
         self.sites.fill(self._site_rows.values(), started)  # the stages' site look-ups need no query of their own
         self._policies_loaded = True
         if self.parking is not None:

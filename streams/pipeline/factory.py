@@ -296,7 +296,7 @@ def build_stage(
 
     runner = StageRunner(
         name, handle, concurrency=settings.stage_concurrency, read_ahead=settings.read_ahead, policy=deps.policy,
-        topic=source.get_topic_name(),
+        paused_version=deps.paused_version, topic=source.get_topic_name(),
     )
     # A runner that sees a partition's events skip an offset, or stall with
     # records waiting, reads it again from its next offset (Faust's consumer).

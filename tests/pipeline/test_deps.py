@@ -59,3 +59,41 @@ def test_a_refresh_reads_the_sites_changed_since_the_last_and_every_site_once_a_
         assert table.asked[-1] is None and "s9" not in deps._policies and deps.policy("s7").paused
 
     asyncio.run(scenario())
+
+
+def test_the_paused_version_moves_when_a_refresh_finds_a_site_newly_paused_or_held(monkeypatch):
+    """The runners look at every site with a line only when this moves (StageRunner.paused_version)."""
+    clock = [100.0]
+    monkeypatch.setattr(deps_module, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+
+    async def no_spend(costs):
+        return None
+
+    monkeypatch.setattr(spend, "refresh", no_spend)
+    table = SitesTable()
+    for n in range(5):
+        table.put(Site(f"s{n}", paused=n == 4))
+    deps = deps_module.Deps()
+    deps.db, deps.sites = table, SiteCache(table, ttl=3.0, clock=lambda: clock[0])
+
+    async def refreshed(*sites: Site, full: bool = False) -> int:
+        table.now += timedelta(seconds=2)
+        clock[0] += deps_module.SITES_FULL_READ_SECONDS if full else 2
+        for site in sites:
+            table.put(site)
+        before = deps.paused_version()
+        await deps.refresh()
+        return deps.paused_version() - before
+
+    async def scenario() -> None:
+        assert await refreshed() == 1  # the first read finds s4 paused
+        assert await refreshed() == 0  # nothing changed
+        assert await refreshed(Site("s1", weight=2.0)) == 0  # changed, not paused
+        assert await refreshed(Site("s2", paused=True)) == 1
+        assert await refreshed(Site("s3", budget_exhausted="day")) == 1  # held by a spend cap
+        assert await refreshed(Site("s2", paused=True, weight=3.0)) == 0  # paused already
+        assert await refreshed(full=True) == 0  # every site read again: none newly paused
+        assert await refreshed(Site("s2")) == 0  # resumed: nothing for the runners to park
+        assert await refreshed(Site("s2", paused=True)) == 1
+
+    asyncio.run(scenario())

@@ -407,6 +407,56 @@ async def test_resume_sends_the_parked_events_back_in_order_and_they_run(db, run
     assert site not in await store.counts() and cancelled == []
 
 
+def test_with_a_paused_version_every_site_is_looked_at_only_when_it_moves(monkeypatch):
+    """Deps.paused_version moves when a refresh finds a site newly paused: then (and every
+    PARK_FULL_SCAN_SECONDS) the runner looks at every site with a line; else only at newcomers."""
+    import types
+
+    from streams.pipeline import runner as runner_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(runner_module, "time", types.SimpleNamespace(monotonic=lambda: clock[0], time=time.time))
+    paused: set[str] = set()
+    asked: list[str] = []
+    version = [0]
+
+    def policy(site: str) -> SitePolicy:
+        asked.append(site)
+        return SitePolicy(paused=site in paused)
+
+    async def scenario() -> None:
+        runner = StageRunner("generate", Recorder(), concurrency=50, read_ahead=10_000, policy=policy,
+                             paused_version=lambda: version[0])
+        lot = FakeLot(set())
+        runner.park = lot.park
+        offsets = iter(range(10**6))
+        for n in range(1_000):
+            runner.add(Event(Message(TOPIC, 0, next(offsets), f"s{n}".encode(), b"")))
+        runner._park_paused()
+        assert len(asked) == 1_000  # the first look is at every site
+        asked.clear()
+        clock[0] += 10 * runner.PARK_SCAN_SECONDS
+        runner._park_paused()
+        assert asked == []  # the version did not move
+        paused.add("s5")
+        lot.paused_in_db.update(paused)
+        version[0] += 1
+        runner._park_paused()
+        assert len(asked) == 1_000 and "s5" not in runner._lines
+        assert [e.site_id for e in runner._parking] == ["s5"]
+        asked.clear()
+        paused.add("s6")  # paused without the version moving (it should not happen): found in the full scan
+        lot.paused_in_db.update(paused)
+        runner._park_paused()
+        assert asked == [] and "s6" in runner._lines
+        clock[0] += runner.PARK_FULL_SCAN_SECONDS
+        runner._park_paused()
+        assert "s6" not in runner._lines
+        await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+
+
 def test_paused_sites_are_found_without_asking_every_site_before_every_event(monkeypatch):
     """Before each event the runner looks only at the sites new in its ring; at every site twice a second.
     (It asked every site's policy before every event: O(sites) per event.) `_next` skips a paused site anyway."""
