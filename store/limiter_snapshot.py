@@ -41,8 +41,14 @@ def _finite(value: Any) -> bool:
     return True
 
 
-async def write_snapshot(pool: _Pool, app_id: str, coordinator: str, figures: dict[str, Any]) -> None:
-    """Replace the deployment's snapshot (one statement). ValueError for figures that are not finite JSON."""
+async def write_snapshot(pool: _Pool, app_id: str, coordinator: str, figures: dict[str, Any], *,
+                         merge: bool = False) -> None:
+    """Replace the deployment's snapshot (one statement). ValueError for figures that are not finite JSON.
+
+    merge=True replaces only the top-level keys given and keeps the others as they were written (the
+    coordinator's per-site sections, written less often than its global figures), if the same coordinator
+    wrote them; a row of another coordinator is replaced whole.
+    """
     if not _finite(figures):
         raise ValueError("the limiter's figures hold NaN or infinity: not published")
     await pool.execute(
@@ -50,9 +56,12 @@ async def write_snapshot(pool: _Pool, app_id: str, coordinator: str, figures: di
         INSERT INTO limiter_snapshot (app_id, coordinator, figures, written_at)
         VALUES ($1, $2, $3::text::jsonb, clock_timestamp())
         ON CONFLICT (app_id) DO UPDATE SET
-          coordinator = EXCLUDED.coordinator, figures = EXCLUDED.figures, written_at = EXCLUDED.written_at
+          coordinator = EXCLUDED.coordinator,
+          figures = CASE WHEN $4::boolean AND limiter_snapshot.coordinator = EXCLUDED.coordinator
+                         THEN limiter_snapshot.figures || EXCLUDED.figures ELSE EXCLUDED.figures END,
+          written_at = EXCLUDED.written_at
         """,
-        app_id, coordinator, json.dumps(figures, separators=(",", ":"), allow_nan=False),
+        app_id, coordinator, json.dumps(figures, separators=(",", ":"), allow_nan=False), merge,
     )
 
 

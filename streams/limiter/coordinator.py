@@ -106,6 +106,13 @@ class _Answer:
 ANSWERS_KEEP_SECONDS = 60.0
 ANSWERS_MAX = 50_000
 
+# The figures of each site (its Wix budget, its slots) are worked out for at most about this many
+# sites a second: with more, every few seconds (10,000 sites: every 10 s). Every second, they held
+# the coordinator's loop ~6 ms and the worker's (JSON for Postgres) longer at 10,000 sites, and
+# the permits' p99 grew with the sites (docs/bench-growth.md, session 17). The global figures
+# stay once a second.
+SITE_FIGURES_PER_SECOND = 1_000
+
 
 @dataclass
 class Coordinator:
@@ -124,6 +131,7 @@ class Coordinator:
     read_written: int | None = None  # the READ_KEY offset last made durable
     last_tick: float = field(default_factory=time.time)
     snapshot: dict[str, Any] | None = None  # the last figures published (see `publish_stats`)
+    site_figures: dict[str, Any] | None = None  # the per-site part of `stats` (published.SITE_SECTIONS)
     _wakeup: asyncio.Event | None = None
 
     @staticmethod
@@ -365,10 +373,7 @@ class Coordinator:
         """Every figure the stats pages show; computed once a second by the scheduler (`publish_stats`)."""
         names = [OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS]
         out: dict[str, Any] = {name: self.book.usage(name, now) for name in names}
-        out["wix"] = {
-            name.split(":", 1)[1]: self.book.usage(name, now) for name in list(self.book.rates) if name.startswith("wix_requests:")
-        }
-        out["slots"] = {name.split(":", 1)[1]: len(s.holders) for name, s in self.book.slots.items() if s.holders}
+        out.update(self._site_figures(now))
         # Each site's units of each global budget in the window (Wix budgets are per site already):
         # the split of used_in_window, for the per-site share gauges and `blogstream health`.
         out["shares"] = {name: self.book.used_by_site(name, now) for name in names}
@@ -379,6 +384,19 @@ class Coordinator:
         out["book"] = self.book.sizes()  # what the coordinator holds: bounded by what is live
         out["at"] = now
         return out
+
+    def _site_figures(self, now: float) -> dict[str, Any]:
+        """Each site's Wix budget and slots held, worked out again when due (SITE_FIGURES_PER_SECOND)."""
+        sites = len(self.book.rates) + len(self.book.slots)
+        known = self.site_figures
+        if known is None or sites <= SITE_FIGURES_PER_SECOND or now - known["sites_at"] >= sites / SITE_FIGURES_PER_SECOND:
+            self.site_figures = known = {
+                "wix": {name.split(":", 1)[1]: self.book.usage(name, now)
+                        for name in list(self.book.rates) if name.startswith("wix_requests:")},
+                "slots": {name.split(":", 1)[1]: len(s.holders) for name, s in self.book.slots.items() if s.holders},
+                "sites_at": now,
+            }
+        return known
 
     def publish_stats(self, now: float) -> None:
         """Compute the figures and publish them for every worker (Postgres, store/limiter_snapshot.py)."""

@@ -17,12 +17,14 @@ from store.limiter_snapshot import LimiterSnapshot, read_snapshot, write_snapsho
 from streams.settings import settings
 
 __all__ = [
-    "STATS_MAX_AGE_SECONDS", "STATS_STALE_SECONDS", "SnapshotPublisher", "SnapshotReader", "StatsUnavailable",
+    "SITE_SECTIONS", "STATS_MAX_AGE_SECONDS", "STATS_STALE_SECONDS", "SnapshotPublisher", "SnapshotReader", "StatsUnavailable",
     "publisher", "snapshots",
 ]
 
 log = logging.getLogger(__name__)
 
+# A coordinator's per-site figures (Coordinator._site_figures): written only when worked out anew.
+SITE_SECTIONS = ("wix", "slots", "sites_at")
 # The coordinator publishes its figures every second (coordinator.SnapshotPublisher). Older than
 # STALE they are shown with "stale": true; older than MAX_AGE the stats pages answer 503.
 STATS_STALE_SECONDS = 5.0
@@ -93,16 +95,27 @@ class SnapshotPublisher:
         self._task: asyncio.Future | None = None
         self._logged_at = 0.0
         self.failures = 0
+        self._sites_written: tuple[str, float] | None = None  # (coordinator, sites_at) of the per-site part in the row
 
     def publish(self, coordinator_id: str, figures: dict[str, Any]) -> None:
+        """Write `figures`. Their per-site sections (SITE_SECTIONS, dated by "sites_at") go
+        only when they are new or were not written yet: the global figures are merged into the row."""
         if self._task is not None and not self._task.done():
             return
-        self._task = asyncio.ensure_future(self._write(coordinator_id, figures))
+        sites = (coordinator_id, figures["sites_at"]) if "sites_at" in figures else None
+        if sites is not None and sites == self._sites_written:
+            written = {key: value for key, value in figures.items() if key not in SITE_SECTIONS}
+            self._task = asyncio.ensure_future(self._write(coordinator_id, written, merge=True))
+        else:
+            self._task = asyncio.ensure_future(self._write(coordinator_id, figures, sites=sites))
 
-    async def _write(self, coordinator_id: str, figures: dict[str, Any]) -> None:
+    async def _write(self, coordinator_id: str, figures: dict[str, Any], *, merge: bool = False,
+                     sites: tuple[str, float] | None = None) -> None:
         try:
-            await asyncio.wait_for(write_snapshot((await self.database()).pool, settings.app_id, coordinator_id, figures),
-                                   timeout=5.0)
+            await asyncio.wait_for(write_snapshot((await self.database()).pool, settings.app_id, coordinator_id, figures,
+                                                  merge=merge), timeout=5.0)
+            if sites is not None:
+                self._sites_written = sites
             if self.failures:
                 log.info("limiter: figures published again after %d failed writes", self.failures)
                 self.failures = 0

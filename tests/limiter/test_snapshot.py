@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import types
 import uuid
 
 import pytest
@@ -160,6 +161,13 @@ async def test_the_store_writes_one_row_per_deployment_and_measures_its_age_with
         with pytest.raises(ValueError, match="NaN or infinity"):
             await write_snapshot(conn, app_id, "c3", {"factor": math.inf})
         assert (await read_snapshot(conn, app_id)).coordinator == "c2"
+        # merge: the keys given replace theirs, the others stay (the same coordinator's per-site sections)
+        await write_snapshot(conn, app_id, "c2", {"at": 3.5, "openai": {"used": 1}}, merge=True)
+        assert (await read_snapshot(conn, app_id)).figures == {"slots": {"a": 3}, "at": 3.5, "openai": {"used": 1}}
+        # ... but never another coordinator's
+        await write_snapshot(conn, app_id, "c3", {"at": 4.5}, merge=True)
+        snapshot = await read_snapshot(conn, app_id)
+        assert snapshot.figures == {"at": 4.5} and snapshot.coordinator == "c3"
     finally:
         await conn.execute("DELETE FROM limiter_snapshot WHERE app_id = $1", app_id)
         await conn.close()
@@ -179,3 +187,56 @@ def test_per_site_budgets_are_one_series_of_their_kind_in_the_coordinators_metri
     assert metrics.budget_external.labels("wix_requests")._value.get() == 40.0  # the largest outside use
     assert metrics.budget_label("wix_requests:site-7") == "wix_requests"
     assert metrics.budget_label("openai_tokens") == "openai_tokens"
+
+
+def test_the_per_site_figures_are_worked_out_for_about_a_thousand_sites_a_second():
+    """Few sites: every call. 3,000 per-site budgets and slots: every 3 s, the global figures still each call."""
+    c = Coordinator()
+    for n in range(10):
+        c.book.rate(f"wix_requests:site-{n}")
+    first = c.stats(1000.0)
+    assert first["sites_at"] == 1000.0 and len(first["wix"]) == 10
+    assert c.stats(1000.1)["sites_at"] == 1000.1  # few: worked out every time
+    c = Coordinator()
+    for n in range(3_000):
+        c.book.rate(f"wix_requests:site-{n}")
+    times = [1000.0, 1001.0, 1002.9, 1003.1, 1004.0, 1006.0, 1006.2]  # (3,000 and the 3 global budgets)
+    at = [c.stats(now) for now in times]
+    assert [s["sites_at"] for s in at] == [1000.0, 1000.0, 1000.0, 1003.1, 1003.1, 1003.1, 1006.2]
+    assert all(len(s["wix"]) == 3_000 for s in at)
+    assert [s["at"] for s in at] == times  # the global part: each call
+
+
+async def test_the_publisher_writes_the_per_site_figures_only_when_they_are_new(monkeypatch):
+    writes: list[tuple[dict, bool]] = []
+    fail = [False]
+
+    async def write(pool, app_id, coordinator_id, figures, *, merge=False):
+        if fail[0]:
+            raise OSError("postgres away")
+        writes.append((figures, merge))
+
+    async def database():
+        return types.SimpleNamespace(pool=None)
+
+    publisher = published.SnapshotPublisher()
+    monkeypatch.setattr(published, "write_snapshot", write)
+    monkeypatch.setattr(publisher, "database", database)
+
+    async def publish(coordinator_id: str, figures: dict) -> None:
+        publisher.publish(coordinator_id, figures)
+        await publisher._task
+
+    sites = {"wix": {"s1": {}}, "slots": {"s1": 2}, "sites_at": 1.0}
+    await publish("c1", {"at": 1.0, **sites})
+    await publish("c1", {"at": 2.0, **sites})
+    assert writes == [({"at": 1.0, **sites}, False), ({"at": 2.0}, True)]
+    fail[0] = True
+    await publish("c1", {"at": 3.0, **sites, "sites_at": 3.0})  # new per-site figures, not written
+    fail[0] = False
+    await publish("c1", {"at": 4.0, **sites, "sites_at": 3.0})
+    assert writes[-1] == ({"at": 4.0, **sites, "sites_at": 3.0}, False)  # so the next write has them
+    await publish("c2", {"at": 5.0, **sites, "sites_at": 3.0})  # another coordinator: whole
+    assert writes[-1] == ({"at": 5.0, **sites, "sites_at": 3.0}, False)
+    await publish("c2", {"at": 6.0})  # figures without a per-site part: written as they are
+    assert writes[-1] == ({"at": 6.0}, False)
