@@ -29,7 +29,8 @@ class SitesTable:
         raise AssertionError("filled by the refresh: no read of one site")
 
 
-def test_a_refresh_reads_the_sites_changed_since_the_last_and_every_site_once_a_minute(monkeypatch):
+def deps_over(table: SitesTable, monkeypatch) -> tuple[deps_module.Deps, list[float]]:
+    """A Deps reading `table`, on a clock the test moves (clock[0]), with no spend caps."""
     clock = [100.0]
     monkeypatch.setattr(deps_module, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
 
@@ -37,11 +38,16 @@ def test_a_refresh_reads_the_sites_changed_since_the_last_and_every_site_once_a_
         return None
 
     monkeypatch.setattr(spend, "refresh", no_spend)
+    deps = deps_module.Deps()
+    deps.db, deps.sites = table, SiteCache(table, ttl=3.0, clock=lambda: clock[0])
+    return deps, clock
+
+
+def test_a_refresh_reads_the_sites_changed_since_the_last_and_every_site_once_a_minute(monkeypatch):
     table = SitesTable()
     for n in range(3_000):
         table.put(Site(f"s{n}"))
-    deps = deps_module.Deps()
-    deps.db, deps.sites = table, SiteCache(table, ttl=3.0, clock=lambda: clock[0])
+    deps, clock = deps_over(table, monkeypatch)
 
     async def scenario() -> None:
         await deps.refresh()  # the first read: every site
@@ -63,18 +69,10 @@ def test_a_refresh_reads_the_sites_changed_since_the_last_and_every_site_once_a_
 
 def test_the_paused_version_moves_when_a_refresh_finds_a_site_newly_paused_or_held(monkeypatch):
     """The runners look at every site with a line only when this moves (StageRunner.paused_version)."""
-    clock = [100.0]
-    monkeypatch.setattr(deps_module, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
-
-    async def no_spend(costs):
-        return None
-
-    monkeypatch.setattr(spend, "refresh", no_spend)
     table = SitesTable()
     for n in range(5):
         table.put(Site(f"s{n}", paused=n == 4))
-    deps = deps_module.Deps()
-    deps.db, deps.sites = table, SiteCache(table, ttl=3.0, clock=lambda: clock[0])
+    deps, clock = deps_over(table, monkeypatch)
 
     async def refreshed(*sites: Site, full: bool = False) -> int:
         table.now += timedelta(seconds=2)

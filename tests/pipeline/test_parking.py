@@ -407,6 +407,20 @@ async def test_resume_sends_the_parked_events_back_in_order_and_they_run(db, run
     assert site not in await store.counts() and cancelled == []
 
 
+def thousand_sites_looked_at_once(policy, asked: list[str], **runner_args):
+    """A runner with a line for each of 1,000 sites, after its first look for paused ones (at every site)."""
+    runner = StageRunner("generate", Recorder(), concurrency=50, read_ahead=10_000, policy=policy, **runner_args)
+    lot = FakeLot(set())
+    runner.park = lot.park
+    offsets = iter(range(10**6))
+    for n in range(1_000):
+        runner.add(Event(Message(TOPIC, 0, next(offsets), f"s{n}".encode(), b"")))
+    runner._park_paused()
+    assert len(asked) == 1_000  # the first look is at every site
+    asked.clear()
+    return runner, lot, offsets
+
+
 def test_with_a_paused_version_every_site_is_looked_at_only_when_it_moves(monkeypatch):
     """Deps.paused_version moves when a refresh finds a site newly paused: then (and every
     PARK_FULL_SCAN_SECONDS) the runner looks at every site with a line; else only at newcomers."""
@@ -425,16 +439,7 @@ def test_with_a_paused_version_every_site_is_looked_at_only_when_it_moves(monkey
         return SitePolicy(paused=site in paused)
 
     async def scenario() -> None:
-        runner = StageRunner("generate", Recorder(), concurrency=50, read_ahead=10_000, policy=policy,
-                             paused_version=lambda: version[0])
-        lot = FakeLot(set())
-        runner.park = lot.park
-        offsets = iter(range(10**6))
-        for n in range(1_000):
-            runner.add(Event(Message(TOPIC, 0, next(offsets), f"s{n}".encode(), b"")))
-        runner._park_paused()
-        assert len(asked) == 1_000  # the first look is at every site
-        asked.clear()
+        runner, lot, _ = thousand_sites_looked_at_once(policy, asked, paused_version=lambda: version[0])
         clock[0] += 10 * runner.PARK_SCAN_SECONDS
         runner._park_paused()
         assert asked == []  # the version did not move
@@ -474,15 +479,7 @@ def test_paused_sites_are_found_without_asking_every_site_before_every_event(mon
         return SitePolicy(paused=site in paused)
 
     async def scenario() -> None:
-        runner = StageRunner("generate", Recorder(), concurrency=50, read_ahead=10_000, policy=policy)
-        lot = FakeLot(set())
-        runner.park = lot.park
-        offsets = iter(range(10**6))
-        for n in range(1_000):
-            runner.add(Event(Message(TOPIC, 0, next(offsets), f"s{n}".encode(), b"")))
-        runner._park_paused()
-        assert len(asked) == 1_000  # the first look is at every site
-        asked.clear()
+        runner, lot, offsets = thousand_sites_looked_at_once(policy, asked)
         for _ in range(100):
             runner._park_paused()
         assert asked == []
