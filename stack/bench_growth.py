@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import re
 import subprocess
@@ -74,9 +75,12 @@ class Plan:
     queued_sites: int
     book_cases: tuple[tuple[int, int], ...]  # (sites, waiting asks)
     book_grants: int
+    profiles: Path | None = None  # keep each active-sites level's py-spy stacks there (--profiles)
 
 
-FULL = Plan(site_levels=(10, 1_000, 10_000), concurrency=10_000, requests=20_000, measure_s=60.0,
+# 180 s: about 2,600 grants per level, so each p99 is the 26th slowest. With 60 s (860 grants, the 9th
+# slowest) the three levels' p99s moved by up to 2x between runs of the same code (session 16).
+FULL = Plan(site_levels=(10, 1_000, 10_000), concurrency=10_000, requests=20_000, measure_s=180.0,
             ramp_timeout_s=180.0, queued_levels=(1_000, 10_000, 100_000), queued_sites=1_000,
             book_cases=((10, 200), (1_000, 1_000), (10_000, 10_000), (10, 10_000), (1_000, 10_000)), book_grants=600)
 QUICK = Plan(site_levels=(10, 200), concurrency=400, requests=2_000, measure_s=15.0, ramp_timeout_s=60.0,
@@ -121,6 +125,20 @@ def profile_shares(collapsed: str, groups: dict[str, tuple]) -> tuple[int, dict[
             if any(_matches(frame, pattern) for frame in frames for pattern in patterns):
                 counts[name] += n
     return total, counts
+
+
+def entry_breakdown(collapsed: str, patterns: tuple, top: int = 6) -> list[tuple[str, int]]:
+    """The samples of a group (see profile_shares) by the group's outermost frame: where they entered it.
+
+    Tells which of the group's entry points a cost grows in (the coordinator's pass, its snapshot, ...).
+    """
+    entries: dict[str, int] = {}
+    for frames, n in collapsed_stacks(collapsed):
+        entry = next((frame for frame in frames if any(_matches(frame, p) for p in patterns)), None)
+        if entry is not None:
+            name = entry.split(" (", 1)[0]
+            entries[name] = entries.get(name, 0) + n
+    return sorted(entries.items(), key=lambda item: (-item[1], item[0]))[:top]
 
 
 def _matches(frame: str, pattern: Any) -> bool:
@@ -267,13 +285,18 @@ async def run_active(plan: Plan, sites: int, log: Any = print) -> dict[str, Any]
             spy.wait(plan.measure_s + 60)
         except subprocess.TimeoutExpired:
             spy.kill()
-        total, shares = profile_shares(profile.read_text() if profile.exists() else "",
-                                       {"coordinator": COORDINATOR_CODE, "dispatch": DISPATCH_CODE})
+        collapsed = profile.read_text() if profile.exists() else ""
+        total, shares = profile_shares(collapsed, {"coordinator": COORDINATOR_CODE, "dispatch": DISPATCH_CODE})
         where = profile_summary(profile, top=12) if profile.exists() else []
         return measure_active(sites, plan, before, after, cpu, wall, total, shares, waiting_seen,
                               {"ramp_s": ramp_s, "run": rig.name, "rss_peak_mb": peak_rss_mb(worker.proc.pid),
-                               "load": os.getloadavg()[0], "profile": where})
+                               "load": os.getloadavg()[0], "profile": where,
+                               "coordinator_entries": [(name, n / total) for name, n in
+                                                       entry_breakdown(collapsed, COORDINATOR_CODE)] if total else []})
     finally:
+        if plan.profiles and profile.exists():
+            plan.profiles.mkdir(parents=True, exist_ok=True)
+            profile.replace(plan.profiles / f"sites-{sites}.collapsed")
         profile.unlink(missing_ok=True)
         await rig.stop()
 
@@ -470,6 +493,13 @@ def report(active: list[dict[str, Any]], queued: list[dict[str, Any]], book: lis
                 f"{r['permits_all']:.0f} permits of every budget (p99 {_ms(r['p99_all'])}), permit wait incl. "
                 f"queueing p50 {_ms(r['wait_p50'])}, {r['reasks']:.0f} re-asks, {r['expired']:.0f} expired; "
                 f"{r['samples']:,} py-spy samples, coordinator {r['coordinator_cores'] or 0:.2f} cores; worker peak RSS {r['rss_peak_mb']:.0f} MB; load {r['load']:.1f}.")
+    if any(r.get("coordinator_entries") for r in active):
+        lines += ["", "The coordinator's CPU per 1,000 grants by where its py-spy samples entered its code (the "
+                  "worker's CPU times each entry's share of the samples):", ""]
+        for r in active:
+            entries = ", ".join(f"`{name}` {(r['worker_cpu_per_1000'] or 0) * share:.2f} s"
+                                for name, share in r.get("coordinator_entries") or [])
+            lines.append(f"- {r['sites']:,} sites: {entries or 'none'}")
     if active and active[-1].get("profile"):
         lines += ["", f"Where the worker's CPU went at {active[-1]['sites']:,} active sites (py-spy, the measured "
                   "stretch):", ""] + active[-1]["profile"]
@@ -513,9 +543,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small levels, a smoke run; the doc is left alone")
     parser.add_argument("--only", choices=["sites", "queued", "book"], action="append",
                         help="run only these parts (repeatable); the doc is left alone")
+    parser.add_argument("--measure-seconds", type=float, help="each active-sites level's measured stretch "
+                        "(default: 180, --quick 15)")
+    parser.add_argument("--profiles", metavar="DIR", help="keep each active-sites level's py-spy stacks "
+                        "(collapsed, sites-N.collapsed) in DIR")
     parser.add_argument("--out", default=str(DOCS / "bench-growth.md"), help="the doc; its plots go next to it")
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
+    if args.measure_seconds:
+        plan = dataclasses.replace(plan, measure_s=args.measure_seconds)
+    if args.profiles:
+        plan = dataclasses.replace(plan, profiles=Path(args.profiles))
     started = time.time()
     active, queued, book = asyncio.run(run_all(plan, set(args.only or ("sites", "queued", "book"))))
     out = Path(args.out)

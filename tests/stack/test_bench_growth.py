@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from stack.bench_growth import (book_cost, bytes_per_queued, histogram_delta, labelled_value, per_thousand,
-                                profile_shares, ratio, slope)
+from stack.bench_growth import (book_cost, bytes_per_queued, entry_breakdown, histogram_delta, labelled_value,
+                                per_thousand, profile_shares, ratio, slope)
 
 
 def test_slope_is_the_least_squares_fit():
@@ -58,6 +58,19 @@ def test_profile_shares_count_a_sample_once_per_group_it_touches():
     })
     assert total == 100
     assert shares == {"coordinator": 40, "dispatch": 5}
+
+
+def test_entry_breakdown_names_the_outermost_frame_of_the_group_in_each_sample():
+    collapsed = "\n".join([
+        "MainThread;run_once (/w/streams/limiter/coordinator.py:410);_grant_ready (/w/streams/limiter/book.py:260) 30",
+        "MainThread;run_once (/w/streams/limiter/coordinator.py:410) 10",
+        "Thread-2;publish (/w/streams/limiter/published.py:80);figures (/w/streams/limiter/book.py:90) 7",
+        "MainThread;write (/usr/lib/python3.11/asyncio/streams.py:343) 52",
+    ])
+    patterns = ("streams/limiter/coordinator.py", "streams/limiter/book.py", "streams/limiter/published.py")
+    assert entry_breakdown(collapsed, patterns) == [("run_once", 40), ("publish", 7)]
+    assert entry_breakdown(collapsed, patterns, top=1) == [("run_once", 40)]
+    assert entry_breakdown("", patterns) == []
 
 
 def test_per_thousand_and_ratio_leave_out_what_was_not_measured():
