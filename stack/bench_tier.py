@@ -184,6 +184,27 @@ def lag_summary(samples: list[tuple[float, int]]) -> tuple[int, int, int, int] |
     return lags[len(lags) // 2], lags[min(len(lags) - 1, int(len(lags) * 0.99))], lags[-1], len(lags)
 
 
+# The simulator plays providers on machines of their own: a call is counted when its bytes arrive,
+# whatever our workers are doing. Here it shares two cores with three workers, Kafka and Postgres
+# (97 % busy), and a call was counted when its handler ran: up to 0.6 s late when the kernel had
+# left the simulator waiting for a core, after our book had let that call's room go (the 429s of
+# sessions 16 and 17). So it runs ahead of the rest in the kernel's queue. Setting a negative nice
+# value needs root; without it the run goes on at the normal priority and the table says so.
+SIM_NICE = -10
+
+
+def provider_priority(pid: int) -> int:
+    """Give the simulator process SIM_NICE; returns its nice value now."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, SIM_NICE)
+    except OSError:
+        pass
+    try:
+        return os.getpriority(os.PRIO_PROCESS, pid)
+    except OSError:
+        return 0
+
+
 async def run(minutes: float, sites: int, workers: int, target_words: int, timeout: float | None = None) -> dict[str, Any]:
     queued = backlog_size(minutes)
     tier = await rig(sites, queued).start()
@@ -201,6 +222,7 @@ async def run(minutes: float, sites: int, workers: int, target_words: int, timeo
         requests = [p.request(names[i % sites], i, target_words=target_words) for i in range(queued)]
         pids = {w.name.rsplit("-", 1)[-1]: w.proc.pid for w in p.workers}
         pids["simulators"] = tier.sim.proc.pid
+        sim_nice = provider_priority(tier.sim.proc.pid)
         samples: dict[str, list[tuple[float, float, float]]] = {}
         sampler = asyncio.ensure_future(sample_procs(pids, samples))
         limiter_lag: list[tuple[float, int]] = []
@@ -232,7 +254,7 @@ async def run(minutes: float, sites: int, workers: int, target_words: int, timeo
             {"minutes": minutes, "sites": sites, "workers": workers, "requests": queued, "target_words": target_words,
              "run": tier.name, "commit": _commit(), "statuses": summarize(rows), "drain_s": drained,
              "submit_s": submit_s, "load": (load0, load1), "machine_busy": busy, "cpus": os.cpu_count(),
-             "rss_peak": rss_peak, "sim_rss_peak": sim_rss_peak, "submitted": submitted, "samples": samples, "limiter_lag": limiter_lag},
+             "rss_peak": rss_peak, "sim_rss_peak": sim_rss_peak, "sim_nice": sim_nice, "submitted": submitted, "samples": samples, "limiter_lag": limiter_lag},
             ledger, events, scrapes)
     finally:
         for task in (sampler, lag_sampler):
@@ -474,6 +496,8 @@ def report(r: dict[str, Any], plots: list[str] = ()) -> str:
         "| Worker CPU (mean cores over the run) | "
         + ", ".join(f"{n} {r['cores'].get(n) or 0:.2f}" for n in worker_names) + " | |",
         f"| Simulators' CPU (one process) | {r['cores'].get('simulators') or 0:.2f} cores | below 1 core or it is the bound |",
+        f"| Simulators' scheduling priority (nice) | {r.get('sim_nice', 0)} | {SIM_NICE}: ahead of the workers for a core, "
+        "as a provider on machines of its own |",
         "| Simulators' peak RSS (it keeps every call until a reset) | "
         + (f"{r['sim_rss_peak']:.0f} MB" if r.get("sim_rss_peak") else "n/a") + " | |",
         f"| Whole machine busy | {100 * r['machine_busy']:.0f}% of {r['cpus']} cores; load {r['load'][0]:.1f} -> "
