@@ -79,7 +79,8 @@ class Plan:
 
 
 # 180 s: about 2,600 grants per level, so each p99 is the 26th slowest. With 60 s (860 grants, the 9th
-# slowest) the three levels' p99s moved by up to 2x between runs of the same code (session 16).
+# slowest) the largest-over-smallest p99 ranged from 1.8x to 9x between runs of the same code
+# (sessions 14 and 16, docs/bench-growth.md).
 FULL = Plan(site_levels=(10, 1_000, 10_000), concurrency=10_000, requests=20_000, measure_s=180.0,
             ramp_timeout_s=180.0, queued_levels=(1_000, 10_000, 100_000), queued_sites=1_000,
             book_cases=((10, 200), (1_000, 1_000), (10_000, 10_000), (10, 10_000), (1_000, 10_000)), book_grants=600)

@@ -193,6 +193,15 @@ def lag_summary(samples: list[tuple[float, int]]) -> tuple[int, int, int, int] |
 SIM_NICE = -10
 
 
+def _sim_collections(seen: dict[str, float]) -> str:
+    """The simulator's collections (its ledger's `collector`): count, time, CPU, longest (by generation)."""
+    if not seen.get("pauses"):
+        return "n/a"
+    by_generation = ", ".join(f"gen{g}: {_ms(seen[f'longest_gen{g}'])}" for g in "012" if f"longest_gen{g}" in seen)
+    return (f"{seen['pauses']:,.0f}, {seen['seconds']:.1f} s ({seen['cpu_seconds']:.1f} s), {_ms(seen['longest'])}"
+            + (f" ({by_generation})" if by_generation else ""))
+
+
 def provider_priority(pid: int) -> int:
     """Give the simulator process SIM_NICE; returns its nice value now."""
     try:
@@ -461,11 +470,7 @@ def report(r: dict[str, Any], plots: list[str] = ()) -> str:
         + (f"{_ms(lag.get('p50'))} / {_ms(lag.get('p99'))} / {_ms(lag.get('max'))}" if lag.get("samples") else "n/a")
         + " | a call is counted when its handler runs |",
         "| Simulators' garbage collections: count, time holding the loop (of which on a core), longest (by generation) | "
-        + (f"{c['pauses']:,.0f}, {c['seconds']:.1f} s ({c['cpu_seconds']:.1f} s), {_ms(c['longest'])}"
-           + (" (" + ", ".join(f"gen{g}: {_ms(c[f'longest_gen{g}'])}" for g in "012" if f"longest_gen{g}" in c) + ")"
-              if any(k.startswith("longest_gen") for k in c) else "")
-           if (c := r.get("sim_collector") or {}).get("pauses") else "n/a")
-        + " | the rest of the lateness is the simulator waiting for a core |",
+        + _sim_collections(r.get("sim_collector") or {}) + " | the rest of the lateness is the simulator waiting for a core |",
         "| Workers' event loop waking late (blogstream_event_loop_lag_seconds) p50 / p99 / p99.9 | "
         + " / ".join(_ms(x) for x in r.get("worker_loop_lag") or (None, None, None))
         + " | a permit granted ahead is taken when its worker wakes |",
