@@ -41,6 +41,7 @@ from .errors import (
     RejectedRequest,
     redact,
 )
+from .no_cookies import keep_no_cookies
 from .ratelimit_headers import parse_rate_limit_headers, parse_resets_in, parse_retry_after
 
 __all__ = ["CoverImage", "ImageMaker", "PredictionState"]
@@ -178,6 +179,7 @@ class ImageMaker(AsyncClosing):
         # (our polls) on 429/503/504 up to ten times behind the caller's back:
         # each repeat would be a Replicate call without a permit. One attempt;
         # the caller's retry loop asks for a permit per try.
+        keep_no_cookies(self._client._async_client)  # answers' Set-Cookie not read: the token authenticates
         retrying = getattr(self._client._async_client, "_transport", None)
         if retrying is not None and hasattr(retrying, "max_attempts"):
             retrying.max_attempts = 1

@@ -28,6 +28,7 @@ from .errors import (
     RejectedRequest,
     redact,
 )
+from .no_cookies import keep_no_cookies
 from .ratelimit_headers import parse_rate_limit_headers, parse_retry_after
 from .wix_ricos import markdown_to_ricos
 
@@ -212,7 +213,7 @@ class WixBlog(AsyncClosing):
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._client = httpx.AsyncClient(
+        self._client = keep_no_cookies(httpx.AsyncClient(
             base_url=base_url.rstrip("/") + "/",
             timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
             # HTTP/1.1 keep-alive; enough connections for every in-flight publish of a worker.
@@ -220,7 +221,7 @@ class WixBlog(AsyncClosing):
             headers={"Accept": "application/json"},
             # aiohttp under httpx's API: a third of httpcore's CPU per call (docs/bench-capacity.md).
             transport=transport or AiohttpTransport(limits=limits),
-        )
+        ))  # answers' Set-Cookie not read: the key authenticates (no_cookies.py)
 
     async def aclose(self) -> None:
         await self._client.aclose()
