@@ -24,6 +24,7 @@ from faust.agents.replies import ReplyPromise
 
 from streams import metrics
 from streams.app import app
+from streams.ids import random_hex
 from store.effects import Coalesced
 from streams.limiter.agent import budget_coordinator, start_limiter
 from streams.limiter.coordinator import limiter_topic, outbox
@@ -204,7 +205,7 @@ class Budgets:
     async def _ask(self, value: dict[str, Any]) -> ReplyPromise:
         """agent.ask() without waiting: the promise stays registered until we forget it."""
         reply_to = app.conf.reply_to
-        correlation_id = str(uuid.uuid4())
+        correlation_id = random_hex()
         request, headers = budget_coordinator._create_req(None, value, reply_to, correlation_id, None)
         promise = ReplyPromise(reply_to, correlation_id)
         await app._reply_consumer.add(correlation_id, promise)  # type: ignore[attr-defined]
@@ -305,7 +306,7 @@ class Budgets:
             ask = {
                 "op": "acquire",
                 "worker": self.instance,
-                "ask_id": uuid.uuid4().hex,
+                "ask_id": random_hex(),
                 "site_id": site_id,
                 "request_id": request_id,
                 "needs": needs,
@@ -445,7 +446,7 @@ class Budgets:
         asyncio.ensure_future(self._refill(budget, pool, site_id, weight))
 
     async def _refill(self, budget: str, pool: _LeasePool, site_id: str, weight: float) -> None:
-        ask = {"op": "lease", "worker": self.instance, "ask_id": uuid.uuid4().hex, "site_id": site_id,
+        ask = {"op": "lease", "worker": self.instance, "ask_id": random_hex(), "site_id": site_id,
                "request_id": "", "needs": {budget: 1.0}, "lease": pool.wanted(), "weight": weight}
         try:
             reply = await self._ask_until_answered(ask, deadline=time.time() + 2.0)

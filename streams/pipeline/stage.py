@@ -11,13 +11,13 @@ import asyncio
 import logging
 import random
 import time
-import uuid
 from typing import Any, Awaitable, Callable
 
 from connectors.errors import ProviderError, RateLimited
 from store.database import OUTAGES
 from streams import metrics
 from streams.contract import check_article
+from streams.ids import random_hex
 from streams.pipeline.deps import Deps
 from streams.limiter.client import budgets
 from streams.log_limit import Backoff, LogLimit
@@ -97,7 +97,7 @@ async def effect_once(
     """
     assert deps.db is not None
     db = deps.db
-    owner = f"{deps.worker_id}:{uuid.uuid4().hex[:8]}"
+    owner = f"{deps.worker_id}:{random_hex(32)}"
     while True:
         claim = await db.claim_effect(request_id, effect, site_id, owner=owner, lease_seconds=EFFECT_LEASE_SECONDS)
         if claim.state == "foreign":
