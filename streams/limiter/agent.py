@@ -29,6 +29,7 @@ from streams.metrics import limiter_ask_age_seconds
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class _Reading:
     """Which takeover the coordinator reads `blog.limiter` for (an epoch of the coordinator's)."""

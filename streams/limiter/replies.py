@@ -21,6 +21,7 @@ from streams.limiter.reader import own_consumer, read_partition
 
 log = logging.getLogger(__name__)
 
+
 def fulfill_here(correlation_id: str, value: dict[str, Any]) -> None:
     """On the main loop: the answer to this process's waiting ask. One nobody waits for any more (the ask
     gave up, or a copy was answered) is dropped, as Faust's reply consumer would."""
