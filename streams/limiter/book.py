@@ -29,8 +29,9 @@ from typing import Any, Iterable
 from streams.limiter.asks import BULK, INTERACTIVE, LANE_RANK, Ask, Grant
 from streams.limiter.leases import LeaseRules
 from streams.limiter.line import AskGroups
-from streams.limiter.rates import RateBudget, SlotBudget
+from streams.limiter.rates import RateBudget
 from streams.limiter.reserve import InteractiveReserve
+from streams.limiter.slots import SlotBudget
 from streams.limiter.workers import WorkerRoll
 
 __all__ = ["BULK", "INTERACTIVE", "LANE_RANK", "Ask", "BudgetBook", "Grant"]  # the asks' names, for the book's callers
@@ -69,6 +70,7 @@ class BudgetBook(LeaseRules):
         self.lookahead = lookahead
         self.rate_specs = rate_specs  # prefix -> {"limit", "window", "paced"}; "wix_requests:" per site
         self.rates: dict[str, RateBudget] = {}
+        self._moves_written: set[str] = set()  # budgets written since the last acked pass (`persisted`)
         self.slots: dict[str, SlotBudget] = {}
         self.slot_default = slot_default
         self.waiting: dict[str, Ask] = {}
@@ -343,7 +345,7 @@ class BudgetBook(LeaseRules):
         if units:
             return self._grant_lease(ask, grant_id, now, units)
         for budget, amount in ask.needs.items():
-            self.rate(budget).add(now, amount, grant_id, ask.ask_id, ask.site_id)
+            self.rate(budget).add(now, amount, grant_id, ask.ask_id, ask.site_id, parts=len(ask.needs))
             if ask.lane == INTERACTIVE:
                 self.reserve.took(budget, now, amount)
             key = (budget, ask.fair_id)
@@ -427,7 +429,8 @@ class BudgetBook(LeaseRules):
 
     def late(self, now: float, grant_id: str, needs: dict[str, float], anchor: float) -> list[str]:
         """A permit left for the provider at `anchor`, after its use-by time."""
-        return [self.rate(budget).extend(now, grant_id, anchor, amount) for budget, amount in needs.items()]
+        return [self.rate(budget).extend(now, grant_id, anchor, amount, parts=len(needs))
+                for budget, amount in needs.items()]
 
     def recover(self, seconds: float) -> None:
         for rate in self.rates.values():
@@ -520,8 +523,12 @@ class BudgetBook(LeaseRules):
         """Every table key changed since the last call, with its new value (None: delete it)."""
         out: dict[str, Any] = dict.fromkeys(self._dropped)  # a budget made again since then overwrites it
         self._dropped.clear()
+        # Slots first: a pass cut short (coordinator.py) never leaves a grant written without its slot.
+        out.update((name, self.slots[name].snapshot()) for name in self.dirty_slots)
+        self.dirty_slots.clear()
         changed = list(self._changed)  # the set itself is shared with every rate's DirtyParts: emptied, not replaced
         self._changed.clear()
+        self._moves_written.update(changed)  # see `persisted`
         for name in changed:
             rate = self.rates.get(name)
             if rate is None:  # pruned meanwhile (only a clean rate is: nothing of it to write)
@@ -532,10 +539,13 @@ class BudgetBook(LeaseRules):
                 else:
                     out[f"r|{name}|{part}"] = rate.bucket(part)
             rate.dirty.clear()
-        for name in self.dirty_slots:
-            out[name] = self.slots[name].snapshot()
-        self.dirty_slots.clear()
         return out
+
+    def persisted(self) -> None:
+        """The writes of the last `take_dirty` are acked (see RateBudget.persisted)."""
+        for rate in filter(None, map(self.rates.get, self._moves_written)):
+            rate.persisted()
+        self._moves_written.clear()
 
     def restore(self, items: Iterable[tuple[str, Any]]) -> None:
         entries: dict[str, list[list[Any]]] = {}
@@ -557,11 +567,15 @@ class BudgetBook(LeaseRules):
             self.rate(name).restore_entries(grants)
 
     def granted_asks(self) -> dict[str, tuple[str, float]]:
-        """ask_id -> (grant_id, granted_at) of every grant still in a window."""
+        """ask_id -> (grant_id, granted_at) of grants in a window in every budget they count in: a takeover
+        answers re-asks with these. A coordinator killed mid-pass may leave a grant in some only: counted
+        there, never answered (its re-ask gets a new grant), or it would use room the others lack."""
         out: dict[str, tuple[str, float]] = {}
+        found: dict[str, int] = {}
         for rate in self.rates.values():
-            for granted_at, _, grant_id, ask_id, *_ in rate.entries:
-                if ask_id:
+            for granted_at, _, grant_id, ask_id, *rest in rate.entries:
+                found[grant_id] = found.get(grant_id, 0) + 1
+                if ask_id and found[grant_id] >= rest[4]:  # rest[4]: the budgets it counts in (rates.py)
                     out[ask_id] = (grant_id, granted_at)
         return out
 

@@ -450,6 +450,7 @@ class Coordinator:
                 raise
             grant_persist_seconds.observe(time.time() - started)
             self.read_written = read_to
+            self.book.persisted()
         if epoch != self.epoch or not self.active:
             return 0.0  # we lost the limiter meanwhile: the new owner answers the re-asks
         for i, ask_id in enumerate(unsent):

@@ -1,4 +1,4 @@
-"""One budget's window of grants (`RateBudget`) and one site's in-flight slots (`SlotBudget`).
+"""One budget's window of grants (`RateBudget`); a site's in-flight slots are in slots.py.
 
 Written by hand: no rate-limiting library counts grants that start ahead of
 time, expire at window + grace, settle to what a call really used, and adapt
@@ -77,20 +77,25 @@ class RateBudget:
     _said_correction: float = field(default=-math.inf, repr=False)  # when a large correction was last logged
     tat: float = -math.inf  # pacing: theoretical arrival time of the next grant (GCRA)
     granted_total: float = 0.0
-    # [granted_at, amount, grant_id, ask_id, site_id, lease_start, reserved, used], in time order.
+    # [granted_at, amount, grant_id, ask_id, site_id, lease_start, reserved, used, parts], in time order.
     # The site is kept only to report each site's share; "" means not known (an
     # entry persisted before sites were kept, or revived by a late report).
     # lease_start is None except for a lease, whose entry sits at its last usable
     # moment (so it counts long enough) but whose units may go out from lease_start.
     # `amount` is what counts now: `reserved` (the grant) until the call's real
     # usage (`used`, None before) is known, then whatever the provider is learned
-    # to count (see streams/limiter/tokens.py).
+    # to count (see streams/limiter/tokens.py). `parts`: how many budgets its grant
+    # counts in (a re-ask is answered again only if all of them were restored: `whole`).
     entries: deque = field(default_factory=deque)
     total: float = 0.0  # sum of amounts in `entries`
     # Token budgets: what the provider does with a call's unused reservation (tokens.py).
     semantics: TokenSemantics = field(default_factory=TokenSemantics)
     index: dict = field(default_factory=dict)  # grant_id -> entry
     dirty: DirtyParts = field(default_factory=DirtyParts)  # buckets (int) or "meta" changed since the last persist
+    # Entries that moved to another second, by the second they left: written in that second's
+    # key as well until the pass that wrote them is acked (`bucket`, `persisted`).
+    moved_from: dict = field(default_factory=dict)
+    moved_written: dict = field(default_factory=dict)
 
     # --- the window ---------------------------------------------------------
     @property
@@ -231,9 +236,11 @@ class RateBudget:
         return at
 
     def add(self, now: float, amount: float, grant_id: str, ask_id: str = "", site_id: str = "",
-            until: float | None = None) -> None:
-        """Count `amount` from `now`; a lease (`until` set) counts until until + span."""
-        entry = [now, float(amount), grant_id, ask_id, site_id, None, float(amount), None]
+            until: float | None = None, parts: int = 1) -> None:
+        """Count `amount` from `now`; a lease (`until` set) counts until until + span.
+
+        `parts`: the budgets the grant counts in, this one included."""
+        entry = [now, float(amount), grant_id, ask_id, site_id, None, float(amount), None, parts]
         if until is not None:
             entry[0], entry[5] = until, now
         if self.entries and self.entries[-1][0] > entry[0]:
@@ -293,7 +300,8 @@ class RateBudget:
         self.dirty.add(bucket_of(entry[0]))
         return True
 
-    def extend(self, now: float, grant_id: str, anchor: float, amount: float, ask_id: str = "") -> str:
+    def extend(self, now: float, grant_id: str, anchor: float, amount: float, ask_id: str = "",
+               parts: int = 1) -> str:
         """A permit reached the provider late, at `anchor`: count it until anchor + window.
 
         Returns "ok" (counted long enough already), "extended", or "revived"
@@ -308,7 +316,7 @@ class RateBudget:
             return "extended"
         if at + self.span <= now:
             return "ok"  # it has left every window by now anyway
-        entry = [at, float(amount), grant_id, ask_id, "", None, float(amount), None]  # the report names no site
+        entry = [at, float(amount), grant_id, ask_id, "", None, float(amount), None, parts]  # the report names no site
         self._insert(entry)
         self.index[grant_id] = entry
         self.total += entry[1]
@@ -327,9 +335,22 @@ class RateBudget:
         entries = self.entries
         i = entries.index(entry, bisect_left(entries, entry[0], key=_time_of))
         del entries[i]
-        self.dirty.add(bucket_of(entry[0]))
+        left = bucket_of(entry[0])
+        self.dirty.add(left)
         entry[0] = at
         self._insert(entry)
+        if bucket_of(at) != left:
+            # Its old second's key is written without it, its new one with it. A coordinator
+            # killed between the two would leave it in neither (the next owner counting too
+            # little), so the old key carries it too until that pass is acked.
+            self.moved_from.setdefault(left, {})[entry[2]] = entry
+
+    def persisted(self) -> None:
+        """The pass that took the dirty parts is acked: the seconds moved from are written without
+        the entries that left them, by the next pass (their new seconds hold them durably now)."""
+        for b in self.moved_written:
+            self.dirty.add(b)
+        self.moved_written = {}
 
     def _insert(self, entry: list) -> None:
         """Put an entry in time order, after the entries of its time (a binary search)."""
@@ -459,7 +480,7 @@ class RateBudget:
         """Count `amount` more from now (for window + grace): what the provider counts beyond our book."""
         self.semantics.corrections += 1
         grant_id = f"{CORRECTION}{now:.6f}:{self.semantics.corrections}"
-        entry = [now, float(amount), grant_id, "", "", None, float(amount), float(amount)]
+        entry = [now, float(amount), grant_id, "", "", None, float(amount), float(amount), 1]
         if self.entries and self.entries[-1][0] > now:
             self._insert(entry)
         else:
@@ -500,7 +521,12 @@ class RateBudget:
         entries = self.entries
         start = bisect_left(entries, b, key=_bucket_of_entry)
         end = bisect_right(entries, b, lo=start, key=_bucket_of_entry)
-        return [list(e) for e in islice(entries, start, end)] or None
+        out = [list(e) for e in islice(entries, start, end)]
+        moved = self.moved_from.pop(b, None)
+        if moved or b in self.moved_written:
+            moved = self.moved_written[b] = {**self.moved_written.get(b, {}), **(moved or {})}
+            out += [list(e) for e in moved.values() if bucket_of(e[0]) != b and e[2] in self.index]
+        return out or None
 
     def restore_meta(self, state: dict[str, Any]) -> None:
         self.factor = float(state.get("factor", 1.0))
@@ -514,7 +540,7 @@ class RateBudget:
         self.semantics.restore_meta(state)
 
     def restore_entries(self, entries: Iterable[list[Any]]) -> None:
-        merged = sorted((list(e) for e in entries), key=lambda e: e[0])
+        merged = sorted(_one_per_grant(entries), key=lambda e: e[0])
         self.entries = deque()
         self.index = {}
         self.total = 0.0
@@ -524,76 +550,29 @@ class RateBudget:
             # they still count, under no site, as they were counted.
             entry = [float(e[0]), float(e[1]), str(e[2]), str(e[3]) if len(e) > 3 else "",
                      str(e[4]) if len(e) > 4 else "", float(e[5]) if len(e) > 5 and e[5] is not None else None,
-                     float(e[6]) if len(e) > 6 else float(e[1]), float(e[7]) if len(e) > 7 and e[7] is not None else None]
+                     float(e[6]) if len(e) > 6 else float(e[1]), float(e[7]) if len(e) > 7 and e[7] is not None else None,
+                     int(e[8]) if len(e) > 8 else 1]
             self.entries.append(entry)
             self.index[entry[2]] = entry
             self.total += entry[1]
             self.semantics.note(entry)
 
 
-@dataclass
-class SlotBudget:
-    """Requests of one site in flight (generate start → publish end), across all workers.
-
-    Each holder's `owner` is the worker that last asked for a permit for its
-    request; a gone owner's holders are released (`release_owned`, workers.py),
-    but only while the request is at its first stage: taken up again there, it
-    asks for a slot again (the generate ask carries the slot limit). One a later
-    stage has asked for (`later`) goes on without asking for a slot when taken
-    up again, so releasing it would let the site run over its cap: it keeps the
-    slot until its outcome (or the lease below).
-    """
-
-    name: str
-    limit: int
-    holders: dict[str, float] = field(default_factory=dict)  # request_id -> since
-    owners: dict[str, str] = field(default_factory=dict)  # request_id -> worker ("" or absent: unknown)
-    later: set[str] = field(default_factory=set)  # requests a later stage (no slot limit) has asked for
-    lease_seconds: float = 3600.0  # reclaim slots of requests that vanished, whoever held them
-
-    def _expire(self, now: float) -> bool:
-        stale = [r for r, t in self.holders.items() if now - t > self.lease_seconds]
-        for rid in stale:
-            self.release(rid)
-        return bool(stale)
-
-    def fits(self, now: float, request_id: str) -> bool:
-        return request_id in self.holders or len(self.holders) < self.limit
-
-    def add(self, now: float, request_id: str, owner: str = "") -> None:
-        self.holders.setdefault(request_id, now)
-        self.own(request_id, owner)
-
-    def own(self, request_id: str, owner: str, later: bool = False) -> bool:
-        """`owner` asked for `request_id`'s next permit (at a later stage: `later`): it holds the slot
-        now (True if that changed)."""
-        if request_id not in self.holders:
-            return False
-        changed = later and request_id not in self.later
-        if changed:
-            self.later.add(request_id)
-        if owner and self.owners.get(request_id) != owner:
-            self.owners[request_id] = owner
-            changed = True
-        return changed
-
-    def release(self, request_id: str) -> bool:
-        self.owners.pop(request_id, None)
-        self.later.discard(request_id)
-        return self.holders.pop(request_id, None) is not None
-
-    def release_owned(self, gone: set[str]) -> list[str]:
-        """Release the holders of workers that are gone, at their first stage; the owner of each released."""
-        released = [(rid, owner) for rid, owner in self.owners.items() if owner in gone and rid not in self.later]
-        for rid, _ in released:
-            self.release(rid)
-        return [owner for _, owner in released]
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"holders": dict(self.holders), "limit": self.limit, "owners": dict(self.owners),
-                "later": sorted(self.later)}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        self.holders = {k: float(v) for k, v in state.get("holders", {}).items()}
-        self.owners = {k: str(v) for k, v in (state.get("owners") or {}).items() if k in self.holders and v}
-        self.later = {k for k in state.get("later") or () if k in self.holders}
+def _one_per_grant(entries: Iterable[list[Any]]) -> list[list[Any]]:
+    """Restored entries, one per grant: an entry that moved is in its old second's key too while
+    its pass was written (RateBudget._move). Of two copies, the later time and larger amounts
+    count: more than the provider may have seen, never less."""
+    by_grant: dict[str, list[Any]] = {}
+    for e in entries:
+        e = list(e)
+        known = by_grant.get(str(e[2]))
+        if known is None:
+            by_grant[str(e[2])] = e
+            continue
+        if float(e[0]) > float(known[0]):
+            known, e = e, known
+        known[1] = max(float(known[1]), float(e[1]))
+        if len(known) > 6 and len(e) > 6:
+            known[6] = max(float(known[6]), float(e[6]))
+        by_grant[str(known[2])] = known
+    return list(by_grant.values())

@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.limiter.book import Ask, BudgetBook
-from streams.limiter.rates import BUCKET_SECONDS, RateBudget, SlotBudget, bucket_of
+from streams.limiter.rates import BUCKET_SECONDS, RateBudget, bucket_of
+from streams.limiter.slots import SlotBudget
 
 REQ = "openai_requests"
 TOK = "openai_tokens"
