@@ -238,14 +238,19 @@ class Budgets:
         """
         promises: list[ReplyPromise] = []
         lost = 0  # copies in a row the broker never took
+        delivery: asyncio.Future | None = None
         try:
             while True:
                 regrouped = self._regroup_event()
                 if not promises:
                     promise, delivery = await self._ask(value)
                     promises.append(promise)
-                else:  # answered through the first copy's promise
+                elif delivery is None or delivery.done():  # answered through the first copy's promise
                     delivery = await self._ask_again(value, promises[0])
+                    reasks_total.inc()
+                # else the last copy has not left yet (the broker is away): it reaches whoever holds the
+                # limiter when it does, and another would only queue behind it. One copy per ask at most
+                # waits in the outbox, however long the outage.
                 timeout = self.reask_after()
                 if deadline is not None:
                     timeout = min(self.ask_timeout, deadline - time.time())
@@ -276,7 +281,6 @@ class Budgets:
                         return p.result()
                 if deadline is not None and time.time() >= deadline:
                     raise asyncio.TimeoutError()
-                reasks_total.inc()
         finally:
             self._forget(promises)
 
