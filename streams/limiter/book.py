@@ -548,7 +548,7 @@ class BudgetBook(LeaseRules):
         self._moves_written.clear()
 
     def restore(self, items: Iterable[tuple[str, Any]]) -> None:
-        entries: dict[str, list[list[Any]]] = {}
+        buckets: dict[str, dict[int, list[list[Any]]]] = {}
         for key, state in items:
             if state is None:
                 continue
@@ -562,9 +562,9 @@ class BudgetBook(LeaseRules):
                 if part == "meta":
                     self.rate(name).restore_meta(state)
                 else:
-                    entries.setdefault(name, []).extend(state)
-        for name, grants in entries.items():
-            self.rate(name).restore_entries(grants)
+                    buckets.setdefault(name, {})[int(part)] = state
+        for name, parts in buckets.items():
+            self.rate(name).restore_buckets(parts)
 
     def granted_asks(self) -> dict[str, tuple[str, float]]:
         """ask_id -> (grant_id, granted_at) of grants in a window in every budget they count in: a takeover

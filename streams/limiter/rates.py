@@ -2,7 +2,7 @@
 
 Written by hand: no rate-limiting library counts grants that start ahead of
 time, expire at window + grace, settle to what a call really used, and adapt
-to what the provider reports, with their state persisted per second. The rule
+to what the provider reports, with their state persisted per tenth of a second. The rule
 they keep and the costs are in streams/limiter/book.py's docstring.
 """
 from __future__ import annotations
@@ -12,7 +12,6 @@ import math
 from bisect import bisect_left, bisect_right
 from collections import deque
 from dataclasses import dataclass, field
-from itertools import islice
 from operator import itemgetter
 from typing import Any, Iterable
 
@@ -20,12 +19,16 @@ from streams.limiter.tokens import CORRECTION, EXPIRED_KEEP, MIN_GAP_SHARE, Toke
 
 log = logging.getLogger(__name__)
 
-BUCKET_SECONDS = 1.0  # grants are persisted in one table key per budget and second
+# Grants are persisted in one table key per budget and tenth of a second. An answered call's settle
+# rewrites its key whole: with keys of a second (80-2,000 grants each) that rewriting was most of the
+# coordinator's thread once calls took 30 s (docs/bench-capacity.md, session 19).
+BUCKETS_PER_SECOND = 10  # multiplied, not divided by 0.1: 10.1 s is in bucket 101, not 100
+BUCKET_SECONDS = 1 / BUCKETS_PER_SECOND
 _time_of = itemgetter(0)  # an entry's time: entries are [time, amount, grant id, ...]
 
 
 def bucket_of(t: float) -> int:
-    return int(math.floor(t / BUCKET_SECONDS))
+    return int(math.floor(t * BUCKETS_PER_SECOND))
 
 
 def _bucket_of_entry(entry: list) -> int:
@@ -33,7 +36,7 @@ def _bucket_of_entry(entry: list) -> int:
 
 
 class DirtyParts(set):
-    """A budget's parts ("meta", a bucket's second) changed since the last persist. The first one
+    """A budget's parts ("meta", a bucket's number) changed since the last persist. The first one
     also puts the budget in its book's `changed`, so a persist pass visits those budgets, not all
     (with a budget per site that visit took 0.65 ms at 10,000 sites, every few milliseconds)."""
 
@@ -92,7 +95,7 @@ class RateBudget:
     semantics: TokenSemantics = field(default_factory=TokenSemantics)
     index: dict = field(default_factory=dict)  # grant_id -> entry
     dirty: DirtyParts = field(default_factory=DirtyParts)  # buckets (int) or "meta" changed since the last persist
-    # Entries that moved to another second, by the second they left: written in that second's
+    # Entries that moved to another bucket, by the bucket they left: written in that bucket's
     # key as well until the pass that wrote them is acked (`bucket`, `persisted`).
     moved_from: dict = field(default_factory=dict)
     moved_written: dict = field(default_factory=dict)
@@ -340,14 +343,14 @@ class RateBudget:
         entry[0] = at
         self._insert(entry)
         if bucket_of(at) != left:
-            # Its old second's key is written without it, its new one with it. A coordinator
+            # Its old bucket's key is written without it, its new one with it. A coordinator
             # killed between the two would leave it in neither (the next owner counting too
             # little), so the old key carries it too until that pass is acked.
             self.moved_from.setdefault(left, {})[entry[2]] = entry
 
     def persisted(self) -> None:
-        """The pass that took the dirty parts is acked: the seconds moved from are written without
-        the entries that left them, by the next pass (their new seconds hold them durably now)."""
+        """The pass that took the dirty parts is acked: the buckets moved from are written without
+        the entries that left them, by the next pass (their new buckets hold them durably now)."""
         for b in self.moved_written:
             self.dirty.add(b)
         self.moved_written = {}
@@ -521,7 +524,7 @@ class RateBudget:
         entries = self.entries
         start = bisect_left(entries, b, key=_bucket_of_entry)
         end = bisect_right(entries, b, lo=start, key=_bucket_of_entry)
-        out = [list(e) for e in islice(entries, start, end)]
+        out = [list(entries[i]) for i in range(start, end)]  # a deque: islice would walk from its start
         moved = self.moved_from.pop(b, None)
         if moved or b in self.moved_written:
             moved = self.moved_written[b] = {**self.moved_written.get(b, {}), **(moved or {})}
@@ -538,6 +541,24 @@ class RateBudget:
         self.tat = -math.inf if tat is None else float(tat)
         self.granted_total = float(state.get("granted_total", 0.0))
         self.semantics.restore_meta(state)
+
+    def restore_buckets(self, buckets: dict[int, list[list[Any]]]) -> None:
+        """The entries of every key of this budget (bucket -> its entries), as the table holds them.
+
+        A key may hold an entry of another bucket: the copy a move leaves until its pass is
+        acked (`_move`), or every entry of a key written with another BUCKET_SECONDS. Both the
+        entry's own bucket and that key are written again by the next pass, the key carrying
+        the entry until that pass is acked, as after a move; so the key ends up canonical (or
+        deleted) and the entry is never out of every key.
+        """
+        self.restore_entries(e for entries in buckets.values() for e in entries)
+        for part, entries in buckets.items():
+            for e in entries:
+                entry = self.index.get(str(e[2]))
+                if entry is not None and bucket_of(entry[0]) != part:
+                    self.moved_from.setdefault(part, {})[entry[2]] = entry
+                    self.dirty.add(part)
+                    self.dirty.add(bucket_of(entry[0]))
 
     def restore_entries(self, entries: Iterable[list[Any]]) -> None:
         merged = sorted(_one_per_grant(entries), key=lambda e: e[0])
@@ -559,7 +580,7 @@ class RateBudget:
 
 
 def _one_per_grant(entries: Iterable[list[Any]]) -> list[list[Any]]:
-    """Restored entries, one per grant: an entry that moved is in its old second's key too while
+    """Restored entries, one per grant: an entry that moved is in its old bucket's key too while
     its pass was written (RateBudget._move). Of two copies, the later time and larger amounts
     count: more than the provider may have seen, never less."""
     by_grant: dict[str, list[Any]] = {}

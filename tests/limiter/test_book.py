@@ -238,14 +238,14 @@ def test_expired_buckets_become_tombstones_and_state_survives_a_restore():
     assert b.take_dirty()[f"r|{REQ}|{bucket_of(3.2)}"] is None
 
 
-def test_bucket_keys_hold_one_second_each():
-    assert BUCKET_SECONDS == 1.0
+def test_bucket_keys_hold_a_tenth_of_a_second_each():
+    assert BUCKET_SECONDS == 0.1
     r = RateBudget(REQ, 100, 10.0, 0.5)
-    for t in (0.1, 0.9, 1.0, 1.5, 2.2):
+    for t in (10.01, 10.09, 10.1, 10.15, 10.22):
         r.add(t, 1, f"g{t}")
-    assert [e[0] for e in r.bucket(0)] == [0.1, 0.9]
-    assert [e[0] for e in r.bucket(1)] == [1.0, 1.5]
-    assert r.bucket(5) is None
+    assert [e[0] for e in r.bucket(bucket_of(10.01))] == [10.01, 10.09]
+    assert [e[0] for e in r.bucket(bucket_of(10.1))] == [10.1, 10.15]
+    assert r.bucket(bucket_of(10.5)) is None
 
 
 

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from streams.limiter.book import Ask, BudgetBook
 from streams.limiter.coordinator import Coordinator
-from streams.limiter.rates import RateBudget
+from streams.limiter.rates import RateBudget, bucket_of
 
 REQ, TOK, IMG = "openai_requests", "openai_tokens", "replicate_requests"
 
@@ -128,19 +128,20 @@ def test_a_takeover_at_any_record_of_a_pass_loses_no_grant_and_answers_only_whol
             assert request in restored.slot(site).holders, f"{ask_id} ({grant_id}) would run without its slot"
 
 
-def test_a_moved_entry_is_in_its_old_seconds_key_too_until_the_pass_that_wrote_it_is_acked():
+def test_a_moved_entry_is_in_its_old_buckets_key_too_until_the_pass_that_wrote_it_is_acked():
     r = RateBudget(TOK, 1_000, 10.0, 0.5)
     r.add(100.2, 50, "g", "a", "s")
     r.dirty.clear()
     assert r.extend(101.0, "g", 102.9, 50) == "extended"  # sent late: it counts from 102.4 now
-    assert r.dirty == {100, 102}
-    assert [e[2] for e in r.bucket(102)] == ["g"]
-    assert [e[0] for e in r.bucket(100)] == [102.4]  # its old second carries it, as it is now
-    assert [e[0] for e in r.bucket(100)] == [102.4]  # and again if that pass failed and is written again
+    old, new = bucket_of(100.2), bucket_of(102.4)
+    assert r.dirty == {old, new}
+    assert [e[2] for e in r.bucket(new)] == ["g"]
+    assert [e[0] for e in r.bucket(old)] == [102.4]  # its old bucket carries it, as it is now
+    assert [e[0] for e in r.bucket(old)] == [102.4]  # and again if that pass failed and is written again
     r.dirty.clear()
     r.persisted()
-    assert r.dirty == {100}  # the next pass writes the old second without it
-    assert r.bucket(100) is None
+    assert r.dirty == {old}  # the next pass writes the old bucket without it
+    assert r.bucket(old) is None
 
 
 def test_restoring_both_copies_of_a_moved_entry_counts_it_once_at_the_later_time_and_larger_amount():
@@ -171,3 +172,52 @@ async def test_a_pass_tells_the_book_its_writes_are_acked_only_when_they_are(mon
     monkeypatch.setattr(c, "_persist", broker_back)
     await c.run_once()
     assert acked == [1]
+
+
+def test_keys_of_another_bucket_length_are_rewritten_in_todays_and_then_deleted_never_losing_an_entry():
+    """A table written with one-second keys (before session 19), restored with tenth-of-a-second ones."""
+    old = {1003: [[1003.25, 1, "g1", "a1", "s", None, 1, None], [1003.75, 1, "g2", "a2", "s", None, 1, None]]}
+    b = _book()
+    b.restore([(f"r|{REQ}|{second}", entries) for second, entries in old.items()])
+    first = b.take_dirty()
+    assert {k for k, v in first.items() if v} == {f"r|{REQ}|1003", f"r|{REQ}|{bucket_of(1003.25)}",
+                                                  f"r|{REQ}|{bucket_of(1003.75)}"}
+    assert sorted(e[2] for e in first[f"r|{REQ}|1003"]) == ["g1", "g2"]  # carried until this pass is acked
+    b.persisted()
+    assert b.take_dirty() == {f"r|{REQ}|1003": None}  # then deleted
+    table = {**{f"r|{REQ}|1003": old[1003]}, **first}
+    assert {e[2] for k, v in table.items() if v for e in v} == {"g1", "g2"}
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 10**6), passes=st.integers(2, 30), cut=st.floats(0.0, 1.0), again=st.floats(0.0, 1.0),
+       legacy=st.booleans())
+def test_a_second_takeover_during_the_first_pass_after_a_restore_loses_no_entry(seed, passes, cut, again, legacy):
+    """The table the first takeover left (copies of moved entries, or keys of one second each as before
+    session 19): its owner's first pass rewrites those keys, and may itself be cut anywhere."""
+    log, _, _, _, _ = _run(seed, passes)
+    table: dict[str, object] = {}
+    for key, value in log[: int(cut * len(log))]:
+        table[key] = value
+    if legacy:  # the same entries in one-second keys
+        seconds: dict[str, list] = {}
+        for key, value in list(table.items()):
+            if key.startswith("r|") and not key.endswith("|meta"):
+                del table[key]
+                for e in value or ():
+                    seconds.setdefault(f"{key.rsplit('|', 1)[0]}|{int(e[0])}", []).append(e)
+        table.update(seconds)
+    first = _book()
+    first.restore((k, v) for k, v in table.items() if v is not None)
+    held = _entries(first)
+    writes = list(first.take_dirty().items())
+    cut_table = {**table, **dict(writes[: int(again * (len(writes) + 1))])}
+    second = _restored(list(cut_table.items()))
+    assert held <= _entries(second)
+    first.persisted()
+    table.update(writes)
+    table.update(first.take_dirty())  # the keys that carried copies, written without them
+    third = _restored(list(table.items()))
+    assert held <= _entries(third)
+    assert all(bucket_of(e[0]) == int(k.rsplit("|", 1)[1]) for k, v in table.items()
+               if v and k.startswith("r|") and not k.endswith("|meta") for e in v)  # every key canonical now
