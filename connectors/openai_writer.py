@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import httpx2  # the openai SDK's own httpx fork: its client takes these limits
 import openai
 from openai._constants import RAW_RESPONSE_HEADER  # what with_raw_response sets
 from openai.types.chat import ChatCompletion
@@ -325,6 +326,7 @@ class ArticleWriter(AsyncClosing):
         model: str,
         max_tokens: int,
         timeout: float,
+        max_connections: int,
     ) -> None:
         self._api_key = api_key
         self._model = model
@@ -336,7 +338,12 @@ class ArticleWriter(AsyncClosing):
             max_retries=0,  # our limiter owns the one retry loop
             timeout=timeout,
             # The SDK's own aiohttp transport: a third of httpcore's CPU per call (docs/bench-capacity.md).
-            http_client=openai.DefaultAioHttpClient(timeout=timeout),
+            # As many connections as calls the stage may run: the SDK's default (1,000) queued the rest
+            # inside the client, after their permits, which then left late (docs/bench-capacity-latency.md).
+            http_client=openai.DefaultAioHttpClient(
+                timeout=timeout,
+                limits=httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            ),
         )
 
     async def aclose(self) -> None:

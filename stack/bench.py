@@ -4,6 +4,7 @@
     fairness  docs/bench-fairness.md   a big backlog and small sites arriving (issue 4)
     intake    docs/bench-intake.md     5,000 concurrent HTTP clients, then a flood (issue 5)
     capacity  docs/bench-capacity.md   one worker's blogs/s and CPU per blog at zero provider latency (issue 13)
+    capacity-latency  docs/bench-capacity-latency.md   the same with the tier's provider latencies (~30 s articles)
     chaos     docs/bench-chaos.md      broker, Postgres and worker faults, provider 5xx and timeouts (`make chaos`)
     bulk      docs/bench-bulk.md       a 5,000-request backfill: batch lane cost, interactive latency during it (issue 14)
     budget    docs/bench-budget.md     capped sites stop within the overspend bound, 3 workers (issue 14)
@@ -11,7 +12,7 @@
     wix       docs/bench-wix-bulk.md   a site's backlog against Wix's per-site budget, one call at a time or in bulk (issue 14)
     growth    docs/bench-growth.md     permit latency and coordinator CPU over 10 to 10,000 active sites, RSS over queued requests (issue 13)
 
-    .venv/bin/python -m stack.bench [limiter fairness intake capacity chaos budget bulk tier wix growth]
+    .venv/bin/python -m stack.bench [limiter fairness intake capacity capacity-latency chaos budget bulk tier wix growth]
 """
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ BENCHES["budget"] = "stack.bench_budget"
 BENCHES["tier"] = "stack.bench_tier"
 BENCHES["growth"] = "stack.bench_growth"
 BENCHES["wix"] = "stack.bench_wix_bulk"
+# name -> extra arguments for its module's main()
+ARGS = {"capacity-latency": ["--latency", "tier"]}
+BENCHES["capacity-latency"] = "stack.bench_capacity"
 
 
 def main(argv: list[str]) -> int:
@@ -37,7 +41,7 @@ def main(argv: list[str]) -> int:
         started = time.time()
         print(f"\n=== benchmark: {name} ===", flush=True)
         module = importlib.import_module(BENCHES[name])
-        saved, sys.argv = sys.argv, [BENCHES[name]]
+        saved, sys.argv = sys.argv, [BENCHES[name], *ARGS.get(name, ())]
         try:
             module.main()
         finally:

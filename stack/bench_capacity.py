@@ -12,7 +12,14 @@ package) goes into the doc. Writes docs/bench-capacity.md and two plots next
 to it: completions and worker CPU over time, and the worker's RSS over time.
 Text below KEEP_MARK in the doc (the history of changes) is kept.
 
-    .venv/bin/python -m stack.bench_capacity [--requests 3000] [--sites 150] [--profile]
+    .venv/bin/python -m stack.bench_capacity [--requests 3000] [--sites 150] [--profile] [--latency tier]
+
+--latency tier: the providers answer as in the tier benchmark (articles after a
+lognormal ~30 s, images after 5-15 s), still without limits, with the tier's
+2,000 calls per stage in flight (docs/bench-capacity-latency.md;
+`make bench BENCH=capacity-latency`). Each blog then costs what it costs when
+few events arrive together: fewer items per Postgres statement and per Kafka
+request than at zero latency.
 
 KEEP_TOPICS=1 leaves the run's topics on the broker (they are deleted otherwise), to
 count the records each topic got per blog.
@@ -40,6 +47,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 DOCS = ROOT / "docs"
 KEEP_MARK = "<!-- written by hand below: the benchmark keeps this part -->"
 SAMPLE_SECONDS = 0.25
+LATENCIES = {"zero": "providers at zero latency", "tier": "providers at the tier benchmark's latencies"}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -70,18 +78,26 @@ async def sample(pid: int, samples: list[tuple[float, float, float]]) -> None:
         await asyncio.sleep(SAMPLE_SECONDS)
 
 
-async def run(n: int, sites: int, profile: Path | None) -> dict:
-    sim = Simulators.start({
+async def run(n: int, sites: int, profile: Path | None, latency: str = "zero") -> dict:
+    config = {
         "latency_scale": 0.0,
         "openai": {"rpm": HUGE, "tpm": HUGE * 100, "error_rate": 0, "external_rpm": 0},
         "replicate": {"create_rpm": HUGE, "other_rpm": HUGE, "error_rate": 0, "external_rpm": 0},
         "wix": {"site_rpm": HUGE, "error_rate": 0, "external_rpm": 0},
-    })
+    }
+    if latency == "tier":
+        from stack.bench_tier import OPENAI_LATENCY, REPLICATE_LATENCY  # it imports this module
+
+        config["latency_scale"], config["max_events"] = 1.0, max(1_000_000, 10 * n)
+        config["openai"]["latency"], config["replicate"]["latency"] = OPENAI_LATENCY, REPLICATE_LATENCY
+    sim = Simulators.start(config)
     outcomes = await Outcomes.private()
     names = [f"cap-{i:04d}" for i in range(sites)]
     await outcomes.add_sites(names)
     env = {"openai_rpm": HUGE, "openai_tpm": HUGE * 100, "replicate_rpm": HUGE, "wix_site_rpm": HUGE,
            "heartbeat_seconds": 30, "queue_size_limit": max(10_000, 2 * n)}
+    if latency == "tier":  # as many calls in flight as the tier benchmark lets each stage hold
+        env.update(stage_concurrency=2000, read_ahead=20_000)
     pipeline = Pipeline(database=outcomes.database, sim_url=sim.url, settings=env)
     sampler = None
     try:
@@ -131,7 +147,7 @@ async def run(n: int, sites: int, profile: Path | None) -> dict:
         pipeline.stop(delete_topics=not os.environ.get("KEEP_TOPICS"))
         sim.stop()
         await outcomes.drop()
-    return {"requests": n, "sites": sites, "counts": counts, "wall": wall, "blogs_per_s": n / wall,
+    return {"requests": n, "sites": sites, "latency": latency, "counts": counts, "wall": wall, "blogs_per_s": n / wall,
             "cpu_ms_per_blog": 1000 * cpu / n, "permits": permits, "worker_cpu_s": cpu, "worker_cores": cpu / wall,
             "sim_cpu_ms_per_blog": 1000 * sim_cpu / n, "sim_cores": sim_cpu / wall, "peak_rss_mb": rss,
             "load": (load0, load1), "cores": os.cpu_count(),
@@ -151,7 +167,7 @@ def plot(result: dict, out: Path) -> list[str]:
     except ImportError:
         return []
     samples, done = result["samples"], result["finished_at"]
-    title = f"{result['requests']:,} blogs over {result['sites']} sites, one worker, providers at zero latency"
+    title = f"{result['requests']:,} blogs over {result['sites']} sites, one worker, {LATENCIES[result.get('latency', 'zero')]}"
     fig, (completed, cores) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
     completed.step(done, range(1, len(done) + 1), where="post")
     completed.set_ylabel("blogs final (DONE/FAILED)")
@@ -218,10 +234,13 @@ def profile_summary(raw: Path, top: int = 25) -> list[str]:
 def report(result: dict, profile: Path | None, plots: list[str] = ()) -> str:
     load0, load1 = result["load"]
     lines = [
-        "# Capacity benchmark: one worker, providers at zero latency and no limits",
+        f"# Capacity benchmark: one worker, {LATENCIES[result.get('latency', 'zero')]} and no limits",
         "",
-        "Written by `.venv/bin/python -m stack.bench_capacity` (`make bench BENCH=capacity`). "
-        f"{result['requests']:,} requests over {result['sites']} sites, one worker, on this 2-core machine "
+        ("Written by `.venv/bin/python -m stack.bench_capacity` (`make bench BENCH=capacity`). "
+         if result.get("latency", "zero") == "zero" else "Written by `.venv/bin/python -m stack.bench_capacity --latency tier` "
+         "(`make bench BENCH=capacity-latency`): articles after a lognormal ~30 s, images after 5-15 s, up to "
+         "2,000 calls per stage in flight. ")
+        + f"{result['requests']:,} requests over {result['sites']} sites, one worker, on this 2-core machine "
         "(the simulators and Kafka share it).",
         "",
         "| Figure | Result | Goal |",
@@ -251,11 +270,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--sites", type=int, default=150)
     parser.add_argument("--profile", action="store_true", help="sample the worker with py-spy (pip install py-spy)")
-    parser.add_argument("--out", default=str(DOCS / "bench-capacity.md"), help="the doc; its plots go next to it")
+    parser.add_argument("--latency", choices=sorted(LATENCIES), default="zero", help="how fast the providers answer")
+    parser.add_argument("--out", help="the doc (docs/bench-capacity.md, or -latency.md); its plots go next to it")
     args = parser.parse_args()
-    out = Path(args.out)
+    out = Path(args.out or DOCS / ("bench-capacity.md" if args.latency == "zero" else "bench-capacity-latency.md"))
     profile = Path("/tmp") / f"blogstream-capacity-{os.getpid()}.collapsed" if args.profile else None
-    result = asyncio.run(run(args.requests, args.sites, profile))
+    result = asyncio.run(run(args.requests, args.sites, profile, args.latency))
     plots = plot(result, out)
     text = report(result, profile, plots)
     print(text)

@@ -140,7 +140,7 @@ def connector_args(sim: Simulator) -> dict[str, dict[str, Any]]:
     connection limits as the pipeline's defaults); a test overrides what it exercises."""
     return {
         "openai": {"base_url": f"{sim.base_url}/openai/v1", "api_key": OPENAI_KEY, "model": "gpt-4o-mini",
-                   "max_tokens": 1200, "timeout": 10.0},
+                   "max_tokens": 1200, "timeout": 10.0, "max_connections": 200},
         "replicate": {"base_url": f"{sim.base_url}/replicate", "api_token": REPLICATE_TOKEN,
                       "model": "black-forest-labs/flux-schnell", "timeout": 10.0, "max_connections": 200},
         "wix": {"base_url": f"{sim.base_url}/wix", "timeout": 10.0, "max_connections": 200},

@@ -248,25 +248,20 @@ async def test_unknown_endpoint_is_rejected_with_advice(openai_args: dict[str, A
 # --------------------------------------------------------------------------- the request on the wire
 
 
-async def test_the_article_request_is_the_one_the_sdks_create_sends() -> None:
-    """write_article skips create()'s TypedDict walk (docs/bench-capacity.md): the method, path, JSON body
-    and auth it sends are those of chat.completions.create() with the same arguments."""
-    import openai
+# One chat completion as OpenAI answers it, for the tests that stand in for OpenAI with a plain server.
+COMPLETION = {
+    "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": json.dumps({
+        "title": "Compost at home", "slug": "compost-at-home", "excerpt": "Why and how.",
+        "body": "# Compost\n\nStart small.", "tags": ["compost"], "image_prompt": "a worm bin",
+        "image_alt": "A worm bin on a balcony"})}}],
+    "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30},
+}
+
+
+async def _openai_answering(answer):
+    """A local server whose chat completions `answer`; returns its runner (clean it up) and base URL."""
     from aiohttp import web
-
-    seen: list[tuple[str, str, dict, str | None]] = []
-    completion = {
-        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
-        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": json.dumps({
-            "title": "Compost at home", "slug": "compost-at-home", "excerpt": "Why and how.",
-            "body": "# Compost\n\nStart small.", "tags": ["compost"], "image_prompt": "a worm bin",
-            "image_alt": "A worm bin on a balcony"})}}],
-        "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30},
-    }
-
-    async def answer(request: web.Request) -> web.Response:
-        seen.append((request.method, request.path, await request.json(), request.headers.get("Authorization")))
-        return web.json_response(completion)
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", answer)
@@ -274,8 +269,24 @@ async def test_the_article_request_is_the_one_the_sdks_create_sends() -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    base_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"  # type: ignore[union-attr]
-    writer = ArticleWriter(base_url=base_url, api_key=OPENAI_KEY, model="gpt-4o-mini", max_tokens=1200, timeout=5)
+    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"  # type: ignore[union-attr]
+
+
+async def test_the_article_request_is_the_one_the_sdks_create_sends() -> None:
+    """write_article skips create()'s TypedDict walk (docs/bench-capacity.md): the method, path, JSON body
+    and auth it sends are those of chat.completions.create() with the same arguments."""
+    import openai
+    from aiohttp import web
+
+    seen: list[tuple[str, str, dict, str | None]] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append((request.method, request.path, await request.json(), request.headers.get("Authorization")))
+        return web.json_response(COMPLETION)
+
+    runner, base_url = await _openai_answering(answer)
+    writer = ArticleWriter(base_url=base_url, api_key=OPENAI_KEY, model="gpt-4o-mini", max_tokens=1200, timeout=5,
+                           max_connections=10)
     sdk = openai.AsyncOpenAI(base_url=base_url, api_key=OPENAI_KEY, max_retries=0)
     try:
         result = await writer.write_article(REQUEST, site_id="site-1")
@@ -289,3 +300,43 @@ async def test_the_article_request_is_the_one_the_sdks_create_sends() -> None:
         await runner.cleanup()
     assert result.article["slug"] == "compost-at-home" and result.usage.completion_tokens == 20
     assert seen[0] == seen[1] and seen[0][3] == f"Bearer {OPENAI_KEY}"
+
+
+@pytest.mark.parametrize("limit", [3, 12])
+async def test_as_many_article_calls_reach_openai_at_once_as_the_writer_has_connections(limit: int) -> None:
+    """The pipeline gives the writer one connection per call its stage may run (streams/pipeline/deps.py).
+    With the SDK's default (1,000) a stage of 2,000 calls held the rest inside the client after their
+    permits, and they left late (docs/bench-capacity-latency.md)."""
+    from aiohttp import web
+
+    arrived = asyncio.Event()
+    release = asyncio.Event()
+    at_once = [0, 0]  # now, most
+
+    async def answer(request: web.Request) -> web.Response:
+        at_once[0] += 1
+        at_once[1] = max(at_once[1], at_once[0])
+        arrived.set()
+        await release.wait()
+        at_once[0] -= 1
+        return web.json_response(COMPLETION)
+
+    runner, base_url = await _openai_answering(answer)
+    writer = ArticleWriter(base_url=base_url, api_key=OPENAI_KEY, model="gpt-4o-mini", max_tokens=1200, timeout=30,
+                           max_connections=limit)
+    try:
+        calls = [asyncio.ensure_future(writer.write_article(REQUEST, site_id="site-1")) for _ in range(limit + 4)]
+        await asyncio.wait_for(arrived.wait(), 10)
+        for _ in range(1000):  # until the server holds `limit` calls (it never gets more while they wait)
+            if at_once[0] >= limit:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        assert at_once[0] == limit
+        release.set()
+        results = await asyncio.wait_for(asyncio.gather(*calls), 30)
+    finally:
+        release.set()
+        await writer.aclose()
+        await runner.cleanup()
+    assert len(results) == limit + 4 and at_once[1] == limit
