@@ -233,11 +233,12 @@ def profile_summary(raw: Path, top: int = 25) -> list[str]:
 
 def report(result: dict, profile: Path | None, plots: list[str] = ()) -> str:
     load0, load1 = result["load"]
+    latency = result.get("latency", "zero")
     lines = [
-        f"# Capacity benchmark: one worker, {LATENCIES[result.get('latency', 'zero')]} and no limits",
+        f"# Capacity benchmark: one worker, {LATENCIES[latency]} and no limits",
         "",
         ("Written by `.venv/bin/python -m stack.bench_capacity` (`make bench BENCH=capacity`). "
-         if result.get("latency", "zero") == "zero" else "Written by `.venv/bin/python -m stack.bench_capacity --latency tier` "
+         if latency == "zero" else "Written by `.venv/bin/python -m stack.bench_capacity --latency tier` "
          "(`make bench BENCH=capacity-latency`): articles after a lognormal ~30 s, images after 5-15 s, up to "
          "2,000 calls per stage in flight. ")
         + f"{result['requests']:,} requests over {result['sites']} sites, one worker, on this 2-core machine "

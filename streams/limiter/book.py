@@ -70,7 +70,7 @@ class BudgetBook(LeaseRules):
         self.lookahead = lookahead
         self.rate_specs = rate_specs  # prefix -> {"limit", "window", "paced"}; "wix_requests:" per site
         self.rates: dict[str, RateBudget] = {}
-        self._moves_written: set[str] = set()  # budgets written since the last acked pass (`persisted`)
+        self._written_unacked: set[str] = set()  # budgets written since the last acked pass (`persisted`)
         self.slots: dict[str, SlotBudget] = {}
         self.slot_default = slot_default
         self.waiting: dict[str, Ask] = {}
@@ -528,7 +528,7 @@ class BudgetBook(LeaseRules):
         self.dirty_slots.clear()
         changed = list(self._changed)  # the set itself is shared with every rate's DirtyParts: emptied, not replaced
         self._changed.clear()
-        self._moves_written.update(changed)  # see `persisted`
+        self._written_unacked.update(changed)  # see `persisted`
         for name in changed:
             rate = self.rates.get(name)
             if rate is None:  # pruned meanwhile (only a clean rate is: nothing of it to write)
@@ -543,9 +543,9 @@ class BudgetBook(LeaseRules):
 
     def persisted(self) -> None:
         """The writes of the last `take_dirty` are acked (see RateBudget.persisted)."""
-        for rate in filter(None, map(self.rates.get, self._moves_written)):
+        for rate in filter(None, map(self.rates.get, self._written_unacked)):
             rate.persisted()
-        self._moves_written.clear()
+        self._written_unacked.clear()
 
     def restore(self, items: Iterable[tuple[str, Any]]) -> None:
         buckets: dict[str, dict[int, list[list[Any]]]] = {}

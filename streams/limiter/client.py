@@ -238,14 +238,13 @@ class Budgets:
         """
         promises: list[ReplyPromise] = []
         lost = 0  # copies in a row the broker never took
-        delivery: asyncio.Future | None = None
         try:
             while True:
                 regrouped = self._regroup_event()
                 if not promises:
                     promise, delivery = await self._ask(value)
                     promises.append(promise)
-                elif delivery is None or delivery.done():  # answered through the first copy's promise
+                elif delivery.done():  # answered through the first copy's promise
                     delivery = await self._ask_again(value, promises[0])
                     reasks_total.inc()
                 # else the last copy has not left yet (the broker is away): it reaches whoever holds the

@@ -88,7 +88,7 @@ class RateBudget:
     # `amount` is what counts now: `reserved` (the grant) until the call's real
     # usage (`used`, None before) is known, then whatever the provider is learned
     # to count (see streams/limiter/tokens.py). `parts`: how many budgets its grant
-    # counts in (a re-ask is answered again only if all of them were restored: `whole`).
+    # counts in (a re-ask is answered again only if all of them were restored: BudgetBook.granted_asks).
     entries: deque = field(default_factory=deque)
     total: float = 0.0  # sum of amounts in `entries`
     # Token budgets: what the provider does with a call's unused reservation (tokens.py).
