@@ -69,6 +69,20 @@ MARKER_KEY = "coordinator"  # written by every coordinator at takeover: "this ta
 READ_KEY = "read_to"
 
 
+def pass_writes(pending: dict[str, Any], dirty: dict[str, Any], read_to: int | None = None) -> dict[str, Any]:
+    """A pass's table writes, in the order they go: what a failed pass left unacked (`pending`) with this
+    pass's changed keys (`dirty`, newer values win); every site's slots before any grant (a pass cut short
+    never leaves a grant without its slot, also when a failed pass's keys go again first); the offset read
+    up to last (once it is written, all before it are)."""
+    merged = {**pending, **dirty} if pending else dirty
+    writes = {key: value for key, value in merged.items() if key.startswith("slots:")}
+    writes.update((key, value) for key, value in merged.items() if not key.startswith("slots:") and key != READ_KEY)
+    read = {"offset": read_to} if read_to is not None else merged.get(READ_KEY)
+    if read is not None:
+        writes[READ_KEY] = read
+    return writes
+
+
 COORDINATOR_TP_TOPIC = topic_name(LIMITER_TOPIC)
 limiter_topic = app.topic(COORDINATOR_TP_TOPIC, partitions=1, value_serializer="json", key_serializer="raw")
 
@@ -430,15 +444,10 @@ class Coordinator:
         # (records are handled meanwhile) waits for the next pass's.
         unsent, self.unsent = self.unsent, []
         read_to = self.handled_to
-        if read_to is not None and read_to != self.read_written:
-            self.pending_writes[READ_KEY] = {"offset": read_to}
-        writes = self.book.take_dirty()
-        if self.pending_writes:
-            writes = {**self.pending_writes, **writes}
-            self.pending_writes = {}
-        if READ_KEY in writes:
-            # Last: one producer writes one partition in order, so once it is there, all before it are.
-            writes[READ_KEY] = writes.pop(READ_KEY)
+        # One producer writes one partition in order: see pass_writes for why this order.
+        writes = pass_writes(self.pending_writes, self.book.take_dirty(),
+                             read_to if read_to is not None and read_to != self.read_written else None)
+        self.pending_writes = {}
         if writes:
             started = time.time()
             try:

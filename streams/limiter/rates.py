@@ -19,9 +19,8 @@ from streams.limiter.tokens import CORRECTION, EXPIRED_KEEP, MIN_GAP_SHARE, Toke
 
 log = logging.getLogger(__name__)
 
-# Grants are persisted in one table key per budget and tenth of a second. An answered call's settle
-# rewrites its key whole: with keys of a second (80-2,000 grants each) that rewriting was most of the
-# coordinator's thread once calls took 30 s (docs/bench-capacity.md, session 19).
+# Grants are persisted in one table key per budget and tenth of a second. A settle rewrites its key whole: with keys
+# of a second (80-2,000 grants each) that was most of the coordinator's thread with 30 s calls (bench-capacity.md).
 BUCKETS_PER_SECOND = 10  # multiplied, not divided by 0.1: 10.1 s is in bucket 101, not 100
 BUCKET_SECONDS = 1 / BUCKETS_PER_SECOND
 _time_of = itemgetter(0)  # an entry's time: entries are [time, amount, grant id, ...]
@@ -567,12 +566,13 @@ class RateBudget:
         self.total = 0.0
         self.semantics.empty()
         for e in merged:
-            # Older entries have no ask id, no site, no lease start or no reservation and usage:
-            # they still count, under no site, as they were counted.
+            # Older entries lack ask id, site, lease start, reservation or usage: they count as they were, under
+            # no site; and each at least as the restored meta says the provider counts (a pass cut as it changed).
             entry = [float(e[0]), float(e[1]), str(e[2]), str(e[3]) if len(e) > 3 else "",
                      str(e[4]) if len(e) > 4 else "", float(e[5]) if len(e) > 5 and e[5] is not None else None,
                      float(e[6]) if len(e) > 6 else float(e[1]), float(e[7]) if len(e) > 7 and e[7] is not None else None,
                      int(e[8]) if len(e) > 8 else 1]
+            entry[1] = max(entry[1], provider_count_of(entry, self.semantics.refunds))
             self.entries.append(entry)
             self.index[entry[2]] = entry
             self.total += entry[1]

@@ -110,13 +110,16 @@ def test_a_takeover_at_any_record_of_a_pass_loses_no_grant_and_answers_only_whol
     last = max(0, min(passes - 1, int(cut * passes)))  # the pass being written when the coordinator died
     first_record = ends[last - 1] if last else 0
     at = first_record + int(cut * 997) % (ends[last] - first_record + 1)  # any record of it, or none, or all
-    restored = _restored(log[:at])
-    held = _entries(restored)
-
     # Entries of the last pass written whole that the cut pass kept (it only expires old ones,
     # and a late report may bring one back: that report is read again after the takeover).
-    before = after[last - 1][1] if last else set()
-    kept = before & after[last][0]
+    kept = (after[last - 1][1] if last else set()) & after[last][0]
+    check_restored(_restored(log[:at]), at, last, kept, needs, slotted)
+
+
+def check_restored(restored: BudgetBook, at: int, last: int, kept: set, needs, slotted) -> None:
+    """What a book restored from the changelog's first `at` records holds, pass `last` being cut:
+    every entry in `kept`, and whole grants with their slots."""
+    held = _entries(restored)
     assert kept <= held, f"lost at record {at} of pass {last}: {sorted(kept - held)[:5]}"
 
     # What the next owner would answer again is whole: counted in every budget it needs.
