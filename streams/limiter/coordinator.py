@@ -71,16 +71,21 @@ READ_KEY = "read_to"
 
 def pass_writes(pending: dict[str, Any], dirty: dict[str, Any], read_to: int | None = None) -> dict[str, Any]:
     """A pass's table writes, in the order they go: what a failed pass left unacked (`pending`) with this
-    pass's changed keys (`dirty`, newer values win); every site's slots before any grant (a pass cut short
-    never leaves a grant without its slot, also when a failed pass's keys go again first); the offset read
+    pass's changed keys (`dirty`, newer values win), in the order BudgetBook.take_dirty gives its own
+    (every site's slots, then the budgets' meta with their pacing schedules, before any grant: a pass cut
+    short never leaves a grant without them), also when a failed pass's keys go again; the offset read
     up to last (once it is written, all before it are)."""
     merged = {**pending, **dirty} if pending else dirty
-    writes = {key: value for key, value in merged.items() if key.startswith("slots:")}
-    writes.update((key, value) for key, value in merged.items() if not key.startswith("slots:") and key != READ_KEY)
+    writes = dict(sorted(((key, value) for key, value in merged.items() if key != READ_KEY), key=_write_rank))
     read = {"offset": read_to} if read_to is not None else merged.get(READ_KEY)
     if read is not None:
         writes[READ_KEY] = read
     return writes
+
+
+def _write_rank(item: tuple[str, Any]) -> int:
+    key = item[0]
+    return 0 if key.startswith("slots:") else 1 if key.endswith("|meta") else 2
 
 
 COORDINATOR_TP_TOPIC = topic_name(LIMITER_TOPIC)

@@ -44,8 +44,9 @@ def _restored(records: list[tuple[str, object]]) -> BudgetBook:
 def _run(seed: int, passes: int):
     """Passes of a coordinator whose writes fail now and then. Returns the changelog's records, the
     record where each acked pass ends, each attempt's (first record, time), the entries after each
-    acked pass (with when each leaves its window), every grant's needs, and each slotted grant's
-    (site, request, the acked pass count when its slot was released)."""
+    acked pass (with when each leaves its window), every grant's needs, each slotted grant's (site,
+    request, the acked pass count when its slot was released), and the requests budget's pacing
+    schedule after the pass that granted each of its grants."""
     rng = random.Random(seed)
     b = _book()
     b.instance = "old-"
@@ -57,6 +58,7 @@ def _run(seed: int, passes: int):
     granted: list = []
     slotted: dict[str, tuple[str, str, int]] = {}
     pending: dict[str, object] = {}
+    paced: dict[str, float] = {}
     now, n, offset = 1_000.0, 0, 0
     while len(ends) < passes:
         now += rng.uniform(0.001, 0.05) if rng.random() < 0.3 else rng.uniform(0.05, 1.6)  # passes come every few ms too
@@ -74,6 +76,8 @@ def _run(seed: int, passes: int):
         b.expire(now)
         for g in b.grant_ready(now):
             needs[g.grant_id] = {k: (g.lease_units or v) for k, v in g.ask.needs.items()}
+            if REQ in g.ask.needs:  # its pass's pacing schedule (meta) covers it
+                paced[g.grant_id] = b.rate(REQ).tat
             granted.append(g)
             if g.ask.slot_limit is not None:
                 slotted[g.grant_id] = (g.ask.site_id, g.ask.request_id, 10**9)
@@ -109,10 +113,10 @@ def _run(seed: int, passes: int):
         ends.append(len(log))
         after.append({(name, grant_id): entry[0] + rate.span
                       for name, rate in b.rates.items() for grant_id, entry in rate.index.items()})
-    return log, ends, attempts, after, needs, slotted
+    return log, ends, attempts, after, needs, slotted, paced
 
 
-def _check_takeover_at(at: int, last: int, log, attempts, after, needs, slotted) -> None:
+def _check_takeover_at(at: int, last: int, log, attempts, after, needs, slotted, paced) -> None:
     # Entries of the last acked pass that the cut attempt kept: those still in their window when
     # it started (it only expires old ones, and a late report may bring one back: the events of
     # every attempt since the last acked pass are read again after the takeover).
@@ -120,6 +124,9 @@ def _check_takeover_at(at: int, last: int, log, attempts, after, needs, slotted)
     kept = {key for key, leaves in (after[last - 1] if last else {}).items() if leaves > cut_at} & set(after[last])
     restored = _restored(log[:at])
     check_restored(restored, at, last, kept, needs, slotted)
+    requests = restored.rate(REQ)  # a grant restored without the schedule that made room for it: a burst
+    behind = [(e[2], paced[e[2]]) for e in requests.entries if paced.get(e[2], -1e18) > requests.tat]
+    assert not behind, f"the restored schedule {requests.tat} is behind its grants {behind[:3]}"
     tokens = restored.rate(TOK)
     for entry in tokens.entries:  # never less than the restored hypothesis of how the provider counts
         assert entry[1] >= provider_count_of(entry, tokens.semantics.refunds), (entry, tokens.semantics.refunds)
@@ -128,7 +135,7 @@ def _check_takeover_at(at: int, last: int, log, attempts, after, needs, slotted)
 @settings(max_examples=150, deadline=None)
 @given(seed=st.integers(0, 10**6), passes=st.integers(2, 30), cut=st.floats(0.0, 1.0))
 def test_a_takeover_after_failed_passes_loses_no_grant_and_answers_only_whole_ones(seed, passes, cut):
-    log, ends, attempts, after, needs, slotted = _run(seed, passes)
+    log, ends, attempts, after, needs, slotted, paced = _run(seed, passes)
     last = max(0, min(passes - 1, int(cut * passes)))  # the acked pass whose attempts were being written
     for at in range(ends[last - 1] if last else 0, ends[last] + 1):  # killed at any record of its attempts
-        _check_takeover_at(at, last, log, attempts, after, needs, slotted)
+        _check_takeover_at(at, last, log, attempts, after, needs, slotted, paced)
