@@ -95,9 +95,9 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"  # json: one JSON object per log line (streams/logs.py)
     # How long a fetch waits at the broker for records (aiokafka's default is 500 ms; see faust_fixes).
     fetch_max_wait_ms: int = Field(20, ge=1, le=60_000)
-    # Young garbage collections on a clock, e.g. 0.2 (streams/gc_pacing.py): shorter pauses for more
-    # collector CPU; 0 (the default): CPython's allocation count alone. docs/intake.md has the figures.
-    gc_young_every_seconds: float = Field(0.0, ge=0, le=60)
+    # Young garbage collections on a clock (streams/gc_pacing.py): pauses of a few ms, not tens, that
+    # set the permit tail when they come (docs/bench-growth.md, session 20); 0: CPython's allocation count alone.
+    gc_young_every_seconds: float = Field(0.5, ge=0, le=60)
 
     # --- Postgres --------------------------------------------------------------
     database_url: str = Field(
