@@ -71,9 +71,9 @@ READ_KEY = "read_to"
 
 def pass_writes(pending: dict[str, Any], dirty: dict[str, Any], read_to: int | None = None) -> dict[str, Any]:
     """A pass's table writes, in the order they go: what a failed pass left unacked (`pending`) with this
-    pass's changed keys (`dirty`, newer values win), in the order BudgetBook.take_dirty gives its own
-    (every site's slots, then the budgets' meta with their pacing schedules, before any grant: a pass cut
-    short never leaves a grant without them), also when a failed pass's keys go again; the offset read
+    pass's changed keys (`dirty`, newer values win); every site's slots, then the budgets' meta keys with
+    their pacing schedules, then their grants' buckets (BudgetBook's keys), so a pass cut short never
+    leaves a grant without its slot or schedule, also when a failed pass's keys go again; the offset read
     up to last (once it is written, all before it are)."""
     merged = {**pending, **dirty} if pending else dirty
     writes = dict(sorted(((key, value) for key, value in merged.items() if key != READ_KEY), key=_write_rank))

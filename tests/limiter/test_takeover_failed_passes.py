@@ -17,10 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.limiter.book import Ask, BudgetBook
-from streams.limiter.coordinator import READ_KEY, pass_writes
+from streams.limiter.coordinator import pass_writes
 from streams.limiter.tokens import provider_count_of
 
-from .test_takeover_mid_pass import IMG, REQ, TOK, check_restored
+from .test_takeover_mid_pass import IMG, REQ, TOK, check_restored, restored_book
 
 
 def _book() -> BudgetBook:
@@ -30,15 +30,6 @@ def _book() -> BudgetBook:
         IMG: {"limit": 400, "window": 10.0, "paced": False},
     }
     return BudgetBook(specs, grace=0.5, slot_default=5, lease_seconds=2.0)
-
-
-def _restored(records: list[tuple[str, object]]) -> BudgetBook:
-    table: dict[str, object] = {}
-    for key, value in records:  # the changelog's compacted view
-        table[key] = value
-    b = _book()
-    b.restore((k, v) for k, v in table.items() if v is not None and k != READ_KEY)
-    return b
 
 
 def _run(seed: int, passes: int):
@@ -122,7 +113,7 @@ def _check_takeover_at(at: int, last: int, log, attempts, after, needs, slotted,
     # every attempt since the last acked pass are read again after the takeover).
     cut_at = max(now for first, now in attempts if first <= at)
     kept = {key for key, leaves in (after[last - 1] if last else {}).items() if leaves > cut_at} & set(after[last])
-    restored = _restored(log[:at])
+    restored = restored_book(log[:at], _book)
     check_restored(restored, at, last, kept, needs, slotted)
     requests = restored.rate(REQ)  # a grant restored without the schedule that made room for it: a burst
     behind = [(e[2], paced[e[2]]) for e in requests.entries if paced.get(e[2], -1e18) > requests.tat]

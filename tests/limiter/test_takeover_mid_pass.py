@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 import time
+from typing import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -93,11 +94,12 @@ def _run(seed: int, passes: int) -> tuple[list[tuple[str, object]], list[int], l
     return log, ends, after, needs, slotted
 
 
-def _restored(records: list[tuple[str, object]]) -> BudgetBook:
+def restored_book(records: list[tuple[str, object]], book: Callable[[], BudgetBook] = _book) -> BudgetBook:
+    """A new owner's book (made by `book`) restored from these changelog records."""
     table: dict[str, object] = {}
     for key, value in records:  # the changelog's compacted view: the last value of each key
         table[key] = value
-    b = _book()
+    b = book()
     b.instance = "new-"
     b.restore((k, v) for k, v in table.items() if v is not None)
     return b
@@ -113,7 +115,7 @@ def test_a_takeover_at_any_record_of_a_pass_loses_no_grant_and_answers_only_whol
     # Entries of the last pass written whole that the cut pass kept (it only expires old ones,
     # and a late report may bring one back: that report is read again after the takeover).
     kept = (after[last - 1][1] if last else set()) & after[last][0]
-    check_restored(_restored(log[:at]), at, last, kept, needs, slotted)
+    check_restored(restored_book(log[:at]), at, last, kept, needs, slotted)
 
 
 def check_restored(restored: BudgetBook, at: int, last: int, kept: set, needs, slotted) -> None:
@@ -215,12 +217,12 @@ def test_a_second_takeover_during_the_first_pass_after_a_restore_loses_no_entry(
     held = _entries(first)
     writes = list(first.take_dirty().items())
     cut_table = {**table, **dict(writes[: int(again * (len(writes) + 1))])}
-    second = _restored(list(cut_table.items()))
+    second = restored_book(list(cut_table.items()))
     assert held <= _entries(second)
     first.persisted()
     table.update(writes)
     table.update(first.take_dirty())  # the keys that carried copies, written without them
-    third = _restored(list(table.items()))
+    third = restored_book(list(table.items()))
     assert held <= _entries(third)
     assert all(bucket_of(e[0]) == int(k.rsplit("|", 1)[1]) for k, v in table.items()
                if v and k.startswith("r|") and not k.endswith("|meta") for e in v)  # every key canonical now
