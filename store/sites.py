@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterable, Protocol
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -270,10 +270,18 @@ class SiteCache:
         self._entries: dict[str, tuple[float, Site | None]] = {}
         self._loading: dict[str, asyncio.Task[Site | None]] = {}
         self._generation = 0  # bumped by invalidate(): loads started before it are not stored
+        # A read of every site (`fill`), kept as given: served until `_listed_until`, but
+        # not the sites invalidated since (`_listed_stale`).
+        self._listed: Mapping[str, Site] = {}
+        self._listed_until = -math.inf
+        self._listed_stale: set[str] = set()
 
     async def get(self, site_id: str) -> Site | None:
+        now = self._clock()
+        if now < self._listed_until and site_id not in self._listed_stale and site_id in self._listed:
+            return self._listed[site_id]
         entry = self._entries.get(site_id)
-        if entry is not None and entry[0] > self._clock():
+        if entry is not None and entry[0] > now:
             return entry[1]
         task = self._loading.get(site_id)
         if task is None:
@@ -289,21 +297,27 @@ class SiteCache:
         if site_id is None:
             self._entries.clear()
             self._loading.clear()
+            self._listed_until = -math.inf
         else:
             self._entries.pop(site_id, None)
             self._loading.pop(site_id, None)
+            self._listed_stale.add(site_id)
 
     def read_started(self) -> tuple[float, int]:
         """Taken before reading every site yourself, for `fill` (when, and which invalidations it follows)."""
         return self._clock(), self._generation
 
-    def fill(self, sites: Iterable[Site], started: tuple[float, int]) -> None:
-        """Serve these sites, read from `started` on, for the TTL: a worker that reads every site anyway
-        (the site controls, every two seconds) then asks for none of them one by one."""
+    def fill(self, sites: Mapping[str, Site], started: tuple[float, int]) -> None:
+        """Serve these sites (by site id), read from `started` on, for the TTL: a worker that reads every
+        site anyway (the site controls, every two seconds) then asks for none of them one by one.
+
+        The mapping is kept as it is, not copied into the cache: at 10,000 sites a copy every two seconds
+        held the event loop ~5 ms each time (docs/bench-growth.md, session 21). The caller gives a new
+        mapping or changes this one only after `invalidate()`.
+        """
         at, generation = started
         if generation == self._generation:  # nothing was invalidated while they were read
-            for site in sites:
-                self._entries[site.site_id] = (at + self._ttl, site)
+            self._listed, self._listed_until, self._listed_stale = sites, at + self._ttl, set()
 
     async def _load(self, site_id: str, generation: int) -> Site | None:
         started = self._clock()  # TTL counts from the read, never longer

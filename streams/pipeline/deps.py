@@ -150,7 +150,7 @@ class Deps:
         self._policies = policies
         if newly_paused:
             self._paused_version += 1
-        self.sites.fill(self._site_rows.values(), started)  # the stages' site look-ups need no query of their own
+        self.sites.fill(self._site_rows, started)  # the stages' site look-ups need no query of their own
         self._policies_loaded = True
         if self.parking is not None:
             self.parking.release_due()  # resumed sites get their parked events back

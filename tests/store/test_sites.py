@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given, strategies as st
 
 from store.database import Database
 from store.sites import Site, SiteCache
@@ -112,14 +113,14 @@ async def test_site_cache_filled_from_a_read_of_every_site_asks_for_none_of_them
     cache = SiteCache(Counting(), ttl=3.0, clock=lambda: clock[0])  # type: ignore[arg-type]
     started = cache.read_started()
     clock[0] += 0.5  # the read of every site took a while
-    cache.fill([Site("a", name="listed"), Site("b", name="listed")], started)
+    cache.fill({s: Site(s, name="listed") for s in "ab"}, started)
     assert [(await cache.get(s)).name for s in "ab"] == ["listed", "listed"] and Counting.reads == []
     clock[0] += 2.6  # the TTL counts from the start of the read
     assert (await cache.get("a")).name == "read alone" and Counting.reads == ["a"]
 
     started = cache.read_started()
     cache.invalidate("b")  # a change made here while the list was read: the list may predate it
-    cache.fill([Site("b", name="stale")], started)
+    cache.fill({"b": Site("b", name="stale")}, started)
     assert (await cache.get("b")).name == "read alone"
 
 
@@ -136,3 +137,65 @@ async def test_the_sites_changed_since_a_read_include_a_change_made_by_hand(db: 
     await db.pool.execute("UPDATE sites SET paused = true WHERE site_id = $1", touched)
     changed = {s.site_id: s for s in (await db.sites_changed(at))[0]}
     assert touched in changed and changed[touched].paused and kept not in changed
+
+
+# --- a read of every site, kept as given --------------------------------------------------------
+
+class Versions:
+    """A sites table whose rows carry a version: what the cache serves is checked against it."""
+
+    def __init__(self) -> None:
+        self.version: dict[str, int] = {s: 0 for s in "abc"}
+        self.reads: list[str] = []
+
+    async def get_site(self, site_id: str) -> Site | None:
+        self.reads.append(site_id)
+        return Site(site_id, name=str(self.version[site_id]))
+
+    def listed(self) -> dict[str, Site]:
+        return {s: Site(s, name=str(v)) for s, v in self.version.items()}
+
+
+operations = st.lists(st.one_of(
+    st.tuples(st.just("get"), st.sampled_from("abc")),
+    st.tuples(st.just("change"), st.sampled_from("abc")),  # as the site controls API does: change, invalidate
+    st.tuples(st.just("refresh"), st.sampled_from([None, "a", "b", "c"])),  # a change made during the read, or none
+    st.tuples(st.just("wait"), st.floats(min_value=0.0, max_value=4.0)),
+), max_size=40)
+
+
+@given(operations)
+def test_a_site_changed_here_is_never_served_as_it_was(ops) -> None:
+    async def run() -> None:
+        table, clock = Versions(), [1000.0]
+        cache = SiteCache(table, ttl=3.0, clock=lambda: clock[0])  # type: ignore[arg-type]
+        for op, arg in ops:
+            if op == "get":
+                assert (await cache.get(arg)).name == str(table.version[arg])
+            elif op == "change":
+                table.version[arg] += 1
+                cache.invalidate(arg)
+            elif op == "refresh":  # Deps.refresh: invalidate all, read every site, fill
+                cache.invalidate()
+                started, listed = cache.read_started(), table.listed()
+                if arg is not None:
+                    table.version[arg] += 1
+                    cache.invalidate(arg)
+                cache.fill(listed, started)
+            else:
+                clock[0] += arg
+
+    asyncio.run(run())
+
+
+@aio
+async def test_a_site_invalidated_after_the_list_is_read_alone_and_the_others_are_not() -> None:
+    table, clock = Versions(), [1000.0]
+    cache = SiteCache(table, ttl=3.0, clock=lambda: clock[0])  # type: ignore[arg-type]
+    cache.fill(table.listed(), cache.read_started())
+    table.version["a"] += 1
+    cache.invalidate("a")
+    assert [(await cache.get(s)).name for s in "abc"] == ["1", "0", "0"] and table.reads == ["a"]
+    assert (await cache.get("a")).name == "1" and table.reads == ["a"]  # read alone once, then cached
+    clock[0] += 3.0
+    assert (await cache.get("b")).name == "0" and table.reads == ["a", "b"]  # the list is as old as its TTL
