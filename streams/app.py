@@ -17,6 +17,7 @@ import gc
 import logging
 import re
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,7 @@ class BlogstreamApp(faust.App):
         gc.collect()
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
+        sys.setswitchinterval(settings.gil_switch_interval_seconds)  # permits wait less for the other threads
         # And young passes on a clock: the count above hardly grows at steady state (streams/gc_pacing.py).
         if settings.gc_young_every_seconds > 0:
             self.add_future(PacedCollections(settings.gc_young_every_seconds).run())

@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     # Young garbage collections on a clock (streams/gc_pacing.py): pauses of a few ms, not tens, that
     # set the permit tail when they come (docs/bench-growth.md, session 20); 0: CPython's allocation count alone.
     gc_young_every_seconds: float = Field(0.5, ge=0, le=60)
+    # How long a thread that wants the interpreter lock waits for its holder to let go
+    # (sys.setswitchinterval; CPython's default is 5 ms). The stage loop shares the lock with the
+    # coordinator's thread and Faust's consumer thread, and a permit due while one of them computes
+    # waits this long (docs/bench-growth.md, session 21).
+    gil_switch_interval_seconds: float = Field(0.001, ge=0.0001, le=0.1)
 
     # --- Postgres --------------------------------------------------------------
     database_url: str = Field(
