@@ -6,7 +6,8 @@ the answer) waited for a turn of Faust's event loop, which also runs thousands
 of provider calls. Under load a turn took hundreds of milliseconds, and a grant
 about a second while the broker acked in milliseconds (docs/bench-tier.md,
 session 14). A loop in a thread of its own waits for the interpreter lock
-(handed over every `sys.getswitchinterval()`, 5 ms), not for the stage work.
+(handed over every `sys.getswitchinterval()`: 1 ms in a worker, settings.gil_switch_interval_seconds),
+not for the stage work.
 
 Written here because nothing fits as is: mode's `ServiceThread` /
 `MethodQueue` (what Faust's consumer thread uses) run queued calls on two
