@@ -80,8 +80,8 @@ _FINE = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05
          0.5, 1.0, 2.0, 5.0, 10.0)
 event_loop_lag_seconds = Histogram(
     "blogstream_event_loop_lag_seconds",
-    "How late the worker's event loop wakes a task (sampled every 100 ms): what every permit, timer and "
-    "answer waits on top of its own work when the worker is busy",
+    "How late the worker's event loop wakes a task (sampled at random moments, 100 ms apart on average): "
+    "what every permit, timer and answer waits on top of its own work when the worker is busy",
     registry=registry, buckets=_FINE,
 )
 gc_pause_seconds = Histogram(
