@@ -51,7 +51,7 @@ def publish_site_figures(stats: dict[str, Any]) -> None:
     metrics.publish(metrics.site_budget_share, share)
 
 
-LOOP_LAG_EVERY = 0.1  # on average; each sleep is drawn from 0.5x-1.5x of it (see sample_event_loop_lag)
+LOOP_LAG_EVERY = 0.1  # on average; each sleep is drawn from 0.5x-1.5x of it (see loop_lag_sample)
 
 
 class GcPauses:
