@@ -182,6 +182,10 @@ class Pipeline:
             BLOGSTREAM_DATABASE_URL=database_url(self.database),
             BLOGSTREAM_DATA_DIR=str(STACK_DIR / "faust" / self.name),
             PYTHONUNBUFFERED="1",
+            # This tree first: the .venv's editable install maps `streams` to the checkout it was
+            # installed from, so a worker started from another checkout sharing that .venv (a
+            # baseline clone in a paired benchmark) would otherwise run the other tree's code.
+            PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
             OPENAI_BASE_URL=f"{self.sim_url}/openai/v1",
             REPLICATE_BASE_URL=f"{self.sim_url}/replicate",
             WIX_BASE_URL=f"{self.sim_url}/wix",
