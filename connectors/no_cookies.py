@@ -3,9 +3,10 @@
 httpx reads every response into its cookie jar (`AsyncClient._send_single_request`
 calls `Cookies.extract_cookies`): it builds a `urllib.request.Request` and an
 `email.message.Message` for the stdlib's `CookieJar`, about 40-70 us of CPU per
-call whether or not the answer sets a cookie. Replicate and Wix authenticate each
-request with its token and need no cookie, so this was pure cost on every Replicate
-and Wix call. (The openai SDK's own client, httpx2, reads no cookies.)
+call whether or not the answer sets a cookie. Replicate authenticates each
+request with its token and needs no cookie, so this was pure cost on every Replicate
+call. (The openai SDK's own client, httpx2, reads no cookies; Wix's, plain aiohttp, has a
+`DummyCookieJar`.)
 
 `keep_no_cookies(client)` gives a client a cookie store that takes none and sends
 none. Written by hand: httpx has no switch for it, and its public `cookies` setter

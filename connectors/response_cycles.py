@@ -2,7 +2,7 @@
 
 httpx wraps every response's stream in a `BoundAsyncStream` that points back at the
 response (`httpx._client`, `_send_single_request`), a reference cycle. Every Replicate
-and Wix call (both over httpx) therefore left about 40 objects (the response, its
+call (and every Wix call, while that client was httpx too) therefore left about 40 objects (the response, its
 request, headers, aiohttp's response...) that only the cyclic garbage collector frees.
 (httpx2, under the openai SDK, has no such cycle, and its `elapsed` reads the stream:
 it is left alone.) In the 3-minute tier benchmark each worker's young-

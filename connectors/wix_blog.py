@@ -4,6 +4,12 @@ Each call carries its site's credentials (one pipeline serves many Wix sites),
 so the HTTP client is shared and headers are per request. Article text is sent
 as Ricos TEXT nodes, never as HTML: whatever markup a customer typed into a
 topic is stored, and shown, as literal characters.
+
+Wix has no Python SDK for these REST calls, so this is a plain aiohttp client:
+JSON in, an answer read whole (`WixAnswer`) out. Not httpx over aiohttp as
+before: httpx's request and URL objects on top of aiohttp's cost 270 us of CPU
+per call against the simulator, aiohttp alone about 100 us (docs/bench-capacity.md),
+and a blog makes two Wix calls.
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import quote
 
-import httpx
-from httpx_aiohttp import AiohttpTransport
+import aiohttp
+from multidict import CIMultiDictProxy
+from yarl import URL
 
 from .closing import AsyncClosing
 from .errors import (
@@ -28,13 +35,13 @@ from .errors import (
     RejectedRequest,
     redact,
 )
-from .no_cookies import keep_no_cookies
 from .ratelimit_headers import parse_rate_limit_headers, parse_retry_after
 from .wix_ricos import markdown_to_ricos
 
 __all__ = [
     "PublishedPost",
     "SiteCredentials",
+    "WixAnswer",
     "WixBlog",
     "WixSite",
     "draft_post",
@@ -83,6 +90,23 @@ class SiteCredentials:
     site_id: str
     wix_api_key: str = field(repr=False)
     wix_member_id: str | None = None
+
+
+@dataclass(frozen=True)
+class WixAnswer:
+    """One Wix answer, read whole: its status, headers (case-insensitive) and body."""
+
+    status_code: int
+    headers: CIMultiDictProxy[str]
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        """The body as JSON; ValueError when it is not."""
+        return json.loads(self.content)
 
 
 @dataclass(frozen=True)
@@ -142,7 +166,7 @@ def _object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _parse_error_body(response: httpx.Response) -> _WixErrorBody:
+def _parse_error_body(response: WixAnswer) -> _WixErrorBody:
     """Wix errors: {"message", "details": {"applicationError": {"code", "description", "data"}}}
     or {"details": {"validationError": {"fieldViolations": [...]}}}."""
     try:
@@ -204,27 +228,28 @@ def draft_post(
 class WixBlog(AsyncClosing):
     """Wix REST client shared by every site. Create one per worker and reuse it."""
 
-    def __init__(
-        self,
-        *,
-        base_url: str,
-        timeout: float,
-        max_connections: int,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._client = keep_no_cookies(httpx.AsyncClient(
-            base_url=base_url.rstrip("/") + "/",
-            timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
-            # HTTP/1.1 keep-alive; enough connections for every in-flight publish of a worker.
-            limits=limits,
-            headers={"Accept": "application/json"},
-            # aiohttp under httpx's API: a third of httpcore's CPU per call (docs/bench-capacity.md).
-            transport=transport or AiohttpTransport(limits=limits),
-        ))  # answers' Set-Cookie not read: the key authenticates (no_cookies.py)
+    def __init__(self, *, base_url: str, timeout: float, max_connections: int) -> None:
+        self._base = str(URL(base_url.rstrip("/") + "/"))  # normalized once; paths are added already quoted
+        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(10.0, timeout))
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None  # made on first use, on the caller's loop
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                # HTTP/1.1 keep-alive; enough connections for every in-flight publish of a worker.
+                connector=aiohttp.TCPConnector(limit=max(1, self._max_connections)),
+                timeout=self._timeout,
+                headers={"Accept": "application/json"},
+                # Answers' Set-Cookie is not read and no Cookie is sent: the key authenticates.
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return self._session
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     # -- public API -----------------------------------------------------------------
 
@@ -321,7 +346,7 @@ class WixBlog(AsyncClosing):
         return {str(post.slug): post for post in found}
 
     def _bulk_results(
-        self, response: httpx.Response, count: int
+        self, response: WixAnswer, count: int
     ) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
         """(item, None) or ({}, error) per item in request order; an item Wix left out failed without details."""
         results = self._json(response).get("results")
@@ -390,15 +415,18 @@ class WixBlog(AsyncClosing):
         json_body: dict[str, Any] | None = None,
         allow_not_found: bool = False,
         image_url: str | None = None,
-    ) -> httpx.Response:
+    ) -> WixAnswer:
         content = json.dumps(json_body, ensure_ascii=False).encode("utf-8") if json_body is not None else None
         try:
-            response = await self._client.request(method, path, content=content, headers=self._headers(site))
-        except httpx.TimeoutException as exc:
+            async with self._http().request(
+                method, URL(self._base + path, encoded=True), data=content, headers=self._headers(site)
+            ) as answer:
+                response = WixAnswer(answer.status, answer.headers, await answer.read())
+        except TimeoutError as exc:  # aiohttp's timeouts are TimeoutError too (3.11+: asyncio's is the builtin)
             raise ProviderUnavailable(
                 PROVIDER, f"{method} {path} for site {site.site_id}: no response ({type(exc).__name__})"
             ) from exc
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             raise ProviderUnavailable(
                 PROVIDER, f"{method} {path} for site {site.site_id}: could not reach Wix ({type(exc).__name__})"
             ) from exc
@@ -406,7 +434,7 @@ class WixBlog(AsyncClosing):
             return response
         raise self._map_error(site, method, path, response, image_url=image_url)
 
-    def _json(self, response: httpx.Response) -> dict[str, Any]:
+    def _json(self, response: WixAnswer) -> dict[str, Any]:
         try:
             data = response.json()
         except ValueError:
@@ -420,7 +448,7 @@ class WixBlog(AsyncClosing):
         return data
 
     def _map_error(
-        self, site: WixSite, method: str, path: str, response: httpx.Response, *, image_url: str | None
+        self, site: WixSite, method: str, path: str, response: WixAnswer, *, image_url: str | None
     ) -> ProviderError:
         status = response.status_code
         parsed = _parse_error_body(response)

@@ -51,6 +51,16 @@ BASELINE: dict[str, Any] = {
 }
 
 
+async def serving(app: Any) -> tuple[Any, str]:
+    """Serve an aiohttp `web.Application` on a free port of 127.0.0.1: its runner (clean it up) and URL."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

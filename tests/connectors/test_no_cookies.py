@@ -1,13 +1,16 @@
-"""connectors/no_cookies.py: Replicate and Wix clients read no Set-Cookie and send no Cookie."""
+"""Provider clients read no Set-Cookie and send no Cookie: Replicate's through connectors/no_cookies.py, Wix's (aiohttp) with a DummyCookieJar."""
 from __future__ import annotations
 
 import httpx
 import pytest
+from aiohttp import web
 
 from connectors import no_cookies
 from connectors.no_cookies import NoCookies, keep_no_cookies
 from connectors.replicate_images import ImageMaker
 from connectors.wix_blog import SiteCredentials, WixBlog
+
+from .conftest import serving
 
 SITE = SiteCredentials(site_id="site-a", wix_api_key="IST.key", wix_member_id="member-1")
 SETS_COOKIES = [("set-cookie", "__cf_bm=abc; Path=/; HttpOnly"), ("set-cookie", "session=xyz; Path=/")]
@@ -26,16 +29,28 @@ class Recorder:
 
 @pytest.mark.asyncio
 async def test_wix_client_neither_keeps_nor_sends_cookies() -> None:
-    provider = Recorder()
-    wix = WixBlog(base_url="http://wix.test", timeout=5.0, max_connections=2, transport=httpx.MockTransport(provider))
+    # Wix's client is aiohttp (no httpx): a real server on 127.0.0.1 sets cookies on every answer.
+    seen: list[str | None] = []
+
+    async def not_found(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("cookie"))
+        response = web.json_response({"message": "not found"}, status=404)
+        for name, value in (("__cf_bm", "abc"), ("session", "xyz")):
+            response.set_cookie(name, value, path="/", httponly=True)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", not_found)
+    runner, url = await serving(app)
+    wix = WixBlog(base_url=url, timeout=5.0, max_connections=2)
     try:
         assert await wix.find_post_by_slug(SITE, "first") is None
         assert await wix.find_post_by_slug(SITE, "second") is None
-        assert isinstance(wix._client.cookies, NoCookies)
-        assert len(wix._client.cookies) == 0
-        assert provider.cookie_headers == [None, None]
+        assert len(wix._http().cookie_jar) == 0
+        assert seen == [None, None]
     finally:
         await wix.aclose()
+        await runner.cleanup()
 
 
 @pytest.mark.asyncio

@@ -84,8 +84,8 @@ async def test_html_in_user_text_stays_literal(wix: WixBlog) -> None:
         image=None,
         image_alt=topic,
     )
-    stored = await wix._client.get(  # read back what Wix stored, as plain JSON
-        "blog/v3/posts/slugs/html-topic", headers={"Authorization": WIX_KEY, "wix-site-id": "site-a"}
+    stored = await wix._request(  # read back what Wix stored, as plain JSON
+        SiteCredentials(site_id="site-a", wix_api_key=WIX_KEY), "GET", "blog/v3/posts/slugs/html-topic"
     )
     body = stored.json()["post"]
     assert post.slug == "html-topic"
