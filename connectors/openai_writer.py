@@ -212,8 +212,11 @@ def estimate_tokens(request: Mapping[str, Any], cap: int) -> int:
     max_tokens; we count the same messages we send, plus a small margin. ``cap`` is
     the completion cap the call will be made with (see ``max_tokens_for``).
     """
-    chars = sum(len(m["content"]) for m in build_messages(request))
-    return math.ceil(chars / 4) + max_tokens_for(request, cap) + ESTIMATE_SAFETY_TOKENS
+    return _estimate(build_messages(request), max_tokens_for(request, cap))
+
+
+def _estimate(messages: list[dict[str, str]], max_tokens: int) -> int:
+    return math.ceil(sum(len(m["content"]) for m in messages) / 4) + max_tokens + ESTIMATE_SAFETY_TOKENS
 
 
 # --------------------------------------------------------------------------- output
@@ -305,6 +308,19 @@ def parse_article(content: str | None) -> dict[str, Any]:
 # --------------------------------------------------------------------------- client
 
 
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _count(value: Any) -> int:
+    """A token count from the answer; anything but a non-negative integer counts 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
 def _error_text(exc: openai.APIStatusError) -> str:
     # The SDK hands us the inner {"message", "type", "code"} object as body.
     body = exc.body
@@ -378,67 +394,74 @@ class ArticleWriter(AsyncClosing):
         except openai.APIError as exc:
             raise self._map_error(exc) from exc
         rate_limit = parse_rate_limit_headers(raw.headers)
+        # The body read as plain JSON, not `raw.parse()`: the SDK's model construction for
+        # a ChatCompletion cost 0.1 ms a call (docs/bench-capacity.md), and we read five fields.
         try:
-            completion = raw.parse()
-        except (openai.APIError, ValueError) as exc:  # a 2xx whose body is not a chat completion
+            completion = json.loads(raw.content)
+        except ValueError as exc:  # a 2xx whose body is not JSON
             raise MalformedOutput(
                 PROVIDER, f"unreadable completion ({type(exc).__name__})", rate_limit=rate_limit
             ) from exc
+        if not isinstance(completion, dict):
+            raise MalformedOutput(PROVIDER, "unreadable completion (not a JSON object)", rate_limit=rate_limit)
 
-        usage = completion.usage
-        billed = None if usage is None else BilledCall(
-            call_id=completion.id or f"x-request-id:{raw.headers.get('x-request-id') or uuid.uuid4().hex}",
+        usage = _object(completion.get("usage"))
+        billed = None if not usage else BilledCall(
+            call_id=_text(completion.get("id")) or f"x-request-id:{raw.headers.get('x-request-id') or uuid.uuid4().hex}",
             model=self._model,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            cached_tokens=getattr(usage.prompt_tokens_details, "cached_tokens", None) or 0,
+            prompt_tokens=_count(usage.get("prompt_tokens")),
+            completion_tokens=_count(usage.get("completion_tokens")),
+            cached_tokens=_count(_object(usage.get("prompt_tokens_details")).get("cached_tokens")),
         )
         try:
-            return self._article_of(completion, rate_limit, max_tokens, request, billed)
+            return self._article_of(completion, usage, rate_limit, max_tokens, _estimate(messages, max_tokens), billed)
         except ProviderError as exc:  # answered and billed, but not usable: the cost still counts
             exc.billed = billed
             raise
 
     def _article_of(
-        self, completion: Any, rate_limit: RateLimitInfo | None, max_tokens: int, request: Mapping[str, Any],
-        billed: BilledCall | None,
+        self, completion: dict[str, Any], usage: dict[str, Any], rate_limit: RateLimitInfo | None,
+        max_tokens: int, estimated_tokens: int, billed: BilledCall | None,
     ) -> ArticleResult:
-        if not completion.choices:
+        choices = completion.get("choices")
+        if not isinstance(choices, list) or not choices:
             raise MalformedOutput(PROVIDER, "the completion has no choices", rate_limit=rate_limit)
-        choice = completion.choices[0]
-        if getattr(choice.message, "refusal", None):
+        choice = _object(choices[0])
+        message = _object(choice.get("message"))
+        refusal = message.get("refusal")
+        finish_reason = choice.get("finish_reason")
+        if refusal:
             # A refusal is the model's judgement of this brief: the same brief will be refused again.
             raise RejectedRequest(
                 PROVIDER,
-                f"the model refused the brief ({self._redact(choice.message.refusal or '')}); "
+                f"the model refused the brief ({self._redact(str(refusal))}); "
                 "change the topic and resubmit",
                 rate_limit=rate_limit,
             )
-        if choice.finish_reason == "length":
+        if finish_reason == "length":
             raise MalformedOutput(
                 PROVIDER,
                 f"the article was cut off at max_tokens={max_tokens}; lower target_words or "
                 "raise BLOGSTREAM_OPENAI_MAX_TOKENS",
                 rate_limit=rate_limit,
             )
-        if choice.finish_reason == "content_filter":
+        if finish_reason == "content_filter":
             raise RejectedRequest(
                 PROVIDER, "OpenAI's content filter stopped the article; change the topic", rate_limit=rate_limit
             )
         try:
-            article = parse_article(choice.message.content)
+            article = parse_article(_text(message.get("content")))
         except MalformedOutput as exc:
             exc.rate_limit = rate_limit
             raise
-        usage = completion.usage
         return ArticleResult(
             article=article,
             usage=TokenUsage(
-                prompt_tokens=usage.prompt_tokens if usage else 0,
-                completion_tokens=usage.completion_tokens if usage else 0,
+                prompt_tokens=_count(usage.get("prompt_tokens")),
+                completion_tokens=_count(usage.get("completion_tokens")),
             ),
             rate_limit=rate_limit,
-            estimated_tokens=self.estimate_tokens(request),
+            estimated_tokens=estimated_tokens,
             billed=billed,
         )
 

@@ -10,6 +10,8 @@ import socket
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from connectors.errors import MalformedOutput, ProviderUnavailable, RateLimited, RejectedRequest
 from connectors.openai_writer import (
@@ -22,7 +24,7 @@ from connectors.openai_writer import (
     parse_article,
 )
 
-from .conftest import OPENAI_KEY, Simulator
+from .conftest import OPENAI_KEY, Simulator, serving
 
 REQUEST = {
     "topic": "Composting in small city apartments",
@@ -265,11 +267,8 @@ async def _openai_answering(answer):
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"  # type: ignore[union-attr]
+    runner, url = await serving(app)
+    return runner, f"{url}/v1"
 
 
 async def test_the_article_request_is_the_one_the_sdks_create_sends() -> None:
@@ -340,3 +339,76 @@ async def test_as_many_article_calls_reach_openai_at_once_as_the_writer_has_conn
         await writer.aclose()
         await runner.cleanup()
     assert len(results) == limit + 4 and at_once[1] == limit
+
+
+# --------------------------------------------------------------------------- hostile answers
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=6,
+)
+_PATHS = [
+    (), ("id",), ("choices",), ("choices", 0), ("choices", 0, "message"), ("choices", 0, "message", "content"),
+    ("choices", 0, "message", "refusal"), ("choices", 0, "finish_reason"), ("usage",),
+    ("usage", "prompt_tokens"), ("usage", "completion_tokens"), ("usage", "prompt_tokens_details"),
+    ("usage", "prompt_tokens_details", "cached_tokens"),
+]
+
+
+def _mangled(path: tuple, value: Any) -> Any:
+    """COMPLETION with the value at `path` replaced (or the whole body, for the empty path)."""
+    if not path:
+        return value
+    body = json.loads(json.dumps(COMPLETION))
+    usage = body["usage"].setdefault("prompt_tokens_details", {"cached_tokens": 0})
+    assert usage is not None
+    node = body
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return body
+
+
+@settings(max_examples=40, deadline=None)
+@given(answers=st.lists(st.tuples(st.sampled_from(_PATHS), _JSON) | st.binary(max_size=40), min_size=1, max_size=8))
+def test_any_answer_of_200_is_an_article_or_a_provider_error(answers: list) -> None:
+    """The completion is read as plain JSON (not the SDK's model): whatever a 200 carries, the caller
+    gets an article with whole, non-negative token counts, or a ProviderError; never a TypeError."""
+    from aiohttp import web
+
+    from connectors.errors import ProviderError
+
+    bodies = [a if isinstance(a, bytes) else json.dumps(_mangled(*a)).encode() for a in answers]
+
+    async def run() -> list[Any]:
+        queue = list(bodies)
+
+        async def answer(request: web.Request) -> web.Response:
+            return web.Response(body=queue.pop(0), content_type="application/json")
+
+        runner, base_url = await _openai_answering(answer)
+        writer = ArticleWriter(base_url=base_url, api_key=OPENAI_KEY, model="gpt-4o-mini", max_tokens=1200,
+                               timeout=5, max_connections=2)
+        outcomes: list[Any] = []
+        try:
+            for _ in bodies:
+                try:
+                    outcomes.append(await writer.write_article(REQUEST, site_id="site-1"))
+                except ProviderError as exc:
+                    outcomes.append(exc)
+        finally:
+            await writer.aclose()
+            await runner.cleanup()
+        return outcomes
+
+    for outcome in asyncio.run(run()):
+        if isinstance(outcome, ProviderError):
+            assert not outcome.retryable or outcome.message
+            continue
+        counts = [outcome.usage.prompt_tokens, outcome.usage.completion_tokens]
+        if outcome.billed is not None:
+            counts += [outcome.billed.prompt_tokens, outcome.billed.completion_tokens, outcome.billed.cached_tokens]
+            assert isinstance(outcome.billed.call_id, str) and outcome.billed.call_id
+        assert all(type(n) is int and n >= 0 for n in counts)
+        assert outcome.article["title"] and outcome.article["body"]
