@@ -127,6 +127,15 @@ def _clip(text: str, limit: int) -> str:
     return text[: limit - 1].rstrip() + "…"
 
 
+def _text(value: Any) -> str | None:
+    """A non-empty string from an answer, else None: ids, URLs and slugs are text or they are missing."""
+    return value if isinstance(value, str) and value else None
+
+
+def _is_file(file: Any) -> bool:
+    return isinstance(file, dict) and _text(file.get("id")) is not None and _text(file.get("url")) is not None
+
+
 def _post_url(url: Any) -> str | None:
     # Wix returns {"base": "https://site.wixsite.com/blog", "path": "/post/slug"}.
     if isinstance(url, dict):
@@ -147,12 +156,12 @@ def _slug_from_path(url: Any) -> str | None:
 
 def _published_post(post: Any, answered_by: str, status: int) -> PublishedPost:
     """A published post as Wix describes it (lookup, query), checked: it must have an id and a URL."""
-    if not isinstance(post, dict) or not post.get("id"):
+    if not isinstance(post, dict) or _text(post.get("id")) is None:
         raise MalformedOutput(PROVIDER, f"{answered_by} answered without post.id", status=status)
     url = _post_url(post.get("url"))
     if url is None:
         raise MalformedOutput(PROVIDER, f"post {post['id']} has no url", status=status)
-    return PublishedPost(post_id=str(post["id"]), url=url, slug=post.get("slug") or _slug_from_path(post.get("url")))
+    return PublishedPost(post_id=post["id"], url=url, slug=_text(post.get("slug")) or _slug_from_path(post.get("url")))
 
 
 @dataclass(frozen=True)
@@ -262,7 +271,7 @@ class WixBlog(AsyncClosing):
         response = await self._request(site, "POST", "site-media/v1/files/import", json_body=body, image_url=url)
         data = self._json(response)
         file = data.get("file")
-        if not isinstance(file, dict) or not file.get("id") or not file.get("url"):
+        if not _is_file(file):
             raise MalformedOutput(
                 PROVIDER, "media import answered without file.id / file.url", status=response.status_code
             )
@@ -309,7 +318,7 @@ class WixBlog(AsyncClosing):
         for (url, _), (file, error) in zip(images, self._bulk_results(response, len(images))):
             if error is not None:
                 answers.append(self._item_error(site, "bulk media import", error, image_url=url))
-            elif not file.get("id") or not file.get("url"):
+            elif not _is_file(file):
                 answers.append(MalformedOutput(PROVIDER, "bulk media import answered an item without id / url"))
             else:
                 answers.append(file)
@@ -379,19 +388,19 @@ class WixBlog(AsyncClosing):
         return RejectedRequest(PROVIDER, text)
 
     async def _published(self, site: WixSite, created: Any, slug: str, status: int) -> PublishedPost:
-        if not isinstance(created, dict) or not created.get("id"):
+        if not isinstance(created, dict) or _text(created.get("id")) is None:
             raise MalformedOutput(PROVIDER, "draft post answered without draftPost.id", status=status)
         url = _post_url(created.get("url"))
         if url is None:
             # The post exists; ask for it rather than fail and risk a duplicate on retry.
-            found = await self.find_post_by_slug(site, created.get("seoSlug") or slug)
+            found = await self.find_post_by_slug(site, _text(created.get("seoSlug")) or slug)
             if found is None:
                 raise MalformedOutput(PROVIDER, f"post {created['id']} was created without a url")
             return found
         return PublishedPost(
-            post_id=str(created["id"]),
+            post_id=created["id"],
             url=url,
-            slug=created.get("seoSlug") or _slug_from_path(created.get("url")) or slug,
+            slug=_text(created.get("seoSlug")) or _slug_from_path(created.get("url")) or slug,
         )
 
     # -- plumbing -------------------------------------------------------------------

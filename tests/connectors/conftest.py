@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+from hypothesis import strategies as st
 
 from connectors.openai_writer import ArticleWriter
 from connectors.replicate_images import ImageMaker
@@ -49,6 +50,14 @@ BASELINE: dict[str, Any] = {
     },
     "wix": {"site_rpm": 200, "error_rate": 0.0, "slow_rate": 0.0, "bulk_item_error_rate": 0.0, "lost_answer_rate": 0.0},
 }
+
+
+# Any JSON value, small: what a provider's answer may carry where a field should be.
+ANY_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False) | st.text(max_size=16),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=6,
+)
 
 
 async def serving(app: Any) -> tuple[Any, str]:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from connectors.errors import ImageExpired, ProviderUnavailable, RateLimited, RejectedRequest
+from connectors.errors import ImageExpired, ProviderError, ProviderUnavailable, RateLimited, RejectedRequest
 from connectors.replicate_images import ImageMaker
 from connectors.wix_blog import PublishedPost, SiteCredentials, WixBlog, WixSite, draft_post
 
-from .conftest import WIX_KEY, Simulator
+from .conftest import ANY_JSON, WIX_KEY, Simulator, serving
 
 SITE = SiteCredentials(site_id="site-a", wix_api_key=WIX_KEY, wix_member_id="member-1")
 
@@ -194,3 +198,110 @@ async def test_bulk_item_failures_are_transient_and_a_lost_answer_is_unavailable
         await wix.create_posts(SITE, [_draft("lost-1")])
     sim.configure({"wix": {"lost_answer_rate": 0.0}})
     assert set(await wix.find_posts_by_slugs(SITE, ["lost-1", "flaky-1"])) == {"lost-1"}
+
+
+# --------------------------------------------------------------------------- hostile answers
+
+_URL = {"base": "https://site.wixsite.com/blog", "path": "/post/s-1"}
+_FILE = {"id": "f1", "url": "https://static.wixstatic.com/media/f1.png", "displayName": "c"}
+_POST = {"id": "p1", "slug": "s-1", "url": _URL}
+_DRAFT_POST = {"id": "p1", "seoSlug": "s-1", "url": _URL}
+
+
+def _results(item: dict) -> dict:
+    return {"results": [{"itemMetadata": {"originalIndex": i, "success": True}, "item": item} for i in (0, 1)]}
+
+
+# Each public call with the answer Wix gives when all is well: the test breaks one node of it.
+_CALLS = {
+    "import_image": (lambda w: w.import_image(SITE, "https://replicate.delivery/a.png", display_name="c"),
+                     {"file": _FILE}),
+    "find_post_by_slug": (lambda w: w.find_post_by_slug(SITE, "s-1"), {"post": _POST}),
+    "publish_draft": (lambda w: w.publish_draft(SITE, _draft("s-1")), {"draftPost": _DRAFT_POST}),
+    "import_images": (lambda w: w.import_images(SITE, [("https://r.d/a.png", "a"), ("https://r.d/b.png", "b")]),
+                      _results(_FILE)),
+    "create_posts": (lambda w: w.create_posts(SITE, [_draft("s-1"), _draft("s-2")]), _results(_DRAFT_POST)),
+    "find_posts_by_slugs": (lambda w: w.find_posts_by_slugs(SITE, ["s-1", "s-2"]), {"posts": [_POST, _POST]}),
+}
+
+
+def _paths(node: Any, here: tuple = ()) -> list[tuple]:
+    found = [here]
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found += _paths(value, here + (key,))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += _paths(value, here + (index,))
+    return found
+
+
+def _broken(template: Any, path: tuple, value: Any) -> Any:
+    if not path:
+        return value
+    body = json.loads(json.dumps(template))
+    node = body
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return body
+
+
+@st.composite
+def _hostile_call(draw: st.DrawFn) -> tuple[str, int, bytes]:
+    name = draw(st.sampled_from(sorted(_CALLS)))
+    template = _CALLS[name][1]
+    status = draw(st.sampled_from([200, 200, 200, 201, 400, 404, 409, 429, 500]))
+    if draw(st.booleans()):
+        body = draw(st.binary(max_size=30))
+    else:
+        body = json.dumps(_broken(template, draw(st.sampled_from(_paths(template))), draw(ANY_JSON))).encode()
+    return name, status, body
+
+
+def _well_formed(outcome: Any) -> bool:
+    if isinstance(outcome, ProviderError):
+        return True
+    if isinstance(outcome, PublishedPost):
+        return (isinstance(outcome.post_id, str) and bool(outcome.post_id) and isinstance(outcome.url, str)
+                and (outcome.slug is None or isinstance(outcome.slug, str)))
+    if isinstance(outcome, dict) and "id" in outcome:  # an imported file
+        return isinstance(outcome["id"], str) and isinstance(outcome["url"], str) and bool(outcome["id"])
+    return False
+
+
+@settings(max_examples=60, deadline=None)
+@given(calls=st.lists(_hostile_call(), min_size=1, max_size=6))
+def test_any_answer_is_a_result_of_its_kind_or_a_provider_error(calls: list) -> None:
+    """Whatever Wix answers (any status, any body, a good answer with one node broken), each call
+    returns what it promises, whole (ids and URLs as text), or raises a ProviderError; nothing else."""
+    from aiohttp import web
+
+    async def run() -> list[Any]:
+        queue: list[tuple[int, bytes]] = []
+
+        async def answer(request: web.Request) -> web.Response:
+            status, body = queue.pop(0) if queue else (404, b"{}")
+            return web.Response(status=status, body=body, content_type="application/json")
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", answer)
+        runner, url = await serving(app)
+        outcomes: list[Any] = []
+        try:
+            async with WixBlog(base_url=url, timeout=5.0, max_connections=2) as wix:
+                for name, status, body in calls:
+                    queue[:] = [(status, body)]
+                    try:
+                        outcomes.append(await _CALLS[name][0](wix))
+                    except ProviderError as exc:
+                        outcomes.append(exc)
+        finally:
+            await runner.cleanup()
+        return outcomes
+
+    for (name, status, _), outcome in zip(calls, asyncio.run(run())):
+        items = list(outcome.values()) if name == "find_posts_by_slugs" and isinstance(outcome, dict) else \
+            outcome if isinstance(outcome, list) else [outcome]
+        assert all(item is None and name == "find_post_by_slug" or _well_formed(item) for item in items), \
+            (name, status, outcome)
