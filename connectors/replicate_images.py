@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable
@@ -54,17 +55,18 @@ GONE = "gone"  # not a Replicate status: the API answered 404 for the prediction
 MAX_SYNC_WAIT_S = 60  # Replicate holds a `Prefer: wait` request for at most 60 s
 
 # ReplicateError keeps only the problem-details body, but the 429 wait hint is
-# in the `retry-after` header. An httpx response hook stores the headers of the
-# last error response here; a ContextVar keeps concurrent calls (each its own
-# asyncio task) from seeing each other's headers.
-_last_error_headers: contextvars.ContextVar[httpx.Headers | None] = contextvars.ContextVar(
-    "replicate_last_error_headers", default=None
+# in the `retry-after` header, and an error answer whose body the SDK cannot read
+# raises no ReplicateError at all. An httpx response hook stores the status and
+# headers of the last error response here; a ContextVar keeps concurrent calls
+# (each its own asyncio task) from seeing each other's.
+_last_error: contextvars.ContextVar[tuple[int, httpx.Headers] | None] = contextvars.ContextVar(
+    "replicate_last_error", default=None
 )
 
 
-async def _remember_error_headers(response: httpx.Response) -> None:
+async def _remember_error(response: httpx.Response) -> None:
     if response.status_code >= 400:
-        _last_error_headers.set(response.headers)
+        _last_error.set((response.status_code, response.headers))
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,15 @@ def _parse_timestamp_ms(value: str | None) -> int | None:
 
 
 def _predict_time(metrics: Any) -> float | None:
+    """Seconds on hardware: a finite, non-negative number, or None (it is stored as JSON and billed by)."""
     value = metrics.get("predict_time") if isinstance(metrics, dict) else None
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:  # an integer beyond any float
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def _output_url(output: Any) -> str | None:
@@ -173,7 +182,7 @@ class ImageMaker(AsyncClosing):
             base_url=base_url,
             timeout=httpx.Timeout(timeout, connect=10.0),
             transport=self._transport,
-            event_hooks={"response": [_remember_error_headers]},
+            event_hooks={"response": [_remember_error]},
         )
         # The SDK wraps every transport in its RetryTransport, which repeats GETs
         # (our polls) on 429/503/504 up to ten times behind the caller's back:
@@ -280,24 +289,31 @@ class ImageMaker(AsyncClosing):
 
     async def _call(self, request: Awaitable[Prediction]) -> Prediction:
         """Await one SDK request and translate every failure into a ProviderError."""
-        _last_error_headers.set(None)
+        _last_error.set(None)
         try:
             return await request
         except ReplicateError as exc:
-            raise self._map_error(exc, _last_error_headers.get()) from exc
+            error = _last_error.get()
+            raise self._map_error(exc, None if error is None else error[1]) from exc
         except httpx.TimeoutException as exc:
             raise ProviderUnavailable(PROVIDER, f"no response within the timeout ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:
             raise ProviderUnavailable(PROVIDER, f"could not reach the Replicate API ({type(exc).__name__})") from exc
-        except ValueError as exc:
-            # Non-JSON body, or JSON the SDK's Prediction model rejects.
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            # A body the SDK cannot read: not JSON, JSON its Prediction model rejects, or not even an
+            # object (the SDK then fails with TypeError or AttributeError on its way to the model).
+            error = _last_error.get()
+            if error is not None:  # an error answer: its status says what it means
+                status, headers = error
+                unread = ReplicateError(status=status, detail=f"HTTP {status} with a body that is not problem details")
+                raise self._map_error(unread, headers) from exc
             raise MalformedOutput(PROVIDER, f"unreadable prediction from Replicate ({type(exc).__name__})") from exc
 
     async def _cancel_quietly(self, prediction_id: str) -> None:
         # Stops GPU billing for a prediction we have given up on; best effort.
         try:
-            await self._client.predictions.async_cancel(prediction_id)
-        except (ReplicateError, httpx.HTTPError, ValueError) as exc:
+            await self._call(self._client.predictions.async_cancel(prediction_id))
+        except ProviderError as exc:
             log.warning("could not cancel Replicate prediction %s: %s", prediction_id, type(exc).__name__)
 
     def _redact(self, text: str) -> str:
@@ -305,7 +321,7 @@ class ImageMaker(AsyncClosing):
 
     def _map_error(self, exc: ReplicateError, headers: httpx.Headers | None) -> ProviderError:
         status = exc.status
-        text = self._redact(exc.detail or exc.title or f"HTTP {status}")
+        text = self._redact(str(exc.detail or exc.title or f"HTTP {status}"))
         rate_limit = parse_rate_limit_headers(headers) if headers is not None else None
         retry_after = parse_retry_after(headers) if headers is not None else None
         if retry_after is None:

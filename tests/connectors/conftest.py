@@ -70,6 +70,20 @@ async def serving(app: Any) -> tuple[Any, str]:
     return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
 
 
+async def answering_in_turn(queue: list[tuple[int, bytes]]) -> tuple[Any, str]:
+    """A server whose every request, any method and path, gets the next (status, JSON body) of
+    `queue` (a 404 once it is empty): its runner (clean it up) and URL."""
+    from aiohttp import web
+
+    async def answer(request: web.Request) -> web.Response:
+        status, body = queue.pop(0) if queue else (404, b"{}")
+        return web.Response(status=status, body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    return await serving(app)
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

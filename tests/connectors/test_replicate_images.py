@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import math
 import time
 from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from connectors.errors import MalformedOutput, ProviderUnavailable, RateLimited, RejectedRequest
-from connectors.replicate_images import GONE, ImageMaker, PredictionState, _parse_timestamp_ms
+from connectors.errors import MalformedOutput, ProviderError, ProviderUnavailable, RateLimited, RejectedRequest
+from connectors.replicate_images import GONE, CoverImage, ImageMaker, PredictionState, _parse_timestamp_ms
 
-from .conftest import REPLICATE_TOKEN, Simulator
+from .conftest import ANY_JSON, REPLICATE_TOKEN, Simulator, answering_in_turn
 
 PROMPT = "A watercolor of a worm bin on a sunny balcony, no text"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -164,3 +169,74 @@ async def test_an_unknown_prediction_is_gone_and_an_expired_image_is_not_usable(
     assert expired.status == "succeeded" and expired.url is None and not expired.usable
     with pytest.raises(MalformedOutput):
         images.cover_of(expired, request_id="req-12")
+
+
+# --------------------------------------------------------------------------- hostile answers
+
+_PREDICTION = {
+    "id": "p1", "model": "black-forest-labs/flux-schnell", "version": "v1", "status": "succeeded",
+    "input": {"prompt": "a cat"}, "output": ["https://replicate.delivery/p1/out-0.png"], "error": None, "logs": "",
+    "metrics": {"predict_time": 1.25}, "created_at": "2026-12-06T12:00:00.123456789Z",
+    "completed_at": "2026-12-06T12:00:02Z",
+    "urls": {"get": "https://api.replicate.com/v1/predictions/p1", "cancel": "https://api.replicate.com/v1/predictions/p1/cancel"},
+}
+_PREDICTION_PATHS = [()] + [(key,) for key in _PREDICTION] + [("output", 0), ("metrics", "predict_time")]
+_STEPS = {
+    "create": lambda images: images.create_prediction("a cat", request_id="r1"),
+    "get": lambda images: images.get_prediction("p1"),
+    "cancel": lambda images: images.cancel_prediction("p1"),
+}
+
+
+@st.composite
+def _hostile_answer(draw: st.DrawFn) -> tuple[str, int, bytes]:
+    step = draw(st.sampled_from(sorted(_STEPS)))
+    status = draw(st.sampled_from([200, 200, 200, 201, 400, 404, 422, 429, 500]))
+    if draw(st.booleans()):
+        return step, status, draw(st.binary(max_size=30) | st.sampled_from([b"Infinity", b'{"id": NaN}']))
+    path, value = draw(st.sampled_from(_PREDICTION_PATHS)), draw(ANY_JSON | st.sampled_from([float("inf"), 10**400]))
+    body = json.loads(json.dumps(_PREDICTION))
+    if not path:
+        body = value
+    elif len(path) == 1:
+        body[path[0]] = value
+    else:
+        body[path[0]][path[1]] = value
+    return step, status, json.dumps(body).encode()
+
+
+@settings(max_examples=60, deadline=None)
+@given(answers=st.lists(_hostile_answer(), min_size=1, max_size=6))
+def test_any_answer_is_a_prediction_state_or_a_provider_error(answers: list) -> None:
+    """Whatever Replicate answers, each call gives a PredictionState of plain values that stores as JSON
+    (no NaN or infinity), and `cover_of` turns it into a cover or a ProviderError; nothing else escapes."""
+    async def run() -> list[Any]:
+        queue: list[tuple[int, bytes]] = []
+        runner, url = await answering_in_turn(queue)
+        images = ImageMaker(base_url=url, api_token=REPLICATE_TOKEN, model="black-forest-labs/flux-schnell",
+                            timeout=5.0, max_connections=2)
+        outcomes: list[Any] = []
+        try:
+            for step, status, body in answers:
+                queue[:] = [(status, body)]
+                try:
+                    state = await _STEPS[step](images)
+                    json.dumps(state.as_dict(), allow_nan=False)  # how covers.py keeps it
+                    try:
+                        outcomes.append((state, images.cover_of(state, request_id="r1")))
+                    except ProviderError as exc:
+                        outcomes.append((state, exc))
+                except ProviderError as exc:
+                    outcomes.append((None, exc))
+        finally:
+            await images.aclose()
+            await runner.cleanup()
+        return outcomes
+
+    for state, cover in asyncio.run(run()):
+        if state is not None:
+            assert isinstance(state.id, str) and isinstance(state.status, str)
+            assert state.url is None or state.url.startswith(("http://", "https://"))
+            assert all(v is None or type(v) is int for v in (state.created_at_ms, state.completed_at_ms))
+            assert state.predict_time is None or (math.isfinite(state.predict_time) and state.predict_time >= 0)
+        assert isinstance(cover, ProviderError) or (isinstance(cover, CoverImage) and type(cover.created_at_ms) is int)

@@ -14,7 +14,7 @@ from connectors.errors import ImageExpired, ProviderError, ProviderUnavailable, 
 from connectors.replicate_images import ImageMaker
 from connectors.wix_blog import PublishedPost, SiteCredentials, WixBlog, WixSite, draft_post
 
-from .conftest import ANY_JSON, WIX_KEY, Simulator, serving
+from .conftest import ANY_JSON, WIX_KEY, Simulator, answering_in_turn
 
 SITE = SiteCredentials(site_id="site-a", wix_api_key=WIX_KEY, wix_member_id="member-1")
 
@@ -275,18 +275,9 @@ def _well_formed(outcome: Any) -> bool:
 def test_any_answer_is_a_result_of_its_kind_or_a_provider_error(calls: list) -> None:
     """Whatever Wix answers (any status, any body, a good answer with one node broken), each call
     returns what it promises, whole (ids and URLs as text), or raises a ProviderError; nothing else."""
-    from aiohttp import web
-
     async def run() -> list[Any]:
         queue: list[tuple[int, bytes]] = []
-
-        async def answer(request: web.Request) -> web.Response:
-            status, body = queue.pop(0) if queue else (404, b"{}")
-            return web.Response(status=status, body=body, content_type="application/json")
-
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", answer)
-        runner, url = await serving(app)
+        runner, url = await answering_in_turn(queue)
         outcomes: list[Any] = []
         try:
             async with WixBlog(base_url=url, timeout=5.0, max_connections=2) as wix:
