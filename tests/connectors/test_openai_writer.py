@@ -24,7 +24,7 @@ from connectors.openai_writer import (
     parse_article,
 )
 
-from .conftest import ANY_JSON, OPENAI_KEY, Simulator, serving
+from .conftest import ANY_JSON, OPENAI_KEY, Simulator, answering_in_turn, serving
 
 REQUEST = {
     "topic": "Composting in small city apartments",
@@ -365,29 +365,44 @@ def _mangled(path: tuple, value: Any) -> Any:
     return body
 
 
-@settings(max_examples=40, deadline=None)
-@given(answers=st.lists(st.tuples(st.sampled_from(_PATHS), ANY_JSON) | st.binary(max_size=40), min_size=1, max_size=8))
-def test_any_answer_of_200_is_an_article_or_a_provider_error(answers: list) -> None:
-    """The completion is read as plain JSON (not the SDK's model): whatever a 200 carries, the caller
-    gets an article with whole, non-negative token counts, or a ProviderError; never a TypeError."""
-    from aiohttp import web
+_ERROR = {"error": {"message": "Rate limit reached", "type": "tokens", "param": None, "code": "rate_limit_exceeded"}}
+_ERROR_PATHS = [(), ("error",), ("error", "message"), ("error", "type"), ("error", "code")]
 
+
+@st.composite
+def _any_answer(draw: st.DrawFn) -> tuple[int, bytes]:
+    """A 200 with the completion broken at one node, an error status with its error object broken, or any bytes."""
+    status = draw(st.sampled_from([200, 200, 200, 400, 401, 403, 404, 409, 429, 500, 503]))
+    if draw(st.integers(0, 3)) == 0:
+        return status, draw(st.binary(max_size=40))
+    if status == 200:
+        return status, json.dumps(_mangled(draw(st.sampled_from(_PATHS)), draw(ANY_JSON))).encode()
+    path, value, body = draw(st.sampled_from(_ERROR_PATHS)), draw(ANY_JSON), json.loads(json.dumps(_ERROR))
+    if not path:
+        body = value
+    elif len(path) == 1:
+        body["error"] = value
+    else:
+        body["error"][path[1]] = value
+    return status, json.dumps(body).encode()
+
+
+@settings(max_examples=40, deadline=None)
+@given(answers=st.lists(_any_answer(), min_size=1, max_size=8))
+def test_any_answer_is_an_article_or_a_provider_error(answers: list) -> None:
+    """The completion is read as plain JSON (not the SDK's model): whatever OpenAI answers (any status,
+    any body), the caller gets an article with whole, non-negative token counts, or a ProviderError;
+    never a TypeError."""
     from connectors.errors import ProviderError
 
-    bodies = [a if isinstance(a, bytes) else json.dumps(_mangled(*a)).encode() for a in answers]
-
     async def run() -> list[Any]:
-        queue = list(bodies)
-
-        async def answer(request: web.Request) -> web.Response:
-            return web.Response(body=queue.pop(0), content_type="application/json")
-
-        runner, base_url = await _openai_answering(answer)
-        writer = ArticleWriter(base_url=base_url, api_key=OPENAI_KEY, model="gpt-4o-mini", max_tokens=1200,
+        queue = list(answers)
+        runner, url = await answering_in_turn(queue)
+        writer = ArticleWriter(base_url=url, api_key=OPENAI_KEY, model="gpt-4o-mini", max_tokens=1200,
                                timeout=5, max_connections=2)
         outcomes: list[Any] = []
         try:
-            for _ in bodies:
+            for _ in answers:
                 try:
                     outcomes.append(await writer.write_article(REQUEST, site_id="site-1"))
                 except ProviderError as exc:
