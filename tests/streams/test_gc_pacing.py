@@ -4,19 +4,35 @@ from collections import deque
 
 import pytest
 
-from streams.gc_pacing import MIDDLE_EVERY_SECONDS, PacedCollections
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.gc_pacing import (
+    MIDDLE_EVERY_SECONDS,
+    MIDDLE_FRUITLESS,
+    MIDDLE_MOST_SECONDS,
+    MIDDLE_RSS_GROWTH_BYTES,
+    PacedCollections,
+    resident_bytes,
+)
 
 
 class FakeCollector:
-    def __init__(self, counts=(0, 0, 0), thresholds=(20_000, 100, 100), enabled=True):
+    def __init__(self, counts=(0, 0, 0), thresholds=(20_000, 100, 100), enabled=True, found=0, resident=None):
         self.counts, self.thresholds, self.enabled = list(counts), tuple(thresholds), enabled
         self.collected: list[int] = []
+        self.found = found  # what each pass finds unreachable
+        self.resident = resident  # bytes, or None: not known
+
+    def collect(self, generation):
+        self.collected.append(generation)
+        return self.found
 
     def pacer(self, every=0.2):
         return PacedCollections(
-            every, collect=self.collected.append, get_count=lambda: tuple(self.counts),
+            every, collect=self.collect, get_count=lambda: tuple(self.counts),
             get_threshold=lambda: self.thresholds, set_threshold=self.set_threshold,
-            isenabled=lambda: self.enabled)
+            isenabled=lambda: self.enabled, resident=lambda: self.resident)
 
     def set_threshold(self, *thresholds):
         self.thresholds = thresholds
@@ -47,6 +63,53 @@ def test_install_counts_the_middle_generation_in_ticks_and_keeps_the_others():
     assert collector.thresholds == (20_000, round(MIDDLE_EVERY_SECONDS / 0.2), 100)
     collector.pacer(every=10_000).install()
     assert collector.thresholds[1] == 1
+
+
+def middle_pass(collector, pacer, found):
+    collector.found, collector.counts = found, [0, collector.thresholds[1], 0]
+    assert pacer.tick() == 1
+
+
+def test_a_fruitless_middle_pass_puts_the_next_twice_as_far_off_and_one_that_finds_garbage_brings_it_back():
+    collector = FakeCollector()
+    pacer = collector.pacer(every=0.5)
+    pacer.install()
+    assert collector.thresholds[1] == MIDDLE_EVERY_SECONDS / 0.5
+    middle_pass(collector, pacer, found=0)
+    assert pacer.middle_seconds == 2 * MIDDLE_EVERY_SECONDS and collector.thresholds[1] == 2 * MIDDLE_EVERY_SECONDS / 0.5
+    middle_pass(collector, pacer, found=MIDDLE_FRUITLESS - 1)
+    assert pacer.middle_seconds == 4 * MIDDLE_EVERY_SECONDS
+    middle_pass(collector, pacer, found=MIDDLE_FRUITLESS)
+    assert pacer.middle_seconds == MIDDLE_EVERY_SECONDS and collector.thresholds == (20_000, MIDDLE_EVERY_SECONDS / 0.5, 100)
+
+
+@given(found=st.lists(st.integers(0, 10 * MIDDLE_FRUITLESS), max_size=30))
+def test_the_middle_period_stays_between_its_start_and_its_cap(found):
+    collector = FakeCollector()
+    pacer = collector.pacer(every=0.5)
+    pacer.install()
+    for n in found:
+        middle_pass(collector, pacer, found=n)
+        assert MIDDLE_EVERY_SECONDS <= pacer.middle_seconds <= MIDDLE_MOST_SECONDS
+        assert collector.thresholds[1] == round(pacer.middle_seconds / 0.5)
+        if n >= MIDDLE_FRUITLESS:
+            assert pacer.middle_seconds == MIDDLE_EVERY_SECONDS
+
+
+def test_growth_since_the_last_middle_pass_makes_one_due_at_once():
+    collector = FakeCollector(resident=100 << 20)
+    pacer = collector.pacer()
+    collector.resident += MIDDLE_RSS_GROWTH_BYTES - 1
+    assert pacer.tick() == 0
+    collector.resident += 1
+    assert pacer.tick() == 1  # and the growth counts from here on
+    assert pacer.tick() == 0
+    collector.resident = None  # not known (no /proc): only the clock
+    assert pacer.tick() == 0
+
+
+def test_the_resident_set_is_read_where_proc_is_there():
+    assert resident_bytes() is None or resident_bytes() > 1 << 20
 
 
 @pytest.mark.parametrize("every", [0, -1])
