@@ -25,6 +25,7 @@ import openai
 from openai._constants import RAW_RESPONSE_HEADER  # what with_raw_response sets
 from openai.types.chat import ChatCompletion
 
+from .answer_fields import json_object, json_text
 from .closing import AsyncClosing
 from .errors import (
     MalformedOutput,
@@ -308,14 +309,6 @@ def parse_article(content: str | None) -> dict[str, Any]:
 # --------------------------------------------------------------------------- client
 
 
-def _object(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
 def _count(value: Any) -> int:
     """A token count from the answer; anything but a non-negative integer counts 0."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
@@ -405,29 +398,32 @@ class ArticleWriter(AsyncClosing):
         if not isinstance(completion, dict):
             raise MalformedOutput(PROVIDER, "unreadable completion (not a JSON object)", rate_limit=rate_limit)
 
-        usage = _object(completion.get("usage"))
+        usage = json_object(completion.get("usage"))
+        tokens = TokenUsage(
+            prompt_tokens=_count(usage.get("prompt_tokens")), completion_tokens=_count(usage.get("completion_tokens"))
+        )
         billed = None if not usage else BilledCall(
-            call_id=_text(completion.get("id")) or f"x-request-id:{raw.headers.get('x-request-id') or uuid.uuid4().hex}",
+            call_id=json_text(completion.get("id")) or f"x-request-id:{raw.headers.get('x-request-id') or uuid.uuid4().hex}",
             model=self._model,
-            prompt_tokens=_count(usage.get("prompt_tokens")),
-            completion_tokens=_count(usage.get("completion_tokens")),
-            cached_tokens=_count(_object(usage.get("prompt_tokens_details")).get("cached_tokens")),
+            prompt_tokens=tokens.prompt_tokens,
+            completion_tokens=tokens.completion_tokens,
+            cached_tokens=_count(json_object(usage.get("prompt_tokens_details")).get("cached_tokens")),
         )
         try:
-            return self._article_of(completion, usage, rate_limit, max_tokens, _estimate(messages, max_tokens), billed)
+            return self._article_of(completion, tokens, rate_limit, max_tokens, _estimate(messages, max_tokens), billed)
         except ProviderError as exc:  # answered and billed, but not usable: the cost still counts
             exc.billed = billed
             raise
 
     def _article_of(
-        self, completion: dict[str, Any], usage: dict[str, Any], rate_limit: RateLimitInfo | None,
+        self, completion: dict[str, Any], tokens: TokenUsage, rate_limit: RateLimitInfo | None,
         max_tokens: int, estimated_tokens: int, billed: BilledCall | None,
     ) -> ArticleResult:
         choices = completion.get("choices")
         if not isinstance(choices, list) or not choices:
             raise MalformedOutput(PROVIDER, "the completion has no choices", rate_limit=rate_limit)
-        choice = _object(choices[0])
-        message = _object(choice.get("message"))
+        choice = json_object(choices[0])
+        message = json_object(choice.get("message"))
         refusal = message.get("refusal")
         finish_reason = choice.get("finish_reason")
         if refusal:
@@ -450,16 +446,13 @@ class ArticleWriter(AsyncClosing):
                 PROVIDER, "OpenAI's content filter stopped the article; change the topic", rate_limit=rate_limit
             )
         try:
-            article = parse_article(_text(message.get("content")))
+            article = parse_article(json_text(message.get("content")))
         except MalformedOutput as exc:
             exc.rate_limit = rate_limit
             raise
         return ArticleResult(
             article=article,
-            usage=TokenUsage(
-                prompt_tokens=_count(usage.get("prompt_tokens")),
-                completion_tokens=_count(usage.get("completion_tokens")),
-            ),
+            usage=tokens,
             rate_limit=rate_limit,
             estimated_tokens=estimated_tokens,
             billed=billed,

@@ -25,6 +25,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from .answer_fields import json_object, json_text
 from .closing import AsyncClosing
 from .errors import (
     ImageExpired,
@@ -127,13 +128,8 @@ def _clip(text: str, limit: int) -> str:
     return text[: limit - 1].rstrip() + "…"
 
 
-def _text(value: Any) -> str | None:
-    """A non-empty string from an answer, else None: ids, URLs and slugs are text or they are missing."""
-    return value if isinstance(value, str) and value else None
-
-
 def _is_file(file: Any) -> bool:
-    return isinstance(file, dict) and _text(file.get("id")) is not None and _text(file.get("url")) is not None
+    return isinstance(file, dict) and None not in (json_text(file.get("id")), json_text(file.get("url")))
 
 
 def _post_url(url: Any) -> str | None:
@@ -156,12 +152,13 @@ def _slug_from_path(url: Any) -> str | None:
 
 def _published_post(post: Any, answered_by: str, status: int) -> PublishedPost:
     """A published post as Wix describes it (lookup, query), checked: it must have an id and a URL."""
-    if not isinstance(post, dict) or _text(post.get("id")) is None:
+    if not isinstance(post, dict) or json_text(post.get("id")) is None:
         raise MalformedOutput(PROVIDER, f"{answered_by} answered without post.id", status=status)
     url = _post_url(post.get("url"))
     if url is None:
         raise MalformedOutput(PROVIDER, f"post {post['id']} has no url", status=status)
-    return PublishedPost(post_id=post["id"], url=url, slug=_text(post.get("slug")) or _slug_from_path(post.get("url")))
+    slug = json_text(post.get("slug")) or _slug_from_path(post.get("url"))
+    return PublishedPost(post_id=post["id"], url=url, slug=slug)
 
 
 @dataclass(frozen=True)
@@ -169,10 +166,6 @@ class _WixErrorBody:
     message: str
     code: str | None
     retry_after: float | None
-
-
-def _object(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 def _parse_error_body(response: WixAnswer) -> _WixErrorBody:
@@ -185,13 +178,13 @@ def _parse_error_body(response: WixAnswer) -> _WixErrorBody:
     if not isinstance(body, dict):
         text = response.text.strip()[:300] if response.text else ""
         return _WixErrorBody(text or f"HTTP {response.status_code}", None, None)
-    details = _object(body.get("details"))
-    app_error = _object(details.get("applicationError"))
+    details = json_object(body.get("details"))
+    app_error = json_object(details.get("applicationError"))
     message = str(body.get("message") or app_error.get("description") or f"HTTP {response.status_code}")
     description = app_error.get("description")
     if isinstance(description, str) and description and description not in message:
         message = f"{message} ({description})"
-    violations = _object(details.get("validationError")).get("fieldViolations")
+    violations = json_object(details.get("validationError")).get("fieldViolations")
     if isinstance(violations, list) and violations:
         parts = [
             f"{v.get('field')}: {v.get('description')}" for v in violations if isinstance(v, dict) and v.get("field")
@@ -199,7 +192,7 @@ def _parse_error_body(response: WixAnswer) -> _WixErrorBody:
         if parts and not any(p in message for p in parts):
             message = f"{message} [{'; '.join(parts)}]"
     code = app_error.get("code") if isinstance(app_error.get("code"), str) else None
-    retry_after = _object(app_error.get("data")).get("retryAfterSeconds")
+    retry_after = json_object(app_error.get("data")).get("retryAfterSeconds")
     return _WixErrorBody(message, code, float(retry_after) if isinstance(retry_after, (int, float)) else None)
 
 
@@ -363,14 +356,14 @@ class WixBlog(AsyncClosing):
             raise MalformedOutput(PROVIDER, "bulk call answered without results", status=response.status_code)
         by_index: dict[int, tuple[dict[str, Any], dict[str, Any] | None]] = {}
         for result in results:
-            meta = _object(_object(result).get("itemMetadata"))
+            meta = json_object(json_object(result).get("itemMetadata"))
             index = meta.get("originalIndex")
             if not isinstance(index, int) or not 0 <= index < count:
                 continue
             if meta.get("success") is True:
-                by_index[index] = (_object(result.get("item")), None)
+                by_index[index] = (json_object(result.get("item")), None)
             else:
-                by_index[index] = ({}, _object(meta.get("error")))
+                by_index[index] = ({}, json_object(meta.get("error")))
         missing = {"code": "UNDETAILED_FAILURE", "description": "Wix answered no result for this item"}
         return [by_index.get(i, ({}, missing)) for i in range(count)]
 
@@ -388,19 +381,19 @@ class WixBlog(AsyncClosing):
         return RejectedRequest(PROVIDER, text)
 
     async def _published(self, site: WixSite, created: Any, slug: str, status: int) -> PublishedPost:
-        if not isinstance(created, dict) or _text(created.get("id")) is None:
+        if not isinstance(created, dict) or json_text(created.get("id")) is None:
             raise MalformedOutput(PROVIDER, "draft post answered without draftPost.id", status=status)
         url = _post_url(created.get("url"))
         if url is None:
             # The post exists; ask for it rather than fail and risk a duplicate on retry.
-            found = await self.find_post_by_slug(site, _text(created.get("seoSlug")) or slug)
+            found = await self.find_post_by_slug(site, json_text(created.get("seoSlug")) or slug)
             if found is None:
                 raise MalformedOutput(PROVIDER, f"post {created['id']} was created without a url")
             return found
         return PublishedPost(
             post_id=created["id"],
             url=url,
-            slug=_text(created.get("seoSlug")) or _slug_from_path(created.get("url")) or slug,
+            slug=json_text(created.get("seoSlug")) or _slug_from_path(created.get("url")) or slug,
         )
 
     # -- plumbing -------------------------------------------------------------------
