@@ -8,6 +8,7 @@ belong to the test's event loop.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -58,6 +59,30 @@ ANY_JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=6,
 )
+
+
+def paths_in(node: Any, here: tuple = ()) -> list[tuple]:
+    """Every node's path in a JSON value: () for the whole, then keys and indexes down to the leaves."""
+    found = [here]
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found += paths_in(value, here + (key,))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += paths_in(value, here + (index,))
+    return found
+
+
+def broken_at(template: Any, path: tuple, value: Any) -> Any:
+    """A copy of a good answer with the node at `path` replaced by `value` (the whole, for the empty path)."""
+    if not path:
+        return value
+    body = json.loads(json.dumps(template))
+    node = body
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return body
 
 
 async def serving(app: Any) -> tuple[Any, str]:

@@ -24,7 +24,7 @@ from connectors.openai_writer import (
     parse_article,
 )
 
-from .conftest import ANY_JSON, OPENAI_KEY, Simulator, answering_in_turn, serving
+from .conftest import ANY_JSON, OPENAI_KEY, Simulator, answering_in_turn, broken_at, serving
 
 REQUEST = {
     "topic": "Composting in small city apartments",
@@ -257,7 +257,8 @@ COMPLETION = {
         "title": "Compost at home", "slug": "compost-at-home", "excerpt": "Why and how.",
         "body": "# Compost\n\nStart small.", "tags": ["compost"], "image_prompt": "a worm bin",
         "image_alt": "A worm bin on a balcony"})}}],
-    "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30},
+    "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30,
+              "prompt_tokens_details": {"cached_tokens": 0}},
 }
 
 
@@ -351,20 +352,6 @@ _PATHS = [
 ]
 
 
-def _mangled(path: tuple, value: Any) -> Any:
-    """COMPLETION with the value at `path` replaced (or the whole body, for the empty path)."""
-    if not path:
-        return value
-    body = json.loads(json.dumps(COMPLETION))
-    usage = body["usage"].setdefault("prompt_tokens_details", {"cached_tokens": 0})
-    assert usage is not None
-    node = body
-    for key in path[:-1]:
-        node = node[key]
-    node[path[-1]] = value
-    return body
-
-
 _ERROR = {"error": {"message": "Rate limit reached", "type": "tokens", "param": None, "code": "rate_limit_exceeded"}}
 _ERROR_PATHS = [(), ("error",), ("error", "message"), ("error", "type"), ("error", "code")]
 
@@ -376,15 +363,8 @@ def _any_answer(draw: st.DrawFn) -> tuple[int, bytes]:
     if draw(st.integers(0, 3)) == 0:
         return status, draw(st.binary(max_size=40))
     if status == 200:
-        return status, json.dumps(_mangled(draw(st.sampled_from(_PATHS)), draw(ANY_JSON))).encode()
-    path, value, body = draw(st.sampled_from(_ERROR_PATHS)), draw(ANY_JSON), json.loads(json.dumps(_ERROR))
-    if not path:
-        body = value
-    elif len(path) == 1:
-        body["error"] = value
-    else:
-        body["error"][path[1]] = value
-    return status, json.dumps(body).encode()
+        return status, json.dumps(broken_at(COMPLETION, draw(st.sampled_from(_PATHS)), draw(ANY_JSON))).encode()
+    return status, json.dumps(broken_at(_ERROR, draw(st.sampled_from(_ERROR_PATHS)), draw(ANY_JSON))).encode()
 
 
 @settings(max_examples=40, deadline=None)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from connectors.errors import MalformedOutput, ProviderError, ProviderUnavailable, RateLimited, RejectedRequest
 from connectors.replicate_images import GONE, CoverImage, ImageMaker, PredictionState, _parse_timestamp_ms
 
-from .conftest import ANY_JSON, REPLICATE_TOKEN, Simulator, answering_in_turn
+from .conftest import ANY_JSON, REPLICATE_TOKEN, Simulator, answering_in_turn, broken_at
 
 PROMPT = "A watercolor of a worm bin on a sunny balcony, no text"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -195,14 +195,7 @@ def _hostile_answer(draw: st.DrawFn) -> tuple[str, int, bytes]:
     if draw(st.booleans()):
         return step, status, draw(st.binary(max_size=30) | st.sampled_from([b"Infinity", b'{"id": NaN}']))
     path, value = draw(st.sampled_from(_PREDICTION_PATHS)), draw(ANY_JSON | st.sampled_from([float("inf"), 10**400]))
-    body = json.loads(json.dumps(_PREDICTION))
-    if not path:
-        body = value
-    elif len(path) == 1:
-        body[path[0]] = value
-    else:
-        body[path[0]][path[1]] = value
-    return step, status, json.dumps(body).encode()
+    return step, status, json.dumps(broken_at(_PREDICTION, path, value)).encode()
 
 
 @settings(max_examples=60, deadline=None)

@@ -14,7 +14,7 @@ from connectors.errors import ImageExpired, ProviderError, ProviderUnavailable, 
 from connectors.replicate_images import ImageMaker
 from connectors.wix_blog import PublishedPost, SiteCredentials, WixBlog, WixSite, draft_post
 
-from .conftest import ANY_JSON, WIX_KEY, Simulator, answering_in_turn
+from .conftest import ANY_JSON, WIX_KEY, Simulator, answering_in_turn, broken_at, paths_in
 
 SITE = SiteCredentials(site_id="site-a", wix_api_key=WIX_KEY, wix_member_id="member-1")
 
@@ -225,28 +225,6 @@ _CALLS = {
 }
 
 
-def _paths(node: Any, here: tuple = ()) -> list[tuple]:
-    found = [here]
-    if isinstance(node, dict):
-        for key, value in node.items():
-            found += _paths(value, here + (key,))
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            found += _paths(value, here + (index,))
-    return found
-
-
-def _broken(template: Any, path: tuple, value: Any) -> Any:
-    if not path:
-        return value
-    body = json.loads(json.dumps(template))
-    node = body
-    for key in path[:-1]:
-        node = node[key]
-    node[path[-1]] = value
-    return body
-
-
 @st.composite
 def _hostile_call(draw: st.DrawFn) -> tuple[str, int, bytes]:
     name = draw(st.sampled_from(sorted(_CALLS)))
@@ -255,7 +233,7 @@ def _hostile_call(draw: st.DrawFn) -> tuple[str, int, bytes]:
     if draw(st.booleans()):
         body = draw(st.binary(max_size=30))
     else:
-        body = json.dumps(_broken(template, draw(st.sampled_from(_paths(template))), draw(ANY_JSON))).encode()
+        body = json.dumps(broken_at(template, draw(st.sampled_from(paths_in(template))), draw(ANY_JSON))).encode()
     return name, status, body
 
 
