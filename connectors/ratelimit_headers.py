@@ -55,37 +55,64 @@ def parse_duration(value: str | None) -> float | None:
             return None
         total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         pos = match.end()
-    if pos != len(text) or pos == 0:
+    if pos != len(text) or pos == 0 or not math.isfinite(total):
         return None
     return total
 
 
-def _header_int(headers: Mapping[str, str], name: str) -> int | None:
+# No provider counts anywhere near this many requests or tokens in a window, nor waits
+# this long to reset one: a figure beyond is junk (a proxy's, a bug's), not a count to follow.
+MOST_CREDIBLE_COUNT = 10**12
+MOST_CREDIBLE_SECONDS = 86_400.0
+
+
+def _header_count(headers: Mapping[str, str], name: str) -> int | None:
+    """A whole, non-negative, credible count ("449", "449.0"); None for anything else."""
     raw = headers.get(name)
     if raw is None:
         return None
     try:
-        return int(raw)
+        number = int(raw)
     except ValueError:
         try:
-            number = float(raw)
+            value = float(raw)
         except ValueError:
             return None
-        return int(number) if math.isfinite(number) else None
+        if not math.isfinite(value) or value != int(value):
+            return None
+        number = int(value)
+    return number if 0 <= number <= MOST_CREDIBLE_COUNT else None
+
+
+def _header_seconds(headers: Mapping[str, str], name: str) -> float | None:
+    seconds = parse_duration(headers.get(name))
+    return seconds if seconds is not None and seconds <= MOST_CREDIBLE_SECONDS else None
 
 
 def parse_rate_limit_headers(headers: Mapping[str, str]) -> RateLimitInfo | None:
     """RateLimitInfo from x-ratelimit-* headers, or None when there are none.
 
-    `headers` must look names up case-insensitively (httpx.Headers does).
+    Only credible figures are kept (whole, non-negative counts, no more left
+    than the limit, resets within a day): the limiter follows these figures,
+    and one absurd value ("-1e30" tokens left) would otherwise stop a budget
+    for a window. `headers` must look names up case-insensitively
+    (httpx.Headers, aiohttp's CIMultiDictProxy).
     """
+    limit_requests = _header_count(headers, "x-ratelimit-limit-requests")
+    limit_tokens = _header_count(headers, "x-ratelimit-limit-tokens")
+    remaining_requests = _header_count(headers, "x-ratelimit-remaining-requests")
+    remaining_tokens = _header_count(headers, "x-ratelimit-remaining-tokens")
+    if limit_requests is not None and remaining_requests is not None and remaining_requests > limit_requests:
+        limit_requests = remaining_requests = None
+    if limit_tokens is not None and remaining_tokens is not None and remaining_tokens > limit_tokens:
+        limit_tokens = remaining_tokens = None
     info = RateLimitInfo(
-        limit_requests=_header_int(headers, "x-ratelimit-limit-requests"),
-        limit_tokens=_header_int(headers, "x-ratelimit-limit-tokens"),
-        remaining_requests=_header_int(headers, "x-ratelimit-remaining-requests"),
-        remaining_tokens=_header_int(headers, "x-ratelimit-remaining-tokens"),
-        reset_requests_s=parse_duration(headers.get("x-ratelimit-reset-requests")),
-        reset_tokens_s=parse_duration(headers.get("x-ratelimit-reset-tokens")),
+        limit_requests=limit_requests,
+        limit_tokens=limit_tokens,
+        remaining_requests=remaining_requests,
+        remaining_tokens=remaining_tokens,
+        reset_requests_s=_header_seconds(headers, "x-ratelimit-reset-requests"),
+        reset_tokens_s=_header_seconds(headers, "x-ratelimit-reset-tokens"),
     )
     if info == RateLimitInfo():
         return None
@@ -104,7 +131,7 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
         except ValueError:
             pass
         else:
-            if math.isfinite(ms) and ms >= 0:
+            if math.isfinite(ms) and 0 <= ms <= MOST_CREDIBLE_SECONDS * 1000:
                 return ms / 1000.0
     raw = headers.get("retry-after")
     if raw is None:
@@ -114,7 +141,7 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
     except ValueError:
         pass
     else:
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
+        return seconds if math.isfinite(seconds) and 0 <= seconds <= MOST_CREDIBLE_SECONDS else None
     try:
         when = email.utils.parsedate_to_datetime(raw)
     except (TypeError, ValueError):
@@ -122,7 +149,8 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
     if when is None:
         return None
     current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
+    seconds = max(0.0, when.timestamp() - current)
+    return seconds if seconds <= MOST_CREDIBLE_SECONDS else None
 
 
 # Replicate explains throttling in the body: "... Your rate limit resets in ~30s."
@@ -138,8 +166,5 @@ def parse_resets_in(text: str | None) -> float | None:
         return None
     value = float(match.group(1))
     unit = (match.group(2) or "s").lower()
-    if unit == "ms":
-        return value / 1000.0
-    if unit.startswith("m"):
-        return value * 60.0
-    return value
+    seconds = value / 1000.0 if unit == "ms" else value * 60.0 if unit.startswith("m") else value
+    return seconds if seconds <= MOST_CREDIBLE_SECONDS else None

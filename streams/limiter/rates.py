@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Iterable
 
+from streams.limiter.figures import credible_limit
 from streams.limiter.tokens import CORRECTION, EXPIRED_KEEP, MIN_GAP_SHARE, TokenSemantics, provider_count_of
 
 log = logging.getLogger(__name__)
@@ -393,11 +394,11 @@ class RateBudget:
         window long gone, and read as now it made the whole budget look used by
         someone else for a window after the outage (external 134 of 150).
         """
-        if remaining is None:
+        limit = credible_limit(provider_limit, self.limit, remaining)
+        if limit is None or remaining is None:
             return
         if seen_at is not None and now - seen_at > self.stale_after():
             return
-        limit = provider_limit or self.limit
         provider_used = limit - remaining
         ours = self.used(now) - self.ahead(now)  # grants still to start have not reached it
         outside = provider_used - ours
@@ -415,14 +416,14 @@ class RateBudget:
         then); what left our window since is added back to compare like with
         like. Returns True when the way unused reservations count changed.
         """
-        if remaining is None:
+        limit = credible_limit(provider_limit, self.limit, remaining)
+        if limit is None or remaining is None:
             return False
         if seen_at is not None and now - seen_at > EXPIRED_KEEP:
             # Too old to compare exactly: what left our window since then is no longer known, and
             # read as now, every unit of it would look counted by the provider beyond our book
             # (a correction of seconds x the budget's rate, counted for a whole window).
             return False
-        limit = provider_limit or self.limit
         provider_used = limit - remaining
         self._expire(now)
         semantics = self.semantics
@@ -437,8 +438,8 @@ class RateBudget:
         if state != before:
             self.count_unused(state)
         excess = provider_used - (self.total - ahead)
-        if excess > 0:  # the provider counts more than we do: it is right
-            self._correct(now, excess)
+        if excess > 0:  # the provider counts more than we do: it is right (beyond our whole budget, all is held)
+            self._correct(now, min(excess, float(self.limit)))
             if excess > MIN_GAP_SHARE * limit and now - self._said_correction > 10.0:
                 self._said_correction = now
                 log.info("limiter: %s: the provider counts %.0f more than our book (%.0f of %d, answer %.1f s "

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import email.utils
+import math
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from multidict import CIMultiDict
 
 from connectors.errors import RateLimitInfo
 from connectors.ratelimit_headers import (
+    MOST_CREDIBLE_COUNT,
+    MOST_CREDIBLE_SECONDS,
     parse_duration,
     parse_rate_limit_headers,
     parse_resets_in,
@@ -100,3 +106,41 @@ def test_retry_after_http_date() -> None:
 )
 def test_parse_resets_in(text: str | None, seconds: float | None) -> None:
     assert parse_resets_in(text) == (pytest.approx(seconds) if seconds is not None else None)
+
+
+# --------------------------------------------------------------------------- hostile figures
+
+_NAMES = ["x-ratelimit-limit-requests", "x-ratelimit-limit-tokens", "x-ratelimit-remaining-requests",
+          "x-ratelimit-remaining-tokens", "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens",
+          "retry-after", "retry-after-ms"]
+# Values a broken proxy or provider has been known to send, beside any text at all.
+_ODD = ["-1", "-1e30", "1e30", "1" + "0" * 400, "9" * 400 + "h", "nan", "inf", "-inf", "Infinity", "1.5", "",
+        " ", "0x10", "1_000", "１２", "٣", "Mon, 01 Jan 0001 00:00:00 -0000", "Fri, 31 Dec 9999 23:59:59 GMT",
+        "Thu, 01 Jan 1970 00:00:00", "999999999999999999999ms", "1e308", "0", "450"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(_NAMES), st.sampled_from(_ODD) | st.text(max_size=30), max_size=8))
+def test_any_rate_limit_headers_give_credible_figures_or_none(values: dict[str, str]) -> None:
+    """Whatever the headers say, what is read from them is a whole count from 0 to MOST_CREDIBLE_COUNT with
+    no more left than the limit the same answer gives, or seconds from 0 to a day, or None: never an error."""
+    headers = CIMultiDict(values)  # aiohttp's: any text, as a server may send it
+    info = parse_rate_limit_headers(headers)
+    wait = parse_retry_after(headers, now=1_700_000_000.0)
+    assert wait is None or 0 <= wait <= MOST_CREDIBLE_SECONDS
+    if info is None:
+        return
+    for count in (info.limit_requests, info.limit_tokens, info.remaining_requests, info.remaining_tokens):
+        assert count is None or (type(count) is int and 0 <= count <= MOST_CREDIBLE_COUNT)
+    for limit, left in ((info.limit_requests, info.remaining_requests), (info.limit_tokens, info.remaining_tokens)):
+        assert limit is None or left is None or left <= limit
+    for seconds in (info.reset_requests_s, info.reset_tokens_s):
+        assert seconds is None or (math.isfinite(seconds) and 0 <= seconds <= MOST_CREDIBLE_SECONDS)
+
+
+@given(st.text(max_size=80) | st.sampled_from(["resets in ~" + "9" * 400 + " minutes", "resets in 1e9s"]))
+def test_any_error_text_gives_credible_seconds_or_none(text: str) -> None:
+    seconds = parse_resets_in("Your rate limit resets in ~" + text)
+    assert seconds is None or (math.isfinite(seconds) and 0 <= seconds <= MOST_CREDIBLE_SECONDS)
+    seconds = parse_resets_in(text)
+    assert seconds is None or (math.isfinite(seconds) and 0 <= seconds <= MOST_CREDIBLE_SECONDS)

@@ -223,6 +223,29 @@ def test_the_providers_count_above_the_book_is_added_and_leaves_after_one_window
     assert r.effective_limit() == 10_000
 
 
+_NUMBERS = st.none() | st.integers(-10**30, 10**30) | st.sampled_from([0, -1, 10_000, 10_001, 9_000, 10**12])
+
+
+@settings(max_examples=200, deadline=None)
+@given(limit=_NUMBERS, remaining=_NUMBERS, tokens_limit=_NUMBERS, tokens_remaining=_NUMBERS,
+       throttled=st.booleans())
+def test_figures_no_provider_gives_never_hold_a_budget_longer_than_a_window_nor_beyond_its_limit(
+        limit, remaining, tokens_limit, tokens_remaining, throttled):
+    """Negative counts, more left than the limit, a limit of zero or of 10**30: what such an answer does to the
+    book stays within what the provider's worst true count could (at most the whole budget, for one window and
+    grace), and the budget is whole again after that."""
+    b = book(10_000, 10.0, 0.3)
+    b.rate(REQ).add(0.0, 1, "g1")
+    b.rate(TOK).add(0.0, 1000, "g1")
+    b.feedback(1.0, REQ, throttled=throttled, limit=limit, remaining=remaining, tokens_budget=TOK,
+               tokens_limit=tokens_limit, tokens_remaining=tokens_remaining, tokens_needed=1000)
+    tokens = b.rate(TOK)
+    assert 1000 <= tokens.used(1.0) <= 10_000 + 1000
+    assert tokens.semantics.corrected <= 10_000
+    assert tokens.used(11.4) == 0 and tokens.effective_limit() == 10_000
+    assert b.rate(REQ).external <= 0.9 * 10**6
+
+
 def test_a_settled_call_counts_from_when_it_reached_the_provider_not_the_whole_grace_after_its_grant():
     r = RateBudget(TOK, 10_000, 10.0, 0.3)
     r.add(0.0, 1000, "g1")
