@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import httpx2  # the openai SDK's own httpx fork: its client takes these limits
 import openai
 from openai._constants import RAW_RESPONSE_HEADER  # what with_raw_response sets
@@ -386,6 +387,10 @@ class ArticleWriter(AsyncClosing):
             )
         except openai.APIError as exc:
             raise self._map_error(exc) from exc
+        except (aiohttp.ClientError, httpx2.HTTPError) as exc:
+            # What the SDK's aiohttp transport does not turn into its own errors (a status line
+            # that is not HTTP, a header line too long): the call may have reached OpenAI.
+            raise ProviderUnavailable(PROVIDER, f"OpenAI's answer could not be read ({type(exc).__name__})") from exc
         rate_limit = parse_rate_limit_headers(raw.headers)
         # The body read as plain JSON, not `raw.parse()`: the SDK's model construction for
         # a ChatCompletion cost 0.1 ms a call (docs/bench-capacity.md), and we read five fields.

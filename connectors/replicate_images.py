@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 from replicate.client import Client
@@ -43,6 +44,7 @@ from .errors import (
     redact,
 )
 from .no_cookies import keep_no_cookies
+from .one_attempt import one_attempt_session
 from .ratelimit_headers import parse_rate_limit_headers, parse_resets_in, parse_retry_after
 
 __all__ = ["CoverImage", "ImageMaker", "PredictionState"]
@@ -174,9 +176,8 @@ class ImageMaker(AsyncClosing):
         # the SDK wraps it in its RetryTransport, which never retries the POST that
         # creates (and pays for) a prediction - only GETs, i.e. our polls.
         # aiohttp under httpx's API: a third of httpcore's CPU per call (docs/bench-capacity.md).
-        self._transport = AiohttpTransport(
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        )
+        # Its session sends each poll once (connectors/one_attempt.py) and keeps no cookies.
+        self._transport = AiohttpTransport(client=lambda: one_attempt_session(connections=max_connections))
         self._client = Client(
             api_token=api_token,
             base_url=base_url,
@@ -297,7 +298,9 @@ class ImageMaker(AsyncClosing):
             raise self._map_error(exc, None if error is None else error[1]) from exc
         except httpx.TimeoutException as exc:
             raise ProviderUnavailable(PROVIDER, f"no response within the timeout ({type(exc).__name__})") from exc
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, aiohttp.ClientError) as exc:
+            # aiohttp's own: what httpx_aiohttp does not map (the server closing the connection
+            # before answering, a status line that is not HTTP). The call may have reached Replicate.
             raise ProviderUnavailable(PROVIDER, f"could not reach the Replicate API ({type(exc).__name__})") from exc
         except (ValueError, TypeError, AttributeError, KeyError) as exc:
             # A body the SDK cannot read: not JSON, JSON its Prediction model rejects, or not even an

@@ -36,6 +36,7 @@ from .errors import (
     RejectedRequest,
     redact,
 )
+from .one_attempt import one_attempt_session
 from .ratelimit_headers import parse_rate_limit_headers, parse_retry_after
 from .wix_ricos import markdown_to_ricos
 
@@ -238,14 +239,9 @@ class WixBlog(AsyncClosing):
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                # HTTP/1.1 keep-alive; enough connections for every in-flight publish of a worker.
-                connector=aiohttp.TCPConnector(limit=max(1, self._max_connections)),
-                timeout=self._timeout,
-                headers={"Accept": "application/json"},
-                # Answers' Set-Cookie is not read and no Cookie is sent: the key authenticates.
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
+            # Answers' Set-Cookie is not read and no Cookie is sent: the key authenticates.
+            self._session = one_attempt_session(connections=self._max_connections, timeout=self._timeout,
+                                                headers={"Accept": "application/json"})
         return self._session
 
     async def aclose(self) -> None:

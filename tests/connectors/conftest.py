@@ -109,6 +109,37 @@ async def answering_in_turn(queue: list[tuple[int, bytes]]) -> tuple[Any, str]:
     return await serving(app)
 
 
+async def answering_raw(queue: list[bytes]) -> tuple[Any, str]:
+    """A TCP server that reads each request (head and Content-Length body) and writes the next bytes of `queue`
+    as they are, framing and all, then closes the connection: its server (close it) and URL. An empty queue
+    closes without a word."""
+    import asyncio
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            await reader.readexactly(length)
+            writer.write(queue.pop(0) if queue else b"")
+            await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+def http_answer(status: int, body: bytes, headers: dict[str, str] | None = None, *, length: int | None = None) -> bytes:
+    """An HTTP/1.1 answer's bytes; `length` declares a Content-Length other than the body's own."""
+    lines = [f"HTTP/1.1 {status} X", "Content-Type: application/json", "Connection: close",
+             f"Content-Length: {len(body) if length is None else length}"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
