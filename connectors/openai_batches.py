@@ -15,9 +15,10 @@ from typing import Any, Mapping
 
 import openai
 
+from connectors.answer_fields import json_object, json_text
 from connectors.closing import AsyncClosing
 from connectors.errors import MalformedOutput, ProviderError, ProviderUnavailable, RejectedRequest
-from connectors.openai_writer import RESPONSE_FORMAT, BilledCall, build_messages, max_tokens_for, parse_article
+from connectors.openai_writer import RESPONSE_FORMAT, BilledCall, build_messages, max_tokens_for, read_completion
 
 PROVIDER = "openai"
 ENDPOINT = "/v1/chat/completions"
@@ -62,43 +63,25 @@ class LineResult:
     billed: BilledCall | None = None  # an answered line is billed, whether its article is usable or not
 
 
-def article_from_response(request_id: str, response: Mapping[str, Any] | None, error: Any, model: str) -> LineResult:
-    """A result line's `response` / `error` read as the real-time writer reads a completion.
-
-    `model` is the one the line asked for (the price table's name).
-    """
-    if response is None or int(response.get("status_code") or 0) != 200:
-        body = (response or {}).get("body") or {}
-        detail = (body.get("error") if isinstance(body, dict) else None) or error or {}
-        message = detail.get("message") if isinstance(detail, dict) else str(detail)
-        code = detail.get("code") if isinstance(detail, dict) else None
-        status = int((response or {}).get("status_code") or 0)
+def article_from_response(request_id: str, response: Any, error: Any, model: str) -> LineResult:
+    """A result line's `response` / `error` (JSON of any shape) read as the real-time writer reads a
+    completion (`read_completion`); `model` is the one the line asked for (the price table's name)."""
+    response = json_object(response)
+    status = response.get("status_code")
+    status = status if type(status) is int else 0
+    body = json_object(response.get("body"))
+    if status != 200:
+        detail = json_object(body.get("error")) or json_object(error)
+        message = json_text(detail.get("message")) or (json_text(error) if not detail else None)
+        code = json_text(detail.get("code"))
         text = f"batch line failed ({code or status or 'no answer'}): {message or 'no message'}"
         permanent = 400 <= status < 500 and status != 429
         cls = RejectedRequest if permanent else ProviderUnavailable
         return LineResult(request_id, error=cls(PROVIDER, text, status=status or None))
-    body = response.get("body") or {}
-    usage = body.get("usage") or {}
-    used = {"prompt_tokens": int(usage.get("prompt_tokens") or 0),
-            "completion_tokens": int(usage.get("completion_tokens") or 0)}
-    cached = int(((usage.get("prompt_tokens_details") or {}).get("cached_tokens")) or 0)
-    billed = BilledCall(str(body.get("id") or f"batch-line-{request_id}"), model, used["prompt_tokens"],
-                        used["completion_tokens"], cached)
-    choices = body.get("choices") or []
-    problem: ProviderError | None = None
-    if not choices:
-        problem = MalformedOutput(PROVIDER, "the completion has no choices")
-    elif (choices[0].get("message") or {}).get("refusal"):
-        problem = RejectedRequest(PROVIDER, "the model refused the brief; change the topic and resubmit")
-    elif choices[0].get("finish_reason") == "length":
-        problem = MalformedOutput(
-            PROVIDER, "the article was cut off at max_tokens; lower target_words or raise BLOGSTREAM_OPENAI_MAX_TOKENS")
-    if problem is not None:
-        return LineResult(request_id, usage=used, error=problem, billed=billed)
-    try:
-        article = parse_article((choices[0].get("message") or {}).get("content"))
-    except MalformedOutput as exc:
-        return LineResult(request_id, usage=used, error=exc, billed=billed)
+    article, tokens, billed = read_completion(body, model=model, fallback_id=f"batch-line-{request_id}")
+    used = {"prompt_tokens": tokens.prompt_tokens, "completion_tokens": tokens.completion_tokens}
+    if isinstance(article, ProviderError):
+        return LineResult(request_id, usage=used, error=article, billed=billed)
     return LineResult(request_id, article=article, usage=used, billed=billed)
 
 
@@ -109,9 +92,11 @@ def read_results(data: bytes, model: str) -> dict[str, LineResult]:
         if not raw.strip():
             continue
         try:
-            row = json.loads(raw)
-            request_id = row["custom_id"]
-        except (ValueError, KeyError, TypeError):
+            row = json_object(json.loads(raw))
+        except ValueError:
+            row = {}
+        request_id = json_text(row.get("custom_id"))
+        if request_id is None:
             continue  # a line we cannot attribute: its request is found missing and handled as failed
         results[request_id] = article_from_response(request_id, row.get("response"), row.get("error"), model)
     return results
@@ -133,11 +118,21 @@ class BatchInfo:
 
 
 def _info(batch: Any) -> BatchInfo:
-    errors = []
-    if batch.errors is not None and batch.errors.data:
-        errors = [{"code": e.code, "message": e.message, "line": e.line} for e in batch.errors.data]
-    return BatchInfo(batch.id, batch.status, batch.output_file_id, batch.error_file_id, errors,
-                     float(batch.created_at or 0), (batch.metadata or {}).get(KEY_FIELD))
+    """A batch as plain values. The SDK builds its models without validation, so a field may hold any
+    JSON: each is read for the type it must have, and a batch without an id or a status is unreadable."""
+    batch_id, status = json_text(getattr(batch, "id", None)), json_text(getattr(batch, "status", None))
+    if batch_id is None or status is None:
+        raise MalformedOutput(PROVIDER, "the Batch API answered a batch without an id or a status")
+    listed = getattr(getattr(batch, "errors", None), "data", None)
+    errors = [{"code": json_text(getattr(e, "code", None)), "message": json_text(getattr(e, "message", None)),
+               "line": line if type(line := getattr(e, "line", None)) is int else None}
+              for e in (listed if isinstance(listed, list) else [])]
+    created = getattr(batch, "created_at", None)
+    created_at = float(created) if type(created) in (int, float) and math.isfinite(created) else 0.0
+    metadata = json_object(getattr(batch, "metadata", None))
+    return BatchInfo(batch_id, status, json_text(getattr(batch, "output_file_id", None)),
+                     json_text(getattr(batch, "error_file_id", None)), errors, created_at,
+                     json_text(metadata.get(KEY_FIELD)))
 
 
 class BatchClient(AsyncClosing):
@@ -153,18 +148,22 @@ class BatchClient(AsyncClosing):
         """Upload `data` (JSONL) and start a 24 h batch on it, named `key` in its metadata."""
         async with _mapped():
             uploaded = await self._client.files.create(file=(f"{key}.jsonl", data), purpose="batch")
+            file_id = json_text(getattr(uploaded, "id", None))
+            if file_id is None:
+                raise MalformedOutput(PROVIDER, "the Files API answered an upload without a file id")
             batch = await self._client.batches.create(
-                input_file_id=uploaded.id, endpoint=ENDPOINT, completion_window="24h", metadata={KEY_FIELD: key},
+                input_file_id=file_id, endpoint=ENDPOINT, completion_window="24h", metadata={KEY_FIELD: key},
             )
-        return _info(batch)
+            return _info(batch)
 
     async def find(self, key: str, *, created_after: float) -> BatchInfo | None:
         """Our batch named `key`, if it was created (newest first, back to `created_after`)."""
         async with _mapped():
             async for batch in self._client.batches.list(limit=100):
-                if (batch.metadata or {}).get(KEY_FIELD) == key:
-                    return _info(batch)
-                if batch.created_at and batch.created_at < created_after:
+                info = _info(batch)
+                if info.key == key:
+                    return info
+                if info.created_at and info.created_at < created_after:
                     return None
         return None
 
@@ -196,3 +195,6 @@ class _mapped:
             raise RejectedRequest(PROVIDER, text, status=status) from exc
         if isinstance(exc, openai.APIError):  # connection errors, timeouts
             raise ProviderUnavailable(PROVIDER, f"OpenAI Batch API not reachable: {exc}") from exc
+        if isinstance(exc, (ValueError, TypeError, AttributeError, KeyError)) and not isinstance(exc, ProviderError):
+            # The SDK failing on a 2xx body it cannot read (not JSON, null, a list where a page should be).
+            raise MalformedOutput(PROVIDER, f"unreadable answer from the Batch API ({type(exc).__name__})") from exc

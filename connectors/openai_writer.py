@@ -16,7 +16,7 @@ import math
 import re
 import unicodedata
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +50,7 @@ __all__ = [
     "estimate_tokens",
     "max_tokens_for",
     "normalize_slug",
+    "read_completion",
 ]
 
 PROVIDER = "openai"
@@ -307,6 +308,49 @@ def parse_article(content: str | None) -> dict[str, Any]:
     return article
 
 
+def read_completion(
+    completion: dict[str, Any], *, model: str, fallback_id: str, max_tokens: int | None = None,
+    redact: Callable[[str], str] = str,
+) -> tuple[dict[str, Any] | ProviderError, TokenUsage, BilledCall | None]:
+    """A chat completion (a JSON object of any shape) read: (its article or why it is unusable, its token
+    counts, what it bills). The real-time writer and the batch lines read completions by this one function.
+
+    `model`: the one asked for (the price table's name); `fallback_id`: the billed call's id when the
+    completion has none; `max_tokens`: the call's cap, named when the article was cut off by it.
+    """
+    usage = json_object(completion.get("usage"))
+    tokens = TokenUsage(
+        prompt_tokens=_count(usage.get("prompt_tokens")), completion_tokens=_count(usage.get("completion_tokens"))
+    )
+    billed = None if not usage else BilledCall(
+        call_id=json_text(completion.get("id")) or fallback_id, model=model,
+        prompt_tokens=tokens.prompt_tokens, completion_tokens=tokens.completion_tokens,
+        cached_tokens=_count(json_object(usage.get("prompt_tokens_details")).get("cached_tokens")),
+    )
+    choices = completion.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return MalformedOutput(PROVIDER, "the completion has no choices"), tokens, billed
+    choice = json_object(choices[0])
+    message = json_object(choice.get("message"))
+    refusal = message.get("refusal")
+    finish_reason = choice.get("finish_reason")
+    if refusal:
+        # A refusal is the model's judgement of this brief: the same brief will be refused again.
+        return RejectedRequest(PROVIDER, f"the model refused the brief ({redact(str(refusal))}); "
+                               "change the topic and resubmit"), tokens, billed
+    if finish_reason == "length":
+        cap = "max_tokens" if max_tokens is None else f"max_tokens={max_tokens}"
+        return MalformedOutput(PROVIDER, f"the article was cut off at {cap}; lower target_words or "
+                               "raise BLOGSTREAM_OPENAI_MAX_TOKENS"), tokens, billed
+    if finish_reason == "content_filter":
+        return RejectedRequest(PROVIDER, "OpenAI's content filter stopped the article; change the topic"), \
+            tokens, billed
+    try:
+        return parse_article(json_text(message.get("content"))), tokens, billed
+    except MalformedOutput as exc:
+        return exc, tokens, billed
+
+
 # --------------------------------------------------------------------------- client
 
 
@@ -403,65 +447,14 @@ class ArticleWriter(AsyncClosing):
         if not isinstance(completion, dict):
             raise MalformedOutput(PROVIDER, "unreadable completion (not a JSON object)", rate_limit=rate_limit)
 
-        usage = json_object(completion.get("usage"))
-        tokens = TokenUsage(
-            prompt_tokens=_count(usage.get("prompt_tokens")), completion_tokens=_count(usage.get("completion_tokens"))
-        )
-        billed = None if not usage else BilledCall(
-            call_id=json_text(completion.get("id")) or f"x-request-id:{raw.headers.get('x-request-id') or uuid.uuid4().hex}",
-            model=self._model,
-            prompt_tokens=tokens.prompt_tokens,
-            completion_tokens=tokens.completion_tokens,
-            cached_tokens=_count(json_object(usage.get("prompt_tokens_details")).get("cached_tokens")),
-        )
-        try:
-            return self._article_of(completion, tokens, rate_limit, max_tokens, _estimate(messages, max_tokens), billed)
-        except ProviderError as exc:  # answered and billed, but not usable: the cost still counts
-            exc.billed = billed
-            raise
-
-    def _article_of(
-        self, completion: dict[str, Any], tokens: TokenUsage, rate_limit: RateLimitInfo | None,
-        max_tokens: int, estimated_tokens: int, billed: BilledCall | None,
-    ) -> ArticleResult:
-        choices = completion.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise MalformedOutput(PROVIDER, "the completion has no choices", rate_limit=rate_limit)
-        choice = json_object(choices[0])
-        message = json_object(choice.get("message"))
-        refusal = message.get("refusal")
-        finish_reason = choice.get("finish_reason")
-        if refusal:
-            # A refusal is the model's judgement of this brief: the same brief will be refused again.
-            raise RejectedRequest(
-                PROVIDER,
-                f"the model refused the brief ({self._redact(str(refusal))}); "
-                "change the topic and resubmit",
-                rate_limit=rate_limit,
-            )
-        if finish_reason == "length":
-            raise MalformedOutput(
-                PROVIDER,
-                f"the article was cut off at max_tokens={max_tokens}; lower target_words or "
-                "raise BLOGSTREAM_OPENAI_MAX_TOKENS",
-                rate_limit=rate_limit,
-            )
-        if finish_reason == "content_filter":
-            raise RejectedRequest(
-                PROVIDER, "OpenAI's content filter stopped the article; change the topic", rate_limit=rate_limit
-            )
-        try:
-            article = parse_article(json_text(message.get("content")))
-        except MalformedOutput as exc:
-            exc.rate_limit = rate_limit
-            raise
-        return ArticleResult(
-            article=article,
-            usage=tokens,
-            rate_limit=rate_limit,
-            estimated_tokens=estimated_tokens,
-            billed=billed,
-        )
+        fallback_id = f"x-request-id:{raw.headers.get('x-request-id') or uuid.uuid4().hex}"
+        article, tokens, billed = read_completion(completion, model=self._model, fallback_id=fallback_id,
+                                                  max_tokens=max_tokens, redact=self._redact)
+        if isinstance(article, ProviderError):  # answered and billed, but not usable: the cost still counts
+            article.rate_limit, article.billed = rate_limit, billed
+            raise article
+        return ArticleResult(article=article, usage=tokens, rate_limit=rate_limit,
+                             estimated_tokens=_estimate(messages, max_tokens), billed=billed)
 
     def _redact(self, text: str) -> str:
         return redact(text, [self._api_key])

@@ -3,14 +3,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from connectors.errors import MalformedOutput, ProviderUnavailable, RejectedRequest
-from connectors.openai_batches import BatchClient, KEY_FIELD, batch_line, encode_line, prompt_tokens, read_results
+from connectors.errors import MalformedOutput, ProviderError, ProviderUnavailable, RejectedRequest
+from connectors.openai_batches import (
+    KEY_FIELD,
+    BatchClient,
+    BatchInfo,
+    batch_line,
+    encode_line,
+    prompt_tokens,
+    read_results,
+)
 from connectors.openai_writer import build_messages, max_tokens_for
+
+from .conftest import ANY_JSON, answering_in_turn, broken_at, paths_in
 
 REQUEST = {"request_id": "bulk-1", "site_id": "shop-1", "topic": "Cold brew at home", "keywords": ["coffee"],
            "language": "en", "tone": "friendly", "target_words": 300, "requested_at": 1_700_000_000_000,
@@ -102,3 +115,89 @@ async def test_errors_of_the_api_are_provider_errors(sim, openai_args):
         with pytest.raises(ProviderUnavailable):
             await client.retrieve("batch_x")
     assert KEY_FIELD == "blogstream_batch"
+
+
+# --------------------------------------------------------------------------- hostile answers
+
+_BATCH = {"id": "batch_1", "object": "batch", "endpoint": "/v1/chat/completions", "status": "completed",
+          "errors": {"object": "list", "data": [{"code": "invalid_json", "message": "bad line", "line": 3}]},
+          "input_file_id": "file-in", "completion_window": "24h", "output_file_id": "file-out",
+          "error_file_id": None, "created_at": 1_700_000_000, "metadata": {KEY_FIELD: "bs-key-1"},
+          "request_counts": {"total": 1, "completed": 1, "failed": 0}}
+_FILE = {"id": "file-in", "object": "file", "bytes": 10, "created_at": 1_700_000_000, "filename": "k.jsonl",
+         "purpose": "batch", "status": "processed"}
+_LIST = {"object": "list", "data": [_BATCH], "has_more": False, "first_id": "batch_1", "last_id": "batch_1"}
+# Each call of the client and the answers it reads, in turn, when all is well.
+_BATCH_CALLS = {
+    "submit": (lambda c: c.submit("bs-key-1", b"{}\n"), [_FILE, _BATCH]),
+    "find": (lambda c: c.find("bs-key-1", created_after=0.0), [_LIST]),
+    "retrieve": (lambda c: c.retrieve("batch_1"), [_BATCH]),
+    "cancel": (lambda c: c.cancel("batch_1"), [_BATCH]),
+}
+
+
+@st.composite
+def _hostile_batch_call(draw: st.DrawFn) -> tuple[str, list[tuple[int, bytes]]]:
+    name = draw(st.sampled_from(sorted(_BATCH_CALLS)))
+    answers = []
+    for good in _BATCH_CALLS[name][1]:
+        status = draw(st.sampled_from([200, 200, 200, 400, 404, 429, 500]))
+        if draw(st.integers(0, 3)) == 0:
+            answers.append((status, draw(st.binary(max_size=30))))
+        else:
+            answers.append((status, json.dumps(broken_at(good, draw(st.sampled_from(paths_in(good))),
+                                                         draw(ANY_JSON))).encode()))
+    return name, answers
+
+
+@settings(max_examples=60, deadline=None)
+@given(calls=st.lists(_hostile_batch_call(), min_size=1, max_size=5))
+def test_any_batch_api_answer_is_a_batch_of_plain_values_or_a_provider_error(calls: list) -> None:
+    """Whatever the Files and Batch API answer (any status, any body, a good answer with one node broken),
+    each call gives a BatchInfo of plain values (or None from find) or raises a ProviderError."""
+    async def run() -> list[Any]:
+        queue: list[tuple[int, bytes]] = []
+        runner, url = await answering_in_turn(queue)
+        outcomes: list[Any] = []
+        try:
+            async with BatchClient(base_url=url, api_key="k", timeout=5.0) as client:
+                for name, answers in calls:
+                    queue[:] = list(answers)
+                    try:
+                        outcomes.append(await _BATCH_CALLS[name][0](client))
+                    except ProviderError as exc:
+                        outcomes.append(exc)
+        finally:
+            await runner.cleanup()
+        return outcomes
+
+    for outcome in asyncio.run(run()):
+        if outcome is None or isinstance(outcome, ProviderError):
+            continue
+        assert isinstance(outcome, BatchInfo)
+        assert isinstance(outcome.batch_id, str) and outcome.batch_id and isinstance(outcome.status, str)
+        assert all(v is None or (isinstance(v, str) and v) for v in (outcome.output_file_id, outcome.error_file_id,
+                                                                       outcome.key))
+        assert type(outcome.created_at) is float and math.isfinite(outcome.created_at)
+        json.dumps(outcome.errors, allow_nan=False)  # plain values, as they are logged and stored
+
+
+_LINE = {"custom_id": "r1", "response": completion(json.dumps(ARTICLE)), "error": None}
+
+
+@settings(max_examples=200, deadline=None)
+@given(lines=st.lists(
+    st.binary(max_size=30)
+    | st.builds(lambda path, value: json.dumps(broken_at(_LINE, path, value)).encode(),
+                st.sampled_from(paths_in(_LINE)), ANY_JSON),
+    max_size=6))
+def test_any_result_file_reads_as_line_results_by_request_id(lines: list[bytes]) -> None:
+    """A result file of any lines: each line attributable to a request is a LineResult with an article, or
+    an error that says whether to try again, and whole token counts; the rest are skipped, never an error."""
+    results = read_results(b"\n".join(line.replace(b"\n", b" ") for line in lines), "gpt-4o-mini")
+    for request_id, result in results.items():
+        assert isinstance(request_id, str) and request_id
+        assert (result.article is None) != (result.error is None)
+        assert result.error is None or isinstance(result.error, ProviderError)
+        assert result.article is None or (result.article["title"] and result.article["body"])
+        assert all(type(n) is int and n >= 0 for n in (result.usage or {}).values())

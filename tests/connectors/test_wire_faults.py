@@ -19,11 +19,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connectors.errors import ProviderError, ProviderUnavailable
+from connectors.openai_batches import BatchClient
 from connectors.openai_writer import ArticleWriter
 from connectors.replicate_images import ImageMaker
 from connectors.wix_blog import WixBlog
 
 from .conftest import OPENAI_KEY, REPLICATE_TOKEN, answering_raw, http_answer
+from .test_openai_batches import _BATCH
 from .test_openai_writer import COMPLETION, REQUEST
 from .test_replicate_images import _PREDICTION
 from .test_wix_blog import _CALLS, SITE
@@ -46,6 +48,8 @@ def _wix(url: str) -> Any:
 # Each client: how it is made, one call, and the answer that call gets when all is well.
 _CLIENTS = {
     "openai": (_openai, lambda c: c.write_article(REQUEST, site_id="site-1"), 200, COMPLETION),
+    "openai_batches": (lambda url: BatchClient(base_url=url, api_key="k", timeout=5.0),
+                       lambda c: c.retrieve("batch_1"), 200, _BATCH),
     "replicate": (_replicate, lambda c: c.get_prediction("p1"), 200, _PREDICTION),
     "wix": (_wix, _CALLS["publish_draft"][0], 200, _CALLS["publish_draft"][1]),
     "wix_lookup": (_wix, _CALLS["find_post_by_slug"][0], 200, _CALLS["find_post_by_slug"][1]),
