@@ -109,6 +109,32 @@ async def answering_in_turn(queue: list[tuple[int, bytes]]) -> tuple[Any, str]:
     return await serving(app)
 
 
+def outcomes_in_turn(make_client: Any, steps: list[tuple[Any, list[tuple[int, bytes]]]]) -> list[Any]:
+    """Run each step (call, answers) on a client made by `make_client(url)` against a server that gives the
+    call `answers` in turn: what each call returned, or the ProviderError it raised."""
+    import asyncio
+
+    from connectors.errors import ProviderError
+
+    async def run() -> list[Any]:
+        queue: list[tuple[int, bytes]] = []
+        runner, url = await answering_in_turn(queue)
+        outcomes: list[Any] = []
+        try:
+            async with make_client(url) as client:
+                for call, answers in steps:
+                    queue[:] = list(answers)
+                    try:
+                        outcomes.append(await call(client))
+                    except ProviderError as exc:
+                        outcomes.append(exc)
+        finally:
+            await runner.cleanup()
+        return outcomes
+
+    return asyncio.run(run())
+
+
 async def answering_raw(queue: list[bytes]) -> tuple[Any, str]:
     """A TCP server that reads each request (head and Content-Length body) and writes the next bytes of `queue`
     as they are, framing and all, then closes the connection: its server (close it) and URL. An empty queue

@@ -23,7 +23,7 @@ from connectors.openai_batches import (
 )
 from connectors.openai_writer import build_messages, max_tokens_for
 
-from .conftest import ANY_JSON, answering_in_turn, broken_at, paths_in
+from .conftest import ANY_JSON, broken_at, outcomes_in_turn, paths_in
 
 REQUEST = {"request_id": "bulk-1", "site_id": "shop-1", "topic": "Cold brew at home", "keywords": ["coffee"],
            "language": "en", "tone": "friendly", "target_words": 300, "requested_at": 1_700_000_000_000,
@@ -155,23 +155,9 @@ def _hostile_batch_call(draw: st.DrawFn) -> tuple[str, list[tuple[int, bytes]]]:
 def test_any_batch_api_answer_is_a_batch_of_plain_values_or_a_provider_error(calls: list) -> None:
     """Whatever the Files and Batch API answer (any status, any body, a good answer with one node broken),
     each call gives a BatchInfo of plain values (or None from find) or raises a ProviderError."""
-    async def run() -> list[Any]:
-        queue: list[tuple[int, bytes]] = []
-        runner, url = await answering_in_turn(queue)
-        outcomes: list[Any] = []
-        try:
-            async with BatchClient(base_url=url, api_key="k", timeout=5.0) as client:
-                for name, answers in calls:
-                    queue[:] = list(answers)
-                    try:
-                        outcomes.append(await _BATCH_CALLS[name][0](client))
-                    except ProviderError as exc:
-                        outcomes.append(exc)
-        finally:
-            await runner.cleanup()
-        return outcomes
-
-    for outcome in asyncio.run(run()):
+    outcomes = outcomes_in_turn(lambda url: BatchClient(base_url=url, api_key="k", timeout=5.0),
+                                [(_BATCH_CALLS[name][0], answers) for name, answers in calls])
+    for outcome in outcomes:
         if outcome is None or isinstance(outcome, ProviderError):
             continue
         assert isinstance(outcome, BatchInfo)

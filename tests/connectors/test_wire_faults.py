@@ -28,7 +28,7 @@ from .conftest import OPENAI_KEY, REPLICATE_TOKEN, answering_raw, http_answer
 from .test_openai_batches import _BATCH
 from .test_openai_writer import COMPLETION, REQUEST
 from .test_replicate_images import _PREDICTION
-from .test_wix_blog import _CALLS, SITE
+from .test_wix_blog import _CALLS
 
 
 def _openai(url: str) -> Any:

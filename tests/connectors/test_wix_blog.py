@@ -14,7 +14,7 @@ from connectors.errors import ImageExpired, ProviderError, ProviderUnavailable, 
 from connectors.replicate_images import ImageMaker
 from connectors.wix_blog import PublishedPost, SiteCredentials, WixBlog, WixSite, draft_post
 
-from .conftest import ANY_JSON, WIX_KEY, Simulator, answering_in_turn, broken_at, paths_in
+from .conftest import ANY_JSON, WIX_KEY, Simulator, broken_at, outcomes_in_turn, paths_in
 
 SITE = SiteCredentials(site_id="site-a", wix_api_key=WIX_KEY, wix_member_id="member-1")
 
@@ -253,23 +253,9 @@ def _well_formed(outcome: Any) -> bool:
 def test_any_answer_is_a_result_of_its_kind_or_a_provider_error(calls: list) -> None:
     """Whatever Wix answers (any status, any body, a good answer with one node broken), each call
     returns what it promises, whole (ids and URLs as text), or raises a ProviderError; nothing else."""
-    async def run() -> list[Any]:
-        queue: list[tuple[int, bytes]] = []
-        runner, url = await answering_in_turn(queue)
-        outcomes: list[Any] = []
-        try:
-            async with WixBlog(base_url=url, timeout=5.0, max_connections=2) as wix:
-                for name, status, body in calls:
-                    queue[:] = [(status, body)]
-                    try:
-                        outcomes.append(await _CALLS[name][0](wix))
-                    except ProviderError as exc:
-                        outcomes.append(exc)
-        finally:
-            await runner.cleanup()
-        return outcomes
-
-    for (name, status, _), outcome in zip(calls, asyncio.run(run())):
+    outcomes = outcomes_in_turn(lambda url: WixBlog(base_url=url, timeout=5.0, max_connections=2),
+                                [(_CALLS[name][0], [(status, body)]) for name, status, body in calls])
+    for (name, status, _), outcome in zip(calls, outcomes):
         items = list(outcome.values()) if name == "find_posts_by_slugs" and isinstance(outcome, dict) else \
             outcome if isinstance(outcome, list) else [outcome]
         assert all(item is None and name == "find_post_by_slug" or _well_formed(item) for item in items), \
