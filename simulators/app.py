@@ -184,6 +184,32 @@ async def _timeouts(request: web.Request, handler):
 
 
 @web.middleware
+async def _cut_answers(request: web.Request, handler):
+    """A share (`cut_rate`) of a provider's calls is done in full, then its answer is cut off on the way back.
+
+    The call is admitted, counted, billed and its effect made (a post exists); the caller gets the head,
+    with the whole body's Content-Length, and half the body, then the connection closes: as when a
+    connection resets mid-answer. The caller cannot tell whether the call was done.
+    """
+    response = await handler(request)
+    provider = next((name for prefix, name in PROVIDER_PATHS.items() if request.path.startswith(prefix)), None)
+    if provider is None or not isinstance(response, web.Response) or not isinstance(response.body, bytes):
+        return response
+    state = request.app[STATE_KEY]
+    if not roll(state.rng, state.config[provider].get("cut_rate", 0)):
+        return response
+    state.cuts[provider] += 1
+    body = response.body
+    cut = web.StreamResponse(status=response.status, headers=response.headers)
+    cut.content_length = len(body)
+    await cut.prepare(request)
+    await cut.write(body[: len(body) // 2])
+    if request.transport is not None:
+        request.transport.close()
+    return cut
+
+
+@web.middleware
 async def _errors(request: web.Request, handler):
     try:
         return await handler(request)
@@ -200,7 +226,7 @@ async def _errors(request: web.Request, handler):
 
 def create_app(config: Optional[dict] = None, state: Optional[SimState] = None) -> web.Application:
     state = state or SimState(config)
-    app = web.Application(middlewares=[_errors, _timeouts], client_max_size=32 * 1024 * 1024)
+    app = web.Application(middlewares=[_errors, _timeouts, _cut_answers], client_max_size=32 * 1024 * 1024)
     app[STATE_KEY] = state
     state.openai.add_routes(app)
     state.replicate.add_routes(app)

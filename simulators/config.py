@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
         "slow_seconds": 30.0,
         "timeout_rate": 0.0,
         "timeout_seconds": 30.0,
+        "cut_rate": 0.0,  # calls done whose answer is cut off mid-body, the connection closed (app.py)
         "external_rpm": 0.0,
         "external_tpm_per_request": 0,
         "default_max_tokens": 4096,
@@ -72,6 +73,7 @@ DEFAULTS: dict[str, Any] = {
         "slow_seconds": 30.0,
         "timeout_rate": 0.0,
         "timeout_seconds": 30.0,
+        "cut_rate": 0.0,  # calls done whose answer is cut off mid-body, the connection closed (app.py)
         "fail_rate": 0.0,
         "external_rpm": 0.0,
         "max_wait_seconds": 60,
@@ -97,6 +99,7 @@ DEFAULTS: dict[str, Any] = {
         "slow_seconds": 30.0,
         "timeout_rate": 0.0,
         "timeout_seconds": 30.0,
+        "cut_rate": 0.0,  # calls done whose answer is cut off mid-body, the connection closed (app.py)
         "external_rpm": 0.0,
         "external_sites": [],
         "site_url_template": "https://{site}.wixsite.example",

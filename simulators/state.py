@@ -24,6 +24,7 @@ class SimState:
         self.wix = WixSim(self, self.replicate)
         self.providers = {"openai": self.openai, "replicate": self.replicate, "wix": self.wix}
         self.timeouts = {name: 0 for name in self.providers}  # calls left unanswered (timeout_rate)
+        self.cuts = {name: 0 for name in self.providers}  # calls done whose answer was cut off (cut_rate)
         self.started_at = self.now()
         # How late the server's event loop wakes (app.py samples it): a request is counted only when
         # its handler runs, so this is how long after its bytes arrived a call may be admitted.
@@ -53,6 +54,7 @@ class SimState:
         for p in self.providers.values():
             p.reset()
         self.timeouts = {name: 0 for name in self.providers}
+        self.cuts = {name: 0 for name in self.providers}
         self.loop_lag.clear()
         self.collector = _no_collections()
 
@@ -62,7 +64,8 @@ class SimState:
             "window_seconds": self.window_seconds,
             "loop_lag": _quantiles(self.loop_lag),
             "collector": {k: round(v, 4) for k, v in self.collector.items()},
-            **{name: {**p.ledger_json(), "timeouts": self.timeouts[name]} for name, p in self.providers.items()},
+            **{name: {**p.ledger_json(), "timeouts": self.timeouts[name],
+                      "answers_cut": self.cuts[name]} for name, p in self.providers.items()},
         }
 
 

@@ -140,6 +140,7 @@ async def check_run(
     return {"requests": len(ids), "statuses": dict(statuses), "posts": sum(posts.values()),
             "errors_5xx": {p: ledger[p]["errors_5xx"] for p in ("openai", "replicate", "wix")},
             "timeouts": {p: ledger[p].get("timeouts", 0) for p in ("openai", "replicate", "wix")},
+            "answers_cut": {p: ledger[p].get("answers_cut", 0) for p in ("openai", "replicate", "wix")},
             "failed_errors": Counter(r["error"].split(":", 1)[0][:80] for r in failed).most_common(5)}
 
 

@@ -183,8 +183,10 @@ async def test_a_worker_sigkilled_with_work_in_flight_and_restarted_twice_loses_
 # --------------------------------------------------------------------------- the providers
 
 
-async def test_providers_answering_5xx_and_nothing_at_all_end_every_request_once(sim, outcomes):
-    faults = {"error_rate": 0.15, "timeout_rate": 0.05, "timeout_seconds": 5.0}
+async def test_providers_answering_5xx_nothing_at_all_or_half_an_answer_end_every_request_once(sim, outcomes):
+    # cut_rate: the call is done (billed, the post made) and its answer ends half-way: the stage cannot
+    # tell whether it was, and must neither lose the request nor post it twice.
+    faults = {"error_rate": 0.15, "timeout_rate": 0.05, "timeout_seconds": 5.0, "cut_rate": 0.1}
     sim.configure({**LATENCY, "openai": faults, "replicate": faults, "wix": faults})
     timeouts = {"openai_timeout": 2.0, "replicate_timeout": 2.0, "wix_timeout": 2.0, "retry_base_seconds": 0.3}
     pipeline = Pipeline(database=outcomes.database, sim_url=sim.url, settings=timeouts)
@@ -194,6 +196,7 @@ async def test_providers_answering_5xx_and_nothing_at_all_end_every_request_once
         requests = await submit(pipeline, outcomes, 120)
         figures = await finish_and_check(pipeline, outcomes, sim, requests)
         assert all(figures["errors_5xx"].values()) and all(figures["timeouts"].values()), figures
+        assert all(figures["answers_cut"].values()), figures
         # A passing fault fails a request only after 5 minutes of them (retry_patience_seconds): none here.
         assert figures["statuses"] == {"DONE": len(requests)}, figures
     finally:

@@ -1,4 +1,4 @@
-"""Injected faults every provider can answer with: a share of 5xx (error_rate) and of timeouts (timeout_rate)."""
+"""Injected faults every provider can answer with: a share of 5xx (error_rate), of timeouts (timeout_rate) and of answers cut off (cut_rate)."""
 from __future__ import annotations
 
 import time
@@ -52,3 +52,19 @@ def test_a_share_of_calls_fail_with_5xx_or_time_out():
     assert 5 <= statuses.count("timeout") <= 30 and led["timeouts"] == statuses.count("timeout")
     assert 5 <= led["errors_5xx"] <= 30 and sum(s in (500, 503) for s in statuses) == led["errors_5xx"]
     assert statuses.count(200) == led["admitted"] - led["errors_5xx"]
+
+
+@pytest.mark.parametrize("provider", sorted(CALLS))
+def test_a_cut_answer_is_a_call_done_whose_answer_ends_half_way(sim, provider):
+    """cut_rate: the provider does the call (admitted, counted) and the caller gets half of the answer's body
+    under the whole body's Content-Length before the connection closes."""
+    path, headers, body = CALLS[provider]
+    sim.configure({provider: {"cut_rate": 1.0}})
+    with httpx.Client(base_url=sim.base_url, timeout=5) as http, pytest.raises(httpx.RemoteProtocolError):
+        http.post(path, headers=headers, json=body)
+    led = sim.ledger()[provider]
+    assert led["answers_cut"] == 1 and led["admitted"] == 1
+    sim.configure({provider: {"cut_rate": 0.0}})
+    with httpx.Client(base_url=sim.base_url, timeout=5) as http:
+        assert http.post(path, headers=headers, json=body).status_code in (200, 201)
+    assert sim.ledger()[provider]["admitted"] == 2 and sim.ledger()[provider]["answers_cut"] == 1
