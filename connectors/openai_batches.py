@@ -93,7 +93,7 @@ def read_results(data: bytes, model: str) -> dict[str, LineResult]:
             continue
         try:
             row = json_object(json.loads(raw))
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past what the parser takes
             row = {}
         request_id = json_text(row.get("custom_id"))
         if request_id is None:
@@ -160,7 +160,10 @@ class BatchClient(AsyncClosing):
         """Our batch named `key`, if it was created (newest first, back to `created_after`)."""
         async with _mapped():
             async for batch in self._client.batches.list(limit=100):
-                info = _info(batch)
+                try:
+                    info = _info(batch)
+                except MalformedOutput:  # not ours to read: one unreadable batch must not hide ours
+                    continue
                 if info.key == key:
                     return info
                 if info.created_at and info.created_at < created_after:
@@ -195,6 +198,7 @@ class _mapped:
             raise RejectedRequest(PROVIDER, text, status=status) from exc
         if isinstance(exc, openai.APIError):  # connection errors, timeouts
             raise ProviderUnavailable(PROVIDER, f"OpenAI Batch API not reachable: {exc}") from exc
-        if isinstance(exc, (ValueError, TypeError, AttributeError, KeyError)) and not isinstance(exc, ProviderError):
+        if isinstance(exc, (ValueError, TypeError, AttributeError, KeyError, RecursionError)) \
+                and not isinstance(exc, ProviderError):
             # The SDK failing on a 2xx body it cannot read (not JSON, null, a list where a page should be).
             raise MalformedOutput(PROVIDER, f"unreadable answer from the Batch API ({type(exc).__name__})") from exc

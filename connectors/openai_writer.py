@@ -285,6 +285,8 @@ def parse_article(content: str | None) -> dict[str, Any]:
         data = json.loads(content)
     except json.JSONDecodeError as exc:
         raise MalformedOutput(PROVIDER, f"the model returned invalid JSON ({exc.msg} at char {exc.pos})") from None
+    except RecursionError:
+        raise MalformedOutput(PROVIDER, "the model returned JSON nested too deep to read") from None
     if not isinstance(data, dict):
         raise MalformedOutput(PROVIDER, "the model returned JSON that is not an object")
     missing = [f for f in ARTICLE_FIELDS if f not in data]
@@ -440,7 +442,7 @@ class ArticleWriter(AsyncClosing):
         # a ChatCompletion cost 0.1 ms a call (docs/bench-capacity.md), and we read five fields.
         try:
             completion = json.loads(raw.content)
-        except ValueError as exc:  # a 2xx whose body is not JSON
+        except (ValueError, RecursionError) as exc:  # a 2xx whose body is not JSON (or nested past reading)
             raise MalformedOutput(
                 PROVIDER, f"unreadable completion ({type(exc).__name__})", rate_limit=rate_limit
             ) from exc

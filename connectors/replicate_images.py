@@ -298,11 +298,12 @@ class ImageMaker(AsyncClosing):
             raise self._map_error(exc, None if error is None else error[1]) from exc
         except httpx.TimeoutException as exc:
             raise ProviderUnavailable(PROVIDER, f"no response within the timeout ({type(exc).__name__})") from exc
-        except (httpx.TransportError, aiohttp.ClientError) as exc:
-            # aiohttp's own: what httpx_aiohttp does not map (the server closing the connection
-            # before answering, a status line that is not HTTP). The call may have reached Replicate.
+        except (httpx.RequestError, aiohttp.ClientError) as exc:
+            # httpx's RequestError: transport errors and a body its Content-Encoding cannot decode;
+            # aiohttp's own: what httpx_aiohttp does not map (a status line that is not HTTP).
+            # The call may have reached Replicate.
             raise ProviderUnavailable(PROVIDER, f"could not reach the Replicate API ({type(exc).__name__})") from exc
-        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as exc:
             # A body the SDK cannot read: not JSON, JSON its Prediction model rejects, or not even an
             # object (the SDK then fails with TypeError or AttributeError on its way to the model).
             error = _last_error.get()

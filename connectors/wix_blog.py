@@ -174,7 +174,7 @@ def _parse_error_body(response: WixAnswer) -> _WixErrorBody:
     or {"details": {"validationError": {"fieldViolations": [...]}}}."""
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past what the parser takes
         body = None
     if not isinstance(body, dict):
         text = response.text.strip()[:300] if response.text else ""
@@ -435,7 +435,7 @@ class WixBlog(AsyncClosing):
     def _json(self, response: WixAnswer) -> dict[str, Any]:
         try:
             data = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             raise MalformedOutput(
                 PROVIDER, "Wix answered with a body that is not JSON", status=response.status_code
             ) from None

@@ -69,7 +69,7 @@ def _fault(draw: st.DrawFn, status: int, good: Any) -> tuple[str, bytes]:
     body = json.dumps(good).encode()
     whole = http_answer(status, body)
     kind = draw(st.sampled_from(["cut_body", "cut_head", "nothing", "not_http", "bad_chunks", "long_header",
-                                 "odd_figures"]))
+                                 "bad_encoding", "deep_json", "odd_figures"]))
     if kind == "cut_body":
         return kind, http_answer(status, body[:draw(st.integers(0, len(body) - 1))], length=len(body))
     if kind == "cut_head":
@@ -82,6 +82,12 @@ def _fault(draw: st.DrawFn, status: int, good: Any) -> tuple[str, bytes]:
         size = draw(st.sampled_from([b"ZZ", b"-1", b"ffffffffffffffffffff", b"5"]))
         return kind, (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
                       + size + b"\r\n" + body[:3])
+    if kind == "bad_encoding":  # says gzip (or deflate), is not
+        encoding = draw(st.sampled_from(["gzip", "deflate", "br"]))
+        return kind, http_answer(status, body, {"Content-Encoding": encoding})
+    if kind == "deep_json":  # JSON nested past what the parser takes
+        depth = draw(st.sampled_from([100_000, 200_000]))
+        return kind, http_answer(draw(st.sampled_from([status, 429, 500])), b"[" * depth + b"]" * depth)
     if kind == "long_header":
         return kind, http_answer(status, body, {"x-padding": "a" * draw(st.sampled_from([70_000, 300_000]))})
     statuses = st.sampled_from([status, status, 429, 500, 503])
@@ -122,9 +128,11 @@ def test_an_answer_broken_on_the_wire_is_a_provider_error_and_the_client_stays_u
             assert isinstance(outcome, ProviderUnavailable) and outcome.retryable, (kind, outcome)
         elif isinstance(outcome, ProviderError):
             assert outcome.message, (kind, outcome)
-        if isinstance(outcome, ProviderError) and outcome.rate_limit is not None:
-            figures = outcome.rate_limit
-            assert all(n is None or n >= 0 for n in (figures.remaining_tokens, figures.remaining_requests))
+        figures = getattr(outcome, "rate_limit", None)
+        if figures is not None:  # on an error or an article alike: only figures a provider could give
+            for limit, left in ((figures.limit_requests, figures.remaining_requests),
+                                (figures.limit_tokens, figures.remaining_tokens)):
+                assert left is None or 0 <= left <= (limit if limit is not None else left), (kind, figures)
     assert not isinstance(after, ProviderError)
 
 
