@@ -193,7 +193,8 @@ async def _cut_answers(request: web.Request, handler):
     """
     response = await handler(request)
     provider = next((name for prefix, name in PROVIDER_PATHS.items() if request.path.startswith(prefix)), None)
-    if provider is None or not isinstance(response, web.Response) or not isinstance(response.body, bytes):
+    if provider is None or not isinstance(response, web.Response) or not isinstance(response.body, bytes) \
+            or not 200 <= response.status < 300:  # only a call done in full: not a refusal, not a fault
         return response
     state = request.app[STATE_KEY]
     if not roll(state.rng, state.config[provider].get("cut_rate", 0)):
