@@ -84,9 +84,17 @@ def _header_count(headers: Mapping[str, str], name: str) -> int | None:
     return number if 0 <= number <= MOST_CREDIBLE_COUNT else None
 
 
-def _header_seconds(headers: Mapping[str, str], name: str) -> float | None:
-    seconds = parse_duration(headers.get(name))
-    return seconds if seconds is not None and seconds <= MOST_CREDIBLE_SECONDS else None
+def _credible_seconds(seconds: float | None) -> float | None:
+    """`seconds` if it is a wait a provider could mean (finite, from 0 to a day), else None."""
+    return seconds if seconds is not None and math.isfinite(seconds) and 0 <= seconds <= MOST_CREDIBLE_SECONDS \
+        else None
+
+
+def _limit_and_left(headers: Mapping[str, str], budget: str) -> tuple[int | None, int | None]:
+    """x-ratelimit-limit-`budget` and -remaining-`budget`; neither when more is left than the limit."""
+    limit = _header_count(headers, f"x-ratelimit-limit-{budget}")
+    left = _header_count(headers, f"x-ratelimit-remaining-{budget}")
+    return (None, None) if limit is not None and left is not None and left > limit else (limit, left)
 
 
 def parse_rate_limit_headers(headers: Mapping[str, str]) -> RateLimitInfo | None:
@@ -98,21 +106,15 @@ def parse_rate_limit_headers(headers: Mapping[str, str]) -> RateLimitInfo | None
     for a window. `headers` must look names up case-insensitively
     (httpx.Headers, aiohttp's CIMultiDictProxy).
     """
-    limit_requests = _header_count(headers, "x-ratelimit-limit-requests")
-    limit_tokens = _header_count(headers, "x-ratelimit-limit-tokens")
-    remaining_requests = _header_count(headers, "x-ratelimit-remaining-requests")
-    remaining_tokens = _header_count(headers, "x-ratelimit-remaining-tokens")
-    if limit_requests is not None and remaining_requests is not None and remaining_requests > limit_requests:
-        limit_requests = remaining_requests = None
-    if limit_tokens is not None and remaining_tokens is not None and remaining_tokens > limit_tokens:
-        limit_tokens = remaining_tokens = None
+    limit_requests, remaining_requests = _limit_and_left(headers, "requests")
+    limit_tokens, remaining_tokens = _limit_and_left(headers, "tokens")
     info = RateLimitInfo(
         limit_requests=limit_requests,
         limit_tokens=limit_tokens,
         remaining_requests=remaining_requests,
         remaining_tokens=remaining_tokens,
-        reset_requests_s=_header_seconds(headers, "x-ratelimit-reset-requests"),
-        reset_tokens_s=_header_seconds(headers, "x-ratelimit-reset-tokens"),
+        reset_requests_s=_credible_seconds(parse_duration(headers.get("x-ratelimit-reset-requests"))),
+        reset_tokens_s=_credible_seconds(parse_duration(headers.get("x-ratelimit-reset-tokens"))),
     )
     if info == RateLimitInfo():
         return None
@@ -131,8 +133,8 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
         except ValueError:
             pass
         else:
-            if math.isfinite(ms) and 0 <= ms <= MOST_CREDIBLE_SECONDS * 1000:
-                return ms / 1000.0
+            if (wait := _credible_seconds(ms / 1000.0)) is not None:
+                return wait
     raw = headers.get("retry-after")
     if raw is None:
         return None
@@ -141,7 +143,7 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
     except ValueError:
         pass
     else:
-        return seconds if math.isfinite(seconds) and 0 <= seconds <= MOST_CREDIBLE_SECONDS else None
+        return _credible_seconds(seconds)
     try:
         when = email.utils.parsedate_to_datetime(raw)
     except (TypeError, ValueError):
@@ -149,8 +151,7 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
     if when is None:
         return None
     current = time.time() if now is None else now
-    seconds = max(0.0, when.timestamp() - current)
-    return seconds if seconds <= MOST_CREDIBLE_SECONDS else None
+    return _credible_seconds(max(0.0, when.timestamp() - current))
 
 
 # Replicate explains throttling in the body: "... Your rate limit resets in ~30s."
@@ -166,5 +167,4 @@ def parse_resets_in(text: str | None) -> float | None:
         return None
     value = float(match.group(1))
     unit = (match.group(2) or "s").lower()
-    seconds = value / 1000.0 if unit == "ms" else value * 60.0 if unit.startswith("m") else value
-    return seconds if seconds <= MOST_CREDIBLE_SECONDS else None
+    return _credible_seconds(value / 1000.0 if unit == "ms" else value * 60.0 if unit.startswith("m") else value)
