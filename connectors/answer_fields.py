@@ -5,9 +5,23 @@ is read through these, so a wrong type is a missing field, never a TypeError.
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
-__all__ = ["json_object", "json_text"]
+__all__ = ["SDK_UNREADABLE_ERRORS", "json_object", "json_text", "read_json"]
+
+# What the providers' SDKs raise on a body they cannot read: not JSON, nested past what the
+# parser takes, or JSON their models trip over (not even an object: TypeError, AttributeError).
+SDK_UNREADABLE_ERRORS = (ValueError, TypeError, AttributeError, KeyError, RecursionError)
+
+
+def read_json(data: bytes | str) -> Any:
+    """The JSON value in `data`; ValueError when there is none, also for JSON nested past what
+    the parser takes (its RecursionError is not a ValueError)."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deep to read") from None
 
 
 def json_object(value: Any) -> dict[str, Any]:

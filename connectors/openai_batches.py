@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import openai
 
-from connectors.answer_fields import json_object, json_text
+from connectors.answer_fields import SDK_UNREADABLE_ERRORS, json_object, json_text, read_json
 from connectors.closing import AsyncClosing
 from connectors.errors import MalformedOutput, ProviderError, ProviderUnavailable, RejectedRequest
 from connectors.openai_writer import RESPONSE_FORMAT, BilledCall, build_messages, max_tokens_for, read_completion
@@ -92,8 +92,8 @@ def read_results(data: bytes, model: str) -> dict[str, LineResult]:
         if not raw.strip():
             continue
         try:
-            row = json_object(json.loads(raw))
-        except (ValueError, RecursionError):  # not JSON, or nested past what the parser takes
+            row = json_object(read_json(raw))
+        except ValueError:
             row = {}
         request_id = json_text(row.get("custom_id"))
         if request_id is None:
@@ -198,7 +198,6 @@ class _mapped:
             raise RejectedRequest(PROVIDER, text, status=status) from exc
         if isinstance(exc, openai.APIError):  # connection errors, timeouts
             raise ProviderUnavailable(PROVIDER, f"OpenAI Batch API not reachable: {exc}") from exc
-        if isinstance(exc, (ValueError, TypeError, AttributeError, KeyError, RecursionError)) \
-                and not isinstance(exc, ProviderError):
+        if isinstance(exc, SDK_UNREADABLE_ERRORS) and not isinstance(exc, ProviderError):
             # The SDK failing on a 2xx body it cannot read (not JSON, null, a list where a page should be).
             raise MalformedOutput(PROVIDER, f"unreadable answer from the Batch API ({type(exc).__name__})") from exc

@@ -26,7 +26,7 @@ import openai
 from openai._constants import RAW_RESPONSE_HEADER  # what with_raw_response sets
 from openai.types.chat import ChatCompletion
 
-from .answer_fields import json_object, json_text
+from .answer_fields import json_object, json_text, read_json
 from .closing import AsyncClosing
 from .errors import (
     MalformedOutput,
@@ -282,11 +282,11 @@ def parse_article(content: str | None) -> dict[str, Any]:
     if not content:
         raise MalformedOutput(PROVIDER, "the model returned an empty message")
     try:
-        data = json.loads(content)
+        data = read_json(content)
     except json.JSONDecodeError as exc:
         raise MalformedOutput(PROVIDER, f"the model returned invalid JSON ({exc.msg} at char {exc.pos})") from None
-    except RecursionError:
-        raise MalformedOutput(PROVIDER, "the model returned JSON nested too deep to read") from None
+    except ValueError as exc:  # nested past what the parser takes
+        raise MalformedOutput(PROVIDER, f"the model returned {exc}") from None
     if not isinstance(data, dict):
         raise MalformedOutput(PROVIDER, "the model returned JSON that is not an object")
     missing = [f for f in ARTICLE_FIELDS if f not in data]
@@ -441,8 +441,8 @@ class ArticleWriter(AsyncClosing):
         # The body read as plain JSON, not `raw.parse()`: the SDK's model construction for
         # a ChatCompletion cost 0.1 ms a call (docs/bench-capacity.md), and we read five fields.
         try:
-            completion = json.loads(raw.content)
-        except (ValueError, RecursionError) as exc:  # a 2xx whose body is not JSON (or nested past reading)
+            completion = read_json(raw.content)
+        except ValueError as exc:  # a 2xx whose body is not JSON
             raise MalformedOutput(
                 PROVIDER, f"unreadable completion ({type(exc).__name__})", rate_limit=rate_limit
             ) from exc

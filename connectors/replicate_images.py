@@ -34,6 +34,7 @@ from replicate.client import Client
 from replicate.exceptions import ReplicateError
 from replicate.prediction import Prediction
 
+from .answer_fields import SDK_UNREADABLE_ERRORS
 from .closing import AsyncClosing
 from .errors import (
     MalformedOutput,
@@ -303,7 +304,7 @@ class ImageMaker(AsyncClosing):
             # aiohttp's own: what httpx_aiohttp does not map (a status line that is not HTTP).
             # The call may have reached Replicate.
             raise ProviderUnavailable(PROVIDER, f"could not reach the Replicate API ({type(exc).__name__})") from exc
-        except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as exc:
+        except SDK_UNREADABLE_ERRORS as exc:
             # A body the SDK cannot read: not JSON, JSON its Prediction model rejects, or not even an
             # object (the SDK then fails with TypeError or AttributeError on its way to the model).
             error = _last_error.get()

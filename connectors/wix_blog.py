@@ -25,7 +25,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from .answer_fields import json_object, json_text
+from .answer_fields import json_object, json_text, read_json
 from .closing import AsyncClosing
 from .errors import (
     ImageExpired,
@@ -108,7 +108,7 @@ class WixAnswer:
 
     def json(self) -> Any:
         """The body as JSON; ValueError when it is not."""
-        return json.loads(self.content)
+        return read_json(self.content)
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,7 @@ def _parse_error_body(response: WixAnswer) -> _WixErrorBody:
     or {"details": {"validationError": {"fieldViolations": [...]}}}."""
     try:
         body = response.json()
-    except (ValueError, RecursionError):  # not JSON, or nested past what the parser takes
+    except ValueError:
         body = None
     if not isinstance(body, dict):
         text = response.text.strip()[:300] if response.text else ""
@@ -435,7 +435,7 @@ class WixBlog(AsyncClosing):
     def _json(self, response: WixAnswer) -> dict[str, Any]:
         try:
             data = response.json()
-        except (ValueError, RecursionError):
+        except ValueError:
             raise MalformedOutput(
                 PROVIDER, "Wix answered with a body that is not JSON", status=response.status_code
             ) from None
