@@ -164,6 +164,11 @@ async def events(request: web.Request) -> web.Response:
 PROVIDER_PATHS = {"/openai/": "openai", "/replicate/v1/": "replicate", "/wix/": "wix"}
 
 
+def _provider_of(path: str) -> Optional[str]:
+    """The provider a request path is for ("openai", "replicate", "wix"), None for the simulator's own."""
+    return next((name for prefix, name in PROVIDER_PATHS.items() if path.startswith(prefix)), None)
+
+
 @web.middleware
 async def _timeouts(request: web.Request, handler):
     """A share (`timeout_rate`) of a provider's calls gets no answer for `timeout_seconds`, then a 504.
@@ -172,7 +177,7 @@ async def _timeouts(request: web.Request, handler):
     as when a request is lost on the way. A client whose timeout is shorter
     than `timeout_seconds` (not scaled by latency_scale) sees a timeout.
     """
-    provider = next((name for prefix, name in PROVIDER_PATHS.items() if request.path.startswith(prefix)), None)
+    provider = _provider_of(request.path)
     if provider is not None:
         state = request.app[STATE_KEY]
         cfg = state.config[provider]
@@ -192,7 +197,7 @@ async def _cut_answers(request: web.Request, handler):
     connection resets mid-answer. The caller cannot tell whether the call was done.
     """
     response = await handler(request)
-    provider = next((name for prefix, name in PROVIDER_PATHS.items() if request.path.startswith(prefix)), None)
+    provider = _provider_of(request.path)
     if provider is None or not isinstance(response, web.Response) or not isinstance(response.body, bytes) \
             or not 200 <= response.status < 300:  # only a call done in full: not a refusal, not a fault
         return response
