@@ -61,6 +61,17 @@ ANY_JSON = st.recursive(
 )
 
 
+# The headers a provider states its rate limits in, and values for them a broken proxy or provider
+# has been known to send, beside ones it does.
+RATE_LIMIT_HEADERS = ["x-ratelimit-limit-requests", "x-ratelimit-limit-tokens", "x-ratelimit-remaining-requests",
+                      "x-ratelimit-remaining-tokens", "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens",
+                      "retry-after", "retry-after-ms"]
+ODD_FIGURES = ["-1", "-1e30", "1e30", "1" + "0" * 40, "1" + "0" * 400, "9" * 30 + "h", "9" * 400 + "h", "nan", "inf",
+               "-inf", "Infinity", "1.5", "", " ", "0x10", "1_000", "１２", "٣", "Mon, 01 Jan 0001 00:00:00 -0000",
+               "Fri, 31 Dec 9999 23:59:59 GMT", "Thu, 01 Jan 1970 00:00:00", "999999999999999999999ms", "1e308",
+               "0", "450", "1000"]
+
+
 def paths_in(node: Any, here: tuple = ()) -> list[tuple]:
     """Every node's path in a JSON value: () for the whole, then keys and indexes down to the leaves."""
     found = [here]

@@ -21,6 +21,8 @@ from connectors.ratelimit_headers import (
     parse_retry_after,
 )
 
+from .conftest import ODD_FIGURES, RATE_LIMIT_HEADERS
+
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
@@ -110,17 +112,10 @@ def test_parse_resets_in(text: str | None, seconds: float | None) -> None:
 
 # --------------------------------------------------------------------------- hostile figures
 
-_NAMES = ["x-ratelimit-limit-requests", "x-ratelimit-limit-tokens", "x-ratelimit-remaining-requests",
-          "x-ratelimit-remaining-tokens", "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens",
-          "retry-after", "retry-after-ms"]
-# Values a broken proxy or provider has been known to send, beside any text at all.
-_ODD = ["-1", "-1e30", "1e30", "1" + "0" * 400, "9" * 400 + "h", "nan", "inf", "-inf", "Infinity", "1.5", "",
-        " ", "0x10", "1_000", "１２", "٣", "Mon, 01 Jan 0001 00:00:00 -0000", "Fri, 31 Dec 9999 23:59:59 GMT",
-        "Thu, 01 Jan 1970 00:00:00", "999999999999999999999ms", "1e308", "0", "450"]
-
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(st.sampled_from(_NAMES), st.sampled_from(_ODD) | st.text(max_size=30), max_size=8))
+@given(st.dictionaries(st.sampled_from(RATE_LIMIT_HEADERS), st.sampled_from(ODD_FIGURES) | st.text(max_size=30),
+                       max_size=8))
 def test_any_rate_limit_headers_give_credible_figures_or_none(values: dict[str, str]) -> None:
     """Whatever the headers say, what is read from them is a whole count from 0 to MOST_CREDIBLE_COUNT with
     no more left than the limit the same answer gives, or seconds from 0 to a day, or None: never an error."""
