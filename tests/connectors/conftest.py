@@ -169,10 +169,13 @@ async def answering_raw(queue: list[bytes]) -> tuple[Any, str]:
     return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
 
-def http_answer(status: int, body: bytes, headers: dict[str, str] | None = None, *, length: int | None = None) -> bytes:
-    """An HTTP/1.1 answer's bytes; `length` declares a Content-Length other than the body's own."""
-    lines = [f"HTTP/1.1 {status} X", "Content-Type: application/json", "Connection: close",
-             f"Content-Length: {len(body) if length is None else length}"]
+def http_answer(
+    status: int, body: bytes, headers: dict[str, str] | None = None, *, length: int | None = None, keep_alive: bool = False
+) -> bytes:
+    """An HTTP/1.1 answer's bytes; `length` declares a Content-Length other than the body's own; `keep_alive`
+    leaves out `Connection: close`, so the client may send its next request on the same connection."""
+    lines = [f"HTTP/1.1 {status} X", "Content-Type: application/json"] + ([] if keep_alive else ["Connection: close"])
+    lines += [f"Content-Length: {len(body) if length is None else length}"]
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
@@ -299,3 +302,43 @@ async def images(replicate_args: dict[str, Any]) -> AsyncIterator[ImageMaker]:
 async def wix(connector_args: dict[str, dict[str, Any]]) -> AsyncIterator[WixBlog]:
     async with WixBlog(**connector_args["wix"]) as client:
         yield client
+
+
+HANG_UP = b""  # in `keeping_alive`'s queue: read the request, then close without a word
+
+
+class ThenHangUp(bytes):
+    """In `keeping_alive`'s queue: an answer after which the server closes the connection, though the answer
+    said nothing of it (a kept-alive connection the server drops while the client holds it for its next call)."""
+
+
+async def keeping_alive(queue: list[bytes]) -> tuple[Any, str, list[bytes]]:
+    """A TCP server that keeps each connection open and answers every request on it with the next bytes of
+    `queue` (HANG_UP: read it, then close the connection unanswered; ThenHangUp: answer, then close): its server, URL, and the request lines
+    it has read, in order, so a test sees what a client sent again behind its caller's back."""
+    import asyncio
+
+    seen: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                await reader.readexactly(length)
+                seen.append(head.split(b"\r\n", 1)[0])
+                reply = queue.pop(0) if queue else HANG_UP
+                if reply == HANG_UP:
+                    return
+                writer.write(reply)
+                await writer.drain()
+                if isinstance(reply, ThenHangUp):
+                    return
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", seen

@@ -28,9 +28,12 @@ from .conftest import (
     ODD_FIGURES,
     OPENAI_KEY,
     RATE_LIMIT_HEADERS,
+    HANG_UP,
     REPLICATE_TOKEN,
+    ThenHangUp,
     answering_raw,
     http_answer,
+    keeping_alive,
 )
 from .test_openai_batches import _BATCH
 from .test_openai_writer import COMPLETION, REQUEST
@@ -151,6 +154,40 @@ async def test_a_get_the_server_hangs_up_on_is_sent_once_not_again_behind_the_ca
             await call(connector)
         assert len(queue) == 1  # the good answer is still there: the server was asked once
         assert not isinstance(await call(connector), ProviderError)
+    finally:
+        await connector.aclose()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize("client", sorted(_CLIENTS))
+@pytest.mark.parametrize("lost", ["hung_up_after_reading", "closed_after_answering"])
+async def test_a_kept_alive_connection_the_server_drops_never_carries_a_call_twice(client: str, lost: str) -> None:
+    """The second call goes on a connection kept from the first, and the server drops it: after reading the
+    request and before answering (the call may have had its effect: retryable, and not sent again by any layer
+    under the client), or right after the first answer (a stale connection: the call goes on a new one, or fails retryable unsent).
+    Either way the server reads each call at most once, and the client's next call is answered."""
+    make, call, status, good = _CLIENTS[client]
+    kept = http_answer(status, json.dumps(good).encode(), keep_alive=True)
+    if lost == "hung_up_after_reading":
+        queue = [kept, HANG_UP, kept]
+    else:
+        queue = [ThenHangUp(kept), kept, kept]
+    server, url, seen = await keeping_alive(queue)
+    connector = make(url)
+    try:
+        assert not isinstance(await call(connector), ProviderError)
+        try:
+            second = await call(connector)
+        except ProviderError as exc:
+            second = exc
+        if lost == "hung_up_after_reading" or isinstance(second, ProviderError):
+            assert isinstance(second, ProviderUnavailable) and second.retryable, second
+        # Read once, or (sent into a connection already closed) not at all; never twice.
+        assert len(seen) == (2 if lost == "hung_up_after_reading" or not isinstance(second, ProviderError) else 1), seen
+        before = len(seen)
+        assert not isinstance(await call(connector), ProviderError)
+        assert len(seen) == before + 1, seen
     finally:
         await connector.aclose()
         server.close()
