@@ -2,8 +2,9 @@
 
 Three workers drain a backlog of a few thousand requests on a mix of sites, on a
 private broker, a private Postgres cluster and a private simulator (the shared
-stack is never touched), while the providers answer 10 % of calls with a 5xx and
-2 % with no answer at all (timeouts), and in turn:
+stack is never touched), while the providers answer 10 % of calls with a 5xx,
+leave 2 % unanswered (timeouts) and cut 5 % of their answers off half-way (the
+call made in full: a post is up, an image billed), and in turn:
 
 1. normal running: the baseline throughput (completions per second);
 2. the broker SIGKILLed, restarted 60 s later: log lines per second and RSS of
@@ -198,7 +199,7 @@ async def final_count(outcomes: Outcomes, ids: list[str]) -> int:
 
 # ----------------------------------------------------------------------------- the run
 WINDOW = 30.0  # every budget's window (worker and simulator alike)
-PROVIDER_FAULTS = {"error_rate": 0.10, "timeout_rate": 0.02, "timeout_seconds": 15.0}
+PROVIDER_FAULTS = {"error_rate": 0.10, "timeout_rate": 0.02, "timeout_seconds": 15.0, "cut_rate": 0.05}
 CLIENT_TIMEOUT = 8.0  # the workers' provider timeouts: a call left unanswered ends as a timeout after this
 BROKER_OUTAGE, POSTGRES_OUTAGE, KILL_EVERY, KILLS, SETTLE = 60.0, 30.0, 60.0, 4, 60.0
 BIN = 10.0  # seconds per throughput bin
@@ -549,7 +550,7 @@ def plot(result: dict[str, Any], path: Path) -> bool:
             ax.axvspan(start, end, color=colors.get(name, "#ccc"), alpha=0.3, label=name)
     ax.set_xlabel("seconds since the first completion")
     ax.set_ylabel("requests finished per 10 s")
-    ax.set_title("blogstream under faults: 3 workers, providers 10 % 5xx + 2 % timeouts")
+    ax.set_title("blogstream under faults: 3 workers, providers 10 % 5xx + 2 % timeouts + 5 % cut")
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -568,8 +569,9 @@ def report(result: dict[str, Any], png: str | None, busy: str) -> str:
         "",
         f"{s['requests']} requests on 30 sites (sizes ~ 1/rank), {s['workers']} workers, a private broker, "
         f"Postgres and simulator. Budget: {s['budget_per_s']:g} OpenAI requests/s (W = {s['window_s']:g} s), "
-        "the binding limit. Providers answer 10 % of calls with a 5xx and leave 2 % unanswered "
-        f"(the workers time out after {s['client_timeout_s']:g} s). Static membership: "
+        "the binding limit. Providers answer 10 % of calls with a 5xx, leave 2 % unanswered "
+        f"(the workers time out after {s['client_timeout_s']:g} s) and cut 5 % of their answers off "
+        "half-way, after the call was made. Static membership: "
         f"{'on' if s['static_membership'] else 'off'}. {busy}",
         "",
     ]
@@ -583,7 +585,8 @@ def report(result: dict[str, Any], png: str | None, busy: str) -> str:
             "",
             f"- every request final: {checks['statuses']} (none PENDING), each with one result",
             f"- posts: {checks['posts']}, none published twice; no provider window over its limit, no 429",
-            f"- provider faults met: 5xx {checks['errors_5xx']}, timeouts {checks['timeouts']}",
+            f"- provider faults met: 5xx {checks['errors_5xx']}, timeouts {checks['timeouts']}, "
+            f"answers cut {checks.get('answers_cut', {})}",
         ]
         if checks["failed_errors"]:
             lines.append(f"- FAILED requests by error: {checks['failed_errors']}")
