@@ -37,7 +37,9 @@ def budget_problem(value: Any) -> str | None:
     if value is None:
         return None
     low, high = BUDGET_RANGE
-    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)) or not math.isfinite(value):
+    # An int is always finite, and math.isfinite cannot take one too large for a float (OverflowError)
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)) or (
+            not isinstance(value, int) and not math.isfinite(value)):
         return f"must be an amount of US dollars from {low:g} to {high:g}, or null for no cap"
     if not low <= value <= high:
         return f"must be from {low:g} to {high:g} US dollars, or null for no cap"

@@ -88,7 +88,8 @@ def control_problem(name: str, value: Any) -> str | None:
     """What is wrong with one control's value (None: it is fine). Numbers only: no bool, NaN or infinity."""
     low, high = CONTROL_RANGES[name]
     whole = name != "weight"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    # An int is always finite, and math.isfinite cannot take one too large for a float (OverflowError)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not math.isfinite(value)):
         return f"must be a {'whole ' if whole else ''}number from {low:g} to {high:g}"
     if whole and value != int(value):
         return f"must be a whole number from {low:g} to {high:g}"

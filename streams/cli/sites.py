@@ -152,7 +152,8 @@ def check_controls(**controls: Any) -> None:
     for name, value in controls.items():
         if value is not None and (problem := control_problem(name, value)):
             option = "--" + name.replace("_", "-")
-            raise CliError(f"Invalid value for '{option}': {value:g} {problem}", "see blogstream sites --help",
+            shown = f"{value:g}" if isinstance(value, float) else str(value)  # an int may be too large for :g
+            raise CliError(f"Invalid value for '{option}': {shown} {problem}", "see blogstream sites --help",
                            exit_code=2)
 
 

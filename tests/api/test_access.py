@@ -178,6 +178,10 @@ def test_answers_are_strict_json():
     ({"max_in_flight": 1001}, "max_in_flight"), ({"max_in_flight": 10**30}, "max_in_flight"),
     ({"max_queued": 100_001}, "max_queued"), ({"max_queued": -1}, "max_queued"), ({"paused": 1}, "paused"),
     ({"colour": "red"}, "colour"),
+    # integers too large for a float (JSON allows them, and parse_json takes up to 4,300 digits)
+    ({"weight": 10**400}, "weight"), ({"max_in_flight": 10**400}, "max_in_flight"),
+    ({"max_queued": -(10**400)}, "max_queued"), ({"monthly_budget_usd": 10**400}, "monthly_budget_usd"),
+    ({"daily_budget_usd": -(10**309)}, "daily_budget_usd"),
 ])
 def test_site_controls_are_finite_and_in_range(body, wrong):
     controls, errors = parse_controls(body)
@@ -196,6 +200,13 @@ def test_site_controls_in_range_pass_and_match_the_store():
             assert control_problem(name, value) is not None
             with pytest.raises(ValueError, match=name):
                 _check_controls(**{k: (value if k == name else None) for k in CONTROL_RANGES})
+
+
+def test_a_patch_body_with_an_integer_too_large_for_a_float_is_a_400_naming_the_field():
+    body, wrong = parse_json(b'{"max_in_flight": ' + b"9" * 400 + b"}")
+    assert wrong is None and body == {"max_in_flight": int("9" * 400)}  # it is JSON: it reaches parse_controls
+    controls, errors = parse_controls(body)
+    assert controls == {} and errors == ["max_in_flight: must be from 1 to 1000"]
 
 
 @pytest.mark.parametrize("raw, words", [

@@ -99,3 +99,12 @@ def test_main_returns_the_exit_code():
 def test_the_cli_module_runs_with_python_m():
     done = subprocess.run([sys.executable, "-m", "streams.cli", "--version"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("blogstream ")
+
+
+@pytest.mark.parametrize("option", ["--max-in-flight", "--max-queued"])
+def test_a_control_too_large_for_a_float_is_a_usage_error_not_an_unexpected_one(option):
+    huge = "9" * 400  # click's IntRange takes it; the range check must not need a float of it
+    result = CliRunner().invoke(cli, ["sites", "set", "s1", option, huge])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"blogstream: error: Invalid value for '{option}': {huge} must be from 1 to ")
+    assert result.stderr.endswith(", see blogstream sites --help\n")
