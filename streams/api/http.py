@@ -51,7 +51,8 @@ def bearer_ok(header: str | None, token: str, *also: str) -> bool:
     scheme, _, given = header.strip().partition(" ")
     if scheme.lower() != "bearer":
         return False
-    given_bytes = given.strip().encode()
+    # aiohttp hands header bytes that are not UTF-8 over as lone surrogates (surrogateescape): back to those bytes
+    given_bytes = given.strip().encode("utf-8", "surrogateescape")
     # Every candidate is compared (no early exit): the time does not say which one matched.
     return sum(hmac.compare_digest(given_bytes, t.encode()) for t in (token, *also) if t) > 0
 

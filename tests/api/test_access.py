@@ -107,6 +107,32 @@ async def test_a_route_nobody_listed_is_closed(client):
         assert (await client.get("/api/boom")).status == 401
 
 
+async def raw_answer(client, request: bytes) -> tuple[int, bytes, bytes]:
+    """(status, head, body) of one request written byte for byte, as a client that is not aiohttp may send it."""
+    import asyncio
+
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(request)
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), head, body
+
+
+@pytest.mark.parametrize("token", [b"\xff\xfe", b"admin-secret\xff", b"\xc3"])
+async def test_a_token_that_is_not_utf8_is_a_401_not_a_crash(client, token):
+    # A header's bytes that are not UTF-8 reach us as lone surrogates (aiohttp's surrogateescape).
+    with tokens(intake=INTAKE, admin=ADMIN):
+        for method, path in [("POST", "/api/sites/shop-1/pause"), ("GET", "/api/blogs/r1"), ("POST", "/api/blogs")]:
+            status, head, body = await raw_answer(client, (
+                f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n".encode()
+                + b"Authorization: Bearer " + token + b"\r\nConnection: close\r\n\r\n"))
+            assert status == 401, (method, path, head, body)
+            assert b"application/json" in head and b"WWW-Authenticate: Bearer" in head
+            assert "token" in json.loads(body)["error"]
+
+
 @pytest.mark.parametrize("headers", [
     {"Origin": "https://evil.example"}, {"Origin": "null"}, {"Origin": "http://127.0.0.1:1"},
     {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "Cross-Site", "Origin": "ignored"},
