@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import itertools
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -38,11 +40,30 @@ def request_from_options(
     }
 
 
+# Bytes of the file that are not UTF-8, as `errors="surrogateescape"` reads them: only such bytes give these.
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
+
+
 def read_requests(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
-    """(line number, request or None, problem) for each line of a JSONL or CSV file."""
+    """(line number, request or None, problem) for each line of a JSONL or CSV file.
+
+    A line nothing can read (not UTF-8, nested too deeply, a number of thousands of digits,
+    a CSV field past csv's size limit) is a problem of that line, like any other.
+    """
     if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as fh:
-            for n, row in enumerate(csv.DictReader(fh), start=2):
+        with path.open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
+            rows = csv.DictReader(fh)
+            for n in itertools.count(2):
+                try:
+                    row = next(rows)
+                except StopIteration:
+                    return
+                except csv.Error as exc:
+                    yield n, None, f"not valid CSV ({exc})"
+                    continue
+                if any(isinstance(v, str) and _NOT_UTF8.search(v) for v in (*row.values(), *row.keys())):
+                    yield n, None, "not UTF-8 text"
+                    continue
                 item: dict[str, Any] = {k: v for k, v in row.items() if v not in (None, "")}
                 if "keywords" in item:
                     item["keywords"] = [k.strip() for k in item["keywords"].split(",") if k.strip()]
@@ -54,14 +75,20 @@ def read_requests(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]
                         continue
                 yield n, item, ""
         return
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding="utf-8", errors="surrogateescape") as fh:
         for n, line in enumerate(fh, start=1):
             if not line.strip():
+                continue
+            if _NOT_UTF8.search(line):
+                yield n, None, "not UTF-8 text"
                 continue
             try:
                 item = json.loads(line)
             except json.JSONDecodeError as exc:
                 yield n, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
+                continue
+            except (ValueError, RecursionError):  # a number of thousands of digits, or nested too deeply
+                yield n, None, "not valid JSON for us (nested too deeply, or a number with too many digits)"
                 continue
             if not isinstance(item, dict):
                 yield n, None, "not a JSON object"

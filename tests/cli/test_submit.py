@@ -94,3 +94,25 @@ def test_a_worker_that_wants_a_token_stops_the_submit(run, worker):
     assert result.exit_code == 1 and result.stdout == ""
     assert result.stderr.startswith("blogstream: error: submit stopped: the worker at http://w wants the intake "
                                     "token: set BLOGSTREAM_INTAKE_TOKEN")
+
+
+@pytest.mark.parametrize(("name", "bad_line", "problem"), [
+    ("deep.jsonl", b"[" * 100_000, "not valid JSON"),  # nested past what the parser takes
+    ("digits.jsonl", b'{"site_id": "shop-1", "topic": "T", "target_words": ' + b"9" * 5000 + b"}", "not valid JSON"),
+    ("latin1.jsonl", b'{"site_id": "shop-1", "topic": "Caf\xe9"}', "not UTF-8 text"),
+    ("latin1.csv", b"shop-1,Caf\xe9", "not UTF-8 text"),
+    ("long.csv", b"shop-1," + b"x" * 200_000, "not valid CSV"),  # past csv's field size limit
+])
+def test_a_line_nothing_can_read_is_skipped_and_named_and_the_others_are_sent(run, intake, tmp_path, name, bad_line,
+                                                                               problem):
+    # The intake answers these bodies 400; in a file they are one bad line, never a crash that sends nothing.
+    path = tmp_path / name
+    if name.endswith(".csv"):
+        path.write_bytes(b"site_id,topic\nshop-1,Before\n" + bad_line + b"\nshop-1,After\n")
+    else:
+        path.write_bytes(b'{"site_id": "shop-1", "topic": "Before"}\n' + bad_line + b'\n{"site_id": "shop-1", "topic": "After"}\n')
+    result = run("submit", "--file", str(path), "--quiet", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["accepted"] == 2 and [r["topic"] for r in intake] == ["Before", "After"]
+    assert len(report["invalid"]) == 1 and report["invalid"][0].startswith(f"line {3 if name.endswith('.csv') else 2}: {problem}")
