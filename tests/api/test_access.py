@@ -133,6 +133,21 @@ async def test_a_token_that_is_not_utf8_is_a_401_not_a_crash(client, token):
             assert "token" in json.loads(body)["error"]
 
 
+@pytest.mark.parametrize("name", ["Authorization", "Origin", "Sec-Fetch-Site", "Content-Type", "X-Request-Id"])
+@pytest.mark.parametrize("value", [b"\xff\xfe", b"\xc3", b"Bearer \x80abc", b"application/json\xe9", b"null\xa0"])
+@pytest.mark.parametrize("with_tokens", [True, False])
+async def test_any_header_whose_bytes_are_not_utf8_is_answered_never_a_500(client, name, value, with_tokens):
+    """The class of the token case above: every header the guard reads, on every route it guards."""
+    with tokens(intake=INTAKE, admin=ADMIN) if with_tokens else tokens():
+        for method, path in access.ACCESS:
+            status, head, body = await raw_answer(client, (
+                f"{method} {path.replace('{site_id}', 'shop-1')} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n".encode()
+                + name.encode() + b": " + value + b"\r\nConnection: close\r\n\r\n"))
+            assert status < 500, (method, path, head, body)
+            if status >= 400:
+                assert b"application/json" in head and json.loads(body)["error"], (method, path, head, body)
+
+
 @pytest.mark.parametrize("headers", [
     {"Origin": "https://evil.example"}, {"Origin": "null"}, {"Origin": "http://127.0.0.1:1"},
     {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "Cross-Site", "Origin": "ignored"},
