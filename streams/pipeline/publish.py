@@ -24,6 +24,14 @@ from streams.pipeline.stage import StageFailed, check_written, effect_once, now_
 STAGE = "publish"
 
 
+MAX_COVERS = 4  # the request's cover and the new ones made when Wix found the one before it gone
+
+
+def renewal_key(effect: str, n: int) -> str:
+    """The ledger entry of the n-th renewed cover ("image") or of its import ("publish-media"); 0: the first."""
+    return effect if n == 0 else f"{effect}-renewed" if n == 1 else f"{effect}-renewed-{n}"
+
+
 def post_slug(article_slug: str, request_id: str) -> str:
     """Readable and unique per request, so a post can be found again by slug."""
     tag = hashlib.sha1(request_id.encode()).hexdigest()[:8]
@@ -48,15 +56,23 @@ async def publish_post(illustrated: dict[str, Any], deps: Deps) -> dict[str, Any
                                                display_name=f"{slug}.png")
 
     async def publish() -> dict[str, Any]:
-        media_key = "publish-media"
-        try:
-            media, earlier_attempt = await effect_once(deps, request_id, media_key, site_id, lambda: import_cover(illustrated["image"]))
-        except StageFailed as failed:
-            if not isinstance(failed.__cause__, ImageExpired):
-                raise
+        # The newest cover an earlier attempt made because the one before was gone: the older ones are
+        # not used again (that attempt may have posted with it, and its media import says so).
+        n, image = 0, illustrated["image"]
+        assert deps.db is not None
+        while n + 1 < MAX_COVERS and (renewed := await deps.db.get_effect(request_id, renewal_key("image", n + 1))):
+            n, image = n + 1, renewed
+        while True:
+            try:
+                media, earlier_attempt = await effect_once(deps, request_id, renewal_key("publish-media", n), site_id,
+                                                           lambda: import_cover(image))
+                break
+            except StageFailed as failed:
+                if not isinstance(failed.__cause__, ImageExpired) or n + 1 >= MAX_COVERS:
+                    raise
             # Replicate deleted the image (it keeps outputs one hour): make a new one.
-            image = await make_cover(request, article, deps, effect="image-renewed")
-            media, earlier_attempt = await effect_once(deps, request_id, "publish-media-renewed", site_id, lambda: import_cover(image))
+            n += 1
+            image = await make_cover(request, article, deps, effect=renewal_key("image", n))
         draft = draft_post(site, title=article["title"], excerpt=article["excerpt"], body_markdown=article["body"],
                            slug=slug, tags=article.get("tags", []), image=media,
                            image_alt=article.get("image_alt", ""))

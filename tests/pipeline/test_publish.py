@@ -33,6 +33,9 @@ class LedgerDb:
     async def extend_effect(self, request_id, effect, *, owner, lease_seconds):
         pass
 
+    async def get_effect(self, request_id, effect):
+        return self.done.get((request_id, effect))
+
 
 class FlakyWix:
     """The first create lands on the site but its answer is lost (a 503 to us)."""
@@ -93,3 +96,111 @@ async def test_a_retried_publish_takes_a_permit_for_every_wix_request_and_posts_
     assert len(wix.posts) == 1
     assert len(counting.permits) == len(wix.calls)
     assert all(needs == {"wix_requests:site-a": 1} for needs in counting.permits)
+
+
+# --- a cover Wix could not fetch: a new one is made (publish.py), and a replay must follow it ----------
+
+FIRST, SECOND = "https://replicate.example/first.png", "https://replicate.example/second.png"
+ARTICLE = {"title": "T", "excerpt": "E", "body": "B", "slug": "t", "tags": [], "image_prompt": "p", "image_alt": ""}
+
+
+class WorkerKilled(BaseException):
+    """The worker dies (SIGKILL) here: nothing after it runs."""
+
+
+class KilledBeforeRecording(LedgerDb):
+    """A worker killed after Wix answered the create, before the post was recorded in the ledger."""
+
+    def __init__(self, done: dict[tuple[str, str], dict]) -> None:
+        super().__init__(done)
+        self.killed = False
+
+    async def complete_effect(self, request_id, effect, site_id, payload, *, owner):
+        if effect == "publish" and not self.killed:
+            self.killed = True
+            raise WorkerKilled()
+        await super().complete_effect(request_id, effect, site_id, payload, owner=owner)
+
+
+class ImportingWix(FlakyWix):
+    """Imports fail as expired for the URLs in `gone` (`once`: only the first time); every create lands."""
+
+    def __init__(self, gone: set[str], *, once: bool = False) -> None:
+        super().__init__()
+        self.gone, self.once = gone, once
+        self.created: list[str] = []
+
+    async def import_image(self, site, url, *, display_name):
+        from connectors.errors import ImageExpired
+
+        self.calls.append(f"import {url}")
+        if url in self.gone:
+            if self.once:
+                self.gone.discard(url)
+            raise ImageExpired("wix", "POST site-media/v1/files/import: could not download the file", status=400)
+        return {"id": f"media-{len(self.calls)}", "url": f"https://static.example/{url.rsplit('/', 1)[-1]}"}
+
+    async def publish_draft(self, site, draft):
+        self.calls.append("create")
+        self.created.append(draft["seoSlug"])
+        post = PublishedPost(f"post-{len(self.created)}", f"https://example.test/{draft['seoSlug']}", draft["seoSlug"])
+        self.posts[draft["seoSlug"]] = post
+        return post
+
+
+def ledgered_covers(monkeypatch, db: LedgerDb) -> list[str]:
+    """make_cover as covers.py does it: once per effect key (the ledger), a new Replicate image otherwise."""
+    made: list[str] = []
+
+    async def make_cover(request, article, deps, *, effect="image"):
+        if (request["request_id"], effect) not in db.done:
+            made.append(effect)
+            url = SECOND if effect == "image-renewed" else f"https://replicate.example/{effect}.png"
+            db.done[(request["request_id"], effect)] = {"url": url, "prediction_id": f"p{len(made)}", "created_at": 0}
+        return db.done[(request["request_id"], effect)]
+
+    monkeypatch.setattr(publish, "make_cover", make_cover)
+    return made
+
+
+@pytest.fixture
+def counting(monkeypatch):
+    counting = CountingBudgets()
+    monkeypatch.setattr(stage, "budgets", counting)
+    monkeypatch.setattr(publish_batches, "budgets", counting)
+    return counting
+
+
+@pytest.mark.asyncio
+async def test_a_replay_after_a_renewed_cover_was_posted_does_not_post_again(monkeypatch, counting):
+    db = KilledBeforeRecording({})
+    ledgered_covers(monkeypatch, db)
+    wix = ImportingWix({FIRST}, once=True)  # Wix could not fetch the first cover once (a blip of the image host)
+    illustrated = {"request": {"request_id": "req-1", "site_id": "site-a"}, "article": ARTICLE, "image": {"url": FIRST}}
+
+    # Attempt 1: the first cover taken for gone, a new one made and imported, the post created; then the
+    # worker dies before the ledger records the post.
+    with pytest.raises(WorkerKilled):
+        await publish.publish_post(illustrated, FakeDeps(db, wix))
+    assert len(wix.created) == 1
+
+    # The replay of the same event (its offset was never committed) must find that post, not make a second one.
+    result = await publish.publish_post(illustrated, FakeDeps(db, wix))
+    assert result["status"] == "DONE"
+    assert len(wix.created) == 1, f"the post was created {len(wix.created)} times: {wix.calls}"
+
+
+@pytest.mark.asyncio
+async def test_a_renewed_cover_that_is_gone_too_is_renewed_again(monkeypatch, counting):
+    # An earlier attempt found the first cover gone and made a new one, but could not import it (Wix down
+    # past the retry patience: FAILED, "retry it later"). The retry comes more than an hour later:
+    # Replicate has deleted the new cover as well.
+    db = LedgerDb({("req-1", "image-renewed"): {"url": SECOND, "prediction_id": "p1", "created_at": 0}})
+    made = ledgered_covers(monkeypatch, db)
+    wix = ImportingWix({FIRST, SECOND})
+    illustrated = {"request": {"request_id": "req-1", "site_id": "site-a"}, "article": ARTICLE, "image": {"url": FIRST}}
+
+    result = await publish.publish_post(illustrated, FakeDeps(db, wix))  # StageFailed on every retry, for good
+
+    assert result["status"] == "DONE" and len(wix.created) == 1
+    assert len(made) == 1  # one more cover, made because the renewed one was gone
