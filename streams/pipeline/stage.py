@@ -99,6 +99,9 @@ async def effect_once(
     db = deps.db
     owner = f"{deps.worker_id}:{random_hex(32)}"
     while True:
+        if CLAIMS.holds(request_id, effect):  # a copy of this event runs here: its claim may have lapsed in an
+            await asyncio.sleep(1.0)           # outage, its result not recorded yet; wait for it, never take it over
+            continue
         claim = await db.claim_effect(request_id, effect, site_id, owner=owner, lease_seconds=EFFECT_LEASE_SECONDS)
         if claim.state == "foreign":
             raise RequestOfAnotherSite(effect, request_id, site_id)
@@ -154,17 +157,28 @@ class ClaimRenewals:
 
     def __init__(self) -> None:
         self._held: dict[str, tuple[Any, str, str]] = {}  # owner -> (db, request id, effect)
+        self._keys: dict[tuple[str, str], int] = {}  # (request id, effect) -> claims of it held here
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def hold(self, db: Any, request_id: str, effect: str, owner: str) -> None:
         self._held[owner] = (db, request_id, effect)
+        self._keys[(request_id, effect)] = self._keys.get((request_id, effect), 0) + 1
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done() or self._loop is not loop:
             self._loop, self._task = loop, loop.create_task(self._renew_forever())
 
     def drop(self, owner: str) -> None:
-        self._held.pop(owner, None)
+        held = self._held.pop(owner, None)
+        if held is not None:
+            key = held[1:]
+            self._keys[key] -= 1
+            if not self._keys[key]:
+                del self._keys[key]
+
+    def holds(self, request_id: str, effect: str) -> bool:
+        """Whether an effect_once of this process is under way for (request_id, effect)."""
+        return (request_id, effect) in self._keys
 
     def __len__(self) -> int:
         return len(self._held)

@@ -138,3 +138,91 @@ async def test_an_effect_holds_its_claim_for_renewal_only_while_it_is_under_way(
     with pytest.raises(RuntimeError):
         await stage.effect_once(SimpleNamespace(db=Ledger(), worker_id="w1"), "r2", "generate", "s1", fails)
     assert seen == [before + 1, before + 1] and len(stage.CLAIMS) == before
+
+
+class LeasedLedger:
+    """The effect ledger with leases on Postgres's clock (store/effects.py's rules); `down`: Postgres away."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], dict] = {}
+        self.down = False
+
+    def _reach(self) -> None:
+        if self.down:
+            raise ConnectionRefusedError(111, "refused")
+
+    async def claim_effect(self, request_id, stage_, site_id, *, owner, lease_seconds):
+        self._reach()
+        now, row = asyncio.get_running_loop().time(), self.rows.get((request_id, stage_))
+        if row is None or (row["status"] == "claimed" and row["until"] < now):  # fresh, or an expired lease taken over
+            self.rows[(request_id, stage_)] = {"status": "claimed", "owner": owner, "until": now + lease_seconds}
+            return EffectClaim("acquired")
+        if row["status"] == "done":
+            return EffectClaim("done", row["payload"])
+        return EffectClaim("busy")
+
+    async def complete_effect(self, request_id, stage_, site_id, payload, *, owner):
+        self._reach()
+        row = self.rows.get((request_id, stage_))
+        if row is None or row["status"] == "claimed":
+            self.rows[(request_id, stage_)] = {"status": "done", "payload": payload}
+
+    async def release_effect(self, request_id, stage_, *, owner):
+        self._reach()
+        row = self.rows.get((request_id, stage_))
+        if row is not None and row["status"] == "claimed" and row["owner"] == owner:
+            del self.rows[(request_id, stage_)]
+
+    async def extend_effects(self, claims, *, lease_seconds):
+        self._reach()
+        now = asyncio.get_running_loop().time()
+        for request_id, stage_, owner in claims:
+            row = self.rows.get((request_id, stage_))
+            if row is not None and row["status"] == "claimed" and row["owner"] == owner:
+                row["until"] = now + lease_seconds
+        return [True] * len(claims)
+
+
+async def test_a_copy_of_an_event_waiting_on_this_workers_claim_does_not_pay_again_after_an_outage(monkeypatch):
+    # Two copies of one request's record (a producer's retry) run on one worker. The first pays the provider;
+    # the second waits for its claim. Postgres goes away for longer than a lease (the claim cannot be renewed)
+    # and the provider answers meanwhile: its result waits to be recorded. Times are a tenth of the real ones
+    # (a 3 s lease renewed every second), the copy's one-second look at a busy claim is kept.
+    monkeypatch.setattr(stage, "EFFECT_LEASE_SECONDS", 3.0)
+    monkeypatch.setattr(stage, "COMPLETE_RETRY_SECONDS", (0.5, 10.0))
+    monkeypatch.setattr(stage, "CLAIMS", stage.ClaimRenewals())
+    ledger = LeasedLedger()
+    deps = SimpleNamespace(db=ledger, worker_id="w1")
+    paid: list[str] = []
+    calling, answered = asyncio.Event(), asyncio.Event()
+
+    async def produce():
+        paid.append("call")
+        calling.set()
+        await answered.wait()
+        return {"article": f"paid {len(paid)}"}
+
+    async def run_event():
+        """A stage event as the runner runs it: an outage fails the try, the event runs again soon after."""
+        while True:
+            try:
+                return await stage.effect_once(deps, "r1", "generate", "s1", produce)
+            except OSError:
+                await asyncio.sleep(0.05)
+
+    first = asyncio.ensure_future(run_event())
+    await calling.wait()
+    second = asyncio.ensure_future(run_event())  # finds the claim busy and waits
+    await asyncio.sleep(0.5)
+    ledger.down = True
+    await asyncio.sleep(2.9)  # the lease runs out
+    answered.set()  # the provider answers; Postgres is still away
+    await asyncio.sleep(0.2)
+    ledger.down = False  # 3.1 s of outage
+
+    try:
+        results = await asyncio.wait_for(asyncio.gather(first, second), timeout=15)
+    finally:
+        stage.CLAIMS._task.cancel()
+    assert paid == ["call"], f"the provider was paid {len(paid)} times for one request"
+    assert results[0][0] == results[1][0] == {"article": "paid 1"}
