@@ -312,8 +312,9 @@ class EffectLedger:
             log.debug("release of %s/%s by %s found no claim of its own", request_id, stage, owner)
 
     async def get_effect(self, request_id: str, stage: str) -> dict[str, Any] | None:
-        """The payload of a done effect, None if it has not happened (yet)."""
-        return await self.pool.fetchval(
-            "SELECT payload FROM stage_outputs WHERE request_id = $1 AND stage = $2 AND status = 'done'",
-            request_id, stage,
-        )
+        """The payload of a done effect, None if it has not happened (yet).
+
+        Read with the claims' reads (one statement for concurrent callers): publish asks once per post.
+        """
+        record = await self._batches().read((request_id, stage))
+        return record["payload"] if record is not None and record["status"] == "done" else None

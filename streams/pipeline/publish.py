@@ -24,7 +24,7 @@ from streams.pipeline.stage import StageFailed, check_written, effect_once, now_
 STAGE = "publish"
 
 
-MAX_COVERS = 4  # the request's cover and the new ones made when Wix found the one before it gone
+NEW_COVERS_PER_TRY = 2  # covers one try makes when Wix finds the one before gone; a retry may make more
 
 
 def renewal_key(effect: str, n: int) -> str:
@@ -60,18 +60,26 @@ async def publish_post(illustrated: dict[str, Any], deps: Deps) -> dict[str, Any
         # not used again (that attempt may have posted with it, and its media import says so).
         n, image = 0, illustrated["image"]
         assert deps.db is not None
-        while n + 1 < MAX_COVERS and (renewed := await deps.db.get_effect(request_id, renewal_key("image", n + 1))):
+        while renewed := await deps.db.get_effect(request_id, renewal_key("image", n + 1)):
             n, image = n + 1, renewed
+        made = 0
         while True:
             try:
                 media, earlier_attempt = await effect_once(deps, request_id, renewal_key("publish-media", n), site_id,
                                                            lambda: import_cover(image))
                 break
             except StageFailed as failed:
-                if not isinstance(failed.__cause__, ImageExpired) or n + 1 >= MAX_COVERS:
+                if not isinstance(failed.__cause__, ImageExpired):
                     raise
+                if made >= NEW_COVERS_PER_TRY:  # not the hour Replicate keeps them: Wix cannot fetch from it
+                    raise StageFailed(
+                        STAGE, request_id, site_id,
+                        f"Wix could not download {made + 1} cover images in a row, {made} of them new ({failed.reason})",
+                        f"Check that the site's Wix media import can reach the image host, then: blogstream retry "
+                        f"{request_id} (it makes a new cover)",
+                    ) from failed.__cause__
             # Replicate deleted the image (it keeps outputs one hour): make a new one.
-            n += 1
+            n, made = n + 1, made + 1
             image = await make_cover(request, article, deps, effect=renewal_key("image", n))
         draft = draft_post(site, title=article["title"], excerpt=article["excerpt"], body_markdown=article["body"],
                            slug=slug, tags=article.get("tags", []), image=media,

@@ -10,6 +10,7 @@ from store.effects import EffectClaim
 from store.sites import Site
 from connectors.wix_blog import PublishedPost
 from streams.pipeline import publish, publish_batches, stage
+from streams.pipeline.stage import StageFailed
 from streams.limiter.client import Permit
 
 
@@ -204,3 +205,32 @@ async def test_a_renewed_cover_that_is_gone_too_is_renewed_again(monkeypatch, co
 
     assert result["status"] == "DONE" and len(wix.created) == 1
     assert len(made) == 1  # one more cover, made because the renewed one was gone
+
+
+class UnreachableHost(ImportingWix):
+    """Wix can fetch no image at all (its media import cannot reach the image host)."""
+
+    def __init__(self) -> None:
+        super().__init__(set())
+
+    async def import_image(self, site, url, *, display_name):
+        self.gone.add(url)
+        return await super().import_image(site, url, display_name=display_name)
+
+
+@pytest.mark.asyncio
+async def test_covers_wix_can_never_fetch_make_a_bounded_number_per_try_and_a_retry_tries_new_ones(monkeypatch, counting):
+    db = LedgerDb({})
+    made = ledgered_covers(monkeypatch, db)
+    wix = UnreachableHost()
+    illustrated = {"request": {"request_id": "req-1", "site_id": "site-a"}, "article": ARTICLE, "image": {"url": FIRST}}
+
+    with pytest.raises(StageFailed) as first:
+        await publish.publish_post(illustrated, FakeDeps(db, wix))
+    assert len(made) == publish.NEW_COVERS_PER_TRY  # paid covers are bounded per try
+    assert "blogstream retry req-1" in first.value.action and "image host" in first.value.action
+
+    with pytest.raises(StageFailed):  # the operator's retry: new covers, not the old ones again
+        await publish.publish_post(illustrated, FakeDeps(db, wix))
+    assert len(made) == 2 * publish.NEW_COVERS_PER_TRY and len(set(made)) == len(made)
+    assert not wix.created
