@@ -142,18 +142,21 @@ class ParkedEvents:
                   UPDATE parked_events SET cancel_reason = $2
                   WHERE site_id = $1 AND cancel_reason IS NULL AND request_id IS NOT NULL
                   RETURNING request_id, stage
+                ), own AS (  -- a record produced with another site's request id: that request is not ours to end
+                  SELECT request_id, stage FROM marked m
+                  WHERE NOT EXISTS (SELECT 1 FROM blog_generations o WHERE o.id = m.request_id AND o.site_id <> $1)
                 ), ledger AS (
                   INSERT INTO stage_outputs (request_id, stage, site_id, status, payload)
                   SELECT DISTINCT request_id, 'generate', $1, 'done', jsonb_build_object('cancelled', true, 'reason', $2::text)
-                  FROM marked WHERE stage = 'generate'
+                  FROM own WHERE stage = 'generate'
                   ON CONFLICT (request_id, stage) DO NOTHING
                 ), rows AS (
                   UPDATE blog_generations g
                     SET status = 'CANCELLED', stage = 'cancelled', stage_rank = 3, error = $2,
                         finished_at = now(), updated_at = now()
-                  WHERE g.id IN (SELECT request_id FROM marked) AND g.status = 'PENDING'
+                  WHERE g.id IN (SELECT request_id FROM own) AND g.status = 'PENDING' AND g.site_id = $1
                 )
-                SELECT DISTINCT request_id FROM marked
+                SELECT DISTINCT request_id FROM own
                 """,
                 site_id, reason,
             )

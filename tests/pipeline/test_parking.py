@@ -372,6 +372,32 @@ async def test_cancel_ends_parked_requests_at_any_stage_and_leaves_their_release
     assert (await store.counts())[site] == 1  # the undecodable one waits for the resume
 
 
+async def test_cancel_of_a_site_never_touches_a_request_id_of_another_site_its_parked_events_carry(db):
+    """Site B, paused, gets a record produced straight to Kafka with site A's request id: it is parked
+    before any stage asks whose the id is. Cancelling B must leave A's request alone: not CANCELLED,
+    no cancelled `generate` effect of B's (A's own run, or its retry, would then find it foreign and be
+    dead-lettered), and not reported as one of B's."""
+    store = ParkedEvents(db)
+    owner, other = await add_site(db, paused=False), await add_site(db, paused=True)
+    queued, failed = f"{owner}-queued", f"{owner}-failed"
+    await db.pool.execute(
+        "INSERT INTO blog_generations (id, site_id, status, stage, stage_rank) VALUES ($1, $2, 'PENDING', 'requested', 0)",
+        queued, owner)
+    await db.pool.execute(
+        "INSERT INTO blog_generations (id, site_id, status, stage, stage_rank, request, error) "
+        "VALUES ($1, $2, 'FAILED', 'failed', 3, '{}'::jsonb, 'boom')", failed, owner)
+    await store.park([parked(other, 1, request_id=queued), parked(other, 2, request_id=failed)])
+
+    cancelled = await cancel_waiting(db, other)
+    statuses = dict(await db.pool.fetch("SELECT id, status FROM blog_generations WHERE site_id = $1", owner))
+    assert statuses == {queued: "PENDING", failed: "FAILED"}
+    for request_id in (queued, failed):
+        assert await db.get_effect(request_id, "generate") is None
+        claim = await db.claim_effect(request_id, "generate", owner, owner="w:1", lease_seconds=30)
+        assert claim.state == "acquired"  # the owner's run (or retry) goes on, not 'foreign'
+    assert cancelled == []  # none of them was B's
+
+
 # --------------------------------------------------------------------------- together
 
 
