@@ -260,6 +260,22 @@ class StageRunner:
         if self._running_total >= self.concurrency:
             return None
         only_interactive = self._running_total >= self.bulk_concurrency
+        short: dict[str, float] = {}  # sites that may start but lack credit -> their weight
+        entry = self._next_in_turns(only_interactive, short, earn=True)
+        if entry is not None or not short:
+            return entry
+        # Work-conserving: free slots never wait for credits to trickle in (a weight of 0.01 needs 100
+        # turns, two a second while idle). Every site that may start gets the turns the first of them
+        # needs, all at once, and that one starts.
+        turns = min(math.ceil((1.0 - self._credit[site]) / weight - 1e-9) for site, weight in short.items())
+        for site, weight in short.items():
+            self._credit[site] += turns * weight
+            if self._credit[site] > 1.0 - 1e-9:
+                self._credit[site] = max(self._credit[site], 1.0)
+        return self._next_in_turns(only_interactive, short, earn=False)
+
+    def _next_in_turns(self, only_interactive: bool, short: dict[str, float], *, earn: bool) -> _Entry | None:
+        """Two turns of each site in ring order (`earn`: a turn earns the site its weight) until one may start."""
         for _ in range(2 * len(self._ring)):
             site_id = self._ring[0]
             policy = self.policy(site_id)
@@ -268,8 +284,9 @@ class StageRunner:
                 self._ring.rotate(-1)
                 continue
             if self._credit[site_id] < 1.0:
-                self._credit[site_id] += policy.weight
+                self._credit[site_id] += policy.weight if earn else 0.0
                 if self._credit[site_id] < 1.0:
+                    short[site_id] = policy.weight
                     self._ring.rotate(-1)
                     continue
             self._credit[site_id] -= 1.0

@@ -297,8 +297,12 @@ async def test_bulk_events_leave_slots_for_interactive_ones(run):
     assert len(handler.started) == 10
 
 
-async def test_weights_share_starts_in_proportion(run):
-    weights = {"heavy": 3.0, "light": 1.0, "half": 0.5}
+@pytest.mark.parametrize("weights", [
+    {"heavy": 3.0, "light": 1.0, "half": 0.5},
+    {"heavy": 0.3, "light": 0.1, "half": 0.05},  # all under one credit a turn: the skipped rounds count too
+    {"heavy": 0.06, "light": 0.02, "half": 0.01},
+])
+async def test_weights_share_starts_in_proportion(run, weights):
     handler = Recorder()
     stream = FakeStream()
     runner = make_runner(handler, concurrency=1, policy=lambda site: SitePolicy(weight=weights[site]))
@@ -310,8 +314,24 @@ async def test_weights_share_starts_in_proportion(run):
 
     await wait_until(lambda: len(handler.started) >= 90, "ninety starts")
     counts = Counter(handler.started_sites[:90])
-    # 3 : 1 : 0.5 of 90 starts = 60 : 20 : 10 (deficit round-robin is exact up to one turn)
+    # 6 : 2 : 1 of 90 starts = 60 : 20 : 10 (deficit round-robin is exact up to one turn)
     assert abs(counts["heavy"] - 60) <= 3 and abs(counts["light"] - 20) <= 2 and abs(counts["half"] - 10) <= 2, counts
+
+
+async def test_a_low_weight_site_gets_the_free_slots_at_once_when_nobody_else_wants_them(run):
+    """Weights share contested slots; they never leave slots idle (work-conserving, NOTES.md: Inngest #4345).
+    A site of the lowest weight the controls allow (0.01), alone or next to a site held by its own cap,
+    starts its events as soon as they are read, not one per ~50 s of idle dispatcher waits."""
+    weights = {"low": 0.01, "capped": 1.0}
+    handler = Recorder(gated=lambda ev: True)  # nothing finishes: no release wakes the dispatcher
+    stream = FakeStream()
+    run(make_runner(handler, concurrency=50,
+                    policy=lambda site: SitePolicy(weight=weights[site], max_in_flight=2 if site == "capped" else 20)),
+        stream)
+    stream.feed([event(0, o, "capped") for o in range(5)] + [event(1, o, "low") for o in range(5)])
+    await wait_until(lambda: handler.started_sites.count("low") == 5, "the low-weight site's five events started",
+                     timeout=3.0)
+    assert handler.started_sites.count("capped") == 2
 
 
 async def test_without_a_parking_lot_a_paused_site_starts_nothing_until_resumed(run):
