@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 import openai
 
@@ -144,13 +144,20 @@ class BatchClient(AsyncClosing):
     async def aclose(self) -> None:
         await self._client.close()
 
-    async def submit(self, key: str, data: bytes) -> BatchInfo:
-        """Upload `data` (JSONL) and start a 24 h batch on it, named `key` in its metadata."""
+    async def submit(self, key: str, data: bytes,
+                     still_ours: Callable[[], Awaitable[bool]] | None = None) -> BatchInfo | None:
+        """Upload `data` (JSONL) and start a 24 h batch on it, named `key` in its metadata.
+
+        `still_ours` is asked between the upload and the create: False (the caller's claim on
+        the batch passed to another worker while the file went up) creates nothing; None is returned.
+        """
         async with _mapped():
             uploaded = await self._client.files.create(file=(f"{key}.jsonl", data), purpose="batch")
             file_id = json_text(getattr(uploaded, "id", None))
             if file_id is None:
                 raise MalformedOutput(PROVIDER, "the Files API answered an upload without a file id")
+            if still_ours is not None and not await still_ours():
+                return None
             batch = await self._client.batches.create(
                 input_file_id=file_id, endpoint=ENDPOINT, completion_window="24h", metadata={KEY_FIELD: key},
             )

@@ -77,6 +77,25 @@ class BatchLanes:
         )
         return str(state)
 
+    async def take_queued_line(self, request_id: str) -> str | None:
+        """For a copy of a held request that is not bulk: its queued line leaves the lane ('realtime',
+        nothing to send back), so no file carries it; returns the line's state (None: no line).
+
+        'batched': a running batch has it, paid for already. Two statements: after the UPDATE waited
+        for a batch being assembled, only a new snapshot sees the line it took.
+        """
+        taken = await self.pool.fetchval(
+            """
+            UPDATE openai_batch_lines
+               SET state = 'realtime', sent_back = true, updated_at = now(),
+                   error = 'sent again as an interactive request before its batch'
+             WHERE request_id = $1 AND state = 'queued'
+            RETURNING state
+            """,
+            request_id,
+        )
+        return taken if taken is not None else await self.batch_line_state(request_id)
+
     async def batch_line_state(self, request_id: str) -> str | None:
         return await self.pool.fetchval("SELECT state FROM openai_batch_lines WHERE request_id = $1", request_id)
 

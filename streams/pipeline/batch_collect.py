@@ -11,6 +11,8 @@ real-time RPM/TPM permit. batch_poll.py reads the results.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import uuid
 from typing import Any
@@ -50,6 +52,16 @@ async def hold(request: dict[str, Any], deps: Deps) -> bool:
         size=len(encode_line(line_for(request))),
     )
     return state in HELD
+
+
+async def in_running_batch(request: dict[str, Any], deps: Deps) -> bool:
+    """A request the lane does not take (sent again without "priority": "bulk"): True while a running batch
+    holds its bulk copy's line (already paid for: the batch sends the request back with its article, so
+    the real-time lane must not pay for it too). A line still queued leaves the lane: False."""
+    if not settings.openai_batch_enabled:
+        return False
+    assert deps.db is not None
+    return await deps.db.take_queued_line(request["request_id"]) == "batched"
 
 
 _client: BatchClient | None = None
@@ -98,7 +110,20 @@ async def submit(deps: Deps, client: BatchClient, row: BatchRow) -> None:
             return  # another worker took it over
         lines = await db.batched_lines(row.batch_key)
         data = b"".join(encode_line(line_for(line.request)) for line in lines)
-        info = await client.submit(row.batch_key, data)
+        # A big file may take longer to upload than the claim lasts: the claim is renewed meanwhile, and
+        # checked before the batch is created, so a worker that took it over never sees a second batch appear.
+        renewing = asyncio.ensure_future(_keep_claim(deps, row.batch_key))
+        try:
+            info = await client.submit(row.batch_key, data, still_ours=lambda: db.extend_batch_claim(
+                row.batch_key, owner, lease_seconds=CLAIM_SECONDS))
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(BaseException):
+                await renewing
+        if info is None:
+            log.warning("batch %s: another worker took it over while its file was uploaded; not created here",
+                        row.batch_key)
+            return
     except ProviderError as exc:
         if exc.retryable:  # tried again when its claim runs out; a batch that was created is found then
             log.warning("batch %s (%d lines) not sent yet, tried again in %.0f s: %s", row.batch_key, row.lines,
@@ -109,6 +134,18 @@ async def submit(deps: Deps, client: BatchClient, row: BatchRow) -> None:
     await db.mark_batch(row.batch_key, owner, "submitted", batch_id=info.batch_id, provider_status=info.status,
                         release=True)
     log.info("batch %s: %d bulk requests sent as %s (%s)", row.batch_key, row.lines, info.batch_id, info.status)
+
+
+async def _keep_claim(deps: Deps, batch_key: str) -> None:
+    """Renew this worker's claim on a batch while its file is uploaded and the batch created."""
+    assert deps.db is not None
+    while True:
+        await asyncio.sleep(CLAIM_SECONDS / 4)
+        try:
+            if not await deps.db.extend_batch_claim(batch_key, deps.worker_id, lease_seconds=CLAIM_SECONDS):
+                return  # another worker has it: the check before the create stops this one
+        except Exception:  # Postgres away: tried again; the check before the create decides
+            continue
 
 
 async def _refused(deps: Deps, row: BatchRow, reason: str) -> None:

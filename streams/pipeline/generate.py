@@ -35,7 +35,10 @@ async def write_draft(request: dict[str, Any], deps: Deps) -> dict[str, Any] | N
             STAGE, request_id, site_id, f"site {site_id} is not registered",
             f"Register it (blogstream sites add {site_id} --wix-api-key ...), then: blogstream retry {request_id}",
         )
-    if batch_collect.takes(request) and await batch_collect.hold(request, deps):
+    if batch_collect.takes(request):
+        if await batch_collect.hold(request, deps):
+            return None
+    elif await batch_collect.in_running_batch(request, deps):  # a bulk copy's batch pays for its article
         return None
     assert deps.writer is not None
     writer = deps.writer

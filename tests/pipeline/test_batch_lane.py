@@ -255,3 +255,162 @@ def test_the_line_is_the_real_time_writers_request(lane):
     line = batch_collect.line_for(request)
     assert line == batch_line(request, model=lane, max_tokens_cap=settings.openai_max_tokens)
     assert batch_collect.takes(request) and not batch_collect.takes(request | {"priority": "interactive"})
+
+
+async def slow_uploads(client: BatchClient, monkeypatch) -> tuple[asyncio.Event, asyncio.Event]:
+    """The client's uploads wait (`uploading` set) until `go_on` is set, then upload."""
+    uploading, go_on = asyncio.Event(), asyncio.Event()
+    files = client._client.files
+    upload = files.create
+
+    async def slow(*args: Any, **kwargs: Any) -> Any:
+        uploading.set()
+        await go_on.wait()
+        return await upload(*args, **kwargs)
+
+    monkeypatch.setattr(files, "create", slow)
+    return uploading, go_on
+
+
+async def test_a_worker_whose_upload_outlasts_its_claim_does_not_create_the_batch_a_second_time(
+        sim, db, lane, monkeypatch):
+    batch, sent = requests(3), SentBack()
+    slow, other = worker(db, "w-slow"), worker(db, "w-other")
+    await hold_all(slow, batch)
+    await asyncio.sleep(0.05)  # the lines waited the collect time (0.01 s): the next pass sends them
+    async with BatchClient(base_url=sim.openai_base_url, api_key="sk-test", timeout=10.0) as slow_client, \
+            BatchClient(base_url=sim.openai_base_url, api_key="sk-test", timeout=10.0) as other_client:
+        uploading, go_on = await slow_uploads(slow_client, monkeypatch)
+        first = asyncio.ensure_future(batch_poll.run_once(slow, slow_client, send=sent))
+        await uploading.wait()
+        # A 190 MB file takes longer to upload than the batch's claim (CLAIM_SECONDS): it runs out meanwhile,
+        # and another worker's pass takes the batch over (not created: it creates it).
+        await db.pool.execute("UPDATE openai_batches SET claimed_until = now() - interval '1 second' "
+                              "WHERE model = $1", lane)
+        await batch_poll.run_once(other, other_client, send=sent)
+        assert sim.ledger()["openai"]["batch"]["batches_created"] == 1
+        go_on.set()  # the slow upload ends
+        await first
+        await passes_until(other, other_client, sent, settled(db, batch))
+    assert sim.ledger()["openai"]["batch"]["batches_created"] == 1  # never paid twice
+    assert sent.counts() == {r["request_id"]: 1 for r in batch}
+
+
+async def test_a_batch_being_uploaded_keeps_its_claim(sim, db, lane, client, monkeypatch):
+    monkeypatch.setattr(batch_collect, "CLAIM_SECONDS", 1.0)
+    monkeypatch.setattr(batch_poll, "CLAIM_SECONDS", 1.0)
+    batch, sent = requests(2), SentBack()
+    slow = worker(db, "w-slow")
+    await hold_all(slow, batch)
+    await asyncio.sleep(0.05)  # the lines waited the collect time (0.01 s): the next pass sends them
+    uploading, go_on = await slow_uploads(client, monkeypatch)
+    first = asyncio.ensure_future(batch_poll.run_once(slow, client, send=sent))
+    await uploading.wait()
+    started = await db.pool.fetchval("SELECT claimed_until FROM openai_batches WHERE model = $1", lane)
+
+    async def renewed() -> bool:  # the claim moved on while the upload ran (no other worker may take it)
+        return await db.pool.fetchval("SELECT claimed_until > $2::timestamptz + interval '1 second' FROM openai_batches "
+                                      "WHERE model = $1 AND claimed_by = 'w-slow'", lane, started)
+
+    deadline = time.monotonic() + 10.0
+    try:
+        while not await renewed():
+            assert time.monotonic() < deadline, "the claim was not renewed while the file was uploaded"
+            await asyncio.sleep(0.1)
+    finally:
+        go_on.set()
+        await first
+    await passes_until(slow, client, sent, settled(db, batch))
+    assert sim.ledger()["openai"]["batch"]["batches_created"] == 1
+
+
+ARTICLE = {"title": "Care guide", "slug": "care-guide", "excerpt": "Care.", "body": "Water it weekly.",
+           "tags": ["care"], "image_prompt": "a plant", "image_alt": "plant"}
+
+
+class RealTime:
+    """The real-time lane's writer and permits: counts the articles it would pay for."""
+
+    def __init__(self) -> None:
+        self.paid: list[str] = []
+
+    def estimate_tokens(self, request: dict[str, Any]) -> int:
+        return 100
+
+    async def write_article(self, request: dict[str, Any], *, site_id: str) -> Any:
+        self.paid.append(request["request_id"])
+        return SimpleNamespace(article=ARTICLE, usage=SimpleNamespace(prompt_tokens=10, completion_tokens=90),
+                               billed=None, rate_limit=None)
+
+    async def acquire(self, **kwargs: Any) -> Any:
+        return SimpleNamespace(usable=lambda: True)
+
+    async def settle(self, *args: Any) -> None:
+        pass
+
+    async def observe(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+async def test_a_bulk_request_sent_again_as_interactive_while_its_batch_runs_is_paid_once(
+        sim, db, lane, client, monkeypatch):
+    from streams.pipeline import generate
+    sim.configure({"openai": {"batch": {"seconds_per_request": 50.0}}})  # 0.5 s a line
+    (bulk,), sent, w = requests(1), SentBack(), worker(db)
+    await hold_all(w, [bulk])
+
+    async def submitted() -> bool:
+        return (await states(db, [bulk]))["batched"] == 1 and await db.pool.fetchval(
+            "SELECT count(*) FROM openai_batches WHERE model = $1 AND state = 'submitted'", lane) == 1
+
+    await passes_until(w, client, sent, submitted)
+    # The same request sent again, without "priority": "bulk" (a backfill file sent again without --priority
+    # bulk): an idempotent repeat (docs/intake.md), which must reuse the first submission's article.
+    realtime = RealTime()
+    deps = _realtime_deps(monkeypatch, db, realtime)
+    again = dict(bulk, priority="interactive")
+    drafted = await generate.write_draft(again, deps)
+    await passes_until(w, client, sent, settled(db, [bulk]))
+    if drafted is None:  # held for the batch: it comes back with the batch's article
+        assert sent.counts() == {bulk["request_id"]: 1}
+    batch_lines_paid = sim.ledger()["openai"]["batch"]["lines_completed"]
+    assert len(realtime.paid) + batch_lines_paid == 1, (realtime.paid, batch_lines_paid)
+
+
+async def test_a_bulk_request_sent_again_as_interactive_before_its_batch_is_paid_once(
+        sim, db, lane, client, monkeypatch):
+    from streams.pipeline import generate
+    (bulk,), sent, w = requests(1), SentBack(), worker(db)
+    await hold_all(w, [bulk])
+    writing, go_on = asyncio.Event(), asyncio.Event()
+
+    class SlowRealTime(RealTime):  # the article takes tens of seconds: the lane's timer runs meanwhile
+        async def write_article(self, request: dict[str, Any], *, site_id: str) -> Any:
+            writing.set()
+            await go_on.wait()
+            return await super().write_article(request, site_id=site_id)
+
+    realtime = SlowRealTime()
+    deps = _realtime_deps(monkeypatch, db, realtime)
+    drafting = asyncio.ensure_future(generate.write_draft(dict(bulk, priority="interactive"), deps))
+    await asyncio.wait([drafting, asyncio.ensure_future(writing.wait())], return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.sleep(0.05)  # the line waited the collect time
+    for _ in range(3):
+        await batch_poll.run_once(w, client, send=sent)
+    go_on.set()
+    await drafting
+    batches = await db.pool.fetchval("SELECT count(*) FROM openai_batches WHERE model = $1", lane)
+    assert len(realtime.paid) == 1 and batches == 0  # no batch carries the line of an article paid for already
+
+
+def _realtime_deps(monkeypatch, db: Any, realtime: Any) -> Any:
+    """A generate stage's deps whose real-time lane is `realtime` (its permits too), for a registered site."""
+    from streams.pipeline import generate, stage
+
+    monkeypatch.setattr(stage, "budgets", realtime)
+    monkeypatch.setattr(generate, "budgets", realtime)
+
+    async def site(site_id: str) -> Any:
+        return SimpleNamespace(max_in_flight=5, weight=1.0)
+
+    return SimpleNamespace(db=db, worker_id="w-a", writer=realtime, site=site)
