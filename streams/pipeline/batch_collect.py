@@ -12,7 +12,6 @@ real-time RPM/TPM permit. batch_poll.py reads the results.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from typing import Any
@@ -112,14 +111,13 @@ async def submit(deps: Deps, client: BatchClient, row: BatchRow) -> None:
         data = b"".join(encode_line(line_for(line.request)) for line in lines)
         # A big file may take longer to upload than the claim lasts: the claim is renewed meanwhile, and
         # checked before the batch is created, so a worker that took it over never sees a second batch appear.
-        renewing = asyncio.ensure_future(_keep_claim(deps, row.batch_key))
+        renewing = asyncio.ensure_future(_keep_claim(db, row.batch_key, owner))
         try:
             info = await client.submit(row.batch_key, data, still_ours=lambda: db.extend_batch_claim(
                 row.batch_key, owner, lease_seconds=CLAIM_SECONDS))
         finally:
             renewing.cancel()
-            with contextlib.suppress(BaseException):
-                await renewing
+            await asyncio.wait([renewing])  # its end is not ours to raise; a cancel of this task still is
         if info is None:
             log.warning("batch %s: another worker took it over while its file was uploaded; not created here",
                         row.batch_key)
@@ -136,13 +134,12 @@ async def submit(deps: Deps, client: BatchClient, row: BatchRow) -> None:
     log.info("batch %s: %d bulk requests sent as %s (%s)", row.batch_key, row.lines, info.batch_id, info.status)
 
 
-async def _keep_claim(deps: Deps, batch_key: str) -> None:
-    """Renew this worker's claim on a batch while its file is uploaded and the batch created."""
-    assert deps.db is not None
+async def _keep_claim(db: Any, batch_key: str, owner: str) -> None:
+    """Renew `owner`'s claim on a batch while its file is uploaded and the batch created."""
     while True:
         await asyncio.sleep(CLAIM_SECONDS / 4)
         try:
-            if not await deps.db.extend_batch_claim(batch_key, deps.worker_id, lease_seconds=CLAIM_SECONDS):
+            if not await db.extend_batch_claim(batch_key, owner, lease_seconds=CLAIM_SECONDS):
                 return  # another worker has it: the check before the create stops this one
         except Exception:  # Postgres away: tried again; the check before the create decides
             continue
