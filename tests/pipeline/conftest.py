@@ -1,10 +1,16 @@
 """Fixtures shared by the pipeline tests."""
 from __future__ import annotations
 
+import asyncio
+import time
+from collections import Counter
+from typing import Any
+
 import pytest
 
 from simulators.config import DEFAULTS, merge_config
 from simulators.server import SimulatorServer
+from streams.limiter.client import Permit
 
 
 @pytest.fixture(scope="module")
@@ -12,3 +18,36 @@ def sim_server(request):
     """The provider simulators in this process (a thread), configured with the test module's BASE."""
     with SimulatorServer(config=merge_config(DEFAULTS, request.module.BASE)) as server:
         yield server
+
+
+class GrantedPermits:
+    """Budgets that grant every ask after one turn of the loop, keeping each ask's needs and lane."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[dict[str, float], str]] = []
+
+    async def acquire(self, *, site_id, request_id, needs, slot_limit=None, weight=1.0, lane="interactive"):
+        self.asked.append((dict(needs), lane))
+        await asyncio.sleep(0)
+        return Permit("g", time.time() + 60, dict(needs), 0.0)
+
+    async def observe(self, needs, info, *, throttled):
+        pass
+
+    @property
+    def needs(self) -> list[dict[str, float]]:
+        return [needs for needs, _ in self.asked]
+
+    def by_budget(self) -> Counter:
+        return Counter(budget for needs in self.needs for budget in needs)
+
+    def by_lane(self) -> Counter:
+        return Counter(lane for _, lane in self.asked)
+
+
+def grant_all(monkeypatch: Any, *modules: Any) -> GrantedPermits:
+    """Every permit the `modules` ask for (each one's `budgets`) granted by one GrantedPermits."""
+    granted = GrantedPermits()
+    for module in modules:
+        monkeypatch.setattr(module, "budgets", granted)
+    return granted

@@ -8,18 +8,17 @@ record what the stage asked for, so each test compares the simulator's ledger
 from __future__ import annotations
 
 import asyncio
-import time
-from collections import Counter
 from types import SimpleNamespace
 
 import pytest
 
 from connectors.replicate_images import ImageMaker
 from store.effects import EffectClaim
-from streams.limiter.client import Permit
 from streams.limiter.specs import REPLICATE_OTHER_REQUESTS, REPLICATE_REQUESTS
 from streams.pipeline import covers, stage
 from streams.pipeline.stage import StageFailed
+
+from .conftest import GrantedPermits, grant_all
 
 pytestmark = pytest.mark.asyncio
 
@@ -62,25 +61,9 @@ class LedgerDb:
         return self.done.get((request_id, effect))
 
 
-class CountingBudgets:
-    def __init__(self) -> None:
-        self.permits: Counter = Counter()
-        self.lanes: Counter = Counter()
-
-    async def acquire(self, *, site_id, request_id, needs, slot_limit=None, weight=1.0, lane="interactive"):
-        self.lanes[lane] += 1
-        for budget in needs:
-            self.permits[budget] += 1
-        return Permit("g", time.time() + 60, dict(needs), 0.0)
-
-    async def observe(self, needs, info, *, throttled):
-        pass
-
-
 @pytest.fixture
 def budgets(monkeypatch):
-    counting = CountingBudgets()
-    monkeypatch.setattr(stage, "budgets", counting)
+    counting = grant_all(monkeypatch, stage)
     quick = SimpleNamespace(max_attempts=6, retry_base_seconds=0.01, retry_patience_seconds=0.0)
     monkeypatch.setattr(stage, "settings", quick)
     monkeypatch.setattr(covers, "settings", quick)
@@ -97,9 +80,9 @@ def deps_for(maker: ImageMaker, db: LedgerDb | None = None) -> SimpleNamespace:
     return SimpleNamespace(images=maker, db=db or LedgerDb(), worker_id="test-worker")
 
 
-def permitted(budgets: CountingBudgets) -> dict[str, int]:
+def permitted(budgets: GrantedPermits) -> dict[str, int]:
     """The permits the stage took, by budget."""
-    return {budget: budgets.permits[budget] for budget in (REPLICATE_REQUESTS, REPLICATE_OTHER_REQUESTS)}
+    return {budget: budgets.by_budget()[budget] for budget in (REPLICATE_REQUESTS, REPLICATE_OTHER_REQUESTS)}
 
 
 def metered(sim) -> dict[str, int]:
@@ -119,7 +102,7 @@ async def test_a_synchronous_create_costs_one_create_permit_and_no_poll(sim, bud
 async def test_a_bulk_requests_cover_asks_its_permits_in_the_bulk_lane(sim, budgets):
     async with images(sim) as maker:
         await covers.make_cover(REQUEST | {"priority": "bulk", "request_id": "cover-bulk-1"}, ARTICLE, deps_for(maker))
-    assert budgets.lanes == {"bulk": 1}
+    assert budgets.by_lane() == {"bulk": 1}
 
 
 async def test_failed_polls_are_polled_again_with_a_permit_each_and_one_prediction_is_billed(sim, budgets):

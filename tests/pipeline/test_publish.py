@@ -1,7 +1,6 @@
 """publish_post: one Wix request per permit, and one post per request, even on retries."""
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -11,7 +10,8 @@ from store.sites import Site
 from connectors.wix_blog import PublishedPost
 from streams.pipeline import publish, publish_batches, stage
 from streams.pipeline.stage import StageFailed
-from streams.limiter.client import Permit
+
+from .conftest import grant_all
 
 
 class LedgerDb:
@@ -58,16 +58,9 @@ class FlakyWix:
         return self.posts[slug]
 
 
-class CountingBudgets:
-    def __init__(self) -> None:
-        self.permits: list[dict[str, float]] = []
-
-    async def acquire(self, *, site_id, request_id, needs, slot_limit=None, weight=1.0, lane="interactive"):
-        self.permits.append(dict(needs))
-        return Permit("g", time.time() + 60, dict(needs), 0.0)
-
-    async def observe(self, needs, info, *, throttled):
-        pass
+@pytest.fixture
+def counting(monkeypatch):
+    return grant_all(monkeypatch, stage, publish_batches)
 
 
 class FakeDeps:
@@ -79,10 +72,7 @@ class FakeDeps:
 
 
 @pytest.mark.asyncio
-async def test_a_retried_publish_takes_a_permit_for_every_wix_request_and_posts_once(monkeypatch):
-    counting = CountingBudgets()
-    monkeypatch.setattr(stage, "budgets", counting)
-    monkeypatch.setattr(publish_batches, "budgets", counting)
+async def test_a_retried_publish_takes_a_permit_for_every_wix_request_and_posts_once(counting):
     request = {"request_id": "req-1", "site_id": "site-a"}
     article = {"title": "T", "excerpt": "E", "body": "B", "slug": "t", "tags": [], "image_prompt": "", "image_alt": ""}
     # The media import happened in an earlier, interrupted attempt: a post may exist already.
@@ -95,8 +85,8 @@ async def test_a_retried_publish_takes_a_permit_for_every_wix_request_and_posts_
     assert result["status"] == "DONE" and result["post_id"] == "post-1"
     assert wix.calls == ["find", "create", "find"]  # the retry found the post the lost answer created
     assert len(wix.posts) == 1
-    assert len(counting.permits) == len(wix.calls)
-    assert all(needs == {"wix_requests:site-a": 1} for needs in counting.permits)
+    assert len(counting.needs) == len(wix.calls)
+    assert all(needs == {"wix_requests:site-a": 1} for needs in counting.needs)
 
 
 # --- a cover Wix could not fetch: a new one is made (publish.py), and a replay must follow it ----------
@@ -162,14 +152,6 @@ def ledgered_covers(monkeypatch, db: LedgerDb) -> list[str]:
 
     monkeypatch.setattr(publish, "make_cover", make_cover)
     return made
-
-
-@pytest.fixture
-def counting(monkeypatch):
-    counting = CountingBudgets()
-    monkeypatch.setattr(stage, "budgets", counting)
-    monkeypatch.setattr(publish_batches, "budgets", counting)
-    return counting
 
 
 @pytest.mark.asyncio

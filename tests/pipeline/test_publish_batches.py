@@ -11,32 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from connectors.errors import ImageExpired, ProviderUnavailable, RejectedRequest
 from connectors.wix_blog import PublishedPost, SiteCredentials
-from streams.limiter.client import Permit
 from streams import metrics
 from streams.pipeline import publish_batches, stage
 from streams.pipeline.publish_batches import SiteBatches
 from streams.pipeline.stage import StageFailed
+
+from .conftest import grant_all
 from streams.settings import settings
-
-
-class Permits:
-    def __init__(self) -> None:
-        self.granted = 0
-
-    async def acquire(self, *, site_id, request_id, needs, slot_limit=None, weight=1.0, lane="interactive"):
-        self.granted += 1
-        await asyncio.sleep(0)
-        return Permit("g", time.time() + 60, dict(needs), 0.0)
-
-    async def observe(self, needs, info, *, throttled):
-        pass
 
 
 class FakeWix:
@@ -139,10 +126,7 @@ def _bulk_max_items(monkeypatch, most: int) -> None:
 
 @pytest.fixture
 def permits(monkeypatch):
-    granted = Permits()
-    monkeypatch.setattr(stage, "budgets", granted)
-    monkeypatch.setattr(publish_batches, "budgets", granted)
-    return granted
+    return grant_all(monkeypatch, stage, publish_batches)
 
 
 REQUESTS = st.lists(st.tuples(st.sampled_from([0, 1]), st.booleans(), st.booleans(), st.booleans(),
@@ -204,7 +188,7 @@ def test_calls_ready_together_share_bulk_calls(permits, monkeypatch):
     answers = asyncio.run(run())
     assert all(isinstance(a, PublishedPost) for a in answers) and len(wix.posts) == 300
     # Per site and kind, 150 calls ready together go out in at most 3 Wix calls of at most 100 items.
-    assert len(wix.calls) <= 2 * 2 * 3 and permits.granted == len(wix.calls)
+    assert len(wix.calls) <= 2 * 2 * 3 and len(permits.asked) == len(wix.calls)
     assert max(items for _, items in wix.calls) == 100
     assert _items_sent("create") - created_before == 300   # the metric operators read (docs/operations.md)
 
