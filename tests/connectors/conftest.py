@@ -150,23 +150,8 @@ async def answering_raw(queue: list[bytes]) -> tuple[Any, str]:
     """A TCP server that reads each request (head and Content-Length body) and writes the next bytes of `queue`
     as they are, framing and all, then closes the connection: its server (close it) and URL. An empty queue
     closes without a word."""
-    import asyncio
-
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                           if line.lower().startswith(b"content-length:")), 0)
-            await reader.readexactly(length)
-            writer.write(queue.pop(0) if queue else b"")
-            await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    server, url, _ = await keeping_alive(queue, one_per_connection=True)
+    return server, url
 
 
 def http_answer(
@@ -312,10 +297,11 @@ class ThenHangUp(bytes):
     said nothing of it (a kept-alive connection the server drops while the client holds it for its next call)."""
 
 
-async def keeping_alive(queue: list[bytes]) -> tuple[Any, str, list[bytes]]:
+async def keeping_alive(queue: list[bytes], *, one_per_connection: bool = False) -> tuple[Any, str, list[bytes]]:
     """A TCP server that keeps each connection open and answers every request on it with the next bytes of
-    `queue` (HANG_UP: read it, then close the connection unanswered; ThenHangUp: answer, then close): its server, URL, and the request lines
-    it has read, in order, so a test sees what a client sent again behind its caller's back."""
+    `queue` (HANG_UP: read it, then close the connection unanswered; ThenHangUp: answer, then close; with
+    `one_per_connection` every answer is a ThenHangUp): its server, URL, and the request lines it has read,
+    in order, so a test sees what a client sent again behind its caller's back."""
     import asyncio
 
     seen: list[bytes] = []
@@ -333,7 +319,7 @@ async def keeping_alive(queue: list[bytes]) -> tuple[Any, str, list[bytes]]:
                     return
                 writer.write(reply)
                 await writer.drain()
-                if isinstance(reply, ThenHangUp):
+                if one_per_connection or isinstance(reply, ThenHangUp):
                     return
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             pass
