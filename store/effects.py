@@ -119,12 +119,30 @@ def _columns(items: list[tuple]) -> list[list]:
     return [list(column) for column in zip(*items)]
 
 
+# Why a lapsed claim may not be taken over yet (the ON CONFLICT's WHERE: `s` the row,
+# EXCLUDED the new claim, so EXCLUDED.claimed_until - now() is the taker's lease).
+# With Postgres away longer than a lease every claim lapsed, live owners' too: one that
+# paid the provider meanwhile renews (or records) as soon as the server is back, and a
+# taker that came first would pay again. A restart is what this can see; a server that
+# only could not be reached (a network split) looks like a dead owner, and the lease
+# decides as before (docs/architecture.md).
+_OUTLIVED_RESTART = (
+    "(s.updated_at >= pg_postmaster_start_time()"
+    " OR now() >= pg_postmaster_start_time() + (EXCLUDED.claimed_until - now()))"
+)
+
+
 async def _claim_many(pool: asyncpg.Pool, items: list[tuple]) -> list[datetime | None]:
     """(request_id, stage, site_id, owner, lease_seconds) -> claimed_until when acquired, else None.
 
     Insert a fresh claim, or take over an expired one; a live claim or a done effect
     makes the WHERE false and nothing comes back. Of several items with one key, only
     the first is tried (the others find its claim, as they would one statement later).
+
+    A claim last renewed before Postgres (re)started ran out while nobody could renew
+    it: its owner may be alive, paid, and waiting to record the answer. It is taken
+    over only once the server has been up for a whole lease (the taker's), time for a
+    live owner's renewals (every lease / 3) to find it again. See `_OUTLIVED_RESTART`.
     """
     distinct = _first_of_each_key(items)
     records = await pool.fetch(
@@ -135,6 +153,7 @@ async def _claim_many(pool: asyncpg.Pool, items: list[tuple]) -> list[datetime |
         ON CONFLICT (request_id, stage) DO UPDATE
           SET claimed_by = EXCLUDED.claimed_by, claimed_until = EXCLUDED.claimed_until, updated_at = now()
           WHERE s.status = 'claimed' AND s.claimed_until < now() AND s.site_id = EXCLUDED.site_id
+            AND """ + _OUTLIVED_RESTART + """
         RETURNING s.request_id, s.stage, s.claimed_by, s.claimed_until
         """,
         *_columns(distinct),

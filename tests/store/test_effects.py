@@ -78,6 +78,36 @@ async def test_expired_lease_is_taken_over(db: Database, caplog: pytest.LogCaptu
     assert await db.get_effect(rid, "publish") == {"post_id": "p-dead"}
 
 
+async def _lapsed_before_a_restart(db: Database, rid: str, stage: str) -> None:
+    """Make the claim look last renewed before the server started, and run out (an outage longer than a lease)."""
+    await db.pool.execute(
+        "UPDATE stage_outputs SET updated_at = pg_postmaster_start_time() - interval '1 second', "
+        "claimed_until = now() - interval '1 second' WHERE request_id = $1 AND stage = $2", rid, stage)
+
+
+@aio
+async def test_a_claim_that_lapsed_in_a_restart_is_its_owners_for_a_lease(db: Database) -> None:
+    """Postgres away longer than a lease: a live owner that paid meanwhile gets a lease to renew first."""
+    rid, site = uid("req"), uid("site")
+    up_for = (await db.pool.fetchval("SELECT extract(epoch FROM now() - pg_postmaster_start_time())"))
+    assert (await db.claim_effect(rid, "generate", site, owner="paid", lease_seconds=30)).state == "acquired"
+    await _lapsed_before_a_restart(db, rid, "generate")
+
+    # The server has been up for less than the taker's lease: the owner may still come back.
+    assert (await db.claim_effect(rid, "generate", site, owner="w2", lease_seconds=float(up_for) + 3600)).state == "busy"
+    assert await db.extend_effect(rid, "generate", owner="paid", lease_seconds=30)  # and it does
+    assert (await db.claim_effect(rid, "generate", site, owner="w2", lease_seconds=0.001)).state == "busy"
+
+    # A claim renewed since the start runs out as any other: taken over once lapsed.
+    await db.pool.execute("UPDATE stage_outputs SET claimed_until = now() - interval '1 second' "
+                          "WHERE request_id = $1", rid)
+    assert (await db.claim_effect(rid, "generate", site, owner="w3", lease_seconds=30)).state == "acquired"
+
+    # Up for longer than the taker's lease: the owner had its chance; the claim is taken over.
+    await _lapsed_before_a_restart(db, rid, "generate")
+    assert (await db.claim_effect(rid, "generate", site, owner="w4", lease_seconds=float(up_for) / 2)).state == "acquired"
+
+
 @aio
 async def test_concurrent_claims_exactly_one_acquires(db: Database) -> None:
     rid, site = uid("req"), uid("site")
