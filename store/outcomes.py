@@ -142,15 +142,27 @@ _FOLDED = (
 
 # Does the incoming row move the stored one forward? A higher rank does (unless it would
 # turn a final status back into PENDING); at equal rank only PENDING -> final does, which
-# is how a row the seed's retry UPDATE reset to PENDING (rank 3) can finish again.
+# is how a row the seed's retry UPDATE reset to PENDING (rank 3) can finish again. And DONE
+# ends a FAILED or CANCELLED row: a DONE result means the post is on the site (the same id
+# sent again after a failure, a retry's record the broker took after answering late, an old
+# failure read again during a retry), and a row that kept saying FAILED would have its
+# owner submit it again under a new id: a second post. Nothing ever moves a DONE row.
 _ADVANCES = (
     "((EXCLUDED.stage_rank > b.stage_rank AND (b.status = 'PENDING' OR EXCLUDED.status <> 'PENDING'))"
-    " OR (EXCLUDED.stage_rank = b.stage_rank AND b.status = 'PENDING' AND EXCLUDED.status <> 'PENDING'))"
+    " OR (EXCLUDED.stage_rank = b.stage_rank AND b.status = 'PENDING' AND EXCLUDED.status <> 'PENDING')"
+    " OR (EXCLUDED.status = 'DONE' AND b.status IN ('FAILED', 'CANCELLED')))"
+)
+# A DONE row holds no error: neither the failure it ended nor a replayed one's.
+_ERROR = (
+    f"CASE WHEN (CASE WHEN {_ADVANCES} THEN EXCLUDED.status ELSE b.status END) = 'DONE' THEN NULL"
+    f" WHEN {_ADVANCES} THEN COALESCE(EXCLUDED.error, b.error) ELSE COALESCE(b.error, EXCLUDED.error) END"
 )
 
 
 def _advances(old_rank: int, old_status: str, new_rank: int, new_status: str) -> bool:
     """Python twin of _ADVANCES, used to merge one batch exactly as the database would."""
+    if new_status == "DONE" and old_status in ("FAILED", "CANCELLED"):
+        return True
     if new_rank > old_rank:
         return old_status == "PENDING" or new_status != "PENDING"
     return new_rank == old_rank and old_status == "PENDING" and new_status != "PENDING"
@@ -162,8 +174,9 @@ def _build_upsert_sql() -> str:
         "request = COALESCE(b.request, EXCLUDED.request)",  # the first request json stays
         *(
             f"{c} = CASE WHEN {_ADVANCES} THEN COALESCE(EXCLUDED.{c}, b.{c}) ELSE COALESCE(b.{c}, EXCLUDED.{c}) END"
-            for c in _FOLDED
+            for c in _FOLDED if c != "error"
         ),
+        f"error = {_ERROR}",
         "attempts = GREATEST(b.attempts, EXCLUDED.attempts)",
         "created_at = LEAST(b.created_at, EXCLUDED.created_at)",  # the earliest event seen
         "updated_at = now()",
@@ -174,7 +187,8 @@ def _build_upsert_sql() -> str:
         _ADVANCES,
         "EXCLUDED.attempts > b.attempts",
         "EXCLUDED.created_at < b.created_at",
-        *(f"(b.{c} IS NULL AND EXCLUDED.{c} IS NOT NULL)" for c in ("request", *_FOLDED)),
+        *(f"(b.{c} IS NULL AND EXCLUDED.{c} IS NOT NULL)" for c in ("request", *_FOLDED) if c != "error"),
+        "(b.error IS NULL AND EXCLUDED.error IS NOT NULL AND b.status <> 'DONE')",
     ]
     sep = ",\n  "
     # A row belongs to the site of its first event: an event of another site never changes
@@ -248,6 +262,8 @@ def _fold(old: dict[str, Any], new: dict[str, Any]) -> None:
     for c in _FOLDED:
         first, second = (new[c], old[c]) if adv else (old[c], new[c])
         old[c] = first if first is not None else second
+    if old["status"] == "DONE":
+        old["error"] = None
     old["attempts"] = max(old["attempts"], new["attempts"])
     old["created_at"] = min(old["created_at"], new["created_at"])
 

@@ -113,10 +113,10 @@ async def test_failed_and_cancelled_are_final(db: Database) -> None:
         ev(failed, "requested", t0), ev(failed, "failed", t0 + timedelta(seconds=5), error="boom", attempts=6),
         ev(cancelled, "requested", t0), ev(cancelled, "cancelled", t0 + timedelta(seconds=5)),
     ])
-    # late events from in-flight stages, and a competing final event
+    # late events from in-flight stages, and a competing final event (but DONE: a post exists, see below)
     await db.upsert_outcomes([
         ev(failed, "illustrated", t0 + timedelta(seconds=6)),
-        ev(failed, "published", t0 + timedelta(seconds=7)),
+        ev(failed, "cancelled", t0 + timedelta(seconds=7)),
         ev(cancelled, "drafted", t0 + timedelta(seconds=6), title="T"),
     ])
     f = await db.get_generation(failed)
@@ -443,3 +443,55 @@ async def test_refused_input_is_recorded_only_where_no_request_is(db: Database) 
     assert row["finished_at"] is not None
     kept = await db.get_generation(existing)
     assert (kept["site_id"], kept["status"], kept["error"]) == (site, "PENDING", None)
+
+
+# --- a post that exists is DONE, whatever said FAILED first -----------------------------------------
+
+
+async def _run_to_done(db: Database, rid: str, site: str, t: datetime) -> None:
+    """A second run of `rid` (the same id sent again, or a retry's record the broker took late) publishing
+    its post; the events in the order the sink may see them (the result first: topics lag differently)."""
+    await db.upsert_outcomes([ev(rid, "published", t + timedelta(seconds=9), site, post_id="p", post_url="u")])
+    await db.upsert_outcomes([ev(rid, "requested", t, site, request={"n": 1}),
+                              ev(rid, "drafted", t + timedelta(seconds=2), site, title="T"),
+                              ev(rid, "illustrated", t + timedelta(seconds=5), site, image_url="i")])
+
+
+@aio
+async def test_a_post_published_after_its_request_failed_makes_it_done(db: Database) -> None:
+    # R failed (say Wix refused the site's key). Its id is sent again (the intake takes it: ids are
+    # idempotency keys) once the key is fixed; the pipeline reuses the article and image and posts.
+    rid, site, t0 = uid("req"), uid("site"), now() - timedelta(minutes=5)
+    await db.upsert_outcomes([ev(rid, "requested", t0, site, request={"n": 1}),
+                              ev(rid, "failed", t0 + timedelta(seconds=5), site, error="publish failed: 401")])
+    t1 = t0 + timedelta(minutes=1)
+    await _run_to_done(db, rid, site, t1)
+    row = await db.get_generation(rid)
+    # The post is on the site: a FAILED row would have its owner submit it again under a new id (a second post).
+    assert (row["status"], row["stage"], row["post_url"], row["error"]) == ("DONE", "published", "u", None)
+    assert row["finished_at"] == t1 + timedelta(seconds=9)
+    # Forward only still: a replay of the old failure never takes DONE back, nor leaves its error on it.
+    await db.upsert_outcomes([ev(rid, "failed", t0 + timedelta(seconds=5), site, error="publish failed: 401")])
+    row = await db.get_generation(rid)
+    assert (row["status"], row["error"]) == ("DONE", None)
+
+
+@aio
+async def test_a_retry_ends_done_even_when_the_old_failure_is_replayed_during_it(db: Database) -> None:
+    # blogstream retry R reopens the row (PENDING, rank 0); the sink then reads R's old FAILED result
+    # again (a replay after a rebalance): the row is FAILED again while the retry runs and posts.
+    rid, site, t0 = uid("req"), uid("site"), now() - timedelta(minutes=5)
+    await db.upsert_outcomes([ev(rid, "requested", t0, site, request={"n": 1}),
+                              ev(rid, "failed", t0 + timedelta(seconds=5), site, error="publish failed: 401")])
+    assert await db.reopen_failed(rid) is not None
+    await db.upsert_outcomes([ev(rid, "failed", t0 + timedelta(seconds=5), site, error="publish failed: 401")])
+    await _run_to_done(db, rid, site, t0 + timedelta(minutes=1))
+    row = await db.get_generation(rid)
+    assert (row["status"], row["post_url"], row["error"]) == ("DONE", "u", None)
+
+
+def test_a_batch_merges_done_over_failed_as_the_database_does() -> None:
+    t0 = now()
+    merged = merge_outcomes([ev("a", "failed", t0, error="boom"), ev("a", "published", t0, post_url="u"),
+                             ev("b", "published", t0, post_url="u"), ev("b", "failed", t0, error="late")])
+    assert [(m["status"], m["post_url"], m["error"]) for m in merged] == [("DONE", "u", None), ("DONE", "u", None)]
