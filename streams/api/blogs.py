@@ -111,10 +111,12 @@ async def retry_failed(request_id: str) -> tuple[int, dict[str, Any]]:
     if row is None:
         return 404, {"error": f"no request {request_id} is known"}
     if row["status"] != "FAILED":
-        return 409, {"error": f"request {request_id} is {row['status']}, only FAILED requests can be retried",
-                     "status": row["status"]}
+        return _not_failed(request_id, row["status"])
     reopened = await deps.db.reopen_failed(request_id)
     if reopened is None:
+        row = await deps.db.get_generation(request_id)  # not FAILED any more (another retry reopened it), or empty
+        if row is not None and row["status"] != "FAILED":
+            return _not_failed(request_id, row["status"])
         return 409, {"error": f"request {request_id} has no stored request to send again (it was never a valid "
                               "request); submit it again with all its fields"}
     stored, error = reopened
@@ -129,6 +131,10 @@ async def retry_failed(request_id: str) -> tuple[int, dict[str, Any]]:
         await deps.db.restore_failed(request_id, error)
         return 503, {"error": f"Kafka did not take the retry of {request_id} ({type(exc).__name__}); try again"}
     return 202, {"request_id": request_id, "status": "PENDING", "previous_error": error}
+
+
+def _not_failed(request_id: str, status: str) -> tuple[int, dict[str, Any]]:
+    return 409, {"error": f"request {request_id} is {status}, only FAILED requests can be retried", "status": status}
 
 
 @app.page("/api/blogs/{request_id}/retry")

@@ -1,0 +1,87 @@
+"""POST /api/blogs/{id}/retry (`streams.api.blogs.retry_failed`) against the real test database, Kafka faked:
+what each answer says when retries of one request race, or Kafka does not take one."""
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from datetime import datetime, timezone
+from types import SimpleNamespace
+
+import pytest
+
+from store.database import Database, DatabaseError
+from store.outcomes import OutcomeRow
+from streams.api import blogs
+
+DSN = os.environ.get("BLOGSTREAM_TEST_DATABASE_URL",
+                     f"postgresql://blogstream:blogstream@127.0.0.1:{os.environ.get('PG_PORT', '55432')}/blogstream_test")
+RUN = f"retrytest{uuid.uuid4().hex[:8]}"
+REQUEST = {"topic": "How to choose summer sandals", "keywords": [], "language": "en", "tone": "friendly",
+           "target_words": 800, "audience": None, "requested_at": 1_750_000_000_000}
+
+
+@pytest.fixture
+async def db(monkeypatch):
+    database = Database(DSN, min_size=1, max_size=4)
+    try:
+        await database.start()
+    except DatabaseError as exc:
+        pytest.skip(f"test database not reachable (stack/stack.sh up): {exc}")
+
+    async def ready():
+        return None
+
+    monkeypatch.setattr(blogs, "deps", SimpleNamespace(ready=ready, db=database))
+    yield database
+    await database.pool.execute("DELETE FROM blog_generations WHERE id LIKE $1", f"{RUN}-%")
+    await database.close()
+
+
+async def failed_request(db: Database) -> str:
+    request_id, site = f"{RUN}-{uuid.uuid4().hex[:8]}", f"{RUN}-site"
+    at = datetime.now(timezone.utc)
+    await db.upsert_outcomes([
+        OutcomeRow(request_id, site, "PENDING", "requested", 0, at, request={"request_id": request_id, "site_id": site,
+                                                                             **REQUEST}),
+        OutcomeRow(request_id, site, "FAILED", "failed", 3, at, error="publish failed: Wix answered 401"),
+    ])
+    return request_id
+
+
+async def test_two_retries_of_one_request_at_once_send_it_once_and_say_why_the_second_did_not(db, monkeypatch):
+    # Two operators (or `retry --failed` and a retry by id) retry the same FAILED request at the same moment:
+    # both read it FAILED, one reopens it. The other must not be told the request was never valid.
+    request_id = await failed_request(db)
+    produced: list[str] = []
+
+    async def produce(requests, timeout):
+        produced.extend(r["request_id"] for r in requests)
+
+    monkeypatch.setattr(blogs, "produce", produce)
+    read, both_read = 0, asyncio.Event()
+    real_read = db.get_generation
+
+    async def read_then_wait(rid):
+        nonlocal read
+        row = await real_read(rid)
+        read += 1
+        if read == 2:
+            both_read.set()
+        await both_read.wait()
+        return row
+
+    monkeypatch.setattr(db, "get_generation", read_then_wait)
+    answers = await asyncio.gather(blogs.retry_failed(request_id), blogs.retry_failed(request_id))
+    assert sorted(status for status, _ in answers) == [202, 409]
+    assert produced == [request_id]  # sent again once
+    (_, refused), = [answer for answer in answers if answer[0] == 409]
+    assert refused["status"] == "PENDING" and "PENDING" in refused["error"], refused
+    assert "never a valid request" not in refused["error"] and "submit it again" not in refused["error"]
+
+
+async def test_a_request_with_nothing_stored_is_told_to_be_submitted_again(db):
+    request_id, site = f"{RUN}-{uuid.uuid4().hex[:8]}", f"{RUN}-site"
+    assert await db.record_rejected(request_id, site, "invalid generate input: topic: is required")
+    status, body = await blogs.retry_failed(request_id)
+    assert status == 409 and "never a valid request" in body["error"]
