@@ -34,7 +34,7 @@ from faust.web import Request, Response
 from streams.api.admission import Decision, QueueUnknown, budget_rejection, gauge, rejection
 from streams.api.burst_gc import burst_gc
 from streams.api import access
-from streams.api.http import ApiView, IntakeError, json_response, unavailable
+from streams.api.http import ApiView, IntakeError, json_response, retry_after_header, unavailable
 from streams.api.producer import produce
 from streams.api.validation import (
     OwnerLookup, check_items, conflict, invalid, parse_body, reused_id_errors, site_ids, unknown_site_errors,
@@ -148,10 +148,22 @@ async def submit(raw: bytes) -> tuple[list[dict[str, Any]], bool]:
         produced = True
     except Exception as exc:
         log.warning("intake: producing %d request(s) failed: %s", len(requests), type(exc).__name__)
-        raise unavailable("Kafka did not confirm the request(s)") from None
+        raise not_confirmed([r["request_id"] for r in requests]) from None
     finally:
         gauge.settle(requests, produced=produced)
     return requests, batch
+
+
+def not_confirmed(request_ids: list[str]) -> IntakeError:
+    """503 for a produce the broker did not confirm in time. Its records may still be in Kafka and run (an
+    ack after the deadline, a batch partly taken): sending them again is safe only under the same ids, so
+    the answer lists them, ids the intake made up for requests sent without one included."""
+    return IntakeError(
+        503, "nothing was accepted: Kafka did not confirm the request(s) in time, and they may still run; "
+             "send them again in a moment with the same request_ids (listed here: a request sent without one "
+             "must take its id from this list, or it would run twice)",
+        headers=retry_after_header(), request_ids=request_ids,
+    )
 
 
 async def post_blogs(request: web.Request) -> web.Response:

@@ -75,6 +75,10 @@ SCHEMAS: dict[str, Any] = {
         cap={"enum": ["month", "day", "global_day"], "description": "Which spend cap is reached."},
     ),
     "TooLarge": with_error(max_body_bytes=COUNT, max_batch=COUNT),
+    "NotConfirmed": with_error(request_ids={
+        "type": "array", "items": REQUEST_ID,
+        "description": "When Kafka did not confirm in time: the ids to send the requests again with (they may "
+                       "still run), those made up for requests sent without one included."}),
     "BlogRequest": obj(
         {
             "site_id": {**SITE_ID, "description": "A registered site; also the Kafka key."},
@@ -244,7 +248,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/blogs"): op(
         "Submit one request, or a batch: 202 once Kafka has every record (docs/intake.md).", "Accepted",
         400, 409, 413, 415, 422, 429, 503, status="202", request={"oneOf": [ref("BlogRequest"), ref("Batch")]},
-        s409="Invalid", s413="TooLarge", s422="Invalid", s429="Refused"),
+        s409="Invalid", s413="TooLarge", s422="Invalid", s429="Refused", s503="NotConfirmed"),
     ("GET", "/api/blogs/{request_id}"): op("One request's status and history.", "Blog", 400, 404, 503, params=REQUEST),
     ("POST", "/api/blogs/{request_id}/retry"): op(
         "Run a FAILED request again once its error is fixed; paid effects are reused.", "RetryAccepted",

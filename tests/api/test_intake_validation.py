@@ -617,3 +617,54 @@ async def test_only_submissions_in_an_unacked_batch_time_out():
     with pytest.raises(asyncio.TimeoutError):
         await late
     assert acked.done() and acked.exception() is None
+
+
+# --------------------------------------------------------------------------- a produce that was not confirmed
+
+
+@pytest.mark.parametrize("submission", [
+    {"site_id": "shop-1", "topic": "Summer sandals"},
+    {"requests": [{"site_id": "shop-1", "topic": "Summer sandals"}, good(7)]},
+])
+async def test_a_503_after_kafka_did_not_confirm_names_the_ids_to_send_again(monkeypatch, submission):
+    # The broker acked after the deadline (or took part of a batch): the records may run. A request sent without a
+    # request_id got one here; told only "retry with the same request ids", its client sends the body again, gets a
+    # new id, and the site gets the article and the post twice. The answer must say which ids to send.
+    from store.sites import Site
+    from streams.api import intake
+
+    class Admit:
+        def is_fresh(self):
+            return True
+
+        def total(self):
+            return 0
+
+        def admit(self, requests, **limits):
+            return Decision(True, "", 0, 10)
+
+        def settle(self, requests, *, produced):
+            pass
+
+    async def sites(requests):
+        return {"shop-1": Site("shop-1")}
+
+    async def no_owners(ids):
+        return {}
+
+    async def late(requests, timeout):
+        raise asyncio.TimeoutError("the broker did not acknowledge within 5 s")
+
+    monkeypatch.setattr(intake, "gauge", Admit())
+    monkeypatch.setattr(intake, "registered_sites", sites)
+    monkeypatch.setattr(intake, "owner_lookup", SimpleNamespace(owners=no_owners))
+    monkeypatch.setattr(intake, "produce", late)
+    with pytest.raises(IntakeError) as refused:
+        await intake.submit(body(submission))
+    answer = refused.value
+    assert answer.status == 503 and "Retry-After" in answer.headers
+    ids = answer.body()["request_ids"]
+    items = submission.get("requests", [submission])
+    assert len(ids) == len(items) and ids[-1] == items[-1].get("request_id", ids[-1])
+    assert all(isinstance(i, str) and i for i in ids)
+    assert "request_ids" in answer.error and "same" in answer.error
