@@ -60,9 +60,10 @@ def retry_each(request_ids: list[str], worker: str, *, progress: bool, on_each: 
             except httpx.TransportError as exc:
                 raise _stopped(connect.no_worker(worker, exc), report, len(request_ids)) from None
             body = connect.json_or_empty(response)
-            if response.status_code in (401, 403):
-                raise _stopped(CliError(f"the worker at {worker} wants the intake token",
-                                        "set BLOGSTREAM_INTAKE_TOKEN"), report, len(request_ids))
+            if response.status_code in (401, 403):  # retries are a control-plane route: the admin token's
+                raise _stopped(CliError(f"the worker at {worker} refused the retry: {connect.error_text(response)}",
+                                        "set BLOGSTREAM_ADMIN_TOKEN to the worker's admin token (the intake token "
+                                        "opens retries only on a worker without one)"), report, len(request_ids))
             if response.status_code == 202:
                 outcome = {"request_id": request_id, "previous_error": body.get("previous_error")}
                 report.retried.append(outcome)

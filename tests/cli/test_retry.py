@@ -73,10 +73,16 @@ def test_an_unreachable_worker_stops_with_one_line(run, worker):
                              "(faust -A streams worker -l info) or pass --worker URL\n")
 
 
-def test_a_missing_intake_token_stops_with_one_line(run, worker):
-    worker.routes = type("R", (dict,), {"get": lambda self, key, d=None: (401, {"error": "token"})})()
+def test_a_refused_token_stops_with_one_line_naming_the_admin_token(run, worker, use_settings):
+    # Retries are a control-plane route: a worker with an admin token refuses the intake token for them.
+    # Told to set BLOGSTREAM_INTAKE_TOKEN (set already), the operator could not get the retry through.
+    use_settings(intake_token="intake-secret")
+    refused = (401, {"error": "missing or wrong admin token: send the header Authorization: Bearer <token>"})
+    worker.routes = type("R", (dict,), {"get": lambda self, key, d=None: refused})()
     result = run("retry", "r1")
-    assert result.exit_code == 1 and "wants the intake token, set BLOGSTREAM_INTAKE_TOKEN" in result.stderr
+    assert result.exit_code == 1 and "BLOGSTREAM_ADMIN_TOKEN" in result.stderr, result.stderr
+    assert "set BLOGSTREAM_INTAKE_TOKEN" not in result.stderr and "admin token" in result.stderr
+    assert "intake-secret" not in result.stderr
 
 
 def test_failed_ids_by_site_and_age_oldest_first():
