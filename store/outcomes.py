@@ -28,16 +28,27 @@ __all__ = [
     "HealthFigures",
     "OutcomeRow",
     "Outcomes",
+    "RETRYABLE",
     "STAGE_RANKS",
     "STATUSES",
     "dump_json",
     "merge_outcomes",
+    "retryable",
 ]
 
 # --- vocabulary --------------------------------------------------------------------
 
 STATUSES = ("PENDING", "DONE", "FAILED", "CANCELLED")
 FINAL_STATUSES = frozenset({"DONE", "FAILED", "CANCELLED"})
+# What a retry may send again: a FAILED row, or one the seed's retry statement (`SET status = 'PENDING',
+# error = NULL WHERE status = 'FAILED'`) reset by hand. That statement only resets the row: nothing sends
+# its request again, so without a retry it would stay PENDING for good.
+RETRYABLE = "(status = 'FAILED' OR (status = 'PENDING' AND stage = 'failed'))"
+
+
+def retryable(status: str, stage: str) -> bool:
+    """Python twin of RETRYABLE."""
+    return status == "FAILED" or (status == "PENDING" and stage == "failed")
 
 # Stage -> rank. Every final stage has rank 3 so nothing can follow it (see _advances).
 STAGE_RANKS: dict[str, int] = {
@@ -431,10 +442,10 @@ class Outcomes:
         )
 
     async def failed_request_ids(self, site_id: str | None = None, since: timedelta | None = None) -> list[str]:
-        """Ids of FAILED requests, oldest first: of one site (None: every site), created within
-        ``since`` (None: any time; the seed's retry statement takes the last hour)."""
+        """Ids of FAILED requests (and of those the seed's retry statement reset, RETRYABLE), oldest first: of
+        one site (None: every site), created within ``since`` (None: any time; the seed's statement takes 1 h)."""
         records = await self.pool.fetch(
-            "SELECT id FROM blog_generations WHERE status = 'FAILED'"
+            f"SELECT id FROM blog_generations WHERE {RETRYABLE}"
             " AND ($1::text IS NULL OR site_id = $1)"
             " AND ($2::interval IS NULL OR created_at > now() - $2::interval)"
             " ORDER BY created_at, id",

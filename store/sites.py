@@ -18,6 +18,8 @@ from typing import Any, Protocol
 
 import asyncpg
 
+from store.outcomes import RETRYABLE
+
 __all__ = ["CONTROL_RANGES", "Site", "SiteCache", "SiteRegistry", "control_problem"]
 
 
@@ -193,16 +195,17 @@ class SiteRegistry:
         """FAILED -> PENDING for a retry: returns (the stored request, the error it had).
 
         The row goes back to stage `requested`, so the sink's forward-only rule
-        lets the retry's events move it on again. None: the row is not FAILED,
-        or holds no request to send again (it never was a valid request).
+        lets the retry's events move it on again. A row the seed's retry statement
+        reset (PENDING at stage `failed`, RETRYABLE) is reopened the same way. None:
+        the row is neither, or holds no request to send again (it never was a valid request).
         """
         record = await self.pool.fetchrow(
-            """
+            f"""
             UPDATE blog_generations g
                SET status = 'PENDING', stage = 'requested', stage_rank = 0, error = NULL,
                    finished_at = NULL, updated_at = now()
               FROM (SELECT id, error FROM blog_generations
-                     WHERE id = $1 AND status = 'FAILED' AND request IS NOT NULL FOR UPDATE) old
+                     WHERE id = $1 AND {RETRYABLE} AND request IS NOT NULL FOR UPDATE) old
              WHERE g.id = old.id
             RETURNING g.request, old.error
             """,

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 from faust.web import Request, Response
 
+from store.outcomes import retryable
 from streams.api.http import ID_PATTERN, ApiView, IntakeError, retry_after_header
 from streams.api.producer import produce
 from streams.app import app
@@ -110,12 +111,12 @@ async def retry_failed(request_id: str) -> tuple[int, dict[str, Any]]:
     row = await deps.db.get_generation(request_id)
     if row is None:
         return 404, {"error": f"no request {request_id} is known"}
-    if row["status"] != "FAILED":
+    if not retryable(row["status"], row["stage"]):  # FAILED, or reset by the seed's retry statement
         return _not_failed(request_id, row["status"])
     reopened = await deps.db.reopen_failed(request_id)
     if reopened is None:
         row = await deps.db.get_generation(request_id)  # not FAILED any more (another retry reopened it), or empty
-        if row is not None and row["status"] != "FAILED":
+        if row is not None and not retryable(row["status"], row["stage"]):
             return _not_failed(request_id, row["status"])
         return 409, {"error": f"request {request_id} has no stored request to send again (it was never a valid "
                               "request); submit it again with all its fields"}

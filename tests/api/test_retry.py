@@ -85,3 +85,30 @@ async def test_a_request_with_nothing_stored_is_told_to_be_submitted_again(db):
     assert await db.record_rejected(request_id, site, "invalid generate input: topic: is required")
     status, body = await blogs.retry_failed(request_id)
     assert status == 409 and "never a valid request" in body["error"]
+
+
+SEED_RETRY = ("UPDATE blog_generations SET status = 'PENDING', error = NULL "
+              "WHERE status = 'FAILED' AND created_at > NOW() - INTERVAL '1 hour' AND id = $1")
+
+
+async def test_a_request_the_seeds_retry_statement_reset_can_still_be_retried(db, monkeypatch):
+    # An operator follows the seed's runbook ("retry failed blogs": the UPDATE above, which still runs). Nothing
+    # sends such a row's request again, so it stayed PENDING for good, counted against the site's queue limits,
+    # and `blogstream retry` refused it ("is PENDING") while `retry --failed` did not even list it.
+    request_id = await failed_request(db)
+    assert await db.pool.execute(SEED_RETRY, request_id) == "UPDATE 1"
+    produced: list[str] = []
+
+    async def produce(requests, timeout):
+        produced.extend(r["request_id"] for r in requests)
+
+    monkeypatch.setattr(blogs, "produce", produce)
+    site = (await db.get_generation(request_id))["site_id"]
+    assert request_id in await db.failed_request_ids(site)  # what `blogstream retry --failed` sends
+    status, body = await blogs.retry_failed(request_id)
+    assert status == 202, body
+    assert produced == [request_id]
+    row = await db.get_generation(request_id)
+    assert (row["status"], row["stage"], row["stage_rank"]) == ("PENDING", "requested", 0)  # the run can end it
+    status, body = await blogs.retry_failed(request_id)  # and now it is in flight: not twice
+    assert status == 409 and body["status"] == "PENDING" and produced == [request_id]
