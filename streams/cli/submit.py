@@ -133,8 +133,8 @@ async def submit(
     Obeys the intake's backpressure: a 429 (queue or site queue full) waits its
     Retry-After and sends at most the `room` it reported; 503s and connection
     errors are retried with the same request ids, which is safe because ids are
-    idempotency keys. Items the worker rejects (422, e.g. an unregistered site)
-    are reported and the rest of their batch is sent again. Gives up when no
+    idempotency keys. Items the worker rejects (422, e.g. an unregistered site;
+    409, an id another site uses) are reported and the rest of their batch is sent again. Gives up when no
     batch got through for `give_up_after` seconds of errors (not of 429 waits).
     """
     import httpx
@@ -177,7 +177,7 @@ async def submit(
                     report.throttled_seconds += wait
                     await asyncio.sleep(wait)
                     continue
-                if status == 422:
+                if status in (409, 422):  # 409: ids another site uses, item by item like a 422
                     errors = [e for e in connect.json_or_empty(response).get("errors", []) if isinstance(e, dict)]
                     if any(not str(e.get("field", "")).startswith("requests[") for e in errors):
                         if size > 1:  # a batch-level limit (e.g. this worker's max batch is smaller)

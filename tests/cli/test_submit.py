@@ -116,3 +116,34 @@ def test_a_line_nothing_can_read_is_skipped_and_named_and_the_others_are_sent(ru
     report = json.loads(result.stdout)
     assert report["accepted"] == 2 and [r["topic"] for r in intake] == ["Before", "After"]
     assert len(report["invalid"]) == 1 and report["invalid"][0].startswith(f"line {3 if name.endswith('.csv') else 2}: {problem}")
+
+
+@pytest.mark.parametrize("batch_size", ["1", "500"])
+def test_a_request_id_another_site_uses_rejects_that_line_and_the_others_are_sent(run, worker, tmp_path, batch_size):
+    # The intake answers 409 for an id another site owns, item by item like a 422. The submit stopped there
+    # ("fix that and submit again"): the lines after it were never sent, and sending the file again gave
+    # the lines already accepted, those without a request_id, new ids: their articles and posts twice.
+    accepted: list[dict] = []
+
+    def post(request, body):
+        items = body["requests"]
+        taken = [i for i, r in enumerate(items) if r["request_id"] == "taken"]
+        if taken:
+            return 409, {"error": "nothing was accepted: request id taken is already used by another site", "errors": [
+                {"item": i, "field": f"requests[{i}].request_id",
+                 "message": "request id taken is already used by another site; choose another id"} for i in taken]}
+        accepted.extend(items)
+        return 202, {"accepted": len(items)}
+
+    worker.routes[("POST", "/api/blogs")] = post
+    path = tmp_path / "requests.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in [
+        {"site_id": "shop-1", "topic": "A"}, {"site_id": "shop-1", "topic": "B", "request_id": "taken"},
+        {"site_id": "shop-1", "topic": "C"}]))
+    result = run("submit", "--file", str(path), "--quiet", "--json", "--batch-size", batch_size)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["accepted"] == 2 and [r["topic"] for r in accepted] == ["A", "C"]
+    item = 0 if batch_size == "1" else 1  # its place in the batch it was sent in
+    assert report["rejected"] == [f"request taken: requests[{item}].request_id: request id taken is already used by "
+                                  "another site; choose another id"]
