@@ -117,7 +117,10 @@ class SubmitReport:
 
 
 class SubmitAborted(RuntimeError):
-    pass
+    """The submit stopped; `report` says what was accepted before, `unsent` what was not sent (in order)."""
+
+    report: SubmitReport | None = None
+    unsent: list[dict[str, Any]] = []
 
 
 async def submit(
@@ -212,6 +215,9 @@ async def submit(
                 bar.set_postfix_str(f"retrying in {wait:g}s: {problem[:60]}")
                 await asyncio.sleep(wait)
                 delay = min(delay * 2, 10.0)
+    except SubmitAborted as exc:  # what was accepted before, and what was not sent: the caller says where to go on
+        exc.report, exc.unsent = report, list(todo)
+        raise
     finally:
         bar.close()
     return report
@@ -239,6 +245,38 @@ def read_file(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
         except RecordError as exc:
             problems.append(f"line {n}: {exc.reason}")
     return requests, problems
+
+
+def stopped(exc: SubmitAborted, requests: list[dict[str, Any]], path: Path | None) -> CliError:
+    """The error of a submit that stopped, and how to go on without sending anything twice.
+
+    The requests got their ids here: the same input sent again gives those without one new ids, so
+    whatever was accepted (and a batch that met 503s or no answer, which Kafka may have taken) would
+    be written, paid for and posted twice. The requests not accepted go to a file, with their ids,
+    to submit instead; a single request is told its id.
+    """
+    unsent, accepted = exc.unsent, exc.report.accepted if exc.report is not None else 0
+    if not unsent:
+        return CliError(f"submit stopped: {exc}", "fix that and submit again")
+    if path is None:
+        return CliError(f"submit stopped: {exc}",
+                        f"fix that and submit it again with --request-id {unsent[0]['request_id']} (the same id: it "
+                        "never runs twice, should Kafka have taken it)")
+    rest = path.with_name(path.name + ".unsent.jsonl")
+    try:
+        rest.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in unsent), encoding="utf-8",
+                        errors="surrogateescape")
+    except OSError as err:  # a folder we may not write: say so, and which request was the first not accepted
+        return CliError(
+            f"submit stopped: {exc}; {accepted} of {len(requests)} request(s) were accepted, and the other "
+            f"{len(unsent)} could not be kept in {rest} ({err.strerror or type(err).__name__})",
+            f"fix that, then submit only the requests from the one with topic {unsent[0].get('topic')!r} on, "
+            "each with the request_id it was sent with where you can: what was accepted must not be sent again")
+    return CliError(
+        f"submit stopped: {exc}; {accepted} of {len(requests)} request(s) were accepted, the other {len(unsent)} "
+        f"are in {rest} with their request ids",
+        f"fix that, then submit {rest}, not {path.name} again (its lines without a request_id would get new ids: "
+        "what was accepted would run twice)")
 
 
 @click.command()
@@ -290,7 +328,7 @@ def submit_command(
             report = asyncio.run(submit(requests, worker=worker, batch_size=batch_size,
                                          progress=path is not None and not quiet))
         except SubmitAborted as exc:
-            raise CliError(f"submit stopped: {exc}", "fix that and submit again") from None
+            raise stopped(exc, requests, path) from None
     if as_json:
         answer: dict[str, Any] = {
             "worker": worker, "accepted": report.accepted, "invalid": problems, "rejected": report.rejected,

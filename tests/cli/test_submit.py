@@ -147,3 +147,43 @@ def test_a_request_id_another_site_uses_rejects_that_line_and_the_others_are_sen
     item = 0 if batch_size == "1" else 1  # its place in the batch it was sent in
     assert report["rejected"] == [f"request taken: requests[{item}].request_id: request id taken is already used by "
                                   "another site; choose another id"]
+
+
+def test_a_submit_that_stops_midway_says_what_was_accepted_and_keeps_the_rest_with_their_ids(run, worker, tmp_path):
+    # The first batch is accepted, then the worker refuses (here its token changed; a long outage ends the same
+    # way: "gave up after 300s", its last batch perhaps taken by Kafka). The error said only "fix that and submit
+    # again": the file again gives its lines without a request_id new ids, so the accepted ones are written, paid
+    # for and posted twice.
+    calls: list[list[dict]] = []
+
+    def post(request, body):
+        calls.append(body["requests"])
+        if len(calls) > 1:
+            return 401, {"error": "missing or wrong intake token"}
+        return 202, {"accepted": len(body["requests"])}
+
+    worker.routes[("POST", "/api/blogs")] = post
+    path = tmp_path / "requests.jsonl"
+    path.write_text("\n".join([json.dumps({"site_id": "shop-1", "topic": "A"}), "{not json",
+                               json.dumps({"site_id": "shop-1", "topic": "B"}), json.dumps({"site_id": "shop-1", "topic": "C"}),
+                               json.dumps({"site_id": "shop-1", "topic": "D"})]))
+    result = run("submit", "--file", str(path), "--quiet", "--batch-size", "2")
+    assert result.exit_code == 1 and [r["topic"] for r in calls[0]] == ["A", "B"]
+    error = result.stderr.splitlines()[-1]
+    rest = tmp_path / "requests.jsonl.unsent.jsonl"
+    assert f"2 of 4 request(s) were accepted, the other 2 are in {rest}" in error, error
+    assert f"then submit {rest}, not requests.jsonl again" in error, error
+    kept = [json.loads(line) for line in rest.read_text().splitlines()]
+    assert kept == calls[1]  # C and D with the ids they were sent with: submitting them again is idempotent
+
+    calls.clear()
+    worker.routes[("POST", "/api/blogs")] = lambda request, body: calls.append(body["requests"]) or (202, {})
+    assert run("submit", "--file", str(rest), "--quiet").exit_code == 0
+    assert [r["request_id"] for r in calls[0]] == [r["request_id"] for r in kept]
+
+
+def test_a_single_request_that_stops_is_told_its_id(run, worker):
+    worker.routes[("POST", "/api/blogs")] = (400, {"error": "the worker is odd"})
+    result = run("submit", "--site", "shop-1", "--topic", "Sandals", "--worker", "http://w")
+    (sent,) = [body["requests"][0] for _, _, body in worker.calls]
+    assert result.exit_code == 1 and f"--request-id {sent['request_id']}" in result.stderr
