@@ -112,7 +112,7 @@ async def retry_failed(request_id: str) -> tuple[int, dict[str, Any]]:
     if row is None:
         return 404, {"error": f"no request {request_id} is known"}
     if not retryable(row["status"], row["stage"]):  # FAILED, or reset by the seed's retry statement
-        return _not_failed(request_id, row["status"])
+        return _not_failed(request_id, row["status"], row.get("error"))
     reopened = await deps.db.reopen_failed(request_id)
     if reopened is None:
         row = await deps.db.get_generation(request_id)  # not FAILED any more (another retry reopened it), or empty
@@ -134,8 +134,13 @@ async def retry_failed(request_id: str) -> tuple[int, dict[str, Any]]:
     return 202, {"request_id": request_id, "status": "PENDING", "previous_error": error}
 
 
-def _not_failed(request_id: str, status: str) -> tuple[int, dict[str, Any]]:
-    return 409, {"error": f"request {request_id} is {status}, only FAILED requests can be retried", "status": status}
+def _not_failed(request_id: str, status: str, error: str | None = None) -> tuple[int, dict[str, Any]]:
+    text = f"request {request_id} is {status}, only FAILED requests can be retried"
+    if status == "CANCELLED":  # cancelled before it started: its generate step is ledgered as cancelled, so
+        # the same id sent again ends CANCELLED again
+        text += (f" ({error or 'cancelled'}); to run it after all, submit it again with a new request_id (under "
+                 "its own id, a request cancelled before it started stays cancelled)")
+    return 409, {"error": text, "status": status}
 
 
 @app.page("/api/blogs/{request_id}/retry")

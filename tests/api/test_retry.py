@@ -12,6 +12,7 @@ import pytest
 
 from store.database import Database, DatabaseError
 from store.outcomes import OutcomeRow
+from store.sites import Site
 from streams.api import blogs
 
 DSN = os.environ.get("BLOGSTREAM_TEST_DATABASE_URL",
@@ -35,6 +36,8 @@ async def db(monkeypatch):
     monkeypatch.setattr(blogs, "deps", SimpleNamespace(ready=ready, db=database))
     yield database
     await database.pool.execute("DELETE FROM blog_generations WHERE id LIKE $1", f"{RUN}-%")
+    await database.pool.execute("DELETE FROM stage_outputs WHERE request_id LIKE $1", f"{RUN}-%")
+    await database.pool.execute("DELETE FROM sites WHERE site_id LIKE $1", f"{RUN}-%")
     await database.close()
 
 
@@ -112,3 +115,17 @@ async def test_a_request_the_seeds_retry_statement_reset_can_still_be_retried(db
     assert (row["status"], row["stage"], row["stage_rank"]) == ("PENDING", "requested", 0)  # the run can end it
     status, body = await blogs.retry_failed(request_id)  # and now it is in flight: not twice
     assert status == 409 and body["status"] == "PENDING" and produced == [request_id]
+
+
+async def test_a_cancelled_request_is_told_how_it_can_run_again(db):
+    # A cancel writes the request's generate step as done-and-cancelled in the effect ledger, so the same id
+    # sent again ends CANCELLED again: "only FAILED requests can be retried" left the operator no way forward.
+    site = f"{RUN}-site"
+    await db.upsert_site(Site(site, wix_api_key="k"))
+    request_id = f"{RUN}-{uuid.uuid4().hex[:8]}"
+    await db.upsert_outcomes([OutcomeRow(request_id, site, "PENDING", "requested", 0, datetime.now(timezone.utc),
+                                         request={"request_id": request_id, "site_id": site, **REQUEST})])
+    assert await db.cancel_queued(site, reason="cancelled by an operator before it started") == [request_id]
+    status, body = await blogs.retry_failed(request_id)
+    assert status == 409 and body["status"] == "CANCELLED"
+    assert "new request_id" in body["error"] and "cancelled by an operator" in body["error"], body
