@@ -18,6 +18,7 @@ A stage reads its topic with `stream.noack()` and hands every event to a
 """
 from __future__ import annotations
 
+import contextlib
 import asyncio
 import logging
 import math
@@ -161,7 +162,7 @@ class StageRunner:
         line = self._line_of(site_id)
         line.append(entry)
         self._buffered += 1
-        metrics.site_queued.labels(self.name, site_id).set(len(line))
+        self._show_queued(site_id)
         self._changed.set()
 
     def _in_sequence(self, tp: Any, offset: int) -> bool:
@@ -292,13 +293,13 @@ class StageRunner:
             self._credit[site_id] -= 1.0
             line = self._lines[site_id]
             entry = line.popleft()
-            metrics.site_queued.labels(self.name, site_id).set(len(line))
             if not line:
                 del self._lines[site_id]
                 self._ring.popleft()
                 self._credit[site_id] = 0.0
             elif self._credit[site_id] < 1.0:
                 self._ring.rotate(-1)
+            self._show_queued(site_id)
             return entry
         return None
 
@@ -402,7 +403,18 @@ class StageRunner:
                         break
                     at = index + 1
             line.insert(at, entry)
+        self._show_queued(entry.site_id)
         self._changed.set()
+
+    def _show_queued(self, site_id: str) -> None:
+        """blogstream_site_queued: the site's line now; a site without one has no series (not a 0 kept
+        for every site ever seen: thousands of series per stage and worker)."""
+        line = self._lines.get(site_id)
+        if line:
+            metrics.site_queued.labels(self.name, site_id).set(len(line))
+        else:
+            with contextlib.suppress(KeyError):
+                metrics.site_queued.remove(self.name, site_id)
 
     def _line_of(self, site_id: str) -> deque[_Entry]:
         """The site's line of events not started yet; a new one joins the ring (and the next pause check)."""
@@ -438,7 +450,7 @@ class StageRunner:
             self._parking.extend(self._lines.pop(site_id))
             self._ring.remove(site_id)
             self._credit[site_id] = 0.0
-            metrics.site_queued.labels(self.name, site_id).set(0)
+            self._show_queued(site_id)
         if self._parking and (self._parker is None or self._parker.done()):
             self._parker = asyncio.ensure_future(self._park_waiting())
 
@@ -514,6 +526,7 @@ class StageRunner:
             else:
                 del self._lines[site_id]
                 self._ring.remove(site_id)
+            self._show_queued(site_id)  # the revoked partitions' events are the new owner's to show
         self._changed.set()
 
     # --- figures --------------------------------------------------------------

@@ -158,8 +158,8 @@ async def run():
 
 
 def make_runner(handler: Recorder, *, concurrency: int = 50, read_ahead: int = 10_000,
-                policy: Callable[[str], SitePolicy] = lambda site: SitePolicy()) -> StageRunner:
-    runner = StageRunner("test", handler, concurrency=concurrency, read_ahead=read_ahead, policy=policy)
+                policy: Callable[[str], SitePolicy] = lambda site: SitePolicy(), name: str = "test") -> StageRunner:
+    runner = StageRunner(name, handler, concurrency=concurrency, read_ahead=read_ahead, policy=policy)
     # Not the Faust consumer's hooks (streams.pipeline.stage sets them for the real runners): these fakes
     # feed partitions in any order; the gap tests below give their own.
     runner.expected_start = lambda tp: None
@@ -549,3 +549,66 @@ async def test_the_first_event_that_works_again_ends_every_retry_wait(run, monke
     stream.feed([event(1, 0, "site-new")])
     await wait_until(lambda: len(stream.acks) == 6, "the five retried at once after the first success")
     assert stream.acked(0) == list(range(5)) and pauses.waiting == 0
+
+
+# --------------------------------------------------------------------------- blogstream_site_queued
+
+
+def queued_gauge(stage: str) -> dict[str, float]:
+    """The series of blogstream_site_queued this stage has: site -> value."""
+    from streams import metrics
+
+    return {sample.labels["site"]: sample.value for family in metrics.registry.collect()
+            if family.name == "blogstream_site_queued" for sample in family.samples
+            if sample.labels["stage"] == stage}
+
+
+async def test_site_queued_is_what_the_runner_holds_and_a_site_without_a_line_has_no_series(run):
+    """It showed a revoked partition's events for good (another worker runs them now), and kept a
+    series at 0 for every site ever seen: thousands of sites, thousands of series per stage and worker."""
+    stage = "queued-after-revoke"
+    handler = Recorder(gated=lambda ev: ev.id == (0, 0))
+    stream = FakeStream()
+    runner = run(make_runner(handler, concurrency=1, name=stage), stream)
+    stream.feed([event(0, o, "s0") for o in range(5)] + [event(1, o, "s1") for o in range(3)])
+    await wait_until(lambda: handler.started == [(0, 0)] and stream.yielded == 8, "all read, the first running")
+    assert queued_gauge(stage) == runner.queued_by_site() == {"s0": 4, "s1": 3}
+
+    runner.forget({TP("t.blog.requests", 0)})
+    assert queued_gauge(stage) == runner.queued_by_site() == {"s1": 3}
+
+    handler.open((0, 0))
+    await wait_until(lambda: len(stream.acked(1)) == 3, "partition 1 done")
+    assert queued_gauge(stage) == runner.queued_by_site() == {}
+
+
+async def test_site_queued_counts_an_event_put_back_in_its_line(run, monkeypatch):
+    """An event that failed goes back to its line after its pause: the gauge counts it again."""
+    import streams.pipeline.runner as runner_module
+
+    class GatedRetries:
+        def __init__(self) -> None:
+            self.waiting, self.go = asyncio.Event(), asyncio.Event()
+
+        async def pause(self, delay: float) -> None:
+            self.waiting.set()
+            await self.go.wait()
+
+        def succeeded(self) -> None:
+            pass
+
+    retries = GatedRetries()
+    monkeypatch.setattr(runner_module, "RETRIES", retries)
+    stage = "queued-after-requeue"
+    paused = {"a": False}
+    handler = Recorder(fail=lambda ev: True)
+    stream = FakeStream()
+    runner = run(make_runner(handler, name=stage, policy=lambda site: SitePolicy(paused=paused[site])), stream)
+    stream.feed([event(0, 0, "a")])
+    await asyncio.wait_for(retries.waiting.wait(), TIMEOUT)
+    assert queued_gauge(stage) == runner.queued_by_site() == {}
+
+    paused["a"] = True  # it stays in its line once back (this runner has no parking lot)
+    retries.go.set()
+    await wait_until(lambda: runner.queued_by_site() == {"a": 1}, "the event back in its line")
+    assert queued_gauge(stage) == {"a": 1}
