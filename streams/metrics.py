@@ -195,10 +195,11 @@ sites_budget_exhausted = Gauge(
 # miss the first one. The series the alerts and the dashboard name start at 0.
 PROVIDERS = ("openai", "replicate", "wix")  # the connectors' PROVIDER; budget names start with them
 STAGES = ("generate", "image", "publish")  # the STAGE of streams/pipeline/{generate,covers,publish}.py
-STAGE_OUTCOMES = ("ok", "failed", "cancelled", "dead_letter", "retried")
+STAGE_OUTCOMES = ("ok", "failed", "cancelled", "dead_letter", "retried", "parked")
 for _stage in STAGES:
     for _outcome in STAGE_OUTCOMES:
         stage_events.labels(_stage, _outcome)
+stage_events.labels("sink", "dead_letter")  # the sink (streams/pipeline/sink.py) has no other outcome
 for _provider in PROVIDERS:
     for _outcome in ("ok", "RateLimited"):
         provider_calls.labels(_provider, _outcome)
