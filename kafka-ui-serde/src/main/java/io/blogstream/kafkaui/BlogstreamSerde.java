@@ -91,7 +91,7 @@ public class BlogstreamSerde implements Serde {
     props.put("record", current.shortName());
     props.put("fingerprint", Hex.fingerprint(current.fingerprint()));
     props.put("avroSchema", current.writer().toString());
-    return Optional.of(new SchemaDescription(JsonValues.jsonSchema(current.writer()).toString(), props));
+    return Optional.of(new SchemaDescription(codec().produceSchema(record).toString(), props));
   }
 
   @Override

@@ -169,6 +169,35 @@ public final class ValueCodec {
 
   // ------------------------------------------------------------------ UI -> bytes
 
+  /** The record and field that may be left out of JSON, meaning "now", as in the pipeline (docs/producing.md). */
+  static final String NOW_RECORD = "BlogRequest";
+  static final String NOW_FIELD = "requested_at";
+
+  /** Whether {@code writer}'s field may be left out of the JSON the UI produces (it then means now). */
+  static boolean nowIfMissing(SchemaCatalog.Writer writer, String field) {
+    return NOW_RECORD.equals(writer.shortName()) && NOW_FIELD.equals(field);
+  }
+
+  /** The JSON Schema of the produce form: the record's, with what may be left out not required. */
+  public ObjectNode produceSchema(String recordName) {
+    SchemaCatalog.Writer writer = catalog.current(recordName);
+    ObjectNode schema = JsonValues.jsonSchema(writer.writer());
+    JsonNode required = schema.get("required");
+    if (required != null && required.isArray()) {
+      var kept = MAPPER.createArrayNode();
+      required.forEach(name -> {
+        if (nowIfMissing(writer, name.asText())) {
+          ((ObjectNode) schema.at("/properties/" + name.asText())).put("description",
+              "milliseconds since the epoch (UTC); left out or null: now");
+        } else {
+          kept.add(name);
+        }
+      });
+      schema.set("required", kept);
+    }
+    return schema;
+  }
+
   /** Plain JSON (as in docs/producing.md) to single-object Avro with the record's current schema. */
   public byte[] serialize(String recordName, String json) {
     SchemaCatalog.Writer writer = catalog.current(recordName);
@@ -185,6 +214,10 @@ public final class ValueCodec {
     }
     if (tree == null || tree.isMissingNode()) {
       throw new IllegalArgumentException("empty input: expected a JSON object with the " + recordName + " fields");
+    }
+    if (tree.isObject() && nowIfMissing(writer, NOW_FIELD)
+        && (tree.get(NOW_FIELD) == null || tree.get(NOW_FIELD).isNull())) {
+      ((ObjectNode) tree).put(NOW_FIELD, System.currentTimeMillis());
     }
     Object datum = JsonValues.fromJson(tree, writer.writer());
     ByteArrayOutputStream out = new ByteArrayOutputStream();

@@ -13,9 +13,13 @@ import io.kafbat.ui.serde.api.RecordHeaders;
 import io.kafbat.ui.serde.api.SchemaDescription;
 import io.kafbat.ui.serde.api.Serde;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
 import java.util.List;
 import java.util.Map;
 import java.util.Optional;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
 import org.junit.jupiter.api.Test;
 
 /** The plugin as Kafka UI drives it. */
@@ -109,6 +113,38 @@ class SerdeTest {
     assertEquals(Hex.of(data), Hex.of(wrapped));
   }
 
+  /**
+   * The README says: enter plain JSON as in docs/producing.md. Its console example leaves
+   * requested_at out ("means now"); the serde refused it with "requested_at: is required".
+   */
+  @Test
+  void theJsonOfDocsProducingMdIsProducedAsItIs() throws Exception {
+    String doc = Files.readString(Path.of("../docs/producing.md"));
+    Matcher example = Pattern.compile("echo '[^|']*\\|(\\{[^']*\\})'").matcher(doc);
+    assertTrue(example.find(), "the console producer example of docs/producing.md");
+    assertFalse(example.group(1).contains("requested_at"), example.group(1));
+    BlogstreamSerde serde = configured(Map.of());
+
+    long before = System.currentTimeMillis();
+    byte[] data = serde.serializer("blog.requests", Serde.Target.VALUE).serialize(example.group(1));
+    long after = System.currentTimeMillis();
+    JsonNode back = TestSupport.json(serde.deserializer("blog.requests", Serde.Target.VALUE)
+        .deserialize(DLQ_HEADERS, data).getResult());
+    long requestedAt = back.get("requested_at").asLong();
+    assertTrue(before <= requestedAt && requestedAt <= after, back.toString());
+    assertEquals("req-2024-0002", back.get("request_id").asText());
+
+    // null means now too; a given time is kept; other records still need all their fields
+    String withNull = example.group(1).replace("}", ",\"requested_at\":null}");
+    JsonNode nulled = TestSupport.json(serde.deserializer("blog.requests", Serde.Target.VALUE).deserialize(
+        DLQ_HEADERS, serde.serializer("blog.requests", Serde.Target.VALUE).serialize(withNull)).getResult());
+    assertTrue(nulled.get("requested_at").asLong() >= before);
+    String given = example.group(1).replace("}", ",\"requested_at\":1700000000000}");
+    JsonNode kept = TestSupport.json(serde.deserializer("blog.requests", Serde.Target.VALUE).deserialize(
+        DLQ_HEADERS, serde.serializer("blog.requests", Serde.Target.VALUE).serialize(given)).getResult());
+    assertEquals(1700000000000L, kept.get("requested_at").asLong());
+  }
+
   @Test
   void produceErrorsSayWhatIsWrong() {
     Serde.Serializer requests = configured(Map.of()).serializer("blog.requests", Serde.Target.VALUE);
@@ -128,8 +164,10 @@ class SerdeTest {
     SchemaDescription description = serde.getSchema("blog.requests", Serde.Target.VALUE).orElseThrow();
     JsonNode schema = TestSupport.json(description.getSchema());
     assertEquals("object", schema.get("type").asText());
-    assertEquals(List.of("request_id", "site_id", "topic", "requested_at"),
+    // requested_at may be left out, as in the pipeline's JSON (docs/producing.md): it means now
+    assertEquals(List.of("request_id", "site_id", "topic"),
         TestSupport.MAPPER.convertValue(schema.get("required"), List.class));
+    assertTrue(schema.at("/properties/requested_at/description").asText().contains("now"));
     assertEquals("en", schema.at("/properties/language/default").asText());
     assertEquals("integer", schema.at("/properties/requested_at/type").asText());
     assertEquals("d2d68e14dd566ff9", description.getAdditionalProperties().get("fingerprint"));
