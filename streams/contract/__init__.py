@@ -2,7 +2,7 @@
 
 Stages and the intake import what they need from here; the modules say how:
 
-- `schemas`: the .avsc files in `schemas/` (every version), fingerprints, canonical forms
+- `catalog`: the .avsc files in `schemas/` (every version), fingerprints, canonical forms
 - `compatibility`: older versions must stay readable as the current one (checked at load)
 - `wire`: single-object Avro, `encode` / `decode` (fastavro)
 - `conform`: the per-field check behind them, with the messages people read
