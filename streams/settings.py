@@ -264,8 +264,10 @@ class Settings(BaseSettings):
 
     @property
     def kafka_bootstrap(self) -> str:
-        """host:port for plain Kafka clients (Faust's URL may list several brokers, `;`-separated)."""
-        return self.kafka_broker.replace("kafka://", "").split(";")[0]
+        """Every broker of `kafka_broker` (Faust's `;`-separated URLs) as plain Kafka clients take them,
+        `host:port,host:port`: topic creation, the lag export and the CLI reach the cluster through any
+        broker that answers, as the worker's Faust does, not only through the first."""
+        return ",".join(broker.removeprefix("kafka://") for broker in self.kafka_broker.split(";"))
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "Settings":

@@ -235,6 +235,19 @@ def test_settings_are_frozen_and_redacted_for_logs():
     assert s.kafka_bootstrap == "127.0.0.1:" + s.kafka_broker.rsplit(":", 1)[1]
 
 
+@pytest.mark.parametrize("broker", TEXT["kafka_broker"][0])
+def test_plain_kafka_clients_reach_every_broker_the_worker_reaches(broker):
+    """kafka_bootstrap (topic creation at start, the consumer-lag export, `blogstream topics`) named the
+    first broker only: with it down, a worker whose Faust could use the others did not start, and the
+    lag every alert reads went stale on every worker."""
+    from aiokafka.conn import collect_hosts
+    from faust.utils.urls import urllist
+
+    s = Settings.from_env(kafka_broker=broker)
+    faust_brokers = [(url.host, url.port) for url in urllist(s.kafka_broker, default_scheme="kafka")]
+    assert [(host, port) for host, port, _ in collect_hosts(s.kafka_bootstrap, randomize=False)] == faust_brokers
+
+
 def _run(command: list[str], **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
 
