@@ -124,16 +124,28 @@ class Outbox:
                 ack.add_done_callback(functools.partial(_pass_on, acked))
 
     async def write_table(self, writes: dict[str, Any]) -> list[asyncio.Future]:
-        """Queue each key's new value (None: deleted) on the table's changelog; the futures of their acks."""
+        """Queue each key's new value (None: deleted) on the table's changelog; the futures of their acks.
+
+        The worker's copy of the table takes a value once the broker acked it, not before: a rebalance
+        that leaves blog.limiter here loads the next epoch's book from that copy (Faust replays only
+        the records that landed since its last recovery, over it) and answers re-asks of the grants it
+        finds there at once. Copied when handed to the producer, a pass the broker never acked was
+        answered that way, and the next owner, recovering the changelog, did not count those permits.
+        """
         changelog = self.table.changelog_topic
         name = changelog.get_topic_name()
-        self.own.on_main(_mirror, self.table, dict(writes))
         futures = []
         for key, value in writes.items():
             key_bytes, _ = changelog.prepare_key(key, self.table.key_serializer)
             value_bytes = None if value is None else changelog.prepare_value(value, self.table.value_serializer)[0]
-            futures.append(await self._produce(name, key_bytes, value_bytes, 0))
+            ack = await self._produce(name, key_bytes, value_bytes, 0)
+            ack.add_done_callback(functools.partial(self._mirror_acked, key, value))
+            futures.append(ack)
         return futures
+
+    def _mirror_acked(self, key: str, value: Any, ack: asyncio.Future) -> None:
+        if not ack.cancelled() and ack.exception() is None:  # acks of one partition come in the order written
+            self.own.on_main(_mirror, self.table, {key: value})
 
     async def answer(self, reply_to: str, correlation_id: str, value: dict[str, Any]) -> None:
         """Send an answer to the worker that asked (through its reply topic; in-process for this one)."""

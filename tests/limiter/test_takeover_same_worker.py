@@ -1,0 +1,125 @@
+"""A rebalance that leaves blog.limiter on the same worker while a pass's writes are not acked.
+
+Every rebalance revokes and assigns blog.limiter (Faust's eager protocol), so the coordinator is
+deactivated and activated again on the same worker, and loads its book from the worker's own copy
+of the table (`_table_items`), which Faust does not recover again from the changelog: it only
+replays the records that landed since its last recovery. Every worker re-sends its waiting asks
+after a rebalance, and the new epoch answers at once a re-ask of a grant it finds in that copy.
+So the copy must hold only what the broker has: a grant of a pass the broker never acked, answered
+from it, is a permit the next owner (recovering the changelog) does not count.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from streams.limiter import coordinator as coordinator_module
+from streams.limiter.coordinator import Coordinator, budget_table
+from streams.limiter.outbox import Outbox
+from streams.limiter.own_loop import OwnLoop
+
+pytestmark = pytest.mark.asyncio
+
+ASK = {"op": "acquire", "ask_id": "A", "site_id": "s", "request_id": "r", "needs": {"replicate_requests": 1},
+       "lane": "interactive", "worker": "w1"}
+REPLY = {"Faust-Ag-ReplyTo": b"reply-w1", "Faust-Ag-CorrelationId": b"c1"}
+
+
+class Table:
+    """The worker's copy of blog-budgets (Faust's in-memory store), with the real changelog's serializers."""
+
+    def __init__(self) -> None:
+        self.data: dict = {}
+        self.changelog_topic = budget_table.changelog_topic
+        self.key_serializer = budget_table.key_serializer
+        self.value_serializer = budget_table.value_serializer
+
+
+class Broker:
+    """`Outbox._produce` for the changelog: each record's ack waits until the test says how it went."""
+
+    def __init__(self) -> None:
+        self.acks: list[asyncio.Future] = []
+        self.landed: list[bytes] = []  # the values of the records the broker acked
+
+    async def produce(self, topic, key, value, partition, headers=None):
+        ack = asyncio.get_running_loop().create_future()
+        ack.add_done_callback(lambda f: None if f.exception() else self.landed.append(value or b""))
+        self.acks.append(ack)
+        return ack
+
+    def fail_all(self) -> None:
+        for ack in self.acks:
+            if not ack.done():
+                ack.set_exception(TimeoutError("the broker restarted: no ack"))
+
+    def ack_all(self) -> None:
+        for ack in self.acks:
+            if not ack.done():
+                ack.set_result(None)
+
+
+@pytest.fixture
+def worker(monkeypatch):
+    table, broker = Table(), Broker()
+    outbox = Outbox(OwnLoop("test-limiter"), table)
+    outbox._produce = broker.produce  # type: ignore[method-assign]
+    monkeypatch.setattr(coordinator_module, "outbox", outbox)
+
+    async def table_items():
+        return [(k, v) for k, v in table.data.items() if v is not None]
+
+    monkeypatch.setattr(coordinator_module, "_table_items", table_items)
+    monkeypatch.setattr(coordinator_module, "_start_nudge", lambda c, epoch: None)  # no Kafka: the test loads
+    c = Coordinator()
+    c.active = c.loaded = True
+    c.last_tick = time.time()
+    sent: list[dict] = []
+
+    async def send(reply, value):
+        sent.append(value)
+
+    monkeypatch.setattr(c, "_send", send)
+    return c, broker, sent
+
+
+async def _until(condition) -> None:
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("never happened")
+
+
+@pytest.mark.parametrize("fails", ["before the rebalance", "after the new epoch loaded"])
+async def test_a_grant_the_broker_never_acked_is_not_answered_after_the_limiter_stays_on_this_worker(worker, fails):
+    c, broker, sent = worker
+    await c.handle(ASK, REPLY, None)
+    passing = asyncio.ensure_future(c.run_once())  # grants A; its writes wait for the broker
+    await _until(lambda: broker.acks)
+    if fails == "before the rebalance":  # the pass fails; its writes wait in pending_writes
+        broker.fail_all()
+        with pytest.raises(TimeoutError):
+            await passing
+    c.deactivate()  # the rebalance: revoked, and assigned again to this worker
+    c.activate()
+    await c.load(None)  # the first event of the new epoch: this worker's copy of the table
+    await c.handle(ASK, REPLY, None)  # every worker re-sends its waiting asks after a rebalance
+    if sent:
+        broker.fail_all()  # no pass left waiting 30 s for its acks
+    assert sent == [], "answered with a grant no acked write holds: the next owner would not count it"
+    if fails != "before the rebalance":
+        broker.fail_all()
+        with pytest.raises(TimeoutError):
+            await passing
+    # The broker is back: A is granted again, and answered once that grant is acked.
+    written = len(broker.acks)
+    again = asyncio.ensure_future(c.run_once())
+    await _until(lambda: len(broker.acks) > written)
+    assert sent == []
+    broker.ack_all()
+    await again
+    assert {(answer["ask_id"], answer["grant_id"]) for answer in sent} == {("A", sent[0]["grant_id"])}
+    assert any(sent[0]["grant_id"].encode() in value for value in broker.landed)  # the grant answered is acked
