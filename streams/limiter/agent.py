@@ -93,12 +93,16 @@ async def _handle(value: Any, headers: Any, offset: int | None, stamped: float |
     if stamped:
         limiter_ask_age_seconds.labels("handled").observe(max(0.0, time.time() - stamped))
     if coordinator.active:
+        epoch = coordinator.epoch
         try:
             await coordinator.handle(value, headers, offset)
         except Exception:  # a malformed message must not stop the limiter
             log.exception("limiter: could not handle %r", value)
-        if offset is not None:
-            coordinator.handled_to = offset  # written with the next pass's writes (coordinator.READ_KEY)
+        # Written with the next pass's writes (coordinator.READ_KEY). Only for the takeover that read it:
+        # a record an ended takeover's reader was still in (an answer waiting for the producer) must not
+        # move the next one's reading, which began at the table's read_to, past records it has not handled.
+        if offset is not None and coordinator.epoch == epoch:
+            coordinator.handled_to = offset
 
 
 @app.agent(limiter_topic)

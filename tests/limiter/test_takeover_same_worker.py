@@ -123,3 +123,45 @@ async def test_a_grant_the_broker_never_acked_is_not_answered_after_the_limiter_
     await again
     assert {(answer["ask_id"], answer["grant_id"]) for answer in sent} == {("A", sent[0]["grant_id"])}
     assert any(sent[0]["grant_id"].encode() in value for value in broker.landed)  # the grant answered is acked
+
+
+async def test_a_record_the_last_epoch_was_handling_does_not_move_the_new_epochs_reading(worker, monkeypatch):
+    """The reader of the epoch that ended may be inside a record (an answer to a re-ask waiting for the
+    producer: the broker restarting) while the new epoch loads and reads on from the table's `read_to`.
+    What it handled must not become the new epoch's `handled_to`: the next pass would write a `read_to`
+    past records the new epoch has not handled, and an owner after it would skip their effects."""
+    from streams.limiter import agent
+
+    c, broker, sent = worker
+    monkeypatch.setattr(agent, "coordinator", c)
+    await agent._handle(ASK, REPLY, 449)
+    c.handled_to = 450  # records up to 450 handled
+    passing = asyncio.ensure_future(c.run_once())
+    await _until(lambda: broker.acks)
+    broker.ack_all()
+    await passing
+    assert sent and broker.landed[-1] == b'{"offset":450}'  # A answered, read_to 450 written
+    sending, producer_back = asyncio.Event(), asyncio.Event()
+
+    async def send_when_the_broker_is_back(reply, value):
+        sending.set()
+        await producer_back.wait()
+        sent.append(value)
+
+    monkeypatch.setattr(c, "_send", send_when_the_broker_is_back)
+    old_reader = asyncio.ensure_future(agent._handle(ASK, REPLY, 500))  # a re-ask after silence: answered again
+    await sending.wait()
+    c.deactivate()  # the rebalance leaves the limiter here
+    c.activate()
+    await c.load(None)
+    assert c.resume_from == 451
+    await agent._handle({"op": "alive", "worker": "w1", "route": "reply-w1"}, None, 451)  # the new epoch reads on
+    producer_back.set()
+    await old_reader
+    assert c.handled_to == 451
+    written = len(broker.acks)
+    passing = asyncio.ensure_future(c.run_once())
+    await _until(lambda: len(broker.acks) > written)
+    broker.ack_all()
+    await passing
+    assert broker.landed[-1] == b'{"offset":451}'
