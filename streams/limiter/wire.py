@@ -43,6 +43,20 @@ def _on_wire() -> Permit | None:
     return None
 
 
+class PermitOverdue(ConnectionError):
+    """A late permit's request would leave after its last use: it is not sent (the stage asks again)."""
+
+
+def _refuse_if_overdue(permit: Permit) -> None:
+    """A late send is safe until the permit's last use (docs/limiter.md, "Last use"): the report then has
+    the rest of the window to reach the coordinator before the grant's entry leaves it. Later (a report
+    whose ack waited out a broker outage, a worker stalled), the room may have been handed out again,
+    and the provider would see one more than the limit: the request does not go."""
+    if time.time() > max(permit.use_by, permit.last_use):
+        permit.sent_at = None  # not sent: another request under this permit is checked again
+        raise PermitOverdue(f"permit {permit.grant_id} is past its last use; its request was not sent")
+
+
 async def _report_if_late() -> None:
     late = _on_wire()
     if late is not None:
@@ -51,11 +65,13 @@ async def _report_if_late() -> None:
         # a moment a little ahead; if the broker's ack took longer, again.
         allowance = 0.05
         while True:
+            _refuse_if_overdue(late)
             anchor = time.time() + WIRE_MARGIN + allowance
             await budgets.report_late(late, anchor)
             if time.time() + WIRE_MARGIN <= anchor:
                 break
             allowance *= 2
+        _refuse_if_overdue(late)
 
 
 def _hook_wire(cls: Any) -> None:

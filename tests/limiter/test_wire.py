@@ -66,7 +66,8 @@ KINDS = ["httpx over aiohttp", "httpx (httpcore)", "openai over aiohttp"]
 async def test_a_late_permit_is_reported_before_its_request_leaves_and_only_once(kind, provider, reports):
     base_url, events = provider
     async with _client(kind, base_url) as http:
-        late = Permit("g-late", use_by=time.time() - 1.0, needs={"wix_requests:s": 1}, waited=0.0)
+        late = Permit("g-late", use_by=time.time() - 1.0, needs={"wix_requests:s": 1}, waited=0.0,
+                      last_use=time.time() + 10.0)
         current_permit.set(late)
         await http.get("/first")
         await http.get("/second")  # the same permit's second request: it already left
@@ -95,9 +96,54 @@ async def test_a_late_report_that_fails_stops_the_request_and_frees_the_connecti
     monkeypatch.setattr(client.budgets, "report_late", broker_away)
     wire.install()
     async with httpx.AsyncClient(base_url=base_url, transport=AiohttpTransport(limits=httpx.Limits(max_connections=1))) as http:
-        current_permit.set(Permit("g-late", use_by=time.time() - 1.0, needs={"wix_requests:s": 1}, waited=0.0))
+        current_permit.set(Permit("g-late", use_by=time.time() - 1.0, needs={"wix_requests:s": 1}, waited=0.0,
+                                  last_use=time.time() + 10.0))
         with pytest.raises(Exception):
             await http.get("/never")
         current_permit.set(None)
         await http.get("/after")  # the one connection went back to the pool
     assert events == [("arrived", "/after")]
+
+
+class Clock:
+    """wire.py's clock: the broker's ack of a late report comes `ack_after` seconds after it was sent."""
+
+    def __init__(self, ack_after: float) -> None:
+        self.now, self.ack_after = time.time(), ack_after
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("ack_after", [0.01, 40.0])
+async def test_a_late_permit_leaves_only_until_its_last_use(kind, ack_after, provider, monkeypatch):
+    """Granted at g, used late: its report must reach the coordinator before the grant leaves the window
+    (g + W + grace), which is what last_use (g + W/2) leaves time for. A report whose ack waited out a broker
+    outage past last_use, and the request sent then, met room the coordinator had handed out again."""
+    base_url, events = provider
+    clock = Clock(ack_after)
+
+    async def report_late(permit: Permit, anchor: float) -> None:
+        events.append(("reported", permit.grant_id))
+        clock.now += clock.ack_after
+
+    monkeypatch.setattr(client.budgets, "report_late", report_late)
+    monkeypatch.setattr(wire, "time", clock)
+    wire.install()
+    granted = clock.now - 1.0
+    late = Permit("g-late", use_by=granted + 0.5, needs={"openai_requests": 1}, waited=0.0, granted_at=granted,
+                  last_use=granted + 15.0)
+    async with _client(kind, base_url) as http:
+        current_permit.set(late)
+        if ack_after < 1.0:
+            await http.get("/late")
+            assert events == [("reported", "g-late"), ("arrived", "/late")]
+        else:
+            with pytest.raises(Exception):
+                await http.get("/late")
+            assert events == [("reported", "g-late")]  # never sent
+            clock.now = granted + 20.0
+            with pytest.raises(Exception):  # nor with the same permit later: it is checked again
+                await http.get("/again")
+            assert events == [("reported", "g-late")]
