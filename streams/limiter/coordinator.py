@@ -115,7 +115,7 @@ class _Answer:
     reply: dict[str, Any]
     route: tuple[str, str] | None
     sent: bool = False
-    made_at: float = field(default_factory=time.time)
+    made_at: float = field(default_factory=time.time)  # then when it was answered (`run_once`): kept from then
 
 
 # Answers are kept to answer a re-ask of an ask already granted with the same grant. A worker re-asks
@@ -467,11 +467,18 @@ class Coordinator:
             self.book.persisted()
         if epoch != self.epoch or not self.active:
             return 0.0  # we lost the limiter meanwhile: the new owner answers the re-asks
+        answered_at = time.time()
         for i, ask_id in enumerate(unsent):
             answer = self.answers.get(ask_id)
             if answer is None:
                 continue
             answer.sent = True
+            # Kept a minute from its answer, not its grant: a pass written only after a broker outage
+            # answers grants made more than a minute before, and the rebalance after the outage makes
+            # every worker send its asks again. Forgotten at once, such a copy was granted anew: a
+            # window's room spent on nothing, and its request's slot taken again after it ended.
+            answer.made_at = answered_at
+            self.answers.move_to_end(ask_id)
             if answer.route:
                 answer.reply["sent_at"] = time.time()
                 try:
