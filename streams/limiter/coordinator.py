@@ -458,9 +458,14 @@ class Coordinator:
             try:
                 await self._persist(writes)
             except Exception:
-                # Nothing is answered until it is durable: keep the writes for the next pass.
-                self.pending_writes = {**writes, **self.pending_writes}
-                self.unsent[:0] = unsent
+                # Nothing is answered until it is durable: keep the writes for the next pass. Unless the
+                # limiter moved meanwhile (a rebalance, which a broker restart brings): then the writes and
+                # answers were the old book's, and the next epoch's book is what the table holds. Carried
+                # over, its first pass answered whatever the new book held under those ask ids by then, such
+                # as a lease granted to a re-ask while that pass was being written, before any write held it.
+                if epoch == self.epoch:
+                    self.pending_writes = {**writes, **self.pending_writes}
+                    self.unsent[:0] = unsent
                 raise
             grant_persist_seconds.observe(time.time() - started)
             self.read_written = read_to

@@ -165,3 +165,46 @@ async def test_a_record_the_last_epoch_was_handling_does_not_move_the_new_epochs
     broker.ack_all()
     await passing
     assert broker.landed[-1] == b'{"offset":451}'
+
+
+LEASE = {"op": "lease", "ask_id": "L", "site_id": "s", "request_id": "", "needs": {"replicate_requests": 1},
+         "lease": 3, "worker": "w1"}
+
+
+async def test_a_pass_of_the_ended_epoch_that_fails_leaves_nothing_for_the_new_epoch_to_answer(worker, monkeypatch):
+    """A pass of the epoch that ended fails after the new epoch loaded (its acks waited out the rebalance).
+    Its answers were for the old book: carried into the new epoch, they answered whatever the new book had
+    under the same ask id by then, such as a lease granted to the re-ask while the new epoch's first pass
+    was being written, before any write held it."""
+    c, broker, sent = worker
+    durable_when_sent: list[bool] = []
+
+    async def send(reply, value):
+        durable_when_sent.append(any(value["grant_id"].encode() in landed for landed in broker.landed))
+        sent.append(value)
+
+    monkeypatch.setattr(c, "_send", send)
+    await c.handle(LEASE, REPLY, None)  # a worker refilling its units: a lease at once, answered once written
+    assert c.unsent == ["L"]
+    old_pass = asyncio.ensure_future(c.run_once())
+    await _until(lambda: broker.acks)
+    c.deactivate()  # the rebalance leaves the limiter here
+    c.activate()
+    await c.load(None)
+    broker.fail_all()  # the old epoch's pass fails now
+    with pytest.raises(TimeoutError):
+        await old_pass
+    written = len(broker.acks)
+    new_pass = asyncio.ensure_future(c.run_once())  # the new epoch's first pass (its marker)
+    await _until(lambda: len(broker.acks) > written)
+    await c.handle(LEASE, REPLY, None)  # the worker's re-ask after the rebalance: a new lease, not yet written
+    broker.ack_all()
+    await new_pass
+    assert all(durable_when_sent), "answered with a lease no write held yet"
+    written = len(broker.acks)
+    next_pass = asyncio.ensure_future(c.run_once())
+    await _until(lambda: len(broker.acks) > written)
+    broker.ack_all()
+    await next_pass
+    assert [a["ask_id"] for a in sent] == ["L"] and durable_when_sent == [True]
+
