@@ -134,18 +134,31 @@ class Outbox:
         """
         changelog = self.table.changelog_topic
         name = changelog.get_topic_name()
-        futures = []
-        for key, value in writes.items():
-            key_bytes, _ = changelog.prepare_key(key, self.table.key_serializer)
-            value_bytes = None if value is None else changelog.prepare_value(value, self.table.value_serializer)[0]
-            ack = await self._produce(name, key_bytes, value_bytes, 0)
-            ack.add_done_callback(functools.partial(self._mirror_acked, key, value))
-            futures.append(ack)
+        futures: list[asyncio.Future] = []
+        try:
+            for key, value in writes.items():
+                key_bytes, _ = changelog.prepare_key(key, self.table.key_serializer)
+                value_bytes = None if value is None else changelog.prepare_value(value, self.table.value_serializer)[0]
+                futures.append(await self._produce(name, key_bytes, value_bytes, 0))
+        finally:  # also the records queued before a timeout cut this short
+            self._mirror_once_acked(list(writes.items())[:len(futures)], futures)
         return futures
 
-    def _mirror_acked(self, key: str, value: Any, ack: asyncio.Future) -> None:
-        if not ack.cancelled() and ack.exception() is None:  # acks of one partition come in the order written
-            self.own.on_main(_mirror, self.table, {key: value})
+    def _mirror_once_acked(self, writes: list[tuple[str, Any]], acks: list[asyncio.Future]) -> None:
+        """Copy the acked ones of a pass's writes into the table (one main-loop call a pass), when the last
+        of them is done: acks of one partition come in the order written, so passes are copied in order."""
+        left = len(acks)
+
+        def done(_: asyncio.Future) -> None:
+            nonlocal left
+            left -= 1
+            if left == 0:
+                acked = {k: v for (k, v), ack in zip(writes, acks) if not ack.cancelled() and ack.exception() is None}
+                if acked:
+                    self.own.on_main(_mirror, self.table, acked)
+
+        for ack in acks:
+            ack.add_done_callback(done)
 
     async def answer(self, reply_to: str, correlation_id: str, value: dict[str, Any]) -> None:
         """Send an answer to the worker that asked (through its reply topic; in-process for this one)."""
