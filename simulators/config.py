@@ -56,6 +56,8 @@ DEFAULTS: dict[str, Any] = {
             "completion_window_seconds": 86_400.0,   # "24h", not scaled: lower it in tests to see expiry
             "enqueued_token_limit": 2_000_000,  # prompt tokens enqueued per model (gpt-4o-mini, tier 1)
             "line_error_rate": 0.0,             # share of lines answered 500 in the error file
+            "api_error_rate": 0.0,              # share of Files / Batch API calls answered 500 (server_error)
+            "output_file_ttl_seconds": 2_592_000.0,  # 30 days, not scaled: then an output or error file is gone (404)
             "max_requests": 50_000,
             "max_input_file_bytes": 209_715_200,   # 200 MB
             "max_upload_bytes": 536_870_912,       # Files API: 512 MB a file

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from aiohttp import web
 
-from .common import json_response, read_json
+from .common import json_response, read_json, roll
 from .content import prompt_chars, tokens_for
 
 ORG = "org-simulator"
@@ -62,7 +62,10 @@ class StoredFile:
     def __init__(self, filename: str, purpose: str, data: bytes, now: float, ttl: Optional[float]):
         self.id = "file-" + uuid.uuid4().hex[:22]
         self.filename, self.purpose, self.data, self.created_at = filename, purpose, data, now
-        self.expires_at = now + ttl if ttl else None
+        self.expires_at = now + ttl if ttl is not None else None
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
 
     def json(self) -> dict:
         return {"id": self.id, "object": "file", "bytes": len(self.data), "created_at": int(self.created_at),
@@ -190,7 +193,8 @@ class OpenAIBatches:
         for kind, rows in (("output", b.out), ("error", b.err_out)):
             if rows:   # a file only where there is something to put in it
                 data = "".join(json.dumps(r) + "\n" for r in rows).encode()
-                f = StoredFile(f"batch_{b.id}_{kind}.jsonl", "batch_output", data, self.now(), BATCH_FILE_TTL)
+                f = StoredFile(f"batch_{b.id}_{kind}.jsonl", "batch_output", data, self.now(),
+                               float(self.cfg["output_file_ttl_seconds"]))
                 self.files[f.id] = f
                 setattr(b, f"{kind}_file_id", f.id)
 
@@ -311,6 +315,8 @@ class OpenAIBatches:
             denied = unauthorized(request, self.sim.cfg, "req_" + uuid.uuid4().hex)
             if denied is not None:
                 return denied
+            if roll(self.sim.state.rng, float(self.cfg["api_error_rate"])):
+                return json_response(api_error(SERVER_ERROR, "server_error"), 500)
             self.advance_all(self.now())
             return await fn(request)
         return handler
@@ -358,6 +364,9 @@ class OpenAIBatches:
         """The file (key "file_id") or batch ("batch_id") the path names, or the 404 the real API answers."""
         ident = request.match_info[key]
         found = (self.files if key == "file_id" else self.batches).get(ident)
+        if key == "file_id" and found is not None and found.expired(self.now()):
+            del self.files[ident]   # an expired file is deleted, as the real API does: gone for good
+            found = None
         if found is not None:
             return found, None
         if key == "file_id":
@@ -381,7 +390,8 @@ class OpenAIBatches:
 
     async def list_files(self, request: web.Request) -> web.Response:
         purpose = request.query.get("purpose")
-        items = [f for f in self.files.values() if purpose is None or f.purpose == purpose]
+        now = self.now()
+        items = [f for f in self.files.values() if (purpose is None or f.purpose == purpose) and not f.expired(now)]
         return self._page(request, [f.json() for f in items], 10_000, 10_000)
 
     def _page(self, request: web.Request, items: list[dict], max_limit: int, default: int = 20) -> web.Response:

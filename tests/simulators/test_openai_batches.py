@@ -281,3 +281,28 @@ async def test_list_batches_newest_first_with_cursor(sim):
     assert [b.id async for b in c.batches.list(limit=1)] == ids[::-1]
     with pytest.raises(openai.BadRequestError):
         await c.batches.list(limit=101)
+
+
+async def test_a_batchs_files_are_gone_once_they_expire_as_at_openai(sim):
+    # The real API deletes a batch's output and error files when they expire (30 days): then 404.
+    sim.configure({"openai": {"batch": {"output_file_ttl_seconds": 0.0, "line_error_rate": 0.5}}})
+    c = client(sim)
+    done = await finish(c, (await submit(c, jsonl(*(line(f"r{i}", t) for i, t in enumerate(TOPICS))))).id)
+    assert done.status == "completed" and done.output_file_id and done.error_file_id
+    for file_id in (done.output_file_id, done.error_file_id):
+        with pytest.raises(openai.NotFoundError, match="No such File object"):
+            await c.files.content(file_id)
+        with pytest.raises(openai.NotFoundError):
+            await c.files.retrieve(file_id)
+    assert {f.id async for f in c.files.list()} == {done.input_file_id}  # the input file keeps its 30 days
+
+
+async def test_files_and_batch_calls_can_be_answered_500(sim):
+    c = client(sim)
+    done = await finish(c, (await submit(c, jsonl(line("a")))).id)
+    sim.configure({"openai": {"batch": {"api_error_rate": 1.0}}})
+    for call in (c.batches.retrieve(done.id), c.files.content(done.output_file_id), c.batches.list()):
+        with pytest.raises(openai.InternalServerError):
+            await call
+    sim.configure({"openai": {"batch": {"api_error_rate": 0.0}}})
+    assert len(await rows(c, done.output_file_id)) == 1  # nothing was lost: the next call reads it
