@@ -18,6 +18,7 @@ import asyncpg
 __all__ = ["BatchLanes", "BatchRow", "HeldLine"]
 
 HELD = ("queued", "batched")  # states in which the lane still owes the request its article
+MAX_POLL_DOUBLINGS = 6  # a batch OpenAI cannot give for now waits at most 2^6 poll intervals between looks
 
 
 @dataclass(frozen=True)
@@ -231,14 +232,17 @@ class BatchLanes:
         return _batch(record)
 
     async def claim_batches(self, owner: str, *, lease_seconds: float, poll_seconds: float, limit: int = 20) -> list[BatchRow]:
-        """Claim batches with work to do: not sent yet, or sent and not polled for `poll_seconds`."""
+        """Claim batches with work to do: not sent yet, or sent and not polled for `poll_seconds`
+        (nor before `next_poll_at`, set by `poll_failed`)."""
         rows = await self.pool.fetch(
             """
             UPDATE openai_batches b SET claimed_by = $1, claimed_until = now() + make_interval(secs => $2)
              WHERE b.batch_key IN (
                SELECT batch_key FROM openai_batches
                 WHERE state <> 'ended' AND (claimed_until IS NULL OR claimed_until < now())
-                  AND (state <> 'submitted' OR polled_at IS NULL OR polled_at <= now() - make_interval(secs => $3))
+                  AND (state <> 'submitted' OR (
+                       (polled_at IS NULL OR polled_at <= now() - make_interval(secs => $3))
+                       AND (next_poll_at IS NULL OR next_poll_at <= now())))
                 ORDER BY created_at LIMIT $4
                 FOR UPDATE SKIP LOCKED)
             RETURNING b.*
@@ -262,8 +266,10 @@ class BatchLanes:
             """
             UPDATE openai_batches
                SET state = $3, batch_id = coalesce($4, batch_id), provider_status = coalesce($5, provider_status),
-                   error = coalesce($6, error),
+                   error = CASE WHEN $6::text IS NULL AND $5::text IS NOT NULL THEN NULL ELSE coalesce($6, error) END,
                    polled_at = CASE WHEN $5::text IS NULL THEN polled_at ELSE now() END,
+                   poll_failures = CASE WHEN $5::text IS NULL THEN poll_failures ELSE 0 END,
+                   next_poll_at = CASE WHEN $5::text IS NULL THEN next_poll_at END,
                    ended_at = CASE WHEN $3 = 'ended' THEN now() ELSE ended_at END,
                    claimed_until = CASE WHEN $7 THEN NULL ELSE claimed_until END
              WHERE batch_key = $1 AND claimed_by = $2
@@ -271,3 +277,19 @@ class BatchLanes:
             batch_key, owner, state, batch_id, provider_status, error, release,
         )
         return status == "UPDATE 1"
+
+    async def poll_failed(self, batch_key: str, owner: str, *, poll_seconds: float, error: str) -> tuple[int, float]:
+        """Our claimed batch could not be looked at (a passing fault, or our key refused): released, and not
+        looked at again for the poll interval, doubled after each failure in a row (at most 2^6 times).
+        Returns (failures in a row, seconds until the next look); (0, 0.0) when the claim was lost."""
+        record = await self.pool.fetchrow(
+            """
+            UPDATE openai_batches
+               SET poll_failures = poll_failures + 1, polled_at = now(), error = $3, claimed_until = NULL,
+                   next_poll_at = now() + make_interval(secs => $4 * 2 ^ (least(poll_failures + 1, $5 + 1) - 1))
+             WHERE batch_key = $1 AND claimed_by = $2
+            RETURNING poll_failures, extract(epoch FROM next_poll_at - polled_at)::float8 AS wait
+            """,
+            batch_key, owner, error, poll_seconds, MAX_POLL_DOUBLINGS,
+        )
+        return (record["poll_failures"], record["wait"]) if record is not None else (0, 0.0)

@@ -12,6 +12,10 @@ was cancelled) is queued for the next batch, or goes to the real-time lane
 (BLOGSTREAM_OPENAI_BATCH_FAILED_LINES): nothing a batch held is lost. Sending back is
 an outbox (store/batches.py, `sent_back`): a worker that stops after storing a line's
 end and before sending its request leaves it to the next sweep.
+
+A batch OpenAI cannot give for now (429, 5xx, no answer, our key refused) is looked at
+again later, longer after each failure (`poll_failed`); one it no longer has (a 404 for
+the batch or a results file, another 4xx) ends, its lines going on as above.
 """
 from __future__ import annotations
 
@@ -63,22 +67,12 @@ async def poll(deps: Deps, client: BatchClient, row: BatchRow, send: Any = send_
     assert deps.db is not None and row.batch_id is not None
     db, owner = deps.db, deps.worker_id
     try:
-        info = await client.retrieve(row.batch_id)
-        if not info.ended and info.status != "cancelling" and await db.batch_all_cancelled(row.batch_key):
-            log.info("batch %s (%s): every request in it was cancelled; cancelling the batch", row.batch_key,
-                     row.batch_id)
-            info = await client.cancel(row.batch_id)  # lines that already ran are billed; the rest are not
-        if not info.ended:
-            await db.mark_batch(row.batch_key, owner, "submitted", provider_status=info.status, release=True)
-            return
-        results: dict[str, LineResult] = {}
-        for file_id in (info.error_file_id, info.output_file_id):  # an article wins over an error
-            if file_id:
-                results.update(read_results(await client.content(file_id), row.model))
-    except ProviderError as exc:
-        log.warning("batch %s (%s): could not read it yet, tried again in %.0f s: %s", row.batch_key, row.batch_id,
-                    settings.openai_batch_poll_seconds, exc)
-        await db.mark_batch(row.batch_key, owner, "submitted", release=True)
+        info, results, unreadable = await _read(deps, client, row)
+    except ProviderError as exc:  # a passing fault, or our key refused: the batch and its results wait at OpenAI
+        await _poll_later(deps, row, exc)
+        return
+    if unreadable is None and not info.ended:
+        await db.mark_batch(row.batch_key, owner, "submitted", provider_status=info.status, release=True)
         return
     lines = await db.batched_lines(row.batch_key)
     refused = _refused_line_numbers(info)
@@ -94,17 +88,71 @@ async def poll(deps: Deps, client: BatchClient, row: BatchRow, send: Any = send_
         elif ((await db.get_effect(line.request_id, STAGE)) or {}).get("cancelled"):
             await db.settle_line(line.request_id, row.batch_key, "cancelled", "cancelled while its batch ran")
         else:
-            await _failed(deps, row, info, line, result, send, refused_by_validation=number in refused)
+            reason, permanent, counted = _no_article(row, info, result, unreadable,
+                                                     refused_by_validation=number in refused)
+            await _failed(deps, row, line, reason, send, permanent=permanent, counted=counted)
     counts = f"{len(lines) - left} of {len(lines)} lines settled"
     if left:  # an effect claim was busy: the rest at the next poll
         await db.mark_batch(row.batch_key, owner, "submitted", provider_status=info.status, release=True)
         return
-    await db.mark_batch(row.batch_key, owner, "ended", provider_status=info.status, release=True)
-    log.info("batch %s (%s) %s: %s", row.batch_key, row.batch_id, info.status, counts)
+    await db.mark_batch(row.batch_key, owner, "ended", provider_status=None if unreadable else info.status,
+                        error=unreadable, release=True)
+    log.info("batch %s (%s) %s: %s", row.batch_key, row.batch_id, "unreadable" if unreadable else info.status, counts)
 
 
 def _refused_line_numbers(info: BatchInfo) -> set[int]:
     return {int(e["line"]) for e in info.errors if e.get("line")} if info.status == "failed" else set()
+
+
+def _waits(exc: ProviderError) -> bool:
+    """Is the batch worth looking at again: a passing fault, or our key refused (an operator fixes it)?"""
+    return exc.retryable or exc.credentials_refused
+
+
+async def _read(deps: Deps, client: BatchClient, row: BatchRow) -> tuple[BatchInfo, dict[str, LineResult], str | None]:
+    """The batch and, once it ended, its lines' results. Raises the ProviderErrors worth waiting for
+    (`_waits`); the third value says why OpenAI cannot give the batch or some of its results at all
+    (a 404 for a batch or a file that is gone, another 4xx): its lines go on without them."""
+    assert deps.db is not None and row.batch_id is not None
+    try:
+        info = await client.retrieve(row.batch_id)
+    except ProviderError as exc:
+        if _waits(exc):
+            raise
+        return BatchInfo(row.batch_id, "unknown"), {}, f"OpenAI cannot give batch {row.batch_id}: {exc}"
+    if not info.ended and info.status != "cancelling" and await deps.db.batch_all_cancelled(row.batch_key):
+        log.info("batch %s (%s): every request in it was cancelled; cancelling the batch", row.batch_key, row.batch_id)
+        try:
+            info = await client.cancel(row.batch_id)  # lines that already ran are billed; the rest are not
+        except ProviderError as exc:  # it ended meanwhile (409), or OpenAI is away: the next poll sees which
+            log.warning("batch %s (%s): not cancelled (%s); looked at again at the next poll", row.batch_key,
+                        row.batch_id, exc)
+    if not info.ended:
+        return info, {}, None
+    results: dict[str, LineResult] = {}
+    unreadable = None
+    for file_id in (info.error_file_id, info.output_file_id):  # an article wins over an error
+        if file_id:
+            try:
+                results.update(read_results(await client.content(file_id), row.model))
+            except ProviderError as exc:
+                if _waits(exc):
+                    raise
+                unreadable = f"OpenAI cannot give the results of batch {row.batch_id} (file {file_id}): {exc}"
+    return info, results, unreadable
+
+
+async def _poll_later(deps: Deps, row: BatchRow, exc: ProviderError) -> None:
+    assert deps.db is not None
+    failures, wait = await deps.db.poll_failed(row.batch_key, deps.worker_id,
+                                               poll_seconds=settings.openai_batch_poll_seconds, error=str(exc))
+    if exc.credentials_refused:
+        log.error("batch %s (%s): OpenAI refused the API key while it was read (%s): fix OPENAI_API_KEY; its results "
+                  "wait at OpenAI (a batch's files are kept 30 days), looked at again in %.0f s", row.batch_key,
+                  row.batch_id, exc, wait)
+    else:
+        log.warning("batch %s (%s): could not read it now (%d time(s) in a row), tried again in %.0f s: %s",
+                    row.batch_key, row.batch_id, failures, wait, exc)
 
 
 async def _write(deps: Deps, row: BatchRow, line: HeldLine, result: LineResult, send: Any) -> bool:
@@ -135,19 +183,25 @@ async def _write(deps: Deps, row: BatchRow, line: HeldLine, result: LineResult, 
     return True
 
 
-async def _failed(deps: Deps, row: BatchRow, info: BatchInfo, line: HeldLine, result: LineResult | None, send: Any,
-                  *, refused_by_validation: bool) -> None:
-    """A line that gave no article: the next batch, or the real-time lane."""
-    assert deps.db is not None
+def _no_article(row: BatchRow, info: BatchInfo, result: LineResult | None, unreadable: str | None, *,
+                refused_by_validation: bool) -> tuple[str, bool, bool]:
+    """Why a line gave no article: (reason, permanent: the batch lane cannot help, counted: a try of the line's)."""
     error: ProviderError | None = result.error if result is not None else None
     if error is not None:
-        reason, permanent = str(error), not error.retryable
-    elif refused_by_validation:
-        reason, permanent = f"the Batch API refused its line: {_validation_errors(info)}", True
-    else:  # no result: the batch expired, failed as a whole or was cancelled before the line ran
-        reason, permanent = f"its batch {row.batch_id} ended {info.status} before the line ran", False
-    # A batch refused as a whole (token limit, another line's error) was no try of this line's.
-    counted = not (info.status == "failed" and not refused_by_validation)
+        return str(error), not error.retryable, True
+    if refused_by_validation:
+        return f"the Batch API refused its line: {_validation_errors(info)}", True, True
+    if unreadable is not None:  # the articles may have been written (and billed): they cannot be had
+        return unreadable, False, True
+    if info.status == "failed":  # A batch refused as a whole (token limit, another line's error) was no try of this line's.
+        return f"its batch {row.batch_id} ended {info.status} before the line ran", False, False
+    return f"its batch {row.batch_id} ended {info.status} before the line ran", False, True
+
+
+async def _failed(deps: Deps, row: BatchRow, line: HeldLine, reason: str, send: Any, *, permanent: bool,
+                  counted: bool) -> None:
+    """A line that gave no article: the next batch, or the real-time lane."""
+    assert deps.db is not None
     if (settings.openai_batch_failed_lines == "retry" and not permanent
             and line.attempts + counted < settings.openai_batch_max_attempts):
         await deps.db.requeue_line(line.request_id, row.batch_key, error=reason, counted=counted)

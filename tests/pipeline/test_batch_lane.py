@@ -25,7 +25,8 @@ from tests.store.conftest import DSN
 
 RUN = f"lane{uuid.uuid4().hex[:8]}"
 FAST = {"validation_seconds": 0.0, "seconds_per_request": 1.0, "finalizing_seconds": 0.0,
-        "completion_window_seconds": 86_400.0, "line_error_rate": 0.0, "enqueued_token_limit": 2_000_000}
+        "completion_window_seconds": 86_400.0, "line_error_rate": 0.0, "enqueued_token_limit": 2_000_000,
+        "api_error_rate": 0.0, "output_file_ttl_seconds": 2_592_000.0}
 BASE = {"latency_scale": 0.01, "seed": 5, "openai": {"batch": FAST}}
 
 
@@ -414,3 +415,92 @@ def _realtime_deps(monkeypatch, db: Any, realtime: Any) -> Any:
         return SimpleNamespace(max_in_flight=5, weight=1.0)
 
     return SimpleNamespace(db=db, worker_id="w-a", writer=realtime, site=site)
+
+
+# --------------------------------------------------------------------------- when OpenAI cannot give a batch's results
+
+
+async def line_rows(db: Database, batch: list[dict[str, Any]]) -> list[Any]:
+    return await db.pool.fetch("SELECT state, attempts, error FROM openai_batch_lines WHERE request_id = ANY($1::text[])",
+                               [r["request_id"] for r in batch])
+
+
+async def test_a_batch_whose_results_are_gone_is_not_read_again_forever_its_lines_go_on_counted(
+        sim, db, lane, client, monkeypatch):
+    # OpenAI deletes a batch's output file when it expires (30 days; a lane switched off for a month finds it
+    # gone): reading it answers 404 at every poll. Its lines go into the next batch, each such batch a try.
+    use_settings(monkeypatch, openai_batch_max_attempts=2)
+    sim.configure({"openai": {"batch": {"output_file_ttl_seconds": 0.0}}})  # every batch's files are gone at once
+    batch, sent, w = requests(2), SentBack(), worker(db)
+    await hold_all(w, batch)
+    await passes_until(w, client, sent, settled(db, batch, "realtime"))
+    assert sim.ledger()["openai"]["batch"]["by_status"] == {"completed": 2}  # two tries, then the real-time lane
+    assert sent.counts() == {r["request_id"]: 1 for r in batch}
+    for row in await line_rows(db, batch):
+        assert row["attempts"] == 1 and "404" in row["error"] and "No such File object" in row["error"]
+    ended = await db.pool.fetch("SELECT error FROM openai_batches WHERE model = $1 AND state = 'ended'", lane)
+    assert len(ended) == 2 and all("404" in r["error"] for r in ended)
+
+
+async def due_now(db: Database, model: str) -> None:
+    """Time passed: the batch's next poll is due (its wait moved into the past)."""
+    await db.pool.execute("UPDATE openai_batches SET polled_at = now() - interval '1 day', "
+                          "next_poll_at = least(next_poll_at, now() - interval '1 second') WHERE model = $1", model)
+
+
+async def test_a_batch_openai_cannot_read_for_now_waits_longer_each_time_and_loses_nothing(
+        sim, db, lane, client, monkeypatch):
+    batch, sent, w = requests(2), SentBack(), worker(db)
+    await hold_all(w, batch)
+
+    async def at_openai() -> bool:  # sent, and done at OpenAI; the next poll would read its results
+        return await db.pool.fetchval("SELECT count(*) FROM openai_batches WHERE model = $1 AND state = 'submitted'",
+                                      lane) == 1 and sim.ledger()["openai"]["batch"]["lines_completed"] == 2
+
+    use_settings(monkeypatch, openai_batch_poll_seconds=3600.0)  # the lane looks at it only when due
+    await passes_until(w, client, sent, at_openai)
+    sim.configure({"openai": {"batch": {"api_error_rate": 1.0}}})  # OpenAI answers 500 for a while
+    for failures in (1, 2, 3):
+        await due_now(db, lane)
+        calls = sim.ledger()["openai"]["batch"]["api_calls"]
+        await batch_poll.run_once(w, client, send=sent)
+        assert sim.ledger()["openai"]["batch"]["api_calls"] == calls + 1  # looked at once: 500
+        await batch_poll.run_once(w, client, send=sent)  # right after: not due, OpenAI is not asked again
+        assert sim.ledger()["openai"]["batch"]["api_calls"] == calls + 1
+        wait = await db.pool.fetchval(
+            "SELECT extract(epoch FROM next_poll_at - polled_at) FROM openai_batches WHERE model = $1", lane)
+        assert wait == pytest.approx(3600.0 * 2 ** (failures - 1))  # the poll interval, then longer each time
+        assert (await states(db, batch)) == Counter({"batched": 2})  # nothing requeued, nothing paid again
+    sim.configure({"openai": {"batch": {"api_error_rate": 0.0}}})
+    use_settings(monkeypatch, openai_batch_poll_seconds=0.01)
+    await due_now(db, lane)
+    await passes_until(w, client, sent, settled(db, batch))
+    assert sent.counts() == {r["request_id"]: 1 for r in batch}
+    assert sim.ledger()["openai"]["batch"]["batches_created"] == 1
+
+
+async def test_a_batch_whose_results_our_key_may_not_read_waits_for_the_key_to_be_fixed(
+        sim, db, lane, client, monkeypatch, caplog):
+    # 401/403: every call with the key fails alike until an operator fixes it; the articles are paid for and
+    # kept at OpenAI (30 days), so the batch waits (longer each time) instead of paying for them again.
+    from connectors.errors import RejectedRequest
+    batch, sent, w = requests(1), SentBack(), worker(db)
+    await hold_all(w, batch)
+    read = client.content
+
+    async def refused(file_id: str) -> bytes:
+        raise RejectedRequest("openai", "OpenAI Batch API answered 401: Incorrect API key provided", status=401)
+
+    monkeypatch.setattr(client, "content", refused)
+
+    async def refused_once() -> bool:
+        return bool(await db.pool.fetchval("SELECT poll_failures >= 1 FROM openai_batches WHERE model = $1", lane))
+
+    await passes_until(w, client, sent, refused_once)
+    assert (await states(db, batch)) == Counter({"batched": 1})
+    assert any("OPENAI_API_KEY" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+    monkeypatch.setattr(client, "content", read)  # the key is fixed
+    await due_now(db, lane)
+    await passes_until(w, client, sent, settled(db, batch))
+    assert sim.ledger()["openai"]["batch"]["batches_created"] == 1
+
