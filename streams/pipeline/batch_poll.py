@@ -11,7 +11,9 @@ A line without an article (a server error, a refusal, a batch that expired, fail
 was cancelled) is queued for the next batch, or goes to the real-time lane
 (BLOGSTREAM_OPENAI_BATCH_FAILED_LINES): nothing a batch held is lost. Sending back is
 an outbox (store/batches.py, `sent_back`): a worker that stops after storing a line's
-end and before sending its request leaves it to the next sweep.
+end and before sending its request leaves it to the next sweep. Every batch a line was in
+that gave it no article is one of its tries, unless validation refused other lines of the
+file (they leave the lane): a line that fails every batch ends too.
 
 A batch OpenAI cannot give for now (429, 5xx, no answer, our key refused) is looked at
 again later, longer after each failure (`poll_failed`); one it no longer has (a 404 for
@@ -76,6 +78,7 @@ async def poll(deps: Deps, client: BatchClient, row: BatchRow, send: Any = send_
         return
     lines = await db.batched_lines(row.batch_key)
     refused = _refused_line_numbers(info)
+    named_ours = bool(refused & set(range(1, len(lines) + 1)))  # validation named lines of this file
     left = 0
     for number, line in enumerate(lines, 1):  # the file lists its lines in this order (batch_collect.py)
         if number % 500 == 0 and not await db.extend_batch_claim(row.batch_key, owner, lease_seconds=CLAIM_SECONDS):
@@ -89,7 +92,7 @@ async def poll(deps: Deps, client: BatchClient, row: BatchRow, send: Any = send_
             await db.settle_line(line.request_id, row.batch_key, "cancelled", "cancelled while its batch ran")
         else:
             reason, permanent, counted = _no_article(row, info, result, unreadable,
-                                                     refused_by_validation=number in refused)
+                                                     refused_by_validation=number in refused, named_ours=named_ours)
             await _failed(deps, row, line, reason, send, permanent=permanent, counted=counted)
     counts = f"{len(lines) - left} of {len(lines)} lines settled"
     if left:  # an effect claim was busy: the rest at the next poll
@@ -184,7 +187,7 @@ async def _write(deps: Deps, row: BatchRow, line: HeldLine, result: LineResult, 
 
 
 def _no_article(row: BatchRow, info: BatchInfo, result: LineResult | None, unreadable: str | None, *,
-                refused_by_validation: bool) -> tuple[str, bool, bool]:
+                refused_by_validation: bool, named_ours: bool) -> tuple[str, bool, bool]:
     """Why a line gave no article: (reason, permanent: the batch lane cannot help, counted: a try of the line's)."""
     error: ProviderError | None = result.error if result is not None else None
     if error is not None:
@@ -193,8 +196,10 @@ def _no_article(row: BatchRow, info: BatchInfo, result: LineResult | None, unrea
         return f"the Batch API refused its line: {_validation_errors(info)}", True, True
     if unreadable is not None:  # the articles may have been written (and billed): they cannot be had
         return unreadable, False, True
-    if info.status == "failed":  # A batch refused as a whole (token limit, another line's error) was no try of this line's.
-        return f"its batch {row.batch_id} ended {info.status} before the line ran", False, False
+    if info.status == "failed":
+        # Validation named other lines of the file: they leave the lane, so this line's next batch can pass
+        # (not its try). Named none (a limit, the file as a whole): a try, or the line could fail every batch.
+        return f"its batch {row.batch_id} failed validation: {_validation_errors(info)}", False, not named_ours
     return f"its batch {row.batch_id} ended {info.status} before the line ran", False, True
 
 
@@ -218,7 +223,9 @@ async def _to_realtime(deps: Deps, row: BatchRow, line: HeldLine, reason: str, s
 
 
 def _validation_errors(info: BatchInfo) -> str:
-    return "; ".join(f"line {e.get('line')}: {e.get('message')}" for e in info.errors[:3])
+    shown = "; ".join(("" if e.get("line") is None else f"line {e['line']}: ") + f"{e.get('code') or 'error'}: "
+                      f"{e.get('message') or 'no message'}" for e in info.errors[:3])
+    return shown or "OpenAI gave no reason"
 
 
 def tick_seconds() -> float:

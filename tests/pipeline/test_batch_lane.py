@@ -504,3 +504,23 @@ async def test_a_batch_whose_results_our_key_may_not_read_waits_for_the_key_to_b
     await passes_until(w, client, sent, settled(db, batch))
     assert sim.ledger()["openai"]["batch"]["batches_created"] == 1
 
+
+async def test_a_line_that_makes_every_batch_fail_validation_ends_after_the_tries_with_openais_reason(
+        sim, db, lane, client, monkeypatch):
+    # The organisation's enqueued-token limit is below one line's prompt (the lane's own setting is the
+    # default): every batch with the line fails validation as a whole, naming no line.
+    (big,), sent, w = requests(1), SentBack(), worker(db)
+    use_settings(monkeypatch, openai_batch_max_attempts=2)
+    sim.configure({"openai": {"batch": {"enqueued_token_limit": prompt_tokens(big) // 2}}})
+    await hold_all(w, [big])
+
+    async def tried() -> bool:  # ended, or failed more batches than a line may be tried in
+        return ((await states(db, [big]))["realtime"] == 1
+                or sim.ledger()["openai"]["batch"]["batches_created"] > 2 + 3)
+
+    await passes_until(w, client, sent, tried)
+    assert sim.ledger()["openai"]["batch"]["by_status"] == {"failed": 2}
+    (row,) = await line_rows(db, [big])
+    assert row["state"] == "realtime" and row["attempts"] == 1
+    assert "token_limit_exceeded" in row["error"] and "Enqueued token limit reached" in row["error"]
+    assert sent.counts() == {big["request_id"]: 1}
