@@ -132,7 +132,12 @@ class ParkedEvents:
         CANCELLED results (which also free their in-flight slots). Parked
         requests that no stage has started get the same cancellation as
         `cancel_queued` in the effect ledger, so a stray copy of them ends
-        CANCELLED too. Waits for a release of the site under way.
+        CANCELLED too. Only the site's own requests: an id with another site's
+        row (or effect) is left alone, and an id with no row yet is used by the
+        cancel, as a stage uses it (`request_owner`: the first site to use an id
+        owns it), so a later request of another site with that id is refused as
+        such instead of owning a row whose effect is this site's. Waits for a
+        release of the site under way.
         """
         async with self._db.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", RELEASE_LOCK, site_id)
@@ -142,9 +147,17 @@ class ParkedEvents:
                   UPDATE parked_events SET cancel_reason = $2
                   WHERE site_id = $1 AND cancel_reason IS NULL AND request_id IS NOT NULL
                   RETURNING request_id, stage
+                ), claimed AS (  -- an id no site has used yet: the cancel uses it for this site, as a stage
+                  -- would (request_owner), so its row and its cancelled effect name the same site
+                  INSERT INTO blog_generations (id, site_id, status, stage, stage_rank, error, finished_at)
+                  SELECT DISTINCT request_id, $1, 'CANCELLED', 'cancelled', 3, $2, now() FROM marked m
+                  WHERE NOT EXISTS (SELECT 1 FROM stage_outputs o WHERE o.request_id = m.request_id AND o.site_id <> $1)
+                  ON CONFLICT (id) DO NOTHING
+                  RETURNING id
                 ), own AS (  -- a record produced with another site's request id: that request is not ours to end
                   SELECT request_id, stage FROM marked m
-                  WHERE NOT EXISTS (SELECT 1 FROM blog_generations o WHERE o.id = m.request_id AND o.site_id <> $1)
+                  WHERE m.request_id IN (SELECT id FROM claimed)
+                     OR EXISTS (SELECT 1 FROM blog_generations o WHERE o.id = m.request_id AND o.site_id = $1)
                 ), ledger AS (
                   INSERT INTO stage_outputs (request_id, stage, site_id, status, payload)
                   SELECT DISTINCT request_id, 'generate', $1, 'done', jsonb_build_object('cancelled', true, 'reason', $2::text)

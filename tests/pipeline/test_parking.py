@@ -398,6 +398,26 @@ async def test_cancel_of_a_site_never_touches_a_request_id_of_another_site_its_p
     assert cancelled == []  # none of them was B's
 
 
+async def test_cancel_of_a_site_before_an_id_has_any_row_leaves_the_id_with_one_owner(db):
+    """Site B, paused, parks a record carrying request id X before any row for X exists (the sink has not
+    written one yet), and B's parked work is cancelled. Then site A's request X arrives: the stage asks whose
+    id X is (`request_owner`, which claims it for A when no row exists) and claims its `generate` effect.
+    Both must name the same site: A owning the row while B's cancellation holds the effect left A's request
+    PENDING for good (each run dead-lettered as another site's, its row never failed)."""
+    owner_a, paused_b = await add_site(db, paused=False), await add_site(db, paused=True)
+    early = f"{owner_a}-early"
+    await ParkedEvents(db).park([parked(paused_b, 1, request_id=early)])
+
+    cancelled = await cancel_waiting(db, paused_b)
+    owner = await db.request_owner(early, owner_a)  # A's request X reaches a stage
+    claim = await db.claim_effect(early, "generate", owner_a, owner="w:1", lease_seconds=30)
+    assert (owner == owner_a) == (claim.state == "acquired")  # the row and the effect ledger agree
+    # The cancel used the id first, as a stage would have: it is B's, ended CANCELLED; A is refused, not stuck.
+    assert owner == paused_b and claim.state == "foreign" and cancelled == [early]
+    row = await db.pool.fetchrow("SELECT site_id, status FROM blog_generations WHERE id = $1", early)
+    assert (row["site_id"], row["status"]) == (paused_b, "CANCELLED")
+
+
 # --------------------------------------------------------------------------- together
 
 
