@@ -15,7 +15,6 @@ The same actions exist on the command line: `blogstream sites ...`.
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import asdict
@@ -28,6 +27,7 @@ from streams.api.blogs import public_row
 from store.costs import budget_problem
 from store.sites import CONTROL_RANGES, control_problem
 from streams.api.http import ID_PATTERN, ApiView, IntakeError, retry_after_header
+from streams.contract import NotJson, read_json
 from streams.app import app
 from streams.pipeline.deps import deps
 from streams.limiter.client import budgets
@@ -108,20 +108,12 @@ def _not_found(view: ApiView, site_id: str) -> Response:
     )
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 def parse_json(raw: bytes) -> tuple[Any, str | None]:
-    """A JSON body, strictly (no NaN or Infinity), or the reason it is not one."""
+    """A JSON body, as every door reads one (streams/contract/json_text.py), or the reason it is not one."""
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant), None
-    except UnicodeDecodeError:
-        return None, "the body is not UTF-8 text"
-    except json.JSONDecodeError as exc:
-        return None, f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-    except (ValueError, RecursionError) as exc:  # NaN/Infinity, an integer of thousands of digits, deep nesting
-        return None, f"the body is not valid JSON: {exc if isinstance(exc, ValueError) else 'nested too deeply'}"
+        return read_json(raw), None
+    except NotJson as exc:
+        return None, f"the body is {exc.reason}"
 
 
 @app.page("/api/sites")

@@ -9,14 +9,13 @@ all the submissions that arrive together in one query.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from streams.api.http import ID_PATTERN, IntakeError
-from streams.contract import check_request
+from streams.contract import NotJson, check_request, read_json
 
 
 @dataclass(frozen=True)
@@ -45,19 +44,11 @@ def invalid(errors: Sequence[ItemError]) -> IntakeError:
 
 def parse_body(raw: bytes, *, max_batch: int) -> tuple[list[Any], bool]:
     """(items, is_batch) from a body; IntakeError 400/422 for what is not a submission."""
-    if not raw.strip():
-        raise IntakeError(400, "the body is empty: send one request as a JSON object, or {\"requests\": [...]}")
     try:
-        # utf-8 with a leading BOM allowed, like "utf-8-sig" (whose codec is several times slower)
-        value = json.loads((raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw).decode("utf-8"))
-    except UnicodeDecodeError:
-        raise IntakeError(400, "the body is not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise IntakeError(400, f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    except RecursionError:
-        raise IntakeError(400, "the body is not valid JSON: nested too deeply") from None
-    except ValueError:  # an integer literal of thousands of digits (Python's int limit)
-        raise IntakeError(400, "the body is not valid JSON for us: a number has too many digits") from None
+        value = read_json(raw)  # the one way every door reads JSON (streams/contract/json_text.py)
+    except NotJson as exc:
+        hint = ": send one request as a JSON object, or {\"requests\": [...]}" if exc.reason == "empty" else ""
+        raise IntakeError(400, f"the body is {exc.reason}{hint}") from None
     if not isinstance(value, dict):
         raise IntakeError(
             422,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import itertools
-import json
 import re
 import time
 import uuid
@@ -48,7 +47,9 @@ def read_requests(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]
     """(line number, request or None, problem) for each line of a JSONL or CSV file.
 
     A line nothing can read (not UTF-8, nested too deeply, a number of thousands of digits,
-    a CSV field past csv's size limit) is a problem of that line, like any other.
+    a CSV field past csv's size limit) is a problem of that line, like any other. A JSONL line is
+    read as the HTTP doors read a body (streams/contract/json_text.py), so a line is refused here
+    exactly when the intake would refuse it as a body, for the same reason.
     """
     if path.suffix.lower() == ".csv":
         with path.open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
@@ -75,20 +76,16 @@ def read_requests(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]
                         continue
                 yield n, item, ""
         return
-    with path.open(encoding="utf-8", errors="surrogateescape") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            if _NOT_UTF8.search(line):
-                yield n, None, "not UTF-8 text"
-                continue
+    from streams.contract.json_text import BOM, NotJson, read_json
+
+    with path.open("rb") as fh:
+        for n, raw in enumerate(fh, start=1):
+            if not raw.removeprefix(BOM).strip(b" \t\r\n"):
+                continue  # a blank line
             try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield n, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
-                continue
-            except (ValueError, RecursionError):  # a number of thousands of digits, or nested too deeply
-                yield n, None, "not valid JSON for us (nested too deeply, or a number with too many digits)"
+                item = read_json(raw.removesuffix(b"\n"))  # the line's end is not in the request
+            except NotJson as exc:
+                yield n, None, exc.reason
                 continue
             if not isinstance(item, dict):
                 yield n, None, "not a JSON object"

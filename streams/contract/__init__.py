@@ -9,16 +9,19 @@ Stages and the intake import what they need from here; the modules say how:
 - `rules`: the bounds every value meets at every entrance (text, sizes, times, the model's article)
 - `requests`: the rules a BlogRequest must meet, and reading one from Avro or JSON
 - `errors`: `RecordError` and `FieldError`
+- `json_text`: JSON that people send, read one way at every door (`read_json`, `NotJson`)
 
 Importing this package loads no schema; the first encode or decode does.
 """
 from streams.contract.errors import FieldError, RecordError
+from streams.contract.json_text import NotJson, read_json
 from streams.contract.requests import check_request, decode_request, key_problem, validate_request
 from streams.contract.rules import check_article, clean_text, time_problem
 from streams.contract.wire import decode, encode, encode_checked
 
 __all__ = [
     "FieldError",
+    "NotJson",
     "RecordError",
     "check_article",
     "check_request",
@@ -28,6 +31,7 @@ __all__ = [
     "encode",
     "encode_checked",
     "key_problem",
+    "read_json",
     "time_problem",
     "validate_request",
 ]
