@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import itertools
+import json
 import re
 import time
 import uuid
@@ -52,7 +53,7 @@ def read_requests(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]
     exactly when the intake would refuse it as a body, for the same reason.
     """
     if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
+        with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:  # Excel writes a BOM
             rows = csv.DictReader(fh)
             for n in itertools.count(2):
                 try:

@@ -187,3 +187,17 @@ def test_a_single_request_that_stops_is_told_its_id(run, worker):
     result = run("submit", "--site", "shop-1", "--topic", "Sandals", "--worker", "http://w")
     (sent,) = [body["requests"][0] for _, _, body in worker.calls]
     assert result.exit_code == 1 and f"--request-id {sent['request_id']}" in result.stderr
+
+
+@pytest.mark.parametrize("name, text", [
+    ("excel.csv", "site_id,topic,keywords\r\nshop-1,Sandals,\"summer,beach\"\r\n"),  # Excel's "CSV UTF-8"
+    ("notepad.jsonl", '{"site_id": "shop-1", "topic": "Sandals", "keywords": ["summer", "beach"]}\r\n'),
+])
+def test_a_file_saved_with_a_byte_order_mark_reads_like_one_without(tmp_path, name, text):
+    from streams.cli.submit import read_file
+
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    requests, problems = read_file(path)
+    assert problems == []
+    assert [(r["site_id"], r["topic"], r["keywords"]) for r in requests] == [("shop-1", "Sandals", ["summer", "beach"])]
