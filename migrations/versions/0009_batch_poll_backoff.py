@@ -3,7 +3,7 @@
 A poll that fails for a passing reason (a 429, a 5xx, no answer) or because OpenAI refused our key
 (401/403: an operator must fix it; the articles wait at OpenAI) counts in `poll_failures`, and the
 batch is not looked at again before `next_poll_at` (the poll interval, doubled after each failure in a
-row, at most 64 times). A poll that reads the batch sets both back. A permanent answer (a 404 for a
+row, at most 64 intervals). A poll that reads the batch sets both back. A permanent answer (a 404 for a
 batch or a file that is gone, another 4xx) ends the batch: its lines go on without it (batch_poll.py).
 
 Revision ID: 0009
