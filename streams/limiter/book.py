@@ -30,6 +30,7 @@ from streams.limiter.asks import BULK, INTERACTIVE, LANE_RANK, Ask, Grant
 from streams.limiter.leases import LeaseRules
 from streams.limiter.line import AskGroups
 from streams.limiter.rates import RateBudget
+from streams.limiter.recovered import recovered_answers
 from streams.limiter.reserve import InteractiveReserve
 from streams.limiter.slots import SlotBudget
 from streams.limiter.workers import WorkerRoll
@@ -566,18 +567,10 @@ class BudgetBook(LeaseRules):
         for name, parts in buckets.items():
             self.rate(name).restore_buckets(parts)
 
-    def granted_asks(self) -> dict[str, tuple[str, float]]:
-        """ask_id -> (grant_id, granted_at) of grants in a window in every budget they count in: a takeover
-        answers re-asks with these. A coordinator killed mid-pass may leave a grant in some only: counted
-        there, never answered (its re-ask gets a new grant), or it would use room the others lack."""
-        out: dict[str, tuple[str, float]] = {}
-        found: dict[str, int] = {}
-        for rate in self.rates.values():
-            for granted_at, _, grant_id, ask_id, *rest in rate.entries:
-                found[grant_id] = found.get(grant_id, 0) + 1
-                if ask_id and found[grant_id] >= rest[4]:  # rest[4]: the budgets it counts in (rates.py)
-                    out[ask_id] = (grant_id, granted_at)
-        return out
+    def granted_asks(self) -> dict[str, dict[str, Any]]:
+        """ask_id -> the answer of each grant in a window in every budget it counts in: a takeover answers
+        re-asks with these, as usable as the first answers (recovered.py)."""
+        return recovered_answers(self.rates.values(), self.grace, self.late_use_seconds())
 
     # --- figures ------------------------------------------------------------
     def usage(self, name: str, now: float) -> dict[str, float]:

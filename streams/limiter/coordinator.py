@@ -224,10 +224,8 @@ class Coordinator:
         self.resume_from = int(read["offset"]) + 1 if isinstance(read, dict) and isinstance(read.get("offset"), int) \
             else None
         self.handled_to = self.read_written = None
-        for ask_id, (grant_id, granted_at) in self.book.granted_asks().items():
-            reply = {"ask_id": ask_id, "grant_id": grant_id, "granted_at": granted_at,
-                     "use_by": granted_at + self.book.grace, "needs": {}, "queued": 0.0}
-            self.answers[ask_id] = _Answer(reply, None, sent=True)
+        for ask_id, answer in self.book.granted_asks().items():
+            self.answers[ask_id] = _Answer({"ask_id": ask_id, **answer}, None, sent=True)
         marker = dict(items).get(MARKER_KEY)
         self.hold_until = 0.0
         if marker is None and offset and changelog_records != 0:

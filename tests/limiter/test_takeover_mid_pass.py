@@ -125,7 +125,7 @@ def check_restored(restored: BudgetBook, at: int, last: int, kept: set, needs, s
     assert kept <= held, f"lost at record {at} of pass {last}: {sorted(kept - held)[:5]}"
 
     # What the next owner would answer again is whole: counted in every budget it needs.
-    for ask_id, (grant_id, _) in restored.granted_asks().items():
+    for ask_id, grant_id in ((a, answer["grant_id"]) for a, answer in restored.granted_asks().items()):
         missing = [budget for budget in needs[grant_id] if grant_id not in restored.rate(budget).index]
         assert not missing, f"{ask_id} ({grant_id}) would be answered again, but is not counted in {missing}"
         site, request, released = slotted.get(grant_id, ("", "", -1))
