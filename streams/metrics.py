@@ -25,6 +25,11 @@ permit_queue_seconds = Histogram(
     "blogstream_permit_queue_seconds", "Time an ask waited in the coordinator for room",
     ["budget"], registry=registry, buckets=_LATENCY,
 )
+limiter_clock_offset = Gauge(
+    "blogstream_limiter_clock_offset_seconds",
+    "The coordinator's clock minus this worker's, estimated from permit round trips (positive: this worker is behind)",
+    registry=registry,
+)
 permits_expired = Counter(
     "blogstream_permits_expired_total", "Grants that arrived too late to use safely", registry=registry,
 )

@@ -29,7 +29,8 @@ from store.effects import Coalesced
 from streams.limiter.agent import budget_coordinator, start_limiter
 from streams.limiter.coordinator import limiter_topic, outbox
 from streams.limiter.published import STATS_MAX_AGE_SECONDS, STATS_STALE_SECONDS, StatsUnavailable, snapshots
-from streams.limiter.specs import OPENAI_TOKENS
+from streams.limiter.skew import ClockSkew
+from streams.limiter.specs import OPENAI_TOKENS, wire_margin
 from streams.metrics import permit_overhead_seconds, permits_leased_total, reasks_total
 from streams.settings import settings
 
@@ -180,6 +181,8 @@ class Budgets:
         self.casts = CastBatch(_cast)  # one-way messages, batched
         self.late_reports = CastBatch(_send_durable)  # batched too, each back once the broker has it
         self.reasks = CastBatch(_send_durable)  # copies of waiting asks (`_ask_again`)
+        # This worker's clock against the coordinator's, from the asks' round trips (skew.py).
+        self.clock_skew = ClockSkew(wire_margin() / 2, metrics.limiter_clock_offset.set)
 
     def reask_after(self) -> float:
         """Seconds of silence before an ask is sent again: `reask_seconds`, give or take a quarter.
@@ -322,6 +325,7 @@ class Budgets:
                 ask["lease"] = pool.wanted()  # granted as a lease if the budget has plenty of room
             reply = await self._ask_until_answered(ask)
             now = time.time()
+            self.clock_skew.answered(asked, reply, now)
             if reply.get("lease_units") and pool is not None:
                 lease = self._add_lease(primary, pool, reply, taken=1)
                 if lease is not None:
@@ -452,7 +456,9 @@ class Budgets:
         ask = {"op": "lease", "worker": self.instance, "ask_id": random_hex(), "site_id": site_id,
                "request_id": "", "needs": {budget: 1.0}, "lease": pool.wanted(), "weight": weight}
         try:
-            reply = await self._ask_until_answered(ask, deadline=time.time() + 2.0)
+            asked = time.time()
+            reply = await self._ask_until_answered(ask, deadline=asked + 2.0)
+            self.clock_skew.answered(asked, reply, time.time())
             if reply.get("lease_units"):
                 self._add_lease(budget, pool, reply, taken=0)
             else:  # no lease while the budget is busy: ask one by one, try again later
