@@ -21,6 +21,13 @@ HELD = ("queued", "batched")  # states in which the lane still owes the request 
 MAX_POLL_DOUBLINGS = 6  # a batch OpenAI cannot give for now waits at most 2^6 poll intervals between looks
 
 
+# A lapsed claim last renewed (claimed_at) before the server started may still be a live owner's:
+# taken over only once the server has been up for the taker's lease ($2). See store/effects.py.
+_OUTLIVED_RESTART = (
+    "(claimed_at >= pg_postmaster_start_time()"
+    " OR now() >= pg_postmaster_start_time() + make_interval(secs => $2))"
+)
+
 @dataclass(frozen=True)
 class BatchRow:
     batch_key: str
@@ -233,13 +240,18 @@ class BatchLanes:
 
     async def claim_batches(self, owner: str, *, lease_seconds: float, poll_seconds: float, limit: int = 20) -> list[BatchRow]:
         """Claim batches with work to do: not sent yet, or sent and not polled for `poll_seconds`
-        (nor before `next_poll_at`, set by `poll_failed`)."""
+        (nor before `next_poll_at`, set by `poll_failed`).
+
+        A claim last renewed before Postgres (re)started is its owner's until the server has been
+        up for a lease, as an effect's (store/effects.py): a batch taken over while its owner still
+        uploads or creates it is created, and paid for, twice."""
         rows = await self.pool.fetch(
             """
-            UPDATE openai_batches b SET claimed_by = $1, claimed_until = now() + make_interval(secs => $2)
+            UPDATE openai_batches b SET claimed_by = $1, claimed_until = now() + make_interval(secs => $2),
+                   claimed_at = now()
              WHERE b.batch_key IN (
                SELECT batch_key FROM openai_batches
-                WHERE state <> 'ended' AND (claimed_until IS NULL OR claimed_until < now())
+                WHERE state <> 'ended' AND (claimed_until IS NULL OR (claimed_until < now() AND """ + _OUTLIVED_RESTART + """))
                   AND (state <> 'submitted' OR (
                        (polled_at IS NULL OR polled_at <= now() - make_interval(secs => $3))
                        AND (next_poll_at IS NULL OR next_poll_at <= now())))
@@ -253,7 +265,7 @@ class BatchLanes:
 
     async def extend_batch_claim(self, batch_key: str, owner: str, *, lease_seconds: float) -> bool:
         status = await self.pool.execute(
-            "UPDATE openai_batches SET claimed_until = now() + make_interval(secs => $3) "
+            "UPDATE openai_batches SET claimed_until = now() + make_interval(secs => $3), claimed_at = now() "
             "WHERE batch_key = $1 AND claimed_by = $2",
             batch_key, owner, lease_seconds,
         )

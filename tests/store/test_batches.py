@@ -120,6 +120,31 @@ async def test_a_claimed_batch_is_no_one_elses_until_its_claim_runs_out(lane):
     assert batch.batch_key not in [b.batch_key for b in await lane.claim_batches("w3", lease_seconds=60, poll_seconds=60)]
 
 
+async def test_a_batch_claim_that_lapsed_in_a_restart_is_its_owners_for_a_lease(lane):
+    """Postgres away longer than the claim: the owner may be uploading; another worker waits a lease after the restart."""
+    model = uid("model")
+    await hold(lane, model, uid("site"), 1)
+    batch = await assemble(lane, model)
+    up_for = await lane.pool.fetchval("SELECT extract(epoch FROM now() - pg_postmaster_start_time())")
+    await lane.pool.execute(  # last renewed before the server started, and run out
+        "UPDATE openai_batches SET claimed_at = pg_postmaster_start_time() - interval '1 second', "
+        "claimed_until = now() - interval '1 second' WHERE batch_key = $1", batch.batch_key)
+
+    def keys(batches):
+        return [b.batch_key for b in batches]
+
+    assert batch.batch_key not in keys(await lane.claim_batches("w2", lease_seconds=float(up_for) + 3600, poll_seconds=0))
+    assert await lane.extend_batch_claim(batch.batch_key, "w1", lease_seconds=60)  # the owner comes back first
+    await lane.pool.execute("UPDATE openai_batches SET claimed_until = now() - interval '1 second' "
+                            "WHERE batch_key = $1", batch.batch_key)  # renewed since the start: runs out as usual
+    assert batch.batch_key in keys(await lane.claim_batches("w3", lease_seconds=float(up_for) + 3600, poll_seconds=0))
+
+    await lane.pool.execute(
+        "UPDATE openai_batches SET claimed_at = pg_postmaster_start_time() - interval '1 second', "
+        "claimed_until = now() - interval '1 second' WHERE batch_key = $1", batch.batch_key)
+    assert batch.batch_key in keys(await lane.claim_batches("w4", lease_seconds=float(up_for) / 2, poll_seconds=0))
+
+
 async def test_a_settled_line_is_owed_a_send_back_until_it_is_sent(lane):
     model = uid("model")
     written, realtime, requeued = await hold(lane, model, uid("site"), 3)
