@@ -78,6 +78,16 @@ requests_by_status = Gauge(
     "blogstream_requests", "Requests in Postgres blog_generations by status (global, read by the heartbeat)",
     ["status"], registry=registry,
 )
+# The global gauges keep their last value while their source does not answer (the broker for the lag,
+# Postgres for the requests, the limiter coordinator for the budget and per-site gauges): what they show
+# is as old as `time() - ` this (alerts.yml, BlogstreamFiguresStale).
+FIGURE_SOURCES = ("kafka", "postgres", "limiter")
+figures_last_success = Gauge(
+    "blogstream_figures_last_success_timestamp_seconds", "When this worker last read the source of some global "
+    "gauges (Unix time): kafka (blogstream_consumer_lag), postgres (blogstream_requests), limiter "
+    "(blogstream_budget_*, blogstream_site_in_flight, blogstream_site_budget_*); 0 before the first read",
+    ["source"], registry=registry,
+)
 
 
 # --- the limiter: coordinator and worker side ----------------------------------
@@ -210,6 +220,8 @@ for _provider in PROVIDERS:
         provider_calls.labels(_provider, _outcome)
 for _cap in ("month", "day", "global_day"):
     sites_budget_exhausted.labels(_cap)
+for _source in FIGURE_SOURCES:  # at 0 (never) until the first read: a source never reached is seen too
+    figures_last_success.labels(_source)
 
 
 def provider_of(budgets: Iterable[str]) -> str:

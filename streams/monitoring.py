@@ -51,6 +51,16 @@ def publish_site_figures(stats: dict[str, Any]) -> None:
     metrics.publish(metrics.site_budget_share, share)
 
 
+def publish_limiter_figures(stats: dict[str, Any]) -> None:
+    """The budget and per-site gauges from the coordinator's stats, and when they were read."""
+    for name in (OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS):
+        metrics.budget_used.labels(name).set(stats[name]["used_in_window"])
+        metrics.budget_limit.labels(name).set(stats[name]["effective_limit"])
+        metrics.budget_waiting.labels(name).set(stats[name]["waiting"])
+    publish_site_figures(stats)
+    metrics.figures_last_success.labels("limiter").set(time.time())
+
+
 LOOP_LAG_EVERY = 0.1  # on average; each sleep is drawn from 0.5x-1.5x of it (see loop_lag_sample)
 
 
@@ -110,6 +120,10 @@ _cycle = 0
 
 @app.timer(interval=settings.heartbeat_seconds)
 async def heartbeat() -> None:
+    await beat()
+
+
+async def beat() -> None:
     """The seed's heartbeat log line, per worker, with the global figures."""
     global _cycle
     _cycle += 1
@@ -118,14 +132,11 @@ async def heartbeat() -> None:
         stats = await budgets.stats(timeout=3.0)
     except Exception:
         stats = None
+    if stats is not None:  # also while Postgres is down: each source's gauges are as fresh as it is
+        publish_limiter_figures(stats)
     if stats is None or queue is None:
         log.info("[Blog Worker] Heartbeat - cycle %d | limiter or database not reachable yet", _cycle)
         return
-    for name in (OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS):
-        metrics.budget_used.labels(name).set(stats[name]["used_in_window"])
-        metrics.budget_limit.labels(name).set(stats[name]["effective_limit"])
-        metrics.budget_waiting.labels(name).set(stats[name]["waiting"])
-    publish_site_figures(stats)
     o, r = stats[OPENAI_REQUESTS], stats[REPLICATE_REQUESTS]
     t = stats[OPENAI_TOKENS]
     log.info(
@@ -150,6 +161,7 @@ async def _publish_request_counts() -> int | None:
         return None
     for status, n in counts.items():
         metrics.requests_by_status.labels(status).set(n)
+    metrics.figures_last_success.labels("postgres").set(time.time())
     return counts.get("PENDING", 0)
 
 
@@ -201,6 +213,11 @@ _lag_failures = LogLimit(log, "consumer lag not available", interval=300.0)
 
 @app.timer(interval=settings.lag_seconds)
 async def export_consumer_lag() -> None:
+    await read_consumer_lag()
+
+
+async def read_consumer_lag() -> None:
+    """blogstream_consumer_lag from the broker; a failed read leaves the figures (and their time) as they were."""
     try:
         lags = await asyncio.wait_for(group_lag(), timeout=max(5.0, settings.lag_seconds))
     except Exception as exc:  # the broker may be moving; the next tick tries again
@@ -209,3 +226,4 @@ async def export_consumer_lag() -> None:
     _lag_failures.ok()
     for topic, lag in lags.items():
         metrics.consumer_lag.labels(topic).set(lag)
+    metrics.figures_last_success.labels("kafka").set(time.time())

@@ -45,3 +45,54 @@ def test_a_loop_lag_sample_is_the_wake_past_the_while_it_slept():
     observed: list[float] = []
     asyncio.run(monitoring.loop_lag_sample(observed.append, pause=lambda: 0.001))
     assert len(observed) == 1 and 0.0 <= observed[0] < 1.0
+
+
+def test_each_source_of_the_global_gauges_says_when_it_was_last_read(monkeypatch):
+    """The lag, PENDING and budget gauges keep their last value while the broker, Postgres or the
+    coordinator does not answer; blogstream_figures_last_success_timestamp_seconds{source} tells how
+    old they are (alerts.yml, BlogstreamFiguresStale), and only a read that worked moves it."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from streams import metrics, monitoring
+    from streams.limiter.specs import OPENAI_REQUESTS, OPENAI_TOKENS, REPLICATE_REQUESTS
+
+    def read_at(source: str) -> float | None:
+        return metrics.registry.get_sample_value("blogstream_figures_last_success_timestamp_seconds",
+                                                 {"source": source})
+
+    clock = [1000.0]
+    monkeypatch.setattr(monitoring.time, "time", lambda: clock[0])
+    for source in metrics.FIGURE_SOURCES:
+        metrics.figures_last_success.labels(source).set(0)
+
+    async def broker_away() -> dict[str, int]:
+        raise ConnectionError("broker away")
+
+    async def broker_back() -> dict[str, int]:
+        return {"blog.requests": 7}
+
+    async def stats(timeout: float) -> dict:
+        figures = {"used_in_window": 1, "effective_limit": 10, "limit": 10, "waiting": 0}
+        return {OPENAI_REQUESTS: figures, OPENAI_TOKENS: figures, REPLICATE_REQUESTS: figures}
+
+    async def database_down() -> None:
+        raise ConnectionError("database down")
+
+    monkeypatch.setattr(monitoring, "group_lag", broker_away)
+    asyncio.run(monitoring.read_consumer_lag())
+    assert read_at("kafka") == 0
+    monkeypatch.setattr(monitoring, "group_lag", broker_back)
+    asyncio.run(monitoring.read_consumer_lag())
+    assert read_at("kafka") == 1000.0
+    clock[0] = 1100.0
+    monkeypatch.setattr(monitoring, "group_lag", broker_away)
+    asyncio.run(monitoring.read_consumer_lag())
+    assert read_at("kafka") == 1000.0  # the lag gauge still says 7: 100 s old
+    assert metrics.registry.get_sample_value("blogstream_consumer_lag", {"topic": "blog.requests"}) == 7
+
+    # Postgres down, the coordinator answering: the budget gauges are fresh, the request counts are not
+    monkeypatch.setattr(monitoring, "budgets", SimpleNamespace(stats=stats))
+    monkeypatch.setattr(monitoring.deps, "ready", database_down)
+    asyncio.run(monitoring.beat())
+    assert read_at("limiter") == 1100.0 and read_at("postgres") == 0
