@@ -187,6 +187,16 @@ class BatchLanes:
         rows = await self.pool.fetch("SELECT state, count(*) AS n FROM openai_batch_lines GROUP BY state")
         return {r["state"]: r["n"] for r in rows}
 
+    async def batch_lane_figures(self) -> tuple[dict[str, int], dict[str, float]]:
+        """The bulk lane's gauges: requests it holds by line state (queued, batched: PENDING on purpose,
+        waiting for a batch), and per model the Unix time the oldest batch not yet ended was recorded."""
+        held = await self.pool.fetch("SELECT state, count(*) AS n FROM openai_batch_lines "
+                                     "WHERE state IN ('queued', 'batched') GROUP BY state")
+        oldest = await self.pool.fetch("SELECT model, extract(epoch FROM min(created_at))::float8 AS at "
+                                       "FROM openai_batches WHERE state <> 'ended' GROUP BY model")
+        return (dict.fromkeys(HELD, 0) | {r["state"]: int(r["n"]) for r in held},
+                {r["model"]: float(r["at"]) for r in oldest})
+
     # --- batches ----------------------------------------------------------------------
     async def assemble_batch(
         self, batch_key: str, model: str, *, max_lines: int, max_bytes: int, max_enqueued_tokens: int,

@@ -78,6 +78,16 @@ requests_by_status = Gauge(
     "blogstream_requests", "Requests in Postgres blog_generations by status (global, read by the heartbeat)",
     ["status"], registry=registry,
 )
+batch_lane_requests = Gauge(
+    "blogstream_batch_lane_requests", "PENDING requests the bulk lane holds for the OpenAI Batch API: waiting for "
+    "a file (queued) or in a running batch (batched); PENDING on purpose, for hours (global, from Postgres)",
+    ["state"], registry=registry,
+)
+batch_oldest_open = Gauge(
+    "blogstream_openai_batch_oldest_open_timestamp_seconds", "When the oldest OpenAI batch not yet ended was "
+    "recorded (Unix time), per model; no series while none is open (global, from Postgres)",
+    ["model"], registry=registry,
+)
 # The global gauges keep their last value while their source does not answer (the broker for the lag,
 # Postgres for the requests, the limiter coordinator for the budget and per-site gauges): what they show
 # is as old as `time() - ` this (alerts.yml, BlogstreamFiguresStale).
@@ -220,6 +230,8 @@ for _provider in PROVIDERS:
         provider_calls.labels(_provider, _outcome)
 for _cap in ("month", "day", "global_day"):
     sites_budget_exhausted.labels(_cap)
+for _state in ("queued", "batched"):  # store.batches.HELD
+    batch_lane_requests.labels(_state)
 for _source in FIGURE_SOURCES:  # at 0 (never) until the first read: a source never reached is seen too
     figures_last_success.labels(_source)
 

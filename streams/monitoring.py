@@ -152,15 +152,19 @@ async def beat() -> None:
 
 
 async def _publish_request_counts() -> int | None:
-    """`blogstream_requests{status}` from Postgres; returns the PENDING count (the seed's queue size), None if down."""
+    """`blogstream_requests{status}` and the bulk lane's gauges from Postgres; returns the PENDING count (the seed's queue size), None if down."""
     try:
         await deps.ready()
         assert deps.db is not None
         counts = await deps.db.status_counts()
+        held, oldest = await deps.db.batch_lane_figures()
     except Exception:
         return None
     for status, n in counts.items():
         metrics.requests_by_status.labels(status).set(n)
+    for state, n in held.items():
+        metrics.batch_lane_requests.labels(state).set(n)
+    metrics.publish(metrics.batch_oldest_open, {(model,): at for model, at in oldest.items()})
     metrics.figures_last_success.labels("postgres").set(time.time())
     return counts.get("PENDING", 0)
 

@@ -162,3 +162,31 @@ async def test_a_settled_line_is_owed_a_send_back_until_it_is_sent(lane):
     owed = {line.request_id for line in await lane.lines_to_send_back(older_than=0)}
     assert written not in owed and realtime in owed
     assert await lane.batched_lines(batch.batch_key) == []
+
+
+async def test_the_lane_figures_count_the_requests_it_holds_and_date_its_oldest_open_batch(tx):
+    """What the PENDING alerts set aside (bulk requests waiting for a batch, as designed) and what the
+    lane's own alert watches (a batch open past its completion window), in one snapshot rolled back."""
+    import time
+
+    view, conn = tx
+    held_before, oldest_before = await view.batch_lane_figures()
+    model, other = uid("model"), uid("model")
+    ids = await hold(view, model, uid("site"), 3)
+    held, oldest = await view.batch_lane_figures()
+    assert held == {"queued": held_before["queued"] + 3, "batched": held_before["batched"]}
+    assert model not in oldest
+    old, young, ended = uid("batch"), uid("batch"), uid("batch")
+    for key, m, state, age in ((old, model, "submitted", "2 hours"), (young, model, "submitting", "1 minute"),
+                               (ended, other, "ended", "3 days")):
+        await conn.execute("INSERT INTO openai_batches (batch_key, model, state, lines, prompt_tokens, created_at) "
+                           "VALUES ($1, $2, $3, 1, 100, now() - $4::text::interval)", key, m, state, age)
+    await conn.execute("UPDATE openai_batch_lines SET state = 'batched', batch_key = $2 WHERE request_id = $1",
+                       ids[0], old)
+    await conn.execute("UPDATE openai_batch_lines SET state = 'written', batch_key = $2 WHERE request_id = $1",
+                       ids[1], old)
+    held, oldest = await view.batch_lane_figures()
+    assert held == {"queued": held_before["queued"] + 1, "batched": held_before["batched"] + 1}
+    assert abs(oldest[model] - (time.time() - 7200)) < 120  # the older open batch (the database's clock)
+    assert other not in oldest  # ended
+    assert {m: t for m, t in oldest.items() if m not in (model, other)} == oldest_before
