@@ -23,7 +23,7 @@ import base64
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable
 
-__all__ = ["ParkedEvent", "ParkedEvents", "cancel_waiting"]
+__all__ = ["ParkedEvent", "ParkedEvents", "cancel_marks", "cancel_waiting"]
 
 # A site is held, its events parked, while it is paused or a spend cap holds it (store/costs.py).
 HELD = "(paused OR budget_exhausted IS NOT NULL)"
@@ -58,6 +58,49 @@ def _event(record: Any) -> ParkedEvent:
         headers=[(name, base64.b64decode(value)) for name, value in (record["headers"] or [])],
         id=record["id"], cancel_reason=record["cancel_reason"],
     )
+
+
+STAGES = ("generate", "image", "publish")  # the effects a request's stages claim, in their order
+
+
+async def cancel_marks(conn: Any, site_id: str, reason: str, first_stage: dict[str, int]) -> list[str]:
+    """Cancel requests in the effect ledger, from their first stage not started on; returns those it holds.
+
+    `first_stage`: request id -> the position (1 generate, 2 image, 3 publish) of
+    the earliest stage whose record of it may still run. Each of those stages'
+    effects is written done-and-cancelled unless it was claimed or done already,
+    so a stage that claims it later finds the cancellation (the stage ends the
+    request CANCELLED) and one that claimed it first goes on. Publish decides:
+    a request whose post was claimed first is not cancelled (the post happens),
+    and none of its stages gets a mark.
+    """
+    payload = "jsonb_build_object('cancelled', true, 'reason', $2::text)"
+    held = {r["request_id"] for r in await conn.fetch(
+        f"""
+        WITH i AS (SELECT unnest($3::text[]) AS request_id), marked AS (
+          INSERT INTO stage_outputs (request_id, stage, site_id, status, payload)
+          SELECT request_id, 'publish', $1, 'done', {payload} FROM i
+          ON CONFLICT (request_id, stage) DO NOTHING
+          RETURNING request_id
+        )
+        SELECT request_id FROM marked
+        UNION SELECT o.request_id FROM stage_outputs o JOIN i USING (request_id)
+        WHERE o.stage = 'publish' AND o.site_id = $1 AND o.status = 'done' AND (o.payload->>'cancelled')::boolean
+        """,
+        site_id, reason, sorted(first_stage),
+    )}
+    earlier = [(request_id, stage) for request_id in sorted(held)
+               for n, stage in enumerate(STAGES[:-1], start=1) if n >= first_stage[request_id]]
+    if earlier:
+        await conn.execute(
+            f"""
+            INSERT INTO stage_outputs (request_id, stage, site_id, status, payload)
+            SELECT request_id, stage, $1, 'done', {payload} FROM unnest($3::text[], $4::text[]) AS i(request_id, stage)
+            ON CONFLICT (request_id, stage) DO NOTHING
+            """,
+            site_id, reason, [r for r, _ in earlier], [s for _, s in earlier],
+        )
+    return sorted(held)
 
 
 class ParkedEvents:
@@ -129,51 +172,73 @@ class ParkedEvents:
         """Cancel a site's parked requests: CANCELLED in blog_generations now; returns their ids.
 
         Their events stay parked, marked, until a worker releases them as
-        CANCELLED results (which also free their in-flight slots). Parked
-        requests that no stage has started get the same cancellation as
-        `cancel_queued` in the effect ledger, so a stray copy of them ends
-        CANCELLED too. Only the site's own requests: an id with another site's
-        row (or effect) is left alone, and an id with no row yet is used by the
-        cancel, as a stage uses it (`request_owner`: the first site to use an id
-        owns it), so a later request of another site with that id is refused as
-        such instead of owning a row whose effect is this site's. Waits for a
-        release of the site under way.
+        CANCELLED results (which also free their in-flight slots). Each request
+        cancelled gets a cancellation in the effect ledger for every stage from
+        the one it was parked at to publish (`cancel_marks`), so a stray copy of
+        any of its records (Kafka delivers at least once: a replay after a
+        rebalance or a restart) ends CANCELLED too instead of paying or posting.
+        A request that cannot be stopped any more is not reported: one already
+        published, failed or cancelled (its parked copy is still released as a
+        harmless CANCELLED result), or one whose post is being made right now
+        (its copy stays parked and runs on resume, finding the post in the
+        ledger). Only the site's own requests: an id with another site's row or
+        effect is left alone, and an id with no row yet gets this site's row
+        first. Waits for a release of the site under way.
         """
         async with self._db.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", RELEASE_LOCK, site_id)
-            records = await conn.fetch(
+            # The parked requests of this site (a record produced with another site's request id: that
+            # request is not ours to end), each with the earliest stage one of its events was parked at.
+            waiting = await conn.fetch(
                 """
-                WITH marked AS (
-                  UPDATE parked_events SET cancel_reason = $2
-                  WHERE site_id = $1 AND cancel_reason IS NULL AND request_id IS NOT NULL
-                  RETURNING request_id, stage
-                ), claimed AS (  -- an id no site has used yet: the cancel uses it for this site, as a stage
-                  -- would (request_owner), so its row and its cancelled effect name the same site
-                  INSERT INTO blog_generations (id, site_id, status, stage, stage_rank, error, finished_at)
-                  SELECT DISTINCT request_id, $1, 'CANCELLED', 'cancelled', 3, $2, now() FROM marked m
-                  WHERE NOT EXISTS (SELECT 1 FROM stage_outputs o WHERE o.request_id = m.request_id AND o.site_id <> $1)
+                SELECT p.request_id, min(array_position(ARRAY['generate', 'image', 'publish'], p.stage)) AS first,
+                       bool_or(g.id IS NULL OR g.status = 'PENDING') AS pending
+                FROM parked_events p LEFT JOIN blog_generations g ON g.id = p.request_id
+                WHERE p.site_id = $1 AND p.cancel_reason IS NULL AND p.request_id IS NOT NULL
+                  AND (g.id IS NULL OR g.site_id = $1)
+                  AND NOT EXISTS (SELECT 1 FROM stage_outputs o WHERE o.request_id = p.request_id AND o.site_id <> $1)
+                GROUP BY p.request_id ORDER BY p.request_id
+                """,
+                site_id,
+            )
+            pending = [r for r in waiting if r["pending"]]
+            # An id no site has used yet is used by the cancel for this site, as a stage would use it
+            # (`request_owner`: the first site to use an id owns it), so its row and its cancellations in
+            # the ledger name the same site: a later request of another site with that id is refused as
+            # such, not left PENDING for good. A row another site wrote meanwhile wins: that id is left alone.
+            owned = {r["id"] for r in await conn.fetch(
+                """
+                WITH new AS (
+                  INSERT INTO blog_generations (id, site_id, status, stage, stage_rank)
+                  SELECT unnest($2::text[]), $1, 'PENDING', 'requested', 0
                   ON CONFLICT (id) DO NOTHING
                   RETURNING id
-                ), own AS (  -- a record produced with another site's request id: that request is not ours to end
-                  SELECT request_id, stage FROM marked m
-                  WHERE m.request_id IN (SELECT id FROM claimed)
-                     OR EXISTS (SELECT 1 FROM blog_generations o WHERE o.id = m.request_id AND o.site_id = $1)
-                ), ledger AS (
-                  INSERT INTO stage_outputs (request_id, stage, site_id, status, payload)
-                  SELECT DISTINCT request_id, 'generate', $1, 'done', jsonb_build_object('cancelled', true, 'reason', $2::text)
-                  FROM own WHERE stage = 'generate'
-                  ON CONFLICT (request_id, stage) DO NOTHING
-                ), rows AS (
-                  UPDATE blog_generations g
-                    SET status = 'CANCELLED', stage = 'cancelled', stage_rank = 3, error = $2,
-                        finished_at = now(), updated_at = now()
-                  WHERE g.id IN (SELECT request_id FROM own) AND g.status = 'PENDING' AND g.site_id = $1
                 )
-                SELECT DISTINCT request_id FROM own
+                SELECT id FROM new UNION SELECT id FROM blog_generations WHERE id = ANY($2::text[]) AND site_id = $1
                 """,
-                site_id, reason,
+                site_id, [r["request_id"] for r in pending],
+            )}
+            foreign = {r["request_id"] for r in pending} - owned
+            pending = [r for r in pending if r["request_id"] in owned]
+            cancelled = await cancel_marks(conn, site_id, reason, {r["request_id"]: r["first"] or 1 for r in pending})
+            running = {r["request_id"] for r in pending} - set(cancelled)  # their post is under way
+            await conn.execute(
+                """
+                UPDATE parked_events SET cancel_reason = $2
+                WHERE site_id = $1 AND cancel_reason IS NULL AND request_id = ANY($3::text[])
+                """,
+                site_id, reason, [r["request_id"] for r in waiting if r["request_id"] not in running | foreign],
             )
-        return [r["request_id"] for r in records]
+            await conn.execute(
+                """
+                UPDATE blog_generations
+                  SET status = 'CANCELLED', stage = 'cancelled', stage_rank = 3, error = $2,
+                      finished_at = now(), updated_at = now()
+                WHERE id = ANY($3::text[]) AND status = 'PENDING' AND site_id = $1
+                """,
+                site_id, reason, cancelled,
+            )
+        return cancelled
 
     async def counts(self) -> dict[str, int]:
         """Parked events per site (figures; cancelled ones not yet released included)."""

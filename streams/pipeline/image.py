@@ -8,14 +8,18 @@ from streams.pipeline.covers import make_cover
 from streams.pipeline.deps import Deps
 from streams.pipeline.factory import build_stage
 from streams.contract import decode
-from streams.pipeline.stage import now_ms
+from streams.pipeline.stage import StageCancelled, now_ms
 
 STAGE = "image"
 
 
 async def illustrate(draft: dict[str, Any], deps: Deps) -> dict[str, Any]:
     """BlogDraft → BlogIllustrated."""
-    image = await make_cover(draft["request"], draft["article"], deps)
+    request = draft["request"]
+    image = await make_cover(request, draft["article"], deps)
+    if image.get("cancelled"):  # the ledger's cover is a cancellation (store/parked.py, cancel_marks)
+        raise StageCancelled(STAGE, request["request_id"], request["site_id"],
+                             image.get("reason") or "cancelled by an operator")
     return {
         "request": draft["request"],
         "article": draft["article"],

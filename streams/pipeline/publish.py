@@ -19,7 +19,7 @@ from streams.pipeline.deps import Deps
 from streams.pipeline.factory import build_stage
 from streams.pipeline.publish_batches import site_batches
 from streams.contract import decode
-from streams.pipeline.stage import StageFailed, check_written, effect_once, now_ms
+from streams.pipeline.stage import StageCancelled, StageFailed, check_written, effect_once, now_ms
 
 STAGE = "publish"
 
@@ -90,6 +90,8 @@ async def publish_post(illustrated: dict[str, Any], deps: Deps) -> dict[str, Any
         return {"post_id": post.post_id, "post_url": post.url}
 
     posted, _ = await effect_once(deps, request_id, STAGE, site_id, publish)
+    if posted.get("cancelled"):  # cancelled before its post was started (store/parked.py, cancel_marks)
+        raise StageCancelled(STAGE, request_id, site_id, posted.get("reason") or "cancelled by an operator")
     return {
         "request_id": request_id,
         "site_id": site_id,
