@@ -15,18 +15,16 @@ from typing import Any
 
 import asyncpg
 
+from .effects import outlived_restart
+
 __all__ = ["BatchLanes", "BatchRow", "HeldLine"]
 
 HELD = ("queued", "batched")  # states in which the lane still owes the request its article
 MAX_POLL_DOUBLINGS = 6  # a batch OpenAI cannot give for now waits at most 2^6 poll intervals between looks
 
+# claim_batches' rule for a claim that lapsed in a Postgres restart ($2: the taker's lease, seconds).
+_OUTLIVED_RESTART = outlived_restart("claimed_at", "make_interval(secs => $2)")
 
-# A lapsed claim last renewed (claimed_at) before the server started may still be a live owner's:
-# taken over only once the server has been up for the taker's lease ($2). See store/effects.py.
-_OUTLIVED_RESTART = (
-    "(claimed_at >= pg_postmaster_start_time()"
-    " OR now() >= pg_postmaster_start_time() + make_interval(secs => $2))"
-)
 
 @dataclass(frozen=True)
 class BatchRow:

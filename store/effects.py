@@ -119,17 +119,22 @@ def _columns(items: list[tuple]) -> list[list]:
     return [list(column) for column in zip(*items)]
 
 
-# Why a lapsed claim may not be taken over yet (the ON CONFLICT's WHERE: `s` the row,
-# EXCLUDED the new claim, so EXCLUDED.claimed_until - now() is the taker's lease).
-# With Postgres away longer than a lease every claim lapsed, live owners' too: one that
-# paid the provider meanwhile renews (or records) as soon as the server is back, and a
-# taker that came first would pay again. A restart is what this can see; a server that
-# only could not be reached (a network split) looks like a dead owner, and the lease
-# decides as before (docs/architecture.md).
-_OUTLIVED_RESTART = (
-    "(s.updated_at >= pg_postmaster_start_time()"
-    " OR now() >= pg_postmaster_start_time() + (EXCLUDED.claimed_until - now()))"
-)
+def outlived_restart(renewed_at: str, lease: str) -> str:
+    """SQL: a lapsed claim, last renewed at `renewed_at`, may be taken over by one of `lease` (an interval).
+
+    With Postgres away longer than a lease every claim lapsed, live owners' too: one that
+    paid the provider meanwhile renews (or records) as soon as the server is back, and a
+    taker that came first would pay again. So a claim last renewed before the server
+    started is taken over only once it has been up for the taker's lease. A restart is what
+    this can see; a server that only could not be reached (a network split) looks like a
+    dead owner, and the lease decides as before (docs/architecture.md). Used by the effect
+    ledger here and by the bulk lane's batch claims (store/batches.py).
+    """
+    return f"({renewed_at} >= pg_postmaster_start_time() OR now() >= pg_postmaster_start_time() + {lease})"
+
+
+# In the claim's ON CONFLICT: `s` the row, EXCLUDED the new claim, whose lease is EXCLUDED.claimed_until - now().
+_OUTLIVED_RESTART = outlived_restart("s.updated_at", "(EXCLUDED.claimed_until - now())")
 
 
 async def _claim_many(pool: asyncpg.Pool, items: list[tuple]) -> list[datetime | None]:
