@@ -189,7 +189,7 @@ class BatchLanes:
         """The bulk lane's gauges: requests it holds by line state (queued, batched: PENDING on purpose,
         waiting for a batch), and per model the Unix time the oldest batch not yet ended was recorded."""
         held = await self.pool.fetch("SELECT state, count(*) AS n FROM openai_batch_lines "
-                                     "WHERE state IN ('queued', 'batched') GROUP BY state")
+                                     "WHERE state = ANY($1::text[]) GROUP BY state", list(HELD))
         oldest = await self.pool.fetch("SELECT model, extract(epoch FROM min(created_at))::float8 AS at "
                                        "FROM openai_batches WHERE state <> 'ended' GROUP BY model")
         return (dict.fromkeys(HELD, 0) | {r["state"]: int(r["n"]) for r in held},

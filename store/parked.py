@@ -191,7 +191,7 @@ class ParkedEvents:
             # request is not ours to end), each with the earliest stage one of its events was parked at.
             waiting = await conn.fetch(
                 """
-                SELECT p.request_id, min(array_position(ARRAY['generate', 'image', 'publish'], p.stage)) AS first,
+                SELECT p.request_id, min(array_position($2::text[], p.stage)) AS first,
                        bool_or(g.id IS NULL OR g.status = 'PENDING') AS pending
                 FROM parked_events p LEFT JOIN blog_generations g ON g.id = p.request_id
                 WHERE p.site_id = $1 AND p.cancel_reason IS NULL AND p.request_id IS NOT NULL
@@ -199,7 +199,7 @@ class ParkedEvents:
                   AND NOT EXISTS (SELECT 1 FROM stage_outputs o WHERE o.request_id = p.request_id AND o.site_id <> $1)
                 GROUP BY p.request_id ORDER BY p.request_id
                 """,
-                site_id,
+                site_id, list(STAGES),
             )
             pending = [r for r in waiting if r["pending"]]
             # An id no site has used yet is used by the cancel for this site, as a stage would use it
