@@ -77,16 +77,15 @@ def read_requests(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]
                         continue
                 yield n, item, ""
         return
-    from streams.contract.json_text import BOM, NotJson, read_json
+    from streams.contract.json_text import NotJson, read_json
 
     with path.open("rb") as fh:
         for n, raw in enumerate(fh, start=1):
-            if not raw.removeprefix(BOM).strip(b" \t\r\n"):
-                continue  # a blank line
             try:
                 item = read_json(raw.removesuffix(b"\n"))  # the line's end is not in the request
             except NotJson as exc:
-                yield n, None, exc.reason
+                if exc.reason != "empty":  # a blank line (a BOM at most) is skipped
+                    yield n, None, exc.reason
                 continue
             if not isinstance(item, dict):
                 yield n, None, "not a JSON object"
