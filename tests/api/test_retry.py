@@ -3,7 +3,6 @@ what each answer says when retries of one request race, or Kafka does not take o
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from datetime import datetime, timezone
 from types import SimpleNamespace
@@ -14,9 +13,8 @@ from store.database import Database, DatabaseError
 from store.outcomes import OutcomeRow
 from store.sites import Site
 from streams.api import blogs
+from tests.store.conftest import DSN
 
-DSN = os.environ.get("BLOGSTREAM_TEST_DATABASE_URL",
-                     f"postgresql://blogstream:blogstream@127.0.0.1:{os.environ.get('PG_PORT', '55432')}/blogstream_test")
 RUN = f"retrytest{uuid.uuid4().hex[:8]}"
 REQUEST = {"topic": "How to choose summer sandals", "keywords": [], "language": "en", "tone": "friendly",
            "target_words": 800, "audience": None, "requested_at": 1_750_000_000_000}

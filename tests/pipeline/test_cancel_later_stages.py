@@ -12,7 +12,6 @@ fail the test if they are called.
 """
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest
@@ -25,13 +24,10 @@ from streams.pipeline import image, publish, publish_batches, stage
 from streams.pipeline.stage import StageCancelled
 
 from .conftest import grant_all
+from tests.store.conftest import DSN
 
 pytestmark = pytest.mark.asyncio
 
-DSN = os.environ.get(
-    "BLOGSTREAM_TEST_DATABASE_URL",
-    f"postgresql://blogstream:blogstream@127.0.0.1:{os.environ.get('PG_PORT', '55432')}/blogstream_test",
-)
 RUN = f"cxl{uuid.uuid4().hex[:8]}"
 ARTICLE = {"title": "Sandals", "excerpt": "Summer sandals.", "body": "Sandals for the summer, and how to choose them.",
            "slug": "sandals", "tags": [], "image_prompt": "a sandal on sand", "image_alt": "a sandal"}

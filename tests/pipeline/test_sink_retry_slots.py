@@ -10,7 +10,6 @@ the limiter's slot arithmetic (`SlotBudget`) as the limiter client.
 """
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from types import SimpleNamespace
@@ -23,13 +22,10 @@ from streams.app import requests_topic, results_topic
 from streams.contract import encode
 from streams.limiter.slots import SlotBudget
 from streams.pipeline import factory, sink
+from tests.store.conftest import DSN
 
 pytestmark = pytest.mark.asyncio
 
-DSN = os.environ.get(
-    "BLOGSTREAM_TEST_DATABASE_URL",
-    f"postgresql://blogstream:blogstream@127.0.0.1:{os.environ.get('PG_PORT', '55432')}/blogstream_test",
-)
 RUN = f"slot{uuid.uuid4().hex[:8]}"
 SITE = f"{RUN}-shop"
 
