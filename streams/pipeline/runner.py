@@ -18,8 +18,8 @@ A stage reads its topic with `stream.noack()` and hands every event to a
 """
 from __future__ import annotations
 
-import contextlib
 import asyncio
+import contextlib
 import logging
 import math
 import time
