@@ -36,7 +36,10 @@ class ClockSkew:
         self.bound = bound  # |offset| beyond this is warned about
         self.publish = publish  # called with each new estimate (the gauge)
         self.clock = clock
-        self.samples: deque[tuple[float, float, float]] = deque()  # (taken at, low, high)
+        # (taken at, low, high), narrowest first: a sample wider than a newer one can never be the
+        # narrowest of the minute again, so it is dropped (a sliding-window minimum: O(1) an answer,
+        # where a scan of the minute's answers cost ~0.4 ms each at 170 answers a second)
+        self.samples: deque[tuple[float, float, float]] = deque()
         self.low = -float("inf")
         self.high = float("inf")
         self._warned_at = -float("inf")
@@ -55,11 +58,12 @@ class ClockSkew:
             return
         now = self.clock()
         samples = self.samples
+        while samples and samples[-1][2] - samples[-1][1] > high - low:
+            samples.pop()
         samples.append((now, low, high))
-        while samples and samples[0][0] < now - KEEP_SECONDS:
+        while samples[0][0] < now - KEEP_SECONDS:
             samples.popleft()
-        best = min(samples, key=lambda s: s[2] - s[1])
-        self.low, self.high = best[1], best[2]
+        _, self.low, self.high = samples[0]  # the narrowest of the last minute (the oldest of equals)
         offset = (self.low + self.high) / 2
         if self.publish is not None:
             self.publish(offset)

@@ -6,6 +6,7 @@ import logging
 import time
 
 import pytest
+from hypothesis import given, strategies as st
 
 from streams import metrics
 from streams.limiter.skew import KEEP_SECONDS, ClockSkew
@@ -95,3 +96,20 @@ async def test_acquire_measures_each_answer_and_exports_the_offset(monkeypatch):
     await budgets.acquire(site_id="s", request_id="r", needs={"openai_requests": 1.0}, slot_limit=3)
     assert budgets.clock_skew.low <= 0.3 <= budgets.clock_skew.high
     assert metrics.limiter_clock_offset._value.get() == budgets.clock_skew.offset
+
+
+@given(st.lists(st.tuples(st.sampled_from([0.0, 0.5, 3.0, 20.0, 70.0]),  # time since the answer before
+                          st.sampled_from([-0.25, 0.0, 0.125]),  # the interval's low end (exact in binary)
+                          st.sampled_from([0.0, 0.015625, 0.03125, 0.0625])),  # its width
+                min_size=1, max_size=200))
+def test_the_estimate_is_the_narrowest_interval_of_the_last_minute(answers):
+    # What the estimate is, written as a scan over every interval of the minute: the sliding minimum
+    # the class keeps must pick the same one (the oldest of equally narrow ones).
+    clock = [0.0]
+    skew, kept = ClockSkew(10.0, clock=lambda: clock[0]), []
+    for gap, low, width in answers:
+        clock[0] += gap
+        skew.answered(0.0, {"arrived_at": low + width, "sent_at": 1.0 + low}, 1.0)  # low = sent - 1, high = arrived
+        kept = [s for s in kept + [(clock[0], low, low + width)] if s[0] >= clock[0] - KEEP_SECONDS]
+        narrowest = min(kept, key=lambda s: s[2] - s[1])
+        assert (skew.low, skew.high) == (narrowest[1], narrowest[2])
