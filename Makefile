@@ -53,11 +53,12 @@ worker: stack-up
 demo: stack-up
 	@$(PY) -m stack.demo
 
-# The unit tests, then the integration tests; both always run, and the target fails if either failed.
+# The unit tests (on every core: pytest-xdist), then the integration tests; both always run, and the
+# target fails if either failed.
 # (Two integration tests at a time halved their time, but once left a worker whose table recovery never
 # ended after a rebalance at start: one at a time until that is understood.)
 test: stack-up test-java prometheus
-	@$(PY) -m pytest -q -p no:cacheprovider --durations=10 --ignore=tests/integration; unit=$$?; \
+	@$(PY) -m pytest -q -p no:cacheprovider -n auto --durations=10 --ignore=tests/integration; unit=$$?; \
 	$(PY) -m pytest -q -p no:cacheprovider --durations=20 tests/integration; integration=$$?; \
 	exit $$(( unit || integration ))
 
