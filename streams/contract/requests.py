@@ -7,7 +7,6 @@ all check requests through these functions, so every door has the same rules.
 """
 from __future__ import annotations
 
-import json
 import re
 import time
 from typing import Any, Callable
@@ -15,6 +14,7 @@ from typing import Any, Callable
 from streams.contract.conform import conformer
 from streams.contract.errors import ID, FieldError, RecordError, invalid
 from streams.contract.catalog import contract
+from streams.contract.json_text import NotJson, read_json
 from streams.contract.rules import MAX_RECORD_BYTES, ONE_LINE_CONTROL, time_problem
 from streams.contract.wire import MARKER, decode
 
@@ -43,11 +43,11 @@ def _request_from_json(data: Any) -> dict[str, Any]:
     raw = bytes(data)
     if len(raw) > MAX_RECORD_BYTES:
         raise RecordError(f"the message is {len(raw)} bytes; a record is at most {MAX_RECORD_BYTES}", **_salvage(raw))
-    try:
-        value = json.loads(raw.decode("utf-8-sig"))
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        reason = f"neither single-object Avro (C3 01 ...) nor a JSON object ({type(exc).__name__})"
-        raise RecordError(reason, **_salvage(raw)) from exc
+    try:  # the reader of every other door, so a record and an HTTP body of the same bytes agree
+        value = read_json(raw)
+    except NotJson as exc:
+        reason = f"neither single-object Avro (C3 01 ...) nor a JSON object: the message is {exc.reason}"
+        raise RecordError(reason, **_salvage(raw)) from None
     if not isinstance(value, dict):
         raise RecordError("the JSON value must be an object with the BlogRequest fields")
     if value.get("requested_at") is None:

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from streams.contract import NotJson, read_json
+from streams.contract import NotJson, RecordError, decode_request, read_json
 
 
 @pytest.mark.parametrize("raw, reason", [
@@ -36,3 +36,21 @@ def test_json_is_read_as_json():
     assert read_json(b"1e400") == math.inf and read_json(b"-1e999") == -math.inf  # likewise, naming the field
     assert read_json(b"9" * 4300) == int("9" * 4300)
     assert read_json(b'[{"a": 1}, {"a": 1}]') == [{"a": 1}, {"a": 1}]  # the same key in two objects is fine
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"site_id": "shop", "site_id": "other"}', b'{"target_words": NaN}', b"\xef\xbb\xbf ", b" ",
+    b'{"topic": "Caf\xe9"}', b"[" * 100_000 + b"]" * 100_000,
+])
+def test_a_kafka_record_of_json_is_read_by_the_same_reader(raw):
+    """A console producer's record is refused for the same reason an HTTP body of the same bytes is."""
+    with pytest.raises(NotJson) as by_reader:
+        read_json(raw)
+    with pytest.raises(RecordError) as by_record:
+        decode_request(raw)
+    assert str(by_record.value).endswith(f"nor a JSON object: the message is {by_reader.value.reason}")
+
+
+def test_a_kafka_record_of_json_with_a_bom_is_read():
+    record = decode_request(b'\xef\xbb\xbf{"request_id": "r-1", "site_id": "shop", "topic": "Tea"}')
+    assert (record["request_id"], record["site_id"], record["topic"]) == ("r-1", "shop", "Tea")
