@@ -13,6 +13,8 @@ from typing import Any, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from store.batches import HELD
+
 registry = CollectorRegistry()
 
 _LATENCY = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -230,7 +232,7 @@ for _provider in PROVIDERS:
         provider_calls.labels(_provider, _outcome)
 for _cap in ("month", "day", "global_day"):
     sites_budget_exhausted.labels(_cap)
-for _state in ("queued", "batched"):  # store.batches.HELD
+for _state in HELD:  # the lane's states that still owe an article
     batch_lane_requests.labels(_state)
 for _source in FIGURE_SOURCES:  # at 0 (never) until the first read: a source never reached is seen too
     figures_last_success.labels(_source)
