@@ -340,6 +340,59 @@ def test_the_worker_app_takes_the_compose_environment(services):
     assert seen == {"bind": "0.0.0.0", "port": int(WORKER_WEB_PORT), "broker": "kafka://kafka:19092"}
 
 
+def dot_env_values(text: str) -> dict[str, str]:
+    """KEY=VALUE lines of a .env file as compose reads an env_file (comments and blank lines skipped)."""
+    out = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, value = line.removeprefix("export ").split("=", 1)
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        out[key.strip()] = value
+    return out
+
+
+def container_env(service: dict, project_dir: Path) -> dict[str, str]:
+    """The environment compose gives the service's containers: its env_file(s), then `environment` over them."""
+    env: dict[str, str] = {}
+    files = service.get("env_file") or []
+    for entry in [files] if isinstance(files, (str, dict)) else files:
+        path, required = (entry, True) if isinstance(entry, str) else (entry["path"], entry.get("required", True))
+        source = project_dir / path
+        if not source.exists():
+            assert not required, f"env_file {path} is required but missing"
+            continue
+        env.update(dot_env_values(source.read_text()))
+    env.update(env_of(service))
+    return env
+
+
+def test_settings_written_in_dot_env_reach_the_workers(raw, tmp_path):
+    """README's settings are BLOGSTREAM_* variables, and .env is where a compose user writes them (its header says
+    "Settings for docker-compose.kafka.yml"; docs/operations.md says to fix a bad setting "in .env"). Compose reads
+    .env only to fill in ${...} in the file: a variable the file does not pass on never reaches a container. A
+    spend cap (BLOGSTREAM_GLOBAL_DAILY_BUDGET_USD) or a budget (BLOGSTREAM_OPENAI_RPM) set there was silently
+    ignored: the workers ran with the defaults, no cap at all."""
+    written = {"BLOGSTREAM_GLOBAL_DAILY_BUDGET_USD": "25", "BLOGSTREAM_OPENAI_RPM": "90",
+               "BLOGSTREAM_SITE_MAX_IN_FLIGHT": "3"}
+    dot_env = (ROOT / ".env.example").read_text()
+    for name, value in {**DOT_ENV, **written}.items():
+        dot_env = re.sub(rf"^{name}=.*$", "", dot_env, flags=re.M) + f"\n{name}={value}\n"
+    (tmp_path / ".env").write_text(dot_env)
+    services = interpolate(raw, {**DOT_ENV, **dot_env_values(dot_env)})["services"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BLOGSTREAM_")}
+    env.update(container_env(services["worker"], tmp_path))
+    probe = ("import json; from streams.settings import Settings; s = Settings.from_env(); "
+             "print(json.dumps([s.global_daily_budget_usd, s.openai_rpm, s.site_max_in_flight, s.web_bind]))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [25.0, 90, 3, "0.0.0.0"]  # and the file's own wins
+    assert "BLOGSTREAM_GLOBAL_DAILY_BUDGET_USD" in (ROOT / ".env.example").read_text()
+
+
 def test_worker_kafka_address_is_an_advertised_listener(services):
     broker = env_of(services["worker"])["BLOGSTREAM_KAFKA_BROKER"].removeprefix("kafka://")
     advertised = env_of(services["kafka"])["KAFKA_ADVERTISED_LISTENERS"]
