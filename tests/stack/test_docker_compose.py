@@ -393,6 +393,50 @@ def test_settings_written_in_dot_env_reach_the_workers(raw, tmp_path):
     assert "BLOGSTREAM_GLOBAL_DAILY_BUDGET_USD" in (ROOT / ".env.example").read_text()
 
 
+def run_worker_command(service: dict, tmp_path: Path, *, container: str, env: dict[str, str]) -> list[str]:
+    """The worker's command as the container runs it (exec form: argv), with `python -m streams.container_name`
+    answering `container` (Docker's DNS name of the replica) and a `faust` that prints what it was started with."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "python").write_text(
+        f'#!/bin/sh\n[ "$*" = "-m streams.container_name" ] && {{ [ -n "{container}" ] && echo "{container}"; exit 0; }}\n'
+        'echo "unexpected python $*" >&2; exit 3\n')
+    (bin_dir / "faust").write_text('#!/bin/sh\necho "pid=$$ args=$* id=${BLOGSTREAM_WORKER_ID-unset}"\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    argv = service["command"]
+    assert isinstance(argv, list), "exec form: the worker is PID 1 and gets compose's SIGTERM"
+    started = subprocess.Popen(argv, env={**env, "PATH": f"{bin_dir}:/usr/bin:/bin"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    stdout, stderr = started.communicate(timeout=30)
+    assert started.returncode == 0, stdout + stderr
+    out = stdout.split()
+    assert out[0] == f"pid={started.pid}", "faust must replace the shell: it is PID 1, compose's SIGTERM goes to it"
+    return out
+
+
+def test_each_worker_replica_keeps_its_name_across_restarts_and_recreations(services, tmp_path):
+    """A worker's name (streams/app.py, worker_identity) names its reply topic and is its Kafka group instance id:
+    it must stay the same when the worker comes back and differ between live workers. Compose does not tell a
+    replica its name (`<project>-worker-N`), and the host name is the container's id, new whenever compose makes
+    the container again (`up --build`, a changed .env): each deploy left three reply topics behind and three
+    static members to time out. The command now names the worker after its container (Docker's DNS)."""
+    worker = services["worker"]
+    env = container_env(worker, tmp_path)
+    seen = []
+    for replica in ("blogstream-worker-1", "blogstream-worker-2"):
+        out = run_worker_command(worker, tmp_path, container=replica, env=env)
+        assert out[1:] == ["args=-A", "streams", "worker", "-l", "info", f"id={replica}"], out
+        seen.append(out[-1])
+    assert len(set(seen)) == 2
+    # A BLOGSTREAM_WORKER_ID in .env would be every replica's (Kafka fences all but one): the container's wins.
+    out = run_worker_command(worker, tmp_path, container="blogstream-worker-3", env={**env, "BLOGSTREAM_WORKER_ID": "x"})
+    assert out[-1] == "id=blogstream-worker-3"
+    # No answer from Docker's DNS: no name given, so the worker takes its host name (as before).
+    out = run_worker_command(worker, tmp_path, container="", env=env)
+    assert out[-1] in ("id=", "id=unset"), out
+
+
 def test_worker_kafka_address_is_an_advertised_listener(services):
     broker = env_of(services["worker"])["BLOGSTREAM_KAFKA_BROKER"].removeprefix("kafka://")
     advertised = env_of(services["kafka"])["KAFKA_ADVERTISED_LISTENERS"]
