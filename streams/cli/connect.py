@@ -6,6 +6,7 @@ BLOGSTREAM_* value is reported as one line (streams.settings.SettingsError).
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any, Awaitable, Callable, TypeVar
 
 from streams.cli.output import CliError
@@ -23,6 +24,10 @@ def settings() -> Any:
 
 
 def worker_url(given: str | None) -> str:
+    """The worker's web address: --worker, else this machine's BLOGSTREAM_WEB_PORT. One without
+    http(s):// can never be reached: said at once, not as "no worker answered"."""
+    if given is not None and not re.match(r"^https?://[^\s/]+", given):
+        raise CliError(f"--worker {given!r} is not a web address", "give it as http://HOST:PORT", exit_code=2)
     return (given or f"http://127.0.0.1:{settings().web_port}").rstrip("/")
 
 

@@ -133,7 +133,8 @@ async def submit(
     Obeys the intake's backpressure: a 429 (queue or site queue full) waits its
     Retry-After and sends at most the `room` it reported; 503s and connection
     errors are retried with the same request ids, which is safe because ids are
-    idempotency keys. Items the worker rejects (422, e.g. an unregistered site;
+    idempotency keys; but a connection refused before the worker ever answered stops at
+    once (none runs there, or --worker is wrong: nothing was sent). Items the worker rejects (422, e.g. an unregistered site;
     409, an id another site uses) are reported and the rest of their batch is sent again. Gives up when no
     batch got through for `give_up_after` seconds of errors (not of 429 waits).
     """
@@ -147,6 +148,7 @@ async def submit(
     bar = tqdm(total=len(requests), unit="req", desc="submitting", disable=not progress)
     failing_since: float | None = None
     delay = 0.5
+    answered = False  # the worker answered once: a refused connection after that is a restart, waited for
     try:
         async with httpx.AsyncClient(base_url=worker.rstrip("/"), headers=headers, timeout=60.0) as client:
             while todo:
@@ -154,8 +156,11 @@ async def submit(
                 try:
                     response = await client.post("/api/blogs", json={"requests": chunk})
                 except httpx.TransportError as exc:
+                    if not answered and isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+                        raise SubmitAborted(f"{connect.no_worker(worker, exc).message}") from None
                     response, problem = None, f"no answer from {worker} ({type(exc).__name__})"
                 else:
+                    answered = True
                     problem = connect.error_text(response)
                 if response is not None and response.status_code == 202:
                     del todo[: len(chunk)]

@@ -201,3 +201,62 @@ def test_a_file_saved_with_a_byte_order_mark_reads_like_one_without(tmp_path, na
     requests, problems = read_file(path)
     assert problems == []
     assert [(r["site_id"], r["topic"], r["keywords"]) for r in requests] == [("shop-1", "Sandals", ["summer", "beach"])]
+
+
+@pytest.fixture
+def pauses(monkeypatch) -> list[float]:
+    """The waits of submit's retry loop, recorded instead of slept."""
+    waited: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waited.append(seconds)
+        if len(waited) > 50:
+            raise AssertionError(f"submit kept retrying: {waited[:5]} ...")
+
+    monkeypatch.setattr("streams.cli.submit.asyncio.sleep", sleep)
+    return waited
+
+
+def test_no_worker_at_the_address_stops_at_once_and_says_to_start_one(run, worker, pauses, tmp_path):
+    # Nothing listens at the address (the worker is not started, or --worker names the wrong port): every POST is
+    # refused before anything is sent. submit retried that for 5 minutes (give_up_after), silently for a request
+    # from flags (no progress bar), where `retry` and `health` say at once that no worker answered.
+    worker.down = True
+    result = run("submit", "--site", "shop-1", "--topic", "Sandals", "--worker", "http://w")
+    assert result.exit_code == 1 and pauses == []
+    error = result.stderr.strip().splitlines()[-1]
+    assert "no worker answered at http://w (ConnectError)" in error, error
+    assert "start one (faust -A streams worker -l info) or pass --worker URL" in error, error
+    path = tmp_path / "requests.jsonl"
+    path.write_text(json.dumps({"site_id": "shop-1", "topic": "A"}) + "\n")
+    result = run("submit", "--file", str(path), "--quiet", "--worker", "http://w")
+    assert result.exit_code == 1 and pauses == [] and "no worker answered at http://w" in result.stderr
+
+
+def test_a_worker_that_answered_and_goes_away_is_waited_for(run, worker, pauses, tmp_path):
+    """Once the worker has answered, a refused connection is a restart: the rest is sent when it is back."""
+    sent: list[str] = []
+
+    def post(request, body):
+        if len(sent) == 1 and not pauses:  # the second batch finds the worker restarting
+            raise __import__("httpx").ConnectError("refused", request=request)
+        sent.extend(r["topic"] for r in body["requests"])
+        return 202, {"accepted": len(body["requests"])}
+
+    worker.routes[("POST", "/api/blogs")] = post
+    path = tmp_path / "requests.jsonl"
+    path.write_text("".join(json.dumps({"site_id": "shop-1", "topic": t}) + "\n" for t in "AB"))
+    result = run("submit", "--file", str(path), "--quiet", "--batch-size", "1", "--worker", "http://w")
+    assert result.exit_code == 0, result.stderr
+    assert sent == ["A", "B"] and len(pauses) == 1
+
+
+@pytest.mark.parametrize("command", [["submit", "--site", "shop-1", "--topic", "Sandals"], ["retry", "abc"],
+                                     ["health"]])
+def test_a_worker_address_that_is_not_an_url_is_said_so(run, worker, pauses, command):
+    # `--worker 127.0.0.1:6066` (no http://) can never work: submit retried it for 5 minutes, and retry and health
+    # said "no worker answered ... (UnsupportedProtocol), start one", about a worker that may well be running.
+    result = run(*command, "--worker", "127.0.0.1:6066")
+    assert result.exit_code == 2 and pauses == [] and worker.calls == []
+    assert result.stderr.strip().splitlines()[-1] == (
+        "blogstream: error: --worker '127.0.0.1:6066' is not a web address, give it as http://HOST:PORT")
