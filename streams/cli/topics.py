@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from datetime import datetime, timezone
 from typing import Any
 
@@ -81,11 +82,17 @@ async def tail(base: str, count: int, follow: bool, emit: Any) -> int:
     topic = f"{settings.topic_prefix}{base}"
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
                                 group_id=None, request_timeout_ms=10_000)
+    client_log = logging.getLogger("aiokafka")  # a failed start is said below, in one line: not also by aiokafka
+    level = client_log.level
+    client_log.setLevel(logging.CRITICAL)
     try:
         await asyncio.wait_for(consumer.start(), timeout=15)
     except Exception as exc:
+        await consumer.stop()  # else Python warns "Unclosed AIOKafkaConsumer" after our line
         raise CliError(f"Kafka at {settings.kafka_bootstrap} is not reachable ({type(exc).__name__})",
                        "start it (make stack-up) or set BLOGSTREAM_KAFKA_BROKER") from None
+    finally:
+        client_log.setLevel(level)
     shown = 0
     try:
         partitions = await partitions_of(topic)

@@ -72,3 +72,19 @@ def test_tail_of_an_unknown_topic_is_a_one_line_error():
     assert out.returncode == 2
     assert out.stderr.strip().startswith("blogstream: error: blog.nope is not a blogstream topic")
     assert "Traceback" not in out.stderr
+
+
+def test_tail_without_a_broker_is_a_one_line_error():
+    # The README's promise: errors are one line. With no broker, aiokafka's own log line came first ("Unable
+    # connect to ..."), and after ours Python's "Unclosed AIOKafkaConsumer" warning with the object's repr.
+    listener = __import__("socket").socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()  # nothing listens there now: refused at once
+    env = dict(os.environ, BLOGSTREAM_KAFKA_BROKER=f"kafka://127.0.0.1:{port}")
+    out = subprocess.run([sys.executable, "-m", "streams.cli", "topics", "tail", "blog.requests", "--no-follow"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert out.stderr.splitlines() == [
+        f"blogstream: error: Kafka at 127.0.0.1:{port} is not reachable (KafkaConnectionError), start it "
+        "(make stack-up) or set BLOGSTREAM_KAFKA_BROKER"]
