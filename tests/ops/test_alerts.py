@@ -50,6 +50,15 @@ def test_every_rule_has_a_severity_and_a_summary():
             assert rule["annotations"]["summary"], rule["alert"]
 
 
+def test_every_rule_says_what_to_do():
+    """The one who is paged reads the alert, not this repository: each rule's description is its runbook.
+    BlogstreamNoWorker, BlogstreamStageStuck, BlogstreamConsumerLagCritical and BlogstreamProviderThrottling had a
+    summary only ("No blogstream worker is reporting"), with nothing to check or do."""
+    missing = [rule["alert"] for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]
+               if len(rule["annotations"].get("description", "").split()) < 8]
+    assert missing == []
+
+
 def test_the_prometheus_config_and_its_local_rendering_are_valid(promtool, tmp_path):
     run_promtool(promtool, "check", "config", str(PROMETHEUS_DIR / "prometheus.yml"))
     local = tmp_path / "prometheus.yml"
