@@ -443,6 +443,26 @@ def test_worker_kafka_address_is_an_advertised_listener(services):
     assert any(listener.split("://", 1)[1] == broker for listener in advertised.split(","))
 
 
+def named_volume_at(service: dict, path: str, compose: dict) -> str | None:
+    """The named volume (declared at the top level) mounted at `path` or at a folder above it, or None."""
+    for volume in service.get("volumes") or []:
+        source, target = (volume["source"], volume["target"]) if isinstance(volume, dict) else str(volume).split(":")[:2]
+        if source in (compose.get("volumes") or {}) and (path == target or path.startswith(target.rstrip("/") + "/")):
+            return source
+    return None
+
+
+def test_kafka_keeps_its_topics_as_postgres_keeps_its_rows(compose, services):
+    """Postgres keeps blog_generations in a named volume, across `docker compose down` and `up`; Kafka kept its log
+    in the container (/tmp/kraft-combined-logs), which `down` removes: every request accepted and not finished
+    (PENDING in Postgres, its record in blog.requests, blog.drafts or blog.illustrated) was lost, PENDING for good,
+    with the consumer offsets and the limiter's table. Both keep their data, or neither would."""
+    log_dirs = env_of(services["kafka"])["KAFKA_LOG_DIRS"].split(",")
+    assert named_volume_at(services["postgres"], "/var/lib/postgresql/data", compose) == "pg-data"
+    for log_dir in log_dirs:
+        assert named_volume_at(services["kafka"], log_dir, compose), f"Kafka's {log_dir} is on no named volume"
+
+
 def test_postgres_on_5432_with_the_password_from_dot_env(services):
     pg = services["postgres"]
     assert str(pg["image"]).startswith("postgres:15")
