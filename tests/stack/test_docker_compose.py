@@ -463,6 +463,19 @@ def test_kafka_keeps_its_topics_as_postgres_keeps_its_rows(compose, services):
         assert named_volume_at(services["kafka"], log_dir, compose), f"Kafka's {log_dir} is on no named volume"
 
 
+def test_what_the_workers_need_comes_back_with_them(services):
+    """The workers come back after a crash or a reboot (restart: unless-stopped, docs/operations.md), and so must
+    what they cannot work without: Kafka, Postgres and the simulators had no restart policy, so after a reboot (or
+    one of them crashing) the workers came back to nothing and waited until someone ran `docker compose up`."""
+    policy = services["worker"]["restart"]
+    assert policy == "unless-stopped"
+    for name in services["worker"]["depends_on"]:
+        if name not in ONE_SHOTS:
+            assert services[name].get("restart") == policy, f"{name} does not come back with the workers"
+    for name in ("kafka-ui", "prometheus", "grafana"):
+        assert services[name].get("restart") == policy, name
+
+
 def test_postgres_on_5432_with_the_password_from_dot_env(services):
     pg = services["postgres"]
     assert str(pg["image"]).startswith("postgres:15")
