@@ -71,6 +71,10 @@ async def with_db(fn: Callable[[Any], Awaitable[T]]) -> T:
         await db.close()
 
 
+MIGRATE = ("run the migrations: .venv/bin/alembic upgrade head in a checkout, "
+           "docker compose -f docker-compose.kafka.yml up migrate with compose")
+
+
 def database_problem(exc: BaseException) -> tuple[str, str] | None:
     """Why the database could not be used and what to do (None: not a database problem)."""
     import asyncpg
@@ -80,7 +84,7 @@ def database_problem(exc: BaseException) -> tuple[str, str] | None:
     if isinstance(exc, DatabaseError):
         return f"the database is unreachable ({exc})", START_DATABASE
     if isinstance(exc, asyncpg.UndefinedTableError):
-        return f"the database has no blogstream tables ({exc})", "run the migrations: .venv/bin/alembic upgrade head"
+        return f"the database has no blogstream tables ({exc})", MIGRATE
     if isinstance(exc, (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)):
         return f"the database failed ({type(exc).__name__}: {exc})", START_DATABASE
     return None
