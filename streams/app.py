@@ -19,7 +19,7 @@ import re
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import faust
 from mode.utils.objects import cached_property
@@ -98,6 +98,11 @@ def worker_identity(web_port: int) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "-", name)
 
 
+# What a stopping worker does first, while its consumer, producer and limiter still run (in this order).
+# streams/pipeline/factory.py adds the stages' drain: the provider calls in flight finish and are recorded.
+FIRST_AT_STOP: list[Callable[[], Awaitable[None]]] = []
+
+
 class BlogstreamApp(faust.App):
     # Two of the Faust fixes (streams/faust_fixes.py) live in objects the app builds;
     # the others are installed by the worker's assembly (streams/worker.py).
@@ -114,6 +119,16 @@ class BlogstreamApp(faust.App):
         self.conf.reply_to = f"{self.conf.id}-reply-{identity}"
         if settings.kafka_static_membership:
             self.conf.consumer_group_instance_id = f"{self.conf.id}-{identity}"
+
+    async def on_stop(self) -> None:
+        # Faust's own stop begins by stopping the consumer, then the limiter and the producer go
+        # (on_before_shutdown); the tasks it has not waited for are cancelled a second later.
+        for first in FIRST_AT_STOP:
+            try:
+                await first()
+            except Exception:  # the stop goes on whatever happens here
+                log.exception("stopping: %s failed", getattr(first, "__qualname__", first))
+        await super().on_stop()
 
     async def on_first_start(self) -> None:
         self.take_identity()  # before the reply consumer and the Kafka consumer start

@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     # coordinator's thread and Faust's consumer thread, and a permit due while one of them computes
     # waits this long (docs/bench-growth.md, session 21).
     gil_switch_interval_seconds: float = Field(0.001, ge=0.0001, le=0.1)
+    # A clean stop (SIGTERM, Ctrl-C) waits at most this long for the provider calls in flight to finish
+    # and be recorded, starting no new ones (streams/pipeline/stage.py, Stopping). Keep it below the
+    # supervisor's grace before SIGKILL (compose: stop_grace_period 60 s); 0: do not wait (they may be paid twice).
+    stop_drain_seconds: float = Field(45.0, ge=0, le=3600)
 
     # --- Postgres --------------------------------------------------------------
     database_url: str = Field(

@@ -31,12 +31,12 @@ from faust.exceptions import ProducerSendError
 
 from store.database import DatabaseError
 from streams import metrics
-from streams.app import app, dlq_topic, expected_start, results_topic
+from streams.app import FIRST_AT_STOP, app, dlq_topic, expected_start, results_topic
 from streams.contract import RecordError, clean_text, encode, key_problem, time_problem
 from streams.contract.requests import priority_headers
 from streams.pipeline.deps import Deps, deps
-from streams.pipeline.runner import SiteHeld, StageRunner
-from streams.pipeline.stage import RequestOfAnotherSite, StageCancelled, StageFailed, now_ms
+from streams.pipeline.runner import SiteHeld, StageRunner, WorkerStopping
+from streams.pipeline.stage import STOPPING, RequestOfAnotherSite, StageCancelled, StageFailed, now_ms
 from streams.settings import settings
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,14 @@ async def _forget_revoked(app_: Any, revoked: Any, **kwargs: Any) -> None:
     gone = {(tp.topic, tp.partition) for tp in revoked}
     for position in [p for p in _step_failures if p[:2] in gone]:
         del _step_failures[position]
+
+
+async def _drain_stages() -> None:
+    """A stopping worker first lets its stages' provider calls in flight finish and be recorded (stage.Stopping)."""
+    await STOPPING.drain(settings.stop_drain_seconds)
+
+
+FIRST_AT_STOP.append(_drain_stages)
 
 
 async def send_record(topic: Any, site_id: str, record_name: str, value: dict, headers: dict | None = None) -> None:
@@ -206,7 +214,7 @@ async def run_stage_event(
             f"({err.reason}). Submit it again under a new id, or once the cause is fixed: blogstream retry {request_id}",
         )
         return
-    except SiteHeld:  # a spend cap holds the site: the runner parks the event (nothing was paid)
+    except (SiteHeld, WorkerStopping):  # parked (a spend cap holds the site), or the worker stops: nothing paid
         raise
     except Exception as exc:
         if is_transient(exc) or attempt < MAX_STEP_ATTEMPTS:
@@ -232,7 +240,7 @@ async def run_counted(
     attempt = _step_failures.get(position, 0) + 1
     try:
         await run_stage_event(stage, event, decode, step, attempt=attempt)
-    except SiteHeld:  # not a failed try
+    except (SiteHeld, WorkerStopping):  # not a failed try
         raise
     except Exception:
         _step_failures[position] = attempt

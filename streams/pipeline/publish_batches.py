@@ -31,6 +31,7 @@ from streams import metrics
 from streams.limiter.client import budgets
 from streams.limiter.specs import wix_requests
 from streams.pipeline import stage as _stage  # its clock, as tests set it
+from streams.pipeline.runner import WorkerStopping
 from streams.pipeline.stage import StageFailed, call_with_permits, provider_failure
 from streams.settings import settings
 
@@ -50,6 +51,8 @@ class _Call:
     failures: int = 0
     first_failure: float = 0.0  # stage.retry_clock() at its first failed item: "gave up ... in S s" says how long
     alone: bool = False  # a bulk call with it was refused as a whole: it goes on its own, to get its own answer
+    # The effect the call is made for (its request's import or post): a clean stop waits for it once it is sent.
+    effect: Any = field(default_factory=_stage.current_effect)
 
     def resolve(self, value: Any) -> None:
         if not self.result.done():
@@ -87,13 +90,15 @@ class SiteBatches:
 
     async def _send_all(self, key: tuple[str, str], wix: WixBlog, site: WixSite, kind: str) -> None:
         queue = self._waiting[key]
+        _stage.calls_for_others()
         try:
             while queue:
                 await self._send_one(queue, wix, site, kind)
-        except BaseException as exc:  # cancelled with the worker: nobody waits for an answer that won't come
+        except BaseException as exc:  # the worker stops: nobody waits for an answer that won't come
             for call in queue:
                 call.fail(exc)
-            raise
+            if not isinstance(exc, WorkerStopping):  # (that one every caller has been told; a cancel goes on)
+                raise
         finally:
             del self._senders[key]
             if not queue:
@@ -113,6 +118,8 @@ class SiteBatches:
                 if not call.result.done():
                     batch.append(call)
             if batch:
+                for call in batch:  # sent now (the sender's task is none of these effects)
+                    _stage.STOPPING.calling(call.effect)
                 metrics.wix_call_items.labels(kind).observe(len(batch))
                 send = _send_imports if kind == IMPORT else _send_creates
                 await send(wix, site, batch, queue, lane)

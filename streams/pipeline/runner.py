@@ -53,6 +53,15 @@ class SiteHeld(Exception):
         super().__init__(f"site {site_id} is held: {reason}")
 
 
+class WorkerStopping(Exception):
+    """The worker is stopping: a step gave up before a provider call, nothing paid or posted.
+
+    Raised by the stage's one retry loop (streams/pipeline/stage.py) once a clean
+    stop began; the runner leaves the event unacked, so whoever owns its partition
+    next runs it. Not a failed try: it never counts towards failing the request.
+    """
+
+
 @dataclass(eq=False)
 class _Entry:
     event: Any
@@ -135,6 +144,7 @@ class StageRunner:
         self._scanned_at = -math.inf  # when it last looked at every site with a line
         self._dispatcher: asyncio.Task | None = None
         self._watchdog: asyncio.Task | None = None
+        self._stopping = False  # the worker stops: no event starts any more (`stop_starting`)
         StageRunner.instances.append(self)
 
     # --- reading ------------------------------------------------------------
@@ -258,7 +268,7 @@ class StageRunner:
     # --- starting -----------------------------------------------------------
     def _next(self) -> _Entry | None:
         """Deficit round-robin: each turn a site earns its weight in credits."""
-        if self._running_total >= self.concurrency:
+        if self._running_total >= self.concurrency or self._stopping:
             return None
         only_interactive = self._running_total >= self.bulk_concurrency
         short: dict[str, float] = {}  # sites that may start but lack credit -> their weight
@@ -363,6 +373,10 @@ class StageRunner:
         except asyncio.CancelledError:
             raise
         except SiteHeld:  # back in its line, where the dispatcher parks it (its policy is held now)
+            self._release(entry)
+            self._requeue(entry, in_offset_order=True)
+            return
+        except WorkerStopping:  # nothing was paid: unacked, it runs where its partition goes next
             self._release(entry)
             self._requeue(entry, in_offset_order=True)
             return
@@ -500,6 +514,15 @@ class StageRunner:
             self._buffered -= 1
             await self.stream.ack(entry.event)
         self._changed.set()
+
+    # --- stopping -------------------------------------------------------------
+    def stop_starting(self) -> None:
+        """The worker stops: start no more events (those running finish; see stage.Stopping)."""
+        self._stopping = True
+        self._changed.set()
+
+    def running_tasks(self) -> set[asyncio.Task]:
+        return set(self._tasks)
 
     # --- rebalancing ----------------------------------------------------------
     def forget(self, revoked: set) -> None:

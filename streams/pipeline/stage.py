@@ -8,6 +8,7 @@ outcome users can act on.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 import time
@@ -19,6 +20,7 @@ from streams import metrics
 from streams.contract import check_article
 from streams.ids import random_hex
 from streams.pipeline.deps import Deps
+from streams.pipeline.runner import StageRunner, WorkerStopping
 from streams.limiter.client import budgets
 from streams.log_limit import Backoff, LogLimit
 from streams.settings import settings
@@ -111,9 +113,15 @@ async def effect_once(
             await asyncio.sleep(1.0)
             continue
         CLAIMS.hold(db, request_id, effect, owner)
+        under_way = EffectUnderWay(request_id, effect)
+        token = _current_effect.set(under_way)  # the provider calls of `produce` are this effect's (STOPPING)
         try:
-            payload = await produce()
+            try:
+                payload = await produce()
+            finally:
+                _current_effect.reset(token)
         except BaseException:
+            STOPPING.ended(under_way)
             CLAIMS.drop(owner)
             await asyncio.shield(db.release_effect(request_id, effect, owner=owner))
             raise
@@ -121,6 +129,7 @@ async def effect_once(
             await _complete(db, request_id, effect, site_id, payload, owner)
         finally:
             CLAIMS.drop(owner)
+            STOPPING.ended(under_way)
         return payload, False
 
 
@@ -207,6 +216,104 @@ class ClaimRenewals:
 CLAIMS = ClaimRenewals()
 
 
+# --- a clean stop: no paid or visible call is left half-done ---------------------------
+
+
+class EffectUnderWay:
+    """One `effect_once` running its `produce` (`over` once its result is recorded or it raised)."""
+
+    __slots__ = ("request_id", "effect", "over")
+
+    def __init__(self, request_id: str, effect: str) -> None:
+        self.request_id, self.effect = request_id, effect
+        self.over = False
+
+    def __repr__(self) -> str:
+        return f"{self.request_id}/{self.effect}"
+
+
+_current_effect: contextvars.ContextVar[EffectUnderWay | None] = contextvars.ContextVar("effect", default=None)
+
+
+def current_effect() -> EffectUnderWay | None:
+    """The effect whose `produce` runs in this task (None: none), as a provider call made for it is told."""
+    return _current_effect.get()
+
+
+def calls_for_others() -> None:
+    """This task makes provider calls for other tasks' effects (a bulk sender, which says whose): none is its own."""
+    _current_effect.set(None)  # its context is a copy of the task that started it
+
+
+class Stopping:
+    """A clean stop (SIGTERM, Ctrl-C) lets the paid or visible calls in flight finish and be recorded.
+
+    Stopping used to cancel them: an OpenAI article, a Replicate prediction or a
+    Wix create under way was abandoned after its request had left (the provider
+    bills it, the post may be up), its claim released, and the next owner of the
+    partition paid for it again: every article in flight at each restart of a
+    rolling deploy, twice. From `drain` on, no provider call starts (`check`
+    raises WorkerStopping before one, with nothing paid; the runners start no
+    event), and the stop waits, at most `timeout` seconds, until every effect
+    whose call had started has its result in the ledger (or its call failed).
+    """
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self._called: set[EffectUnderWay] = set()
+        self._changed: asyncio.Event | None = None
+
+    def check(self, stage: str, request_id: str) -> None:
+        """Before a provider call: once the worker stops, none starts."""
+        if self.stopping:
+            raise WorkerStopping(f"{stage}: the worker is stopping; request {request_id} runs where its "
+                                 "partition goes next")
+
+    def calling(self, under_way: EffectUnderWay | None) -> None:
+        """A provider call for `under_way` starts: a stop waits until its result is recorded."""
+        if under_way is not None and not under_way.over:
+            self._called.add(under_way)
+
+    def ended(self, under_way: EffectUnderWay) -> None:
+        """Its result is in the ledger, or its `produce` raised: nothing of it is left to record."""
+        under_way.over = True
+        if under_way in self._called:
+            self._called.discard(under_way)
+            if self._changed is not None:
+                self._changed.set()
+
+    def in_flight(self) -> list[EffectUnderWay]:
+        return list(self._called)
+
+    async def drain(self, timeout: float) -> list[EffectUnderWay]:
+        """Stop starting events and provider calls; wait for the calls in flight; returns those left after `timeout`."""
+        self.stopping = True
+        for runner in StageRunner.instances:
+            runner.stop_starting()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if self._called:
+            log.info("stopping: no new event or provider call starts; waiting up to %.0f s for the %d calls in "
+                     "flight to finish and be recorded (SIGKILL now may pay for them twice)", timeout, len(self._called))
+        while self._called and (left := deadline - loop.time()) > 0:
+            self._changed = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=left)
+            except asyncio.TimeoutError:
+                break
+        if self._called:
+            log.warning("stopping: %d provider calls still in flight after %.0f s (%s); their results are not "
+                        "recorded, so the next owner of their partitions may make them again "
+                        "(BLOGSTREAM_STOP_DRAIN_SECONDS)", len(self._called), timeout,
+                        ", ".join(map(repr, sorted(self._called, key=repr)[:10])))
+        else:
+            log.info("stopping: every provider call in flight is recorded")
+        return self.in_flight()
+
+
+STOPPING = Stopping()
+
+
 async def call_with_permits(
     *,
     stage: str,
@@ -233,6 +340,7 @@ async def call_with_permits(
     attempt = 0
     while True:
         attempt += 1
+        STOPPING.check(stage, request_id)
         permit = await budgets.acquire(
             site_id=site_id, request_id=request_id, needs=needs, slot_limit=slot_limit, weight=weight, lane=lane
         )
@@ -240,6 +348,8 @@ async def call_with_permits(
             if attempt < settings.max_attempts:  # a permit that came too late: counted, no patience
                 continue
             raise StageFailed(stage, request_id, site_id, "no usable permit", "Check the worker's clock and load.")
+        STOPPING.check(stage, request_id)  # (no await from here to the call: a stop waits for it, or it never starts)
+        STOPPING.calling(current_effect())
         try:
             result = await call()
         except ProviderError as exc:
