@@ -123,7 +123,11 @@ async def effect_once(
         except BaseException:
             STOPPING.ended(under_way)
             CLAIMS.drop(owner)
-            await asyncio.shield(db.release_effect(request_id, effect, owner=owner))
+            try:
+                await asyncio.shield(db.release_effect(request_id, effect, owner=owner))
+            except Exception as exc:  # the claim runs out by its lease instead; what `produce` raised is the outcome
+                log.warning("could not free the claim of %s/%s (%s: %s); it is free once its lease ends",
+                            request_id, effect, type(exc).__name__, exc)
             raise
         try:  # the claim stays ours until the ledger has the result: a replay must reuse it, never pay again
             await _complete(db, request_id, effect, site_id, payload, owner)

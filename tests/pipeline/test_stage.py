@@ -84,6 +84,22 @@ async def test_a_failed_effect_still_frees_its_claim():
     assert ledger.released == 1 and ledger.tries == 0
 
 
+async def test_a_failed_effect_whose_claim_cannot_be_freed_still_tells_why_it_failed():
+    # Postgres away at the release: the claim runs out by its lease instead, and the step's own failure
+    # (here: the article, paid for, breaks the rules) is what the stage acts on. Raising the release's
+    # ConnectionRefusedError instead made the event an outage to try again: a second article paid for.
+    class Unreleasable(Ledger):
+        async def release_effect(self, request_id, stage_, *, owner):
+            raise ConnectionRefusedError(111, "refused")
+
+    async def produce():
+        await asyncio.sleep(0)
+        raise stage.StageFailed("generate", "r1", "s1", "the model's article breaks the rules for articles")
+
+    with pytest.raises(stage.StageFailed):
+        await stage.effect_once(SimpleNamespace(db=Unreleasable(), worker_id="w1"), "r1", "generate", "s1", produce)
+
+
 class Renewed:
     """`extend_effects` of a ledger: records each round's claims; fails when told."""
 
