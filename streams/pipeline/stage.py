@@ -14,6 +14,8 @@ import random
 import time
 from typing import Any, Awaitable, Callable
 
+import asyncpg
+
 from connectors.errors import ProviderError, RateLimited
 from store.database import OUTAGES
 from streams import metrics
@@ -138,16 +140,20 @@ async def effect_once(
 
 
 COMPLETE_RETRY_SECONDS = (0.5, 10.0)  # the first pause and the longest between tries of recording a result
+# What recording a result meets that passes when the statement is sent again: an outage, or Postgres
+# rolling the statement back (a deadlock, a serialization failure). Anything else is the values' fault.
+_RECORD_AGAIN = (*OUTAGES, asyncpg.exceptions.TransactionRollbackError)
 _complete_failed = LogLimit(log, "could not record an effect's result; it is kept and tried again", interval=60.0)
 
 
 async def _complete(db: Any, request_id: str, effect: str, site_id: str, payload: dict, owner: str) -> None:
-    """Record what the paid effect gave, tried again while Postgres is away (the effect is not done twice)."""
+    """Record what the paid effect gave, tried again while Postgres is away or rolls it back (the effect is not
+    done twice)."""
     backoff = Backoff(first=COMPLETE_RETRY_SECONDS[0], cap=COMPLETE_RETRY_SECONDS[1])
     while True:
         try:
             await db.complete_effect(request_id, effect, site_id, payload, owner=owner)
-        except OUTAGES as exc:
+        except _RECORD_AGAIN as exc:
             _complete_failed.failed(exc, f"{request_id}/{effect}")
             await asyncio.sleep(backoff.next())
             continue

@@ -61,6 +61,26 @@ async def test_a_result_postgres_could_not_take_is_recorded_once_it_is_back_and_
     assert paid == [1]
 
 
+@pytest.mark.parametrize("rolled_back", [
+    asyncpg.exceptions.DeadlockDetectedError("deadlock detected"),
+    asyncpg.exceptions.SerializationError("could not serialize access due to concurrent update"),
+])
+async def test_a_result_postgres_rolled_back_is_recorded_again_and_paid_once(rolled_back):
+    # A deadlock or a serialization failure rolls the statement back: sent again, it goes through. Given
+    # up, the result was lost while the claim stayed: the event's next try took the claim over once its
+    # lease ran out and paid the provider again.
+    ledger = Ledger(rolled_back)
+    deps = SimpleNamespace(db=ledger, worker_id="w1")
+    paid = []
+
+    async def produce():
+        paid.append(1)
+        return {"article": "a"}
+
+    assert await stage.effect_once(deps, "r1", "generate", "s1", produce) == ({"article": "a"}, False)
+    assert ledger.completed == [{"article": "a"}] and ledger.tries == 2 and paid == [1]
+
+
 async def test_a_result_postgres_refuses_fails_the_step_at_once_and_keeps_the_claim():
     ledger = Ledger(asyncpg.exceptions.UntranslatableCharacterError("\\u0000 cannot be converted to text"))
 
