@@ -14,7 +14,7 @@ import re
 from logging.config import fileConfig
 
 from alembic import context
-from sqlalchemy import create_engine, pool
+from sqlalchemy import create_engine, pool, text
 
 config = context.config
 
@@ -46,10 +46,19 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+# One run at a time per database: a run started while another migrates (two deploy jobs, several
+# workers' init containers, parallel test sessions on the harness's template) waits for it, then
+# reads the revision it left. Without it, each read an empty schema and all but one failed creating
+# the same tables. A session lock: released when the connection closes, however the run ends.
+MIGRATION_LOCK = 0x626C6F67  # "blog"
+
+
 def run_migrations_online() -> None:
     engine = create_engine(database_url(), poolclass=pool.NullPool)
     try:
         with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+            connection.commit()  # the lock outlives this transaction; alembic's own begin below
             context.configure(connection=connection, target_metadata=target_metadata,
                               transaction_per_migration=True)
             with context.begin_transaction():

@@ -1,0 +1,69 @@
+"""The migrations (migrations/, alembic) run on a database the same, however many runs start at once.
+
+Two `alembic upgrade head` on one database at the same moment (two deploy jobs, the init containers of
+several workers, parallel test sessions migrating the harness's template): each run read the schema
+as empty and created the same tables; all but one failed with `duplicate key value violates unique
+constraint "pg_type_typname_nsp_index"`. Needs the local stack's Postgres (a scratch database is
+made and dropped).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+import pytest
+
+from .conftest import DSN
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNS = 3
+
+
+def _with_database(dsn: str, name: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture
+def new_database():
+    admin = psycopg2.connect(_with_database(DSN, "postgres"), connect_timeout=5)
+    admin.autocommit = True
+    name = f"bs_migrations_{uuid.uuid4().hex[:10]}"
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _with_database(DSN, name)
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def upgrade(url: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "BLOGSTREAM_DATABASE_URL": url,
+           "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    return subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_migration_runs_started_at_once_on_a_new_database_all_succeed(new_database):
+    with ThreadPoolExecutor(RUNS) as pool:
+        runs = list(pool.map(upgrade, [new_database] * RUNS))
+    failed = [run.stderr[-2000:] for run in runs if run.returncode != 0]
+    assert not failed, failed[0]
+    with psycopg2.connect(new_database, connect_timeout=5) as conn, conn.cursor() as cur:
+        cur.execute("SELECT version_num FROM alembic_version")
+        assert cur.fetchall() == [(upgrade_head(),)]
+
+
+def upgrade_head() -> str:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(Config(str(ROOT / "alembic.ini"))).get_current_head()
