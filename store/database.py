@@ -26,7 +26,9 @@ from .effects import EffectLedger
 from .outcomes import Outcomes, dump_json
 from .sites import SiteRegistry
 
-__all__ = ["OUTAGES", "Database", "DatabaseError", "ServerEndedConnections", "mask_dsn"]
+__all__ = [
+    "OUTAGES", "SCHEMA_REVISIONS", "Database", "DatabaseError", "SchemaBehind", "ServerEndedConnections", "mask_dsn",
+]
 
 
 # --- errors and secrets ------------------------------------------------------------
@@ -54,6 +56,15 @@ def _scrub(text: str, dsn: str) -> str:
     for secret in {password, unquote(password) if password else None} - {None, ""}:
         text = text.replace(secret, "***")  # type: ignore[arg-type]
     return mask_dsn(text)
+
+
+# The schema this code reads and writes: every migration of migrations/versions, oldest first
+# (tests/store/test_migrations.py holds the two together).
+SCHEMA_REVISIONS = ("0001", "0002", "0003", "0005", "0006", "0007", "0008", "0009", "0010")
+
+
+class SchemaBehind(DatabaseError):
+    """The database's schema is older than this code's: its migrations have not run (yet)."""
 
 
 # What a Postgres outage raises (not down, restarting, out of connections, unreachable):
@@ -198,6 +209,31 @@ class Database(Outcomes, SiteRegistry, EffectLedger, BatchLanes):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    async def schema_revision(self) -> str | None:
+        """The revision alembic recorded last (None: the database was never migrated)."""
+        try:
+            return await self.pool.fetchval("SELECT version_num FROM alembic_version")
+        except asyncpg.UndefinedTableError:
+            return None
+
+    async def check_schema(self) -> str | None:
+        """Raise SchemaBehind when the schema is older than this code's; its revision when it is newer.
+
+        A newer one (migrated for a newer release first, as a rolling upgrade does) is used as it is:
+        migrations only add. None: the schema is this code's.
+        """
+        revision = await self.schema_revision()
+        head = SCHEMA_REVISIONS[-1]
+        if revision == head:
+            return None
+        if revision is None or revision in SCHEMA_REVISIONS:
+            raise SchemaBehind(
+                f"the database {mask_dsn(self._dsn)} is at schema revision {revision or 'none (never migrated)'}, "
+                f"this code needs {head}: run the migrations (alembic upgrade head, with BLOGSTREAM_DATABASE_URL "
+                "set to it); until then nothing is written or paid for, and every event waits"
+            )
+        return revision
 
     @property
     def pool(self) -> asyncpg.Pool:  # type: ignore[override]  # read-only here, declared by the mixins

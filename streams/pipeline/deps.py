@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from connectors.openai_writer import ArticleWriter
 from store.costs import Costs
-from store.database import Database, DatabaseError
+from store.database import SCHEMA_REVISIONS, Database, DatabaseError, SchemaBehind
 from store.parked import ParkedEvents
 from store.sites import Site, SiteCache
 from connectors.replicate_images import ImageMaker
@@ -58,6 +58,7 @@ class Deps:
         # Connecting while Postgres is away: one attempt per back-off step, one log line per kind and interval.
         self._connect_backoff = Backoff(first=0.5, cap=15.0)
         self._connect_log = LogLimit(log, "database not reachable", interval=30.0)
+        self._schema_log = LogLimit(log, "database not usable yet", interval=60.0)
         self._retry_at = 0.0
         self._last_error = ""
 
@@ -81,13 +82,22 @@ class Deps:
                 db = Database(settings.database_url, min_size=1, max_size=10)
                 try:
                     await db.start()
+                    # A schema behind this code's (a release deployed before its migrations ran) would
+                    # fail every request for good ("column ... does not exist"): it waits, as for an outage.
+                    newer = await db.check_schema()
                 except Exception as exc:
+                    await db.close()
                     self._retry_at = time.monotonic() + self._connect_backoff.next()
-                    self._last_error = f"Postgres not reachable: {exc}"
-                    self._connect_log.failed(exc)
+                    behind = isinstance(exc, SchemaBehind)
+                    self._last_error = str(exc) if behind else f"Postgres not reachable: {exc}"
+                    (self._schema_log if behind else self._connect_log).failed(exc)
                     raise DatabaseUnavailable(self._last_error) from None
                 self._connect_backoff.reset()
                 self._connect_log.ok()
+                self._schema_log.ok()
+                if newer is not None:
+                    log.warning("the database's schema is at revision %s, newer than this worker's (%s): used as it "
+                                "is (migrations only add); upgrade this worker", newer, SCHEMA_REVISIONS[-1])
                 # Filled by every refresh of the site controls (every two seconds); the extra second
                 # keeps a site served from one refresh to the next, however long the read took.
                 self.sites = SiteCache(db, ttl=POLICY_REFRESH_SECONDS + 1.0)
