@@ -272,6 +272,7 @@ class Stopping:
         self.stopping = False
         self._called: set[EffectUnderWay] = set()
         self._changed: asyncio.Event | None = None
+        self._pauses: set[asyncio.Future] = set()  # back-offs under way: a stop ends them (`pause`)
 
     def check(self, stage: str, request_id: str) -> None:
         """Before a provider call: once the worker stops, none starts."""
@@ -295,11 +296,25 @@ class Stopping:
     def in_flight(self) -> list[EffectUnderWay]:
         return list(self._called)
 
+    async def pause(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if the worker stops meanwhile (a back-off before a try that will not come)."""
+        if self.stopping:
+            return
+        woken = asyncio.get_running_loop().create_future()
+        self._pauses.add(woken)
+        try:
+            await asyncio.wait({woken}, timeout=seconds)
+        finally:
+            self._pauses.discard(woken)
+
     async def drain(self, timeout: float) -> list[EffectUnderWay]:
         """Stop starting events and provider calls; wait for the calls in flight; returns those left after `timeout`."""
         self.stopping = True
         for runner in StageRunner.instances:
             runner.stop_starting()
+        for woken in self._pauses:  # an effect backing off after a failed call tries no more: it ends now
+            if not woken.done():
+                woken.set_result(None)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         if self._called:
@@ -387,7 +402,7 @@ def retry_clock() -> float:
 
 
 async def _back_off(seconds: float) -> None:
-    await asyncio.sleep(seconds)
+    await STOPPING.pause(seconds)
 
 
 def keeps_trying(attempts: int, first_failure: float) -> bool:
