@@ -237,6 +237,19 @@ class Costs:
                  "input_tokens": r["input_tokens"], "output_tokens": r["output_tokens"], "images": r["images"],
                  "unpriced_calls": r["unpriced"]} for r in records]
 
+    async def totals(self, *, site_id: str | None = None, since: datetime | None = None) -> dict[str, Any]:
+        """Every recorded call's sum over the same filter as `summary`: its rows stop at `limit`
+        (a backfill has thousands of requests, a deployment thousands of sites), the totals never do."""
+        record = await self._db.pool.fetchrow(
+            """
+            SELECT count(*) AS calls, coalesce(sum(cost_usd), 0) AS usd, count(DISTINCT request_id) AS requests
+            FROM request_costs
+            WHERE ($1::text IS NULL OR site_id = $1) AND ($2::timestamptz IS NULL OR recorded_at >= $2)
+            """,
+            site_id, since,
+        )
+        return {"usd": _float(record["usd"]) or 0.0, "calls": record["calls"], "requests": record["requests"]}
+
     async def of_request(self, request_id: str) -> list[dict[str, Any]]:
         """Every recorded call of one request, oldest first."""
         records = await self._db.pool.fetch(

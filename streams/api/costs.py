@@ -2,8 +2,9 @@
 
     GET /api/sites/{site_id}/costs?since=30d&by=day     by day (default), model or request; since: Nd or Nh
 
-The figures are the rows store/costs.py recorded, one per paid provider call; the
-answer also says the site's caps, what it spent this UTC month and day, and
+The figures are the rows store/costs.py recorded, one per paid provider call:
+`total_usd` and `calls` count all of them, `rows` at most 1,000 groups (`rows_cut` says
+when there were more: by=request over a backfill, say). The answer also says the site's caps, what it spent this UTC month and day, and
 whether a cap holds it (`budget_exhausted`). `blogstream costs` shows the same.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 GROUPINGS = ("day", "model", "request")
 SINCE = re.compile(r"^([0-9]{1,4})([dh])$")
 DEFAULT_SINCE = "30d"
+ROWS = 1000  # rows shown at most (the dearest first, by request); total_usd and calls count every call
 
 
 @app.page("/api/sites/{site_id}/costs")
@@ -50,13 +52,14 @@ class SiteCosts(ApiView):
             if budget is None:
                 return self.answer({"error": f"site {site_id} is not registered",
                                     "fix": f"blogstream sites add {site_id}"}, 404)
-            rows = await deps.costs.summary(by=by, site_id=site_id, since=since)  # type: ignore[arg-type]
+            rows = await deps.costs.summary(by=by, site_id=site_id, since=since, limit=ROWS + 1)  # type: ignore[arg-type]
+            totals = await deps.costs.totals(site_id=site_id, since=since)
         except Exception:
             log.warning("costs of site %s could not be read", site_id, exc_info=True)
             return self.failure(IntakeError(503, "the database could not be read; retry in a moment",
                                             headers=retry_after_header()))
         return self.answer({
             "site_id": site_id, "since": since.isoformat(), "by": by,
-            "total_usd": sum(r["usd"] or 0.0 for r in rows), "calls": sum(r["calls"] for r in rows),
-            "rows": rows, **budget,
+            "total_usd": totals["usd"], "calls": totals["calls"],
+            "rows": rows[:ROWS], "rows_cut": len(rows) > ROWS, **budget,
         })

@@ -165,6 +165,8 @@ SCHEMAS: dict[str, Any] = {
     "SiteCosts": obj({
         "site_id": TEXT, "since": {"type": "string", "format": "date-time"}, "by": {"enum": ["day", "model", "request"]},
         "total_usd": NUMBER, "calls": COUNT, "rows": {"type": "array", "items": ref("CostRow")},
+        "rows_cut": {"type": "boolean", "description": "More groups than the 1,000 rows shown (the dearest first); "
+                     "total_usd and calls count every call all the same."},
         "monthly_budget_usd": nullable("number"), "daily_budget_usd": nullable("number"),
         "spent_this_month_usd": NUMBER, "spent_today_usd": NUMBER,
         "budget_exhausted": {"enum": ["month", "day", "global_day", None]},

@@ -17,6 +17,8 @@ from streams.cli import connect
 from streams.cli.output import CliError, emit_json, json_option
 from streams.cli.retry import Duration
 
+ROWS = 1000  # lines shown at most (the dearest first, by site); the total counts every call
+
 
 @click.command()
 @click.option("--site", metavar="SITE", help="Only this site's calls (and its spend caps).")
@@ -31,25 +33,29 @@ def costs(site: str | None, since: timedelta, by: str, as_json: bool) -> None:
 
     start = datetime.now(timezone.utc) - since
 
-    async def read(db: Any) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    async def read(db: Any) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any] | None]:
         store = Costs(db)
         budget = await store.budget(site) if site else None
-        return await store.summary(by=by, site_id=site, since=start), budget  # type: ignore[arg-type]
+        rows = await store.summary(by=by, site_id=site, since=start, limit=ROWS + 1)  # type: ignore[arg-type]
+        return rows, await store.totals(site_id=site, since=start), budget
 
-    rows, budget = connect.run_db(read)
+    rows, totals, budget = connect.run_db(read)
     if site and budget is None:
         raise CliError(f"site {site} is not registered", "see blogstream sites list")
-    total = sum(r["usd"] or 0.0 for r in rows)
+    cut, rows = len(rows) > ROWS, rows[:ROWS]
+    total = totals["usd"]
     if as_json:
         emit_json({"since": start.isoformat(), "by": by, "site": site, "total_usd": total,
-                   "calls": sum(r["calls"] for r in rows), "rows": rows, "budget": budget})
+                   "calls": totals["calls"], "rows": rows, "rows_cut": cut, "budget": budget})
         return
     click.echo(f"{by:<28} {'USD':>12} {'calls':>8} {'requests':>9} {'input tok':>11} {'output tok':>11} {'images':>7}")
     for r in rows:
         unpriced = f"  ({r['unpriced_calls']} without a price)" if r["unpriced_calls"] else ""
         click.echo(f"{str(r[by]):<28} {r['usd'] or 0:>12.4f} {r['calls']:>8} {r['requests']:>9} "
                    f"{r['input_tokens']:>11} {r['output_tokens']:>11} {r['images']:>7}{unpriced}")
-    click.echo(f"{'total':<28} {total:>12.4f} {sum(r['calls'] for r in rows):>8}")
+    if cut:
+        click.echo(f"... the dearest {ROWS} of more {by}s shown; the total counts them all")
+    click.echo(f"{'total':<28} {total:>12.4f} {totals['calls']:>8} {totals['requests']:>9}")
     if budget is not None:
         click.echo(_budget_line(site or "", budget))
 

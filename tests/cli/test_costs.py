@@ -67,3 +67,20 @@ def test_costs_of_an_unknown_site_is_one_line(run):
     site = uid("ghost")
     result = run("costs", "--site", site)
     assert result.exit_code == 1 and result.stderr.startswith(f"blogstream: error: site {site} is not registered")
+
+
+def test_the_total_counts_every_call_when_there_are_more_sites_than_rows_shown(run):
+    # Thousands of sites: `costs --by site` lists the dearest 1,000, and its total is still every site's spend.
+    calls = [CallCost(request_id=uid("req"), site_id=uid("many"), provider="openai", call_id=f"call-{uuid.uuid4().hex}",
+                      model="gpt-4o-mini", cost_usd=Decimal("0.001"), input_tokens=1, output_tokens=1)
+             for _ in range(1200)]
+    on_db(lambda db: Costs(db).record_many(calls))
+    answer = json.loads(run("costs", "--by", "site", "--since", "1d", "--json").stdout)
+    everything = on_db(lambda db: db.pool.fetchrow(
+        "SELECT count(*) AS calls, sum(cost_usd) AS usd FROM request_costs WHERE recorded_at >= now() - interval '1 day'"))
+    assert answer["calls"] == everything["calls"] >= 1200
+    assert answer["total_usd"] == pytest.approx(float(everything["usd"]))
+    assert len(answer["rows"]) == 1000 and answer["rows_cut"] is True
+    text = run("costs", "--by", "site", "--since", "1d").stdout
+    assert text.splitlines()[-1].split()[:3] == ["total", f"{float(everything['usd']):.4f}", str(everything["calls"])]
+    assert "the dearest 1000 of more sites shown" in text
