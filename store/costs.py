@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from .effects import Coalesced
 
-__all__ = ["BUDGET_RANGE", "CallCost", "Costs", "Recorded", "budget_problem"]
+__all__ = ["BUDGET_RANGE", "CallCost", "Costs", "Recorded", "budget_problem", "release_advice"]
 
 BUDGET_RANGE = (0.0, 1_000_000_000.0)  # US dollars; the table's CHECKs (migration 0006)
 Grouping = Literal["day", "site", "model", "request"]
@@ -44,6 +44,19 @@ def budget_problem(value: Any) -> str | None:
     if not low <= value <= high:
         return f"must be from {low:g} to {high:g} US dollars, or null for no cap"
     return None
+
+
+def release_advice(cap: str, site_id: str) -> str:
+    """What lets a site held by `cap` ('month', 'day', 'global_day') spend again: only that cap, or its period's end.
+
+    A daily hold is not released by a higher monthly cap, and a hold by the global daily cap
+    by none of the site's own caps (refresh_budgets checks month, then day, then global)."""
+    if cap == "global_day":
+        return ("raise the global daily cap BLOGSTREAM_GLOBAL_DAILY_BUDGET_USD (and restart the workers) or wait "
+                f"for the next UTC day; site {site_id}'s own caps do not hold it")
+    if cap == "day":
+        return f"raise its daily cap (blogstream sites set {site_id} --daily-budget USD) or wait for the next UTC day"
+    return f"raise its monthly cap (blogstream sites set {site_id} --monthly-budget USD) or wait for the next UTC month"
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
+from store.costs import release_advice
 from streams.api.http import IntakeError, retry_after_header
 from streams.pipeline.deps import deps
 from streams.settings import settings
@@ -222,8 +223,8 @@ def budget_rejection(sites: Mapping[str, Any]) -> IntakeError | None:
         period = {"month": "this month's", "day": "today's", "global_day": "all sites' daily"}.get(reason, reason)
         wait = seconds_to_next_period(reason)
         return IntakeError(
-            429, f"site {site_id} has spent {period} budget (spend cap reached); nothing was accepted: raise the cap "
-                 f"(blogstream sites set {site_id} --monthly-budget/--daily-budget) or send again in the next period",
+            429, f"site {site_id} has spent {period} budget (spend cap reached); nothing was accepted: "
+                 f"{release_advice(reason, site_id)}, then send again",
             headers={"Retry-After": str(wait)}, reason="budget_exhausted", code="budget_exhausted", cap=reason,
             site_id=site_id, retry_after=wait,
         )

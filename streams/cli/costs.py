@@ -61,12 +61,14 @@ def costs(site: str | None, since: timedelta, by: str, as_json: bool) -> None:
 
 
 def _budget_line(site: str, budget: dict[str, Any]) -> str:
+    from store.costs import release_advice
+
     def cap(spent: float, limit: float | None) -> str:
         return f"{spent:.4f} of {limit:g}" if limit is not None else f"{spent:.4f} (no cap)"
 
     line = (f"site {site}: this month {cap(budget['spent_this_month_usd'], budget['monthly_budget_usd'])}, "
             f"today {cap(budget['spent_today_usd'], budget['daily_budget_usd'])} USD")
     if budget["budget_exhausted"]:
-        line += (f"; budget_exhausted ({budget['budget_exhausted']} cap reached): its requests wait until "
-                 f"the cap is raised (blogstream sites set {site} --monthly-budget ...) or the period ends")
+        line += (f"; budget_exhausted ({budget['budget_exhausted']} cap reached): its requests wait; to go on, "
+                 f"{release_advice(budget['budget_exhausted'], site)}")
     return line

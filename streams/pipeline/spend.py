@@ -22,7 +22,7 @@ from decimal import Decimal
 from typing import Any, Awaitable, Callable
 
 from connectors.errors import ProviderError
-from store.costs import CallCost, Costs
+from store.costs import CallCost, Costs, release_advice
 from streams import metrics
 from streams.app import app
 from streams.costs.prices import load_prices
@@ -163,10 +163,9 @@ async def _write(deps: Any, cost: CallCost) -> None:
         metrics.cost_usd.labels(cost.provider, cost.model).inc(float(cost.cost_usd))
     if recorded.exhausted is not None:
         deps.hold_here(cost.site_id)
-        log.warning("site %s reached its %s spend cap: no new paid call starts for it; its requests wait "
-                    "(%s) until the cap is raised (blogstream sites set %s --monthly-budget ...) or the period ends",
+        log.warning("site %s reached its %s spend cap: no new paid call starts for it; its requests wait (%s): %s",
                     cost.site_id, "monthly" if recorded.exhausted == "month" else "daily", BUDGET_EXHAUSTED,
-                    cost.site_id)
+                    release_advice(recorded.exhausted, cost.site_id))
     cap = _global_cap()
     if cap is not None and recorded.global_day_usd >= Decimal(str(cap)):
         held = await costs.hold_all()

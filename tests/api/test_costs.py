@@ -39,3 +39,22 @@ def test_caps_in_a_patch_body_are_amounts_or_null():
     assert len(errors) == 2 and all("US dollars" in e for e in errors)
     _, errors = parse_controls({"budget": 5})
     assert errors and "monthly_budget_usd" in errors[0]
+
+
+# What a site at its cap is told to do must be what releases it: a daily hold is not released by a
+# higher monthly cap, and a hold by the global daily cap by none of the site's own caps.
+RELEASED_BY = {"month": "--monthly-budget", "day": "--daily-budget", "global_day": "BLOGSTREAM_GLOBAL_DAILY_BUDGET_USD"}
+
+
+@pytest.mark.parametrize("cap", sorted(RELEASED_BY))
+def test_a_held_site_is_told_the_one_cap_that_releases_it(cap):
+    from streams.cli.costs import _budget_line
+
+    site = Site("shop-9", monthly_budget_usd=5.0, daily_budget_usd=1.0, budget_exhausted=cap)
+    told = [budget_rejection({"shop-9": site}).body()["error"],
+            _budget_line("shop-9", {"monthly_budget_usd": 5.0, "daily_budget_usd": 1.0, "spent_this_month_usd": 5.0,
+                                    "spent_today_usd": 1.0, "budget_exhausted": cap})]
+    for text in told:
+        assert RELEASED_BY[cap] in text, text
+        for other in set(RELEASED_BY.values()) - {RELEASED_BY[cap]}:
+            assert other not in text, text
