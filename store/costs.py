@@ -220,6 +220,13 @@ class Costs:
                  "daily_budget_usd": _float(r["daily_budget_usd"]), "spent_this_month_usd": _float(r["month_usd"]),
                  "spent_today_usd": _float(r["day_usd"]), "budget_exhausted": r["budget_exhausted"]} for r in records]
 
+    async def held_counts(self) -> dict[str, int]:
+        """How many sites each cap holds now ('month', 'day', 'global_day'), capped sites or not: the
+        global daily cap holds sites that have no cap of their own (`budgets` lists only capped ones)."""
+        records = await self._db.pool.fetch(
+            "SELECT budget_exhausted, count(*) AS n FROM sites WHERE budget_exhausted IS NOT NULL GROUP BY 1")
+        return {r["budget_exhausted"]: r["n"] for r in records}
+
     async def spent_today(self) -> float:
         """All sites' spend this UTC day."""
         return _float(await self._db.pool.fetchval(f"SELECT coalesce((SELECT usd FROM daily_spend WHERE day = {_TODAY}), 0)")) or 0.0

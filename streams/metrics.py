@@ -93,11 +93,12 @@ batch_oldest_open = Gauge(
 # The global gauges keep their last value while their source does not answer (the broker for the lag,
 # Postgres for the requests, the limiter coordinator for the budget and per-site gauges): what they show
 # is as old as `time() - ` this (alerts.yml, BlogstreamFiguresStale).
-FIGURE_SOURCES = ("kafka", "postgres", "limiter")
+FIGURE_SOURCES = ("kafka", "postgres", "limiter", "spend")
 figures_last_success = Gauge(
     "blogstream_figures_last_success_timestamp_seconds", "When this worker last read the source of some global "
     "gauges (Unix time): kafka (blogstream_consumer_lag), postgres (blogstream_requests), limiter "
-    "(blogstream_budget_*, blogstream_site_in_flight, blogstream_site_budget_*); 0 before the first read",
+    "(blogstream_budget_*, blogstream_site_in_flight, blogstream_site_budget_*), spend (the spend-cap gauges: "
+    "blogstream_*spend_cap_used_ratio, blogstream_sites_budget_exhausted); 0 before the first read",
     ["source"], registry=registry,
 )
 

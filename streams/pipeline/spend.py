@@ -203,8 +203,9 @@ async def refresh(costs: Any) -> dict[str, str | None]:
 
 
 async def publish_gauges(costs: Costs) -> None:
+    """The spend-cap gauges, from Postgres; they keep their last value while it cannot be read, and
+    blogstream_figures_last_success_timestamp_seconds{source="spend"} says when they were last read."""
     ratios: dict[tuple[str, ...], float] = {}
-    held = {"month": 0, "day": 0, "global_day": 0}
     for site in await costs.budgets():
         for period, spent, cap in (("month", site["spent_this_month_usd"], site["monthly_budget_usd"]),
                                    ("day", site["spent_today_usd"], site["daily_budget_usd"])):
@@ -212,10 +213,11 @@ async def publish_gauges(costs: Costs) -> None:
                 ratio = spent / cap if cap > 0 else 1.0
                 if ratio >= 0.5:
                     ratios[(site["site_id"], period)] = ratio
-        if site["budget_exhausted"] in held:
-            held[site["budget_exhausted"]] += 1
+    held = {"month": 0, "day": 0, "global_day": 0} | await costs.held_counts()
+    cap = _global_cap()
+    global_ratio = (await costs.spent_today()) / cap if cap else 0.0
     metrics.publish(metrics.site_spend_cap_used, ratios)
     for cap_name, count in held.items():
         metrics.sites_budget_exhausted.labels(cap_name).set(count)
-    cap = _global_cap()
-    metrics.global_spend_cap_used.set((await costs.spent_today()) / cap if cap else 0.0)
+    metrics.global_spend_cap_used.set(global_ratio)
+    metrics.figures_last_success.labels("spend").set(time.time())
