@@ -103,6 +103,15 @@ def read_results(data: bytes, model: str) -> dict[str, LineResult]:
 
 
 @dataclass(frozen=True)
+class BatchUsage:
+    """The tokens a batch was billed for, all its lines together (the batch object's `usage`)."""
+
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True)
 class BatchInfo:
     batch_id: str
     status: str
@@ -111,6 +120,7 @@ class BatchInfo:
     errors: list[dict[str, Any]] = field(default_factory=list)  # why a batch failed validation (line numbers)
     created_at: float = 0.0
     key: str | None = None  # our batch key, from its metadata
+    usage: BatchUsage | None = None  # None: OpenAI did not say (or not in a shape we can read)
 
     @property
     def ended(self) -> bool:
@@ -132,7 +142,22 @@ def _info(batch: Any) -> BatchInfo:
     metadata = json_object(getattr(batch, "metadata", None))
     return BatchInfo(batch_id, status, json_text(getattr(batch, "output_file_id", None)),
                      json_text(getattr(batch, "error_file_id", None)), errors, created_at,
-                     json_text(metadata.get(KEY_FIELD)))
+                     json_text(metadata.get(KEY_FIELD)), _usage(getattr(batch, "usage", None)))
+
+
+def _usage(usage: Any) -> BatchUsage | None:
+    """A batch's `usage` (an SDK model, a dict, or anything): None unless both token counts are whole numbers >= 0."""
+    def field_of(value: Any, name: str) -> Any:
+        return value.get(name) if isinstance(value, dict) else getattr(value, name, None)
+
+    def count(value: Any) -> int | None:
+        return value if type(value) is int and value >= 0 else None
+
+    input_tokens, output_tokens = count(field_of(usage, "input_tokens")), count(field_of(usage, "output_tokens"))
+    if usage is None or input_tokens is None or output_tokens is None:
+        return None
+    cached = count(field_of(field_of(usage, "input_tokens_details"), "cached_tokens")) or 0
+    return BatchUsage(input_tokens, output_tokens, min(cached, input_tokens))
 
 
 class BatchClient(AsyncClosing):

@@ -43,6 +43,7 @@ class HeldLine:
     site_id: str
     request: dict[str, Any]
     attempts: int
+    prompt_tokens: int = 0  # what the line adds to its file's prompt tokens (batched_lines; 0 elsewhere)
 
 
 def _batch(record: asyncpg.Record) -> BatchRow:
@@ -162,11 +163,11 @@ class BatchLanes:
     async def batched_lines(self, batch_key: str) -> list[HeldLine]:
         """The lines of a batch not settled yet, in the order its file lists them."""
         rows = await self.pool.fetch(
-            "SELECT request_id, site_id, request, attempts FROM openai_batch_lines "
+            "SELECT request_id, site_id, request, attempts, prompt_tokens FROM openai_batch_lines "
             "WHERE batch_key = $1 AND state = 'batched' ORDER BY request_id",
             batch_key,
         )
-        return [HeldLine(r["request_id"], r["site_id"], r["request"], r["attempts"]) for r in rows]
+        return [HeldLine(r["request_id"], r["site_id"], r["request"], r["attempts"], r["prompt_tokens"]) for r in rows]
 
     async def batch_all_cancelled(self, batch_key: str) -> bool:
         """Is every line the batch still holds a cancelled request's (its generate effect done, no article)?"""

@@ -21,7 +21,9 @@ the batch or a results file, another 4xx) ends, its lines going on as above.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
+from decimal import Decimal
 from typing import Any
 
 from connectors.errors import ProviderError
@@ -33,7 +35,7 @@ from streams.log_limit import LogLimit
 from streams.pipeline.batch_collect import CLAIM_SECONDS, STAGE, batch_client, send_batches, submit
 from streams.pipeline.deps import Deps, deps
 from streams.pipeline.factory import send_record
-from streams.pipeline.spend import record_batch_line
+from streams.pipeline.spend import record_batch_line, record_batch_share
 from streams.settings import settings
 
 log = logging.getLogger(__name__)
@@ -69,7 +71,7 @@ async def poll(deps: Deps, client: BatchClient, row: BatchRow, send: Any = send_
     assert deps.db is not None and row.batch_id is not None
     db, owner = deps.db, deps.worker_id
     try:
-        info, results, unreadable = await _read(deps, client, row)
+        info, results, unreadable, output_lost = await _read(deps, client, row)
     except ProviderError as exc:  # a passing fault, or our key refused: the batch and its results wait at OpenAI
         await _poll_later(deps, row, exc)
         return
@@ -77,6 +79,8 @@ async def poll(deps: Deps, client: BatchClient, row: BatchRow, send: Any = send_
         await db.mark_batch(row.batch_key, owner, "submitted", provider_status=info.status, release=True)
         return
     lines = await db.batched_lines(row.batch_key)
+    if output_lost and not await _record_usage_of_lost_results(deps, row, info, lines):
+        return  # another worker has the batch now: it records (the same rows) and settles it
     refused = _refused_line_numbers(info)
     named_ours = bool(refused & set(range(1, len(lines) + 1)))  # validation named lines of this file
     left = 0
@@ -112,17 +116,19 @@ def _waits(exc: ProviderError) -> bool:
     return exc.retryable or exc.credentials_refused
 
 
-async def _read(deps: Deps, client: BatchClient, row: BatchRow) -> tuple[BatchInfo, dict[str, LineResult], str | None]:
+async def _read(deps: Deps, client: BatchClient,
+                row: BatchRow) -> tuple[BatchInfo, dict[str, LineResult], str | None, bool]:
     """The batch and, once it ended, its lines' results. Raises the ProviderErrors worth waiting for
     (`_waits`); the third value says why OpenAI cannot give the batch or some of its results at all
-    (a 404 for a batch or a file that is gone, another 4xx): its lines go on without them."""
+    (a 404 for a batch or a file that is gone, another 4xx): its lines go on without them. The fourth:
+    the output file (the answered lines, what was billed) could not be read."""
     assert deps.db is not None and row.batch_id is not None
     try:
         info = await client.retrieve(row.batch_id)
     except ProviderError as exc:
         if _waits(exc):
             raise
-        return BatchInfo(row.batch_id, "unknown"), {}, f"OpenAI cannot give batch {row.batch_id}: {exc}"
+        return BatchInfo(row.batch_id, "unknown"), {}, f"OpenAI cannot give batch {row.batch_id}: {exc}", False
     if not info.ended and info.status != "cancelling" and await deps.db.batch_all_cancelled(row.batch_key):
         log.info("batch %s (%s): every request in it was cancelled; cancelling the batch", row.batch_key, row.batch_id)
         try:
@@ -131,9 +137,9 @@ async def _read(deps: Deps, client: BatchClient, row: BatchRow) -> tuple[BatchIn
             log.warning("batch %s (%s): not cancelled (%s); looked at again at the next poll", row.batch_key,
                         row.batch_id, exc)
     if not info.ended:
-        return info, {}, None
+        return info, {}, None, False
     results: dict[str, LineResult] = {}
-    unreadable = None
+    unreadable, output_lost = None, False
     for file_id in (info.error_file_id, info.output_file_id):  # an article wins over an error
         if file_id:
             try:
@@ -142,7 +148,39 @@ async def _read(deps: Deps, client: BatchClient, row: BatchRow) -> tuple[BatchIn
                 if _waits(exc):
                     raise
                 unreadable = f"OpenAI cannot give the results of batch {row.batch_id} (file {file_id}): {exc}"
-    return info, results, unreadable
+                output_lost = output_lost or file_id == info.output_file_id
+    return info, results, unreadable, output_lost
+
+
+SHARES_PER_ROUND = 500  # lines' shares recorded together (one statement), the batch's claim renewed between
+
+
+async def _record_usage_of_lost_results(deps: Deps, row: BatchRow, info: BatchInfo, lines: list[HeldLine]) -> bool:
+    """OpenAI no longer gives the output file, but its lines ran and were billed: the batch's `usage` is
+    recorded, split over its lines (input and cached tokens by each line's prompt, output evenly), one row
+    per line keyed by the batch's id, so a replay records nothing twice. False: the claim was lost."""
+    assert deps.db is not None and row.batch_id is not None
+    usage = info.usage
+    if usage is None:
+        log.error("batch %s (%s): OpenAI gives neither its results nor its usage: what its %d lines cost is not "
+                  "recorded (see your OpenAI organisation's usage page)", row.batch_key, row.batch_id, row.lines)
+        return True
+    if not (usage.input_tokens or usage.output_tokens):
+        return True
+    prompts = Decimal(row.prompt_tokens or sum(line.prompt_tokens for line in lines) or 1)
+    count = Decimal(max(row.lines, len(lines), 1))
+    log.warning("batch %s (%s): OpenAI no longer gives its results; its usage (%d input, %d output tokens) is "
+                "recorded split over its lines", row.batch_key, row.batch_id, usage.input_tokens, usage.output_tokens)
+    for start in range(0, len(lines), SHARES_PER_ROUND):
+        if start and not await deps.db.extend_batch_claim(row.batch_key, deps.worker_id, lease_seconds=CLAIM_SECONDS):
+            return False
+        await asyncio.gather(*(record_batch_share(
+            deps, line.request_id, line.site_id, call_id=f"{row.batch_id}:usage:{line.request_id}", model=row.model,
+            input_tokens=usage.input_tokens * Decimal(line.prompt_tokens) / prompts,
+            output_tokens=usage.output_tokens / count,
+            cached_tokens=usage.cached_tokens * Decimal(line.prompt_tokens) / prompts,
+        ) for line in lines[start:start + SHARES_PER_ROUND]))
+    return True
 
 
 async def _poll_later(deps: Deps, row: BatchRow, exc: ProviderError) -> None:

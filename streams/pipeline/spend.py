@@ -98,6 +98,22 @@ async def record_batch_line(deps: Any, request_id: str, site_id: str, billed: An
     await _record_tokens(deps, request_id, site_id, billed, lane="batch")
 
 
+async def record_batch_share(deps: Any, request_id: str, site_id: str, *, call_id: str, model: str,
+                             input_tokens: Decimal, output_tokens: Decimal, cached_tokens: Decimal) -> None:
+    """A line's share of a batch's `usage`, when OpenAI no longer gives the line's own (batch_poll.py): the
+    cost of the share's exact tokens, the tokens rounded to whole ones in the row."""
+    price = load_prices(settings.prices_file).tokens(model)
+    cost = None if price is None else price.cost(
+        input_tokens, output_tokens, lane="batch", cached_tokens=cached_tokens)  # type: ignore[arg-type]
+    whole = [int(t.to_integral_value()) for t in (input_tokens, output_tokens, cached_tokens)]
+    metrics.billed_tokens.labels("openai", model, "input").inc(whole[0])
+    metrics.billed_tokens.labels("openai", model, "output").inc(whole[1])
+    await _record(deps, CallCost(
+        request_id=request_id, site_id=site_id, provider="openai", call_id=call_id, model=model, cost_usd=cost,
+        lane="batch", input_tokens=whole[0], output_tokens=whole[1], cached_tokens=whole[2],
+    ))
+
+
 async def _record_tokens(deps: Any, request_id: str, site_id: str, billed: Any, lane: str = "realtime") -> None:
     price = load_prices(settings.prices_file).tokens(billed.model)
     cost = None if price is None else price.cost(

@@ -123,7 +123,9 @@ _BATCH = {"id": "batch_1", "object": "batch", "endpoint": "/v1/chat/completions"
           "errors": {"object": "list", "data": [{"code": "invalid_json", "message": "bad line", "line": 3}]},
           "input_file_id": "file-in", "completion_window": "24h", "output_file_id": "file-out",
           "error_file_id": None, "created_at": 1_700_000_000, "metadata": {KEY_FIELD: "bs-key-1"},
-          "request_counts": {"total": 1, "completed": 1, "failed": 0}}
+          "request_counts": {"total": 1, "completed": 1, "failed": 0},
+          "usage": {"input_tokens": 120, "input_tokens_details": {"cached_tokens": 20}, "output_tokens": 300,
+                    "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 420}}
 _FILE = {"id": "file-in", "object": "file", "bytes": 10, "created_at": 1_700_000_000, "filename": "k.jsonl",
          "purpose": "batch", "status": "processed"}
 _LIST = {"object": "list", "data": [_BATCH], "has_more": False, "first_id": "batch_1", "last_id": "batch_1"}
@@ -166,6 +168,10 @@ def test_any_batch_api_answer_is_a_batch_of_plain_values_or_a_provider_error(cal
                                                                        outcome.key))
         assert type(outcome.created_at) is float and math.isfinite(outcome.created_at)
         json.dumps(outcome.errors, allow_nan=False)  # plain values, as they are logged and stored
+        usage = outcome.usage  # what the batch was billed for: whole token counts, or None (not known)
+        assert usage is None or (all(type(n) is int and n >= 0 for n in (usage.input_tokens, usage.output_tokens,
+                                                                         usage.cached_tokens))
+                                 and usage.cached_tokens <= usage.input_tokens)
 
 
 _LINE = {"custom_id": "r1", "response": completion(json.dumps(ARTICLE)), "error": None}
