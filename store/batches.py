@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -21,6 +22,50 @@ __all__ = ["BatchLanes", "BatchRow", "HeldLine"]
 
 HELD = ("queued", "batched")  # states in which the lane still owes the request its article
 MAX_POLL_DOUBLINGS = 6  # a batch OpenAI cannot give for now waits at most 2^6 poll intervals between looks
+
+# The UTC day and month a cost counts in (as store/costs.py).
+_TODAY = "(now() AT TIME ZONE 'UTC')::date"
+_MONTH_START = "date_trunc('month', now() AT TIME ZONE 'UTC')::date"
+# What a capped site may still spend under its caps: its cap less what it spent this month / today,
+# less the worst case of its lines in running batches (NULL caps count as none: least() skips NULLs).
+SITE_LEFT = f"""
+  least(s.monthly_budget_usd - coalesce((SELECT sum(x.usd) FROM site_spend x
+                                         WHERE x.site_id = s.site_id AND x.day >= {_MONTH_START}), 0),
+        s.daily_budget_usd - coalesce((SELECT x.usd FROM site_spend x WHERE x.site_id = s.site_id AND x.day = {_TODAY}), 0))
+  - coalesce((SELECT sum(b.max_usd) FROM openai_batch_lines b WHERE b.site_id = s.site_id AND b.state = 'batched'), 0)
+"""
+# Each queued line of a capped site ($1: the model) with the worst case of the site's queued lines before it
+# (queue order) and what the site has left: a line goes into a file only while `before` < `room`.
+_SITE_ROOM = f"""
+  WITH capped AS (  -- once per site: the sums are not read again for each of its lines
+    SELECT s.site_id, {SITE_LEFT} AS room FROM sites s
+     WHERE (s.monthly_budget_usd IS NOT NULL OR s.daily_budget_usd IS NOT NULL)
+       AND EXISTS (SELECT 1 FROM openai_batch_lines e WHERE e.site_id = s.site_id AND e.state = 'queued' AND e.model = $1)
+  )
+  SELECT q.request_id, c.room,
+         coalesce(sum(q.max_usd) OVER (PARTITION BY q.site_id ORDER BY q.queued_at, q.request_id
+                                       ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before
+    FROM openai_batch_lines q JOIN capped c ON c.site_id = q.site_id
+   WHERE q.state = 'queued' AND q.model = $1
+"""
+# All sites' spend today and the worst case of every line in a running batch (the global daily cap's use).
+_GLOBAL_USED = f"""
+  SELECT coalesce((SELECT usd FROM daily_spend WHERE day = {_TODAY}), 0)
+       + coalesce((SELECT sum(max_usd) FROM openai_batch_lines WHERE state = 'batched'), 0)
+"""
+# The sites of a new batch ($1) whose caps its lines and their running batches now reserve in full: held
+# until their batches end and store/costs.py's refresh finds room again (it counts what is reserved).
+_HOLD_RESERVED = f"""
+  UPDATE sites s
+     SET budget_exhausted = CASE WHEN s.monthly_budget_usd - coalesce((SELECT sum(x.usd) FROM site_spend x
+                                      WHERE x.site_id = s.site_id AND x.day >= {_MONTH_START}), 0)
+                                    - coalesce((SELECT sum(b.max_usd) FROM openai_batch_lines b
+                                                WHERE b.site_id = s.site_id AND b.state = 'batched'), 0) <= 0
+                                 THEN 'month' ELSE 'day' END,
+         updated_at = now()
+   WHERE s.site_id IN (SELECT site_id FROM openai_batch_lines WHERE batch_key = $1)
+     AND s.budget_exhausted IS NULL AND {SITE_LEFT} <= 0
+"""
 
 # claim_batches' rule for a claim that lapsed in a Postgres restart ($2: the taker's lease, seconds).
 _OUTLIVED_RESTART = outlived_restart("claimed_at", "make_interval(secs => $2)")
@@ -58,7 +103,7 @@ class BatchLanes:
 
     # --- lines ------------------------------------------------------------------------
     async def hold_batch_line(
-        self, request: dict[str, Any], *, model: str, prompt_tokens: int, size: int
+        self, request: dict[str, Any], *, model: str, prompt_tokens: int, size: int, max_usd: Decimal = Decimal(0)
     ) -> str:
         """Hold `request` for a batch (once: a replay changes nothing); returns its line's state.
 
@@ -70,8 +115,8 @@ class BatchLanes:
             WITH done AS (
               SELECT 1 FROM stage_outputs WHERE request_id = $1 AND stage = 'generate' AND status = 'done'
             ), held AS (
-              INSERT INTO openai_batch_lines (request_id, site_id, model, request, prompt_tokens, bytes)
-              SELECT $1, $2, $3, $4, $5, $6 WHERE NOT EXISTS (SELECT 1 FROM done)
+              INSERT INTO openai_batch_lines (request_id, site_id, model, request, prompt_tokens, bytes, max_usd)
+              SELECT $1, $2, $3, $4, $5, $6, $7 WHERE NOT EXISTS (SELECT 1 FROM done)
               ON CONFLICT (request_id) DO NOTHING
               RETURNING state
             )
@@ -80,7 +125,7 @@ class BatchLanes:
             UNION ALL SELECT state FROM openai_batch_lines WHERE request_id = $1
             LIMIT 1
             """,
-            request["request_id"], request["site_id"], model, request, prompt_tokens, size,
+            request["request_id"], request["site_id"], model, request, prompt_tokens, size, max_usd,
         )
         return str(state)
 
@@ -199,21 +244,29 @@ class BatchLanes:
     # --- batches ----------------------------------------------------------------------
     async def assemble_batch(
         self, batch_key: str, model: str, *, max_lines: int, max_bytes: int, max_enqueued_tokens: int,
-        collect_seconds: float, owner: str, lease_seconds: float,
+        collect_seconds: float, owner: str, lease_seconds: float, global_daily_usd: float | None = None,
     ) -> BatchRow | None:
         """Put the oldest queued lines of `model` into a new batch, within the Batch API's limits.
 
         Only once the oldest has waited `collect_seconds` or a full file is queued;
         lines of paused sites, and of sites a spend cap holds, wait. The tokens of batches still running count against
         `max_enqueued_tokens`. The new batch is claimed by `owner`. None: nothing to send now.
+
+        Money: a line is billed when its batch ends, hours later, so a capped site's lines go in only
+        while the worst case (`max_usd`) of those before it fits in what the site has left under its
+        caps, less the worst case of its lines in running batches (`_SITE_ROOM`); the last line
+        taken may go past by its own worst case. A site whose caps are then all reserved is held
+        (`_HOLD_RESERVED`) until its batches end. With a global daily cap, all sites' lines likewise.
         """
         async with self.pool.acquire() as conn, conn.transaction():
             lines = await conn.fetch(
                 """
-                SELECT l.request_id, l.prompt_tokens, l.bytes, l.queued_at <= now() - make_interval(secs => $3) AS due
+                SELECT l.request_id, l.prompt_tokens, l.bytes, l.max_usd,
+                       l.queued_at <= now() - make_interval(secs => $3) AS due
                   FROM openai_batch_lines l LEFT JOIN sites s ON s.site_id = l.site_id
                  WHERE l.state = 'queued' AND l.model = $1 AND NOT coalesce(s.paused, false)
                    AND s.budget_exhausted IS NULL
+                   AND l.request_id NOT IN (SELECT request_id FROM (""" + _SITE_ROOM + """) r WHERE r.before >= r.room)
                  ORDER BY l.queued_at, l.request_id
                  LIMIT $2
                  FOR UPDATE OF l SKIP LOCKED
@@ -225,12 +278,15 @@ class BatchLanes:
             running = await conn.fetchval(
                 "SELECT coalesce(sum(prompt_tokens), 0) FROM openai_batches WHERE model = $1 AND state <> 'ended'", model,
             )
+            money = None if not global_daily_usd else Decimal(str(global_daily_usd)) - await conn.fetchval(_GLOBAL_USED)
             room, size, taken = max_enqueued_tokens - int(running), 0, []
             for line in lines:
-                if size + line["bytes"] > max_bytes or line["prompt_tokens"] > room:
+                if size + line["bytes"] > max_bytes or line["prompt_tokens"] > room or (money is not None and money <= 0):
                     break
                 size += line["bytes"]
                 room -= line["prompt_tokens"]
+                if money is not None:
+                    money -= line["max_usd"]
                 taken.append(line)
             if not taken:
                 return None
@@ -245,6 +301,10 @@ class BatchLanes:
                 "WHERE request_id = ANY($2::text[])",
                 batch_key, [line["request_id"] for line in taken],
             )
+            await conn.execute(_HOLD_RESERVED, batch_key)
+            if money is not None and money <= 0:  # the global daily cap is reserved in full: every site waits
+                await conn.execute("UPDATE sites SET budget_exhausted = 'global_day', updated_at = now() "
+                                   "WHERE budget_exhausted IS NULL")
         return _batch(record)
 
     async def claim_batches(self, owner: str, *, lease_seconds: float, poll_seconds: float, limit: int = 20) -> list[BatchRow]:

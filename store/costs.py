@@ -30,6 +30,10 @@ _COST_COLUMNS = ("request_id", "site_id", "provider", "call_id", "model", "lane"
 # The UTC day and month a cost counts in (budgets are per UTC calendar day and month).
 _TODAY = "(now() AT TIME ZONE 'UTC')::date"
 _MONTH_START = "date_trunc('month', now() AT TIME ZONE 'UTC')::date"
+# What a site's bulk lines in running batches may still cost (their worst case, store/batches.py): billed
+# when the batch ends, it counts as spent for the caps until then.
+_RESERVED = ("coalesce((SELECT sum(b.max_usd) FROM openai_batch_lines b "
+             "WHERE b.site_id = s.site_id AND b.state = 'batched'), 0)")
 
 
 def budget_problem(value: Any) -> str | None:
@@ -127,23 +131,28 @@ class Costs:
         """Work out again which cap holds each held site (and each of `site_ids`); returns the changes.
 
         A raised cap or a new UTC day or month releases a site here (NULL); a lowered one
-        holds it. Only held sites and the named ones are read, so it is cheap while few are held.
+        holds it. What the site's bulk lines in running batches may still cost counts as spent
+        (the bulk lane holds a site whose caps they reserve in full, store/batches.py), so such a
+        site is released once its batches end with room left. Only held sites and the named ones
+        are read, so it is cheap while few are held.
         """
         records = await self._db.pool.fetch(
             f"""
             WITH global AS (
-              SELECT coalesce((SELECT usd FROM daily_spend WHERE day = {_TODAY}), 0) AS usd
+              SELECT coalesce((SELECT usd FROM daily_spend WHERE day = {_TODAY}), 0)
+                   + coalesce((SELECT sum(max_usd) FROM openai_batch_lines WHERE state = 'batched'), 0) AS usd
             ), spend AS (
               SELECT s.site_id, s.monthly_budget_usd, s.daily_budget_usd,
                      coalesce((SELECT sum(x.usd) FROM site_spend x
                                WHERE x.site_id = s.site_id AND x.day >= {_MONTH_START}), 0) AS month_usd,
-                     coalesce((SELECT x.usd FROM site_spend x WHERE x.site_id = s.site_id AND x.day = {_TODAY}), 0) AS day_usd
+                     coalesce((SELECT x.usd FROM site_spend x WHERE x.site_id = s.site_id AND x.day = {_TODAY}), 0) AS day_usd,
+                     {_RESERVED} AS reserved
               FROM sites s
               WHERE s.budget_exhausted IS NOT NULL OR s.site_id = ANY($2::text[])
             ), decided AS (
               SELECT site_id, CASE
-                  WHEN month_usd >= monthly_budget_usd THEN 'month'
-                  WHEN day_usd >= daily_budget_usd THEN 'day'
+                  WHEN month_usd + reserved >= monthly_budget_usd THEN 'month'
+                  WHEN day_usd + reserved >= daily_budget_usd THEN 'day'
                   WHEN $1::numeric IS NOT NULL AND (SELECT usd FROM global) >= $1::numeric THEN 'global_day'
                 END AS reason
               FROM spend
@@ -189,7 +198,8 @@ class Costs:
             SELECT s.monthly_budget_usd, s.daily_budget_usd, s.budget_exhausted,
                    coalesce((SELECT sum(x.usd) FROM site_spend x
                              WHERE x.site_id = s.site_id AND x.day >= {_MONTH_START}), 0) AS month_usd,
-                   coalesce((SELECT x.usd FROM site_spend x WHERE x.site_id = s.site_id AND x.day = {_TODAY}), 0) AS day_usd
+                   coalesce((SELECT x.usd FROM site_spend x WHERE x.site_id = s.site_id AND x.day = {_TODAY}), 0) AS day_usd,
+                   {_RESERVED} AS reserved
             FROM sites s WHERE s.site_id = $1
             """,
             site_id,
@@ -201,6 +211,7 @@ class Costs:
             "daily_budget_usd": _float(record["daily_budget_usd"]),
             "spent_this_month_usd": _float(record["month_usd"]),
             "spent_today_usd": _float(record["day_usd"]),
+            "reserved_usd": _float(record["reserved"]),
             "budget_exhausted": record["budget_exhausted"],
         }
 
@@ -284,7 +295,9 @@ def _float(value: Any) -> float | None:
 
 # One row per input cost, in the input's order (n). The first of each (provider, call_id) is
 # inserted (or found there already); totals are added per site and day; a site whose cap is
-# reached is held, and its first new cost in the batch says so.
+# reached is held, and its first new cost in the batch says so. What the site's bulk lines in
+# running batches may still cost counts as spent (a line whose own cost is recorded here, as its
+# batch ends, counts with that cost instead).
 _RECORD_MANY_SQL = f"""
 WITH input AS (
   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[],
@@ -313,15 +326,19 @@ WITH input AS (
   SELECT sd.site_id, sd.usd AS day_usd,
          sd.usd + coalesce((SELECT sum(o.usd) FROM site_spend o
                             WHERE o.site_id = sd.site_id AND o.day >= date_trunc('month', sd.day)::date
-                              AND o.day < sd.day), 0) AS month_usd
+                              AND o.day < sd.day), 0) AS month_usd,
+         -- the site's bulk lines in running batches, but those whose own cost is in this statement
+         coalesce((SELECT sum(b.max_usd) FROM openai_batch_lines b
+                   WHERE b.site_id = sd.site_id AND b.state = 'batched'
+                     AND b.request_id NOT IN (SELECT request_id FROM firsts)), 0) AS reserved
   FROM site_day sd
 ), held AS (
   UPDATE sites s
-     SET budget_exhausted = CASE WHEN t.month_usd >= s.monthly_budget_usd THEN 'month' ELSE 'day' END,
+     SET budget_exhausted = CASE WHEN t.month_usd + t.reserved >= s.monthly_budget_usd THEN 'month' ELSE 'day' END,
          updated_at = now()
     FROM totals t
    WHERE s.site_id = t.site_id AND s.budget_exhausted IS NULL
-     AND (t.month_usd >= s.monthly_budget_usd OR t.day_usd >= s.daily_budget_usd)
+     AND (t.month_usd + t.reserved >= s.monthly_budget_usd OR t.day_usd + t.reserved >= s.daily_budget_usd)
   RETURNING s.site_id, s.budget_exhausted
 ), inserted AS (
   SELECT f.n, f.site_id FROM firsts f JOIN ins USING (provider, call_id)

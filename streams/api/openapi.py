@@ -169,6 +169,8 @@ SCHEMAS: dict[str, Any] = {
                      "total_usd and calls count every call all the same."},
         "monthly_budget_usd": nullable("number"), "daily_budget_usd": nullable("number"),
         "spent_this_month_usd": NUMBER, "spent_today_usd": NUMBER,
+        "reserved_usd": {**NUMBER, "description": "What the site's bulk requests in running OpenAI batches may still "
+                         "cost (their worst case): billed when the batches end, it counts as spent for the caps."},
         "budget_exhausted": {"enum": ["month", "day", "global_day", None]},
     }),
     "SiteChanged": {"allOf": [ref("Site"), obj({"applied_within_seconds": COUNT})]},

@@ -68,6 +68,8 @@ def _budget_line(site: str, budget: dict[str, Any]) -> str:
 
     line = (f"site {site}: this month {cap(budget['spent_this_month_usd'], budget['monthly_budget_usd'])}, "
             f"today {cap(budget['spent_today_usd'], budget['daily_budget_usd'])} USD")
+    if budget.get("reserved_usd"):
+        line += f", {budget['reserved_usd']:.4f} more reserved by running batches (counted as spent for the caps)"
     if budget["budget_exhausted"]:
         line += (f"; budget_exhausted ({budget['budget_exhausted']} cap reached): its requests wait; to go on, "
                  f"{release_advice(budget['budget_exhausted'], site)}")

@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from decimal import Decimal
 from typing import Any
 
 from connectors.errors import ProviderError
 from connectors.openai_batches import BatchClient, batch_line, encode_line, prompt_tokens
 from store.batches import HELD, BatchRow
+from streams.costs.prices import load_prices
 from streams.pipeline.deps import Deps
 from streams.settings import settings
 
@@ -46,11 +48,19 @@ async def hold(request: dict[str, Any], deps: Deps) -> bool:
     real-time lane.
     """
     assert deps.db is not None
+    line = line_for(request)
     state = await deps.db.hold_batch_line(  # 'effect': its generate effect is done already
         request, model=settings.openai_model, prompt_tokens=prompt_tokens(request),
-        size=len(encode_line(line_for(request))),
+        size=len(encode_line(line)), max_usd=worst_case_usd(request, line["body"]["max_tokens"]),
     )
     return state in HELD
+
+
+def worst_case_usd(request: dict[str, Any], max_tokens: int) -> Decimal:
+    """What the line may cost at most (its prompt estimate and max_tokens at batch prices; 0 without a price):
+    a capped site's lines go into a file only while this fits in what it has left (store/batches.py)."""
+    price = load_prices(settings.prices_file).tokens(settings.openai_model)
+    return Decimal(0) if price is None else price.cost(prompt_tokens(request), max_tokens, lane="batch")
 
 
 async def in_running_batch(request: dict[str, Any], deps: Deps) -> bool:
@@ -86,6 +96,7 @@ async def send_batches(deps: Deps, client: BatchClient) -> list[str]:
             f"bs-{uuid.uuid4().hex}", settings.openai_model, max_lines=settings.openai_batch_max_requests,
             max_bytes=settings.openai_batch_max_bytes, max_enqueued_tokens=settings.openai_batch_enqueued_tokens,
             collect_seconds=settings.openai_batch_collect_seconds, owner=deps.worker_id, lease_seconds=CLAIM_SECONDS,
+            global_daily_usd=settings.global_daily_budget_usd or None,
         )
         if row is None:
             return sent

@@ -21,7 +21,6 @@ the batch or a results file, another 4xx) ends, its lines going on as above.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 from decimal import Decimal
 from typing import Any
@@ -79,8 +78,7 @@ async def poll(deps: Deps, client: BatchClient, row: BatchRow, send: Any = send_
         await db.mark_batch(row.batch_key, owner, "submitted", provider_status=info.status, release=True)
         return
     lines = await db.batched_lines(row.batch_key)
-    if output_lost and not await _record_usage_of_lost_results(deps, row, info, lines):
-        return  # another worker has the batch now: it records (the same rows) and settles it
+    share = _usage_shares(row, info) if output_lost else None
     refused = _refused_line_numbers(info)
     named_ours = bool(refused & set(range(1, len(lines) + 1)))  # validation named lines of this file
     left = 0
@@ -90,6 +88,8 @@ async def poll(deps: Deps, client: BatchClient, row: BatchRow, send: Any = send_
         result = results.get(line.request_id)
         if result is not None and result.billed is not None:  # once per completion id: a replay records nothing
             await record_batch_line(deps, line.request_id, line.site_id, result.billed)
+        elif share is not None:  # its result is gone with the output file; once per batch and line
+            await share(deps, line)
         if result is not None and result.article is not None:
             left += not await _write(deps, row, line, result, send)
         elif ((await db.get_effect(line.request_id, STAGE)) or {}).get("cancelled"):
@@ -152,35 +152,28 @@ async def _read(deps: Deps, client: BatchClient,
     return info, results, unreadable, output_lost
 
 
-SHARES_PER_ROUND = 500  # lines' shares recorded together (one statement), the batch's claim renewed between
-
-
-async def _record_usage_of_lost_results(deps: Deps, row: BatchRow, info: BatchInfo, lines: list[HeldLine]) -> bool:
-    """OpenAI no longer gives the output file, but its lines ran and were billed: the batch's `usage` is
-    recorded, split over its lines (input and cached tokens by each line's prompt, output evenly), one row
-    per line keyed by the batch's id, so a replay records nothing twice. False: the claim was lost."""
-    assert deps.db is not None and row.batch_id is not None
+def _usage_shares(row: BatchRow, info: BatchInfo) -> Any:
+    """OpenAI no longer gives the output file, but its lines ran and were billed: the batch's `usage`,
+    split over its lines (input and cached tokens by each line's prompt, output evenly, from the batch's
+    own figures, so a share does not depend on which lines are left), one row per line keyed by the
+    batch's id: a replay records nothing twice. Returns what records a line's share (None: nothing to)."""
     usage = info.usage
     if usage is None:
         log.error("batch %s (%s): OpenAI gives neither its results nor its usage: what its %d lines cost is not "
                   "recorded (see your OpenAI organisation's usage page)", row.batch_key, row.batch_id, row.lines)
-        return True
+        return None
     if not (usage.input_tokens or usage.output_tokens):
-        return True
-    prompts = Decimal(row.prompt_tokens or sum(line.prompt_tokens for line in lines) or 1)
-    count = Decimal(max(row.lines, len(lines), 1))
+        return None
     log.warning("batch %s (%s): OpenAI no longer gives its results; its usage (%d input, %d output tokens) is "
                 "recorded split over its lines", row.batch_key, row.batch_id, usage.input_tokens, usage.output_tokens)
-    for start in range(0, len(lines), SHARES_PER_ROUND):
-        if start and not await deps.db.extend_batch_claim(row.batch_key, deps.worker_id, lease_seconds=CLAIM_SECONDS):
-            return False
-        await asyncio.gather(*(record_batch_share(
-            deps, line.request_id, line.site_id, call_id=f"{row.batch_id}:usage:{line.request_id}", model=row.model,
-            input_tokens=usage.input_tokens * Decimal(line.prompt_tokens) / prompts,
-            output_tokens=usage.output_tokens / count,
-            cached_tokens=usage.cached_tokens * Decimal(line.prompt_tokens) / prompts,
-        ) for line in lines[start:start + SHARES_PER_ROUND]))
-    return True
+    prompts, count = Decimal(max(row.prompt_tokens, 1)), Decimal(max(row.lines, 1))
+
+    async def record(deps: Deps, line: HeldLine) -> None:
+        part = Decimal(line.prompt_tokens) / prompts
+        await record_batch_share(deps, line.request_id, line.site_id, call_id=f"{row.batch_id}:usage:{line.request_id}",
+                                 model=row.model, input_tokens=usage.input_tokens * part,
+                                 output_tokens=usage.output_tokens / count, cached_tokens=usage.cached_tokens * part)
+    return record
 
 
 async def _poll_later(deps: Deps, row: BatchRow, exc: ProviderError) -> None:

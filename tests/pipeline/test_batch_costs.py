@@ -14,7 +14,7 @@ import pytest
 from store.costs import Costs
 from store.database import Database
 from streams.costs.prices import PriceTable, TokenPrice
-from streams.pipeline import spend
+from streams.pipeline import batch_collect, spend
 
 from .test_batch_lane import (  # noqa: F401  (fixtures)
     BASE, RUN, SentBack, client, db, hold_all, lane, passes_until, requests, settled, sim, use_settings,
@@ -30,10 +30,12 @@ PRICE = TokenPrice(input=Decimal("0.15"), output=Decimal("0.60"), batch_input=De
 async def priced(monkeypatch, lane, db):
     """The test's model has a price (the lane's model name is the test's own)."""
     table = PriceTable({lane: PRICE}, {}, "test")
-    monkeypatch.setattr(spend, "load_prices", lambda path="": table)
+    for module in (spend, batch_collect):
+        monkeypatch.setattr(module, "load_prices", lambda path="": table)
     yield lane
     await db.pool.execute("DELETE FROM request_costs WHERE request_id LIKE $1", f"{RUN}-%")
     await db.pool.execute("DELETE FROM site_spend WHERE site_id = $1", SITE)
+    await db.pool.execute("DELETE FROM sites WHERE site_id = $1", SITE)
 
 
 def paying_worker(db: Database, name: str = "w-a") -> SimpleNamespace:
@@ -123,3 +125,78 @@ async def passes_until_stopping(w: Any, client: Any, sent: SentBack, done: Any) 
         await passes_until(w, client, sent, done)
     finally:
         batch_poll.run_once = real_run_once
+
+
+# --------------------------------------------------------------------------- spend caps and the bulk lane
+
+
+def worst_case(request: dict[str, Any]) -> Decimal:
+    """What one line may cost at most: its prompt estimate and its max_tokens, at batch prices."""
+    from connectors.openai_batches import prompt_tokens
+    from connectors.openai_writer import max_tokens_for
+    from streams.settings import settings
+
+    return PRICE.cost(prompt_tokens(request), max_tokens_for(request, settings.openai_max_tokens), lane="batch")
+
+
+async def test_a_capped_sites_bulk_lines_go_into_batches_only_within_what_it_has_left(sim, db, priced, client):
+    # Before, every queued line of a site no cap held yet went into the next file: a site with a cap of a few
+    # articles and a backfill of a dozen was billed for all of them when the batch ended (unbounded: a file
+    # holds up to 50,000 lines). Lines now go in only while their worst case fits in what the site has left
+    # (less the worst case of its lines in running batches), so the site stops within one line of its cap;
+    # the lines left wait queued for a higher cap or the next period, nothing is lost.
+    from store.sites import Site
+
+    await db.upsert_site(Site(SITE, wix_api_key="k"))
+    costs = Costs(db)
+    batch, sent, w = requests(12, site=SITE), SentBack(), paying_worker(db)
+    line_max = max(worst_case(r) for r in batch)
+    cap = 2.5 * float(line_max)
+    await costs.set_budgets(SITE, monthly_usd=cap)
+    await hold_all(w, batch)
+
+    async def capped_and_quiet() -> bool:
+        await costs.refresh_budgets(None, [SITE])  # what every worker's site refresh does every two seconds
+        running = await db.pool.fetchval("SELECT count(*) FROM openai_batch_lines WHERE request_id = ANY($1::text[]) "
+                                         "AND state = 'batched'", [r["request_id"] for r in batch])
+        return running == 0 and await costs.exhausted(SITE) == "month"
+
+    await passes_until(w, client, sent, capped_and_quiet)
+    budget = await costs.budget(SITE)
+    spent, cap_kept = (Decimal(str(budget[k])) for k in ("spent_this_month_usd", "monthly_budget_usd"))
+    assert cap_kept <= spent <= cap_kept + line_max
+    lines = {r["state"]: r["n"] for r in await db.pool.fetch(
+        "SELECT state, count(*) AS n FROM openai_batch_lines WHERE request_id = ANY($1::text[]) GROUP BY state",
+        [r["request_id"] for r in batch])}
+    assert lines.get("queued", 0) > 0 and lines.get("written", 0) + lines["queued"] == len(batch)
+
+
+async def test_with_a_global_daily_cap_bulk_lines_go_into_batches_only_within_what_all_sites_have_left(
+        sim, db, priced, client, monkeypatch):
+    # The same for all sites together: before, a file took every queued line however little of the global
+    # daily cap was left. Once running batches reserve the rest of it, every site waits (global_day).
+    from store.sites import Site
+
+    await db.upsert_site(Site(SITE, wix_api_key="k"))  # no cap of its own
+    costs = Costs(db)
+    batch, sent, w = requests(12, site=SITE), SentBack(), paying_worker(db)
+    line_max = max(worst_case(r) for r in batch)
+    used_before = await db.pool.fetchval(  # all sites' spend today, and what running batches may still cost
+        "SELECT coalesce((SELECT usd FROM daily_spend WHERE day = (now() AT TIME ZONE 'UTC')::date), 0) "
+        "+ coalesce((SELECT sum(max_usd) FROM openai_batch_lines WHERE state = 'batched'), 0)")
+    cap = used_before + Decimal("2.5") * line_max
+    use_settings(monkeypatch, global_daily_budget_usd=float(cap))
+    await hold_all(w, batch)
+
+    async def held_and_quiet() -> bool:
+        await costs.refresh_budgets(float(cap), [SITE])  # what every worker's site refresh does
+        running = await db.pool.fetchval("SELECT count(*) FROM openai_batch_lines WHERE request_id = ANY($1::text[]) "
+                                         "AND state = 'batched'", [r["request_id"] for r in batch])
+        return running == 0 and await costs.exhausted(SITE) == "global_day"
+
+    try:
+        await passes_until(w, client, sent, held_and_quiet)
+        spent = Decimal(str((await costs.budget(SITE))["spent_today_usd"]))
+        assert cap - used_before <= spent <= cap - used_before + line_max
+    finally:
+        await costs.refresh_budgets(None)  # no global cap any more: every site it held is free again

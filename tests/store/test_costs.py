@@ -183,3 +183,50 @@ async def test_costs_recorded_together_say_what_each_would_alone_and_add_up_the_
     assert [r.inserted for r in results] == [True] * 30 + [False] * 5
     assert costs._batch.batches - statements < 35
     assert (await costs.budget(site_id))["spent_today_usd"] == pytest.approx(0.03)
+
+
+async def batched_line(db: Database, site_id: str, max_usd: str) -> str:
+    """A bulk line of the site in a running batch, whose worst case is `max_usd` (billed when the batch ends)."""
+    request_id = uid("bulk")
+    await db.pool.execute(
+        "INSERT INTO openai_batch_lines (request_id, site_id, model, request, prompt_tokens, bytes, state, batch_key, "
+        "max_usd) VALUES ($1, $2, 'gpt-4o-mini', '{}'::jsonb, 10, 10, 'batched', $3, $4)",
+        request_id, site_id, uid("bs"), Decimal(max_usd))
+    return request_id
+
+
+@aio
+async def test_what_running_batches_may_still_cost_counts_as_spent_for_the_caps(db: Database) -> None:
+    # A site's bulk lines in a running batch are billed when it ends, hours later. Real-time calls meanwhile
+    # must stop where that leaves the site at its cap, or the batch's bill lands on top of a cap already reached.
+    costs = Costs(db)
+    site_id = await new_site(db, monthly_usd=0.01)
+    try:
+        line = await batched_line(db, site_id, "0.004")
+        assert (await costs.budget(site_id))["reserved_usd"] == pytest.approx(0.004)
+        assert (await costs.record(call(site_id, "0.005"))).exhausted is None  # 0.005 + 0.004 reserved < 0.01
+        assert (await costs.record(call(site_id, "0.002"))).exhausted == "month"  # 0.007 + 0.004 >= 0.01
+        assert await costs.exhausted(site_id) == "month"
+        assert site_id not in await costs.refresh_budgets(None)  # still reserved: stays held
+        # The batch ends: its line's own cost replaces its worst case (not counted twice), the line settles.
+        await costs.record(call(site_id, "0.001", request_id=line))
+        await db.pool.execute("UPDATE openai_batch_lines SET state = 'written' WHERE request_id = $1", line)
+        assert (await costs.refresh_budgets(None))[site_id] is None  # 0.008 < 0.01: free again
+    finally:
+        await db.pool.execute("DELETE FROM openai_batch_lines WHERE site_id = $1", site_id)
+
+
+@aio
+async def test_a_batch_lines_own_cost_is_not_counted_twice_with_its_reservation(db: Database) -> None:
+    costs = Costs(db)
+    site_id = await new_site(db, monthly_usd=0.01)
+    try:
+        lines = [await batched_line(db, site_id, "0.004") for _ in range(2)]
+        await costs.record(call(site_id, "0.001"))
+        # The batch ends; each line's cost is recorded while the line still counts as batched, then it settles:
+        assert (await costs.record(call(site_id, "0.003", request_id=lines[0]))).exhausted is None  # 0.004 + 0.004
+        await db.pool.execute("UPDATE openai_batch_lines SET state = 'written' WHERE request_id = $1", lines[0])
+        assert (await costs.record(call(site_id, "0.003", request_id=lines[1]))).exhausted is None  # 0.007
+        assert await costs.exhausted(site_id) is None
+    finally:
+        await db.pool.execute("DELETE FROM openai_batch_lines WHERE site_id = $1", site_id)
