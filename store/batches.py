@@ -108,7 +108,8 @@ class BatchLanes:
         """Hold `request` for a batch (once: a replay changes nothing); returns its line's state.
 
         'effect' instead when its generate effect is done (written, or cancelled): nothing is held
-        then, the stage goes on with the effect. One statement: a backfill's burst costs one round trip each.
+        then, the stage goes on with the effect. 'foreign' when another site holds a line under this
+        request id: nothing is held. One statement: a backfill's burst costs one round trip each.
         """
         state = await self.pool.fetchval(
             """
@@ -122,34 +123,39 @@ class BatchLanes:
             )
             SELECT 'effect' FROM done
             UNION ALL SELECT state FROM held
-            UNION ALL SELECT state FROM openai_batch_lines WHERE request_id = $1
+            UNION ALL SELECT CASE WHEN site_id = $2 THEN state ELSE 'foreign' END
+                        FROM openai_batch_lines WHERE request_id = $1
             LIMIT 1
             """,
             request["request_id"], request["site_id"], model, request, prompt_tokens, size, max_usd,
         )
         return str(state)
 
-    async def take_queued_line(self, request_id: str) -> str | None:
+    async def take_queued_line(self, request_id: str, site_id: str) -> str | None:
         """For a copy of a held request that is not bulk: its queued line leaves the lane ('realtime',
         nothing to send back), so no file carries it; returns the line's state (None: no line).
 
-        'batched': a running batch has it, paid for already. Two statements: after the UPDATE waited
-        for a batch being assembled, only a new snapshot sees the line it took.
+        'batched': a running batch has it, paid for already. 'foreign': the line is another site's
+        (left as it is). Two statements: after the UPDATE waited for a batch being assembled, only a
+        new snapshot sees the line it took.
         """
         taken = await self.pool.fetchval(
             """
             UPDATE openai_batch_lines
                SET state = 'realtime', sent_back = true, updated_at = now(),
                    error = 'sent again as an interactive request before its batch'
-             WHERE request_id = $1 AND state = 'queued'
+             WHERE request_id = $1 AND site_id = $2 AND state = 'queued'
             RETURNING state
             """,
-            request_id,
+            request_id, site_id,
         )
-        return taken if taken is not None else await self.batch_line_state(request_id)
+        return taken if taken is not None else await self.batch_line_state(request_id, site_id)
 
-    async def batch_line_state(self, request_id: str) -> str | None:
-        return await self.pool.fetchval("SELECT state FROM openai_batch_lines WHERE request_id = $1", request_id)
+    async def batch_line_state(self, request_id: str, site_id: str | None = None) -> str | None:
+        """The line's state; 'foreign' when `site_id` is given and the line is another site's."""
+        return await self.pool.fetchval(
+            "SELECT CASE WHEN $2::text IS NULL OR site_id = $2 THEN state ELSE 'foreign' END "
+            "FROM openai_batch_lines WHERE request_id = $1", request_id, site_id)
 
     async def end_cancelled_lines(self) -> int:
         """Queued lines whose request was cancelled (its generate effect is done): no file will carry them."""

@@ -22,6 +22,7 @@ from connectors.openai_batches import BatchClient, batch_line, encode_line, prom
 from store.batches import HELD, BatchRow
 from streams.costs.prices import load_prices
 from streams.pipeline.deps import Deps
+from streams.pipeline.stage import RequestOfAnotherSite
 from streams.settings import settings
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ async def hold(request: dict[str, Any], deps: Deps) -> bool:
         request, model=settings.openai_model, prompt_tokens=prompt_tokens(request),
         size=len(encode_line(line)), max_usd=worst_case_usd(request, line["body"]["max_tokens"]),
     )
+    if state == "foreign":  # another site's line has this id: this request must not touch it
+        raise RequestOfAnotherSite(STAGE, request["request_id"], request["site_id"])
     return state in HELD
 
 
@@ -70,7 +73,10 @@ async def in_running_batch(request: dict[str, Any], deps: Deps) -> bool:
     if not settings.openai_batch_enabled:
         return False
     assert deps.db is not None
-    return await deps.db.take_queued_line(request["request_id"]) == "batched"
+    state = await deps.db.take_queued_line(request["request_id"], request["site_id"])
+    if state == "foreign":  # another site's bulk line has this id: neither taken nor waited for
+        raise RequestOfAnotherSite(STAGE, request["request_id"], request["site_id"])
+    return state == "batched"
 
 
 _client: BatchClient | None = None
