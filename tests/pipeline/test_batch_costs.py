@@ -16,9 +16,11 @@ from store.database import Database
 from streams.costs.prices import PriceTable, TokenPrice
 from streams.pipeline import batch_collect, spend
 
-from .test_batch_lane import (  # noqa: F401  (fixtures)
-    BASE, RUN, SentBack, client, db, hold_all, lane, passes_until, requests, settled, sim, use_settings,
-)
+from . import test_batch_lane as lane_tests
+from .test_batch_lane import RUN, SentBack, hold_all, passes_until, requests, settled, use_settings
+
+BASE = lane_tests.BASE  # the simulators' settings (tests/pipeline/conftest.py, sim_server)
+sim, db, lane, client = lane_tests.sim, lane_tests.db, lane_tests.lane, lane_tests.client  # the lane's fixtures
 
 SITE = f"{RUN}-site"
 

@@ -7,9 +7,11 @@ import pytest
 from streams.pipeline import batch_collect, generate
 from streams.pipeline.stage import RequestOfAnotherSite
 
-from .test_batch_lane import (  # noqa: F401  (fixtures)
-    BASE, RealTime, _realtime_deps, db, hold_all, lane, requests, sim, states, worker,
-)
+from . import test_batch_lane as lane_tests
+from .test_batch_lane import RealTime, _realtime_deps, hold_all, requests, states, worker
+
+BASE = lane_tests.BASE  # the simulators' settings (tests/pipeline/conftest.py, sim_server)
+db, lane = lane_tests.db, lane_tests.lane  # the lane's fixtures
 
 
 async def test_a_bulk_request_with_an_id_another_site_holds_in_the_lane_is_refused(db, lane):

@@ -2,7 +2,6 @@
 count, and that they say how old they are when they cannot be read."""
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import pytest
@@ -71,4 +70,3 @@ async def test_the_spend_gauges_say_when_they_were_last_read(db, monkeypatch):
     with pytest.raises(ConnectionError):
         await spend.publish_gauges(Unreadable(db))
     assert read_at() == 1000.0
-    await asyncio.sleep(0)
