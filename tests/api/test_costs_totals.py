@@ -1,6 +1,7 @@
 """GET /api/sites/{id}/costs and `blogstream costs`: the totals are every recorded call's, however many rows."""
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from decimal import Decimal
@@ -10,31 +11,22 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from store.costs import CallCost, Costs
-from store.database import Database, DatabaseError
 from store.sites import Site
 from streams.api import costs as costs_api
 from streams.app import app
-from tests.store.conftest import DSN
+from tests.store.conftest import reachable_database
 
 RUN = f"coststotal{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
 async def db(monkeypatch):
-    database = Database(DSN, min_size=1, max_size=4)
-    try:
-        await database.start()
-    except DatabaseError as exc:
-        pytest.skip(f"test database not reachable (stack/stack.sh up): {exc}")
-
-    async def ready():
-        return None
-
-    monkeypatch.setattr(costs_api, "deps", SimpleNamespace(ready=ready, db=database, costs=Costs(database)))
-    yield database
-    for table in ("request_costs", "site_spend", "sites"):
-        await database.pool.execute(f"DELETE FROM {table} WHERE site_id LIKE $1", f"{RUN}-%")
-    await database.close()
+    async with reachable_database() as database:
+        monkeypatch.setattr(costs_api, "deps", SimpleNamespace(ready=lambda: asyncio.sleep(0), db=database,
+                                                               costs=Costs(database)))
+        yield database
+        for table in ("request_costs", "site_spend", "sites"):
+            await database.pool.execute(f"DELETE FROM {table} WHERE site_id LIKE $1", f"{RUN}-%")
 
 
 async def get(site_id: str, query: str) -> tuple[int, dict]:

@@ -8,25 +8,19 @@ import pytest
 import pytest_asyncio
 
 from store.costs import Costs
-from store.database import Database, DatabaseError
 from store.sites import Site
 from streams import metrics
 from streams.pipeline import spend
-from tests.store.conftest import DSN
+from tests.store.conftest import reachable_database
 
 RUN = f"gaugetest{uuid.uuid4().hex[:8]}"
 
 
 @pytest_asyncio.fixture
 async def db():
-    database = Database(DSN, min_size=1, max_size=4)
-    try:
-        await database.start()
-    except DatabaseError as exc:
-        pytest.skip(f"test database not reachable (stack/stack.sh up): {exc}")
-    yield database
-    await database.pool.execute("DELETE FROM sites WHERE site_id LIKE $1", f"{RUN}-%")
-    await database.close()
+    async with reachable_database() as database:
+        yield database
+        await database.pool.execute("DELETE FROM sites WHERE site_id LIKE $1", f"{RUN}-%")
 
 
 def held(cap: str) -> float | None:

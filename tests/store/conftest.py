@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 import sys
 import uuid
+from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 import asyncpg
 import pytest
@@ -64,6 +65,20 @@ class _OneConnection:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conn, name)
+
+
+@asynccontextmanager
+async def reachable_database(*, max_size: int = 4) -> AsyncIterator[Database]:
+    """A started Database on the test database, closed after; the test is skipped when it cannot be reached."""
+    database = Database(DSN, min_size=1, max_size=max_size)
+    try:
+        await database.start()
+    except DatabaseError as exc:
+        pytest.skip(f"test database not reachable (stack/stack.sh up): {exc}")
+    try:
+        yield database
+    finally:
+        await database.close()
 
 
 # --- fixtures ------------------------------------------------------------------------------
