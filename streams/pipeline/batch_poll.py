@@ -166,10 +166,11 @@ def _usage_shares(row: BatchRow, info: BatchInfo) -> Any:
         return None
     log.warning("batch %s (%s): OpenAI no longer gives its results; its usage (%d input, %d output tokens) is "
                 "recorded split over its lines", row.batch_key, row.batch_id, usage.input_tokens, usage.output_tokens)
-    prompts, count = Decimal(max(row.prompt_tokens, 1)), Decimal(max(row.lines, 1))
+    count = Decimal(max(row.lines, 1))
 
     async def record(deps: Deps, line: HeldLine) -> None:
-        part = Decimal(line.prompt_tokens) / prompts
+        # by prompt size (the batch's prompt tokens are its lines' sum), evenly if it has none
+        part = Decimal(line.prompt_tokens) / row.prompt_tokens if row.prompt_tokens > 0 else 1 / count
         await record_batch_share(deps, line.request_id, line.site_id, call_id=f"{row.batch_id}:usage:{line.request_id}",
                                  model=row.model, input_tokens=usage.input_tokens * part,
                                  output_tokens=usage.output_tokens / count, cached_tokens=usage.cached_tokens * part)

@@ -10,6 +10,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from store.costs import Costs
 from store.database import Database
@@ -202,3 +204,46 @@ async def test_with_a_global_daily_cap_bulk_lines_go_into_batches_only_within_wh
         assert cap - used_before <= spent <= cap - used_before + line_max
     finally:
         await costs.refresh_budgets(None)  # no global cap any more: every site it held is free again
+
+
+@given(usage=st.tuples(st.integers(0, 10**8), st.integers(0, 10**8), st.integers(0, 10**8)),
+       prompts=st.lists(st.integers(0, 10**5), min_size=1, max_size=60))
+def test_a_batchs_usage_split_over_its_lines_adds_up_to_what_the_batch_cost(usage, prompts) -> None:
+    """Whatever the batch's usage and its lines' prompts, the shares cost the batch's price of its usage
+    (to the database's ten decimals a row), and each row has whole token counts that add up within one a line."""
+    import asyncio
+    from datetime import datetime, timezone
+
+    from connectors.openai_batches import BatchInfo, BatchUsage
+    from store.batches import BatchRow, HeldLine
+    from streams.pipeline import batch_poll
+
+    input_tokens, output_tokens, cached = usage[0], usage[1], min(usage[2], usage[0])
+    row = BatchRow("bs-1", "m", "submitted", len(prompts), sum(prompts), "batch_1", datetime.now(timezone.utc))
+    info = BatchInfo("batch_1", "completed", usage=BatchUsage(input_tokens, output_tokens, cached))
+    recorded = []
+
+    async def record(deps, cost):
+        recorded.append(cost)
+
+    table = PriceTable({"m": PRICE}, {}, "test")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(spend, "load_prices", lambda path="": table)
+        patch.setattr(spend, "_record", record)
+        share = batch_poll._usage_shares(row, info)
+        lines = [HeldLine(f"r{n}", "s", {}, 0, p) for n, p in enumerate(prompts)]
+        if share is not None:
+            asyncio.run(_each(share, lines))
+    if not (input_tokens or output_tokens):
+        assert recorded == []
+        return
+    assert len({c.call_id for c in recorded}) == len(lines)
+    total = PRICE.cost(input_tokens, output_tokens, lane="batch", cached_tokens=cached)
+    assert abs(sum(c.cost_usd.quantize(Decimal("1e-10")) for c in recorded) - total) <= len(lines) * Decimal("1e-10")
+    for name, want in (("input_tokens", input_tokens), ("output_tokens", output_tokens), ("cached_tokens", cached)):
+        assert abs(sum(getattr(c, name) for c in recorded) - want) <= len(lines)
+
+
+async def _each(share, lines) -> None:
+    for line in lines:
+        await share(None, line)
