@@ -9,13 +9,14 @@ people using the same database:
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import uuid
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterator
 
 import asyncpg
 import pytest
@@ -79,6 +80,22 @@ async def reachable_database(*, max_size: int = 4) -> AsyncIterator[Database]:
         yield database
     finally:
         await database.close()
+
+
+@contextmanager
+def database_on_own_loop(*, max_size: int = 2) -> Iterator[tuple[asyncio.AbstractEventLoop, Database]]:
+    """(loop, Database) on a loop of its own, for hypothesis tests (it runs the examples synchronously);
+    skipped when the test database cannot be reached, closed after."""
+    loop = asyncio.new_event_loop()
+    try:
+        opened = reachable_database(max_size=max_size)
+        database = loop.run_until_complete(opened.__aenter__())
+        try:
+            yield loop, database
+        finally:
+            loop.run_until_complete(opened.__aexit__(None, None, None))
+    finally:
+        loop.close()
 
 
 # --- fixtures ------------------------------------------------------------------------------

@@ -3,7 +3,6 @@ the caps, the lines' worst cases and what the lines really cost, a capped site's
 line's worst case past its cap, and a site whose lines wait is held (told budget_exhausted), never silently."""
 from __future__ import annotations
 
-import asyncio
 from decimal import Decimal
 from typing import Any
 
@@ -12,27 +11,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from store.costs import CallCost, Costs
-from store.database import Database, DatabaseError
-from tests.store.conftest import DSN, RUN, uid
+from store.database import Database
+from tests.store.conftest import RUN, database_on_own_loop, uid
 
 UNIT = Decimal("0.0001")  # caps are kept to four decimals (migration 0006)
 
 
 @pytest.fixture(scope="module")
 def pg() -> Any:
-    loop = asyncio.new_event_loop()
-    database = Database(DSN, min_size=1, max_size=4)
-    try:
-        loop.run_until_complete(database.start())
-    except DatabaseError as exc:
-        loop.close()
-        pytest.skip(f"test database not reachable (stack/stack.sh up): {exc}")
-    yield loop, database
-    for table, column in (("openai_batch_lines", "site_id"), ("openai_batches", "model"), ("request_costs", "site_id"),
-                          ("site_spend", "site_id"), ("sites", "site_id")):
-        loop.run_until_complete(database.pool.execute(f"DELETE FROM {table} WHERE {column} LIKE $1", f"{RUN}-%"))
-    loop.run_until_complete(database.close())
-    loop.close()
+    with database_on_own_loop(max_size=4) as (loop, database):
+        yield loop, database
+        for table, column in (("openai_batch_lines", "site_id"), ("openai_batches", "model"),
+                              ("request_costs", "site_id"), ("site_spend", "site_id"), ("sites", "site_id")):
+            loop.run_until_complete(database.pool.execute(f"DELETE FROM {table} WHERE {column} LIKE $1", f"{RUN}-%"))
 
 
 # A site: its monthly cap in units (None: no cap) and its lines, each (worst case in units, % of it billed).

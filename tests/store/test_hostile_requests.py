@@ -8,7 +8,6 @@ exception and never a 5xx.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import Any
@@ -18,14 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from store.database import Database, DatabaseError
 from streams.api.validation import check_items, invalid
 from streams.app import requests_topic
 from streams.contract import RecordError, decode_request, encode_checked
 from streams.pipeline.sink import outcome_row
 from tests.contract.robustness import HOSTILE_REQUESTS
 
-from .conftest import DSN, RUN, uid
+from .conftest import RUN, database_on_own_loop, uid
 
 NOW_MS = 1_750_000_000_000
 
@@ -33,17 +31,9 @@ NOW_MS = 1_750_000_000_000
 @pytest.fixture(scope="module")
 def pg():
     """A Database on a loop of its own: hypothesis runs the examples synchronously."""
-    loop = asyncio.new_event_loop()
-    database = Database(DSN, min_size=1, max_size=2)
-    try:
-        loop.run_until_complete(database.start())
-    except DatabaseError as exc:
-        loop.close()
-        pytest.skip(f"test database not reachable (stack/stack.sh up): {exc}")
-    yield loop, database
-    loop.run_until_complete(database.pool.execute("DELETE FROM blog_generations WHERE id LIKE $1", f"{RUN}-%"))
-    loop.run_until_complete(database.close())
-    loop.close()
+    with database_on_own_loop() as (loop, database):
+        yield loop, database
+        loop.run_until_complete(database.pool.execute("DELETE FROM blog_generations WHERE id LIKE $1", f"{RUN}-%"))
 
 
 def stored(pg: Any, record: dict[str, Any], data: bytes) -> dict[str, Any]:
