@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from .costs import _DAY_USD, _MONTH_USD, _RESERVED, _TODAY
 from .effects import outlived_restart
 
 __all__ = ["BatchLanes", "BatchRow", "HeldLine"]
@@ -23,22 +24,14 @@ __all__ = ["BatchLanes", "BatchRow", "HeldLine"]
 HELD = ("queued", "batched")  # states in which the lane still owes the request its article
 MAX_POLL_DOUBLINGS = 6  # a batch OpenAI cannot give for now waits at most 2^6 poll intervals between looks
 
-# The UTC day and month a cost counts in (as store/costs.py).
-_TODAY = "(now() AT TIME ZONE 'UTC')::date"
-_MONTH_START = "date_trunc('month', now() AT TIME ZONE 'UTC')::date"
-# What a capped site may still spend under its caps: its cap less what it spent this month / today,
-# less the worst case of its lines in running batches (NULL caps count as none: least() skips NULLs).
-SITE_LEFT = f"""
-  least(s.monthly_budget_usd - coalesce((SELECT sum(x.usd) FROM site_spend x
-                                         WHERE x.site_id = s.site_id AND x.day >= {_MONTH_START}), 0),
-        s.daily_budget_usd - coalesce((SELECT x.usd FROM site_spend x WHERE x.site_id = s.site_id AND x.day = {_TODAY}), 0))
-  - coalesce((SELECT sum(b.max_usd) FROM openai_batch_lines b WHERE b.site_id = s.site_id AND b.state = 'batched'), 0)
-"""
+# What a capped site `s` may still spend under its caps: each cap less what it spent in its period, the
+# least of them (a NULL cap counts as none: least() skips NULLs), less what its running batches may cost.
+_SITE_LEFT = f"least(s.monthly_budget_usd - {_MONTH_USD}, s.daily_budget_usd - {_DAY_USD}) - {_RESERVED}"
 # Each queued line of a capped site ($1: the model) with the worst case of the site's queued lines before it
 # (queue order) and what the site has left: a line goes into a file only while `before` < `room`.
 _SITE_ROOM = f"""
   WITH capped AS (  -- once per site: the sums are not read again for each of its lines
-    SELECT s.site_id, {SITE_LEFT} AS room FROM sites s
+    SELECT s.site_id, {_SITE_LEFT} AS room FROM sites s
      WHERE (s.monthly_budget_usd IS NOT NULL OR s.daily_budget_usd IS NOT NULL)
        AND EXISTS (SELECT 1 FROM openai_batch_lines e WHERE e.site_id = s.site_id AND e.state = 'queued' AND e.model = $1)
   )
@@ -57,14 +50,10 @@ _GLOBAL_USED = f"""
 # until their batches end and store/costs.py's refresh finds room again (it counts what is reserved).
 _HOLD_RESERVED = f"""
   UPDATE sites s
-     SET budget_exhausted = CASE WHEN s.monthly_budget_usd - coalesce((SELECT sum(x.usd) FROM site_spend x
-                                      WHERE x.site_id = s.site_id AND x.day >= {_MONTH_START}), 0)
-                                    - coalesce((SELECT sum(b.max_usd) FROM openai_batch_lines b
-                                                WHERE b.site_id = s.site_id AND b.state = 'batched'), 0) <= 0
-                                 THEN 'month' ELSE 'day' END,
+     SET budget_exhausted = CASE WHEN s.monthly_budget_usd - {_MONTH_USD} - {_RESERVED} <= 0 THEN 'month' ELSE 'day' END,
          updated_at = now()
    WHERE s.site_id IN (SELECT site_id FROM openai_batch_lines WHERE batch_key = $1)
-     AND s.budget_exhausted IS NULL AND {SITE_LEFT} <= 0
+     AND s.budget_exhausted IS NULL AND {_SITE_LEFT} <= 0
 """
 
 # claim_batches' rule for a claim that lapsed in a Postgres restart ($2: the taker's lease, seconds).

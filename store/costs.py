@@ -30,7 +30,10 @@ _COST_COLUMNS = ("request_id", "site_id", "provider", "call_id", "model", "lane"
 # The UTC day and month a cost counts in (budgets are per UTC calendar day and month).
 _TODAY = "(now() AT TIME ZONE 'UTC')::date"
 _MONTH_START = "date_trunc('month', now() AT TIME ZONE 'UTC')::date"
-# What a site's bulk lines in running batches may still cost (their worst case, store/batches.py): billed
+# What site `s` spent this UTC month and today (store/batches.py reads them too).
+_MONTH_USD = f"coalesce((SELECT sum(x.usd) FROM site_spend x WHERE x.site_id = s.site_id AND x.day >= {_MONTH_START}), 0)"
+_DAY_USD = f"coalesce((SELECT x.usd FROM site_spend x WHERE x.site_id = s.site_id AND x.day = {_TODAY}), 0)"
+# What site `s`'s bulk lines in running batches may still cost (their worst case, store/batches.py): billed
 # when the batch ends, it counts as spent for the caps until then.
 _RESERVED = ("coalesce((SELECT sum(b.max_usd) FROM openai_batch_lines b "
              "WHERE b.site_id = s.site_id AND b.state = 'batched'), 0)")
@@ -143,9 +146,8 @@ class Costs:
                    + coalesce((SELECT sum(max_usd) FROM openai_batch_lines WHERE state = 'batched'), 0) AS usd
             ), spend AS (
               SELECT s.site_id, s.monthly_budget_usd, s.daily_budget_usd,
-                     coalesce((SELECT sum(x.usd) FROM site_spend x
-                               WHERE x.site_id = s.site_id AND x.day >= {_MONTH_START}), 0) AS month_usd,
-                     coalesce((SELECT x.usd FROM site_spend x WHERE x.site_id = s.site_id AND x.day = {_TODAY}), 0) AS day_usd,
+                     {_MONTH_USD} AS month_usd,
+                     {_DAY_USD} AS day_usd,
                      {_RESERVED} AS reserved
               FROM sites s
               WHERE s.budget_exhausted IS NOT NULL OR s.site_id = ANY($2::text[])
@@ -196,9 +198,8 @@ class Costs:
         record = await self._db.pool.fetchrow(
             f"""
             SELECT s.monthly_budget_usd, s.daily_budget_usd, s.budget_exhausted,
-                   coalesce((SELECT sum(x.usd) FROM site_spend x
-                             WHERE x.site_id = s.site_id AND x.day >= {_MONTH_START}), 0) AS month_usd,
-                   coalesce((SELECT x.usd FROM site_spend x WHERE x.site_id = s.site_id AND x.day = {_TODAY}), 0) AS day_usd,
+                   {_MONTH_USD} AS month_usd,
+                   {_DAY_USD} AS day_usd,
                    {_RESERVED} AS reserved
             FROM sites s WHERE s.site_id = $1
             """,
@@ -220,9 +221,8 @@ class Costs:
         records = await self._db.pool.fetch(
             f"""
             SELECT s.site_id, s.monthly_budget_usd, s.daily_budget_usd, s.budget_exhausted,
-                   coalesce((SELECT sum(x.usd) FROM site_spend x
-                             WHERE x.site_id = s.site_id AND x.day >= {_MONTH_START}), 0) AS month_usd,
-                   coalesce((SELECT x.usd FROM site_spend x WHERE x.site_id = s.site_id AND x.day = {_TODAY}), 0) AS day_usd
+                   {_MONTH_USD} AS month_usd,
+                   {_DAY_USD} AS day_usd
             FROM sites s WHERE s.monthly_budget_usd IS NOT NULL OR s.daily_budget_usd IS NOT NULL
             ORDER BY s.site_id
             """
