@@ -31,6 +31,8 @@ _REQUEST = {
     "target_words": 5000,
     "requested_at": 4102444800000,
     "audience": "home baristas 👩‍🍳",
+    "priority": "bulk",
+    "retry": 2147483647,
 }
 _MINIMAL_REQUEST = {"request_id": "r", "site_id": "s", "topic": "t", "requested_at": 1}
 _ARTICLE = {
@@ -77,7 +79,7 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
         "request_id": "req-1", "site_id": "site-1", "status": "DONE", "stage": "publish",
         "post_id": "post-ü-1", "post_url": "https://example.com/post/cold-brew", "title": "Cold brew ☕",
         "error": None, "attempts": 2, "usage": {"prompt_tokens": 512, "completion_tokens": 1024},
-        "finished_at": 1700000000003,
+        "finished_at": 1700000000003, "retry": 3,
     }),
     ("BlogResult FAILED with null optional fields", "BlogResult", {
         "request_id": "req-2", "site_id": "site-2", "status": "FAILED", "stage": "intake",

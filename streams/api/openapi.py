@@ -98,6 +98,9 @@ SCHEMAS: dict[str, Any] = {
             "priority": {"type": "string", "enum": ["interactive", "bulk"], "default": "interactive",
                          "description": "bulk: served only with the budget interactive requests leave (and through "
                                         "the OpenAI Batch API when it is enabled)."},
+            "retry": {"type": "integer", "format": "int32", "minimum": 0, "maximum": 2**31 - 1, "default": 0,
+                      "description": "Which run of the request this is; leave it out (only a retry, POST "
+                                     "/api/blogs/{request_id}/retry, starts a later run)."},
         },
         closed=True,
         description="One blog request (docs/producing.md, \"The fields\"): checked as a whole, every problem "

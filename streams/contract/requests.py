@@ -135,6 +135,7 @@ _REQUEST_CHECKS: dict[str, Callable[[Any], str | None]] = {
     else "must be at most 200 characters, without control characters",
     "requested_at": time_problem,
     "priority": lambda v: None if v in PRIORITIES else "must be interactive or bulk",
+    "retry": lambda v: None if v >= 0 else "must be 0 or more (the run of the request: 0 the first; leave it out)",
 }
 
 

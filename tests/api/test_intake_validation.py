@@ -109,7 +109,7 @@ def test_valid_items_come_back_as_complete_records_ready_to_encode():
     assert errors == []
     for request in requests:  # defaults filled, checked once: encoded as is, the same bytes as encode()
         assert set(request) == {"request_id", "site_id", "topic", "keywords", "language", "tone", "target_words",
-                                "requested_at", "audience", "priority"}
+                                "requested_at", "audience", "priority", "retry"}
         assert encode_checked("BlogRequest", request) == encode("BlogRequest", request)
 
 

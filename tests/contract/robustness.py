@@ -59,7 +59,8 @@ JSONISH = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(HOSTILE_TEXT, inner, max_size=4),
     max_leaves=8,
 )
-FIELDS = ("request_id", "site_id", "topic", "keywords", "language", "tone", "target_words", "requested_at", "audience", "priority")
+FIELDS = ("request_id", "site_id", "topic", "keywords", "language", "tone", "target_words", "requested_at", "audience", "priority",
+          "retry")
 REQUIRED = {"request_id", "site_id", "topic", "requested_at"}
 
 
@@ -80,6 +81,7 @@ VALID_FIELDS = {
     "requested_at": st.integers(946_684_800_000, 1_700_000_000_000),
     "audience": st.none() | line(200),
     "priority": st.sampled_from(["interactive", "bulk"]),
+    "retry": st.integers(0, 2**31 - 1),
 }
 HOSTILE_REQUESTS = st.builds(
     lambda value, dropped, extra: {k: v for k, v in value.items() if k not in dropped} | extra,

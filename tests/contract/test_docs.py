@@ -26,10 +26,18 @@ def test_every_header_the_docs_mention_is_a_known_schema_version() -> None:
 def test_the_older_request_headers_are_those_of_the_older_schemas() -> None:
     text = DOCS.read_text("utf-8")
     named = {}
-    for version in ("v1", "v2"):
+    for version in ("v1", "v2", "v3"):
         sentence = re.search(rf"a {version} `BlogRequest`.*?starts with\s+`c3 01 ([0-9a-f ]+)`", text, re.DOTALL | re.I)
         assert sentence is not None, version
         named[version] = bytes.fromhex(sentence[1].replace(" ", ""))
     loaded = contract()
     older = {fp for fp, w in loaded.writers.items() if w.record_name == "BlogRequest" and fp != fingerprint("BlogRequest")}
     assert older == set(named.values())
+
+
+def test_the_older_result_header_is_that_of_the_older_schema() -> None:
+    sentence = re.search(r"v1 `BlogResult`s.*?starting with\s+`c3 01 ([0-9a-f ]+)`", DOCS.read_text("utf-8"), re.DOTALL)
+    assert sentence is not None
+    loaded = contract()
+    older = {fp for fp, w in loaded.writers.items() if w.record_name == "BlogResult" and fp != fingerprint("BlogResult")}
+    assert older == {bytes.fromhex(sentence[1].replace(" ", ""))}

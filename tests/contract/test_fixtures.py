@@ -6,7 +6,7 @@ schema version (current, and records carrying a v1 BlogRequest), plus bytes from
 and JSON requests, each with the value the old decoder returned. Never regenerate it:
 add new fixtures when a schema version is added. A fixture's `decoded` value is what
 the reader of its day returned: fields added to BlogRequest since then read as their
-defaults (`as_read_now`).
+defaults (`as_read_now`): `priority` and `retry` in a BlogRequest, `retry` in a BlogResult.
 """
 from __future__ import annotations
 
@@ -24,13 +24,19 @@ FIXTURES: list[dict[str, Any]] = json.loads((Path(__file__).parent / "fixtures" 
 ]
 
 
+def defaults(record: str) -> dict[str, Any]:
+    return {f["name"]: f["default"] for f in contract().reader(record)["fields"] if "default" in f}
+
+
 def as_read_now(record: str, decoded: dict[str, Any]) -> dict[str, Any]:
-    """`decoded` with the defaults of BlogRequest fields added after the fixture was written."""
-    defaults = {f["name"]: f["default"] for f in contract().reader("BlogRequest")["fields"] if "default" in f}
+    """`decoded` with the defaults of fields added after the fixture was written (to the record, and to
+    the BlogRequest it carries)."""
     value = json.loads(json.dumps(decoded))
+    for name, default in defaults(record).items():
+        value.setdefault(name, default)
     request = value if record == "BlogRequest" else value.get("request")
     if request is not None:
-        for name, default in defaults.items():
+        for name, default in defaults("BlogRequest").items():
             request.setdefault(name, default)
     return value
 

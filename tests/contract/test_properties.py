@@ -34,6 +34,7 @@ VALID_REQUESTS = st.fixed_dictionaries(
         "requested_at": st.integers(946_684_800_000, 1_700_000_000_000),
         "audience": st.none() | st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=200),
         "priority": st.sampled_from(["interactive", "bulk"]),
+        "retry": st.integers(0, 2**31 - 1),
     }
 )
 # Right types, any values: what encode/decode accept (the request rules are decode_request's).
@@ -49,6 +50,7 @@ SHAPED_REQUESTS = st.fixed_dictionaries(
         "requested_at": INT64,
         "audience": st.none() | ANY_TEXT,
         "priority": ANY_TEXT,
+        "retry": INT32,
     }
 )
 

@@ -53,6 +53,7 @@ def request(**overrides: Any) -> dict[str, Any]:
         "requested_at": NOW,
         "audience": "home baristas",
         "priority": "bulk",
+        "retry": 2,
     }
     value.update(overrides)
     return value
@@ -93,6 +94,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "attempts": 1,
         "usage": USAGE,
         "finished_at": NOW + 9,
+        "retry": 2,
     },
 }
 
@@ -256,10 +258,12 @@ def test_encode_fills_defaults() -> None:
         "target_words": 800,
         "audience": None,
         "priority": "interactive",
+        "retry": 0,
     }
     failed = {"request_id": "r", "site_id": "s", "status": "FAILED", "stage": "generate", "finished_at": NOW}
     decoded = decode("BlogResult", encode("BlogResult", failed))
     assert decoded["post_id"] is None and decoded["usage"] is None and decoded["attempts"] == 0
+    assert decoded["retry"] == 0
 
 
 @pytest.mark.parametrize(
@@ -345,9 +349,9 @@ def at(millis: int) -> datetime:
     return datetime.fromtimestamp(millis / 1000, tz=timezone.utc)
 
 
-V1_REQUEST = {k: v for k, v in request().items() if k not in ("audience", "priority")}
+V1_REQUEST = {k: v for k, v in request().items() if k not in ("audience", "priority", "retry")}
 V1_REQUEST_AS_WRITTEN = V1_REQUEST | {"requested_at": at(NOW)}
-V1_DEFAULTS = {"audience": None, "priority": "interactive"}
+V1_DEFAULTS = {"audience": None, "priority": "interactive", "retry": 0}
 
 
 def test_current_reads_v1_requests() -> None:
@@ -358,11 +362,37 @@ def test_current_reads_v1_requests() -> None:
 
 
 def test_current_reads_v2_requests_as_interactive() -> None:
-    v2 = {k: v for k, v in request().items() if k != "priority"}
+    v2 = {k: v for k, v in request().items() if k not in ("priority", "retry")}
     data = single_object(load("blog_request.v2"), v2 | {"requested_at": at(NOW)})
     assert data[2:10] not in (fingerprint("BlogRequest"), single_object(load("blog_request.v1"), V1_REQUEST_AS_WRITTEN)[2:10])
-    assert decode("BlogRequest", data) == v2 | {"priority": "interactive"}
-    assert decode_request(data) == v2 | {"priority": "interactive"}
+    assert decode("BlogRequest", data) == v2 | {"priority": "interactive", "retry": 0}
+    assert decode_request(data) == v2 | {"priority": "interactive", "retry": 0}
+
+
+def test_current_reads_v3_requests_as_a_first_run() -> None:
+    # Written before `retry` existed: every such record is of a request's first run (or of a retry sent
+    # before the upgrade, which the sink then takes as one: it frees the slot of run 0, as it did then).
+    v3 = {k: v for k, v in request().items() if k != "retry"}
+    data = single_object(load("blog_request.v3"), v3 | {"requested_at": at(NOW)})
+    assert data[2:10] != fingerprint("BlogRequest")
+    assert decode("BlogRequest", data) == decode_request(data) == v3 | {"retry": 0}
+
+
+def test_current_reads_v1_results_as_of_a_first_run() -> None:
+    v1 = {k: v for k, v in SAMPLES["BlogResult"].items() if k != "retry"}
+    schema = load("blog_result.v1")
+    schema["fields"] = [f | {"type": {"type": "enum", "name": "Outcome", "symbols": ["DONE", "FAILED", "CANCELLED"]}}
+                        if f["name"] == "status" else f | {"type": ["null", load("token_usage")]} if f["name"] == "usage"
+                        else f for f in schema["fields"]]
+    data = single_object(schema, v1 | {"finished_at": at(NOW + 9)})
+    assert data[2:10] != fingerprint("BlogResult")
+    assert decode("BlogResult", data) == v1 | {"retry": 0}
+
+
+def test_retry_is_a_run_number() -> None:
+    assert validate_request(request(retry=0)) == validate_request(request(retry=7)) == []
+    errors = validate_request(request(retry=-1))
+    assert [e.field for e in errors] == ["retry"] and "0 or more" in errors[0].message
 
 
 def test_priority_is_interactive_or_bulk() -> None:
@@ -388,6 +418,7 @@ def test_v1_bytes_written_by_java_decode() -> None:
         "requested_at": 1_700_000_000_000,
         "audience": None,
         "priority": "interactive",
+        "retry": 0,
     }
 
 
@@ -418,7 +449,7 @@ def test_incompatible_schema_change_is_refused_at_load(tmp_path: Path) -> None:
     for path in SCHEMAS.glob("*.avsc"):
         (tmp_path / path.name).write_text(path.read_text())
     current = load("blog_request")
-    (tmp_path / "blog_request.v3.avsc").write_text(json.dumps(current))
+    (tmp_path / "blog_request.v4.avsc").write_text(json.dumps(current))
     current["fields"].append({"name": "urgency", "type": "int"})  # no default: breaks old bytes
     (tmp_path / "blog_request.avsc").write_text(json.dumps(current))
     with pytest.raises(RuntimeError, match="can't be read as the current one"):
@@ -442,6 +473,7 @@ def test_json_request_gets_defaults_and_a_time() -> None:
         "target_words": 800,
         "audience": None,
         "priority": "interactive",
+        "retry": 0,
     }
 
 

@@ -35,8 +35,8 @@ class VectorsTest {
         String version = (String) result.getAdditionalProperties().get("schemaVersion");
         if (writer.equals("current")) {
           assertEquals("current", version);
-        } else { // written with a frozen older BlogRequest (v1, v2, ...)
-          assertTrue(version.matches("BlogRequest v[0-9]+"), version);
+        } else { // written with a frozen older BlogRequest (v1, v2, ...) or BlogResult (v1)
+          assertTrue(version.matches("Blog(Request|Result) v[0-9]+"), version);
         }
         assertFalse(result.getAdditionalProperties().containsKey("error"));
         assertFalse(result.getAdditionalProperties().containsKey("warning"));
