@@ -10,6 +10,10 @@
 * **Tenancy** - a request id belongs to the site of its first row, for good: no statement
   here changes a row's ``site_id`` or writes one site's event into another site's row
   (the upsert refuses and reports them, ``request_owner`` tells the stages whose it is).
+* **Runs** - ``retry`` counts the runs of a request (``blogstream retry`` starts the next one,
+  store/sites.py ``reopen_failed``); every event carries the run it belongs to. An event of an
+  earlier run than the row's changes the row only when it is DONE (the post is on the site),
+  so an old failure read again never ends a retry that is still running.
 """
 from __future__ import annotations
 
@@ -96,6 +100,7 @@ class OutcomeRow:
     attempts: int | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    retry: int = 0  # the run of the request this event belongs to (BlogRequest.retry)
 
     def __post_init__(self) -> None:
         if not self.request_id or not self.site_id:
@@ -151,29 +156,43 @@ _FOLDED = (
     "prompt_tokens", "completion_tokens", "drafted_at", "illustrated_at", "finished_at",
 )
 
-# Does the incoming row move the stored one forward? A higher rank does (unless it would
-# turn a final status back into PENDING); at equal rank only PENDING -> final does, which
-# is how a row the seed's retry UPDATE reset to PENDING (rank 3) can finish again. And DONE
-# ends a FAILED or CANCELLED row: a DONE result means the post is on the site (the same id
-# sent again after a failure, a retry's record the broker took after answering late, an old
-# failure read again during a retry), and a row that kept saying FAILED would have its
-# owner submit it again under a new id: a second post. Nothing ever moves a DONE row.
-_ADVANCES = (
+# Does the incoming row move the stored one forward? Nothing ever moves a DONE row. Within one
+# run (equal `retry`): a higher rank does (unless it would turn a final status back into
+# PENDING); at equal rank only PENDING -> final does, which is how a row the seed's retry
+# UPDATE reset to PENDING (rank 3) can finish again. An event of a later run than the row's
+# does (that run is what the row follows now); one of an earlier run does not (an old FAILED
+# read again while a retry runs), unless it is DONE. DONE always does: a DONE result means the
+# post is on the site (the same id sent again after a failure, a retry's record the broker took
+# after answering late, an old run's post), and a row that kept saying FAILED would have its
+# owner submit it again under a new id: a second post.
+_SAME_RUN_ADVANCES = (
     "((EXCLUDED.stage_rank > b.stage_rank AND (b.status = 'PENDING' OR EXCLUDED.status <> 'PENDING'))"
-    " OR (EXCLUDED.stage_rank = b.stage_rank AND b.status = 'PENDING' AND EXCLUDED.status <> 'PENDING')"
-    " OR (EXCLUDED.status = 'DONE' AND b.status IN ('FAILED', 'CANCELLED')))"
+    " OR (EXCLUDED.stage_rank = b.stage_rank AND b.status = 'PENDING' AND EXCLUDED.status <> 'PENDING'))"
 )
-# A DONE row holds no error: neither the failure it ended nor a replayed one's.
+_ADVANCES = (
+    "(b.status <> 'DONE' AND (EXCLUDED.status = 'DONE' OR EXCLUDED.retry > b.retry"
+    f" OR (EXCLUDED.retry = b.retry AND {_SAME_RUN_ADVANCES})))"
+)
+_EARLIER_RUN = "EXCLUDED.retry < b.retry"
+# A DONE row holds no error (neither the failure it ended nor a replayed one's), nor does a PENDING
+# one (a later run's event ends the earlier run's failure); an earlier run's failure adds none.
+_STATUS = f"(CASE WHEN {_ADVANCES} THEN EXCLUDED.status ELSE b.status END)"
 _ERROR = (
-    f"CASE WHEN (CASE WHEN {_ADVANCES} THEN EXCLUDED.status ELSE b.status END) = 'DONE' THEN NULL"
-    f" WHEN {_ADVANCES} THEN COALESCE(EXCLUDED.error, b.error) ELSE COALESCE(b.error, EXCLUDED.error) END"
+    f"CASE WHEN {_STATUS} IN ('DONE', 'PENDING') THEN NULL"
+    f" WHEN {_ADVANCES} THEN COALESCE(EXCLUDED.error, b.error)"
+    f" WHEN {_EARLIER_RUN} THEN b.error ELSE COALESCE(b.error, EXCLUDED.error) END"
 )
 
 
-def _advances(old_rank: int, old_status: str, new_rank: int, new_status: str) -> bool:
-    """Python twin of _ADVANCES, used to merge one batch exactly as the database would."""
-    if new_status == "DONE" and old_status in ("FAILED", "CANCELLED"):
+def _advances(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Python twin of _ADVANCES (records as `_as_record` makes them), to merge a batch as the database would."""
+    if old["status"] == "DONE":
+        return False
+    if new["status"] == "DONE" or new["retry"] > old["retry"]:
         return True
+    if new["retry"] < old["retry"]:
+        return False
+    old_rank, new_rank, old_status, new_status = old["stage_rank"], new["stage_rank"], old["status"], new["status"]
     if new_rank > old_rank:
         return old_status == "PENDING" or new_status != "PENDING"
     return new_rank == old_rank and old_status == "PENDING" and new_status != "PENDING"
@@ -184,11 +203,13 @@ def _build_upsert_sql() -> str:
         *(f"{c} = CASE WHEN {_ADVANCES} THEN EXCLUDED.{c} ELSE b.{c} END" for c in ("status", "stage", "stage_rank")),
         "request = COALESCE(b.request, EXCLUDED.request)",  # the first request json stays
         *(
-            f"{c} = CASE WHEN {_ADVANCES} THEN COALESCE(EXCLUDED.{c}, b.{c}) ELSE COALESCE(b.{c}, EXCLUDED.{c}) END"
+            f"{c} = CASE WHEN {_ADVANCES} THEN COALESCE(EXCLUDED.{c}, b.{c}) WHEN {_EARLIER_RUN} THEN b.{c}"
+            f" ELSE COALESCE(b.{c}, EXCLUDED.{c}) END"
             for c in _FOLDED if c != "error"
         ),
         f"error = {_ERROR}",
         "attempts = GREATEST(b.attempts, EXCLUDED.attempts)",
+        "retry = GREATEST(b.retry, EXCLUDED.retry)",
         "created_at = LEAST(b.created_at, EXCLUDED.created_at)",  # the earliest event seen
         "updated_at = now()",
     ]
@@ -197,9 +218,11 @@ def _build_upsert_sql() -> str:
     changes = [
         _ADVANCES,
         "EXCLUDED.attempts > b.attempts",
+        "EXCLUDED.retry > b.retry",
         "EXCLUDED.created_at < b.created_at",
-        *(f"(b.{c} IS NULL AND EXCLUDED.{c} IS NOT NULL)" for c in ("request", *_FOLDED) if c != "error"),
-        "(b.error IS NULL AND EXCLUDED.error IS NOT NULL AND b.status <> 'DONE')",
+        "(b.request IS NULL AND EXCLUDED.request IS NOT NULL)",
+        *(f"(b.{c} IS NULL AND EXCLUDED.{c} IS NOT NULL AND NOT {_EARLIER_RUN})" for c in _FOLDED if c != "error"),
+        f"(b.error IS NULL AND EXCLUDED.error IS NOT NULL AND b.status NOT IN ('DONE', 'PENDING') AND NOT {_EARLIER_RUN})",
     ]
     sep = ",\n  "
     # A row belongs to the site of its first event: an event of another site never changes
@@ -211,15 +234,16 @@ WITH foreign_rows AS (
 ), written AS (
 INSERT INTO blog_generations AS b (
   id, site_id, status, stage, stage_rank, request, title, post_id, post_url, image_url, error,
-  attempts, prompt_tokens, completion_tokens, created_at, updated_at, drafted_at, illustrated_at, finished_at)
+  attempts, prompt_tokens, completion_tokens, created_at, updated_at, drafted_at, illustrated_at, finished_at,
+  retry)
 SELECT u.id, u.site_id, u.status, u.stage, u.stage_rank, u.request::jsonb, u.title, u.post_id, u.post_url,
        u.image_url, u.error, u.attempts, u.prompt_tokens, u.completion_tokens, u.created_at, now(),
-       u.drafted_at, u.illustrated_at, u.finished_at
+       u.drafted_at, u.illustrated_at, u.finished_at, u.retry
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::text[], $7::text[], $8::text[],
             $9::text[], $10::text[], $11::text[], $12::int4[], $13::int4[], $14::int4[], $15::timestamptz[],
-            $16::timestamptz[], $17::timestamptz[], $18::timestamptz[])
+            $16::timestamptz[], $17::timestamptz[], $18::timestamptz[], $19::int4[])
      AS u(id, site_id, status, stage, stage_rank, request, title, post_id, post_url, image_url, error,
-          attempts, prompt_tokens, completion_tokens, created_at, drafted_at, illustrated_at, finished_at)
+          attempts, prompt_tokens, completion_tokens, created_at, drafted_at, illustrated_at, finished_at, retry)
 ON CONFLICT (id) DO UPDATE SET
   {sep.join(sets)}
 WHERE b.site_id = EXCLUDED.site_id AND ({(chr(10) + '   OR ').join(changes)})
@@ -235,7 +259,7 @@ _UPSERT_OUTCOMES_SQL = _build_upsert_sql()
 _UPSERT_COLUMNS = (
     "id", "site_id", "status", "stage", "stage_rank", "request", "title", "post_id", "post_url",
     "image_url", "error", "attempts", "prompt_tokens", "completion_tokens", "created_at",
-    "drafted_at", "illustrated_at", "finished_at",
+    "drafted_at", "illustrated_at", "finished_at", "retry",
 )
 
 
@@ -260,22 +284,27 @@ def _as_record(row: OutcomeRow) -> dict[str, Any]:
         "drafted_at": row.at if row.stage_rank == 1 else None,
         "illustrated_at": row.at if row.stage_rank == 2 else None,
         "finished_at": row.at if row.status in FINAL_STATUSES else None,
+        "retry": row.retry,
     }
 
 
 def _fold(old: dict[str, Any], new: dict[str, Any]) -> None:
     """Merge ``new`` into ``old`` in place with the same rules as the ON CONFLICT clause."""
-    adv = _advances(old["stage_rank"], old["status"], new["stage_rank"], new["status"])
+    adv = _advances(old, new)
+    earlier = new["retry"] < old["retry"]
     if adv:
         old["status"], old["stage"], old["stage_rank"] = new["status"], new["stage"], new["stage_rank"]
     if old["request"] is None:
         old["request"] = new["request"]
     for c in _FOLDED:
+        if earlier and not adv:
+            continue  # an earlier run's event adds nothing
         first, second = (new[c], old[c]) if adv else (old[c], new[c])
         old[c] = first if first is not None else second
-    if old["status"] == "DONE":
+    if old["status"] in ("DONE", "PENDING"):
         old["error"] = None
     old["attempts"] = max(old["attempts"], new["attempts"])
+    old["retry"] = max(old["retry"], new["retry"])
     old["created_at"] = min(old["created_at"], new["created_at"])
 
 
@@ -301,19 +330,24 @@ def merge_outcomes(rows: Iterable[OutcomeRow]) -> list[dict[str, Any]]:
 
 
 def _one_site_per_id(rows: Iterable[OutcomeRow]) -> list[list[OutcomeRow]]:
-    """The batch in parts where each request id comes with one site only (usually one part).
+    """The batch in parts where each request id comes with one site and one run only (usually one part).
 
     An id that arrives with two sites in one batch must not be merged into one row: the
     second part is written after the first, and the database tells which site owns it.
+    Nor are two runs of a request merged into one record (an old run's event read again
+    while a retry's arrive): which of them is the row's run only the database knows, and an
+    earlier run's event must add nothing to a later run's row. (Whatever order the parts
+    take, a row ends as the events one by one would leave it: a property test checks it.)
     """
-    parts: list[tuple[dict[str, str], list[OutcomeRow]]] = []
+    parts: list[tuple[dict[str, tuple[str, int]], list[OutcomeRow]]] = []
     for row in rows:
-        for sites, part in parts:
-            if sites.setdefault(row.request_id, row.site_id) == row.site_id:
+        key = (row.site_id, row.retry)
+        for keys, part in parts:
+            if keys.setdefault(row.request_id, key) == key:
                 part.append(row)
                 break
         else:
-            parts.append(({row.request_id: row.site_id}, [row]))
+            parts.append(({row.request_id: key}, [row]))
     return [part for _, part in parts]
 
 

@@ -192,29 +192,37 @@ class SiteRegistry:
         return [r["id"] for r in records]
 
     async def reopen_failed(self, request_id: str) -> tuple[dict[str, Any], str | None] | None:
-        """FAILED -> PENDING for a retry: returns (the stored request, the error it had).
+        """FAILED -> PENDING for a retry: returns (the request to send again, the error it had).
 
-        The row goes back to stage `requested`, so the sink's forward-only rule
-        lets the retry's events move it on again. A row the seed's retry statement
-        reset (PENDING at stage `failed`, RETRYABLE) is reopened the same way. None:
-        the row is neither, or holds no request to send again (it never was a valid request).
+        The row goes back to stage `requested` and on to the next run (`retry` + 1),
+        so the sink's forward-only rule lets the retry's events move it on again, and
+        no event of an earlier run (an old FAILED read again) can end it. The request
+        returned is the stored one with that run in its `retry`. A row the seed's
+        retry statement reset (PENDING at stage `failed`, RETRYABLE) is reopened the
+        same way. None: the row is neither, or holds no request to send again (it
+        never was a valid request).
         """
         record = await self.pool.fetchrow(
             f"""
             UPDATE blog_generations g
                SET status = 'PENDING', stage = 'requested', stage_rank = 0, error = NULL,
-                   finished_at = NULL, updated_at = now()
+                   finished_at = NULL, retry = g.retry + 1, updated_at = now()
               FROM (SELECT id, error FROM blog_generations
                      WHERE id = $1 AND {RETRYABLE} AND request IS NOT NULL FOR UPDATE) old
              WHERE g.id = old.id
-            RETURNING g.request, old.error
+            RETURNING jsonb_set(g.request, '{{retry}}', to_jsonb(g.retry)) AS request, old.error
             """,
             request_id,
         )
         return None if record is None else (record["request"], record["error"])
 
     async def restore_failed(self, request_id: str, error: str | None) -> None:
-        """Undo `reopen_failed` when the retry could not be sent (the row is FAILED again)."""
+        """Undo `reopen_failed` when the retry could not be sent (the row is FAILED again).
+
+        The run number stays counted up: the broker may have taken the record after all
+        (an answer that came too late), and that run's results are then the row's. The
+        next retry is the run after it.
+        """
         await self.pool.execute(
             """
             UPDATE blog_generations

@@ -127,3 +127,29 @@ async def test_a_cancelled_request_is_told_how_it_can_run_again(db):
     status, body = await blogs.retry_failed(request_id)
     assert status == 409 and body["status"] == "CANCELLED"
     assert "new request_id" in body["error"] and "cancelled by an operator" in body["error"], body
+
+
+async def test_each_retry_sends_the_next_run_even_after_one_kafka_did_not_take(db, monkeypatch):
+    # Each retry is a run of its own (BlogRequest.retry): the sink then tells its results from an older run's
+    # read again. A send Kafka answered too late may still have landed, so the run it used is not used again.
+    request_id = await failed_request(db)
+    sent: list[int] = []
+    kafka_down = True
+
+    async def produce(requests, timeout):
+        if kafka_down:
+            raise asyncio.TimeoutError()
+        sent.extend(r["retry"] for r in requests)
+
+    monkeypatch.setattr(blogs, "produce", produce)
+    status, _ = await blogs.retry_failed(request_id)
+    assert status == 503 and (await db.get_generation(request_id))["status"] == "FAILED"
+    kafka_down = False
+    status, _ = await blogs.retry_failed(request_id)
+    assert status == 202 and sent == [2]
+    site = (await db.get_generation(request_id))["site_id"]
+    await db.upsert_outcomes([OutcomeRow(request_id, site, "FAILED", "failed", 3, datetime.now(timezone.utc),
+                                         error="publish failed again", retry=2)])
+    status, _ = await blogs.retry_failed(request_id)
+    assert status == 202 and sent == [2, 3]
+    assert (await db.get_generation(request_id))["retry"] == 3

@@ -478,16 +478,55 @@ async def test_a_post_published_after_its_request_failed_makes_it_done(db: Datab
 
 @aio
 async def test_a_retry_ends_done_even_when_the_old_failure_is_replayed_during_it(db: Database) -> None:
-    # blogstream retry R reopens the row (PENDING, rank 0); the sink then reads R's old FAILED result
-    # again (a replay after a rebalance): the row is FAILED again while the retry runs and posts.
+    # blogstream retry R reopens the row (PENDING, rank 0, the next run); the sink then reads R's old FAILED
+    # result again (a replay after a rebalance) while the retry runs and posts.
     rid, site, t0 = uid("req"), uid("site"), now() - timedelta(minutes=5)
     await db.upsert_outcomes([ev(rid, "requested", t0, site, request={"n": 1}),
                               ev(rid, "failed", t0 + timedelta(seconds=5), site, error="publish failed: 401")])
     assert await db.reopen_failed(rid) is not None
     await db.upsert_outcomes([ev(rid, "failed", t0 + timedelta(seconds=5), site, error="publish failed: 401")])
-    await _run_to_done(db, rid, site, t0 + timedelta(minutes=1))
+    row = await db.get_generation(rid)  # an earlier run's failure: the retry's row goes on, without it
+    assert (row["status"], row["stage"], row["error"], row["finished_at"], row["retry"]) == (
+        "PENDING", "requested", None, None, 1)
+    await _run_to_done(db, rid, site, t0 + timedelta(minutes=1))  # events of the first run: its DONE wins
     row = await db.get_generation(rid)
     assert (row["status"], row["post_url"], row["error"]) == ("DONE", "u", None)
+
+
+@aio
+async def test_a_retry_follows_its_own_run_whatever_an_earlier_run_sends(db: Database) -> None:
+    rid, site, t0 = uid("req"), uid("site"), now() - timedelta(minutes=5)
+    await db.upsert_outcomes([ev(rid, "requested", t0, site, request={"n": 1, "retry": 0}),
+                              ev(rid, "drafted", t0, site, title="T"),
+                              ev(rid, "failed", t0 + timedelta(seconds=5), site, error="image failed: refused")])
+    request, error = await db.reopen_failed(rid)
+    assert (request, error) == ({"n": 1, "retry": 1}, "image failed: refused")  # what the retry sends: run 1
+    t1 = t0 + timedelta(minutes=1)
+    # The retry's own events move the row; the first run's, read again or late, add nothing (no stage, no error).
+    await db.upsert_outcomes([ev(rid, "drafted", t1, site, retry=1), ev(rid, "illustrated", t0, site, image_url="old"),
+                              ev(rid, "failed", t0 + timedelta(seconds=5), site, error="image failed: refused")])
+    row = await db.get_generation(rid)
+    assert (row["status"], row["stage"], row["error"], row["image_url"], row["finished_at"]) == (
+        "PENDING", "drafted", None, None, None)
+    await db.upsert_outcomes([ev(rid, "failed", t1 + timedelta(seconds=5), site, error="image failed again", retry=1)])
+    row = await db.get_generation(rid)
+    assert (row["status"], row["error"], row["retry"]) == ("FAILED", "image failed again", 1)
+    assert (await db.reopen_failed(rid))[0]["retry"] == 2  # the next retry is the next run
+    # A run later than the row knows (a retry's record the broker took although it answered too late, the row
+    # since FAILED again) is the row's run from its first event.
+    await db.upsert_outcomes([ev(rid, "failed", t1, site, error="run 2 failed", retry=2)])
+    await db.upsert_outcomes([ev(rid, "illustrated", t1, site, retry=3)])
+    row = await db.get_generation(rid)
+    assert (row["status"], row["stage"], row["error"], row["retry"]) == ("PENDING", "illustrated", None, 3)
+
+
+def test_a_batch_with_two_runs_of_a_request_is_written_in_two_parts() -> None:
+    from store.outcomes import _one_site_per_id
+
+    t0 = now()
+    old, new = ev("a", "failed", t0, error="old"), ev("a", "requested", t0, retry=1)
+    other = ev("b", "drafted", t0)
+    assert _one_site_per_id([old, other, new, old]) == [[old, other, old], [new]]
 
 
 def test_a_batch_merges_done_over_failed_as_the_database_does() -> None:
