@@ -28,7 +28,7 @@ from connectors.replicate_images import PredictionState
 from streams.limiter.specs import REPLICATE_OTHER_REQUESTS, REPLICATE_REQUESTS
 from streams.pipeline.deps import Deps
 from streams.pipeline.spend import check_budget, record_prediction
-from streams.pipeline.stage import StageFailed, call_with_permits, effect_once
+from streams.pipeline.stage import StageFailed, call_with_permits, effect_once, slot_of
 from streams.settings import settings
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ async def make_cover(request: dict[str, Any], article: dict[str, Any], deps: Dep
 
     async def replicate(needs: dict[str, float], call: Callable[[], Awaitable[PredictionState]]) -> PredictionState:
         return await call_with_permits(stage=STAGE, request_id=request_id, site_id=site_id, needs=needs, call=call,
-                                       lane=lane)
+                                       lane=lane, slot=slot_of(request))
 
     async def poll(state: PredictionState) -> PredictionState:
         return await replicate({REPLICATE_OTHER_REQUESTS: 1}, lambda: images.get_prediction(state.id))

@@ -119,8 +119,9 @@ async def send_record(topic: Any, site_id: str, record_name: str, value: dict, h
 
 
 async def send_failed(
-    stage: str, request_id: str, site_id: str, error: str, attempts: int = 0, *, status: str = "FAILED"
+    stage: str, request_id: str, site_id: str, error: str, attempts: int = 0, *, status: str = "FAILED", retry: int = 0
 ) -> None:
+    """A FAILED (or CANCELLED) result of the request's run `retry` (BlogRequest.retry) on blog.results."""
     await send_record(
         results_topic,
         site_id,
@@ -137,6 +138,7 @@ async def send_failed(
             "attempts": attempts,
             "usage": None,
             "finished_at": now_ms(),
+            "retry": retry,
         },
     )
     metrics.stage_events.labels(stage, status.lower()).inc()
@@ -187,7 +189,7 @@ async def run_stage_event(
         await dead_letter(stage, event, err)
         return
     request = record.get("request", record)
-    request_id, site_id = request["request_id"], request["site_id"]
+    request_id, site_id, run = request["request_id"], request["site_id"], request.get("retry", 0)
     if problem := key_problem(event.message.key, site_id):
         await dead_letter(stage, event, RecordError(problem, request_id=request_id, site_id=site_id))
         return
@@ -198,10 +200,10 @@ async def run_stage_event(
             await send_record(topic, site_id, name, value)
     except StageFailed as failed:
         log.warning("%s", failed.message)
-        await send_failed(stage, request_id, site_id, failed.message, record.get("attempts", 0))
+        await send_failed(stage, request_id, site_id, failed.message, record.get("attempts", 0), retry=run)
         return
     except StageCancelled as cancelled:
-        await send_failed(stage, request_id, site_id, cancelled.reason, status="CANCELLED")
+        await send_failed(stage, request_id, site_id, cancelled.reason, status="CANCELLED", retry=run)
         return
     except RequestOfAnotherSite as foreign:
         log.warning("%s: %s", stage, foreign)
@@ -212,6 +214,7 @@ async def run_stage_event(
             stage, request_id, site_id,
             f"{stage} failed for request {request_id} on site {site_id}: its output is not a valid record "
             f"({err.reason}). Submit it again under a new id, or once the cause is fixed: blogstream retry {request_id}",
+            retry=run,
         )
         return
     except (SiteHeld, WorkerStopping):  # parked (a spend cap holds the site), or the worker stops: nothing paid
@@ -226,6 +229,7 @@ async def run_stage_event(
             f"{exc}. This is not an outage (those are retried until they pass): a fault in blogstream or in this "
             f"request; once it is fixed: blogstream retry {request_id}",
             attempt,
+            retry=run,
         )
         return
     metrics.stage_events.labels(stage, "ok").inc()

@@ -17,7 +17,9 @@ from streams.pipeline.spend import check_budget, paid_article
 from streams.limiter.client import budgets
 from streams.limiter.specs import OPENAI_REQUESTS, OPENAI_TOKENS
 from streams.contract import decode_request
-from streams.pipeline.stage import StageCancelled, StageFailed, call_with_permits, check_written, effect_once, now_ms
+from streams.pipeline.stage import (
+    StageCancelled, StageFailed, call_with_permits, check_written, effect_once, now_ms, slot_of,
+)
 
 STAGE = "generate"
 
@@ -42,6 +44,7 @@ async def write_draft(request: dict[str, Any], deps: Deps) -> dict[str, Any] | N
         return None
     assert deps.writer is not None
     writer = deps.writer
+    slot = slot_of(request)  # this run's in-flight slot: its own result frees it (sink.py)
 
     async def write() -> dict[str, Any]:
         estimate = writer.estimate_tokens(request)
@@ -59,10 +62,12 @@ async def write_draft(request: dict[str, Any], deps: Deps) -> dict[str, Any] | N
             site_id=site_id,
             needs={OPENAI_REQUESTS: 1, OPENAI_TOKENS: estimate},
             slot_limit=site.max_in_flight,
+            slot=slot,
             weight=site.weight,
             lane=request.get("priority", "interactive"),
             # each attempt: the site's spend cap checked first, the call's cost recorded after
-            call=lambda: paid_article(deps, request_id, site_id, lambda: writer.write_article(request, site_id=site_id)),
+            call=lambda: paid_article(deps, request_id, site_id, lambda: writer.write_article(request, site_id=site_id),
+                                      slot=slot),
             on_result=settle,
         )
         check_written(STAGE, result.article, request_id, site_id)  # before it is ledgered: a retry writes it again

@@ -45,11 +45,20 @@ async def produce_raw(topic: str, key: bytes | None, value: bytes | None, header
     return await app.producer.send(topic, key, value, None, None, headers or None)
 
 
-async def report_cancelled(stage: str, request_id: str, site_id: str, reason: str) -> None:
-    """A CANCELLED result on blog.results (the sink records it and frees the request's slot), acked."""
+def run_of(event: ParkedEvent) -> int:
+    """The run (BlogRequest.retry) a parked event belongs to; 0 for bytes that do not decode."""
+    try:
+        record = decode(RECORD_OF_STAGE[event.stage], event.value)
+        return int(record.get("request", record).get("retry", 0))
+    except (RecordError, KeyError, TypeError):
+        return 0
+
+
+async def report_cancelled(stage: str, request_id: str, site_id: str, reason: str, retry: int = 0) -> None:
+    """A CANCELLED result of run `retry` on blog.results (the sink records it and frees that run's slot), acked."""
     from streams.pipeline.factory import send_failed  # the one place results are written
 
-    await send_failed(stage, request_id, site_id, reason, status="CANCELLED")
+    await send_failed(stage, request_id, site_id, reason, status="CANCELLED", retry=retry)
 
 
 class ParkingLot:
@@ -69,7 +78,7 @@ class ParkingLot:
         *,
         on_unpaused: Callable[[str], None] = lambda site_id: None,
         produce: Callable[..., Awaitable[Awaitable[Any]]] = produce_raw,
-        cancelled: Callable[[str, str, str, str], Awaitable[None]] = report_cancelled,
+        cancelled: Callable[..., Awaitable[None]] = report_cancelled,
     ) -> None:
         self.store = store
         self.on_unpaused = on_unpaused  # told when the database says a site this worker held paused is not
@@ -105,7 +114,8 @@ class ParkingLot:
             if event.cancel_reason is not None and event.request_id is not None:
                 await asyncio.gather(*acks)  # the results keep their place among the events
                 acks = []
-                await self.cancelled(event.stage, event.request_id, event.site_id, event.cancel_reason)
+                await self.cancelled(event.stage, event.request_id, event.site_id, event.cancel_reason,
+                                     retry=run_of(event))
             else:
                 acks.append(await self.produce(event.topic, event.key, event.value, event.headers))
         await asyncio.gather(*acks)

@@ -19,7 +19,7 @@ from streams.pipeline.deps import Deps
 from streams.pipeline.factory import build_stage
 from streams.pipeline.publish_batches import site_batches
 from streams.contract import decode
-from streams.pipeline.stage import StageCancelled, StageFailed, check_written, effect_once, now_ms
+from streams.pipeline.stage import StageCancelled, StageFailed, check_written, effect_once, now_ms, slot_of
 
 STAGE = "publish"
 
@@ -50,10 +50,11 @@ async def publish_post(illustrated: dict[str, Any], deps: Deps) -> dict[str, Any
     wix = deps.wix
     slug = post_slug(article.get("slug", ""), request_id)
     lane = request.get("priority", "interactive")
+    slot = slot_of(request)  # the run's in-flight slot, named in its permit asks
 
     async def import_cover(image: dict[str, Any]) -> dict[str, Any]:
         return await site_batches.import_image(wix, site, request_id=request_id, lane=lane, url=image["url"],
-                                               display_name=f"{slug}.png")
+                                               display_name=f"{slug}.png", slot=slot)
 
     async def publish() -> dict[str, Any]:
         # The newest cover an earlier attempt made because the one before was gone: the older ones are
@@ -86,7 +87,7 @@ async def publish_post(illustrated: dict[str, Any], deps: Deps) -> dict[str, Any
                            image_alt=article.get("image_alt", ""))
         # Once the cover was imported by an earlier attempt, that attempt may have posted too.
         post = await site_batches.create_post(wix, site, request_id=request_id, lane=lane, draft=draft,
-                                              maybe_posted=earlier_attempt)
+                                              maybe_posted=earlier_attempt, slot=slot)
         return {"post_id": post.post_id, "post_url": post.url}
 
     posted, _ = await effect_once(deps, request_id, STAGE, site_id, publish)
@@ -104,6 +105,7 @@ async def publish_post(illustrated: dict[str, Any], deps: Deps) -> dict[str, Any
         "attempts": illustrated.get("attempts", 0),
         "usage": illustrated.get("usage"),
         "finished_at": now_ms(),
+        "retry": request.get("retry", 0),
     }
 
 

@@ -53,6 +53,11 @@ class _Call:
     alone: bool = False  # a bulk call with it was refused as a whole: it goes on its own, to get its own answer
     # The effect the call is made for (its request's import or post): a clean stop waits for it once it is sent.
     effect: Any = field(default_factory=_stage.current_effect)
+    slot: str = ""  # the run's in-flight slot (stage.slot_key), named in the permit ask; "": the request id's
+
+    @property
+    def slot_name(self) -> str:
+        return self.slot or self.request_id
 
     def resolve(self, value: Any) -> None:
         if not self.result.done():
@@ -72,14 +77,14 @@ class SiteBatches:
         self._senders: dict[tuple[str, str], asyncio.Task] = {}
 
     async def import_image(self, wix: WixBlog, site: WixSite, *, request_id: str, lane: str, url: str,
-                           display_name: str) -> dict[str, Any]:
+                           display_name: str, slot: str = "") -> dict[str, Any]:
         """The site's Wix `file` for the image at `url` (StageFailed caused by ImageExpired when it is gone)."""
-        return await self._submit(wix, site, IMPORT, _Call(request_id, lane, (url, display_name)))
+        return await self._submit(wix, site, IMPORT, _Call(request_id, lane, (url, display_name), slot=slot))
 
     async def create_post(self, wix: WixBlog, site: WixSite, *, request_id: str, lane: str, draft: dict[str, Any],
-                          maybe_posted: bool) -> PublishedPost:
+                          maybe_posted: bool, slot: str = "") -> PublishedPost:
         """The published post of this draft; `maybe_posted`: an earlier attempt may have created it."""
-        return await self._submit(wix, site, CREATE, _Call(request_id, lane, draft, maybe_done=maybe_posted))
+        return await self._submit(wix, site, CREATE, _Call(request_id, lane, draft, maybe_done=maybe_posted, slot=slot))
 
     async def _submit(self, wix: WixBlog, site: WixSite, kind: str, call: _Call) -> Any:
         key = (site.site_id, kind)
@@ -108,7 +113,7 @@ class SiteBatches:
         batch: list[_Call] = []
         most = settings.wix_bulk_max_items
         lane = "interactive" if any(call.lane == "interactive" for call in queue) else "bulk"
-        first = queue[0].request_id
+        first = queue[0]
 
         async def attempt() -> None:
             while queue and len(batch) < most:  # whatever came in while we waited for the permit
@@ -125,8 +130,9 @@ class SiteBatches:
                 await send(wix, site, batch, queue, lane)
 
         try:
-            await call_with_permits(stage=STAGE, request_id=first, site_id=site.site_id,
-                                    needs={wix_requests(site.site_id): 1}, call=attempt, lane=lane)
+            await call_with_permits(stage=STAGE, request_id=first.request_id, site_id=site.site_id,
+                                    needs={wix_requests(site.site_id): 1}, call=attempt, lane=lane,
+                                    slot=first.slot_name)
         except StageFailed as failed:
             cause = failed.__cause__
             if len(batch) > 1 and isinstance(cause, ProviderError) and not cause.retryable \
@@ -169,7 +175,7 @@ async def _send_creates(wix: WixBlog, site: WixSite, batch: list[_Call], queue: 
         if not batch:
             return
         # The look-up used this attempt's permit; the create needs its own.
-        await budgets.acquire(site_id=site.site_id, request_id=batch[0].request_id,
+        await budgets.acquire(site_id=site.site_id, request_id=batch[0].slot_name,
                               needs={wix_requests(site.site_id): 1}, lane=lane)
     for call in batch:
         call.maybe_done = True  # from here a retry might repeat a create that landed

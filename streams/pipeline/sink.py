@@ -19,8 +19,11 @@ Nothing one event does may stop or lose another:
   refuses it); results are dead-lettered here, stage records by the stage that
   reads them (factory.py), so a bad record lands in blog.dlq once.
 
-A final outcome also frees the request's in-flight slot in the limiter; the
-release is idempotent, so replaying a result is harmless.
+A final outcome also frees the in-flight slot of the run it ends (`slot_key`:
+each run of a request, the first and each `blogstream retry`, holds its own); the
+release is idempotent, so replaying a result is harmless, and an old run's result
+read again while a retry runs frees only the old run's slot. Every event carries
+its run (`retry`), and the row follows the latest (store/outcomes.py).
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ from streams.contract import RecordError, clean_text, decode, decode_request, ke
 from streams.limiter.client import budgets
 from streams.pipeline.deps import deps
 from streams.pipeline.factory import dead_letter, is_data_error, is_transient
+from streams.pipeline.stage import slot_key
 from streams.settings import settings
 
 log = logging.getLogger(__name__)
@@ -90,27 +94,28 @@ def _row(topic: str, value: dict[str, Any]) -> OutcomeRow:
     if topic == requests_topic.get_topic_name():
         return OutcomeRow(
             value["request_id"], value["site_id"], "PENDING", "requested", 0, _at(value.get("requested_at")),
-            request=value,
+            request=value, retry=value.get("retry", 0),
         )
     request = value.get("request", value)
+    run = request.get("retry", 0)
     if topic == drafts_topic.get_topic_name():
         usage = value["usage"]
         return OutcomeRow(
             request["request_id"], request["site_id"], "PENDING", "drafted", 1, _at(value["drafted_at"]),
             request=request, title=value["article"]["title"], attempts=value.get("attempts"),
-            prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],
+            prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"], retry=run,
         )
     if topic == illustrated_topic.get_topic_name():
         return OutcomeRow(
             request["request_id"], request["site_id"], "PENDING", "illustrated", 2, _at(value["illustrated_at"]),
-            request=request, title=value["article"]["title"], image_url=value["image"]["url"],
+            request=request, title=value["article"]["title"], image_url=value["image"]["url"], retry=run,
         )
     usage = value.get("usage") or {}
     return OutcomeRow(
         value["request_id"], value["site_id"], value["status"], _FINAL_STAGE[value["status"]], 3,
         _at(value["finished_at"]), title=value.get("title"), post_id=value.get("post_id"),
         post_url=value.get("post_url"), error=value.get("error"), attempts=value.get("attempts"),
-        prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"),
+        prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"), retry=run,
     )
 
 
@@ -185,6 +190,7 @@ async def _refused_by_postgres(event: Any, row: OutcomeRow, reason: str) -> None
             f"sink could not store an event of request {row.request_id} on site {row.site_id} ({where}, now in "
             f"blog.dlq): {reason}. Fix the cause, then: blogstream retry {row.request_id}", 2000,
         ),
+        retry=row.retry,  # the refused event's run: it ends that run, not a later one
     )
     try:
         await _until_done(f"marking {row.request_id} FAILED", lambda: _store([failed]))
@@ -203,11 +209,12 @@ async def _dead_letter(event: Any, err: RecordError, *, mark_failed: bool = True
 
 
 async def _release(row: OutcomeRow) -> None:
-    """Free a finished request's in-flight slot; only an outage is worth holding the batch for."""
+    """Free the in-flight slot of the run a final event ends; only an outage is worth holding the batch for."""
+    slot = slot_key(row.request_id, row.retry)
     try:
-        await _until_done("releasing a slot", lambda: budgets.release_slot(row.site_id, row.request_id), outages_only=True)
+        await _until_done("releasing a slot", lambda: budgets.release_slot(row.site_id, slot), outages_only=True)
     except Exception:
-        log.exception("sink: could not release the slot of %s", row.request_id)
+        log.exception("sink: could not release the slot of %s", slot)
 
 
 async def store_batch(events: list[Any]) -> None:

@@ -54,11 +54,11 @@ def _global_cap() -> float | None:
     return settings.global_daily_budget_usd or None
 
 
-async def check_budget(deps: Any, site_id: str, request_id: str, *, holds_slot: bool = False) -> None:
+async def check_budget(deps: Any, site_id: str, request_id: str, *, holds_slot: str | None = None) -> None:
     """Raise SiteHeld if a spend cap holds the site: no new paid call starts for it.
 
-    `holds_slot`: the caller took the request's in-flight slot with its permit; it is
-    given back, since the request goes to wait parked.
+    `holds_slot`: the caller took this in-flight slot (the run's `stage.slot_key`) with its
+    permit; it is given back, since the request goes to wait parked.
     """
     costs = _costs(deps)
     if costs is None:
@@ -72,16 +72,20 @@ async def check_budget(deps: Any, site_id: str, request_id: str, *, holds_slot: 
     if reason is None:
         return
     deps.hold_here(site_id)
-    if holds_slot:
-        await budgets.release_slot(site_id, request_id)
+    if holds_slot is not None:
+        await budgets.release_slot(site_id, holds_slot)
     log.info("site %s: %s (%s cap reached): request %s waits parked until the cap is raised or the period ends",
              site_id, BUDGET_EXHAUSTED, reason, request_id)
     raise SiteHeld(site_id, f"{BUDGET_EXHAUSTED} ({reason} cap)")
 
 
-async def paid_article(deps: Any, request_id: str, site_id: str, call: Callable[[], Awaitable[Any]]) -> Any:
-    """One OpenAI call (each attempt of the retry loop): the cap checked first, the cost recorded after."""
-    await check_budget(deps, site_id, request_id, holds_slot=True)
+async def paid_article(deps: Any, request_id: str, site_id: str, call: Callable[[], Awaitable[Any]], *,
+                       slot: str | None = None) -> Any:
+    """One OpenAI call (each attempt of the retry loop): the cap checked first, the cost recorded after.
+
+    `slot`: the in-flight slot the call's permit took (default the request id's, its first run's).
+    """
+    await check_budget(deps, site_id, request_id, holds_slot=slot or request_id)
     try:
         result = await call()
     except ProviderError as exc:

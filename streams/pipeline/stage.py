@@ -34,6 +34,23 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def slot_key(request_id: str, retry: int = 0) -> str:
+    """The name of one run's in-flight slot in the limiter: the request id for its first run, `id#n` for
+    the run `blogstream retry` started the n-th time (BlogRequest.retry; `#` is in no request id).
+
+    Each run holds a slot of its own, taken by its generate step and freed by its own result
+    (sink.py): a result of an earlier run, read again while a retry runs, frees that run's slot,
+    never the retry's.
+    """
+    return request_id if not retry else f"{request_id}#{retry}"
+
+
+def slot_of(record: dict[str, Any]) -> str:
+    """`slot_key` of a stage record's run (a BlogRequest, or a record that carries one)."""
+    request = record.get("request", record)
+    return slot_key(request["request_id"], request.get("retry", 0))
+
+
 class StageFailed(Exception):
     """A request cannot go on: says which request, which site, and what to do."""
 
@@ -350,8 +367,11 @@ async def call_with_permits(
     weight: float = 1.0,
     lane: str = "interactive",
     on_result: Callable[[Any, Any], Awaitable[None]] | None = None,
+    slot: str | None = None,
 ) -> Any:
     """The one retry loop: a fresh permit for every attempt, SDK retries are off.
+
+    `slot` names the run's in-flight slot in the permit asks (`slot_key`; default the request id).
 
     429s and `retry-after` hints go back to the limiter, which shrinks the
     shared budget; 5xx and timeouts back off exponentially (`keeps_trying`
@@ -367,7 +387,7 @@ async def call_with_permits(
         attempt += 1
         STOPPING.check(stage, request_id)
         permit = await budgets.acquire(
-            site_id=site_id, request_id=request_id, needs=needs, slot_limit=slot_limit, weight=weight, lane=lane
+            site_id=site_id, request_id=slot or request_id, needs=needs, slot_limit=slot_limit, weight=weight, lane=lane
         )
         if not permit.usable():
             if attempt < settings.max_attempts:  # a permit that came too late: counted, no patience

@@ -25,9 +25,11 @@ class GrantedPermits:
 
     def __init__(self) -> None:
         self.asked: list[tuple[dict[str, float], str]] = []
+        self.slots: list[str] = []  # the slot each ask names (its `request_id`: the run's stage.slot_key)
 
     async def acquire(self, *, site_id, request_id, needs, slot_limit=None, weight=1.0, lane="interactive"):
         self.asked.append((dict(needs), lane))
+        self.slots.append(request_id)
         await asyncio.sleep(0)
         return Permit("g", time.time() + 60, dict(needs), 0.0)
 

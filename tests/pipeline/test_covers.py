@@ -105,6 +105,13 @@ async def test_a_bulk_requests_cover_asks_its_permits_in_the_bulk_lane(sim, budg
     assert budgets.by_lane() == {"bulk": 1}
 
 
+async def test_a_retrys_cover_asks_its_permits_for_the_retrys_slot(sim, budgets):
+    # Named in every ask, the run's own slot is the one the coordinator keeps for it past generate (`later`).
+    async with images(sim) as maker:
+        await covers.make_cover(REQUEST | {"retry": 2, "request_id": "cover-retry-1"}, ARTICLE, deps_for(maker))
+    assert budgets.slots and set(budgets.slots) == {"cover-retry-1#2"}
+
+
 async def test_failed_polls_are_polled_again_with_a_permit_each_and_one_prediction_is_billed(sim, budgets):
     # The sync wait (1 s) ends before the image (2.5 s): polls follow, half of them answered 503.
     sim.configure({"replicate": {"latency": [2.5, 2.5], "other_error_rate": 0.5}})

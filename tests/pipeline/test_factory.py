@@ -22,6 +22,8 @@ from streams.pipeline.stage import RequestOfAnotherSite, StageFailed
 
 NOW = 1_750_000_000_000
 REQUEST = {"request_id": "req-1", "site_id": "shop-1", "topic": "Tea", "requested_at": NOW}
+ARTICLE = {"title": "Tea", "slug": "tea", "excerpt": "", "body": "Tea.", "tags": [], "image_prompt": "tea",
+           "image_alt": "tea"}
 
 
 def event(value: bytes, key: bytes | None = b"shop-1", offset: int = 7) -> Any:
@@ -31,10 +33,11 @@ def event(value: bytes, key: bytes | None = b"shop-1", offset: int = 7) -> Any:
 
 @pytest.fixture
 def outcomes(monkeypatch):
-    seen = SimpleNamespace(failed=[], dead=[], sent=[])
+    seen = SimpleNamespace(failed=[], dead=[], sent=[], runs=[])
 
-    async def send_failed(stage, request_id, site_id, error, attempts=0, *, status="FAILED"):
+    async def send_failed(stage, request_id, site_id, error, attempts=0, *, status="FAILED", retry=0):
         seen.failed.append((request_id, status, error))
+        seen.runs.append(retry)
 
     async def dead_letter(stage, event, err, *, mark_failed=True):
         seen.dead.append((err.reason, err.request_id if mark_failed else None))
@@ -67,6 +70,20 @@ async def test_a_step_that_keeps_failing_ends_its_request_failed_after_a_few_tri
     ((request_id, status, error),) = outcomes.failed
     assert (request_id, status) == ("req-1", "FAILED")
     assert f"{factory.MAX_STEP_ATTEMPTS} times: KeyError" in error and "blogstream retry req-1" in error
+
+
+@pytest.mark.parametrize("raised", [
+    StageFailed("image", "req-1", "shop-1", "Replicate refused the prompt"),
+    KeyError("usage"),
+])
+async def test_a_failed_result_names_the_run_it_ends(outcomes, raised):
+    # A retry's failure ends the retry's run (its slot, its row), not the run before it: the result carries the
+    # run of the record that failed, for each way a step can fail.
+    data = encode("BlogDraft", {"request": REQUEST | {"retry": 2}, "article": ARTICLE,
+                                "usage": {"prompt_tokens": 1, "completion_tokens": 1}, "drafted_at": NOW})
+    await factory.run_stage_event("image", event(data), lambda d: decode("BlogDraft", d), failing(raised),
+                                  attempt=factory.MAX_STEP_ATTEMPTS)
+    assert [status for _, status, _ in outcomes.failed] == ["FAILED"] and outcomes.runs == [2]
 
 
 @pytest.mark.parametrize("outage", [

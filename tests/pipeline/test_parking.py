@@ -428,7 +428,7 @@ async def test_resume_sends_the_parked_events_back_in_order_and_they_run(db, run
     lot = ParkingLot(store, on_unpaused=paused_here.discard)
     cancelled: list[str] = []
 
-    async def report(stage, request_id, site_id, reason):
+    async def report(stage, request_id, site_id, reason, retry=0):
         cancelled.append(request_id)
 
     lot.cancelled = report
@@ -541,3 +541,20 @@ def test_paused_sites_are_found_without_asking_every_site_before_every_event(mon
         await asyncio.sleep(0)
 
     asyncio.run(scenario())
+
+
+async def test_a_cancelled_parked_event_ends_the_run_it_belongs_to():
+    # A retry's request parked at generate and then cancelled: its CANCELLED result must say the retry's run, or
+    # the sink would free the first run's slot and leave the retry's row PENDING (an earlier run's result).
+    retried = {"request_id": "r-9", "site_id": "s-9", "topic": "Tea", "requested_at": 1_750_000_000_000, "retry": 3}
+    reported: list[tuple[str, int]] = []
+
+    async def report(stage, request_id, site_id, reason, retry=0):
+        reported.append((request_id, retry))
+
+    lot = ParkingLot(ParkedEvents(None), cancelled=report)
+    parked = [ParkedEvent("s-9", "generate", "r-9", "t", 0, n, b"s-9", value, cancel_reason="cancelled")
+              for n, value in enumerate([encode("BlogRequest", retried), encode("BlogRequest", retried | {"retry": 0}),
+                                         b"not a record"])]
+    await lot.send_back(parked)
+    assert reported == [("r-9", 3), ("r-9", 0), ("r-9", 0)]

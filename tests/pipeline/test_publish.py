@@ -89,6 +89,19 @@ async def test_a_retried_publish_takes_a_permit_for_every_wix_request_and_posts_
     assert all(needs == {"wix_requests:site-a": 1} for needs in counting.needs)
 
 
+@pytest.mark.asyncio
+async def test_a_retrys_wix_asks_name_the_retrys_slot_and_its_result_the_retrys_run(counting):
+    # The run's own in-flight slot (stage.slot_key) is named in every ask, so the coordinator keeps it past
+    # generate; the result says which run it ends, so the sink frees that run's slot and no other.
+    request = {"request_id": "req-2", "site_id": "site-a", "retry": 1}
+    article = {"title": "T", "excerpt": "E", "body": "B", "slug": "t", "tags": [], "image_prompt": "", "image_alt": ""}
+    db = LedgerDb({("req-2", "publish-media"): {"id": "media-2", "url": "https://static.example/media-2.png"}})
+    result = await publish.publish_post({"request": request, "article": article, "image": {"url": "u"}},
+                                        FakeDeps(db, FlakyWix()))
+    assert result["status"] == "DONE" and result["retry"] == 1
+    assert counting.slots and set(counting.slots) == {"req-2#1"}
+
+
 # --- a cover Wix could not fetch: a new one is made (publish.py), and a replay must follow it ----------
 
 FIRST, SECOND = "https://replicate.example/first.png", "https://replicate.example/second.png"

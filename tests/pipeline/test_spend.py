@@ -108,6 +108,10 @@ async def test_a_held_site_starts_no_call_gives_its_slot_back_and_is_held_here(m
     with pytest.raises(SiteHeld, match="budget_exhausted"):
         await spend.paid_article(deps, "r1", "s1", call)
     assert called == [] and released == [("s1", "r1")] and deps.held == ["s1"]
+    # A retry's run holds a slot of its own (stage.slot_key): that is the one it gives back.
+    with pytest.raises(SiteHeld):
+        await spend.paid_article(deps, "r1", "s1", call, slot="r1#2")
+    assert released[-1] == ("s1", "r1#2")
 
 
 async def test_the_call_that_reaches_the_cap_holds_the_site():
