@@ -223,7 +223,7 @@ sites_budget_exhausted = Gauge(
 # miss the first one. The series the alerts and the dashboard name start at 0.
 PROVIDERS = ("openai", "replicate", "wix")  # the connectors' PROVIDER; budget names start with them
 STAGES = ("generate", "image", "publish")  # the STAGE of streams/pipeline/{generate,covers,publish}.py
-STAGE_OUTCOMES = ("ok", "failed", "cancelled", "dead_letter", "retried", "parked")
+STAGE_OUTCOMES = ("ok", "failed", "cancelled", "dead_letter", "retried", "parked", "moved")
 for _stage in STAGES:
     for _outcome in STAGE_OUTCOMES:
         stage_events.labels(_stage, _outcome)

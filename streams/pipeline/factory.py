@@ -35,6 +35,7 @@ from streams.app import FIRST_AT_STOP, app, dlq_topic, expected_start, results_t
 from streams.contract import RecordError, clean_text, encode, key_problem, time_problem
 from streams.contract.requests import priority_headers
 from streams.pipeline.deps import Deps, deps
+from streams.pipeline.parking import to_tail
 from streams.pipeline.runner import SiteHeld, StageRunner, WorkerStopping
 from streams.pipeline.stage import STOPPING, RequestOfAnotherSite, StageCancelled, StageFailed, now_ms
 from streams.settings import settings
@@ -316,6 +317,7 @@ def build_stage(
     runner.rewind = _read_again
     runner.assigned_partitions = _assigned
     runner.end_offset = _end_of
+    runner.to_tail = to_tail  # a site at its cap gives way while the read-ahead is full (give_way.py)
 
     async def consume(stream: Any) -> None:
         await runner.consume(stream)

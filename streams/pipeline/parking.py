@@ -19,22 +19,29 @@ log = logging.getLogger(__name__)
 RECORD_OF_STAGE = {"generate": "BlogRequest", "image": "BlogDraft", "publish": "BlogIllustrated"}
 
 
-def parked_event(stage: str, event: Any) -> ParkedEvent:
-    """A stage event as a parked row: its source record byte for byte, and its request id when it reads."""
+def raw_record(event: Any) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """A stage event's source record byte for byte: key, value, headers."""
     message = event.message
     value = message.value if isinstance(message.value, (bytes, type(None))) else event.value
     key = message.key if isinstance(message.key, (bytes, type(None))) else str(message.key).encode()
+    headers = message.headers or []
+    if isinstance(headers, dict):
+        headers = list(headers.items())
+    return key, value, [(str(k), bytes(v or b"")) for k, v in headers]
+
+
+def parked_event(stage: str, event: Any) -> ParkedEvent:
+    """A stage event as a parked row: its source record byte for byte, and its request id when it reads."""
+    message = event.message
+    key, value, headers = raw_record(event)
     try:
         record = decode(RECORD_OF_STAGE[stage], value)
         request_id: str | None = record.get("request", record)["request_id"]
     except (RecordError, KeyError, TypeError) as err:  # the stage will dead-letter it once it is back
         request_id = getattr(err, "request_id", None)
-    headers = message.headers or []
-    if isinstance(headers, dict):
-        headers = list(headers.items())
     return ParkedEvent(
         site_id=site_of(event), stage=stage, request_id=request_id, topic=message.topic, partition=message.partition,
-        offset=message.offset, key=key, value=value, headers=[(str(k), bytes(v or b"")) for k, v in headers],
+        offset=message.offset, key=key, value=value, headers=headers,
     )
 
 
@@ -43,6 +50,19 @@ async def produce_raw(topic: str, key: bytes | None, value: bytes | None, header
     from streams.app import app  # the worker's producer (imported late: the runner's tests need no app)
 
     return await app.producer.send(topic, key, value, None, None, headers or None)
+
+
+async def to_tail(events: list[Any]) -> None:
+    """Produce stage events again at the end of the partitions they came from, in order, and return once the
+    broker has every one: the runner then acks the originals (a site at its cap giving way, give_way.py)."""
+    from streams.app import app
+
+    acks = []
+    for event in events:
+        key, value, headers = raw_record(event)
+        acks.append(await app.producer.send(event.message.topic, key, value, event.message.partition, None,
+                                            headers or None))
+    await asyncio.gather(*acks)
 
 
 def run_of(event: ParkedEvent) -> int:

@@ -147,7 +147,8 @@ async def run():
 
     yield start
     for runner, task in started:
-        pending = {task, *runner._tasks, *(t for t in (runner._dispatcher, runner._watchdog, runner._parker) if t)}
+        pending = {task, *runner._tasks, *(t for t in (runner._dispatcher, runner._watchdog, runner._parker,
+                                                        runner._mover) if t)}
         # Cancel until everything is gone: on Python 3.11 asyncio.wait_for (the
         # dispatcher's idle wait) swallows a cancel that coincides with its wake-up.
         while pending:
@@ -164,6 +165,7 @@ def make_runner(handler: Recorder, *, concurrency: int = 50, read_ahead: int = 1
     # feed partitions in any order; the gap tests below give their own.
     runner.expected_start = lambda tp: None
     runner.rewind = None
+    runner.to_tail = None  # the worker's produces to Kafka: tests/pipeline/test_give_way.py gives its own
     runner.park = None  # the worker's (streams/pipeline/deps.py) parks in Postgres: tests/pipeline/test_parking.py
     runner.load_policies = None
     runner.STALL_CHECK_EVERY = 3600.0  # the stall tests call check_stalls() with the time they choose
