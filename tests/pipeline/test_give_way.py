@@ -124,3 +124,38 @@ async def test_events_that_could_not_be_moved_run_in_their_place(run):
         await wait_until(lambda: (0, offset) in handler.started, f"capped's event {offset} started in its place")
         handler.open((0, offset))
     await wait_until(lambda: stream.acked(0) == list(range(20)), "all acked in order")
+
+
+async def test_the_workers_move_sends_each_record_as_it_was_to_its_own_partition_and_waits_for_every_ack(monkeypatch):
+    """parking.to_tail, the hook factory.py gives the runners: same topic, partition, key, value and headers, in
+    order, and it returns only once the broker acked every copy (the runner acks the originals after it)."""
+    import asyncio
+
+    from streams.app import app
+    from streams.pipeline import parking
+
+    sent, acks = [], []
+
+    class Producer:
+        async def send(self, topic, key, value, partition, timestamp, headers):
+            sent.append((topic, key, value, partition, headers))
+            acks.append(asyncio.get_running_loop().create_future())
+            return acks[-1]
+
+    monkeypatch.setattr(type(app), "producer", Producer())
+    first = event(3, 7, "shop-1")
+    first.message.topic, first.message.partition = "t.blog.requests", 3
+    first.message.headers = [("blogstream-priority", b"bulk")]
+    first.message.value = first.value
+    second = event(3, 9, "shop-1")
+    second.message.topic, second.message.partition, second.message.headers = "t.blog.requests", 3, None
+    second.message.value = second.value
+    moving = asyncio.ensure_future(parking.to_tail([first, second]))
+    await wait_until(lambda: len(sent) == 2, "both copies handed to the producer")
+    assert sent == [("t.blog.requests", b"shop-1", b"shop-1@3/7", 3, [("blogstream-priority", b"bulk")]),
+                    ("t.blog.requests", b"shop-1", b"shop-1@3/9", 3, None)]
+    acks[1].set_result(None)
+    await settle()
+    assert not moving.done(), "not before the broker acked every copy"
+    acks[0].set_result(None)
+    await asyncio.wait_for(moving, 5.0)
