@@ -36,6 +36,7 @@ from streams.contract import RecordError, clean_text, encode, key_problem, time_
 from streams.contract.requests import priority_headers
 from streams.pipeline.deps import Deps, deps
 from streams.pipeline.parking import to_tail
+from streams.pipeline.passed_on import PASSED_ON
 from streams.pipeline.runner import SiteHeld, StageRunner, WorkerStopping
 from streams.pipeline.stage import STOPPING, RequestOfAnotherSite, StageCancelled, StageFailed, now_ms
 from streams.settings import settings
@@ -97,6 +98,7 @@ async def _forget_revoked(app_: Any, revoked: Any, **kwargs: Any) -> None:
     """
     for runner in StageRunner.instances:
         runner.forget(set(revoked))
+    PASSED_ON.forget({tp.partition for tp in revoked})
     gone = {(tp.topic, tp.partition) for tp in revoked}
     for position in [p for p in _step_failures if p[:2] in gone]:
         del _step_failures[position]
@@ -117,6 +119,8 @@ async def send_record(topic: Any, site_id: str, record_name: str, value: dict, h
         headers = {**(headers or {}), **dict(lane)}
     fut = await topic.send(key=site_id.encode(), value=encode(record_name, value), headers=headers)
     await fut
+    if record_name == "BlogResult":  # the request's end: its slot is freed (the sink)
+        PASSED_ON.end(value["request_id"])
 
 
 async def send_failed(
@@ -285,10 +289,22 @@ def _event_time(ms: Any) -> datetime | None:
     return datetime.fromtimestamp(ms / 1000, timezone.utc) if isinstance(ms, int) and not time_problem(ms) else None
 
 
+def passed_on(event: Any, record: dict[str, Any]) -> None:
+    """The first stage is done with this event's request: it holds its site's slot until its result."""
+    request = record.get("request", record)
+    if request.get("priority") != "bulk":  # one the Batch API wrote holds none
+        PASSED_ON.add(request["request_id"], request["site_id"], event.message.partition)
+
+
 def build_stage(
-    name: str, *, source: Any, decode: Callable[[bytes], dict], step: Step, next_topic: Any, next_record: str
+    name: str, *, source: Any, decode: Callable[[bytes], dict], step: Step, next_topic: Any, next_record: str,
+    takes_slot: bool = False,
 ) -> StageRunner:
-    """Register the agent of one stage on `source`; returns its runner (queue figures, tests)."""
+    """Register the agent of one stage on `source`; returns its runner (queue figures, tests).
+
+    `takes_slot`: a request takes its site's in-flight slot here and holds it until its result, so the
+    site's requests past this stage count against its cap in this stage's runner (passed_on.py).
+    """
 
     async def run_step(record: dict[str, Any]) -> tuple[Any, str, dict] | None:
         await deps.ready()
@@ -305,7 +321,13 @@ def build_stage(
         return None if produced is None else (next_topic, next_record, produced)  # None: nothing to produce yet
 
     async def handle(event: Any) -> None:
-        await run_counted(name, event, decode, run_step)
+        await run_counted(name, event, decode, run_step if not takes_slot else lambda record: passing_on(event, record))
+
+    async def passing_on(event: Any, record: dict[str, Any]) -> tuple[Any, str, dict] | None:
+        out = await run_step(record)
+        if out is not None:
+            passed_on(event, record)
+        return out
 
     runner = StageRunner(
         name, handle, concurrency=settings.stage_concurrency, read_ahead=settings.read_ahead, policy=deps.policy,
@@ -318,6 +340,9 @@ def build_stage(
     runner.assigned_partitions = _assigned
     runner.end_offset = _end_of
     runner.to_tail = to_tail  # a site at its cap gives way while the read-ahead is full (give_way.py)
+    if takes_slot:
+        runner.held_later = PASSED_ON.count
+        PASSED_ON.on_end = runner.wake  # a request ended: its site may start another
 
     async def consume(stream: Any) -> None:
         await runner.consume(stream)

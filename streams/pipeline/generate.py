@@ -91,5 +91,5 @@ async def write_draft(request: dict[str, Any], deps: Deps) -> dict[str, Any] | N
 
 generate_runner = build_stage(
     STAGE, source=requests_topic, decode=decode_request, step=write_draft,
-    next_topic=drafts_topic, next_record="BlogDraft",
+    next_topic=drafts_topic, next_record="BlogDraft", takes_slot=True,
 )

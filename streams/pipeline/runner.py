@@ -30,7 +30,7 @@ from typing import Any, Awaitable, Callable, Iterable
 
 from streams import metrics
 from streams.contract.requests import PRIORITY_HEADER
-from streams.pipeline.give_way import sites_to_move
+from streams.pipeline.give_way import GivingWay
 from streams.pipeline.retries import RETRIES, retry_delay
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class _Entry:
     dropped: bool = False  # its partition moved to another worker
 
 
-class StageRunner:
+class StageRunner(GivingWay):
     instances: list["StageRunner"] = []  # every stage's runner, told about revoked partitions
     # Where a partition's events must start (its committed offset), and how to
     # read a partition again from an offset: set by streams/pipeline/factory.py for the
@@ -103,11 +103,9 @@ class StageRunner:
     PARK_SCAN_SECONDS = 0.5  # every site with a line is checked for a pause this often; newcomers at once
     # ... unless `paused_version` says when a pause may have come: then at that moment, and this often anyway.
     PARK_FULL_SCAN_SECONDS = 30.0
-    # Set by streams/pipeline/factory.py: produce events again at the end of their partitions, in order,
-    # returning once the broker has all of them (`_give_way`). None: a site at its cap keeps its waiting
-    # events here, holding its partition's commit and the read-ahead.
-    to_tail: Callable[[list[Any]], Awaitable[None]] | None = None
-    GIVE_WAY_EVERY = 1.0  # while the read-ahead is full, sites that hold it are looked for this often
+    # The site's requests past this stage on this worker, not ended yet (set by factory.py for the first
+    # stage, where a request takes its site's slot until its end): they count against its cap here too.
+    held_later: Callable[[str], int] = staticmethod(lambda site: 0)
 
     def __init__(
         self,
@@ -149,8 +147,6 @@ class StageRunner:
         self._parker: asyncio.Task | None = None
         self._joined: list[str] = []  # sites that got a line since `_park_paused` last looked
         self._scanned_at = -math.inf  # when it last looked at every site with a line
-        self._mover: asyncio.Task | None = None  # moving sites' waiting events to the tail (`_give_way`)
-        self._gave_way_at = -math.inf
         self._dispatcher: asyncio.Task | None = None
         self._watchdog: asyncio.Task | None = None
         self._stopping = False  # the worker stops: no event starts any more (`stop_starting`)
@@ -301,7 +297,7 @@ class StageRunner:
         for _ in range(2 * len(self._ring)):
             site_id = self._ring[0]
             policy = self.policy(site_id)
-            if (policy.paused or self._running.get(site_id, 0) >= policy.max_in_flight
+            if (policy.paused or self.in_flight(site_id) >= policy.max_in_flight
                     or (only_interactive and self._lines[site_id][0].bulk)):
                 self._ring.rotate(-1)
                 continue
@@ -518,44 +514,6 @@ class StageRunner:
             for tp in parked_tps:
                 await self._ack_in_order(tp)
 
-    # --- giving way (a site at its cap: give_way.py) -----------------------------------
-    def _give_way(self) -> None:
-        """The read-ahead is full: sites at their cap that hold finished events unacked move their waiting
-        events to the end of their partitions (`to_tail`); the copies run when they are read again."""
-        now = time.monotonic()
-        if self.to_tail is None or (self._mover is not None and not self._mover.done()) \
-                or now - self._gave_way_at < self.GIVE_WAY_EVERY:
-            return
-        self._gave_way_at = now
-        moving: list[_Entry] = []
-        for site_id in sites_to_move(self._lines, self._unfinished, self._running, self.policy, list(self._ring)):
-            moving.extend(self._lines.pop(site_id))
-            self._ring.remove(site_id)
-            self._credit[site_id] = 0.0
-            self._show_queued(site_id)
-        if moving:
-            self._mover = asyncio.ensure_future(self._move_to_tail(moving))
-
-    async def _move_to_tail(self, entries: list[_Entry]) -> None:
-        assert self.to_tail is not None
-        try:
-            await self.to_tail([e.event for e in entries])
-        except Exception as exc:  # the broker away: they run in their place (a copy it took anyway is a replay)
-            log.warning("%s: could not move %d waiting events of sites at their cap to the end of their partitions "
-                        "(%s); they wait here", self.name, len(entries), exc)
-            self._gave_way_at = time.monotonic() + 10 * self.GIVE_WAY_EVERY
-            for entry in reversed(entries):
-                self._requeue(entry)
-            return
-        moved = [e for e in entries if not e.dropped]
-        for entry in moved:
-            entry.done = True
-        metrics.stage_events.labels(self.name, "moved").inc(len(moved))
-        log.info("%s: %d waiting events of sites at their cap (%s) moved to the end of their partitions, so the "
-                 "events finished behind them are acked", self.name, len(moved), ", ".join(sorted({e.site_id for e in moved})))
-        for tp in dict.fromkeys(e.tp for e in moved):
-            await self._ack_in_order(tp)
-
     async def _ack_in_order(self, tp: Any) -> None:
         line = self._unfinished.get(tp)
         while line and line[0].done:
@@ -607,6 +565,14 @@ class StageRunner:
 
     def running_by_site(self) -> dict[str, int]:
         return {site: n for site, n in self._running.items() if n}
+
+    def wake(self) -> None:
+        """Something outside changed what may start (a request of a site ended in a later stage)."""
+        self._changed.set()
+
+    def in_flight(self, site_id: str) -> int:
+        """What counts against the site's cap here: its events running, and its requests in later stages."""
+        return self._running.get(site_id, 0) + self.held_later(site_id)
 
 
 def _is_bulk(message: Any) -> bool:
