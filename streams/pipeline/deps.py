@@ -178,7 +178,10 @@ class Deps:
         return await self.parking.park(stage, events)
 
     def hold_here(self, site_id: str) -> None:
-        """A spend cap holds the site (streams/pipeline/spend.py): park its events from now on."""
+        """A spend cap holds the site (streams/pipeline/spend.py): park its events from now on (the runners
+        look for them at once: `paused_version`)."""
+        if not self.policy(site_id).paused:
+            self._paused_version += 1
         self._policies[site_id] = replace(self.policy(site_id), paused=True)
 
     def _unpaused_here(self, site_id: str) -> None:

@@ -95,3 +95,21 @@ def test_the_paused_version_moves_when_a_refresh_finds_a_site_newly_paused_or_he
         assert await refreshed(Site("s2", paused=True)) == 1
 
     asyncio.run(scenario())
+
+
+def test_a_site_this_worker_holds_for_its_spend_moves_the_paused_version_too(monkeypatch):
+    """A paid call's cost reached the site's cap here (spend.py: `hold_here`), or a step found it held
+    (SiteHeld): its events waiting in the runners are to be parked now, so they stop holding their
+    partition's commit and the read-ahead. The version did not move, so the runners found the site only at
+    their next full look (StageRunner.PARK_FULL_SCAN_SECONDS, 30 s), its waiting events unparked till then."""
+    table = SitesTable()
+    table.put(Site("s1"))
+    deps, _ = deps_over(table, monkeypatch)
+
+    async def scenario() -> None:
+        await deps.refresh()
+        before = deps.paused_version()
+        deps.hold_here("s1")
+        assert deps.policy("s1").paused and deps.paused_version() == before + 1
+
+    asyncio.run(scenario())
