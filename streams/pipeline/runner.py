@@ -161,11 +161,9 @@ class StageRunner(GivingWay):
         if self._watchdog is None or self._watchdog.done():
             self._watchdog = asyncio.ensure_future(self._watch_for_stalls())
         async for event in stream.noack().events():
-            while self._buffered >= self.read_ahead:
-                self._give_way()
+            while self._buffered >= self.read_ahead:  # the dispatcher looks for sites to give way meanwhile
                 self._changed.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), self.GIVE_WAY_EVERY or None)
+                await self._changed.wait()
             self.add(event)
 
     def add(self, event: Any) -> None:
@@ -360,6 +358,8 @@ class StageRunner(GivingWay):
         await self._wait_for_policies()
         while True:
             self._park_paused()
+            if self._buffered >= self.read_ahead:
+                self._give_way()
             entry = self._next()
             if entry is None:
                 self._changed.clear()
