@@ -27,7 +27,7 @@ from streams.app import drafts_topic, illustrated_topic, requests_topic, results
 from streams.contract import encode
 from streams.pipeline import sink
 from streams.pipeline.stage import slot_key
-from tests.store.conftest import database_on_a_loop_of_its_own, uid
+from tests.store.conftest import RUN, database_on_own_loop, uid
 
 from .test_sink_retry_slots import SITE, Limiter, event, sink_with
 
@@ -38,7 +38,12 @@ RANKS = {"requested": 0, "drafted": 1, "illustrated": 2}
 _offsets = itertools.count()
 
 
-pg = pytest.fixture(scope="module")(database_on_a_loop_of_its_own)  # hypothesis runs the examples synchronously
+@pytest.fixture(scope="module")
+def pg():
+    """A Database on a loop of its own: hypothesis runs the examples synchronously."""
+    with database_on_own_loop() as (loop, database):
+        yield loop, database
+        loop.run_until_complete(database.pool.execute("DELETE FROM blog_generations WHERE id LIKE $1", f"{RUN}-%"))
 
 
 @pytest.fixture
