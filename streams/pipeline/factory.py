@@ -33,6 +33,7 @@ from store.database import DatabaseError
 from streams import metrics
 from streams.app import FIRST_AT_STOP, app, dlq_topic, expected_start, results_topic
 from streams.contract import RecordError, clean_text, encode, key_problem, time_problem
+from streams.contract.errors import readable_id
 from streams.contract.requests import priority_headers
 from streams.pipeline.deps import Deps, deps
 from streams.pipeline.parking import to_tail
@@ -168,7 +169,9 @@ async def dead_letter(stage: str, event: Any, err: RecordError, *, mark_failed: 
     await fut
     metrics.stage_events.labels(stage, "dead_letter").inc()
     if mark_failed and err.request_id:
-        site_id = err.site_id or key.decode("utf-8", "replace") or "unknown"
+        # The key names the site only when it is a well-formed id: other bytes (NUL, say, which Postgres
+        # text cannot hold) made this row fail after the dead letter, and the event was tried again forever.
+        site_id = err.site_id or readable_id(key.decode("utf-8", "replace")) or "unknown"
         await deps.ready()
         assert deps.db is not None
         await deps.db.record_rejected(err.request_id, site_id, f"invalid {stage} input: {reason}")
