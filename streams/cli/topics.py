@@ -46,6 +46,8 @@ def describe(base: str, key: bytes | None, value: bytes | None, headers: list[tu
         found = {k: v.decode("utf-8", "replace") for k, v in headers if k.startswith("blogstream-")}
         out.update(reason=found.get("blogstream-error"), stage=found.get("blogstream-stage"),
                    source=found.get("blogstream-source"))
+        if "blogstream-cut" in found:  # too large to copy whole: the source offset has the whole record
+            out["cut"] = found["blogstream-cut"]
         try:
             out["value"] = data.decode("utf-8")
         except UnicodeDecodeError:

@@ -159,13 +159,16 @@ async def dead_letter(stage: str, event: Any, err: RecordError, *, mark_failed: 
     """
     message = event.message
     reason = clean_text(err.reason, 1000)
+    source = f"{message.topic}/{message.partition}/{message.offset}"
     headers = {
         "blogstream-error": reason.encode()[:1000],
         "blogstream-stage": stage.encode(),
-        "blogstream-source": f"{message.topic}/{message.partition}/{message.offset}".encode(),
+        "blogstream-source": source.encode(),
     }
     key = message.key if isinstance(message.key, bytes) else (message.key or "").encode()
-    fut = await dlq_topic.send(key=key, value=message.value if isinstance(message.value, bytes) else b"", headers=headers)
+    value = message.value if isinstance(message.value, bytes) else b""
+    key, value = _fitting(key, value, source, headers)
+    fut = await dlq_topic.send(key=key, value=value, headers=headers)
     await fut
     metrics.stage_events.labels(stage, "dead_letter").inc()
     if mark_failed and err.request_id:
@@ -175,6 +178,32 @@ async def dead_letter(stage: str, event: Any, err: RecordError, *, mark_failed: 
         await deps.ready()
         assert deps.db is not None
         await deps.db.record_rejected(err.request_id, site_id, f"invalid {stage} input: {reason}")
+
+
+# Bytes a dead letter's own headers and the record batch's framing may take (ours are at most ~1.2 KB).
+DEAD_LETTER_HEADROOM = 4096
+KEPT_KEY_BYTES = 1024  # of a dead letter cut to fit: the key's first bytes, the rest for the value
+
+
+def _fitting(key: bytes, value: bytes, source: str, headers: dict[str, bytes]) -> tuple[bytes, bytes]:
+    """(key, value) of a dead letter our producer can send; the headers say so when they had to be cut.
+
+    Another producer may write records up to the broker's limit (message.max.bytes, about 1 MiB);
+    ours sends at most producer_max_request_size (1,000,000 bytes), headers included. A copy of a
+    record that large never fit, so the dead letter failed at every try, forever, and the partition's
+    offset never passed it. The whole record stays at its source offset while the topic keeps it.
+    """
+    room = app.conf.producer_max_request_size - DEAD_LETTER_HEADROOM
+    if len(key) + len(value) <= room:
+        return key, value
+    kept_key = key[:KEPT_KEY_BYTES]
+    kept_value = value[: room - len(kept_key)]
+    headers["blogstream-cut"] = (
+        f"the record was {len(key) + len(value)} bytes (key {len(key)}, value {len(value)}), more than a dead "
+        f"letter can carry: this copy has the first {len(kept_key)} bytes of its key and {len(kept_value)} of its "
+        f"value; the whole record is at {source} while that topic keeps it"
+    ).encode()
+    return kept_key, kept_value
 
 
 async def run_stage_event(

@@ -88,3 +88,12 @@ def test_tail_without_a_broker_is_a_one_line_error():
     assert out.stderr.splitlines() == [
         f"blogstream: error: Kafka at 127.0.0.1:{port} is not reachable (KafkaConnectionError), start it "
         "(make stack-up) or set BLOGSTREAM_KAFKA_BROKER"]
+
+
+def test_a_dead_letter_cut_to_fit_says_so():
+    from streams.cli.topics import describe
+
+    cut = b"the record was 1048000 bytes ...; the whole record is at blog.requests/3/9 while that topic keeps it"
+    shown = describe("blog.dlq", b"k", b"xx", [("blogstream-error", b"too big"), ("blogstream-cut", cut)])
+    assert shown["cut"] == cut.decode() and shown["value"] == "xx"
+    assert "cut" not in describe("blog.dlq", b"k", b"xx", [("blogstream-error", b"bad")])
