@@ -308,10 +308,10 @@ class StageRunner(GivingWay):
             self._credit[site_id] -= 1.0
             line = self._lines[site_id]
             entry = line.popleft()
-            if not line:
+            if not line:  # a site without a line keeps nothing here (its credit starts at 0 when it is back)
                 del self._lines[site_id]
                 self._ring.popleft()
-                self._credit[site_id] = 0.0
+                del self._credit[site_id]
             elif self._credit[site_id] < 1.0:
                 self._ring.rotate(-1)
             self._show_queued(site_id)
@@ -406,7 +406,11 @@ class StageRunner(GivingWay):
         await self._ack_in_order(entry.tp)
 
     def _release(self, entry: _Entry) -> None:
-        self._running[entry.site_id] -= 1
+        # Sites come and go (any producer may key records as it likes): one with nothing running keeps no entry.
+        if self._running[entry.site_id] == 1:
+            del self._running[entry.site_id]
+        else:
+            self._running[entry.site_id] -= 1
         self._running_total -= 1
         self._changed.set()
 
@@ -470,7 +474,7 @@ class StageRunner(GivingWay):
         for site_id in [s for s in dict.fromkeys(looked) if s in self._lines and self.policy(s).paused]:
             self._parking.extend(self._lines.pop(site_id))
             self._ring.remove(site_id)
-            self._credit[site_id] = 0.0
+            self._credit.pop(site_id, None)
             self._show_queued(site_id)
         if self._parking and (self._parker is None or self._parker.done()):
             self._parker = asyncio.ensure_future(self._park_waiting())
@@ -556,6 +560,7 @@ class StageRunner(GivingWay):
             else:
                 del self._lines[site_id]
                 self._ring.remove(site_id)
+                self._credit.pop(site_id, None)
             self._show_queued(site_id)  # the revoked partitions' events are the new owner's to show
         self._changed.set()
 
