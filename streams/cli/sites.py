@@ -114,7 +114,8 @@ def add(site: str, name: str | None, key_env: str | None, key: str | None, membe
     from store.sites import Site
 
     check_controls(weight=weight, max_in_flight=max_in_flight, max_queued=max_queued)
-    secret = wix_api_key(key_env, key)
+    check_registration(site, name=name, member_id=member_id)
+    secret = checked_key(wix_api_key(key_env, key))
     config = connect.settings()
     record = Site(
         site_id=site, name=name or site, wix_api_key=secret, wix_member_id=member_id, weight=weight or 1.0,
@@ -155,6 +156,48 @@ def check_controls(**controls: Any) -> None:
             shown = f"{value:g}" if isinstance(value, float) else str(value)  # an int may be too large for :g
             raise CliError(f"Invalid value for '{option}': {shown} {problem}", "see blogstream sites --help",
                            exit_code=2)
+
+
+def _shown(value: str) -> str:
+    """A value as an error line shows it: quoted, escaped (line breaks, bytes that are not UTF-8), cut."""
+    import json
+
+    return json.dumps(value if len(value) <= 40 else value[:40] + "...")
+
+
+def check_registration(site: str, *, name: str | None, member_id: str | None) -> None:
+    """The site id is one requests can name (the contract's site_id), its name and member id one line of text.
+
+    Checked before anything is stored: a site no request could name was refused at every request, and
+    text Postgres cannot hold (bytes that are not UTF-8) failed as a database error."""
+    from streams.contract.errors import ID
+    from streams.contract.rules import ONE_LINE_CONTROL, text_problem
+
+    if not ID.fullmatch(site):
+        raise CliError(f"the site id {_shown(site)} is not valid: it must be 1-128 characters of A-Z a-z 0-9 . _ : - "
+                       "(every request names its site by it, as site_id, and its Wix calls send it as wix-site-id)",
+                       "give the site's Wix site id", exit_code=2)
+    for option, value in (("--name", name), ("--member-id", member_id)):
+        if value is not None and (text_problem(value) or ONE_LINE_CONTROL.search(value)):
+            raise CliError(f"{option} {_shown(value)} is not one line of UTF-8 text",
+                           f"give {option} without line breaks or control characters", exit_code=2)
+
+
+def checked_key(key: str) -> str:
+    """The Wix API key as it is sent (the Authorization header of every Wix call of the site).
+
+    Surrounding spaces and line breaks are dropped (a key read from a file often ends with one). Inside,
+    a key is ASCII without control characters: a line break there made every Wix call of the site fail
+    ("Forbidden control character detected in headers") as a fault of blogstream, four tries per post.
+    """
+    stripped = key.strip()
+    wrong = next((i for i, c in enumerate(stripped) if not " " <= c <= "~"), None)
+    if not stripped or wrong is not None:
+        what = "is empty" if not stripped else (
+            f"has {_shown(stripped[wrong])} at character {wrong + 1}, which no Wix key has "
+            "(a line break, a control character, or one that is not ASCII such as a typographic quote)")
+        raise CliError(f"the Wix API key {what}", "give the key as Wix shows it, on one line", exit_code=2)
+    return stripped
 
 
 def not_registered(site: str) -> CliError:
