@@ -238,14 +238,23 @@ def read_file(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
 
     requests: list[dict[str, Any]] = []
     problems: list[str] = []
+    first_line: dict[str, int] = {}  # request id -> the line that has it
     for n, item, problem in read_requests(path):
         if item is None:
             problems.append(f"line {n}: {problem}")
             continue
         try:
-            requests.append(complete_request(item))
+            request = complete_request(item)
         except RecordError as exc:
             problems.append(f"line {n}: {exc.reason}")
+            continue
+        # As the intake refuses an id repeated in one batch, whatever batches the file is cut into: the
+        # pipeline takes a repeat for a copy of the first, so a repeat with other fields would never run.
+        if (first := first_line.setdefault(request["request_id"], n)) != n:
+            problems.append(f"line {n}: request_id {request['request_id']} repeats line {first}'s; every "
+                            "request needs its own id")
+            continue
+        requests.append(request)
     return requests, problems
 
 
