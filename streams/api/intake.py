@@ -40,6 +40,7 @@ from streams.api.validation import (
     OwnerLookup, check_items, conflict, invalid, parse_body, reused_id_errors, site_ids, unknown_site_errors,
 )
 from streams.app import app
+from streams.contract.errors import path_segment
 from streams.pipeline.deps import deps
 from streams.settings import settings
 
@@ -194,7 +195,7 @@ async def post_blogs(request: web.Request) -> web.Response:
     if batch:
         return json_response({"accepted": len(ids), "request_ids": ids}, 202)
     return json_response({"accepted": 1, "request_ids": ids, "request_id": ids[0]}, 202,
-                          {"Location": f"/api/blogs/{ids[0]}"})
+                          {"Location": f"/api/blogs/{path_segment(ids[0])}"})
 
 
 app.web.web_app.router.add_post("/api/blogs", post_blogs)

@@ -51,12 +51,14 @@ def retry_each(request_ids: list[str], worker: str, *, progress: bool, on_each: 
     import httpx
     from tqdm import tqdm
 
+    from streams.contract.errors import path_segment
+
     report = RetryReport()
     with httpx.Client(base_url=worker, headers=connect.admin_headers(), timeout=30.0) as client, \
             tqdm(total=len(request_ids), unit="req", desc="retrying", disable=not progress) as bar:
         for request_id in request_ids:
             try:
-                response = client.post(f"/api/blogs/{request_id}/retry")
+                response = client.post(f"/api/blogs/{path_segment(request_id)}/retry")
             except httpx.TransportError as exc:
                 raise _stopped(connect.no_worker(worker, exc), report, len(request_ids)) from None
             body = connect.json_or_empty(response)

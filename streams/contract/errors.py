@@ -12,6 +12,13 @@ from typing import Any, Sequence
 ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
+def path_segment(value: str) -> str:
+    """An id as one segment of a URL path (`/api/blogs/<id>`). Its characters need no escaping, but the ids
+    "." and ".." are dot segments, which HTTP clients remove (RFC 3986): /api/blogs/.. is read as /api.
+    Their dots go as %2E, which the worker's router reads back as the id."""
+    return value.replace(".", "%2E") if value in (".", "..") else value
+
+
 @dataclass(frozen=True)
 class FieldError:
     """One problem with one field; `field` is a path like `topic`, `keywords[2]`, `usage.prompt_tokens`."""
