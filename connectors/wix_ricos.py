@@ -58,10 +58,25 @@ def _paragraph(ids: _Ids, text: str) -> dict[str, Any]:
     return {"type": "PARAGRAPH", "id": ids.next(), "nodes": _text_nodes(text), "paragraphData": {}}
 
 
-_HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.*?)(?:\s+#+)?\s*$")
+# The heading's text and an optional closing run of #s are split by hand (`_heading`): a pattern with a lazy
+# text and an optional "\s+#+" before "\s*$" backtracked over a run of spaces in the line, O(n^2) (a 60,000-
+# character heading line of the model's took ~25 s of CPU on the worker's event loop).
+_HEADING = re.compile(r"^\s{0,3}(#{1,6})\s(.*)$")
 _BULLET = re.compile(r"^\s{0,3}[-*+]\s+(.*)$")
 _ORDERED = re.compile(r"^\s{0,3}\d{1,9}[.)]\s+(.*)$")
 _RULE = re.compile(r"^\s{0,3}([-*_])(?:\s*\1){2,}\s*$")
+
+
+def _heading(line: str) -> tuple[int, str] | None:
+    """(level, text) of an ATX heading line, its closing #s (after a space) dropped; None for other lines."""
+    match = _HEADING.match(line)
+    if match is None:
+        return None
+    text = match.group(2).strip()
+    opened = text.rstrip("#")
+    if opened != text and opened and opened[-1].isspace():  # "## Title ##": the closing run is not text
+        text = opened.rstrip()
+    return len(match.group(1)), text
 
 
 def markdown_to_ricos(markdown: str) -> dict[str, Any]:
@@ -127,7 +142,7 @@ def markdown_to_ricos(markdown: str) -> dict[str, Any]:
                 }
             )
             continue
-        heading = _HEADING.match(line)
+        heading = _heading(line)
         if heading:
             flush_paragraph()
             flush_list()
@@ -135,8 +150,8 @@ def markdown_to_ricos(markdown: str) -> dict[str, Any]:
                 {
                     "type": "HEADING",
                     "id": ids.next(),
-                    "nodes": _text_nodes(heading.group(2)),
-                    "headingData": {"level": len(heading.group(1))},
+                    "nodes": _text_nodes(heading[1]),
+                    "headingData": {"level": heading[0]},
                 }
             )
             continue
