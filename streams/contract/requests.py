@@ -123,11 +123,12 @@ def _text(value: str, max_len: int) -> str | None:
     return None
 
 
+MAX_KEYWORDS = 20
 _REQUEST_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "request_id": lambda v: None if ID.fullmatch(v) else "must be 1-128 characters of A-Z a-z 0-9 . _ : -",
     "site_id": lambda v: None if ID.fullmatch(v) else "must be 1-128 characters of A-Z a-z 0-9 . _ : -",
     "topic": lambda v: _text(v, 300),
-    "keywords": lambda v: "must have at most 20 keywords" if len(v) > 20 else None,
+    "keywords": lambda v: f"must have at most {MAX_KEYWORDS} keywords (it has {len(v)})" if len(v) > MAX_KEYWORDS else None,
     "language": lambda v: None if _LANGUAGE.fullmatch(v) else "must be a language tag like en or en-US",
     "tone": lambda v: _text(v, 40),
     "target_words": lambda v: None if 100 <= v <= 5000 else "must be between 100 and 5000",
@@ -148,8 +149,8 @@ def _request_semantics(request: dict[str, Any]) -> list[FieldError]:
         message = check(request[name])
         if message:
             errors.append(FieldError(name, message))
-        if name == "keywords":
-            for i, keyword in enumerate(request[name]):
+        if name == "keywords":  # those a request may have: the count says what to do with the rest
+            for i, keyword in enumerate(request[name][:MAX_KEYWORDS]):
                 if problem := _text(keyword, 60):
                     errors.append(FieldError(f"keywords[{i}]", problem))
     return errors
