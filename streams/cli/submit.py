@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import itertools
 import json
 import re
 import time
@@ -44,8 +43,9 @@ def request_from_options(
 _NOT_UTF8 = re.compile("[\udc80-\udcff]")
 
 
-def read_requests(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
-    """(line number, request or None, problem) for each line of a JSONL or CSV file.
+def read_requests(path: Path) -> Iterator[tuple[Any, dict[str, Any] | None, str]]:
+    """(line number, request or None, problem) for each line of a JSONL or CSV file (a CSV row's first line,
+    "3 (to line 5)" for a row whose quoted cells span lines).
 
     A line nothing can read (not UTF-8, nested too deeply, a number of thousands of digits,
     a CSV field past csv's size limit) is a problem of that line, like any other. A JSONL line is
@@ -53,29 +53,7 @@ def read_requests(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]
     exactly when the intake would refuse it as a body, for the same reason.
     """
     if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:  # Excel writes a BOM
-            rows = csv.DictReader(fh)
-            for n in itertools.count(2):
-                try:
-                    row = next(rows)
-                except StopIteration:
-                    return
-                except csv.Error as exc:
-                    yield n, None, f"not valid CSV ({exc})"
-                    continue
-                if any(isinstance(v, str) and _NOT_UTF8.search(v) for v in (*row.values(), *row.keys())):
-                    yield n, None, "not UTF-8 text"
-                    continue
-                item: dict[str, Any] = {k: v for k, v in row.items() if v not in (None, "")}
-                if "keywords" in item:
-                    item["keywords"] = [k.strip() for k in item["keywords"].split(",") if k.strip()]
-                if "target_words" in item:
-                    try:
-                        item["target_words"] = int(item["target_words"])
-                    except ValueError:
-                        yield n, None, "target_words: not a whole number"
-                        continue
-                yield n, item, ""
+        yield from _csv_requests(path)
         return
     from streams.contract.json_text import NotJson, read_json
 
@@ -91,6 +69,65 @@ def read_requests(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]
                 yield n, None, "not a JSON object"
                 continue
             yield n, item, ""
+
+
+def _csv_rows(path: Path) -> tuple[list[tuple[int, int, list[str] | str]], int]:
+    """([(first line, last line, cells or why the row cannot be read)], the file's last line), the header first.
+
+    Lines are the file's: a quoted cell may hold line breaks, so a row may span several.
+    """
+    rows: list[tuple[int, int, list[str] | str]] = []
+    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:  # Excel writes a BOM
+        reader = csv.reader(fh)
+        start = 1
+        while True:
+            try:
+                cells: list[str] | str = next(reader)
+            except StopIteration:
+                return rows, reader.line_num
+            except csv.Error as exc:
+                cells = f"not valid CSV ({exc})"
+            if cells != []:  # a blank line
+                rows.append((start, reader.line_num, cells))
+            start = reader.line_num + 1
+
+
+def _csv_requests(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
+    rows, last = _csv_rows(path)
+    if not rows:
+        return
+    _, _, header = rows[0]
+    if isinstance(header, str) or any(_NOT_UTF8.search(name) for name in header):
+        yield 1, None, f"the header is {header if isinstance(header, str) else 'not UTF-8 text'}; nothing of this file was read"
+        return
+    if repeated := next((name for n, name in enumerate(header) if name in header[:n]), None):
+        # As JSON refuses a key twice: which of the two cells counts is a guess (it was the last one, so a
+        # row meant for one site_id went to another).
+        yield 1, None, (f"the header has {repeated} twice; every column needs a name of its own, nothing of this "
+                        "file was read")
+        return
+    for first, end, cells in rows[1:]:
+        n: Any = first if end == first else (
+            f"{first} (to line {end}{', the end of the file: a quote not closed?' if end == last else ''})")
+        if isinstance(cells, str):
+            yield n, None, cells
+            continue
+        if len(cells) > len(header):
+            yield n, None, f"has {len(cells)} cells, the header {len(header)} columns"
+            continue
+        if any(_NOT_UTF8.search(v) for v in cells):
+            yield n, None, "not UTF-8 text"
+            continue
+        item: dict[str, Any] = {k: v for k, v in zip(header, cells) if v != ""}
+        if "keywords" in item:
+            item["keywords"] = [k.strip() for k in item["keywords"].split(",") if k.strip()]
+        if "target_words" in item:
+            try:
+                item["target_words"] = int(item["target_words"])
+            except ValueError:
+                yield n, None, "target_words: not a whole number"
+                continue
+        yield n, item, ""
 
 
 def complete_request(item: dict[str, Any]) -> dict[str, Any]:
