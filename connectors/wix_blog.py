@@ -41,6 +41,7 @@ from .ratelimit_headers import parse_rate_limit_headers, parse_retry_after
 from .wix_ricos import markdown_to_ricos
 
 __all__ = [
+    "POST_MAX_BYTES",
     "PublishedPost",
     "SiteCredentials",
     "WixAnswer",
@@ -48,6 +49,7 @@ __all__ = [
     "WixSite",
     "draft_post",
     "markdown_to_ricos",
+    "post_problem",
 ]
 
 PROVIDER = "wix"
@@ -55,6 +57,10 @@ PROVIDER = "wix"
 # Wix's documented field limits; longer values are a permanent 400, so trim instead.
 TITLE_MAX_CHARS = 200
 EXCERPT_MAX_CHARS = 500
+# A post is at most 400 KB (its draftPost as JSON): a long article of short lines is far more as Ricos.
+POST_MAX_BYTES = 409_600
+# What a post holds beyond its article: the cover's id and URL, the member id, the slug (a few hundred bytes).
+POST_OTHER_BYTES = 2_048
 
 # What the import endpoint says when it cannot fetch the source URL (Replicate
 # output deleted after ~1 h, or never existed).
@@ -226,6 +232,26 @@ def draft_post(
             "custom": True,
         }
     return draft
+
+
+def post_problem(*, title: str, excerpt: str, body_markdown: str, tags: Iterable[str], image_alt: str) -> str | None:
+    """Why an article would make a post Wix refuses for its size (POST_MAX_BYTES), or None.
+
+    Measured as JSON with every character not ASCII escaped (the larger of the two ways to count it), on
+    the Ricos document `draft_post` builds; an article far under the limit (most) is not converted here.
+    """
+    texts = (title[:TITLE_MAX_CHARS], excerpt[:EXCERPT_MAX_CHARS], body_markdown, image_alt, *tags)
+    # An escaped character is at most 12 bytes; each line at most ~250 bytes of nodes, each * ~150 of decorations.
+    at_most = 12 * sum(map(len, texts)) + 250 * (body_markdown.count("\n") + 1) + 150 * body_markdown.count("*")
+    if at_most + POST_OTHER_BYTES <= POST_MAX_BYTES:
+        return None
+    post = {"title": _clip(title, TITLE_MAX_CHARS), "excerpt": _clip(excerpt, EXCERPT_MAX_CHARS),
+            "richContent": markdown_to_ricos(body_markdown), "hashtags": list(tags), "altText": image_alt}
+    size = len(json.dumps(post)) + POST_OTHER_BYTES
+    if size <= POST_MAX_BYTES:
+        return None
+    return (f"makes a Wix post of about {size} bytes, and Wix takes at most {POST_MAX_BYTES} (as rich content each "
+            "line, list item or bold phrase costs about 200 bytes: fewer, longer paragraphs fit)")
 
 
 class WixBlog(AsyncClosing):

@@ -29,12 +29,12 @@ from connectors.errors import ProviderError
 from connectors.openai_batches import BatchClient, BatchInfo, LineResult, read_results
 from store.batches import BatchRow, HeldLine
 from streams.app import app, requests_topic
-from streams.contract import check_article
 from streams.log_limit import LogLimit
 from streams.pipeline.batch_collect import CLAIM_SECONDS, STAGE, batch_client, send_batches, submit
 from streams.pipeline.deps import Deps, deps
 from streams.pipeline.factory import send_record
 from streams.pipeline.spend import record_batch_line, record_batch_share
+from streams.pipeline.stage import written_problems
 from streams.settings import settings
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ async def _write(deps: Deps, row: BatchRow, line: HeldLine, result: LineResult, 
     """Store a line's article as its request's generate effect, then send the request back. False: try later."""
     assert deps.db is not None and result.article is not None
     db = deps.db
-    if problems := check_article(result.article):  # as the real-time lane does: before it is stored
+    if problems := written_problems(result.article):  # as the real-time lane does: before it is stored
         shown = "; ".join(str(p) for p in problems[:4])
         await _to_realtime(deps, row, line, f"the model's article breaks the rules for articles ({shown})", send)
         return True

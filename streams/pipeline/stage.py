@@ -17,9 +17,10 @@ from typing import Any, Awaitable, Callable
 import asyncpg
 
 from connectors.errors import ProviderError, RateLimited
+from connectors.wix_blog import post_problem
 from store.database import OUTAGES
 from streams import metrics
-from streams.contract import check_article
+from streams.contract import FieldError, check_article
 from streams.ids import random_hex
 from streams.pipeline.deps import Deps
 from streams.pipeline.runner import StageRunner, WorkerStopping
@@ -96,9 +97,20 @@ class StageCancelled(Exception):
         super().__init__(reason)
 
 
-def check_written(stage: str, article: Any, request_id: str, site_id: str) -> None:
-    """The model's article meets the contract's rules before it is stored or published, or the request fails."""
+def written_problems(article: Any) -> list[FieldError]:
+    """What is wrong with a model's article: the contract's rules, then the size of the post it makes."""
     if problems := check_article(article):
+        return problems
+    tags = [tag for tag in article["tags"] if tag]
+    too_big = post_problem(title=article["title"], excerpt=article["excerpt"], body_markdown=article["body"],
+                           tags=tags, image_alt=article["image_alt"])
+    return [FieldError("article.body", too_big)] if too_big else []
+
+
+def check_written(stage: str, article: Any, request_id: str, site_id: str) -> None:
+    """The model's article meets the contract's rules, and makes a post Wix takes, before it is stored or
+    published, or the request fails."""
+    if problems := written_problems(article):
         shown = "; ".join(str(problem) for problem in problems[:4])
         raise StageFailed(
             stage, request_id, site_id, f"the model's article breaks the rules for articles ({shown})",
