@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 __all__ = [
+    "CredentialsUnusable",
     "ImageExpired",
     "MalformedOutput",
     "ProviderError",
@@ -117,6 +118,15 @@ class RejectedRequest(ProviderError):
     """
 
     default_retryable = False
+
+
+class CredentialsUnusable(RejectedRequest):
+    """Credentials that cannot even be sent (a key with a line break: no HTTP header carries it). Every call
+    with them fails alike, as a refusal of them would, until they are changed; the message says where."""
+
+    @property
+    def credentials_refused(self) -> bool:
+        return True
 
 
 class ImageExpired(RejectedRequest):

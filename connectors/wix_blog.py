@@ -28,6 +28,7 @@ from yarl import URL
 from .answer_fields import json_object, json_text, read_json
 from .closing import AsyncClosing
 from .errors import (
+    CredentialsUnusable,
     ImageExpired,
     MalformedOutput,
     ProviderError,
@@ -67,6 +68,7 @@ POST_OTHER_BYTES = 2_048
 _EXPIRED_CODES = frozenset({"URL_NOT_REACHABLE", "URL_NOT_FOUND", "FILE_NOT_FOUND", "DOWNLOAD_FAILED"})
 # Bulk item errors that a later call may not meet (as a 5xx would be for a single call).
 _TRANSIENT_ITEM_CODES = frozenset({"INTERNAL_ERROR", "UNAVAILABLE", "DEADLINE_EXCEEDED", "UNDETAILED_FAILURE"})
+_UNSENDABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # what aiohttp refuses in a header value
 _EXPIRED_TEXT = re.compile(
     r"unreachable|not reachable|could not (?:download|fetch)|failed to (?:download|fetch|import)|"
     r"404 not found|\bexpired\b|\bgone\b",
@@ -421,6 +423,14 @@ class WixBlog(AsyncClosing):
     # -- plumbing -------------------------------------------------------------------
 
     def _headers(self, site: WixSite) -> dict[str, str]:
+        # aiohttp refuses these in a header (ValueError, not a ProviderError): a key saved with CRLF failed
+        # every call of its site as a fault of ours, four tries a post, never saying to fix the key.
+        for value, what in ((site.wix_api_key, "wix_api_key"), (site.site_id, "site id")):
+            if value and _UNSENDABLE.search(value):
+                raise CredentialsUnusable(
+                    PROVIDER, f"the {what} of site {_UNSENDABLE.sub('?', site.site_id)} in the sites table has a line "
+                              "break or another control character, which no HTTP header can carry: register the "
+                              "site again with its key as Wix shows it (blogstream sites add SITE)")
         headers = {"Content-Type": "application/json"}
         # Empty values are left out: an empty header is still a header, and the
         # missing-credential error from Wix is the clearer message.
