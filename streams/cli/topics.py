@@ -25,6 +25,16 @@ RECORDS = {"blog.requests": "BlogRequest", "blog.drafts": "BlogDraft", "blog.ill
            "blog.results": "BlogResult", "blog.dlq": None}
 
 
+def printable(text: Any) -> str:
+    """Text from a record as a terminal shows it: what is not printable (ESC and the other controls, line
+    breaks, bidi overrides) escaped, so a record's key cannot move the cursor, clear lines or forge a line."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+                   if ord(c) < 0x10000 else f"\\U{ord(c):08x}" for c in text)
+
+
 def topic_of(name: str) -> str:
     """`requests`, `blog.requests` or the full prefixed name -> the stage topic's base name."""
     from streams.settings import settings  # read when a command runs: a bad setting is a one-line error
@@ -140,14 +150,18 @@ def tail_command(topic: str, count: int, follow: bool, as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps(record, ensure_ascii=False, default=str))
             return
-        head = f"{record['time']} {base}/{record['partition']}@{record['offset']} key={record['key']}"
+        # Any producer writes any key (and headers): shown escaped, never as terminal controls.
+        head = f"{record['time']} {base}/{record['partition']}@{record['offset']} key={printable(record['key'])}"
         if base == "blog.dlq":
-            body = f"reason={record.get('reason')!r} stage={record.get('stage')} source={record.get('source')}"
-            click.echo(f"{head} {body}\n    {record.get('value', record.get('value_hex'))!r}")
+            body = (f"reason={printable(repr(record.get('reason')))} stage={printable(record.get('stage'))} "
+                    f"source={printable(record.get('source'))}")
+            if "cut" in record:
+                body += f" cut={printable(record['cut'])}"
+            click.echo(f"{head} {body}\n    {printable(repr(record.get('value', record.get('value_hex'))))}")
         elif "error" in record:
-            click.echo(f"{head} {record['error']}")
+            click.echo(f"{head} {printable(record['error'])}")
         else:
-            click.echo(f"{head} {json.dumps(record['value'], ensure_ascii=False)}")
+            click.echo(f"{head} {printable(json.dumps(record['value'], ensure_ascii=False))}")
 
     try:
         asyncio.run(tail(base, count, follow, emit))
