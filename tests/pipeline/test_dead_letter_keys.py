@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from types import SimpleNamespace
 from typing import Any
 
-import pytest
-import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,13 +28,14 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from faust.exceptions import ProducerSendError
 
-from store.database import Database, DatabaseError
+from store.database import Database
 from streams.app import app
 from streams.contract import decode_request
 from streams.pipeline import factory
-from tests.store.conftest import DSN
+from tests.store.conftest import uid
+from tests.store.test_hostile_requests import pg  # Postgres on a loop of its own; deletes the rows of uid()
 
-RUN = f"dlkey{uuid.uuid4().hex[:8]}"
+__all__ = ["pg"]
 
 
 class Topic:
@@ -56,21 +54,6 @@ class Topic:
         done = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
-
-
-@pytest.fixture(scope="module")
-def pg():
-    loop = asyncio.new_event_loop()
-    database = Database(DSN, min_size=1, max_size=2)
-    try:
-        loop.run_until_complete(database.start())
-    except DatabaseError as exc:
-        loop.close()
-        pytest.skip(f"test database not reachable: {exc}")
-    yield loop, database
-    loop.run_until_complete(database.pool.execute("DELETE FROM blog_generations WHERE id LIKE $1", f"{RUN}-%"))
-    loop.run_until_complete(database.close())
-    loop.close()
 
 
 def wire(monkeypatch: Any, database: Database) -> Topic:
@@ -106,7 +89,7 @@ def test_any_key_on_a_refused_record_gives_one_dead_letter_and_a_storable_failed
         pg: Any, monkeypatch: Any, key: bytes, body: dict[str, Any]) -> None:
     loop, database = pg
     dlq = wire(monkeypatch, database)
-    request_id = f"{RUN}-{uuid.uuid4().hex}"
+    request_id = uid("dlq")
     value = json.dumps({"request_id": request_id, **body}).encode()
     loop.run_until_complete(factory.run_stage_event("generate", event(key, value), decode_request, never))
     assert len(dlq.sent) == 1 and dlq.sent[0]["key"] == key and dlq.sent[0]["value"] == value
@@ -127,7 +110,7 @@ def test_a_record_of_any_size_gives_one_dead_letter_that_says_where_the_whole_on
     loop, database = pg
     dlq = wire(monkeypatch, database)
     key = b"k" * int(size * key_share)
-    request_id = f"{RUN}-{uuid.uuid4().hex}"
+    request_id = uid("dlq")
     head = json.dumps({"request_id": request_id, "site_id": "shop-1", "topic": ""})[:-1].encode() + b', "x": "'
     value = (head + b"y" * max(0, size - len(key) - len(head) - 2) + b'"}') if shape == "json" else b"\xff" * (size - len(key))
     loop.run_until_complete(factory.run_stage_event("generate", event(key, value), decode_request, never))
