@@ -12,11 +12,11 @@ import time
 from typing import Any, Callable
 
 from streams.contract.conform import conformer
-from streams.contract.errors import ID, FieldError, RecordError, invalid
+from streams.contract.errors import ID, FieldError, RecordError, invalid, readable_id
 from streams.contract.catalog import contract
 from streams.contract.json_text import NotJson, read_json
 from streams.contract.rules import MAX_RECORD_BYTES, ONE_LINE_CONTROL, time_problem
-from streams.contract.wire import MARKER, decode
+from streams.contract.wire import MARKER, decode, leading_ids
 
 _JSON_ID = {key: re.compile(rf'"{key}"\s*:\s*"([A-Za-z0-9._:-]{{1,128}})"') for key in ("request_id", "site_id")}
 
@@ -64,6 +64,24 @@ def _salvage(raw: bytes) -> dict[str, str | None]:
     """request_id / site_id from JSON that does not parse, so the failure can still be recorded."""
     text = raw.decode("utf-8", "replace")
     return {key: m.group(1) if (m := pattern.search(text)) else None for key, pattern in _JSON_ID.items()}
+
+
+def site_in(data: Any) -> str | None:
+    """The well-formed site_id a record's value names (Avro of any of our records, or a JSON request), or None.
+
+    For records sent without a key (docs/producing.md: the value says the site): the site a stage's
+    runner holds, parks and counts them under must be theirs, as decoding reads it.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0 or len(data) > MAX_RECORD_BYTES:
+        return None
+    raw = bytes(data)
+    if raw[: len(MARKER)] == MARKER:
+        return leading_ids(raw)["site_id"]
+    try:
+        value = json.loads(raw.decode("utf-8-sig"))  # as decode_request reads it
+    except (ValueError, RecursionError):
+        return None
+    return readable_id(value.get("site_id")) if isinstance(value, dict) else None
 
 
 def key_problem(key: Any, site_id: str) -> str | None:

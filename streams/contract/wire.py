@@ -100,6 +100,15 @@ def decode(record_name: str, data: bytes) -> dict[str, Any]:
     return record
 
 
+def leading_ids(data: bytes) -> dict[str, str | None]:
+    """request_id / site_id (well-formed ones, else None) of single-object Avro of any record of ours,
+    read from the start of its body without decoding the rest."""
+    writer = contract().writers.get(bytes(data[len(MARKER) : HEADER_SIZE]))
+    if data[: len(MARKER)] != MARKER or writer is None:
+        return {"request_id": None, "site_id": None}
+    return _leading_ids(writer.schema, bytes(data[HEADER_SIZE:]))
+
+
 _IDS = {
     "type": "record",
     "name": "LeadingIds",

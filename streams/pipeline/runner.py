@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable
 
 from streams import metrics
-from streams.contract.requests import PRIORITY_HEADER
+from streams.contract.requests import PRIORITY_HEADER, site_in
 from streams.pipeline.give_way import GivingWay
 from streams.pipeline.retries import RETRIES, retry_delay
 
@@ -586,7 +586,9 @@ def _is_bulk(message: Any) -> bool:
 
 
 def site_of(event: Any) -> str:
+    """The site an event is lined up, paused, held and parked under: its key, or, for a record sent without
+    one (the value says the site, docs/producing.md), the site its value names ("" when none can be read).
+    As site "" a paused site's unkeyed requests ran, and one a spend cap held ran again at once, forever."""
     key = event.key if event.key is not None else event.message.key
-    if isinstance(key, bytes):
-        return key.decode("utf-8", "replace")
-    return str(key or "")
+    site = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key or "")
+    return site or site_in(event.message.value) or ""
