@@ -8,15 +8,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any, Sequence
+from urllib.parse import quote
 
 ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def path_segment(value: str) -> str:
-    """An id as one segment of a URL path (`/api/blogs/<id>`). Its characters need no escaping, but the ids
-    "." and ".." are dot segments, which HTTP clients remove (RFC 3986): /api/blogs/.. is read as /api.
-    Their dots go as %2E, which the worker's router reads back as the id."""
-    return value.replace(".", "%2E") if value in (".", "..") else value
+    """An id as one segment of a URL path (`/api/blogs/<id>`). A well-formed id's characters need no escaping,
+    but the ids "." and ".." are dot segments, which HTTP clients remove (RFC 3986): /api/blogs/.. is read as
+    /api. Their dots go as %2E, which the worker's router reads back as the id. Any other text (an id pasted
+    wrong, a row another system wrote) is percent-encoded whole: its '/', '?' or '#' cannot reach another
+    route, and the worker answers it 400."""
+    if value in (".", ".."):
+        return value.replace(".", "%2E")
+    return value if ID.fullmatch(value) else quote(value, safe=":")
 
 
 @dataclass(frozen=True)

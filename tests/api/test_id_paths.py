@@ -13,6 +13,7 @@ import asyncio
 import importlib
 from typing import Any
 from unittest import mock
+from urllib.parse import quote
 
 import httpx
 from aiohttp.test_utils import make_mocked_request
@@ -74,3 +75,25 @@ def test_blogstream_retry_posts_to_the_requests_retry(request_id: str) -> None:
     assert report.retried == [{"request_id": request_id, "previous_error": "boom"}]
     (request,) = sent
     assert reached("POST", request.url) == ("/api/blogs/{request_id}/retry", {"request_id": request_id})
+
+
+@given(request_id=st.text(st.sampled_from("./?#%:&=a-~ \\"), min_size=1, max_size=24)
+       | st.sampled_from(["../sites/shop-1/pause?", "x/../../sites/shop-1/cancel#", "%2e%2e/sites/shop-1/pause?"]))
+def test_any_text_given_to_blogstream_retry_reaches_that_ids_retry_or_nothing(request_id: str) -> None:
+    """`retry --failed` posts every id of a FAILED row, rows the seed's system or SQL may have written, and an
+    operator may paste anything: an id with '/', '?', '#' or '%' reached other routes ('../sites/shop-1/pause?'
+    paused shop-1, with the admin token). The worker answers what is not an id 400."""
+    retry = importlib.import_module("streams.cli.retry")
+    sent: list[httpx.Request] = []
+
+    def worker(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(400, json={"error": "request_id: must be 1-128 characters of A-Z a-z 0-9 . _ : -"})
+
+    real = httpx.Client
+    with mock.patch.object(httpx, "Client", lambda **kw: real(transport=httpx.MockTransport(worker), **kw)):
+        retry.retry_each([request_id], "http://worker:6066", progress=False)
+    (request,) = sent
+    route, match = reached("POST", request.url)
+    assert request.url.query == b"" and route == "/api/blogs/{request_id}/retry", (request.url, route)
+    assert match["request_id"] in (request_id, quote(request_id, safe=":"))  # the id itself, or as sent (400)
