@@ -78,8 +78,8 @@ def site_in(data: Any) -> str | None:
     if raw[: len(MARKER)] == MARKER:
         return leading_ids(raw)["site_id"]
     try:
-        value = json.loads(raw.decode("utf-8-sig"))  # as decode_request reads it
-    except (ValueError, RecursionError):
+        value = read_json(raw)  # as decode_request reads it
+    except NotJson:
         return None
     return readable_id(value.get("site_id")) if isinstance(value, dict) else None
 
