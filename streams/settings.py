@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     web_port: int = Field(6066, ge=1, le=65535)
     # The address the worker's web server binds: 127.0.0.1 keeps it local; containers need 0.0.0.0.
     web_bind: str = Field("127.0.0.1", pattern=r"^[A-Za-z0-9.:_-]+$", **_accepts("an IP address or host name"))
+    # Host names (comma-separated) a route without a token answers to, besides IP addresses and localhost:
+    # a page whose name an attacker points at 127.0.0.1 (DNS rebinding) must not reach an open control plane.
+    web_allowed_hosts: str = Field("", pattern=r"^[A-Za-z0-9.-]*(,[A-Za-z0-9.-]+)*$",
+                                   **_accepts("host names separated by commas"))
     heartbeat_seconds: float = Field(30.0, gt=0)
     lag_seconds: float = Field(15.0, gt=0)  # how often consumer lag is exported
     data_dir: str = Field(".faust", min_length=1)  # Faust's local files (git-ignored)

@@ -6,6 +6,10 @@ plain handlers alike, and answers in our JSON error shape before the route runs:
 - **403** for a mutating call (POST, PATCH, PUT, DELETE) from a browser page of another
   origin: an `Origin` header that is not this worker's own host (`Host`), `Origin: null`,
   or `Sec-Fetch-Site: cross-site`. Clients that are not browsers send neither and pass.
+- **403** for a call to a route whose token is not set, addressed (`Host`) by a name that is
+  neither an IP address, `localhost` nor one of BLOGSTREAM_WEB_ALLOWED_HOSTS: a page whose
+  name an attacker points at this worker's address (DNS rebinding) is of the same origin as
+  what it calls, so the origin check cannot tell; without a token nothing else would stop it.
 - **401** without the route's token (`ACCESS`): the intake token for the intake, the
   admin token (BLOGSTREAM_ADMIN_TOKEN; the intake token when it is unset) for site
   controls, retries and the limiter's figures. The admin token opens the intake routes
@@ -22,6 +26,7 @@ A route missing from ACCESS needs the admin token: new routes are closed until l
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from dataclasses import dataclass
@@ -98,6 +103,32 @@ def cross_origin(request: web.Request) -> bool:
     return not netloc or netloc != (request.host or "").lower()
 
 
+def token_set(access: Access) -> bool:
+    """The route needs a token (one is configured for it), or is public by design (no token in ACCESS)."""
+    if access.token == INTAKE:
+        return bool(settings.intake_token)
+    if access.token == ADMIN:
+        return bool(admin_token())
+    return True
+
+
+def host_name_trusted(host: str | None) -> bool:
+    """`Host` names this worker by an IP address, localhost, or a name in BLOGSTREAM_WEB_ALLOWED_HOSTS."""
+    try:
+        name = (urlsplit(f"//{host or ''}").hostname or "").rstrip(".")
+    except ValueError:
+        return False
+    if not name:
+        return False
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    allowed = {h.strip().lower().rstrip(".") for h in settings.web_allowed_hosts.split(",") if h.strip()}
+    return name == "localhost" or name.endswith(".localhost") or name in allowed
+
+
 def is_json(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
@@ -105,6 +136,10 @@ def is_json(content_type: str) -> bool:
 
 def problem(request: web.Request, access: Access) -> web.Response | None:
     """The refusal for this call, or None when it may go to its route."""
+    if not token_set(access) and not host_name_trusted(request.host):
+        return json_response({"error": "this route has no token, so the worker answers it only when called by IP "
+                                       "address or localhost: set BLOGSTREAM_INTAKE_TOKEN and BLOGSTREAM_ADMIN_TOKEN, "
+                                       "or name this host in BLOGSTREAM_WEB_ALLOWED_HOSTS"}, 403)
     mutating = request.method in MUTATING
     if mutating and cross_origin(request):
         return json_response({"error": "cross-origin requests may not change anything here: call this API from "

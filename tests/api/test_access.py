@@ -295,3 +295,40 @@ def test_requests_aiohttp_cannot_parse_are_one_line_a_minute_without_a_traceback
     assert [r.levelname for r in seen] == ["INFO", "ERROR"]
     assert seen[0].exc_info is None and "secret" not in seen[0].getMessage()
     assert quiet.count == 49  # counted, said with the next line
+
+
+def hosts(allowed: str = "", intake: str = "", admin: str = ""):
+    return mock.patch.object(access, "settings", Settings.from_env(intake_token=intake, admin_token=admin,
+                                                                   web_allowed_hosts=allowed))
+
+
+@pytest.mark.parametrize("host", ["evil.example:6066", "evil.example", "attacker.test.:80", "127.0.0.1.nip.io:6066",
+                                  "localhost.evil.example", "", "[not-an-ip]:1"])
+async def test_without_a_token_a_call_by_another_host_name_is_refused(client, host):
+    """DNS rebinding: a page at evil.example, its name pointed at 127.0.0.1, is same-origin with what it calls."""
+    with hosts():
+        for method, path in [("POST", "/api/sites/s/pause"), ("GET", "/api/sites"), ("GET", "/api/blogs/r"),
+                             ("POST", "/api/blogs")]:
+            headers = {"Host": host, "Origin": f"http://{host}", "Content-Type": "application/json"}
+            resp = await client.request(method, path, headers=headers, data="{}")
+            assert resp.status == 403, (method, path, host)
+            assert "BLOGSTREAM_WEB_ALLOWED_HOSTS" in (await resp.json())["error"]
+        for public in ("/health", "/metrics", "/api/openapi.json"):  # no token by design: any name
+            assert (await client.get(public, headers={"Host": host})).status == 200
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:6066", "10.0.0.5", "[::1]:6066", "localhost:6066", "LOCALHOST",
+                                  "worker.localhost:1", "blogstream-worker-1:6066", "Ops.Example.COM."])
+async def test_without_a_token_ip_addresses_localhost_and_allowed_names_are_served(client, host):
+    with hosts(allowed="blogstream-worker-1,ops.example.com"):
+        resp = await client.post("/api/sites/s/pause", headers={"Host": host})
+        assert resp.status == 200, host
+
+
+async def test_with_tokens_set_any_host_name_is_served_with_the_token(client):
+    """A page cannot send the bearer token: the token is the protection, whatever the name."""
+    with hosts(intake=INTAKE, admin=ADMIN):
+        headers = {"Host": "evil.example:6066"}
+        assert (await client.get("/api/sites", headers={**headers, **bearer(ADMIN)})).status == 200
+        assert (await client.get("/api/sites", headers=headers)).status == 401
+        assert (await client.get("/api/blogs/r", headers={**headers, **bearer(INTAKE)})).status == 200

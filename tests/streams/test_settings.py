@@ -24,6 +24,7 @@ TEXT = {
     "topic_prefix": (["", "run1.", "my_app-2."], ["has space", "a/b", "ü"]),
     "app_id": (["blogstream", "run-1.x_y"], ["with space", "a/b"]),
     "web_bind": (["0.0.0.0", "127.0.0.1", "::", "worker-1"], ["two words", "a/b"]),
+    "web_allowed_hosts": (["", "ops.example.com", "worker-1,ops.example.com"], ["two words", "a/b", "a,", "a:80"]),
     "data_dir": ([".faust", "/var/lib/blogstream"], []),  # empty means the default
     "database_url": (["postgresql://u:p@h:5432/db", "postgres://h/db"], ["mysql://h/db", "h:5432"]),
     "openai_base_url": (["https://api.openai.com/v1", "http://127.0.0.1:1/x"], ["api.openai.com", "ftp://x"]),
