@@ -154,8 +154,10 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
     return _credible_seconds(max(0.0, when.timestamp() - current))
 
 
-# Replicate explains throttling in the body: "... Your rate limit resets in ~30s."
-_RESETS_IN = re.compile(r"resets?\s+in\s+~?\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|secs|seconds?|m|min|minutes?)?\b", re.I)
+# Replicate explains throttling in the body: "... Your rate limit resets in ~30s." One way through the
+# blanks before the number (`\s+` then `~\s*`): `\s+~?\s*` could split a run of n blanks n ways, so a body
+# of "resets in" and a megabyte of spaces took hours of the event loop (quadratic backtracking).
+_RESETS_IN = re.compile(r"resets?\s+in\s+(?:~\s*)?(\d+(?:\.\d+)?)\s*(ms|s|sec|secs|seconds?|m|min|minutes?)?\b", re.I)
 
 
 def parse_resets_in(text: str | None) -> float | None:

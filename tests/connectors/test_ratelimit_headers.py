@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import math
+import re
 
 import httpx
 import pytest
@@ -13,6 +14,7 @@ from multidict import CIMultiDict
 
 from connectors.errors import RateLimitInfo
 from connectors.ratelimit_headers import (
+    _RESETS_IN,
     MOST_CREDIBLE_COUNT,
     MOST_CREDIBLE_SECONDS,
     parse_duration,
@@ -108,6 +110,23 @@ def test_retry_after_http_date() -> None:
 )
 def test_parse_resets_in(text: str | None, seconds: float | None) -> None:
     assert parse_resets_in(text) == (pytest.approx(seconds) if seconds is not None else None)
+
+
+_BEFORE = re.compile(r"resets?\s+in\s+~?\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|secs|seconds?|m|min|minutes?)?\b", re.I)
+
+
+@given(st.lists(st.sampled_from(["resets", "reset", " in", "in", " ", "\t", "~", "3", "0.5", ".", "ms", "s",
+                                 "min", "x", "seconds", "\n"]), max_size=14).map("".join))
+def test_parse_resets_in_reads_what_the_backtracking_pattern_read(text: str) -> None:
+    """The pattern lost its ambiguous blanks, not a phrase it took (the pattern before, for comparison)."""
+    before, now = _BEFORE.search(text), _RESETS_IN.search(text)
+    assert (before and (before.span(), before.groups())) == (now and (now.span(), now.groups()))
+
+
+def test_a_body_of_blanks_after_resets_in_is_read_in_linear_time() -> None:
+    """A 429 body of "resets in" and a megabyte of spaces took hours (quadratic); now one pass."""
+    assert parse_resets_in("Your rate limit resets in" + " " * 1_000_000 + "x") is None
+    assert parse_resets_in("resets in" + " " * 1_000_000 + "~ 30s") == 30.0
 
 
 # --------------------------------------------------------------------------- hostile figures
