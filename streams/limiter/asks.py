@@ -18,7 +18,7 @@ class Ask:
     ask_id: str
     site_id: str
     request_id: str
-    needs: dict[str, float]  # rate budget name -> amount
+    needs: dict[str, float]  # rate budget name -> amount (none: an ask for one of its site's slots alone)
     slot_limit: int | None  # when set, the request also needs one of its site's slots
     weight: float
     arrived_at: float

@@ -276,14 +276,15 @@ class BudgetBook(LeaseRules):
         for budget, sites in self._waiting_sites.items():
             smallest = self._smallest(budget) if sites else None
             open_[budget] = smallest is not None and self.rate(budget).next_room_at(now, smallest) <= horizon
-        if not any(open_.values()):
+        slot_only = self.groups.has_kind(())  # asks for a slot alone (generate.py: an article from the ledger)
+        if not slot_only and not any(open_.values()):
             return grants
         # The groups of waiting asks in fair order (line.py); `still_open`: budgets that may have room for someone.
         with self.groups.walk(lambda budgets: all(open_.get(b) for b in budgets)) as line:
             closed: dict[str, float] = {}
             wanted: set[str] = set()  # budgets an interactive ask found no room in: bulk asks keep off them
             still_open = {b for b, is_open in open_.items() if is_open}
-            while still_open and (entry := line.pop()) is not None:
+            while (still_open or slot_only) and (entry := line.pop()) is not None:
                 rank, vtime, seq, ask_id, key = entry
                 ask = self.waiting[ask_id]
                 current = self._fair_key(ask)

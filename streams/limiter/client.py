@@ -372,6 +372,19 @@ class Budgets:
             current_permit.set(permit)  # the wire hook reports when its request really leaves
             return permit
 
+    async def take_slot(self, *, site_id: str, request_id: str, slot_limit: int, weight: float = 1.0,
+                        lane: str = "interactive") -> None:
+        """Wait for one of the site's in-flight slots (`slot_limit` of them) for `request_id`, with no budget.
+
+        For a request whose paid call is done already (generate.py: its article in the ledger); a slot its
+        request holds already is granted at once. Freed as any slot is (`release_slot`).
+        """
+        ask = {"op": "acquire", "worker": self.instance, "ask_id": random_hex(), "site_id": site_id,
+               "request_id": request_id, "needs": {}, "slot_limit": slot_limit, "weight": weight}
+        if lane != "interactive":
+            ask["lane"] = lane
+        await self._ask_until_answered(ask)  # no use-by to keep: the slot is the request's from the grant on
+
     # --- leases: several permits of a budget with plenty of room, taken here --------
     def _pool(self, needs: dict[str, float], slot_limit: int | None) -> _LeasePool | None:
         """The lease pool for an ask of one request of one budget (Replicate, Wix); None otherwise.

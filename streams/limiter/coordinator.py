@@ -442,7 +442,8 @@ class Coordinator:
                 self.unsent.append(grant.ask.ask_id)
                 for budget in grant.ask.needs:
                     grants_total.labels(metrics.budget_label(budget)).inc(grant.lease_units or 1)
-                metrics.permit_queue_seconds.labels(metrics.budget_label(grant.ask.primary)).observe(now - grant.ask.arrived_at)
+                label = metrics.budget_label(grant.ask.primary or "slots")  # no budget: an ask for a slot alone
+                metrics.permit_queue_seconds.labels(label).observe(now - grant.ask.arrived_at)
         # What this pass answers is what its writes hold: a lease granted while they are written
         # (records are handled meanwhile) waits for the next pass's.
         unsent, self.unsent = self.unsent, []

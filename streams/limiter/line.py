@@ -97,6 +97,10 @@ class AskGroups:
         elif first and key in self._listed:
             self._list(key, group)
 
+    def has_kind(self, kind: Kind) -> bool:
+        """Whether an ask of this kind waits (kind (): asks for a site's slot alone, which need no budget)."""
+        return kind in self._kinds
+
     def clear(self) -> None:
         self._groups.clear()
         self._kinds.clear()
