@@ -324,8 +324,7 @@ def _event_time(ms: Any) -> datetime | None:
 def passed_on(event: Any, record: dict[str, Any]) -> None:
     """The first stage is done with this event's request: it holds its site's slot until its result."""
     request = record.get("request", record)
-    if request.get("priority") != "bulk":  # one the Batch API wrote holds none
-        PASSED_ON.add(request["request_id"], request["site_id"], event.message.partition)
+    PASSED_ON.add(request["request_id"], request["site_id"], event.message.partition)
 
 
 def build_stage(

@@ -3,7 +3,9 @@
 Admission takes one of the site's in-flight slots (held until the request is
 published or failed, across all workers) together with the OpenAI request and
 token permits, so a site never has more than its cap of requests under way and
-half-done work is finished before more of the same site starts.
+half-done work is finished before more of the same site starts. A request whose article
+is in the effect ledger already (a `blogstream retry` after generate, a bulk request back
+from the Batch API, a replay) asks for its slot alone: it is under way until its result too.
 """
 from __future__ import annotations
 
@@ -76,10 +78,14 @@ async def write_draft(request: dict[str, Any], deps: Deps) -> dict[str, Any] | N
             "usage": {"prompt_tokens": result.usage.prompt_tokens, "completion_tokens": result.usage.completion_tokens},
         }
 
-    written, _ = await effect_once(deps, request_id, STAGE, site_id, write)
+    written, stored = await effect_once(deps, request_id, STAGE, site_id, write)
     if written.get("cancelled"):
         raise StageCancelled(STAGE, request_id, site_id, written.get("reason") or "cancelled by an operator")
     check_written(STAGE, written["article"], request_id, site_id)  # one from the ledger, written before these rules
+    if stored:  # no permit took the run's slot: without one it went on to Replicate and Wix past the site's cap
+        await check_budget(deps, site_id, request_id)  # a held site's request is parked, it waits for no slot
+        await budgets.take_slot(site_id=site_id, request_id=slot, slot_limit=site.max_in_flight, weight=site.weight,
+                                lane=request.get("priority", "interactive"))
     return {
         "request": request,
         "article": written["article"],

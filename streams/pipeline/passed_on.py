@@ -9,9 +9,10 @@ requests count against the site's cap in the generate runner too (StageRunner.he
 no event that could only wait.
 
 Counted from the moment generate is done with a request (before its draft is even produced, so the
-runner never starts the next one in between) until a result is produced for it here. Bulk requests are
-left out: one the Batch API wrote holds no slot. A partition that leaves the worker takes its requests
-with it (another worker ends them); the stage topics share their partition numbers.
+runner never starts the next one in between) until a result is produced for it here. Bulk requests too:
+one whose article the Batch API wrote (or any article from the effect ledger) takes its slot at generate
+as well (generate.py). A partition that leaves the worker takes its requests with it (another worker ends
+them); the stage topics share their partition numbers.
 """
 from __future__ import annotations
 
