@@ -43,7 +43,11 @@ MAX_EXAMPLES = 100
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory):
     simulators = Simulators.start(FAST)
-    database = asyncio.run(Outcomes.private())
+    try:
+        database = asyncio.run(Outcomes.private())
+    except BaseException:  # a template database that cannot be migrated: no simulator left behind
+        simulators.stop()
+        raise
     pipeline = Pipeline(database=database.database, sim_url=simulators.url,
                         settings={"intake_token": INTAKE, "admin_token": ADMIN})
     try:
