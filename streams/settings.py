@@ -191,6 +191,7 @@ class Settings(BaseSettings):
     # A provider failing for a passing reason (5xx, timeout, 429) fails a request only after
     # max_attempts attempts AND this long since its first failure: an outage shorter than this costs
     # time, not requests (six quick attempts span only ~30 s, less than many provider blips).
+    # An answer billed but unusable (cut off at max_tokens) is no outage: max_attempts alone bounds it.
     retry_patience_seconds: float = Field(300.0, ge=0)
 
     # --- Intake (HTTP front door, streams/api/intake.py; docs/intake.md) -----------

@@ -416,7 +416,9 @@ async def call_with_permits(
                 await budgets.observe(needs, info, throttled=isinstance(exc, RateLimited))
             if first_failure is None:
                 first_failure = retry_clock()
-            if not exc.retryable or not keeps_trying(attempt, first_failure):
+            # An answer the provider billed but we could not use is no outage: the patience would only buy
+            # more paid answers, so it is bounded by the attempts alone.
+            if not exc.retryable or not keeps_trying(attempt, first_failure, patient=exc.billed is None):
                 raise provider_failure(stage, request_id, site_id, exc, attempt, retry_clock() - first_failure) from exc
             delay = exc.retry_after if exc.retry_after is not None \
                 else settings.retry_base_seconds * 2 ** min(attempt - 1, 16)
@@ -437,14 +439,15 @@ async def _back_off(seconds: float) -> None:
     await STOPPING.pause(seconds)
 
 
-def keeps_trying(attempts: int, first_failure: float) -> bool:
+def keeps_trying(attempts: int, first_failure: float, *, patient: bool = True) -> bool:
     """After `attempts` failed for a passing reason, the first at `first_failure` (`retry_clock()`): try again?
 
     Both bounds must be reached to give up: `max_attempts` keeps a flaky provider
     from failing a request on a streak of bad luck, `retry_patience_seconds` keeps
-    an outage from failing every request in flight.
+    an outage from failing every request in flight. Not `patient`: the attempts alone.
     """
-    return attempts < settings.max_attempts or retry_clock() - first_failure < settings.retry_patience_seconds
+    return attempts < settings.max_attempts or (
+        patient and retry_clock() - first_failure < settings.retry_patience_seconds)
 
 
 def provider_failure(stage: str, request_id: str, site_id: str, exc: ProviderError, attempts: int,
@@ -453,6 +456,12 @@ def provider_failure(stage: str, request_id: str, site_id: str, exc: ProviderErr
     over `seconds`."""
     if not exc.retryable:
         failed = StageFailed(stage, request_id, site_id, str(exc), _action_for(exc, request_id))
+    elif exc.billed is not None:  # the provider answered every time, and billed it: nothing to wait for
+        failed = StageFailed(
+            stage, request_id, site_id, f"{attempts} answers in a row were billed but not usable, the last: {exc}",
+            f"Do what the last answer's error says if it names a change, then: blogstream retry {request_id} "
+            "(each answer is paid for)",
+        )
     else:
         failed = StageFailed(
             stage, request_id, site_id, f"gave up after {attempts} attempts in {seconds:.0f} s, last error: {exc}",

@@ -106,3 +106,37 @@ def test_a_permanent_refusal_fails_at_once_whatever_the_patience(monkeypatch):
 
     failed = asyncio.run(run())
     assert len(calls) == 1 and "retry it later" not in failed.message and "title too long" in failed.message
+
+
+def test_an_answer_billed_but_unusable_is_paid_for_at_most_max_attempts_times(monkeypatch):
+    # OpenAI answered and billed the call, but the article was cut off at max_tokens: not an outage, so the
+    # patience that keeps a request alive through one (300 s) must not buy more paid answers.
+    from connectors.errors import MalformedOutput
+    from connectors.openai_writer import BilledCall
+
+    clock = Clock()
+    monkeypatch.setattr(stage, "retry_clock", clock)
+    monkeypatch.setattr(stage, "_back_off", clock.sleep)
+    monkeypatch.setattr(stage, "budgets", AlwaysGranted())
+    monkeypatch.setattr(stage, "settings", stage.settings.model_copy(update={
+        "max_attempts": 6, "retry_patience_seconds": 300.0, "retry_base_seconds": 1.0}))
+    calls = []
+
+    async def call():
+        calls.append(clock.now)
+        exc = MalformedOutput("openai", "the article was cut off at max_tokens=1200; lower target_words or raise "
+                              "BLOGSTREAM_OPENAI_MAX_TOKENS")
+        exc.billed = BilledCall(call_id=f"chatcmpl-{len(calls)}", model="gpt-4o-mini", prompt_tokens=300,
+                                completion_tokens=1200)
+        raise exc
+
+    async def run():
+        with pytest.raises(stage.StageFailed) as failed:
+            await stage.call_with_permits(stage="generate", request_id="req-3", site_id="site-c",
+                                          needs={"openai_requests": 1}, call=call)
+        return failed.value
+
+    failed = asyncio.run(run())
+    assert len(calls) == 6, f"{len(calls)} paid answers over {clock.now - calls[0]:.0f} s"
+    assert "retry it later" not in failed.message  # the provider did not fail: its answers were unusable
+    assert "lower target_words" in failed.message and "blogstream retry req-3" in failed.action
