@@ -9,7 +9,7 @@ Wix has no Python SDK for these REST calls, so this is a plain aiohttp client:
 JSON in, an answer read whole (`WixAnswer`) out. Not httpx over aiohttp as
 before: httpx's request and URL objects on top of aiohttp's cost 270 us of CPU
 per call against the simulator, aiohttp alone about 100 us (docs/bench-capacity.md),
-and a blog makes two Wix calls.
+and a blog makes two or three Wix calls.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ from .ratelimit_headers import parse_rate_limit_headers, parse_retry_after
 from .wix_ricos import markdown_to_ricos
 
 __all__ = [
+    "FILE_FAILED",
+    "FILE_PENDING",
     "POST_MAX_BYTES",
     "PublishedPost",
     "SiteCredentials",
@@ -49,6 +51,7 @@ __all__ = [
     "WixBlog",
     "WixSite",
     "draft_post",
+    "file_status",
     "markdown_to_ricos",
     "post_problem",
 ]
@@ -74,6 +77,16 @@ _EXPIRED_TEXT = re.compile(
     r"404 not found|\bexpired\b|\bgone\b",
     re.I,
 )
+
+
+# A media import is answered before Wix has downloaded the file: its `operationStatus` is PENDING
+# until then, READY once it is usable, FAILED when the download failed (the URL is gone or no image).
+FILE_PENDING, FILE_FAILED = "PENDING", "FAILED"
+
+
+def file_status(file: dict[str, Any]) -> str:
+    """A Wix file's `operationStatus` (PENDING, READY, FAILED); one that names none is taken as READY."""
+    return json_text(file.get("operationStatus")) or "READY"
 
 
 @runtime_checkable
@@ -282,7 +295,9 @@ class WixBlog(AsyncClosing):
     async def import_image(self, site: WixSite, url: str, *, display_name: str) -> dict[str, Any]:
         """Copy an image into the site's Media Manager; returns Wix's `file` (id, url, ...).
 
-        Raises ImageExpired when Wix cannot download `url` (the caller regenerates it).
+        Raises ImageExpired when Wix cannot download `url` (the caller regenerates it). Wix
+        downloads after answering: the file may still be PENDING (`file_status`), and only
+        `get_files` later tells whether it became READY or FAILED.
         """
         body = {"url": url, "mediaType": "IMAGE", "displayName": display_name}
         response = await self._request(site, "POST", "site-media/v1/files/import", json_body=body, image_url=url)
@@ -292,7 +307,29 @@ class WixBlog(AsyncClosing):
             raise MalformedOutput(
                 PROVIDER, "media import answered without file.id / file.url", status=response.status_code
             )
+        if file_status(file) == FILE_FAILED:
+            raise self.import_failed(site, file, url)
         return file
+
+    async def get_files(self, site: WixSite, file_ids: Sequence[str]) -> list[dict[str, Any] | ProviderError]:
+        """Get File Descriptors: the site's files as Wix has them now (an import READY, PENDING or FAILED),
+        many in one call. Returns, in order, each file or why it is missing (a ProviderError that may pass)."""
+        response = await self._request(site, "POST", "site-media/v1/files/get-files",
+                                       json_body={"fileIds": list(file_ids)})
+        files = self._json(response).get("files")
+        if not isinstance(files, list):
+            raise MalformedOutput(PROVIDER, "file look-up answered without files", status=response.status_code)
+        by_id = {file["id"]: file for file in files if _is_file(file)}
+        return [by_id.get(file_id) or MalformedOutput(
+            PROVIDER, f"file look-up for site {site.site_id} answered without file {file_id}",
+            status=response.status_code) for file_id in file_ids]
+
+    @staticmethod
+    def import_failed(site: WixSite, file: dict[str, Any], url: str) -> ImageExpired:
+        """Wix could not download the image of an import (its file FAILED): the caller makes a new image."""
+        return ImageExpired(PROVIDER, redact(
+            f"media import for site {site.site_id}: file {file.get('id')} FAILED, Wix could not download {url} - "
+            "the image URL is gone or is no image; generate a new image", [site.wix_api_key]))
 
     async def find_post_by_slug(self, site: WixSite, slug: str) -> PublishedPost | None:
         """The published post with this slug, or None. Used to make publishing idempotent."""
@@ -337,6 +374,8 @@ class WixBlog(AsyncClosing):
                 answers.append(self._item_error(site, "bulk media import", error, image_url=url))
             elif not _is_file(file):
                 answers.append(MalformedOutput(PROVIDER, "bulk media import answered an item without id / url"))
+            elif file_status(file) == FILE_FAILED:
+                answers.append(self.import_failed(site, file, url))
             else:
                 answers.append(file)
         return answers

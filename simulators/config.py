@@ -92,6 +92,10 @@ DEFAULTS: dict[str, Any] = {
     "wix": {
         "site_rpm": 200,
         "latency_import": [0.1, 0.3],
+        # How long Wix takes to download and process an imported file after answering the import: the
+        # answer (and Get File) says PENDING until then, READY after, or FAILED when the source could not
+        # be downloaded (an expired Replicate output). 0: the import answers READY or FAILED at once.
+        "latency_file_ready": [0.5, 2.0],
         "latency_create": [0.3, 0.8],
         "latency_publish": [0.0, 0.02],
         "latency_other": [0.0, 0.02],

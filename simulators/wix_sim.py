@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from .common import SimContext, json_response, provider_latency, read_json, roll, sleep
+from .common import SimContext, json_response, provider_latency, read_json, roll, sample_latency, sleep
 from .content import slugify
 from .replicate_sim import ReplicateSim
 from .window import ProviderLedger, SlidingWindow
@@ -59,7 +59,7 @@ class WixSim:
     def reset(self) -> None:
         self.sites: dict[str, WixSite] = {}
         self.ledger = ProviderLedger()
-        self.ledger.extra.update(imports_total=0, imports_rejected=0, drafts_created=0, posts_total=0,
+        self.ledger.extra.update(imports_total=0, imports_failed=0, drafts_created=0, posts_total=0,
                                  publish_calls=0, bulk_create_calls=0, bulk_import_calls=0,
                                  bulk_items_failed=0, answers_lost=0)
 
@@ -171,13 +171,13 @@ class WixSim:
             parts = None
         if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
             return None, validation_error("url", "must be a valid URL", "FORMAT")
+        # As on Wix, the file is downloaded after the answer (which says PENDING): a source that cannot be
+        # downloaded (an expired or unknown Replicate output) makes the file FAILED, not the import call.
         rep = self.replicate
         fid = rep.file_id_from_url(url)
         is_sim_host = (parts.hostname or "") in LOOPBACK or parts.netloc == host
-        if fid is not None and is_sim_host and not rep.file_available(fid):
-            self.ledger.extra["imports_rejected"] += 1
-            return None, app_error("FAILED_PRECONDITION: Failed to import file from url", "URL_NOT_REACHABLE",
-                                   f"Could not download file from {url}: 404 Not Found")
+        fails = fid is not None and is_sim_host and not rep.file_available(fid)
+        self.ledger.extra["imports_failed"] += fails
         media_type = body.get("mediaType") or "IMAGE"
         now = self.state.now()
         wid = uuid.uuid4().hex[:6] + "_" + uuid.uuid4().hex + "~mv2.png"
@@ -193,15 +193,33 @@ class WixSim:
             "mediaType": media_type,
             "media": {"image": {"image": {"id": wid, "url": static, "height": 576, "width": 1024,
                                           "filename": wid}}} if media_type == "IMAGE" else {},
-            "operationStatus": "READY",
+            "operationStatus": "PENDING",
             "sourceUrl": url,
             "labels": [],
             "createdDate": _iso(now),
             "updatedDate": _iso(now),
             "siteId": site.site_id,
+            "_ready_at": now + sample_latency(self.state.rng, self.cfg["latency_file_ready"], self.state.latency_scale),
+            "_fails": fails,
         }
         site.files[wid] = f
-        return f, None
+        return self._public_file(f), None
+
+    def _public_file(self, f: dict) -> dict:
+        """A file as Wix shows it now: PENDING until it is processed, then READY, or FAILED without media."""
+        shown = {k: v for k, v in f.items() if not k.startswith("_")}
+        if self.state.now() < f["_ready_at"]:
+            return shown
+        if f["_fails"]:
+            shown.pop("media", None)
+            return {**shown, "operationStatus": "FAILED"}
+        return {**shown, "operationStatus": "READY"}
+
+    @staticmethod
+    def file_failed(site: WixSite, file_id: Any) -> bool:
+        """Whether a post's cover is a file this site does not have, or one whose import fails (or failed)."""
+        f = site.files.get(file_id) if isinstance(file_id, str) else None
+        return f is None or f["_fails"]
 
     async def import_file(self, request: web.Request, site: WixSite, body: dict) -> web.Response:
         f, error = self._import(site, body, request.host)
@@ -259,7 +277,14 @@ class WixSim:
         f = site.files.get(request.match_info["id"])
         if f is None:
             return json_response(app_error("NOT_FOUND: file not found", "FILE_NOT_FOUND"), 404)
-        return json_response({"file": f})
+        return json_response({"file": self._public_file(f)})
+
+    async def get_files(self, request: web.Request, site: WixSite, body: dict) -> web.Response:
+        """Get File Descriptors: the files of ``fileIds`` this site has (unknown ids are left out)."""
+        ids = body.get("fileIds")
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+            return json_response(validation_error("fileIds", "must be a non-empty list of file ids"), 400)
+        return json_response({"files": [self._public_file(site.files[i]) for i in ids if i in site.files]})
 
     # -- blog -------------------------------------------------------------------------------------
     def _url(self, site: WixSite, slug: str) -> dict:
@@ -470,6 +495,9 @@ class WixSim:
             "max_requests_in_window": max((st.max_requests_in_window for st in led.per_site.values()), default=0),
             **led.extra,
             "posts_per_site": {sid: len(s.posts) for sid, s in self.sites.items() if s.posts},
+            # Published posts whose cover is no image on the site: its file's import FAILED, or will (or is unknown).
+            "posts_with_failed_cover": sum(self.file_failed(s, _cover_id(p)) for s in self.sites.values()
+                                           for p in s.posts.values() if p.get("media")),
             "duplicate_slugs": dups,
             "duplicate_posts_total": sum(c - 1 for sd in dups.values() for c in sd.values()),
             "limits": {"site_rpm": self.cfg["site_rpm"], "window_seconds": w},
@@ -485,6 +513,7 @@ class WixSim:
         r.add_post(PREFIX + "/site-media/v1/files/import", self._wrap("latency_import", self.import_file, True))
         r.add_post(PREFIX + "/site-media/v1/bulk/files/import-v2",
                    self._wrap("latency_import", self.bulk_import_files, True))
+        r.add_post(PREFIX + "/site-media/v1/files/get-files", self._wrap("latency_other", self.get_files, True))
         r.add_get(PREFIX + "/site-media/v1/files/{id}", self._wrap("latency_other", self.get_file))
         r.add_post(PREFIX + "/blog/v3/draft-posts", self._wrap("latency_create", self.create_draft, True))
         r.add_post(PREFIX + "/blog/v3/bulk/draft-posts/create",
@@ -504,6 +533,13 @@ def _item_error(body: dict) -> dict:
         app = details["applicationError"]
         return {"code": app["code"], "description": app["description"], "data": app.get("data") or {}}
     return {"code": "INVALID_ARGUMENT", "description": body.get("message", ""), "data": details}
+
+
+def _cover_id(post: dict) -> Any:
+    media = post.get("media")
+    wix_media = media.get("wixMedia") if isinstance(media, dict) else None
+    image = wix_media.get("image") if isinstance(wix_media, dict) else None
+    return image.get("id") if isinstance(image, dict) else None
 
 
 def _int(v: Any, default: int) -> int:

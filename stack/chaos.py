@@ -98,7 +98,7 @@ async def check_run(
     - exactly once: all of a request's result records say the same (status, post),
       and that is what its row says;
     - no duplicate post: each site has as many posts as DONE requests, none
-      published again under "<slug>-1";
+      published again under "<slug>-1", none with a cover Wix could not import;
     - no provider window over its limit.
     """
     ids = request_ids(requests)
@@ -129,6 +129,8 @@ async def check_run(
     dupes = {s: d for s, d in (wix.get("duplicate_slugs") or {}).items() if s in sites and d}
     if dupes:
         problems.append(f"posts published twice: {dupes}")
+    if wix.get("posts_with_failed_cover"):  # a cover Wix could not download: the post shows no image
+        problems.append(f"{wix['posts_with_failed_cover']} posts published with a cover whose import FAILED")
     problems += window_breaches(ledger, sites)
     throttled = {p: ledger[p]["rejected_429"] for p in ("openai", "replicate", "wix") if ledger[p]["rejected_429"]}
     if throttled:  # a 429: we sent a call the provider's window had no room for

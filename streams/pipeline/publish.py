@@ -8,11 +8,12 @@ go out as bulk calls (publish_batches.py).
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from typing import Any
 
 from connectors.errors import ImageExpired
-from connectors.wix_blog import draft_post
+from connectors.wix_blog import FILE_FAILED, FILE_PENDING, WixBlog, WixSite, draft_post, file_status
 from streams.app import illustrated_topic, results_topic
 from streams.pipeline.covers import make_cover
 from streams.pipeline.deps import Deps
@@ -20,11 +21,13 @@ from streams.pipeline.factory import build_stage
 from streams.pipeline.publish_batches import site_batches
 from streams.contract import decode
 from streams.pipeline.stage import StageCancelled, StageFailed, check_written, effect_once, now_ms, slot_of
+from streams.settings import settings
 
 STAGE = "publish"
 
 
 NEW_COVERS_PER_TRY = 2  # covers one try makes when Wix finds the one before gone; a retry may make more
+IMPORT_POLL_SECONDS = (2.0, 5.0)  # the first look at a file Wix is still importing, and the longest gap after
 
 
 def renewal_key(effect: str, n: int) -> str:
@@ -53,8 +56,9 @@ async def publish_post(illustrated: dict[str, Any], deps: Deps) -> dict[str, Any
     slot = slot_of(request)  # the run's in-flight slot, named in its permit asks
 
     async def import_cover(image: dict[str, Any]) -> dict[str, Any]:
-        return await site_batches.import_image(wix, site, request_id=request_id, lane=lane, url=image["url"],
+        file = await site_batches.import_image(wix, site, request_id=request_id, lane=lane, url=image["url"],
                                                display_name=f"{slug}.png", slot=slot)
+        return await imported(wix, site, file, url=image["url"], request_id=request_id, lane=lane, slot=slot)
 
     async def publish() -> dict[str, Any]:
         # The newest cover an earlier attempt made because the one before was gone: the older ones are
@@ -107,6 +111,34 @@ async def publish_post(illustrated: dict[str, Any], deps: Deps) -> dict[str, Any
         "finished_at": now_ms(),
         "retry": request.get("retry", 0),
     }
+
+
+async def imported(wix: WixBlog, site: WixSite, file: dict[str, Any], *, url: str, request_id: str,
+                   lane: str, slot: str = "") -> dict[str, Any]:
+    """The file once Wix has downloaded it: Wix answers an import first and downloads after, so a post made
+    with a file still PENDING would show no cover if the download then FAILED. The site's looks that are due
+    together go out as one Wix call, with its permit; a FAILED file is a StageFailed caused by ImageExpired
+    (publish makes a new cover)."""
+    site_id, file_id = site.site_id, str(file["id"])
+    loop = asyncio.get_running_loop()
+    patience = max(settings.wix_timeout, settings.retry_patience_seconds)  # a slow Wix costs time, not requests
+    deadline = loop.time() + patience
+    delay = IMPORT_POLL_SECONDS[0]
+    while file_status(file) == FILE_PENDING:
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, IMPORT_POLL_SECONDS[1])
+        file = await site_batches.look_at_file(wix, site, request_id=request_id, lane=lane, file_id=file_id,
+                                               slot=slot)
+        if file_status(file) == FILE_PENDING and loop.time() >= deadline:
+            raise StageFailed(
+                STAGE, request_id, site_id,
+                f"Wix had not finished importing the cover image after {patience:g} s (file {file_id})",
+                f"Check the site's Media Manager and Wix's status page, then: blogstream retry {request_id}",
+            )
+    if file_status(file) == FILE_FAILED:
+        gone = WixBlog.import_failed(site, file, url)
+        raise StageFailed(STAGE, request_id, site_id, str(gone)) from gone
+    return file
 
 
 publish_runner = build_stage(

@@ -1,10 +1,11 @@
 """One site's Wix calls that are ready at the same moment go out as one bulk call.
 
-Wix meters every site (200 calls a minute) and a post costs two calls: its
-cover's import and its create. When a site has many posts ready, the calls
-waiting for that site's permit are sent together, as one Bulk Import File or
-one Bulk Create Draft Posts call of up to `settings.wix_bulk_max_items`: one
-permit for many posts. Nothing is held back to fill a batch: a site's first
+Wix meters every site (200 calls a minute) and a post costs three calls: its
+cover's import, a look at the imported file (Wix downloads it after answering:
+publish.py) and its create. When a site has many posts ready, the calls waiting
+for that site's permit are sent together, as one Bulk Import File, one Get File
+Descriptors or one Bulk Create Draft Posts call of up to
+`settings.wix_bulk_max_items`: one permit for many posts. Nothing is held back to fill a batch: a site's first
 call goes out as soon as its permit is granted, and whatever arrived in the
 meantime rides with it (group commit). A lone call uses the single endpoint.
 
@@ -36,7 +37,7 @@ from streams.pipeline.stage import StageFailed, call_with_permits, provider_fail
 from streams.settings import settings
 
 STAGE = "publish"
-IMPORT, CREATE = "import", "create"
+IMPORT, CREATE, LOOK = "import", "create", "look"
 
 
 @dataclass(eq=False)
@@ -80,6 +81,11 @@ class SiteBatches:
                            display_name: str, slot: str = "") -> dict[str, Any]:
         """The site's Wix `file` for the image at `url` (StageFailed caused by ImageExpired when it is gone)."""
         return await self._submit(wix, site, IMPORT, _Call(request_id, lane, (url, display_name), slot=slot))
+
+    async def look_at_file(self, wix: WixBlog, site: WixSite, *, request_id: str, lane: str,
+                           file_id: str, slot: str = "") -> dict[str, Any]:
+        """The site's Wix `file` as it is now (an import PENDING, READY or FAILED)."""
+        return await self._submit(wix, site, LOOK, _Call(request_id, lane, file_id, slot=slot))
 
     async def create_post(self, wix: WixBlog, site: WixSite, *, request_id: str, lane: str, draft: dict[str, Any],
                           maybe_posted: bool, slot: str = "") -> PublishedPost:
@@ -126,7 +132,7 @@ class SiteBatches:
                 for call in batch:  # sent now (the sender's task is none of these effects)
                     _stage.STOPPING.calling(call.effect)
                 metrics.wix_call_items.labels(kind).observe(len(batch))
-                send = _send_imports if kind == IMPORT else _send_creates
+                send = {IMPORT: _send_imports, CREATE: _send_creates, LOOK: _send_looks}[kind]
                 await send(wix, site, batch, queue, lane)
 
         try:
@@ -162,6 +168,10 @@ async def _send_imports(wix: WixBlog, site: WixSite, batch: list[_Call], queue: 
         return
     answers = await wix.import_images(site, [call.args for call in batch])
     _settle(site, batch, answers, queue)
+
+
+async def _send_looks(wix: WixBlog, site: WixSite, batch: list[_Call], queue: deque[_Call], lane: str) -> None:
+    _settle(site, batch, await wix.get_files(site, [call.args for call in batch]), queue)
 
 
 async def _send_creates(wix: WixBlog, site: WixSite, batch: list[_Call], queue: deque[_Call], lane: str) -> None:

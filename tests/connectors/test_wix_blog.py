@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from connectors.errors import ImageExpired, ProviderError, ProviderUnavailable, RateLimited, RejectedRequest
 from connectors.replicate_images import ImageMaker
-from connectors.wix_blog import PublishedPost, SiteCredentials, WixBlog, WixSite, draft_post
+from connectors.wix_blog import PublishedPost, SiteCredentials, WixBlog, WixSite, draft_post, file_status
 
 from .conftest import ANY_JSON, WIX_KEY, Simulator, broken_at, outcomes_in_turn, paths_in
 
@@ -122,11 +122,18 @@ async def test_expired_replicate_output_raises_image_expired(
     sim.configure({"replicate": {"output_ttl_seconds": 0.3}})
     cover = await images.make_cover("a balcony garden", request_id="req-2")
     await asyncio.sleep(0.5)
+    # Wix answers the import PENDING and downloads after: the file FAILED is what says the URL is gone.
+    pending = await wix.import_image(SITE, cover.url, display_name="req-2.png")
+    assert file_status(pending) == "PENDING"
+    await asyncio.sleep(0.05)  # latency_file_ready x latency_scale: at most 20 ms here
+    [looked] = await wix.get_files(SITE, [pending["id"]])
+    assert file_status(looked) == "FAILED"
+    sim.configure({"wix": {"latency_file_ready": 0}})  # the download done as Wix answers: FAILED in the answer
     with pytest.raises(ImageExpired) as info:
         await wix.import_image(SITE, cover.url, display_name="req-2.png")
     exc = info.value
-    assert isinstance(exc, RejectedRequest) and exc.status == 400 and not exc.retryable
-    assert "new image" in exc.message and WIX_KEY not in str(exc)
+    assert isinstance(exc, RejectedRequest) and not exc.retryable
+    assert "new image" in exc.message and "site-a" in exc.message and WIX_KEY not in str(exc)
 
 
 @pytest.mark.asyncio
@@ -167,6 +174,7 @@ def _draft(slug: str, **fields) -> dict:
 async def test_bulk_import_gives_a_file_or_an_error_per_image(wix: WixBlog, images: ImageMaker, sim: Simulator) -> None:
     cover = await images.make_cover("a balcony garden", request_id="req-bulk")
     gone = cover.url.rsplit("/", 1)[0] + "/gone0.png"
+    sim.configure({"wix": {"latency_file_ready": 0}})  # each file READY or FAILED in the answer
     answers = await wix.import_images(SITE, [(cover.url, "a.png"), (gone, "b.png"), ("https://example.com/c.png", "c")])
     assert [type(a).__name__ for a in answers] == ["dict", "ImageExpired", "dict"]
     assert answers[0]["url"].startswith("https://") and answers[2]["displayName"] == "c"
@@ -203,7 +211,7 @@ async def test_bulk_item_failures_are_transient_and_a_lost_answer_is_unavailable
 # --------------------------------------------------------------------------- hostile answers
 
 _URL = {"base": "https://site.wixsite.com/blog", "path": "/post/s-1"}
-_FILE = {"id": "f1", "url": "https://static.wixstatic.com/media/f1.png", "displayName": "c"}
+_FILE = {"id": "f1", "url": "https://static.wixstatic.com/media/f1.png", "displayName": "c", "operationStatus": "READY"}
 _POST = {"id": "p1", "slug": "s-1", "url": _URL}
 _DRAFT_POST = {"id": "p1", "seoSlug": "s-1", "url": _URL}
 
@@ -216,6 +224,7 @@ def _results(item: dict) -> dict:
 _CALLS = {
     "import_image": (lambda w: w.import_image(SITE, "https://replicate.delivery/a.png", display_name="c"),
                      {"file": _FILE}),
+    "get_files": (lambda w: w.get_files(SITE, ["f1", "f2"]), {"files": [_FILE, {**_FILE, "id": "f2"}]}),
     "find_post_by_slug": (lambda w: w.find_post_by_slug(SITE, "s-1"), {"post": _POST}),
     "publish_draft": (lambda w: w.publish_draft(SITE, _draft("s-1")), {"draftPost": _DRAFT_POST}),
     "import_images": (lambda w: w.import_images(SITE, [("https://r.d/a.png", "a"), ("https://r.d/b.png", "b")]),
