@@ -83,7 +83,7 @@ async def make_cover(request: dict[str, Any], article: dict[str, Any], deps: Dep
         return state
 
     async def produce() -> dict[str, Any]:
-        created = 0
+        created, last = 0, ""
         for n in range(1, MAX_CHAIN + 1):
             fresh: dict[str, bool] = {}
 
@@ -105,11 +105,11 @@ async def make_cover(request: dict[str, Any], article: dict[str, Any], deps: Dep
             if state.usable:
                 cover = images.cover_of(state, request_id=request_id)
                 return {"url": cover.url, "prediction_id": cover.prediction_id, "created_at": cover.created_at_ms}
-            log.warning("prediction %s for request %s on site %s %s (%s): making a new one",
-                        state.id, request_id, site_id, state.status if state.status != "succeeded" else "expired",
-                        state.error or "no error text")
+            ended = state.status if state.status != "succeeded" else "expired"
+            last = f"prediction {state.id} {ended}: {state.error or 'no error text'}"
+            log.warning("%s for request %s on site %s: making a new one", last, request_id, site_id)
         raise StageFailed(
-            STAGE, request_id, site_id, f"no usable image after {created} new Replicate predictions",
+            STAGE, request_id, site_id, f"no usable image after {created} new Replicate predictions, the last {last}",
             f"Check the image prompt and the Replicate model, then: blogstream retry {request_id}",
         )
 

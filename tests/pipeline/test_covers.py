@@ -196,3 +196,17 @@ async def test_an_expired_image_is_replaced(sim, budgets):
     assert second["prediction_id"] != first["prediction_id"]
     assert sim.ledger()["replicate"]["predictions_created"] == 2
     assert metered(sim) == permitted(budgets)
+
+
+async def test_predictions_that_all_fail_end_the_request_with_what_replicate_said(sim, budgets):
+    # Every prediction fails (here as flux-schnell's safety checker answers): the request ends once
+    # max_attempts were made, and its error must say why, or "check the image prompt" leaves the
+    # operator guessing what is wrong with it.
+    sim.configure({"replicate": {"fail_rate": 1.0}})
+    async with images(sim) as maker:
+        with pytest.raises(StageFailed) as failed:
+            await covers.make_cover(REQUEST | {"request_id": "req-nsfw-1"}, ARTICLE, deps_for(maker))
+    assert sim.ledger()["replicate"]["predictions_created"] == 6
+    message = failed.value.message
+    assert "req-nsfw-1" in message and "shop-1" in message and "blogstream retry req-nsfw-1" in message
+    assert "NSFW content detected" in message, message
