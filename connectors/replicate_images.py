@@ -7,7 +7,8 @@ growing gaps, because every GET and cancel is charged against the separate
 "every other endpoint" budget (3000/min).
 
 Each call is one HTTP request, so a caller can meter each: `create_prediction`,
-`get_prediction`, `cancel_prediction`, then `cover_of` for the image. The SDK's
+`get_prediction`, `cancel_prediction`, then `cover_of` for the image;
+`find_prediction` finds a create whose answer was lost. The SDK's
 own retries of GETs (429/503/504, up to ten times) are switched off: a hidden
 retry would be a poll nobody took a permit for. `make_cover` strings the calls
 together without permits, for tools and tests; the pipeline meters each call
@@ -139,6 +140,11 @@ def _predict_time(metrics: Any) -> float | None:
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
+def _input(prompt: str) -> dict[str, Any]:
+    """What a cover's prediction is asked for: a 16:9 PNG of `prompt`."""
+    return {"prompt": prompt, "aspect_ratio": "16:9", "output_format": "png"}
+
+
 def _output_url(output: Any) -> str | None:
     # flux-schnell returns a list of URLs (num_outputs); other models a single URL.
     if isinstance(output, list):
@@ -217,13 +223,21 @@ class ImageMaker(AsyncClosing):
         # `models.predictions`, not `predictions.async_create(model=...)`: in SDK 1.0.7
         # the latter drops `wait` when it delegates, silently turning sync mode off.
         prediction = await self._call(
-            self._client.models.predictions.async_create(
-                model=self._model,
-                input={"prompt": prompt, "aspect_ratio": "16:9", "output_format": "png"},
-                wait=self._sync_wait_s,
-            )
+            self._client.models.predictions.async_create(model=self._model, input=_input(prompt),
+                                                         wait=self._sync_wait_s)
         )
         return self._state(prediction)
+
+    async def find_prediction(self, prompt: str, *, since_ms: int) -> PredictionState | None:
+        """One GET (the other-endpoints budget): the prediction a create with `prompt` made since `since_ms`
+        whose answer was lost, among the 100 newest. Replicate has no idempotency key: a create that
+        timed out or was cut off may have been made (and billed). None when no listed prediction, or
+        more than one, has exactly this model and input: the caller creates one then."""
+        page = await self._call(self._client.predictions.async_list())  # type: ignore[arg-type]
+        wanted = _input(prompt)
+        made = [p for p in page.results if p.input == wanted and getattr(p, "model", None) in (None, self._model)
+                and (_parse_timestamp_ms(p.created_at) or 0) >= since_ms]
+        return self._state(made[0]) if len(made) == 1 else None
 
     async def get_prediction(self, prediction_id: str) -> PredictionState:
         """One GET (the other-endpoints budget). A prediction Replicate no longer knows comes back GONE."""

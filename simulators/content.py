@@ -165,7 +165,10 @@ class TextGen:
         return pool[:n]
 
     def image_prompt(self) -> str:
-        return (f"A {self.rng.choice(STYLES)} about {self.topic()}, natural light, "
+        # A scene of its own per article, as a model describes one (not only the brief's first words): two
+        # requests on one site with the same keywords still get different prompts.
+        scene = f"{self.word()} {self.word()} and {self.word()}"
+        return (f"A {self.rng.choice(STYLES)} of {scene}, about {self.topic()}, natural light, "
                 f"rich detail, no text, 16:9 composition")
 
     def image_alt(self) -> str:

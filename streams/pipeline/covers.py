@@ -12,7 +12,11 @@ poll is tried again as a poll, never as a new prediction.
 A request pays for one prediction. Its id goes into the effect ledger the
 moment the create answers (`<effect>-prediction`), so a retry, in this process
 or on another worker after a crash or rebalance, follows that prediction
-instead of creating one more. Only a prediction that failed, was canceled, ran
+instead of creating one more. A create whose answer was lost (a reset, a
+timeout, a 5xx) may have been made all the same: before the next create, the
+prediction is looked for among Replicate's newest (one call of the other-endpoints
+budget) and followed if exactly one has its model and input (Replicate has no
+idempotency key). Only a prediction that failed, was canceled, ran
 past the timeout (canceled first) or whose image Replicate no longer has is
 replaced, by `<effect>-prediction-2`, `-3`, ...: each a ledger entry of its own,
 so a replay walks the same chain and reuses whatever is still good.
@@ -24,6 +28,7 @@ import logging
 import time
 from typing import Any, Awaitable, Callable
 
+from connectors.errors import ProviderError, RateLimited
 from connectors.replicate_images import PredictionState
 from streams.limiter.specs import REPLICATE_OTHER_REQUESTS, REPLICATE_REQUESTS
 from streams.pipeline.deps import Deps
@@ -35,6 +40,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "image"  # the stage whose permits and ledger entries a cover counts under
 MAX_CHAIN = 50  # predictions one request may have had in all (a replay walks them): a safety stop
+CLOCK_SLACK_MS = 30_000  # a lost create is looked for among predictions Replicate says it made since its send, less this
 
 
 def prediction_key(effect: str, n: int) -> str:
@@ -49,9 +55,9 @@ async def make_cover(request: dict[str, Any], article: dict[str, Any], deps: Dep
     assert deps.images is not None
     images = deps.images
 
-    async def replicate(needs: dict[str, float], call: Callable[[], Awaitable[PredictionState]]) -> PredictionState:
+    async def replicate(needs: dict[str, float], call: Callable[[], Awaitable[Any]], **hooks: Any) -> Any:
         return await call_with_permits(stage=STAGE, request_id=request_id, site_id=site_id, needs=needs, call=call,
-                                       lane=lane, slot=slot_of(request))
+                                       lane=lane, slot=slot_of(request), **hooks)
 
     async def poll(state: PredictionState) -> PredictionState:
         return await replicate({REPLICATE_OTHER_REQUESTS: 1}, lambda: images.get_prediction(state.id))
@@ -89,10 +95,21 @@ async def make_cover(request: dict[str, Any], article: dict[str, Any], deps: Dep
 
             async def create() -> dict[str, Any]:
                 await check_budget(deps, site_id, request_id)  # no new prediction for a site a spend cap holds
-                state = await replicate(
-                    {REPLICATE_REQUESTS: 1},
-                    lambda: images.create_prediction(article["image_prompt"], request_id=request_id),
-                )
+                prompt, sent = article["image_prompt"], []
+
+                async def send() -> PredictionState:
+                    sent.append(_now_ms())
+                    return await images.create_prediction(prompt, request_id=request_id)
+
+                async def made_anyway(exc: ProviderError) -> PredictionState | None:
+                    # A create that failed other than by a 429 may have been made, its answer lost (a reset, a
+                    # timeout): it is looked for before the next create, so it is not paid for twice.
+                    if isinstance(exc, RateLimited):
+                        return None
+                    return await replicate({REPLICATE_OTHER_REQUESTS: 1}, lambda: images.find_prediction(
+                        prompt, since_ms=sent[0] - CLOCK_SLACK_MS))
+
+                state = await replicate({REPLICATE_REQUESTS: 1}, send, recover=made_anyway)
                 fresh["state"] = True
                 return state.as_dict()
 

@@ -380,10 +380,14 @@ async def call_with_permits(
     lane: str = "interactive",
     on_result: Callable[[Any, Any], Awaitable[None]] | None = None,
     slot: str | None = None,
+    recover: Callable[[ProviderError], Awaitable[Any]] | None = None,
 ) -> Any:
     """The one retry loop: a fresh permit for every attempt, SDK retries are off.
 
     `slot` names the run's in-flight slot in the permit asks (`slot_key`; default the request id).
+    `recover`, for a call whose effect may have happened though it failed (an answer
+    lost on the way back): asked after a failure that is tried again, before the next
+    try; what it returns (not None) is taken as the call's result.
 
     429s and `retry-after` hints go back to the limiter, which shrinks the
     shared budget; 5xx and timeouts back off exponentially (`keeps_trying`
@@ -423,6 +427,8 @@ async def call_with_permits(
             delay = exc.retry_after if exc.retry_after is not None \
                 else settings.retry_base_seconds * 2 ** min(attempt - 1, 16)
             await _back_off(min(60.0, delay) * random.uniform(1.0, 1.2))
+            if recover is not None and (found := await recover(exc)) is not None:
+                return found
             continue
         metrics.provider_calls.labels(provider, "ok").inc()
         if on_result is not None:

@@ -233,3 +233,71 @@ def test_any_answer_is_a_prediction_state_or_a_provider_error(answers: list) -> 
             assert all(v is None or type(v) is int for v in (state.created_at_ms, state.completed_at_ms))
             assert state.predict_time is None or (math.isfinite(state.predict_time) and state.predict_time >= 0)
         assert isinstance(cover, ProviderError) or (isinstance(cover, CoverImage) and type(cover.created_at_ms) is int)
+
+
+_LISTED = {**_PREDICTION, "input": {"prompt": "a cat", "aspect_ratio": "16:9", "output_format": "png"}}
+
+
+@st.composite
+def _hostile_list(draw: st.DrawFn) -> tuple[int, bytes]:
+    status = draw(st.sampled_from([200, 200, 200, 400, 404, 429, 500]))
+    if draw(st.booleans()):
+        return status, draw(st.binary(max_size=30))
+    page = {"next": None, "previous": None, "results": [_LISTED]}
+    path = draw(st.sampled_from([(), ("results",), ("results", 0)] + [("results", 0) + p for p in _PREDICTION_PATHS[1:]]))
+    return status, json.dumps(broken_at(page, path, draw(ANY_JSON))).encode()
+
+
+@settings(max_examples=60, deadline=None)
+@given(answers=st.lists(_hostile_list(), min_size=1, max_size=4))
+def test_any_list_answer_finds_a_prediction_state_nothing_or_a_provider_error(answers: list) -> None:
+    """The look-up of a create whose answer was lost: whatever the list answers, a PredictionState of plain
+    values, None, or a ProviderError."""
+    async def run() -> list[Any]:
+        queue: list[tuple[int, bytes]] = []
+        runner, url = await answering_in_turn(queue)
+        images = ImageMaker(base_url=url, api_token=REPLICATE_TOKEN, model="black-forest-labs/flux-schnell",
+                            timeout=5.0, max_connections=2)
+        outcomes: list[Any] = []
+        try:
+            for status, body in answers:
+                queue[:] = [(status, body)]
+                try:
+                    outcomes.append(await images.find_prediction("a cat", since_ms=0))
+                except ProviderError as exc:
+                    outcomes.append(exc)
+        finally:
+            await images.aclose()
+            await runner.cleanup()
+        return outcomes
+
+    for outcome in asyncio.run(run()):
+        assert outcome is None or isinstance(outcome, ProviderError) or isinstance(outcome.id, str)
+        if outcome is not None and not isinstance(outcome, ProviderError):
+            json.dumps(outcome.as_dict(), allow_nan=False)
+
+
+def test_a_lost_create_is_found_only_when_one_listed_prediction_is_exactly_it() -> None:
+    other_request = {**_LISTED, "id": "p2"}  # the same prompt, sent by another request meanwhile
+    older = {**_LISTED, "id": "p3", "created_at": "2026-12-06T11:00:00Z"}
+    other_model = {**_LISTED, "id": "p4", "model": "someone/else"}
+    pages = [[_LISTED], [_LISTED, other_request], [older], [other_model, older], [{**_LISTED, "input": {"prompt": "a cat"}}]]
+
+    async def run() -> list[Any]:
+        queue: list[tuple[int, bytes]] = []
+        runner, url = await answering_in_turn(queue)
+        images = ImageMaker(base_url=url, api_token=REPLICATE_TOKEN, model="black-forest-labs/flux-schnell",
+                            timeout=5.0, max_connections=2)
+        try:
+            found = []
+            for results in pages:
+                queue[:] = [(200, json.dumps({"next": None, "previous": None, "results": results}).encode())]
+                found.append(await images.find_prediction("a cat", since_ms=1_796_558_000_000))  # 2026-12-06 11:53
+            return found
+        finally:
+            await images.aclose()
+            await runner.cleanup()
+
+    found = asyncio.run(run())
+    assert found[0] is not None and found[0].id == "p1" and found[0].usable
+    assert found[1:] == [None, None, None, None]  # two candidates, too old, another model, other input

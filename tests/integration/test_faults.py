@@ -199,5 +199,9 @@ async def test_providers_answering_5xx_nothing_at_all_or_half_an_answer_end_ever
         assert all(figures["answers_cut"].values()), figures
         # A passing fault fails a request only after 5 minutes of them (retry_patience_seconds): none here.
         assert figures["statuses"] == {"DONE": len(requests)}, figures
+        # A create whose answer was cut off is found again, not paid twice (5xx and timeouts make none).
+        replicate = sim.ledger()["replicate"]
+        assert replicate["answers_cut"] and replicate["predictions_created"] == len(requests), \
+            {k: replicate[k] for k in ("predictions_created", "answers_cut", "timeouts", "endpoints")}
     finally:
         pipeline.stop()

@@ -31,7 +31,7 @@ ARTICLE = {"image_prompt": "A watercolor of a greenhouse at dawn, no text"}
 @pytest.fixture
 def sim(sim_server):
     sim_server.configure(BASE)
-    sim_server.configure({"replicate": {"other_error_rate": 0.0, "error_rate": 0.0, "fail_rate": 0.0,
+    sim_server.configure({"replicate": {"other_error_rate": 0.0, "error_rate": 0.0, "fail_rate": 0.0, "cut_rate": 0.0,
                                         "output_ttl_seconds": 3600.0}})
     sim_server.reset()
     return sim_server
@@ -210,3 +210,30 @@ async def test_predictions_that_all_fail_end_the_request_with_what_replicate_sai
     message = failed.value.message
     assert "req-nsfw-1" in message and "shop-1" in message and "blogstream retry req-nsfw-1" in message
     assert "NSFW content detected" in message, message
+
+
+async def test_a_create_whose_answer_was_cut_off_is_found_again_not_paid_twice(sim, budgets):
+    # Replicate made (and bills) the prediction, then the connection reset half-way through its answer: the
+    # stage cannot tell whether it was made. Its retry must find that prediction, not create and pay a second.
+    db = LedgerDb()
+    async with images(sim) as maker:
+        create = maker.create_prediction
+        cut = []
+
+        async def first_answer_cut(prompt, *, request_id):
+            if cut:
+                return await create(prompt, request_id=request_id)
+            cut.append(True)
+            sim.configure({"replicate": {"cut_rate": 1.0}})
+            try:
+                return await create(prompt, request_id=request_id)
+            finally:
+                sim.configure({"replicate": {"cut_rate": 0.0}})
+
+        maker.create_prediction = first_answer_cut  # type: ignore[method-assign]
+        image = await covers.make_cover(REQUEST | {"request_id": "req-cut-1"}, ARTICLE, deps_for(maker, db))
+    led = sim.ledger()["replicate"]
+    assert led["answers_cut"] == 1
+    assert led["predictions_created"] == 1 and led["billing"]["predictions"] == 1, led["predictions_created"]
+    assert db.done[("req-cut-1", "image-prediction")]["id"] == image["prediction_id"]
+    assert metered(sim) == permitted(budgets)  # the look-up too had its permit
