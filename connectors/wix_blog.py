@@ -350,8 +350,10 @@ class WixBlog(AsyncClosing):
         response = await self._request(
             site, "POST", "blog/v3/draft-posts", json_body={"draftPost": draft, "publish": True}
         )
-        return await self._published(site, self._json(response).get("draftPost"), draft["seoSlug"],
-                                     response.status_code)
+        post = self._published(site, self._json(response).get("draftPost"), draft["seoSlug"], response.status_code)
+        if isinstance(post, ProviderError):
+            raise post
+        return post
 
     # -- bulk: one call, one request of the site's budget, for many items --------------
 
@@ -397,7 +399,7 @@ class WixBlog(AsyncClosing):
             if error is not None:
                 answers.append(self._item_error(site, "bulk post create", error))
             else:
-                answers.append(await self._published(site, created, draft["seoSlug"], response.status_code))
+                answers.append(self._published(site, created, draft["seoSlug"], response.status_code))
         return answers
 
     async def find_posts_by_slugs(self, site: WixSite, slugs: Sequence[str]) -> dict[str, PublishedPost]:
@@ -443,16 +445,15 @@ class WixBlog(AsyncClosing):
             return ImageExpired(PROVIDER, f"{text} - the image URL is gone; generate a new image")
         return RejectedRequest(PROVIDER, text)
 
-    async def _published(self, site: WixSite, created: Any, slug: str, status: int) -> PublishedPost:
+    def _published(self, site: WixSite, created: Any, slug: str, status: int) -> PublishedPost | ProviderError:
         if not isinstance(created, dict) or json_text(created.get("id")) is None:
-            raise MalformedOutput(PROVIDER, "draft post answered without draftPost.id", status=status)
+            return MalformedOutput(PROVIDER, "draft post answered without draftPost.id", status=status)
         url = _post_url(created.get("url"))
         if url is None:
-            # The post exists; ask for it rather than fail and risk a duplicate on retry.
-            found = await self.find_post_by_slug(site, json_text(created.get("seoSlug")) or slug)
-            if found is None:
-                raise MalformedOutput(PROVIDER, f"post {created['id']} was created without a url")
-            return found
+            # The post exists, but its URL must be asked for: a call of its own, with its own permit. Passing
+            # (retryable): the caller's next try looks the post up by its slug before any create.
+            return ProviderUnavailable(PROVIDER, f"post {created['id']} for site {site.site_id} was created, but Wix "
+                                       "answered without its url: it is looked up by its slug", status=status)
         return PublishedPost(
             post_id=created["id"],
             url=url,

@@ -244,3 +244,67 @@ def test_a_bulk_call_refused_for_the_sites_credentials_fails_every_item_at_once(
     answers = asyncio.run(run())
     assert all(isinstance(a, StageFailed) and "401" in a.reason for a in answers)
     assert sum(items for _, items in wix.calls) == 5   # each request's import tried once, never alone again
+
+
+# --- a create Wix answers without the post's URL -------------------------------------------------------
+
+
+class UrlLessWix:
+    """A Wix that creates and publishes each post but answers the create without its `url` (the draft as
+    just saved), and answers look-ups by slug or query in full: every request it got, by path."""
+
+    def __init__(self) -> None:
+        self.posts: dict[str, dict] = {}
+        self.seen: list[str] = []
+
+    def app(self):
+        from aiohttp import web
+
+        async def handle(request: web.Request) -> web.Response:
+            self.seen.append(request.path)
+            body = await request.json() if request.can_read_body else {}
+            if request.path.endswith("/bulk/draft-posts/create"):
+                items = [self._create(draft) for draft in body["draftPosts"]]
+                return web.json_response({"results": [
+                    {"itemMetadata": {"originalIndex": i, "success": True}, "item": item} for i, item in enumerate(items)]})
+            if request.path.endswith("/draft-posts"):
+                return web.json_response({"draftPost": self._create(body["draftPost"])})
+            if request.path.endswith("/posts/query"):
+                wanted = body["query"]["filter"]["slug"]["$in"]
+                return web.json_response({"posts": [self.posts[s] for s in wanted if s in self.posts]})
+            slug = request.path.rsplit("/", 1)[-1]
+            if slug in self.posts:
+                return web.json_response({"post": self.posts[slug]})
+            return web.json_response({"message": "NOT_FOUND"}, status=404)
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handle)
+        return app
+
+    def _create(self, draft: dict) -> dict:
+        slug = draft["seoSlug"]
+        self.posts[slug] = {"id": f"id-{slug}", "slug": slug, "url": {"base": "https://a.example", "path": f"/post/{slug}"}}
+        return {"id": f"id-{slug}", "seoSlug": slug, "status": "PUBLISHED"}  # no url
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("posts", [1, 3])
+async def test_a_create_answered_without_the_posts_url_makes_no_wix_call_without_a_permit(permits, posts):
+    from connectors.wix_blog import WixBlog
+
+    from tests.connectors.conftest import serving
+
+    wix_server = UrlLessWix()
+    runner, url = await serving(wix_server.app())
+    try:
+        async with WixBlog(base_url=url, timeout=5.0, max_connections=4) as wix:
+            batches = SiteBatches()
+            created = await asyncio.gather(*(
+                batches.create_post(wix, SITES[0], request_id=f"req-{n}", lane="interactive",
+                                    draft={"title": f"Post {n}", "seoSlug": f"post-{n}"}, maybe_posted=False)
+                for n in range(posts)))
+    finally:
+        await runner.cleanup()
+    assert [post.url for post in created] == [f"https://a.example/post/post-{n}" for n in range(posts)]
+    assert len(wix_server.posts) == posts  # each created once
+    assert len(wix_server.seen) == len(permits.needs), (wix_server.seen, permits.needs)  # each call had its permit
