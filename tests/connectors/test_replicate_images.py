@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from connectors.errors import MalformedOutput, ProviderError, ProviderUnavailable, RateLimited, RejectedRequest
 from connectors.replicate_images import GONE, CoverImage, ImageMaker, PredictionState, _parse_timestamp_ms
 
-from .conftest import ANY_JSON, REPLICATE_TOKEN, Simulator, answering_in_turn, broken_at
+from .conftest import ANY_JSON, REPLICATE_TOKEN, Simulator, answering_in_turn, broken_at, outcomes_in_turn
 
 PROMPT = "A watercolor of a worm bin on a sunny balcony, no text"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -248,30 +248,23 @@ def _hostile_list(draw: st.DrawFn) -> tuple[int, bytes]:
     return status, json.dumps(broken_at(page, path, draw(ANY_JSON))).encode()
 
 
+def _finding(pages: list[tuple[int, bytes]], since_ms: int = 0) -> list[Any]:
+    """`find_prediction` of a cover's prompt against each (status, body) list answer in turn."""
+    def find(images: ImageMaker) -> Any:
+        return images.find_prediction("a cat", since_ms=since_ms)
+
+    return outcomes_in_turn(lambda url: ImageMaker(base_url=url, api_token=REPLICATE_TOKEN,
+                                                   model="black-forest-labs/flux-schnell", timeout=5.0,
+                                                   max_connections=2),
+                            [(find, [page]) for page in pages])
+
+
 @settings(max_examples=60, deadline=None)
 @given(answers=st.lists(_hostile_list(), min_size=1, max_size=4))
 def test_any_list_answer_finds_a_prediction_state_nothing_or_a_provider_error(answers: list) -> None:
     """The look-up of a create whose answer was lost: whatever the list answers, a PredictionState of plain
     values, None, or a ProviderError."""
-    async def run() -> list[Any]:
-        queue: list[tuple[int, bytes]] = []
-        runner, url = await answering_in_turn(queue)
-        images = ImageMaker(base_url=url, api_token=REPLICATE_TOKEN, model="black-forest-labs/flux-schnell",
-                            timeout=5.0, max_connections=2)
-        outcomes: list[Any] = []
-        try:
-            for status, body in answers:
-                queue[:] = [(status, body)]
-                try:
-                    outcomes.append(await images.find_prediction("a cat", since_ms=0))
-                except ProviderError as exc:
-                    outcomes.append(exc)
-        finally:
-            await images.aclose()
-            await runner.cleanup()
-        return outcomes
-
-    for outcome in asyncio.run(run()):
+    for outcome in _finding(answers):
         assert outcome is None or isinstance(outcome, ProviderError) or isinstance(outcome.id, str)
         if outcome is not None and not isinstance(outcome, ProviderError):
             json.dumps(outcome.as_dict(), allow_nan=False)
@@ -283,21 +276,7 @@ def test_a_lost_create_is_found_only_when_one_listed_prediction_is_exactly_it() 
     other_model = {**_LISTED, "id": "p4", "model": "someone/else"}
     pages = [[_LISTED], [_LISTED, other_request], [older], [other_model, older], [{**_LISTED, "input": {"prompt": "a cat"}}]]
 
-    async def run() -> list[Any]:
-        queue: list[tuple[int, bytes]] = []
-        runner, url = await answering_in_turn(queue)
-        images = ImageMaker(base_url=url, api_token=REPLICATE_TOKEN, model="black-forest-labs/flux-schnell",
-                            timeout=5.0, max_connections=2)
-        try:
-            found = []
-            for results in pages:
-                queue[:] = [(200, json.dumps({"next": None, "previous": None, "results": results}).encode())]
-                found.append(await images.find_prediction("a cat", since_ms=1_796_558_000_000))  # 2026-12-06 11:53
-            return found
-        finally:
-            await images.aclose()
-            await runner.cleanup()
-
-    found = asyncio.run(run())
+    found = _finding([(200, json.dumps({"next": None, "previous": None, "results": results}).encode())
+                      for results in pages], since_ms=1_796_558_000_000)  # 2026-12-06 11:53
     assert found[0] is not None and found[0].id == "p1" and found[0].usable
     assert found[1:] == [None, None, None, None]  # two candidates, too old, another model, other input

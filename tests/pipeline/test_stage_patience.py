@@ -87,24 +87,30 @@ def _last_wait(calls: list[float], n: int) -> float:
     return calls[n] - calls[n - 1]
 
 
-def test_a_permanent_refusal_fails_at_once_whatever_the_patience(monkeypatch):
+def failing_for_good(monkeypatch, make_error) -> tuple[stage.StageFailed, list[float]]:
+    """call_with_permits on the fake clock with a call that always raises `make_error(n)` (n: its try):
+    the StageFailed it ends with, and when each try was made."""
     clock = Clock()
     monkeypatch.setattr(stage, "retry_clock", clock)
     monkeypatch.setattr(stage, "_back_off", clock.sleep)
     monkeypatch.setattr(stage, "budgets", AlwaysGranted())
-    calls = []
+    calls: list[float] = []
 
     async def call():
         calls.append(clock.now)
-        raise RejectedRequest("wix", "400 title too long", status=400)
+        raise make_error(len(calls))
 
     async def run():
         with pytest.raises(stage.StageFailed) as failed:
-            await stage.call_with_permits(stage="publish", request_id="req-2", site_id="site-b",
+            await stage.call_with_permits(stage="generate", request_id="req-2", site_id="site-b",
                                           needs={"wix:site-b": 1}, call=call)
         return failed.value
 
-    failed = asyncio.run(run())
+    return asyncio.run(run()), calls
+
+
+def test_a_permanent_refusal_fails_at_once_whatever_the_patience(monkeypatch):
+    failed, calls = failing_for_good(monkeypatch, lambda n: RejectedRequest("wix", "400 title too long", status=400))
     assert len(calls) == 1 and "retry it later" not in failed.message and "title too long" in failed.message
 
 
@@ -114,29 +120,16 @@ def test_an_answer_billed_but_unusable_is_paid_for_at_most_max_attempts_times(mo
     from connectors.errors import MalformedOutput
     from connectors.openai_writer import BilledCall
 
-    clock = Clock()
-    monkeypatch.setattr(stage, "retry_clock", clock)
-    monkeypatch.setattr(stage, "_back_off", clock.sleep)
-    monkeypatch.setattr(stage, "budgets", AlwaysGranted())
-    monkeypatch.setattr(stage, "settings", stage.settings.model_copy(update={
-        "max_attempts": 6, "retry_patience_seconds": 300.0, "retry_base_seconds": 1.0}))
-    calls = []
-
-    async def call():
-        calls.append(clock.now)
+    def cut_off(n: int) -> MalformedOutput:
         exc = MalformedOutput("openai", "the article was cut off at max_tokens=1200; lower target_words or raise "
                               "BLOGSTREAM_OPENAI_MAX_TOKENS")
-        exc.billed = BilledCall(call_id=f"chatcmpl-{len(calls)}", model="gpt-4o-mini", prompt_tokens=300,
+        exc.billed = BilledCall(call_id=f"chatcmpl-{n}", model="gpt-4o-mini", prompt_tokens=300,
                                 completion_tokens=1200)
-        raise exc
+        return exc
 
-    async def run():
-        with pytest.raises(stage.StageFailed) as failed:
-            await stage.call_with_permits(stage="generate", request_id="req-3", site_id="site-c",
-                                          needs={"openai_requests": 1}, call=call)
-        return failed.value
-
-    failed = asyncio.run(run())
-    assert len(calls) == 6, f"{len(calls)} paid answers over {clock.now - calls[0]:.0f} s"
+    monkeypatch.setattr(stage, "settings", stage.settings.model_copy(update={
+        "max_attempts": 6, "retry_patience_seconds": 300.0, "retry_base_seconds": 1.0}))
+    failed, calls = failing_for_good(monkeypatch, cut_off)
+    assert len(calls) == 6, f"{len(calls)} paid answers over {calls[-1] - calls[0]:.0f} s"
     assert "retry it later" not in failed.message  # the provider did not fail: its answers were unusable
-    assert "lower target_words" in failed.message and "blogstream retry req-3" in failed.action
+    assert "lower target_words" in failed.message and "blogstream retry req-2" in failed.action
