@@ -9,11 +9,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from store.database import Database, DatabaseError
+from store.database import Database
 from store.outcomes import OutcomeRow
 from store.sites import Site
 from streams.api import blogs
-from tests.store.conftest import DSN
+from tests.store.conftest import reachable_database
 
 RUN = f"retrytest{uuid.uuid4().hex[:8]}"
 REQUEST = {"topic": "How to choose summer sandals", "keywords": [], "language": "en", "tone": "friendly",
@@ -22,21 +22,15 @@ REQUEST = {"topic": "How to choose summer sandals", "keywords": [], "language": 
 
 @pytest.fixture
 async def db(monkeypatch):
-    database = Database(DSN, min_size=1, max_size=4)
-    try:
-        await database.start()
-    except DatabaseError as exc:
-        pytest.skip(f"test database not reachable (stack/stack.sh up): {exc}")
+    async with reachable_database(max_size=4) as database:
+        async def ready():
+            return None
 
-    async def ready():
-        return None
-
-    monkeypatch.setattr(blogs, "deps", SimpleNamespace(ready=ready, db=database))
-    yield database
-    await database.pool.execute("DELETE FROM blog_generations WHERE id LIKE $1", f"{RUN}-%")
-    await database.pool.execute("DELETE FROM stage_outputs WHERE request_id LIKE $1", f"{RUN}-%")
-    await database.pool.execute("DELETE FROM sites WHERE site_id LIKE $1", f"{RUN}-%")
-    await database.close()
+        monkeypatch.setattr(blogs, "deps", SimpleNamespace(ready=ready, db=database))
+        yield database
+        await database.pool.execute("DELETE FROM blog_generations WHERE id LIKE $1", f"{RUN}-%")
+        await database.pool.execute("DELETE FROM stage_outputs WHERE request_id LIKE $1", f"{RUN}-%")
+        await database.pool.execute("DELETE FROM sites WHERE site_id LIKE $1", f"{RUN}-%")
 
 
 async def failed_request(db: Database) -> str:

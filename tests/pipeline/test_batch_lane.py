@@ -18,10 +18,10 @@ import pytest
 import pytest_asyncio
 
 from connectors.openai_batches import BatchClient, batch_line, encode_line, prompt_tokens
-from store.database import Database, DatabaseError
+from store.database import Database
 from streams.pipeline import batch_collect, batch_poll
 from streams.settings import settings
-from tests.store.conftest import DSN
+from tests.store.conftest import reachable_database
 
 RUN = f"lane{uuid.uuid4().hex[:8]}"
 FAST = {"validation_seconds": 0.0, "seconds_per_request": 1.0, "finalizing_seconds": 0.0,
@@ -39,16 +39,11 @@ def sim(sim_server):
 
 @pytest_asyncio.fixture
 async def db():
-    database = Database(DSN, min_size=1, max_size=5)
-    try:
-        await database.start()
-    except DatabaseError as exc:
-        pytest.skip(f"test database not reachable: {exc}")
-    yield database
-    for table, column in (("openai_batch_lines", "request_id"), ("stage_outputs", "request_id"),
-                          ("openai_batches", "model")):
-        await database.pool.execute(f"DELETE FROM {table} WHERE {column} LIKE $1", f"{RUN}-%")
-    await database.close()
+    async with reachable_database(max_size=5) as database:
+        yield database
+        for table, column in (("openai_batch_lines", "request_id"), ("stage_outputs", "request_id"),
+                              ("openai_batches", "model")):
+            await database.pool.execute(f"DELETE FROM {table} WHERE {column} LIKE $1", f"{RUN}-%")
 
 
 def use_settings(monkeypatch, **changes: Any) -> None:

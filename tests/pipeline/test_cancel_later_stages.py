@@ -17,14 +17,14 @@ import uuid
 import pytest
 import pytest_asyncio
 
-from store.database import Database, DatabaseError
+from store.database import Database
 from store.parked import ParkedEvent, ParkedEvents, cancel_waiting
 from store.sites import Site
 from streams.pipeline import image, publish, publish_batches, stage
 from streams.pipeline.stage import StageCancelled
 
 from .conftest import grant_all
-from tests.store.conftest import DSN
+from tests.store.conftest import reachable_database
 
 pytestmark = pytest.mark.asyncio
 
@@ -35,16 +35,11 @@ ARTICLE = {"title": "Sandals", "excerpt": "Summer sandals.", "body": "Sandals fo
 
 @pytest_asyncio.fixture
 async def db():
-    database = Database(DSN, min_size=1, max_size=4)
-    try:
-        await database.start()
-    except DatabaseError as exc:
-        pytest.skip(f"test database not reachable (stack/stack.sh up): {exc}")
-    yield database
-    for table, column in (("parked_events", "site_id"), ("stage_outputs", "request_id"),
-                          ("blog_generations", "id"), ("sites", "site_id")):
-        await database.pool.execute(f"DELETE FROM {table} WHERE {column} LIKE $1", f"{RUN}%")
-    await database.close()
+    async with reachable_database(max_size=4) as database:
+        yield database
+        for table, column in (("parked_events", "site_id"), ("stage_outputs", "request_id"),
+                              ("blog_generations", "id"), ("sites", "site_id")):
+            await database.pool.execute(f"DELETE FROM {table} WHERE {column} LIKE $1", f"{RUN}%")
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 import uuid
 from collections import defaultdict
@@ -23,19 +22,17 @@ from dataclasses import dataclass, field
 import pytest
 import pytest_asyncio
 
-from store.database import Database, DatabaseError
+from store.database import Database
 from store.parked import ParkedEvent, ParkedEvents, cancel_waiting
 from streams.contract import encode
 from streams.pipeline.parking import ParkingLot
 from streams.pipeline.runner import SitePolicy, StageRunner
 
+from tests.store.conftest import reachable_database
+
 from .test_runner import TP, Recorder, run, settle, wait_until  # noqa: F401  (run: the fixture)
 
 
-DSN = os.environ.get(
-    "BLOGSTREAM_TEST_DATABASE_URL",
-    f"postgresql://blogstream:blogstream@127.0.0.1:{os.environ.get('PG_PORT', '55432')}/blogstream_test",
-)
 RUN = f"park{uuid.uuid4().hex[:8]}"
 TOPIC = f"{RUN}.blog.requests"
 
@@ -263,20 +260,14 @@ async def test_the_wait_for_the_site_controls_is_bounded_and_says_why(run, caplo
 
 @pytest_asyncio.fixture
 async def db():
-    database = Database(DSN, min_size=1, max_size=6)
-    try:
-        await database.start()
-    except DatabaseError as exc:
-        pytest.skip(f"test database not reachable (stack/stack.sh up): {exc}")
-    if not await database.pool.fetchval("SELECT to_regclass('parked_events') IS NOT NULL"):
-        await database.close()
-        pytest.skip("parked_events missing: run alembic upgrade head on the test database")
-    yield database
-    await database.pool.execute("DELETE FROM parked_events WHERE site_id LIKE $1", f"{RUN}%")
-    await database.pool.execute("DELETE FROM stage_outputs WHERE request_id LIKE $1", f"{RUN}%")
-    await database.pool.execute("DELETE FROM blog_generations WHERE id LIKE $1", f"{RUN}%")
-    await database.pool.execute("DELETE FROM sites WHERE site_id LIKE $1", f"{RUN}%")
-    await database.close()
+    async with reachable_database(max_size=6) as database:
+        if not await database.pool.fetchval("SELECT to_regclass('parked_events') IS NOT NULL"):
+            pytest.skip("parked_events missing: run alembic upgrade head on the test database")
+        yield database
+        await database.pool.execute("DELETE FROM parked_events WHERE site_id LIKE $1", f"{RUN}%")
+        await database.pool.execute("DELETE FROM stage_outputs WHERE request_id LIKE $1", f"{RUN}%")
+        await database.pool.execute("DELETE FROM blog_generations WHERE id LIKE $1", f"{RUN}%")
+        await database.pool.execute("DELETE FROM sites WHERE site_id LIKE $1", f"{RUN}%")
 
 
 async def add_site(db: Database, *, paused: bool) -> str:

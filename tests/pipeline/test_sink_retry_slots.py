@@ -21,13 +21,13 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from store.database import Database, DatabaseError
+from store.database import Database
 from streams.app import requests_topic, results_topic
 from streams.contract import encode
 from streams.limiter.slots import SlotBudget
 from streams.pipeline import factory, sink
 from streams.pipeline.stage import slot_of
-from tests.store.conftest import DSN
+from tests.store.conftest import reachable_database
 
 pytestmark = pytest.mark.asyncio
 
@@ -37,14 +37,9 @@ SITE = f"{RUN}-shop"
 
 @pytest_asyncio.fixture
 async def db():
-    database = Database(DSN, min_size=1, max_size=4)
-    try:
-        await database.start()
-    except DatabaseError as exc:
-        pytest.skip(f"test database not reachable (stack/stack.sh up): {exc}")
-    yield database
-    await database.pool.execute("DELETE FROM blog_generations WHERE id LIKE $1", f"{RUN}%")
-    await database.close()
+    async with reachable_database(max_size=4) as database:
+        yield database
+        await database.pool.execute("DELETE FROM blog_generations WHERE id LIKE $1", f"{RUN}%")
 
 
 class Limiter:
