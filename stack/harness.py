@@ -316,6 +316,10 @@ class Pipeline:
 
 
 TEMPLATE_DB = "blogstream_template"
+# Held (pg_advisory_lock, database postgres) by the process that creates and migrates the template:
+# with `make test`'s two integration processes, both found it missing on a fresh machine and both ran
+# CREATE DATABASE (one failed: DuplicateDatabaseError, 1 of 3 tries here) and alembic side by side.
+TEMPLATE_LOCK = 0x74706C74  # "tplt"
 _template_ready = False
 
 
@@ -342,9 +346,13 @@ class Outcomes:
         admin = await asyncpg.connect(database_url("postgres"))
         try:
             if not _template_ready:
-                if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", TEMPLATE_DB):
-                    await admin.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
-                await asyncio.to_thread(_migrate, TEMPLATE_DB)
+                await admin.execute("SELECT pg_advisory_lock($1)", TEMPLATE_LOCK)
+                try:
+                    if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", TEMPLATE_DB):
+                        await admin.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
+                    await asyncio.to_thread(_migrate, TEMPLATE_DB)
+                finally:
+                    await admin.execute("SELECT pg_advisory_unlock($1)", TEMPLATE_LOCK)
                 _template_ready = True
             name = f"bs_{uuid.uuid4().hex[:12]}"
             for attempt in range(20):
