@@ -99,17 +99,22 @@ def ack_if_current(self: Consumer, message: Any) -> bool:
 # aiokafka skips a partition with nothing committed yet, leaving it wherever it
 # was. Such stage partitions go to their beginning (= auto_offset_reset
 # "earliest"), and where that is stands in for the commit until there is one.
+# Each start is known before its partition is sought there (a committed one at
+# once, before Faust's own bookkeeping): Faust hands records over during the
+# seek, and the runners take none of a partition whose start is not known.
 _seek_to_committed = AIOKafkaConsumerThread.seek_to_committed
 
 
 async def seek_to_committed_or_beginning(self: AIOKafkaConsumerThread) -> dict:
     committed = await _seek_to_committed(self)
+    log_start.update({(tp.topic, tp.partition): int(offset) for tp, offset in committed.items()
+                      if offset and tp.topic in stage_topics})
     fresh = [tp for tp, offset in committed.items() if not offset and tp.topic in stage_topics]
     if fresh:
         consumer = self._ensure_consumer()
-        await self.call_thread(consumer.seek_to_beginning, *fresh)
         starts = await self.call_thread(consumer.beginning_offsets, fresh)
         log_start.update({(tp.topic, tp.partition): int(offset) for tp, offset in starts.items()})
+        await self.call_thread(consumer.seek_to_beginning, *fresh)
     return committed
 
 

@@ -113,6 +113,41 @@ def test_other_topics_keep_faust_s_acks():
     assert consumer._acked[OTHER] == [8]
 
 
+# --------------------------------------------------------------------------- 4. where a partition starts
+
+
+async def test_each_partition_s_start_is_known_before_it_is_sought_there(monkeypatch):
+    """Faust hands records over during the seek; the runners take none of a partition whose start is unknown."""
+    committed_tp, fresh_tp = TP(STAGE.topic, 1), TP(STAGE.topic, 2)
+    known_at_seek = {}
+
+    async def seek_to_committed(thread):  # aiokafka's: seeks the committed one, leaves the fresh one
+        return {committed_tp: 42, fresh_tp: None, OTHER: None}
+
+    class _Consumer:
+        async def beginning_offsets(self, tps):
+            return {tp: 7 for tp in tps}
+
+        async def seek_to_beginning(self, *tps):
+            known_at_seek.update({tp: faust_fixes.start_of(SimpleNamespace(_committed_offset={}), tp) for tp in tps})
+
+    consumer = _Consumer()
+
+    async def call_thread(fn, *args):
+        return await fn(*args)
+
+    thread = SimpleNamespace(_ensure_consumer=lambda: consumer, call_thread=call_thread)
+    monkeypatch.setattr(faust_fixes, "_seek_to_committed", seek_to_committed)
+    try:
+        assert await faust_fixes.seek_to_committed_or_beginning(thread) == {committed_tp: 42, fresh_tp: None, OTHER: None}
+        assert known_at_seek == {fresh_tp: 7}
+        no_commit_yet = SimpleNamespace(_committed_offset={})  # Faust records the commits after the seek returns
+        assert faust_fixes.start_of(no_commit_yet, committed_tp) == 42
+        assert faust_fixes.start_of(no_commit_yet, OTHER) is None
+    finally:
+        faust_fixes.forget_log_start([committed_tp, fresh_tp])
+
+
 # --------------------------------------------------------------------------- 5. commits from the start
 
 
