@@ -99,23 +99,39 @@ def ack_if_current(self: Consumer, message: Any) -> bool:
 # aiokafka skips a partition with nothing committed yet, leaving it wherever it
 # was. Such stage partitions go to their beginning (= auto_offset_reset
 # "earliest"), and where that is stands in for the commit until there is one.
-# Each start is known before its partition is sought there (a committed one at
-# once, before Faust's own bookkeeping): Faust hands records over during the
-# seek, and the runners take none of a partition whose start is not known.
+# Every start is known before the seeks begin: Faust hands records over while
+# aiokafka seeks one partition after another, and the runners take none of a
+# partition whose start is not known (streams/pipeline/runner.py).
 _seek_to_committed = AIOKafkaConsumerThread.seek_to_committed
 
 
+async def _committed_of(consumer: Any, tps: list) -> dict:
+    return {tp: await consumer.committed(tp) for tp in tps}  # aiokafka keeps them for its seek
+
+
 async def seek_to_committed_or_beginning(self: AIOKafkaConsumerThread) -> dict:
+    consumer = self._ensure_consumer()
+    stage = [tp for tp in self.assignment() if tp.topic in stage_topics]
+    commits = await self.call_thread(_committed_of, consumer, stage) if stage else {}
+    await _note_starts(self, consumer, commits)
     committed = await _seek_to_committed(self)
-    log_start.update({(tp.topic, tp.partition): int(offset) for tp, offset in committed.items()
-                      if offset and tp.topic in stage_topics})
-    fresh = [tp for tp, offset in committed.items() if not offset and tp.topic in stage_topics]
+    fresh = [tp for tp, offset in committed.items() if not _past_zero(offset) and tp.topic in stage_topics]
     if fresh:
-        consumer = self._ensure_consumer()
-        starts = await self.call_thread(consumer.beginning_offsets, fresh)
-        log_start.update({(tp.topic, tp.partition): int(offset) for tp, offset in starts.items()})
+        await _note_starts(self, consumer, {tp: None for tp in fresh if (tp.topic, tp.partition) not in log_start})
         await self.call_thread(consumer.seek_to_beginning, *fresh)
     return committed
+
+
+def _past_zero(offset: int | None) -> bool:
+    return offset is not None and offset > 0  # what aiokafka's seek_to_committed seeks to
+
+
+async def _note_starts(self: AIOKafkaConsumerThread, consumer: Any, commits: dict) -> None:
+    log_start.update({(tp.topic, tp.partition): int(offset) for tp, offset in commits.items() if _past_zero(offset)})
+    fresh = [tp for tp, offset in commits.items() if not _past_zero(offset)]
+    if fresh:
+        starts = await self.call_thread(consumer.beginning_offsets, fresh)
+        log_start.update({(tp.topic, tp.partition): int(offset) for tp, offset in starts.items()})
 
 
 def forget_log_start(revoked: Iterable[Any]) -> None:
