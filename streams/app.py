@@ -198,8 +198,8 @@ logs.install(settings.log_format)
 
 
 @app.on_partitions_revoked.connect
-async def _forget_log_start(app_: Any, revoked: Any, **kwargs: Any) -> None:  # noqa: ARG001
-    faust_fixes.forget_log_start(revoked)
+async def _forget_starts(app_: Any, revoked: Any, **kwargs: Any) -> None:  # noqa: ARG001
+    faust_fixes.forget_starts(revoked)
 
 
 def expected_start(tp: Any) -> int | None:

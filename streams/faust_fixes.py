@@ -33,7 +33,7 @@ from streams.settings import settings
 log = logging.getLogger(__name__)
 
 stage_topics: set[str] = set()  # filled by install()
-log_start: dict[tuple[str, int], int] = {}  # stage partitions with nothing committed -> the log start sought to
+partition_start: dict[tuple[str, int], int] = {}  # stage partition -> where its events start (fix 4), noted at each seek
 
 
 # --- 1. resuming flow that already runs must not empty the queues --------------
@@ -106,18 +106,20 @@ _seek_to_committed = AIOKafkaConsumerThread.seek_to_committed
 
 
 async def _committed_of(consumer: Any, tps: list) -> dict:
-    return {tp: await consumer.committed(tp) for tp in tps}  # aiokafka keeps them for its seek
+    """Each partition's commit (None or -1: nothing committed), in one request: aiokafka's `committed()`
+    asks the broker once per partition (its seek_to_committed then asks again for its own seeks)."""
+    found = await consumer._coordinator.fetch_committed_offsets(tps)
+    return {tp: found[tp].offset if tp in found else None for tp in tps}
 
 
 async def seek_to_committed_or_beginning(self: AIOKafkaConsumerThread) -> dict:
     consumer = self._ensure_consumer()
     stage = [tp for tp in self.assignment() if tp.topic in stage_topics]
-    commits = await self.call_thread(_committed_of, consumer, stage) if stage else {}
-    await _note_starts(self, consumer, commits)
+    if stage:
+        await _note_starts(self, consumer, await self.call_thread(_committed_of, consumer, stage))
     committed = await _seek_to_committed(self)
     fresh = [tp for tp, offset in committed.items() if not _past_zero(offset) and tp.topic in stage_topics]
     if fresh:
-        await _note_starts(self, consumer, {tp: None for tp in fresh if (tp.topic, tp.partition) not in log_start})
         await self.call_thread(consumer.seek_to_beginning, *fresh)
     return committed
 
@@ -127,26 +129,27 @@ def _past_zero(offset: int | None) -> bool:
 
 
 async def _note_starts(self: AIOKafkaConsumerThread, consumer: Any, commits: dict) -> None:
-    log_start.update({(tp.topic, tp.partition): int(offset) for tp, offset in commits.items() if _past_zero(offset)})
+    """Each stage partition's start: its commit, else where its log begins (where it is sought to)."""
+    partition_start.update({(tp.topic, tp.partition): int(offset) for tp, offset in commits.items() if _past_zero(offset)})
     fresh = [tp for tp, offset in commits.items() if not _past_zero(offset)]
     if fresh:
         starts = await self.call_thread(consumer.beginning_offsets, fresh)
-        log_start.update({(tp.topic, tp.partition): int(offset) for tp, offset in starts.items()})
+        partition_start.update({(tp.topic, tp.partition): int(offset) for tp, offset in starts.items()})
 
 
-def forget_log_start(revoked: Iterable[Any]) -> None:
-    # Whoever owns them next may commit: the log start only stands in for a
-    # commit until the next seek, which sets it again for those still without one.
+def forget_starts(revoked: Iterable[Any]) -> None:
+    # Whoever owns them next may commit: a noted start only stands in for Faust's
+    # record of the commit until the next seek, which notes it again.
     for tp in revoked:
-        log_start.pop((tp.topic, tp.partition), None)
+        partition_start.pop((tp.topic, tp.partition), None)
 
 
 def start_of(consumer: Consumer, tp: Any) -> int | None:
-    """Where a stage partition's events must start: its commit, else the log start it was sought to."""
+    """Where a stage partition's events must start: its commit, else the start noted at its seek."""
     committed = consumer._committed_offset.get(tp)
     if committed is not None:
         return int(committed)
-    return log_start.get((tp.topic, tp.partition))
+    return partition_start.get((tp.topic, tp.partition))
 
 
 # --- 5. never commit past a stage event nobody finished -------------------------

@@ -129,9 +129,12 @@ async def test_every_partition_s_start_is_known_before_the_seeks_begin(monkeypat
         known_at_seek.update(known([committed_tp]))
         return {committed_tp: 42, fresh_tp: None, OTHER: None}
 
+    class _Coordinator:
+        async def fetch_committed_offsets(self, tps):  # aiokafka's: -1 for a partition with nothing committed
+            return {tp: SimpleNamespace(offset=42 if tp == committed_tp else -1) for tp in tps}
+
     class _Consumer:
-        async def committed(self, tp):
-            return {committed_tp: 42}.get(tp)
+        _coordinator = _Coordinator()
 
         async def beginning_offsets(self, tps):
             return {tp: 7 for tp in tps}
@@ -152,7 +155,7 @@ async def test_every_partition_s_start_is_known_before_the_seeks_begin(monkeypat
         assert known_at_seek == {committed_tp: 42, fresh_tp: 7}
         assert known([OTHER]) == {OTHER: None}  # not a stage topic: Faust's rules
     finally:
-        faust_fixes.forget_log_start([committed_tp, fresh_tp])
+        faust_fixes.forget_starts([committed_tp, fresh_tp])
 
 
 # --------------------------------------------------------------------------- 5. commits from the start
@@ -177,14 +180,14 @@ class _Offsets:
 
 def test_a_partition_with_nothing_committed_does_not_commit_past_an_event_that_never_came():
     c = _Offsets()
-    faust_fixes.log_start[(STAGE.topic, STAGE.partition)] = 0
+    faust_fixes.partition_start[(STAGE.topic, STAGE.partition)] = 0
     try:
         c.ack(STAGE, 1)  # offset 0 was never handed over (or is not done): faust would commit 2 here
         assert c.new_offset(STAGE) is None
         c.ack(STAGE, 0)
         assert c.new_offset(STAGE) == 2
     finally:
-        faust_fixes.forget_log_start([STAGE])
+        faust_fixes.forget_starts([STAGE])
 
 
 def test_a_committed_partition_does_not_skip_the_one_missing_offset_faust_lets_through():
