@@ -30,21 +30,21 @@ log = logging.getLogger(__name__)
 
 
 def sites_to_move(
-    lines: Mapping[str, Sequence[Any]], unfinished: Mapping[Any, Sequence[Any]], in_flight: Callable[[str], int],
+    lines: Mapping[str, Sequence[Any]], unfinished: Mapping[Any, Sequence[Any]], at_cap: Callable[[str], bool],
     policy: Callable[[str], Any], ring: Iterable[str],
 ) -> list[str]:
     """The sites (of `ring`, in its order) whose waiting events (`lines`) are to move to the end of their partitions.
 
     `unfinished`: each partition's events not acked yet, in offset order (`.done`,
-    `.offset`); `in_flight(site)`: what counts against its cap now; `policy(site)`: its
-    `paused` and `max_in_flight`. A waiting event that failed before stays (its
+    `.offset`); `at_cap(site)`: it may start no more now (its cap, or its share of the stage's
+    slots); `policy(site)`: whether it is `paused`. A waiting event that failed before stays (its
     tries are counted by its offset), and so does the rest of its site's line.
     """
     last_done = {tp: next((e.offset for e in reversed(line) if e.done), -1) for tp, line in unfinished.items()}
     chosen = []
     for site_id in ring:
-        line, rules = lines[site_id], policy(site_id)
-        if rules.paused or in_flight(site_id) < rules.max_in_flight:
+        line = lines[site_id]
+        if policy(site_id).paused or not at_cap(site_id):
             continue  # parked instead, or it starts its events here soon
         if line[0].offset < last_done.get(line[0].tp, -1) and not any(e.failures for e in line):
             chosen.append(site_id)
@@ -68,7 +68,7 @@ class GivingWay:
     _credit: dict[str, float]
     _unfinished: dict[Any, Any]
     policy: Callable[[str], Any]
-    in_flight: Callable[[str], int]
+    at_cap: Callable[[str], bool]
     _show_queued: Callable[[str], None]
     _requeue: Callable[..., None]
     _ack_in_order: Callable[[Any], Awaitable[None]]
@@ -82,7 +82,7 @@ class GivingWay:
             return
         self._gave_way_at = now
         moving: list[Any] = []
-        for site_id in sites_to_move(self._lines, self._unfinished, self.in_flight, self.policy, list(self._ring)):
+        for site_id in sites_to_move(self._lines, self._unfinished, self.at_cap, self.policy, list(self._ring)):
             moving.extend(self._lines.pop(site_id))
             self._ring.remove(site_id)
             self._credit[site_id] = 0.0

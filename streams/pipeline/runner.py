@@ -78,24 +78,19 @@ class _Entry:
 
 class StageRunner(GivingWay):
     instances: list["StageRunner"] = []  # every stage's runner, told about revoked partitions
-    # Where a partition's events must start (its committed offset), and how to
-    # read a partition again from an offset: set by streams/pipeline/factory.py for the
-    # Faust consumer. Without them a gap is only logged.
+    # Where a partition's events must start (its commit), and how to read it again from an offset: set by
+    # streams/pipeline/factory.py for the Faust consumer. Without them a gap is only logged.
     expected_start: Callable[[Any], int | None] = staticmethod(lambda tp: None)
     rewind: Callable[[Any, int], Awaitable[None]] | None = None
-    # The partitions this worker holds now, and where a partition's log ends:
-    # the stall watchdog's view of what should be arriving.
+    # The partitions this worker holds now, and where a partition's log ends: the stall watchdog's view.
     assigned_partitions: Callable[[], Iterable[Any]] = staticmethod(lambda: ())
     end_offset: Callable[[Any], int | None] = staticmethod(lambda tp: None)
     MAX_REWINDS = 3  # per partition and offset: an offset that never comes (deleted by retention) is given up
     REWIND_EVERY = 2.0  # seconds between rewinds of a partition to the same offset
-    STALL_SECONDS = 30.0  # records waiting in a partition, none delivered for this long: read it again
-    STALL_CHECK_EVERY = 5.0
-    # Set by streams/pipeline/deps.py for the worker's runners (None: paused
-    # sites' events wait here, unacked, and nothing waits for the controls).
-    # park(stage, events) stores events of sites paused now and says which it
-    # stored; the others are to run. load_policies() reads the site controls
-    # once, raising while it cannot.
+    STALL_SECONDS, STALL_CHECK_EVERY = 30.0, 5.0  # records waiting, none delivered for this long: read it again
+    # Set by streams/pipeline/deps.py for the worker's runners (None: paused sites' events wait here, unacked,
+    # and nothing waits for the controls). park(stage, events) stores events of sites paused now and says
+    # which it stored; the others are to run. load_policies() reads the site controls once, raising while it cannot.
     park: Callable[[str, list[Any]], Awaitable[list[bool]]] | None = None
     load_policies: Callable[[], Awaitable[None]] | None = None
     POLICY_WAIT_SECONDS = 30.0  # at start, hold events this long at most for the site controls
@@ -122,7 +117,9 @@ class StageRunner(GivingWay):
         self.topic = topic  # the topic it reads (the stall watchdog's partitions)
         self.handle = handle
         self.concurrency = concurrency
-        self.bulk_concurrency = concurrency - max(1, concurrency // 10)  # the rest is kept for interactive events
+        # A tenth of the slots (at least one; none of one) is kept for interactive events, and for other sites:
+        # one whose calls take long (Wix retrying) would come to hold every slot, whatever its cap allows.
+        self.bulk_concurrency = self.site_slots = concurrency - (max(1, concurrency // 10) if concurrency > 1 else 0)
         self.read_ahead = read_ahead
         self.policy = policy
         # Changes whenever a site may have become paused (Deps.paused_version): the runner then looks
@@ -300,8 +297,7 @@ class StageRunner(GivingWay):
         for _ in range(2 * len(self._ring)):
             site_id = self._ring[0]
             policy = self.policy(site_id)
-            if (policy.paused or self.in_flight(site_id) >= policy.max_in_flight
-                    or (only_interactive and self._lines[site_id][0].bulk)):
+            if policy.paused or self.at_cap(site_id, policy) or (only_interactive and self._lines[site_id][0].bulk):
                 self._ring.rotate(-1)
                 continue
             if self._credit[site_id] < 1.0:
@@ -583,6 +579,11 @@ class StageRunner(GivingWay):
     def in_flight(self, site_id: str) -> int:
         """What counts against the site's cap here: its events running, and its requests in later stages."""
         return self._running.get(site_id, 0) + self.held_later(site_id)
+
+    def at_cap(self, site_id: str, policy: SitePolicy | None = None) -> bool:
+        """The site may start no more here now: its cap is reached, or its share of the stage's slots."""
+        running = self._running.get(site_id, 0)
+        return running >= self.site_slots or running + self.held_later(site_id) >= (policy or self.policy(site_id)).max_in_flight
 
 
 def _is_bulk(message: Any) -> bool:

@@ -89,19 +89,36 @@ async def test_a_site_at_its_cap_with_nothing_finished_behind_it_is_not_moved(ru
 
 
 async def test_a_site_below_its_cap_is_not_moved(run):
-    """A site whose events wait for the worker's concurrency, not for its own cap, starts them here soon."""
+    """A site whose events wait for the worker's concurrency, not for its own cap (nor its share of the
+    stage's slots), starts them here soon: `hold` keeps 3 of the 10 slots, `wide` (cap 8) runs the other 7."""
+    handler = Recorder(gated=lambda ev: ev.key in (b"wide", b"hold"))
+    stream = TailStream({0: 30})
+    runner = make_runner(handler, concurrency=10, read_ahead=16,
+                         policy=lambda site: SitePolicy(max_in_flight=8 if site == "wide" else 20))
+    runner.GIVE_WAY_EVERY = 0.0
+    runner.to_tail = stream.to_tail
+    run(runner, stream)
+    stream.feed([event(0, o, "hold") for o in range(3)] + [event(0, o, "wide") for o in range(3, 11)]
+                + [event(0, o, "busy") for o in range(11, 30)])
+    await wait_until(lambda: stream.yielded >= 16 and handler.running["wide"] == 7 and handler.running["hold"] == 3
+                     and "busy" in handler.started_sites and runner.queued_by_site().get("wide") == 1,
+                     "full, wide running 7 of its 8, busy done behind")
+    await settle(200)
+    assert stream.moved == []
+
+
+async def test_a_site_at_its_share_of_the_slots_gives_way_like_one_at_its_cap(run):
+    """A site may run all of a stage's slots but a tenth (at least one), whatever its cap: at that share its
+    waiting events hold the partition like a capped site's, and move to the end of it the same way."""
     handler = Recorder(gated=lambda ev: ev.key == b"wide")
     stream = TailStream({0: 30})
-    runner = make_runner(handler, concurrency=4, read_ahead=12,
-                         policy=lambda site: SitePolicy(max_in_flight=5 if site == "wide" else 20))
+    runner = make_runner(handler, concurrency=4, read_ahead=12, policy=lambda site: SitePolicy(max_in_flight=1000))
     runner.GIVE_WAY_EVERY = 0.0
     runner.to_tail = stream.to_tail
     run(runner, stream)
     stream.feed([event(0, o, "wide") for o in range(8)] + [event(0, o, "busy") for o in range(8, 30)])
-    await wait_until(lambda: stream.yielded >= 12 and handler.running["wide"] == 4 and "busy" in handler.started_sites
-                     and runner.queued_by_site().get("wide") == 4, "full, wide running 4 of its 5, busy done behind")
-    await settle(200)
-    assert stream.moved == []
+    await wait_until(lambda: len(stream.moved) == 5, "wide's five waiting events moved")
+    assert handler.running["wide"] == 3 == runner.site_slots and stream.moved == [(0, o) for o in range(3, 8)]
 
 
 async def test_events_that_could_not_be_moved_run_in_their_place(run):

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.pipeline.runner import SitePolicy, StageRunner
 
@@ -614,3 +616,91 @@ async def test_site_queued_counts_an_event_put_back_in_its_line(run, monkeypatch
     retries.go.set()
     await wait_until(lambda: runner.queued_by_site() == {"a": 1}, "the event back in its line")
     assert queued_gauge(stage) == {"a": 1}
+
+
+# --------------------------------------------------------------------------- one site's share of the slots
+
+@pytest.mark.parametrize("concurrency", [2, 3, 10, 25])
+async def test_a_site_whose_calls_hang_leaves_slots_for_a_site_that_comes_later(run, concurrency):
+    """Whatever its cap, one site runs at most all slots but a tenth (at least one) of a stage: a site whose
+    calls hang (its Wix retrying) cannot take the whole stage, and a site that comes later starts at once."""
+    handler = Recorder(gated=lambda ev: ev.key == b"slow")
+    stream = FakeStream()
+    runner = run(make_runner(handler, concurrency=concurrency, policy=lambda site: SitePolicy(max_in_flight=1000)),
+                 stream)
+    stream.feed([event(0, n, "slow") for n in range(3 * concurrency)])
+    share = concurrency - max(1, concurrency // 10)
+    await wait_until(lambda: len(handler.started) == share, f"{share} of the slow site's events started")
+    await settle()
+    assert len(handler.started) == share == runner.site_slots
+    stream.feed([event(1, 0, "shop")])
+    await wait_until(lambda: (1, 0) in handler.finished, "the later site's event ran")
+
+
+async def test_with_one_slot_a_lone_bulk_event_still_starts(run):
+    """One slot keeps nothing back: a bulk event (or a lone site) alone takes it (it waited for good before)."""
+    handler = Recorder()
+    stream = FakeStream()
+    run(make_runner(handler, concurrency=1), stream)
+    bulk = [event(0, n, "backfill") for n in range(3)]
+    for ev in bulk:
+        ev.message.headers = [("blogstream-priority", b"bulk")]
+    stream.feed(bulk)
+    await wait_until(lambda: len(stream.acks) == 3, "the three bulk events acked")
+
+
+@given(concurrency=st.integers(1, 12), sites=st.lists(st.tuples(st.integers(1, 15), st.booleans(), st.booleans()),
+                                                       min_size=1, max_size=5),
+       events=st.lists(st.tuples(st.integers(0, 4), st.booleans()), min_size=1, max_size=60),
+       steps=st.lists(st.booleans(), max_size=200))
+@settings(max_examples=300, deadline=None)
+def test_starts_keep_every_limit_and_leave_no_startable_event_waiting(concurrency, sites, events, steps):
+    """Any stage size, sites (cap, weight under one or not, paused), bulk or interactive events, starts and ends
+    in any order: the stage, each site's cap and its share of the slots are never exceeded; whenever nothing
+    starts, every waiting site is paused, at its cap or share, or only bulk while the interactive slots are
+    what is left; and with everything run to its end, every event of a site not paused starts."""
+    policies = {f"s{i}": SitePolicy(weight=0.3 if light else 1.0, max_in_flight=cap, paused=paused and i > 0)
+                for i, (cap, light, paused) in enumerate(sites)}
+    runner = make_runner(Recorder(), concurrency=concurrency, policy=lambda site: policies[site])
+    for offset, (index, bulk) in enumerate(events):
+        ev = event(0, offset, f"s{index % len(sites)}")
+        if bulk:
+            ev.message.headers = [("blogstream-priority", b"bulk")]
+        runner.add(ev)
+    running: list = []
+
+    def start() -> bool:
+        entry = runner._next()
+        if entry is None:
+            return False
+        runner._running[entry.site_id] = runner._running.get(entry.site_id, 0) + 1
+        runner._running_total += 1
+        running.append(entry)
+        site_running = runner._running[entry.site_id]
+        assert runner._running_total <= concurrency
+        assert site_running <= min(policies[entry.site_id].max_in_flight, runner.site_slots)
+        assert not policies[entry.site_id].paused
+        return True
+
+    def check_idle() -> None:
+        if runner._running_total >= concurrency:
+            return
+        for site_id, line in runner._lines.items():
+            blocked = (policies[site_id].paused or runner.at_cap(site_id)
+                       or (line[0].bulk and runner._running_total >= runner.bulk_concurrency))
+            assert blocked, f"{site_id} waits with a free slot: {runner._running}, {concurrency}"
+
+    for step in steps:
+        if step or not running:
+            if not start():
+                check_idle()
+        else:
+            runner._release(running.pop(0))
+    while True:  # run everything to its end
+        while start():
+            pass
+        check_idle()
+        if not running:
+            break
+        runner._release(running.pop(0))
+    assert all(policies[site].paused for site in runner._lines), "only paused sites' events are left"
