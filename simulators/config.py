@@ -112,6 +112,7 @@ DEFAULTS: dict[str, Any] = {
         "bulk_max_items": 100,         # draft posts per bulk create call, files per bulk import
         "bulk_item_error_rate": 0.0,   # bulk items failing with INTERNAL_ERROR inside a 200 answer
         "lost_answer_rate": 0.0,       # calls done on Wix whose answer is lost (a 504 to the caller)
+        "query_lag_seconds": 0.0,      # Query / List Posts leave out posts published less than this long ago
         "max_post_bytes": 409_600,     # 400 KB a post
         "max_posts_per_blog": 100_000,
     },

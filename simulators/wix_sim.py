@@ -15,6 +15,7 @@ from .common import SimContext, json_response, provider_latency, read_json, roll
 from .content import slugify
 from .replicate_sim import ReplicateSim
 from .window import ProviderLedger, SlidingWindow
+from .wix_query import match_filter
 
 PREFIX = "/wix"
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
@@ -46,6 +47,7 @@ class WixSite:
         self.posts_by_slug: dict[str, str] = {}     # actual slug -> post id
         self.requested_slug_counts: dict[str, int] = {}
         self.files: dict[str, dict] = {}
+        self.published_at: dict[str, float] = {}    # post id -> when it was published (Query Posts' index lags it)
 
 
 class WixSim:
@@ -324,6 +326,7 @@ class WixSim:
             post = {k: v for k, v in post.items() if v is not None}
             site.posts[pid] = post
             site.posts_by_slug[slug] = pid
+            site.published_at[pid] = now
             self.ledger.extra["posts_total"] += 1
         else:
             post["lastPublishedDate"] = _iso(now)
@@ -446,10 +449,19 @@ class WixSim:
             return json_response(app_error("NOT_FOUND: post not found", "POST_NOT_FOUND"), 404)
         return json_response({"post": p})
 
+    def _indexed(self, site: WixSite) -> list[dict]:
+        """The posts Query and List Posts show: those published at least `query_lag_seconds` ago (they read an
+        index that follows the posts; Get Post and Get Post By Slug read the posts themselves)."""
+        lag = float(self.cfg.get("query_lag_seconds") or 0.0)
+        if lag <= 0:
+            return list(site.posts.values())
+        seen_before = self.state.now() - lag
+        return [p for pid, p in site.posts.items() if site.published_at.get(pid, 0.0) <= seen_before]
+
     async def list_posts(self, request: web.Request, site: WixSite, body: Any) -> web.Response:
         limit = _int(request.query.get("paging.limit"), 50)
         offset = _int(request.query.get("paging.offset"), 0)
-        posts = list(site.posts.values())
+        posts = self._indexed(site)
         page = posts[offset: offset + limit]
         return json_response({"posts": page, "metaData": {"count": len(page), "offset": offset,
                                                           "total": len(posts)}})
@@ -462,7 +474,7 @@ class WixSim:
         offset = _int(paging.get("offset"), 0)
         if not isinstance(filt, dict):
             return json_response(validation_error("query.filter", "must be an object", "TYPE"), 400)
-        posts = [p for p in site.posts.values() if _match(p, filt)]
+        posts = [p for p in self._indexed(site) if match_filter(p, filt)]
         page = posts[offset: offset + limit]
         return json_response({"posts": page, "metaData": {"count": len(page), "offset": offset,
                                                           "total": len(posts)}})
@@ -562,33 +574,3 @@ def _count_words(rc: Any) -> int:
         elif isinstance(x, list):
             stack.extend(x)
     return n
-
-
-def _match(post: dict, filt: dict) -> bool:
-    """Tiny subset of Wix query language: {field: value}, {field: {$eq|$ne|$in|$hasSome: ...}}, $and/$or."""
-    for key, cond in filt.items():
-        if key == "$and":
-            if not all(_match(post, c) for c in cond):
-                return False
-            continue
-        if key == "$or":
-            if not any(_match(post, c) for c in cond):
-                return False
-            continue
-        val = post.get(key)
-        if isinstance(cond, dict):
-            for op, arg in cond.items():
-                if op == "$eq" and val != arg:
-                    return False
-                if op == "$ne" and val == arg:
-                    return False
-                if op == "$in" and val not in (arg or []):
-                    return False
-                if op in ("$hasSome", "$hasAll"):
-                    vals = val if isinstance(val, list) else [val]
-                    fn = any if op == "$hasSome" else all
-                    if not fn(a in vals for a in (arg or [])):
-                        return False
-        elif val != cond:
-            return False
-    return True

@@ -49,7 +49,7 @@ BASELINE: dict[str, Any] = {
         "latency": [1.0, 2.0],
         "output_ttl_seconds": 3600.0,
     },
-    "wix": {"site_rpm": 200, "error_rate": 0.0, "slow_rate": 0.0, "bulk_item_error_rate": 0.0, "lost_answer_rate": 0.0,
+    "wix": {"site_rpm": 200, "error_rate": 0.0, "slow_rate": 0.0, "bulk_item_error_rate": 0.0, "lost_answer_rate": 0.0, "query_lag_seconds": 0.0,
             "latency_file_ready": [0.5, 2.0]},
 }
 

@@ -208,6 +208,23 @@ async def test_bulk_item_failures_are_transient_and_a_lost_answer_is_unavailable
     assert set(await wix.find_posts_by_slugs(SITE, ["lost-1", "flaky-1"])) == {"lost-1"}
 
 
+@pytest.mark.asyncio
+async def test_a_post_whose_answer_was_lost_is_found_by_its_slug_while_the_query_index_lags(wix: WixBlog,
+                                                                                           sim: Simulator) -> None:
+    """Query Posts reads an index that may not show a post created moments ago; Get Post By Slug reads the post
+    (streams/pipeline/publish_batches.py asks it for each slug the query missed before creating again)."""
+    sim.configure({"wix": {"lost_answer_rate": 1.0, "query_lag_seconds": 3600}})
+    with pytest.raises(ProviderUnavailable):
+        await wix.publish_draft(SITE, _draft("lagging-1"))
+    sim.configure({"wix": {"lost_answer_rate": 0.0}})
+    assert await wix.find_posts_by_slugs(SITE, ["lagging-1"]) == {}
+    found = await wix.find_post_by_slug(SITE, "lagging-1")
+    assert found is not None and found.slug == "lagging-1"
+    sim.configure({"wix": {"query_lag_seconds": 0.0}})
+    assert await wix.find_posts_by_slugs(SITE, ["lagging-1"]) == {"lagging-1": found}
+    assert sim.ledger()["wix"]["posts_total"] == 1
+
+
 # --------------------------------------------------------------------------- hostile answers
 
 _URL = {"base": "https://site.wixsite.com/blog", "path": "/post/s-1"}
