@@ -361,6 +361,33 @@ async def fetch_urgent_first(self: AIOKafkaConsumerThread, consumer: Any, active
     return await urgent_first(fetch, set(active_partitions), urgent, timeout, max_records)
 
 
+# --- what the consumer holds of a partition (read only, for the log) ----------------
+# A stage partition with records waiting can go 30-70 s without delivering under
+# heavy load (the runners' stall watchdog reads it again; cause not found, docs/
+# bench-capacity-latency.md). Where its records wait, between aiokafka's buffer,
+# Faust's flow control and the agent's queue, is logged with each read-again.
+def partition_view(app: Any, tp: Any) -> str:
+    """Faust's and aiokafka's state of `tp`, one line; never raises (internals read without locks)."""
+    try:
+        consumer = app.consumer
+        active = consumer._active_partitions or ()
+        parts = [f"faust: active={tp in active} held_for_full_queue={tp in consumer._buffered_partitions} "
+                 f"paused={tp in consumer._paused_partitions} flow_active={consumer.flow_active}"]
+        queues = {topic.get_topic_name(): topic.queue.qsize() for topic in app.topics if hasattr(topic, "queue")}
+        if tp.topic in queues:
+            parts.append(f"agent queue={queues[tp.topic]}")
+        kafka = consumer._thread._consumer
+        fetcher = kafka._fetcher
+        buffered = fetcher._records.get(tp)
+        state = kafka._subscription.subscription.assignment.state_value(tp)
+        parts.append(f"aiokafka: buffered={type(buffered).__name__ if buffered is not None else None} "
+                     f"position={state._position} paused={state.paused} highwater={state.highwater} "
+                     f"fetch_in_flight={bool(fetcher._in_flight)} partitions_buffered={len(fetcher._records)}")
+        return "; ".join(parts)
+    except Exception as exc:  # a rebalance under way, an internal renamed by an upgrade
+        return f"consumer state not readable ({exc!r})"
+
+
 def install(topics: Iterable[str], urgent: Iterable[str] = ()) -> None:
     """Apply every fix; 5 and the read-offset rule (2) concern these stage topics only,
     11 reads the `urgent` topics (the limiter's) first.

@@ -30,7 +30,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooL
 from faust.exceptions import ProducerSendError
 
 from store.database import DatabaseError
-from streams import metrics
+from streams import faust_fixes, metrics
 from streams.app import FIRST_AT_STOP, app, dlq_topic, expected_start, results_topic
 from streams.contract import RecordError, clean_text, encode, key_problem, time_problem
 from streams.contract.errors import readable_id
@@ -74,6 +74,7 @@ def is_data_error(exc: BaseException) -> bool:
 
 
 async def _read_again(tp: Any, offset: int) -> None:
+    log.info("reading %s again from %d; the consumer held: %s", tp, offset, faust_fixes.partition_view(app, tp))
     await app.consumer.seek(tp, offset)
 
 

@@ -367,3 +367,25 @@ async def test_with_nothing_urgent_buffered_a_poll_is_faust_s_own():
     poll = await faust_fixes.urgent_first(fetch, {STAGE, LIMITER}, {LIMITER}, 1.0, 50)
     assert len(poll[STAGE]) == 50
     assert calls[-1] == ({STAGE, LIMITER}, 1.0, 50)  # it waits as long as Faust asked, for any partition
+
+
+def test_partition_view_says_where_a_partitions_records_wait_and_never_raises():
+    """Logged with each read-again of a stage partition (streams/pipeline/factory.py): Faust's flow control,
+    the agent's queue and aiokafka's buffer for it, one line; a consumer it cannot read is said, not raised."""
+    from types import SimpleNamespace
+
+    from aiokafka.structs import TopicPartition
+
+    tp = TopicPartition("run.blog.drafts", 3)
+    state = SimpleNamespace(_position=41, paused=False, highwater=57)
+    assignment = SimpleNamespace(state_value=lambda p: state)
+    kafka = SimpleNamespace(_fetcher=SimpleNamespace(_records={}, _in_flight={1}),
+                            _subscription=SimpleNamespace(subscription=SimpleNamespace(assignment=assignment)))
+    consumer = SimpleNamespace(_active_partitions=set(), _buffered_partitions={tp}, _paused_partitions=set(),
+                               flow_active=True, _thread=SimpleNamespace(_consumer=kafka))
+    queue = SimpleNamespace(qsize=lambda: 3300)
+    app = SimpleNamespace(consumer=consumer, topics=[SimpleNamespace(get_topic_name=lambda: tp.topic, queue=queue)])
+    view = faust_fixes.partition_view(app, tp)
+    assert "active=False held_for_full_queue=True" in view and "agent queue=3300" in view
+    assert "position=41" in view and "highwater=57" in view and "fetch_in_flight=True" in view
+    assert "not readable" in faust_fixes.partition_view(SimpleNamespace(), tp)
