@@ -373,9 +373,10 @@ def partition_view(app: Any, tp: Any) -> str:
         active = consumer._active_partitions or ()
         parts = [f"faust: active={tp in active} held_for_full_queue={tp in consumer._buffered_partitions} "
                  f"paused={tp in consumer._paused_partitions} flow_active={consumer.flow_active}"]
-        queues = {topic.get_topic_name(): topic.queue.qsize() for topic in app.topics if hasattr(topic, "queue")}
-        if tp.topic in queues:
-            parts.append(f"agent queue={queues[tp.topic]}")
+        # `_queue`, not `queue`: the property would make one for a channel that has none.
+        queues = [topic._queue.qsize() for topic in app.topics
+                  if getattr(topic, "_queue", None) is not None and tp.topic in topic.topics]
+        parts.append(f"agent queue={','.join(map(str, queues)) or 'none'}")
         kafka = consumer._thread._consumer
         fetcher = kafka._fetcher
         buffered = fetcher._records.get(tp)
