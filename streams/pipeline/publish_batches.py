@@ -196,7 +196,6 @@ async def _send_creates(wix: WixBlog, site: WixSite, batch: list[_Call], queue: 
         # The look-ups used their own permits; the create needs its own.
         await budgets.acquire(site_id=site.site_id, request_id=batch[0].slot_name,
                               needs={wix_requests(site.site_id): 1}, lane=lane)
-    was_maybe = [call.maybe_done for call in batch]
     for call in batch:
         call.maybe_done = True  # from here a retry might repeat a create that landed
     if len(batch) == 1:
@@ -204,9 +203,6 @@ async def _send_creates(wix: WixBlog, site: WixSite, batch: list[_Call], queue: 
         batch.pop().resolve(post)
         return
     answers = await wix.create_posts(site, [call.args for call in batch])
-    for call, answer, maybe in zip(batch, answers, was_maybe):
-        if isinstance(answer, ProviderError) and answer.done_nothing:  # refused alone: this try made nothing
-            call.maybe_done = maybe
     _settle(site, batch, answers, queue)
 
 

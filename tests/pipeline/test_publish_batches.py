@@ -90,7 +90,8 @@ class FakeWix:
 
     async def create_posts(self, site, drafts):
         await self._call("create", len(drafts))
-        answers = [_refused_item() if self._roll("item") else self._create(draft) for draft in drafts]
+        answers = [ProviderUnavailable("wix", "INTERNAL_ERROR") if self._roll("item") else self._create(draft)
+                   for draft in drafts]
         self._lost()
         return answers
 
@@ -101,13 +102,6 @@ class FakeWix:
     async def find_post_by_slug(self, site, slug):
         await self._call("find", 1)
         return self.posts.get(slug)
-
-
-def _refused_item() -> ProviderUnavailable:
-    """A bulk item Wix answered INTERNAL_ERROR for, as connectors/wix_blog.py reads it: nothing made for it."""
-    error = ProviderUnavailable("wix", "INTERNAL_ERROR")
-    error.done_nothing = True
-    return error
 
 
 SITES = [SiteCredentials("site-a", "k"), SiteCredentials("site-b", "k")]
@@ -322,29 +316,3 @@ async def test_a_create_answered_without_the_posts_url_makes_no_wix_call_without
     assert [post.url for post in created] == [f"https://a.example/post/post-{n}" for n in range(posts)]
     assert len(wix_server.posts) == posts  # each created once
     assert len(wix_server.seen) == len(permits.needs), (wix_server.seen, permits.needs)  # each call had its permit
-
-
-def test_an_item_wix_refused_alone_is_created_again_without_a_look_up(permits, monkeypatch):
-    """Wix refused it inside an answered bulk call, so nothing was made for it: its next try creates it at once
-    (a look-up per refused item would spend the site's Wix budget on posts that cannot exist)."""
-    _bulk_max_items(monkeypatch, 100)
-    wix = FakeWix(random.Random(4), {})
-    refused = {"post-1"}
-    create = wix._create
-
-    def refuse_once(draft):
-        if draft["seoSlug"] in refused:
-            refused.discard(draft["seoSlug"])
-            return _refused_item()
-        return create(draft)
-
-    wix._create = refuse_once
-    batches = SiteBatches()
-
-    async def run():
-        return await asyncio.gather(*(_publish(batches, wix, n, SITES[0], bad=False, gone=False, maybe=False,
-                                               lane="bulk") for n in range(3)))
-
-    answers = asyncio.run(run())
-    assert all(isinstance(a, PublishedPost) for a in answers) and wix.creates == {f"post-{n}": 1 for n in range(3)}
-    assert [kind for kind, _ in wix.calls if kind != "import"] == ["create", "create"]
