@@ -15,8 +15,7 @@ only once the site's permit is granted, inside the stage's one retry loop
 
 Each request still publishes once: a create that an earlier attempt may have
 made (a lost answer, a restart) is looked up first, all of a batch's in one
-Query Posts call, and each one the query missed by its slug (an index may lag
-a create), and only the posts not found are created. An item Wix
+Query Posts call, and only the posts not found are created. An item Wix
 refuses fails its own request only; an item that failed for a passing reason
 goes into the next batch.
 """
@@ -183,17 +182,9 @@ async def _send_creates(wix: WixBlog, site: WixSite, batch: list[_Call], queue: 
             if (post := found.get(call.args["seoSlug"])) is not None:
                 call.resolve(post)
                 batch.remove(call)
-        # Query Posts reads an index that need not show a post created moments ago (its answer lost): each slug
-        # it missed is read by its key too (Get Post By Slug), or a create would post it twice. Lost answers only.
-        for call in [call for call in maybe if call in batch]:
-            await budgets.acquire(site_id=site.site_id, request_id=call.slot_name,
-                                  needs={wix_requests(site.site_id): 1}, lane=lane)
-            if (post := await wix.find_post_by_slug(site, call.args["seoSlug"])) is not None:
-                call.resolve(post)
-                batch.remove(call)
         if not batch:
             return
-        # The look-ups used their own permits; the create needs its own.
+        # The look-up used this attempt's permit; the create needs its own.
         await budgets.acquire(site_id=site.site_id, request_id=batch[0].slot_name,
                               needs={wix_requests(site.site_id): 1}, lane=lane)
     for call in batch:

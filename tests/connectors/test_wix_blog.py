@@ -211,8 +211,8 @@ async def test_bulk_item_failures_are_transient_and_a_lost_answer_is_unavailable
 @pytest.mark.asyncio
 async def test_a_post_whose_answer_was_lost_is_found_by_its_slug_while_the_query_index_lags(wix: WixBlog,
                                                                                            sim: Simulator) -> None:
-    """Query Posts reads an index that may not show a post created moments ago; Get Post By Slug reads the post
-    (streams/pipeline/publish_batches.py asks it for each slug the query missed before creating again)."""
+    """Query Posts reads an index that may not show a post created moments ago; Get Post By Slug reads the post.
+    (publish_batches.py looks lost creates up with the query only: a lagging index can still post twice.)"""
     sim.configure({"wix": {"lost_answer_rate": 1.0, "query_lag_seconds": 3600}})
     with pytest.raises(ProviderUnavailable):
         await wix.publish_draft(SITE, _draft("lagging-1"))

@@ -2,8 +2,7 @@
 
 A fake Wix in memory fails in every way the real one can (lost answers after
 the work was done, 5xx before it, items failing alone for a passing reason or
-for good, a bulk call refused as a whole, images gone, a Query Posts index that
-does not show a post created moments ago), and hypothesis draws
+for good, a bulk call refused as a whole, images gone), and hypothesis draws
 the mixes. Whatever happens: no slug is ever created twice, every request gets
 its own answer (its post, or a failure naming it), and with no faults N calls
 ready together cost about N / batch size Wix calls instead of N.
@@ -33,7 +32,6 @@ class FakeWix:
     def __init__(self, rng: random.Random, rates: dict[str, float], refuse_bulk_over: int = 10_000) -> None:
         self.rng, self.rates, self.refuse_bulk_over = rng, rates, refuse_bulk_over
         self.posts: dict[str, PublishedPost] = {}
-        self.unindexed: set[str] = set()  # posts Query Posts does not show yet (its index lags the create)
         self.creates: dict[str, int] = {}
         self.calls: list[tuple[str, int]] = []
 
@@ -64,8 +62,6 @@ class FakeWix:
         slug = draft["seoSlug"]
         self.creates[slug] = self.creates.get(slug, 0) + 1
         self.posts[slug] = PublishedPost(f"post-{slug}", f"https://site.example/post/{slug}", slug)
-        if self._roll("stale"):
-            self.unindexed.add(slug)
         return self.posts[slug]
 
     async def import_image(self, site, url, *, display_name):
@@ -97,11 +93,7 @@ class FakeWix:
 
     async def find_posts_by_slugs(self, site, slugs):
         await self._call("find", len(slugs))
-        return {slug: self.posts[slug] for slug in slugs if slug in self.posts and slug not in self.unindexed}
-
-    async def find_post_by_slug(self, site, slug):
-        await self._call("find", 1)
-        return self.posts.get(slug)
+        return {slug: self.posts[slug] for slug in slugs if slug in self.posts}
 
 
 SITES = [SiteCredentials("site-a", "k"), SiteCredentials("site-b", "k")]
@@ -140,7 +132,7 @@ def permits(monkeypatch):
 REQUESTS = st.lists(st.tuples(st.sampled_from([0, 1]), st.booleans(), st.booleans(), st.booleans(),
                               st.sampled_from(["interactive", "bulk"])), min_size=1, max_size=40)
 RATES = st.fixed_dictionaries({fault: st.sampled_from([0.0, 0.1, 0.3])
-                               for fault in ("unavailable", "lost", "item", "stale")})
+                               for fault in ("unavailable", "lost", "item")})
 
 
 @hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
