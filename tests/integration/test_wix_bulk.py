@@ -6,10 +6,8 @@ from stack.harness import summarize
 
 async def test_a_sites_backlog_is_published_in_bulk_calls_once_each(pipeline, sim, outcomes):
     # A tight Wix budget, so a site's posts wait for its permits together; answers lost after the work
-    # was done, bulk items failing alone, and Query Posts not showing the posts of the last minute, so every
-    # guard against a second post is exercised.
-    sim.configure({"wix": {"site_rpm": 30, "lost_answer_rate": 0.1, "bulk_item_error_rate": 0.1,
-                           "query_lag_seconds": 60}})
+    # was done and bulk items failing alone, so every guard against a second post is exercised.
+    sim.configure({"wix": {"site_rpm": 30, "lost_answer_rate": 0.1, "bulk_item_error_rate": 0.1}})
     pipeline.settings.update(wix_site_rpm=30)
     await outcomes.add_sites(["shop-big", "shop-small"])
     requests = [pipeline.request("shop-big", n) for n in range(60)] + [pipeline.request("shop-small", 0)]
