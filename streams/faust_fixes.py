@@ -375,7 +375,7 @@ def partition_view(app: Any, tp: Any) -> str:
                  f"paused={tp in consumer._paused_partitions} flow_active={consumer.flow_active}"]
         # `_queue`, not `queue`: the property would make one for a channel that has none.
         queues = [topic._queue.qsize() for topic in app.topics
-                  if getattr(topic, "_queue", None) is not None and tp.topic in topic.topics]
+                  if getattr(topic, "_queue", None) is not None and tp.topic in getattr(topic, "topics", ())]
         parts.append(f"agent queue={','.join(map(str, queues)) or 'none'}")
         kafka = consumer._thread._consumer
         fetcher = kafka._fetcher

@@ -582,8 +582,8 @@ class StageRunner(GivingWay):
 
     def at_cap(self, site_id: str, policy: SitePolicy | None = None) -> bool:
         """The site may start no more here now: its cap is reached, or its share of the stage's slots."""
-        running = self._running.get(site_id, 0)
-        return running >= self.site_slots or running + self.held_later(site_id) >= (policy or self.policy(site_id)).max_in_flight
+        return (self._running.get(site_id, 0) >= self.site_slots
+                or self.in_flight(site_id) >= (policy or self.policy(site_id)).max_in_flight)
 
 
 def _is_bulk(message: Any) -> bool:

@@ -385,7 +385,8 @@ def test_partition_view_says_where_a_partitions_records_wait_and_never_raises():
                                flow_active=True, _thread=SimpleNamespace(_consumer=kafka))
     queue = SimpleNamespace(qsize=lambda: 3300)
     app = SimpleNamespace(consumer=consumer, topics=[SimpleNamespace(topics=(tp.topic,), _queue=queue),
-                                                     SimpleNamespace(topics=("run.blog.requests",), _queue=None)])
+                                                     SimpleNamespace(topics=("run.blog.requests",), _queue=None),
+                                                     SimpleNamespace(_queue=queue)])  # a channel of no topic
     view = faust_fixes.partition_view(app, tp)
     assert "active=False held_for_full_queue=True" in view and "agent queue=3300" in view
     assert "position=41" in view and "highwater=57" in view and "fetch_in_flight=True" in view
