@@ -53,6 +53,9 @@ class ProviderError(Exception):
     # Set when the provider answered 2xx and billed the call, yet the answer is not usable
     # (cut off, malformed, refused): what it billed, so the caller can record the cost.
     billed: Any = None
+    # Set when the provider said this item was not done (a bulk item it refused inside an answered call): a try
+    # again needs no look-up first.
+    done_nothing: bool = False
 
     def __init__(
         self,

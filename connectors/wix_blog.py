@@ -440,10 +440,13 @@ class WixBlog(AsyncClosing):
         description = str(error.get("description") or "")
         text = redact(f"{action} for site {site.site_id}: {code}: {description}", [site.wix_api_key])
         if code in _TRANSIENT_ITEM_CODES:
-            return ProviderUnavailable(PROVIDER, text)
-        if image_url is not None and (code in _EXPIRED_CODES or _EXPIRED_TEXT.search(description)):
-            return ImageExpired(PROVIDER, f"{text} - the image URL is gone; generate a new image")
-        return RejectedRequest(PROVIDER, text)
+            error: ProviderError = ProviderUnavailable(PROVIDER, text)
+        elif image_url is not None and (code in _EXPIRED_CODES or _EXPIRED_TEXT.search(description)):
+            error = ImageExpired(PROVIDER, f"{text} - the image URL is gone; generate a new image")
+        else:
+            error = RejectedRequest(PROVIDER, text)
+        error.done_nothing = True  # Wix answered the call and refused this item: nothing was made for it
+        return error
 
     def _published(self, site: WixSite, created: Any, slug: str, status: int) -> PublishedPost | ProviderError:
         if not isinstance(created, dict) or json_text(created.get("id")) is None:

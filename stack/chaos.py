@@ -4,7 +4,8 @@ Three workers drain a backlog of a few thousand requests on a mix of sites, on a
 private broker, a private Postgres cluster and a private simulator (the shared
 stack is never touched), while the providers answer 10 % of calls with a 5xx,
 leave 2 % unanswered (timeouts) and cut 5 % of their answers off half-way (the
-call made in full: a post is up, an image billed), and in turn:
+call made in full: a post is up, an image billed), Wix's Query Posts index
+shows a post only 30 s after it was made (WIX_QUERY_LAG), and in turn:
 
 1. normal running: the baseline throughput (completions per second);
 2. the broker SIGKILLed, restarted 60 s later: log lines per second and RSS of
@@ -202,6 +203,7 @@ async def final_count(outcomes: Outcomes, ids: list[str]) -> int:
 # ----------------------------------------------------------------------------- the run
 WINDOW = 30.0  # every budget's window (worker and simulator alike)
 PROVIDER_FAULTS = {"error_rate": 0.10, "timeout_rate": 0.02, "timeout_seconds": 15.0, "cut_rate": 0.05}
+WIX_QUERY_LAG = 30.0  # Query Posts misses posts made this recently: a lost create's post must still be found
 CLIENT_TIMEOUT = 8.0  # the workers' provider timeouts: a call left unanswered ends as a timeout after this
 BROKER_OUTAGE, POSTGRES_OUTAGE, KILL_EVERY, KILLS, SETTLE = 60.0, 30.0, 60.0, 4, 60.0
 BIN = 10.0  # seconds per throughput bin
@@ -243,7 +245,7 @@ class Chaos:
             "window_seconds": WINDOW, "latency_scale": 1.0, "seed": 20261204,
             "openai": {"rpm": self.per_window, "tpm": 5_000_000, **PROVIDER_FAULTS},
             "replicate": {"create_rpm": 2 * self.per_window, **PROVIDER_FAULTS},
-            "wix": {"site_rpm": 200, **PROVIDER_FAULTS},
+            "wix": {"site_rpm": 200, "query_lag_seconds": WIX_QUERY_LAG, **PROVIDER_FAULTS},
         }
 
     def worker_settings(self, database_url: str) -> dict[str, Any]:
@@ -573,7 +575,8 @@ def report(result: dict[str, Any], png: str | None, busy: str) -> str:
         f"Postgres and simulator. Budget: {s['budget_per_s']:g} OpenAI requests/s (W = {s['window_s']:g} s), "
         "the binding limit. Providers answer 10 % of calls with a 5xx, leave 2 % unanswered "
         f"(the workers time out after {s['client_timeout_s']:g} s) and cut 5 % of their answers off "
-        "half-way, after the call was made. Static membership: "
+        f"half-way, after the call was made. Wix's Query Posts index shows a post {WIX_QUERY_LAG:g} s after it "
+        "was made. Static membership: "
         f"{'on' if s['static_membership'] else 'off'}. {busy}",
         "",
     ]

@@ -15,7 +15,8 @@ only once the site's permit is granted, inside the stage's one retry loop
 
 Each request still publishes once: a create that an earlier attempt may have
 made (a lost answer, a restart) is looked up first, all of a batch's in one
-Query Posts call, and only the posts not found are created. An item Wix
+Query Posts call, and each one the query missed by its slug (an index may lag
+a create), and only the posts not found are created. An item Wix
 refuses fails its own request only; an item that failed for a passing reason
 goes into the next batch.
 """
@@ -175,16 +176,11 @@ async def _send_looks(wix: WixBlog, site: WixSite, batch: list[_Call], queue: de
 
 
 async def _send_creates(wix: WixBlog, site: WixSite, batch: list[_Call], queue: deque[_Call], lane: str) -> None:
-    maybe = [call for call in batch if call.maybe_done]
-    if maybe:
-        found = await wix.find_posts_by_slugs(site, [call.args["seoSlug"] for call in maybe])
-        for call in maybe:
-            if (post := found.get(call.args["seoSlug"])) is not None:
-                call.resolve(post)
-                batch.remove(call)
+    if any(call.maybe_done for call in batch):
+        await _find_made_posts(wix, site, batch, lane)
         if not batch:
             return
-        # The look-up used this attempt's permit; the create needs its own.
+        # The look-ups used this attempt's permit; the create needs its own.
         await budgets.acquire(site_id=site.site_id, request_id=batch[0].slot_name,
                               needs={wix_requests(site.site_id): 1}, lane=lane)
     for call in batch:
@@ -194,7 +190,48 @@ async def _send_creates(wix: WixBlog, site: WixSite, batch: list[_Call], queue: 
         batch.pop().resolve(post)
         return
     answers = await wix.create_posts(site, [call.args for call in batch])
+    for call, answer in zip(batch, answers):
+        if isinstance(answer, ProviderError) and answer.done_nothing:  # refused alone: nothing was made for it
+            call.maybe_done = False  # (every create of the batch was looked up first: none had been made)
     _settle(site, batch, answers, queue)
+
+
+async def _find_made_posts(wix: WixBlog, site: WixSite, batch: list[_Call], lane: str) -> None:
+    """Resolve, and take out of `batch`, each create an earlier try made; clear `maybe_done` of those never made.
+
+    Several are first looked for in one Query Posts call (the attempt's permit). Query Posts reads an index that
+    need not show a post created moments ago, so each slug it missed is read by its key (Get Post By Slug, a
+    permit each), all at once, or a create would post it twice. Each read's answer is kept on its call: when one
+    read fails, the attempt's next try reads only the slugs that got no answer (read one after the other and
+    all again on each fault, a batch of 18 rarely got through).
+    """
+    maybe = [call for call in batch if call.maybe_done]
+    permit_used = False
+    if len(maybe) > 1:
+        found = await wix.find_posts_by_slugs(site, [call.args["seoSlug"] for call in maybe])
+        permit_used = True
+        for call in maybe:
+            if (post := found.get(call.args["seoSlug"])) is not None:
+                call.resolve(post)
+                batch.remove(call)
+        maybe = [call for call in maybe if call in batch]
+
+    async def read(call: _Call, own_permit: bool) -> None:
+        if own_permit:
+            await budgets.acquire(site_id=site.site_id, request_id=call.slot_name,
+                                  needs={wix_requests(site.site_id): 1}, lane=lane)
+        post = await wix.find_post_by_slug(site, call.args["seoSlug"])
+        if post is None:
+            call.maybe_done = False  # Wix says it is not there: creating it is safe
+        else:
+            call.resolve(post)
+            batch.remove(call)
+
+    answers = await asyncio.gather(*(read(call, permit_used or n > 0) for n, call in enumerate(maybe)),
+                                   return_exceptions=True)
+    failed = [answer for answer in answers if isinstance(answer, BaseException)]
+    if failed:  # a permanent refusal first: the attempt must not be retried for it
+        raise next((f for f in failed if not (isinstance(f, ProviderError) and f.retryable)), failed[0])
 
 
 def _settle(site: WixSite, batch: list[_Call], answers: list[Any], queue: deque[_Call]) -> None:
