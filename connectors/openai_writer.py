@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import re
 import unicodedata
@@ -53,7 +54,10 @@ __all__ = [
     "read_completion",
 ]
 
+log = logging.getLogger(__name__)
+
 PROVIDER = "openai"
+STORED_REQUEST_KEY = "blogstream_request_id"  # the metadata key a stored completion is found again by
 
 ARTICLE_FIELDS = ("title", "slug", "excerpt", "body", "tags", "image_prompt", "image_alt")
 
@@ -139,6 +143,9 @@ class ArticleResult:
     # What the limiter should have charged; lets it reconcile against `usage`.
     estimated_tokens: int
     billed: BilledCall | None = None  # None only if OpenAI sent no usage
+    # Found among the stored completions (an earlier call whose answer was lost): paid by that call, no
+    # tokens of this one's permit used.
+    from_store: bool = False
 
 
 # --------------------------------------------------------------------------- prompt
@@ -383,8 +390,10 @@ class ArticleWriter(AsyncClosing):
         max_tokens: int,
         timeout: float,
         max_connections: int,
+        store_completions: bool = False,
     ) -> None:
         self._api_key = api_key
+        self._store = store_completions
         self._model = model
         self._max_tokens = max_tokens
         self._timeout = timeout
@@ -411,9 +420,21 @@ class ArticleWriter(AsyncClosing):
     def estimate_tokens(self, request: Mapping[str, Any]) -> int:
         return estimate_tokens(request, self._max_tokens)
 
-    async def write_article(self, request: Mapping[str, Any], *, site_id: str) -> ArticleResult:
+    async def write_article(self, request: Mapping[str, Any], *, site_id: str, request_id: str = "") -> ArticleResult:
+        """The article of one call. With `store_completions`, OpenAI keeps the completion under the request id,
+        so a call whose answer is lost can be found again (`find_stored_article`) instead of paid again."""
         messages = build_messages(request)
         max_tokens = self.max_tokens_for(request)
+        body: dict[str, Any] = {
+            "model": self._model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "response_format": RESPONSE_FORMAT,
+            "user": site_id,  # per-site abuse attribution on OpenAI's side
+        }
+        if self._store and request_id:
+            body["store"] = True
+            body["metadata"] = {STORED_REQUEST_KEY: request_id[:512]}
         try:
             # chat.completions.create() walks the body through its TypedDicts first (0.37 ms
             # a call, 6% of a blog's CPU: docs/bench-capacity.md); ours is plain JSON already,
@@ -422,13 +443,7 @@ class ArticleWriter(AsyncClosing):
             raw = await self._client.post(
                 "/chat/completions",
                 cast_to=ChatCompletion,
-                body={
-                    "model": self._model,
-                    "messages": messages,
-                    "max_tokens": max_tokens,
-                    "response_format": RESPONSE_FORMAT,
-                    "user": site_id,  # per-site abuse attribution on OpenAI's side
-                },
+                body=body,
                 options={"headers": {RAW_RESPONSE_HEADER: "true"}, "security": {"bearer_auth": True}},
             )
         except openai.APIError as exc:
@@ -457,6 +472,41 @@ class ArticleWriter(AsyncClosing):
             raise article
         return ArticleResult(article=article, usage=tokens, rate_limit=rate_limit,
                              estimated_tokens=_estimate(messages, max_tokens), billed=billed)
+
+    async def find_stored_article(self, request: Mapping[str, Any], *, request_id: str) -> ArticleResult | None:
+        """The article of an earlier call for this request whose answer was lost, if OpenAI stored it.
+
+        One List Chat Completions call (filtered by the request id's metadata, newest first). Only a
+        complete answer counts (an article the checks take); None when there is none, when storing is off,
+        or when the list is not there or not allowed (404, 403, 400: logged), so the article is written again.
+        OpenAI does not say how soon a stored completion is listed: one not listed yet is paid again.
+        """
+        if not self._store:
+            return None
+        try:
+            page = await self._client.chat.completions.list(
+                metadata={STORED_REQUEST_KEY: request_id[:512]}, model=self._model, order="desc", limit=20)
+        except (openai.NotFoundError, openai.PermissionDeniedError, openai.BadRequestError) as exc:
+            # No list here (an OpenAI-compatible server), or a key not allowed to read it: the article is
+            # written again, which is what happened before there was a look-up; the request goes on.
+            log.warning("could not look for a stored completion of %s (%s %s); it is written again",
+                        request_id, exc.status_code, self._redact(_error_text(exc)))
+            return None
+        except openai.APIError as exc:
+            raise self._map_error(exc) from exc
+        except (aiohttp.ClientError, httpx2.HTTPError) as exc:
+            raise ProviderUnavailable(PROVIDER, f"OpenAI's answer could not be read ({type(exc).__name__})") from exc
+        max_tokens = self.max_tokens_for(request)
+        for stored in page.data:
+            completion = stored.model_dump()
+            if json_object(completion.get("metadata")).get(STORED_REQUEST_KEY) != request_id[:512]:
+                continue
+            article, tokens, billed = read_completion(completion, model=self._model, max_tokens=max_tokens,
+                                                      fallback_id=str(completion.get("id")), redact=self._redact)
+            if not isinstance(article, ProviderError):
+                return ArticleResult(article=article, usage=tokens, rate_limit=None, estimated_tokens=0,
+                                     billed=billed, from_store=True)
+        return None
 
     def _redact(self, text: str) -> str:
         return redact(text, [self._api_key])

@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
         # to the window); False leaves the whole admission estimate counted for the window.
         "refund_unused_tokens": True,
         "estimate_error": 0.0,   # relative error of the admission estimate, in [0, 1), seeded per request
+        "stored_lag_seconds": 0.0,  # a completion made with store: true shows in the list this long after
         # What OpenAI bills, US dollars per million tokens (openai.com/api/pricing); the Batch API's
         # lines at batch_input / batch_output. A model not listed here is served but not billed.
         "prices": {

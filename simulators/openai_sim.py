@@ -15,6 +15,7 @@ from .common import SimContext, json_response, provider_latency, read_json, roll
 from .content import (ARTICLE_SCHEMA, TextGen, messages_text, plain_content, prompt_chars,
                       structured_content, tokens_for)
 from .openai_batches import ORG, OpenAIBatches, api_error as _err, unauthorized
+from .openai_stored import StoredCompletions, metadata_problem
 from .window import (Decision, ProviderLedger, SlidingWindow, format_duration,
                      max_requests_in_any_window, max_tokens_in_any_window)
 
@@ -40,6 +41,7 @@ class OpenAISim:
     def __init__(self, state: SimContext):
         self.state = state
         self.batches = OpenAIBatches(self)
+        self.stored = StoredCompletions(self)
         self.reset()
 
     def reset(self) -> None:
@@ -52,6 +54,7 @@ class OpenAISim:
                                  completions=0, truncated=0, by_model={})
         self.usage_by_model: dict[str, dict[str, dict[str, int]]] = {}
         self.batches.reset()
+        self.stored.reset()
 
     def record_usage(self, model: str, lane: str, prompt_tokens: int, completion_tokens: int) -> None:
         """Billed usage of one successful request, per model and lane ("realtime" | "batch")."""
@@ -221,6 +224,7 @@ class OpenAISim:
                                      fault_status, self._common_headers(request_id, state.now()))
 
             completion, truncated = self.completion(body, model, messages, max_tokens)
+            self.stored.keep(body, completion, request_id)
             usage = completion["usage"]
             self._settle(ent, site_stats, usage["total_tokens"])
             self.record_usage(model, "realtime", usage["prompt_tokens"], usage["completion_tokens"])
@@ -293,6 +297,10 @@ class OpenAISim:
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             return ("Invalid 'max_tokens': integer below minimum value. Expected a value >= 1.",
                     "integer_below_min_value", "max_tokens")
+        if (problem := metadata_problem(body.get("metadata"))) is not None:
+            return problem, "invalid_value", "metadata"
+        if "store" in body and not isinstance(body["store"], bool) and body["store"] is not None:
+            return "Invalid type for 'store': expected a boolean.", "invalid_type", "store"
         rf = body.get("response_format")
         if rf is not None:
             if not isinstance(rf, dict) or rf.get("type") not in ("text", "json_object", "json_schema"):
@@ -375,6 +383,7 @@ class OpenAISim:
             "usage_by_model": self.usage_by_model,
             "billing": self.billing(),
             "batch": self.batches.ledger_json(),
+            "stored_completions": self.stored.ledger_json(),
             "limits": {"rpm": self.cfg["rpm"], "tpm": self.cfg["tpm"], "window_seconds": w,
                        "refund_unused_tokens": bool(self.cfg.get("refund_unused_tokens", True))},
             "per_site": {k: _site_json(v) for k, v in led.per_site.items()},
@@ -386,3 +395,4 @@ class OpenAISim:
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/openai/v1/chat/completions", self.chat_completions)
         self.batches.add_routes(app, "/openai/v1")
+        self.stored.add_routes(app, "/openai/v1")

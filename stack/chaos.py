@@ -145,6 +145,10 @@ async def check_run(
             "errors_5xx": {p: ledger[p]["errors_5xx"] for p in ("openai", "replicate", "wix")},
             "timeouts": {p: ledger[p].get("timeouts", 0) for p in ("openai", "replicate", "wix")},
             "answers_cut": {p: ledger[p].get("answers_cut", 0) for p in ("openai", "replicate", "wix")},
+            # Completions OpenAI wrote (and billed) against articles DONE: a lost answer found among the stored
+            # completions is not written again; one still being written when the client gave up can be.
+            "openai_completions": ledger["openai"].get("completions", 0),
+            "openai_stored_reads": ledger["openai"].get("stored_completions", {}).get("reads", 0),
             "failed_errors": Counter(r["error"].split(":", 1)[0][:80] for r in failed).most_common(5)}
 
 
@@ -592,6 +596,9 @@ def report(result: dict[str, Any], png: str | None, busy: str) -> str:
             f"- posts: {checks['posts']}, none published twice; no provider window over its limit, no 429",
             f"- provider faults met: 5xx {checks['errors_5xx']}, timeouts {checks['timeouts']}, "
             f"answers cut {checks.get('answers_cut', {})}",
+            f"- articles paid: {checks.get('openai_completions', '?')} OpenAI completions written for "
+            f"{checks['statuses'].get('DONE', 0)} DONE ({checks.get('openai_stored_reads', '?')} look-ups among "
+            "the stored completions after a lost answer)",
         ]
         if checks["failed_errors"]:
             lines.append(f"- FAILED requests by error: {checks['failed_errors']}")

@@ -37,11 +37,15 @@ class EffectClaim:
     done:     the effect already happened; reuse ``payload``, do not pay again.
     busy:     another worker holds a live lease until ``claimed_until``; check again later.
     foreign:  the request id's effect belongs to another site: do nothing with it.
+
+    taken_over: acquired from a claim whose lease ran out (its worker died or lost Postgres mid-effect): the
+    effect may have been done, or paid, with its result never recorded.
     """
 
     state: EffectState
     payload: dict[str, Any] | None = None
     claimed_until: datetime | None = None
+    taken_over: bool = False
 
 
 # --- coalescing: the calls made while one statement runs go together in the next -------
@@ -137,8 +141,8 @@ def outlived_restart(renewed_at: str, lease: str) -> str:
 _OUTLIVED_RESTART = outlived_restart("s.updated_at", "(EXCLUDED.claimed_until - now())")
 
 
-async def _claim_many(pool: asyncpg.Pool, items: list[tuple]) -> list[datetime | None]:
-    """(request_id, stage, site_id, owner, lease_seconds) -> claimed_until when acquired, else None.
+async def _claim_many(pool: asyncpg.Pool, items: list[tuple]) -> list[tuple[datetime, bool] | None]:
+    """(request_id, stage, site_id, owner, lease_seconds) -> (claimed_until, taken over) when acquired, else None.
 
     Insert a fresh claim, or take over an expired one; a live claim or a done effect
     makes the WHERE false and nothing comes back. Of several items with one key, only
@@ -159,11 +163,11 @@ async def _claim_many(pool: asyncpg.Pool, items: list[tuple]) -> list[datetime |
           SET claimed_by = EXCLUDED.claimed_by, claimed_until = EXCLUDED.claimed_until, updated_at = now()
           WHERE s.status = 'claimed' AND s.claimed_until < now() AND s.site_id = EXCLUDED.site_id
             AND """ + _OUTLIVED_RESTART + """
-        RETURNING s.request_id, s.stage, s.claimed_by, s.claimed_until
-        """,
+        RETURNING s.request_id, s.stage, s.claimed_by, s.claimed_until, s.xmax::text <> '0' AS taken_over
+        """,  # xmax is set on a row the ON CONFLICT branch updated (an expired claim taken over), 0 on an insert
         *_columns(distinct),
     )
-    won = {(r["request_id"], r["stage"], r["claimed_by"]): r["claimed_until"] for r in records}
+    won = {(r["request_id"], r["stage"], r["claimed_by"]): (r["claimed_until"], r["taken_over"]) for r in records}
     tried = {id(item) for item in distinct}
     return [won.get((item[0], item[1], item[3])) if id(item) in tried else None for item in items]
 
@@ -276,9 +280,9 @@ class EffectLedger:
         claimed_until: datetime | None = None
         for _ in range(3):
             # Atomic: insert a fresh claim, or take over an expired one (see _claim_many).
-            claimed_until = await batches.claim((request_id, stage, site_id, owner, float(lease_seconds)))
-            if claimed_until is not None:
-                return EffectClaim("acquired", None, claimed_until)
+            won = await batches.claim((request_id, stage, site_id, owner, float(lease_seconds)))
+            if won is not None:
+                return EffectClaim("acquired", None, won[0], taken_over=won[1])
             # A separate statement (fresh snapshot): it sees the row that blocked us even
             # if its writer committed after our claim statement started.
             record = await batches.read((request_id, stage))

@@ -192,6 +192,10 @@ billed_tokens = Counter(
     "blogstream_billed_tokens_total", "Tokens the provider billed (its `usage`), input or output",
     ["provider", "model", "kind"], registry=registry,
 )
+stored_articles_found = Counter(
+    "blogstream_stored_articles_found_total", "Articles found among OpenAI's stored completions after an answer "
+    "was lost (each one an article not paid twice)", registry=registry,
+)
 billed_images = Counter(
     "blogstream_billed_images_total", "Images the provider billed", ["provider", "model"], registry=registry,
 )

@@ -124,6 +124,10 @@ class Settings(BaseSettings):
     openai_model: str = Field("gpt-4o-mini", min_length=1)
     openai_max_tokens: int = Field(1200, ge=1)  # tight: OpenAI charges max_tokens against TPM at admission
     openai_timeout: float = Field(120.0, gt=0)
+    # Each article's completion is stored at OpenAI (store: true, 30 days) under its request id, so a call
+    # whose answer was lost (a timeout, a reset) is found again instead of paid twice. Off for an account
+    # with zero data retention, which refuses stored completions.
+    openai_store_completions: bool = True
     replicate_base_url: str = _provider("replicate_base_url", f"{SIMULATORS}/replicate", pattern=_URL, **_accepts("an http(s) URL"))
     replicate_api_token: str = _provider("replicate_api_token", "r8_simulator", min_length=1)
     replicate_model: str = Field("black-forest-labs/flux-schnell", min_length=1)

@@ -104,7 +104,7 @@ class Deps:
                 self.writer = ArticleWriter(
                     base_url=settings.openai_base_url, api_key=settings.openai_api_key, model=settings.openai_model,
                     max_tokens=settings.openai_max_tokens, timeout=settings.openai_timeout,
-                    max_connections=settings.stage_concurrency,
+                    max_connections=settings.stage_concurrency, store_completions=settings.openai_store_completions,
                 )
                 self.images = ImageMaker(
                     base_url=settings.replicate_base_url, api_token=settings.replicate_api_token,

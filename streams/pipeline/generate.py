@@ -9,8 +9,11 @@ from the Batch API, a replay) asks for its slot alone: it is under way until its
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+from connectors.errors import ProviderError, ProviderUnavailable
+from streams import metrics
 from streams.app import drafts_topic, requests_topic
 from streams.pipeline import batch_collect
 from streams.pipeline.deps import Deps
@@ -20,7 +23,7 @@ from streams.limiter.client import budgets
 from streams.limiter.specs import OPENAI_REQUESTS, OPENAI_TOKENS
 from streams.contract import decode_request
 from streams.pipeline.stage import (
-    StageCancelled, StageFailed, call_with_permits, check_written, effect_once, now_ms, slot_of,
+    StageCancelled, StageFailed, call_with_permits, check_written, current_effect, effect_once, now_ms, slot_of,
 )
 
 STAGE = "generate"
@@ -50,8 +53,14 @@ async def write_draft(request: dict[str, Any], deps: Deps) -> dict[str, Any] | N
 
     async def write() -> dict[str, Any]:
         estimate = writer.estimate_tokens(request)
+        # A claim taken over from a worker that died mid-call: that call may have been answered and paid.
+        under_way = current_effect()
+        earlier = EarlierCall(maybe_paid=under_way is not None and under_way.taken_over)
 
         async def settle(permit: Any, result: Any) -> None:
+            if result.from_store:  # this attempt only listed completions: none of its tokens went to OpenAI
+                await budgets.settle(permit, OPENAI_TOKENS, 0)
+                return
             used = result.usage.prompt_tokens + result.usage.completion_tokens
             await budgets.settle(permit, OPENAI_TOKENS, used, result.rate_limit)  # with the answer's x-ratelimit-*
 
@@ -68,8 +77,8 @@ async def write_draft(request: dict[str, Any], deps: Deps) -> dict[str, Any] | N
             weight=site.weight,
             lane=request.get("priority", "interactive"),
             # each attempt: the site's spend cap checked first, the call's cost recorded after
-            call=lambda: paid_article(deps, request_id, site_id, lambda: writer.write_article(request, site_id=site_id),
-                                      slot=slot),
+            call=lambda: paid_article(deps, request_id, site_id, lambda: write_or_find(writer, request, earlier,
+                                                                                       slot=slot), slot=slot),
             on_result=settle,
         )
         check_written(STAGE, result.article, request_id, site_id)  # before it is ledgered: a retry writes it again
@@ -93,6 +102,43 @@ async def write_draft(request: dict[str, Any], deps: Deps) -> dict[str, Any] | N
         "attempts": 1,
         "drafted_at": now_ms(),
     }
+
+
+@dataclass
+class EarlierCall:
+    """What the run's previous attempt left: a call OpenAI may have answered (and billed) with the answer lost."""
+
+    maybe_paid: bool = False
+
+
+def answer_may_be_lost(exc: ProviderError) -> bool:
+    """A failure after which OpenAI may have written (and billed) the article: no answer in time, a connection
+    lost or an answer unreadable, a gateway's 502/504. Not a 429, a refusal, an OpenAI 500/503 (it did not
+    finish the call), nor an answer read and refused by our checks (its cost is recorded, its article unusable)."""
+    return isinstance(exc, ProviderUnavailable) and exc.billed is None and exc.status in (None, 502, 504)
+
+
+async def write_or_find(writer: Any, request: dict[str, Any], earlier: EarlierCall, *, slot: str) -> Any:
+    """One attempt's article: after an attempt whose answer may be lost, first the one OpenAI stored for it.
+
+    The look-up (List Chat Completions by the request id's metadata) uses the attempt's request permit, so
+    the call, when nothing is found, takes one of its own; its tokens are the attempt's. A completion not
+    listed yet (OpenAI does not say how soon it is) is paid again: the look-up narrows that, it cannot close it.
+    """
+    request_id, site_id = request["request_id"], request["site_id"]
+    if earlier.maybe_paid:
+        found = await writer.find_stored_article(request, request_id=request_id)
+        if found is not None:
+            metrics.stored_articles_found.inc()
+            return found
+        await budgets.acquire(site_id=site_id, request_id=slot, needs={OPENAI_REQUESTS: 1},
+                              lane=request.get("priority", "interactive"))
+    earlier.maybe_paid = False
+    try:
+        return await writer.write_article(request, site_id=site_id, request_id=request_id)
+    except ProviderError as exc:
+        earlier.maybe_paid = answer_may_be_lost(exc)
+        raise
 
 
 generate_runner = build_stage(

@@ -144,7 +144,7 @@ async def effect_once(
             await asyncio.sleep(1.0)
             continue
         CLAIMS.hold(db, request_id, effect, owner)
-        under_way = EffectUnderWay(request_id, effect)
+        under_way = EffectUnderWay(request_id, effect, taken_over=claim.taken_over)
         token = _current_effect.set(under_way)  # the provider calls of `produce` are this effect's (STOPPING)
         try:
             try:
@@ -261,11 +261,12 @@ CLAIMS = ClaimRenewals()
 class EffectUnderWay:
     """One `effect_once` running its `produce` (`over` once its result is recorded or it raised)."""
 
-    __slots__ = ("request_id", "effect", "over")
+    __slots__ = ("request_id", "effect", "over", "taken_over")
 
-    def __init__(self, request_id: str, effect: str) -> None:
+    def __init__(self, request_id: str, effect: str, taken_over: bool = False) -> None:
         self.request_id, self.effect = request_id, effect
         self.over = False
+        self.taken_over = taken_over  # its claim was a lapsed one's: the effect may be done, its result lost
 
     def __repr__(self) -> str:
         return f"{self.request_id}/{self.effect}"

@@ -39,7 +39,8 @@ WIX_KEY = "IST.test-connectors.s3cr3t-wix-api-key"
 BASELINE: dict[str, Any] = {
     "window_seconds": 60.0,
     "latency_scale": 0.01,
-    "openai": {"rpm": 450, "tpm": 450_000, "error_rate": 0.0, "slow_rate": 0.0, "latency": [1.0, 2.0]},
+    "openai": {"rpm": 450, "tpm": 450_000, "error_rate": 0.0, "slow_rate": 0.0, "latency": [1.0, 2.0], "cut_rate": 0.0,
+               "stored_lag_seconds": 0.0},
     "replicate": {
         "create_rpm": 600,
         "other_rpm": 3000,

@@ -26,6 +26,7 @@ class GrantedPermits:
     def __init__(self) -> None:
         self.asked: list[tuple[dict[str, float], str]] = []
         self.slots: list[str] = []  # the slot each ask names (its `request_id`: the run's stage.slot_key)
+        self.settled: list[tuple[str, float]] = []  # (budget, what the call used) of each settle
 
     async def acquire(self, *, site_id, request_id, needs, slot_limit=None, weight=1.0, lane="interactive"):
         self.asked.append((dict(needs), lane))
@@ -35,6 +36,9 @@ class GrantedPermits:
 
     async def observe(self, needs, info, *, throttled):
         pass
+
+    async def settle(self, permit, budget, actual, rate_limit=None):
+        self.settled.append((budget, actual))
 
     @property
     def needs(self) -> list[dict[str, float]]:

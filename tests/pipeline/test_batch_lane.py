@@ -333,10 +333,10 @@ class RealTime:
     def estimate_tokens(self, request: dict[str, Any]) -> int:
         return 100
 
-    async def write_article(self, request: dict[str, Any], *, site_id: str) -> Any:
+    async def write_article(self, request: dict[str, Any], *, site_id: str, request_id: str = "") -> Any:
         self.paid.append(request["request_id"])
         return SimpleNamespace(article=ARTICLE, usage=SimpleNamespace(prompt_tokens=10, completion_tokens=90),
-                               billed=None, rate_limit=None)
+                               billed=None, rate_limit=None, from_store=False)
 
     async def acquire(self, **kwargs: Any) -> Any:
         return SimpleNamespace(usable=lambda: True)
@@ -381,7 +381,7 @@ async def test_a_bulk_request_sent_again_as_interactive_before_its_batch_is_paid
     writing, go_on = asyncio.Event(), asyncio.Event()
 
     class SlowRealTime(RealTime):  # the article takes tens of seconds: the lane's timer runs meanwhile
-        async def write_article(self, request: dict[str, Any], *, site_id: str) -> Any:
+        async def write_article(self, request: dict[str, Any], *, site_id: str, request_id: str = "") -> Any:
             writing.set()
             await go_on.wait()
             return await super().write_article(request, site_id=site_id)

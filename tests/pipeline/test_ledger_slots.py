@@ -101,7 +101,7 @@ class CountingWriter(Writer):
         super().__init__()
         self.written = 0
 
-    async def write_article(self, request: dict[str, Any], *, site_id: str) -> Any:
+    async def write_article(self, request: dict[str, Any], *, site_id: str, request_id: str = "") -> Any:
         self.written += 1
         return await super().write_article(request, site_id=site_id)
 

@@ -29,9 +29,9 @@ class Writer:
     def estimate_tokens(self, request: dict[str, Any]) -> int:
         return 100
 
-    async def write_article(self, request: dict[str, Any], *, site_id: str) -> Any:
+    async def write_article(self, request: dict[str, Any], *, site_id: str, request_id: str = "") -> Any:
         return SimpleNamespace(article=ARTICLE, usage=SimpleNamespace(prompt_tokens=10, completion_tokens=90),
-                               billed=None, rate_limit=None)
+                               billed=None, rate_limit=None, from_store=False)
 
     async def acquire(self, *, site_id, request_id, needs, slot_limit=None, weight=1.0, lane="interactive"):
         self.asks.append((request_id, slot_limit))

@@ -52,7 +52,8 @@ async def test_effect_release_lets_the_next_try_claim(db: Database) -> None:
     await db.release_effect(rid, "image", owner="w2")  # not its claim: no effect
     assert (await db.claim_effect(rid, "image", site, owner="w2", lease_seconds=60)).state == "busy"
     await db.release_effect(rid, "image", owner="w1")
-    assert (await db.claim_effect(rid, "image", site, owner="w2", lease_seconds=60)).state == "acquired"
+    after_release = await db.claim_effect(rid, "image", site, owner="w2", lease_seconds=60)
+    assert after_release.state == "acquired" and not after_release.taken_over  # given up, not lapsed
 
     await db.complete_effect(rid, "image", site, {"url": "https://img"}, owner="w2")
     await db.release_effect(rid, "image", owner="w2")  # a done effect is never released
@@ -62,11 +63,12 @@ async def test_effect_release_lets_the_next_try_claim(db: Database) -> None:
 @aio
 async def test_expired_lease_is_taken_over(db: Database, caplog: pytest.LogCaptureFixture) -> None:
     rid, site = uid("req"), uid("site")
-    assert (await db.claim_effect(rid, "publish", site, owner="dead", lease_seconds=0.2)).state == "acquired"
+    first = await db.claim_effect(rid, "publish", site, owner="dead", lease_seconds=0.2)
+    assert first.state == "acquired" and not first.taken_over
     assert (await db.claim_effect(rid, "publish", site, owner="w2", lease_seconds=30)).state == "busy"
     await asyncio.sleep(0.3)
     taken = await db.claim_effect(rid, "publish", site, owner="w2", lease_seconds=30)
-    assert taken.state == "acquired"
+    assert taken.state == "acquired" and taken.taken_over  # "dead" may have done it: the taker is told
     assert (await db.claim_effect(rid, "publish", site, owner="w3", lease_seconds=30)).state == "busy"
 
     # The "dead" worker was only slow and finishes anyway: its effect happened, so it is

@@ -1,0 +1,162 @@
+"""A lost OpenAI answer is not paid twice: the next attempt finds the article OpenAI stored for the request.
+
+The writer sends each call with `store: true` and the request id in its metadata (connectors/openai_writer.py);
+after an attempt whose answer may be lost (no answer in time, a connection reset, a gateway's 502/504),
+generate first lists the stored completions of the request. A fake OpenAI here makes every kind of failure
+(an answer lost after the article was written and billed, a failure before it, a 503 OpenAI did not finish,
+a look-up that fails), and hypothesis draws the sequences: the article is paid at most once, every call
+(create or look-up) has its own request permit, and a look-up's attempt gives its tokens back.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from connectors.errors import ProviderUnavailable, RateLimited
+from connectors.openai_writer import ArticleResult, BilledCall, TokenUsage
+from store.effects import EffectClaim
+from streams.limiter.specs import OPENAI_REQUESTS, OPENAI_TOKENS
+from streams.pipeline import generate, stage
+from streams.pipeline.generate import answer_may_be_lost
+
+from .conftest import grant_all
+from .test_publish import LedgerDb
+
+ARTICLE = {"title": "T", "slug": "t", "excerpt": "E", "body": "B", "tags": [], "image_prompt": "p", "image_alt": "a"}
+LOST, BEFORE, FINISHED_NOT, THROTTLED, OK = "lost", "before", "503", "429", "ok"
+
+
+class StoringOpenAI:
+    """OpenAI with stored completions. `outcomes`: what each create does in turn (then OK); `list_fails`: how many
+    look-ups fail before one answers."""
+
+    def __init__(self, outcomes: list[str], list_fails: int = 0) -> None:
+        self.outcomes, self.list_fails = list(outcomes), list_fails
+        self.paid: list[str] = []      # completions written and billed
+        self.stored: list[str] = []
+        self.calls: list[str] = []     # "create" / "list", in order
+
+    def estimate_tokens(self, request: dict[str, Any]) -> int:
+        return 100
+
+    def _result(self, call_id: str, from_store: bool) -> ArticleResult:
+        usage = TokenUsage(10, 90)
+        return ArticleResult(article=dict(ARTICLE), usage=usage, rate_limit=None, estimated_tokens=100,
+                             billed=BilledCall(call_id, "gpt-4o-mini", 10, 90), from_store=from_store)
+
+    async def write_article(self, request: dict[str, Any], *, site_id: str, request_id: str = "") -> ArticleResult:
+        self.calls.append("create")
+        outcome = self.outcomes.pop(0) if self.outcomes else OK
+        if outcome == BEFORE:
+            raise ProviderUnavailable("openai", "no response within 8s", retry_after=0.0)
+        if outcome == FINISHED_NOT:
+            raise ProviderUnavailable("openai", "The server is overloaded", status=503, retry_after=0.0)
+        if outcome == THROTTLED:
+            raise RateLimited("openai", "Rate limit reached", status=429, retry_after=0.0)
+        call_id = f"chatcmpl-{len(self.paid)}"
+        self.paid.append(call_id)
+        self.stored.append(call_id)
+        if outcome == LOST:  # written and billed, the connection reset on the way back
+            raise ProviderUnavailable("openai", "OpenAI's answer could not be read (ClientPayloadError)",
+                                      retry_after=0.0)
+        return self._result(call_id, False)
+
+    async def find_stored_article(self, request: dict[str, Any], *, request_id: str) -> ArticleResult | None:
+        self.calls.append("list")
+        if self.list_fails:
+            self.list_fails -= 1
+            raise ProviderUnavailable("openai", "Bad gateway.", status=502, retry_after=0.0)
+        return self._result(self.stored[-1], True) if self.stored else None
+
+
+def _deps(writer: StoringOpenAI) -> Any:
+    async def site(site_id: str) -> Any:
+        return SimpleNamespace(max_in_flight=5, weight=1.0)
+
+    return SimpleNamespace(db=LedgerDb({}), worker_id="w-a", writer=writer, site=site)
+
+
+async def _draft(monkeypatch, writer: StoringOpenAI):
+    permits = grant_all(monkeypatch, stage, generate)
+    request = {"request_id": "req-1", "site_id": "shop-1", "topic": "Tea", "requested_at": 1}
+    drafted = await generate.write_draft(request, _deps(writer))
+    return drafted, permits
+
+
+@pytest.mark.asyncio
+async def test_an_article_whose_answer_was_lost_is_found_not_paid_again(monkeypatch):
+    writer = StoringOpenAI([LOST])
+    drafted, permits = await _draft(monkeypatch, writer)
+    assert drafted["article"]["title"] == "T"
+    assert writer.paid == ["chatcmpl-0"] and writer.calls == ["create", "list"]
+    assert permits.by_budget()[OPENAI_REQUESTS] == 2   # the create's and the look-up's
+    assert permits.settled[-1] == (OPENAI_TOKENS, 0)   # the look-up's attempt sent no tokens
+
+
+@pytest.mark.asyncio
+async def test_after_a_failure_openai_did_not_finish_there_is_no_look_up(monkeypatch):
+    writer = StoringOpenAI([FINISHED_NOT, THROTTLED])
+    await _draft(monkeypatch, writer)
+    assert writer.calls == ["create", "create", "create"] and len(writer.paid) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_look_up_that_finds_nothing_is_followed_by_the_call_on_a_permit_of_its_own(monkeypatch):
+    writer = StoringOpenAI([BEFORE])   # a timeout on the way there: nothing was written
+    drafted, permits = await _draft(monkeypatch, writer)
+    assert writer.calls == ["create", "list", "create"] and len(writer.paid) == 1
+    assert permits.by_budget()[OPENAI_REQUESTS] == 3
+
+
+OUTCOMES = st.lists(st.sampled_from([LOST, BEFORE, FINISHED_NOT, THROTTLED]), max_size=4)
+
+
+@hsettings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(outcomes=OUTCOMES, list_fails=st.integers(0, 1))
+def test_an_article_is_paid_once_whatever_fails(monkeypatch, outcomes, list_fails):
+    import asyncio
+
+    writer = StoringOpenAI(outcomes, list_fails)
+    drafted, permits = asyncio.run(_draft(monkeypatch, writer))
+    assert drafted["article"]["title"] == "T"
+    assert len(writer.paid) == 1, (outcomes, writer.calls)   # a lost answer is found, never written again
+    assert permits.by_budget()[OPENAI_REQUESTS] == len(writer.calls)   # every call had its own request permit
+
+
+def test_which_failures_may_have_lost_a_paid_answer():
+    assert answer_may_be_lost(ProviderUnavailable("openai", "no response within 8s"))
+    assert answer_may_be_lost(ProviderUnavailable("openai", "Gateway timeout.", status=504))
+    assert not answer_may_be_lost(ProviderUnavailable("openai", "overloaded", status=503))
+    assert not answer_may_be_lost(RateLimited("openai", "Rate limit reached", status=429))
+    billed = ProviderUnavailable("openai", "the article was cut off at max_tokens")
+    billed.billed = BilledCall("chatcmpl-1", "gpt-4o-mini", 10, 1200)
+    assert not answer_may_be_lost(billed)   # read, billed, recorded: its article is what is unusable
+
+
+class TakenOverLedger(LedgerDb):
+    """The request's generate claim was a dead worker's: its lease ran out mid-call."""
+
+    async def claim_effect(self, request_id, effect, site_id, *, owner, lease_seconds):
+        claim = await super().claim_effect(request_id, effect, site_id, owner=owner, lease_seconds=lease_seconds)
+        return EffectClaim(claim.state, claim.payload, claim.claimed_until, taken_over=True)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("paid_before", [True, False])
+async def test_a_claim_taken_over_from_a_dead_worker_looks_for_its_article_first(monkeypatch, paid_before):
+    """The dead worker's call may have been answered and paid (its answer died with it), or never sent."""
+    writer = StoringOpenAI([])
+    if paid_before:
+        writer.paid.append("chatcmpl-dead")
+        writer.stored.append("chatcmpl-dead")
+    permits = grant_all(monkeypatch, stage, generate)
+    deps = _deps(writer)
+    deps.db = TakenOverLedger({})
+    request = {"request_id": "req-1", "site_id": "shop-1", "topic": "Tea", "requested_at": 1}
+    drafted = await generate.write_draft(request, deps)
+    assert drafted["article"]["title"] == "T" and len(writer.paid) == 1
+    assert writer.calls == (["list"] if paid_before else ["list", "create"])
+    assert permits.by_budget()[OPENAI_REQUESTS] == len(writer.calls)
