@@ -414,6 +414,11 @@ class ArticleWriter(AsyncClosing):
     async def aclose(self) -> None:
         await self._client.close()
 
+    @property
+    def stores_completions(self) -> bool:
+        """Whether each call is stored under its request id (so `find_stored_article` can find it)."""
+        return self._store
+
     def max_tokens_for(self, request: Mapping[str, Any]) -> int:
         return max_tokens_for(request, self._max_tokens)
 
@@ -484,8 +489,10 @@ class ArticleWriter(AsyncClosing):
         if not self._store:
             return None
         try:
+            # By the request id alone, not the model: OpenAI stores a completion under the dated model that
+            # answered (gpt-4o-mini-2024-07-18), not the name asked for.
             page = await self._client.chat.completions.list(
-                metadata={STORED_REQUEST_KEY: request_id[:512]}, model=self._model, order="desc", limit=20)
+                metadata={STORED_REQUEST_KEY: request_id[:512]}, order="desc", limit=20)
         except (openai.NotFoundError, openai.PermissionDeniedError, openai.BadRequestError) as exc:
             # No list here (an OpenAI-compatible server), or a key not allowed to read it: the article is
             # written again, which is what happened before there was a look-up; the request goes on.

@@ -71,6 +71,7 @@ POST_OTHER_BYTES = 2_048
 _EXPIRED_CODES = frozenset({"URL_NOT_REACHABLE", "URL_NOT_FOUND", "FILE_NOT_FOUND", "DOWNLOAD_FAILED"})
 # Bulk item errors that a later call may not meet (as a 5xx would be for a single call).
 _TRANSIENT_ITEM_CODES = frozenset({"INTERNAL_ERROR", "UNAVAILABLE", "DEADLINE_EXCEEDED", "UNDETAILED_FAILURE"})
+_MAYBE_DONE_ITEM_CODES = frozenset({"DEADLINE_EXCEEDED", "UNDETAILED_FAILURE"})  # the item may exist anyway
 _UNSENDABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # what aiohttp refuses in a header value
 _EXPIRED_TEXT = re.compile(
     r"unreachable|not reachable|could not (?:download|fetch)|failed to (?:download|fetch|import)|"
@@ -445,7 +446,9 @@ class WixBlog(AsyncClosing):
             error = ImageExpired(PROVIDER, f"{text} - the image URL is gone; generate a new image")
         else:
             error = RejectedRequest(PROVIDER, text)
-        error.done_nothing = True  # Wix answered the call and refused this item: nothing was made for it
+        # Wix answered the call and said this item failed: nothing was made for it. Not for an item it left out
+        # of its answer, nor one whose time ran out: that one may have been made all the same.
+        error.done_nothing = code not in _MAYBE_DONE_ITEM_CODES
         return error
 
     def _published(self, site: WixSite, created: Any, slug: str, status: int) -> PublishedPost | ProviderError:

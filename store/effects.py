@@ -339,6 +339,15 @@ class EffectLedger:
         if status == "DELETE 0":
             log.debug("release of %s/%s by %s found no claim of its own", request_id, stage, owner)
 
+    async def lapse_effect(self, request_id: str, stage: str, *, owner: str) -> None:
+        """Give up our claim after a failed effect that may have happened all the same (a paid answer lost):
+        its lease ends now, so the next try claims at once and is told it took it over (`taken_over`)."""
+        await self.pool.execute(
+            "UPDATE stage_outputs SET claimed_until = now() - interval '1 millisecond', updated_at = now() "
+            "WHERE request_id = $1 AND stage = $2 AND status = 'claimed' AND claimed_by = $3",
+            request_id, stage, owner,
+        )
+
     async def get_effect(self, request_id: str, stage: str) -> dict[str, Any] | None:
         """The payload of a done effect, None if it has not happened (yet).
 

@@ -9,7 +9,6 @@ from the Batch API, a replay) asks for its slot alone: it is under way until its
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from connectors.errors import ProviderError, ProviderUnavailable
@@ -18,7 +17,7 @@ from streams.app import drafts_topic, requests_topic
 from streams.pipeline import batch_collect
 from streams.pipeline.deps import Deps
 from streams.pipeline.factory import build_stage
-from streams.pipeline.spend import check_budget, paid_article
+from streams.pipeline.spend import check_budget, paid_article, record_article_cost
 from streams.limiter.client import budgets
 from streams.limiter.specs import OPENAI_REQUESTS, OPENAI_TOKENS
 from streams.contract import decode_request
@@ -53,34 +52,41 @@ async def write_draft(request: dict[str, Any], deps: Deps) -> dict[str, Any] | N
 
     async def write() -> dict[str, Any]:
         estimate = writer.estimate_tokens(request)
-        # A claim taken over from a worker that died mid-call: that call may have been answered and paid.
-        under_way = current_effect()
-        earlier = EarlierCall(maybe_paid=under_way is not None and under_way.taken_over)
+        lane = request.get("priority", "interactive")
 
         async def settle(permit: Any, result: Any) -> None:
-            if result.from_store:  # this attempt only listed completions: none of its tokens went to OpenAI
-                await budgets.settle(permit, OPENAI_TOKENS, 0)
-                return
             used = result.usage.prompt_tokens + result.usage.completion_tokens
             await budgets.settle(permit, OPENAI_TOKENS, used, result.rate_limit)  # with the answer's x-ratelimit-*
 
-        # Before the permit too: a held site's request must not wait for an in-flight slot (those of its
-        # requests parked in later stages stay taken until the cap is raised), it is parked instead.
-        await check_budget(deps, site_id, request_id)
-        result = await call_with_permits(
-            stage=STAGE,
-            request_id=request_id,
-            site_id=site_id,
-            needs={OPENAI_REQUESTS: 1, OPENAI_TOKENS: estimate},
-            slot_limit=site.max_in_flight,
-            slot=slot,
-            weight=site.weight,
-            lane=request.get("priority", "interactive"),
-            # each attempt: the site's spend cap checked first, the call's cost recorded after
-            call=lambda: paid_article(deps, request_id, site_id, lambda: write_or_find(writer, request, earlier,
-                                                                                       slot=slot), slot=slot),
-            on_result=settle,
-        )
+        async def found_lost(exc: ProviderError) -> Any:  # after a failed try, before the next one
+            return await find_lost_article(deps, writer, request, slot=slot, lane=lane) \
+                if answer_may_be_lost(exc) else None
+
+        # A claim taken over from a worker that died mid-call (or gave up after losing an answer): that call
+        # may have been answered and paid. This look-up's permit is the run's first: it takes the slot.
+        under_way = current_effect()
+        if under_way is not None and under_way.taken_over and (found := await find_lost_article(
+                deps, writer, request, slot=slot, lane=lane, slot_limit=site.max_in_flight, weight=site.weight)):
+            result = found
+        else:
+            # Before the permit too: a held site's request must not wait for an in-flight slot (those of its
+            # requests parked in later stages stay taken until the cap is raised), it is parked instead.
+            await check_budget(deps, site_id, request_id)
+            result = await call_with_permits(
+                stage=STAGE,
+                request_id=request_id,
+                site_id=site_id,
+                needs={OPENAI_REQUESTS: 1, OPENAI_TOKENS: estimate},
+                slot_limit=site.max_in_flight,
+                slot=slot,
+                weight=site.weight,
+                lane=lane,
+                # each attempt: the site's spend cap checked first, the call's cost recorded after
+                call=lambda: paid_article(deps, request_id, site_id, lambda: write_article(writer, request),
+                                          slot=slot),
+                on_result=settle,
+                recover=found_lost,
+            )
         check_written(STAGE, result.article, request_id, site_id)  # before it is ledgered: a retry writes it again
         return {
             "article": result.article,
@@ -104,41 +110,53 @@ async def write_draft(request: dict[str, Any], deps: Deps) -> dict[str, Any] | N
     }
 
 
-@dataclass
-class EarlierCall:
-    """What the run's previous attempt left: a call OpenAI may have answered (and billed) with the answer lost."""
-
-    maybe_paid: bool = False
-
-
 def answer_may_be_lost(exc: ProviderError) -> bool:
     """A failure after which OpenAI may have written (and billed) the article: no answer in time, a connection
-    lost or an answer unreadable, a gateway's 502/504. Not a 429, a refusal, an OpenAI 500/503 (it did not
-    finish the call), nor an answer read and refused by our checks (its cost is recorded, its article unusable)."""
-    return isinstance(exc, ProviderUnavailable) and exc.billed is None and exc.status in (None, 502, 504)
+    lost or an answer unreadable, a gateway's 502/504 or Cloudflare's 520/524 (OpenAI went on writing). Not a
+    429, a refusal, an OpenAI 500/503 (it did not finish the call), nor an answer read and refused by our
+    checks (its cost is recorded, its article unusable)."""
+    return isinstance(exc, ProviderUnavailable) and exc.billed is None and exc.status in (None, 502, 504, 520, 524)
 
 
-async def write_or_find(writer: Any, request: dict[str, Any], earlier: EarlierCall, *, slot: str) -> Any:
-    """One attempt's article: after an attempt whose answer may be lost, first the one OpenAI stored for it.
-
-    The look-up (List Chat Completions by the request id's metadata) uses the attempt's request permit, so
-    the call, when nothing is found, takes one of its own; its tokens are the attempt's. A completion not
-    listed yet (OpenAI does not say how soon it is) is paid again: the look-up narrows that, it cannot close it.
-    """
-    request_id, site_id = request["request_id"], request["site_id"]
-    if earlier.maybe_paid:
-        found = await writer.find_stored_article(request, request_id=request_id)
-        if found is not None:
-            metrics.stored_articles_found.inc()
-            return found
-        await budgets.acquire(site_id=site_id, request_id=slot, needs={OPENAI_REQUESTS: 1},
-                              lane=request.get("priority", "interactive"))
-    earlier.maybe_paid = False
+async def write_article(writer: Any, request: dict[str, Any]) -> Any:
+    """One try's call; the effect under way is told whether a failure may have left a paid article behind."""
+    under_way = current_effect()
     try:
-        return await writer.write_article(request, site_id=site_id, request_id=request_id)
+        result = await writer.write_article(request, site_id=request["site_id"], request_id=request["request_id"])
     except ProviderError as exc:
-        earlier.maybe_paid = answer_may_be_lost(exc)
+        if under_way is not None:  # if the run ends on this failure, the next one looks first (stage.effect_once)
+            under_way.maybe_done = answer_may_be_lost(exc)
         raise
+    if under_way is not None:
+        under_way.maybe_done = False  # answered: an article our checks refuse must not be found again
+    return result
+
+
+async def find_lost_article(deps: Deps, writer: Any, request: dict[str, Any], *, slot: str, lane: str,
+                            slot_limit: int | None = None, weight: float = 1.0) -> Any:
+    """The article OpenAI stored for the request (an earlier call's, its answer lost), None if none is listed.
+
+    One List Chat Completions call on a request permit of its own (no tokens), in the stage's retry loop; its
+    cost recorded once, under the completion's id. OpenAI does not say how soon a stored completion is
+    listed: one not listed yet is paid again (the look-up narrows that, it cannot close it).
+    """
+    if not writer.stores_completions:
+        return None
+    request_id, site_id = request["request_id"], request["site_id"]
+    found = await call_with_permits(
+        stage=STAGE, request_id=request_id, site_id=site_id, needs={OPENAI_REQUESTS: 1}, slot=slot, lane=lane,
+        slot_limit=slot_limit, weight=weight,
+        call=lambda: writer.find_stored_article(request, request_id=request_id),
+    )
+    if found is None:
+        return None
+    metrics.stored_articles_found.inc()
+    under_way = current_effect()
+    if under_way is not None:
+        under_way.maybe_done = False  # found: nothing is left behind
+    if found.billed is not None:
+        await record_article_cost(deps, request_id, site_id, found.billed)
+    return found
 
 
 generate_runner = build_stage(

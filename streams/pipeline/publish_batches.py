@@ -27,7 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from connectors.errors import ProviderError
+from connectors.errors import ProviderError, RateLimited
 from connectors.wix_blog import PublishedPost, WixBlog, WixSite
 from streams import metrics
 from streams.limiter.client import budgets
@@ -230,8 +230,10 @@ async def _find_made_posts(wix: WixBlog, site: WixSite, batch: list[_Call], lane
     answers = await asyncio.gather(*(read(call, permit_used or n > 0) for n, call in enumerate(maybe)),
                                    return_exceptions=True)
     failed = [answer for answer in answers if isinstance(answer, BaseException)]
-    if failed:  # a permanent refusal first: the attempt must not be retried for it
-        raise next((f for f in failed if not (isinstance(f, ProviderError) and f.retryable)), failed[0])
+    if failed:  # a permanent refusal first (the attempt must not be retried for it), then a 429 (the limiter
+        # hears it and its retry-after), then any
+        raise next((f for f in failed if not (isinstance(f, ProviderError) and f.retryable)),
+                   next((f for f in failed if isinstance(f, RateLimited)), failed[0]))
 
 
 def _settle(site: WixSite, batch: list[_Call], answers: list[Any], queue: deque[_Call]) -> None:

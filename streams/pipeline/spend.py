@@ -97,6 +97,12 @@ async def paid_article(deps: Any, request_id: str, site_id: str, call: Callable[
     return result
 
 
+async def record_article_cost(deps: Any, request_id: str, site_id: str, billed: Any) -> None:
+    """The cost of an article found among the stored completions (generate.py): its call's answer was lost,
+    so it was never recorded; recorded under the completion's id, so at most once."""
+    await _record_tokens(deps, request_id, site_id, billed)
+
+
 async def record_batch_line(deps: Any, request_id: str, site_id: str, billed: Any) -> None:
     """The cost of one line of an OpenAI batch (batch prices; streams/pipeline/batch_poll.py)."""
     await _record_tokens(deps, request_id, site_id, billed, lane="batch")

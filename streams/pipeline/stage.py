@@ -154,8 +154,9 @@ async def effect_once(
         except BaseException:
             STOPPING.ended(under_way)
             CLAIMS.drop(owner)
+            free = db.lapse_effect if under_way.maybe_done else db.release_effect
             try:
-                await asyncio.shield(db.release_effect(request_id, effect, owner=owner))
+                await asyncio.shield(free(request_id, effect, owner=owner))
             except Exception as exc:  # the claim runs out by its lease instead; what `produce` raised is the outcome
                 log.warning("could not free the claim of %s/%s (%s: %s); it is free once its lease ends",
                             request_id, effect, type(exc).__name__, exc)
@@ -261,12 +262,15 @@ CLAIMS = ClaimRenewals()
 class EffectUnderWay:
     """One `effect_once` running its `produce` (`over` once its result is recorded or it raised)."""
 
-    __slots__ = ("request_id", "effect", "over", "taken_over")
+    __slots__ = ("request_id", "effect", "over", "taken_over", "maybe_done")
 
     def __init__(self, request_id: str, effect: str, taken_over: bool = False) -> None:
         self.request_id, self.effect = request_id, effect
         self.over = False
         self.taken_over = taken_over  # its claim was a lapsed one's: the effect may be done, its result lost
+        # Set by `produce` when its last failure may have left the effect done (a paid answer lost): if it ends
+        # on that failure, its claim is left to lapse, not freed, so the next claim is told `taken_over`.
+        self.maybe_done = False
 
     def __repr__(self) -> str:
         return f"{self.request_id}/{self.effect}"

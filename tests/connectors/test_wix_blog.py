@@ -286,3 +286,20 @@ def test_any_answer_is_a_result_of_its_kind_or_a_provider_error(calls: list) -> 
             outcome if isinstance(outcome, list) else [outcome]
         assert all(item is None and name == "find_post_by_slug" or _well_formed(item) for item in items), \
             (name, status, outcome)
+
+
+@pytest.mark.parametrize(("item", "made_nothing"), [
+    ({"itemMetadata": {"originalIndex": 1, "success": False, "error": {"code": "INTERNAL_ERROR"}}}, True),
+    ({"itemMetadata": {"originalIndex": 1, "success": False, "error": {"code": "UNAVAILABLE"}}}, True),
+    ({"itemMetadata": {"originalIndex": 1, "success": False, "error": {"code": "DEADLINE_EXCEEDED"}}}, False),
+    (None, False),   # Wix left the item out of its answer
+])
+def test_a_bulk_item_is_done_nothing_only_when_wix_said_it_failed(item: dict | None, made_nothing: bool) -> None:
+    """A failed item Wix answered for was not made: its retry needs no look-up. One it left out, or whose time
+    ran out, may exist: its retry looks it up first (publish_batches.py), or it could be posted twice."""
+    first = {"itemMetadata": {"originalIndex": 0, "success": True}, "item": _DRAFT_POST}
+    body = {"results": [first] + ([item] if item else []), "bulkActionMetadata": {}}
+    [answers] = outcomes_in_turn(lambda url: WixBlog(base_url=url, timeout=5.0, max_connections=2),
+                                 [(_CALLS["create_posts"][0], [(200, json.dumps(body).encode())])])
+    assert not isinstance(answers[0], ProviderError) and isinstance(answers[1], ProviderError)
+    assert answers[1].retryable and answers[1].done_nothing is made_nothing

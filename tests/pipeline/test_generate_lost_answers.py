@@ -1,11 +1,12 @@
 """A lost OpenAI answer is not paid twice: the next attempt finds the article OpenAI stored for the request.
 
 The writer sends each call with `store: true` and the request id in its metadata (connectors/openai_writer.py);
-after an attempt whose answer may be lost (no answer in time, a connection reset, a gateway's 502/504),
-generate first lists the stored completions of the request. A fake OpenAI here makes every kind of failure
-(an answer lost after the article was written and billed, a failure before it, a 503 OpenAI did not finish,
-a look-up that fails), and hypothesis draws the sequences: the article is paid at most once, every call
-(create or look-up) has its own request permit, and a look-up's attempt gives its tokens back.
+after an attempt whose answer may be lost (no answer in time, a connection reset, a gateway's 502/504), and
+when a run takes over the claim of one that ended that way or died, generate first lists the stored
+completions of the request. A fake OpenAI here makes every kind of failure (an answer lost after the article
+was written and billed, a failure before it, a 503 OpenAI did not finish, a look-up that fails), and
+hypothesis draws the sequences: the article is paid at most once, every call (create or look-up) has its own
+request permit, and a look-up asks for no tokens.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from store.effects import EffectClaim
 from streams.limiter.specs import OPENAI_REQUESTS, OPENAI_TOKENS
 from streams.pipeline import generate, stage
 from streams.pipeline.generate import answer_may_be_lost
+from streams.pipeline.stage import StageFailed
+from streams.settings import settings
 
 from .conftest import grant_all
 from .test_publish import LedgerDb
@@ -32,6 +35,8 @@ LOST, BEFORE, FINISHED_NOT, THROTTLED, OK = "lost", "before", "503", "429", "ok"
 class StoringOpenAI:
     """OpenAI with stored completions. `outcomes`: what each create does in turn (then OK); `list_fails`: how many
     look-ups fail before one answers."""
+
+    stores_completions = True
 
     def __init__(self, outcomes: list[str], list_fails: int = 0) -> None:
         self.outcomes, self.list_fails = list(outcomes), list_fails
@@ -92,8 +97,7 @@ async def test_an_article_whose_answer_was_lost_is_found_not_paid_again(monkeypa
     drafted, permits = await _draft(monkeypatch, writer)
     assert drafted["article"]["title"] == "T"
     assert writer.paid == ["chatcmpl-0"] and writer.calls == ["create", "list"]
-    assert permits.by_budget()[OPENAI_REQUESTS] == 2   # the create's and the look-up's
-    assert permits.settled[-1] == (OPENAI_TOKENS, 0)   # the look-up's attempt sent no tokens
+    assert permits.needs == [{OPENAI_REQUESTS: 1, OPENAI_TOKENS: 100}, {OPENAI_REQUESTS: 1}]   # no tokens to list
 
 
 @pytest.mark.asyncio
@@ -124,11 +128,45 @@ def test_an_article_is_paid_once_whatever_fails(monkeypatch, outcomes, list_fail
     assert drafted["article"]["title"] == "T"
     assert len(writer.paid) == 1, (outcomes, writer.calls)   # a lost answer is found, never written again
     assert permits.by_budget()[OPENAI_REQUESTS] == len(writer.calls)   # every call had its own request permit
+    assert permits.by_budget()[OPENAI_TOKENS] == writer.calls.count("create")   # tokens for the creates only
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("last", "freed"), [(LOST, "lapsed"), (FINISHED_NOT, "released")])
+async def test_a_run_that_gives_up_on_a_lost_answer_leaves_its_claim_to_lapse(monkeypatch, last, freed):
+    """The next run (`blogstream retry`, or the partition's next owner after a stop) must be told the article may
+    have been paid: the claim is left to lapse, and the run that takes it over looks first."""
+    monkeypatch.setattr(stage, "settings", settings.model_copy(update={"retry_patience_seconds": 0}))
+    writer = StoringOpenAI([BEFORE] * (settings.max_attempts - 1) + [last])
+    writer.find_stored_article = _nothing_listed(writer)   # (not listed yet)
+    permits = grant_all(monkeypatch, stage, generate)
+    deps = _deps(writer)
+    request = {"request_id": "req-1", "site_id": "shop-1", "topic": "Tea", "requested_at": 1}
+    with pytest.raises(StageFailed):
+        await generate.write_draft(request, deps)
+    assert deps.db.freed == [(freed, "req-1", "generate")]
+    assert permits.by_budget()[OPENAI_REQUESTS] == len(writer.calls)
+
+
+def _nothing_listed(writer: StoringOpenAI):
+    async def find_stored_article(request, *, request_id):
+        writer.calls.append("list")
+        return None
+    return find_stored_article
+
+
+@pytest.mark.asyncio
+async def test_nothing_is_looked_up_when_completions_are_not_stored(monkeypatch):
+    writer = StoringOpenAI([LOST])
+    writer.stores_completions = False
+    await _draft(monkeypatch, writer)
+    assert writer.calls == ["create", "create"] and len(writer.paid) == 2   # what storing is there to prevent
 
 
 def test_which_failures_may_have_lost_a_paid_answer():
     assert answer_may_be_lost(ProviderUnavailable("openai", "no response within 8s"))
     assert answer_may_be_lost(ProviderUnavailable("openai", "Gateway timeout.", status=504))
+    assert answer_may_be_lost(ProviderUnavailable("openai", "A timeout occurred", status=524))   # Cloudflare
     assert not answer_may_be_lost(ProviderUnavailable("openai", "overloaded", status=503))
     assert not answer_may_be_lost(RateLimited("openai", "Rate limit reached", status=429))
     billed = ProviderUnavailable("openai", "the article was cut off at max_tokens")

@@ -19,6 +19,7 @@ class LedgerDb:
 
     def __init__(self, done: dict[tuple[str, str], dict]) -> None:
         self.done = dict(done)
+        self.freed: list[tuple[str, str, str]] = []  # claims given up: ("released" | "lapsed", request, effect)
 
     async def claim_effect(self, request_id, effect, site_id, *, owner, lease_seconds):
         if (request_id, effect) in self.done:
@@ -29,7 +30,10 @@ class LedgerDb:
         self.done[(request_id, effect)] = payload
 
     async def release_effect(self, request_id, effect, *, owner):
-        pass
+        self.freed.append(("released", request_id, effect))
+
+    async def lapse_effect(self, request_id, effect, *, owner):
+        self.freed.append(("lapsed", request_id, effect))
 
     async def extend_effect(self, request_id, effect, *, owner, lease_seconds):
         pass

@@ -234,3 +234,19 @@ async def test_a_payload_postgres_refuses_fails_alone(db: Database) -> None:
     assert [r for i, r in enumerate(results) if i != 2] == [None] * 4
     assert [await db.get_effect(rid, "generate") for rid in rids] == [
         {"title": "fine"}, {"title": "fine"}, None, {"title": "fine"}, {"title": "fine"}]
+
+
+@aio
+async def test_a_lapsed_claim_is_claimed_at_once_and_told_it_was_taken_over(db: Database) -> None:
+    """A run that gave up on an effect that may have happened (a paid answer lost) lets its claim lapse instead of
+    freeing it: the next try claims it at once, and knows to look for what the last one may have done."""
+    rid, site = uid("req"), uid("site")
+    assert (await db.claim_effect(rid, "generate", site, owner="w1", lease_seconds=60)).state == "acquired"
+    await db.lapse_effect(rid, "generate", owner="w2")  # not its claim: nothing changes
+    assert (await db.claim_effect(rid, "generate", site, owner="w2", lease_seconds=60)).state == "busy"
+    await db.lapse_effect(rid, "generate", owner="w1")
+    taken = await db.claim_effect(rid, "generate", site, owner="w2", lease_seconds=60)
+    assert taken.state == "acquired" and taken.taken_over
+    await db.complete_effect(rid, "generate", site, {"title": "T"}, owner="w2")
+    await db.lapse_effect(rid, "generate", owner="w2")  # a done effect stays done
+    assert (await db.claim_effect(rid, "generate", site, owner="w3", lease_seconds=60)).state == "done"
