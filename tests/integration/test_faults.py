@@ -203,5 +203,9 @@ async def test_providers_answering_5xx_nothing_at_all_or_half_an_answer_end_ever
         replicate = sim.ledger()["replicate"]
         assert replicate["answers_cut"] and replicate["predictions_created"] == len(requests), \
             {k: replicate[k] for k in ("predictions_created", "answers_cut", "timeouts", "endpoints")}
+        # So is an article whose answer was cut off: it is found among the stored completions (generate.py).
+        openai = sim.ledger()["openai"]
+        assert openai["answers_cut"] and openai["completions"] == len(requests), \
+            {k: openai[k] for k in ("completions", "answers_cut", "timeouts", "stored_completions")}
     finally:
         pipeline.stop()
