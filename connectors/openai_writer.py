@@ -490,9 +490,11 @@ class ArticleWriter(AsyncClosing):
             return None
         try:
             # By the request id alone, not the model: OpenAI stores a completion under the dated model that
-            # answered (gpt-4o-mini-2024-07-18), not the name asked for.
-            page = await self._client.chat.completions.list(
+            # answered (gpt-4o-mini-2024-07-18), not the name asked for. Raw: the page is read as plain JSON
+            # below, so no answer of any shape can fail the look-up.
+            raw = await self._client.chat.completions.with_raw_response.list(
                 metadata={STORED_REQUEST_KEY: request_id[:512]}, order="desc", limit=20)
+            body = read_json(raw.content)
         except (openai.NotFoundError, openai.PermissionDeniedError, openai.BadRequestError) as exc:
             # No list here (an OpenAI-compatible server), or a key not allowed to read it: the article is
             # written again, which is what happened before there was a look-up; the request goes on.
@@ -503,13 +505,18 @@ class ArticleWriter(AsyncClosing):
             raise self._map_error(exc) from exc
         except (aiohttp.ClientError, httpx2.HTTPError) as exc:
             raise ProviderUnavailable(PROVIDER, f"OpenAI's answer could not be read ({type(exc).__name__})") from exc
+        except ValueError:  # a 2xx whose body is not JSON: nothing to find in it
+            log.warning("the stored completions of %s were answered with no JSON; the article is written again",
+                        request_id)
+            return None
         max_tokens = self.max_tokens_for(request)
-        for stored in page.data:
-            completion = stored.model_dump()
+        data = json_object(body).get("data")
+        for completion in data if isinstance(data, list) else []:
+            completion = json_object(completion)
             if json_object(completion.get("metadata")).get(STORED_REQUEST_KEY) != request_id[:512]:
                 continue
             article, tokens, billed = read_completion(completion, model=self._model, max_tokens=max_tokens,
-                                                      fallback_id=str(completion.get("id")), redact=self._redact)
+                                                      fallback_id=f"stored:{request_id}", redact=self._redact)
             if not isinstance(article, ProviderError):
                 return ArticleResult(article=article, usage=tokens, rate_limit=None, estimated_tokens=0,
                                      billed=billed, from_store=True)

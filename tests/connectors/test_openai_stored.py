@@ -10,11 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from connectors.errors import ProviderUnavailable
+from connectors.errors import ProviderError, ProviderUnavailable
 from connectors.openai_writer import STORED_REQUEST_KEY, ArticleWriter
 
-from .conftest import Simulator, answering_in_turn
+from .conftest import ANY_JSON, Simulator, answering_in_turn, broken_at, outcomes_in_turn
 from .test_openai_writer import REQUEST
 
 
@@ -98,3 +100,41 @@ async def test_only_a_complete_answer_of_this_request_counts(openai_args: dict[s
     finally:
         await runner.cleanup()
     assert found is not None and found.billed.call_id == "chatcmpl-req-1-stop"
+
+
+_ARTICLE = ('{"title": "T", "slug": "t", "excerpt": "E", "body": "B", "tags": [], "image_prompt": "p", '
+            '"image_alt": "a"}')
+_GOOD_PAGE = {"object": "list", "first_id": "c", "last_id": "c", "has_more": False, "data": [{
+    "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini-2024-07-18",
+    "metadata": {STORED_REQUEST_KEY: "req-1"},
+    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": _ARTICLE}}],
+    "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}}]}
+
+
+def _hostile_page():
+    import json
+
+    from .conftest import paths_in
+
+    whole = st.builds(lambda value: json.dumps(value).encode(), ANY_JSON)
+    broken = st.builds(lambda path, value: json.dumps(broken_at(_GOOD_PAGE, path, value)).encode(),
+                       st.sampled_from(paths_in(_GOOD_PAGE)), ANY_JSON)
+    return st.tuples(st.sampled_from([200, 200, 200, 400, 401, 403, 404, 409, 429, 500, 502, 503]),
+                     whole | broken | st.just(b"not json") | st.just(b""))
+
+
+@settings(max_examples=80, deadline=None)
+@given(answers=st.lists(_hostile_page(), min_size=1, max_size=5))
+def test_any_answer_of_the_list_is_an_article_nothing_or_a_provider_error(answers: list) -> None:
+    """Whatever the list answers (any status, any body, a good page with one node broken), the look-up gives an
+    article of this request, None (so it is written again), or a ProviderError; a 2xx never raises, so a
+    strange page cannot hold a request in the retry loop."""
+    outcomes = outcomes_in_turn(
+        lambda url: ArticleWriter(base_url=f"{url}/v1", api_key="sk-test", model="gpt-4o-mini", max_tokens=1200,
+                                  timeout=5.0, max_connections=2, store_completions=True),
+        [(lambda writer: writer.find_stored_article(REQUEST, request_id="req-1"), [answer]) for answer in answers])
+    for (status, _), outcome in zip(answers, outcomes):
+        if 200 <= status < 300:
+            assert outcome is None or outcome.from_store and outcome.article["title"], (status, outcome)
+        else:
+            assert outcome is None or isinstance(outcome, ProviderError), (status, outcome)
