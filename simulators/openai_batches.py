@@ -50,7 +50,7 @@ def _unit(*parts: Any) -> float:
     return int.from_bytes(h[:8], "big") / 2 ** 64
 
 
-def _bad(status: int, message: str, code: Optional[str] = None, param: Optional[str] = None) -> web.Response:
+def invalid_request(status: int, message: str, code: Optional[str] = None, param: Optional[str] = None) -> web.Response:
     return json_response(api_error(message, "invalid_request_error", code, param), status)
 
 
@@ -323,7 +323,7 @@ class OpenAIBatches:
 
     async def upload_file(self, request: web.Request) -> web.Response:
         if not request.content_type.startswith("multipart/"):
-            return _bad(400, "Invalid Content-Type header: expected multipart/form-data.")
+            return invalid_request(400, "Invalid Content-Type header: expected multipart/form-data.")
         limit = int(self.cfg["max_upload_bytes"])
         fields: dict[str, str] = {}
         data, filename, too_big = bytearray(), None, False
@@ -338,20 +338,20 @@ class OpenAIBatches:
                 fields[part.name] = await part.text()   # type: ignore[union-attr]
         purpose = fields.get("purpose")
         if filename is None:
-            return _bad(400, "Missing required parameter: 'file'.", "missing_required_parameter", "file")
+            return invalid_request(400, "Missing required parameter: 'file'.", "missing_required_parameter", "file")
         if not purpose:
-            return _bad(400, "Missing required parameter: 'purpose'.", "missing_required_parameter", "purpose")
+            return invalid_request(400, "Missing required parameter: 'purpose'.", "missing_required_parameter", "purpose")
         if purpose not in PURPOSES:
-            return _bad(400, f"Invalid value for 'purpose': '{purpose}'.", "invalid_value", "purpose")
+            return invalid_request(400, f"Invalid value for 'purpose': '{purpose}'.", "invalid_value", "purpose")
         if too_big:
-            return _bad(400, f"File is too large. The maximum file size is {limit} bytes.", None, "file")
+            return invalid_request(400, f"File is too large. The maximum file size is {limit} bytes.", None, "file")
         if purpose == "batch":
             if not filename.lower().endswith(".jsonl"):
-                return _bad(400, "Invalid file format for Batch API. Must be .jsonl")
+                return invalid_request(400, "Invalid file format for Batch API. Must be .jsonl")
             try:
                 bytes(data).decode("utf-8")
             except UnicodeDecodeError:
-                return _bad(400, "Invalid file for Batch API. Must be utf-8 encoded")
+                return invalid_request(400, "Invalid file for Batch API. Must be utf-8 encoded")
         ttl: Optional[float] = BATCH_FILE_TTL if purpose == "batch" else None
         if fields.get("expires_after[seconds]", "").isdigit():
             ttl = float(fields["expires_after[seconds]"])
@@ -370,8 +370,8 @@ class OpenAIBatches:
         if found is not None:
             return found, None
         if key == "file_id":
-            return None, _bad(404, f"No such File object: {ident}", None, "id")
-        return None, _bad(404, f"No batch found with id '{ident}'.", None, "batch_id")
+            return None, invalid_request(404, f"No such File object: {ident}", None, "id")
+        return None, invalid_request(404, f"No batch found with id '{ident}'.", None, "batch_id")
 
     async def _get(self, key: str, request: web.Request) -> web.Response:
         obj, err = self._lookup(request, key)
@@ -401,7 +401,7 @@ class OpenAIBatches:
         except ValueError:
             limit = -1
         if not 1 <= limit <= max_limit:
-            return _bad(400, f"Invalid 'limit': expected an integer between 1 and {max_limit}.", "invalid_value",
+            return invalid_request(400, f"Invalid 'limit': expected an integer between 1 and {max_limit}.", "invalid_value",
                         "limit")
         items = list(reversed(items))
         after = request.query.get("after")
@@ -415,21 +415,21 @@ class OpenAIBatches:
     async def create_batch(self, request: web.Request) -> web.Response:
         body, err = await read_json(request)
         if err or not isinstance(body, dict):
-            return _bad(400, f"We could not parse the JSON body of your request. ({err or 'not an object'})")
+            return invalid_request(400, f"We could not parse the JSON body of your request. ({err or 'not an object'})")
         for key in ("input_file_id", "endpoint", "completion_window"):
             if not isinstance(body.get(key), str) or not body[key]:
-                return _bad(400, f"Missing required parameter: '{key}'.", "missing_required_parameter", key)
+                return invalid_request(400, f"Missing required parameter: '{key}'.", "missing_required_parameter", key)
         if body["endpoint"] != ENDPOINT:
-            return _bad(400, f"Invalid value for 'endpoint': the simulator serves only '{ENDPOINT}'.",
+            return invalid_request(400, f"Invalid value for 'endpoint': the simulator serves only '{ENDPOINT}'.",
                         "invalid_value", "endpoint")
         if body["completion_window"] != "24h":
-            return _bad(400, "Invalid value for 'completion_window': only '24h' is supported.", "invalid_value",
+            return invalid_request(400, "Invalid value for 'completion_window': only '24h' is supported.", "invalid_value",
                         "completion_window")
         meta = body.get("metadata")
         if meta is not None and not (isinstance(meta, dict) and len(meta) <= 16 and all(
                 isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
                 for k, v in meta.items())):
-            return _bad(400, "Invalid 'metadata': at most 16 string keys (64 characters) with string values "
+            return invalid_request(400, "Invalid 'metadata': at most 16 string keys (64 characters) with string values "
                              "(512 characters).", "invalid_value", "metadata")
         b = Batch(body["input_file_id"], meta, self.now(), self.cfg, self.sim.state.latency_scale)
         self.batches[b.id] = b
@@ -452,7 +452,7 @@ class OpenAIBatches:
             b.times["cancelled_at"] = now + b.finalize
             self._advance(b, now)
         elif b.status not in ("cancelling", "cancelled"):
-            return _bad(409, f"Cannot cancel a batch with status '{b.status}'.")
+            return invalid_request(409, f"Cannot cancel a batch with status '{b.status}'.")
         return json_response(b.json())
 
     async def list_batches(self, request: web.Request) -> web.Response:

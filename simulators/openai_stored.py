@@ -23,7 +23,7 @@ from typing import Any, Optional
 from aiohttp import web
 
 from .common import json_response
-from .openai_batches import api_error, unauthorized
+from .openai_batches import invalid_request, unauthorized
 
 METADATA_PAIRS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
 _METADATA_PARAM = re.compile(r"^metadata\[(.+)\]$")
@@ -89,13 +89,13 @@ class StoredCompletions:
         wanted = {m.group(1): value for key, value in query.items() if (m := _METADATA_PARAM.match(key))}
         order = query.get("order", "asc")
         if order not in ("asc", "desc"):
-            return _bad("Invalid value for 'order': expected 'asc' or 'desc'.", "order")
+            return invalid_request(400, "Invalid value for 'order': expected 'asc' or 'desc'.", param="order")
         try:
             limit = int(query.get("limit", "20"))
         except ValueError:
-            return _bad("Invalid type for 'limit': expected an integer.", "limit")
+            return invalid_request(400, "Invalid type for 'limit': expected an integer.", param="limit")
         if not 1 <= limit <= 100:
-            return _bad("Invalid 'limit': expected a value between 1 and 100.", "limit")
+            return invalid_request(400, "Invalid 'limit': expected a value between 1 and 100.", param="limit")
         items = [item for item in self._listed(wanted)
                  if ("model" not in query or item["model"] == query["model"])
                  and all(item["metadata"].get(k) == v for k, v in wanted.items())]
@@ -105,7 +105,7 @@ class StoredCompletions:
         if after:
             ids = [item["id"] for item in items]
             if after not in ids:
-                return _bad(f"No chat completion found with id '{after}' to list after.", "after", 404)
+                return invalid_request(404, f"No chat completion found with id '{after}' to list after.", param="after")
             items = items[ids.index(after) + 1:]
         page = items[:limit]
         return json_response({"object": "list", "data": page,
@@ -120,7 +120,7 @@ class StoredCompletions:
         self.reads += 1
         item = self.by_id.get(request.match_info["completion_id"])
         if item is None:
-            return _bad(f"No chat completion found with id '{request.match_info['completion_id']}'.", None, 404)
+            return invalid_request(404, f"No chat completion found with id '{request.match_info['completion_id']}'.")
         return json_response(item, 200)
 
     def ledger_json(self) -> dict:
@@ -130,6 +130,3 @@ class StoredCompletions:
         app.router.add_get(prefix + "/chat/completions", self.list)
         app.router.add_get(prefix + "/chat/completions/{completion_id}", self.retrieve)
 
-
-def _bad(message: str, param: Optional[str], status: int = 400) -> web.Response:
-    return json_response(api_error(message, "invalid_request_error", None, param), status)
