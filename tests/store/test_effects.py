@@ -46,17 +46,21 @@ async def test_effect_claim_lifecycle(db: Database, caplog: pytest.LogCaptureFix
 
 
 @aio
-async def test_effect_release_lets_the_next_try_claim(db: Database) -> None:
+@pytest.mark.parametrize(("free", "taken_over"), [("release_effect", False), ("lapse_effect", True)])
+async def test_a_claim_given_up_is_claimed_at_once_by_the_next_try(db: Database, free: str, taken_over: bool) -> None:
+    """Released after a failed effect, or left to lapse after one that may have happened all the same (a paid
+    answer lost): the next try claims it at once, and only a lapsed one tells it to look for what the last
+    one may have done (`taken_over`)."""
     rid, site = uid("req"), uid("site")
     assert (await db.claim_effect(rid, "image", site, owner="w1", lease_seconds=60)).state == "acquired"
-    await db.release_effect(rid, "image", owner="w2")  # not its claim: no effect
+    await getattr(db, free)(rid, "image", owner="w2")  # not its claim: no effect
     assert (await db.claim_effect(rid, "image", site, owner="w2", lease_seconds=60)).state == "busy"
-    await db.release_effect(rid, "image", owner="w1")
-    after_release = await db.claim_effect(rid, "image", site, owner="w2", lease_seconds=60)
-    assert after_release.state == "acquired" and not after_release.taken_over  # given up, not lapsed
+    await getattr(db, free)(rid, "image", owner="w1")
+    after = await db.claim_effect(rid, "image", site, owner="w2", lease_seconds=60)
+    assert after.state == "acquired" and after.taken_over is taken_over
 
     await db.complete_effect(rid, "image", site, {"url": "https://img"}, owner="w2")
-    await db.release_effect(rid, "image", owner="w2")  # a done effect is never released
+    await getattr(db, free)(rid, "image", owner="w2")  # a done effect is never released nor lapsed
     assert (await db.claim_effect(rid, "image", site, owner="w3", lease_seconds=60)).state == "done"
 
 
@@ -235,18 +239,3 @@ async def test_a_payload_postgres_refuses_fails_alone(db: Database) -> None:
     assert [await db.get_effect(rid, "generate") for rid in rids] == [
         {"title": "fine"}, {"title": "fine"}, None, {"title": "fine"}, {"title": "fine"}]
 
-
-@aio
-async def test_a_lapsed_claim_is_claimed_at_once_and_told_it_was_taken_over(db: Database) -> None:
-    """A run that gave up on an effect that may have happened (a paid answer lost) lets its claim lapse instead of
-    freeing it: the next try claims it at once, and knows to look for what the last one may have done."""
-    rid, site = uid("req"), uid("site")
-    assert (await db.claim_effect(rid, "generate", site, owner="w1", lease_seconds=60)).state == "acquired"
-    await db.lapse_effect(rid, "generate", owner="w2")  # not its claim: nothing changes
-    assert (await db.claim_effect(rid, "generate", site, owner="w2", lease_seconds=60)).state == "busy"
-    await db.lapse_effect(rid, "generate", owner="w1")
-    taken = await db.claim_effect(rid, "generate", site, owner="w2", lease_seconds=60)
-    assert taken.state == "acquired" and taken.taken_over
-    await db.complete_effect(rid, "generate", site, {"title": "T"}, owner="w2")
-    await db.lapse_effect(rid, "generate", owner="w2")  # a done effect stays done
-    assert (await db.claim_effect(rid, "generate", site, owner="w3", lease_seconds=60)).state == "done"
