@@ -329,6 +329,33 @@ def _migrate(db: str) -> None:
                    stdout=subprocess.DEVNULL)
 
 
+async def drop_database(admin_dsn: str, name: str, tries: int = 20) -> None:
+    """Drop a scratch database, ending our own connections to it first.
+
+    Not `DROP DATABASE ... WITH (FORCE)`: FORCE also terminates an autovacuum worker that happens to be
+    on the new database, which only a member of pg_signal_backend may do, and our role is not (CI
+    failed on that once). A plain DROP cancels autovacuum itself; what is left to end is the
+    connections of our own role (a worker's pool still closing), which any role may terminate.
+    """
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        for attempt in range(tries):
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = $1 AND usename = current_user AND pid <> pg_backend_pid()",
+                name,
+            )
+            try:
+                await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+                return
+            except asyncpg.ObjectInUseError:  # a connection came in between, or autovacuum was slow to go
+                if attempt == tries - 1:
+                    raise
+                await asyncio.sleep(0.25)
+    finally:
+        await admin.close()
+
+
 class Outcomes:
     """Reads and prepares `blog_generations` and `sites` for a run.
 
@@ -368,11 +395,7 @@ class Outcomes:
     async def drop(self) -> None:
         if self.database is None:
             return
-        admin = await asyncpg.connect(database_url("postgres"))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await drop_database(database_url("postgres"), self.database)
 
     async def _conn(self) -> asyncpg.Connection:
         return await asyncpg.connect(self.dsn)

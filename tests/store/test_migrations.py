@@ -8,6 +8,7 @@ made and dropped).
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -19,6 +20,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import pytest
+
+from stack.harness import drop_database
 
 from .conftest import DSN
 
@@ -41,9 +44,8 @@ def new_database():
     try:
         yield _with_database(DSN, name)
     finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+        asyncio.run(drop_database(_with_database(DSN, "postgres"), name))
 
 
 def upgrade(url: str) -> subprocess.CompletedProcess:
