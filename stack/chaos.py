@@ -5,7 +5,8 @@ private broker, a private Postgres cluster and a private simulator (the shared
 stack is never touched), while the providers answer 10 % of calls with a 5xx,
 leave 2 % unanswered (timeouts) and cut 5 % of their answers off half-way (the
 call made in full: a post is up, an image billed), Wix's Query Posts index
-shows a post only 30 s after it was made (WIX_QUERY_LAG), and in turn:
+shows a post only 30 s after it was made (WIX_QUERY_LAG), OpenAI lists a
+stored completion 20 s after it (OPENAI_STORED_LAG), and in turn:
 
 1. normal running: the baseline throughput (completions per second);
 2. the broker SIGKILLed, restarted 60 s later: log lines per second and RSS of
@@ -208,6 +209,7 @@ async def final_count(outcomes: Outcomes, ids: list[str]) -> int:
 WINDOW = 30.0  # every budget's window (worker and simulator alike)
 PROVIDER_FAULTS = {"error_rate": 0.10, "timeout_rate": 0.02, "timeout_seconds": 15.0, "cut_rate": 0.05}
 WIX_QUERY_LAG = 30.0  # Query Posts misses posts made this recently: a lost create's post must still be found
+OPENAI_STORED_LAG = 20.0  # OpenAI lists a stored completion this long after it: a lost article must still be found
 CLIENT_TIMEOUT = 8.0  # the workers' provider timeouts: a call left unanswered ends as a timeout after this
 BROKER_OUTAGE, POSTGRES_OUTAGE, KILL_EVERY, KILLS, SETTLE = 60.0, 30.0, 60.0, 4, 60.0
 BIN = 10.0  # seconds per throughput bin
@@ -247,7 +249,8 @@ class Chaos:
     def sim_config(self) -> dict[str, Any]:
         return {
             "window_seconds": WINDOW, "latency_scale": 1.0, "seed": 20261204,
-            "openai": {"rpm": self.per_window, "tpm": 5_000_000, **PROVIDER_FAULTS},
+            "openai": {"rpm": self.per_window, "tpm": 5_000_000, "stored_lag_seconds": OPENAI_STORED_LAG,
+                       **PROVIDER_FAULTS},
             "replicate": {"create_rpm": 2 * self.per_window, **PROVIDER_FAULTS},
             "wix": {"site_rpm": 200, "query_lag_seconds": WIX_QUERY_LAG, **PROVIDER_FAULTS},
         }
@@ -580,7 +583,7 @@ def report(result: dict[str, Any], png: str | None, busy: str) -> str:
         "the binding limit. Providers answer 10 % of calls with a 5xx, leave 2 % unanswered "
         f"(the workers time out after {s['client_timeout_s']:g} s) and cut 5 % of their answers off "
         f"half-way, after the call was made. Wix's Query Posts index shows a post {WIX_QUERY_LAG:g} s after it "
-        "was made. Static membership: "
+        f"was made, OpenAI lists a stored completion {OPENAI_STORED_LAG:g} s after it was written. Static membership: "
         f"{'on' if s['static_membership'] else 'off'}. {busy}",
         "",
     ]

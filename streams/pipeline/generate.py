@@ -22,8 +22,10 @@ from streams.limiter.client import budgets
 from streams.limiter.specs import OPENAI_REQUESTS, OPENAI_TOKENS
 from streams.contract import decode_request
 from streams.pipeline.stage import (
-    StageCancelled, StageFailed, call_with_permits, check_written, current_effect, effect_once, now_ms, slot_of,
+    EFFECT_LEASE_SECONDS, StageCancelled, StageFailed, call_with_permits, check_written, current_effect, effect_once,
+    look_until_found, now_ms, slot_of,
 )
+from streams.settings import settings
 
 STAGE = "generate"
 
@@ -59,14 +61,18 @@ async def write_draft(request: dict[str, Any], deps: Deps) -> dict[str, Any] | N
             await budgets.settle(permit, OPENAI_TOKENS, used, result.rate_limit)  # with the answer's x-ratelimit-*
 
         async def found_lost(exc: ProviderError) -> Any:  # after a failed try, before the next one
-            return await find_lost_article(deps, writer, request, slot=slot, lane=lane) \
-                if answer_may_be_lost(exc) else None
+            if not answer_may_be_lost(exc):
+                return None
+            return await find_lost_article(deps, writer, request, slot=slot, lane=lane,
+                                           wait=settings.openai_lost_answer_wait_seconds)
 
         # A claim taken over from a worker that died mid-call (or gave up after losing an answer): that call
-        # may have been answered and paid. This look-up's permit is the run's first: it takes the slot.
+        # may have been answered and paid. Its worker was last heard of a lease ago or more: the wait is what
+        # is left of it. This look-up's permit is the run's first: it takes the slot.
         under_way = current_effect()
         if under_way is not None and under_way.taken_over and (found := await find_lost_article(
-                deps, writer, request, slot=slot, lane=lane, slot_limit=site.max_in_flight, weight=site.weight)):
+                deps, writer, request, slot=slot, lane=lane, slot_limit=site.max_in_flight, weight=site.weight,
+                wait=max(0.0, settings.openai_lost_answer_wait_seconds - EFFECT_LEASE_SECONDS))):
             result = found
         else:
             # Before the permit too: a held site's request must not wait for an in-flight slot (those of its
@@ -133,21 +139,23 @@ async def write_article(writer: Any, request: dict[str, Any]) -> Any:
 
 
 async def find_lost_article(deps: Deps, writer: Any, request: dict[str, Any], *, slot: str, lane: str,
-                            slot_limit: int | None = None, weight: float = 1.0) -> Any:
-    """The article OpenAI stored for the request (an earlier call's, its answer lost), None if none is listed.
+                            slot_limit: int | None = None, weight: float = 1.0, wait: float = 0.0) -> Any:
+    """The article OpenAI stored for the request (an earlier call's, its answer lost), None if none is listed
+    within `wait` seconds.
 
-    One List Chat Completions call on a request permit of its own (no tokens), in the stage's retry loop; its
-    cost recorded once, under the completion's id. OpenAI does not say how soon a stored completion is
-    listed: one not listed yet is paid again (the look-up narrows that, it cannot close it).
+    Each look is one List Chat Completions call on a request permit of its own (no tokens), in the stage's
+    retry loop; the cost of what it finds is recorded once, under the completion's id. OpenAI does not say how
+    soon a stored completion is listed: it is looked for again until `wait` has passed (look_until_found);
+    one listed later than that is paid again.
     """
     if not writer.stores_completions:
         return None
     request_id, site_id = request["request_id"], request["site_id"]
-    found = await call_with_permits(
+    found = await look_until_found(lambda: call_with_permits(
         stage=STAGE, request_id=request_id, site_id=site_id, needs={OPENAI_REQUESTS: 1}, slot=slot, lane=lane,
         slot_limit=slot_limit, weight=weight,
         call=lambda: writer.find_stored_article(request, request_id=request_id),
-    )
+    ), seconds=wait)
     if found is None:
         return None
     metrics.stored_articles_found.inc()

@@ -441,6 +441,24 @@ async def call_with_permits(
         return result
 
 
+async def look_until_found(look: Callable[[], Awaitable[Any]], *, seconds: float) -> Any:
+    """`look()` until it finds something (not None), for up to `seconds` after the first look; None if it never did.
+
+    For what a provider shows only a while after the call that made it (OpenAI lists a stored completion some
+    time after it is written): a first look at once, then at a quarter of `seconds`, doubling, the last at
+    `seconds`, so a late result costs a few looks, not one per back-off. A stopping worker looks no more.
+    """
+    first = retry_clock()
+    pause = max(settings.retry_base_seconds, seconds / 4)
+    while True:
+        found = await look()
+        left = seconds - (retry_clock() - first)
+        if found is not None or left <= 0 or STOPPING.stopping:
+            return found
+        await _back_off(min(pause, left))
+        pause *= 2
+
+
 def retry_clock() -> float:
     """The clock of the retry patience (a name of its own so tests can run it fast)."""
     return time.monotonic()

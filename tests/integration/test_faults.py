@@ -187,8 +187,10 @@ async def test_providers_answering_5xx_nothing_at_all_or_half_an_answer_end_ever
     # cut_rate: the call is done (billed, the post made) and its answer ends half-way: the stage cannot
     # tell whether it was, and must neither lose the request nor post it twice.
     faults = {"error_rate": 0.15, "timeout_rate": 0.05, "timeout_seconds": 5.0, "cut_rate": 0.1}
-    sim.configure({**LATENCY, "openai": faults, "replicate": faults, "wix": faults})
-    timeouts = {"openai_timeout": 2.0, "replicate_timeout": 2.0, "wix_timeout": 2.0, "retry_base_seconds": 0.3}
+    # OpenAI lists a stored completion 3 s after it is written: a lost article is looked for until it shows.
+    sim.configure({**LATENCY, "openai": {**faults, "stored_lag_seconds": 3.0}, "replicate": faults, "wix": faults})
+    timeouts = {"openai_timeout": 2.0, "replicate_timeout": 2.0, "wix_timeout": 2.0, "retry_base_seconds": 0.3,
+                "openai_lost_answer_wait_seconds": 10.0}
     pipeline = Pipeline(database=outcomes.database, sim_url=sim.url, settings=timeouts)
     try:
         pipeline.start_worker(), pipeline.start_worker()

@@ -20,6 +20,30 @@ def sim_server(request):
         yield server
 
 
+class RetryClock:
+    """stage.retry_clock and stage._back_off on a fake time: a back-off advances it, nothing waits."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def retry_clock(monkeypatch) -> RetryClock:
+    """The stage's retries and looks on a RetryClock."""
+    from streams.pipeline import stage
+
+    clock = RetryClock()
+    monkeypatch.setattr(stage, "retry_clock", clock)
+    monkeypatch.setattr(stage, "_back_off", clock.sleep)
+    return clock
+
+
 class GrantedPermits:
     """Budgets that grant every ask after one turn of the loop, keeping each ask's needs and lane."""
 

@@ -34,14 +34,15 @@ LOST, BEFORE, FINISHED_NOT, THROTTLED, OK = "lost", "before", "503", "429", "ok"
 
 class StoringOpenAI:
     """OpenAI with stored completions. `outcomes`: what each create does in turn (then OK); `list_fails`: how many
-    look-ups fail before one answers."""
+    look-ups fail before one answers; a stored completion is listed `lag` seconds after it is written (on the
+    stage's retry clock, `clock`)."""
 
     stores_completions = True
 
-    def __init__(self, outcomes: list[str], list_fails: int = 0) -> None:
-        self.outcomes, self.list_fails = list(outcomes), list_fails
+    def __init__(self, outcomes: list[str], list_fails: int = 0, lag: float = 0.0) -> None:
+        self.outcomes, self.list_fails, self.lag = list(outcomes), list_fails, lag
         self.paid: list[str] = []      # completions written and billed
-        self.stored: list[str] = []
+        self.stored: list[tuple[str, float]] = []   # (completion id, when it is listed)
         self.calls: list[str] = []     # "create" / "list", in order
 
     def estimate_tokens(self, request: dict[str, Any]) -> int:
@@ -63,7 +64,7 @@ class StoringOpenAI:
             raise RateLimited("openai", "Rate limit reached", status=429, retry_after=0.0)
         call_id = f"chatcmpl-{len(self.paid)}"
         self.paid.append(call_id)
-        self.stored.append(call_id)
+        self.stored.append((call_id, stage.retry_clock() + self.lag))
         if outcome == LOST:  # written and billed, the connection reset on the way back
             raise ProviderUnavailable("openai", "OpenAI's answer could not be read (ClientPayloadError)",
                                       retry_after=0.0)
@@ -74,7 +75,14 @@ class StoringOpenAI:
         if self.list_fails:
             self.list_fails -= 1
             raise ProviderUnavailable("openai", "Bad gateway.", status=502, retry_after=0.0)
-        return self._result(self.stored[-1], True) if self.stored else None
+        listed = [call_id for call_id, at in self.stored if at <= stage.retry_clock()]
+        return self._result(listed[-1], True) if listed else None
+
+
+@pytest.fixture(autouse=True)
+def clock(retry_clock):
+    """Back-offs and looks again on a fake clock: nothing waits (the stored completions' lag is on it too)."""
+    return retry_clock
 
 
 def _deps(writer: StoringOpenAI) -> Any:
@@ -108,22 +116,38 @@ async def test_after_a_failure_openai_did_not_finish_there_is_no_look_up(monkeyp
 
 
 @pytest.mark.asyncio
-async def test_a_look_up_that_finds_nothing_is_followed_by_the_call_on_a_permit_of_its_own(monkeypatch):
+async def test_a_look_up_that_finds_nothing_is_followed_by_the_call_on_a_permit_of_its_own(monkeypatch, clock):
     writer = StoringOpenAI([BEFORE])   # a timeout on the way there: nothing was written
+    started = clock.now
     drafted, permits = await _draft(monkeypatch, writer)
-    assert writer.calls == ["create", "list", "create"] and len(writer.paid) == 1
-    assert permits.by_budget()[OPENAI_REQUESTS] == 3
+    # Looked for over the whole wait (at once, a quarter in, then doubling), then written again.
+    assert writer.calls == ["create", "list", "list", "list", "list", "create"] and len(writer.paid) == 1
+    assert clock.now - started == pytest.approx(settings.openai_lost_answer_wait_seconds)
+    assert permits.by_budget()[OPENAI_REQUESTS] == 6
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("wait", [0.0, 5.0, 60.0, 600.0])
+async def test_a_completion_listed_later_than_the_wait_is_paid_again_after_a_few_looks(monkeypatch, wait):
+    """The limit of the look-up, stated: OpenAI listing a completion later than the wait costs a second article."""
+    monkeypatch.setattr(generate, "settings", settings.model_copy(update={"openai_lost_answer_wait_seconds": wait}))
+    writer = StoringOpenAI([LOST], lag=wait + 1)
+    await _draft(monkeypatch, writer)
+    assert len(writer.paid) == 2
+    assert 1 <= writer.calls.count("list") <= 4   # however long the wait, a few looks
 
 
 OUTCOMES = st.lists(st.sampled_from([LOST, BEFORE, FINISHED_NOT, THROTTLED]), max_size=4)
 
 
 @hsettings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(outcomes=OUTCOMES, list_fails=st.integers(0, 1))
-def test_an_article_is_paid_once_whatever_fails(monkeypatch, outcomes, list_fails):
+@given(outcomes=OUTCOMES, list_fails=st.integers(0, 1),
+       lag=st.sampled_from([0.0, 1.0, 14.0, 16.0, 44.0, 59.0, settings.openai_lost_answer_wait_seconds]))
+def test_an_article_is_paid_once_whatever_fails(monkeypatch, outcomes, list_fails, lag):
+    """However long (within the wait) OpenAI takes to list a stored completion."""
     import asyncio
 
-    writer = StoringOpenAI(outcomes, list_fails)
+    writer = StoringOpenAI(outcomes, list_fails, lag)
     drafted, permits = asyncio.run(_draft(monkeypatch, writer))
     assert drafted["article"]["title"] == "T"
     assert len(writer.paid) == 1, (outcomes, writer.calls)   # a lost answer is found, never written again
@@ -183,18 +207,24 @@ class TakenOverLedger(LedgerDb):
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("paid_before", [True, False])
-async def test_a_claim_taken_over_from_a_dead_worker_looks_for_its_article_first(monkeypatch, paid_before):
-    """The dead worker's call may have been answered and paid (its answer died with it), or never sent."""
+@pytest.mark.parametrize("listed_in", [None, 0.0, 20.0])
+async def test_a_claim_taken_over_from_a_dead_worker_looks_for_its_article_first(monkeypatch, clock, listed_in):
+    """The dead worker's call may have been answered and paid (its answer died with it, listed `listed_in` s after
+    the takeover), or never sent (None). Its worker was alive a lease ago at most: what is left of the wait."""
     writer = StoringOpenAI([])
-    if paid_before:
+    if listed_in is not None:
         writer.paid.append("chatcmpl-dead")
-        writer.stored.append("chatcmpl-dead")
+        writer.stored.append(("chatcmpl-dead", clock.now + listed_in))
     permits = grant_all(monkeypatch, stage, generate)
     deps = _deps(writer)
     deps.db = TakenOverLedger({})
     request = {"request_id": "req-1", "site_id": "shop-1", "topic": "Tea", "requested_at": 1}
+    started = clock.now
     drafted = await generate.write_draft(request, deps)
     assert drafted["article"]["title"] == "T" and len(writer.paid) == 1
-    assert writer.calls == (["list"] if paid_before else ["list", "create"])
+    left = settings.openai_lost_answer_wait_seconds - stage.EFFECT_LEASE_SECONDS
+    if listed_in is None:
+        assert writer.calls == ["list"] * 4 + ["create"] and clock.now - started == pytest.approx(left)
+    else:
+        assert writer.calls == ["list"] * writer.calls.count("list") and clock.now - started >= listed_in
     assert permits.by_budget()[OPENAI_REQUESTS] == len(writer.calls)

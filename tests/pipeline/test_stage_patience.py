@@ -15,18 +15,7 @@ from connectors.errors import ProviderUnavailable, RejectedRequest
 from streams.limiter.client import Permit
 from streams.pipeline import stage
 
-
-class Clock:
-    """stage.retry_clock and stage._back_off on a fake time: a back-off advances it, nothing waits."""
-
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
+from .conftest import RetryClock
 
 
 class AlwaysGranted:
@@ -44,7 +33,7 @@ class AlwaysGranted:
 def test_a_passing_failure_fails_a_request_only_after_both_the_attempts_and_the_patience_are_spent(
     fail_first, max_attempts, patience, base, retry_after
 ):
-    clock = Clock()
+    clock = RetryClock()
     calls: list[float] = []
 
     async def call():
@@ -90,7 +79,7 @@ def _last_wait(calls: list[float], n: int) -> float:
 def failing_for_good(monkeypatch, make_error) -> tuple[stage.StageFailed, list[float]]:
     """call_with_permits on the fake clock with a call that always raises `make_error(n)` (n: its try):
     the StageFailed it ends with, and when each try was made."""
-    clock = Clock()
+    clock = RetryClock()
     monkeypatch.setattr(stage, "retry_clock", clock)
     monkeypatch.setattr(stage, "_back_off", clock.sleep)
     monkeypatch.setattr(stage, "budgets", AlwaysGranted())
@@ -133,3 +122,26 @@ def test_an_answer_billed_but_unusable_is_paid_for_at_most_max_attempts_times(mo
     assert len(calls) == 6, f"{len(calls)} paid answers over {calls[-1] - calls[0]:.0f} s"
     assert "retry it later" not in failed.message  # the provider did not fail: its answers were unusable
     assert "lower target_words" in failed.message and "blogstream retry req-2" in failed.action
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(seconds=st.sampled_from([0.0, 0.5, 3.0, 3.99, 4.0, 30.0, 60.0, 600.0]),
+       shows_at=st.one_of(st.none(), st.floats(0.0, 700.0)), base=st.sampled_from([0.1, 1.0]))
+def test_looking_until_found_finds_what_shows_within_the_wait_in_at_most_four_looks(seconds, shows_at, base):
+    clock = RetryClock()
+    looks: list[float] = []
+
+    async def look():
+        looks.append(clock.now - 1_000.0)
+        return "found" if shows_at is not None and clock.now - 1_000.0 >= shows_at else None
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(stage, "settings", stage.settings.model_copy(update={"retry_base_seconds": base}))
+        mp.setattr(stage, "retry_clock", clock)
+        mp.setattr(stage, "_back_off", clock.sleep)
+        found = asyncio.run(stage.look_until_found(look, seconds=seconds))
+
+    assert (found == "found") == (shows_at is not None and shows_at <= seconds)
+    assert 1 <= len(looks) <= 4 and looks[0] == 0.0 and looks[-1] <= seconds + 1e-9
+    if found is None:
+        assert looks[-1] == pytest.approx(seconds)   # the last look is at the end of the wait, not before
