@@ -59,6 +59,17 @@ log = logging.getLogger(__name__)
 PROVIDER = "openai"
 STORED_REQUEST_KEY = "blogstream_request_id"  # the metadata key a stored completion is found again by
 
+
+def stored_metadata(request_id: str) -> dict[str, str]:
+    """The metadata a completion is stored and found again under (OpenAI takes values up to 512 characters)."""
+    return {STORED_REQUEST_KEY: request_id[:512]}
+
+
+def _unreadable(exc: Exception) -> ProviderUnavailable:
+    """What the SDK's aiohttp transport does not turn into its own errors (a status line that is not HTTP, a
+    header line too long): the call may have reached OpenAI."""
+    return ProviderUnavailable(PROVIDER, f"OpenAI's answer could not be read ({type(exc).__name__})")
+
 ARTICLE_FIELDS = ("title", "slug", "excerpt", "body", "tags", "image_prompt", "image_alt")
 
 # Strict structured output: the model must return exactly these fields.
@@ -439,7 +450,7 @@ class ArticleWriter(AsyncClosing):
         }
         if self._store and request_id:
             body["store"] = True
-            body["metadata"] = {STORED_REQUEST_KEY: request_id[:512]}
+            body["metadata"] = stored_metadata(request_id)
         try:
             # chat.completions.create() walks the body through its TypedDicts first (0.37 ms
             # a call, 6% of a blog's CPU: docs/bench-capacity.md); ours is plain JSON already,
@@ -454,9 +465,7 @@ class ArticleWriter(AsyncClosing):
         except openai.APIError as exc:
             raise self._map_error(exc) from exc
         except (aiohttp.ClientError, httpx2.HTTPError) as exc:
-            # What the SDK's aiohttp transport does not turn into its own errors (a status line
-            # that is not HTTP, a header line too long): the call may have reached OpenAI.
-            raise ProviderUnavailable(PROVIDER, f"OpenAI's answer could not be read ({type(exc).__name__})") from exc
+            raise _unreadable(exc) from exc
         rate_limit = parse_rate_limit_headers(raw.headers)
         # The body read as plain JSON, not `raw.parse()`: the SDK's model construction for
         # a ChatCompletion cost 0.1 ms a call (docs/bench-capacity.md), and we read five fields.
@@ -484,7 +493,8 @@ class ArticleWriter(AsyncClosing):
         One List Chat Completions call (filtered by the request id's metadata, newest first). Only a
         complete answer counts (an article the checks take); None when there is none, when storing is off,
         or when the list is not there or not allowed (404, 403, 400: logged), so the article is written again.
-        OpenAI does not say how soon a stored completion is listed: one not listed yet is paid again.
+        OpenAI does not say how soon a stored completion is listed: the stage looks again a while
+        (streams/pipeline/generate.py, `openai_lost_answer_wait_seconds`) before it writes the article again.
         """
         if not self._store:
             return None
@@ -493,7 +503,7 @@ class ArticleWriter(AsyncClosing):
             # answered (gpt-4o-mini-2024-07-18), not the name asked for. Raw: the page is read as plain JSON
             # below, so no answer of any shape can fail the look-up.
             raw = await self._client.chat.completions.with_raw_response.list(
-                metadata={STORED_REQUEST_KEY: request_id[:512]}, order="desc", limit=20)
+                metadata=stored_metadata(request_id), order="desc", limit=20)
             body = read_json(raw.content)
         except (openai.NotFoundError, openai.PermissionDeniedError, openai.BadRequestError) as exc:
             # No list here (an OpenAI-compatible server), or a key not allowed to read it: the article is
@@ -504,16 +514,16 @@ class ArticleWriter(AsyncClosing):
         except openai.APIError as exc:
             raise self._map_error(exc) from exc
         except (aiohttp.ClientError, httpx2.HTTPError) as exc:
-            raise ProviderUnavailable(PROVIDER, f"OpenAI's answer could not be read ({type(exc).__name__})") from exc
+            raise _unreadable(exc) from exc
         except ValueError:  # a 2xx whose body is not JSON: nothing to find in it
             log.warning("the stored completions of %s were answered with no JSON; the article is written again",
                         request_id)
             return None
-        max_tokens = self.max_tokens_for(request)
+        max_tokens, wanted = self.max_tokens_for(request), stored_metadata(request_id)[STORED_REQUEST_KEY]
         data = json_object(body).get("data")
         for completion in data if isinstance(data, list) else []:
             completion = json_object(completion)
-            if json_object(completion.get("metadata")).get(STORED_REQUEST_KEY) != request_id[:512]:
+            if json_object(completion.get("metadata")).get(STORED_REQUEST_KEY) != wanted:
                 continue
             article, tokens, billed = read_completion(completion, model=self._model, max_tokens=max_tokens,
                                                       fallback_id=f"stored:{request_id}", redact=self._redact)
