@@ -6,7 +6,7 @@ stack is never touched), while the providers answer 10 % of calls with a 5xx,
 leave 2 % unanswered (timeouts) and cut 5 % of their answers off half-way (the
 call made in full: a post is up, an image billed), Wix's Query Posts index
 shows a post only 30 s after it was made (WIX_QUERY_LAG), OpenAI lists a
-stored completion 20 s after it (OPENAI_STORED_LAG), and in turn:
+stored completion 10 s after it (OPENAI_STORED_LAG), and in turn:
 
 1. normal running: the baseline throughput (completions per second);
 2. the broker SIGKILLed, restarted 60 s later: log lines per second and RSS of
@@ -209,7 +209,7 @@ async def final_count(outcomes: Outcomes, ids: list[str]) -> int:
 WINDOW = 30.0  # every budget's window (worker and simulator alike)
 PROVIDER_FAULTS = {"error_rate": 0.10, "timeout_rate": 0.02, "timeout_seconds": 15.0, "cut_rate": 0.05}
 WIX_QUERY_LAG = 30.0  # Query Posts misses posts made this recently: a lost create's post must still be found
-OPENAI_STORED_LAG = 20.0  # OpenAI lists a stored completion this long after it: a lost article must still be found
+OPENAI_STORED_LAG = 10.0  # OpenAI lists a stored completion this long after it: a lost article must still be found
 CLIENT_TIMEOUT = 8.0  # the workers' provider timeouts: a call left unanswered ends as a timeout after this
 BROKER_OUTAGE, POSTGRES_OUTAGE, KILL_EVERY, KILLS, SETTLE = 60.0, 30.0, 60.0, 4, 60.0
 BIN = 10.0  # seconds per throughput bin

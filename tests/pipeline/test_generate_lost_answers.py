@@ -137,12 +137,13 @@ async def test_a_completion_listed_later_than_the_wait_is_paid_again_after_a_few
     assert 1 <= writer.calls.count("list") <= 4   # however long the wait, a few looks
 
 
+WAIT = settings.openai_lost_answer_wait_seconds
 OUTCOMES = st.lists(st.sampled_from([LOST, BEFORE, FINISHED_NOT, THROTTLED]), max_size=4)
 
 
 @hsettings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(outcomes=OUTCOMES, list_fails=st.integers(0, 1),
-       lag=st.sampled_from([0.0, 1.0, 14.0, 16.0, 44.0, 59.0, settings.openai_lost_answer_wait_seconds]))
+       lag=st.sampled_from([0.0, 1.0, WAIT / 4 - 1, WAIT / 4 + 1, 3 * WAIT / 4 - 1, WAIT - 1, WAIT]))
 def test_an_article_is_paid_once_whatever_fails(monkeypatch, outcomes, list_fails, lag):
     """However long (within the wait) OpenAI takes to list a stored completion."""
     import asyncio
@@ -211,6 +212,7 @@ class TakenOverLedger(LedgerDb):
 async def test_a_claim_taken_over_from_a_dead_worker_looks_for_its_article_first(monkeypatch, clock, listed_in):
     """The dead worker's call may have been answered and paid (its answer died with it, listed `listed_in` s after
     the takeover), or never sent (None). Its worker was alive a lease ago at most: what is left of the wait."""
+    monkeypatch.setattr(generate, "settings", settings.model_copy(update={"openai_lost_answer_wait_seconds": 60.0}))
     writer = StoringOpenAI([])
     if listed_in is not None:
         writer.paid.append("chatcmpl-dead")
@@ -222,9 +224,21 @@ async def test_a_claim_taken_over_from_a_dead_worker_looks_for_its_article_first
     started = clock.now
     drafted = await generate.write_draft(request, deps)
     assert drafted["article"]["title"] == "T" and len(writer.paid) == 1
-    left = settings.openai_lost_answer_wait_seconds - stage.EFFECT_LEASE_SECONDS
+    left = 60.0 - stage.EFFECT_LEASE_SECONDS
     if listed_in is None:
         assert writer.calls == ["list"] * 4 + ["create"] and clock.now - started == pytest.approx(left)
     else:
         assert writer.calls == ["list"] * writer.calls.count("list") and clock.now - started >= listed_in
     assert permits.by_budget()[OPENAI_REQUESTS] == len(writer.calls)
+
+
+@pytest.mark.asyncio
+async def test_with_the_default_wait_a_takeover_looks_once(monkeypatch):
+    """The default wait is no longer than the lease: a claim lapses a lease after its worker was last heard of."""
+    assert settings.openai_lost_answer_wait_seconds <= stage.EFFECT_LEASE_SECONDS
+    writer = StoringOpenAI([])
+    grant_all(monkeypatch, stage, generate)
+    deps = _deps(writer)
+    deps.db = TakenOverLedger({})
+    await generate.write_draft({"request_id": "req-1", "site_id": "shop-1", "topic": "Tea", "requested_at": 1}, deps)
+    assert writer.calls == ["list", "create"]
