@@ -360,9 +360,11 @@ async def wait_while_moving(outcomes: Outcomes, ids: list[str], stall: float, li
         await asyncio.sleep(2.0)
 
 
-async def stuck_diagnosis(outcomes: Outcomes, ids: list[str], app_id: str) -> dict[str, Any]:
+async def stuck_diagnosis(outcomes: Outcomes, ids: list[str], app_id: str,
+                          names: dict[int, str] | None = None) -> dict[str, Any]:
     """Where unfinished requests are: pending per site, effect claims whose lease ran out with nobody
-    taking them over, and the site slots the limiter counts as taken (its last published figures)."""
+    taking them over, and the site slots the limiter counts as taken (its last published figures).
+    `names`: the worker names by process id, so a claim's holder (host-pid-suffix) says which log to read."""
     import asyncpg
 
     from store.limiter_snapshot import read_snapshot
@@ -379,8 +381,19 @@ async def stuck_diagnosis(outcomes: Outcomes, ids: list[str], app_id: str) -> di
         snapshot = await read_snapshot(conn, app_id)
     finally:
         await conn.close()
+    for claim in claims:
+        claim["worker"] = holder_named(claim["worker"], names or {})
     slots = (snapshot.figures.get("slots") or {}) if snapshot is not None else None
     return {"pending_by_site": pending_by_site, "open_claims": claims, "slots_taken": slots}
+
+
+def holder_named(holder: str, names: dict[int, str]) -> str:
+    """A claim's holder (the worker's limiter instance, host-pid-suffix) with the worker's name when its pid is
+    one of `names`: "vm-10129-f99fb2 (chaos-w3)"."""
+    parts = holder.rsplit("-", 2)
+    if len(parts) == 3 and parts[1].isdigit() and int(parts[1]) in names:
+        return f"{holder} ({names[int(parts[1])]})"
+    return holder
 
 
 async def pending(outcomes: Outcomes, ids: list[str]) -> int:
@@ -454,7 +467,9 @@ async def run(chaos: Chaos) -> dict[str, Any]:
                 except AssertionError as broken:
                     checks = {"problems": str(broken), "stalled": stalled,
                               "statuses": dict(Counter(r["status"] for r in rows.values())),
-                              "diagnosis": await stuck_diagnosis(outcomes, ids, pipeline.name)}
+                              "diagnosis": await stuck_diagnosis(
+                                  outcomes, ids, pipeline.name,
+                                  {w.proc.pid: w.name for w in workers if w.proc is not None})}
                 times = await completions(outcomes, ids)
                 logs = {w.name: w.log_text() for w in workers}
             finally:
