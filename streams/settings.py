@@ -130,8 +130,9 @@ class Settings(BaseSettings):
     openai_store_completions: bool = True
     # After an answer that may be lost, its stored completion is looked for this long before the article is
     # written again: OpenAI lists a stored completion some time after it is written (it does not say how long),
-    # and a call our client gave up on may still be being written. 0: one look. (generate.py)
-    openai_lost_answer_wait_seconds: float = Field(30.0, ge=0)
+    # and a call our client gave up on may still be being written. 0: one look. At most 10 minutes: the request
+    # holds its site's in-flight slot meanwhile. (generate.py)
+    openai_lost_answer_wait_seconds: float = Field(30.0, ge=0, le=600)
     replicate_base_url: str = _provider("replicate_base_url", f"{SIMULATORS}/replicate", pattern=_URL, **_accepts("an http(s) URL"))
     replicate_api_token: str = _provider("replicate_api_token", "r8_simulator", min_length=1)
     replicate_model: str = Field("black-forest-labs/flux-schnell", min_length=1)

@@ -22,7 +22,7 @@ from streams.limiter.client import budgets
 from streams.limiter.specs import OPENAI_REQUESTS, OPENAI_TOKENS
 from streams.contract import decode_request
 from streams.pipeline.stage import (
-    EFFECT_LEASE_SECONDS, StageCancelled, StageFailed, call_with_permits, check_written, current_effect, effect_once,
+    StageCancelled, StageFailed, call_with_permits, check_written, current_effect, effect_once,
     look_until_found, now_ms, slot_of,
 )
 from streams.settings import settings
@@ -66,13 +66,19 @@ async def write_draft(request: dict[str, Any], deps: Deps) -> dict[str, Any] | N
             return await find_lost_article(deps, writer, request, slot=slot, lane=lane,
                                            wait=settings.openai_lost_answer_wait_seconds)
 
-        # A claim taken over from a worker that died mid-call (or gave up after losing an answer): that call
-        # may have been answered and paid. Its worker was last heard of a lease ago or more: the wait is what
-        # is left of it. This look-up's permit is the run's first: it takes the slot.
+        # A claim taken over from a worker that died mid-call, or that stopped or gave up after losing an answer:
+        # that call may have been answered and paid, or still be being written. When is not known (a claim left
+        # to lapse is free at once, and a dead worker's call may have been sent just before it died), so the
+        # whole wait. Until something is found or written, the claim would lapse again, not be freed: a stop or a
+        # failed look here must leave the next run looking too. This look-up's permit is the run's first: it
+        # takes the slot.
         under_way = current_effect()
-        if under_way is not None and under_way.taken_over and (found := await find_lost_article(
+        taken_over = under_way is not None and under_way.taken_over
+        if taken_over:
+            under_way.maybe_done = True
+        if taken_over and (found := await find_lost_article(
                 deps, writer, request, slot=slot, lane=lane, slot_limit=site.max_in_flight, weight=site.weight,
-                wait=max(0.0, settings.openai_lost_answer_wait_seconds - EFFECT_LEASE_SECONDS))):
+                wait=settings.openai_lost_answer_wait_seconds)):
             result = found
         else:
             # Before the permit too: a held site's request must not wait for an in-flight slot (those of its

@@ -453,7 +453,7 @@ async def look_until_found(look: Callable[[], Awaitable[Any]], *, seconds: float
     while True:
         found = await look()
         left = seconds - (retry_clock() - first)
-        if found is not None or left <= 0 or STOPPING.stopping:
+        if found is not None or left <= 1e-6 or STOPPING.stopping:  # (not 0: float sums of the pauses)
             return found
         await _back_off(min(pause, left))
         pause *= 2

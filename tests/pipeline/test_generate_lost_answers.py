@@ -208,11 +208,10 @@ class TakenOverLedger(LedgerDb):
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("listed_in", [None, 0.0, 20.0])
+@pytest.mark.parametrize("listed_in", [None, 0.0, WAIT / 2, WAIT])
 async def test_a_claim_taken_over_from_a_dead_worker_looks_for_its_article_first(monkeypatch, clock, listed_in):
     """The dead worker's call may have been answered and paid (its answer died with it, listed `listed_in` s after
-    the takeover), or never sent (None). Its worker was alive a lease ago at most: what is left of the wait."""
-    monkeypatch.setattr(generate, "settings", settings.model_copy(update={"openai_lost_answer_wait_seconds": 60.0}))
+    the takeover), or never sent (None). When it was sent is not known: the whole wait."""
     writer = StoringOpenAI([])
     if listed_in is not None:
         writer.paid.append("chatcmpl-dead")
@@ -224,21 +223,35 @@ async def test_a_claim_taken_over_from_a_dead_worker_looks_for_its_article_first
     started = clock.now
     drafted = await generate.write_draft(request, deps)
     assert drafted["article"]["title"] == "T" and len(writer.paid) == 1
-    left = 60.0 - stage.EFFECT_LEASE_SECONDS
     if listed_in is None:
-        assert writer.calls == ["list"] * 4 + ["create"] and clock.now - started == pytest.approx(left)
+        assert writer.calls == ["list"] * 4 + ["create"] and clock.now - started == pytest.approx(WAIT)
     else:
         assert writer.calls == ["list"] * writer.calls.count("list") and clock.now - started >= listed_in
     assert permits.by_budget()[OPENAI_REQUESTS] == len(writer.calls)
 
 
 @pytest.mark.asyncio
-async def test_with_the_default_wait_a_takeover_looks_once(monkeypatch):
-    """The default wait is no longer than the lease: a claim lapses a lease after its worker was last heard of."""
-    assert settings.openai_lost_answer_wait_seconds <= stage.EFFECT_LEASE_SECONDS
+@pytest.mark.parametrize("ends", ["stop", "look fails"])
+async def test_a_takeover_ended_during_its_look_leaves_the_claim_to_lapse(monkeypatch, ends):
+    """A stop while it looks, or a look that fails for good: the next run must be told to look too, so the
+    claim lapses (it is not freed, which would give the next run a fresh claim that does not look)."""
     writer = StoringOpenAI([])
+
+    async def find_stored_article(request, *, request_id):
+        writer.calls.append("list")
+        if ends == "stop":
+            stage.STOPPING.stopping = True
+            return None
+        raise ProviderUnavailable("openai", "Bad gateway.", status=502, retry_after=0.0)
+
+    writer.find_stored_article = find_stored_article
+    monkeypatch.setattr(stage, "settings", settings.model_copy(update={"retry_patience_seconds": 0}))
+    monkeypatch.setattr(stage.STOPPING, "stopping", False)
     grant_all(monkeypatch, stage, generate)
     deps = _deps(writer)
     deps.db = TakenOverLedger({})
-    await generate.write_draft({"request_id": "req-1", "site_id": "shop-1", "topic": "Tea", "requested_at": 1}, deps)
-    assert writer.calls == ["list", "create"]
+    request = {"request_id": "req-1", "site_id": "shop-1", "topic": "Tea", "requested_at": 1}
+    with pytest.raises(Exception):
+        await generate.write_draft(request, deps)
+    assert deps.db.freed == [("lapsed", "req-1", "generate")]
+    assert "create" not in writer.calls
