@@ -54,6 +54,28 @@ def invalid_request(status: int, message: str, code: Optional[str] = None, param
     return json_response(api_error(message, "invalid_request_error", code, param), status)
 
 
+METADATA_PAIRS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
+
+
+def metadata_problem(metadata: Any) -> Optional[str]:
+    """Why a create's `metadata` is refused, None when it is fine: OpenAI's one rule for the metadata of a chat
+    completion (openai_stored.py) and of a batch."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        return "Invalid type for 'metadata': expected an object."
+    if len(metadata) > METADATA_PAIRS:
+        return f"Invalid 'metadata': too many properties. Expected at most {METADATA_PAIRS}."
+    for key, value in metadata.items():
+        if len(key) > METADATA_KEY_CHARS:
+            return f"Invalid 'metadata': key '{key[:20]}...' is longer than {METADATA_KEY_CHARS} characters."
+        if not isinstance(value, str):
+            return f"Invalid type for 'metadata.{key}': expected a string."
+        if len(value) > METADATA_VALUE_CHARS:
+            return f"Invalid 'metadata.{key}': string too long. Expected at most {METADATA_VALUE_CHARS} characters."
+    return None
+
+
 def _ts(t: Optional[float]) -> Optional[int]:
     return None if t is None else int(t)
 
@@ -426,9 +448,7 @@ class OpenAIBatches:
             return invalid_request(400, "Invalid value for 'completion_window': only '24h' is supported.", "invalid_value",
                         "completion_window")
         meta = body.get("metadata")
-        if meta is not None and not (isinstance(meta, dict) and len(meta) <= 16 and all(
-                isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
-                for k, v in meta.items())):
+        if metadata_problem(meta) is not None:  # the batch says it in one message of its own
             return invalid_request(400, "Invalid 'metadata': at most 16 string keys (64 characters) with string values "
                              "(512 characters).", "invalid_value", "metadata")
         b = Batch(body["input_file_id"], meta, self.now(), self.cfg, self.sim.state.latency_scale)

@@ -14,8 +14,8 @@ from aiohttp import web
 from .common import SimContext, json_response, provider_latency, read_json, roll, sleep
 from .content import (ARTICLE_SCHEMA, TextGen, messages_text, plain_content, prompt_chars,
                       structured_content, tokens_for)
-from .openai_batches import ORG, OpenAIBatches, api_error as _err, unauthorized
-from .openai_stored import StoredCompletions, metadata_problem
+from .openai_batches import ORG, OpenAIBatches, api_error as _err, metadata_problem, unauthorized
+from .openai_stored import StoredCompletions
 from .window import (Decision, ProviderLedger, SlidingWindow, format_duration,
                      max_requests_in_any_window, max_tokens_in_any_window)
 

@@ -18,33 +18,14 @@ and never in the window; `timeout_rate` and `cut_rate` apply to them like to eve
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import Any
 
 from aiohttp import web
 
 from .common import json_response
 from .openai_batches import invalid_request, unauthorized
 
-METADATA_PAIRS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
 _METADATA_PARAM = re.compile(r"^metadata\[(.+)\]$")
-
-
-def metadata_problem(metadata: Any) -> Optional[str]:
-    """Why a create's `metadata` is refused, None when it is fine."""
-    if metadata is None:
-        return None
-    if not isinstance(metadata, dict):
-        return "Invalid type for 'metadata': expected an object."
-    if len(metadata) > METADATA_PAIRS:
-        return f"Invalid 'metadata': too many properties. Expected at most {METADATA_PAIRS}."
-    for key, value in metadata.items():
-        if len(key) > METADATA_KEY_CHARS:
-            return f"Invalid 'metadata': key '{key[:20]}...' is longer than {METADATA_KEY_CHARS} characters."
-        if not isinstance(value, str):
-            return f"Invalid type for 'metadata.{key}': expected a string."
-        if len(value) > METADATA_VALUE_CHARS:
-            return f"Invalid 'metadata.{key}': string too long. Expected at most {METADATA_VALUE_CHARS} characters."
-    return None
 
 
 class StoredCompletions:
