@@ -498,12 +498,12 @@ class ArticleWriter(AsyncClosing):
         """
         if not self._store:
             return None
+        metadata = stored_metadata(request_id)
         try:
-            # By the request id alone, not the model: OpenAI stores a completion under the dated model that
-            # answered (gpt-4o-mini-2024-07-18), not the name asked for. Raw: the page is read as plain JSON
-            # below, so no answer of any shape can fail the look-up.
+            # By the request id alone, not the model: OpenAI stores a completion under the dated model that answered
+            # (gpt-4o-mini-2024-07-18). Raw: the page is read as plain JSON below, so no answer can fail the look-up.
             raw = await self._client.chat.completions.with_raw_response.list(
-                metadata=stored_metadata(request_id), order="desc", limit=20)
+                metadata=metadata, order="desc", limit=20)
             body = read_json(raw.content)
         except (openai.NotFoundError, openai.PermissionDeniedError, openai.BadRequestError) as exc:
             # No list here (an OpenAI-compatible server), or a key not allowed to read it: the article is
@@ -519,11 +519,11 @@ class ArticleWriter(AsyncClosing):
             log.warning("the stored completions of %s were answered with no JSON; the article is written again",
                         request_id)
             return None
-        max_tokens, wanted = self.max_tokens_for(request), stored_metadata(request_id)[STORED_REQUEST_KEY]
+        max_tokens = self.max_tokens_for(request)
         data = json_object(body).get("data")
         for completion in data if isinstance(data, list) else []:
             completion = json_object(completion)
-            if json_object(completion.get("metadata")).get(STORED_REQUEST_KEY) != wanted:
+            if json_object(completion.get("metadata")).get(STORED_REQUEST_KEY) != metadata[STORED_REQUEST_KEY]:
                 continue
             article, tokens, billed = read_completion(completion, model=self._model, max_tokens=max_tokens,
                                                       fallback_id=f"stored:{request_id}", redact=self._redact)
