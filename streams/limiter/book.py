@@ -24,7 +24,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from streams.limiter.asks import BULK, INTERACTIVE, LANE_RANK, Ask, Grant
 from streams.limiter.leases import LeaseRules
@@ -305,8 +305,15 @@ class BudgetBook(LeaseRules):
                     if not rank:  # the budgets it found too full (not its site's slots): kept for it
                         wanted.update(b for b, amount in ask.needs.items() if amount >= closed.get(b, math.inf))
                     still_open -= {b for b in ask.needs if self._closed_for_all(b, closed)}
-                line.following(key)
+                line.following(key, None if start is not None else self._slots_full(ask))
         return grants
+
+    def _slots_full(self, ask: Ask) -> Callable[[Ask], bool] | None:
+        """After `ask` found its site's slots full, its group's later asks refused a slot too need no look
+        (None: its budgets had no room). What such a look adds to `wanted` is there already: the ask that
+        closed a budget was interactive too, as every interactive ask comes before every bulk one."""
+        slot = self.slots.get(f"slots:{ask.site_id}") if ask.slot_limit is not None else None
+        return slot.refuses if slot is not None and slot.refuses(ask) else None
 
     def _closed_for_all(self, budget: str, closed: dict[str, float]) -> bool:
         """A budget closed for the smallest amount waiting on it has room for nobody."""
@@ -577,16 +584,10 @@ class BudgetBook(LeaseRules):
     def usage(self, name: str, now: float) -> dict[str, float]:
         rate = self.rate(name)
         rate._expire(now)
-        return {
-            "limit": rate.limit,
-            "effective_limit": rate.effective_limit(),
-            "used_in_window": rate.used_in_last(now, rate.window),
-            "used_in_span": rate.total,
-            "waiting": self._live.get(name, 0),
-            "granted_total": rate.granted_total,
-            "factor": round(rate.factor, 4),
-            "external": rate.external,
-        }
+        return {"limit": rate.limit, "effective_limit": rate.effective_limit(),
+                "used_in_window": rate.used_in_last(now, rate.window), "used_in_span": rate.total,
+                "waiting": self._live.get(name, 0), "granted_total": rate.granted_total,
+                "factor": round(rate.factor, 4), "external": rate.external}
 
     def used_by_site(self, name: str, now: float) -> dict[str, float]:
         """Each site's units of a budget in the current window (the split of `used_in_window`)."""

@@ -179,11 +179,15 @@ class Walk:
         """No group of this kind can be granted for the rest of the pass: take no more of them."""
         self._front.pop(kind, None)
 
-    def following(self, key: GroupKey) -> None:
-        """Push the group's next ask, once the one before it was looked at."""
+    def following(self, key: GroupKey, passed_over: Callable[[Any], bool] | None = None) -> None:
+        """Push the group's next ask, once the one before it was looked at; the asks `passed_over` says
+        the pass cannot grant (its site's slots are full) are not looked at."""
         cursor = self._cursors.get(key)
         if cursor is None:  # the group's first ask was the one looked at
             cursor = self._cursors[key] = iter(self._line._groups[key].values())
             next(cursor)
-        if (ask := next(cursor, None)) is not None:
+        ask = next(cursor, None)
+        while ask is not None and passed_over is not None and passed_over(ask):
+            ask = next(cursor, None)
+        if ask is not None:
             heapq.heappush(self.heap, (*self._line._place(ask), ask.ask_id, key))

@@ -38,6 +38,10 @@ class SlotBudget:
     def fits(self, now: float, request_id: str) -> bool:
         return request_id in self.holders or len(self.holders) < self.limit
 
+    def refuses(self, ask: Any) -> bool:
+        """Whether an ask for a slot at this limit is refused one (a pass only adds holders: until its end)."""
+        return ask.slot_limit == self.limit and not self.fits(0.0, ask.request_id)
+
     def add(self, now: float, request_id: str, owner: str = "") -> None:
         self.holders.setdefault(request_id, now)
         self.own(request_id, owner)

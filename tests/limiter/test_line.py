@@ -84,6 +84,62 @@ def test_the_grouped_pass_grants_what_a_heap_of_every_ask_grants(waves, limit, w
     assert set(books[0].waiting) == set(books[1].waiting)
 
 
+SLOT_ASKS = st.lists(st.tuples(st.integers(0, 2), st.sampled_from([INTERACTIVE, INTERACTIVE, BULK]),
+                               st.sampled_from(["openai", "openai", "wix"]), st.integers(0, 7),
+                               st.sampled_from([2, 2, 3, None])),
+                     min_size=1, max_size=80)
+
+
+@settings(deadline=None, max_examples=300, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(waves=st.lists(SLOT_ASKS, min_size=1, max_size=4), lookahead=st.sampled_from([0.0, 1.0]),
+       step=st.sampled_from([0.5, 4.0]), release=st.integers(0, 3))
+def test_asks_passed_over_for_full_slots_are_the_ones_a_heap_of_every_ask_refuses(waves, lookahead, step, release):
+    """Deep backlogs of few sites at their slot limit (2 or 3, changing), asks of requests that already hold a
+    slot among them, both lanes: passing over the asks refused a slot grants what looking at each one grants."""
+    specs = {REQ: {"limit": 6, "window": 10.0, "paced": True}, TOK: {"limit": 10**6, "window": 10.0},
+             "wix_requests:": {"limit": 4, "window": 10.0}}
+    books = [cls(specs, grace=0.3, slot_default=2, lookahead=lookahead) for cls in (BudgetBook, FullHeapBook)]
+    made: list[list[tuple]] = [[], []]
+    now, n = 0.0, 0
+    for wave in waves:
+        for site, lane, provider, request, slot in wave:
+            n += 1
+            needs = {"openai": {REQ: 1, TOK: 100}, "wix": {f"wix_requests:s{site}": 1}}[provider]
+            for b in books:
+                b.add_ask(Ask(f"a{n}", f"s{site}", f"r{site}-{request}", dict(needs), slot, 1.0, now, 0, lane=lane))
+        for b, out in zip(books, made):
+            for i, g in enumerate(drain(b, now, now + step)):
+                out.append((g.ask.ask_id, round(g.granted_at, 9)))
+                if release and i % (release + 1) == 0:
+                    b.release_slot(g.ask.site_id, g.ask.request_id)
+        now += step
+    assert made[0] == made[1]
+    assert set(books[0].waiting) == set(books[1].waiting)
+
+
+def test_a_site_at_its_slot_limit_costs_a_pass_one_look_however_deep_its_backlog():
+    """1,000 asks of one site whose 20 slots are held, beside another site's: a pass looks at the first of
+    them, not at each (before: every one, every pass)."""
+    b = BudgetBook({REQ: {"limit": 10**6, "window": 10.0}}, grace=0.3, slot_default=20)
+    for n in range(1_020):
+        b.add_ask(Ask(f"a{n}", "big", f"r{n}", {REQ: 1}, 20, 1.0, 0.0, 0))
+    assert len(b.grant_ready(0.0)) == 20
+    looked_at = [0]
+    start_by = b._start_by
+
+    def counting_start_by(*args, **kwargs):
+        looked_at[0] += 1
+        return start_by(*args, **kwargs)
+
+    b._start_by = counting_start_by
+    for n in range(5):
+        b.add_ask(Ask(f"small{n}", "small", f"q{n}", {REQ: 1}, 20, 1.0, 1.0, 0))
+    assert [g.ask.site_id for g in b.grant_ready(1.0)] == ["small"] * 5
+    assert looked_at[0] <= 5 + 1 and len(b.waiting) == 1_000
+    b.release_slot("big", "r3")
+    assert [g.ask.ask_id for g in b.grant_ready(2.0)] == ["a20"]
+
+
 def test_a_deep_backlog_costs_a_pass_its_sites_not_its_asks():
     """10 sites with 10,000 asks waiting on a paced budget: a pass looks at a few asks per site, not at all of them."""
     b = BudgetBook({REQ: {"limit": 150, "window": 10.0, "paced": True}}, grace=0.3, slot_default=10**6, lookahead=1.0)
