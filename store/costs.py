@@ -16,7 +16,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from .effects import Coalesced
+from .coalesced import Coalesced
 
 __all__ = ["BUDGET_RANGE", "CallCost", "Costs", "Recorded", "budget_problem", "release_advice"]
 

@@ -7,14 +7,14 @@ site using the same request id gets ``foreign``, never the payload.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Awaitable, Callable, Generic, Literal, TypeVar
+from typing import Any, Literal
 
 import asyncpg
 
+from .coalesced import Coalesced
 from .outcomes import dump_json
 
 __all__ = ["EffectClaim", "EffectLedger", "EffectState"]
@@ -22,8 +22,6 @@ __all__ = ["EffectClaim", "EffectLedger", "EffectState"]
 log = logging.getLogger(__name__)
 
 EffectState = Literal["acquired", "done", "busy", "foreign"]
-Item = TypeVar("Item")
-Result = TypeVar("Result")
 
 
 
@@ -46,65 +44,6 @@ class EffectClaim:
     payload: dict[str, Any] | None = None
     claimed_until: datetime | None = None
     taken_over: bool = False
-
-
-# --- coalescing: the calls made while one statement runs go together in the next -------
-
-_OUTAGES = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
-
-
-class Coalesced(Generic[Item, Result]):
-    """One statement for many concurrent calls: `await batch(item)` gives that item's result.
-
-    Hundreds of stage events claim and complete effects at once; one round trip each
-    made Postgres the biggest cost of a blog. Calls that arrive while a batch is in
-    flight wait for it and go together in the next one, so a quiet worker still gets
-    an answer after one round trip and a busy one sends few, large statements. Each
-    item's result is what its own statement would have said: when a batch fails for
-    a reason other than an outage (a value Postgres refuses), its items run one by one,
-    so a bad item fails alone.
-    """
-
-    def __init__(self, run: Callable[[list[Item]], Awaitable[list[Result]]], *, max_batch: int = 500) -> None:
-        self._run = run
-        self.max_batch = max_batch
-        self._waiting: list[tuple[Item, asyncio.Future]] = []
-        self._flusher: asyncio.Task | None = None
-        self.batches = 0  # statements sent (tests, figures)
-
-    async def __call__(self, item: Item) -> Result:
-        future = asyncio.get_running_loop().create_future()
-        self._waiting.append((item, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.ensure_future(self._flush())
-        return await future
-
-    async def _flush(self) -> None:
-        await asyncio.sleep(0)  # the tasks that are ready this turn add theirs first
-        while self._waiting:
-            batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
-            await self._answer(batch)
-
-    async def _answer(self, batch: list[tuple[Item, asyncio.Future]]) -> None:
-        self.batches += 1
-        try:
-            results = await self._run([item for item, _ in batch])
-        except asyncio.CancelledError:
-            for _, future in batch:
-                future.cancel()
-            raise
-        except Exception as exc:
-            if len(batch) == 1 or isinstance(exc, _OUTAGES):
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                return
-            for one in batch:  # one item's value was refused: find it, and answer the others
-                await self._answer([one])
-            return
-        for (_, future), result in zip(batch, results):
-            if not future.done():
-                future.set_result(result)
 
 
 _Key = tuple[str, str]  # (request_id, stage)

@@ -25,6 +25,8 @@ from typing import Any, NamedTuple
 
 import asyncpg
 
+from .coalesced import Coalesced
+
 __all__ = [
     "ErrorRow",
     "OutcomeWrite",
@@ -364,10 +366,43 @@ SELECT NULL, NULL, id FROM blog_generations WHERE id = ANY($1::text[])
 # --- the methods (mixed into store.database.Database) -----------------------------------
 
 
+# Each id's row, claimed for its site if it has none: the owner, or NULL when another transaction's
+# insert committed after this statement began (it is not in this snapshot: read it again).
+_CLAIM_OWNERS_SQL = """
+WITH input AS (
+    SELECT DISTINCT ON (id) id, site_id, request, at
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int[]) AS i(id, site_id, request, at, n)
+    ORDER BY id, n
+), claimed AS (
+    INSERT INTO blog_generations (id, site_id, status, stage, stage_rank, request, created_at)
+    SELECT id, site_id, 'PENDING', 'requested', 0, request::jsonb, COALESCE(at, now()) FROM input ORDER BY id
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, site_id
+)
+SELECT i.id, COALESCE(c.site_id, g.site_id) AS site_id
+FROM input i LEFT JOIN claimed c USING (id) LEFT JOIN blog_generations g ON g.id = i.id
+"""
+
+
+class _OwnerClaims(Coalesced[tuple, "str | None"]):
+    """`request_owner`'s statement, shared by the calls made while one runs (the first asker of an id wins)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__(self._claim)
+        self.pool = pool
+
+    async def _claim(self, items: list[tuple]) -> list[str | None]:
+        ids, sites, requests, times = (list(column) for column in zip(*items))
+        rows = await self.pool.fetch(_CLAIM_OWNERS_SQL, ids, sites, requests, times, list(range(len(items))))
+        owners = {row["id"]: row["site_id"] for row in rows}
+        return [owners.get(request_id) for request_id in ids]
+
+
 class Outcomes:
     """Writes and reads of ``blog_generations``; every method is one statement."""
 
     pool: asyncpg.Pool  # provided by store.database.Database
+    _owners: _OwnerClaims | None = None
 
     async def upsert_outcomes(self, rows: Sequence[OutcomeRow]) -> int:
         """Write a batch of events; returns the number of rows inserted or changed (see store_outcomes)."""
@@ -407,19 +442,13 @@ class Outcomes:
         """The site ``request_id`` belongs to; claimed for ``site_id`` if the id has no row yet.
 
         The claim is the PENDING row the sink would write for the request, so whichever
-        comes first (a stage or the sink), the first site to use an id owns it.
+        comes first (a stage or the sink), the first site to use an id owns it. The calls of
+        concurrent stage events share one statement (a new request's first stage asked twice).
         """
-        owner = await self.pool.fetchval("SELECT site_id FROM blog_generations WHERE id = $1", request_id)
-        if owner is None:
-            owner = await self.pool.fetchval(
-                """
-                INSERT INTO blog_generations (id, site_id, status, stage, stage_rank, request, created_at)
-                VALUES ($1, $2, 'PENDING', 'requested', 0, $3::text::jsonb, COALESCE($4, now()))
-                ON CONFLICT (id) DO NOTHING
-                RETURNING site_id
-                """,
-                request_id, site_id, None if request is None else dump_json(request), at,
-            )
+        batch = self._owners
+        if batch is None or batch.pool is not self.pool:  # a new pool after a restart
+            batch = self._owners = _OwnerClaims(self.pool)
+        owner = await batch((request_id, site_id, None if request is None else dump_json(request), at))
         if owner is None:  # someone else's insert won the race: a fresh statement sees it
             owner = await self.pool.fetchval("SELECT site_id FROM blog_generations WHERE id = $1", request_id)
         return owner

@@ -25,7 +25,7 @@ from faust.agents.replies import ReplyPromise
 from streams import metrics
 from streams.app import app
 from streams.ids import random_hex
-from store.effects import Coalesced
+from store.coalesced import Coalesced
 from streams.limiter.agent import budget_coordinator, start_limiter
 from streams.limiter.coordinator import limiter_topic, outbox
 from streams.limiter.published import STATS_MAX_AGE_SECONDS, STATS_STALE_SECONDS, StatsUnavailable, snapshots

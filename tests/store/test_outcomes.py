@@ -11,7 +11,7 @@ import pytest
 from store.database import Database
 from store.outcomes import HealthFigures, OutcomeRow, merge_outcomes
 
-from .conftest import aio, ev, now, uid
+from .conftest import DSN, aio, ev, now, uid
 
 
 # --- OutcomeRow / merge (no database) --------------------------------------------------------
@@ -429,6 +429,50 @@ async def test_request_owner_claims_a_new_id_once(db: Database) -> None:
     # The sink's later event for the owner fills in as usual.
     await db.upsert_outcomes([ev(rid, "drafted", now(), owner, title="T")])
     assert (await db.get_generation(rid))["stage"] == "drafted"
+
+
+@aio
+async def test_request_owners_asked_together_share_a_statement_and_each_gets_its_own_answer(db: Database) -> None:
+    """New ids claimed for their askers, ids with a row keep their site (another site's too), one id asked
+    by two sites goes to the first: what one statement per call answered, in one or two statements."""
+    mine, theirs, t0 = uid("site"), uid("site"), now() - timedelta(seconds=5)
+    known = [uid("req") for _ in range(10)]
+    await db.upsert_outcomes([ev(rid, "requested", t0, theirs, request={"n": 1}) for rid in known])
+    new = [uid("req") for _ in range(40)]
+    shared = uid("req")
+    asks = [(rid, mine) for rid in new + known] + [(shared, mine), (shared, theirs)]
+    db._owners = None
+    owners = await asyncio.gather(*[db.request_owner(rid, site, request={"site": site}, at=t0) for rid, site in asks])
+    assert owners == [mine] * 40 + [theirs] * 10 + [mine, mine]
+    assert db._owners is not None and db._owners.batches <= 2
+    rows = {rid: await db.get_generation(rid) for rid in new[:3] + [shared]}
+    assert all((r["site_id"], r["status"], r["request"], r["created_at"]) == (mine, "PENDING", {"site": mine}, t0)
+               for r in rows.values())
+
+
+@aio
+async def test_a_request_owner_claimed_by_a_transaction_that_commits_meanwhile_is_read_again(db: Database) -> None:
+    """Another worker's insert of the id commits while our statement waits on it: not in our snapshot, so
+    the claim comes back empty and a fresh read gives the other site, never ours."""
+    rid, mine, theirs = uid("req"), uid("site"), uid("site")
+    other = await asyncpg.connect(DSN)
+    try:
+        tx = other.transaction()
+        await tx.start()
+        await other.execute("INSERT INTO blog_generations (id, site_id, status, stage, stage_rank) "
+                            "VALUES ($1, $2, 'PENDING', 'requested', 0)", rid, theirs)
+        asking = asyncio.ensure_future(db.request_owner(rid, mine))
+        for _ in range(200):  # until our insert waits for theirs (a lock wait, not a sleep of luck)
+            if await other.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                    "AND query LIKE '%claimed AS%'"):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the claim never waited for the other insert")
+        await tx.commit()
+        assert await asyncio.wait_for(asking, 10) == theirs
+    finally:
+        await other.close()
 
 
 @aio
