@@ -33,6 +33,7 @@ from streams.limiter.rates import RateBudget
 from streams.limiter.recovered import recovered_answers
 from streams.limiter.reserve import InteractiveReserve
 from streams.limiter.slots import SlotBudget
+from streams.limiter.sweep import Sweep
 from streams.limiter.workers import WorkerRoll
 
 __all__ = ["BULK", "INTERACTIVE", "LANE_RANK", "Ask", "BudgetBook", "Grant"]  # the asks' names, for the book's callers
@@ -102,6 +103,7 @@ class BudgetBook(LeaseRules):
         self._changed: set[str] = set()  # names of the rates with dirty parts (rates.DirtyParts)
         self.workers = WorkerRoll()  # who still holds slots: a gone worker's slots are released (`expire`)
         self._fresh: list[Ask] = []  # asks no pass has looked at yet
+        self._sweeps, self._again = [Sweep() for _ in range(5)], set()  # the upkeep's rounds: `expire`, `prune`
 
     # --- budgets ------------------------------------------------------------
     def rate(self, name: str) -> RateBudget:
@@ -454,9 +456,11 @@ class BudgetBook(LeaseRules):
             self.dirty_slots.add(slots.name)
 
     def expire(self, now: float) -> dict[str, list[int]]:
-        """Grants out of their windows, stale slots, and what gone workers held: [slots, waiting asks] each."""
-        for rate in self.rates.values():
-            rate._expire(now)
+        """Grants out of their windows (per-site budgets a slice a call, sweep.py), stale slots, and what gone
+        workers held: [slots, waiting asks] each."""
+        for name in [n for n in self.rates if ":" not in n] + list(self._sweeps[0].take(self.rates, len(self.rates))):
+            if (rate := self.rates.get(name)) is not None:
+                rate._expire(now)
         gone = self.workers.gone(now)
         released: dict[str, list[int]] = {worker: [0, 0] for worker in gone}
         if gone:  # their waiting asks too: granted, they would hold room nobody sends in
@@ -464,7 +468,9 @@ class BudgetBook(LeaseRules):
                 self._unwait(ask)
                 released[ask.worker][1] += 1
             self._fresh = [a for a in self._fresh if a.ask_id in self.waiting]
-        for slots in self.slots.values():
+        for name in list(self.slots) if gone else self._sweeps[1].take(self.slots, len(self.slots)):
+            if (slots := self.slots.get(name)) is None:
+                continue
             owners = slots.release_owned(gone) if gone else []
             for owner in owners:
                 released[owner][0] += 1
@@ -474,24 +480,18 @@ class BudgetBook(LeaseRules):
 
     # --- bounded memory ----------------------------------------------------------
     def prune(self, now: float) -> None:
-        """Drop the state of sites and per-site budgets nobody uses any more (about once a second).
+        """Drop the state of sites and per-site budgets nobody uses any more (about once a second): what stays
+        is bounded by what is live. Their table keys are deleted with the next persist.
 
-        What stays is bounded by what is live: sites waiting or active within
-        `idle_keep`, budgets with grants in their window, slots with holders.
-
-        - A site's virtual time, once it waits no more on a budget, when it is at or
-          below the floor of the sites still waiting (it would be lifted to that floor
-          when it comes back anyway: nothing changes) or after `idle_keep` seconds
-          (then it comes back as a new site does, at the floor of the sites waiting).
-        - A per-site budget (Wix) with nothing in its window, nobody waiting, no
-          pressure from the provider and no pacing debt: a new one is the same.
-        - A site's slot budget with no holder: its limit comes with every ask.
-        Their table keys are deleted with the next persist.
+        - A site's virtual time, once it waits no more on a budget, when at or below the floor of the sites
+          still waiting (lifted to it when it comes back anyway) or after `idle_keep` seconds (then it comes
+          back as a new site does, at that floor).
+        - A per-site budget (Wix) with nothing in its window, nobody waiting, no pressure from the provider
+          and no pacing debt: a new one is the same. A site's slot budget with no holder.
         """
-        # Only the sites that stopped waiting: a waiting site's service always stays, and going
-        # through every site's (20,000 keys at 10,000 sites) held the coordinator's loop 3 ms a second.
+        # The sites that stopped waiting, and a slice of the idle ones: not every site's (20,000 keys at 10,000 sites).
         stopped, self._stopped = self._stopped, set()
-        for key in stopped.union(self._idle_since):
+        for key in stopped.union(self._sweeps[2].take(self._idle_since, len(self._idle_since))):
             budget, site = key
             if key not in self.vtime or self._waiting_sites.get(budget, {}).get(site):
                 self._idle_since.pop(key, None)
@@ -502,28 +502,33 @@ class BudgetBook(LeaseRules):
             if (floor is not None and self.vtime[key] <= floor) or now - since >= self.idle_keep:
                 del self.vtime[key]
                 del self._idle_since[key]
-        for name in [n for n in self.rates if ":" in n]:
-            rate = self.rates[name]
+        # Per-site budgets and slots a slice a call (sweep.py); those kept only for an unpersisted change: next call.
+        again, self._again = self._again, set()
+        for name in again.union(n for n in self._sweeps[3].take(self.rates, len(self.rates)) if ":" in n):
+            if (rate := self.rates.get(name)) is None:
+                continue
             rate._expire(now)
-            if (not rate.entries and not rate.dirty and name not in self._live and rate.factor >= 1.0
+            if (not rate.entries and name not in self._live and rate.factor >= 1.0
                     and not rate.external and rate.tat <= now - rate.pace_slack()):
+                if rate.dirty:
+                    self._again.add(name)
+                    continue
                 del self.rates[name]
                 self._dropped.add(f"r|{name}|meta")
-        for name in [n for n, slots in self.slots.items() if not slots.holders and n not in self.dirty_slots]:
-            del self.slots[name]
-            self._dropped.add(name)
+        for name in again.union(self._sweeps[4].take(self.slots, len(self.slots))):
+            if (slots := self.slots.get(name)) is not None and not slots.holders:
+                if name in self.dirty_slots:
+                    self._again.add(name)
+                    continue
+                del self.slots[name]
+                self._dropped.add(name)
 
     def sizes(self) -> dict[str, int]:
         """How much the book holds (for tests and debugging)."""
-        return {
-            "waiting": len(self.waiting),
-            "heap_entries": sum(len(h) for h in self._amounts.values()) + sum(len(h) for h in self._floors.values()),
-            "vtimes": len(self.vtime),
-            "idle_sites": len(self._idle_since),
-            "budgets_waited_on": len(self._waiting_sites),
-            "rates": len(self.rates),
-            "slots": len(self.slots),
-        }
+        return {"waiting": len(self.waiting),
+                "heap_entries": sum(len(h) for h in self._amounts.values()) + sum(len(h) for h in self._floors.values()),
+                "vtimes": len(self.vtime), "idle_sites": len(self._idle_since),
+                "budgets_waited_on": len(self._waiting_sites), "rates": len(self.rates), "slots": len(self.slots)}
 
     # --- persistence (the coordinator's changelog-backed table) -------------
     # Keys: "r|<budget>|meta", "r|<budget>|<bucket>" (grants of one second),
