@@ -458,7 +458,7 @@ class BudgetBook(LeaseRules):
     def expire(self, now: float) -> dict[str, list[int]]:
         """Grants out of their windows (per-site budgets a slice a call, sweep.py), stale slots, and what gone
         workers held: [slots, waiting asks] each."""
-        for name in [n for n in self.rates if ":" not in n] + list(self._sweeps[0].take(self.rates, len(self.rates))):
+        for name in [n for n in self.rate_specs if ":" not in n] + list(self._sweeps[0].take(self.rates, len(self.rates))):
             if (rate := self.rates.get(name)) is not None:
                 rate._expire(now)
         gone = self.workers.gone(now)
