@@ -367,15 +367,14 @@ SELECT NULL, NULL, id FROM blog_generations WHERE id = ANY($1::text[])
 
 
 # Each id's row, claimed for its site if it has none: the owner, or NULL when another transaction's
-# insert committed after this statement began (it is not in this snapshot: read it again).
+# insert committed after this statement began (it is not in this snapshot: read it again). The ids
+# come once each, sorted as the sink sorts its rows (merge_outcomes): both lock rows in one order.
 _CLAIM_OWNERS_SQL = """
 WITH input AS (
-    SELECT DISTINCT ON (id) id, site_id, request, at
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int[]) AS i(id, site_id, request, at, n)
-    ORDER BY id, n
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS i(id, site_id, request, at)
 ), claimed AS (
     INSERT INTO blog_generations (id, site_id, status, stage, stage_rank, request, created_at)
-    SELECT id, site_id, 'PENDING', 'requested', 0, request::jsonb, COALESCE(at, now()) FROM input ORDER BY id
+    SELECT id, site_id, 'PENDING', 'requested', 0, request::jsonb, COALESCE(at, now()) FROM input
     ON CONFLICT (id) DO NOTHING
     RETURNING id, site_id
 )
@@ -392,10 +391,11 @@ class _OwnerClaims(Coalesced[tuple, "str | None"]):
         self.pool = pool
 
     async def _claim(self, items: list[tuple]) -> list[str | None]:
-        ids, sites, requests, times = (list(column) for column in zip(*items))
-        rows = await self.pool.fetch(_CLAIM_OWNERS_SQL, ids, sites, requests, times, list(range(len(items))))
+        first = {item[0]: item for item in reversed(items)}  # the first call of each id
+        ids, sites, requests, times = (list(column) for column in zip(*(first[i] for i in sorted(first))))
+        rows = await self.pool.fetch(_CLAIM_OWNERS_SQL, ids, sites, requests, times)
         owners = {row["id"]: row["site_id"] for row in rows}
-        return [owners.get(request_id) for request_id in ids]
+        return [owners.get(item[0]) for item in items]
 
 
 class Outcomes:

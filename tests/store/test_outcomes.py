@@ -451,6 +451,26 @@ async def test_request_owners_asked_together_share_a_statement_and_each_gets_its
 
 
 @aio
+async def test_owner_claims_lock_rows_in_the_sinks_order_each_id_once() -> None:
+    """The statement gets each id once (its first asker's site), sorted as merge_outcomes sorts the sink's rows:
+    both lock rows in one order, so a claim and a sink write never deadlock."""
+    from store.outcomes import _OwnerClaims
+
+    sent: list[list] = []
+
+    class Pool:
+        async def fetch(self, sql, ids, sites, requests, times):
+            sent.append([ids, sites])
+            return [{"id": i, "site_id": s} for i, s in zip(ids, sites)]
+
+    claims = _OwnerClaims(Pool())  # type: ignore[arg-type]
+    items = [("b-2", "s1", None, None), ("B-1", "s2", None, None), ("a", "s3", "{}", None), ("b-2", "s4", None, None)]
+    assert await claims._claim(items) == ["s1", "s2", "s3", "s1"]
+    assert sent == [[sorted(["b-2", "B-1", "a"]), ["s2", "s3", "s1"]]]
+    assert [r["id"] for r in merge_outcomes([ev(i, "requested", now(), "s") for i in ("b-2", "B-1", "a")])] == sent[0][0]
+
+
+@aio
 async def test_a_request_owner_claimed_by_a_transaction_that_commits_meanwhile_is_read_again(db: Database) -> None:
     """Another worker's insert of the id commits while our statement waits on it: not in our snapshot, so
     the claim comes back empty and a fresh read gives the other site, never ours."""
