@@ -458,7 +458,7 @@ class BudgetBook(LeaseRules):
     def expire(self, now: float) -> dict[str, list[int]]:
         """Grants out of their windows (per-site budgets a slice a call, sweep.py), stale slots, and what gone
         workers held: [slots, waiting asks] each."""
-        for name in [n for n in self.rate_specs if ":" not in n] + list(self._sweeps[0].take(self.rates, len(self.rates))):
+        for name in [n for n in self.rate_specs if ":" not in n] + list(self._sweeps[0].take(self.rates)):
             if (rate := self.rates.get(name)) is not None:
                 rate._expire(now)
         gone = self.workers.gone(now)
@@ -468,7 +468,7 @@ class BudgetBook(LeaseRules):
                 self._unwait(ask)
                 released[ask.worker][1] += 1
             self._fresh = [a for a in self._fresh if a.ask_id in self.waiting]
-        for name in list(self.slots) if gone else self._sweeps[1].take(self.slots, len(self.slots)):
+        for name in list(self.slots) if gone else self._sweeps[1].take(self.slots):
             if (slots := self.slots.get(name)) is None:
                 continue
             owners = slots.release_owned(gone) if gone else []
@@ -491,7 +491,7 @@ class BudgetBook(LeaseRules):
         """
         # The sites that stopped waiting, and a slice of the idle ones: not every site's (20,000 keys at 10,000 sites).
         stopped, self._stopped = self._stopped, set()
-        for key in stopped.union(self._sweeps[2].take(self._idle_since, len(self._idle_since))):
+        for key in stopped.union(self._sweeps[2].take(self._idle_since)):
             budget, site = key
             if key not in self.vtime or self._waiting_sites.get(budget, {}).get(site):
                 self._idle_since.pop(key, None)
@@ -504,7 +504,7 @@ class BudgetBook(LeaseRules):
                 del self._idle_since[key]
         # Per-site budgets and slots a slice a call (sweep.py); those kept only for an unpersisted change: next call.
         again, self._again = self._again, set()
-        for name in again.union(n for n in self._sweeps[3].take(self.rates, len(self.rates)) if ":" in n):
+        for name in again.union(n for n in self._sweeps[3].take(self.rates) if ":" in n):
             if (rate := self.rates.get(name)) is None:
                 continue
             rate._expire(now)
@@ -515,7 +515,7 @@ class BudgetBook(LeaseRules):
                     continue
                 del self.rates[name]
                 self._dropped.add(f"r|{name}|meta")
-        for name in again.union(self._sweeps[4].take(self.slots, len(self.slots))):
+        for name in again.union(self._sweeps[4].take(self.slots)):
             if (slots := self.slots.get(name)) is not None and not slots.holders:
                 if name in self.dirty_slots:
                     self._again.add(name)

@@ -11,7 +11,7 @@ library keeps a round over a dict that changes under it.
 """
 from __future__ import annotations
 
-from typing import Hashable, Iterable, Iterator
+from typing import Collection, Hashable, Iterator
 
 __all__ = ["Sweep"]
 
@@ -25,10 +25,10 @@ class Sweep:
         self.least, self.share = least, share
         self._round: list[Hashable] = []
 
-    def take(self, keys: Iterable[Hashable], size: int) -> Iterator[Hashable]:
-        """The next slice of `keys` (a dict of `size` keys, or its keys view)."""
+    def take(self, keys: Collection[Hashable]) -> Iterator[Hashable]:
+        """The next slice of `keys` (a dict, or its keys view)."""
         if not self._round:
             self._round = list(keys)
-        n = max(self.least, int(size * self.share))
+        n = max(self.least, int(len(keys) * self.share))
         chunk, self._round = self._round[-n:], self._round[:-n]
         return reversed(chunk)

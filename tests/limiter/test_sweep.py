@@ -27,23 +27,23 @@ def test_a_round_gives_every_key_once_a_bounded_slice_at_a_time(n, least, share)
     calls = max(1, math.ceil(n / size))
     seen: list[str] = []
     for _ in range(calls):
-        chunk = list(sweep.take(keys, len(keys)))
+        chunk = list(sweep.take(keys))
         assert len(chunk) <= size
         seen += chunk
     assert sorted(seen) == sorted(keys)  # each once, in as many calls as slices
-    assert len(list(sweep.take(keys, len(keys)))) == min(n, size)  # the next round starts
+    assert len(list(sweep.take(keys))) == min(n, size)  # the next round starts
 
 
 def test_keys_added_during_a_round_come_in_the_next_and_gone_ones_are_still_given():
     keys = {f"k{i}": i for i in range(10)}
     sweep = Sweep(least=4, share=0.1)
-    first = list(sweep.take(keys, len(keys)))
+    first = list(sweep.take(keys))
     keys["new"] = 1
     del keys[first[0]]
-    rest = list(sweep.take(keys, len(keys))) + list(sweep.take(keys, len(keys)))
+    rest = list(sweep.take(keys)) + list(sweep.take(keys))
     assert "new" not in rest and len(first + rest) == 10  # the caller skips what is gone
-    assert "new" in list(sweep.take(keys, len(keys))) + list(sweep.take(keys, len(keys))) + list(
-        sweep.take(keys, len(keys)))
+    assert "new" in list(sweep.take(keys)) + list(sweep.take(keys)) + list(
+        sweep.take(keys))
 
 
 def busy_book(sites: int) -> BudgetBook:
