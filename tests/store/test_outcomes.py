@@ -483,8 +483,9 @@ async def test_a_request_owner_claimed_by_a_transaction_that_commits_meanwhile_i
                             "VALUES ($1, $2, 'PENDING', 'requested', 0)", rid, theirs)
         asking = asyncio.ensure_future(db.request_owner(rid, mine))
         for _ in range(200):  # until our insert waits for theirs (a lock wait, not a sleep of luck)
-            if await other.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                                    "AND query LIKE '%claimed AS%'"):
+            # Asked outside `other`'s transaction: pg_stat_activity is read once per transaction there.
+            if await db.pool.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                      "AND query LIKE '%claimed AS%'"):
                 break
             await asyncio.sleep(0.05)
         else:
