@@ -80,18 +80,15 @@ class BudgetBook(LeaseRules):
         self._waiting_sites: dict[str, dict[str, int]] = {}  # budget -> site -> asks waiting
         self._refused: dict[str, int] = {}  # budget -> asks on it a pass found no room for, still waiting
         self.lease_refusals: dict[tuple[str, str], int] = {}  # see leases.py
-        # budget -> heap of (amount, ask_id) of the asks waiting on it. Lazy: a granted ask's
-        # entry stays until it reaches the top or the heap holds more garbage than live
-        # entries (`_unwait` then rebuilds it), so it is at most about twice the live asks.
+        # budget -> heap of (amount, ask_id) of the asks waiting on it. Lazy: a granted ask's entry stays until
+        # it reaches the top or garbage outgrows live entries (`_unwait` rebuilds it): at most ~2x the live asks.
         self._amounts: dict[str, list[tuple[float, str]]] = {}
         self._live: dict[str, int] = {}  # budget -> asks waiting on it (the live part of its heap)
         self._interactive: dict[str, int] = {}  # budget -> interactive asks waiting on it
         self._floors: dict[tuple[str, bool], list[tuple[float, str]]] = {}  # (budget, bulk) -> see `_floor`
         self.reserve = InteractiveReserve()  # what bulk asks leave free for interactive ones (reserve.py)
         self.groups = AskGroups(self._fair_key)  # the waiting asks by their place in the fair order (line.py)
-        # A site's virtual time is kept while it waits, and after it stops for as long as it
-        # could still matter (see `prune`); then it is dropped, so the book holds the sites
-        # that are active, not every site ever seen.
+        # A site's virtual time is kept while it waits and as long after as it could matter (`prune`).
         self.idle_keep = max((float(spec["window"]) for spec in rate_specs.values()), default=60.0)
         self._idle_since: dict[tuple[str, str], float] = {}
         self._stopped: set[tuple[str, str]] = set()  # (budget, site)s that stopped waiting since the last prune
@@ -129,12 +126,8 @@ class BudgetBook(LeaseRules):
         return budget
 
     def late_use_seconds(self) -> float:
-        """How long after its grant a permit may still be used, if its late send is reported.
-
-        The report must reach the coordinator before the grant's entry would
-        leave the window (W + grace after the grant); half the shortest window
-        (at most 15 s) leaves the other half for that.
-        """
+        """How long after its grant a permit may still be used, if its late send is reported: the report must
+        reach the coordinator before the grant leaves the window (W + grace); half the shortest window (<= 15 s)."""
         windows = [float(spec["window"]) for spec in self.rate_specs.values()] or [60.0]
         return max(self.grace, min(15.0, min(windows) / 2))
 
@@ -286,6 +279,8 @@ class BudgetBook(LeaseRules):
             closed: dict[str, float] = {}
             wanted: set[str] = set()  # budgets an interactive ask found no room in: bulk asks keep off them
             still_open = {b for b, is_open in open_.items() if is_open}
+            passed: dict[tuple[str, str], list] = {}  # (site, request) -> [(ask, group)] passed over for a slot
+            again: set[str] = set()  # of those, the asks back in line: their request got a slot
             while (still_open or slot_only) and (entry := line.pop()) is not None:
                 rank, vtime, seq, ask_id, key = entry
                 ask = self.waiting[ask_id]
@@ -302,25 +297,30 @@ class BudgetBook(LeaseRules):
                 # this pass either. A bulk ask is never granted ahead: that room may be an interactive ask's.
                 start = self._start_by(ask, now, now if rank else horizon, closed, leave_reserve=bool(rank))
                 if start is not None:
+                    # Its request gets a slot: its asks passed over for a full slot that a look at every ask
+                    # would reach after this one (later in fair order) are not refused one now.
+                    for other, other_key in passed.pop((ask.site_id, ask.request_id), ()) if passed else ():
+                        if (place := self._fair_key(other)) > entry[:3]:
+                            again.add(other.ask_id)
+                            line.push((*place, other.ask_id, other_key))
                     grants.append(self._grant(ask, start, made_at=now))
                 else:
                     if not rank:  # the budgets it found too full (not its site's slots): kept for it
                         wanted.update(b for b, amount in ask.needs.items() if amount >= closed.get(b, math.inf))
                     still_open -= {b for b in ask.needs if self._closed_for_all(b, closed)}
-                line.following(key, None if start is not None else self._slots_full(ask))
+                if ask_id not in again:  # an ask back in line is not its group's next
+                    line.following(key, None if start is not None else self._slots_full(ask, key, passed))
         return grants
 
-    def _slots_full(self, ask: Ask) -> Callable[[Ask], bool] | None:
-        """After `ask` found its site's slots full, its group's later asks refused a slot too need no look
-        (None: its budgets had no room). What such a look adds to `wanted` is there already: the ask that
-        closed a budget was interactive too, as every interactive ask comes before every bulk one."""
+    def _slots_full(self, ask: Ask, key: Any, passed: dict) -> Callable[[Ask], bool] | None:
+        """After `ask` found its site's slots full, its group's later asks refused a slot too need no look (noted
+        in `passed`); None: its budgets had no room. Their look would add nothing to `wanted` (interactive first)."""
         slot = self.slots.get(f"slots:{ask.site_id}") if ask.slot_limit is not None else None
-        return slot.refuses if slot is not None and slot.refuses(ask) else None
+        return slot.passing_over(key, passed) if slot is not None and slot.refuses(ask) else None
 
     def _closed_for_all(self, budget: str, closed: dict[str, float]) -> bool:
         """A budget closed for the smallest amount waiting on it has room for nobody."""
-        smallest = self._smallest(budget)
-        return smallest is None or closed.get(budget, math.inf) <= smallest
+        return (smallest := self._smallest(budget)) is None or closed.get(budget, math.inf) <= smallest
 
     def _start_by(self, ask: Ask, now: float, horizon: float, closed: dict[str, float], leave_reserve: bool = False
                   ) -> float | None:

@@ -6,7 +6,7 @@ released when a worker is gone (workers.py), which no library models.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 
 @dataclass
@@ -39,8 +39,19 @@ class SlotBudget:
         return request_id in self.holders or len(self.holders) < self.limit
 
     def refuses(self, ask: Any) -> bool:
-        """Whether an ask for a slot at this limit is refused one (a pass only adds holders: until its end)."""
+        """Whether an ask for a slot at this limit is refused one (a pass only adds holders: until its end,
+        or until its own request gets a slot through another of its asks)."""
         return ask.slot_limit == self.limit and not self.fits(0.0, ask.request_id)
+
+    def passing_over(self, group: Any, passed: dict) -> Callable[[Any], bool]:
+        """What a scheduling pass may pass over in `group` (the asks this slot refuses), each noted in
+        `passed` by (site, request): it is looked at again if its request gets a slot later in the pass."""
+        def passed_over(ask: Any) -> bool:
+            if not self.refuses(ask):
+                return False
+            passed.setdefault((ask.site_id, ask.request_id), []).append((ask, group))
+            return True
+        return passed_over
 
     def add(self, now: float, request_id: str, owner: str = "") -> None:
         self.holders.setdefault(request_id, now)
