@@ -60,7 +60,7 @@ def _scrub(text: str, dsn: str) -> str:
 
 # The schema this code reads and writes: every migration of migrations/versions, oldest first
 # (tests/store/test_migrations.py holds the two together).
-SCHEMA_REVISIONS = ("0001", "0002", "0003", "0005", "0006", "0007", "0008", "0009", "0010", "0011", "0012")
+SCHEMA_REVISIONS = ("0001", "0002", "0003", "0005", "0006", "0007", "0008", "0009", "0010", "0011", "0012", "0013")
 
 
 class SchemaBehind(DatabaseError):

@@ -353,13 +353,14 @@ def _one_site_per_id(rows: Iterable[OutcomeRow]) -> list[list[OutcomeRow]]:
     return [part for _, part in parts]
 
 
-# PENDING rows per site (rows with a NULL id), plus which of the given ids exist (rows
-# with an id): the intake's pending gauge in one round trip.
+# PENDING rows per site and lane (rows with a NULL id), plus which of the given ids exist
+# (rows with an id): the intake's pending gauge in one round trip. A row's lane is its
+# request's priority; a row without a request (refused input never is PENDING) is interactive.
 _PENDING_SNAPSHOT_SQL = """
-SELECT site_id, count(*)::int AS n, NULL::text AS id
-  FROM blog_generations WHERE status = 'PENDING' GROUP BY site_id
+SELECT site_id, coalesce(request->>'priority' = 'bulk', false) AS bulk, count(*)::int AS n, NULL::text AS id
+  FROM blog_generations WHERE status = 'PENDING' GROUP BY 1, 2
 UNION ALL
-SELECT NULL, NULL, id FROM blog_generations WHERE id = ANY($1::text[])
+SELECT NULL, NULL, NULL, id FROM blog_generations WHERE id = ANY($1::text[])
 """
 
 
@@ -483,6 +484,12 @@ class Outcomes:
         counts.update({r["status"]: int(r["n"]) for r in records})
         return counts
 
+    async def pending_bulk(self) -> int:
+        """PENDING requests of the bulk lane (the intake counts them apart from the interactive ones)."""
+        return int(await self.pool.fetchval(
+            "SELECT count(*) FROM blog_generations WHERE status = 'PENDING' AND request->>'priority' = 'bulk'"
+        ))
+
     async def health(self) -> HealthFigures:
         # The seed's three queries, one round trip; separate sub-selects so each can use
         # its index (status, created_at) / the partial finished_at index.
@@ -557,11 +564,16 @@ class Outcomes:
         )
         return {r["site_id"]: int(r["n"]) for r in records}
 
-    async def pending_snapshot(self, ids: list[str]) -> tuple[dict[str, int], set[str]]:
-        """(PENDING rows per site, those of ``ids`` that already exist), in one round trip.
+    async def pending_snapshot(self, ids: list[str]) -> tuple[dict[str, int], dict[str, int], set[str]]:
+        """(interactive PENDING rows per site, bulk ones per site, those of ``ids`` that already exist),
+        in one round trip.
 
-        Sites without a PENDING row are absent from the dict; unknown ids are absent from the set.
+        Sites without a PENDING row are absent from the dicts; unknown ids are absent from the set.
         """
         records = await self.pool.fetch(_PENDING_SNAPSHOT_SQL, ids)
-        by_site = {r["site_id"]: r["n"] for r in records if r["id"] is None}
-        return by_site, {r["id"] for r in records if r["id"] is not None}
+        by_site: dict[str, int] = {}
+        bulk_by_site: dict[str, int] = {}
+        for r in records:
+            if r["id"] is None:
+                (bulk_by_site if r["bulk"] else by_site)[r["site_id"]] = r["n"]
+        return by_site, bulk_by_site, {r["id"] for r in records if r["id"] is not None}

@@ -31,8 +31,9 @@ class Site:
     wix_member_id: str | None = None
     weight: float = 1.0
     max_in_flight: int = 20
-    max_queued: int = 1000
+    max_queued: int = 1000  # interactive requests pending (the intake's 429 site_queue_full above it)
     paused: bool = False
+    max_queued_bulk: int = 10_000  # bulk requests pending, counted apart: a backfill never fills max_queued
     monthly_budget_usd: float | None = None  # spend caps in US dollars (None: no cap), store/costs.py
     daily_budget_usd: float | None = None
     budget_exhausted: str | None = None  # the cap that holds it now: 'month', 'day', 'global_day'
@@ -49,13 +50,14 @@ class Site:
             f"Site(site_id={self.site_id!r}, name={self.name!r}, wix_api_key={key}, "
             f"wix_member_id={self.wix_member_id!r}, weight={self.weight!r}, "
             f"max_in_flight={self.max_in_flight!r}, max_queued={self.max_queued!r}, "
+            f"max_queued_bulk={self.max_queued_bulk!r}, "
             f"paused={self.paused!r}, budget_exhausted={self.budget_exhausted!r})"
         )
 
     __str__ = __repr__
 
 
-_WRITE_COLUMNS = "site_id, name, wix_api_key, wix_member_id, weight, max_in_flight, max_queued, paused"
+_WRITE_COLUMNS = "site_id, name, wix_api_key, wix_member_id, weight, max_in_flight, max_queued, paused, max_queued_bulk"
 _SITE_COLUMNS = _WRITE_COLUMNS + ", monthly_budget_usd, daily_budget_usd, budget_exhausted"
 
 
@@ -68,6 +70,7 @@ def _site(record: asyncpg.Record) -> Site:
         weight=float(record["weight"]),
         max_in_flight=int(record["max_in_flight"]),
         max_queued=int(record["max_queued"]),
+        max_queued_bulk=int(record["max_queued_bulk"]),
         paused=bool(record["paused"]),
         monthly_budget_usd=None if record["monthly_budget_usd"] is None else float(record["monthly_budget_usd"]),
         daily_budget_usd=None if record["daily_budget_usd"] is None else float(record["daily_budget_usd"]),
@@ -81,8 +84,10 @@ def _site(record: asyncpg.Record) -> Site:
 WEIGHT_RANGE = (0.01, 100.0)
 MAX_IN_FLIGHT_RANGE = (1, 1000)
 MAX_QUEUED_RANGE = (1, 100_000)
+MAX_QUEUED_BULK_RANGE = (1, 1_000_000)  # migration 0013
 CONTROL_RANGES: dict[str, tuple[float, float]] = {
     "weight": WEIGHT_RANGE, "max_in_flight": MAX_IN_FLIGHT_RANGE, "max_queued": MAX_QUEUED_RANGE,
+    "max_queued_bulk": MAX_QUEUED_BULK_RANGE,
 }
 
 
@@ -100,9 +105,9 @@ def control_problem(name: str, value: Any) -> str | None:
     return None
 
 
-def _check_controls(weight: float | None, max_in_flight: int | None, max_queued: int | None) -> None:
+def _check_controls(**controls: float | None) -> None:
     # The table has CHECKs too; failing here gives the caller a clear ValueError instead.
-    for name, value in (("weight", weight), ("max_in_flight", max_in_flight), ("max_queued", max_queued)):
+    for name, value in controls.items():
         if value is not None and (problem := control_problem(name, value)):
             raise ValueError(f"{name} {problem}")
 
@@ -121,17 +126,20 @@ class SiteRegistry:
         return _site(record) if record is not None else None
 
     async def upsert_site(self, site: Site) -> None:
-        _check_controls(site.weight, site.max_in_flight, site.max_queued)
+        _check_controls(weight=site.weight, max_in_flight=site.max_in_flight, max_queued=site.max_queued,
+                        max_queued_bulk=site.max_queued_bulk)
         await self.pool.execute(
             f"""
-            INSERT INTO sites ({_WRITE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            INSERT INTO sites ({_WRITE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
             ON CONFLICT (site_id) DO UPDATE SET
               name = EXCLUDED.name, wix_api_key = EXCLUDED.wix_api_key, wix_member_id = EXCLUDED.wix_member_id,
               weight = EXCLUDED.weight, max_in_flight = EXCLUDED.max_in_flight,
-              max_queued = EXCLUDED.max_queued, paused = EXCLUDED.paused, updated_at = now()
+              max_queued = EXCLUDED.max_queued, paused = EXCLUDED.paused,
+              max_queued_bulk = EXCLUDED.max_queued_bulk, updated_at = now()
             """,
             site.site_id, site.name, site.wix_api_key, site.wix_member_id,
             float(site.weight), int(site.max_in_flight), int(site.max_queued), bool(site.paused),
+            int(site.max_queued_bulk),
         )
 
     async def update_site_controls(
@@ -142,15 +150,17 @@ class SiteRegistry:
         weight: float | None = None,
         max_in_flight: int | None = None,
         max_queued: int | None = None,
+        max_queued_bulk: int | None = None,
     ) -> Site | None:
         """Change only the given controls; returns the updated site, None if it does not exist."""
-        _check_controls(weight, max_in_flight, max_queued)
+        _check_controls(weight=weight, max_in_flight=max_in_flight, max_queued=max_queued,
+                        max_queued_bulk=max_queued_bulk)
         record = await self.pool.fetchrow(
             f"""
             UPDATE sites SET
               paused = COALESCE($2, paused), weight = COALESCE($3, weight),
               max_in_flight = COALESCE($4, max_in_flight), max_queued = COALESCE($5, max_queued),
-              updated_at = now()
+              max_queued_bulk = COALESCE($6, max_queued_bulk), updated_at = now()
             WHERE site_id = $1
             RETURNING {_SITE_COLUMNS}
             """,
@@ -158,6 +168,7 @@ class SiteRegistry:
             None if weight is None else float(weight),
             None if max_in_flight is None else int(max_in_flight),
             None if max_queued is None else int(max_queued),
+            None if max_queued_bulk is None else int(max_queued_bulk),
         )
         return _site(record) if record is not None else None
 

@@ -80,6 +80,11 @@ requests_by_status = Gauge(
     "blogstream_requests", "Requests in Postgres blog_generations by status (global, read by the heartbeat)",
     ["status"], registry=registry,
 )
+requests_pending_bulk = Gauge(
+    "blogstream_requests_pending_bulk", "PENDING requests of the bulk lane (\"priority\": \"bulk\"), which the intake "
+    "counts apart from the interactive ones (BLOGSTREAM_BULK_QUEUE_SIZE_LIMIT) (global, from Postgres)",
+    registry=registry,
+)
 batch_lane_requests = Gauge(
     "blogstream_batch_lane_requests", "PENDING requests the bulk lane holds for the OpenAI Batch API: waiting for "
     "a file (queued) or in a running batch (batched); PENDING on purpose, for hours (global, from Postgres)",

@@ -157,11 +157,13 @@ async def _publish_request_counts() -> int | None:
         await deps.ready()
         assert deps.db is not None
         counts = await deps.db.status_counts()
+        bulk = await deps.db.pending_bulk()
         held, oldest = await deps.db.batch_lane_figures()
     except Exception:
         return None
     for status, n in counts.items():
         metrics.requests_by_status.labels(status).set(n)
+    metrics.requests_pending_bulk.set(bulk)
     for state, n in held.items():
         metrics.batch_lane_requests.labels(state).set(n)
     metrics.publish(metrics.batch_oldest_open, {(model,): at for model, at in oldest.items()})

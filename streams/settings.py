@@ -192,7 +192,11 @@ class Settings(BaseSettings):
     # --- Work and fairness -----------------------------------------------------
     site_max_in_flight: int = Field(20, ge=1)  # the seed's MAX_PER_INSTANCE, now across all workers
     site_max_queued: int = Field(1000, ge=1)
-    queue_size_limit: int = Field(10_000, ge=1)  # the seed's QUEUE_SIZE_LIMIT
+    queue_size_limit: int = Field(10_000, ge=1)  # the seed's QUEUE_SIZE_LIMIT: interactive requests pending
+    # Bulk requests ("priority": "bulk") pending, counted apart from the interactive ones: a backfill
+    # waits hours by design, and must not fill the queue interactive requests need (docs/intake.md).
+    site_max_queued_bulk: int = Field(10_000, ge=1, le=1_000_000)
+    bulk_queue_size_limit: int = Field(100_000, ge=1)
     stage_concurrency: int = Field(200, ge=1)  # provider calls in flight per stage per worker
     read_ahead: int = Field(10_000, ge=1)  # events buffered per stage per worker (bounded memory)
     max_attempts: int = Field(6, ge=1)

@@ -1,8 +1,10 @@
 """Backpressure: how many requests are pending, and whether a submission may join them.
 
 pending = requests accepted and not yet DONE/FAILED/CANCELLED, across all
-workers. A submission of n requests is admitted only while pending + n <=
-QUEUE_SIZE_LIMIT and, per site, site pending + k <= sites.max_queued.
+workers, counted per lane. A submission of n interactive requests is admitted
+only while pending + n <= QUEUE_SIZE_LIMIT and, per site, site pending + k <=
+sites.max_queued; its bulk requests likewise against the bulk requests pending,
+BULK_QUEUE_SIZE_LIMIT and sites.max_queued_bulk.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import logging
 import math
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
@@ -27,12 +29,21 @@ log = logging.getLogger(__name__)
 UNSEEN_TTL_SECONDS = 600.0
 
 
+INTERACTIVE, BULK = "interactive", "bulk"
+
+
+def lane_of(request: Mapping[str, Any]) -> str:
+    """The queue a request counts in: its priority (a request without one is interactive)."""
+    return BULK if request.get("priority") == BULK else INTERACTIVE
+
+
 @dataclass(frozen=True)
 class PendingSnapshot:
     """What Postgres said at one moment (one statement, one MVCC snapshot)."""
 
-    by_site: dict[str, int]  # PENDING rows per site
+    by_site: dict[str, int]  # interactive PENDING rows per site
     seen: set[str]  # which of the asked-about ids have a row (any status)
+    bulk_by_site: dict[str, int] = field(default_factory=dict)  # bulk PENDING rows per site
 
 
 FetchPending = Callable[[list[str]], Awaitable[PendingSnapshot]]
@@ -50,14 +61,18 @@ class Decision:
     limit: int = 0
     site_id: str | None = None
     room: int = 0  # how many requests (of this site, for site_queue_full) would be admitted now
+    lane: str = INTERACTIVE  # the queue that is full: interactive, or bulk (its own limits)
 
 
 class PendingGauge:
-    """Global pending requests, cheap to read: one query per `refresh_seconds` at most.
+    """Pending requests per lane, global and per site, cheap to read: one query per `refresh_seconds` at most.
 
     estimate = PENDING rows in Postgres (any worker's requests, once the sink wrote them)
              + ids this worker accepted that the last read did not find in Postgres yet
              + requests this worker is producing right now (reserved at admission)
+
+    Each lane (interactive, bulk) is counted apart: a bulk request waits hours by design, and a
+    backfill must never fill the queue that interactive requests are admitted against.
 
     Reservation happens in the same synchronous step as the check, so concurrent
     submissions to one worker can never together pass the limit. What other workers
@@ -77,14 +92,15 @@ class PendingGauge:
         self.refresh_seconds = refresh_seconds
         self.max_age_seconds = max_age_seconds
         self._clock = clock
-        self._db_by_site: dict[str, int] = {}
-        self._db_total = 0
+        self._db_by_site: dict[str, dict[str, int]] = {INTERACTIVE: {}, BULK: {}}
+        self._db_total: Counter = Counter()
         self._as_of: float | None = None  # clock when the last good read started
         self._last_try = float("-inf")
         self._refreshing: asyncio.Future | None = None
-        self._unseen: dict[str, tuple[str, float]] = {}  # request id -> (site, accepted at)
-        self._unseen_by_site: Counter = Counter()
-        self._reserved_total = 0
+        self._unseen: dict[str, tuple[str, str, float]] = {}  # request id -> (site, lane, accepted at)
+        self._unseen_total: Counter = Counter()  # lane -> ids
+        self._unseen_by_site: Counter = Counter()  # (lane, site) -> ids
+        self._reserved_total: Counter = Counter()
         self._reserved_by_site: Counter = Counter()
 
     # --- reading ---------------------------------------------------------------------------
@@ -92,11 +108,12 @@ class PendingGauge:
     def age(self) -> float | None:
         return None if self._as_of is None else self._clock() - self._as_of
 
-    def total(self) -> int:
-        return self._db_total + len(self._unseen) + self._reserved_total
+    def total(self, lane: str = INTERACTIVE) -> int:
+        return self._db_total[lane] + self._unseen_total[lane] + self._reserved_total[lane]
 
-    def site(self, site_id: str) -> int:
-        return self._db_by_site.get(site_id, 0) + self._unseen_by_site[site_id] + self._reserved_by_site[site_id]
+    def site(self, site_id: str, lane: str = INTERACTIVE) -> int:
+        key = (lane, site_id)
+        return self._db_by_site[lane].get(site_id, 0) + self._unseen_by_site[key] + self._reserved_by_site[key]
 
     def is_fresh(self) -> bool:
         """True while the figure is less than `refresh_seconds` old (then `fresh()` has nothing to do)."""
@@ -127,12 +144,12 @@ class PendingGauge:
             raise
         finally:
             self._refreshing = None
-        self._db_by_site = dict(snapshot.by_site)
-        self._db_total = sum(snapshot.by_site.values())
+        self._db_by_site = {INTERACTIVE: dict(snapshot.by_site), BULK: dict(snapshot.bulk_by_site)}
+        self._db_total = Counter({lane: sum(by_site.values()) for lane, by_site in self._db_by_site.items()})
         for request_id in snapshot.seen:
             self._forget(request_id)
         cutoff = started - UNSEEN_TTL_SECONDS
-        stale = [rid for rid, (_, at) in self._unseen.items() if at < cutoff]
+        stale = [rid for rid, (_, _, at) in self._unseen.items() if at < cutoff]
         if stale:
             log.warning("intake: %d accepted requests never reached Postgres within %.0fs; no longer counted",
                         len(stale), UNSEEN_TTL_SECONDS)
@@ -143,58 +160,81 @@ class PendingGauge:
     def _forget(self, request_id: str) -> None:
         entry = self._unseen.pop(request_id, None)
         if entry is not None:
-            self._unseen_by_site[entry[0]] -= 1
-            if self._unseen_by_site[entry[0]] <= 0:
-                del self._unseen_by_site[entry[0]]
+            site_id, lane, _ = entry
+            self._unseen_total[lane] -= 1
+            _count_down(self._unseen_by_site, (lane, site_id))
 
     # --- admitting -------------------------------------------------------------------------
-    def admit(self, requests: Sequence[Mapping[str, Any]], *, limit: int, site_limits: Mapping[str, int]) -> Decision:
-        """Check and reserve in one synchronous step (no await between them)."""
-        per_site: dict[str, int] = {}
-        for r in requests:
-            per_site[r["site_id"]] = per_site.get(r["site_id"], 0) + 1
-        total = self.total()
-        if total + len(requests) > limit:
-            return Decision(False, "queue_full", total, limit, None, max(0, limit - total))
-        for site_id, n in (sorted(per_site.items()) if len(per_site) > 1 else per_site.items()):
-            site_pending, site_limit = self.site(site_id), site_limits[site_id]
+    def admit(
+        self, requests: Sequence[Mapping[str, Any]], *, limit: int, site_limits: Mapping[str, int],
+        bulk_limit: int | None = None, bulk_site_limits: Mapping[str, int] | None = None,
+    ) -> Decision:
+        """Check and reserve in one synchronous step (no await between them).
+
+        Interactive requests are held to `limit` and `site_limits`, bulk ones to `bulk_limit` and
+        `bulk_site_limits` (None: no limit), each lane against its own pending requests only. The
+        submission is admitted whole or not at all.
+        """
+        per_site: Counter = Counter((lane_of(r), r["site_id"]) for r in requests)
+        per_lane: Counter = Counter()
+        for (lane, _), n in per_site.items():
+            per_lane[lane] += n
+        lanes = {INTERACTIVE: (limit, site_limits), BULK: (bulk_limit, bulk_site_limits)}
+        for lane in (INTERACTIVE, BULK):  # the same order every time: the same answer for the same state
+            total_limit, limits = lanes[lane]
+            if not per_lane[lane] or total_limit is None:
+                continue
+            total = self.total(lane)
+            if total + per_lane[lane] > total_limit:
+                return Decision(False, "queue_full", total, total_limit, None, max(0, total_limit - total), lane)
+        for (lane, site_id), n in sorted(per_site.items()):
+            limits = lanes[lane][1]
+            if limits is None:
+                continue
+            site_pending, site_limit = self.site(site_id, lane), limits[site_id]
             if site_pending + n > site_limit:
-                return Decision(False, "site_queue_full", site_pending, site_limit, site_id, max(0, site_limit - site_pending))
-        self._reserved_total += len(requests)
-        reserved = self._reserved_by_site
-        for site_id, n in per_site.items():
-            reserved[site_id] += n
-        return Decision(True, pending=total, limit=limit)
+                return Decision(False, "site_queue_full", site_pending, site_limit, site_id,
+                                max(0, site_limit - site_pending), lane)
+        self._reserved_total.update(per_lane)
+        self._reserved_by_site.update(per_site)
+        return Decision(True, pending=self.total(), limit=limit)
 
     def settle(self, requests: Sequence[Mapping[str, Any]], *, produced: bool) -> None:
         """End a reservation: produced requests count as accepted until Postgres has them."""
         now = self._clock()
         for request in requests:
-            site_id = request["site_id"]
-            self._reserved_total -= 1
-            self._reserved_by_site[site_id] -= 1
-            if self._reserved_by_site[site_id] <= 0:
-                del self._reserved_by_site[site_id]
+            site_id, lane = request["site_id"], lane_of(request)
+            self._reserved_total[lane] -= 1
+            _count_down(self._reserved_by_site, (lane, site_id))
             if produced and request["request_id"] not in self._unseen:
-                self._unseen[request["request_id"]] = (site_id, now)
-                self._unseen_by_site[site_id] += 1
+                self._unseen[request["request_id"]] = (site_id, lane, now)
+                self._unseen_total[lane] += 1
+                self._unseen_by_site[(lane, site_id)] += 1
 
     def figures(self) -> dict[str, Any]:
+        """The interactive queue's figures (what `queue_size_limit` is held to), and the bulk queue's total."""
         age = self.age
         return {
             "pending": self.total(),
-            "pending_in_database": self._db_total,
-            "accepted_here_not_yet_in_database": len(self._unseen),
-            "being_produced_here": self._reserved_total,
+            "pending_in_database": self._db_total[INTERACTIVE],
+            "accepted_here_not_yet_in_database": self._unseen_total[INTERACTIVE],
+            "being_produced_here": self._reserved_total[INTERACTIVE],
             "age_seconds": None if age is None else round(age, 3),
+            "bulk_pending": self.total(BULK),
         }
+
+
+def _count_down(counter: Counter, key: Any) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
 
 
 async def fetch_pending(ids: list[str]) -> PendingSnapshot:
     await deps.ready()
     assert deps.db is not None
-    by_site, seen = await deps.db.pending_snapshot(ids)
-    return PendingSnapshot(by_site, seen)
+    by_site, bulk_by_site, seen = await deps.db.pending_snapshot(ids)
+    return PendingSnapshot(by_site, seen, bulk_by_site)
 
 
 gauge = PendingGauge(fetch_pending, refresh_seconds=settings.intake_pending_refresh_seconds)
@@ -233,15 +273,18 @@ def budget_rejection(sites: Mapping[str, Any]) -> IntakeError | None:
 
 def rejection(decision: Decision) -> IntakeError:
     wait = settings.intake_retry_after_seconds
+    bulk = decision.lane == BULK
+    kind, n, limit = "bulk " if bulk else "", decision.pending, decision.limit
     if decision.reason == "queue_full":
-        text = (f"the queue is full: {decision.pending} requests are pending and the limit is {decision.limit}; "
-                f"nothing was accepted, retry after {wait} s")
+        what = (f"the {kind}queue is full: {n} {kind}requests are pending and the limit is {limit}"
+                + (" (BLOGSTREAM_BULK_QUEUE_SIZE_LIMIT)" if bulk else ""))
     else:
-        text = (f"site {decision.site_id} has {decision.pending} requests pending and its limit (max_queued) is "
-                f"{decision.limit}; nothing was accepted, retry after {wait} s")
+        what = (f"site {decision.site_id} has {n} {kind}requests pending and its limit "
+                f"({'max_queued_bulk' if bulk else 'max_queued'}) is {limit}")
+    text = f"{what}; nothing was accepted, retry after {wait} s"
     if 0 < decision.room:
         text += f" or send at most {decision.room} now"
     return IntakeError(
         429, text, headers=retry_after_header(), reason=decision.reason, pending=decision.pending,
-        limit=decision.limit, site_id=decision.site_id, room=decision.room, retry_after=wait,
+        limit=decision.limit, site_id=decision.site_id, room=decision.room, retry_after=wait, lane=decision.lane,
     )

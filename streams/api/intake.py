@@ -13,10 +13,13 @@ means durable in Kafka. A batch is all or nothing as far as the answer goes
 keys, the pipeline makes one row and one post per id).
 
 Backpressure: pending = requests accepted and not yet DONE/FAILED/CANCELLED,
-across all workers. A submission of n requests is admitted only while
-pending + n <= QUEUE_SIZE_LIMIT and, per site, site pending + k <= sites.max_queued;
-otherwise 429 with Retry-After. While the queue is full the 429 comes before
-the body is parsed, so a flood of refusals costs the worker little. The figure (`PendingGauge`) is Postgres'
+across all workers, counted per lane. A submission's n interactive requests are
+admitted only while pending + n <= QUEUE_SIZE_LIMIT and, per site, site pending + k
+<= sites.max_queued; its bulk requests against the bulk ones pending,
+BULK_QUEUE_SIZE_LIMIT and sites.max_queued_bulk (a backfill never fills the
+interactive queue); otherwise 429 with Retry-After. While the interactive queue is
+full, a body that cannot hold a bulk request is answered 429 before it is parsed,
+so a flood of refusals costs the worker little. The figure (`PendingGauge`) is Postgres'
 PENDING rows, re-read at most once per `intake_pending_refresh_seconds`, plus
 what this worker accepted that the sink has not written yet and what it is
 producing right now, so one worker never overshoots; other workers' last
@@ -122,7 +125,7 @@ async def submit(raw: bytes) -> tuple[list[dict[str, Any]], bool]:
             await gauge.fresh()
         except QueueUnknown:
             raise unavailable("the number of pending requests could not be read (is Postgres up?)") from None
-    if (pending := gauge.total()) >= settings.queue_size_limit:
+    if (pending := gauge.total()) >= settings.queue_size_limit and not may_hold_bulk(raw):
         raise rejection(Decision(False, "queue_full", pending, settings.queue_size_limit))
     items, batch = parse_body(raw, max_batch=settings.intake_max_batch)
     requests, errors = check_items(items, batch=batch)
@@ -139,8 +142,11 @@ async def submit(raw: bytes) -> tuple[list[dict[str, Any]], bool]:
         raise conflict(reused)
     if refused := budget_rejection(sites):
         raise refused
-    limits = {site_id: site.max_queued for site_id, site in sites.items()}
-    decision = gauge.admit(requests, limit=settings.queue_size_limit, site_limits=limits)
+    decision = gauge.admit(
+        requests, limit=settings.queue_size_limit, site_limits={s: site.max_queued for s, site in sites.items()},
+        bulk_limit=settings.bulk_queue_size_limit,
+        bulk_site_limits={s: site.max_queued_bulk for s, site in sites.items()},
+    )
     if not decision.ok:
         raise rejection(decision)
     produced = False
@@ -153,6 +159,12 @@ async def submit(raw: bytes) -> tuple[list[dict[str, Any]], bool]:
     finally:
         gauge.settle(requests, produced=produced)
     return requests, batch
+
+
+def may_hold_bulk(raw: bytes) -> bool:
+    """False only when the body cannot hold a bulk request: without the word and without a JSON escape
+    (which could spell it), none of its requests says "priority": "bulk"."""
+    return b"bulk" in raw or b"\\" in raw
 
 
 def not_confirmed(request_ids: list[str]) -> IntakeError:
@@ -213,6 +225,7 @@ class IntakeState(ApiView):
             {
                 **gauge.figures(),
                 "queue_size_limit": settings.queue_size_limit,
+                "bulk_queue_size_limit": settings.bulk_queue_size_limit,
                 "max_batch": settings.intake_max_batch,
                 "max_body_bytes": settings.intake_max_body_bytes,
                 "auth": bool(settings.intake_token),

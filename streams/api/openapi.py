@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from store.costs import BUDGET_RANGE
-from store.sites import MAX_IN_FLIGHT_RANGE, MAX_QUEUED_RANGE, WEIGHT_RANGE
+from store.sites import MAX_IN_FLIGHT_RANGE, MAX_QUEUED_BULK_RANGE, MAX_QUEUED_RANGE, WEIGHT_RANGE
 from streams.api.access import ACCESS, ADMIN, INTAKE, MUTATING
 
 API_VERSION = "1.0.0"
@@ -131,11 +131,14 @@ SCHEMAS: dict[str, Any] = {
     "IntakeFigures": obj({
         "pending": COUNT, "pending_in_database": COUNT, "accepted_here_not_yet_in_database": COUNT,
         "being_produced_here": COUNT, "age_seconds": nullable("number"), "queue_size_limit": COUNT,
+        "bulk_pending": {**COUNT, "description": "Bulk requests pending (counted apart from the interactive ones, "
+                                                 "which the other pending figures count)."},
+        "bulk_queue_size_limit": COUNT,
         "max_batch": COUNT, "max_body_bytes": COUNT, "auth": {"type": "boolean"},
     }),
     "Site": obj({
         "site_id": TEXT, "name": TEXT, "wix_member_id": nullable("string"), "weight": NUMBER,
-        "max_in_flight": INT, "max_queued": INT, "paused": {"type": "boolean"},
+        "max_in_flight": INT, "max_queued": INT, "max_queued_bulk": INT, "paused": {"type": "boolean"},
     }, {
         "monthly_budget_usd": nullable("number", description="Spend cap per UTC calendar month; null: none."),
         "daily_budget_usd": nullable("number", description="Spend cap per UTC day; null: none."),
@@ -154,7 +157,10 @@ SCHEMAS: dict[str, Any] = {
         "weight": {"type": "number", "minimum": WEIGHT_RANGE[0], "maximum": WEIGHT_RANGE[1],
                    "description": "Share of every contested budget relative to other sites (default 1)."},
         "max_in_flight": {"type": "integer", "minimum": MAX_IN_FLIGHT_RANGE[0], "maximum": MAX_IN_FLIGHT_RANGE[1]},
-        "max_queued": {"type": "integer", "minimum": MAX_QUEUED_RANGE[0], "maximum": MAX_QUEUED_RANGE[1]},
+        "max_queued": {"type": "integer", "minimum": MAX_QUEUED_RANGE[0], "maximum": MAX_QUEUED_RANGE[1],
+                       "description": "Interactive requests of the site pending at most (429 site_queue_full above)."},
+        "max_queued_bulk": {"type": "integer", "minimum": MAX_QUEUED_BULK_RANGE[0], "maximum": MAX_QUEUED_BULK_RANGE[1],
+                            "description": "Bulk requests of the site pending at most, counted apart."},
         "paused": {"type": "boolean"},
         "monthly_budget_usd": {"type": ["number", "null"], "minimum": BUDGET_RANGE[0], "maximum": BUDGET_RANGE[1],
                                "description": "US dollars per UTC calendar month; null removes the cap."},

@@ -3,7 +3,8 @@
     GET   /api/sites                      every site with its controls and pending count
     GET   /api/sites/{site_id}/blogs      a site's requests, newest first: ?limit=50&after=<last id>
     GET   /api/sites/{site_id}            one site: controls, pending, in flight, queued here
-    PATCH /api/sites/{site_id}            {"weight": 2, "max_in_flight": 10, "max_queued": 500, "paused": false,
+    PATCH /api/sites/{site_id}            {"weight": 2, "max_in_flight": 10, "max_queued": 500, "max_queued_bulk": 20000,
+                                           "paused": false,
                                            "monthly_budget_usd": 50, "daily_budget_usd": null}
     POST  /api/sites/{site_id}/pause      its requests wait, parked in Postgres (nothing lost)
     POST  /api/sites/{site_id}/resume
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 MAX_PAGE = 500
 DEFAULT_PAGE = 50
 
-CONTROL_FIELDS = {"weight": float, "max_in_flight": int, "max_queued": int, "paused": bool}
+CONTROL_FIELDS = {"weight": float, "max_in_flight": int, "max_queued": int, "max_queued_bulk": int, "paused": bool}
 # Spend caps in US dollars per UTC month / day; null removes one (store/costs.py).
 BUDGET_FIELDS = {"monthly_budget_usd": "monthly_usd", "daily_budget_usd": "daily_usd"}
 BAD_SITE_ID = {"error": "site_id: must be 1-128 characters of A-Z a-z 0-9 . _ : -"}
@@ -141,7 +142,7 @@ class SiteControls(ApiView):
             return self.answer({"error": wrong}, 400)
         controls, errors = parse_controls(body)
         if errors or not controls:
-            problems = errors or ["nothing to change: give weight, max_in_flight, max_queued, paused, "
+            problems = errors or ["nothing to change: give weight, max_in_flight, max_queued, max_queued_bulk, paused, "
                                   "monthly_budget_usd or daily_budget_usd"]
             return self.answer({"error": "invalid site controls: " + "; ".join(problems), "fields": problems}, 400)
         return await _apply(self, site_id, **controls)

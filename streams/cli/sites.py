@@ -24,7 +24,9 @@ weight_option = click.option("--weight", type=click.FloatRange(min=0, min_open=T
 in_flight_option = click.option("--max-in-flight", type=click.IntRange(min=1),
                                 help="Requests of this site in flight at once, across all workers.")
 queued_option = click.option("--max-queued", type=click.IntRange(min=1),
-                             help="PENDING requests of this site the intake accepts.")
+                             help="PENDING interactive requests of this site the intake accepts.")
+queued_bulk_option = click.option("--max-queued-bulk", type=click.IntRange(min=1),
+                                  help="PENDING bulk requests of this site the intake accepts (counted apart).")
 
 
 NO_CAP = "none"
@@ -67,7 +69,7 @@ def site_json(site: Any) -> dict[str, Any]:
     """A site as `sites list --json` shows it: every control, never the Wix key."""
     return {
         "site_id": site.site_id, "name": site.name, "paused": site.paused, "weight": site.weight,
-        "max_in_flight": site.max_in_flight, "max_queued": site.max_queued,
+        "max_in_flight": site.max_in_flight, "max_queued": site.max_queued, "max_queued_bulk": site.max_queued_bulk,
         "wix_member_id": site.wix_member_id, "has_wix_api_key": bool(site.wix_api_key),
         "monthly_budget_usd": site.monthly_budget_usd, "daily_budget_usd": site.daily_budget_usd,
         "budget_exhausted": site.budget_exhausted,
@@ -108,18 +110,20 @@ def wix_api_key(key_env: str | None, key: str | None) -> str:
 @weight_option
 @in_flight_option
 @queued_option
+@queued_bulk_option
 def add(site: str, name: str | None, key_env: str | None, key: str | None, member_id: str | None,
-        weight: float | None, max_in_flight: int | None, max_queued: int | None) -> None:
+        weight: float | None, max_in_flight: int | None, max_queued: int | None, max_queued_bulk: int | None) -> None:
     """Register SITE (or replace its registration)."""
     from store.sites import Site
 
-    check_controls(weight=weight, max_in_flight=max_in_flight, max_queued=max_queued)
+    check_controls(weight=weight, max_in_flight=max_in_flight, max_queued=max_queued, max_queued_bulk=max_queued_bulk)
     check_registration(site, name=name, member_id=member_id)
     secret = checked_key(wix_api_key(key_env, key))
     config = connect.settings()
     record = Site(
         site_id=site, name=name or site, wix_api_key=secret, wix_member_id=member_id, weight=weight or 1.0,
         max_in_flight=max_in_flight or config.site_max_in_flight, max_queued=max_queued or config.site_max_queued,
+        max_queued_bulk=max_queued_bulk or config.site_max_queued_bulk,
     )
     connect.run_db(lambda db: db.upsert_site(record))
     click.echo(f"site {site} registered")
@@ -143,7 +147,7 @@ def list_sites(as_json: bool) -> None:
                        if value is not None)
         held = f" ({s.budget_exhausted} cap reached)" if s.budget_exhausted and not s.paused else ""
         click.echo(f"{s.site_id:30} {state:7} weight={s.weight:g} max_in_flight={s.max_in_flight} "
-                   f"max_queued={s.max_queued}{caps}{held}")
+                   f"max_queued={s.max_queued} max_queued_bulk={s.max_queued_bulk}{caps}{held}")
 
 
 def check_controls(**controls: Any) -> None:
@@ -230,19 +234,20 @@ def resume(site: str) -> None:
 @weight_option
 @in_flight_option
 @queued_option
+@queued_bulk_option
 @monthly_option
 @daily_option
 def set_controls(site: str, weight: float | None, max_in_flight: int | None, max_queued: int | None,
-                 monthly_budget: Any, daily_budget: Any) -> None:
-    """Change SITE's weight, in-flight cap, queue limit or spend caps.
+                 max_queued_bulk: int | None, monthly_budget: Any, daily_budget: Any) -> None:
+    """Change SITE's weight, in-flight cap, queue limits or spend caps.
 
     A raised spend cap releases the site's waiting requests within two seconds.
     """
-    if weight is None and max_in_flight is None and max_queued is None and monthly_budget is None \
-            and daily_budget is None:
-        raise CliError("nothing to change",
-                       "give --weight, --max-in-flight, --max-queued, --monthly-budget or --daily-budget", exit_code=2)
-    check_controls(weight=weight, max_in_flight=max_in_flight, max_queued=max_queued)
+    if weight is None and max_in_flight is None and max_queued is None and max_queued_bulk is None \
+            and monthly_budget is None and daily_budget is None:
+        raise CliError("nothing to change", "give --weight, --max-in-flight, --max-queued, --max-queued-bulk, "
+                       "--monthly-budget or --daily-budget", exit_code=2)
+    check_controls(weight=weight, max_in_flight=max_in_flight, max_queued=max_queued, max_queued_bulk=max_queued_bulk)
     caps = {name: None if value == NO_CAP else value
             for name, value in (("monthly_usd", monthly_budget), ("daily_usd", daily_budget)) if value is not None}
     if caps:
@@ -251,7 +256,7 @@ def set_controls(site: str, weight: float | None, max_in_flight: int | None, max
         global_cap = connect.settings().global_daily_budget_usd or None
         if not connect.run_db(lambda db: Costs(db).set_budgets(site, **caps, global_daily_usd=global_cap)):
             raise not_registered(site)
-    change(site, weight=weight, max_in_flight=max_in_flight, max_queued=max_queued)
+    change(site, weight=weight, max_in_flight=max_in_flight, max_queued=max_queued, max_queued_bulk=max_queued_bulk)
 
 
 @sites.command()

@@ -287,6 +287,12 @@ def test_rejection_bodies():
     assert full.body()["reason"] == "queue_full" and "10000 requests are pending" in full.error
     site = rejection(Decision(False, "site_queue_full", pending=8, limit=10, site_id="shop-1", room=2))
     assert site.body()["site_id"] == "shop-1" and "send at most 2 now" in site.error
+    assert site.body()["lane"] == "interactive"
+    bulk = rejection(Decision(False, "queue_full", pending=100_000, limit=100_000, lane="bulk"))
+    assert bulk.body()["lane"] == "bulk" and "BLOGSTREAM_BULK_QUEUE_SIZE_LIMIT" in bulk.error
+    assert "100000 bulk requests are pending" in bulk.error
+    bulk_site = rejection(Decision(False, "site_queue_full", pending=9, limit=10, site_id="shop-1", room=1, lane="bulk"))
+    assert "shop-1 has 9 bulk requests pending and its limit (max_queued_bulk) is 10" in bulk_site.error
 
 
 # --------------------------------------------------------------------------- the pending gauge
@@ -305,6 +311,7 @@ class FakeDb:
 
     def __init__(self) -> None:
         self.pending: dict[str, int] = {}
+        self.bulk: dict[str, int] = {}  # bulk PENDING rows per site
         self.rows: set[str] = set()
         self.calls = 0
         self.fail = False
@@ -316,11 +323,11 @@ class FakeDb:
             await self.gate.wait()
         if self.fail:
             raise ConnectionError("database down")
-        return PendingSnapshot(dict(self.pending), {i for i in ids if i in self.rows})
+        return PendingSnapshot(dict(self.pending), {i for i in ids if i in self.rows}, dict(self.bulk))
 
 
-def reqs(site: str, *ids: str):
-    return [{"request_id": i, "site_id": site} for i in ids]
+def reqs(site: str, *ids: str, priority: str | None = None):
+    return [{"request_id": i, "site_id": site, **({"priority": priority} if priority else {})} for i in ids]
 
 
 @pytest.fixture
@@ -668,3 +675,132 @@ async def test_a_503_after_kafka_did_not_confirm_names_the_ids_to_send_again(mon
     assert len(ids) == len(items) and ids[-1] == items[-1].get("request_id", ids[-1])
     assert all(isinstance(i, str) and i for i in ids)
     assert "request_ids" in answer.error and "same" in answer.error
+
+
+# --------------------------------------------------------------------------- lanes: bulk requests counted apart
+
+
+async def test_a_sites_backfill_never_fills_its_interactive_queue(gauge, db, clock):
+    """A site at its bulk limit still gets interactive requests in, and the other way round."""
+    db.pending, db.bulk = {"a": 2}, {"a": 10}
+    await gauge.fresh()
+    limits = dict(limit=100, site_limits={"a": 3}, bulk_limit=1000, bulk_site_limits={"a": 10})
+    no = gauge.admit(reqs("a", "b1", priority="bulk"), **limits)
+    assert (no.ok, no.reason, no.lane, no.pending, no.limit) == (False, "site_queue_full", "bulk", 10, 10)
+    assert gauge.admit(reqs("a", "i1"), **limits).ok  # 2 + 1 of max_queued 3
+    no = gauge.admit(reqs("a", "i2"), **limits)
+    assert (no.ok, no.lane) == (False, "interactive")
+    db.bulk = {}
+    clock.now += 1.5
+    await gauge.fresh()
+    assert gauge.admit(reqs("a", "b2", "b3", priority="bulk"), **limits).ok  # the full interactive queue is no bar
+
+
+async def test_a_full_global_queue_of_one_lane_leaves_the_other_open(gauge, db):
+    db.pending, db.bulk = {"a": 1, "b": 9}, {"c": 50}
+    await gauge.fresh()
+    limits = dict(limit=10, site_limits={"a": 100, "b": 100, "c": 100},
+                  bulk_limit=50, bulk_site_limits={"a": 100, "b": 100, "c": 100})
+    assert gauge.admit(reqs("c", "i1"), **limits).ok is False  # 10 interactive of 10
+    no = gauge.admit(reqs("a", "b1", priority="bulk"), **limits)
+    assert (no.ok, no.reason, no.lane, no.room) == (False, "queue_full", "bulk", 0)
+    assert gauge.figures()["pending"] == 10 and gauge.figures()["bulk_pending"] == 50
+
+
+async def test_a_mixed_submission_is_admitted_whole_or_not_at_all(gauge, db, clock):
+    db.bulk = {"a": 4}
+    await gauge.fresh()
+    limits = dict(limit=10, site_limits={"a": 10}, bulk_limit=100, bulk_site_limits={"a": 5})
+    batch = reqs("a", "i1", "i2") + reqs("a", "b1", "b2", priority="bulk")
+    no = gauge.admit(batch, **limits)
+    assert (no.ok, no.lane, no.room) == (False, "bulk", 1)
+    assert (gauge.total(), gauge.total("bulk")) == (0, 4)  # nothing of it reserved
+    ok = batch[:3]
+    assert gauge.admit(ok, **limits).ok
+    assert (gauge.total(), gauge.total("bulk"), gauge.site("a", "bulk")) == (2, 5, 5)
+    gauge.settle(ok, produced=True)  # accepted, not yet in Postgres: still counted, each in its lane
+    assert (gauge.total(), gauge.total("bulk")) == (2, 5)
+    db.rows |= {"i1", "i2", "b1"}
+    db.pending, db.bulk = {"a": 2}, {"a": 5}
+    clock.now += 1.5
+    await gauge.fresh()
+    assert (gauge.total(), gauge.total("bulk")) == (2, 5)  # counted once, not twice
+
+
+LANE_STATE = st.fixed_dictionaries({
+    "db": st.dictionaries(st.tuples(st.sampled_from(["interactive", "bulk"]), st.sampled_from("abc")),
+                          st.integers(0, 12), max_size=6),
+    "before": st.lists(st.tuples(st.sampled_from("abc"), st.sampled_from([None, "interactive", "bulk"]),
+                                 st.integers(1, 4), st.booleans()), max_size=5),
+    "submission": st.lists(st.tuples(st.sampled_from("abc"), st.sampled_from([None, "interactive", "bulk"])),
+                           min_size=1, max_size=8),
+    "limit": st.integers(1, 30), "bulk_limit": st.integers(1, 30),
+    "site_limit": st.integers(1, 12), "bulk_site_limit": st.integers(1, 12),
+})
+
+
+@hypothesis_settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(LANE_STATE)
+def test_each_lane_is_admitted_against_its_own_pending_requests_only(state):
+    """Whatever is pending, reserved or accepted in either lane: a submission is admitted exactly when
+    each lane's part fits that lane's limits, counted from that lane's requests alone."""
+    db = FakeDb()
+    for (lane, site), n in state["db"].items():
+        (db.bulk if lane == "bulk" else db.pending)[site] = n
+    gauge = PendingGauge(db.fetch, clock=FakeClock())
+    asyncio.run(gauge.fresh())
+    limits = dict(limit=state["limit"], site_limits=dict.fromkeys("abc", state["site_limit"]),
+                  bulk_limit=state["bulk_limit"], bulk_site_limits=dict.fromkeys("abc", state["bulk_site_limit"]))
+    count = dict(state["db"])  # (lane, site) -> pending, as the reference counts it
+    serial = iter(range(10_000))
+
+    def submission(items):
+        return [{"request_id": f"r{next(serial)}", "site_id": site, **({"priority": p} if p else {})}
+                for site, p in items]
+
+    def reference(requests):
+        wanted: dict = {}
+        for r in requests:
+            key = ("bulk" if r.get("priority") == "bulk" else "interactive", r["site_id"])
+            wanted[key] = wanted.get(key, 0) + 1
+        for lane, total_limit, site_limit in (("interactive", state["limit"], state["site_limit"]),
+                                              ("bulk", state["bulk_limit"], state["bulk_site_limit"])):
+            mine = {site: n for (l, site), n in wanted.items() if l == lane}
+            total = sum(n for (l, _), n in count.items() if l == lane)
+            if mine and total + sum(mine.values()) > total_limit:
+                return False, wanted
+            if any(count.get((lane, site), 0) + n > site_limit for site, n in mine.items()):
+                return False, wanted
+        return True, wanted
+
+    for site, priority, n, produced in state["before"]:
+        requests = submission([(site, priority)] * n)
+        expected, wanted = reference(requests)
+        assert gauge.admit(requests, **limits).ok == expected
+        if expected:
+            gauge.settle(requests, produced=produced)
+            if produced:
+                for key, k in wanted.items():
+                    count[key] = count.get(key, 0) + k
+    requests = submission(state["submission"])
+    expected, _ = reference(requests)
+    decision = gauge.admit(requests, **limits)
+    assert decision.ok == expected
+    for lane in ("interactive", "bulk"):
+        for site in "abc":
+            assert gauge.site(site, lane) == count.get((lane, site), 0) + (
+                sum(1 for r in requests if r["site_id"] == site
+                    and ("bulk" if r.get("priority") == "bulk" else "interactive") == lane) if expected else 0)
+
+
+def test_only_a_body_that_may_hold_a_bulk_request_is_read_while_the_queue_is_full():
+    """The cheap refusal (interactive queue full) must never refuse a bulk request unread."""
+    from streams.api.intake import may_hold_bulk
+
+    assert not may_hold_bulk(b'{"site_id": "a", "topic": "tea"}')
+    assert not may_hold_bulk(b"{not json")
+    assert may_hold_bulk(b'{"site_id": "a", "priority": "bulk"}')
+    assert may_hold_bulk('{"site_id": "a", "priority": "\\u0062ulk"}'.encode())  # an escape may spell it
+    for body in (json.dumps({"requests": [{"priority": "bulk"}]}, ensure_ascii=True),
+                 json.dumps({"priority": "bul\u006b"}), json.dumps({"priority": "bulk"}, indent=4)):
+        assert may_hold_bulk(body.encode())

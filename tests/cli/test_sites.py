@@ -69,7 +69,7 @@ def test_list_json_has_every_control_and_never_the_key(run):
     result = run("sites", "list", "--json")
     listed = {s["site_id"]: s for s in json.loads(result.stdout)}
     assert listed[site] == {"site_id": site, "name": site, "paused": False, "weight": 1.0, "max_in_flight": 7,
-                            "max_queued": 1000, "wix_member_id": None, "has_wix_api_key": True,
+                            "max_queued": 1000, "max_queued_bulk": 10_000, "wix_member_id": None, "has_wix_api_key": True,
                             "monthly_budget_usd": None, "daily_budget_usd": None, "budget_exhausted": None}
     assert "k-secret" not in result.stdout
     text = run("sites", "list").stdout

@@ -163,6 +163,10 @@ async def test_over_the_limits_429_then_accepted_again(workers, api, sim, outcom
     # a full queue is answered before the body is looked at (refusing a flood must be cheap)
     junk = await first.post("/api/blogs", content=b"{not json", headers={"Content-Type": "application/json"})
     assert junk.status_code == 429 and junk.json()["reason"] == "queue_full"
+    # bulk requests have a queue of their own: a full interactive queue does not refuse a backfill
+    backfill = [workers.request(small, 30 + n) | {"priority": "bulk"} for n in range(2)]
+    assert (await post(first, {"requests": backfill})).status_code == 202
+    assert (await first.get("/api/intake")).json()["bulk_pending"] >= 2
     # ... and on the other worker as soon as it has read the figure (within about a second)
     deadline = time.time() + 10
     while (await second.get("/api/intake")).json()["pending"] < QUEUE_LIMIT:
@@ -171,9 +175,9 @@ async def test_over_the_limits_429_then_accepted_again(workers, api, sim, outcom
     refused = await post(second, {"requests": [workers.request(big, 10)]})
     assert refused.status_code == 429 and refused.json()["reason"] == "queue_full"
 
-    ids = [r["request_id"] for r in a + b]
+    ids = [r["request_id"] for r in a + b + backfill]
     rows = await outcomes.wait_final(ids, timeout=90, workers=workers.workers)
-    assert summarize(rows) == {"DONE": 6}
+    assert summarize(rows) == {"DONE": 8}
 
     # below the limits again: both sites are accepted (once the figure caught up)
     sim.configure({"openai": {"latency": [1.0, 2.0]}})

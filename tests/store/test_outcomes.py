@@ -366,8 +366,9 @@ async def test_pending_snapshot(db: Database) -> None:
     await db.upsert_outcomes(rows)
 
     unknown = uid("req")
-    by_site, existing = await db.pending_snapshot([ids[0], ids[2], unknown])
+    by_site, bulk_by_site, existing = await db.pending_snapshot([ids[0], ids[2], unknown])
     assert by_site[site] == 2 and by_site[other] == 1
+    assert site not in bulk_by_site and other not in bulk_by_site
     assert done_site not in by_site  # a site without PENDING rows is absent, not 0
     assert all(isinstance(n, int) for n in by_site.values())
     assert existing == {ids[0], ids[2]}  # of the given ids, those with a row (any status)
@@ -375,8 +376,25 @@ async def test_pending_snapshot(db: Database) -> None:
     pending = await db.pending_by_site()
     assert {s: by_site[s] for s in (site, other)} == {s: pending[s] for s in (site, other)}
 
-    by_site, existing = await db.pending_snapshot([])
+    by_site, _, existing = await db.pending_snapshot([])
     assert existing == set() and by_site[site] == 2
+
+
+@aio
+async def test_pending_snapshot_counts_bulk_requests_apart(db: Database) -> None:
+    """A row is in the bulk lane when its request says "priority": "bulk"; without a request, interactive."""
+    site, t0 = uid("site"), now() - timedelta(minutes=10)
+    bulk = [uid("req") for _ in range(3)]
+    interactive = [uid("req") for _ in range(2)]
+    for request_id in bulk:
+        await db.request_owner(request_id, site, request={"request_id": request_id, "priority": "bulk"}, at=t0)
+    await db.request_owner(interactive[0], site, request={"request_id": interactive[0], "priority": "interactive"}, at=t0)
+    await db.request_owner(interactive[1], site, at=t0)  # no request stored
+    await db.upsert_outcomes([ev(bulk[2], "published", t0 + timedelta(seconds=1), site)])  # DONE: not pending
+
+    by_site, bulk_by_site, _ = await db.pending_snapshot([])
+    assert (by_site[site], bulk_by_site[site]) == (2, 2)
+    assert await db.pending_bulk() >= 2
 
 
 # --- tenancy: a request id belongs to one site ------------------------------------------------------

@@ -38,6 +38,14 @@ async def test_sites_registry(db: Database) -> None:
     with pytest.raises(ValueError):
         await db.upsert_site(Site(sid, max_queued=0))
 
+    # The bulk queue's limit is a control of its own: set, read back, and the others untouched.
+    updated = await db.update_site_controls(sid, max_queued_bulk=250_000)
+    assert (updated.max_queued_bulk, updated.max_queued) == (250_000, 1000)
+    assert (await db.get_site(sid)).max_queued_bulk == 250_000
+    for wrong in (0, 1_000_001):
+        with pytest.raises(ValueError):
+            await db.update_site_controls(sid, max_queued_bulk=wrong)
+
 
 def test_site_repr_hides_the_key() -> None:
     site = Site("s1", name="n", wix_api_key="wix-very-secret-key")
