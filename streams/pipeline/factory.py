@@ -362,8 +362,9 @@ def build_stage(
         return out
 
     runner = StageRunner(
-        name, handle, concurrency=settings.stage_concurrency, read_ahead=settings.read_ahead, policy=deps.policy,
-        paused_version=deps.paused_version, topic=source.get_topic_name(),
+        name, handle, concurrency=settings.stage_concurrency, read_ahead=settings.read_ahead,
+        read_ahead_bytes=settings.read_ahead_bytes, policy=deps.policy, paused_version=deps.paused_version,
+        topic=source.get_topic_name(),
     )
     # A runner that sees a partition's events skip an offset, or stall with
     # records waiting, reads it again from its next offset (Faust's consumer).

@@ -1,9 +1,8 @@
 """Runs one stage's events many at a time, fairly across sites, acking in order.
 
-A stage reads its topic with `stream.noack()` and hands every event to a
-`StageRunner`, which
-- keeps read-ahead events in one line per site (bounded per worker), so a small
-  site behind a big site's backlog in the same partition is not stuck behind it;
+A stage reads its topic with `stream.noack()` and hands every event to a `StageRunner`, which
+- keeps read-ahead events in one line per site (bounded per worker in events and in bytes), so a
+  small site behind a big site's backlog in the same partition is not stuck behind it;
 - starts the next event by weighted round-robin across sites, never more than a
   site's cap at once;
 - moves a paused site's events out (`park`: into Postgres, store/parked.py)
@@ -45,10 +44,7 @@ class SitePolicy:
 
 class SiteHeld(Exception):
     """A step found its site held (a spend cap reached) before a paid call: the event goes back to be parked.
-
-    Raised before anything was paid; whoever raises it has marked the site held in the
-    policies, so the runner parks the event instead of starting it again.
-    """
+    Raised before anything was paid, by whoever marked the site held in the policies (the runner parks it)."""
 
     def __init__(self, site_id: str, reason: str) -> None:
         self.site_id, self.reason = site_id, reason
@@ -56,12 +52,9 @@ class SiteHeld(Exception):
 
 
 class WorkerStopping(Exception):
-    """The worker is stopping: a step gave up before a provider call, nothing paid or posted.
-
-    Raised by the stage's one retry loop (streams/pipeline/stage.py) once a clean
-    stop began; the runner leaves the event unacked, so whoever owns its partition
-    next runs it. Not a failed try: it never counts towards failing the request.
-    """
+    """The worker is stopping: a step gave up before a provider call, nothing paid or posted. Raised by the
+    stage's retry loop (stage.py) once a clean stop began; the runner leaves the event unacked for whoever owns
+    its partition next. Not a failed try: it never counts towards failing the request."""
 
 
 @dataclass(eq=False)
@@ -71,6 +64,7 @@ class _Entry:
     offset: int
     site_id: str
     bulk: bool = False  # a bulk request's: started only while slots are left over for interactive ones
+    size: int = 0  # bytes of its record's value, counted against the read-ahead's bytes
     done: bool = False
     failures: int = 0
     dropped: bool = False  # its partition moved to another worker
@@ -109,6 +103,7 @@ class StageRunner(GivingWay):
         *,
         concurrency: int,
         read_ahead: int,
+        read_ahead_bytes: int = 64 * 2**20,
         policy: Callable[[str], SitePolicy] = lambda site: SitePolicy(),
         paused_version: Callable[[], int] | None = None,
         topic: str | None = None,
@@ -120,11 +115,10 @@ class StageRunner(GivingWay):
         # A tenth of the slots (at least one; none of one) is kept for interactive events, and for other sites:
         # one whose calls take long (Wix retrying) would come to hold every slot, whatever its cap allows.
         self.bulk_concurrency = self.site_slots = concurrency - (max(1, concurrency // 10) if concurrency > 1 else 0)
-        self.read_ahead = read_ahead
+        # Events (and their records' bytes) read, not acked: a count alone let long articles take gigabytes.
+        self.read_ahead, self.read_ahead_bytes = read_ahead, read_ahead_bytes
         self.policy = policy
-        # Changes whenever a site may have become paused (Deps.paused_version): the runner then looks
-        # at every site with a line. Without it, it looks every PARK_SCAN_SECONDS.
-        self.paused_version = paused_version
+        self.paused_version = paused_version  # changes when a site may have paused (else: every PARK_SCAN_SECONDS)
         self._scanned_version: int | None = None
         self.stream: Any = None
         self._unfinished: dict[Any, deque[_Entry]] = {}  # tp -> entries in offset order
@@ -133,7 +127,7 @@ class StageRunner(GivingWay):
         self._credit: dict[str, float] = {}
         self._running: dict[str, int] = {}
         self._running_total = 0
-        self._buffered = 0
+        self._buffered = self._buffered_bytes = 0
         self._changed = asyncio.Event()
         self._last_offset: dict[Any, int] = {}  # tp -> offset of the last event read (to see gaps)
         self._rewinds: dict[Any, tuple[int, int, float]] = {}  # tp -> (offset read again from, times, when)
@@ -158,7 +152,7 @@ class StageRunner(GivingWay):
         if self._watchdog is None or self._watchdog.done():
             self._watchdog = asyncio.ensure_future(self._watch_for_stalls())
         async for event in stream.noack().events():
-            while self._buffered >= self.read_ahead:  # the dispatcher looks for sites to give way meanwhile
+            while self.read_ahead_full():  # the dispatcher looks for sites to give way meanwhile
                 self._changed.clear()
                 await self._changed.wait()
             self.add(event)
@@ -169,13 +163,17 @@ class StageRunner(GivingWay):
         if not self._in_sequence(message.tp, message.offset):
             return  # a copy of an event already taken, or one past a gap (read again after the rewind)
         site_id = site_of(event)
-        entry = _Entry(event, message.tp, message.offset, site_id, _is_bulk(message))
+        entry = _Entry(event, message.tp, message.offset, site_id, _is_bulk(message), len(event.value or b""))
         self._unfinished.setdefault(message.tp, deque()).append(entry)
         line = self._line_of(site_id)
         line.append(entry)
         self._buffered += 1
+        self._buffered_bytes += entry.size
         self._show_queued(site_id)
         self._changed.set()
+
+    def read_ahead_full(self) -> bool:
+        return self._buffered >= self.read_ahead or self._buffered_bytes >= self.read_ahead_bytes
 
     def _in_sequence(self, tp: Any, offset: int) -> bool:
         """Whether the event at `offset` is the partition's next one; a gap before it starts a rewind.
@@ -236,7 +234,7 @@ class StageRunner(GivingWay):
         rebalance. Partitions with nothing waiting, and a runner whose read-ahead
         is full (it stopped reading on purpose), are not stalled.
         """
-        if self.rewind is None or self.topic is None or self._buffered >= self.read_ahead:
+        if self.rewind is None or self.topic is None or self.read_ahead_full():
             return []
         stalled = []
         for tp in self.assigned_partitions():
@@ -359,7 +357,7 @@ class StageRunner(GivingWay):
         await self._wait_for_policies()
         while True:
             self._park_paused()
-            if self._buffered >= self.read_ahead:
+            if self.read_ahead_full():
                 self._give_way()
             entry = self._next()
             if entry is None:
@@ -524,6 +522,7 @@ class StageRunner(GivingWay):
         while line and line[0].done:
             entry = line.popleft()
             self._buffered -= 1
+            self._buffered_bytes -= entry.size
             await self.stream.ack(entry.event)
         self._changed.set()
 
@@ -552,6 +551,7 @@ class StageRunner(GivingWay):
             line = self._unfinished.pop(tp, None)
             if line:
                 self._buffered -= len(line)
+                self._buffered_bytes -= sum(entry.size for entry in line)
                 for entry in line:
                     entry.dropped = True
         for site_id in list(self._lines):

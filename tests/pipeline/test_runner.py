@@ -382,6 +382,33 @@ async def test_read_ahead_bounds_unacked_events(run):
     assert sorted(stream.acks) == sorted({(o % 2, o // 2) for o in range(50)})
 
 
+async def test_read_ahead_bounds_the_bytes_of_unacked_records_too(run):
+    """Records of 1 to 3 KB (long articles) against 10 KB of read-ahead: the runner stops reading once the
+    records it holds reach it, however few they are (past it by one record at most), and a record larger
+    than the bound alone still runs."""
+    sizes = [1000, 3000, 2000, 1000, 3000, 2000, 1000, 3000, 50_000, 1000, 2000]
+    handler = Recorder(gated=lambda ev: True)
+    stream = FakeStream()
+    runner = StageRunner("test", handler, concurrency=100, read_ahead=10_000, read_ahead_bytes=10_000)
+    runner.expected_start, runner.rewind, runner.to_tail = (lambda tp: None), None, None
+    run(runner, stream)
+    events = [event(0, o, f"site-{o % 3}") for o in range(len(sizes))]
+    for ev, size in zip(events, sizes):
+        ev.value = bytes(size)
+    stream.feed(events)
+
+    await wait_until(lambda: len(handler.started) == 5, "the records up to 10 KB started")
+    await settle()
+    assert handler.started == [(0, o) for o in range(5)] and runner._buffered_bytes == 10_000
+    for o in range(len(sizes)):  # finished in order: the window slides by bytes, never past the bound
+        await wait_until(lambda: (0, o) in handler.started, f"(0, {o}) started")
+        read = len(handler.started)  # each is read only while those before it hold less than the bound
+        assert sum(sizes[o:read - 1]) < 10_000, "past the bound by one record at most"
+        handler.open((0, o))
+        await wait_until(lambda: (0, o) in stream.acks, f"(0, {o}) acked")
+    assert stream.acked(0) == list(range(len(sizes))) and runner._buffered_bytes == 0
+
+
 async def test_forget_drops_unstarted_events_of_revoked_partitions(run):
     handler = Recorder(gated=lambda ev: ev.id == (0, 0))
     stream = FakeStream()
@@ -398,7 +425,7 @@ async def test_forget_drops_unstarted_events_of_revoked_partitions(run):
     assert handler.started == [(0, 0)] + [(1, o) for o in range(5)]
     assert stream.acked(0) == []
     assert runner.queued_by_site() == {}
-    assert runner._buffered == 0, "forgotten events no longer count against read_ahead"
+    assert runner._buffered == 0 and runner._buffered_bytes == 0, "forgotten events no longer count against read_ahead"
 
 
 # --------------------------------------------------------------------------- offsets Faust skipped
