@@ -32,6 +32,11 @@ limiter_clock_offset = Gauge(
     "The coordinator's clock minus this worker's, estimated from permit round trips (positive: this worker is behind)",
     registry=registry,
 )
+limiter_clock_steps = Counter(
+    "blogstream_limiter_clock_steps_total", "Steps of the coordinator's wall clock beyond the wire margin (NTP, a "
+    "resumed VM), by direction: a step forward holds every grant for one window + grace", ["direction"],
+    registry=registry,
+)
 permits_expired = Counter(
     "blogstream_permits_expired_total", "Grants that arrived too late to use safely", registry=registry,
 )

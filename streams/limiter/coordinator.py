@@ -45,6 +45,7 @@ from faust.agents.models import ReqRepRequest
 from streams import metrics
 from streams.app import LIMITER_TOPIC, app, topic_name
 from streams.limiter.book import INTERACTIVE, LANE_RANK, Ask, BudgetBook
+from streams.limiter.clock_steps import ClockSteps
 from streams.limiter.outbox import Outbox
 from streams.limiter.own_loop import OwnLoop
 from streams.limiter.published import publisher
@@ -151,6 +152,7 @@ class Coordinator:
     last_tick: float = field(default_factory=time.time)
     snapshot: dict[str, Any] | None = None  # the last figures published (see `publish_stats`)
     site_figures: dict[str, Any] | None = None  # the per-site part of `stats` (published.SITE_SECTIONS)
+    clock: ClockSteps = field(default_factory=lambda: ClockSteps(wire_margin()))  # its wall clock's steps
     _wakeup: asyncio.Event | None = None
 
     @staticmethod
@@ -250,12 +252,33 @@ class Coordinator:
             f" (took over from {marker.get('instance')})" if marker else "",
         )
 
+    def now(self) -> float:
+        """The wall clock, watched for steps (clock_steps.py). Forward by X: grants made before it would leave
+        their windows X seconds early while the providers still count them, so nothing is granted until none
+        of them can be in a provider's window. Back: they count X seconds longer (never an overrun); the
+        upkeep goes on from now."""
+        now, step = self.clock.look()
+        if step:
+            metrics.limiter_clock_steps.labels("forward" if step > 0 else "back").inc()
+            # A lease's units go out until its end, each counted by the provider a window from then.
+            hold = span_seconds() + max([self.book.lease_seconds] + [float(spec.get("lease_seconds") or 0)
+                                                                     for spec in self.book.rate_specs.values()])
+            if step > 0:
+                self.hold_until = max(self.hold_until, now + hold)
+            self.last_tick = min(self.last_tick, now)
+            log.warning("limiter coordinator: the wall clock stepped %s by %.3f s (NTP, a resumed machine)%s",
+                        "forward" if step > 0 else "back", abs(step),
+                        f"; holding all grants for {hold:.1f} s (a window, the grace and a lease): grants made "
+                        "before the step would leave their windows early" if step > 0 else
+                        "; grants made before it count that much longer (less budget used, never more)")
+        return now
+
     # --- events ---------------------------------------------------------------
     async def handle(self, value: Any, headers: Any = None, offset: int | None = None) -> None:
         await self.load(offset)
         if not self.loaded:
             return  # the limiter moved away while we were loading
-        now = time.time()
+        now = self.now()
         self.book.workers.heard(now)
         reply = None
         reply_to = (headers or {}).get("Faust-Ag-ReplyTo")
@@ -427,7 +450,7 @@ class Coordinator:
     async def run_once(self) -> float:
         """Grant what fits, make it durable, then answer. Returns seconds until the next look."""
         epoch = self.epoch
-        now = time.time()
+        now = self.now()
         if now - self.last_tick >= 1.0:
             self.book.recover(now - self.last_tick)
             self._log_gone(self.book.expire(now))
