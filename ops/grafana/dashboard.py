@@ -44,8 +44,10 @@ PANELS = [
     Panel(
         "Requests by status",
         "Rows of blog_generations by status (Postgres, global). PENDING is the seed's queue size: "
-        "warning above 1,000, critical above 5,000.",
-        [("max by (status) (blogstream_requests)", "{{status}}")],
+        "warning above 1,000, critical above 5,000 interactive ones. PENDING bulk: the backfills, which the "
+        "intake counts in a queue of their own (BLOGSTREAM_BULK_QUEUE_SIZE_LIMIT).",
+        [("max by (status) (blogstream_requests)", "{{status}}"),
+         ("max(blogstream_requests_pending_bulk)", "PENDING bulk")],
         thresholds=[("green", None), ("orange", 1000), ("red", 5000)],
     ),
     Panel(

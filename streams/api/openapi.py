@@ -148,6 +148,8 @@ SCHEMAS: dict[str, Any] = {
     "SiteList": obj({"sites": {"type": "array", "items": {"allOf": [ref("Site"), obj({"pending": COUNT})]}}}),
     "SiteView": {"allOf": [ref("Site"), obj({
         "pending": COUNT,
+        "pending_bulk": {**COUNT, "description": "Of the pending requests, the bulk ones (counted against "
+                                                 "max_queued_bulk; the others against max_queued)."},
         "in_flight": nullable("integer", description="Requests holding a slot (the limiter's snapshot); null: "
                                                       "no recent snapshot."),
         "in_flight_age_seconds": nullable("number"),

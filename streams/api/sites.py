@@ -88,7 +88,8 @@ async def site_view(site_id: str) -> dict[str, Any] | None:
     site = await deps.db.get_site(site_id)
     if site is None:
         return None
-    pending = (await deps.db.pending_by_site()).get(site_id, 0)
+    interactive, bulk, _ = await deps.db.pending_snapshot([])
+    pending, pending_bulk = interactive.get(site_id, 0) + bulk.get(site_id, 0), bulk.get(site_id, 0)
     try:  # the limiter's published snapshot: costs the coordinator nothing
         stats = await budgets.stats(timeout=2.0)
         in_flight, age = stats.get("slots", {}).get(site_id, 0), stats["snapshot_age_seconds"]
@@ -97,6 +98,7 @@ async def site_view(site_id: str) -> dict[str, Any] | None:
     return {
         **public(site),
         "pending": pending,
+        "pending_bulk": pending_bulk,  # of them, bulk (max_queued_bulk); the rest count against max_queued
         "in_flight": in_flight,
         "in_flight_age_seconds": age,
         "queued_on_this_worker": {r.name: r.queued_by_site().get(site_id, 0) for r in StageRunner.instances},

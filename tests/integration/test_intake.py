@@ -167,6 +167,11 @@ async def test_over_the_limits_429_then_accepted_again(workers, api, sim, outcom
     backfill = [workers.request(small, 30 + n) | {"priority": "bulk"} for n in range(2)]
     assert (await post(first, {"requests": backfill})).status_code == 202
     assert (await first.get("/api/intake")).json()["bulk_pending"] >= 2
+    deadline = time.time() + 10  # the site's view counts its rows, once the sink wrote them
+    while (view := (await first.get(f"/api/sites/{small}")).json())["pending_bulk"] < 2:
+        assert time.time() < deadline, view
+        await asyncio.sleep(0.2)
+    assert view["pending"] >= view["pending_bulk"] == 2
     # ... and on the other worker as soon as it has read the figure (within about a second)
     deadline = time.time() + 10
     while (await second.get("/api/intake")).json()["pending"] < QUEUE_LIMIT:
