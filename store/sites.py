@@ -93,15 +93,15 @@ CONTROL_RANGES: dict[str, tuple[float, float]] = {
 
 def control_problem(name: str, value: Any) -> str | None:
     """What is wrong with one control's value (None: it is fine). Numbers only: no bool, NaN or infinity."""
-    low, high = CONTROL_RANGES[name]
-    whole = name != "weight"
+    whole, (lowest, highest) = name != "weight", CONTROL_RANGES[name]
+    low, high = (str(int(bound)) if whole else f"{bound:g}" for bound in (lowest, highest))  # 1000000, not 1e+06
     # An int is always finite, and math.isfinite cannot take one too large for a float (OverflowError)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not math.isfinite(value)):
-        return f"must be a {'whole ' if whole else ''}number from {low:g} to {high:g}"
+        return f"must be a {'whole ' if whole else ''}number from {low} to {high}"
     if whole and value != int(value):
-        return f"must be a whole number from {low:g} to {high:g}"
-    if not low <= value <= high:
-        return f"must be from {low:g} to {high:g}"
+        return f"must be a whole number from {low} to {high}"
+    if not lowest <= value <= highest:
+        return f"must be from {low} to {high}"
     return None
 
 

@@ -207,3 +207,12 @@ async def test_a_site_invalidated_after_the_list_is_read_alone_and_the_others_ar
     assert (await cache.get("a")).name == "1" and table.reads == ["a"]  # read alone once, then cached
     clock[0] += 3.0
     assert (await cache.get("b")).name == "0" and table.reads == ["a", "b"]  # the list is as old as its TTL
+
+
+def test_a_control_out_of_its_range_is_told_its_range_in_plain_numbers() -> None:
+    from store.sites import control_problem
+
+    assert control_problem("max_queued_bulk", 0) == "must be from 1 to 1000000"  # not "1e+06"
+    assert control_problem("max_queued_bulk", 2.5) == "must be a whole number from 1 to 1000000"
+    assert control_problem("weight", 1000) == "must be from 0.01 to 100"
+    assert control_problem("max_queued_bulk", 1_000_000) is None
