@@ -208,12 +208,13 @@ def expected_start(tp: Any) -> int | None:
 
 
 def stage_topic(name: str) -> faust.TopicT:
-    return app.topic(
-        topic_name(name),
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=settings.topic_partitions,
-    )
+    topic = app.topic(topic_name(name), key_serializer="raw", value_serializer="raw",
+                      partitions=settings.topic_partitions)
+    # Faust's buffer between its consumer and a stage's runner, in events: its default (4,096) is 4 GB of
+    # 1-MB records; the runner's own read-ahead is bounded in events and bytes (pipeline/runner.py). Set
+    # here, as app.topic() drops its `maxsize` argument; the stage's reading clone copies it.
+    topic.maxsize = settings.stream_buffer_events
+    return topic
 
 
 requests_topic = stage_topic("blog.requests")

@@ -200,6 +200,7 @@ class Settings(BaseSettings):
     stage_concurrency: int = Field(200, ge=1)  # provider calls in flight per stage per worker
     read_ahead: int = Field(10_000, ge=1)  # events buffered per stage per worker (bounded memory)
     read_ahead_bytes: int = Field(64 * 2**20, ge=1)  # and bytes of their records (long articles: up to 1 MB each)
+    stream_buffer_events: int = Field(256, ge=10)  # events Faust holds for a stage before its runner reads them
     max_attempts: int = Field(6, ge=1)
     retry_base_seconds: float = Field(1.0, gt=0)
     # A provider failing for a passing reason (5xx, timeout, 429) fails a request only after
