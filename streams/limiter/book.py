@@ -279,7 +279,7 @@ class BudgetBook(LeaseRules):
             closed: dict[str, float] = {}
             wanted: set[str] = set()  # budgets an interactive ask found no room in: bulk asks keep off them
             still_open = {b for b, is_open in open_.items() if is_open}
-            passed: dict[tuple[str, str], list] = {}  # (site, request) -> [(ask, group)] passed over for a slot
+            passed: dict[tuple[str, str], list] = {}  # (site, request) -> [(ask, group, place)] passed over
             again: set[str] = set()  # of those, the asks back in line: their request got a slot
             while (still_open or slot_only) and (entry := line.pop()) is not None:
                 rank, vtime, seq, ask_id, key = entry
@@ -299,10 +299,10 @@ class BudgetBook(LeaseRules):
                 if start is not None:
                     # Its request gets a slot: its asks passed over for a full slot that a look at every ask
                     # would reach after this one (later in fair order) are not refused one now.
-                    for other, other_key in passed.pop((ask.site_id, ask.request_id), ()) if passed else ():
-                        if (place := self._fair_key(other)) > entry[:3]:
+                    for other, other_key, place in passed.pop((ask.site_id, ask.request_id), ()) if passed else ():
+                        if place > entry[:3]:
                             again.add(other.ask_id)
-                            line.push((*place, other.ask_id, other_key))
+                            line.push((*self._fair_key(other), other.ask_id, other_key))
                     grants.append(self._grant(ask, start, made_at=now))
                 else:
                     if not rank:  # the budgets it found too full (not its site's slots): kept for it
@@ -316,7 +316,7 @@ class BudgetBook(LeaseRules):
         """After `ask` found its site's slots full, its group's later asks refused a slot too need no look (noted
         in `passed`); None: its budgets had no room. Their look would add nothing to `wanted` (interactive first)."""
         slot = self.slots.get(f"slots:{ask.site_id}") if ask.slot_limit is not None else None
-        return slot.passing_over(key, passed) if slot is not None and slot.refuses(ask) else None
+        return slot.passing_over(key, passed, self._fair_key) if slot is not None and slot.refuses(ask) else None
 
     def _closed_for_all(self, budget: str, closed: dict[str, float]) -> bool:
         """A budget closed for the smallest amount waiting on it has room for nobody."""

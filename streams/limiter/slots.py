@@ -43,13 +43,14 @@ class SlotBudget:
         or until its own request gets a slot through another of its asks)."""
         return ask.slot_limit == self.limit and not self.fits(0.0, ask.request_id)
 
-    def passing_over(self, group: Any, passed: dict) -> Callable[[Any], bool]:
+    def passing_over(self, group: Any, passed: dict, place: Callable[[Any], tuple]) -> Callable[[Any], bool]:
         """What a scheduling pass may pass over in `group` (the asks this slot refuses), each noted in
-        `passed` by (site, request): it is looked at again if its request gets a slot later in the pass."""
+        `passed` by (site, request) with its `place` in the fair order then (where a look at every ask
+        would look at it): it is looked at again if its request gets a slot before that place."""
         def passed_over(ask: Any) -> bool:
             if not self.refuses(ask):
                 return False
-            passed.setdefault((ask.site_id, ask.request_id), []).append((ask, group))
+            passed.setdefault((ask.site_id, ask.request_id), []).append((ask, group, place(ask)))
             return True
         return passed_over
 

@@ -250,3 +250,26 @@ def test_an_ask_added_while_a_pass_walks_the_line_is_in_the_line_after_it():
     with line.walk(lambda kind: True) as walk:
         popped = [walk.pop()[3], walk.pop()[3]]
         assert popped == ["a1", "a2"] and walk.pop() is None
+
+
+def test_an_ask_passed_over_is_not_looked_at_again_once_a_look_at_every_ask_had_refused_it():
+    """Site s1's slots are full (ra, rb); P and X (r1) are refused a slot, then Y1 and Y2 (ra, rb: holders)
+    are granted, which moves X's place in the fair order on, then G gets r1 a slot (limit 3). A look at
+    every ask refused X before G: X waits for the next pass (the place it had when passed over counts,
+    not the one it has when G is granted; found by review)."""
+    oa, wx = {REQ: 1, TOK: 100}, {"wix_requests:s1": 1}
+    specs = {REQ: {"limit": 100, "window": 10.0}, TOK: {"limit": 10**6, "window": 10.0},
+             "wix_requests:": {"limit": 4, "window": 10.0}}
+    waves = [(0.0, [("a1", "ra", oa, 2), ("a2", "rb", oa, 2), ("w1", "ra", wx, 2), ("w2", "ra", wx, 2),
+                    ("w3", "rb", wx, 2)]),
+             (1.0, [("P", "rc", oa, 2), ("X", "r1", oa, 2), ("Y1", "ra", oa, 2), ("Y2", "rb", oa, 2),
+                    ("G", "r1", wx, 3)])]
+    made = []
+    for cls in (BudgetBook, FullHeapBook):
+        b = cls(specs, grace=0.3, slot_default=2, lookahead=0.0)
+        for now, wave in waves:
+            for ask_id, request, needs, slot in wave:
+                b.add_ask(Ask(ask_id, "s1", request, dict(needs), slot, 1.0, now, 0, lane=INTERACTIVE))
+            made.append([g.ask.ask_id for g in b.grant_ready(now)])
+        made.append(sorted(b.waiting))
+    assert made[:3] == made[3:] and made[1] == ["Y1", "Y2", "G"] and made[2] == ["P", "X"]
