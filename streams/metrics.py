@@ -34,7 +34,8 @@ limiter_clock_offset = Gauge(
 )
 limiter_clock_steps = Counter(
     "blogstream_limiter_clock_steps_total", "Steps of the coordinator's wall clock beyond the wire margin (NTP, a "
-    "resumed VM), by direction: a step forward holds every grant for one window + grace", ["direction"],
+    "resumed VM), by direction: a step forward holds every grant for a window, the grace and the longest lease",
+    ["direction"],
     registry=registry,
 )
 permits_expired = Counter(
@@ -86,8 +87,8 @@ requests_by_status = Gauge(
     ["status"], registry=registry,
 )
 requests_pending_bulk = Gauge(
-    "blogstream_requests_pending_bulk", "PENDING requests of the bulk lane (\"priority\": \"bulk\"), which the intake "
-    "counts apart from the interactive ones (BLOGSTREAM_BULK_QUEUE_SIZE_LIMIT) (global, from Postgres)",
+    "blogstream_requests_pending_bulk", "PENDING requests of the bulk lane (\"priority\": \"bulk\"): counted apart per "
+    "site at the intake, and they leave BLOGSTREAM_QUEUE_INTERACTIVE_SHARE of the queue free (global, from Postgres)",
     registry=registry,
 )
 batch_lane_requests = Gauge(

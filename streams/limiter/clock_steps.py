@@ -22,17 +22,22 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-__all__ = ["ClockSteps"]
+__all__ = ["MIN_TOLERANCE", "ClockSteps"]
+
+MIN_TOLERANCE = 0.005  # seconds
 
 
 class ClockSteps:
     """How far the wall clock stepped since the last look, beyond what the monotonic clock moved."""
 
     def __init__(self, tolerance: float, wall: Callable[[], float] | None = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
-        self.tolerance = tolerance  # steps up to this are the wire margin's to absorb (specs.wire_margin)
-        self._wall = wall or (lambda: time.time())  # looked up at each call, as every other reader of the clock
-        self._monotonic = monotonic
+                 monotonic: Callable[[], float] | None = None) -> None:
+        # Steps up to the wire margin are its to absorb (specs.wire_margin); at least a few ms, above the
+        # rounding of a float time of day, also when the grace (and so the margin) is set to 0.
+        self.tolerance = max(tolerance, MIN_TOLERANCE)
+        # Looked up at each call, as every other reader of the clocks does (tests replace time.time).
+        self._wall = wall or (lambda: time.time())
+        self._monotonic = monotonic or (lambda: time.monotonic())
         self._last: tuple[float, float, float] | None = None  # (wall, monotonic, how far apart they were read)
 
     def look(self) -> tuple[float, float]:

@@ -260,17 +260,19 @@ class Coordinator:
         now, step = self.clock.look()
         if step:
             metrics.limiter_clock_steps.labels("forward" if step > 0 else "back").inc()
-            # A lease's units go out until its end, each counted by the provider a window from then.
-            hold = span_seconds() + max([self.book.lease_seconds] + [float(spec.get("lease_seconds") or 0)
-                                                                     for spec in self.book.rate_specs.values()])
+            # A lease's units (and a grant made ahead) go out until its end, each counted a window from then.
+            hold = span_seconds() + max([self.book.lease_seconds, self.book.lookahead] + [
+                float(spec.get("lease_seconds") or 0) for spec in self.book.rate_specs.values()])
             if step > 0:
                 self.hold_until = max(self.hold_until, now + hold)
-            self.last_tick = min(self.last_tick, now)
+            self.book.workers.shift(step)  # a step is no silence: nobody is gone (or alive) longer for it
+            self.last_tick = min(self.last_tick + step, now)  # nor is it calm that restores a throttled budget
             log.warning("limiter coordinator: the wall clock stepped %s by %.3f s (NTP, a resumed machine)%s",
                         "forward" if step > 0 else "back", abs(step),
                         f"; holding all grants for {hold:.1f} s (a window, the grace and a lease): grants made "
                         "before the step would leave their windows early" if step > 0 else
-                        "; grants made before it count that much longer (less budget used, never more)")
+                        "; grants made before it (and the pacing) count that much longer: budgets grant less, or "
+                        "nothing, until the clock is back where it was (never more)")
         return now
 
     # --- events ---------------------------------------------------------------

@@ -47,6 +47,11 @@ class WorkerRoll:
         self._routes: dict[str, str] = {}  # reply address -> the worker process last heard from there
         self._replaced: set[str] = set()  # workers whose address a newer process answers from
 
+    def shift(self, seconds: float) -> None:
+        """The clock stepped by `seconds` (limiter/clock_steps.py): what was heard keeps its age."""
+        self.seen = {worker: at + seconds for worker, at in self.seen.items()}
+        self.heard_at += seconds
+
     def heard(self, now: float) -> None:
         """Any message came: after a stretch of silence, everyone starts afresh from now."""
         if now - self.heard_at > self.hearing_gap:

@@ -40,6 +40,7 @@ def test_a_step_beyond_the_tolerance_is_told_once_and_slewing_never(moves):
     clocks = Clocks()
     steps = ClockSteps(0.1, wall=lambda: clocks.wall, monotonic=lambda: clocks.mono)
     assert steps.look() == (clocks.wall, 0.0)  # the first look has nothing to compare with
+    assert ClockSteps(0.0).tolerance > 0  # a grace of 0: still above a float time of day's rounding
     for seconds, slew, step in moves:
         clocks.advance(seconds, slew + step)
         now, told = steps.look()
@@ -98,6 +99,8 @@ async def ask(c: Coordinator, ask_id: str) -> None:
 async def test_a_step_forward_holds_every_grant_until_none_made_before_it_can_be_counted(monkeypatch):
     clocks = Clocks()
     c, answered = _coordinator(monkeypatch, clocks)
+    c.book.workers.saw("w1", clocks.wall)
+    c.book.workers.saw("w2", clocks.wall)
     await ask(c, "before")
     await c.run_once()
     await c.run_once()
@@ -106,8 +109,9 @@ async def test_a_step_forward_holds_every_grant_until_none_made_before_it_can_be
     clocks.advance(0.5, step=40.0)  # NTP puts the clock 40 s forward
     await ask(c, "after")
     await c.run_once()
+    assert c.book.workers.gone(clocks.wall) == set()  # a worker heard 0.5 s ago is not 40 s silent
     hold = c.hold_until - clocks.wall
-    assert hold >= span_seconds() + c.book.lease_seconds
+    assert hold >= span_seconds() + max(c.book.lease_seconds, c.book.lookahead, 30.0)  # Wix leases: 30 s
     while clocks.wall < c.hold_until - 1.0:  # nothing granted meanwhile, however the book sees its windows
         clocks.advance(1.0)
         await c.run_once()
@@ -134,3 +138,20 @@ async def test_a_step_back_holds_nothing_and_the_upkeep_goes_on_from_the_new_tim
     clocks.advance(1.5)
     await c.run_once()
     assert upkeep == [clocks.wall]
+
+
+def test_a_step_forward_does_not_make_a_worker_look_silent_longer(monkeypatch):
+    """A worker last heard 25 s ago is not gone (30 s) because the clock stepped 10 s forward meanwhile."""
+    clocks = Clocks()
+    c, _ = _coordinator(monkeypatch, clocks)
+    c.now()
+    c.book.workers.saw("quiet", clocks.wall)
+    for _ in range(25):  # another worker keeps talking: silence would prove something
+        clocks.advance(1.0)
+        c.now()
+        c.book.workers.saw("busy", clocks.wall)
+        c.book.workers.heard(clocks.wall)
+    clocks.advance(0.0, step=10.0)
+    assert c.book.workers.gone(c.now()) == set()
+    clocks.advance(7.0)  # "quiet" counts from the first message heard (1 s in): 31 s of real silence
+    assert c.book.workers.gone(c.now()) == {"quiet"}
