@@ -192,11 +192,11 @@ class Settings(BaseSettings):
     # --- Work and fairness -----------------------------------------------------
     site_max_in_flight: int = Field(20, ge=1)  # the seed's MAX_PER_INSTANCE, now across all workers
     site_max_queued: int = Field(1000, ge=1)
-    queue_size_limit: int = Field(10_000, ge=1)  # the seed's QUEUE_SIZE_LIMIT: interactive requests pending
-    # Bulk requests ("priority": "bulk") pending, counted apart from the interactive ones: a backfill
-    # waits hours by design, and must not fill the queue interactive requests need (docs/intake.md).
+    queue_size_limit: int = Field(10_000, ge=1)  # the seed's QUEUE_SIZE_LIMIT: requests pending, both lanes
+    # The part of the queue bulk requests ("priority": "bulk", a backfill) leave free for interactive ones;
+    # per site, bulk requests count against max_queued_bulk, apart (docs/intake.md).
+    queue_interactive_share: float = Field(0.1, ge=0, le=1)
     site_max_queued_bulk: int = Field(10_000, ge=1, le=1_000_000)
-    bulk_queue_size_limit: int = Field(100_000, ge=1)
     stage_concurrency: int = Field(200, ge=1)  # provider calls in flight per stage per worker
     read_ahead: int = Field(10_000, ge=1)  # events buffered per stage per worker (bounded memory)
     read_ahead_bytes: int = Field(64 * 2**20, ge=1)  # and bytes of their records (long articles: up to 1 MB each)

@@ -1,10 +1,9 @@
 """sites.max_queued_bulk: how many bulk requests a site may have pending, apart from its interactive ones
 
-The intake admits a bulk request (`"priority": "bulk"`) against the site's bulk requests and
-`BLOGSTREAM_BULK_QUEUE_SIZE_LIMIT`, an interactive one against the rest and `max_queued` /
-`BLOGSTREAM_QUEUE_SIZE_LIMIT` (streams/api/admission.py): a backfill of hours no longer fills the
-queue that a site's (or every site's) interactive requests need. The range is the one
-store/sites.py and the HTTP API enforce; `sites` is small, so the CHECK's scan costs nothing.
+The intake admits a site's bulk requests (`"priority": "bulk"`) against its bulk requests pending
+and this limit, its interactive ones against the rest and `max_queued` (streams/api/admission.py):
+a site's backfill of hours no longer fills the room its interactive requests need. The range is the
+one store/sites.py and the HTTP API enforce; `sites` is small, so the CHECK's scan costs nothing.
 
 Revision ID: 0013
 Revises: 0012

@@ -44,8 +44,8 @@ PANELS = [
     Panel(
         "Requests by status",
         "Rows of blog_generations by status (Postgres, global). PENDING is the seed's queue size: "
-        "warning above 1,000, critical above 5,000 interactive ones. PENDING bulk: the backfills, which the "
-        "intake counts in a queue of their own (BLOGSTREAM_BULK_QUEUE_SIZE_LIMIT).",
+        "warning above 1,000, critical above 5,000. PENDING bulk: the backfills among them, which leave "
+        "BLOGSTREAM_QUEUE_INTERACTIVE_SHARE of the queue to interactive requests.",
         [("max by (status) (blogstream_requests)", "{{status}}"),
          ("max(blogstream_requests_pending_bulk)", "PENDING bulk")],
         thresholds=[("green", None), ("orange", 1000), ("red", 5000)],

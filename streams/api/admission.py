@@ -1,10 +1,11 @@
 """Backpressure: how many requests are pending, and whether a submission may join them.
 
 pending = requests accepted and not yet DONE/FAILED/CANCELLED, across all
-workers, counted per lane. A submission of n interactive requests is admitted
-only while pending + n <= QUEUE_SIZE_LIMIT and, per site, site pending + k <=
-sites.max_queued; its bulk requests likewise against the bulk requests pending,
-BULK_QUEUE_SIZE_LIMIT and sites.max_queued_bulk.
+workers. A submission of n requests is admitted only while pending + n <=
+QUEUE_SIZE_LIMIT (and, when it has bulk requests, <= QUEUE_SIZE_LIMIT x (1 -
+QUEUE_INTERACTIVE_SHARE)) and, per site, site pending + k <= sites.max_queued
+for its interactive requests, <= sites.max_queued_bulk for its bulk ones (each
+lane counted apart per site: a site's backfill never fills its interactive room).
 """
 from __future__ import annotations
 
@@ -71,8 +72,8 @@ class PendingGauge:
              + ids this worker accepted that the last read did not find in Postgres yet
              + requests this worker is producing right now (reserved at admission)
 
-    Each lane (interactive, bulk) is counted apart: a bulk request waits hours by design, and a
-    backfill must never fill the queue that interactive requests are admitted against.
+    Each lane (interactive, bulk) is counted apart too: a bulk request may wait hours by design, and
+    a backfill must not fill the room of interactive requests (`admit`).
 
     Reservation happens in the same synchronous step as the check, so concurrent
     submissions to one worker can never together pass the limit. What other workers
@@ -108,7 +109,10 @@ class PendingGauge:
     def age(self) -> float | None:
         return None if self._as_of is None else self._clock() - self._as_of
 
-    def total(self, lane: str = INTERACTIVE) -> int:
+    def total(self, lane: str | None = None) -> int:
+        """Pending requests of `lane`, or of both (None: what the queue limit counts)."""
+        if lane is None:
+            return sum(self.total(each) for each in (INTERACTIVE, BULK))
         return self._db_total[lane] + self._unseen_total[lane] + self._reserved_total[lane]
 
     def site(self, site_id: str, lane: str = INTERACTIVE) -> int:
@@ -167,37 +171,34 @@ class PendingGauge:
     # --- admitting -------------------------------------------------------------------------
     def admit(
         self, requests: Sequence[Mapping[str, Any]], *, limit: int, site_limits: Mapping[str, int],
-        bulk_limit: int | None = None, bulk_site_limits: Mapping[str, int] | None = None,
+        bulk_site_limits: Mapping[str, int] | None = None, interactive_reserve: int = 0,
     ) -> Decision:
         """Check and reserve in one synchronous step (no await between them).
 
-        Interactive requests are held to `limit` and `site_limits`, bulk ones to `bulk_limit` and
-        `bulk_site_limits` (None: no limit), each lane against its own pending requests only. The
-        submission is admitted whole or not at all.
+        Every request counts against `limit` (the queue, both lanes: all of it fits a stage's
+        read-ahead, so an interactive request is never left unread behind bulk ones); bulk requests
+        are taken only while they leave `interactive_reserve` of it free. Per site, interactive
+        requests are held to `site_limits` and bulk ones to `bulk_site_limits` (None: none), each
+        against that site's pending requests of its own lane. Admitted whole or not at all.
         """
         per_site: Counter = Counter((lane_of(r), r["site_id"]) for r in requests)
-        per_lane: Counter = Counter()
-        for (lane, _), n in per_site.items():
-            per_lane[lane] += n
-        lanes = {INTERACTIVE: (limit, site_limits), BULK: (bulk_limit, bulk_site_limits)}
-        for lane in (INTERACTIVE, BULK):  # the same order every time: the same answer for the same state
-            total_limit, limits = lanes[lane]
-            if not per_lane[lane] or total_limit is None:
-                continue
-            total = self.total(lane)
-            if total + per_lane[lane] > total_limit:
-                return Decision(False, "queue_full", total, total_limit, None, max(0, total_limit - total), lane)
-        for (lane, site_id), n in sorted(per_site.items()):
-            limits = lanes[lane][1]
-            if limits is None:
+        total, n, bulk = self.total(), len(requests), sum(n for (lane, _), n in per_site.items() if lane == BULK)
+        if total + n > limit:
+            return Decision(False, "queue_full", total, limit, None, max(0, limit - total))
+        if bulk and total + n > limit - interactive_reserve:
+            return Decision(False, "queue_full", total, limit - interactive_reserve, None,
+                            max(0, limit - interactive_reserve - total), BULK)
+        lanes = {INTERACTIVE: site_limits, BULK: bulk_site_limits}
+        for (lane, site_id), k in sorted(per_site.items()):
+            if (limits := lanes[lane]) is None:
                 continue
             site_pending, site_limit = self.site(site_id, lane), limits[site_id]
-            if site_pending + n > site_limit:
+            if site_pending + k > site_limit:
                 return Decision(False, "site_queue_full", site_pending, site_limit, site_id,
                                 max(0, site_limit - site_pending), lane)
-        self._reserved_total.update(per_lane)
+        self._reserved_total.update(lane for lane, _ in per_site.elements())
         self._reserved_by_site.update(per_site)
-        return Decision(True, pending=self.total(), limit=limit)
+        return Decision(True, pending=total, limit=limit)
 
     def settle(self, requests: Sequence[Mapping[str, Any]], *, produced: bool) -> None:
         """End a reservation: produced requests count as accepted until Postgres has them."""
@@ -212,13 +213,12 @@ class PendingGauge:
                 self._unseen_by_site[(lane, site_id)] += 1
 
     def figures(self) -> dict[str, Any]:
-        """The interactive queue's figures (what `queue_size_limit` is held to), and the bulk queue's total."""
         age = self.age
         return {
             "pending": self.total(),
-            "pending_in_database": self._db_total[INTERACTIVE],
-            "accepted_here_not_yet_in_database": self._unseen_total[INTERACTIVE],
-            "being_produced_here": self._reserved_total[INTERACTIVE],
+            "pending_in_database": sum(self._db_total.values()),
+            "accepted_here_not_yet_in_database": len(self._unseen),
+            "being_produced_here": sum(self._reserved_total.values()),
             "age_seconds": None if age is None else round(age, 3),
             "bulk_pending": self.total(BULK),
         }
@@ -274,12 +274,14 @@ def budget_rejection(sites: Mapping[str, Any]) -> IntakeError | None:
 def rejection(decision: Decision) -> IntakeError:
     wait = settings.intake_retry_after_seconds
     bulk = decision.lane == BULK
-    kind, n, limit = "bulk " if bulk else "", decision.pending, decision.limit
-    if decision.reason == "queue_full":
-        what = (f"the {kind}queue is full: {n} {kind}requests are pending and the limit is {limit}"
-                + (" (BLOGSTREAM_BULK_QUEUE_SIZE_LIMIT)" if bulk else ""))
+    n, limit = decision.pending, decision.limit
+    if decision.reason == "queue_full" and bulk:
+        what = (f"the queue is full for bulk requests: {n} requests are pending, and bulk ones are taken only "
+                f"up to {limit}, leaving the rest for interactive ones (BLOGSTREAM_QUEUE_INTERACTIVE_SHARE)")
+    elif decision.reason == "queue_full":
+        what = f"the queue is full: {n} requests are pending and the limit is {limit}"
     else:
-        what = (f"site {decision.site_id} has {n} {kind}requests pending and its limit "
+        what = (f"site {decision.site_id} has {n} {'bulk ' if bulk else ''}requests pending and its limit "
                 f"({'max_queued_bulk' if bulk else 'max_queued'}) is {limit}")
     text = f"{what}; nothing was accepted, retry after {wait} s"
     if 0 < decision.room:

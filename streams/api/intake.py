@@ -13,13 +13,13 @@ means durable in Kafka. A batch is all or nothing as far as the answer goes
 keys, the pipeline makes one row and one post per id).
 
 Backpressure: pending = requests accepted and not yet DONE/FAILED/CANCELLED,
-across all workers, counted per lane. A submission's n interactive requests are
-admitted only while pending + n <= QUEUE_SIZE_LIMIT and, per site, site pending + k
-<= sites.max_queued; its bulk requests against the bulk ones pending,
-BULK_QUEUE_SIZE_LIMIT and sites.max_queued_bulk (a backfill never fills the
-interactive queue); otherwise 429 with Retry-After. While the interactive queue is
-full, a body that cannot hold a bulk request is answered 429 before it is parsed,
-so a flood of refusals costs the worker little. The figure (`PendingGauge`) is Postgres'
+across all workers. A submission of n requests is admitted only while
+pending + n <= QUEUE_SIZE_LIMIT (with bulk requests in it: while it leaves
+QUEUE_INTERACTIVE_SHARE of the limit free) and, per site, site pending + k <=
+sites.max_queued for its interactive requests, sites.max_queued_bulk for its bulk
+ones (counted apart: a site's backfill never fills its interactive room);
+otherwise 429 with Retry-After. While the queue is full the 429 comes before
+the body is parsed, so a flood of refusals costs the worker little. The figure (`PendingGauge`) is Postgres'
 PENDING rows, re-read at most once per `intake_pending_refresh_seconds`, plus
 what this worker accepted that the sink has not written yet and what it is
 producing right now, so one worker never overshoots; other workers' last
@@ -125,7 +125,7 @@ async def submit(raw: bytes) -> tuple[list[dict[str, Any]], bool]:
             await gauge.fresh()
         except QueueUnknown:
             raise unavailable("the number of pending requests could not be read (is Postgres up?)") from None
-    if (pending := gauge.total()) >= settings.queue_size_limit and not may_hold_bulk(raw):
+    if (pending := gauge.total()) >= settings.queue_size_limit:
         raise rejection(Decision(False, "queue_full", pending, settings.queue_size_limit))
     items, batch = parse_body(raw, max_batch=settings.intake_max_batch)
     requests, errors = check_items(items, batch=batch)
@@ -144,8 +144,8 @@ async def submit(raw: bytes) -> tuple[list[dict[str, Any]], bool]:
         raise refused
     decision = gauge.admit(
         requests, limit=settings.queue_size_limit, site_limits={s: site.max_queued for s, site in sites.items()},
-        bulk_limit=settings.bulk_queue_size_limit,
         bulk_site_limits={s: site.max_queued_bulk for s, site in sites.items()},
+        interactive_reserve=interactive_reserve(),
     )
     if not decision.ok:
         raise rejection(decision)
@@ -161,10 +161,9 @@ async def submit(raw: bytes) -> tuple[list[dict[str, Any]], bool]:
     return requests, batch
 
 
-def may_hold_bulk(raw: bytes) -> bool:
-    """False only when the body cannot hold a bulk request: without the word and without a JSON escape
-    (which could spell it), none of its requests says "priority": "bulk"."""
-    return b"bulk" in raw or b"\\" in raw
+def interactive_reserve() -> int:
+    """Requests of the queue bulk ones leave free for interactive ones (BLOGSTREAM_QUEUE_INTERACTIVE_SHARE)."""
+    return int(settings.queue_size_limit * settings.queue_interactive_share)
 
 
 def not_confirmed(request_ids: list[str]) -> IntakeError:
@@ -225,7 +224,7 @@ class IntakeState(ApiView):
             {
                 **gauge.figures(),
                 "queue_size_limit": settings.queue_size_limit,
-                "bulk_queue_size_limit": settings.bulk_queue_size_limit,
+                "queue_interactive_reserve": interactive_reserve(),
                 "max_batch": settings.intake_max_batch,
                 "max_body_bytes": settings.intake_max_body_bytes,
                 "auth": bool(settings.intake_token),

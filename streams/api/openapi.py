@@ -71,6 +71,8 @@ SCHEMAS: dict[str, Any] = {
     "Refused": with_error(
         reason={"enum": ["queue_full", "site_queue_full", "budget_exhausted"]}, pending=COUNT, limit=COUNT,
         site_id=nullable("string"), room=COUNT, retry_after=COUNT,
+        lane={"enum": ["interactive", "bulk"], "description": "With queue_full / site_queue_full: which requests the "
+              "full limit holds (bulk: the part of the queue bulk requests may take, or the site's max_queued_bulk)."},
         code={"const": "budget_exhausted", "description": "With reason budget_exhausted: a spend cap holds the site."},
         cap={"enum": ["month", "day", "global_day"], "description": "Which spend cap is reached."},
     ),
@@ -131,9 +133,9 @@ SCHEMAS: dict[str, Any] = {
     "IntakeFigures": obj({
         "pending": COUNT, "pending_in_database": COUNT, "accepted_here_not_yet_in_database": COUNT,
         "being_produced_here": COUNT, "age_seconds": nullable("number"), "queue_size_limit": COUNT,
-        "bulk_pending": {**COUNT, "description": "Bulk requests pending (counted apart from the interactive ones, "
-                                                 "which the other pending figures count)."},
-        "bulk_queue_size_limit": COUNT,
+        "bulk_pending": {**COUNT, "description": "Of the pending requests, the bulk ones."},
+        "queue_interactive_reserve": {**COUNT, "description": "Of queue_size_limit, what bulk requests leave free "
+                                                              "for interactive ones."},
         "max_batch": COUNT, "max_body_bytes": COUNT, "auth": {"type": "boolean"},
     }),
     "Site": obj({

@@ -288,9 +288,9 @@ def test_rejection_bodies():
     site = rejection(Decision(False, "site_queue_full", pending=8, limit=10, site_id="shop-1", room=2))
     assert site.body()["site_id"] == "shop-1" and "send at most 2 now" in site.error
     assert site.body()["lane"] == "interactive"
-    bulk = rejection(Decision(False, "queue_full", pending=100_000, limit=100_000, lane="bulk"))
-    assert bulk.body()["lane"] == "bulk" and "BLOGSTREAM_BULK_QUEUE_SIZE_LIMIT" in bulk.error
-    assert "100000 bulk requests are pending" in bulk.error
+    bulk = rejection(Decision(False, "queue_full", pending=9_000, limit=9_000, lane="bulk"))
+    assert bulk.body()["lane"] == "bulk" and "BLOGSTREAM_QUEUE_INTERACTIVE_SHARE" in bulk.error
+    assert "9000 requests are pending, and bulk ones are taken only up to 9000" in bulk.error
     bulk_site = rejection(Decision(False, "site_queue_full", pending=9, limit=10, site_id="shop-1", room=1, lane="bulk"))
     assert "shop-1 has 9 bulk requests pending and its limit (max_queued_bulk) is 10" in bulk_site.error
 
@@ -680,11 +680,11 @@ async def test_a_503_after_kafka_did_not_confirm_names_the_ids_to_send_again(mon
 # --------------------------------------------------------------------------- lanes: bulk requests counted apart
 
 
-async def test_a_sites_backfill_never_fills_its_interactive_queue(gauge, db, clock):
+async def test_a_sites_backfill_never_fills_its_interactive_room(gauge, db, clock):
     """A site at its bulk limit still gets interactive requests in, and the other way round."""
     db.pending, db.bulk = {"a": 2}, {"a": 10}
     await gauge.fresh()
-    limits = dict(limit=100, site_limits={"a": 3}, bulk_limit=1000, bulk_site_limits={"a": 10})
+    limits = dict(limit=100, site_limits={"a": 3}, bulk_site_limits={"a": 10})
     no = gauge.admit(reqs("a", "b1", priority="bulk"), **limits)
     assert (no.ok, no.reason, no.lane, no.pending, no.limit) == (False, "site_queue_full", "bulk", 10, 10)
     assert gauge.admit(reqs("a", "i1"), **limits).ok  # 2 + 1 of max_queued 3
@@ -693,38 +693,41 @@ async def test_a_sites_backfill_never_fills_its_interactive_queue(gauge, db, clo
     db.bulk = {}
     clock.now += 1.5
     await gauge.fresh()
-    assert gauge.admit(reqs("a", "b2", "b3", priority="bulk"), **limits).ok  # the full interactive queue is no bar
+    assert gauge.admit(reqs("a", "b2", "b3", priority="bulk"), **limits).ok  # a full interactive room is no bar
 
 
-async def test_a_full_global_queue_of_one_lane_leaves_the_other_open(gauge, db):
-    db.pending, db.bulk = {"a": 1, "b": 9}, {"c": 50}
+async def test_bulk_requests_leave_the_interactive_reserve_of_the_queue_free(gauge, db):
+    db.pending, db.bulk = {"a": 1}, {"b": 88}
     await gauge.fresh()
-    limits = dict(limit=10, site_limits={"a": 100, "b": 100, "c": 100},
-                  bulk_limit=50, bulk_site_limits={"a": 100, "b": 100, "c": 100})
-    assert gauge.admit(reqs("c", "i1"), **limits).ok is False  # 10 interactive of 10
-    no = gauge.admit(reqs("a", "b1", priority="bulk"), **limits)
-    assert (no.ok, no.reason, no.lane, no.room) == (False, "queue_full", "bulk", 0)
-    assert gauge.figures()["pending"] == 10 and gauge.figures()["bulk_pending"] == 50
+    limits = dict(limit=100, site_limits={"a": 100, "b": 100}, bulk_site_limits={"a": 100, "b": 100},
+                  interactive_reserve=10)
+    assert gauge.admit(reqs("b", "b1", priority="bulk"), **limits).ok  # 90 of the 90 bulk ones may reach
+    no = gauge.admit(reqs("a", "b2", priority="bulk"), **limits)
+    assert (no.ok, no.reason, no.lane, no.limit, no.room) == (False, "queue_full", "bulk", 90, 0)
+    assert gauge.admit(reqs("a", *[f"i{n}" for n in range(10)]), **limits).ok  # the reserve: interactive ones
+    no = gauge.admit(reqs("a", "i10"), **limits)
+    assert (no.ok, no.reason, no.lane, no.limit) == (False, "queue_full", "interactive", 100)
+    assert (gauge.total(), gauge.total("bulk"), gauge.figures()["bulk_pending"]) == (100, 89, 89)
 
 
 async def test_a_mixed_submission_is_admitted_whole_or_not_at_all(gauge, db, clock):
     db.bulk = {"a": 4}
     await gauge.fresh()
-    limits = dict(limit=10, site_limits={"a": 10}, bulk_limit=100, bulk_site_limits={"a": 5})
+    limits = dict(limit=10, site_limits={"a": 10}, bulk_site_limits={"a": 5})
     batch = reqs("a", "i1", "i2") + reqs("a", "b1", "b2", priority="bulk")
     no = gauge.admit(batch, **limits)
     assert (no.ok, no.lane, no.room) == (False, "bulk", 1)
-    assert (gauge.total(), gauge.total("bulk")) == (0, 4)  # nothing of it reserved
+    assert (gauge.total("interactive"), gauge.total("bulk")) == (0, 4)  # nothing of it reserved
     ok = batch[:3]
     assert gauge.admit(ok, **limits).ok
-    assert (gauge.total(), gauge.total("bulk"), gauge.site("a", "bulk")) == (2, 5, 5)
+    assert (gauge.total("interactive"), gauge.total("bulk"), gauge.site("a", "bulk")) == (2, 5, 5)
     gauge.settle(ok, produced=True)  # accepted, not yet in Postgres: still counted, each in its lane
-    assert (gauge.total(), gauge.total("bulk")) == (2, 5)
+    assert (gauge.total("interactive"), gauge.total("bulk")) == (2, 5)
     db.rows |= {"i1", "i2", "b1"}
     db.pending, db.bulk = {"a": 2}, {"a": 5}
     clock.now += 1.5
     await gauge.fresh()
-    assert (gauge.total(), gauge.total("bulk")) == (2, 5)  # counted once, not twice
+    assert (gauge.total("interactive"), gauge.total("bulk"), gauge.total()) == (2, 5, 7)  # once, not twice
 
 
 LANE_STATE = st.fixed_dictionaries({
@@ -734,23 +737,24 @@ LANE_STATE = st.fixed_dictionaries({
                                  st.integers(1, 4), st.booleans()), max_size=5),
     "submission": st.lists(st.tuples(st.sampled_from("abc"), st.sampled_from([None, "interactive", "bulk"])),
                            min_size=1, max_size=8),
-    "limit": st.integers(1, 30), "bulk_limit": st.integers(1, 30),
+    "limit": st.integers(1, 40), "reserve": st.integers(0, 10),
     "site_limit": st.integers(1, 12), "bulk_site_limit": st.integers(1, 12),
 })
 
 
 @hypothesis_settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(LANE_STATE)
-def test_each_lane_is_admitted_against_its_own_pending_requests_only(state):
-    """Whatever is pending, reserved or accepted in either lane: a submission is admitted exactly when
-    each lane's part fits that lane's limits, counted from that lane's requests alone."""
+def test_a_submission_is_admitted_exactly_when_it_fits_the_queue_and_each_sites_room_in_its_lane(state):
+    """Whatever is pending, reserved or accepted in either lane: a submission is admitted exactly when the
+    queue (both lanes) has room for it, leaves the interactive reserve free if it has bulk requests, and
+    each site's requests of each lane fit that site's limit for the lane, counted from that lane alone."""
     db = FakeDb()
     for (lane, site), n in state["db"].items():
         (db.bulk if lane == "bulk" else db.pending)[site] = n
     gauge = PendingGauge(db.fetch, clock=FakeClock())
     asyncio.run(gauge.fresh())
     limits = dict(limit=state["limit"], site_limits=dict.fromkeys("abc", state["site_limit"]),
-                  bulk_limit=state["bulk_limit"], bulk_site_limits=dict.fromkeys("abc", state["bulk_site_limit"]))
+                  bulk_site_limits=dict.fromkeys("abc", state["bulk_site_limit"]), interactive_reserve=state["reserve"])
     count = dict(state["db"])  # (lane, site) -> pending, as the reference counts it
     serial = iter(range(10_000))
 
@@ -763,13 +767,13 @@ def test_each_lane_is_admitted_against_its_own_pending_requests_only(state):
         for r in requests:
             key = ("bulk" if r.get("priority") == "bulk" else "interactive", r["site_id"])
             wanted[key] = wanted.get(key, 0) + 1
-        for lane, total_limit, site_limit in (("interactive", state["limit"], state["site_limit"]),
-                                              ("bulk", state["bulk_limit"], state["bulk_site_limit"])):
-            mine = {site: n for (l, site), n in wanted.items() if l == lane}
-            total = sum(n for (l, _), n in count.items() if l == lane)
-            if mine and total + sum(mine.values()) > total_limit:
-                return False, wanted
-            if any(count.get((lane, site), 0) + n > site_limit for site, n in mine.items()):
+        total = sum(count.values()) + len(requests)
+        if total > state["limit"]:
+            return False, wanted
+        if any(lane == "bulk" for lane, _ in wanted) and total > state["limit"] - state["reserve"]:
+            return False, wanted
+        for (lane, site), k in wanted.items():
+            if count.get((lane, site), 0) + k > state["bulk_site_limit" if lane == "bulk" else "site_limit"]:
                 return False, wanted
         return True, wanted
 
@@ -783,24 +787,8 @@ def test_each_lane_is_admitted_against_its_own_pending_requests_only(state):
                 for key, k in wanted.items():
                     count[key] = count.get(key, 0) + k
     requests = submission(state["submission"])
-    expected, _ = reference(requests)
-    decision = gauge.admit(requests, **limits)
-    assert decision.ok == expected
+    expected, wanted = reference(requests)
+    assert gauge.admit(requests, **limits).ok == expected
     for lane in ("interactive", "bulk"):
         for site in "abc":
-            assert gauge.site(site, lane) == count.get((lane, site), 0) + (
-                sum(1 for r in requests if r["site_id"] == site
-                    and ("bulk" if r.get("priority") == "bulk" else "interactive") == lane) if expected else 0)
-
-
-def test_only_a_body_that_may_hold_a_bulk_request_is_read_while_the_queue_is_full():
-    """The cheap refusal (interactive queue full) must never refuse a bulk request unread."""
-    from streams.api.intake import may_hold_bulk
-
-    assert not may_hold_bulk(b'{"site_id": "a", "topic": "tea"}')
-    assert not may_hold_bulk(b"{not json")
-    assert may_hold_bulk(b'{"site_id": "a", "priority": "bulk"}')
-    assert may_hold_bulk('{"site_id": "a", "priority": "\\u0062ulk"}'.encode())  # an escape may spell it
-    for body in (json.dumps({"requests": [{"priority": "bulk"}]}, ensure_ascii=True),
-                 json.dumps({"priority": "bul\u006b"}), json.dumps({"priority": "bulk"}, indent=4)):
-        assert may_hold_bulk(body.encode())
+            assert gauge.site(site, lane) == count.get((lane, site), 0) + (wanted.get((lane, site), 0) if expected else 0)
