@@ -20,6 +20,7 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from store.costs import release_advice
 from streams.api.http import IntakeError, retry_after_header
+from streams.contract.requests import BULK, INTERACTIVE, lane_of
 from streams.pipeline.deps import deps
 from streams.settings import settings
 
@@ -28,14 +29,6 @@ log = logging.getLogger(__name__)
 # Entries in the "accepted here, not yet written by the sink" set are forgotten
 # after this long, so a lost sink write cannot keep the figure high forever.
 UNSEEN_TTL_SECONDS = 600.0
-
-
-INTERACTIVE, BULK = "interactive", "bulk"
-
-
-def lane_of(request: Mapping[str, Any]) -> str:
-    """The queue a request counts in: its priority (a request without one is interactive)."""
-    return BULK if request.get("priority") == BULK else INTERACTIVE
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from streams.contract.conform import conformer
 from streams.contract.errors import ID, FieldError, RecordError, invalid, readable_id
@@ -126,9 +126,17 @@ PRIORITIES = ("interactive", "bulk")
 PRIORITY_HEADER = "blogstream-priority"
 
 
+INTERACTIVE, BULK = PRIORITIES
+
+
+def lane_of(request: Mapping[str, Any]) -> str:
+    """The lane a request runs and is counted in: its priority (a request without one is interactive)."""
+    return BULK if request.get("priority") == BULK else INTERACTIVE
+
+
 def priority_headers(request: dict[str, Any]) -> list[tuple[str, bytes]]:
     """The headers a record of `request` carries: the lane, when it is bulk (interactive has none)."""
-    return [(PRIORITY_HEADER, b"bulk")] if request.get("priority") == "bulk" else []
+    return [(PRIORITY_HEADER, b"bulk")] if lane_of(request) == BULK else []
 _LANGUAGE = re.compile(r"[A-Za-z]{2,3}(?:-(?:[A-Za-z]{2}|[0-9]{3}))?")
 
 
